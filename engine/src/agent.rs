@@ -1,0 +1,401 @@
+//! The agent: serves volumes as a source and receives them as a target, over mutual TLS.
+//!
+//! Which volumes a session may touch is a runtime grant ([`VolumeGrant`]); `--volume` flags are
+//! one source of grants. Each volume root is opened once as a directory handle and every file
+//! operation of every session is relative to it.
+//!
+//! Who may ask what:
+//!
+//! | request         | role          | effect                                                   |
+//! |-----------------|---------------|----------------------------------------------------------|
+//! | `Ping`          | any           | version and volume names                                 |
+//! | `Receive`       | coordinator   | receive a volume on this connection                      |
+//! | `OpenSession`   | coordinator   | reserve a one-time token for a source agent's push       |
+//! | `JoinSession`   | agent         | receive into the session the token names                 |
+//! | `Push`          | coordinator   | dial the target agent and push a volume; report progress |
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::certs::{Identity, Role};
+use crate::progress::{Event, Reporter};
+use crate::sync::{self, full_message};
+use crate::tunnel::{self, TunnelError};
+use crate::wire::{
+    FrameReader, FrameWriter, Hello, HelloReply, Message, RemoteError, RemoteErrorKind, Request, SyncOptions,
+    Welcome, WireError,
+};
+
+/// How long a session opened by a coordinator waits for the source agent.
+pub const SESSION_TTL: Duration = Duration::from_secs(300);
+/// How long a peer has to send its hello after the TLS handshake.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long running sessions may take to finish after a shutdown request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Permission to serve or receive one volume.
+#[derive(Debug, Clone)]
+pub struct VolumeGrant {
+    /// The name peers use.
+    pub name: String,
+    /// Where it is mounted on this node.
+    pub path: PathBuf,
+    /// Only readable: the agent will not receive into it.
+    pub read_only: bool,
+}
+
+/// Errors setting up an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A volume root could not be opened.
+    #[error("cannot open volume `{name}` at `{}`", path.display())]
+    Volume {
+        /// Volume name.
+        name: String,
+        /// Its path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Two grants with one name.
+    #[error("volume `{0}` is given twice")]
+    Duplicate(String),
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+}
+
+struct Volume {
+    grant: VolumeGrant,
+    root: Arc<OwnedFd>,
+}
+
+struct OpenedSession {
+    volume: String,
+    options: SyncOptions,
+    expires: Instant,
+}
+
+struct State {
+    identity: Identity,
+    client: Arc<rustls::ClientConfig>,
+    acceptor: TlsAcceptor,
+    volumes: HashMap<String, Volume>,
+    sessions: Mutex<HashMap<Vec<u8>, OpenedSession>>,
+    busy: Mutex<HashSet<String>>,
+}
+
+/// A configured agent, ready to serve.
+#[derive(Clone)]
+pub struct Agent {
+    state: Arc<State>,
+}
+
+impl Agent {
+    /// Opens every granted volume root and prepares TLS.
+    pub fn new(identity: Identity, grants: Vec<VolumeGrant>) -> Result<Agent, AgentError> {
+        let mut volumes = HashMap::new();
+        for grant in grants {
+            let root = crate::confine::open_root(&grant.path).map_err(|source| AgentError::Volume {
+                name: grant.name.clone(),
+                path: grant.path.clone(),
+                source,
+            })?;
+            let name = grant.name.clone();
+            if volumes.insert(name.clone(), Volume { grant, root: Arc::new(root) }).is_some() {
+                return Err(AgentError::Duplicate(name));
+            }
+        }
+        let acceptor = TlsAcceptor::from(tunnel::server_config(&identity)?);
+        let client = tunnel::client_config(&identity)?;
+        Ok(Agent {
+            state: Arc::new(State {
+                identity,
+                client,
+                acceptor,
+                volumes,
+                sessions: Mutex::new(HashMap::new()),
+                busy: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Accepts connections until `shutdown` completes, then stops accepting, gives running
+    /// sessions [`SHUTDOWN_GRACE`] to finish and aborts the rest (their temporary files are
+    /// removed; completed files stay).
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let state = self.state.clone();
+                        sessions.spawn(async move { handle(state, tcp, peer.to_string()).await });
+                    }
+                    Err(error) => warn!(%error, "accept failed"),
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        drop(listener);
+        info!(active = sessions.len(), "shutting down: no new connections");
+        let drain = async { while sessions.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            warn!(active = sessions.len(), "sessions still running after the grace period: aborting them");
+            sessions.shutdown().await;
+        }
+    }
+}
+
+fn refusal(kind: RemoteErrorKind, message: impl Into<String>) -> RemoteError {
+    RemoteError::new(kind, message)
+}
+
+async fn handle(state: Arc<State>, tcp: TcpStream, peer: String) {
+    let (mut stream, role) = match tunnel::accept(tcp, &state.acceptor, &peer).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            info!(%peer, error = %full_message(&error), "rejected connection");
+            return;
+        }
+    };
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, FrameReader::new(&mut stream).read_hello()).await;
+    let hello = match hello {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(error)) => {
+            let kind = if matches!(error, WireError::VersionMismatch { .. }) { "version mismatch" } else { "bad hello" };
+            info!(%peer, error = %error, "{kind}");
+            // Our reply carries our version, so the peer can report the mismatch too.
+            let reply = HelloReply::Refused(refusal(RemoteErrorKind::Protocol, error.to_string()));
+            let _ = FrameWriter::new(&mut stream).send_reply(&reply).await;
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "no hello in time");
+            return;
+        }
+    };
+    info!(%peer, %role, request = ?request_name(&hello.request), "session");
+    if let Err(error) = dispatch(&state, stream, role, hello, &peer).await {
+        warn!(%peer, error = %full_message(error.as_ref()), "session failed");
+    }
+}
+
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Receive { .. } => "receive",
+        Request::OpenSession { .. } => "open-session",
+        Request::JoinSession { .. } => "join-session",
+        Request::Push { .. } => "push",
+        Request::Ping => "ping",
+    }
+}
+
+/// Releases a volume's busy mark when the receive ends, however it ends.
+struct BusyGuard(Arc<State>, String);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.busy.lock().expect("busy lock").remove(&self.1);
+    }
+}
+
+impl State {
+    fn writable(&self, name: &str) -> Result<&Volume, RemoteError> {
+        let volume = self.volume(name)?;
+        if volume.grant.read_only {
+            return Err(refusal(RemoteErrorKind::ReadOnly, format!("volume `{name}` is read-only on this agent")));
+        }
+        Ok(volume)
+    }
+
+    fn volume(&self, name: &str) -> Result<&Volume, RemoteError> {
+        self.volumes.get(name).ok_or_else(|| {
+            let mut known: Vec<_> = self.volumes.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            refusal(
+                RemoteErrorKind::UnknownVolume,
+                format!("this agent serves no volume `{name}` (it serves: {})", known.join(", ")),
+            )
+        })
+    }
+
+    fn reserve(self: &Arc<Self>, name: &str) -> Result<BusyGuard, RemoteError> {
+        if !self.busy.lock().expect("busy lock").insert(name.to_owned()) {
+            return Err(refusal(RemoteErrorKind::Busy, format!("target busy: another session is receiving into volume `{name}`")));
+        }
+        Ok(BusyGuard(self.clone(), name.to_owned()))
+    }
+}
+
+fn forbid(role: Role, what: &str) -> RemoteError {
+    refusal(RemoteErrorKind::Forbidden, format!("a certificate with the {role} role may not {what}"))
+}
+
+async fn dispatch(
+    state: &Arc<State>,
+    mut stream: tunnel::ServerStream,
+    role: Role,
+    hello: Hello,
+    peer: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let ours = state.identity.migration_id();
+    let decision: Result<Welcome, RemoteError> = if hello.migration_id != ours {
+        Err(refusal(
+            RemoteErrorKind::Forbidden,
+            format!("migration id `{}` does not match this agent's `{ours}`", hello.migration_id),
+        ))
+    } else {
+        match &hello.request {
+            Request::Ping => {
+                let mut volumes: Vec<String> = state.volumes.keys().cloned().collect();
+                volumes.sort_unstable();
+                Ok(Welcome { token: Vec::new(), volumes })
+            }
+            Request::Receive { volume, .. } if role == Role::Coordinator => {
+                state.writable(volume).map(|_| Welcome { token: Vec::new(), volumes: Vec::new() })
+            }
+            Request::Receive { .. } => Err(forbid(role, "push a volume without a session")),
+            Request::OpenSession { volume, options } if role == Role::Coordinator => state.writable(volume).map(|_| {
+                let mut token = vec![0u8; 32];
+                getrandom::fill(&mut token).expect("the OS random source works");
+                let mut sessions = state.sessions.lock().expect("sessions lock");
+                sessions.retain(|_, session| session.expires > Instant::now());
+                sessions.insert(
+                    token.clone(),
+                    OpenedSession { volume: volume.clone(), options: options.clone(), expires: Instant::now() + SESSION_TTL },
+                );
+                Welcome { token, volumes: Vec::new() }
+            }),
+            Request::OpenSession { .. } => Err(forbid(role, "open sessions")),
+            Request::JoinSession { .. } if role != Role::Agent => Err(forbid(role, "join a session")),
+            Request::JoinSession { .. } => Ok(Welcome { token: Vec::new(), volumes: Vec::new() }),
+            Request::Push { volume, .. } if role == Role::Coordinator => {
+                state.volume(volume).map(|_| Welcome { token: Vec::new(), volumes: Vec::new() })
+            }
+            Request::Push { .. } => Err(forbid(role, "ask an agent to push")),
+        }
+    };
+    // A join is settled only now: the token is single use.
+    let (decision, joined) = match (&hello.request, decision) {
+        (Request::JoinSession { token }, Ok(welcome)) => {
+            let session = state.sessions.lock().expect("sessions lock").remove(token);
+            match session {
+                Some(session) if session.expires > Instant::now() => (Ok(welcome), Some(session)),
+                _ => (Err(refusal(RemoteErrorKind::BadToken, "unknown or expired session token")), None),
+            }
+        }
+        (_, decision) => (decision, None),
+    };
+    let guard = match (&hello.request, &decision, &joined) {
+        (Request::Receive { volume, .. }, Ok(_), _) => Some(state.reserve(volume)),
+        (Request::JoinSession { .. }, Ok(_), Some(session)) => Some(state.reserve(&session.volume)),
+        _ => None,
+    };
+    let (decision, guard) = match guard {
+        Some(Err(busy)) => (Err(busy), None),
+        Some(Ok(guard)) => (decision, Some(guard)),
+        None => (decision, None),
+    };
+    let mut writer = FrameWriter::new(&mut stream);
+    match decision {
+        Err(error) => {
+            info!(%peer, error = %error.message, "refused");
+            writer.send_reply(&HelloReply::Refused(error)).await?;
+            let _ = writer.shutdown().await;
+            return Ok(());
+        }
+        Ok(welcome) => writer.send_reply(&HelloReply::Welcome(welcome)).await?,
+    }
+    match hello.request {
+        Request::Ping | Request::OpenSession { .. } => {
+            let _ = FrameWriter::new(&mut stream).shutdown().await;
+        }
+        Request::Receive { volume, options } => {
+            let root = state.volumes[&volume].root.clone();
+            let report = sync::receive_volume(stream, root, options, Arc::new(crate::progress::LogProgress)).await?;
+            info!(%peer, %volume, files = report.files_written, bytes = report.bytes_written, "received");
+            drop(guard);
+        }
+        Request::JoinSession { .. } => {
+            let session = joined.expect("joined above");
+            let root = state.volumes[&session.volume].root.clone();
+            let report =
+                sync::receive_volume(stream, root, session.options, Arc::new(crate::progress::LogProgress)).await?;
+            info!(%peer, volume = %session.volume, files = report.files_written, bytes = report.bytes_written, "received");
+            drop(guard);
+        }
+        Request::Push { volume, target, token, options } => {
+            push(state, stream, &volume, &target, token, options).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Forwards progress events to the coordinator's connection; drops them when it lags.
+struct Forward(mpsc::Sender<Message>);
+
+impl Reporter for Forward {
+    fn on_event(&self, event: &Event) {
+        let _ = self.0.try_send(Message::Progress(event.clone()));
+    }
+}
+
+async fn push(
+    state: &Arc<State>,
+    stream: tunnel::ServerStream,
+    volume: &str,
+    target: &str,
+    token: Vec<u8>,
+    options: SyncOptions,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let root = state.volumes[volume].root.clone();
+    let (events_tx, mut events_rx) = mpsc::channel::<Message>(1024);
+    let migration_id = state.identity.migration_id();
+    let client = state.client.clone();
+    let target = target.to_owned();
+    let started = Instant::now();
+    let transfer = async move {
+        let mut tunnel = tunnel::connect(&target, client).await.map_err(|e| full_message(&e))?;
+        let hello = Hello { migration_id, request: Request::JoinSession { token } };
+        FrameWriter::new(&mut tunnel).send_hello(&hello).await.map_err(|e| e.to_string())?;
+        FrameReader::new(&mut tunnel)
+            .read_welcome()
+            .await
+            .map_err(|e| format!("target agent `{target}` refused the push: {e}"))?;
+        sync::send_volume(tunnel, root, options, Arc::new(Forward(events_tx))).await.map_err(|e| full_message(&e))
+    };
+    let mut writer = FrameWriter::new(stream);
+    tokio::pin!(transfer);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut transfer => break outcome,
+            Some(event) = events_rx.recv() => writer.send(&event).await?,
+        }
+    };
+    while let Ok(event) = events_rx.try_recv() {
+        writer.send(&event).await?;
+    }
+    let last = match outcome {
+        Ok(mut summary) => {
+            summary.elapsed_s = started.elapsed().as_secs_f64();
+            Message::Summary(summary)
+        }
+        Err(message) => Message::Error(RemoteError::new(RemoteErrorKind::Other, message)),
+    };
+    writer.send(&last).await?;
+    let _ = writer.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! Per-migration certificates: one CA, and leaf certificates that carry a role.
+//!
+//! The role is carried as a DNS subject alternative name under the reserved `.invalid` domain:
+//! [`Role::Agent`] certificates name `agent.mover.invalid` (and `localhost`, `127.0.0.1`),
+//! [`Role::Coordinator`] certificates name `coordinator.mover.invalid`. A TLS client always
+//! verifies the server as `agent.mover.invalid`; a server checks which name the client's
+//! certificate is valid for. Both names are checked by webpki against the migration's CA, so a
+//! role cannot be claimed without a certificate the CA signed for it.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Who holds a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The `mover` CLI: may open sessions and ask agents to push.
+    Coordinator,
+    /// A `mover-agent`: serves volumes, and pushes into sessions a coordinator opened.
+    Agent,
+}
+
+impl Role {
+    /// The DNS name that marks the role in a certificate.
+    #[must_use]
+    pub fn dns_name(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator.mover.invalid",
+            Role::Agent => "agent.mover.invalid",
+        }
+    }
+
+    fn file_stem(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.file_stem())
+    }
+}
+
+/// Certificate errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Generating a key or certificate failed.
+    #[error("could not generate certificates")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be read or written.
+    #[error("`{path}`")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists and `--force` was not given.
+    #[error("`{0}` already exists; pass `--force` to replace the migration's certificates")]
+    Exists(PathBuf),
+    /// A PEM file held nothing usable.
+    #[error("`{path}` holds no {what}")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// What was expected.
+        what: &'static str,
+    },
+}
+
+/// A PEM certificate and key.
+#[derive(Debug, Clone)]
+pub struct PemPair {
+    /// Certificate, PEM.
+    pub cert: String,
+    /// Private key (PKCS#8), PEM.
+    pub key: String,
+}
+
+/// A freshly generated set of certificates for one migration.
+#[derive(Debug, Clone)]
+pub struct MigrationCerts {
+    /// The CA.
+    pub ca: PemPair,
+    /// The agents' certificate.
+    pub agent: PemPair,
+    /// The coordinator's certificate.
+    pub coordinator: PemPair,
+}
+
+/// How long generated certificates are valid.
+pub const VALIDITY_DAYS: i64 = 90;
+
+fn leaf(role: Role, issuer: &Issuer<'_, KeyPair>) -> Result<PemPair, CertError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, format!("mover {role}"));
+    params.distinguished_name = name;
+    params.subject_alt_names = vec![SanType::DnsName(role.dns_name().try_into()?)];
+    if role == Role::Agent {
+        params.subject_alt_names.push(SanType::DnsName("localhost".try_into()?));
+        params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+    }
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params);
+    let cert = params.signed_by(&key, issuer)?;
+    Ok(PemPair { cert: cert.pem(), key: key.serialize_pem() })
+}
+
+fn set_validity(params: &mut CertificateParams) {
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86_400);
+    params.not_before = (now - day).into();
+    params.not_after = (now + day * u32::try_from(VALIDITY_DAYS).expect("small")).into();
+}
+
+/// Generates a CA and the agent and coordinator certificates.
+pub fn generate() -> Result<MigrationCerts, CertError> {
+    let ca_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "mover migration CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    set_validity(&mut params);
+    let ca_cert = params.self_signed(&ca_key)?;
+    let ca = PemPair { cert: ca_cert.pem(), key: ca_key.serialize_pem() };
+    let issuer = Issuer::new(params, ca_key);
+    Ok(MigrationCerts { agent: leaf(Role::Agent, &issuer)?, coordinator: leaf(Role::Coordinator, &issuer)?, ca })
+}
+
+/// The files [`write_dir`] writes, in order, with their modes.
+#[must_use]
+pub fn file_names() -> [(&'static str, u32); 6] {
+    [
+        ("ca.crt", 0o644),
+        ("ca.key", 0o600),
+        ("agent.crt", 0o644),
+        ("agent.key", 0o600),
+        ("coordinator.crt", 0o644),
+        ("coordinator.key", 0o600),
+    ]
+}
+
+/// Writes a migration's certificates into `dir` (created if needed). Refuses to replace existing
+/// files unless `force`. Returns the paths written.
+pub fn write_dir(dir: &Path, certs: &MigrationCerts, force: bool) -> Result<Vec<PathBuf>, CertError> {
+    fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_owned(), source })?;
+    let contents = [
+        &certs.ca.cert,
+        &certs.ca.key,
+        &certs.agent.cert,
+        &certs.agent.key,
+        &certs.coordinator.cert,
+        &certs.coordinator.key,
+    ];
+    if !force {
+        for (name, _) in file_names() {
+            let path = dir.join(name);
+            if path.symlink_metadata().is_ok() {
+                return Err(CertError::Exists(path));
+            }
+        }
+    }
+    let mut written = Vec::new();
+    for ((name, mode), content) in file_names().into_iter().zip(contents) {
+        let path = dir.join(name);
+        let io = |source| CertError::Io { path: path.clone(), source };
+        // Write beside, then rename: a key is never readable by others, even for a moment.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        let mut file =
+            fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+        file.write_all(content.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Everything one side needs for mutual TLS: its chain and key, and the migration's CA.
+#[derive(Debug)]
+pub struct Identity {
+    /// Our role.
+    pub role: Role,
+    /// Our certificate chain.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Our private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The migration CA.
+    pub ca: CertificateDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity { role: self.role, chain: self.chain.clone(), key: self.key.clone_key(), ca: self.ca.clone() }
+    }
+}
+
+impl Identity {
+    /// Loads `ca.crt` and the role's certificate and key from a certificate directory.
+    pub fn load(dir: &Path, role: Role) -> Result<Identity, CertError> {
+        let ca = read_certs(&dir.join("ca.crt"))?.remove(0);
+        let chain = read_certs(&dir.join(format!("{}.crt", role.file_stem())))?;
+        let key_path = dir.join(format!("{}.key", role.file_stem()));
+        let pem = fs::read(&key_path).map_err(|source| CertError::Io { path: key_path.clone(), source })?;
+        let key = PrivateKeyDer::from_pem_slice(&pem)
+            .map_err(|_| CertError::Empty { path: key_path, what: "PEM private key" })?;
+        Ok(Identity { role, chain, key, ca })
+    }
+
+    /// Builds an identity from generated PEM (the in-process copy uses ephemeral ones).
+    pub fn from_generated(certs: &MigrationCerts, role: Role) -> Result<Identity, CertError> {
+        let pair = match role {
+            Role::Agent => &certs.agent,
+            Role::Coordinator => &certs.coordinator,
+        };
+        let parse = |pem: &str| {
+            CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().expect("generated PEM")
+        };
+        let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).expect("generated PEM");
+        Ok(Identity { role, chain: parse(&pair.cert), key, ca: parse(&certs.ca.cert).remove(0) })
+    }
+
+    /// The migration id: the first 8 bytes of the blake3 of the CA certificate, in hex.
+    #[must_use]
+    pub fn migration_id(&self) -> String {
+        blake3::hash(&self.ca).to_hex()[..16].to_string()
+    }
+}
+
+/// Reads all certificates of a PEM file; fails when there is none.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let pem = fs::read(path).map_err(|source| CertError::Io { path: path.to_owned(), source })?;
+    let certs = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().unwrap_or_default();
+    if certs.is_empty() {
+        return Err(CertError::Empty { path: path.to_owned(), what: "PEM certificate" });
+    }
+    Ok(certs)
+}

@@ -1,0 +1,188 @@
+//! The coordinator's side: the three ways to run a volume copy.
+//!
+//! - [`copy_local`]: both ends in this process, joined by a real loopback mutual-TLS tunnel with
+//!   ephemeral certificates: the same code path as between two nodes.
+//! - [`copy_to_agent`]: this process is the source; an agent is the target.
+//! - [`push_between_agents`]: the coordinator opens a session on the target agent and asks the
+//!   source agent to push into it; data flows agent to agent, progress flows back here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+
+use crate::agent::{Agent, AgentError, VolumeGrant};
+use crate::certs::{self, CertError, Identity, Role};
+use crate::progress::{SharedReporter, Summary};
+use crate::sync::{self, SyncError};
+use crate::tunnel::{self, TunnelError};
+use crate::wire::{FrameReader, FrameWriter, Hello, Message, RemoteError, Request, SyncOptions, Welcome, WireError};
+
+/// Why a copy could not run or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The source directory cannot be opened.
+    #[error("cannot open the source directory `{}`", path.display())]
+    Source {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The target directory cannot be opened.
+    #[error("cannot open the target directory `{}`", path.display())]
+    Target {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificates could not be made or loaded.
+    #[error(transparent)]
+    Certs(#[from] CertError),
+    /// An agent could not be reached or authenticated.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    /// The agent refused the request.
+    #[error("agent `{addr}` refused: {error}")]
+    Refused {
+        /// The agent.
+        addr: String,
+        /// Its reason.
+        error: RemoteError,
+    },
+    /// The handshake failed (version mismatch, not a mover agent).
+    #[error("handshake with `{addr}` failed")]
+    Handshake {
+        /// The agent.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: WireError,
+    },
+    /// The transfer failed.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// The source agent reported a failed push.
+    #[error("the push failed: {0}")]
+    Push(String),
+    /// Local agent setup failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Connects to an agent, says hello and returns the tunnel and the agent's welcome.
+pub async fn open(
+    identity: &Identity,
+    addr: &str,
+    request: Request,
+) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
+    let config = tunnel::client_config(identity)?;
+    let mut stream = tunnel::connect(addr, config).await?;
+    let hello = Hello { migration_id: identity.migration_id(), request };
+    let handshake = |source| CopyError::Handshake { addr: addr.to_owned(), source };
+    FrameWriter::new(&mut stream).send_hello(&hello).await.map_err(handshake)?;
+    match FrameReader::new(&mut stream).read_welcome().await {
+        Ok(welcome) => Ok((stream, welcome)),
+        Err(WireError::Remote(error)) => Err(CopyError::Refused { addr: addr.to_owned(), error }),
+        Err(error) => Err(handshake(error)),
+    }
+}
+
+/// Copies the local directory `source` into volume `volume` of the agent at `addr`.
+pub async fn copy_to_agent(
+    identity: &Identity,
+    source: &Path,
+    addr: &str,
+    volume: &str,
+    options: SyncOptions,
+    reporter: SharedReporter,
+) -> Result<Summary, CopyError> {
+    let started = Instant::now();
+    let root = crate::confine::open_root(source)
+        .map_err(|e| CopyError::Source { path: source.to_owned(), source: e })?;
+    let (stream, _) = open(identity, addr, Request::Receive { volume: volume.to_owned(), options: options.clone() }).await?;
+    let mut summary = sync::send_volume(stream, Arc::new(root), options, reporter).await?;
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Copies `source` to `target`, both local, through an in-process agent on a loopback mTLS
+/// tunnel with ephemeral certificates.
+pub async fn copy_local(
+    source: &Path,
+    target: &Path,
+    options: SyncOptions,
+    reporter: SharedReporter,
+) -> Result<Summary, CopyError> {
+    let generated = certs::generate()?;
+    let agent = Agent::new(
+        Identity::from_generated(&generated, Role::Agent)?,
+        vec![VolumeGrant { name: "target".into(), path: target.to_owned(), read_only: false }],
+    )
+    .map_err(|error| match error {
+        AgentError::Volume { path, source, .. } => CopyError::Target { path, source },
+        other => CopyError::Agent(other),
+    })?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| TunnelError::Connect { addr: "127.0.0.1:0".into(), source })?;
+    let addr = listener.local_addr().map_err(|source| TunnelError::Connect { addr: "127.0.0.1:0".into(), source })?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        agent
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    let coordinator = Identity::from_generated(&generated, Role::Coordinator)?;
+    let result = copy_to_agent(&coordinator, source, &addr.to_string(), "target", options, reporter).await;
+    let _ = stop.send(());
+    let _ = server.await;
+    result
+}
+
+/// Asks the source agent to push `source_volume` into `target_volume` on the target agent.
+pub async fn push_between_agents(
+    identity: &Identity,
+    (source_addr, source_volume): (&str, &str),
+    (target_addr, target_volume): (&str, &str),
+    options: SyncOptions,
+    reporter: SharedReporter,
+) -> Result<Summary, CopyError> {
+    let started = Instant::now();
+    let open_session = Request::OpenSession { volume: target_volume.to_owned(), options: options.clone() };
+    let (_, welcome) = open(identity, target_addr, open_session).await?;
+    let push = Request::Push {
+        volume: source_volume.to_owned(),
+        target: target_addr.to_owned(),
+        token: welcome.token,
+        options,
+    };
+    let (mut stream, _) = open(identity, source_addr, push).await?;
+    let mut frames = FrameReader::new(&mut stream);
+    loop {
+        match frames.read_message().await.map_err(SyncError::from)? {
+            Some(Message::Progress(event)) => reporter.on_event(&event),
+            Some(Message::Summary(mut summary)) => {
+                summary.elapsed_s = started.elapsed().as_secs_f64();
+                return Ok(summary);
+            }
+            Some(Message::Error(error)) => return Err(CopyError::Push(error.message)),
+            Some(other) => {
+                return Err(SyncError::Protocol(format!("unexpected {} message from the source agent", other.name())).into());
+            }
+            None => return Err(SyncError::Disconnected("(the source agent) before reporting the result").into()),
+        }
+    }
+}
+
+/// Asks an agent for its protocol version and volumes.
+pub async fn ping(identity: &Identity, addr: &str) -> Result<Vec<String>, CopyError> {
+    let (_, welcome) = open(identity, addr, Request::Ping).await?;
+    Ok(welcome.volumes)
+}

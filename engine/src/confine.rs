@@ -1,0 +1,275 @@
+//! Confined file access: every operation is relative to a volume root directory handle and
+//! never follows a symlink.
+//!
+//! Invariants:
+//! - a path from the peer is a [`RelPath`]: relative, `/`-separated, no empty, `.` or `..`
+//!   component, no NUL, each name at most 255 bytes, at most [`MAX_PATH`] bytes in all;
+//! - parent directories are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//!   RESOLVE_NO_MAGICLINKS)`, so a symlink planted anywhere on the way makes the open fail
+//!   (`ELOOP`) instead of leading outside the root;
+//! - the last component is always handled with `*at` calls and `AT_SYMLINK_NOFOLLOW` /
+//!   `O_NOFOLLOW`: a symlink there is replaced or reported, never traversed.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+
+/// Longest relative path accepted from a peer.
+pub const MAX_PATH: usize = 4096;
+/// Longest single name.
+pub const MAX_NAME: usize = 255;
+/// Names starting with this prefix belong to mover (temporary files); peers may not use them.
+pub const RESERVED_PREFIX: &[u8] = b".mover-tmp-";
+
+/// Why a path from the peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Empty path.
+    #[error("empty path")]
+    Empty,
+    /// Starts with `/`.
+    #[error("absolute path `{0}`")]
+    Absolute(String),
+    /// Contains `.`, `..` or an empty component.
+    #[error("path `{0}` is not normalised (empty, `.` or `..` component)")]
+    NotNormal(String),
+    /// Contains a NUL byte.
+    #[error("path `{0}` contains a NUL byte")]
+    Nul(String),
+    /// Too long.
+    #[error("path `{0}` is too long")]
+    TooLong(String),
+    /// Uses mover's reserved temporary-file names.
+    #[error("path `{0}` uses mover's reserved `.mover-tmp-` names")]
+    Reserved(String),
+}
+
+/// A validated relative path: safe to resolve beneath a root.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(Vec<u8>);
+
+impl RelPath {
+    /// Validates raw bytes from a peer.
+    pub fn new(bytes: &[u8]) -> Result<Self, PathError> {
+        let shown = || String::from_utf8_lossy(bytes).into_owned();
+        if bytes.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if bytes.contains(&0) {
+            return Err(PathError::Nul(shown()));
+        }
+        if bytes[0] == b'/' {
+            return Err(PathError::Absolute(shown()));
+        }
+        if bytes.len() > MAX_PATH {
+            return Err(PathError::TooLong(shown()));
+        }
+        for name in bytes.split(|&b| b == b'/') {
+            if name.is_empty() || name == b"." || name == b".." {
+                return Err(PathError::NotNormal(shown()));
+            }
+            if name.len() > MAX_NAME {
+                return Err(PathError::TooLong(shown()));
+            }
+            if name.starts_with(RESERVED_PREFIX) {
+                return Err(PathError::Reserved(shown()));
+            }
+        }
+        Ok(RelPath(bytes.to_vec()))
+    }
+
+    /// The raw bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The parent directory (empty for a name at the root) and the last name.
+    #[must_use]
+    pub fn split(&self) -> (&[u8], &[u8]) {
+        match self.0.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&self.0[..i], &self.0[i + 1..]),
+            None => (&[], &self.0),
+        }
+    }
+
+    /// The path for display (lossy UTF-8).
+    #[must_use]
+    pub fn display(&self) -> String {
+        display_bytes(&self.0)
+    }
+}
+
+/// Bytes shown as a path: lossy UTF-8.
+#[must_use]
+pub fn display_bytes(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A name as a C string (names are validated NUL-free).
+#[must_use]
+pub fn cname(name: &[u8]) -> CString {
+    CString::new(name).expect("validated names contain no NUL")
+}
+
+/// Opens a volume root as a directory handle (following nothing but the given path itself).
+pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(io::Error::from)
+}
+
+fn beneath() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+/// Opens the directory `rel` (empty = the root itself) beneath `root`, refusing any symlink.
+pub fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
+    let path: &[u8] = if rel.is_empty() { b"." } else { rel };
+    rustix::fs::openat2(
+        root,
+        cname(path).as_c_str(),
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        beneath(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Opens the file `name` in `dir` for reading, without following a symlink.
+pub fn open_file_read(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
+    // O_NOATIME keeps the source's atime untouched; it needs ownership or CAP_FOWNER.
+    let fd = rustix::fs::openat(dir, cname(name).as_c_str(), flags | OFlags::NOATIME, Mode::empty())
+        .or_else(|error| {
+            if error == rustix::io::Errno::PERM {
+                rustix::fs::openat(dir, cname(name).as_c_str(), flags, Mode::empty())
+            } else {
+                Err(error)
+            }
+        })?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Creates a new file `name` in `dir` (fails if it exists), mode 0600.
+pub fn create_file(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    let fd = rustix::fs::openat(
+        dir,
+        cname(name).as_c_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// `lstat` of `name` in `dir`; `Ok(None)` when it does not exist.
+pub fn lstat(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<rustix::fs::Stat>> {
+    match rustix::fs::statat(dir, cname(name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(stat)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Removes `name` in `dir` whatever it is; a directory is removed with everything beneath it,
+/// walking with directory handles and never following symlinks.
+pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let cname = cname(name);
+    match rustix::fs::unlinkat(dir, cname.as_c_str(), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let child = rustix::fs::openat(
+        dir,
+        cname.as_c_str(),
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    for name in list_dir(child.as_fd())? {
+        remove_any(child.as_fd(), &name)?;
+    }
+    drop(child);
+    rustix::fs::unlinkat(dir, cname.as_c_str(), AtFlags::REMOVEDIR).map_err(io::Error::from)
+}
+
+/// The names in a directory (without `.` and `..`), sorted bytewise.
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// A path naming `name` inside the directory handle `dir` through `/proc/self/fd`, for the
+/// `l*xattr` calls that have no `*at` form. The directory is pinned by its handle and the last
+/// component is not followed, so this stays race-free.
+#[must_use]
+pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> CString {
+    use std::os::fd::AsRawFd;
+    let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    path.extend_from_slice(name);
+    CString::new(path).expect("validated names contain no NUL")
+}
+
+/// Converts a timestamp of the wire into the kernel's.
+#[must_use]
+pub fn timestamps(
+    atime: crate::wire::Timestamp,
+    mtime: crate::wire::Timestamp,
+) -> Timestamps {
+    Timestamps {
+        last_access: Timespec { tv_sec: atime.sec, tv_nsec: i64::from(atime.nsec).into() },
+        last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: i64::from(mtime.nsec).into() },
+    }
+}
+
+/// Sets times on `name` in `dir` without following a symlink.
+pub fn set_times_at(dir: BorrowedFd<'_>, name: &CStr, times: &Timestamps) -> io::Result<()> {
+    rustix::fs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_hostile_paths() {
+        for bad in [
+            &b""[..],
+            b"/abs",
+            b"../x",
+            b"a/../../x",
+            b"a//b",
+            b"./a",
+            b"a/.",
+            b"a\0b",
+            b"a/",
+            b".mover-tmp-1",
+            b"d/.mover-tmp-x",
+        ] {
+            assert!(RelPath::new(bad).is_err(), "accepted {:?}", display_bytes(bad));
+        }
+        let long = vec![b'n'; 256];
+        assert!(matches!(RelPath::new(&long), Err(PathError::TooLong(_))));
+    }
+
+    #[test]
+    fn accepts_odd_but_legal_names() {
+        for good in [&b"a"[..], b"a/b/c", b"with space", b"new\nline", b"\xff\xfe", b"..a", b"a.."] {
+            assert!(RelPath::new(good).is_ok(), "refused {:?}", display_bytes(good));
+        }
+        assert!(RelPath::new(&vec![b'n'; 255]).is_ok());
+        let path = RelPath::new(b"a/b/c").unwrap();
+        assert_eq!(path.split(), (&b"a/b"[..], &b"c"[..]));
+        assert_eq!(RelPath::new(b"c").unwrap().split(), (&b""[..], &b"c"[..]));
+    }
+}

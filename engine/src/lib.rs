@@ -1,0 +1,26 @@
+//! mover-engine: everything in mover that moves bytes.
+//!
+//! - [`scan`]: walk a source volume in path order with full metadata, in bounded memory;
+//! - [`wire`]: the framed protocol (handshake with version check, typed messages, size limits);
+//! - [`tunnel`] and [`certs`]: mutual TLS 1.3 with a per-migration CA and role certificates;
+//! - [`sync`]: the sender and receiver state machines of a volume copy;
+//! - [`agent`]: the node daemon's server side; [`client`]: the coordinator's operations;
+//! - [`progress`]: events and summaries (the engine never prints).
+//!
+//! Invariants kept here: the source is only read; nothing is written outside the target root
+//! (see [`confine`]); a file appears under its final name only with verified content; every
+//! length read from the wire is bounded before allocation.
+
+pub mod agent;
+pub mod certs;
+pub mod client;
+pub mod compress;
+pub mod confine;
+pub mod meta;
+pub mod progress;
+pub mod scan;
+pub mod sync;
+pub mod tunnel;
+pub mod wire;
+
+pub use wire::{PROTOCOL_VERSION, SyncOptions};

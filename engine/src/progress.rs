@@ -1,0 +1,100 @@
+//! Progress events and the end-of-run summary. The engine only emits; front ends render.
+//!
+//! Events are a serde enum so a source agent can forward them to the coordinator unchanged
+//! ([`crate::wire::Message::Progress`]) and `mover --output json` can print them as JSON lines.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// Something worth telling the user while a volume moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The totals of the source tree are known (a quick metadata pre-scan finished).
+    Totals {
+        /// Regular files in the source.
+        files: u64,
+        /// Bytes of regular-file content in the source.
+        bytes: u64,
+    },
+    /// Periodic counters (throttled by the emitter).
+    Progress {
+        /// Regular files dealt with so far (sent or found up to date).
+        files_done: u64,
+        /// Content bytes dealt with so far.
+        bytes_done: u64,
+        /// Content bytes actually sent.
+        bytes_transferred: u64,
+        /// Bytes written to the tunnel, after compression.
+        bytes_on_wire: u64,
+    },
+    /// A non-fatal problem (a file skipped, metadata not preserved).
+    Warning {
+        /// What happened, naming the path.
+        message: String,
+    },
+}
+
+/// Receives events. Implementations must be cheap: they are called from transfer threads.
+pub trait Reporter: Send + Sync {
+    /// Called for every event.
+    fn on_event(&self, event: &Event);
+}
+
+/// A reporter that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Reporter for NoProgress {
+    fn on_event(&self, _event: &Event) {}
+}
+
+/// A reporter that writes events to the `tracing` log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogProgress;
+
+impl Reporter for LogProgress {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::Warning { message } => tracing::warn!("{message}"),
+            other => tracing::debug!(?other, "progress"),
+        }
+    }
+}
+
+/// A shared reporter handle.
+pub type SharedReporter = Arc<dyn Reporter>;
+
+/// What a volume copy did, reported at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Summary {
+    /// Regular files in the source (hard links counted once per name).
+    pub files_total: u64,
+    /// Files whose content was sent.
+    pub files_transferred: u64,
+    /// Bytes of regular-file content in the source.
+    pub bytes_total: u64,
+    /// Content bytes sent (before compression).
+    pub bytes_transferred: u64,
+    /// Bytes written to the tunnel (frames, after compression, before TLS).
+    pub bytes_on_wire: u64,
+    /// Entries of every type in the source.
+    pub entries_total: u64,
+    /// Wall time in seconds.
+    pub elapsed_s: f64,
+    /// Errors: each names a path and what went wrong. Non-empty means the copy failed.
+    pub errors: Vec<String>,
+    /// Warnings (stage runs: files that vanished or changed; policy skips).
+    pub warnings: Vec<String>,
+    /// Metadata that could not be preserved, e.g. ownership when the receiver is not root.
+    pub not_preserved: Vec<String>,
+}
+
+impl Summary {
+    /// True when the copy completed without errors.
+    #[must_use]
+    pub fn is_success(&self) -> bool {
+        self.errors.is_empty()
+    }
+}

@@ -1,0 +1,184 @@
+//! Scanning a source volume: entries with full metadata, streamed in path order.
+//!
+//! The walk is depth first; within a directory, names are sorted bytewise, and a directory's
+//! entry comes before its contents. Memory holds one stack frame per directory level (its
+//! handle and its remaining names), never the whole tree. Directories are opened by handle
+//! relative to their parent with `O_NOFOLLOW`, so a directory swapped for a symlink during the
+//! scan is reported, not followed out of the volume.
+//!
+//! Hard links: the first name of an inode with `st_nlink > 1` is the *leader*; later names
+//! become [`EntryKind::Hardlink`] entries pointing at the leader's id. The map from inode to
+//! leader id holds only multiply-linked inodes.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{FileType, Mode, OFlags};
+
+use crate::confine::{self, cname};
+use crate::meta;
+use crate::wire::{Entry, EntryKind, SyncOptions, Timestamp};
+
+/// A problem with one entry that does not stop the scan.
+#[derive(Debug)]
+pub struct ScanProblem {
+    /// Path of the entry (lossy).
+    pub path: String,
+    /// What went wrong.
+    pub error: io::Error,
+}
+
+/// One item produced by the scanner.
+#[derive(Debug)]
+pub enum Scanned {
+    /// An entry to send.
+    Entry(Entry),
+    /// An entry that could not be read (vanished, unreadable, swapped under us).
+    Problem(ScanProblem),
+}
+
+struct Frame {
+    dir: OwnedFd,
+    prefix: Vec<u8>,
+    names: std::vec::IntoIter<Vec<u8>>,
+}
+
+/// Streams the entries of a tree in path order.
+pub struct Scanner {
+    stack: Vec<Frame>,
+    next_id: u64,
+    inodes: HashMap<(u64, u64), u64>,
+    options: SyncOptions,
+}
+
+impl Scanner {
+    /// Starts a scan of the tree whose root directory handle is `root`.
+    pub fn new(root: &OwnedFd, options: SyncOptions) -> io::Result<Self> {
+        let dir = confine::open_dir(root.as_fd(), b"")?;
+        let names = confine::list_dir(dir.as_fd())?;
+        Ok(Scanner {
+            stack: vec![Frame { dir, prefix: Vec::new(), names: names.into_iter() }],
+            next_id: 0,
+            inodes: HashMap::new(),
+            options,
+        })
+    }
+
+    fn entry(&mut self, frame_index: usize, name: &[u8]) -> io::Result<(Entry, Option<OwnedFd>)> {
+        let frame = &self.stack[frame_index];
+        let mut path = frame.prefix.clone();
+        path.extend_from_slice(name);
+        let stat = confine::lstat(frame.dir.as_fd(), name)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let id = self.next_id;
+        let file_type = FileType::from_raw_mode(stat.st_mode);
+        let mut child = None;
+        let kind = match file_type {
+            FileType::Directory => {
+                let fd = rustix::fs::openat(
+                    frame.dir.as_fd(),
+                    cname(name).as_c_str(),
+                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )?;
+                child = Some(fd);
+                EntryKind::Dir
+            }
+            FileType::RegularFile => {
+                let size = u64::try_from(stat.st_size).unwrap_or(0);
+                if stat.st_nlink > 1 {
+                    let key = (stat.st_dev, stat.st_ino);
+                    if let Some(&leader) = self.inodes.get(&key) {
+                        EntryKind::Hardlink { leader }
+                    } else {
+                        self.inodes.insert(key, id);
+                        EntryKind::File { size, leader: true }
+                    }
+                } else {
+                    EntryKind::File { size, leader: false }
+                }
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(frame.dir.as_fd(), cname(name).as_c_str(), Vec::new())?;
+                EntryKind::Symlink { target: target.into_bytes() }
+            }
+            FileType::Fifo => EntryKind::Fifo,
+            FileType::Socket => EntryKind::Socket,
+            FileType::CharacterDevice => EntryKind::CharDevice { rdev: stat.st_rdev },
+            FileType::BlockDevice => EntryKind::BlockDevice { rdev: stat.st_rdev },
+            FileType::Unknown => return Err(io::Error::other("unknown file type")),
+        };
+        // Symlinks cannot carry user.* attributes on Linux; hard links share the leader's.
+        let xattrs = match kind {
+            EntryKind::Symlink { .. } | EntryKind::Hardlink { .. } => Vec::new(),
+            _ => meta::read_xattrs(frame.dir.as_fd(), name, &self.options)?,
+        };
+        self.next_id += 1;
+        let entry = Entry {
+            id,
+            path,
+            kind,
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mtime: Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) },
+            atime: Timestamp { sec: stat.st_atime, nsec: u32::try_from(stat.st_atime_nsec).unwrap_or(0) },
+            xattrs,
+        };
+        Ok((entry, child))
+    }
+}
+
+impl Iterator for Scanner {
+    type Item = Scanned;
+
+    fn next(&mut self) -> Option<Scanned> {
+        loop {
+            let top = self.stack.len().checked_sub(1)?;
+            let Some(name) = self.stack[top].names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            match self.entry(top, &name) {
+                Ok((entry, child)) => {
+                    if let Some(dir) = child {
+                        let mut prefix = entry.path.clone();
+                        prefix.push(b'/');
+                        match confine::list_dir(dir.as_fd()) {
+                            Ok(names) => self.stack.push(Frame { dir, prefix, names: names.into_iter() }),
+                            Err(error) => {
+                                return Some(Scanned::Problem(ScanProblem {
+                                    path: confine::display_bytes(&entry.path),
+                                    error,
+                                }));
+                            }
+                        }
+                    }
+                    return Some(Scanned::Entry(entry));
+                }
+                Err(error) => {
+                    let mut path = self.stack[top].prefix.clone();
+                    path.extend_from_slice(&name);
+                    return Some(Scanned::Problem(ScanProblem { path: confine::display_bytes(&path), error }));
+                }
+            }
+        }
+    }
+}
+
+/// Counts regular files and their bytes, for progress totals (a metadata-only walk).
+pub fn totals(root: &OwnedFd) -> io::Result<(u64, u64)> {
+    let options = SyncOptions::default();
+    let mut scanner = Scanner::new(root, options)?;
+    let (mut files, mut bytes) = (0, 0);
+    for item in scanner.by_ref() {
+        if let Scanned::Entry(Entry { kind: EntryKind::File { size, .. }, .. }) = item {
+            files += 1;
+            bytes += size;
+        } else if let Scanned::Entry(Entry { kind: EntryKind::Hardlink { .. }, .. }) = item {
+            files += 1;
+        }
+    }
+    Ok((files, bytes))
+}

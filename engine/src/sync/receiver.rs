@@ -1,0 +1,553 @@
+//! The target side: check entries, request content, verify it and put it in place.
+//!
+//! A regular file is written to `.mover-tmp-<session>-<id>` in its final directory, checked
+//! against the sender's blake3, given its metadata, and only then renamed over its final name
+//! (a [`VerifiedFile`] is the only thing that can be renamed into place). Symlinks, FIFOs and
+//! hard links are also created under a temporary name and renamed, so an entry is replaced
+//! atomically and a planted symlink at the final name is replaced, never followed.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use tokio::sync::mpsc;
+
+use super::sender::hash_zeros;
+use super::{Result, SyncError, WINDOW};
+use crate::compress::Decompressor;
+use crate::confine::{self, RelPath, cname};
+use crate::meta;
+use crate::progress::{Event, SharedReporter};
+use crate::wire::{
+    CHUNK_SIZE, DataChunk, Entry, EntryKind, Message, ReceiverReport, SyncOptions, encode_message,
+};
+
+/// Most files the receiver accepts as requested-but-not-yet-delivered.
+const MAX_PENDING: usize = WINDOW * 2;
+
+/// A file being received into its temporary name.
+struct OpenFile {
+    id: u64,
+    entry: Entry,
+    path: RelPath,
+    dir: OwnedFd,
+    tmp: CString,
+    file: std::fs::File,
+    hasher: blake3::Hasher,
+    /// Everything before this offset has been hashed.
+    position: u64,
+}
+
+/// A received file whose content matched the sender's blake3.
+struct VerifiedFile(OpenFile);
+
+pub(super) struct Receiver {
+    root: Arc<OwnedFd>,
+    options: SyncOptions,
+    reporter: SharedReporter,
+    out: mpsc::Sender<Vec<u8>>,
+    input: mpsc::Receiver<Result<Message>>,
+    is_root: bool,
+    session: String,
+    parent: Option<(Vec<u8>, OwnedFd)>,
+    pending: HashMap<u64, Entry>,
+    leaders: HashMap<u64, RelPath>,
+    deferred: HashMap<u64, Vec<Entry>>,
+    current: Option<OpenFile>,
+    dirs: Vec<Entry>,
+    seen_root: bool,
+    decompressor: Option<Decompressor>,
+    buffer: Vec<u8>,
+    report: ReceiverReport,
+}
+
+/// Runs a receiver to the end; on error, tells the sender why and cleans up the temporary file.
+pub(super) fn run(
+    root: Arc<OwnedFd>,
+    options: SyncOptions,
+    reporter: SharedReporter,
+    out: mpsc::Sender<Vec<u8>>,
+    input: mpsc::Receiver<Result<Message>>,
+) -> Result<ReceiverReport> {
+    let mut token = [0u8; 8];
+    getrandom::fill(&mut token).map_err(|e| SyncError::Io {
+        op: "cannot draw a session id",
+        path: ".".into(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let mut receiver = Receiver {
+        root,
+        options,
+        reporter,
+        out,
+        input,
+        is_root: rustix::process::geteuid().is_root(),
+        session: token.iter().map(|b| format!("{b:02x}")).collect(),
+        parent: None,
+        pending: HashMap::new(),
+        leaders: HashMap::new(),
+        deferred: HashMap::new(),
+        current: None,
+        dirs: Vec::new(),
+        seen_root: false,
+        decompressor: None,
+        buffer: Vec::with_capacity(CHUNK_SIZE),
+        report: ReceiverReport::default(),
+    };
+    let result = receiver.receive();
+    if let Some(open) = receiver.current.take() {
+        discard(&open);
+    }
+    match result {
+        Ok(()) => {
+            let report = std::mem::take(&mut receiver.report);
+            let _ = receiver.out.blocking_send(encode_message(&Message::Done(report.clone())));
+            Ok(report)
+        }
+        Err(error) => {
+            let _ = receiver.out.blocking_send(encode_message(&Message::Error(error.to_remote())));
+            Err(error)
+        }
+    }
+}
+
+fn discard(open: &OpenFile) {
+    let _ = rustix::fs::unlinkat(open.dir.as_fd(), open.tmp.as_c_str(), AtFlags::empty());
+}
+
+fn protocol(message: impl Into<String>) -> SyncError {
+    SyncError::Protocol(message.into())
+}
+
+impl Receiver {
+    fn receive(&mut self) -> Result<()> {
+        loop {
+            let message = self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))??;
+            match message {
+                Message::Entry(entry) => self.entry(entry)?,
+                Message::Data(chunk) => self.data(chunk)?,
+                Message::FileEnd { id, blake3 } => self.file_end(id, blake3)?,
+                Message::FileFailed { id, reason } => {
+                    if self.current.as_ref().is_some_and(|open| open.id == id) {
+                        discard(&self.current.take().expect("checked"));
+                    } else if self.pending.remove(&id).is_none() {
+                        return Err(protocol(format!("failure reported for entry {id}, which was not requested")));
+                    }
+                    if let Some(links) = self.deferred.remove(&id) {
+                        for link in links {
+                            self.warn(format!(
+                                "hard link `{}` not created: its source file failed ({reason:?})",
+                                confine::display_bytes(&link.path)
+                            ));
+                        }
+                    }
+                }
+                Message::EndOfEntries => return self.finish(),
+                Message::Error(error) => return Err(SyncError::Remote(error)),
+                other => return Err(protocol(format!("unexpected {} message from the sender", other.name()))),
+            }
+        }
+    }
+
+    fn reply(&self, message: &Message) -> Result<()> {
+        self.out.blocking_send(encode_message(message)).map_err(|_| SyncError::Disconnected("while we were replying"))
+    }
+
+    fn warn(&mut self, message: String) {
+        self.reporter.on_event(&Event::Warning { message: message.clone() });
+        self.report.warnings.push(message);
+    }
+
+    fn not_preserved(&mut self, what: &str) {
+        if !self.report.not_preserved.iter().any(|known| known == what) {
+            self.report.not_preserved.push(what.to_owned());
+        }
+    }
+
+    /// The directory handle of `parent` (relative to the root), cached across entries.
+    fn parent_dir(&mut self, parent: &[u8]) -> Result<BorrowedFd<'_>> {
+        if self.parent.as_ref().is_none_or(|(cached, _)| cached.as_slice() != parent) {
+            self.parent = None;
+            let dir = confine::open_dir(self.root.as_fd(), parent).map_err(|source| {
+                let op = if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                    "a symlink is in the way of"
+                } else if source.kind() == io::ErrorKind::NotFound {
+                    "parent directory missing (entries out of order) for"
+                } else {
+                    "cannot open the directory"
+                };
+                SyncError::Io { op, path: confine::display_bytes(parent), source }
+            })?;
+            self.parent = Some((parent.to_vec(), dir));
+        }
+        Ok(self.parent.as_ref().expect("just set").1.as_fd())
+    }
+
+    fn entry(&mut self, entry: Entry) -> Result<()> {
+        if entry.path.is_empty() {
+            if self.seen_root || entry.kind != EntryKind::Dir {
+                return Err(protocol("an entry with an empty path that is not the leading root directory"));
+            }
+            self.seen_root = true;
+            meta::check_xattrs(&entry.xattrs, &self.options).map_err(|e| protocol(format!("volume root: {e}")))?;
+            self.dirs.push(entry);
+            return Ok(());
+        }
+        let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
+        meta::check_xattrs(&entry.xattrs, &self.options).map_err(|e| protocol(format!("`{}`: {e}", path.display())))?;
+        let io = |op, source| SyncError::Io { op, path: path.display(), source };
+        let (parent, name) = path.split();
+        let name = name.to_vec();
+        let parent = parent.to_vec();
+        match entry.kind.clone() {
+            EntryKind::Dir => {
+                let dir = self.parent_dir(&parent)?;
+                ensure_dir(dir, &name).map_err(|e| io("cannot create directory", e))?;
+                self.dirs.push(entry);
+            }
+            EntryKind::File { size, leader } => {
+                let dir = self.parent_dir(&parent)?;
+                let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
+                let up_to_date = existing.is_some_and(|stat| {
+                    FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+                        && u64::try_from(stat.st_size).ok() == Some(size)
+                        && stat.st_mtime == entry.mtime.sec
+                        && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+                });
+                if up_to_date {
+                    let file = rustix::fs::openat(
+                        dir,
+                        cname(&name).as_c_str(),
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| io("cannot open", e.into()))?;
+                    self.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
+                    if leader {
+                        self.leaders.insert(entry.id, path);
+                    }
+                    self.reply(&Message::Skip { id: entry.id })?;
+                } else {
+                    if self.pending.len() >= MAX_PENDING {
+                        return Err(protocol(format!("more than {MAX_PENDING} files requested and not delivered")));
+                    }
+                    if self.pending.contains_key(&entry.id) || self.leaders.contains_key(&entry.id) {
+                        return Err(protocol(format!("entry id {} used twice", entry.id)));
+                    }
+                    let id = entry.id;
+                    self.pending.insert(id, entry);
+                    self.reply(&Message::Need { id })?;
+                }
+            }
+            EntryKind::Hardlink { leader } => {
+                if let Some(leader_path) = self.leaders.get(&leader).cloned() {
+                    self.link(&leader_path, &path)?;
+                } else if self.pending.contains_key(&leader) || self.current.as_ref().is_some_and(|o| o.id == leader) {
+                    let waiting = self.deferred.entry(leader).or_default();
+                    if waiting.len() >= MAX_PENDING {
+                        return Err(protocol("too many hard links waiting for one file"));
+                    }
+                    waiting.push(entry);
+                } else {
+                    return Err(protocol(format!("`{}` is a hard link to unknown entry {leader}", path.display())));
+                }
+            }
+            EntryKind::Symlink { target } => {
+                if target.is_empty() || target.contains(&0) || target.len() > confine::MAX_PATH {
+                    return Err(protocol(format!("`{}` has an invalid symlink target", path.display())));
+                }
+                let tmp = self.tmp_name(entry.id);
+                let dir = self.parent_dir(&parent)?;
+                rustix::fs::symlinkat(cname(&target).as_c_str(), dir, tmp.as_c_str())
+                    .map_err(|e| io("cannot create symlink", e.into()))?;
+                self.finish_special(&parent, &name, &tmp, &entry).map_err(|e| io("cannot create symlink", e))?;
+            }
+            EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } => {
+                let (file_type, rdev) = match entry.kind {
+                    EntryKind::Fifo => (FileType::Fifo, 0),
+                    EntryKind::Socket => (FileType::Socket, 0),
+                    EntryKind::CharDevice { rdev } => (FileType::CharacterDevice, rdev),
+                    EntryKind::BlockDevice { rdev } => (FileType::BlockDevice, rdev),
+                    _ => unreachable!("matched above"),
+                };
+                if rdev != 0 && !(self.options.devices && self.is_root) {
+                    self.warn(format!(
+                        "device node `{}` skipped: pass `--devices` and run the target as root to copy device nodes",
+                        path.display()
+                    ));
+                    return Ok(());
+                }
+                let tmp = self.tmp_name(entry.id);
+                let dir = self.parent_dir(&parent)?;
+                rustix::fs::mknodat(dir, tmp.as_c_str(), file_type, Mode::from_raw_mode(0o600), rdev)
+                    .map_err(|e| io("cannot create special file", e.into()))?;
+                self.finish_special(&parent, &name, &tmp, &entry).map_err(|e| io("cannot create special file", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tmp_name(&self, id: u64) -> CString {
+        let mut name = confine::RESERVED_PREFIX.to_vec();
+        name.extend_from_slice(format!("{}-{id}", self.session).as_bytes());
+        cname(&name)
+    }
+
+    /// Gives a just-created symlink or special file (at `tmp`) its metadata and renames it over
+    /// `name`. Owner and times are set with `AT_SYMLINK_NOFOLLOW`; permission bits through an
+    /// `O_PATH` handle checked to be the node we created, so a swap cannot redirect the chmod.
+    fn finish_special(&mut self, parent: &[u8], name: &[u8], tmp: &CString, entry: &Entry) -> io::Result<()> {
+        let chown = self.chown_allowed();
+        let dir = self.parent_dir(parent).map_err(|e| io::Error::other(e.to_string()))?;
+        let result = (|| {
+            if chown {
+                rustix::fs::chownat(
+                    dir,
+                    tmp.as_c_str(),
+                    Some(rustix::fs::Uid::from_raw(entry.uid)),
+                    Some(rustix::fs::Gid::from_raw(entry.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
+            if !matches!(entry.kind, EntryKind::Symlink { .. }) {
+                let node = rustix::fs::openat(dir, tmp.as_c_str(), OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                if FileType::from_raw_mode(rustix::fs::fstat(&node)?.st_mode) == FileType::Symlink {
+                    return Err(io::Error::other("temporary node was replaced by a symlink"));
+                }
+                let proc = confine::proc_path(node.as_fd(), b"");
+                let proc = CString::new(&proc.as_bytes()[..proc.as_bytes().len() - 1]).expect("no NUL");
+                rustix::fs::chmodat(rustix::fs::CWD, proc.as_c_str(), Mode::from_raw_mode(entry.mode), AtFlags::empty())?;
+            }
+            confine::set_times_at(dir, tmp.as_c_str(), &confine::timestamps(entry.atime, entry.mtime))?;
+            replace(dir, tmp, name)
+        })();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
+        }
+        result
+    }
+
+    fn chown_allowed(&mut self) -> bool {
+        if !self.is_root {
+            self.not_preserved("ownership (uid/gid): the target is not running as root");
+        }
+        self.is_root
+    }
+
+    /// Owner, extended attributes, permission bits and times of an open file or directory, in
+    /// that order (chown clears setuid bits; ACLs and mode bits share the group class).
+    fn apply_metadata(&mut self, fd: BorrowedFd<'_>, entry: &Entry) -> io::Result<()> {
+        if self.chown_allowed() {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(entry.uid)),
+                Some(rustix::fs::Gid::from_raw(entry.gid)),
+            )?;
+        }
+        meta::apply_xattrs(fd, &entry.xattrs, &self.options)?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))?;
+        rustix::fs::futimens(fd, &confine::timestamps(entry.atime, entry.mtime))?;
+        Ok(())
+    }
+
+    fn link(&mut self, leader: &RelPath, path: &RelPath) -> Result<()> {
+        let io = |op, source| SyncError::Io { op, path: path.display(), source };
+        let (leader_parent, leader_name) = leader.split();
+        let leader_dir = confine::open_dir(self.root.as_fd(), leader_parent).map_err(|e| io("cannot open the link source of", e))?;
+        let (parent, name) = path.split();
+        let (parent, name) = (parent.to_vec(), name.to_vec());
+        let leader_stat = rustix::fs::statat(&leader_dir, cname(leader_name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("cannot inspect the link source of", e.into()))?;
+        let dir = self.parent_dir(&parent)?;
+        if let Some(existing) = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))? {
+            if existing.st_ino == leader_stat.st_ino && existing.st_dev == leader_stat.st_dev {
+                return Ok(());
+            }
+        }
+        let tmp = {
+            let mut raw = confine::RESERVED_PREFIX.to_vec();
+            raw.extend_from_slice(format!("{}-link", self.session).as_bytes());
+            cname(&raw)
+        };
+        let dir = self.parent_dir(&parent)?;
+        let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
+        rustix::fs::linkat(&leader_dir, cname(leader_name).as_c_str(), dir, tmp.as_c_str(), AtFlags::empty())
+            .map_err(|e| io("cannot create hard link", e.into()))?;
+        replace(dir, &tmp, &name).map_err(|e| {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
+            io("cannot create hard link", e)
+        })
+    }
+
+    /// The open file for `id`, created on its first chunk (or at its end, for empty files).
+    fn open_file(&mut self, id: u64) -> Result<&mut OpenFile> {
+        if let Some(open) = &self.current {
+            if open.id != id {
+                return Err(protocol(format!("data for entry {id} while entry {} is incomplete", open.id)));
+            }
+        } else {
+            let entry = self
+                .pending
+                .remove(&id)
+                .ok_or_else(|| protocol(format!("data for entry {id}, which was not requested")))?;
+            let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
+            let tmp = self.tmp_name(id);
+            let (parent, _) = path.split();
+            let parent = parent.to_vec();
+            let dir = self.parent_dir(&parent)?.try_clone_to_owned().map_err(|source| SyncError::Io {
+                op: "cannot open the directory of",
+                path: path.display(),
+                source,
+            })?;
+            let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
+            let file = confine::create_file(dir.as_fd(), tmp.as_bytes()).map_err(|source| SyncError::Io {
+                op: "cannot create a temporary file for",
+                path: path.display(),
+                source,
+            })?;
+            self.current = Some(OpenFile { id, entry, path, dir, tmp, file, hasher: blake3::Hasher::new(), position: 0 });
+        }
+        Ok(self.current.as_mut().expect("set above"))
+    }
+
+    fn data(&mut self, chunk: DataChunk) -> Result<()> {
+        if chunk.raw_len as usize > CHUNK_SIZE || chunk.bytes.len() > CHUNK_SIZE + 1024 {
+            return Err(protocol(format!("data chunk of {} bytes exceeds the chunk size", chunk.raw_len)));
+        }
+        let decompressor = match self.decompressor.as_mut() {
+            Some(decompressor) => decompressor,
+            None => self.decompressor.insert(Decompressor::new().map_err(|e| protocol(e.to_string()))?),
+        };
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let unpacked = decompressor.unpack(chunk.compressed, &chunk.bytes, chunk.raw_len as usize, &mut buffer);
+        let result = (|| {
+            let open = self.open_file(chunk.id)?;
+            let size = match open.entry.kind {
+                EntryKind::File { size, .. } => size,
+                _ => unreachable!("only files are requested"),
+            };
+            let end = chunk.offset.checked_add(u64::from(chunk.raw_len));
+            if chunk.offset < open.position || end.is_none_or(|end| end > size) {
+                return Err(protocol(format!(
+                    "data chunk at offset {} for `{}` is out of order or beyond its size",
+                    chunk.offset,
+                    open.path.display()
+                )));
+            }
+            unpacked.map_err(|e| protocol(format!("`{}`: {e}", open.path.display())))?;
+            hash_zeros(&mut open.hasher, chunk.offset - open.position);
+            open.hasher.update(&buffer);
+            open.file.write_all_at(&buffer, chunk.offset).map_err(|source| SyncError::Io {
+                op: "cannot write",
+                path: open.path.display(),
+                source,
+            })?;
+            open.position = chunk.offset + u64::from(chunk.raw_len);
+            self.report.bytes_written += u64::from(chunk.raw_len);
+            Ok(())
+        })();
+        self.buffer = buffer;
+        result
+    }
+
+    fn file_end(&mut self, id: u64, expected: [u8; 32]) -> Result<()> {
+        self.open_file(id)?;
+        let open = self.current.take().expect("opened above");
+        let verified = self.verify(open, expected)?;
+        let path = verified.0.path.clone();
+        let leader = matches!(verified.0.entry.kind, EntryKind::File { leader: true, .. });
+        self.install(verified)?;
+        self.report.files_written += 1;
+        if leader {
+            self.leaders.insert(id, path.clone());
+        }
+        for link in self.deferred.remove(&id).unwrap_or_default() {
+            let link_path = RelPath::new(&link.path).map_err(|e| protocol(e.to_string()))?;
+            self.link(&path, &link_path)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the content against the sender's blake3 and applies metadata; on any failure the
+    /// temporary file is removed and the final name is left untouched.
+    fn verify(&mut self, mut open: OpenFile, expected: [u8; 32]) -> Result<VerifiedFile> {
+        match self.check_and_finish(&mut open, expected) {
+            Ok(()) => Ok(VerifiedFile(open)),
+            Err(error) => {
+                discard(&open);
+                Err(error)
+            }
+        }
+    }
+
+    fn check_and_finish(&mut self, open: &mut OpenFile, expected: [u8; 32]) -> Result<()> {
+        let EntryKind::File { size, .. } = open.entry.kind else { unreachable!("only files are opened") };
+        let io = |op, source| SyncError::Io { op, path: open.path.display(), source };
+        hash_zeros(&mut open.hasher, size - open.position);
+        open.position = size;
+        open.file.set_len(size).map_err(|e| io("cannot write", e))?;
+        if open.hasher.finalize().as_bytes() != &expected {
+            return Err(SyncError::Verification { path: open.path.display() });
+        }
+        self.apply_metadata(open.file.as_fd(), &open.entry).map_err(|e| io("cannot set metadata of", e))?;
+        if self.options.fsync {
+            open.file.sync_all().map_err(|e| io("cannot fsync", e))?;
+        }
+        Ok(())
+    }
+
+    /// Renames a verified file over its final name.
+    fn install(&mut self, verified: VerifiedFile) -> Result<()> {
+        let open = verified.0;
+        let (_, name) = open.path.split();
+        replace(open.dir.as_fd(), &open.tmp, name).map_err(|source| {
+            discard(&open);
+            SyncError::Io { op: "cannot rename into place", path: open.path.display(), source }
+        })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if self.current.is_some() || !self.pending.is_empty() {
+            return Err(protocol("end of entries while requested files are still undelivered"));
+        }
+        self.parent = None;
+        // Deepest first, so setting a directory's times is not undone by work inside it.
+        let dirs = std::mem::take(&mut self.dirs);
+        for entry in dirs.iter().rev() {
+            let shown = if entry.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&entry.path) };
+            let dir = confine::open_dir(self.root.as_fd(), &entry.path)
+                .map_err(|source| SyncError::Io { op: "cannot open directory", path: shown.clone(), source })?;
+            self.apply_metadata(dir.as_fd(), entry)
+                .map_err(|source| SyncError::Io { op: "cannot set metadata of", path: shown, source })?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure `name` in `dir` is a real directory: a symlink or file in the way is replaced.
+fn ensure_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    match confine::lstat(dir, name)? {
+        Some(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => return Ok(()),
+        Some(_) => confine::remove_any(dir, name)?,
+        None => {}
+    }
+    rustix::fs::mkdirat(dir, cname(name).as_c_str(), Mode::from_raw_mode(0o700)).map_err(io::Error::from)
+}
+
+/// Renames `tmp` over `name` in `dir`; a directory in the way is removed first (rename cannot
+/// replace a directory with a non-directory).
+fn replace(dir: BorrowedFd<'_>, tmp: &CString, name: &[u8]) -> io::Result<()> {
+    let target = cname(name);
+    match rustix::fs::renameat(dir, tmp.as_c_str(), dir, target.as_c_str()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::ISDIR | rustix::io::Errno::NOTEMPTY | rustix::io::Errno::EXIST) => {
+            confine::remove_any(dir, name)?;
+            rustix::fs::renameat(dir, tmp.as_c_str(), dir, target.as_c_str()).map_err(io::Error::from)
+        }
+        Err(error) => Err(error.into()),
+    }
+}

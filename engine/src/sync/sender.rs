@@ -1,0 +1,390 @@
+//! The source side: scan, answer the receiver's verdicts, read, hash and compress content.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::{Result, SyncError, WINDOW};
+use crate::compress::Compressor;
+use crate::confine::{self, display_bytes};
+use crate::progress::{Event, SharedReporter, Summary};
+use crate::scan::{Scanned, Scanner};
+use crate::wire::{
+    CHUNK_SIZE, DataChunk, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, encode_message,
+};
+
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// A file entry sent and waiting for the receiver's verdict.
+struct Waiting {
+    path: Vec<u8>,
+    size: u64,
+    mtime: Timestamp,
+}
+
+pub(super) struct Sender {
+    root: Arc<OwnedFd>,
+    options: SyncOptions,
+    reporter: SharedReporter,
+    on_wire: Arc<AtomicU64>,
+    out: mpsc::Sender<Vec<u8>>,
+    replies: mpsc::Receiver<Result<Message>>,
+    waiting: HashMap<u64, Waiting>,
+    parent: Option<(Vec<u8>, OwnedFd)>,
+    compressor: Option<Compressor>,
+    buffer: Vec<u8>,
+    summary: Summary,
+    files_done: u64,
+    bytes_done: u64,
+    started: Instant,
+    last_progress: Instant,
+}
+
+impl Sender {
+    pub(super) fn new(
+        root: Arc<OwnedFd>,
+        options: SyncOptions,
+        reporter: SharedReporter,
+        on_wire: Arc<AtomicU64>,
+        out: mpsc::Sender<Vec<u8>>,
+        replies: mpsc::Receiver<Result<Message>>,
+    ) -> Self {
+        let now = Instant::now();
+        Sender {
+            root,
+            options,
+            reporter,
+            on_wire,
+            out,
+            replies,
+            waiting: HashMap::new(),
+            parent: None,
+            compressor: None,
+            buffer: vec![0; CHUNK_SIZE],
+            summary: Summary::default(),
+            files_done: 0,
+            bytes_done: 0,
+            started: now,
+            last_progress: now,
+        }
+    }
+
+    pub(super) fn run(mut self) -> Result<Summary> {
+        match self.stream() {
+            Ok(()) => {}
+            // The connection broke: the receiver probably said why before closing.
+            Err(error @ SyncError::Disconnected(_)) => return Err(self.remote_reason().unwrap_or(error)),
+            Err(error) => return Err(error),
+        }
+        self.summary.elapsed_s = self.started.elapsed().as_secs_f64();
+        self.emit_progress();
+        Ok(self.summary)
+    }
+
+    fn remote_reason(&mut self) -> Option<SyncError> {
+        while let Some(reply) = self.replies.blocking_recv() {
+            if let Ok(Message::Error(error)) = reply {
+                return Some(SyncError::Remote(error));
+            }
+        }
+        None
+    }
+
+    fn send(&self, message: &Message) -> Result<()> {
+        self.out.blocking_send(encode_message(message)).map_err(|_| SyncError::Disconnected("while we were sending"))
+    }
+
+    fn stream(&mut self) -> Result<()> {
+        let root_entry = self.root_entry()?;
+        self.send(&Message::Entry(root_entry))?;
+        let mut scanner = Scanner::new(&self.root, self.options.clone())
+            .map_err(|source| SyncError::Io { op: "cannot scan the source volume", path: ".".into(), source })?;
+        let mut scanning = true;
+        loop {
+            while let Ok(reply) = self.replies.try_recv() {
+                self.handle_reply(reply?)?;
+            }
+            if scanning && self.waiting.len() < WINDOW {
+                match scanner.next() {
+                    Some(Scanned::Entry(entry)) => self.send_entry(entry)?,
+                    Some(Scanned::Problem(problem)) => {
+                        let message = format!("cannot read `{}`: {}", problem.path, problem.error);
+                        self.problem(&message);
+                    }
+                    None => scanning = false,
+                }
+                continue;
+            }
+            if !scanning && self.waiting.is_empty() {
+                break;
+            }
+            let reply = self.replies.blocking_recv().ok_or(SyncError::Disconnected("before answering"))?;
+            self.handle_reply(reply?)?;
+        }
+        self.send(&Message::EndOfEntries)?;
+        loop {
+            match self.replies.blocking_recv().ok_or(SyncError::Disconnected("before acknowledging the end"))?? {
+                Message::Done(report) => {
+                    self.summary.not_preserved = report.not_preserved;
+                    self.summary.warnings.extend(report.warnings);
+                    return Ok(());
+                }
+                other => self.handle_reply(other)?,
+            }
+        }
+    }
+
+    /// The volume root itself travels first, as an entry with an empty path.
+    fn root_entry(&self) -> Result<Entry> {
+        let io = |source| SyncError::Io { op: "cannot read the source volume root", path: ".".into(), source };
+        let stat = rustix::fs::fstat(self.root.as_fd()).map_err(|e| io(e.into()))?;
+        let dir = confine::open_dir(self.root.as_fd(), b"").map_err(io)?;
+        let xattrs = crate::meta::read_xattrs(dir.as_fd(), b".", &self.options).map_err(io)?;
+        Ok(Entry {
+            id: u64::MAX,
+            path: Vec::new(),
+            kind: EntryKind::Dir,
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mtime: Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) },
+            atime: Timestamp { sec: stat.st_atime, nsec: u32::try_from(stat.st_atime_nsec).unwrap_or(0) },
+            xattrs,
+        })
+    }
+
+    /// A file that vanished, changed or could not be read: an error, or a warning in a stage run.
+    fn problem(&mut self, message: &str) {
+        if self.options.stage {
+            self.summary.warnings.push(message.to_owned());
+            self.reporter.on_event(&Event::Warning { message: message.to_owned() });
+        } else {
+            self.summary.errors.push(message.to_owned());
+        }
+    }
+
+    fn send_entry(&mut self, entry: Entry) -> Result<()> {
+        self.summary.entries_total += 1;
+        match entry.kind {
+            EntryKind::File { size, .. } => {
+                self.summary.files_total += 1;
+                self.summary.bytes_total += size;
+                self.waiting.insert(entry.id, Waiting { path: entry.path.clone(), size, mtime: entry.mtime });
+            }
+            EntryKind::Hardlink { .. } => self.summary.files_total += 1,
+            _ => {}
+        }
+        self.send(&Message::Entry(entry))
+    }
+
+    fn handle_reply(&mut self, reply: Message) -> Result<()> {
+        match reply {
+            Message::Need { id } => {
+                let waiting = self.take_waiting(id)?;
+                self.send_file(id, &waiting)?;
+            }
+            Message::Skip { id } => {
+                let waiting = self.take_waiting(id)?;
+                self.files_done += 1;
+                self.bytes_done += waiting.size;
+            }
+            Message::Error(error) => return Err(SyncError::Remote(error)),
+            other => return Err(SyncError::Protocol(format!("unexpected {} message from the receiver", other.name()))),
+        }
+        if self.last_progress.elapsed() >= PROGRESS_EVERY {
+            self.emit_progress();
+        }
+        Ok(())
+    }
+
+    fn take_waiting(&mut self, id: u64) -> Result<Waiting> {
+        self.waiting
+            .remove(&id)
+            .ok_or_else(|| SyncError::Protocol(format!("verdict for entry {id}, which is not waiting for one")))
+    }
+
+    fn emit_progress(&mut self) {
+        self.last_progress = Instant::now();
+        self.reporter.on_event(&Event::Progress {
+            files_done: self.files_done,
+            bytes_done: self.bytes_done,
+            bytes_transferred: self.summary.bytes_transferred,
+            bytes_on_wire: self.on_wire.load(Ordering::Relaxed),
+        });
+    }
+
+    fn open_source(&mut self, path: &[u8]) -> io::Result<std::fs::File> {
+        let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b""[..], path),
+        };
+        if self.parent.as_ref().is_none_or(|(cached, _)| cached.as_slice() != parent) {
+            self.parent = None;
+            let dir = confine::open_dir(self.root.as_fd(), parent)?;
+            self.parent = Some((parent.to_vec(), dir));
+        }
+        let dir = &self.parent.as_ref().expect("just set").1;
+        confine::open_file_read(dir.as_fd(), name)
+    }
+
+    fn send_file(&mut self, id: u64, waiting: &Waiting) -> Result<()> {
+        let shown = display_bytes(&waiting.path);
+        let file = match self.open_source(&waiting.path) {
+            Ok(file) => file,
+            Err(error) => {
+                let reason = match error.kind() {
+                    io::ErrorKind::NotFound => FileFailure::Vanished,
+                    _ if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => FileFailure::Changed,
+                    _ => FileFailure::Unreadable,
+                };
+                self.problem(&failure_message(&shown, reason, Some(&error)));
+                return self.send(&Message::FileFailed { id, reason });
+            }
+        };
+        match self.stream_content(id, &file, waiting) {
+            Ok(Some(hash)) => {
+                self.files_done += 1;
+                self.bytes_done += waiting.size;
+                self.summary.files_transferred += 1;
+                self.send(&Message::FileEnd { id, blake3: hash })
+            }
+            Ok(None) => {
+                self.problem(&failure_message(&shown, FileFailure::Changed, None));
+                self.send(&Message::FileFailed { id, reason: FileFailure::Changed })
+            }
+            Err(ContentError::Read(error)) => {
+                self.problem(&failure_message(&shown, FileFailure::Unreadable, Some(&error)));
+                self.send(&Message::FileFailed { id, reason: FileFailure::Unreadable })
+            }
+            Err(ContentError::Sync(error)) => Err(error),
+        }
+    }
+
+    /// Streams a file's content; `Ok(None)` when it changed while being read.
+    fn stream_content(
+        &mut self,
+        id: u64,
+        file: &std::fs::File,
+        waiting: &Waiting,
+    ) -> std::result::Result<Option<[u8; 32]>, ContentError> {
+        let before = rustix::fs::fstat(file).map_err(|e| ContentError::Read(e.into()))?;
+        if !same_version(&before, waiting) {
+            return Ok(None);
+        }
+        let compressor = match self.compressor.as_mut() {
+            Some(compressor) => compressor,
+            None => self.compressor.insert(Compressor::new(self.options.compress_level).map_err(ContentError::Read)?),
+        };
+        compressor.reset();
+        let mut hasher = blake3::Hasher::new();
+        let mut hashed = 0u64;
+        let size = waiting.size;
+        let sparse = u64::try_from(before.st_blocks).unwrap_or(0) * 512 < size;
+        let mut offset = 0u64;
+        while offset < size {
+            let (data_start, data_end) = if sparse { data_range(file, offset, size) } else { (offset, size) };
+            if data_start >= size {
+                break;
+            }
+            offset = data_start;
+            while offset < data_end {
+                let want = (data_end - offset).min(CHUNK_SIZE as u64) as usize;
+                let got = read_full(file, &mut self.buffer[..want], offset).map_err(ContentError::Read)?;
+                if got < want {
+                    // Shorter than it was: truncated while we read it.
+                    return Ok(None);
+                }
+                hash_zeros(&mut hasher, offset - hashed);
+                let chunk = &self.buffer[..want];
+                hasher.update(chunk);
+                let packed = self.compressor.as_mut().expect("set above").pack(chunk).map_err(ContentError::Read)?;
+                let message = Message::Data(DataChunk {
+                    id,
+                    offset,
+                    raw_len: want as u32,
+                    compressed: packed.compressed,
+                    bytes: packed.bytes,
+                });
+                self.send(&message).map_err(ContentError::Sync)?;
+                offset += want as u64;
+                hashed = offset;
+                self.summary.bytes_transferred += want as u64;
+                if self.last_progress.elapsed() >= PROGRESS_EVERY {
+                    self.emit_progress();
+                }
+            }
+        }
+        hash_zeros(&mut hasher, size - hashed);
+        let after = rustix::fs::fstat(file).map_err(|e| ContentError::Read(e.into()))?;
+        if !same_version(&after, waiting) || after.st_ctime != before.st_ctime || after.st_ctime_nsec != before.st_ctime_nsec
+        {
+            return Ok(None);
+        }
+        Ok(Some(*hasher.finalize().as_bytes()))
+    }
+}
+
+enum ContentError {
+    Read(io::Error),
+    Sync(SyncError),
+}
+
+fn failure_message(path: &str, reason: FileFailure, error: Option<&io::Error>) -> String {
+    let what = match reason {
+        FileFailure::Vanished => "vanished before it could be read",
+        FileFailure::Changed => "changed while it was being read; it was not stored",
+        FileFailure::Unreadable => "could not be read",
+    };
+    match error {
+        Some(error) if reason == FileFailure::Unreadable => format!("`{path}` {what}: {error}"),
+        _ => format!("`{path}` {what}"),
+    }
+}
+
+fn same_version(stat: &rustix::fs::Stat, waiting: &Waiting) -> bool {
+    u64::try_from(stat.st_size).ok() == Some(waiting.size)
+        && stat.st_mtime == waiting.mtime.sec
+        && u32::try_from(stat.st_mtime_nsec).ok() == Some(waiting.mtime.nsec)
+}
+
+/// The next data region at or after `offset`, as `[start, end)`; `start >= size` when only a
+/// hole remains.
+fn data_range(file: &std::fs::File, offset: u64, size: u64) -> (u64, u64) {
+    let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
+        Ok(start) => start,
+        // ENXIO: no data after offset. Anything else: treat the rest as data.
+        Err(rustix::io::Errno::NXIO) => return (size, size),
+        Err(_) => return (offset, size),
+    };
+    let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start)).unwrap_or(size);
+    (start.min(size), end.min(size))
+}
+
+fn read_full(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buffer.len() {
+        match file.read_at(&mut buffer[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(done)
+}
+
+/// Feeds `len` zero bytes (a hole) to the hasher.
+pub(crate) fn hash_zeros(hasher: &mut blake3::Hasher, mut len: u64) {
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
+}

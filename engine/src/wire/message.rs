@@ -1,0 +1,321 @@
+//! The typed messages of the protocol. The field order is the wire order (postcard).
+
+use serde::{Deserialize, Serialize};
+
+/// The client's first words: who it wants to talk to and what for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The migration this session belongs to (the fingerprint of its CA).
+    pub migration_id: String,
+    /// What the client asks of the server.
+    pub request: Request,
+}
+
+/// What a client may ask of an agent. Which role may ask what is enforced by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Coordinator to target agent: receive `volume` on this very connection; the coordinator
+    /// itself is the source.
+    Receive {
+        /// Target volume name.
+        volume: String,
+        /// Session options.
+        options: SyncOptions,
+    },
+    /// Coordinator to target agent: open a session that a source agent will push into.
+    OpenSession {
+        /// Target volume name.
+        volume: String,
+        /// Session options.
+        options: SyncOptions,
+    },
+    /// Source agent to target agent: receive into the session a coordinator opened.
+    JoinSession {
+        /// The token the target handed to the coordinator.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+    },
+    /// Coordinator to source agent: push `volume` to the target agent at `target`.
+    Push {
+        /// Source volume name.
+        volume: String,
+        /// `HOST:PORT` of the target agent, as the source agent reaches it.
+        target: String,
+        /// The token of the session opened on the target.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+        /// Session options.
+        options: SyncOptions,
+    },
+    /// Anyone: report version and volumes (used by preflight checks).
+    Ping,
+}
+
+/// Options agreed for one volume session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncOptions {
+    /// Copy `security.selinux` labels.
+    pub selinux: bool,
+    /// Recreate device nodes (root only).
+    pub devices: bool,
+    /// `fsync` each file before it is renamed into place.
+    pub fsync: bool,
+    /// zstd level for data chunks; 0 disables compression.
+    pub compress_level: i32,
+    /// Stage run: files that vanish or change while read are warnings, not errors.
+    pub stage: bool,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions { selinux: false, devices: false, fsync: false, compress_level: 1, stage: false }
+    }
+}
+
+/// The server's answer to a successful [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// A session token, when the request was [`Request::OpenSession`].
+    #[serde(with = "serde_bytes")]
+    pub token: Vec<u8>,
+    /// The volumes the agent serves (answer to [`Request::Ping`]).
+    pub volumes: Vec<String>,
+}
+
+/// The server's answer to a [`Hello`], after the version preamble.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloReply {
+    /// Go ahead.
+    Welcome(Welcome),
+    /// Refused.
+    Refused(RemoteError),
+}
+
+/// A timestamp with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub sec: i64,
+    /// Nanoseconds, below 10^9.
+    pub nsec: u32,
+}
+
+/// One extended attribute.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Attribute name, e.g. `user.comment`.
+    #[serde(with = "serde_bytes")]
+    pub name: Vec<u8>,
+    /// Raw value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+/// The type of a tree entry, with what only that type has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A directory.
+    Dir,
+    /// A regular file of `size` bytes. `leader` marks the first name of an inode with several
+    /// names: later names arrive as [`EntryKind::Hardlink`] with this entry's id.
+    File {
+        /// Size in bytes.
+        size: u64,
+        /// First of several hard links to this inode.
+        leader: bool,
+    },
+    /// Another name for the regular file sent earlier as entry `leader`.
+    Hardlink {
+        /// Id of the leader entry.
+        leader: u64,
+    },
+    /// A symbolic link; the target is raw bytes and is never followed.
+    Symlink {
+        /// Link target.
+        #[serde(with = "serde_bytes")]
+        target: Vec<u8>,
+    },
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket (recreated as an unbound socket node, as rsync `--specials` does).
+    Socket,
+    /// A character device.
+    CharDevice {
+        /// Device number.
+        rdev: u64,
+    },
+    /// A block device.
+    BlockDevice {
+        /// Device number.
+        rdev: u64,
+    },
+}
+
+/// One entry of the source tree, with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Sender-chosen id, increasing; replies and data refer to it.
+    pub id: u64,
+    /// Path relative to the volume root, raw bytes, `/`-separated.
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    /// Type.
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (no type bits).
+    pub mode: u32,
+    /// Numeric owner.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Access time.
+    pub atime: Timestamp,
+    /// Extended attributes to recreate.
+    pub xattrs: Vec<Xattr>,
+}
+
+/// A piece of a file's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataChunk {
+    /// The file's entry id.
+    pub id: u64,
+    /// Offset of this chunk in the file.
+    pub offset: u64,
+    /// Length of the content once decompressed; at most [`super::CHUNK_SIZE`].
+    pub raw_len: u32,
+    /// Whether `bytes` is one zstd frame (else raw content).
+    pub compressed: bool,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// Why the sender could not deliver a file it was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileFailure {
+    /// It no longer exists.
+    Vanished,
+    /// It changed while it was being read.
+    Changed,
+    /// It could not be read (permissions, I/O error).
+    Unreadable,
+}
+
+/// What the receiver tells the sender at the end of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReceiverReport {
+    /// Files written (new or replaced).
+    pub files_written: u64,
+    /// Content bytes written.
+    pub bytes_written: u64,
+    /// Metadata the receiver could not preserve, once per kind (e.g. ownership when not root).
+    pub not_preserved: Vec<String>,
+    /// Entries the receiver skipped by policy, with the reason.
+    pub warnings: Vec<String>,
+}
+
+/// The kind of an error reported by the peer, so the other side can classify it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteErrorKind {
+    /// The request named a volume the agent does not serve.
+    UnknownVolume,
+    /// The request would write to a read-only volume.
+    ReadOnly,
+    /// The certificate's role may not make this request.
+    Forbidden,
+    /// Another session is receiving into this volume.
+    Busy,
+    /// A session token that is unknown or expired.
+    BadToken,
+    /// The peer broke the protocol (bad path, bad order, bad sizes, bad hash).
+    Protocol,
+    /// Content did not match its blake3.
+    Verification,
+    /// A file system operation failed on the peer.
+    Io,
+    /// The peer is shutting down.
+    ShuttingDown,
+    /// Anything else.
+    Other,
+}
+
+/// An error as carried on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    /// Classification.
+    pub kind: RemoteErrorKind,
+    /// Human-readable message, naming the file or volume concerned.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// Builds a remote error.
+    pub fn new(kind: RemoteErrorKind, message: impl Into<String>) -> Self {
+        RemoteError { kind, message: message.into() }
+    }
+}
+
+/// Every message after the handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Sender to receiver: the next tree entry.
+    Entry(Entry),
+    /// Sender to receiver: no more entries (all requested data was sent before this).
+    EndOfEntries,
+    /// Receiver to sender: send the content of this file.
+    Need {
+        /// Entry id.
+        id: u64,
+    },
+    /// Receiver to sender: this file is up to date, no content needed.
+    Skip {
+        /// Entry id.
+        id: u64,
+    },
+    /// Sender to receiver: file content.
+    Data(DataChunk),
+    /// Sender to receiver: the file is complete; check it against this blake3.
+    FileEnd {
+        /// Entry id.
+        id: u64,
+        /// blake3 of the whole content.
+        blake3: [u8; 32],
+    },
+    /// Sender to receiver: the file could not be delivered.
+    FileFailed {
+        /// Entry id.
+        id: u64,
+        /// Why.
+        reason: FileFailure,
+    },
+    /// Receiver to sender: the session is complete.
+    Done(ReceiverReport),
+    /// Source agent to coordinator: a progress event, forwarded unchanged.
+    Progress(crate::progress::Event),
+    /// Source agent to coordinator: the final summary of a push.
+    Summary(crate::progress::Summary),
+    /// Either way: a fatal error; the session ends.
+    Error(RemoteError),
+}
+
+impl Message {
+    /// A short name for error messages.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Entry(_) => "Entry",
+            Message::EndOfEntries => "EndOfEntries",
+            Message::Need { .. } => "Need",
+            Message::Skip { .. } => "Skip",
+            Message::Data(_) => "Data",
+            Message::FileEnd { .. } => "FileEnd",
+            Message::FileFailed { .. } => "FileFailed",
+            Message::Done(_) => "Done",
+            Message::Progress(_) => "Progress",
+            Message::Summary(_) => "Summary",
+            Message::Error(_) => "Error",
+        }
+    }
+}
