@@ -1,1 +1,153 @@
-fn main() {}
+//! `mover-agent`: the node daemon. It serves the volumes it is given as a source and receives
+//! them as a target, over mutual TLS with the migration's certificates.
+//!
+//! Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT); 1 when serving failed; 64 for an
+//! invalid configuration (bad flags, unreadable certificates or volumes).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use mover_engine::agent::{Agent, VolumeGrant};
+use mover_engine::certs::{Identity, Role};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 64;
+
+/// mover's node daemon: serves volumes to, and receives volumes from, other mover agents.
+///
+/// Exit codes: 0 clean shutdown; 1 serving failed; 64 invalid configuration.
+#[derive(Debug, Parser)]
+#[command(name = "mover-agent", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve volumes until SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. `0.0.0.0:7443`.
+    #[arg(long, env = "MOVER_AGENT_LISTEN")]
+    listen: SocketAddr,
+    /// Directory with `ca.crt`, `agent.crt` and `agent.key` (from `mover certs init`).
+    #[arg(long, env = "MOVER_AGENT_CERTS")]
+    certs: PathBuf,
+    /// A volume this agent may serve or receive: `NAME=PATH`, or `NAME=PATH:ro` for read-only.
+    #[arg(long = "volume", value_name = "NAME=PATH[:ro]", required = true)]
+    volumes: Vec<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MOVER_AGENT_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_volume(spec: &str) -> anyhow::Result<VolumeGrant> {
+    let Some((name, path)) = spec.split_once('=') else {
+        bail!("`--volume {spec}`: expected `NAME=PATH` or `NAME=PATH:ro`");
+    };
+    if name.is_empty() || name.contains('/') {
+        bail!("`--volume {spec}`: the name must be non-empty and contain no `/`");
+    }
+    let (path, read_only) = match path.strip_suffix(":ro") {
+        Some(path) => (path, true),
+        None => (path.strip_suffix(":rw").unwrap_or(path), false),
+    };
+    if path.is_empty() {
+        bail!("`--volume {spec}`: the path is empty");
+    }
+    Ok(VolumeGrant { name: name.to_owned(), path: PathBuf::from(path), read_only })
+}
+
+fn configure(args: &ServeArgs) -> anyhow::Result<Agent> {
+    let identity = Identity::load(&args.certs, Role::Agent)
+        .with_context(|| format!("while loading the agent certificate from `{}`", args.certs.display()))?;
+    let grants = args.volumes.iter().map(|spec| parse_volume(spec)).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Agent::new(identity, grants)?)
+}
+
+async fn serve(agent: Agent, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    info!(listen = %listener.local_addr()?, version = mover_engine::PROTOCOL_VERSION, "serving");
+    agent
+        .serve(listener, async {
+            tokio::select! {
+                _ = terminate.recv() => info!("SIGTERM received"),
+                _ = interrupt.recv() => info!("SIGINT received"),
+            }
+        })
+        .await;
+    info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { EXIT_CONFIG } else { 0 });
+        }
+    };
+    let Command::Serve(args) = cli.command;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let agent = match configure(&args) {
+        Ok(agent) => agent,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match runtime.block_on(serve(agent, args.listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_volume;
+
+    #[test]
+    fn volume_specs() {
+        let grant = parse_volume("data=/mnt/data:ro").unwrap();
+        assert_eq!((grant.name.as_str(), grant.path.to_str().unwrap(), grant.read_only), ("data", "/mnt/data", true));
+        assert!(!parse_volume("data=/mnt/a:b").unwrap().read_only);
+        for bad in ["data", "=/x", "a/b=/x", "data="] {
+            assert!(parse_volume(bad).is_err(), "accepted {bad}");
+        }
+    }
+}

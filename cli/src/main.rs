@@ -1,1 +1,70 @@
-fn main() {}
+//! `mover`: the migration coordinator command.
+
+mod args;
+mod commands;
+mod printer;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+/// Exit code: the migration failed for a stated reason.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: unexpected internal error.
+pub const EXIT_INTERNAL: u8 = 2;
+/// Exit code: invalid usage.
+pub const EXIT_USAGE: u8 = 64;
+
+/// How a command ended.
+pub enum Outcome {
+    /// Everything worked.
+    Success,
+    /// The migration failed; the reason was printed.
+    Failed,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = error.print();
+            return ExitCode::from(code);
+        }
+    };
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let level = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_INTERNAL);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Copy(args) => commands::copy::run(args, &cli.global).await,
+            Command::Certs(command) => commands::certs::run(command),
+        }
+    });
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILED),
+        Err(error) => {
+            printer::print_error(&error);
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

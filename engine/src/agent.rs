@@ -31,8 +31,8 @@ use crate::progress::{Event, Reporter};
 use crate::sync::{self, full_message};
 use crate::tunnel::{self, TunnelError};
 use crate::wire::{
-    FrameReader, FrameWriter, Hello, HelloReply, Message, RemoteError, RemoteErrorKind, Request, SyncOptions,
-    Welcome, WireError,
+    FrameReader, FrameWriter, Hello, HelloReply, Message, RemoteError, RemoteErrorKind, Request, SyncOptions, Welcome,
+    WireError,
 };
 
 /// How long a session opened by a coordinator waits for the source agent.
@@ -175,7 +175,8 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: String) {
     let hello = match hello {
         Ok(Ok(hello)) => hello,
         Ok(Err(error)) => {
-            let kind = if matches!(error, WireError::VersionMismatch { .. }) { "version mismatch" } else { "bad hello" };
+            let kind =
+                if matches!(error, WireError::VersionMismatch { .. }) { "version mismatch" } else { "bad hello" };
             info!(%peer, error = %error, "{kind}");
             // Our reply carries our version, so the peer can report the mismatch too.
             let reply = HelloReply::Refused(refusal(RemoteErrorKind::Protocol, error.to_string()));
@@ -234,7 +235,10 @@ impl State {
 
     fn reserve(self: &Arc<Self>, name: &str) -> Result<BusyGuard, RemoteError> {
         if !self.busy.lock().expect("busy lock").insert(name.to_owned()) {
-            return Err(refusal(RemoteErrorKind::Busy, format!("target busy: another session is receiving into volume `{name}`")));
+            return Err(refusal(
+                RemoteErrorKind::Busy,
+                format!("target busy: another session is receiving into volume `{name}`"),
+            ));
         }
         Ok(BusyGuard(self.clone(), name.to_owned()))
     }
@@ -275,7 +279,11 @@ async fn dispatch(
                 sessions.retain(|_, session| session.expires > Instant::now());
                 sessions.insert(
                     token.clone(),
-                    OpenedSession { volume: volume.clone(), options: options.clone(), expires: Instant::now() + SESSION_TTL },
+                    OpenedSession {
+                        volume: volume.clone(),
+                        options: options.clone(),
+                        expires: Instant::now() + SESSION_TTL,
+                    },
                 );
                 Welcome { token, volumes: Vec::new() }
             }),

@@ -13,8 +13,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -114,8 +114,7 @@ fn leaf(role: Role, issuer: &Issuer<'_, KeyPair>) -> Result<PemPair, CertError> 
         params.subject_alt_names.push(SanType::DnsName("localhost".try_into()?));
         params.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
     }
-    params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     set_validity(&mut params);
     let cert = params.signed_by(&key, issuer)?;
@@ -185,8 +184,7 @@ pub fn write_dir(dir: &Path, certs: &MigrationCerts, force: bool) -> Result<Vec<
         // Write beside, then rename: a key is never readable by others, even for a moment.
         let tmp = dir.join(format!(".{name}.tmp"));
         let _ = fs::remove_file(&tmp);
-        let mut file =
-            fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
         file.write_all(content.as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)?;
         fs::rename(&tmp, &path).map_err(io)?;

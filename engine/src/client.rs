@@ -102,9 +102,10 @@ pub async fn copy_to_agent(
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
     let started = Instant::now();
-    let root = crate::confine::open_root(source)
-        .map_err(|e| CopyError::Source { path: source.to_owned(), source: e })?;
-    let (stream, _) = open(identity, addr, Request::Receive { volume: volume.to_owned(), options: options.clone() }).await?;
+    let root =
+        crate::confine::open_root(source).map_err(|e| CopyError::Source { path: source.to_owned(), source: e })?;
+    let (stream, _) =
+        open(identity, addr, Request::Receive { volume: volume.to_owned(), options: options.clone() }).await?;
     let mut summary = sync::send_volume(stream, Arc::new(root), options, reporter).await?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -174,7 +175,9 @@ pub async fn push_between_agents(
             }
             Some(Message::Error(error)) => return Err(CopyError::Push(error.message)),
             Some(other) => {
-                return Err(SyncError::Protocol(format!("unexpected {} message from the source agent", other.name())).into());
+                return Err(
+                    SyncError::Protocol(format!("unexpected {} message from the source agent", other.name())).into()
+                );
             }
             None => return Err(SyncError::Disconnected("(the source agent) before reporting the result").into()),
         }

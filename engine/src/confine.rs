@@ -117,8 +117,7 @@ pub fn cname(name: &[u8]) -> CString {
 
 /// Opens a volume root as a directory handle (following nothing but the given path itself).
 pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
-    rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(io::Error::from)
+    rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(io::Error::from)
 }
 
 fn beneath() -> ResolveFlags {
@@ -142,8 +141,8 @@ pub fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
 pub fn open_file_read(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
     let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
     // O_NOATIME keeps the source's atime untouched; it needs ownership or CAP_FOWNER.
-    let fd = rustix::fs::openat(dir, cname(name).as_c_str(), flags | OFlags::NOATIME, Mode::empty())
-        .or_else(|error| {
+    let fd =
+        rustix::fs::openat(dir, cname(name).as_c_str(), flags | OFlags::NOATIME, Mode::empty()).or_else(|error| {
             if error == rustix::io::Errno::PERM {
                 rustix::fs::openat(dir, cname(name).as_c_str(), flags, Mode::empty())
             } else {
@@ -222,10 +221,7 @@ pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> CString {
 
 /// Converts a timestamp of the wire into the kernel's.
 #[must_use]
-pub fn timestamps(
-    atime: crate::wire::Timestamp,
-    mtime: crate::wire::Timestamp,
-) -> Timestamps {
+pub fn timestamps(atime: crate::wire::Timestamp, mtime: crate::wire::Timestamp) -> Timestamps {
     Timestamps {
         last_access: Timespec { tv_sec: atime.sec, tv_nsec: i64::from(atime.nsec).into() },
         last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: i64::from(mtime.nsec).into() },

@@ -80,10 +80,7 @@ pub fn check_xattrs(xattrs: &[Xattr], options: &SyncOptions) -> Result<(), Strin
             return Err("an extended attribute exceeds the size limits".into());
         }
         if !is_copied(&xattr.name, options) {
-            return Err(format!(
-                "extended attribute `{}` is not allowed",
-                String::from_utf8_lossy(&xattr.name)
-            ));
+            return Err(format!("extended attribute `{}` is not allowed", String::from_utf8_lossy(&xattr.name)));
         }
         total += xattr.name.len() + xattr.value.len();
     }

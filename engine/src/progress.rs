@@ -8,8 +8,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// Something worth telling the user while a volume moves.
+///
+/// Externally tagged (`{"progress": {...}}` in JSON), because postcard cannot decode internally
+/// tagged enums; front ends that want a `type` field flatten it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Event {
     /// The totals of the source tree are known (a quick metadata pre-scan finished).
     Totals {

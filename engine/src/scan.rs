@@ -50,6 +50,7 @@ pub struct Scanner {
     next_id: u64,
     inodes: HashMap<(u64, u64), u64>,
     options: SyncOptions,
+    xattrs: bool,
 }
 
 impl Scanner {
@@ -62,6 +63,7 @@ impl Scanner {
             next_id: 0,
             inodes: HashMap::new(),
             options,
+            xattrs: true,
         })
     }
 
@@ -69,8 +71,7 @@ impl Scanner {
         let frame = &self.stack[frame_index];
         let mut path = frame.prefix.clone();
         path.extend_from_slice(name);
-        let stat = confine::lstat(frame.dir.as_fd(), name)?
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        let stat = confine::lstat(frame.dir.as_fd(), name)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
         let id = self.next_id;
         let file_type = FileType::from_raw_mode(stat.st_mode);
         let mut child = None;
@@ -111,6 +112,7 @@ impl Scanner {
         };
         // Symlinks cannot carry user.* attributes on Linux; hard links share the leader's.
         let xattrs = match kind {
+            _ if !self.xattrs => Vec::new(),
             EntryKind::Symlink { .. } | EntryKind::Hardlink { .. } => Vec::new(),
             _ => meta::read_xattrs(frame.dir.as_fd(), name, &self.options)?,
         };
@@ -171,6 +173,7 @@ impl Iterator for Scanner {
 pub fn totals(root: &OwnedFd) -> io::Result<(u64, u64)> {
     let options = SyncOptions::default();
     let mut scanner = Scanner::new(root, options)?;
+    scanner.xattrs = false;
     let (mut files, mut bytes) = (0, 0);
     for item in scanner.by_ref() {
         if let Scanned::Entry(Entry { kind: EntryKind::File { size, .. }, .. }) = item {

@@ -110,9 +110,8 @@ pub type ServerStream = server::TlsStream<TcpStream>;
 /// must present a certificate for the agent role from the migration's CA.
 pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<ClientStream, TunnelError> {
     let dial = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| TunnelError::Connect { addr: addr.to_owned(), source })?;
+        let tcp =
+            TcpStream::connect(addr).await.map_err(|source| TunnelError::Connect { addr: addr.to_owned(), source })?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(Role::Agent.dns_name()).expect("valid DNS name");
         TlsConnector::from(config)
@@ -120,29 +119,18 @@ pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<ClientStre
             .await
             .map_err(|source| TunnelError::Handshake { addr: addr.to_owned(), source })
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, dial)
-        .await
-        .map_err(|_| TunnelError::Timeout { addr: addr.to_owned() })?
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await.map_err(|_| TunnelError::Timeout { addr: addr.to_owned() })?
 }
 
 /// Completes the server side of the handshake on an accepted connection and returns the
 /// client's role. A client certificate that verifies but carries no role is refused.
-pub async fn accept(
-    tcp: TcpStream,
-    acceptor: &TlsAcceptor,
-    peer: &str,
-) -> Result<(ServerStream, Role), TunnelError> {
+pub async fn accept(tcp: TcpStream, acceptor: &TlsAcceptor, peer: &str) -> Result<(ServerStream, Role), TunnelError> {
     let _ = tcp.set_nodelay(true);
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| TunnelError::Timeout { addr: peer.to_owned() })?
         .map_err(|source| TunnelError::Handshake { addr: peer.to_owned(), source })?;
-    let role = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(role_of);
+    let role = stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(role_of);
     match role {
         Some(role) => Ok((stream, role)),
         None => Err(TunnelError::Handshake {

@@ -157,6 +157,15 @@ pub async fn send_volume<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    // Totals for progress and ETA come from a quick metadata-only walk beside the transfer.
+    let totals = {
+        let (root, reporter) = (root.clone(), reporter.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Ok((files, bytes)) = crate::scan::totals(&root) {
+                reporter.on_event(&crate::progress::Event::Totals { files, bytes });
+            }
+        })
+    };
     let (reader, writer) = tokio::io::split(stream);
     let (in_tx, in_rx) = mpsc::channel(WINDOW * 2 + 16);
     let (out_tx, out_rx) = mpsc::channel(32);
@@ -165,13 +174,12 @@ where
     let pump_out = tokio::spawn(pump_out(writer, out_rx, on_wire.clone()));
     let thread = {
         let on_wire = on_wire.clone();
-        tokio::task::spawn_blocking(move || {
-            sender::Sender::new(root, options, reporter, on_wire, out_tx, in_rx).run()
-        })
+        tokio::task::spawn_blocking(move || sender::Sender::new(root, options, reporter, on_wire, out_tx, in_rx).run())
     };
     let result = thread.await.map_err(|_| SyncError::Disconnected("(sender thread panicked)"))?;
     let written = pump_out.await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
     pump_in.abort();
+    let _ = totals.await;
     let mut summary = result?;
     written?;
     summary.bytes_on_wire = on_wire.load(Ordering::Relaxed);
@@ -194,9 +202,7 @@ where
     let (out_tx, out_rx) = mpsc::channel(WINDOW * 2 + 16);
     let pump_in = tokio::spawn(pump_in(reader, in_tx));
     let pump_out = tokio::spawn(pump_out(writer, out_rx, Arc::new(AtomicU64::new(0))));
-    let thread = tokio::task::spawn_blocking(move || {
-        receiver::run(root, options, reporter, out_tx, in_rx)
-    });
+    let thread = tokio::task::spawn_blocking(move || receiver::run(root, options, reporter, out_tx, in_rx));
     let result = thread.await.map_err(|_| SyncError::Disconnected("(receiver thread panicked)"))?;
     // The thread has sent its last frame (Done or Error) and dropped its queue: let the writer
     // flush it before reporting, so the peer learns why the session ended.

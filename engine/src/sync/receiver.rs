@@ -22,9 +22,7 @@ use crate::compress::Decompressor;
 use crate::confine::{self, RelPath, cname};
 use crate::meta;
 use crate::progress::{Event, SharedReporter};
-use crate::wire::{
-    CHUNK_SIZE, DataChunk, Entry, EntryKind, Message, ReceiverReport, SyncOptions, encode_message,
-};
+use crate::wire::{CHUNK_SIZE, DataChunk, Entry, EntryKind, Message, ReceiverReport, SyncOptions, encode_message};
 
 /// Most files the receiver accepts as requested-but-not-yet-delivered.
 const MAX_PENDING: usize = WINDOW * 2;
@@ -126,7 +124,8 @@ fn protocol(message: impl Into<String>) -> SyncError {
 impl Receiver {
     fn receive(&mut self) -> Result<()> {
         loop {
-            let message = self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))??;
+            let message =
+                self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))??;
             match message {
                 Message::Entry(entry) => self.entry(entry)?,
                 Message::Data(chunk) => self.data(chunk)?,
@@ -314,13 +313,23 @@ impl Receiver {
                 )?;
             }
             if !matches!(entry.kind, EntryKind::Symlink { .. }) {
-                let node = rustix::fs::openat(dir, tmp.as_c_str(), OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let node = rustix::fs::openat(
+                    dir,
+                    tmp.as_c_str(),
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?;
                 if FileType::from_raw_mode(rustix::fs::fstat(&node)?.st_mode) == FileType::Symlink {
                     return Err(io::Error::other("temporary node was replaced by a symlink"));
                 }
                 let proc = confine::proc_path(node.as_fd(), b"");
                 let proc = CString::new(&proc.as_bytes()[..proc.as_bytes().len() - 1]).expect("no NUL");
-                rustix::fs::chmodat(rustix::fs::CWD, proc.as_c_str(), Mode::from_raw_mode(entry.mode), AtFlags::empty())?;
+                rustix::fs::chmodat(
+                    rustix::fs::CWD,
+                    proc.as_c_str(),
+                    Mode::from_raw_mode(entry.mode),
+                    AtFlags::empty(),
+                )?;
             }
             confine::set_times_at(dir, tmp.as_c_str(), &confine::timestamps(entry.atime, entry.mtime))?;
             replace(dir, tmp, name)
@@ -357,7 +366,8 @@ impl Receiver {
     fn link(&mut self, leader: &RelPath, path: &RelPath) -> Result<()> {
         let io = |op, source| SyncError::Io { op, path: path.display(), source };
         let (leader_parent, leader_name) = leader.split();
-        let leader_dir = confine::open_dir(self.root.as_fd(), leader_parent).map_err(|e| io("cannot open the link source of", e))?;
+        let leader_dir =
+            confine::open_dir(self.root.as_fd(), leader_parent).map_err(|e| io("cannot open the link source of", e))?;
         let (parent, name) = path.split();
         let (parent, name) = (parent.to_vec(), name.to_vec());
         let leader_stat = rustix::fs::statat(&leader_dir, cname(leader_name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
@@ -409,7 +419,8 @@ impl Receiver {
                 path: path.display(),
                 source,
             })?;
-            self.current = Some(OpenFile { id, entry, path, dir, tmp, file, hasher: blake3::Hasher::new(), position: 0 });
+            self.current =
+                Some(OpenFile { id, entry, path, dir, tmp, file, hasher: blake3::Hasher::new(), position: 0 });
         }
         Ok(self.current.as_mut().expect("set above"))
     }
@@ -519,10 +530,16 @@ impl Receiver {
         let dirs = std::mem::take(&mut self.dirs);
         for entry in dirs.iter().rev() {
             let shown = if entry.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&entry.path) };
-            let dir = confine::open_dir(self.root.as_fd(), &entry.path)
-                .map_err(|source| SyncError::Io { op: "cannot open directory", path: shown.clone(), source })?;
-            self.apply_metadata(dir.as_fd(), entry)
-                .map_err(|source| SyncError::Io { op: "cannot set metadata of", path: shown, source })?;
+            let dir = confine::open_dir(self.root.as_fd(), &entry.path).map_err(|source| SyncError::Io {
+                op: "cannot open directory",
+                path: shown.clone(),
+                source,
+            })?;
+            self.apply_metadata(dir.as_fd(), entry).map_err(|source| SyncError::Io {
+                op: "cannot set metadata of",
+                path: shown,
+                source,
+            })?;
         }
         Ok(())
     }

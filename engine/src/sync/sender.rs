@@ -104,8 +104,11 @@ impl Sender {
     fn stream(&mut self) -> Result<()> {
         let root_entry = self.root_entry()?;
         self.send(&Message::Entry(root_entry))?;
-        let mut scanner = Scanner::new(&self.root, self.options.clone())
-            .map_err(|source| SyncError::Io { op: "cannot scan the source volume", path: ".".into(), source })?;
+        let mut scanner = Scanner::new(&self.root, self.options.clone()).map_err(|source| SyncError::Io {
+            op: "cannot scan the source volume",
+            path: ".".into(),
+            source,
+        })?;
         let mut scanning = true;
         loop {
             while let Ok(reply) = self.replies.try_recv() {
@@ -323,7 +326,9 @@ impl Sender {
         }
         hash_zeros(&mut hasher, size - hashed);
         let after = rustix::fs::fstat(file).map_err(|e| ContentError::Read(e.into()))?;
-        if !same_version(&after, waiting) || after.st_ctime != before.st_ctime || after.st_ctime_nsec != before.st_ctime_nsec
+        if !same_version(&after, waiting)
+            || after.st_ctime != before.st_ctime
+            || after.st_ctime_nsec != before.st_ctime_nsec
         {
             return Ok(None);
         }

@@ -14,8 +14,7 @@ pub const MAX_FRAME: usize = 4 << 20;
 pub fn encode_message(message: &Message) -> Vec<u8> {
     let mut frame = vec![0u8; 4];
     // Writing into a Vec cannot fail; postcard only fails on a full fixed buffer.
-    let mut frame = postcard::to_extend(message, std::mem::take(&mut frame))
-        .expect("encoding into a Vec cannot fail");
+    let mut frame = postcard::to_extend(message, std::mem::take(&mut frame)).expect("encoding into a Vec cannot fail");
     let length = u32::try_from(frame.len() - 4).expect("messages are far below 4 GiB");
     frame[..4].copy_from_slice(&length.to_be_bytes());
     frame
@@ -176,10 +175,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     /// Writes an already encoded frame.
     pub async fn write_frame(&mut self, frame: &[u8]) -> Result<()> {
-        self.inner
-            .write_all(frame)
-            .await
-            .map_err(|source| WireError::Io { context: "writing a frame", source })?;
+        self.inner.write_all(frame).await.map_err(|source| WireError::Io { context: "writing a frame", source })?;
         self.written += frame.len() as u64;
         Ok(())
     }

@@ -10,7 +10,10 @@ fn arb_entry() -> impl Strategy<Value = Entry> {
         any::<u32>(),
         any::<i64>(),
         0u32..1_000_000_000,
-        proptest::collection::vec((proptest::collection::vec(any::<u8>(), 1..40), proptest::collection::vec(any::<u8>(), 0..100)), 0..4),
+        proptest::collection::vec(
+            (proptest::collection::vec(any::<u8>(), 1..40), proptest::collection::vec(any::<u8>(), 0..100)),
+            0..4,
+        ),
         prop_oneof![
             Just(EntryKind::Dir),
             (any::<u64>(), any::<bool>()).prop_map(|(size, leader)| EntryKind::File { size, leader }),
@@ -84,7 +87,11 @@ fn version_mismatch_names_both_versions() {
     let frame = encode_hello(PROTOCOL_VERSION + 6, &hello);
     let error = frame::decode_hello(&frame[4..]).unwrap_err();
     let text = error.to_string();
-    assert!(text.contains(&format!("version {PROTOCOL_VERSION}")) && text.contains(&format!("version {}", PROTOCOL_VERSION + 6)), "{text}");
+    assert!(
+        text.contains(&format!("version {PROTOCOL_VERSION}"))
+            && text.contains(&format!("version {}", PROTOCOL_VERSION + 6)),
+        "{text}"
+    );
 }
 
 #[tokio::test]

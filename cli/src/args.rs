@@ -1,0 +1,100 @@
+//! Command-line arguments of `mover`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// mover: direct volume and image migration between Kubernetes clusters.
+///
+/// Exit codes: 0 success; 1 the migration failed for a stated reason (bad input, unreachable
+/// or refusing agent, verification failure, files that could not be copied); 2 an unexpected
+/// internal error; 64 invalid command-line usage.
+#[derive(Debug, Parser)]
+#[command(name = "mover", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Output format: `text` (progress bar on a terminal, quiet otherwise) or `json` (progress
+    /// events as JSON lines on stdout, the last line a summary object).
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text, env = "MOVER_OUTPUT")]
+    pub output: OutputFormat,
+    /// Show no progress bar.
+    #[arg(long, global = true, env = "MOVER_NO_PROGRESS")]
+    pub no_progress: bool,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable.
+    Text,
+    /// JSON lines.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy a volume: SRC and DST are each a local directory or `agent://HOST:PORT/VOLUME`.
+    ///
+    /// `mover copy ./a ./b` runs both ends in this process over a loopback mutual-TLS tunnel.
+    /// `mover copy ./a agent://HOST:PORT/VOL --certs DIR` sends a local tree to an agent.
+    /// `mover copy agent://A:P/VOL agent://B:P/VOL --certs DIR` makes agent A push its volume
+    /// straight to agent B; progress comes back here.
+    Copy(CopyArgs),
+    /// Manage a migration's certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// `mover copy`.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Source: a directory or `agent://HOST:PORT/VOLUME`.
+    pub source: String,
+    /// Target: a directory or `agent://HOST:PORT/VOLUME`.
+    pub target: String,
+    /// Directory holding the migration's certificates (`mover certs init DIR`); needed when an
+    /// agent is involved.
+    #[arg(long, env = "MOVER_CERTS")]
+    pub certs: Option<PathBuf>,
+    /// Copy `security.selinux` labels too.
+    #[arg(long, env = "MOVER_SELINUX")]
+    pub selinux: bool,
+    /// Recreate device nodes (the target must run as root).
+    #[arg(long, env = "MOVER_DEVICES")]
+    pub devices: bool,
+    /// fsync every file before renaming it into place.
+    #[arg(long, env = "MOVER_FSYNC")]
+    pub fsync: bool,
+    /// zstd level for data chunks (0 disables compression).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=19), env = "MOVER_COMPRESS_LEVEL")]
+    pub compress_level: i32,
+    /// Stage run: files that vanish or change while being read are warnings (exit 0), not errors.
+    #[arg(long, env = "MOVER_STAGE")]
+    pub stage: bool,
+}
+
+/// `mover certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a migration CA and agent and coordinator certificates in DIR.
+    Init {
+        /// Where to write `ca.crt`, `ca.key`, `agent.crt`, `agent.key`, `coordinator.crt`,
+        /// `coordinator.key` (keys mode 0600).
+        dir: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}

@@ -1,0 +1,109 @@
+//! `mover copy SRC DST`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use mover_engine::certs::{Identity, Role};
+use mover_engine::client;
+use mover_engine::wire::SyncOptions;
+
+use crate::Outcome;
+use crate::args::{CopyArgs, GlobalArgs};
+use crate::printer::Printer;
+
+/// One end of a copy.
+#[derive(Debug, PartialEq, Eq)]
+enum Location {
+    Local(PathBuf),
+    Agent { addr: String, volume: String },
+}
+
+fn parse_location(text: &str) -> anyhow::Result<Location> {
+    let Some(rest) = text.strip_prefix("agent://") else {
+        return Ok(Location::Local(PathBuf::from(text)));
+    };
+    let Some((addr, volume)) = rest.split_once('/') else {
+        bail!("`{text}` names no volume: write `agent://HOST:PORT/VOLUME`");
+    };
+    if volume.is_empty() || volume.contains('/') {
+        bail!("`{text}`: the volume must be one name after `HOST:PORT/`");
+    }
+    if !addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+        bail!("`{text}`: expected `HOST:PORT` after `agent://`");
+    }
+    Ok(Location::Agent { addr: addr.to_owned(), volume: volume.to_owned() })
+}
+
+fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
+    let Some(dir) = &args.certs else {
+        bail!("a copy that involves an agent needs `--certs DIR` (the directory `mover certs init` wrote)");
+    };
+    Identity::load(dir, Role::Coordinator)
+        .with_context(|| format!("while loading the coordinator certificate from `{}`", dir.display()))
+}
+
+pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let options = SyncOptions {
+        selinux: args.selinux,
+        devices: args.devices,
+        fsync: args.fsync,
+        compress_level: args.compress_level,
+        stage: args.stage,
+    };
+    let printer = Arc::new(Printer::new(global));
+    let source = parse_location(&args.source)?;
+    let target = parse_location(&args.target)?;
+    let result = match (&source, &target) {
+        (Location::Local(from), Location::Local(to)) => {
+            if !to.is_dir() {
+                std::fs::create_dir_all(to)
+                    .with_context(|| format!("while creating the target directory `{}`", to.display()))?;
+            }
+            client::copy_local(from, to, options, printer.clone()).await
+        }
+        (Location::Local(from), Location::Agent { addr, volume }) => {
+            client::copy_to_agent(&identity(&args)?, from, addr, volume, options, printer.clone()).await
+        }
+        (Location::Agent { addr: from, volume: from_volume }, Location::Agent { addr: to, volume: to_volume }) => {
+            client::push_between_agents(
+                &identity(&args)?,
+                (from, from_volume),
+                (to, to_volume),
+                options,
+                printer.clone(),
+            )
+            .await
+        }
+        (Location::Agent { .. }, Location::Local(_)) => bail!(
+            "copying from an agent into a local directory is not supported; run `mover-agent serve` on the target and copy agent to agent"
+        ),
+    };
+    match result {
+        Ok(summary) => {
+            printer.summary(&summary, global.verbose > 0);
+            Ok(if summary.is_success() { Outcome::Success } else { Outcome::Failed })
+        }
+        Err(error) => {
+            printer.abandon();
+            Err(anyhow::Error::new(error).context(format!("copy from `{}` to `{}` failed", args.source, args.target)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert_eq!(parse_location("./a").unwrap(), Location::Local("./a".into()));
+        assert_eq!(
+            parse_location("agent://10.0.0.1:7443/data").unwrap(),
+            Location::Agent { addr: "10.0.0.1:7443".into(), volume: "data".into() }
+        );
+        for bad in ["agent://host/data", "agent://host:port/data", "agent://h:1/", "agent://h:1/a/b", "agent://h:1"] {
+            assert!(parse_location(bad).is_err(), "accepted {bad}");
+        }
+    }
+}
