@@ -20,6 +20,8 @@ pub mod meta;
 pub mod progress;
 pub mod scan;
 pub mod sync;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod tunnel;
 pub mod wire;
 

@@ -55,6 +55,8 @@ pub(super) struct Receiver {
     pending: HashMap<u64, Entry>,
     leaders: HashMap<u64, RelPath>,
     deferred: HashMap<u64, Vec<Entry>>,
+    /// Files the sender failed to deliver: later hard links to them are skipped, not errors.
+    failed: std::collections::HashSet<u64>,
     current: Option<OpenFile>,
     dirs: Vec<Entry>,
     seen_root: bool,
@@ -89,6 +91,7 @@ pub(super) fn run(
         pending: HashMap::new(),
         leaders: HashMap::new(),
         deferred: HashMap::new(),
+        failed: std::collections::HashSet::new(),
         current: None,
         dirs: Vec::new(),
         seen_root: false,
@@ -136,6 +139,7 @@ impl Receiver {
                     } else if self.pending.remove(&id).is_none() {
                         return Err(protocol(format!("failure reported for entry {id}, which was not requested")));
                     }
+                    self.failed.insert(id);
                     if let Some(links) = self.deferred.remove(&id) {
                         for link in links {
                             self.warn(format!(
@@ -251,6 +255,8 @@ impl Receiver {
                         return Err(protocol("too many hard links waiting for one file"));
                     }
                     waiting.push(entry);
+                } else if self.failed.contains(&leader) {
+                    self.warn(format!("hard link `{}` not created: its source file failed", path.display()));
                 } else {
                     return Err(protocol(format!("`{}` is a hard link to unknown entry {leader}", path.display())));
                 }

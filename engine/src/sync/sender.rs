@@ -239,6 +239,8 @@ impl Sender {
 
     fn send_file(&mut self, id: u64, waiting: &Waiting) -> Result<()> {
         let shown = display_bytes(&waiting.path);
+        #[cfg(feature = "test-util")]
+        crate::testing::before_read(&waiting.path);
         let file = match self.open_source(&waiting.path) {
             Ok(file) => file,
             Err(error) => {
