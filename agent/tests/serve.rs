@@ -21,7 +21,8 @@ fn invalid_configuration_exits_64_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ca.crt"), "{stderr}");
 
-    let output = agent().args(["serve", "--listen", "127.0.0.1:0", "--certs", "/tmp", "--volume", "novalue"]).output().unwrap();
+    let output =
+        agent().args(["serve", "--listen", "127.0.0.1:0", "--certs", "/tmp", "--volume", "novalue"]).output().unwrap();
     assert_eq!(output.status.code(), Some(64), "{}", String::from_utf8_lossy(&output.stderr));
     let output = agent().args(["serve", "--listen", "not-an-address"]).output().unwrap();
     assert_eq!(output.status.code(), Some(64));

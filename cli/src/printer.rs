@@ -195,10 +195,10 @@ fn hint(error: &anyhow::Error) -> Option<String> {
                 "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into(),
             );
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(28) {
-                return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
-            }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(28)
+        {
+            return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
         }
     }
     None

@@ -256,12 +256,7 @@ async fn dispatch(
     peer: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let ours = state.identity.migration_id();
-    let decision: Result<Welcome, RemoteError> = if hello.migration_id != ours {
-        Err(refusal(
-            RemoteErrorKind::Forbidden,
-            format!("migration id `{}` does not match this agent's `{ours}`", hello.migration_id),
-        ))
-    } else {
+    let decision: Result<Welcome, RemoteError> = if hello.migration_id == ours {
         match &hello.request {
             Request::Ping => {
                 let mut volumes: Vec<String> = state.volumes.keys().cloned().collect();
@@ -295,6 +290,11 @@ async fn dispatch(
             }
             Request::Push { .. } => Err(forbid(role, "ask an agent to push")),
         }
+    } else {
+        Err(refusal(
+            RemoteErrorKind::Forbidden,
+            format!("migration id `{}` does not match this agent's `{ours}`", hello.migration_id),
+        ))
     };
     // A join is settled only now: the token is single use.
     let (decision, joined) = match (&hello.request, decision) {

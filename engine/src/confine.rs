@@ -223,8 +223,8 @@ pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> CString {
 #[must_use]
 pub fn timestamps(atime: crate::wire::Timestamp, mtime: crate::wire::Timestamp) -> Timestamps {
     Timestamps {
-        last_access: Timespec { tv_sec: atime.sec, tv_nsec: i64::from(atime.nsec).into() },
-        last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: i64::from(mtime.nsec).into() },
+        last_access: Timespec { tv_sec: atime.sec, tv_nsec: i64::from(atime.nsec) },
+        last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: i64::from(mtime.nsec) },
     }
 }
 

@@ -30,8 +30,8 @@ fn split_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|&b| b == 0).filter(|name| !name.is_empty())
 }
 
-fn unsupported(error: &rustix::io::Errno) -> bool {
-    *error == rustix::io::Errno::OPNOTSUPP || *error == rustix::io::Errno::NOTSUP
+fn unsupported(error: rustix::io::Errno) -> bool {
+    error == rustix::io::Errno::OPNOTSUPP || error == rustix::io::Errno::NOTSUP
 }
 
 /// Reads the copied extended attributes of `name` in `dir` (not following a symlink).
@@ -45,7 +45,7 @@ pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8], options: &SyncOptions) -> i
                 let len = list.len() * 4;
                 list.resize(len, 0);
             }
-            Err(error) if unsupported(&error) => return Ok(Vec::new()),
+            Err(error) if unsupported(error) => return Ok(Vec::new()),
             Err(error) => return Err(error.into()),
         }
     };
@@ -100,7 +100,7 @@ pub fn apply_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], options: &SyncOptions)
                 let len = list.len() * 4;
                 list.resize(len, 0);
             }
-            Err(error) if unsupported(&error) && xattrs.is_empty() => return Ok(()),
+            Err(error) if unsupported(error) && xattrs.is_empty() => return Ok(()),
             Err(error) => return Err(error.into()),
         }
     };

@@ -86,7 +86,7 @@ pub(super) fn run(
         out,
         input,
         is_root: rustix::process::geteuid().is_root(),
-        session: token.iter().map(|b| format!("{b:02x}")).collect(),
+        session: format!("{:016x}", u64::from_le_bytes(token)),
         parent: None,
         pending: HashMap::new(),
         leaders: HashMap::new(),
@@ -131,7 +131,7 @@ impl Receiver {
                 self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))??;
             match message {
                 Message::Entry(entry) => self.entry(entry)?,
-                Message::Data(chunk) => self.data(chunk)?,
+                Message::Data(chunk) => self.data(&chunk)?,
                 Message::FileEnd { id, blake3 } => self.file_end(id, blake3)?,
                 Message::FileFailed { id, reason } => {
                     if self.current.as_ref().is_some_and(|open| open.id == id) {
@@ -379,10 +379,11 @@ impl Receiver {
         let leader_stat = rustix::fs::statat(&leader_dir, cname(leader_name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io("cannot inspect the link source of", e.into()))?;
         let dir = self.parent_dir(&parent)?;
-        if let Some(existing) = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))? {
-            if existing.st_ino == leader_stat.st_ino && existing.st_dev == leader_stat.st_dev {
-                return Ok(());
-            }
+        if let Some(existing) = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?
+            && existing.st_ino == leader_stat.st_ino
+            && existing.st_dev == leader_stat.st_dev
+        {
+            return Ok(());
         }
         let tmp = {
             let mut raw = confine::RESERVED_PREFIX.to_vec();
@@ -431,7 +432,7 @@ impl Receiver {
         Ok(self.current.as_mut().expect("set above"))
     }
 
-    fn data(&mut self, chunk: DataChunk) -> Result<()> {
+    fn data(&mut self, chunk: &DataChunk) -> Result<()> {
         if chunk.raw_len as usize > CHUNK_SIZE || chunk.bytes.len() > CHUNK_SIZE + 1024 {
             return Err(protocol(format!("data chunk of {} bytes exceeds the chunk size", chunk.raw_len)));
         }
@@ -443,10 +444,7 @@ impl Receiver {
         let unpacked = decompressor.unpack(chunk.compressed, &chunk.bytes, chunk.raw_len as usize, &mut buffer);
         let result = (|| {
             let open = self.open_file(chunk.id)?;
-            let size = match open.entry.kind {
-                EntryKind::File { size, .. } => size,
-                _ => unreachable!("only files are requested"),
-            };
+            let EntryKind::File { size, .. } = open.entry.kind else { unreachable!("only files are requested") };
             let end = chunk.offset.checked_add(u64::from(chunk.raw_len));
             if chunk.offset < open.position || end.is_none_or(|end| end > size) {
                 return Err(protocol(format!(
@@ -477,7 +475,7 @@ impl Receiver {
         let verified = self.verify(open, expected)?;
         let path = verified.0.path.clone();
         let leader = matches!(verified.0.entry.kind, EntryKind::File { leader: true, .. });
-        self.install(verified)?;
+        Self::install(verified)?;
         self.report.files_written += 1;
         if leader {
             self.leaders.insert(id, path.clone());
@@ -518,7 +516,7 @@ impl Receiver {
     }
 
     /// Renames a verified file over its final name.
-    fn install(&mut self, verified: VerifiedFile) -> Result<()> {
+    fn install(verified: VerifiedFile) -> Result<()> {
         let open = verified.0;
         let (_, name) = open.path.split();
         replace(open.dir.as_fd(), &open.tmp, name).map_err(|source| {

@@ -289,7 +289,7 @@ impl Sender {
         };
         compressor.reset();
         let mut hasher = blake3::Hasher::new();
-        let mut hashed = 0u64;
+        let mut hashed_to = 0u64;
         let size = waiting.size;
         let sparse = u64::try_from(before.st_blocks).unwrap_or(0) * 512 < size;
         let mut offset = 0u64;
@@ -306,7 +306,7 @@ impl Sender {
                     // Shorter than it was: truncated while we read it.
                     return Ok(None);
                 }
-                hash_zeros(&mut hasher, offset - hashed);
+                hash_zeros(&mut hasher, offset - hashed_to);
                 let chunk = &self.buffer[..want];
                 hasher.update(chunk);
                 let packed = self.compressor.as_mut().expect("set above").pack(chunk).map_err(ContentError::Read)?;
@@ -319,14 +319,14 @@ impl Sender {
                 });
                 self.send(&message).map_err(ContentError::Sync)?;
                 offset += want as u64;
-                hashed = offset;
+                hashed_to = offset;
                 self.summary.bytes_transferred += want as u64;
                 if self.last_progress.elapsed() >= PROGRESS_EVERY {
                     self.emit_progress();
                 }
             }
         }
-        hash_zeros(&mut hasher, size - hashed);
+        hash_zeros(&mut hasher, size - hashed_to);
         let after = rustix::fs::fstat(file).map_err(|e| ContentError::Read(e.into()))?;
         if !same_version(&after, waiting)
             || after.st_ctime != before.st_ctime

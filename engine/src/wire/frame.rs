@@ -203,7 +203,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.flush().await
     }
 
-    /// Shuts the write half down (TLS close_notify).
+    /// Shuts the write half down (TLS `close_notify`).
     pub async fn shutdown(&mut self) -> Result<()> {
         self.inner.shutdown().await.map_err(|source| WireError::Io { context: "closing", source })
     }
