@@ -83,6 +83,14 @@ pub struct CopyArgs {
     /// Stage run: files that vanish or change while being read are warnings (exit 0), not errors.
     #[arg(long, env = "MOVER_STAGE")]
     pub stage: bool,
+    /// Keep entries on the target that the source lacks (by default they are deleted, as a
+    /// migration wants).
+    #[arg(long, env = "MOVER_NO_DELETE")]
+    pub no_delete: bool,
+    /// Allow deleting more than half of the target's entries (refused by default: that is what
+    /// an empty or wrong source looks like).
+    #[arg(long, env = "MOVER_ALLOW_MASS_DELETE")]
+    pub allow_mass_delete: bool,
 }
 
 /// `mover certs ...`.

@@ -36,8 +36,9 @@ fn main() -> ExitCode {
         }
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // The in-process agent of `mover copy ./a ./b` logs what the CLI already reports as errors.
     let level = match cli.global.verbose {
-        0 => "warn",
+        0 => "warn,mover_engine::agent=error",
         1 => "info",
         _ => "debug",
     };

@@ -194,6 +194,26 @@ pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     rustix::fs::unlinkat(dir, cname.as_c_str(), AtFlags::REMOVEDIR).map_err(io::Error::from)
 }
 
+/// How many entries lie beneath `name` in `dir` (0 unless it is a directory), not following
+/// symlinks.
+pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
+    let child = match rustix::fs::openat(
+        dir,
+        cname(name).as_c_str(),
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(child) => child,
+        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP | rustix::io::Errno::NOENT) => return Ok(0),
+        Err(error) => return Err(error.into()),
+    };
+    let mut count = 0;
+    for name in list_dir(child.as_fd())? {
+        count += 1 + count_below(child.as_fd(), &name)?;
+    }
+    Ok(count)
+}
+
 /// The names in a directory (without `.` and `..`), sorted bytewise.
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();

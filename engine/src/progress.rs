@@ -84,6 +84,8 @@ pub struct Summary {
     pub bytes_on_wire: u64,
     /// Entries of every type in the source.
     pub entries_total: u64,
+    /// Entries deleted on the target because the source lacks them.
+    pub entries_deleted: u64,
     /// Wall time in seconds.
     pub elapsed_s: f64,
     /// Errors: each names a path and what went wrong. Non-empty means the copy failed.

@@ -50,6 +50,8 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         fsync: args.fsync,
         compress_level: args.compress_level,
         stage: args.stage,
+        delete: !args.no_delete,
+        allow_mass_delete: args.allow_mass_delete,
     };
     let printer = Arc::new(Printer::new(global));
     let source = parse_location(&args.source)?;

@@ -14,6 +14,7 @@
 //! place. Directory metadata is applied last. Every queue is bounded, so memory is bounded by
 //! the window and the chunk size, not by the tree.
 
+mod deletion;
 mod receiver;
 mod sender;
 
@@ -31,6 +32,8 @@ use crate::wire::{
 
 /// Most regular files the sender keeps waiting for the receiver's verdict.
 pub const WINDOW: usize = 1024;
+
+pub use deletion::DeletionError;
 
 /// Errors of a volume sync session.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,9 @@ pub enum SyncError {
     /// The peer reported an error.
     #[error("{}", remote_message(.0))]
     Remote(RemoteError),
+    /// Deleting what the source lacks failed or was refused.
+    #[error(transparent)]
+    Deletion(#[from] DeletionError),
     /// The peer went away mid-session.
     #[error("the peer disconnected {0}")]
     Disconnected(&'static str),
@@ -77,7 +83,8 @@ impl SyncError {
         let kind = match self {
             SyncError::Protocol(_) => RemoteErrorKind::Protocol,
             SyncError::Verification { .. } => RemoteErrorKind::Verification,
-            SyncError::Io { .. } => RemoteErrorKind::Io,
+            SyncError::Io { .. } | SyncError::Deletion(DeletionError::Io { .. }) => RemoteErrorKind::Io,
+            SyncError::Deletion(DeletionError::MassDelete { .. }) => RemoteErrorKind::Other,
             SyncError::Remote(error) => error.kind,
             SyncError::Wire(_) | SyncError::Disconnected(_) => RemoteErrorKind::Other,
         };

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use tokio::sync::mpsc;
 
+use super::deletion::Deletions;
 use super::sender::hash_zeros;
 use super::{Result, SyncError, WINDOW};
 use crate::compress::Decompressor;
@@ -60,6 +61,7 @@ pub(super) struct Receiver {
     current: Option<OpenFile>,
     dirs: Vec<Entry>,
     seen_root: bool,
+    deletions: Deletions,
     decompressor: Option<Decompressor>,
     buffer: Vec<u8>,
     report: ReceiverReport,
@@ -79,6 +81,8 @@ pub(super) fn run(
         path: ".".into(),
         source: io::Error::other(e.to_string()),
     })?;
+    let session = format!("{:016x}", u64::from_le_bytes(token));
+    let deletions = Deletions::new(options.delete, &session);
     let mut receiver = Receiver {
         root,
         options,
@@ -86,7 +90,8 @@ pub(super) fn run(
         out,
         input,
         is_root: rustix::process::geteuid().is_root(),
-        session: format!("{:016x}", u64::from_le_bytes(token)),
+        deletions,
+        session,
         parent: None,
         pending: HashMap::new(),
         leaders: HashMap::new(),
@@ -202,6 +207,13 @@ impl Receiver {
         }
         let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
         meta::check_xattrs(&entry.xattrs, &self.options).map_err(|e| protocol(format!("`{}`: {e}", path.display())))?;
+        let (parent, name) = path.split();
+        if !self.deletions.enter(self.root.as_fd(), parent, name, entry.kind == EntryKind::Dir)? {
+            return Err(protocol(format!(
+                "`{}` arrives outside its directory (entries must come depth first)",
+                path.display()
+            )));
+        }
         let io = |op, source| SyncError::Io { op, path: path.display(), source };
         let (parent, name) = path.split();
         let name = name.to_vec();
@@ -530,6 +542,7 @@ impl Receiver {
             return Err(protocol("end of entries while requested files are still undelivered"));
         }
         self.parent = None;
+        self.report.entries_deleted = self.deletions.finish(self.root.as_fd(), self.options.allow_mass_delete)?;
         // Deepest first, so setting a directory's times is not undone by work inside it.
         let dirs = std::mem::take(&mut self.dirs);
         for entry in dirs.iter().rev() {

@@ -136,6 +136,7 @@ impl Sender {
             match self.replies.blocking_recv().ok_or(SyncError::Disconnected("before acknowledging the end"))?? {
                 Message::Done(report) => {
                     self.summary.not_preserved = report.not_preserved;
+                    self.summary.entries_deleted = report.entries_deleted;
                     self.summary.warnings.extend(report.warnings);
                     return Ok(());
                 }

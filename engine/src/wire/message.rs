@@ -64,11 +64,23 @@ pub struct SyncOptions {
     pub compress_level: i32,
     /// Stage run: files that vanish or change while read are warnings, not errors.
     pub stage: bool,
+    /// Delete entries on the target that the source lacks.
+    pub delete: bool,
+    /// Allow deleting more than half of the target's entries.
+    pub allow_mass_delete: bool,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { selinux: false, devices: false, fsync: false, compress_level: 1, stage: false }
+        SyncOptions {
+            selinux: false,
+            devices: false,
+            fsync: false,
+            compress_level: 1,
+            stage: false,
+            delete: true,
+            allow_mass_delete: false,
+        }
     }
 }
 
@@ -209,6 +221,9 @@ pub struct ReceiverReport {
     pub files_written: u64,
     /// Content bytes written.
     pub bytes_written: u64,
+    /// Entries deleted because the source lacks them (a deleted directory counts with its
+    /// contents).
+    pub entries_deleted: u64,
     /// Metadata the receiver could not preserve, once per kind (e.g. ownership when not root).
     pub not_preserved: Vec<String>,
     /// Entries the receiver skipped by policy, with the reason.

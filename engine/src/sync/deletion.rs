@@ -1,0 +1,148 @@
+//! Deleting what the source lacks, with a guard against mass deletion.
+//!
+//! Entries arrive depth first, so the receiver keeps one [`DirFrame`] per directory level on the
+//! way from the root to the current entry, each with the names the sender has sent in it. When a
+//! directory is finished (the stream left it), its listing on the target minus those names are
+//! the *candidates* for deletion. Nothing is deleted until the end of the session: only then is
+//! the total known, and the guard refuses to delete more than half of the target's entries (an
+//! empty or wrong source) unless `--allow-mass-delete`. Stale `.mover-tmp-*` files of earlier
+//! interrupted sessions are removed as they are found.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::confine::{self, RESERVED_PREFIX};
+
+/// One directory the stream is inside of.
+pub(super) struct DirFrame {
+    path: Vec<u8>,
+    seen: HashSet<Vec<u8>>,
+}
+
+/// Why the deletions were not done.
+#[derive(Debug, thiserror::Error)]
+pub enum DeletionError {
+    /// Over half of the target would go.
+    #[error(
+        "refusing to delete {deleted} of the target's {total} entries (more than half): is the source right? \
+         Nothing was deleted; pass `--allow-mass-delete` if this is intended, or `--no-delete` to keep them"
+    )]
+    MassDelete {
+        /// Entries that would be deleted.
+        deleted: u64,
+        /// Entries on the target.
+        total: u64,
+    },
+    /// A file operation failed.
+    #[error("cannot delete or list `{path}`")]
+    Io {
+        /// Path relative to the root.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Tracks candidates for deletion during a session.
+pub(super) struct Deletions {
+    enabled: bool,
+    session_prefix: Vec<u8>,
+    frames: Vec<DirFrame>,
+    candidates: Vec<(Vec<u8>, Vec<u8>)>,
+    listed: u64,
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        return name.to_vec();
+    }
+    let mut path = parent.to_vec();
+    path.push(b'/');
+    path.extend_from_slice(name);
+    path
+}
+
+impl Deletions {
+    pub(super) fn new(enabled: bool, session: &str) -> Self {
+        let mut session_prefix = RESERVED_PREFIX.to_vec();
+        session_prefix.extend_from_slice(session.as_bytes());
+        Deletions {
+            enabled,
+            session_prefix,
+            frames: vec![DirFrame { path: Vec::new(), seen: HashSet::new() }],
+            candidates: Vec::new(),
+            listed: 0,
+        }
+    }
+
+    /// Records an entry `name` in directory `parent`; closes the directories the stream left.
+    /// Returns false when the entry is not inside a directory the stream is in (out of order).
+    pub(super) fn enter(
+        &mut self,
+        root: BorrowedFd<'_>,
+        parent: &[u8],
+        name: &[u8],
+        is_dir: bool,
+    ) -> Result<bool, DeletionError> {
+        while self.frames.last().is_some_and(|frame| frame.path != parent) {
+            let frame = self.frames.pop().expect("checked");
+            self.close(root, frame)?;
+        }
+        let Some(frame) = self.frames.last_mut() else { return Ok(false) };
+        frame.seen.insert(name.to_vec());
+        if is_dir {
+            self.frames.push(DirFrame { path: join(parent, name), seen: HashSet::new() });
+        }
+        Ok(true)
+    }
+
+    fn close(&mut self, root: BorrowedFd<'_>, frame: DirFrame) -> Result<(), DeletionError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let shown = || if frame.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&frame.path) };
+        let io = |source| DeletionError::Io { path: shown(), source };
+        let dir = confine::open_dir(root, &frame.path).map_err(io)?;
+        for name in confine::list_dir(dir.as_fd()).map_err(io)? {
+            if name.starts_with(RESERVED_PREFIX) {
+                if !name.starts_with(&self.session_prefix) {
+                    // Left by an interrupted session: never a user file (peers may not send these names).
+                    confine::remove_any(dir.as_fd(), &name).map_err(io)?;
+                }
+                continue;
+            }
+            self.listed += 1;
+            if !frame.seen.contains(&name) {
+                self.candidates.push((frame.path.clone(), name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every directory, applies the guard and deletes. Returns the entries deleted.
+    pub(super) fn finish(&mut self, root: BorrowedFd<'_>, allow_mass_delete: bool) -> Result<u64, DeletionError> {
+        while let Some(frame) = self.frames.pop() {
+            self.close(root, frame)?;
+        }
+        let mut deleted = 0;
+        let mut total = self.listed;
+        for (parent, name) in &self.candidates {
+            let io = |source| DeletionError::Io { path: confine::display_bytes(&join(parent, name)), source };
+            let dir = confine::open_dir(root, parent).map_err(io)?;
+            let below = confine::count_below(dir.as_fd(), name).map_err(io)?;
+            deleted += 1 + below;
+            total += below;
+        }
+        if deleted * 2 > total && !allow_mass_delete {
+            return Err(DeletionError::MassDelete { deleted, total });
+        }
+        for (parent, name) in std::mem::take(&mut self.candidates) {
+            let io = |source| DeletionError::Io { path: confine::display_bytes(&join(&parent, &name)), source };
+            let dir = confine::open_dir(root, &parent).map_err(io)?;
+            confine::remove_any(dir.as_fd(), &name).map_err(io)?;
+        }
+        Ok(deleted)
+    }
+}
