@@ -83,6 +83,9 @@ pub struct CopyArgs {
     /// Stage run: files that vanish or change while being read are warnings (exit 0), not errors.
     #[arg(long, env = "MOVER_STAGE")]
     pub stage: bool,
+    /// Find changed files by content (blake3 of blocks on both sides), not by size and mtime.
+    #[arg(long, env = "MOVER_CHECKSUM")]
+    pub checksum: bool,
     /// Keep entries on the target that the source lacks (by default they are deleted, as a
     /// migration wants).
     #[arg(long, env = "MOVER_NO_DELETE")]

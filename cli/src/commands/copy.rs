@@ -52,6 +52,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         stage: args.stage,
         delete: !args.no_delete,
         allow_mass_delete: args.allow_mass_delete,
+        checksum: args.checksum,
     };
     let printer = Arc::new(Printer::new(global));
     let source = parse_location(&args.source)?;

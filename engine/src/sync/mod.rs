@@ -14,6 +14,7 @@
 //! place. Directory metadata is applied last. Every queue is bounded, so memory is bounded by
 //! the window and the chunk size, not by the tree.
 
+pub mod blocks;
 mod deletion;
 mod receiver;
 mod sender;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use tokio::sync::mpsc;
 
+use super::blocks;
 use super::deletion::Deletions;
 use super::sender::hash_zeros;
 use super::{Result, SyncError, WINDOW};
@@ -36,9 +37,19 @@ struct OpenFile {
     dir: OwnedFd,
     tmp: CString,
     file: std::fs::File,
+    /// The file this one replaces, when only changed blocks are sent: unsent ranges come
+    /// from here.
+    basis: Option<std::fs::File>,
     hasher: blake3::Hasher,
     /// Everything before this offset has been hashed.
     position: u64,
+}
+
+/// A file requested from the sender.
+struct Pending {
+    entry: Entry,
+    /// Requested as changed blocks against the existing file.
+    delta: bool,
 }
 
 /// A received file whose content matched the sender's blake3.
@@ -53,7 +64,7 @@ pub(super) struct Receiver {
     is_root: bool,
     session: String,
     parent: Option<(Vec<u8>, OwnedFd)>,
-    pending: HashMap<u64, Entry>,
+    pending: HashMap<u64, Pending>,
     leaders: HashMap<u64, RelPath>,
     deferred: HashMap<u64, Vec<Entry>>,
     /// Files the sender failed to deliver: later hard links to them are skipped, not errors.
@@ -64,6 +75,7 @@ pub(super) struct Receiver {
     deletions: Deletions,
     decompressor: Option<Decompressor>,
     buffer: Vec<u8>,
+    gap_buffer: Vec<u8>,
     report: ReceiverReport,
 }
 
@@ -102,6 +114,7 @@ pub(super) fn run(
         seen_root: false,
         decompressor: None,
         buffer: Vec::with_capacity(CHUNK_SIZE),
+        gap_buffer: Vec::new(),
         report: ReceiverReport::default(),
     };
     let result = receiver.receive();
@@ -225,22 +238,22 @@ impl Receiver {
                 self.dirs.push(entry);
             }
             EntryKind::File { size, leader } => {
-                let dir = self.parent_dir(&parent)?;
+                let dir = self
+                    .parent_dir(&parent)?
+                    .try_clone_to_owned()
+                    .map_err(|e| io("cannot open the directory of", e))?;
+                let dir = dir.as_fd();
                 let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
-                let up_to_date = existing.is_some_and(|stat| {
-                    FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
-                        && u64::try_from(stat.st_size).ok() == Some(size)
-                        && stat.st_mtime == entry.mtime.sec
-                        && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
-                });
+                let regular = existing.filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile);
+                let same_size = regular.is_some_and(|stat| u64::try_from(stat.st_size).ok() == Some(size));
+                let up_to_date = !self.options.checksum
+                    && same_size
+                    && regular.is_some_and(|stat| {
+                        stat.st_mtime == entry.mtime.sec
+                            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+                    });
                 if up_to_date {
-                    let file = rustix::fs::openat(
-                        dir,
-                        cname(&name).as_c_str(),
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-                        Mode::empty(),
-                    )
-                    .map_err(|e| io("cannot open", e.into()))?;
+                    let file = confine::open_file_read(dir, &name).map_err(|e| io("cannot open", e))?;
                     self.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
                     if leader {
                         self.leaders.insert(entry.id, path);
@@ -254,8 +267,20 @@ impl Receiver {
                         return Err(protocol(format!("entry id {} used twice", entry.id)));
                     }
                     let id = entry.id;
-                    self.pending.insert(id, entry);
-                    self.reply(&Message::Need { id })?;
+                    let basis_size = regular.map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
+                    // A changed file travels as its changed blocks against what is here.
+                    let request = if basis_size > 0 && basis_size <= blocks::MAX_DELTA_FILE {
+                        let basis = confine::open_file_read(dir, &name).map_err(|e| io("cannot open", e))?;
+                        let block_size = blocks::block_size_for(basis_size);
+                        let hashes =
+                            blocks::hash_file(&basis, basis_size, block_size).map_err(|e| io("cannot read", e))?;
+                        Message::NeedBlocks { id, block_size, hashes }
+                    } else {
+                        Message::Need { id }
+                    };
+                    let delta = matches!(request, Message::NeedBlocks { .. });
+                    self.pending.insert(id, Pending { entry, delta });
+                    self.reply(&request)?;
                 }
             }
             EntryKind::Hardlink { leader } => {
@@ -419,14 +444,14 @@ impl Receiver {
                 return Err(protocol(format!("data for entry {id} while entry {} is incomplete", open.id)));
             }
         } else {
-            let entry = self
+            let Pending { entry, delta } = self
                 .pending
                 .remove(&id)
                 .ok_or_else(|| protocol(format!("data for entry {id}, which was not requested")))?;
             let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
             let tmp = self.tmp_name(id);
-            let (parent, _) = path.split();
-            let parent = parent.to_vec();
+            let (parent, name) = path.split();
+            let (parent, name) = (parent.to_vec(), name.to_vec());
             let dir = self.parent_dir(&parent)?.try_clone_to_owned().map_err(|source| SyncError::Io {
                 op: "cannot open the directory of",
                 path: path.display(),
@@ -438,8 +463,18 @@ impl Receiver {
                 path: path.display(),
                 source,
             })?;
+            let basis = if delta {
+                let basis = confine::open_file_read(dir.as_fd(), &name).map_err(|source| SyncError::Io {
+                    op: "cannot reopen the previous version of",
+                    path: path.display(),
+                    source,
+                })?;
+                Some(basis)
+            } else {
+                None
+            };
             self.current =
-                Some(OpenFile { id, entry, path, dir, tmp, file, hasher: blake3::Hasher::new(), position: 0 });
+                Some(OpenFile { id, entry, path, dir, tmp, file, basis, hasher: blake3::Hasher::new(), position: 0 });
         }
         Ok(self.current.as_mut().expect("set above"))
     }
@@ -453,6 +488,7 @@ impl Receiver {
             None => self.decompressor.insert(Decompressor::new().map_err(|e| protocol(e.to_string()))?),
         };
         let mut buffer = std::mem::take(&mut self.buffer);
+        let mut gap_buffer = std::mem::take(&mut self.gap_buffer);
         let unpacked = decompressor.unpack(chunk.compressed, &chunk.bytes, chunk.raw_len as usize, &mut buffer);
         let result = (|| {
             let open = self.open_file(chunk.id)?;
@@ -466,18 +502,17 @@ impl Receiver {
                 )));
             }
             unpacked.map_err(|e| protocol(format!("`{}`: {e}", open.path.display())))?;
-            hash_zeros(&mut open.hasher, chunk.offset - open.position);
+            let shown = open.path.display();
+            let write_error = |source| SyncError::Io { op: "cannot write", path: shown.clone(), source };
+            fill_gap(open, chunk.offset, &mut gap_buffer).map_err(write_error)?;
             open.hasher.update(&buffer);
-            open.file.write_all_at(&buffer, chunk.offset).map_err(|source| SyncError::Io {
-                op: "cannot write",
-                path: open.path.display(),
-                source,
-            })?;
+            write_non_zero(&open.file, &buffer, chunk.offset).map_err(write_error)?;
             open.position = chunk.offset + u64::from(chunk.raw_len);
             self.report.bytes_written += u64::from(chunk.raw_len);
             Ok(())
         })();
         self.buffer = buffer;
+        self.gap_buffer = gap_buffer;
         result
     }
 
@@ -513,9 +548,9 @@ impl Receiver {
 
     fn check_and_finish(&mut self, open: &mut OpenFile, expected: [u8; 32]) -> Result<()> {
         let EntryKind::File { size, .. } = open.entry.kind else { unreachable!("only files are opened") };
-        let io = |op, source| SyncError::Io { op, path: open.path.display(), source };
-        hash_zeros(&mut open.hasher, size - open.position);
-        open.position = size;
+        let shown = open.path.display();
+        let io = |op, source| SyncError::Io { op, path: shown.clone(), source };
+        fill_gap(open, size, &mut self.gap_buffer).map_err(|e| io("cannot write", e))?;
         open.file.set_len(size).map_err(|e| io("cannot write", e))?;
         if open.hasher.finalize().as_bytes() != &expected {
             return Err(SyncError::Verification { path: open.path.display() });
@@ -560,6 +595,48 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// Brings a file being received up to `offset`: the range the sender did not send is a hole
+/// (new files) or comes from the basis (changed files). Either way it is hashed.
+fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Result<()> {
+    let Some(basis) = &open.basis else {
+        hash_zeros(&mut open.hasher, offset - open.position);
+        open.position = offset;
+        return Ok(());
+    };
+    buffer.resize(CHUNK_SIZE, 0);
+    while open.position < offset {
+        let want = (offset - open.position).min(CHUNK_SIZE as u64) as usize;
+        let got = blocks::read_full(basis, &mut buffer[..want], open.position)?;
+        // Past the end of the basis the sender must have sent data; zeros keep the hash honest.
+        buffer[got..want].fill(0);
+        open.hasher.update(&buffer[..want]);
+        write_non_zero(&open.file, &buffer[..want], open.position)?;
+        open.position += want as u64;
+    }
+    Ok(())
+}
+
+/// Writes `data` at `offset` except its all-zero pages: the temporary file starts as one hole,
+/// so zero pages stay holes and sparse files stay sparse.
+fn write_non_zero(file: &std::fs::File, data: &[u8], offset: u64) -> io::Result<()> {
+    const PAGE: usize = 4096;
+    let mut run: Option<usize> = None;
+    for (i, page) in data.chunks(PAGE).enumerate() {
+        match (blocks::is_zero(page), run) {
+            (false, None) => run = Some(i * PAGE),
+            (true, Some(start)) => {
+                file.write_all_at(&data[start..i * PAGE], offset + start as u64)?;
+                run = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(start) = run {
+        file.write_all_at(&data[start..], offset + start as u64)?;
+    }
+    Ok(())
 }
 
 /// Makes sure `name` in `dir` is a real directory: a symlink or file in the way is replaced.

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::blocks;
 use super::{Result, SyncError, WINDOW};
 use crate::compress::Compressor;
 use crate::confine::{self, display_bytes};
@@ -192,7 +192,12 @@ impl Sender {
         match reply {
             Message::Need { id } => {
                 let waiting = self.take_waiting(id)?;
-                self.send_file(id, &waiting)?;
+                self.send_file(id, &waiting, None)?;
+            }
+            Message::NeedBlocks { id, block_size, hashes } => {
+                blocks::check_request(block_size, &hashes).map_err(SyncError::Protocol)?;
+                let waiting = self.take_waiting(id)?;
+                self.send_file(id, &waiting, Some(Basis { block_size, hashes }))?;
             }
             Message::Skip { id } => {
                 let waiting = self.take_waiting(id)?;
@@ -238,7 +243,7 @@ impl Sender {
         confine::open_file_read(dir.as_fd(), name)
     }
 
-    fn send_file(&mut self, id: u64, waiting: &Waiting) -> Result<()> {
+    fn send_file(&mut self, id: u64, waiting: &Waiting, basis: Option<Basis>) -> Result<()> {
         let shown = display_bytes(&waiting.path);
         #[cfg(feature = "test-util")]
         crate::testing::before_read(&waiting.path);
@@ -254,11 +259,14 @@ impl Sender {
                 return self.send(&Message::FileFailed { id, reason });
             }
         };
-        match self.stream_content(id, &file, waiting) {
+        let sent_before = self.summary.bytes_transferred;
+        match self.stream_content(id, &file, waiting, basis.as_ref()) {
             Ok(Some(hash)) => {
                 self.files_done += 1;
                 self.bytes_done += waiting.size;
-                self.summary.files_transferred += 1;
+                if self.summary.bytes_transferred > sent_before || waiting.size == 0 {
+                    self.summary.files_transferred += 1;
+                }
                 self.send(&Message::FileEnd { id, blake3: hash })
             }
             Ok(None) => {
@@ -273,12 +281,14 @@ impl Sender {
         }
     }
 
-    /// Streams a file's content; `Ok(None)` when it changed while being read.
+    /// Streams a file's content (all of it, or the blocks that differ from the receiver's
+    /// basis); `Ok(None)` when it changed while being read.
     fn stream_content(
         &mut self,
         id: u64,
         file: &std::fs::File,
         waiting: &Waiting,
+        basis: Option<&Basis>,
     ) -> std::result::Result<Option<[u8; 32]>, ContentError> {
         let before = rustix::fs::fstat(file).map_err(|e| ContentError::Read(e.into()))?;
         if !same_version(&before, waiting) {
@@ -292,7 +302,8 @@ impl Sender {
         let mut hasher = blake3::Hasher::new();
         let mut hashed_to = 0u64;
         let size = waiting.size;
-        let sparse = u64::try_from(before.st_blocks).unwrap_or(0) * 512 < size;
+        // A delta reads every block to compare it; a full copy skips the source's holes.
+        let sparse = basis.is_none() && u64::try_from(before.st_blocks).unwrap_or(0) * 512 < size;
         let mut offset = 0u64;
         while offset < size {
             let (data_start, data_end) = if sparse { data_range(file, offset, size) } else { (offset, size) };
@@ -302,26 +313,22 @@ impl Sender {
             offset = data_start;
             while offset < data_end {
                 let want = (data_end - offset).min(CHUNK_SIZE as u64) as usize;
-                let got = read_full(file, &mut self.buffer[..want], offset).map_err(ContentError::Read)?;
+                let got = blocks::read_full(file, &mut self.buffer[..want], offset).map_err(ContentError::Read)?;
                 if got < want {
                     // Shorter than it was: truncated while we read it.
                     return Ok(None);
                 }
                 hash_zeros(&mut hasher, offset - hashed_to);
-                let chunk = &self.buffer[..want];
-                hasher.update(chunk);
-                let packed = self.compressor.as_mut().expect("set above").pack(chunk).map_err(ContentError::Read)?;
-                let message = Message::Data(DataChunk {
-                    id,
-                    offset,
-                    raw_len: want as u32,
-                    compressed: packed.compressed,
-                    bytes: packed.bytes,
-                });
-                self.send(&message).map_err(ContentError::Sync)?;
+                hasher.update(&self.buffer[..want]);
+                let buffer = std::mem::take(&mut self.buffer);
+                let sent = match basis {
+                    None => self.send_chunk(id, offset, &buffer[..want]),
+                    Some(basis) => self.send_changed_blocks(id, offset, &buffer[..want], basis),
+                };
+                self.buffer = buffer;
+                sent?;
                 offset += want as u64;
                 hashed_to = offset;
-                self.summary.bytes_transferred += want as u64;
                 if self.last_progress.elapsed() >= PROGRESS_EVERY {
                     self.emit_progress();
                 }
@@ -336,6 +343,63 @@ impl Sender {
             return Ok(None);
         }
         Ok(Some(*hasher.finalize().as_bytes()))
+    }
+}
+
+/// The receiver's block hashes of the file it has.
+struct Basis {
+    block_size: u32,
+    hashes: Vec<u8>,
+}
+
+impl Basis {
+    fn matches(&self, index: u64, block: &[u8]) -> bool {
+        let start = index as usize * blocks::HASH_LEN;
+        self.hashes.get(start..start + blocks::HASH_LEN).is_some_and(|hash| hash == blocks::block_hash(block))
+    }
+}
+
+impl Sender {
+    fn send_chunk(&mut self, id: u64, offset: u64, raw: &[u8]) -> std::result::Result<(), ContentError> {
+        let packed = self.compressor.as_mut().expect("set before streaming").pack(raw).map_err(ContentError::Read)?;
+        let message = Message::Data(DataChunk {
+            id,
+            offset,
+            raw_len: raw.len() as u32,
+            compressed: packed.compressed,
+            bytes: packed.bytes,
+        });
+        self.send(&message).map_err(ContentError::Sync)?;
+        self.summary.bytes_transferred += raw.len() as u64;
+        Ok(())
+    }
+
+    /// Sends the runs of blocks in `chunk` (at `offset`, block aligned) that the basis lacks.
+    fn send_changed_blocks(
+        &mut self,
+        id: u64,
+        offset: u64,
+        chunk: &[u8],
+        basis: &Basis,
+    ) -> std::result::Result<(), ContentError> {
+        let block_size = basis.block_size as usize;
+        let first = offset / u64::from(basis.block_size);
+        let mut run: Option<usize> = None;
+        for (i, block) in chunk.chunks(block_size).enumerate() {
+            let same = basis.matches(first + i as u64, block);
+            match (same, run) {
+                (false, None) => run = Some(i * block_size),
+                (true, Some(start)) => {
+                    self.send_chunk(id, offset + start as u64, &chunk[start..i * block_size])?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = run {
+            self.send_chunk(id, offset + start as u64, &chunk[start..])?;
+        }
+        Ok(())
     }
 }
 
@@ -373,19 +437,6 @@ fn data_range(file: &std::fs::File, offset: u64, size: u64) -> (u64, u64) {
     };
     let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start)).unwrap_or(size);
     (start.min(size), end.min(size))
-}
-
-fn read_full(file: &std::fs::File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buffer.len() {
-        match file.read_at(&mut buffer[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(done)
 }
 
 /// Feeds `len` zero bytes (a hole) to the hasher.

@@ -68,6 +68,8 @@ pub struct SyncOptions {
     pub delete: bool,
     /// Allow deleting more than half of the target's entries.
     pub allow_mass_delete: bool,
+    /// Compare file contents, not just size and mtime, to find what changed.
+    pub checksum: bool,
 }
 
 impl Default for SyncOptions {
@@ -80,6 +82,7 @@ impl Default for SyncOptions {
             stage: false,
             delete: true,
             allow_mass_delete: false,
+            checksum: false,
         }
     }
 }
@@ -284,6 +287,17 @@ pub enum Message {
         /// Entry id.
         id: u64,
     },
+    /// Receiver to sender: send only the blocks of this file whose hashes differ from these
+    /// (see [`crate::sync::blocks`]), and everything past the last one.
+    NeedBlocks {
+        /// Entry id.
+        id: u64,
+        /// Block size, a power of two.
+        block_size: u32,
+        /// Concatenated truncated blake3 hashes of the receiver's blocks.
+        #[serde(with = "serde_bytes")]
+        hashes: Vec<u8>,
+    },
     /// Receiver to sender: this file is up to date, no content needed.
     Skip {
         /// Entry id.
@@ -323,6 +337,7 @@ impl Message {
             Message::Entry(_) => "Entry",
             Message::EndOfEntries => "EndOfEntries",
             Message::Need { .. } => "Need",
+            Message::NeedBlocks { .. } => "NeedBlocks",
             Message::Skip { .. } => "Skip",
             Message::Data(_) => "Data",
             Message::FileEnd { .. } => "FileEnd",
