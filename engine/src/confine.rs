@@ -163,6 +163,18 @@ pub fn create_file(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File
     Ok(std::fs::File::from(fd))
 }
 
+/// Opens an existing file `name` in `dir` for writing (no truncation), without following a
+/// symlink.
+pub fn open_file_write(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    let fd = rustix::fs::openat(
+        dir,
+        cname(name).as_c_str(),
+        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    Ok(std::fs::File::from(fd))
+}
+
 /// `lstat` of `name` in `dir`; `Ok(None)` when it does not exist.
 pub fn lstat(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<rustix::fs::Stat>> {
     match rustix::fs::statat(dir, cname(name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {

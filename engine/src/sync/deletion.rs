@@ -6,7 +6,8 @@
 //! the *candidates* for deletion. Nothing is deleted until the end of the session: only then is
 //! the total known, and the guard refuses to delete more than half of the target's entries (an
 //! empty or wrong source) unless `--allow-mass-delete`. Stale `.mover-tmp-*` files of earlier
-//! interrupted sessions are removed as they are found.
+//! interrupted sessions are removed as directories close, with or without `--no-delete`,
+//! except the partial files this session resumes ([`Deletions::claim`]).
 
 use std::collections::HashSet;
 use std::io;
@@ -98,23 +99,28 @@ impl Deletions {
         Ok(true)
     }
 
-    fn close(&mut self, root: BorrowedFd<'_>, frame: DirFrame) -> Result<(), DeletionError> {
-        if !self.enabled {
-            return Ok(());
+    /// Marks the temporary name `name` in the current directory as in use (a partial file this
+    /// session resumes or writes), so the cleanup of stale temporary files spares it.
+    pub(super) fn claim(&mut self, name: &[u8]) {
+        if let Some(frame) = self.frames.last_mut() {
+            frame.seen.insert(name.to_vec());
         }
+    }
+
+    fn close(&mut self, root: BorrowedFd<'_>, frame: DirFrame) -> Result<(), DeletionError> {
         let shown = || if frame.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&frame.path) };
         let io = |source| DeletionError::Io { path: shown(), source };
         let dir = confine::open_dir(root, &frame.path).map_err(io)?;
         for name in confine::list_dir(dir.as_fd()).map_err(io)? {
             if name.starts_with(RESERVED_PREFIX) {
-                if !name.starts_with(&self.session_prefix) {
+                if !name.starts_with(&self.session_prefix) && !frame.seen.contains(&name) {
                     // Left by an interrupted session: never a user file (peers may not send these names).
                     confine::remove_any(dir.as_fd(), &name).map_err(io)?;
                 }
                 continue;
             }
             self.listed += 1;
-            if !frame.seen.contains(&name) {
+            if self.enabled && !frame.seen.contains(&name) {
                 self.candidates.push((frame.path.clone(), name));
             }
         }

@@ -40,16 +40,29 @@ struct OpenFile {
     /// The file this one replaces, when only changed blocks are sent: unsent ranges come
     /// from here.
     basis: Option<std::fs::File>,
+    /// The basis is the temporary file itself (a resumed partial): unsent ranges are already
+    /// in place and only need hashing.
+    resumed: bool,
     hasher: blake3::Hasher,
     /// Everything before this offset has been hashed.
     position: u64,
 }
 
+/// What a file requested as changed blocks is rebuilt from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    /// Nothing: the whole content comes from the sender.
+    None,
+    /// The file at the final name (a changed file).
+    Existing,
+    /// The partial temporary file an interrupted session left (resume).
+    Partial,
+}
+
 /// A file requested from the sender.
 struct Pending {
     entry: Entry,
-    /// Requested as changed blocks against the existing file.
-    delta: bool,
+    basis: Basis,
 }
 
 /// A received file whose content matched the sender's blake3.
@@ -119,7 +132,12 @@ pub(super) fn run(
     };
     let result = receiver.receive();
     if let Some(open) = receiver.current.take() {
-        discard(&open);
+        // A broken connection keeps what arrived: the next run resumes from it. Any other
+        // failure (bad data, full disk) removes it.
+        let interrupted = matches!(result, Err(SyncError::Disconnected(_) | SyncError::Wire(_)));
+        if !interrupted {
+            discard(&open);
+        }
     }
     match result {
         Ok(()) => {
@@ -132,6 +150,23 @@ pub(super) fn run(
             Err(error)
         }
     }
+}
+
+/// The temporary name of a file being received: derived from its path, size and mtime, so an
+/// interrupted run's partial file is found again by the next run for the same source version,
+/// and ignored (then cleaned) once the source has changed.
+fn partial_name(entry: &Entry) -> CString {
+    let mut key = blake3::Hasher::new();
+    key.update(&entry.path);
+    if let EntryKind::File { size, .. } = entry.kind {
+        key.update(&size.to_le_bytes());
+    }
+    key.update(&entry.mtime.sec.to_le_bytes());
+    key.update(&entry.mtime.nsec.to_le_bytes());
+    let mut name = confine::RESERVED_PREFIX.to_vec();
+    name.extend_from_slice(b"part-");
+    name.extend_from_slice(key.finalize().to_hex()[..24].as_bytes());
+    cname(&name)
 }
 
 fn discard(open: &OpenFile) {
@@ -267,19 +302,31 @@ impl Receiver {
                         return Err(protocol(format!("entry id {} used twice", entry.id)));
                     }
                     let id = entry.id;
-                    let basis_size = regular.map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
-                    // A changed file travels as its changed blocks against what is here.
+                    // An interrupted earlier run may have left part of this very version.
+                    let partial = partial_name(&entry);
+                    self.deletions.claim(partial.as_bytes());
+                    let partial_size = confine::lstat(dir, partial.as_bytes())
+                        .map_err(|e| io("cannot inspect", e))?
+                        .filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
+                        .map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
+                    let existing_size = regular.map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
+                    let (basis, basis_name, basis_size) = if partial_size > 0 && partial_size <= size {
+                        (Basis::Partial, partial.as_bytes(), partial_size)
+                    } else {
+                        (Basis::Existing, name.as_slice(), existing_size)
+                    };
+                    // A changed or resumed file travels as the blocks the basis lacks.
                     let request = if basis_size > 0 && basis_size <= blocks::MAX_DELTA_FILE {
-                        let basis = confine::open_file_read(dir, &name).map_err(|e| io("cannot open", e))?;
+                        let file = confine::open_file_read(dir, basis_name).map_err(|e| io("cannot open", e))?;
                         let block_size = blocks::block_size_for(basis_size);
                         let hashes =
-                            blocks::hash_file(&basis, basis_size, block_size).map_err(|e| io("cannot read", e))?;
+                            blocks::hash_file(&file, basis_size, block_size).map_err(|e| io("cannot read", e))?;
                         Message::NeedBlocks { id, block_size, hashes }
                     } else {
                         Message::Need { id }
                     };
-                    let delta = matches!(request, Message::NeedBlocks { .. });
-                    self.pending.insert(id, Pending { entry, delta });
+                    let basis = if matches!(request, Message::NeedBlocks { .. }) { basis } else { Basis::None };
+                    self.pending.insert(id, Pending { entry, basis });
                     self.reply(&request)?;
                 }
             }
@@ -444,12 +491,12 @@ impl Receiver {
                 return Err(protocol(format!("data for entry {id} while entry {} is incomplete", open.id)));
             }
         } else {
-            let Pending { entry, delta } = self
+            let Pending { entry, basis } = self
                 .pending
                 .remove(&id)
                 .ok_or_else(|| protocol(format!("data for entry {id}, which was not requested")))?;
             let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
-            let tmp = self.tmp_name(id);
+            let tmp = partial_name(&entry);
             let (parent, name) = path.split();
             let (parent, name) = (parent.to_vec(), name.to_vec());
             let dir = self.parent_dir(&parent)?.try_clone_to_owned().map_err(|source| SyncError::Io {
@@ -457,24 +504,50 @@ impl Receiver {
                 path: path.display(),
                 source,
             })?;
-            let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
-            let file = confine::create_file(dir.as_fd(), tmp.as_bytes()).map_err(|source| SyncError::Io {
-                op: "cannot create a temporary file for",
-                path: path.display(),
-                source,
-            })?;
-            let basis = if delta {
-                let basis = confine::open_file_read(dir.as_fd(), &name).map_err(|source| SyncError::Io {
-                    op: "cannot reopen the previous version of",
-                    path: path.display(),
-                    source,
-                })?;
-                Some(basis)
-            } else {
-                None
+            let io = |op, source| SyncError::Io { op, path: path.display(), source };
+            let basis_kind = basis;
+            let (file, basis) = match basis {
+                Basis::Partial => (
+                    confine::open_file_write(dir.as_fd(), tmp.as_bytes())
+                        .map_err(|e| io("cannot reopen the partial file of", e))?,
+                    Some(
+                        confine::open_file_read(dir.as_fd(), tmp.as_bytes())
+                            .map_err(|e| io("cannot reopen the partial file of", e))?,
+                    ),
+                ),
+                Basis::Existing => {
+                    let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
+                    (
+                        confine::create_file(dir.as_fd(), tmp.as_bytes())
+                            .map_err(|e| io("cannot create a temporary file for", e))?,
+                        Some(
+                            confine::open_file_read(dir.as_fd(), &name)
+                                .map_err(|e| io("cannot reopen the previous version of", e))?,
+                        ),
+                    )
+                }
+                Basis::None => {
+                    let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
+                    (
+                        confine::create_file(dir.as_fd(), tmp.as_bytes())
+                            .map_err(|e| io("cannot create a temporary file for", e))?,
+                        None,
+                    )
+                }
             };
-            self.current =
-                Some(OpenFile { id, entry, path, dir, tmp, file, basis, hasher: blake3::Hasher::new(), position: 0 });
+            let resumed = matches!(basis_kind, Basis::Partial);
+            self.current = Some(OpenFile {
+                id,
+                entry,
+                path,
+                dir,
+                tmp,
+                file,
+                basis,
+                resumed,
+                hasher: blake3::Hasher::new(),
+                position: 0,
+            });
         }
         Ok(self.current.as_mut().expect("set above"))
     }
@@ -612,7 +685,9 @@ fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Resul
         // Past the end of the basis the sender must have sent data; zeros keep the hash honest.
         buffer[got..want].fill(0);
         open.hasher.update(&buffer[..want]);
-        write_non_zero(&open.file, &buffer[..want], open.position)?;
+        if !open.resumed {
+            write_non_zero(&open.file, &buffer[..want], open.position)?;
+        }
         open.position += want as u64;
     }
     Ok(())
