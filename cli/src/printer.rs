@@ -158,48 +158,64 @@ pub fn print_error(error: &anyhow::Error) {
 
 fn hint(error: &anyhow::Error) -> Option<String> {
     for cause in error.chain() {
-        if let Some(CopyError::Refused { error, .. }) = cause.downcast_ref::<CopyError>() {
-            return match error.kind {
-                RemoteErrorKind::UnknownVolume => Some(
-                    "check the volume name in `agent://HOST:PORT/VOLUME` against the agent's `--volume` flags".into(),
-                ),
-                RemoteErrorKind::ReadOnly => Some(
-                    "the agent was started with `--volume NAME=PATH:ro`; restart it without `:ro` to receive into it"
-                        .into(),
-                ),
-                RemoteErrorKind::Busy => {
-                    Some("wait for the other copy into this volume to finish, then run again".into())
-                }
-                _ => None,
-            };
-        }
-        if let Some(WireError::VersionMismatch { .. }) = cause.downcast_ref::<WireError>() {
-            return Some(
-                "install the same mover version on every cluster (`mover --version`, `mover-agent --version`)".into(),
-            );
+        if let Some(copy) = cause.downcast_ref::<CopyError>() {
+            if let Some(hint) = copy_hint(copy) {
+                return Some(hint);
+            }
         }
         if let Some(tunnel) = cause.downcast_ref::<TunnelError>() {
-            return match tunnel {
-                TunnelError::Connect { .. } | TunnelError::Timeout { .. } => {
-                    Some("check that `mover-agent serve` runs there and that the address and port are reachable from here".into())
-                }
-                TunnelError::Handshake { .. } => Some(
-                    "both sides must use certificates from the same `mover certs init` directory: the agent's `--certs` and this command's `--certs`"
-                        .into(),
-                ),
-                _ => None,
-            };
+            return tunnel_hint(tunnel);
         }
         if cause.downcast_ref::<CertError>().is_some() {
             return Some(
                 "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into(),
             );
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.raw_os_error() == Some(28)
-        {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(28) {
+                return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
+            }
+        }
+        if cause.to_string().contains("No space left on device") {
             return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
         }
     }
     None
+}
+
+fn copy_hint(error: &CopyError) -> Option<String> {
+    match error {
+        CopyError::Refused { error, .. } => match error.kind {
+            RemoteErrorKind::UnknownVolume => {
+                Some("check the volume name in `agent://HOST:PORT/VOLUME` against the agent's `--volume` flags".into())
+            }
+            RemoteErrorKind::ReadOnly => Some(
+                "the agent was started with `--volume NAME=PATH:ro`; restart it without `:ro` to receive into it"
+                    .into(),
+            ),
+            RemoteErrorKind::Busy => Some("wait for the other copy into this volume to finish, then run again".into()),
+            _ => None,
+        },
+        CopyError::Handshake { source: WireError::VersionMismatch { .. }, .. } => {
+            Some("install the same mover version on every cluster (`mover --version`, `mover-agent --version`)".into())
+        }
+        CopyError::Tunnel(tunnel) => tunnel_hint(tunnel),
+        CopyError::Certs(_) => {
+            Some("create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into())
+        }
+        _ => None,
+    }
+}
+
+fn tunnel_hint(error: &TunnelError) -> Option<String> {
+    match error {
+        TunnelError::Connect { .. } | TunnelError::Timeout { .. } => {
+            Some("check that `mover-agent serve` runs there and that the address and port are reachable from here".into())
+        }
+        TunnelError::Handshake { .. } => Some(
+            "both sides must use certificates from the same `mover certs init` directory: the agent's `--certs` and this command's `--certs`"
+                .into(),
+        ),
+        _ => None,
+    }
 }
