@@ -1,0 +1,162 @@
+//! Helpers for end-to-end tests: real `mover` and `mover-agent` processes on loopback.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary (built by `cargo test --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "`{}` is missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Runs `mover` with arguments and returns its output.
+pub fn mover(args: &[&str]) -> Output {
+    Command::new(bin("mover")).args(args).env_remove("MOVER_OUTPUT").output().expect("run mover")
+}
+
+/// Text of an output, for assertion messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The `summary` object printed last by `--output json`.
+pub fn summary(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_else(|| panic!("no output\n{}", text(output)));
+    let value: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}\n{}", text(output)));
+    assert_eq!(value["type"], "summary", "{}", text(output));
+    value
+}
+
+/// Creates a migration certificate directory.
+pub fn certs(dir: &Path) -> PathBuf {
+    let output = mover(&["certs", "init", dir.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    dir.to_owned()
+}
+
+/// A running `mover-agent`, killed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent on an ephemeral loopback port with the given `--volume` specs.
+    pub fn start(certs: &Path, volumes: &[String], log_dir: &Path) -> Agent {
+        let log = log_dir.join(format!("agent-{}.log", rand_suffix()));
+        let mut command = Command::new(bin("mover-agent"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--certs"]).arg(certs);
+        for volume in volumes {
+            command.arg("--volume").arg(volume);
+        }
+        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn agent");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).unwrap();
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+                if !sent {
+                    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if value["fields"]["message"] == "serving" {
+                            let _ = tx.send(value["fields"]["listen"].as_str().unwrap().to_owned());
+                            sent = true;
+                        }
+                    }
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("agent did not start; log: {}", std::fs::read_to_string(&log).unwrap_or_default())
+        });
+        Agent { child, addr, log }
+    }
+
+    /// `agent://ADDR/VOLUME`.
+    pub fn url(&self, volume: &str) -> String {
+        format!("agent://{}/{volume}", self.addr)
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = rustix_pid(&self.child);
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn rustix_pid(child: &Child) -> u32 {
+    child.id()
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// True when running as root (ownership, mounts).
+pub fn is_root() -> bool {
+    // SAFETY-free: `id -u` keeps the tests free of libc.
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+/// A tmpfs of `size` mounted at `dir`, unmounted on drop (root only).
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, options: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", options, "tmpfs"]).arg(dir).status().unwrap();
+        assert!(status.success(), "mount tmpfs at {}", dir.display());
+        Tmpfs(dir.to_owned())
+    }
+
+    pub fn remount(&self, options: &str) {
+        let status = Command::new("mount").args(["-o", &format!("remount,{options}")]).arg(&self.0).status().unwrap();
+        assert!(status.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -1,0 +1,284 @@
+//! A hand-made hostile sender drives a real agent: every attack ends the session with a clear
+//! error, nothing is written outside the volume root, and no file appears under its final name
+//! with wrong content.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Agent, certs};
+use mover_engine::certs::{Identity, Role};
+use mover_engine::client;
+use mover_engine::wire::{
+    DataChunk, Entry, EntryKind, FrameReader, FrameWriter, MAX_FRAME, Message, RemoteError, RemoteErrorKind, Request,
+    SyncOptions, Timestamp,
+};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    agent: Agent,
+    identity: Identity,
+    target: std::path::PathBuf,
+    outside: std::path::PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&target).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("canary"), b"canary").unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let agent = Agent::start(&certs, &[format!("vol={}", target.display())], tmp.path());
+    let identity = Identity::load(&certs, Role::Coordinator).unwrap();
+    Fixture { _tmp: tmp, agent, identity, target, outside }
+}
+
+fn entry(id: u64, path: &[u8], kind: EntryKind) -> Message {
+    Message::Entry(Entry {
+        id,
+        path: path.to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: Timestamp { sec: 1_000_000, nsec: 5 },
+        atime: Timestamp::default(),
+        xattrs: Vec::new(),
+    })
+}
+
+/// Sends `script` (raw frames) after the hello and returns the error the agent reported.
+fn attack(fixture: &Fixture, script: Vec<Vec<u8>>) -> RemoteError {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request).await.unwrap();
+        let (reader, writer) = tokio::io::split(stream);
+        let mut writer = FrameWriter::new(writer);
+        let mut reader = FrameReader::new(reader);
+        for frame in script {
+            // The agent may hang up in the middle of the script: that is fine.
+            if writer.write_frame(&frame).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.flush().await;
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(20), reader.read_message())
+                .await
+                .expect("the agent neither answered nor hung up");
+            match message {
+                Ok(Some(Message::Error(error))) => return error,
+                Ok(Some(Message::Need { .. } | Message::NeedBlocks { .. } | Message::Skip { .. })) => {}
+                other => panic!("expected an error from the agent, got {other:?}"),
+            }
+        }
+    })
+}
+
+fn frame(message: &Message) -> Vec<u8> {
+    mover_engine::wire::encode_message(message)
+}
+
+fn assert_untouched(fixture: &Fixture) {
+    assert_eq!(fs::read(fixture.outside.join("canary")).unwrap(), b"canary");
+    assert_eq!(fs::read_dir(&fixture.outside).unwrap().count(), 1, "something appeared outside the root");
+    assert!(!fixture.target.parent().unwrap().join("x").exists(), "`../x` was written");
+    assert_no_temporaries(&fixture.target);
+}
+
+fn assert_no_temporaries(dir: &Path) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        assert!(!entry.file_name().to_string_lossy().starts_with(".mover-tmp-"), "left behind: {:?}", entry.path());
+        if entry.file_type().unwrap().is_dir() {
+            assert_no_temporaries(&entry.path());
+        }
+    }
+}
+
+#[test]
+fn escaping_paths_are_refused() {
+    let fixture = fixture();
+    for path in [&b"../x"[..], b"/abs", b"a/../../x", b"./a", b".mover-tmp-own", b"a\0b"] {
+        let script = vec![
+            frame(&entry(1, path, EntryKind::Dir)),
+            frame(&entry(2, path, EntryKind::File { size: 1, leader: false })),
+        ];
+        let error = attack(&fixture, script);
+        assert_eq!(error.kind, RemoteErrorKind::Protocol, "{path:?}: {error:?}");
+        assert!(error.message.contains("protocol violation"), "{}", error.message);
+        assert_untouched(&fixture);
+    }
+    assert!(!Path::new("/abs").exists());
+    assert_eq!(fs::read_dir(&fixture.target).unwrap().count(), 0);
+    // The agent still serves others afterwards.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert!(runtime.block_on(client::ping(&fixture.identity, &fixture.agent.addr)).is_ok());
+}
+
+#[test]
+fn an_over_long_frame_ends_the_session() {
+    let fixture = fixture();
+    let mut huge = u32::try_from(MAX_FRAME + 1).unwrap().to_be_bytes().to_vec();
+    huge.extend_from_slice(&[0u8; 64]);
+    let error = attack(&fixture, vec![huge]);
+    assert!(error.message.contains("frame of") && error.message.contains("limit"), "{}", error.message);
+    assert_untouched(&fixture);
+}
+
+#[test]
+fn a_file_beneath_a_symlink_entry_is_refused() {
+    let fixture = fixture();
+    let target = fixture.outside.as_os_str().as_encoded_bytes().to_vec();
+    let content = b"escaped!";
+    let script = vec![
+        frame(&entry(1, b"a", EntryKind::Symlink { target })),
+        frame(&entry(2, b"a/canary", EntryKind::File { size: content.len() as u64, leader: false })),
+        frame(&Message::Data(DataChunk {
+            id: 2,
+            offset: 0,
+            raw_len: content.len() as u32,
+            compressed: false,
+            bytes: content.to_vec(),
+        })),
+        frame(&Message::FileEnd { id: 2, blake3: *blake3::hash(content).as_bytes() }),
+    ];
+    let error = attack(&fixture, script);
+    // Refused as out of order (a symlink is no directory to be inside of); were it not, the
+    // `RESOLVE_NO_SYMLINKS` open of the parent would refuse it as a symlink in the way.
+    assert!(
+        error.message.contains("arrives outside its directory") || error.message.contains("symlink is in the way"),
+        "{}",
+        error.message
+    );
+    assert_untouched(&fixture);
+}
+
+#[test]
+fn a_symlink_planted_by_the_workload_between_entries_is_not_followed() {
+    // The workload (not the peer) swaps a directory the sender just created for a symlink to
+    // outside: the receiver's confined open refuses to traverse it.
+    let fixture = fixture();
+    fs::create_dir(fixture.target.join("a")).unwrap();
+    let planted = fixture.target.join("a");
+    let outside = fixture.outside.clone();
+    let content = b"escaped!";
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let error = runtime.block_on(async {
+        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request).await.unwrap();
+        let (reader, writer) = tokio::io::split(stream);
+        let mut writer = FrameWriter::new(writer);
+        let mut reader = FrameReader::new(reader);
+        writer.send(&entry(1, b"a", EntryKind::Dir)).await.unwrap();
+        writer.send(&entry(2, b"a/first", EntryKind::File { size: 0, leader: false })).await.unwrap();
+        // Wait for the verdict on `a/first`: the receiver is now inside `a`.
+        let verdict = reader.read_message().await.unwrap();
+        assert!(matches!(verdict, Some(Message::Need { id: 2 })), "{verdict:?}");
+        fs::remove_dir(&planted).unwrap();
+        std::os::unix::fs::symlink(&outside, &planted).unwrap();
+        writer
+            .send(&entry(3, b"a/canary", EntryKind::File { size: content.len() as u64, leader: false }))
+            .await
+            .unwrap();
+        writer
+            .send(&Message::Data(DataChunk {
+                id: 3,
+                offset: 0,
+                raw_len: content.len() as u32,
+                compressed: false,
+                bytes: content.to_vec(),
+            }))
+            .await
+            .unwrap();
+        writer.send(&Message::FileEnd { id: 3, blake3: *blake3::hash(content).as_bytes() }).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), reader.read_message()).await.unwrap() {
+                Ok(Some(Message::Error(error))) => break error,
+                Ok(Some(_)) => {}
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    });
+    assert!(error.message.contains("symlink is in the way") || error.message.contains("`a"), "{}", error.message);
+    assert_untouched(&fixture);
+}
+
+#[test]
+fn a_wrong_blake3_leaves_the_old_file_in_place() {
+    let fixture = fixture();
+    fs::write(fixture.target.join("f"), b"old content").unwrap();
+    let content = b"new content, wrong hash";
+    let script = vec![
+        frame(&entry(1, b"f", EntryKind::File { size: content.len() as u64, leader: false })),
+        frame(&Message::Data(DataChunk {
+            id: 1,
+            offset: 0,
+            raw_len: content.len() as u32,
+            compressed: false,
+            bytes: content.to_vec(),
+        })),
+        frame(&Message::FileEnd { id: 1, blake3: *blake3::hash(b"something else").as_bytes() }),
+    ];
+    let error = attack(&fixture, script);
+    assert_eq!(error.kind, RemoteErrorKind::Verification, "{error:?}");
+    assert!(error.message.contains("`f`") && error.message.contains("blake3"), "{}", error.message);
+    assert_eq!(fs::read(fixture.target.join("f")).unwrap(), b"old content");
+    assert_untouched(&fixture);
+}
+
+#[test]
+fn data_past_the_declared_size_and_unrequested_data_are_refused() {
+    let fixture = fixture();
+    let script = vec![
+        frame(&entry(1, b"f", EntryKind::File { size: 4, leader: false })),
+        frame(&Message::Data(DataChunk {
+            id: 1,
+            offset: 0,
+            raw_len: 8,
+            compressed: false,
+            bytes: b"12345678".to_vec(),
+        })),
+    ];
+    let error = attack(&fixture, script);
+    assert!(error.message.contains("beyond its size"), "{}", error.message);
+    let script = vec![frame(&Message::Data(DataChunk {
+        id: 9,
+        offset: 0,
+        raw_len: 1,
+        compressed: false,
+        bytes: b"x".to_vec(),
+    }))];
+    let error = attack(&fixture, script);
+    assert!(error.message.contains("not requested"), "{}", error.message);
+    assert!(!fixture.target.join("f").exists());
+    assert_untouched(&fixture);
+}
+
+#[test]
+fn a_zstd_chunk_that_expands_past_its_declared_length_is_refused() {
+    let fixture = fixture();
+    let bomb = zstd_frame(&vec![b'z'; 1 << 20]);
+    let script = vec![
+        frame(&entry(1, b"f", EntryKind::File { size: 1 << 20, leader: false })),
+        frame(&Message::Data(DataChunk { id: 1, offset: 0, raw_len: 100, compressed: true, bytes: bomb })),
+    ];
+    let error = attack(&fixture, script);
+    assert_eq!(error.kind, RemoteErrorKind::Protocol, "{error:?}");
+    assert!(!fixture.target.join("f").exists());
+    assert_untouched(&fixture);
+}
+
+fn zstd_frame(data: &[u8]) -> Vec<u8> {
+    // The engine's own compressor makes a real zstd frame.
+    let packed = mover_engine::compress::Compressor::new(3).unwrap().pack(data).unwrap();
+    assert!(packed.compressed);
+    packed.bytes
+}
