@@ -1,0 +1,236 @@
+//! Interrupted runs: either agent killed with SIGKILL at random points, or the connection cut
+//! in the middle of a file. A rerun converges to an identical tree, nothing is ever torn under
+//! a final name, and partial data is reused.
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::{Agent, certs, mover, summary, text};
+use mover_testdata::{BigFile, TreeSpec};
+
+/// A tree with many small files and a few big ones, generated once for this binary.
+fn source() -> &'static Path {
+    static SOURCE: OnceLock<tempfile::TempDir> = OnceLock::new();
+    SOURCE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut spec = TreeSpec::with_entries(3_000);
+            spec.big_files = vec![
+                BigFile::Random(24 << 20),
+                BigFile::Text(16 << 20),
+                BigFile::Database(16 << 20),
+                BigFile::Sparse { size: 256 << 20, data_every: 8 << 20, data_len: 256 << 10 },
+            ];
+            mover_testdata::generate(dir.path(), &spec).unwrap();
+            dir
+        })
+        .path()
+}
+
+/// Every regular file under a final name in `target` has exactly the source's content.
+fn assert_nothing_torn(target: &Path) {
+    fn walk(source: &Path, target: &Path, rel: &Path) {
+        for entry in fs::read_dir(target.join(rel)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with(".mover-tmp-") {
+                continue;
+            }
+            let rel = rel.join(&name);
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                walk(source, target, &rel);
+            } else if kind.is_file() {
+                let (a, b) = (fs::read(source.join(&rel)).unwrap(), fs::read(target.join(&rel)).unwrap());
+                assert!(a == b, "`{}` is torn: it differs from the source under its final name", rel.display());
+            }
+        }
+    }
+    walk(source(), target, Path::new(""));
+}
+
+fn differences(target: &Path) -> Vec<mover_testdata::Difference> {
+    mover_testdata::compare(source(), target, &mover_testdata::CompareOptions::default()).unwrap()
+}
+
+/// A deterministic sequence of kill delays (milliseconds).
+fn delays(count: usize, seed: u64) -> Vec<u64> {
+    let mut state = seed;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            40 + state % 900
+        })
+        .collect()
+}
+
+fn kill_9(agent: &mut Agent) {
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_of_the_target_agent_at_random_points_then_rerun_converges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("volume");
+    fs::create_dir(&target).unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let volume = format!("data={}", target.display());
+    let mut interrupted = 0;
+    for (iteration, delay) in delays(10, 0x5eed).into_iter().enumerate() {
+        let mut agent = Agent::start(&certs, std::slice::from_ref(&volume), tmp.path());
+        let mut copy = std::process::Command::new(common::bin("mover"))
+            .args(["copy", source().to_str().unwrap(), &agent.url("data"), "--certs", certs.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        kill_9(&mut agent);
+        let _ = copy.wait();
+        assert_nothing_torn(&target);
+        interrupted += usize::from(!differences(&target).is_empty());
+        eprintln!("iteration {iteration}: killed after {delay} ms");
+    }
+    assert!(interrupted >= 3, "only {interrupted} of 10 kills hit a copy in progress: the test proves little");
+    let agent = Agent::start(&certs, &[volume], tmp.path());
+    let output = mover(&["copy", source().to_str().unwrap(), &agent.url("data"), "--certs", certs.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    mover_testdata::assert_identical(source(), &target);
+    assert!(!has_temporaries(&target), "partial files left after a complete run");
+}
+
+#[test]
+fn sigkill_of_the_source_agent_at_random_points_then_rerun_converges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("volume");
+    fs::create_dir(&target).unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let target_agent = Agent::start(&certs, &[format!("data={}", target.display())], tmp.path());
+    let source_volume = format!("data={}:ro", source().display());
+    let mut interrupted = 0;
+    for delay in delays(10, 0xfeed) {
+        let mut source_agent = Agent::start(&certs, std::slice::from_ref(&source_volume), tmp.path());
+        let mut copy = std::process::Command::new(common::bin("mover"))
+            .args(["copy", &source_agent.url("data"), &target_agent.url("data"), "--certs", certs.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        kill_9(&mut source_agent);
+        let status = copy.wait().unwrap();
+        assert_nothing_torn(&target);
+        interrupted += usize::from(!differences(&target).is_empty());
+        if status.success() {
+            // The copy finished before the kill: fine, the next iterations are cheap re-syncs.
+            continue;
+        }
+        // The target notices the lost peer and releases the volume for the next run.
+        wait_until_free(&target_agent, &certs);
+    }
+    assert!(interrupted >= 3, "only {interrupted} of 10 kills hit a copy in progress: the test proves little");
+    let source_agent = Agent::start(&certs, &[source_volume], tmp.path());
+    let output = mover(&[
+        "copy",
+        &source_agent.url("data"),
+        &target_agent.url("data"),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    mover_testdata::assert_identical(source(), &target);
+}
+
+/// Retries a no-op ping until the agent answers (it may be finishing the aborted session).
+fn wait_until_free(agent: &Agent, certs: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let identity = mover_engine::certs::Identity::load(certs, mover_engine::certs::Role::Coordinator).unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    while runtime.block_on(mover_engine::client::ping(&identity, &agent.addr)).is_err() {
+        assert!(Instant::now() < deadline, "agent unresponsive after its peer was killed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn has_temporaries(dir: &Path) -> bool {
+    fs::read_dir(dir).unwrap().any(|entry| {
+        let entry = entry.unwrap();
+        entry.file_name().to_string_lossy().starts_with(".mover-tmp-")
+            || (entry.file_type().unwrap().is_dir() && has_temporaries(&entry.path()))
+    })
+}
+
+/// A TCP relay that forwards to `upstream` and cuts both directions once `limit` bytes went
+/// from the client to the server.
+fn cutting_relay(upstream: String, limit: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let server = TcpStream::connect(upstream).unwrap();
+        let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let (mut server_read, mut client_write) = (server, client);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 16 * 1024];
+            while let Ok(n) = server_read.read(&mut buffer) {
+                if n == 0 || client_write.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut forwarded = 0u64;
+        let mut buffer = [0u8; 16 * 1024];
+        while let Ok(n) = client_read.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            let n = n.min((limit - forwarded) as usize);
+            if server_write.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+            forwarded += n as u64;
+            if forwarded >= limit {
+                break;
+            }
+        }
+        let _ = server_write.shutdown(std::net::Shutdown::Both);
+        let _ = client_read.shutdown(std::net::Shutdown::Both);
+    });
+    addr
+}
+
+#[test]
+fn a_cut_connection_mid_file_resumes_and_the_rerun_moves_far_fewer_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    mover_testdata::write_random(&src.join("big.bin"), 64 << 20, 42).unwrap();
+    let target = tmp.path().join("volume");
+    fs::create_dir(&target).unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let agent = Agent::start(&certs, &[format!("data={}", target.display())], tmp.path());
+    // Cut after ~40 MiB of the 64 MiB file went through.
+    let relay = cutting_relay(agent.addr.clone(), 40 << 20);
+    let output = mover(&["copy", src.to_str().unwrap(), &format!("agent://{relay}/data"), "--certs", certs.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(!target.join("big.bin").exists(), "a partial file appeared under its final name");
+    assert!(has_temporaries(&target), "the partial data was not kept for the next run");
+    let output = mover(&["copy", src.to_str().unwrap(), &agent.url("data"), "--certs", certs.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let wire = summary(&output)["bytes_on_wire"].as_u64().unwrap();
+    assert!(wire < 30 << 20, "the rerun sent {wire} bytes of a 64 MiB file of which ~40 MiB had arrived");
+    mover_testdata::assert_identical(&src, &target);
+    assert!(!has_temporaries(&target));
+}
