@@ -1,0 +1,258 @@
+//! Re-runs move only what changed: quick check, changed blocks, appends, deletions with their
+//! guard, sparse files that stay sparse, and random mutations that always converge.
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use mover_engine::client;
+use mover_engine::progress::{NoProgress, Summary};
+use mover_engine::wire::SyncOptions;
+use mover_testdata::{BigFile, TreeSpec};
+use proptest::prelude::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn sync(src: &Path, dst: &Path, options: SyncOptions) -> Result<Summary, String> {
+    fs::create_dir_all(dst).unwrap();
+    runtime()
+        .block_on(client::copy_local(src, dst, options, Arc::new(NoProgress)))
+        .map_err(|e| mover_engine::sync::full_message(&e))
+}
+
+fn copy(src: &Path, dst: &Path) -> Summary {
+    let summary = sync(src, dst, SyncOptions::default()).unwrap();
+    assert!(summary.is_success(), "{:?}", summary.errors);
+    summary
+}
+
+#[test]
+fn one_percent_of_changed_bytes_costs_a_small_multiple_on_the_wire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    let mut spec = TreeSpec::with_entries(1_000);
+    spec.big_files = vec![BigFile::Database(64 << 20), BigFile::Random(32 << 20)];
+    mover_testdata::generate(&src, &spec).unwrap();
+    copy(&src, &dst);
+
+    // About 1 % of the bytes: 4 KiB pages rewritten in place, an append, a new small file.
+    let mut changed = 0u64;
+    let database = find(&src, "database").expect("a database file");
+    let file = fs::OpenOptions::new().write(true).open(&database).unwrap();
+    for i in 0..160u64 {
+        let page = mover_testdata::random_bytes(1000 + i, 4096);
+        file.write_all_at(&page, (i * 97 % 16_000) * 4096).unwrap();
+        changed += 4096;
+    }
+    let random = find(&src, "random").expect("a random file");
+    let tail = mover_testdata::random_bytes(7, 256 << 10);
+    fs::OpenOptions::new().append(true).open(&random).unwrap().write_all_at(&tail, 32 << 20).unwrap();
+    changed += tail.len() as u64;
+    fs::write(src.join("new-file"), mover_testdata::random_bytes(8, 64 << 10)).unwrap();
+    changed += 64 << 10;
+
+    let summary = copy(&src, &dst);
+    mover_testdata::assert_identical(&src, &dst);
+    assert!(summary.bytes_on_wire <= changed * 3, "{} bytes on the wire for {changed} changed bytes", summary.bytes_on_wire);
+    assert!(summary.bytes_on_wire >= changed / 2, "too few bytes on the wire: {}", summary.bytes_on_wire);
+}
+
+fn find(dir: &Path, needle: &str) -> Option<std::path::PathBuf> {
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_file() && entry.file_name().to_string_lossy().contains(needle) {
+            return Some(entry.path());
+        }
+        if kind.is_dir() {
+            if let Some(found) = find(&entry.path(), needle) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn a_large_sparse_file_stays_sparse_after_an_incremental_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    let image = src.join("disk.img");
+    let file = fs::File::create(&image).unwrap();
+    file.set_len(2 << 30).unwrap();
+    file.write_all_at(&mover_testdata::random_bytes(1, 1 << 20), 100 << 20).unwrap();
+    copy(&src, &dst);
+    file.write_all_at(&mover_testdata::random_bytes(2, 64 << 10), 1 << 30).unwrap();
+    drop(file);
+    let summary = copy(&src, &dst);
+    assert!(summary.bytes_on_wire < 1 << 20, "{} bytes on the wire", summary.bytes_on_wire);
+    let (a, b) = (fs::metadata(&image).unwrap(), fs::metadata(dst.join("disk.img")).unwrap());
+    assert!(b.blocks() <= a.blocks() + 128, "target allocates {} blocks, source {}", b.blocks(), a.blocks());
+    mover_testdata::assert_identical(&src, &dst);
+}
+
+#[test]
+fn deletions_no_delete_and_the_mass_delete_guard() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir_all(src.join("keep")).unwrap();
+    for i in 0..10 {
+        fs::write(src.join(format!("keep/{i}")), format!("{i}")).unwrap();
+    }
+    copy(&src, &dst);
+    fs::create_dir_all(dst.join("extra/deep")).unwrap();
+    fs::write(dst.join("extra/deep/x"), b"x").unwrap();
+    fs::write(dst.join("keep/extra"), b"x").unwrap();
+
+    let summary = sync(&src, &dst, SyncOptions { delete: false, ..SyncOptions::default() }).unwrap();
+    assert_eq!(summary.entries_deleted, 0);
+    assert!(dst.join("extra/deep/x").exists() && dst.join("keep/extra").exists());
+
+    let summary = copy(&src, &dst);
+    assert_eq!(summary.entries_deleted, 4, "extra, extra/deep, extra/deep/x, keep/extra");
+    mover_testdata::assert_identical(&src, &dst);
+
+    // An empty source would wipe the target: refused, nothing deleted.
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let error = sync(&empty, &dst, SyncOptions::default()).unwrap_err();
+    assert!(error.contains("refusing to delete 11 of the target's 11 entries"), "{error}");
+    assert_eq!(fs::read_dir(dst.join("keep")).unwrap().count(), 10);
+    let summary = sync(&empty, &dst, SyncOptions { allow_mass_delete: true, ..SyncOptions::default() }).unwrap();
+    assert_eq!(summary.entries_deleted, 11);
+    assert_eq!(fs::read_dir(&dst).unwrap().count(), 0);
+}
+
+#[test]
+fn checksum_finds_a_change_that_kept_size_and_mtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), vec![b'a'; 100_000]).unwrap();
+    copy(&src, &dst);
+    let target = dst.join("f");
+    let mtime = fs::metadata(&target).unwrap().modified().unwrap();
+    fs::OpenOptions::new().write(true).open(&target).unwrap().write_all_at(b"b", 5000).unwrap();
+    fs::File::options().write(true).open(&target).unwrap().set_modified(mtime).unwrap();
+    let summary = copy(&src, &dst);
+    assert_eq!(summary.bytes_transferred, 0, "quick check should not look inside");
+    assert_ne!(fs::read(&target).unwrap(), fs::read(src.join("f")).unwrap());
+    let summary = sync(&src, &dst, SyncOptions { checksum: true, ..SyncOptions::default() }).unwrap();
+    assert!(summary.bytes_transferred > 0 && summary.bytes_transferred <= 8192, "{summary:?}");
+    assert_eq!(fs::read(&target).unwrap(), fs::read(src.join("f")).unwrap());
+}
+
+/// Mutations applied to a tree, driven by a seed.
+fn mutate(root: &Path, seed: u64, count: usize) {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut paths = Vec::new();
+    collect(root, root, &mut paths);
+    for _ in 0..count {
+        if paths.is_empty() {
+            break;
+        }
+        let path = root.join(&paths[(next() % paths.len() as u64) as usize]);
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        match next() % 8 {
+            // Edit in place.
+            0 if meta.is_file() && meta.len() > 0 => {
+                let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+                file.write_all_at(&mover_testdata::random_bytes(next(), 100), next() % meta.len()).unwrap();
+            }
+            // Truncate.
+            1 if meta.is_file() => fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(meta.len() / 2).unwrap(),
+            // Append.
+            2 if meta.is_file() => {
+                let file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+                file.write_all_at(&mover_testdata::random_bytes(next(), 5000), meta.len()).unwrap();
+            }
+            // Insert (shifts the rest).
+            3 if meta.is_file() => {
+                let mut data = fs::read(&path).unwrap();
+                let at = (next() % (data.len() as u64 + 1)) as usize;
+                data.splice(at..at, mover_testdata::random_bytes(next(), 777));
+                fs::write(&path, data).unwrap();
+            }
+            // Rename.
+            4 => {
+                let _ = fs::rename(&path, path.with_file_name(format!("renamed-{}", next() % 1000)));
+            }
+            // File -> directory.
+            5 if !meta.is_dir() => {
+                fs::remove_file(&path).unwrap();
+                fs::create_dir(&path).unwrap();
+                fs::write(path.join("inside"), b"now a directory").unwrap();
+            }
+            // Directory or file -> symlink.
+            6 => {
+                if meta.is_dir() {
+                    fs::remove_dir_all(&path).unwrap();
+                } else {
+                    fs::remove_file(&path).unwrap();
+                }
+                std::os::unix::fs::symlink("../somewhere", &path).unwrap();
+            }
+            // Symlink or file -> file with new content, new mode.
+            _ if !meta.is_dir() => {
+                fs::remove_file(&path).unwrap();
+                fs::write(&path, mover_testdata::random_bytes(next(), (next() % 20_000) as usize)).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600 | (next() as u32 & 0o077))).unwrap();
+            }
+            _ => {}
+        }
+        paths.clear();
+        collect(root, root, &mut paths);
+    }
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        // Leave read-only corners of the generated tree alone: mutating them needs chmod dances.
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() && meta.mode() & 0o200 == 0 {
+            continue;
+        }
+        out.push(path.strip_prefix(root).unwrap().to_owned());
+        if meta.is_dir() {
+            collect(root, &path, out);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_mutations_always_converge(seed in any::<u64>(), rounds in 1usize..3, count in 1usize..40) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+        fs::create_dir(&src).unwrap();
+        let mut spec = TreeSpec::small();
+        spec.seed = seed;
+        mover_testdata::generate(&src, &spec).unwrap();
+        copy(&src, &dst);
+        for round in 0..rounds {
+            mutate(&src, seed.wrapping_add(round as u64), count);
+            let summary = sync(&src, &dst, SyncOptions { allow_mass_delete: true, ..SyncOptions::default() }).unwrap();
+            prop_assert!(summary.is_success(), "{:?}", summary.errors);
+            let differences = mover_testdata::compare(&src, &dst, &mover_testdata::CompareOptions::default()).unwrap();
+            prop_assert!(differences.is_empty(), "{}", differences.iter().take(10).map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+        }
+    }
+}
