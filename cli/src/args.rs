@@ -83,6 +83,10 @@ pub struct CopyArgs {
     /// Stage run: files that vanish or change while being read are warnings (exit 0), not errors.
     #[arg(long, env = "MOVER_STAGE")]
     pub stage: bool,
+    /// Limit the bytes the source writes to the tunnel (after compression), in bytes per second:
+    /// `500K`, `20M`, `1G` (binary units), or bits with `100Mbit`.
+    #[arg(long, value_parser = parse_rate, env = "MOVER_BWLIMIT")]
+    pub bwlimit: Option<u64>,
     /// Find changed files by content (blake3 of blocks on both sides), not by size and mtime.
     #[arg(long, env = "MOVER_CHECKSUM")]
     pub checksum: bool,
@@ -108,4 +112,43 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Parses a rate: bytes per second with an optional `K`, `M` or `G` suffix (binary), or bits per
+/// second with `Kbit`, `Mbit` or `Gbit` (decimal, as network links are sold).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a rate such as `20M` or `100Mbit`"))?;
+    let factor = match unit {
+        "" => 1.0,
+        "K" | "k" => 1024.0,
+        "M" | "m" => 1024.0 * 1024.0,
+        "G" | "g" => 1024.0 * 1024.0 * 1024.0,
+        "Kbit" | "kbit" => 1e3 / 8.0,
+        "Mbit" | "mbit" => 1e6 / 8.0,
+        "Gbit" | "gbit" => 1e9 / 8.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use K, M, G (bytes) or Kbit, Mbit, Gbit")),
+    };
+    let rate = (number * factor) as u64;
+    if rate == 0 {
+        return Err("a bandwidth limit must be above zero".into());
+    }
+    Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("100").unwrap(), 100);
+        assert_eq!(parse_rate("20M").unwrap(), 20 << 20);
+        assert_eq!(parse_rate("100Mbit").unwrap(), 12_500_000);
+        assert_eq!(parse_rate("1.5K").unwrap(), 1536);
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10Mb").is_err());
+    }
 }

@@ -58,7 +58,11 @@ fn one_percent_of_changed_bytes_costs_a_small_multiple_on_the_wire() {
 
     let summary = copy(&src, &dst);
     mover_testdata::assert_identical(&src, &dst);
-    assert!(summary.bytes_on_wire <= changed * 3, "{} bytes on the wire for {changed} changed bytes", summary.bytes_on_wire);
+    assert!(
+        summary.bytes_on_wire <= changed * 3,
+        "{} bytes on the wire for {changed} changed bytes",
+        summary.bytes_on_wire
+    );
     assert!(summary.bytes_on_wire >= changed / 2, "too few bytes on the wire: {}", summary.bytes_on_wire);
 }
 
@@ -172,7 +176,9 @@ fn mutate(root: &Path, seed: u64, count: usize) {
                 file.write_all_at(&mover_testdata::random_bytes(next(), 100), next() % meta.len()).unwrap();
             }
             // Truncate.
-            1 if meta.is_file() => fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(meta.len() / 2).unwrap(),
+            1 if meta.is_file() => {
+                fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(meta.len() / 2).unwrap()
+            }
             // Append.
             2 if meta.is_file() => {
                 let file = fs::OpenOptions::new().append(true).open(&path).unwrap();
@@ -255,4 +261,19 @@ proptest! {
             prop_assert!(differences.is_empty(), "{}", differences.iter().take(10).map(ToString::to_string).collect::<Vec<_>>().join("\n"));
         }
     }
+}
+
+#[test]
+fn bwlimit_holds_the_rate_within_15_percent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    // Incompressible, so bytes on the wire are the content.
+    mover_testdata::write_random(&src.join("f"), 12 << 20, 3).unwrap();
+    let limit = 4u64 << 20;
+    let summary = sync(&src, &dst, SyncOptions { bwlimit: limit, ..SyncOptions::default() }).unwrap();
+    let rate = summary.bytes_on_wire as f64 / summary.elapsed_s;
+    let ratio = rate / limit as f64;
+    assert!((0.85..=1.15).contains(&ratio), "observed {rate:.0} B/s for a limit of {limit} B/s ({ratio:.2})");
+    mover_testdata::assert_identical(&src, &dst);
 }

@@ -102,7 +102,15 @@ fn sigkill_of_the_target_agent_at_random_points_then_rerun_converges() {
     }
     assert!(interrupted >= 3, "only {interrupted} of 10 kills hit a copy in progress: the test proves little");
     let agent = Agent::start(&certs, &[volume], tmp.path());
-    let output = mover(&["copy", source().to_str().unwrap(), &agent.url("data"), "--certs", certs.to_str().unwrap(), "--output", "json"]);
+    let output = mover(&[
+        "copy",
+        source().to_str().unwrap(),
+        &agent.url("data"),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     mover_testdata::assert_identical(source(), &target);
     assert!(!has_temporaries(&target), "partial files left after a complete run");
@@ -223,11 +231,20 @@ fn a_cut_connection_mid_file_resumes_and_the_rerun_moves_far_fewer_bytes() {
     let agent = Agent::start(&certs, &[format!("data={}", target.display())], tmp.path());
     // Cut after ~40 MiB of the 64 MiB file went through.
     let relay = cutting_relay(agent.addr.clone(), 40 << 20);
-    let output = mover(&["copy", src.to_str().unwrap(), &format!("agent://{relay}/data"), "--certs", certs.to_str().unwrap()]);
+    let output =
+        mover(&["copy", src.to_str().unwrap(), &format!("agent://{relay}/data"), "--certs", certs.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(!target.join("big.bin").exists(), "a partial file appeared under its final name");
     assert!(has_temporaries(&target), "the partial data was not kept for the next run");
-    let output = mover(&["copy", src.to_str().unwrap(), &agent.url("data"), "--certs", certs.to_str().unwrap(), "--output", "json"]);
+    let output = mover(&[
+        "copy",
+        src.to_str().unwrap(),
+        &agent.url("data"),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     let wire = summary(&output)["bytes_on_wire"].as_u64().unwrap();
     assert!(wire < 30 << 20, "the rerun sent {wire} bytes of a 64 MiB file of which ~40 MiB had arrived");

@@ -53,6 +53,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         delete: !args.no_delete,
         allow_mass_delete: args.allow_mass_delete,
         checksum: args.checksum,
+        bwlimit: args.bwlimit.unwrap_or(0),
     };
     let printer = Arc::new(Printer::new(global));
     let source = parse_location(&args.source)?;

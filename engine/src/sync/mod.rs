@@ -135,15 +135,28 @@ async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result
     }
 }
 
-/// Writes frames from a blocking thread to the stream, flushing whenever the queue runs dry.
+/// Writes frames from a blocking thread to the stream, flushing whenever the queue runs dry,
+/// and at most `bwlimit` bytes per second on average when it is not 0.
 async fn pump_out<W: AsyncWrite + Unpin>(
     writer: W,
     mut from_thread: mpsc::Receiver<Vec<u8>>,
     on_wire: Arc<AtomicU64>,
+    bwlimit: u64,
 ) -> Result<()> {
     let mut frames = FrameWriter::new(BufWriter::with_capacity(256 * 1024, writer));
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
     while let Some(frame) = from_thread.recv().await {
+        if bwlimit > 0 {
+            // Pace on what was sent so far: the next frame leaves when the average allows it.
+            let due = started + std::time::Duration::from_secs_f64(sent as f64 / bwlimit as f64);
+            if due > tokio::time::Instant::now() {
+                frames.flush().await?;
+                tokio::time::sleep_until(due).await;
+            }
+        }
         frames.write_frame(&frame).await?;
+        sent += frame.len() as u64;
         on_wire.fetch_add(frame.len() as u64, Ordering::Relaxed);
         if from_thread.is_empty() {
             frames.flush().await?;
@@ -179,7 +192,7 @@ where
     let (out_tx, out_rx) = mpsc::channel(32);
     let on_wire = Arc::new(AtomicU64::new(0));
     let pump_in = tokio::spawn(pump_in(reader, in_tx));
-    let pump_out = tokio::spawn(pump_out(writer, out_rx, on_wire.clone()));
+    let pump_out = tokio::spawn(pump_out(writer, out_rx, on_wire.clone(), options.bwlimit));
     let thread = {
         let on_wire = on_wire.clone();
         tokio::task::spawn_blocking(move || sender::Sender::new(root, options, reporter, on_wire, out_tx, in_rx).run())
@@ -209,7 +222,7 @@ where
     let (in_tx, in_rx) = mpsc::channel(64);
     let (out_tx, out_rx) = mpsc::channel(WINDOW * 2 + 16);
     let pump_in = tokio::spawn(pump_in(reader, in_tx));
-    let pump_out = tokio::spawn(pump_out(writer, out_rx, Arc::new(AtomicU64::new(0))));
+    let pump_out = tokio::spawn(pump_out(writer, out_rx, Arc::new(AtomicU64::new(0)), 0));
     let thread = tokio::task::spawn_blocking(move || receiver::run(root, options, reporter, out_tx, in_rx));
     let result = thread.await.map_err(|_| SyncError::Disconnected("(receiver thread panicked)"))?;
     // The thread has sent its last frame (Done or Error) and dropped its queue: let the writer

@@ -70,6 +70,8 @@ pub struct SyncOptions {
     pub allow_mass_delete: bool,
     /// Compare file contents, not just size and mtime, to find what changed.
     pub checksum: bool,
+    /// Most bytes per second the sender writes to the tunnel (after compression); 0 = no limit.
+    pub bwlimit: u64,
 }
 
 impl Default for SyncOptions {
@@ -83,6 +85,7 @@ impl Default for SyncOptions {
             delete: true,
             allow_mass_delete: false,
             checksum: false,
+            bwlimit: 0,
         }
     }
 }
