@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mover_engine::wire::Compression;
 
 /// mover: direct volume and image migration between Kubernetes clusters.
 ///
@@ -77,9 +78,10 @@ pub struct CopyArgs {
     /// fsync every file before renaming it into place.
     #[arg(long, env = "MOVER_FSYNC")]
     pub fsync: bool,
-    /// zstd level for data chunks (0 disables compression).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=19), env = "MOVER_COMPRESS_LEVEL")]
-    pub compress_level: i32,
+    /// Compression of data chunks: `auto` (zstd, level chosen from how the link keeps up: off on
+    /// a fast local link, higher on a slow one), `off`, or a zstd level 1-19.
+    #[arg(long, default_value = "auto", value_parser = parse_compression, env = "MOVER_COMPRESS")]
+    pub compress: Compression,
     /// Stage run: files that vanish or change while being read are warnings (exit 0), not errors.
     #[arg(long, env = "MOVER_STAGE")]
     pub stage: bool,
@@ -112,6 +114,18 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Parses `--compress`.
+pub fn parse_compression(text: &str) -> Result<Compression, String> {
+    match text {
+        "auto" => Ok(Compression::Auto),
+        "off" | "0" => Ok(Compression::Off),
+        level => match level.parse::<i32>() {
+            Ok(level @ 1..=19) => Ok(Compression::Level(level)),
+            _ => Err(format!("`{text}`: expected `auto`, `off` or a zstd level from 1 to 19")),
+        },
+    }
 }
 
 /// Parses a rate: bytes per second with an optional `K`, `M` or `G` suffix (binary), or bits per

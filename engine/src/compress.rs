@@ -25,7 +25,8 @@ pub struct Packed {
 
 /// Compresses chunks of one stream of data (one file), adapting to what it sees.
 pub struct Compressor {
-    inner: Option<zstd::bulk::Compressor<'static>>,
+    inner: zstd::bulk::Compressor<'static>,
+    level: i32,
     misses: u32,
     skipped: u32,
 }
@@ -33,8 +34,16 @@ pub struct Compressor {
 impl Compressor {
     /// A compressor at zstd `level`; level 0 disables compression.
     pub fn new(level: i32) -> io::Result<Self> {
-        let inner = if level == 0 { None } else { Some(zstd::bulk::Compressor::new(level)?) };
-        Ok(Compressor { inner, misses: 0, skipped: 0 })
+        Ok(Compressor { inner: zstd::bulk::Compressor::new(level.max(1))?, level, misses: 0, skipped: 0 })
+    }
+
+    /// Changes the level (0 disables compression) for the next chunks.
+    pub fn set_level(&mut self, level: i32) -> io::Result<()> {
+        if level != self.level && level > 0 {
+            self.inner.set_compression_level(level)?;
+        }
+        self.level = level;
+        Ok(())
     }
 
     /// Starts a new file: forget what the previous file's data looked like.
@@ -45,9 +54,9 @@ impl Compressor {
 
     /// Packs one chunk.
     pub fn pack(&mut self, raw: &[u8]) -> io::Result<Packed> {
-        let Some(inner) = self.inner.as_mut() else {
+        if self.level == 0 {
             return Ok(Packed { compressed: false, bytes: raw.to_vec() });
-        };
+        }
         if self.misses >= GIVE_UP_AFTER {
             self.skipped += 1;
             if self.skipped < REPROBE_EVERY {
@@ -55,7 +64,7 @@ impl Compressor {
             }
             self.skipped = 0;
         }
-        let compressed = inner.compress(raw)?;
+        let compressed = self.inner.compress(raw)?;
         if compressed.len() * 100 <= raw.len() * (100 - MIN_SAVING_PERCENT) {
             self.misses = 0;
             Ok(Packed { compressed: true, bytes: compressed })
@@ -63,6 +72,84 @@ impl Compressor {
             self.misses += 1;
             Ok(Packed { compressed: false, bytes: raw.to_vec() })
         }
+    }
+}
+
+/// Picks the zstd level from the throughput it gets.
+///
+/// Whether compression pays depends on what limits the transfer: on a slow link every byte
+/// saved is time saved, on a fast local link (or when the receiver's CPU is the limit) it only
+/// costs time. So the control measures what matters, content bytes delivered per second, over
+/// periods of [`LevelControl::PERIOD`], and climbs: it moves the level one step at a time and
+/// turns around when a step made things worse. It starts at level 1, tries no compression
+/// first, and settles where throughput is best, re-probing the neighbour now and then.
+#[derive(Debug, Clone)]
+pub struct LevelControl {
+    level: i32,
+    direction: i32,
+    /// Whether the period that just ended ran at another level than the one before it.
+    moved: bool,
+    last_rate: f64,
+    period_start: std::time::Instant,
+    period_bytes: u64,
+}
+
+impl LevelControl {
+    /// Highest level the control climbs to (past this zstd costs far more CPU for little gain
+    /// on volume data).
+    pub const MAX: i32 = 6;
+    /// Length of one measurement period.
+    pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
+
+    /// Starts at level 1, about to try level 0.
+    #[must_use]
+    pub fn new() -> Self {
+        LevelControl {
+            level: 1,
+            direction: -1,
+            moved: true,
+            last_rate: 0.0,
+            period_start: std::time::Instant::now(),
+            period_bytes: 0,
+        }
+    }
+
+    /// The current level (0 = off).
+    #[must_use]
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// Records `bytes` of content handed to the link; returns the level to use from now on.
+    pub fn observe(&mut self, bytes: usize) -> i32 {
+        self.period_bytes += bytes as u64;
+        let elapsed = self.period_start.elapsed();
+        if elapsed >= Self::PERIOD {
+            self.step(self.period_bytes as f64 / elapsed.as_secs_f64());
+            self.period_start = std::time::Instant::now();
+            self.period_bytes = 0;
+        }
+        self.level
+    }
+
+    /// One decision, given the throughput of the period that just ended.
+    fn step(&mut self, rate: f64) {
+        // A step that lowered throughput is undone. Held at an end of the range, the level did
+        // not move and only a clear drop is worth probing the neighbour again.
+        let tolerance = if self.moved { 0.97 } else { 0.85 };
+        if rate < self.last_rate * tolerance {
+            self.direction = -self.direction;
+        }
+        self.last_rate = rate;
+        let next = (self.level + self.direction).clamp(0, Self::MAX);
+        self.moved = next != self.level;
+        self.level = next;
+    }
+}
+
+impl Default for LevelControl {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -131,6 +218,46 @@ mod tests {
         let mut reader = random_packed;
         reader.fill(&mut noise);
         assert!(!compressor.pack(&noise).unwrap().compressed);
+    }
+
+    /// Runs the control against a model of throughput by level; returns the levels visited.
+    fn settle(throughput: impl Fn(i32) -> f64) -> Vec<i32> {
+        let mut control = LevelControl::new();
+        (0..60)
+            .map(|_| {
+                control.step(throughput(control.level()));
+                control.level()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_fast_link_settles_without_compression() {
+        // CPU-bound: every level costs throughput.
+        let levels = settle(|level| 2000.0 / (1.0 + f64::from(level)));
+        assert!(levels[10..].iter().filter(|&&l| l == 0).count() >= 45, "{levels:?}");
+    }
+
+    #[test]
+    fn a_slow_link_climbs_to_high_levels() {
+        // Link-bound: each level saves a few more bytes.
+        let levels = settle(|level| 12.5 * (1.0 + 0.08 * f64::from(level)));
+        assert!(levels[20..].iter().all(|&l| l >= LevelControl::MAX - 1), "{levels:?}");
+    }
+
+    #[test]
+    fn a_middle_optimum_is_found() {
+        let levels = settle(|level| 100.0 - f64::from((level - 3) * (level - 3)) * 5.0);
+        assert!(levels[20..].iter().all(|&l| (2..=4).contains(&l)), "{levels:?}");
+    }
+
+    #[test]
+    fn level_zero_sends_raw() {
+        let mut compressor = Compressor::new(1).unwrap();
+        compressor.set_level(0).unwrap();
+        assert!(!compressor.pack(&[b'a'; 10_000]).unwrap().compressed);
+        compressor.set_level(3).unwrap();
+        assert!(compressor.pack(&[b'a'; 10_000]).unwrap().compressed);
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         selinux: args.selinux,
         devices: args.devices,
         fsync: args.fsync,
-        compress_level: args.compress_level,
+        compression: args.compress,
         stage: args.stage,
         delete: !args.no_delete,
         allow_mass_delete: args.allow_mass_delete,

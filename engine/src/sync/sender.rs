@@ -11,12 +11,12 @@ use tokio::sync::mpsc;
 
 use super::blocks;
 use super::{Result, SyncError, WINDOW};
-use crate::compress::Compressor;
+use crate::compress::{Compressor, LevelControl};
 use crate::confine::{self, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::wire::{
-    CHUNK_SIZE, DataChunk, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, encode_message,
+    CHUNK_SIZE, Compression, DataChunk, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, encode_message,
 };
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -39,6 +39,7 @@ pub(super) struct Sender {
     waiting: HashMap<u64, Waiting>,
     parent: Option<(Vec<u8>, OwnedFd)>,
     compressor: Option<Compressor>,
+    level_control: LevelControl,
     buffer: Vec<u8>,
     summary: Summary,
     files_done: u64,
@@ -67,6 +68,7 @@ impl Sender {
             waiting: HashMap::new(),
             parent: None,
             compressor: None,
+            level_control: LevelControl::new(),
             buffer: vec![0; CHUNK_SIZE],
             summary: Summary::default(),
             files_done: 0,
@@ -296,7 +298,7 @@ impl Sender {
         }
         let compressor = match self.compressor.as_mut() {
             Some(compressor) => compressor,
-            None => self.compressor.insert(Compressor::new(self.options.compress_level).map_err(ContentError::Read)?),
+            None => self.compressor.insert(Compressor::new(1).map_err(ContentError::Read)?),
         };
         compressor.reset();
         let mut hasher = blake3::Hasher::new();
@@ -360,7 +362,18 @@ impl Basis {
 }
 
 impl Sender {
+    /// The zstd level for the next chunk of `bytes`.
+    fn level(&mut self, bytes: usize) -> i32 {
+        match self.options.compression {
+            Compression::Off => 0,
+            Compression::Level(level) => level,
+            Compression::Auto => self.level_control.observe(bytes),
+        }
+    }
+
     fn send_chunk(&mut self, id: u64, offset: u64, raw: &[u8]) -> std::result::Result<(), ContentError> {
+        let level = self.level(raw.len());
+        self.compressor.as_mut().expect("set before streaming").set_level(level).map_err(ContentError::Read)?;
         let packed = self.compressor.as_mut().expect("set before streaming").pack(raw).map_err(ContentError::Read)?;
         let message = Message::Data(DataChunk {
             id,

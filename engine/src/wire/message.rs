@@ -60,8 +60,8 @@ pub struct SyncOptions {
     pub devices: bool,
     /// `fsync` each file before it is renamed into place.
     pub fsync: bool,
-    /// zstd level for data chunks; 0 disables compression.
-    pub compress_level: i32,
+    /// How data chunks are compressed.
+    pub compression: Compression,
     /// Stage run: files that vanish or change while read are warnings, not errors.
     pub stage: bool,
     /// Delete entries on the target that the source lacks.
@@ -80,7 +80,7 @@ impl Default for SyncOptions {
             selinux: false,
             devices: false,
             fsync: false,
-            compress_level: 1,
+            compression: Compression::Auto,
             stage: false,
             delete: true,
             allow_mass_delete: false,
@@ -88,6 +88,17 @@ impl Default for SyncOptions {
             bwlimit: 0,
         }
     }
+}
+
+/// How the sender compresses data chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// Never.
+    Off,
+    /// Always try this zstd level (1..=19).
+    Level(i32),
+    /// Pick the level from how the link keeps up (see [`crate::compress::LevelControl`]).
+    Auto,
 }
 
 /// The server's answer to a successful [`Hello`].

@@ -35,8 +35,8 @@ pub use frame::{
     FrameReader, FrameWriter, MAX_FRAME, decode_hello, decode_message, decode_reply, encode_hello, encode_message,
 };
 pub use message::{
-    DataChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, Message, ReceiverReport, RemoteError, RemoteErrorKind,
-    Request, SyncOptions, Timestamp, Welcome, Xattr,
+    Compression, DataChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, Message, ReceiverReport, RemoteError,
+    RemoteErrorKind, Request, SyncOptions, Timestamp, Welcome, Xattr,
 };
 
 /// The protocol version this build speaks. Both ends of a session must speak the same one.
