@@ -79,13 +79,23 @@ fn kill_9(agent: &mut Agent) {
 
 #[test]
 fn sigkill_of_the_target_agent_at_random_points_then_rerun_converges() {
+    target_agent_kills(10, 0x5eed);
+}
+
+#[test]
+#[ignore = "long: 100 kills of the target agent"]
+fn sigkill_of_the_target_agent_100_times() {
+    target_agent_kills(100, 0xdead);
+}
+
+fn target_agent_kills(iterations: usize, seed: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("volume");
     fs::create_dir(&target).unwrap();
     let certs = certs(&tmp.path().join("certs"));
     let volume = format!("data={}", target.display());
     let mut interrupted = 0;
-    for (iteration, delay) in delays(10, 0x5eed).into_iter().enumerate() {
+    for (iteration, delay) in delays(iterations, seed).into_iter().enumerate() {
         let mut agent = Agent::start(&certs, std::slice::from_ref(&volume), tmp.path());
         let mut copy = std::process::Command::new(common::bin("mover"))
             .args(["copy", source().to_str().unwrap(), &agent.url("data"), "--certs", certs.to_str().unwrap()])
@@ -100,7 +110,7 @@ fn sigkill_of_the_target_agent_at_random_points_then_rerun_converges() {
         interrupted += usize::from(!differences(&target).is_empty());
         eprintln!("iteration {iteration}: killed after {delay} ms");
     }
-    assert!(interrupted >= 3, "only {interrupted} of 10 kills hit a copy in progress: the test proves little");
+    assert!(interrupted * 3 >= iterations, "only {interrupted} of {iterations} kills hit a copy in progress: the test proves little");
     let agent = Agent::start(&certs, &[volume], tmp.path());
     let output = mover(&[
         "copy",
@@ -118,6 +128,16 @@ fn sigkill_of_the_target_agent_at_random_points_then_rerun_converges() {
 
 #[test]
 fn sigkill_of_the_source_agent_at_random_points_then_rerun_converges() {
+    source_agent_kills(10, 0xfeed);
+}
+
+#[test]
+#[ignore = "long: 100 kills of the source agent"]
+fn sigkill_of_the_source_agent_100_times() {
+    source_agent_kills(100, 0xbeef);
+}
+
+fn source_agent_kills(iterations: usize, seed: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("volume");
     fs::create_dir(&target).unwrap();
@@ -125,7 +145,7 @@ fn sigkill_of_the_source_agent_at_random_points_then_rerun_converges() {
     let target_agent = Agent::start(&certs, &[format!("data={}", target.display())], tmp.path());
     let source_volume = format!("data={}:ro", source().display());
     let mut interrupted = 0;
-    for delay in delays(10, 0xfeed) {
+    for delay in delays(iterations, seed) {
         let mut source_agent = Agent::start(&certs, std::slice::from_ref(&source_volume), tmp.path());
         let mut copy = std::process::Command::new(common::bin("mover"))
             .args(["copy", &source_agent.url("data"), &target_agent.url("data"), "--certs", certs.to_str().unwrap()])
@@ -145,7 +165,7 @@ fn sigkill_of_the_source_agent_at_random_points_then_rerun_converges() {
         // The target notices the lost peer and releases the volume for the next run.
         wait_until_free(&target_agent, &certs);
     }
-    assert!(interrupted >= 3, "only {interrupted} of 10 kills hit a copy in progress: the test proves little");
+    assert!(interrupted * 3 >= iterations, "only {interrupted} of {iterations} kills hit a copy in progress: the test proves little");
     let source_agent = Agent::start(&certs, &[source_volume], tmp.path());
     let output = mover(&[
         "copy",
