@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v mount >/dev/null || need+=(mount)
 command -v setfattr >/dev/null || need+=(attr)
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

@@ -89,6 +89,16 @@ pub struct CopyArgs {
     /// `500K`, `20M`, `1G` (binary units), or bits with `100Mbit`.
     #[arg(long, value_parser = parse_rate, env = "MOVER_BWLIMIT")]
     pub bwlimit: Option<u64>,
+    /// Reach the target agent through this HTTP CONNECT proxy: `http://USER:PASSWORD@HOST:PORT`
+    /// (one proxy, as MTC's `stunnel_tcp_proxy`). The source dials through it: this command for
+    /// a local source, the source agent for an agent-to-agent copy. Prefer `MOVER_PROXY` or
+    /// `--proxy-password-file` so the password stays out of the process list.
+    #[arg(long, env = "MOVER_PROXY", hide_env_values = true)]
+    pub proxy: Option<String>,
+    /// Read the proxy password from this file (when `--proxy` has none); `MOVER_PROXY_PASSWORD`
+    /// works too.
+    #[arg(long, env = "MOVER_PROXY_PASSWORD_FILE")]
+    pub proxy_password_file: Option<PathBuf>,
     /// Find changed files by content (blake3 of blocks on both sides), not by size and mtime.
     #[arg(long, env = "MOVER_CHECKSUM")]
     pub checksum: bool,

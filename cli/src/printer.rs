@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mover_engine::certs::CertError;
 use mover_engine::client::CopyError;
 use mover_engine::progress::{Event, Reporter, Summary};
-use mover_engine::tunnel::TunnelError;
+use mover_engine::tunnel::{ProxyError, TunnelError};
 use mover_engine::wire::{RemoteErrorKind, WireError};
 
 use crate::args::{GlobalArgs, OutputFormat};
@@ -209,6 +209,21 @@ fn copy_hint(error: &CopyError) -> Option<String> {
 
 fn tunnel_hint(error: &TunnelError) -> Option<String> {
     match error {
+        TunnelError::Proxy(ProxyError::Authentication { .. }) => {
+            Some("check the user and password of `--proxy` (or `--proxy-password-file`, `MOVER_PROXY_PASSWORD`)".into())
+        }
+        TunnelError::Proxy(ProxyError::Refused { .. }) => Some(
+            "the proxy must allow CONNECT to the agent's port (tinyproxy: `ConnectPort`; squid: `SSL_ports`)".into(),
+        ),
+        TunnelError::Proxy(ProxyError::Unreachable { .. }) => {
+            Some("check the proxy's address and port in `--proxy` and that it runs".into())
+        }
+        TunnelError::Proxy(ProxyError::TargetUnreachable { .. }) => {
+            Some("the proxy cannot reach the agent: check the agent's address as seen from the proxy".into())
+        }
+        TunnelError::HandshakeViaProxy { .. } => Some(
+            "exempt the agents' addresses from TLS inspection on the proxy; mover never trusts a certificate outside the migration's CA".into(),
+        ),
         TunnelError::Connect { .. } | TunnelError::Timeout { .. } => {
             Some("check that `mover-agent serve` runs there and that the address and port are reachable from here".into())
         }

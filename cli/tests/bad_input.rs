@@ -122,7 +122,7 @@ fn protocol_version_mismatch_names_both_versions() {
     let theirs = wire::PROTOCOL_VERSION + 41;
     let reply = runtime().block_on(async {
         let config = mover_engine::tunnel::client_config(&identity).unwrap();
-        let mut stream = mover_engine::tunnel::connect(&agent.addr, config).await.unwrap();
+        let mut stream = mover_engine::tunnel::connect(&agent.addr, config, None).await.unwrap();
         let hello = Hello { migration_id: identity.migration_id(), request: Request::Ping };
         stream.write_all(&wire::encode_hello(theirs, &hello)).await.unwrap();
         stream.flush().await.unwrap();

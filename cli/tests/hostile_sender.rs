@@ -57,7 +57,7 @@ fn attack(fixture: &Fixture, script: Vec<Vec<u8>>) -> RemoteError {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
-        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request).await.unwrap();
+        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request, None).await.unwrap();
         let (reader, writer) = tokio::io::split(stream);
         let mut writer = FrameWriter::new(writer);
         let mut reader = FrameReader::new(reader);
@@ -173,7 +173,7 @@ fn a_symlink_planted_by_the_workload_between_entries_is_not_followed() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let error = runtime.block_on(async {
         let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
-        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request).await.unwrap();
+        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request, None).await.unwrap();
         let (reader, writer) = tokio::io::split(stream);
         let mut writer = FrameWriter::new(writer);
         let mut reader = FrameReader::new(reader);

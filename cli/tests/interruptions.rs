@@ -110,7 +110,10 @@ fn target_agent_kills(iterations: usize, seed: u64) {
         interrupted += usize::from(!differences(&target).is_empty());
         eprintln!("iteration {iteration}: killed after {delay} ms");
     }
-    assert!(interrupted * 4 >= iterations, "only {interrupted} of {iterations} kills hit a copy in progress: the test proves little");
+    assert!(
+        interrupted * 4 >= iterations,
+        "only {interrupted} of {iterations} kills hit a copy in progress: the test proves little"
+    );
     let agent = Agent::start(&certs, &[volume], tmp.path());
     let output = mover(&[
         "copy",
@@ -165,7 +168,10 @@ fn source_agent_kills(iterations: usize, seed: u64) {
         // The target notices the lost peer and releases the volume for the next run.
         wait_until_free(&target_agent, &certs);
     }
-    assert!(interrupted * 4 >= iterations, "only {interrupted} of {iterations} kills hit a copy in progress: the test proves little");
+    assert!(
+        interrupted * 4 >= iterations,
+        "only {interrupted} of {iterations} kills hit a copy in progress: the test proves little"
+    );
     let source_agent = Agent::start(&certs, &[source_volume], tmp.path());
     let output = mover(&[
         "copy",

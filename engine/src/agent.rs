@@ -345,8 +345,8 @@ async fn dispatch(
             info!(%peer, volume = %session.volume, files = report.files_written, bytes = report.bytes_written, "received");
             drop(guard);
         }
-        Request::Push { volume, target, token, options } => {
-            push(state, stream, &volume, &target, token, options).await?;
+        Request::Push { volume, target, token, proxy, options } => {
+            push(state, stream, (&volume, &target), token, proxy, options).await?;
         }
     }
     Ok(())
@@ -364,9 +364,9 @@ impl Reporter for Forward {
 async fn push(
     state: &Arc<State>,
     stream: tunnel::ServerStream,
-    volume: &str,
-    target: &str,
+    (volume, target): (&str, &str),
     token: Vec<u8>,
+    proxy: Option<tunnel::Proxy>,
     options: SyncOptions,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let root = state.volumes[volume].root.clone();
@@ -376,7 +376,7 @@ async fn push(
     let target = target.to_owned();
     let started = Instant::now();
     let transfer = async move {
-        let mut tunnel = tunnel::connect(&target, client).await.map_err(|e| full_message(&e))?;
+        let mut tunnel = tunnel::connect(&target, client, proxy.as_ref()).await.map_err(|e| full_message(&e))?;
         let hello = Hello { migration_id, request: Request::JoinSession { token } };
         FrameWriter::new(&mut tunnel).send_hello(&hello).await.map_err(|e| e.to_string())?;
         FrameReader::new(&mut tunnel)

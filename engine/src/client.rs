@@ -16,7 +16,7 @@ use crate::agent::{Agent, AgentError, VolumeGrant};
 use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
 use crate::sync::{self, SyncError};
-use crate::tunnel::{self, TunnelError};
+use crate::tunnel::{self, Proxy, TunnelError};
 use crate::wire::{FrameReader, FrameWriter, Hello, Message, RemoteError, Request, SyncOptions, Welcome, WireError};
 
 /// Why a copy could not run or did not finish.
@@ -79,9 +79,10 @@ pub async fn open(
     identity: &Identity,
     addr: &str,
     request: Request,
+    proxy: Option<&Proxy>,
 ) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
     let config = tunnel::client_config(identity)?;
-    let mut stream = tunnel::connect(addr, config).await?;
+    let mut stream = tunnel::connect(addr, config, proxy).await?;
     let hello = Hello { migration_id: identity.migration_id(), request };
     let handshake = |source| CopyError::Handshake { addr: addr.to_owned(), source };
     FrameWriter::new(&mut stream).send_hello(&hello).await.map_err(handshake)?;
@@ -92,20 +93,21 @@ pub async fn open(
     }
 }
 
-/// Copies the local directory `source` into volume `volume` of the agent at `addr`.
+/// Copies the local directory `source` into volume `volume` of the agent at `addr`, through
+/// `proxy` when given.
 pub async fn copy_to_agent(
     identity: &Identity,
     source: &Path,
-    addr: &str,
-    volume: &str,
+    (addr, volume): (&str, &str),
+    proxy: Option<&Proxy>,
     options: SyncOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
     let started = Instant::now();
     let root =
         crate::confine::open_root(source).map_err(|e| CopyError::Source { path: source.to_owned(), source: e })?;
-    let (stream, _) =
-        open(identity, addr, Request::Receive { volume: volume.to_owned(), options: options.clone() }).await?;
+    let request = Request::Receive { volume: volume.to_owned(), options: options.clone() };
+    let (stream, _) = open(identity, addr, request, proxy).await?;
     let mut summary = sync::send_volume(stream, Arc::new(root), options, reporter).await?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
@@ -141,30 +143,34 @@ pub async fn copy_local(
             .await;
     });
     let coordinator = Identity::from_generated(&generated, Role::Coordinator)?;
-    let result = copy_to_agent(&coordinator, source, &addr.to_string(), "target", options, reporter).await;
+    let result = copy_to_agent(&coordinator, source, (&addr.to_string(), "target"), None, options, reporter).await;
     let _ = stop.send(());
     let _ = server.await;
     result
 }
 
-/// Asks the source agent to push `source_volume` into `target_volume` on the target agent.
+/// Asks the source agent to push `source_volume` into `target_volume` on the target agent; the
+/// source agent dials the target through `proxy` when given (the coordinator reaches both
+/// agents directly).
 pub async fn push_between_agents(
     identity: &Identity,
     (source_addr, source_volume): (&str, &str),
     (target_addr, target_volume): (&str, &str),
+    proxy: Option<&Proxy>,
     options: SyncOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
     let started = Instant::now();
     let open_session = Request::OpenSession { volume: target_volume.to_owned(), options: options.clone() };
-    let (_, welcome) = open(identity, target_addr, open_session).await?;
+    let (_, welcome) = open(identity, target_addr, open_session, None).await?;
     let push = Request::Push {
         volume: source_volume.to_owned(),
         target: target_addr.to_owned(),
         token: welcome.token,
+        proxy: proxy.cloned(),
         options,
     };
-    let (mut stream, _) = open(identity, source_addr, push).await?;
+    let (mut stream, _) = open(identity, source_addr, push, None).await?;
     let mut frames = FrameReader::new(&mut stream);
     loop {
         match frames.read_message().await.map_err(SyncError::from)? {
@@ -186,6 +192,6 @@ pub async fn push_between_agents(
 
 /// Asks an agent for its protocol version and volumes.
 pub async fn ping(identity: &Identity, addr: &str) -> Result<Vec<String>, CopyError> {
-    let (_, welcome) = open(identity, addr, Request::Ping).await?;
+    let (_, welcome) = open(identity, addr, Request::Ping, None).await?;
     Ok(welcome.volumes)
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client;
+use mover_engine::tunnel::Proxy;
 use mover_engine::wire::SyncOptions;
 
 use crate::Outcome;
@@ -43,6 +44,23 @@ fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
         .with_context(|| format!("while loading the coordinator certificate from `{}`", dir.display()))
 }
 
+/// The proxy of `--proxy`, with its password from the URL, `--proxy-password-file` or
+/// `MOVER_PROXY_PASSWORD`.
+fn proxy(args: &CopyArgs) -> anyhow::Result<Option<Proxy>> {
+    let Some(url) = &args.proxy else { return Ok(None) };
+    let mut proxy = Proxy::parse(url)?;
+    if proxy.password.is_none() {
+        if let Some(file) = &args.proxy_password_file {
+            let password = std::fs::read_to_string(file)
+                .with_context(|| format!("while reading the proxy password from `{}`", file.display()))?;
+            proxy.password = Some(password.trim_end_matches(['\r', '\n']).to_owned());
+        } else if let Ok(password) = std::env::var("MOVER_PROXY_PASSWORD") {
+            proxy.password = Some(password);
+        }
+    }
+    Ok(Some(proxy))
+}
+
 pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let options = SyncOptions {
         selinux: args.selinux,
@@ -55,6 +73,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         checksum: args.checksum,
         bwlimit: args.bwlimit.unwrap_or(0),
     };
+    let proxy = proxy(&args)?;
     let printer = Arc::new(Printer::new(global));
     let source = parse_location(&args.source)?;
     let target = parse_location(&args.target)?;
@@ -67,13 +86,15 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
             client::copy_local(from, to, options, printer.clone()).await
         }
         (Location::Local(from), Location::Agent { addr, volume }) => {
-            client::copy_to_agent(&identity(&args)?, from, addr, volume, options, printer.clone()).await
+            client::copy_to_agent(&identity(&args)?, from, (addr, volume), proxy.as_ref(), options, printer.clone())
+                .await
         }
         (Location::Agent { addr: from, volume: from_volume }, Location::Agent { addr: to, volume: to_volume }) => {
             client::push_between_agents(
                 &identity(&args)?,
                 (from, from_volume),
                 (to, to_volume),
+                proxy.as_ref(),
                 options,
                 printer.clone(),
             )

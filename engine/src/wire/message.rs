@@ -44,6 +44,8 @@ pub enum Request {
         /// The token of the session opened on the target.
         #[serde(with = "serde_bytes")]
         token: Vec<u8>,
+        /// The HTTP CONNECT proxy to dial the target through, if any.
+        proxy: Option<crate::tunnel::Proxy>,
         /// Session options.
         options: SyncOptions,
     },

@@ -17,6 +17,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::certs::{Identity, Role};
 
+mod proxy;
+
+pub use proxy::{Proxy, ProxyError};
+
 /// How long a TCP connect plus TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -47,6 +51,24 @@ pub enum TunnelError {
         #[source]
         source: std::io::Error,
     },
+    /// The proxy hop failed.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// The TLS handshake failed inside a proxy tunnel: the proxy relayed bytes, but the peer's
+    /// certificate was not from the migration's CA.
+    #[error(
+        "mutual TLS handshake with `{addr}` through the proxy `{proxy}` failed: the proxy may be intercepting TLS \
+         (it must relay CONNECT traffic untouched), or `{addr}` is not a mover agent of this migration"
+    )]
+    HandshakeViaProxy {
+        /// The agent.
+        addr: String,
+        /// The proxy (password masked).
+        proxy: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Connect or handshake took too long.
     #[error("timed out connecting to `{addr}` after {}s", HANDSHAKE_TIMEOUT.as_secs())]
     Timeout {
@@ -59,7 +81,12 @@ impl TunnelError {
     /// True when a later attempt may succeed (network trouble, not a certificate problem).
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(self, TunnelError::Connect { .. } | TunnelError::Timeout { .. })
+        matches!(
+            self,
+            TunnelError::Connect { .. }
+                | TunnelError::Timeout { .. }
+                | TunnelError::Proxy(ProxyError::Unreachable { .. } | ProxyError::TargetUnreachable { .. })
+        )
     }
 }
 
@@ -108,16 +135,27 @@ pub type ServerStream = server::TlsStream<TcpStream>;
 
 /// Dials an agent at `addr` (`HOST:PORT`) and completes the mutual-TLS handshake. The agent
 /// must present a certificate for the agent role from the migration's CA.
-pub async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<ClientStream, TunnelError> {
+///
+/// With a `proxy`, the TCP connection is an HTTP CONNECT tunnel through it, and mutual TLS runs
+/// end to end inside.
+pub async fn connect(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    proxy: Option<&Proxy>,
+) -> Result<ClientStream, TunnelError> {
     let dial = async {
-        let tcp =
-            TcpStream::connect(addr).await.map_err(|source| TunnelError::Connect { addr: addr.to_owned(), source })?;
+        let tcp = match proxy {
+            Some(proxy) => proxy.connect(addr).await?,
+            None => TcpStream::connect(addr)
+                .await
+                .map_err(|source| TunnelError::Connect { addr: addr.to_owned(), source })?,
+        };
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(Role::Agent.dns_name()).expect("valid DNS name");
-        TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|source| TunnelError::Handshake { addr: addr.to_owned(), source })
+        TlsConnector::from(config).connect(name, tcp).await.map_err(|source| match proxy {
+            Some(proxy) => TunnelError::HandshakeViaProxy { addr: addr.to_owned(), proxy: proxy.to_string(), source },
+            None => TunnelError::Handshake { addr: addr.to_owned(), source },
+        })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await.map_err(|_| TunnelError::Timeout { addr: addr.to_owned() })?
 }

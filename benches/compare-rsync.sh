@@ -1,0 +1,804 @@
+#!/usr/bin/env bash
+# mover against rsync through stunnel, set up the way OpenShift MTC's direct volume migration
+# (DVM) does it, side by side in one run on one generated tree.
+#
+#   ./benches/compare-rsync.sh                         # full tree (>= 2 GiB), 3 runs, all cases
+#   SCALE=small RUNS=1 LINK=0 ./benches/compare-rsync.sh   # quick check (~2k entries, ~150 MiB)
+#
+# Environment:
+#   SCALE   full (default: 20k entries, 24M medium files, big database 384M, random 320M,
+#           sparse 1G, text 256M) or small (2k entries, 2M, 32M/32M/64M/16M)
+#   GEN_ARGS  replaces the generator arguments of SCALE (e.g. SCALE=mine GEN_ARGS="--entries 500")
+#   RUNS    repetitions per tool and case (default 3); the tables show medians
+#   WORK    work directory (default /var/tmp/mover-compare); trees are kept there and reused
+#   LINK    1 (default) runs case (d) over a 100 Mbit/s veth link between two network
+#           namespaces; 0 skips it (it is slow)
+#   RATE    rate of the link's tbf qdisc (default 100mbit)
+#   TOOLS   subset of "mover rsync rsync-z" (default all three)
+#   CASES   subset of "a b c d" (default all; b needs a, c and d need a's result as their basis)
+#   VERIFY  1 (default) compares the target with the source after every run
+#   BUILD   1 (default) runs cargo build first; 0 uses the binaries in target/release as they are
+#
+# Cases, each for mover, rsync (MTC options) and rsync -z:
+#   (a) initial copy into an empty target
+#   (b) re-sync with nothing changed
+#   (c) re-sync after ~1 % of the bytes changed: SRC2 = SRC + a deterministic mutation; the target
+#       is reset (untimed, cp -a) to that tool's own case (a) result, then SRC2 is synced into it
+#   (d) (c) and (a) again over a ${RATE} tbf-shaped veth pair between namespaces a and b
+#
+# Measured per run: wall time of the client, CPU (user+sys) of both ends, application bytes
+# (before TLS), peak RSS of both ends. Caches are warm for every tool alike (no drop_caches;
+# `sync` before each run).
+set -euo pipefail
+export LC_ALL=C
+
+cd "$(dirname "$0")/.."
+REPO=$PWD
+SCALE=${SCALE:-full}
+RUNS=${RUNS:-3}
+WORK=${WORK:-/var/tmp/mover-compare}
+LINK=${LINK:-1}
+RATE=${RATE:-100mbit}
+TOOLS=${TOOLS:-"mover rsync rsync-z"}
+CASES=${CASES:-"a b c d"}
+VERIFY=${VERIFY:-1}
+BUILD=${BUILD:-1}
+BIN=$REPO/target/release
+MUTATION_VERSION=mutation-v1
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+has_case() { [[ " $CASES " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------------------------------------
+# Packages and binaries
+
+need=()
+command -v rsync >/dev/null || need+=(rsync)
+command -v stunnel4 >/dev/null || need+=(stunnel4)
+command -v openssl >/dev/null || need+=(openssl)
+[ -x /usr/bin/time ] || need+=(time)
+command -v bc >/dev/null || need+=(bc)
+{ command -v ip && command -v tc && command -v ss; } >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then
+  say "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync stunnel4 openssl time bc iproute2
+fi
+if [ "$BUILD" = 1 ]; then
+  cargo build --release --locked -p mover-cli -p mover-agent -p mover-testdata
+fi
+for b in mover mover-agent mover-testdata; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
+
+case $SCALE in
+  full) GEN=(--entries 20000 --max-file-size 24M --big database:384M --big random:320M --big sparse:1G --big text:256M) ;;
+  small) GEN=(--entries 2000 --max-file-size 2M --big database:32M --big random:32M --big sparse:64M --big text:16M) ;;
+  *) [ -n "${GEN_ARGS:-}" ] || die "SCALE must be full or small (or set GEN_ARGS)" ;;
+esac
+if [ -n "${GEN_ARGS:-}" ]; then read -r -a GEN <<<"$GEN_ARGS"; fi
+GEN+=(--plain)
+
+TREE=$WORK/$SCALE
+SRC=$TREE/src
+SRC2=$TREE/src2
+LOGS=$WORK/logs
+RAW=$LOGS/raw.tsv
+mkdir -p "$TREE"
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+
+# ---------------------------------------------------------------------------------------------
+# Clean-up: servers we started (by pid), our namespaces, the target trees.
+
+LIVE=()      # pids of servers still running
+NETNS=()     # namespaces we created
+cleanup() {
+  local rc=$? p
+  set +e
+  for p in "${LIVE[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${LIVE[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null
+  done
+  wait 2>/dev/null
+  for p in "${NETNS[@]}"; do ip netns del "$p" 2>/dev/null; done
+  rm -rf "$TREE"/dst-* "$TREE"/base-* "$LOGS"/probe-*
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# The test trees: SRC (generated once, reused) and SRC2 = SRC + a deterministic ~1 % mutation.
+
+spec="${GEN[*]}"
+if [ ! -d "$SRC" ] || [ "$(cat "$TREE/src.spec" 2>/dev/null)" != "$spec" ]; then
+  say "generating $SRC ($spec)"
+  rm -rf "$SRC" "$SRC2" "$TREE/src.spec" "$TREE/src2.spec"
+  mkdir -p "$SRC"
+  "$BIN/mover-testdata" generate "$SRC" "${GEN[@]}" >&2
+  echo "$spec" >"$TREE/src.spec"
+fi
+
+# Deterministic numbers: `rand SEED COUNT MAX` prints COUNT integers in [0, MAX) (MINSTD LCG,
+# exact in awk's doubles).
+rand() {
+  awk -v seed="$1" -v n="$2" -v m="$3" 'BEGIN {
+    x = seed % 2147483647; if (x <= 0) x = 1
+    for (i = 0; i < 5; i++) x = (x * 48271) % 2147483647
+    for (i = 0; i < n; i++) { x = (x * 48271) % 2147483647; printf "%.0f\n", int(x / 2147483647 * m) }
+  }'
+}
+
+# Random bytes from a fixed AES-CTR key stream (deterministic): `pool FILE BYTES`.
+pool() {
+  head -c "$2" /dev/zero | openssl enc -aes-128-ctr -nosalt -K 6d6f7665722d636f6d706172652d3031 \
+    -iv 00000000000000000000000000000000 >"$1"
+}
+
+# Lines of text from a fixed vocabulary: `text_lines SEED BYTES`.
+text_lines() {
+  awk -v seed="$1" -v want="$2" 'BEGIN {
+    split("the of and to in is was for on that with as by at from this be are or an it not " \
+      "which have has had were but all their been one more can other also into than would " \
+      "request response volume migration source target cluster node pod storage error warning " \
+      "info debug started finished bytes files checksum retry timeout connection tls agent", w, " ")
+    nw = 0; for (k in w) nw++
+    x = seed; out = 0; line = 0
+    while (out < want) {
+      line++; s = sprintf("%08d ", line)
+      len = 6 + (x % 14)
+      for (j = 0; j < len; j++) { x = (x * 48271) % 2147483647; s = s w[1 + (x % nw)] " " }
+      x = (x * 48271) % 2147483647
+      s = s sprintf("id=%d", x)
+      if (out + length(s) + 1 > want) s = substr(s, 1, want - out - 1)
+      print s; out += length(s) + 1
+    }
+  }'
+}
+
+# Writes BYTES bytes of the pool, from position POS, into FILE at OFFSET (in place).
+POOL=
+POOL_SIZE=0
+POOL_POS=0
+put() { # FILE OFFSET BYTES
+  if ((POOL_POS + $3 > POOL_SIZE)); then POOL_POS=0; fi
+  dd if="$POOL" of="$1" bs="$3" count=1 iflag=skip_bytes oflag=seek_bytes skip="$POOL_POS" \
+    seek="$2" conv=notrunc status=none
+  POOL_POS=$((POOL_POS + $3))
+}
+
+# The mutation. Budget: 1 % of the regular files' bytes (each inode once). Spent as 45 % 8 KiB
+# database pages (copied from another page of the file, header rewritten), 20 % 4 KiB pages in
+# the sparse file (half inside its data islands, half anywhere, mostly filling holes), 15 %
+# appended to the text file, 2 x 5 % appended to the two largest medium files; on top, small
+# files edited in place, added and deleted (each ~0.5 % of the small files), and one directory
+# holding a few files renamed.
+mutate() {
+  local dir=$1 total budget n i p q size f log=$TREE/src2.mutation.log
+  total=$(find "$dir" -type f -printf '%i %s\n' | sort -u | awk '{s += $2} END {printf "%.0f", s}')
+  budget=$((total / 100))
+  POOL=$TREE/pool.bin
+  POOL_SIZE=$((budget * 2 + (8 << 20)))
+  POOL_POS=0
+  pool "$POOL" "$POOL_SIZE"
+  : >"$log"
+  local changed=0
+
+  # Database pages.
+  local db
+  db=$(find "$dir/big" -name 'database-*.db' | sort | head -1)
+  if [ -n "$db" ]; then
+    size=$(stat -c %s "$db")
+    local pages=$((size / 8192)) count=$((budget * 45 / 100 / 8192))
+    ((count >= 4)) || count=4
+    while read -r p q; do
+      dd if="$db" of="$db" bs=8192 count=1 skip="$q" seek="$p" conv=notrunc status=none
+      put "$db" $((p * 8192)) 24
+    done < <(paste <(rand 11 "$count" "$pages") <(rand 12 "$count" "$pages"))
+    changed=$((changed + count * 8192))
+    echo "database: $count 8 KiB pages rewritten in ${db#"$dir"/}" >>"$log"
+  fi
+
+  # Sparse file pages: data islands every 16 MiB, 256 KiB long (as mover-testdata makes them).
+  local sp
+  sp=$(find "$dir/big" -name 'sparse-*.img' | sort | head -1)
+  if [ -n "$sp" ]; then
+    size=$(stat -c %s "$sp")
+    local count=$((budget * 20 / 100 / 4096)) islands=$((size / (16 << 20)))
+    ((count >= 4)) || count=4
+    ((islands >= 1)) || islands=1
+    local half=$((count / 2))
+    while read -r p q; do
+      put "$sp" $((p * (16 << 20) + q * 4096)) 4096
+    done < <(paste <(rand 21 "$half" "$islands") <(rand 22 "$half" 64))
+    while read -r p; do put "$sp" $((p * 4096)) 4096; done < <(rand 23 $((count - half)) $((size / 4096)))
+    changed=$((changed + count * 4096))
+    echo "sparse: $count 4 KiB pages written in ${sp#"$dir"/} ($half in data islands)" >>"$log"
+  fi
+
+  # Text append.
+  local tx
+  tx=$(find "$dir/big" -name 'text-*.log' | sort | head -1)
+  if [ -n "$tx" ]; then
+    local add=$((budget * 15 / 100))
+    text_lines 31 "$add" >>"$tx"
+    changed=$((changed + add))
+    echo "text: $add bytes appended to ${tx#"$dir"/}" >>"$log"
+  fi
+
+  # Appends to the two largest files outside big/.
+  local add=$((budget * 5 / 100))
+  while read -r size f; do
+    head -c "$add" "$POOL" >>"$f"
+    changed=$((changed + add))
+    echo "medium: $add bytes appended to ${f#"$dir"/} ($size bytes before)" >>"$log"
+  done < <(find "$dir" -path "$dir/big" -prune -o -type f -printf '%s %p\n' | sort -k1,1nr -k2 | head -2)
+
+  # Small files (<= 16 KiB, one link): edit, delete; and add new ones.
+  local smalls=$LOGS/smalls.txt dirs=$LOGS/dirs.txt
+  find "$dir" -path "$dir/big" -prune -o -type f -links 1 -size -16385c -printf '%p\n' | sort >"$smalls"
+  find "$dir" -path "$dir/big" -prune -o -type d -printf '%p\n' | sort >"$dirs"
+  local ns nd k
+  ns=$(wc -l <"$smalls")
+  nd=$(wc -l <"$dirs")
+  k=$((ns / 200))
+  ((k >= 5)) || k=5
+  local edited=0 deleted=0 added=0
+  while read -r i; do
+    f=$(sed -n "$((i + 1))p" "$smalls")
+    size=$(stat -c %s "$f")
+    local len=$((64 + i % 960)) off=0
+    ((size > len)) && off=$(((i * 7919) % (size - len)))
+    put "$f" "$off" "$len"
+    changed=$((changed + len))
+    edited=$((edited + 1))
+  done < <(rand 41 "$k" "$ns" | sort -u)
+  while read -r i; do
+    f=$(sed -n "$((i + 1))p" "$smalls")
+    [ -e "$f" ] || continue
+    rm -f "$f"
+    deleted=$((deleted + 1))
+  done < <(rand 42 "$k" "$ns" | sort -u | comm -23 - <(rand 41 "$k" "$ns" | sort -u))
+  n=0
+  while read -r i; do
+    n=$((n + 1))
+    local d
+    d=$(sed -n "$((i + 1))p" "$dirs")
+    [ -d "$d" ] || continue
+    local len=$((200 + (i * 104729) % 8000))
+    f=$(printf '%s/added-%04d.dat' "$d" "$n")
+    : >"$f"
+    put "$f" 0 "$len"
+    changed=$((changed + len))
+    added=$((added + 1))
+  done < <(rand 43 "$k" "$nd")
+  echo "small files: $edited edited in place, $deleted deleted, $added added" >>"$log"
+
+  # Rename one directory (depth >= 2, no big/) holding between 3 and max(20, entries/200) entries.
+  local entries limit cand
+  entries=$(find "$dir" -mindepth 1 | wc -l)
+  limit=$((entries / 200))
+  ((limit >= 20)) || limit=20
+  cand=$(find "$dir" -mindepth 1 -path "$dir/big" -prune -o -printf '%P\n' | awk -F/ -v lim="$limit" '
+    { for (i = 1; i < NF; i++) { p = $1; for (j = 2; j <= i; j++) p = p "/" $j; c[p]++ } }
+    END { for (p in c) if (c[p] >= 3 && c[p] <= lim && index(p, "/") > 0) print p }' | sort)
+  if [ -n "$cand" ]; then
+    local nc pick
+    nc=$(wc -l <<<"$cand")
+    pick=$(sed -n "$(($(rand 51 1 "$nc") + 1))p" <<<"$cand")
+    local bytes
+    bytes=$(find "$dir/$pick" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f", s}')
+    mv "$dir/$pick" "$dir/$pick-renamed"
+    changed=$((changed + bytes))
+    echo "renamed directory $pick -> $pick-renamed ($(find "$dir/$pick-renamed" | wc -l) entries, $bytes bytes)" >>"$log"
+  fi
+  rm -f "$POOL" "$smalls" "$dirs"
+  echo "total: about $changed bytes changed of $total ($(awk -v a="$changed" -v b="$total" 'BEGIN {printf "%.2f", 100 * a / b}') %)" >>"$log"
+}
+
+if [ ! -d "$SRC2" ] || [ "$(cat "$TREE/src2.spec" 2>/dev/null)" != "$spec $MUTATION_VERSION" ]; then
+  say "making $SRC2 = $SRC + mutation"
+  rm -rf "$SRC2" "$TREE/src2.spec"
+  cp -a "$SRC" "$SRC2"
+  out=$("$BIN/mover-testdata" compare "$SRC" "$SRC2" 2>&1) || die "cp -a did not reproduce the tree: $out"
+  mutate "$SRC2"
+  echo "$spec $MUTATION_VERSION" >"$TREE/src2.spec"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Certificates: mover's own, and a CA + server + client for stunnel (reused).
+
+MCERTS=$WORK/mover-certs
+[ -s "$MCERTS/ca.crt" ] || "$BIN/mover" certs init "$MCERTS" >/dev/null
+SCERTS=$WORK/stunnel-certs
+if [ ! -s "$SCERTS/client.crt" ]; then
+  mkdir -p "$SCERTS"
+  (
+    cd "$SCERTS"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
+      -subj "/CN=mover-compare stunnel CA" 2>/dev/null
+    for who in server client; do
+      eku=serverAuth
+      [ "$who" = client ] && eku=clientAuth
+      openssl req -newkey rsa:2048 -nodes -keyout "$who.key" -out "$who.csr" \
+        -subj "/CN=mover-compare stunnel $who" 2>/dev/null
+      openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+        -out "$who.crt" -extfile <(printf 'subjectAltName=IP:127.0.0.1,IP:10.213.0.2,DNS:localhost\nextendedKeyUsage=%s\n' "$eku") 2>/dev/null
+      rm -f "$who.csr"
+    done
+    chmod 600 ./*.key
+  )
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The 100 Mbit/s link: namespaces a and b joined by a veth pair, tbf on both ends.
+
+NS_A=mvcmp-a-$$
+NS_B=mvcmp-b-$$
+VETH_A=mvca$$
+VETH_B=mvcb$$
+LINK_OK=0
+setup_link() {
+  if [ "$(id -u)" != 0 ]; then say "case (d) skipped: needs root"; return 0; fi
+  if ! ip netns add "$NS_A" 2>"$LOGS/netns.err"; then
+    say "case (d) skipped: ip netns failed: $(cat "$LOGS/netns.err")"
+    return 0
+  fi
+  NETNS+=("$NS_A")
+  ip netns add "$NS_B" || { say "case (d) skipped: ip netns add failed"; return 0; }
+  NETNS+=("$NS_B")
+  if ! {
+    ip link add "$VETH_A" type veth peer name "$VETH_B" &&
+      ip link set "$VETH_A" netns "$NS_A" && ip link set "$VETH_B" netns "$NS_B" &&
+      ip -n "$NS_A" addr add 10.213.0.1/24 dev "$VETH_A" &&
+      ip -n "$NS_B" addr add 10.213.0.2/24 dev "$VETH_B" &&
+      ip -n "$NS_A" link set lo up && ip -n "$NS_B" link set lo up &&
+      ip -n "$NS_A" link set "$VETH_A" up && ip -n "$NS_B" link set "$VETH_B" up &&
+      ip netns exec "$NS_A" tc qdisc add dev "$VETH_A" root tbf rate "$RATE" burst 64kb latency 50ms &&
+      ip netns exec "$NS_B" tc qdisc add dev "$VETH_B" root tbf rate "$RATE" burst 64kb latency 50ms
+  } 2>"$LOGS/netns.err"; then
+    say "case (d) skipped: setting up the link failed: $(cat "$LOGS/netns.err")"
+    return 0
+  fi
+  LINK_OK=1
+}
+if has_case d; then
+  if [ "$LINK" = 1 ]; then setup_link; else say "case (d) skipped (LINK=0)"; fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Servers and one measured run.
+
+# Loopback ports (the namespaces use the same numbers inside them).
+pick_port() {
+  local p
+  for ((p = $1; p < $1 + 1000; p++)); do
+    [ -z "$(ss -Hltn "sport = :$p")" ] && [[ " ${PORTS_TAKEN:-} " != *" $p "* ]] && { echo "$p"; return; }
+  done
+  die "no free port near $1"
+}
+base=$((20000 + RANDOM % 30000))
+PORT_RSYNC=$(pick_port "$base")
+PORTS_TAKEN="$PORT_RSYNC"
+PORT_STUNNEL_SRV=$(pick_port $((base + 1)))
+PORTS_TAKEN+=" $PORT_STUNNEL_SRV"
+PORT_STUNNEL_CLI=$(pick_port $((base + 2)))
+PORTS_TAKEN+=" $PORT_STUNNEL_CLI"
+PORT_AGENT=$(pick_port $((base + 3)))
+
+# CPU ticks (user + sys, plus those of reaped children) of a process.
+ticks() {
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  s=${s##*) }
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $((${12} + ${13} + ${14} + ${15}))
+}
+HZ=$(getconf CLK_TCK)
+
+# spawn NAME CMD...: runs CMD (which starts with an optional `ip netns exec NS`, then
+# /usr/bin/time) in the background; sets SPAWN_PID to the server process (the child of time).
+SPAWN_PID=
+spawn() {
+  local name=$1 tp p=
+  shift
+  "$@" >"$D/$name.out" 2>"$D/$name.err" &
+  tp=$!
+  for _ in $(seq 500); do
+    p=$(pgrep -P "$tp" | head -1 || true)
+    [ -n "$p" ] && break
+    kill -0 "$tp" 2>/dev/null || break
+    sleep 0.01
+  done
+  [ -n "$p" ] || { cat "$D/$name.err" >&2; die "$name did not start"; }
+  LIVE+=("$p")
+  SPAWN_PID=$p
+  SRV_NAMES+=("$name")
+  SRV_PIDS+=("$p")
+  SRV_TPIDS+=("$tp")
+}
+
+wait_listen() { # NS PORT NAME
+  local ns=() i
+  [ -n "$1" ] && ns=(ip netns exec "$1")
+  for i in $(seq 1000); do
+    [ -n "$("${ns[@]}" ss -Hltn "sport = :$2")" ] && return 0
+    sleep 0.01
+  done
+  cat "$D/$3.err" "$D/$3.out" >&2 || true
+  die "$3 is not listening on port $2"
+}
+
+start_rsync_side() { # NS_SRC NS_DST DST_DIR HOST
+  local nsa=() nsb=() host=$4
+  [ -n "$1" ] && nsa=(ip netns exec "$1")
+  [ -n "$2" ] && nsb=(ip netns exec "$2")
+  cat >"$D/rsyncd.conf" <<EOF
+# rsync daemon of the target, as MTC's DVM transfer pod runs it (no auth users: the tunnel's
+# mutual TLS is the authentication here)
+pid file =
+log file = $D/rsyncd.log
+hosts allow = 127.0.0.1, ::1
+uid = root
+gid = root
+[module]
+    path = $3
+    read only = false
+    use chroot = no
+    munge symlinks = no
+EOF
+  cat >"$D/stunnel-server.conf" <<EOF
+; stunnel in front of the target's rsync daemon (MTC DVM style)
+foreground = yes
+pid =
+syslog = no
+output = $D/stunnel-server.log
+debug = 6
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+sslVersion = TLSv1.2
+[rsync]
+accept = $host:$PORT_STUNNEL_SRV
+connect = 127.0.0.1:$PORT_RSYNC
+cert = $SCERTS/server.crt
+key = $SCERTS/server.key
+CAfile = $SCERTS/ca.crt
+verify = 2
+TIMEOUTclose = 0
+EOF
+  cat >"$D/stunnel-client.conf" <<EOF
+; stunnel on the source side (MTC DVM style)
+foreground = yes
+pid =
+syslog = no
+output = $D/stunnel-client.log
+debug = 6
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+sslVersion = TLSv1.2
+client = yes
+[rsync]
+accept = 127.0.0.1:$PORT_STUNNEL_CLI
+connect = $host:$PORT_STUNNEL_SRV
+cert = $SCERTS/client.crt
+key = $SCERTS/client.key
+CAfile = $SCERTS/ca.crt
+verify = 2
+EOF
+  spawn rsyncd "${nsb[@]}" /usr/bin/time -f '%M' -o "$D/rsyncd.time" \
+    rsync --daemon --no-detach --config="$D/rsyncd.conf" --address=127.0.0.1 --port="$PORT_RSYNC"
+  spawn stunnel-server "${nsb[@]}" /usr/bin/time -f '%M' -o "$D/stunnel-server.time" stunnel4 "$D/stunnel-server.conf"
+  spawn stunnel-client "${nsa[@]}" /usr/bin/time -f '%M' -o "$D/stunnel-client.time" stunnel4 "$D/stunnel-client.conf"
+  wait_listen "$2" "$PORT_RSYNC" rsyncd
+  wait_listen "$2" "$PORT_STUNNEL_SRV" stunnel-server
+  wait_listen "$1" "$PORT_STUNNEL_CLI" stunnel-client
+}
+
+AGENT_ADDR=
+start_agent() { # NS_DST DST_DIR HOST
+  local nsb=() i
+  [ -n "$1" ] && nsb=(ip netns exec "$1")
+  spawn agent "${nsb[@]}" /usr/bin/time -f '%M' -o "$D/agent.time" \
+    "$BIN/mover-agent" serve --listen "$3:$PORT_AGENT" --certs "$MCERTS" --volume "vol=$2" --log-format json
+  AGENT_ADDR=
+  for i in $(seq 1000); do
+    if grep -q '"message":"serving"' "$D/agent.err" 2>/dev/null; then
+      AGENT_ADDR=$(grep '"message":"serving"' "$D/agent.err" | grep -o '"listen":"[^"]*"' | head -1 | cut -d'"' -f4)
+      break
+    fi
+    kill -0 "$SPAWN_PID" 2>/dev/null || break
+    sleep 0.01
+  done
+  [ -n "$AGENT_ADDR" ] || { cat "$D/agent.err" >&2; die "mover-agent did not start"; }
+}
+
+# Stops the servers of this run: waits for the rsync daemon's per-connection children to be
+# reaped, reads the CPU ticks, SIGTERM, waits for time(1) to write the peak RSS.
+stop_servers() {
+  local i p
+  for i in "${!SRV_NAMES[@]}"; do
+    p=${SRV_PIDS[$i]}
+    if [ "${SRV_NAMES[$i]}" = rsyncd ]; then
+      for _ in $(seq 1000); do pgrep -P "$p" >/dev/null || break; sleep 0.01; done
+    fi
+  done
+  for i in "${!SRV_NAMES[@]}"; do SRV_T1[$i]=$(ticks "${SRV_PIDS[$i]}"); done
+  for i in "${!SRV_NAMES[@]}"; do kill -TERM "${SRV_PIDS[$i]}" 2>/dev/null || true; done
+  for i in "${!SRV_NAMES[@]}"; do
+    wait "${SRV_TPIDS[$i]}" 2>/dev/null || true
+    SRV_RSS[$i]=$(tail -1 "$D/${SRV_NAMES[$i]}.time" 2>/dev/null | grep -Eo '^[0-9]+$' || echo 0)
+    local keep=()
+    for p in "${LIVE[@]}"; do [ "$p" = "${SRV_PIDS[$i]}" ] || keep+=("$p"); done
+    LIVE=("${keep[@]}")
+  done
+}
+
+link_bytes() { # total bytes through the veth of namespace a (both directions, with headers)
+  ip netns exec "$NS_A" cat "/sys/class/net/$VETH_A/statistics/tx_bytes" "/sys/class/net/$VETH_A/statistics/rx_bytes" |
+    awk '{s += $1} END {printf "%.0f", s}'
+}
+
+num() { tr -d ',' | grep -Eo '[0-9]+' | head -1; }
+
+# measure CASE TOOL RUN SRC DST LINK(0|1)
+printf 'case\ttool\trun\twall_s\tcpu_src_s\tcpu_dst_s\tcpu_total_s\tapp_bytes\tlink_bytes\trss_src_kib\trss_dst_kib\tfiles_transferred\tstatus\n' >"$RAW"
+measure() {
+  local case=$1 tool=$2 run=$3 src=$4 dst=$5 link=$6
+  local nss='' nsd='' host=127.0.0.1
+  if [ "$link" = 1 ]; then nss=$NS_A nsd=$NS_B host=10.213.0.2; fi
+  local nsa=()
+  [ -n "$nss" ] && nsa=(ip netns exec "$nss")
+  D=$LOGS/$case-$tool-$run
+  mkdir -p "$D"
+  SRV_NAMES=() SRV_PIDS=() SRV_TPIDS=() SRV_T0=() SRV_T1=() SRV_RSS=()
+  local cmd=()
+  case $tool in
+    mover)
+      start_agent "$nsd" "$dst" "$host"
+      cmd=("$BIN/mover" copy "$src" "agent://$AGENT_ADDR/vol" --certs "$MCERTS" --output json)
+      ;;
+    rsync | rsync-z)
+      start_rsync_side "$nss" "$nsd" "$dst" "$host"
+      cmd=(rsync --recursive --links --perms --times --devices --specials --owner --group --hard-links
+        --delete --partial --stats)
+      [ "$tool" = rsync-z ] && cmd+=(-z)
+      cmd+=("$src/" "rsync://127.0.0.1:$PORT_STUNNEL_CLI/module/")
+      ;;
+  esac
+  sync
+  local i l0=0 l1=0 rc=0
+  for i in "${!SRV_NAMES[@]}"; do SRV_T0[$i]=$(ticks "${SRV_PIDS[$i]}"); done
+  [ "$link" = 1 ] && l0=$(link_bytes)
+  "${nsa[@]}" /usr/bin/time -f '%e %U %S %M' -o "$D/client.time" "${cmd[@]}" >"$D/client.out" 2>"$D/client.err" || rc=$?
+  [ "$link" = 1 ] && l1=$(link_bytes)
+  stop_servers
+
+  local wall user sys crss
+  read -r wall user sys crss < <(tail -1 "$D/client.time")
+  local cpu_src_t=0 cpu_dst_t=0 rss_src=$crss rss_dst=0
+  for i in "${!SRV_NAMES[@]}"; do
+    local dt=$((SRV_T1[i] - SRV_T0[i]))
+    case ${SRV_NAMES[$i]} in
+      stunnel-client) cpu_src_t=$((cpu_src_t + dt)) rss_src=$((rss_src + SRV_RSS[i])) ;;
+      *) cpu_dst_t=$((cpu_dst_t + dt)) rss_dst=$((rss_dst + SRV_RSS[i])) ;;
+    esac
+  done
+  local cpu_src cpu_dst
+  cpu_src=$(awk -v u="$user" -v s="$sys" -v t="$cpu_src_t" -v hz="$HZ" 'BEGIN {printf "%.2f", u + s + t / hz}')
+  cpu_dst=$(awk -v t="$cpu_dst_t" -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
+
+  local app=0 files=0 status=ok
+  case $tool in
+    mover)
+      local summary
+      summary=$(tail -1 "$D/client.out")
+      app=$(grep -o '"bytes_on_wire":[0-9]*' <<<"$summary" | cut -d: -f2 || true)
+      files=$(grep -o '"files_transferred":[0-9]*' <<<"$summary" | cut -d: -f2 || true)
+      if ! grep -q '"errors":\[\]' <<<"$summary"; then
+        status=errors
+        say "  mover reported errors: $(grep -o '"errors":\[[^]]*\]' <<<"$summary" | head -c 2000)"
+      fi
+      ;;
+    *)
+      local sent recv
+      sent=$(grep '^Total bytes sent:' "$D/client.out" | num || true)
+      recv=$(grep '^Total bytes received:' "$D/client.out" | num || true)
+      app=$((${sent:-0} + ${recv:-0}))
+      files=$(grep '^Number of regular files transferred:' "$D/client.out" | num || true)
+      ;;
+  esac
+  : "${app:=0}" "${files:=0}"
+  if [ "$rc" != 0 ]; then
+    status=rc=$rc
+    say "  $tool exited with $rc; stderr: $(tail -5 "$D/client.err")"
+  fi
+  if [ "$VERIFY" = 1 ]; then
+    local opts=()
+    [ "$tool" != mover ] && opts=(--no-allocation)
+    if ! "$BIN/mover-testdata" compare "$src" "$dst" "${opts[@]}" >"$D/compare.out" 2>&1; then
+      status=DIFF
+      say "  $tool: target differs from the source ($D/compare.out):"
+      head -20 "$D/compare.out" | sed 's/^/    /' >&2
+    fi
+  fi
+  local link_b=-
+  [ "$link" = 1 ] && link_b=$((l1 - l0))
+  local cpu_tot
+  cpu_tot=$(awk -v a="$cpu_src" -v b="$cpu_dst" 'BEGIN {printf "%.2f", a + b}')
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$tool" "$run" "$wall" "$cpu_src" \
+    "$cpu_dst" "$cpu_tot" "$app" "$link_b" "$rss_src" "$rss_dst" "$files" "$status" >>"$RAW"
+  printf '  %-14s %-8s run %d: wall %7.2f s  cpu %6.2f + %6.2f s  app %9.2f MiB  rss %6.1f / %6.1f MiB  files %6s  %s\n' \
+    "$case" "$tool" "$run" "$wall" "$cpu_src" "$cpu_dst" "$(awk -v b="$app" 'BEGIN {print b / 1048576}')" \
+    "$(awk -v k="$rss_src" 'BEGIN {print k / 1024}')" "$(awk -v k="$rss_dst" 'BEGIN {print k / 1024}')" \
+    "$files" "$status" >&2
+}
+
+# ---------------------------------------------------------------------------------------------
+# Which compressor does rsync -z negotiate? (one tiny transfer through the same tunnel)
+
+RSYNC_Z=unknown
+probe_rsync_z() {
+  D=$LOGS/probe-z
+  mkdir -p "$D/src" "$D/dst"
+  echo probe >"$D/src/file"
+  SRV_NAMES=() SRV_PIDS=() SRV_TPIDS=() SRV_T0=() SRV_T1=() SRV_RSS=()
+  start_rsync_side '' '' "$D/dst" 127.0.0.1
+  rsync -rz --debug=NSTR "$D/src/" "rsync://127.0.0.1:$PORT_STUNNEL_CLI/module/" >"$D/out" 2>&1 || true
+  stop_servers
+  RSYNC_Z=$(grep -i 'compress' "$D/out" | head -1 | sed 's/^ *//')
+  [ -n "$RSYNC_Z" ] || RSYNC_Z="not reported: $(tail -2 "$D/out" | tr '\n' ' ')"
+  rm -rf "$LOGS/probe-z"
+}
+[[ " $TOOLS " == *" rsync-z "* ]] && probe_rsync_z
+
+# ---------------------------------------------------------------------------------------------
+# The runs. Tools take turns within each run so that load from elsewhere hits them alike.
+
+tree_desc() {
+  local files entries app alloc
+  entries=$(find "$1" -mindepth 1 | wc -l)
+  files=$(find "$1" -type f | wc -l)
+  app=$(du -s --apparent-size -B1 "$1" | cut -f1)
+  alloc=$(du -s -B1 "$1" | cut -f1)
+  awk -v e="$entries" -v f="$files" -v a="$app" -v l="$alloc" \
+    'BEGIN {printf "%d entries (%d file names), %.1f MiB apparent, %.1f MiB allocated", e, f, a / 1048576, l / 1048576}'
+}
+SRC_DESC=$(tree_desc "$SRC")
+say "tree $SRC: $SRC_DESC"
+say "mutation ($SRC2):"
+sed 's/^/  /' "$TREE/src2.mutation.log" >&2
+
+rm -rf "$TREE"/dst-* "$TREE"/base-*
+if has_case a || has_case b || has_case c || { has_case d && [ "$LINK_OK" = 1 ]; }; then
+  say "case (a): initial copy into an empty target"
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS; do
+      rm -rf "$TREE/dst-$tool"
+      mkdir "$TREE/dst-$tool"
+      measure a-initial "$tool" "$run" "$SRC" "$TREE/dst-$tool" 0
+    done
+  done
+fi
+if has_case b; then
+  say "case (b): re-sync, nothing changed"
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS; do measure b-nochange "$tool" "$run" "$SRC" "$TREE/dst-$tool" 0; done
+  done
+fi
+for tool in $TOOLS; do [ -d "$TREE/dst-$tool" ] && mv "$TREE/dst-$tool" "$TREE/base-$tool"; done
+
+resync_case() { # CASE LINK
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS; do
+      rm -rf "$TREE/dst-$tool"
+      cp -a "$TREE/base-$tool" "$TREE/dst-$tool"
+      measure "$1" "$tool" "$run" "$SRC2" "$TREE/dst-$tool" "$2"
+      rm -rf "$TREE/dst-$tool"
+    done
+  done
+}
+if has_case c; then
+  say "case (c): re-sync after ~1 % changed (target reset to each tool's own case (a) result)"
+  resync_case c-changed 0
+fi
+if has_case d && [ "$LINK_OK" = 1 ]; then
+  say "case (d): over a $RATE link between namespaces (re-sync after ~1 % changed, then initial copy)"
+  resync_case d-changed-link 1
+  for tool in $TOOLS; do rm -rf "$TREE/base-$tool"; done
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS; do
+      rm -rf "$TREE/dst-$tool"
+      mkdir "$TREE/dst-$tool"
+      measure d-initial-link "$tool" "$run" "$SRC" "$TREE/dst-$tool" 1
+      rm -rf "$TREE/dst-$tool"
+    done
+  done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Medians, results file, tables.
+
+STAMP=$(date +%Y%m%dT%H%M%S)
+RESULTS=$WORK/results-$SCALE-$STAMP.tsv
+awk -F'\t' -v OFS='\t' '
+  function median(key, col,   n, i, j, t, v) {
+    n = split(vals[key, col], v, " ")
+    for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+    if (n == 0) return "-"
+    if (n % 2) return v[(n + 1) / 2]
+    return (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  NR == 1 { print; next }
+  {
+    print
+    key = $1 SUBSEP $2
+    if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
+    for (c = 4; c <= 12; c++) if ($c != "-") vals[key, c] = vals[key, c] " " $c
+    st[key] = (st[key] == "" || st[key] == "ok") ? $13 : st[key]
+    runs[key]++
+  }
+  END {
+    for (k = 1; k <= nk; k++) {
+      key = order[k]; split(key, p, SUBSEP)
+      line = p[1] OFS p[2] OFS "median"
+      for (c = 4; c <= 12; c++) {
+        m = median(key, c)
+        if (c == 9 && vals[key, c] == "") m = "-"
+        line = line OFS m
+      }
+      print line, st[key] " (" runs[key] " runs)"
+    }
+  }' "$RAW" >"$RESULTS"
+cp "$RESULTS" "$WORK/results-$SCALE.tsv"
+
+echo
+echo "mover vs rsync over stunnel (MTC direct volume migration style), SCALE=$SCALE, RUNS=$RUNS (medians)"
+echo "tree: $SRC_DESC"
+echo "mover $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (zstd level 1 on data chunks by default, TLS 1.3);" \
+  "$(rsync --version | head -1 | sed 's/  */ /g'); stunnel $(stunnel4 -version 2>&1 | grep -o 'stunnel [0-9.]*' | head -1 | cut -d' ' -f2) with TLSv1.2"
+echo "rsync -z negotiated: $RSYNC_Z"
+echo "warm page cache for every tool alike (no drop_caches here; sync before each run); CPU = user+sys;"
+echo "app MiB = application bytes before TLS (rsync: --stats total sent + received; mover: bytes_on_wire);"
+echo "link MiB = bytes through the veth in both directions incl. TLS, TCP/IP and Ethernet headers (case d only)"
+awk -F'\t' -v tools="$TOOLS" '
+  BEGIN {
+    title["a-initial"] = "(a) initial copy into an empty target"
+    title["b-nochange"] = "(b) re-sync, nothing changed"
+    title["c-changed"] = "(c) re-sync after ~1 % of the bytes changed"
+    title["d-changed-link"] = "(d) re-sync after ~1 % changed, over the shaped link"
+    title["d-initial-link"] = "(d) initial copy over the shaped link"
+    ncase = split("a-initial b-nochange c-changed d-changed-link d-initial-link", cases, " ")
+    nt = split(tools, tl, " ")
+  }
+  $3 == "median" { for (c = 4; c <= 13; c++) m[$1, $2, c] = $c; have[$1] = 1 }
+  END {
+    for (i = 1; i <= ncase; i++) {
+      cs = cases[i]
+      if (!(cs in have)) continue
+      printf "\n%s\n", title[cs]
+      printf "%-8s %8s %8s %8s %8s %10s %10s %8s %8s %8s  %s\n", "tool", "wall s", "cpu src", "cpu dst", "cpu tot", "app MiB", "link MiB", "RSS src", "RSS dst", "files", "status"
+      printf "%-8s %8s %8s %8s %8s %10s %10s %8s %8s %8s\n", "", "", "s", "s", "s", "", "", "MiB", "MiB", ""
+      for (t = 1; t <= nt; t++) {
+        tool = tl[t]
+        if (!((cs, tool, 4) in m)) continue
+        lk = m[cs, tool, 9]; lk = (lk == "-") ? "-" : sprintf("%.2f", lk / 1048576)
+        printf "%-8s %8.2f %8.2f %8.2f %8.2f %10.2f %10s %8.1f %8.1f %8d  %s\n", tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], m[cs, tool, 8] / 1048576, lk, m[cs, tool, 10] / 1024, m[cs, tool, 11] / 1024, m[cs, tool, 12], m[cs, tool, 13]
+      }
+      line = ""
+      if (((cs, "mover", 4) in m)) {
+        for (t = 1; t <= nt; t++) {
+          tool = tl[t]
+          if (tool == "mover" || !((cs, tool, 4) in m)) continue
+          w = (m[cs, tool, 4] > 0) ? sprintf("%.2f", m[cs, "mover", 4] / m[cs, tool, 4]) : "n/a"
+          c = (m[cs, tool, 7] > 0) ? sprintf("%.2f", m[cs, "mover", 7] / m[cs, tool, 7]) : "n/a"
+          line = line sprintf("   mover/%s: wall %s, cpu %s", tool, w, c)
+        }
+      }
+      if (line != "") print "ratios:" line
+    }
+  }' "$RESULTS"
+echo
+echo "results: $RESULTS (per run and medians); logs of the last invocation: $LOGS"
