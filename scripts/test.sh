@@ -8,6 +8,7 @@ need=()
 command -v mount >/dev/null || need+=(mount)
 command -v setfattr >/dev/null || need+=(attr)
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

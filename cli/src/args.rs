@@ -124,6 +124,22 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Fetch the certificate chain a TLS endpoint presents, show it, and save it as a PEM CA
+    /// bundle (the seed's `openssl s_client | sed` recipe, built in). The endpoint is NOT
+    /// trusted while fetching: check the fingerprints before you trust the bundle.
+    Fetch {
+        /// `HOST:PORT` of the endpoint, e.g. a registry route on 443.
+        endpoint: String,
+        /// Write the bundle to FILE (otherwise it goes to stdout and the details to stderr).
+        #[arg(short = 'o', long = "out", id = "out", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+        /// Reach the endpoint through this HTTP CONNECT proxy (`http://USER:PASSWORD@HOST:PORT`).
+        #[arg(long, env = "MOVER_PROXY", hide_env_values = true)]
+        proxy: Option<String>,
+    },
 }
 
 /// Parses `--compress`.

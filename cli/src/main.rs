@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Copy(args) => commands::copy::run(args, &cli.global).await,
-            Command::Certs(command) => commands::certs::run(command),
+            Command::Certs(command) => commands::certs::run(command).await,
         }
     });
     match result {

@@ -253,3 +253,48 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     }
     Ok(certs)
 }
+
+/// What a user needs to see before trusting a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// Subject distinguished name.
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Start of validity (RFC 2822).
+    pub not_before: String,
+    /// End of validity (RFC 2822).
+    pub not_after: String,
+    /// SHA-256 of the DER, as colon-separated upper-case hex (as `openssl x509 -fingerprint`).
+    pub sha256: String,
+}
+
+/// Describes a DER certificate; `None` if it does not parse as X.509.
+#[must_use]
+pub fn describe(der: &CertificateDer<'_>) -> Option<CertificateInfo> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    let sha256 = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":");
+    let validity = cert.validity();
+    Some(CertificateInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: validity.not_before.to_rfc2822().unwrap_or_else(|e| e),
+        not_after: validity.not_after.to_rfc2822().unwrap_or_else(|e| e),
+        sha256,
+    })
+}
+
+/// PEM text of a certificate.
+#[must_use]
+pub fn to_pem(der: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}

@@ -1,12 +1,15 @@
 //! `mover certs init`.
 
-use anyhow::Context;
+use std::path::Path;
+
+use anyhow::{Context, bail};
 use mover_engine::certs;
+use mover_engine::tunnel::{self, Proxy};
 
 use crate::Outcome;
 use crate::args::CertsCommand;
 
-pub fn run(command: CertsCommand) -> anyhow::Result<Outcome> {
+pub async fn run(command: CertsCommand) -> anyhow::Result<Outcome> {
     match command {
         CertsCommand::Init { dir, force } => {
             let generated = certs::generate().context("while generating the migration's certificates")?;
@@ -16,5 +19,53 @@ pub fn run(command: CertsCommand) -> anyhow::Result<Outcome> {
             }
             Ok(Outcome::Success)
         }
+        CertsCommand::Fetch { endpoint, output, force, proxy } => {
+            fetch(&endpoint, output.as_deref(), force, proxy.as_deref()).await
+        }
     }
+}
+
+async fn fetch(endpoint: &str, output: Option<&Path>, force: bool, proxy: Option<&str>) -> anyhow::Result<Outcome> {
+    if endpoint.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+        bail!("`{endpoint}`: expected `HOST:PORT`, e.g. `registry.example.com:443`");
+    }
+    let proxy = proxy.map(Proxy::parse).transpose()?;
+    let chain = tunnel::fetch_chain(endpoint, proxy.as_ref())
+        .await
+        .with_context(|| format!("while fetching the certificates of `{endpoint}`"))?;
+    let mut details = String::new();
+    for (i, cert) in chain.iter().enumerate() {
+        details.push_str(&format!(
+            "certificate {} of {} presented by `{endpoint}` (not verified)\n",
+            i + 1,
+            chain.len()
+        ));
+        match certs::describe(cert) {
+            Some(info) => details.push_str(&format!(
+                "  subject:  {}\n  issuer:   {}\n  valid:    {} to {}\n  sha256:   {}\n",
+                info.subject, info.issuer, info.not_before, info.not_after, info.sha256
+            )),
+            None => details.push_str("  (not a parsable X.509 certificate)\n"),
+        }
+    }
+    let bundle: String = chain.iter().map(certs::to_pem).collect();
+    match output {
+        Some(path) => {
+            if path.exists() && !force {
+                bail!("`{}` already exists; pass `--force` to replace it", path.display());
+            }
+            std::fs::write(path, &bundle).with_context(|| format!("while writing `{}`", path.display()))?;
+            print!("{details}");
+            println!(
+                "wrote {} ({} certificates). Check the fingerprints with the endpoint's owner before you trust this bundle.",
+                path.display(),
+                chain.len()
+            );
+        }
+        None => {
+            eprint!("{details}");
+            print!("{bundle}");
+        }
+    }
+    Ok(Outcome::Success)
 }

@@ -17,8 +17,10 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::certs::{Identity, Role};
 
+mod fetch;
 mod proxy;
 
+pub use fetch::fetch_chain;
 pub use proxy::{Proxy, ProxyError};
 
 /// How long a TCP connect plus TLS handshake may take.

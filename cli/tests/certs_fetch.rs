@@ -1,0 +1,84 @@
+//! `mover certs fetch` against a real TLS server (`openssl s_server`) presenting a chain from a
+//! CA nobody trusts: the bundle holds the presented chain, byte for byte, and the printed
+//! fingerprints are the ones openssl computes.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{certs, mover, text};
+
+fn openssl_fingerprint(pem: &Path) -> String {
+    let output =
+        Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(pem).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().rsplit_once('=').unwrap().1.to_owned()
+}
+
+#[test]
+fn fetch_writes_the_presented_chain_and_shows_what_it_is() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("skipped: openssl is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = certs(&tmp.path().join("certs"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-quiet", "-accept", &port.to_string(), "-cert"])
+        .arg(dir.join("agent.crt"))
+        .arg("-key")
+        .arg(dir.join("agent.key"))
+        .arg("-cert_chain")
+        .arg(dir.join("ca.crt"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "openssl s_server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bundle = tmp.path().join("bundle.pem");
+    let output = mover(&["certs", "fetch", &format!("127.0.0.1:{port}"), "-o", bundle.to_str().unwrap()]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("certificate 1 of 2") && stdout.contains("subject:  CN=mover agent"), "{stdout}");
+    assert!(stdout.contains("issuer:   CN=mover migration CA") && stdout.contains("not verified"), "{stdout}");
+    assert!(stdout.contains(&openssl_fingerprint(&dir.join("agent.crt"))), "{stdout}");
+    assert!(stdout.contains(&openssl_fingerprint(&dir.join("ca.crt"))), "{stdout}");
+    let written = fs::read_to_string(&bundle).unwrap();
+    let expected = format!(
+        "{}{}",
+        fs::read_to_string(dir.join("agent.crt")).unwrap(),
+        fs::read_to_string(dir.join("ca.crt")).unwrap()
+    );
+    assert_eq!(written.replace("\r\n", "\n"), expected.replace("\r\n", "\n"));
+    // The bundle is a CA bundle openssl accepts for verifying the server's certificate.
+    let verify =
+        Command::new("openssl").args(["verify", "-CAfile"]).arg(&bundle).arg(dir.join("agent.crt")).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+
+    let again = mover(&["certs", "fetch", &format!("127.0.0.1:{port}"), "-o", bundle.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "an existing bundle must not be replaced without --force");
+}
+
+#[test]
+fn fetch_from_nothing_fails_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let output = mover(&["certs", "fetch", &format!("127.0.0.1:{port}")]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&format!("cannot reach `127.0.0.1:{port}`")),
+        "{}",
+        text(&output)
+    );
+    let output = mover(&["certs", "fetch", "no-port"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+}
