@@ -402,6 +402,7 @@ HZ=$(getconf CLK_TCK)
 # spawn NAME CMD...: runs CMD (which starts with an optional `ip netns exec NS`, then
 # /usr/bin/time) in the background; sets SPAWN_PID to the server process (the child of time).
 SPAWN_PID=
+SAMPLER_PID=
 spawn() {
   local name=$1 tp p=
   shift
@@ -419,6 +420,37 @@ spawn() {
   SRV_NAMES+=("$name")
   SRV_PIDS+=("$p")
   SRV_TPIDS+=("$tp")
+}
+
+# The rsync daemon forks a process per connection, which forks again (generator + receiver);
+# time(1) only reports the largest of them. This samples, every 0.1 s while they live, the sum
+# of VmHWM (peak RSS) over the daemon's descendants and keeps the largest sum in OUT.
+hwm_sampler() { # ROOT_PID OUT
+  set +e
+  local root=$1 out=$2 best=0 sum p k v queue kids
+  while [ ! -e "$out.stop" ] && [ -e "/proc/$root" ]; do
+    sum=0
+    queue=("$root")
+    while ((${#queue[@]})); do
+      p=${queue[0]}
+      queue=("${queue[@]:1}")
+      kids=()
+      for k in /proc/"$p"/task/*/children; do
+        [ -r "$k" ] && read -r -a v <"$k" 2>/dev/null && kids+=("${v[@]}")
+      done
+      for k in "${kids[@]}"; do
+        queue+=("$k")
+        while read -r v p_; do
+          [ "$v" = VmHWM: ] && { sum=$((sum + p_)); break; }
+        done <"/proc/$k/status" 2>/dev/null
+      done
+    done
+    if ((sum > best)); then
+      best=$sum
+      echo "$best" >"$out"
+    fi
+    sleep 0.1
+  done
 }
 
 wait_listen() { # NS PORT NAME
@@ -490,6 +522,9 @@ verify = 2
 EOF
   spawn rsyncd "${nsb[@]}" /usr/bin/time -f '%M' -o "$D/rsyncd.time" \
     rsync --daemon --no-detach --config="$D/rsyncd.conf" --address=127.0.0.1 --port="$PORT_RSYNC"
+  echo 0 >"$D/rsyncd.hwm"
+  hwm_sampler "$SPAWN_PID" "$D/rsyncd.hwm" &
+  SAMPLER_PID=$!
   spawn stunnel-server "${nsb[@]}" /usr/bin/time -f '%M' -o "$D/stunnel-server.time" stunnel4 "$D/stunnel-server.conf"
   spawn stunnel-client "${nsa[@]}" /usr/bin/time -f '%M' -o "$D/stunnel-client.time" stunnel4 "$D/stunnel-client.conf"
   wait_listen "$2" "$PORT_RSYNC" rsyncd
@@ -526,25 +561,41 @@ stop_servers() {
     fi
   done
   for i in "${!SRV_NAMES[@]}"; do SRV_T1[$i]=$(ticks "${SRV_PIDS[$i]}"); done
+  local own_hwm=0
+  if [ -n "$SAMPLER_PID" ]; then
+    touch "$D/rsyncd.hwm.stop"
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=
+    for i in "${!SRV_NAMES[@]}"; do
+      [ "${SRV_NAMES[$i]}" = rsyncd ] || continue
+      own_hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/${SRV_PIDS[$i]}/status" 2>/dev/null || echo 0)
+    done
+  fi
   for i in "${!SRV_NAMES[@]}"; do kill -TERM "${SRV_PIDS[$i]}" 2>/dev/null || true; done
   for i in "${!SRV_NAMES[@]}"; do
     wait "${SRV_TPIDS[$i]}" 2>/dev/null || true
     SRV_RSS[$i]=$(tail -1 "$D/${SRV_NAMES[$i]}.time" 2>/dev/null | grep -Eo '^[0-9]+$' || echo 0)
+    if [ "${SRV_NAMES[$i]}" = rsyncd ]; then
+      # the daemon itself plus the summed peaks of its connection processes, at least time's %M
+      local sampled=$((${own_hwm:-0} + $(cat "$D/rsyncd.hwm" 2>/dev/null || echo 0)))
+      ((sampled > SRV_RSS[i])) && SRV_RSS[$i]=$sampled
+    fi
     local keep=()
     for p in "${LIVE[@]}"; do [ "$p" = "${SRV_PIDS[$i]}" ] || keep+=("$p"); done
     LIVE=("${keep[@]}")
   done
 }
 
-link_bytes() { # total bytes through the veth of namespace a (both directions, with headers)
-  ip netns exec "$NS_A" cat "/sys/class/net/$VETH_A/statistics/tx_bytes" "/sys/class/net/$VETH_A/statistics/rx_bytes" |
-    awk '{s += $1} END {printf "%.0f", s}'
+link_counters() { # "BYTES PACKETS" through the veth of namespace a (both directions, with headers)
+  local s=/sys/class/net/$VETH_A/statistics
+  ip netns exec "$NS_A" cat "$s/tx_bytes" "$s/rx_bytes" "$s/tx_packets" "$s/rx_packets" |
+    awk '{v[NR] = $1} END {printf "%.0f %.0f\n", v[1] + v[2], v[3] + v[4]}'
 }
 
 num() { tr -d ',' | grep -Eo '[0-9]+' | head -1; }
 
 # measure CASE TOOL RUN SRC DST LINK(0|1)
-printf 'case\ttool\trun\twall_s\tcpu_src_s\tcpu_dst_s\tcpu_total_s\tapp_bytes\tlink_bytes\trss_src_kib\trss_dst_kib\tfiles_transferred\tstatus\n' >"$RAW"
+printf 'case\ttool\trun\twall_s\tcpu_src_s\tcpu_dst_s\tcpu_total_s\tapp_bytes\tlink_bytes\tlink_packets\trss_src_kib\trss_dst_kib\tfiles_transferred\tstatus\n' >"$RAW"
 measure() {
   local case=$1 tool=$2 run=$3 src=$4 dst=$5 link=$6
   local nss='' nsd='' host=127.0.0.1
@@ -569,11 +620,11 @@ measure() {
       ;;
   esac
   sync
-  local i l0=0 l1=0 rc=0
+  local i l0=0 l1=0 p0=0 p1=0 rc=0
   for i in "${!SRV_NAMES[@]}"; do SRV_T0[$i]=$(ticks "${SRV_PIDS[$i]}"); done
-  [ "$link" = 1 ] && l0=$(link_bytes)
+  [ "$link" = 1 ] && read -r l0 p0 < <(link_counters)
   "${nsa[@]}" /usr/bin/time -f '%e %U %S %M' -o "$D/client.time" "${cmd[@]}" >"$D/client.out" 2>"$D/client.err" || rc=$?
-  [ "$link" = 1 ] && l1=$(link_bytes)
+  [ "$link" = 1 ] && read -r l1 p1 < <(link_counters)
   stop_servers
 
   local wall user sys crss
@@ -643,12 +694,12 @@ measure() {
       fi
     fi
   fi
-  local link_b=-
-  [ "$link" = 1 ] && link_b=$((l1 - l0))
+  local link_b=- link_p=-
+  [ "$link" = 1 ] && link_b=$((l1 - l0)) link_p=$((p1 - p0))
   local cpu_tot
   cpu_tot=$(awk -v a="$cpu_src" -v b="$cpu_dst" 'BEGIN {printf "%.2f", a + b}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$tool" "$run" "$wall" "$cpu_src" \
-    "$cpu_dst" "$cpu_tot" "$app" "$link_b" "$rss_src" "$rss_dst" "$files" "$status" >>"$RAW"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$tool" "$run" "$wall" "$cpu_src" \
+    "$cpu_dst" "$cpu_tot" "$app" "$link_b" "$link_p" "$rss_src" "$rss_dst" "$files" "$status" >>"$RAW"
   printf '  %-14s %-8s run %d: wall %7.2f s  cpu %6.2f + %6.2f s  app %9.2f MiB  rss %6.1f / %6.1f MiB  files %6s  %s\n' \
     "$case" "$tool" "$run" "$wall" "$cpu_src" "$cpu_dst" "$(awk -v b="$app" 'BEGIN {print b / 1048576}')" \
     "$(awk -v k="$rss_src" 'BEGIN {print k / 1024}')" "$(awk -v k="$rss_dst" 'BEGIN {print k / 1024}')" \

@@ -98,6 +98,18 @@ async fn serve(agent: Agent, listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Many peers (and floods of half-open connections) need many descriptors: use the hard limit.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -114,6 +126,7 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    raise_fd_limit();
     let agent = match configure(&args) {
         Ok(agent) => agent,
         Err(error) => {

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::certs::{Identity, Role};
 use crate::progress::{Event, Reporter};
@@ -39,6 +39,10 @@ use crate::wire::{
 pub const SESSION_TTL: Duration = Duration::from_secs(300);
 /// How long a peer has to send its hello after the TLS handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most connections that have not yet completed mutual TLS and sent their hello; past this,
+/// new connections are closed at once. Each waits at most [`tunnel::HANDSHAKE_TIMEOUT`] plus
+/// [`HELLO_TIMEOUT`], so a flood of half-open connections cannot hold the agent.
+pub const MAX_UNAUTHENTICATED: usize = 4096;
 /// How long running sessions may take to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -93,6 +97,7 @@ struct State {
     volumes: HashMap<String, Volume>,
     sessions: Mutex<HashMap<Vec<u8>, OpenedSession>>,
     busy: Mutex<HashSet<String>>,
+    unauthenticated: Arc<tokio::sync::Semaphore>,
 }
 
 /// A configured agent, ready to serve.
@@ -126,6 +131,7 @@ impl Agent {
                 volumes,
                 sessions: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
+                unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
             }),
         })
     }
@@ -141,10 +147,18 @@ impl Agent {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => {
+                        let Ok(permit) = self.state.unauthenticated.clone().try_acquire_owned() else {
+                            debug!(%peer, "too many connections still in their handshake: closed");
+                            continue;
+                        };
                         let state = self.state.clone();
-                        sessions.spawn(async move { handle(state, tcp, peer.to_string()).await });
+                        sessions.spawn(async move { handle(state, tcp, peer.to_string(), permit).await });
                     }
-                    Err(error) => warn!(%error, "accept failed"),
+                    Err(error) => {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 },
                 Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             }
@@ -163,7 +177,7 @@ fn refusal(kind: RemoteErrorKind, message: impl Into<String>) -> RemoteError {
     RemoteError::new(kind, message)
 }
 
-async fn handle(state: Arc<State>, tcp: TcpStream, peer: String) {
+async fn handle(state: Arc<State>, tcp: TcpStream, peer: String, permit: tokio::sync::OwnedSemaphorePermit) {
     let (mut stream, role) = match tunnel::accept(tcp, &state.acceptor, &peer).await {
         Ok(accepted) => accepted,
         Err(error) => {
@@ -188,7 +202,8 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: String) {
             return;
         }
     };
-    info!(%peer, %role, request = ?request_name(&hello.request), "session");
+    drop(permit);
+    info!(%peer, %role, request = request_name(&hello.request), "session");
     if let Err(error) = dispatch(&state, stream, role, hello, &peer).await {
         warn!(%peer, error = %full_message(error.as_ref()), "session failed");
     }

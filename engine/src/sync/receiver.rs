@@ -440,15 +440,20 @@ impl Receiver {
     /// Owner, extended attributes, permission bits and times of an open file or directory, in
     /// that order (chown clears setuid bits; ACLs and mode bits share the group class).
     fn apply_metadata(&mut self, fd: BorrowedFd<'_>, entry: &Entry) -> io::Result<()> {
+        let mut mode = entry.mode;
         if self.chown_allowed() {
             rustix::fs::fchown(
                 fd,
                 Some(rustix::fs::Uid::from_raw(entry.uid)),
                 Some(rustix::fs::Gid::from_raw(entry.gid)),
             )?;
+        } else if mode & 0o6000 != 0 && !matches!(entry.kind, EntryKind::Dir) {
+            // A setuid file owned by the agent's user is not what the source had: drop the bits.
+            mode &= !0o6000;
+            self.not_preserved("setuid/setgid bits of files: ownership is not preserved");
         }
         meta::apply_xattrs(fd, &entry.xattrs, &self.options)?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(entry.mode))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
         rustix::fs::futimens(fd, &confine::timestamps(entry.atime, entry.mtime))?;
         Ok(())
     }
