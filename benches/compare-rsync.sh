@@ -69,6 +69,8 @@ if [ "$BUILD" = 1 ]; then
   cargo build --release --locked -p mover-cli -p mover-agent -p mover-testdata
 fi
 for b in mover mover-agent mover-testdata; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
+MOVER_ENV=$(env | grep -E '^MOVER_' | sort | tr '\n' ' ' || true)
+[ -z "$MOVER_ENV" ] || say "note: set in the environment, mover will honour: $MOVER_ENV"
 
 case $SCALE in
   full) GEN=(--entries 20000 --max-file-size 24M --big database:384M --big random:320M --big sparse:1G --big text:256M) ;;
@@ -794,11 +796,13 @@ fi
 
 STAMP=$(date +%Y%m%dT%H%M%S)
 RESULTS=$WORK/results-$SCALE-$STAMP.tsv
+# Columns: 1 case, 2 tool, 3 run, 4 wall_s, 5 cpu_src_s, 6 cpu_dst_s, 7 cpu_total_s, 8 app_bytes,
+# 9 link_bytes, 10 link_packets, 11 rss_src_kib, 12 rss_dst_kib, 13 files_transferred, 14 status.
 awk -F'\t' -v OFS='\t' '
   function median(key, col,   n, i, j, t, v) {
     n = split(vals[key, col], v, " ")
-    for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
     if (n == 0) return "-"
+    for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
     if (n % 2) return v[(n + 1) / 2]
     return (v[n / 2] + v[n / 2 + 1]) / 2
   }
@@ -807,35 +811,34 @@ awk -F'\t' -v OFS='\t' '
     print
     key = $1 SUBSEP $2
     if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
-    for (c = 4; c <= 12; c++) if ($c != "-") vals[key, c] = vals[key, c] " " $c
-    if ($13 != "ok" && $13 != "ok*") { if (!(key in bad)) { bad[key] = 1; st[key] = $13 } }
-    else if (!(key in bad) && st[key] != "ok*") st[key] = $13
+    for (c = 4; c <= 13; c++) if ($c != "-") vals[key, c] = vals[key, c] " " $c
+    if ($14 != "ok" && $14 != "ok*") { if (!(key in bad)) { bad[key] = 1; st[key] = $14 } }
+    else if (!(key in bad) && st[key] != "ok*") st[key] = $14
     runs[key]++
   }
   END {
     for (k = 1; k <= nk; k++) {
       key = order[k]; split(key, p, SUBSEP)
       line = p[1] OFS p[2] OFS "median"
-      for (c = 4; c <= 12; c++) {
-        m = median(key, c)
-        if (c == 9 && vals[key, c] == "") m = "-"
-        line = line OFS m
-      }
+      for (c = 4; c <= 13; c++) line = line OFS median(key, c)
       print line, st[key] " (" runs[key] " runs)"
     }
   }' "$RAW" >"$RESULTS"
 cp "$RESULTS" "$WORK/results-$SCALE.tsv"
 
+mover_compress=$("$BIN/mover" copy --help 2>/dev/null | awk '/^ *--compress/ {f = 1} f && /default:/ {sub(/.*default: /, ""); sub(/\].*/, ""); print; exit}')
 echo
 echo "mover vs rsync over stunnel (MTC direct volume migration style), SCALE=$SCALE, RUNS=$RUNS (medians)"
 echo "tree: $SRC_DESC"
-echo "mover $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (zstd level 1 on data chunks by default, TLS 1.3);" \
-  "$(rsync --version | head -1 | sed 's/  */ /g'); stunnel $(stunnel4 -version 2>&1 | grep -o 'stunnel [0-9.]*' | head -1 | cut -d' ' -f2) with TLSv1.2"
 echo "change applied for (c) and (d): $(tail -1 "$TREE/src2.mutation.log" | sed 's/^total: //') (details: $TREE/src2.mutation.log)"
-echo "rsync -z negotiated: $RSYNC_Z"
-echo "warm page cache for every tool alike (no drop_caches here; sync before each run); CPU = user+sys;"
-echo "app MiB = application bytes before TLS (rsync: --stats total sent + received; mover: bytes_on_wire);"
-echo "link MiB = bytes through the veth in both directions incl. TLS, TCP/IP and Ethernet headers (case d only)"
+echo "mover $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree as built), TLS 1.3, compression: ${mover_compress:-see mover copy --help} (its default)"
+echo "$(rsync --version | head -1 | sed 's/  */ /g'), stunnel $(stunnel4 -version 2>&1 | grep -o 'stunnel [0-9.]*' | head -1 | cut -d' ' -f2) with TLSv1.2; rsync -z negotiated: $RSYNC_Z"
+[ -z "$MOVER_ENV" ] || echo "environment seen by mover: $MOVER_ENV"
+echo "warm page cache for every tool alike (no drop_caches here; sync before each run); CPU = user+sys (10 ms ticks)"
+echo "  src = client (+ stunnel client), dst = mover-agent or rsync daemon and its children (+ stunnel server)"
+echo "app MiB = application bytes before TLS (rsync: --stats total sent + received; mover: bytes_on_wire)"
+echo "link MiB / pkts = through the veth, both directions, incl. TLS, TCP/IP and Ethernet headers (case d only)"
+echo "RSS = peak resident set of each end in MiB (sum over its processes: rsync client + stunnel; daemon's children + stunnel)"
 awk -F'\t' -v tools="$TOOLS" '
   BEGIN {
     title["a-initial"] = "(a) initial copy into an empty target"
@@ -846,19 +849,19 @@ awk -F'\t' -v tools="$TOOLS" '
     ncase = split("a-initial b-nochange c-changed d-changed-link d-initial-link", cases, " ")
     nt = split(tools, tl, " ")
   }
-  $3 == "median" { for (c = 4; c <= 13; c++) m[$1, $2, c] = $c; have[$1] = 1 }
+  $3 == "median" { for (c = 4; c <= 14; c++) m[$1, $2, c] = $c; have[$1] = 1 }
   END {
     for (i = 1; i <= ncase; i++) {
       cs = cases[i]
       if (!(cs in have)) continue
       printf "\n%s\n", title[cs]
-      printf "%-8s %8s %8s %8s %8s %10s %10s %8s %8s %8s  %s\n", "tool", "wall s", "cpu src", "cpu dst", "cpu tot", "app MiB", "link MiB", "RSS src", "RSS dst", "files", "status"
-      printf "%-8s %8s %8s %8s %8s %10s %10s %8s %8s %8s\n", "", "", "s", "s", "s", "", "", "MiB", "MiB", ""
+      printf "%-8s %8s %8s %8s %8s %9s %9s %8s %8s %8s %7s  %s\n", "tool", "wall s", "cpu src", "cpu dst", "cpu tot", "app MiB", "link MiB", "pkts", "RSS src", "RSS dst", "files", "status"
       for (t = 1; t <= nt; t++) {
         tool = tl[t]
         if (!((cs, tool, 4) in m)) continue
         lk = m[cs, tool, 9]; lk = (lk == "-") ? "-" : sprintf("%.2f", lk / 1048576)
-        printf "%-8s %8.2f %8.2f %8.2f %8.2f %10.2f %10s %8.1f %8.1f %8d  %s\n", tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], m[cs, tool, 8] / 1048576, lk, m[cs, tool, 10] / 1024, m[cs, tool, 11] / 1024, m[cs, tool, 12], m[cs, tool, 13]
+        pk = m[cs, tool, 10]; pk = (pk == "-") ? "-" : sprintf("%d", pk)
+        printf "%-8s %8.2f %8.2f %8.2f %8.2f %9.2f %9s %8s %8.1f %8.1f %7d  %s\n", tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], m[cs, tool, 8] / 1048576, lk, pk, m[cs, tool, 11] / 1024, m[cs, tool, 12] / 1024, m[cs, tool, 13], m[cs, tool, 14]
       }
       line = ""
       if (((cs, "mover", 4) in m)) {

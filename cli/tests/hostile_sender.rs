@@ -282,3 +282,39 @@ fn zstd_frame(data: &[u8]) -> Vec<u8> {
     assert!(packed.compressed);
     packed.bytes
 }
+
+#[test]
+fn device_nodes_and_privileged_xattrs_are_refused_by_policy() {
+    let fixture = fixture();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Without `--devices` a device node is skipped with a warning; the session goes on.
+    let report = runtime.block_on(async {
+        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request, None).await.unwrap();
+        let (reader, writer) = tokio::io::split(stream);
+        let (mut writer, mut reader) = (FrameWriter::new(writer), FrameReader::new(reader));
+        writer.send(&entry(1, b"sda", EntryKind::BlockDevice { rdev: 0x0800 })).await.unwrap();
+        writer.send(&entry(2, b"mem", EntryKind::CharDevice { rdev: 0x0101 })).await.unwrap();
+        writer.send(&Message::EndOfEntries).await.unwrap();
+        match reader.read_message().await.unwrap() {
+            Some(Message::Done(report)) => report,
+            other => panic!("expected the end of the session, got {other:?}"),
+        }
+    });
+    assert!(report.warnings.iter().filter(|w| w.contains("device node")).count() == 2, "{report:?}");
+    assert!(!fixture.target.join("sda").exists() && !fixture.target.join("mem").exists());
+    // `security.capability` (file capabilities) never crosses.
+    let mut file = entry(3, b"ping", EntryKind::File { size: 0, leader: false });
+    if let Message::Entry(entry) = &mut file {
+        entry.xattrs.push(mover_engine::wire::Xattr { name: b"security.capability".to_vec(), value: vec![1, 0, 0, 2] });
+    }
+    let error = attack(&fixture, vec![frame(&file)]);
+    assert!(
+        error.message.contains("security.capability") && error.message.contains("not allowed"),
+        "{}",
+        error.message
+    );
+    assert!(!fixture.target.join("ping").exists());
+    assert_untouched(&fixture);
+}
