@@ -438,11 +438,13 @@ hwm_sampler() { # ROOT_PID OUT
       queue=("${queue[@]:1}")
       kids=()
       for k in /proc/"$p"/task/*/children; do
-        [ -r "$k" ] && read -r -a v <"$k" 2>/dev/null && kids+=("${v[@]}")
+        v=()
+        [ -r "$k" ] && read -r -a v <"$k" 2>/dev/null # no trailing newline: read "fails" at EOF
+        kids+=("${v[@]}")
       done
       for k in "${kids[@]}"; do
         queue+=("$k")
-        while read -r v p_; do
+        while read -r v p_ _; do
           [ "$v" = VmHWM: ] && { sum=$((sum + p_)); break; }
         done <"/proc/$k/status" 2>/dev/null
       done

@@ -280,7 +280,7 @@ fn zstd_frame(data: &[u8]) -> Vec<u8> {
     // The engine's own compressor makes a real zstd frame.
     let packed = mover_engine::compress::Compressor::new(3).unwrap().pack(data).unwrap();
     assert!(packed.compressed);
-    packed.bytes
+    packed.bytes.into_owned()
 }
 
 #[test]

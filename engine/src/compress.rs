@@ -14,13 +14,13 @@ pub const GIVE_UP_AFTER: u32 = 4;
 /// While given up, try again every this many chunks.
 pub const REPROBE_EVERY: u32 = 16;
 
-/// A chunk ready for the wire.
+/// A chunk ready for the wire: the raw input itself when compression did not pay (no copy).
 #[derive(Debug)]
-pub struct Packed {
+pub struct Packed<'a> {
     /// Whether `bytes` is a zstd frame.
     pub compressed: bool,
     /// The bytes to send.
-    pub bytes: Vec<u8>,
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// Compresses chunks of one stream of data (one file), adapting to what it sees.
@@ -53,24 +53,24 @@ impl Compressor {
     }
 
     /// Packs one chunk.
-    pub fn pack(&mut self, raw: &[u8]) -> io::Result<Packed> {
+    pub fn pack<'a>(&mut self, raw: &'a [u8]) -> io::Result<Packed<'a>> {
         if self.level == 0 {
-            return Ok(Packed { compressed: false, bytes: raw.to_vec() });
+            return Ok(Packed { compressed: false, bytes: raw.into() });
         }
         if self.misses >= GIVE_UP_AFTER {
             self.skipped += 1;
             if self.skipped < REPROBE_EVERY {
-                return Ok(Packed { compressed: false, bytes: raw.to_vec() });
+                return Ok(Packed { compressed: false, bytes: raw.into() });
             }
             self.skipped = 0;
         }
         let compressed = self.inner.compress(raw)?;
         if compressed.len() * 100 <= raw.len() * (100 - MIN_SAVING_PERCENT) {
             self.misses = 0;
-            Ok(Packed { compressed: true, bytes: compressed })
+            Ok(Packed { compressed: true, bytes: compressed.into() })
         } else {
             self.misses += 1;
-            Ok(Packed { compressed: false, bytes: raw.to_vec() })
+            Ok(Packed { compressed: false, bytes: raw.into() })
         }
     }
 }

@@ -16,7 +16,8 @@ use crate::confine::{self, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::wire::{
-    CHUNK_SIZE, Compression, DataChunk, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, encode_message,
+    CHUNK_SIZE, Compression, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, encode_data,
+    encode_message,
 };
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -375,14 +376,10 @@ impl Sender {
         let level = self.level(raw.len());
         self.compressor.as_mut().expect("set before streaming").set_level(level).map_err(ContentError::Read)?;
         let packed = self.compressor.as_mut().expect("set before streaming").pack(raw).map_err(ContentError::Read)?;
-        let message = Message::Data(DataChunk {
-            id,
-            offset,
-            raw_len: raw.len() as u32,
-            compressed: packed.compressed,
-            bytes: packed.bytes,
-        });
-        self.send(&message).map_err(ContentError::Sync)?;
+        let frame = encode_data(id, offset, raw.len() as u32, packed.compressed, &packed.bytes);
+        self.out
+            .blocking_send(frame)
+            .map_err(|_| ContentError::Sync(SyncError::Disconnected("while we were sending")))?;
         self.summary.bytes_transferred += raw.len() as u64;
         Ok(())
     }

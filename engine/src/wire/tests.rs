@@ -112,3 +112,15 @@ async fn truncated_frame_is_an_error_not_a_clean_end() {
     assert_eq!(reader.read_message().await.unwrap(), Some(Message::EndOfEntries));
     assert!(matches!(reader.read_message().await, Err(WireError::Closed { .. })));
 }
+
+proptest! {
+    #[test]
+    fn borrowed_data_encoding_matches_the_derived_one(
+        id in any::<u64>(), offset in any::<u64>(), compressed in any::<bool>(),
+        bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+    ) {
+        let raw_len = bytes.len() as u32;
+        let owned = encode_message(&Message::Data(DataChunk { id, offset, raw_len, compressed, bytes: bytes.clone() }));
+        prop_assert_eq!(encode_data(id, offset, raw_len, compressed, &bytes), owned);
+    }
+}
