@@ -27,9 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::sync::mpsc;
 
 use crate::progress::{SharedReporter, Summary};
-use crate::wire::{
-    FrameReader, FrameWriter, Message, ReceiverReport, RemoteError, RemoteErrorKind, SyncOptions, WireError,
-};
+use crate::wire::{FrameReader, FrameWriter, ReceiverReport, RemoteError, RemoteErrorKind, SyncOptions, WireError};
 
 /// Most regular files the sender keeps waiting for the receiver's verdict.
 pub const WINDOW: usize = 1024;
@@ -119,12 +117,13 @@ pub fn full_message(error: &(dyn std::error::Error + 'static)) -> String {
 /// Result alias for the sync module.
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
-/// Reads messages and hands them to a blocking thread; ends at end of stream or on error.
-async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result<Message>>) {
+/// Reads frame bodies and hands them to a blocking thread, which decodes them (data chunks are
+/// used in place); ends at end of stream or on error.
+async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result<Vec<u8>>>) {
     let mut frames = FrameReader::new(BufReader::with_capacity(256 * 1024, reader));
     loop {
-        let item = match frames.read_message().await {
-            Ok(Some(message)) => Ok(message),
+        let item = match frames.read_frame().await {
+            Ok(Some(body)) => Ok(body),
             Ok(None) => return,
             Err(error) => Err(SyncError::Wire(error)),
         };

@@ -24,7 +24,10 @@ use crate::compress::Decompressor;
 use crate::confine::{self, RelPath, cname};
 use crate::meta;
 use crate::progress::{Event, SharedReporter};
-use crate::wire::{CHUNK_SIZE, DataChunk, Entry, EntryKind, Message, ReceiverReport, SyncOptions, encode_message};
+use crate::wire::{
+    CHUNK_SIZE, DataChunkRef, Entry, EntryKind, Incoming, Message, ReceiverReport, SyncOptions, decode_incoming,
+    encode_message,
+};
 
 /// Most files the receiver accepts as requested-but-not-yet-delivered.
 const MAX_PENDING: usize = WINDOW * 2;
@@ -73,7 +76,7 @@ pub(super) struct Receiver {
     options: SyncOptions,
     reporter: SharedReporter,
     out: mpsc::Sender<Vec<u8>>,
-    input: mpsc::Receiver<Result<Message>>,
+    input: mpsc::Receiver<Result<Vec<u8>>>,
     is_root: bool,
     session: String,
     parent: Option<(Vec<u8>, OwnedFd)>,
@@ -98,7 +101,7 @@ pub(super) fn run(
     options: SyncOptions,
     reporter: SharedReporter,
     out: mpsc::Sender<Vec<u8>>,
-    input: mpsc::Receiver<Result<Message>>,
+    input: mpsc::Receiver<Result<Vec<u8>>>,
 ) -> Result<ReceiverReport> {
     let mut token = [0u8; 8];
     getrandom::fill(&mut token).map_err(|e| SyncError::Io {
@@ -180,11 +183,16 @@ fn protocol(message: impl Into<String>) -> SyncError {
 impl Receiver {
     fn receive(&mut self) -> Result<()> {
         loop {
-            let message =
-                self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))??;
+            let body = self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))??;
+            let message = match decode_incoming(&body)? {
+                Incoming::Data(chunk) => {
+                    self.data(&chunk)?;
+                    continue;
+                }
+                Incoming::Message(message) => message,
+            };
             match message {
                 Message::Entry(entry) => self.entry(entry)?,
-                Message::Data(chunk) => self.data(&chunk)?,
                 Message::FileEnd { id, blake3 } => self.file_end(id, blake3)?,
                 Message::FileFailed { id, reason } => {
                     if self.current.as_ref().is_some_and(|open| open.id == id) {
@@ -557,7 +565,7 @@ impl Receiver {
         Ok(self.current.as_mut().expect("set above"))
     }
 
-    fn data(&mut self, chunk: &DataChunk) -> Result<()> {
+    fn data(&mut self, chunk: &DataChunkRef<'_>) -> Result<()> {
         if chunk.raw_len as usize > CHUNK_SIZE || chunk.bytes.len() > CHUNK_SIZE + 1024 {
             return Err(protocol(format!("data chunk of {} bytes exceeds the chunk size", chunk.raw_len)));
         }
@@ -567,7 +575,15 @@ impl Receiver {
         };
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut gap_buffer = std::mem::take(&mut self.gap_buffer);
-        let unpacked = decompressor.unpack(chunk.compressed, &chunk.bytes, chunk.raw_len as usize, &mut buffer);
+        // Raw chunks are written straight from the frame; compressed ones through `buffer`.
+        let unpacked = if chunk.compressed {
+            decompressor.unpack(true, chunk.bytes, chunk.raw_len as usize, &mut buffer)
+        } else if chunk.bytes.len() == chunk.raw_len as usize {
+            Ok(())
+        } else {
+            Err(io::Error::other("raw chunk length differs from its declared length"))
+        };
+        let content: &[u8] = if chunk.compressed { &buffer } else { chunk.bytes };
         let result = (|| {
             let open = self.open_file(chunk.id)?;
             let EntryKind::File { size, .. } = open.entry.kind else { unreachable!("only files are requested") };
@@ -583,8 +599,8 @@ impl Receiver {
             let shown = open.path.display();
             let write_error = |source| SyncError::Io { op: "cannot write", path: shown.clone(), source };
             fill_gap(open, chunk.offset, &mut gap_buffer).map_err(write_error)?;
-            open.hasher.update(&buffer);
-            write_non_zero(&open.file, &buffer, chunk.offset).map_err(write_error)?;
+            open.hasher.update(content);
+            write_non_zero(&open.file, content, chunk.offset).map_err(write_error)?;
             open.position = chunk.offset + u64::from(chunk.raw_len);
             self.report.bytes_written += u64::from(chunk.raw_len);
             Ok(())

@@ -16,8 +16,8 @@ use crate::confine::{self, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::wire::{
-    CHUNK_SIZE, Compression, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, encode_data,
-    encode_message,
+    CHUNK_SIZE, Compression, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, decode_message,
+    encode_data, encode_message,
 };
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -36,7 +36,7 @@ pub(super) struct Sender {
     reporter: SharedReporter,
     on_wire: Arc<AtomicU64>,
     out: mpsc::Sender<Vec<u8>>,
-    replies: mpsc::Receiver<Result<Message>>,
+    replies: mpsc::Receiver<Result<Vec<u8>>>,
     waiting: HashMap<u64, Waiting>,
     parent: Option<(Vec<u8>, OwnedFd)>,
     compressor: Option<Compressor>,
@@ -56,7 +56,7 @@ impl Sender {
         reporter: SharedReporter,
         on_wire: Arc<AtomicU64>,
         out: mpsc::Sender<Vec<u8>>,
-        replies: mpsc::Receiver<Result<Message>>,
+        replies: mpsc::Receiver<Result<Vec<u8>>>,
     ) -> Self {
         let now = Instant::now();
         Sender {
@@ -93,7 +93,9 @@ impl Sender {
 
     fn remote_reason(&mut self) -> Option<SyncError> {
         while let Some(reply) = self.replies.blocking_recv() {
-            if let Ok(Message::Error(error)) = reply {
+            if let Ok(Message::Error(error)) =
+                reply.map_err(|_| ()).and_then(|body| decode_message(&body).map_err(|_| ()))
+            {
                 return Some(SyncError::Remote(error));
             }
         }
@@ -115,7 +117,7 @@ impl Sender {
         let mut scanning = true;
         loop {
             while let Ok(reply) = self.replies.try_recv() {
-                self.handle_reply(reply?)?;
+                self.handle_reply(decode_message(&reply?)?)?;
             }
             if scanning && self.waiting.len() < WINDOW {
                 match scanner.next() {
@@ -132,11 +134,13 @@ impl Sender {
                 break;
             }
             let reply = self.replies.blocking_recv().ok_or(SyncError::Disconnected("before answering"))?;
-            self.handle_reply(reply?)?;
+            self.handle_reply(decode_message(&reply?)?)?;
         }
         self.send(&Message::EndOfEntries)?;
         loop {
-            match self.replies.blocking_recv().ok_or(SyncError::Disconnected("before acknowledging the end"))?? {
+            let reply =
+                self.replies.blocking_recv().ok_or(SyncError::Disconnected("before acknowledging the end"))??;
+            match decode_message(&reply)? {
                 Message::Done(report) => {
                     self.summary.not_preserved = report.not_preserved;
                     self.summary.entries_deleted = report.entries_deleted;

@@ -21,15 +21,40 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
 }
 
 /// The borrowed twin of [`DataChunk`](super::DataChunk): same fields, same order, so it
-/// encodes to the same bytes without copying the payload first.
-#[derive(serde::Serialize)]
-struct DataChunkRef<'a> {
-    id: u64,
-    offset: u64,
-    raw_len: u32,
-    compressed: bool,
-    #[serde(with = "serde_bytes")]
-    bytes: &'a [u8],
+/// encodes to the same bytes without copying the payload first, and decodes without copying it
+/// out of the frame.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DataChunkRef<'a> {
+    /// The file's entry id.
+    pub id: u64,
+    /// Offset of this chunk in the file.
+    pub offset: u64,
+    /// Length once decompressed.
+    pub raw_len: u32,
+    /// Whether `bytes` is one zstd frame.
+    pub compressed: bool,
+    /// The payload, borrowed from the frame.
+    #[serde(with = "serde_bytes", borrow)]
+    pub bytes: &'a [u8],
+}
+
+/// A decoded frame body: data chunks stay borrowed from the body.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// A data chunk.
+    Data(DataChunkRef<'a>),
+    /// Any other message.
+    Message(Message),
+}
+
+/// Decodes a frame body, leaving a data chunk's payload in place.
+pub fn decode_incoming(body: &[u8]) -> Result<Incoming<'_>> {
+    if body.first().is_some_and(|&b| u32::from(b) == DATA_VARIANT) {
+        let (_, chunk): (u32, DataChunkRef<'_>) =
+            postcard::from_bytes(body).map_err(|source| WireError::Malformed { what: "data chunk", source })?;
+        return Ok(Incoming::Data(chunk));
+    }
+    decode_message(body).map(Incoming::Message)
 }
 
 /// Postcard's variant index of [`Message::Data`] (checked by a test against the derived

@@ -32,8 +32,8 @@ mod frame;
 mod message;
 
 pub use frame::{
-    FrameReader, FrameWriter, MAX_FRAME, decode_hello, decode_message, decode_reply, encode_data, encode_hello,
-    encode_message,
+    DataChunkRef, FrameReader, FrameWriter, Incoming, MAX_FRAME, decode_hello, decode_incoming, decode_message,
+    decode_reply, encode_data, encode_hello, encode_message,
 };
 pub use message::{
     Compression, DataChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, Message, ReceiverReport, RemoteError,

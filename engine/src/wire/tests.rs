@@ -121,6 +121,30 @@ proptest! {
     ) {
         let raw_len = bytes.len() as u32;
         let owned = encode_message(&Message::Data(DataChunk { id, offset, raw_len, compressed, bytes: bytes.clone() }));
-        prop_assert_eq!(encode_data(id, offset, raw_len, compressed, &bytes), owned);
+        prop_assert_eq!(encode_data(id, offset, raw_len, compressed, &bytes), owned.clone());
+        match decode_incoming(&owned[4..]).unwrap() {
+            Incoming::Data(chunk) => {
+                prop_assert_eq!((chunk.id, chunk.offset, chunk.raw_len, chunk.compressed), (id, offset, raw_len, compressed));
+                prop_assert_eq!(chunk.bytes, &bytes[..]);
+            }
+            Incoming::Message(other) => prop_assert!(false, "decoded as {:?}", other),
+        }
+    }
+
+    #[test]
+    fn incoming_decoding_agrees_with_message_decoding(message in arb_message()) {
+        let frame = encode_message(&message);
+        match decode_incoming(&frame[4..]).unwrap() {
+            Incoming::Data(chunk) => {
+                let Message::Data(owned) = message else { panic!("not data") };
+                prop_assert_eq!(chunk.bytes, &owned.bytes[..]);
+            }
+            Incoming::Message(decoded) => prop_assert_eq!(decoded, message),
+        }
+    }
+
+    #[test]
+    fn decoding_garbage_as_incoming_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_incoming(&bytes);
     }
 }
