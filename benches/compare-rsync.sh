@@ -24,11 +24,26 @@
 #   (b) re-sync with nothing changed
 #   (c) re-sync after ~1 % of the bytes changed: SRC2 = SRC + a deterministic mutation; the target
 #       is reset (untimed, cp -a) to that tool's own case (a) result, then SRC2 is synced into it
-#   (d) (c) and (a) again over a ${RATE} tbf-shaped veth pair between namespaces a and b
+#   (d) (c) and (a) again over a tbf-shaped (RATE) veth pair between two namespaces: the target
+#       side (rsync daemon + stunnel server, or mover-agent) in one listening on 10.213.0.2, the
+#       source side in the other
 #
-# Measured per run: wall time of the client, CPU (user+sys) of both ends, application bytes
-# (before TLS), peak RSS of both ends. Caches are warm for every tool alike (no drop_caches;
-# `sync` before each run).
+# The rsync side, as MTC's DVM runs it: on the target an rsync daemon (module `path = TARGET`,
+# `read only = false`, `use chroot = no`, `munge symlinks = no`, `uid/gid = root`) on
+# 127.0.0.1:A behind an stunnel server (accept B, connect A, TLSv1.2, verify = 2 against a CA
+# made here); on the source an stunnel client (accept 127.0.0.1:C, connect B, its own client
+# certificate) and `rsync --recursive --links --perms --times --devices --specials --owner
+# --group --hard-links --delete --partial --stats [-z] SRC/ rsync://127.0.0.1:C/module/`.
+# Servers are started afresh for every run; only the client command is timed.
+#
+# Measured per run: wall time of the client; CPU (user+sys) of both ends: the client by
+# time(1), the servers by /proc/PID/stat utime+stime+cutime+cstime deltas around the client
+# (the rsync daemon reaps its per-connection children, so their CPU lands in its cutime/cstime);
+# application bytes before TLS per direction; bytes and packets on the veth (case d); peak RSS
+# of both ends (time(1) %M; for the rsync daemon's children, the sum of their VmHWM sampled every
+# 0.1 s). Caches are warm for every tool alike (no drop_caches; `sync` before each run). The
+# target is compared with the source after every run (mover-testdata compare; --no-allocation
+# for rsync, which fills holes). Results: tables on stdout, $WORK/results-$SCALE-*.tsv.
 set -euo pipefail
 export LC_ALL=C
 
@@ -93,10 +108,15 @@ mkdir -p "$LOGS"
 # Clean-up: servers we started (by pid), our namespaces, the target trees.
 
 LIVE=()      # pids of servers still running
+CLIENT_PID=  # time(1) running the measured client
 NETNS=()     # namespaces we created
 cleanup() {
   local rc=$? p
   set +e
+  if [ -n "$CLIENT_PID" ]; then
+    for p in $(pgrep -P "$CLIENT_PID"); do kill -TERM "$p" 2>/dev/null; done
+    LIVE+=("$CLIENT_PID")
+  fi
   for p in "${LIVE[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${LIVE[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -590,16 +610,16 @@ stop_servers() {
   done
 }
 
-link_counters() { # "BYTES PACKETS" through the veth of namespace a (both directions, with headers)
+link_counters() { # "TX_BYTES RX_BYTES PACKETS" of the veth in namespace a (the source side)
   local s=/sys/class/net/$VETH_A/statistics
   ip netns exec "$NS_A" cat "$s/tx_bytes" "$s/rx_bytes" "$s/tx_packets" "$s/rx_packets" |
-    awk '{v[NR] = $1} END {printf "%.0f %.0f\n", v[1] + v[2], v[3] + v[4]}'
+    awk '{v[NR] = $1} END {printf "%.0f %.0f %.0f\n", v[1], v[2], v[3] + v[4]}'
 }
 
 num() { tr -d ',' | grep -Eo '[0-9]+' | head -1; }
 
 # measure CASE TOOL RUN SRC DST LINK(0|1)
-printf 'case\ttool\trun\twall_s\tcpu_src_s\tcpu_dst_s\tcpu_total_s\tapp_bytes\tlink_bytes\tlink_packets\trss_src_kib\trss_dst_kib\tfiles_transferred\tstatus\n' >"$RAW"
+printf 'case\ttool\trun\twall_s\tcpu_src_s\tcpu_dst_s\tcpu_total_s\tapp_sent_bytes\tapp_recv_bytes\tlink_fwd_bytes\tlink_rev_bytes\tlink_packets\trss_src_kib\trss_dst_kib\tfiles_transferred\tstatus\n' >"$RAW"
 measure() {
   local case=$1 tool=$2 run=$3 src=$4 dst=$5 link=$6
   local nss='' nsd='' host=127.0.0.1
@@ -624,15 +644,20 @@ measure() {
       ;;
   esac
   sync
-  local i l0=0 l1=0 p0=0 p1=0 rc=0
+  local i t0=0 t1=0 r0=0 r1=0 p0=0 p1=0 rc=0
   for i in "${!SRV_NAMES[@]}"; do SRV_T0[$i]=$(ticks "${SRV_PIDS[$i]}"); done
-  [ "$link" = 1 ] && read -r l0 p0 < <(link_counters)
-  "${nsa[@]}" /usr/bin/time -f '%e %U %S %M' -o "$D/client.time" "${cmd[@]}" >"$D/client.out" 2>"$D/client.err" || rc=$?
-  [ "$link" = 1 ] && read -r l1 p1 < <(link_counters)
+  [ "$link" = 1 ] && read -r t0 r0 p0 < <(link_counters)
+  # In the background and waited for, so that a signal interrupts the script at once.
+  "${nsa[@]}" /usr/bin/time -f '%e %U %S %M' -o "$D/client.time" "${cmd[@]}" >"$D/client.out" 2>"$D/client.err" &
+  CLIENT_PID=$!
+  wait "$CLIENT_PID" || rc=$?
+  CLIENT_PID=
+  [ "$link" = 1 ] && read -r t1 r1 p1 < <(link_counters)
   stop_servers
 
-  local wall user sys crss
-  read -r wall user sys crss < <(tail -1 "$D/client.time")
+  local wall=0 user=0 sys=0 crss=0 app=0 app_recv=- files=0 status=ok
+  read -r wall user sys crss < <(tail -1 "$D/client.time" 2>/dev/null) || true
+  [[ $wall =~ ^[0-9.]+$ ]] || { wall=0 user=0 sys=0 crss=0; status=notime; }
   local cpu_src_t=0 cpu_dst_t=0 rss_src=$crss rss_dst=0
   for i in "${!SRV_NAMES[@]}"; do
     local dt=$((SRV_T1[i] - SRV_T0[i]))
@@ -645,7 +670,6 @@ measure() {
   cpu_src=$(awk -v u="$user" -v s="$sys" -v t="$cpu_src_t" -v hz="$HZ" 'BEGIN {printf "%.2f", u + s + t / hz}')
   cpu_dst=$(awk -v t="$cpu_dst_t" -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
 
-  local app=0 files=0 status=ok
   case $tool in
     mover)
       local summary
@@ -661,7 +685,7 @@ measure() {
       local sent recv
       sent=$(grep '^Total bytes sent:' "$D/client.out" | num || true)
       recv=$(grep '^Total bytes received:' "$D/client.out" | num || true)
-      app=$((${sent:-0} + ${recv:-0}))
+      app=${sent:-0} app_recv=${recv:-0}
       files=$(grep '^Number of regular files transferred:' "$D/client.out" | num || true)
       ;;
   esac
@@ -688,23 +712,23 @@ measure() {
         { other++ }
         END { print sym + 0, other + 0 }' "$D/compare.out")
       if [ "$tool" != mover ] && [ "$other" = 0 ] && [ "$nsym" -gt 0 ]; then
-        status='ok*'
+        [ "$status" = ok ] && status='ok*'
         SANITIZED=$nsym
         say "  $tool: identical except $nsym symlink targets sanitized by the rsync daemon (use chroot = no)"
       else
-        status=DIFF
+        if [ "$status" = ok ]; then status=DIFF; else status=$status+DIFF; fi
         say "  $tool: target differs from the source ($D/compare.out):"
         head -20 "$D/compare.out" | sed 's/^/    /' >&2
       fi
     fi
   fi
-  local link_b=- link_p=-
-  [ "$link" = 1 ] && link_b=$((l1 - l0)) link_p=$((p1 - p0))
+  local link_f=- link_r=- link_p=-
+  [ "$link" = 1 ] && link_f=$((t1 - t0)) link_r=$((r1 - r0)) link_p=$((p1 - p0))
   local cpu_tot
   cpu_tot=$(awk -v a="$cpu_src" -v b="$cpu_dst" 'BEGIN {printf "%.2f", a + b}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$tool" "$run" "$wall" "$cpu_src" \
-    "$cpu_dst" "$cpu_tot" "$app" "$link_b" "$link_p" "$rss_src" "$rss_dst" "$files" "$status" >>"$RAW"
-  printf '  %-14s %-8s run %d: wall %7.2f s  cpu %6.2f + %6.2f s  app %9.2f MiB  rss %6.1f / %6.1f MiB  files %6s  %s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$tool" "$run" "$wall" "$cpu_src" \
+    "$cpu_dst" "$cpu_tot" "$app" "$app_recv" "$link_f" "$link_r" "$link_p" "$rss_src" "$rss_dst" "$files" "$status" >>"$RAW"
+  printf '  %-14s %-8s run %d: wall %7.2f s  cpu %6.2f + %6.2f s  sent %9.2f MiB  rss %6.1f / %6.1f MiB  files %6s  %s\n' \
     "$case" "$tool" "$run" "$wall" "$cpu_src" "$cpu_dst" "$(awk -v b="$app" 'BEGIN {print b / 1048576}')" \
     "$(awk -v k="$rss_src" 'BEGIN {print k / 1024}')" "$(awk -v k="$rss_dst" 'BEGIN {print k / 1024}')" \
     "$files" "$status" >&2
@@ -798,8 +822,9 @@ fi
 
 STAMP=$(date +%Y%m%dT%H%M%S)
 RESULTS=$WORK/results-$SCALE-$STAMP.tsv
-# Columns: 1 case, 2 tool, 3 run, 4 wall_s, 5 cpu_src_s, 6 cpu_dst_s, 7 cpu_total_s, 8 app_bytes,
-# 9 link_bytes, 10 link_packets, 11 rss_src_kib, 12 rss_dst_kib, 13 files_transferred, 14 status.
+# Columns: 1 case, 2 tool, 3 run, 4 wall_s, 5 cpu_src_s, 6 cpu_dst_s, 7 cpu_total_s,
+# 8 app_sent_bytes, 9 app_recv_bytes, 10 link_fwd_bytes, 11 link_rev_bytes, 12 link_packets,
+# 13 rss_src_kib, 14 rss_dst_kib, 15 files_transferred, 16 status.
 awk -F'\t' -v OFS='\t' '
   function median(key, col,   n, i, j, t, v) {
     n = split(vals[key, col], v, " ")
@@ -813,16 +838,16 @@ awk -F'\t' -v OFS='\t' '
     print
     key = $1 SUBSEP $2
     if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
-    for (c = 4; c <= 13; c++) if ($c != "-") vals[key, c] = vals[key, c] " " $c
-    if ($14 != "ok" && $14 != "ok*") { if (!(key in bad)) { bad[key] = 1; st[key] = $14 } }
-    else if (!(key in bad) && st[key] != "ok*") st[key] = $14
+    for (c = 4; c <= 15; c++) if ($c != "-") vals[key, c] = vals[key, c] " " $c
+    if ($16 != "ok" && $16 != "ok*") { if (!(key in bad)) { bad[key] = 1; st[key] = $16 } }
+    else if (!(key in bad) && st[key] != "ok*") st[key] = $16
     runs[key]++
   }
   END {
     for (k = 1; k <= nk; k++) {
       key = order[k]; split(key, p, SUBSEP)
       line = p[1] OFS p[2] OFS "median"
-      for (c = 4; c <= 13; c++) line = line OFS median(key, c)
+      for (c = 4; c <= 15; c++) line = line OFS median(key, c)
       print line, st[key] " (" runs[key] " runs)"
     }
   }' "$RAW" >"$RESULTS"
@@ -838,8 +863,9 @@ echo "$(rsync --version | head -1 | sed 's/  */ /g'), stunnel $(stunnel4 -versio
 [ -z "$MOVER_ENV" ] || echo "environment seen by mover: $MOVER_ENV"
 echo "warm page cache for every tool alike (no drop_caches here; sync before each run); CPU = user+sys (10 ms ticks)"
 echo "  src = client (+ stunnel client), dst = mover-agent or rsync daemon and its children (+ stunnel server)"
-echo "app MiB = application bytes before TLS (rsync: --stats total sent + received; mover: bytes_on_wire)"
-echo "link MiB / pkts = through the veth, both directions, incl. TLS, TCP/IP and Ethernet headers (case d only)"
+echo "sent/recv MiB = application bytes before TLS, source->target / target->source (rsync: --stats total bytes"
+echo "  sent / received; mover: bytes_on_wire, which counts only what the source writes: its recv is not reported)"
+echo "link fwd/rev MiB, pkts = through the veth per direction, incl. TLS, TCP/IP and Ethernet headers (case d only)"
 echo "RSS = peak resident set of each end in MiB (sum over its processes: rsync client + stunnel; daemon's children + stunnel)"
 awk -F'\t' -v tools="$TOOLS" '
   BEGIN {
@@ -851,19 +877,19 @@ awk -F'\t' -v tools="$TOOLS" '
     ncase = split("a-initial b-nochange c-changed d-changed-link d-initial-link", cases, " ")
     nt = split(tools, tl, " ")
   }
-  $3 == "median" { for (c = 4; c <= 14; c++) m[$1, $2, c] = $c; have[$1] = 1 }
+  function mib(v) { return (v == "-") ? "-" : sprintf("%.2f", v / 1048576) }
+  $3 == "median" { for (c = 4; c <= 16; c++) m[$1, $2, c] = $c; have[$1] = 1 }
   END {
     for (i = 1; i <= ncase; i++) {
       cs = cases[i]
       if (!(cs in have)) continue
       printf "\n%s\n", title[cs]
-      printf "%-8s %8s %8s %8s %8s %9s %9s %8s %8s %8s %7s  %s\n", "tool", "wall s", "cpu src", "cpu dst", "cpu tot", "app MiB", "link MiB", "pkts", "RSS src", "RSS dst", "files", "status"
+      printf "%-8s %7s %7s %7s %7s %9s %8s %9s %8s %7s %7s %7s %6s  %s\n", "tool", "wall s", "cpu src", "cpu dst", "cpu tot", "sent MiB", "recv MiB", "link fwd", "link rev", "pkts", "RSS src", "RSS dst", "files", "status"
       for (t = 1; t <= nt; t++) {
         tool = tl[t]
         if (!((cs, tool, 4) in m)) continue
-        lk = m[cs, tool, 9]; lk = (lk == "-") ? "-" : sprintf("%.2f", lk / 1048576)
-        pk = m[cs, tool, 10]; pk = (pk == "-") ? "-" : sprintf("%d", pk)
-        printf "%-8s %8.2f %8.2f %8.2f %8.2f %9.2f %9s %8s %8.1f %8.1f %7d  %s\n", tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], m[cs, tool, 8] / 1048576, lk, pk, m[cs, tool, 11] / 1024, m[cs, tool, 12] / 1024, m[cs, tool, 13], m[cs, tool, 14]
+        pk = m[cs, tool, 12]; pk = (pk == "-") ? "-" : sprintf("%d", pk)
+        printf "%-8s %7.2f %7.2f %7.2f %7.2f %9s %8s %9s %8s %7s %7.1f %7.1f %6d  %s\n", tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], mib(m[cs, tool, 8]), mib(m[cs, tool, 9]), mib(m[cs, tool, 10]), mib(m[cs, tool, 11]), pk, m[cs, tool, 13] / 1024, m[cs, tool, 14] / 1024, m[cs, tool, 15], m[cs, tool, 16]
       }
       line = ""
       if (((cs, "mover", 4) in m)) {
