@@ -296,8 +296,15 @@ impl Receiver {
                             && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
                     });
                 if up_to_date {
-                    let file = confine::open_file_read(dir, &name).map_err(|e| io("cannot open", e))?;
-                    self.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
+                    // Most re-synced files are untouched: one stat and one xattr listing prove it.
+                    let stat = regular.expect("up to date means it exists");
+                    let same = stat.st_mode & 0o7777 == entry.mode
+                        && (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
+                        && meta::read_xattrs(dir, &name, &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs);
+                    if !same {
+                        let file = confine::open_file_read(dir, &name).map_err(|e| io("cannot open", e))?;
+                        self.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
+                    }
                     if leader {
                         self.leaders.insert(entry.id, path);
                     }
