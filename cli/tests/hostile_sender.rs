@@ -56,8 +56,7 @@ fn attack(fixture: &Fixture, script: Vec<Vec<u8>>) -> RemoteError {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
-        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request, None).await.unwrap();
+        let stream = open_when_free(fixture).await;
         let (reader, writer) = tokio::io::split(stream);
         let mut writer = FrameWriter::new(writer);
         let mut reader = FrameReader::new(reader);
@@ -79,6 +78,24 @@ fn attack(fixture: &Fixture, script: Vec<Vec<u8>>) -> RemoteError {
             }
         }
     })
+}
+
+/// Opens a receive session, waiting while the previous attack's session is still winding down
+/// on the agent ("target busy").
+async fn open_when_free(fixture: &Fixture) -> mover_engine::tunnel::ClientStream {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+        match client::open(&fixture.identity, &fixture.agent.addr, request, None).await {
+            Ok((stream, _)) => return stream,
+            Err(client::CopyError::Refused { error, .. })
+                if error.kind == RemoteErrorKind::Busy && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot open a session: {error}"),
+        }
+    }
 }
 
 fn frame(message: &Message) -> Vec<u8> {
@@ -290,8 +307,7 @@ fn device_nodes_and_privileged_xattrs_are_refused_by_policy() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // Without `--devices` a device node is skipped with a warning; the session goes on.
     let report = runtime.block_on(async {
-        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
-        let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request, None).await.unwrap();
+        let stream = open_when_free(&fixture).await;
         let (reader, writer) = tokio::io::split(stream);
         let (mut writer, mut reader) = (FrameWriter::new(writer), FrameReader::new(reader));
         writer.send(&entry(1, b"sda", EntryKind::BlockDevice { rdev: 0x0800 })).await.unwrap();

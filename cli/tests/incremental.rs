@@ -277,3 +277,29 @@ fn bwlimit_holds_the_rate_within_15_percent() {
     assert!((0.85..=1.15).contains(&ratio), "observed {rate:.0} B/s for a limit of {limit} B/s ({ratio:.2})");
     mover_testdata::assert_identical(&src, &dst);
 }
+
+#[test]
+fn an_unreadable_source_entry_keeps_the_target_copy_and_hard_links_stay_right() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir_all(src.join("z")).unwrap();
+    fs::write(src.join("a"), b"file a").unwrap();
+    fs::hard_link(src.join("a"), src.join("z/a2")).unwrap();
+    fs::write(src.join("b"), b"file b").unwrap();
+    fs::hard_link(src.join("b"), src.join("z/b2")).unwrap();
+    copy(&src, &dst);
+    // More extended attributes than mover accepts: `a` can no longer be read as an entry.
+    for i in 0..(mover_engine::meta::MAX_XATTRS + 5) {
+        let name = format!("user.attr{i}");
+        rustix::fs::setxattr(&src.join("a"), name.as_str(), b"v", rustix::fs::XattrFlags::empty()).unwrap();
+    }
+    fs::write(src.join("b"), b"file b, changed").unwrap();
+    let summary = sync(&src, &dst, SyncOptions::default()).unwrap();
+    assert!(summary.errors.iter().any(|e| e.contains("`a`")), "{:?}", summary.errors);
+    assert_eq!(summary.entries_deleted, 0, "the target's copy of an unreadable entry must stay");
+    assert_eq!(fs::read(dst.join("a")).unwrap(), b"file a");
+    // The failed leader must not shift the ids of later hard links.
+    assert_eq!(fs::read(dst.join("b")).unwrap(), b"file b, changed");
+    assert_eq!(fs::read(dst.join("z/b2")).unwrap(), b"file b, changed");
+    assert_eq!(fs::metadata(dst.join("b")).unwrap().ino(), fs::metadata(dst.join("z/b2")).unwrap().ino());
+}

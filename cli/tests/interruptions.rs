@@ -55,8 +55,21 @@ fn assert_nothing_torn(target: &Path) {
     walk(source(), target, Path::new(""));
 }
 
+/// Differences from the source; retried while the agent is still removing the temporary files
+/// of the session that was just interrupted (they may vanish in the middle of the walk).
 fn differences(target: &Path) -> Vec<mover_testdata::Difference> {
-    mover_testdata::compare(source(), target, &mover_testdata::CompareOptions::default()).unwrap()
+    let mut attempts = 0;
+    loop {
+        match mover_testdata::compare(source(), target, &mover_testdata::CompareOptions::default()) {
+            Ok(differences) => return differences,
+            Err(error) if attempts < 50 => {
+                attempts += 1;
+                eprintln!("tree changed while compared ({error}); again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => panic!("cannot compare: {error}"),
+        }
+    }
 }
 
 /// A deterministic sequence of kill delays (milliseconds).

@@ -15,7 +15,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 
 /// Longest relative path accepted from a peer.
 pub const MAX_PATH: usize = 4096;
@@ -137,19 +137,44 @@ pub fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
     .map_err(io::Error::from)
 }
 
-/// Opens the file `name` in `dir` for reading, without following a symlink.
-pub fn open_file_read(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NOCTTY;
-    // O_NOATIME keeps the source's atime untouched; it needs ownership or CAP_FOWNER.
-    let fd =
-        rustix::fs::openat(dir, cname(name).as_c_str(), flags | OFlags::NOATIME, Mode::empty()).or_else(|error| {
-            if error == rustix::io::Errno::PERM {
-                rustix::fs::openat(dir, cname(name).as_c_str(), flags, Mode::empty())
-            } else {
-                Err(error)
-            }
-        })?;
+/// Opens the *regular file* `name` in `dir`, without following a symlink and without ever
+/// opening anything else: the name is first opened `O_PATH` (no side effects, whatever it is),
+/// checked to be a regular file, and only then reopened for I/O through that handle. A FIFO or
+/// device node swapped in under the name is refused instead of blocking or being read from or
+/// written to.
+fn open_regular(dir: BorrowedFd<'_>, name: &[u8], flags: OFlags) -> io::Result<std::fs::File> {
+    let handle = rustix::fs::openat(
+        dir,
+        cname(name).as_c_str(),
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&handle)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other(format!(
+            "`{}` is not a regular file (it changed type under us)",
+            display_bytes(name)
+        )));
+    }
+    let reopen = proc_path(handle.as_fd(), b"");
+    let reopen = CString::new(&reopen.as_bytes()[..reopen.as_bytes().len() - 1]).expect("no NUL");
+    let open = |flags| rustix::fs::open(reopen.as_c_str(), flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty());
+    let fd = match open(flags | OFlags::NOATIME) {
+        // O_NOATIME needs ownership or CAP_FOWNER.
+        Err(rustix::io::Errno::PERM) => open(flags)?,
+        other => other?,
+    };
+    let reopened = rustix::fs::fstat(&fd)?;
+    if reopened.st_ino != stat.st_ino || reopened.st_dev != stat.st_dev {
+        return Err(io::Error::other(format!("`{}` changed while it was opened", display_bytes(name))));
+    }
     Ok(std::fs::File::from(fd))
+}
+
+/// Opens the regular file `name` in `dir` for reading (see [`open_regular`]); `O_NOATIME` keeps
+/// the source's access times untouched when allowed.
+pub fn open_file_read(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
+    open_regular(dir, name, OFlags::RDONLY)
 }
 
 /// Creates a new file `name` in `dir` (fails if it exists), mode 0600.
@@ -163,16 +188,10 @@ pub fn create_file(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File
     Ok(std::fs::File::from(fd))
 }
 
-/// Opens an existing file `name` in `dir` for writing (no truncation), without following a
-/// symlink.
+/// Opens the existing regular file `name` in `dir` for writing, without truncation (see
+/// [`open_regular`]).
 pub fn open_file_write(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<std::fs::File> {
-    let fd = rustix::fs::openat(
-        dir,
-        cname(name).as_c_str(),
-        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )?;
-    Ok(std::fs::File::from(fd))
+    open_regular(dir, name, OFlags::WRONLY)
 }
 
 /// `lstat` of `name` in `dir`; `Ok(None)` when it does not exist.
@@ -288,6 +307,25 @@ mod tests {
         }
         let long = vec![b'n'; 256];
         assert!(matches!(RelPath::new(&long), Err(PathError::TooLong(_))));
+    }
+
+    #[test]
+    fn only_regular_files_are_opened_for_io() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = open_root(dir.path()).unwrap();
+        rustix::fs::mknodat(&root, "fifo", FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        std::fs::create_dir(dir.path().join("dir")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).unwrap();
+        std::fs::write(dir.path().join("file"), b"ok").unwrap();
+        // A FIFO would block a plain open forever; a directory or symlink is no file to read.
+        for name in [&b"fifo"[..], b"dir", b"link"] {
+            assert!(open_file_read(root.as_fd(), name).is_err(), "{}", display_bytes(name));
+            assert!(open_file_write(root.as_fd(), name).is_err(), "{}", display_bytes(name));
+        }
+        use std::io::Read;
+        let mut text = String::new();
+        open_file_read(root.as_fd(), b"file").unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "ok");
     }
 
     #[test]

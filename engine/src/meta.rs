@@ -35,25 +35,36 @@ fn unsupported(error: rustix::io::Errno) -> bool {
 }
 
 /// Reads the copied extended attributes of `name` in `dir` (not following a symlink).
+///
+/// Called for every entry on both sides, so the common case (no attributes) costs one
+/// `llistxattr` into a small buffer and no allocation.
 pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8], options: &SyncOptions) -> io::Result<Vec<Xattr>> {
     let path = proc_path(dir, name);
-    let mut list = vec![0u8; 4096];
-    let len = loop {
-        match rustix::fs::llistxattr(path.as_c_str(), &mut list[..]) {
-            Ok(len) => break len,
-            Err(rustix::io::Errno::RANGE) if list.len() < MAX_XATTR_TOTAL => {
-                let len = list.len() * 4;
-                list.resize(len, 0);
+    let mut small = [0u8; 1024];
+    let mut large = Vec::new();
+    let list: &[u8] = match rustix::fs::llistxattr(path.as_c_str(), &mut small[..]) {
+        Ok(0) => return Ok(Vec::new()),
+        Ok(len) => &small[..len],
+        Err(rustix::io::Errno::RANGE) => {
+            let len = rustix::fs::llistxattr_query(path.as_c_str()).map_err(io::Error::from)?;
+            if len > MAX_XATTR_TOTAL {
+                return Err(io::Error::other("extended attribute list exceeds the size limit"));
             }
-            Err(error) if unsupported(error) => return Ok(Vec::new()),
-            Err(error) => return Err(error.into()),
+            large.resize(len, 0);
+            let len = rustix::fs::llistxattr(path.as_c_str(), &mut large[..])?;
+            &large[..len]
         }
+        Err(error) if unsupported(error) => return Ok(Vec::new()),
+        Err(error) => return Err(error.into()),
     };
     let mut xattrs = Vec::new();
-    let mut value = vec![0u8; MAX_XATTR_VALUE];
-    for attr in split_names(&list[..len]) {
+    let mut value = Vec::new();
+    for attr in split_names(list) {
         if !is_copied(attr, options) {
             continue;
+        }
+        if value.is_empty() {
+            value.resize(MAX_XATTR_VALUE, 0);
         }
         match rustix::fs::lgetxattr(path.as_c_str(), attr, &mut value[..]) {
             Ok(n) => xattrs.push(Xattr { name: attr.to_vec(), value: value[..n].to_vec() }),

@@ -25,6 +25,8 @@ use crate::wire::{Entry, EntryKind, SyncOptions, Timestamp};
 pub struct ScanProblem {
     /// Path of the entry (lossy).
     pub path: String,
+    /// Path of the entry, raw bytes relative to the root.
+    pub raw: Vec<u8>,
     /// What went wrong.
     pub error: io::Error,
 }
@@ -75,6 +77,8 @@ impl Scanner {
         let id = self.next_id;
         let file_type = FileType::from_raw_mode(stat.st_mode);
         let mut child = None;
+        // Recorded only once the entry is complete, so a failure cannot shift leader ids.
+        let mut new_leader = None;
         let kind = match file_type {
             FileType::Directory => {
                 let fd = rustix::fs::openat(
@@ -93,7 +97,7 @@ impl Scanner {
                     if let Some(&leader) = self.inodes.get(&key) {
                         EntryKind::Hardlink { leader }
                     } else {
-                        self.inodes.insert(key, id);
+                        new_leader = Some(key);
                         EntryKind::File { size, leader: true }
                     }
                 } else {
@@ -116,6 +120,9 @@ impl Scanner {
             EntryKind::Symlink { .. } | EntryKind::Hardlink { .. } => Vec::new(),
             _ => meta::read_xattrs(frame.dir.as_fd(), name, &self.options)?,
         };
+        if let Some(key) = new_leader {
+            self.inodes.insert(key, id);
+        }
         self.next_id += 1;
         let entry = Entry {
             id,
@@ -142,6 +149,16 @@ impl Iterator for Scanner {
                 self.stack.pop();
                 continue;
             };
+            // Leftovers of mover itself (a source that was once a target): never data to copy.
+            if name.starts_with(confine::RESERVED_PREFIX) {
+                continue;
+            }
+            if self.stack[top].prefix.len() + name.len() > confine::MAX_PATH {
+                let mut path = self.stack[top].prefix.clone();
+                path.extend_from_slice(&name);
+                let error = io::Error::other(format!("path longer than {} bytes", confine::MAX_PATH));
+                return Some(Scanned::Problem(ScanProblem { path: confine::display_bytes(&path), raw: path, error }));
+            }
             match self.entry(top, &name) {
                 Ok((entry, child)) => {
                     if let Some(dir) = child {
@@ -152,6 +169,7 @@ impl Iterator for Scanner {
                             Err(error) => {
                                 return Some(Scanned::Problem(ScanProblem {
                                     path: confine::display_bytes(&entry.path),
+                                    raw: entry.path,
                                     error,
                                 }));
                             }
@@ -162,7 +180,11 @@ impl Iterator for Scanner {
                 Err(error) => {
                     let mut path = self.stack[top].prefix.clone();
                     path.extend_from_slice(&name);
-                    return Some(Scanned::Problem(ScanProblem { path: confine::display_bytes(&path), error }));
+                    return Some(Scanned::Problem(ScanProblem {
+                        path: confine::display_bytes(&path),
+                        raw: path,
+                        error,
+                    }));
                 }
             }
         }

@@ -21,7 +21,7 @@ pub const HASH_LEN: usize = 16;
 /// Smallest block: a page, the unit databases and VM images write in.
 pub const MIN_BLOCK: u32 = 4096;
 /// Target number of blocks per file; bigger files get bigger blocks.
-pub const TARGET_BLOCKS: u64 = 65_536;
+pub const TARGET_BLOCKS: u64 = 131_072;
 /// Largest file sent as a block delta: past this the hash list would not fit in a frame.
 pub const MAX_DELTA_FILE: u64 = (CHUNK_SIZE as u64) * (3 * 1024 * 1024 / HASH_LEN as u64);
 
@@ -41,23 +41,62 @@ pub fn block_hash(block: &[u8]) -> [u8; HASH_LEN] {
     hash
 }
 
-/// Hashes `size` bytes of `file` in blocks; returns the concatenated hashes.
+/// Hashes `size` bytes of `file` in blocks; returns the concatenated hashes. Blocks that lie
+/// in a hole are not read: their hash is the hash of zeros.
 pub fn hash_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result<Vec<u8>> {
-    let mut hashes = Vec::with_capacity((size.div_ceil(u64::from(block_size)) as usize) * HASH_LEN);
+    let block = u64::from(block_size);
+    let mut hashes = Vec::with_capacity((size.div_ceil(block) as usize) * HASH_LEN);
     let mut buffer = vec![0u8; CHUNK_SIZE];
+    let zero_block = block_hash(&buffer[..block_size as usize]);
+    let sparse = is_sparse(file, size);
     let mut offset = 0;
     while offset < size {
-        let want = (size - offset).min(CHUNK_SIZE as u64) as usize;
-        let got = read_full(file, &mut buffer[..want], offset)?;
-        for block in buffer[..got].chunks(block_size as usize) {
-            hashes.extend_from_slice(&block_hash(block));
+        let (data_start, data_end) = if sparse { data_range(file, offset, size) } else { (offset, size) };
+        // Whole blocks before the data are holes.
+        let data_start = data_start / block * block;
+        while offset < data_start {
+            let len = (data_start - offset).min(block);
+            if len == block {
+                hashes.extend_from_slice(&zero_block);
+            } else {
+                hashes.extend_from_slice(&block_hash(&vec![0; len as usize]));
+            }
+            offset += len;
         }
-        if got < want {
-            break;
+        let data_end = data_end.div_ceil(block).saturating_mul(block).min(size);
+        while offset < data_end {
+            let want = (data_end - offset).min(CHUNK_SIZE as u64) as usize;
+            let got = read_full(file, &mut buffer[..want], offset)?;
+            for chunk in buffer[..got].chunks(block_size as usize) {
+                hashes.extend_from_slice(&block_hash(chunk));
+            }
+            if got < want {
+                return Ok(hashes);
+            }
+            offset += want as u64;
         }
-        offset += want as u64;
     }
     Ok(hashes)
+}
+
+/// Whether `file` has fewer blocks allocated than its size needs: then holes are worth finding.
+#[must_use]
+pub fn is_sparse(file: &std::fs::File, size: u64) -> bool {
+    rustix::fs::fstat(file).is_ok_and(|stat| u64::try_from(stat.st_blocks).unwrap_or(0) * 512 < size)
+}
+
+/// The next data region at or after `offset`, as `[start, end)`; `start >= size` when only a
+/// hole remains. Without hole support the rest is one data region.
+#[must_use]
+pub fn data_range(file: &std::fs::File, offset: u64, size: u64) -> (u64, u64) {
+    let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
+        Ok(start) => start,
+        // ENXIO: no data after offset.
+        Err(rustix::io::Errno::NXIO) => return (size, size),
+        Err(_) => return (offset, size),
+    };
+    let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start)).unwrap_or(size);
+    (start.min(size), end.min(size))
 }
 
 /// Checks a peer's block request; returns the number of blocks.
@@ -101,7 +140,7 @@ mod tests {
     fn block_sizes_grow_with_the_file() {
         assert_eq!(block_size_for(0), MIN_BLOCK);
         assert_eq!(block_size_for(100 << 20), MIN_BLOCK);
-        assert_eq!(block_size_for(1 << 30), 16 * 1024);
+        assert_eq!(block_size_for(1 << 30), 8 * 1024);
         assert_eq!(block_size_for(1 << 40), CHUNK_SIZE as u32);
     }
 

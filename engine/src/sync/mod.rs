@@ -29,6 +29,10 @@ use tokio::sync::mpsc;
 use crate::progress::{SharedReporter, Summary};
 use crate::wire::{FrameReader, FrameWriter, ReceiverReport, RemoteError, RemoteErrorKind, SyncOptions, WireError};
 
+/// A session in which the peer says nothing for this long is over: it vanished. (The longest
+/// honest silence is the receiver hashing a very large basis file.)
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Most regular files the sender keeps waiting for the receiver's verdict.
 pub const WINDOW: usize = 1024;
 
@@ -122,10 +126,12 @@ pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result<Vec<u8>>>) {
     let mut frames = FrameReader::new(BufReader::with_capacity(256 * 1024, reader));
     loop {
-        let item = match frames.read_frame().await {
-            Ok(Some(body)) => Ok(body),
-            Ok(None) => return,
-            Err(error) => Err(SyncError::Wire(error)),
+        let item = match tokio::time::timeout(IDLE_TIMEOUT, frames.read_frame()).await {
+            Ok(Ok(Some(body))) => Ok(body),
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => Err(SyncError::Wire(error)),
+            // A peer that vanished without closing (node lost, link partitioned).
+            Err(_) => Err(SyncError::Disconnected("(nothing heard from it for 10 minutes)")),
         };
         let stop = item.is_err();
         if to_thread.send(item).await.is_err() || stop {

@@ -29,6 +29,12 @@ use crate::wire::{
     encode_message,
 };
 
+/// Warnings kept in the end-of-session report.
+const MAX_WARNINGS: usize = 1000;
+
+/// Bytes of replies gathered before they are written.
+const REPLY_BATCH: usize = 64 * 1024;
+
 /// Most files the receiver accepts as requested-but-not-yet-delivered.
 const MAX_PENDING: usize = WINDOW * 2;
 
@@ -37,7 +43,7 @@ struct OpenFile {
     id: u64,
     entry: Entry,
     path: RelPath,
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     tmp: CString,
     file: std::fs::File,
     /// The file this one replaces, when only changed blocks are sent: unsent ranges come
@@ -79,10 +85,12 @@ pub(super) struct Receiver {
     input: mpsc::Receiver<Result<Vec<u8>>>,
     is_root: bool,
     session: String,
-    parent: Option<(Vec<u8>, OwnedFd)>,
+    parent: Option<(Vec<u8>, Arc<OwnedFd>)>,
     pending: HashMap<u64, Pending>,
     leaders: HashMap<u64, RelPath>,
     deferred: HashMap<u64, Vec<Entry>>,
+    /// Hard links in `deferred`, all leaders together (bounded).
+    deferred_count: usize,
     /// Files the sender failed to deliver: later hard links to them are skipped, not errors.
     failed: std::collections::HashSet<u64>,
     current: Option<OpenFile>,
@@ -90,6 +98,8 @@ pub(super) struct Receiver {
     seen_root: bool,
     deletions: Deletions,
     decompressor: Option<Decompressor>,
+    /// Encoded replies not yet handed to the writer.
+    replies: Vec<u8>,
     buffer: Vec<u8>,
     gap_buffer: Vec<u8>,
     report: ReceiverReport,
@@ -124,11 +134,13 @@ pub(super) fn run(
         pending: HashMap::new(),
         leaders: HashMap::new(),
         deferred: HashMap::new(),
+        deferred_count: 0,
         failed: std::collections::HashSet::new(),
         current: None,
         dirs: Vec::new(),
         seen_root: false,
         decompressor: None,
+        replies: Vec::new(),
         buffer: Vec::with_capacity(CHUNK_SIZE),
         gap_buffer: Vec::new(),
         report: ReceiverReport::default(),
@@ -142,6 +154,7 @@ pub(super) fn run(
             discard(&open);
         }
     }
+    let result = result.and_then(|()| receiver.flush_replies());
     match result {
         Ok(()) => {
             let report = std::mem::take(&mut receiver.report);
@@ -183,7 +196,7 @@ fn protocol(message: impl Into<String>) -> SyncError {
 impl Receiver {
     fn receive(&mut self) -> Result<()> {
         loop {
-            let body = self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))??;
+            let body = self.next_input()?;
             let message = match decode_incoming(&body)? {
                 Incoming::Data(chunk) => {
                     self.data(&chunk)?;
@@ -202,6 +215,7 @@ impl Receiver {
                     }
                     self.failed.insert(id);
                     if let Some(links) = self.deferred.remove(&id) {
+                        self.deferred_count -= links.len();
                         for link in links {
                             self.warn(format!(
                                 "hard link `{}` not created: its source file failed ({reason:?})",
@@ -211,19 +225,58 @@ impl Receiver {
                     }
                 }
                 Message::EndOfEntries => return self.finish(),
+                Message::Keep { path } => {
+                    let path = RelPath::new(&path).map_err(|e| protocol(e.to_string()))?;
+                    let (parent, name) = path.split();
+                    if !self.deletions.enter(self.root.as_fd(), parent, name, false)? {
+                        return Err(protocol(format!("`{}` arrives outside its directory", path.display())));
+                    }
+                }
                 Message::Error(error) => return Err(SyncError::Remote(error)),
                 other => return Err(protocol(format!("unexpected {} message from the sender", other.name()))),
             }
         }
     }
 
-    fn reply(&self, message: &Message) -> Result<()> {
-        self.out.blocking_send(encode_message(message)).map_err(|_| SyncError::Disconnected("while we were replying"))
+    /// Queues a reply. Replies are batched into one write (up to [`REPLY_BATCH`] bytes) and
+    /// sent whenever the receiver is about to wait for input, so a re-sync of many unchanged
+    /// files costs a few large writes instead of one tiny TLS record per file.
+    fn reply(&mut self, message: &Message) -> Result<()> {
+        self.replies.extend_from_slice(&encode_message(message));
+        if self.replies.len() >= REPLY_BATCH {
+            self.flush_replies()?;
+        }
+        Ok(())
+    }
+
+    fn flush_replies(&mut self) -> Result<()> {
+        if self.replies.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.replies);
+        self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were replying"))
+    }
+
+    /// The next frame body from the sender; pending replies go out first if we would wait.
+    fn next_input(&mut self) -> Result<Vec<u8>> {
+        let body = match self.input.try_recv() {
+            Ok(body) => body,
+            Err(_) => {
+                self.flush_replies()?;
+                self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))?
+            }
+        };
+        body
     }
 
     fn warn(&mut self, message: String) {
         self.reporter.on_event(&Event::Warning { message: message.clone() });
-        self.report.warnings.push(message);
+        // The report travels in one frame: keep it bounded.
+        if self.report.warnings.len() < MAX_WARNINGS {
+            self.report.warnings.push(message);
+        } else if self.report.warnings.len() == MAX_WARNINGS {
+            self.report.warnings.push("more warnings were left out of this report (see the agent's log)".into());
+        }
     }
 
     fn not_preserved(&mut self, what: &str) {
@@ -246,9 +299,15 @@ impl Receiver {
                 };
                 SyncError::Io { op, path: confine::display_bytes(parent), source }
             })?;
-            self.parent = Some((parent.to_vec(), dir));
+            self.parent = Some((parent.to_vec(), Arc::new(dir)));
         }
         Ok(self.parent.as_ref().expect("just set").1.as_fd())
+    }
+
+    /// Like [`Self::parent_dir`], as a shared handle that outlives the borrow of `self`.
+    fn parent_handle(&mut self, parent: &[u8]) -> Result<Arc<OwnedFd>> {
+        self.parent_dir(parent)?;
+        Ok(self.parent.as_ref().expect("just set").1.clone())
     }
 
     fn entry(&mut self, entry: Entry) -> Result<()> {
@@ -281,10 +340,7 @@ impl Receiver {
                 self.dirs.push(entry);
             }
             EntryKind::File { size, leader } => {
-                let dir = self
-                    .parent_dir(&parent)?
-                    .try_clone_to_owned()
-                    .map_err(|e| io("cannot open the directory of", e))?;
+                let dir = self.parent_handle(&parent)?;
                 let dir = dir.as_fd();
                 let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
                 let regular = existing.filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile);
@@ -320,9 +376,17 @@ impl Receiver {
                     // An interrupted earlier run may have left part of this very version.
                     let partial = partial_name(&entry);
                     self.deletions.claim(partial.as_bytes());
+                    // Only a partial this agent could have written: a regular file it owns, mode
+                    // 0600, one link. Anything else under that name is ignored (and cleaned).
+                    let euid = rustix::process::geteuid().as_raw();
                     let partial_size = confine::lstat(dir, partial.as_bytes())
                         .map_err(|e| io("cannot inspect", e))?
-                        .filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile)
+                        .filter(|stat| {
+                            FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+                                && stat.st_uid == euid
+                                && stat.st_nlink == 1
+                                && stat.st_mode & 0o7777 == 0o600
+                        })
                         .map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
                     let existing_size = regular.map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
                     let (basis, basis_name, basis_size) = if partial_size > 0 && partial_size <= size {
@@ -346,14 +410,17 @@ impl Receiver {
                 }
             }
             EntryKind::Hardlink { leader } => {
+                if !entry.xattrs.is_empty() {
+                    return Err(protocol(format!("hard link `{}` carries extended attributes", path.display())));
+                }
                 if let Some(leader_path) = self.leaders.get(&leader).cloned() {
                     self.link(&leader_path, &path)?;
                 } else if self.pending.contains_key(&leader) || self.current.as_ref().is_some_and(|o| o.id == leader) {
-                    let waiting = self.deferred.entry(leader).or_default();
-                    if waiting.len() >= MAX_PENDING {
-                        return Err(protocol("too many hard links waiting for one file"));
+                    if self.deferred_count >= MAX_PENDING * 4 {
+                        return Err(protocol("too many hard links waiting for their files"));
                     }
-                    waiting.push(entry);
+                    self.deferred_count += 1;
+                    self.deferred.entry(leader).or_default().push(entry);
                 } else if self.failed.contains(&leader) {
                     self.warn(format!("hard link `{}` not created: its source file failed", path.display()));
                 } else {
@@ -363,6 +430,17 @@ impl Receiver {
             EntryKind::Symlink { target } => {
                 if target.is_empty() || target.contains(&0) || target.len() > confine::MAX_PATH {
                     return Err(protocol(format!("`{}` has an invalid symlink target", path.display())));
+                }
+                let dir = self.parent_handle(&parent)?;
+                let dir = dir.as_fd();
+                let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
+                if existing.is_some_and(|stat| {
+                    FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
+                        && self.same_owner_and_mtime(&stat, &entry)
+                        && rustix::fs::readlinkat(dir, cname(&name).as_c_str(), Vec::new())
+                            .is_ok_and(|current| current.as_bytes() == target.as_slice())
+                }) {
+                    return Ok(());
                 }
                 let tmp = self.tmp_name(entry.id);
                 let dir = self.parent_dir(&parent)?;
@@ -378,15 +456,26 @@ impl Receiver {
                     EntryKind::BlockDevice { rdev } => (FileType::BlockDevice, rdev),
                     _ => unreachable!("matched above"),
                 };
-                if rdev != 0 && !(self.options.devices && self.is_root) {
+                let device = matches!(entry.kind, EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. });
+                if device && !(self.options.devices && self.is_root) {
                     self.warn(format!(
                         "device node `{}` skipped: pass `--devices` and run the target as root to copy device nodes",
                         path.display()
                     ));
                     return Ok(());
                 }
+                let dir = self.parent_handle(&parent)?;
+                let dir = dir.as_fd();
+                let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
+                if existing.is_some_and(|stat| {
+                    FileType::from_raw_mode(stat.st_mode) == file_type
+                        && stat.st_mode & 0o7777 == entry.mode
+                        && stat.st_rdev == rdev
+                        && self.same_owner_and_mtime(&stat, &entry)
+                }) {
+                    return Ok(());
+                }
                 let tmp = self.tmp_name(entry.id);
-                let dir = self.parent_dir(&parent)?;
                 rustix::fs::mknodat(dir, tmp.as_c_str(), file_type, Mode::from_raw_mode(0o600), rdev)
                     .map_err(|e| io("cannot create special file", e.into()))?;
                 self.finish_special(&parent, &name, &tmp, &entry).map_err(|e| io("cannot create special file", e))?;
@@ -519,11 +608,7 @@ impl Receiver {
             let tmp = partial_name(&entry);
             let (parent, name) = path.split();
             let (parent, name) = (parent.to_vec(), name.to_vec());
-            let dir = self.parent_dir(&parent)?.try_clone_to_owned().map_err(|source| SyncError::Io {
-                op: "cannot open the directory of",
-                path: path.display(),
-                source,
-            })?;
+            let dir = self.parent_handle(&parent)?;
             let io = |op, source| SyncError::Io { op, path: path.display(), source };
             let basis_kind = basis;
             let (file, basis) = match basis {
@@ -607,7 +692,12 @@ impl Receiver {
             let write_error = |source| SyncError::Io { op: "cannot write", path: shown.clone(), source };
             fill_gap(open, chunk.offset, &mut gap_buffer).map_err(write_error)?;
             open.hasher.update(content);
-            write_non_zero(&open.file, content, chunk.offset).map_err(write_error)?;
+            if open.resumed {
+                // The temporary file is an old partial, not a fresh hole: zeros must be written.
+                open.file.write_all_at(content, chunk.offset).map_err(write_error)?;
+            } else {
+                write_non_zero(&open.file, content, chunk.offset).map_err(write_error)?;
+            }
             open.position = chunk.offset + u64::from(chunk.raw_len);
             self.report.bytes_written += u64::from(chunk.raw_len);
             Ok(())
@@ -628,7 +718,9 @@ impl Receiver {
         if leader {
             self.leaders.insert(id, path.clone());
         }
-        for link in self.deferred.remove(&id).unwrap_or_default() {
+        let links = self.deferred.remove(&id).unwrap_or_default();
+        self.deferred_count -= links.len();
+        for link in links {
             let link_path = RelPath::new(&link.path).map_err(|e| protocol(e.to_string()))?;
             self.link(&path, &link_path)?;
         }
@@ -688,13 +780,32 @@ impl Receiver {
                 path: shown.clone(),
                 source,
             })?;
-            self.apply_metadata(dir.as_fd(), entry).map_err(|source| SyncError::Io {
-                op: "cannot set metadata of",
-                path: shown,
-                source,
-            })?;
+            if !self.metadata_matches(dir.as_fd(), entry) {
+                self.apply_metadata(dir.as_fd(), entry).map_err(|source| SyncError::Io {
+                    op: "cannot set metadata of",
+                    path: shown,
+                    source,
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// Owner (when we can set it) and mtime of an existing entry equal the sender's.
+    fn same_owner_and_mtime(&self, stat: &rustix::fs::Stat, entry: &Entry) -> bool {
+        (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
+            && stat.st_mtime == entry.mtime.sec
+            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+    }
+
+    /// Whether an open file or directory already has `entry`'s mode, owner, mtime and xattrs.
+    fn metadata_matches(&self, fd: BorrowedFd<'_>, entry: &Entry) -> bool {
+        let Ok(stat) = rustix::fs::fstat(fd) else { return false };
+        stat.st_mode & 0o7777 == entry.mode
+            && (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
+            && stat.st_mtime == entry.mtime.sec
+            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+            && meta::read_xattrs(fd, b"", &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs)
     }
 }
 
@@ -707,7 +818,19 @@ fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Resul
         return Ok(());
     };
     buffer.resize(CHUNK_SIZE, 0);
+    let basis_size = basis.metadata()?.len();
+    let sparse = blocks::is_sparse(basis, basis_size);
     while open.position < offset {
+        if sparse {
+            // A hole of the basis is zeros: hash them, write nothing (the new file is a hole there).
+            let (data_start, _) = blocks::data_range(basis, open.position, basis_size);
+            let hole_end = data_start.min(offset);
+            if hole_end > open.position {
+                hash_zeros(&mut open.hasher, hole_end - open.position);
+                open.position = hole_end;
+                continue;
+            }
+        }
         let want = (offset - open.position).min(CHUNK_SIZE as u64) as usize;
         let got = blocks::read_full(basis, &mut buffer[..want], open.position)?;
         // Past the end of the basis the sender must have sent data; zeros keep the hash honest.

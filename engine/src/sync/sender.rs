@@ -21,6 +21,11 @@ use crate::wire::{
 };
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Bytes of small messages gathered before they are written.
+const BATCH: usize = 64 * 1024;
+/// Lowest zstd level for changed blocks (when compression is on): they are few, so fewer bytes
+/// matter more than the CPU, whatever the link. Level 3 is what `rsync -z` uses.
+const DELTA_MIN_LEVEL: i32 = 3;
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// A file entry sent and waiting for the receiver's verdict.
@@ -41,6 +46,8 @@ pub(super) struct Sender {
     parent: Option<(Vec<u8>, OwnedFd)>,
     compressor: Option<Compressor>,
     level_control: LevelControl,
+    /// Encoded small messages (entries, file ends) not yet handed to the writer.
+    batch: Vec<u8>,
     buffer: Vec<u8>,
     summary: Summary,
     files_done: u64,
@@ -70,6 +77,7 @@ impl Sender {
             parent: None,
             compressor: None,
             level_control: LevelControl::new(),
+            batch: Vec::new(),
             buffer: vec![0; CHUNK_SIZE],
             summary: Summary::default(),
             files_done: 0,
@@ -102,8 +110,29 @@ impl Sender {
         None
     }
 
-    fn send(&self, message: &Message) -> Result<()> {
-        self.out.blocking_send(encode_message(message)).map_err(|_| SyncError::Disconnected("while we were sending"))
+    /// Queues a small message; small messages are written in batches (see [`Self::flush`]).
+    fn send(&mut self, message: &Message) -> Result<()> {
+        self.batch.extend_from_slice(&encode_message(message));
+        if self.batch.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the queued small messages to the writer: before every data chunk (order), before
+    /// waiting for the receiver, and whenever [`BATCH`] bytes have gathered.
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were sending"))
+    }
+
+    /// Sends one encoded data frame after the queued small messages.
+    fn send_frame(&mut self, frame: Vec<u8>) -> Result<()> {
+        self.flush()?;
+        self.out.blocking_send(frame).map_err(|_| SyncError::Disconnected("while we were sending"))
     }
 
     fn stream(&mut self) -> Result<()> {
@@ -125,6 +154,10 @@ impl Sender {
                     Some(Scanned::Problem(problem)) => {
                         let message = format!("cannot read `{}`: {}", problem.path, problem.error);
                         self.problem(&message);
+                        // The target keeps its copy: an unreadable source is no reason to delete.
+                        if problem.raw.len() <= crate::confine::MAX_PATH {
+                            self.send(&Message::Keep { path: problem.raw })?;
+                        }
                     }
                     None => scanning = false,
                 }
@@ -133,10 +166,12 @@ impl Sender {
             if !scanning && self.waiting.is_empty() {
                 break;
             }
+            self.flush()?;
             let reply = self.replies.blocking_recv().ok_or(SyncError::Disconnected("before answering"))?;
             self.handle_reply(decode_message(&reply?)?)?;
         }
         self.send(&Message::EndOfEntries)?;
+        self.flush()?;
         loop {
             let reply =
                 self.replies.blocking_recv().ok_or(SyncError::Disconnected("before acknowledging the end"))??;
@@ -309,11 +344,20 @@ impl Sender {
         let mut hasher = blake3::Hasher::new();
         let mut hashed_to = 0u64;
         let size = waiting.size;
-        // A delta reads every block to compare it; a full copy skips the source's holes.
-        let sparse = basis.is_none() && u64::try_from(before.st_blocks).unwrap_or(0) * 512 < size;
+        // Holes are not read: a full copy skips them (the target's file starts as one hole); a
+        // delta compares hole blocks with the basis through the hash of zeros.
+        let sparse = u64::try_from(before.st_blocks).unwrap_or(0) * 512 < size;
         let mut offset = 0u64;
         while offset < size {
-            let (data_start, data_end) = if sparse { data_range(file, offset, size) } else { (offset, size) };
+            let (mut data_start, mut data_end) =
+                if sparse { blocks::data_range(file, offset, size) } else { (offset, size) };
+            if let Some(basis) = basis {
+                // Deltas work in whole blocks.
+                let block = u64::from(basis.block_size);
+                data_start = data_start / block * block;
+                data_end = data_end.div_ceil(block).saturating_mul(block).min(size);
+                self.send_hole_blocks(id, offset, data_start.min(size), basis).map_err(ContentError::Sync)?;
+            }
             if data_start >= size {
                 break;
             }
@@ -377,14 +421,45 @@ impl Sender {
     }
 
     fn send_chunk(&mut self, id: u64, offset: u64, raw: &[u8]) -> std::result::Result<(), ContentError> {
-        let level = self.level(raw.len());
+        self.send_chunk_at_least(id, offset, raw, 0)
+    }
+
+    /// Sends one chunk, compressed at no less than `min_level` when compression is on.
+    fn send_chunk_at_least(
+        &mut self,
+        id: u64,
+        offset: u64,
+        raw: &[u8],
+        min_level: i32,
+    ) -> std::result::Result<(), ContentError> {
+        let mut level = self.level(raw.len());
+        if self.options.compression != Compression::Off {
+            level = level.max(min_level);
+        }
         self.compressor.as_mut().expect("set before streaming").set_level(level).map_err(ContentError::Read)?;
         let packed = self.compressor.as_mut().expect("set before streaming").pack(raw).map_err(ContentError::Read)?;
         let frame = encode_data(id, offset, raw.len() as u32, packed.compressed, &packed.bytes);
-        self.out
-            .blocking_send(frame)
-            .map_err(|_| ContentError::Sync(SyncError::Disconnected("while we were sending")))?;
+        self.send_frame(frame).map_err(ContentError::Sync)?;
         self.summary.bytes_transferred += raw.len() as u64;
+        Ok(())
+    }
+
+    /// For the blocks of the hole `[start, end)` (block aligned) whose basis is not zeros: sends
+    /// zeros (the receiver leaves them as a hole).
+    fn send_hole_blocks(&mut self, id: u64, start: u64, end: u64, basis: &Basis) -> Result<()> {
+        let block = u64::from(basis.block_size);
+        let zeros = vec![0u8; basis.block_size as usize];
+        let mut offset = start;
+        while offset < end {
+            let len = (end - offset).min(block) as usize;
+            if !basis.matches(offset / block, &zeros[..len]) {
+                self.send_chunk(id, offset, &zeros[..len]).map_err(|e| match e {
+                    ContentError::Sync(error) => error,
+                    ContentError::Read(source) => SyncError::Io { op: "cannot compress", path: String::new(), source },
+                })?;
+            }
+            offset += len as u64;
+        }
         Ok(())
     }
 
@@ -404,14 +479,20 @@ impl Sender {
             match (same, run) {
                 (false, None) => run = Some(i * block_size),
                 (true, Some(start)) => {
-                    self.send_chunk(id, offset + start as u64, &chunk[start..i * block_size])?;
+                    self.send_chunk_at_least(
+                        id,
+                        offset + start as u64,
+                        &chunk[start..i * block_size],
+                        DELTA_MIN_LEVEL,
+                    )?;
                     run = None;
                 }
                 _ => {}
             }
         }
         if let Some(start) = run {
-            self.send_chunk(id, offset + start as u64, &chunk[start..])?;
+            // Changed blocks are few: saving their bytes is worth the CPU on any link.
+            self.send_chunk_at_least(id, offset + start as u64, &chunk[start..], DELTA_MIN_LEVEL)?;
         }
         Ok(())
     }
@@ -438,19 +519,6 @@ fn same_version(stat: &rustix::fs::Stat, waiting: &Waiting) -> bool {
     u64::try_from(stat.st_size).ok() == Some(waiting.size)
         && stat.st_mtime == waiting.mtime.sec
         && u32::try_from(stat.st_mtime_nsec).ok() == Some(waiting.mtime.nsec)
-}
-
-/// The next data region at or after `offset`, as `[start, end)`; `start >= size` when only a
-/// hole remains.
-fn data_range(file: &std::fs::File, offset: u64, size: u64) -> (u64, u64) {
-    let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(offset)) {
-        Ok(start) => start,
-        // ENXIO: no data after offset. Anything else: treat the rest as data.
-        Err(rustix::io::Errno::NXIO) => return (size, size),
-        Err(_) => return (offset, size),
-    };
-    let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start)).unwrap_or(size);
-    (start.min(size), end.min(size))
 }
 
 /// Feeds `len` zero bytes (a hole) to the hasher.

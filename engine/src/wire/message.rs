@@ -343,6 +343,13 @@ pub enum Message {
     Summary(crate::progress::Summary),
     /// Either way: a fatal error; the session ends.
     Error(RemoteError),
+    /// Sender to receiver: this path exists on the source but could not be read; keep whatever
+    /// the target has there (never delete it as missing).
+    Keep {
+        /// Path relative to the volume root.
+        #[serde(with = "serde_bytes")]
+        path: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -362,6 +369,7 @@ impl Message {
             Message::Progress(_) => "Progress",
             Message::Summary(_) => "Summary",
             Message::Error(_) => "Error",
+            Message::Keep { .. } => "Keep",
         }
     }
 }
