@@ -5,8 +5,9 @@
 #
 #   RUNS=3 WORK=/var/tmp/mover-bench ./benches/compare-local.sh
 #
-# The tree is generated once (20k small files, 300 medium, big random/text/sparse/database
-# files) and reused; delete $WORK/src to regenerate.
+# The tree is generated once (20k entries of every kind: mostly small files, ~100 medium ones up
+# to 24 MiB, big random/text/sparse/database files, hard links, symlinks, FIFOs, xattrs, ACLs)
+# and reused; delete $WORK/src to regenerate. Each copy is checked with `mover-testdata compare`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
@@ -18,7 +19,7 @@ cargo build --release --locked -p mover-cli -p mover-testdata
 mkdir -p "$work"
 if [ ! -d "$work/src" ]; then
   mkdir -p "$work/src"
-  target/release/mover-testdata generate "$work/src" --entries 20000 --medium 300 \
+  target/release/mover-testdata generate "$work/src" --entries 20000 --max-file-size 24M \
     --big random:256M --big text:256M --big database:256M --big sparse:512M
 fi
 echo "tree: $(du -s --apparent-size -B1 "$work/src" | cut -f1) bytes apparent, $(du -s -B1 "$work/src" | cut -f1) allocated, $(find "$work/src" | wc -l) entries"
@@ -35,7 +36,8 @@ for tool in mover cp rsync; do
     esac
     out=$(/usr/bin/time -f '%e %U %S %M' "${cmd[@]}" 2>&1 >/dev/null | tail -1)
     read -r wall user sys rss <<<"$out"
-    printf '%-6s run %d: wall %6.2f s  cpu %6.2f s  peak RSS %6d KiB\n' "$tool" "$i" "$wall" "$(echo "$user + $sys" | bc)" "$rss"
+    verdict=$(target/release/mover-testdata compare "$work/src" "$work/dst" --no-allocation | tail -1)
+    printf '%-6s run %d: wall %6.2f s  cpu %6.2f s  peak RSS %6d KiB  %s\n' "$tool" "$i" "$wall" "$(echo "$user + $sys" | bc)" "$rss" "$verdict"
     walls[$tool]+="$wall "
   done
 done
