@@ -82,3 +82,25 @@ fn fetch_from_nothing_fails_clearly() {
     let output = mover(&["certs", "fetch", "no-port"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
 }
+
+#[test]
+fn certs_init_writes_private_keys_0600_and_refuses_to_overwrite_without_force() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
+    let first = mover(&["certs", "init", dir.to_str().unwrap()]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    for (name, mode) in [("ca.key", 0o600), ("agent.key", 0o600), ("coordinator.key", 0o600), ("ca.crt", 0o644)] {
+        let actual = fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(actual, mode, "{name}");
+        assert!(String::from_utf8_lossy(&first.stdout).contains(name), "it must say what it wrote");
+    }
+    let ca = fs::read(dir.join("ca.crt")).unwrap();
+    let again = mover(&["certs", "init", dir.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"), "{}", text(&again));
+    assert_eq!(fs::read(dir.join("ca.crt")).unwrap(), ca, "nothing may be replaced without --force");
+    let forced = mover(&["certs", "init", dir.to_str().unwrap(), "--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced));
+    assert_ne!(fs::read(dir.join("ca.crt")).unwrap(), ca);
+}
