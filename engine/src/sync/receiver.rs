@@ -692,12 +692,8 @@ impl Receiver {
             let write_error = |source| SyncError::Io { op: "cannot write", path: shown.clone(), source };
             fill_gap(open, chunk.offset, &mut gap_buffer).map_err(write_error)?;
             open.hasher.update(content);
-            if open.resumed {
-                // The temporary file is an old partial, not a fresh hole: zeros must be written.
-                open.file.write_all_at(content, chunk.offset).map_err(write_error)?;
-            } else {
-                write_non_zero(&open.file, content, chunk.offset).map_err(write_error)?;
-            }
+            // A resumed partial is not a fresh hole: its zero pages are punched out.
+            write_pages(&open.file, content, chunk.offset, open.resumed).map_err(write_error)?;
             open.position = chunk.offset + u64::from(chunk.raw_len);
             self.report.bytes_written += u64::from(chunk.raw_len);
             Ok(())
@@ -837,30 +833,36 @@ fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Resul
         buffer[got..want].fill(0);
         open.hasher.update(&buffer[..want]);
         if !open.resumed {
-            write_non_zero(&open.file, &buffer[..want], open.position)?;
+            write_pages(&open.file, &buffer[..want], open.position, false)?;
         }
         open.position += want as u64;
     }
     Ok(())
 }
 
-/// Writes `data` at `offset` except its all-zero pages: the temporary file starts as one hole,
-/// so zero pages stay holes and sparse files stay sparse.
-fn write_non_zero(file: &std::fs::File, data: &[u8], offset: u64) -> io::Result<()> {
+/// Writes `data` at `offset` page by page: non-zero pages are written; all-zero pages are left
+/// alone in a fresh temporary file (it starts as one hole, so they stay holes and sparse files
+/// stay sparse), or, with `punch`, punched out of a reused file that may hold old data there.
+fn write_pages(file: &std::fs::File, data: &[u8], offset: u64, punch: bool) -> io::Result<()> {
     const PAGE: usize = 4096;
-    let mut run: Option<usize> = None;
-    for (i, page) in data.chunks(PAGE).enumerate() {
-        match (blocks::is_zero(page), run) {
-            (false, None) => run = Some(i * PAGE),
-            (true, Some(start)) => {
-                file.write_all_at(&data[start..i * PAGE], offset + start as u64)?;
-                run = None;
-            }
-            _ => {}
+    let mut start = 0;
+    while start < data.len() {
+        let zero = blocks::is_zero(&data[start..(start + PAGE).min(data.len())]);
+        let mut end = start;
+        while end < data.len() && blocks::is_zero(&data[end..(end + PAGE).min(data.len())]) == zero {
+            end = (end + PAGE).min(data.len());
         }
-    }
-    if let Some(start) = run {
-        file.write_all_at(&data[start..], offset + start as u64)?;
+        let at = offset + start as u64;
+        if !zero {
+            file.write_all_at(&data[start..end], at)?;
+        } else if punch {
+            let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+            if rustix::fs::fallocate(file, flags, at, (end - start) as u64).is_err() {
+                // No hole punching here: zeros it is.
+                file.write_all_at(&data[start..end], at)?;
+            }
+        }
+        start = end;
     }
     Ok(())
 }

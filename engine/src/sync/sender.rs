@@ -445,14 +445,16 @@ impl Sender {
     }
 
     /// For the blocks of the hole `[start, end)` (block aligned) whose basis is not zeros: sends
-    /// zeros (the receiver leaves them as a hole).
+    /// zeros (the receiver leaves them as a hole). Past the end of the basis the receiver's file
+    /// is zeros already: nothing to send there.
     fn send_hole_blocks(&mut self, id: u64, start: u64, end: u64, basis: &Basis) -> Result<()> {
         let block = u64::from(basis.block_size);
         let zeros = vec![0u8; basis.block_size as usize];
+        let blocks_in_basis = (basis.hashes.len() / blocks::HASH_LEN) as u64;
         let mut offset = start;
         while offset < end {
             let len = (end - offset).min(block) as usize;
-            if !basis.matches(offset / block, &zeros[..len]) {
+            if offset / block < blocks_in_basis && !basis.matches(offset / block, &zeros[..len]) {
                 self.send_chunk(id, offset, &zeros[..len]).map_err(|e| match e {
                     ContentError::Sync(error) => error,
                     ContentError::Read(source) => SyncError::Io { op: "cannot compress", path: String::new(), source },
