@@ -118,6 +118,10 @@ fn print_summary_text(summary: &Summary) {
 }
 
 impl Reporter for Printer {
+    fn wants_early_totals(&self) -> bool {
+        matches!(self, Printer::Bar(_))
+    }
+
     fn on_event(&self, event: &Event) {
         match self {
             Printer::Json(_) => self.json_line(&typed(event)),

@@ -374,6 +374,11 @@ impl Reporter for Forward {
     fn on_event(&self, event: &Event) {
         let _ = self.0.try_send(Message::Progress(event.clone()));
     }
+
+    /// The coordinator may be showing a progress bar: give it totals early.
+    fn wants_early_totals(&self) -> bool {
+        true
+    }
 }
 
 async fn push(

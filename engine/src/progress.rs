@@ -43,6 +43,12 @@ pub enum Event {
 pub trait Reporter: Send + Sync {
     /// Called for every event.
     fn on_event(&self, event: &Event);
+
+    /// Whether totals are wanted before the transfer gets going (a progress bar's ETA): they
+    /// then come from a separate metadata walk. Otherwise they arrive when the scan ends.
+    fn wants_early_totals(&self) -> bool {
+        false
+    }
 }
 
 /// A reporter that ignores everything.

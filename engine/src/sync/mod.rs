@@ -183,15 +183,16 @@ pub async fn send_volume<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    // Totals for progress and ETA come from a quick metadata-only walk beside the transfer.
-    let totals = {
+    // Early totals (for a progress bar's ETA) come from a quick metadata-only walk beside the
+    // transfer; otherwise the sender reports them when its scan ends.
+    let totals = reporter.wants_early_totals().then(|| {
         let (root, reporter) = (root.clone(), reporter.clone());
         tokio::task::spawn_blocking(move || {
             if let Ok((files, bytes)) = crate::scan::totals(&root) {
                 reporter.on_event(&crate::progress::Event::Totals { files, bytes });
             }
         })
-    };
+    });
     let (reader, writer) = tokio::io::split(stream);
     let (in_tx, in_rx) = mpsc::channel(WINDOW * 2 + 16);
     let (out_tx, out_rx) = mpsc::channel(32);
@@ -205,7 +206,9 @@ where
     let result = thread.await.map_err(|_| SyncError::Disconnected("(sender thread panicked)"))?;
     let written = pump_out.await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
     pump_in.abort();
-    let _ = totals.await;
+    if let Some(totals) = totals {
+        let _ = totals.await;
+    }
     let mut summary = result?;
     written?;
     summary.bytes_on_wire = on_wire.load(Ordering::Relaxed);

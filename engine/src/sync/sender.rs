@@ -159,7 +159,15 @@ impl Sender {
                             self.send(&Message::Keep { path: problem.raw })?;
                         }
                     }
-                    None => scanning = false,
+                    None => {
+                        scanning = false;
+                        if !self.reporter.wants_early_totals() {
+                            self.reporter.on_event(&Event::Totals {
+                                files: self.summary.files_total,
+                                bytes: self.summary.bytes_total,
+                            });
+                        }
+                    }
                 }
                 continue;
             }

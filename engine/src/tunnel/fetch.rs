@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{HANDSHAKE_TIMEOUT, Proxy, TunnelError, provider};
@@ -76,12 +75,7 @@ pub async fn fetch_chain(addr: &str, proxy: Option<&Proxy>) -> Result<Vec<Certif
         .with_custom_certificate_verifier(recorder.clone())
         .with_no_client_auth();
     let dial = async {
-        let tcp = match proxy {
-            Some(proxy) => proxy.connect(addr).await?,
-            None => TcpStream::connect(addr)
-                .await
-                .map_err(|source| TunnelError::Connect { addr: addr.to_owned(), source })?,
-        };
+        let tcp = super::dial_tcp(addr, proxy).await?;
         // The handshake may fail after the certificate was seen (client certificate required):
         // what matters is the recorded chain.
         let result = TlsConnector::from(Arc::new(config)).connect(name, tcp).await;

@@ -146,13 +146,7 @@ pub async fn connect(
     proxy: Option<&Proxy>,
 ) -> Result<ClientStream, TunnelError> {
     let dial = async {
-        let tcp = match proxy {
-            Some(proxy) => proxy.connect(addr).await?,
-            None => TcpStream::connect(addr)
-                .await
-                .map_err(|source| TunnelError::Connect { addr: addr.to_owned(), source })?,
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial_tcp(addr, proxy).await?;
         let name = ServerName::try_from(Role::Agent.dns_name()).expect("valid DNS name");
         TlsConnector::from(config).connect(name, tcp).await.map_err(|source| match proxy {
             Some(proxy) => TunnelError::HandshakeViaProxy { addr: addr.to_owned(), proxy: proxy.to_string(), source },
@@ -160,6 +154,18 @@ pub async fn connect(
         })
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, dial).await.map_err(|_| TunnelError::Timeout { addr: addr.to_owned() })?
+}
+
+/// A TCP connection to `addr`, directly or through an HTTP CONNECT `proxy`.
+pub(crate) async fn dial_tcp(addr: &str, proxy: Option<&Proxy>) -> Result<TcpStream, TunnelError> {
+    let tcp = match proxy {
+        Some(proxy) => proxy.connect(addr).await?,
+        None => {
+            TcpStream::connect(addr).await.map_err(|source| TunnelError::Connect { addr: addr.to_owned(), source })?
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// Completes the server side of the handshake on an accepted connection and returns the
