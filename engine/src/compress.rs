@@ -92,12 +92,15 @@ pub struct LevelControl {
     last_rate: f64,
     period_start: std::time::Instant,
     period_bytes: u64,
+    period_wire_start: u64,
 }
 
 impl LevelControl {
     /// Highest level the control climbs to (past this zstd costs far more CPU for little gain
     /// on volume data).
     pub const MAX: i32 = 6;
+    /// Wire rate (bytes per second) below which the link is taken as the bottleneck.
+    pub const SLOW_LINK: f64 = 64.0 * 1024.0 * 1024.0;
     /// Length of one measurement period.
     pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -111,6 +114,7 @@ impl LevelControl {
             last_rate: 0.0,
             period_start: std::time::Instant::now(),
             period_bytes: 0,
+            period_wire_start: 0,
         }
     }
 
@@ -120,20 +124,27 @@ impl LevelControl {
         self.level
     }
 
-    /// Records `bytes` of content handed to the link; returns the level to use from now on.
-    pub fn observe(&mut self, bytes: usize) -> i32 {
+    /// Records `bytes` of content handed to the link, with the link's byte counter
+    /// (`wire_total`, after compression); returns the level to use from now on.
+    pub fn observe(&mut self, bytes: usize, wire_total: u64) -> i32 {
         self.period_bytes += bytes as u64;
         let elapsed = self.period_start.elapsed();
         if elapsed >= Self::PERIOD {
-            self.step(self.period_bytes as f64 / elapsed.as_secs_f64());
+            let seconds = elapsed.as_secs_f64();
+            let wire_rate = wire_total.saturating_sub(self.period_wire_start) as f64 / seconds;
+            self.step(self.period_bytes as f64 / seconds, wire_rate);
             self.period_start = std::time::Instant::now();
             self.period_bytes = 0;
+            self.period_wire_start = wire_total;
         }
         self.level
     }
 
-    /// One decision, given the throughput of the period that just ended.
-    fn step(&mut self, rate: f64) {
+    /// One decision, given the content throughput and the wire rate of the period that ended.
+    fn step(&mut self, rate: f64, wire_rate: f64) {
+        // A link this slow is the limit whatever we do: never send less compressed than
+        // `rsync -z` would (zstd 3); the climb decides whether more pays.
+        let floor = if wire_rate < Self::SLOW_LINK { 3 } else { 0 };
         // A step that lowered throughput is undone. Held at an end of the range, the level did
         // not move and only a clear drop is worth probing the neighbour again.
         let tolerance = if self.moved { 0.97 } else { 0.85 };
@@ -141,7 +152,11 @@ impl LevelControl {
             self.direction = -self.direction;
         }
         self.last_rate = rate;
-        let next = (self.level + self.direction).clamp(0, Self::MAX);
+        if floor > 0 && self.level + self.direction < floor {
+            // Lifted by the floor: keep exploring upwards from there.
+            self.direction = 1;
+        }
+        let next = (self.level + self.direction).clamp(floor, Self::MAX);
         self.moved = next != self.level;
         self.level = next;
     }
@@ -220,12 +235,14 @@ mod tests {
         assert!(!compressor.pack(&noise).unwrap().compressed);
     }
 
-    /// Runs the control against a model of throughput by level; returns the levels visited.
-    fn settle(throughput: impl Fn(i32) -> f64) -> Vec<i32> {
+    /// Runs the control against a model of content throughput and wire rate by level;
+    /// returns the levels visited.
+    fn settle(throughput: impl Fn(i32) -> (f64, f64)) -> Vec<i32> {
         let mut control = LevelControl::new();
         (0..60)
             .map(|_| {
-                control.step(throughput(control.level()));
+                let (rate, wire) = throughput(control.level());
+                control.step(rate, wire);
                 control.level()
             })
             .collect()
@@ -234,20 +251,27 @@ mod tests {
     #[test]
     fn a_fast_link_settles_without_compression() {
         // CPU-bound: every level costs throughput.
-        let levels = settle(|level| 2000.0 / (1.0 + f64::from(level)));
+        let levels = settle(|level| (2e9 / (1.0 + f64::from(level)), 2e9 / (1.0 + f64::from(level)) / 2.0));
         assert!(levels[10..].iter().filter(|&&l| l == 0).count() >= 45, "{levels:?}");
     }
 
     #[test]
     fn a_slow_link_climbs_to_high_levels() {
         // Link-bound: each level saves a few more bytes.
-        let levels = settle(|level| 12.5 * (1.0 + 0.08 * f64::from(level)));
+        let levels = settle(|level| (12.5e6 * (1.0 + 0.08 * f64::from(level)), 12.5e6));
         assert!(levels[20..].iter().all(|&l| l >= LevelControl::MAX - 1), "{levels:?}");
     }
 
     #[test]
+    fn a_slow_link_never_goes_below_level_3() {
+        // Even when measurements say lower levels are as good (noise), the floor holds.
+        let levels = settle(|_| (12.5e6, 12.5e6));
+        assert!(levels[2..].iter().all(|&l| l >= 3), "{levels:?}");
+    }
+
+    #[test]
     fn a_middle_optimum_is_found() {
-        let levels = settle(|level| 100.0 - f64::from((level - 3) * (level - 3)) * 5.0);
+        let levels = settle(|level| (1e9 - f64::from((level - 3) * (level - 3)) * 5e7, 5e8));
         assert!(levels[20..].iter().all(|&l| (2..=4).contains(&l)), "{levels:?}");
     }
 

@@ -424,7 +424,7 @@ impl Sender {
         match self.options.compression {
             Compression::Off => 0,
             Compression::Level(level) => level,
-            Compression::Auto => self.level_control.observe(bytes),
+            Compression::Auto => self.level_control.observe(bytes, self.on_wire.load(Ordering::Relaxed)),
         }
     }
 
