@@ -7,7 +7,6 @@ mod common;
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{certs, mover, text};
 
@@ -38,11 +37,7 @@ fn fetch_writes_the_presented_chain_and_shows_what_it_is() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "openssl s_server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_port(port, "openssl s_server");
     let bundle = tmp.path().join("bundle.pem");
     let output = mover(&["certs", "fetch", &format!("127.0.0.1:{port}"), "-o", bundle.to_str().unwrap()]);
     let _ = server.kill();

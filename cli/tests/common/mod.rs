@@ -132,6 +132,15 @@ fn rand_suffix() -> String {
     format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Waits until something accepts connections on loopback `port` (a server just spawned).
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// True when running as root (ownership, mounts).
 pub fn is_root() -> bool {
     // SAFETY-free: `id -u` keeps the tests free of libc.
