@@ -162,10 +162,10 @@ pub fn print_error(error: &anyhow::Error) {
 
 fn hint(error: &anyhow::Error) -> Option<String> {
     for cause in error.chain() {
-        if let Some(copy) = cause.downcast_ref::<CopyError>() {
-            if let Some(hint) = copy_hint(copy) {
-                return Some(hint);
-            }
+        if let Some(copy) = cause.downcast_ref::<CopyError>()
+            && let Some(hint) = copy_hint(copy)
+        {
+            return Some(hint);
         }
         if let Some(tunnel) = cause.downcast_ref::<TunnelError>() {
             return tunnel_hint(tunnel);
@@ -175,10 +175,10 @@ fn hint(error: &anyhow::Error) -> Option<String> {
                 "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into(),
             );
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(28) {
-                return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
-            }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(28)
+        {
+            return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
         }
         if cause.to_string().contains("No space left on device") {
             return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());

@@ -73,10 +73,10 @@ fn find(dir: &Path, needle: &str) -> Option<std::path::PathBuf> {
         if kind.is_file() && entry.file_name().to_string_lossy().contains(needle) {
             return Some(entry.path());
         }
-        if kind.is_dir() {
-            if let Some(found) = find(&entry.path(), needle) {
-                return Some(found);
-            }
+        if kind.is_dir()
+            && let Some(found) = find(&entry.path(), needle)
+        {
+            return Some(found);
         }
     }
     None
@@ -177,7 +177,7 @@ fn mutate(root: &Path, seed: u64, count: usize) {
             }
             // Truncate.
             1 if meta.is_file() => {
-                fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(meta.len() / 2).unwrap()
+                fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(meta.len() / 2).unwrap();
             }
             // Append.
             2 if meta.is_file() => {
@@ -291,7 +291,7 @@ fn an_unreadable_source_entry_keeps_the_target_copy_and_hard_links_stay_right() 
     // More extended attributes than mover accepts: `a` can no longer be read as an entry.
     for i in 0..(mover_engine::meta::MAX_XATTRS + 5) {
         let name = format!("user.attr{i}");
-        rustix::fs::setxattr(&src.join("a"), name.as_str(), b"v", rustix::fs::XattrFlags::empty()).unwrap();
+        rustix::fs::setxattr(src.join("a"), name.as_str(), b"v", rustix::fs::XattrFlags::empty()).unwrap();
     }
     fs::write(src.join("b"), b"file b, changed").unwrap();
     let summary = sync(&src, &dst, SyncOptions::default()).unwrap();

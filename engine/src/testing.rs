@@ -21,9 +21,9 @@ pub fn clear_before_read() {
 }
 
 pub(crate) fn before_read(path: &[u8]) {
-    if let Some(hook) = BEFORE_READ.get() {
-        if let Some(hook) = hook.lock().expect("hook lock").as_ref() {
-            hook(path);
-        }
+    if let Some(hook) = BEFORE_READ.get()
+        && let Some(hook) = hook.lock().expect("hook lock").as_ref()
+    {
+        hook(path);
     }
 }

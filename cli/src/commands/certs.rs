@@ -49,23 +49,20 @@ async fn fetch(endpoint: &str, output: Option<&Path>, force: bool, proxy: Option
         }
     }
     let bundle: String = chain.iter().map(certs::to_pem).collect();
-    match output {
-        Some(path) => {
-            if path.exists() && !force {
-                bail!("`{}` already exists; pass `--force` to replace it", path.display());
-            }
-            std::fs::write(path, &bundle).with_context(|| format!("while writing `{}`", path.display()))?;
-            print!("{details}");
-            println!(
-                "wrote {} ({} certificates). Check the fingerprints with the endpoint's owner before you trust this bundle.",
-                path.display(),
-                chain.len()
-            );
+    if let Some(path) = output {
+        if path.exists() && !force {
+            bail!("`{}` already exists; pass `--force` to replace it", path.display());
         }
-        None => {
-            eprint!("{details}");
-            print!("{bundle}");
-        }
+        std::fs::write(path, &bundle).with_context(|| format!("while writing `{}`", path.display()))?;
+        print!("{details}");
+        println!(
+            "wrote {} ({} certificates). Check the fingerprints with the endpoint's owner before you trust this bundle.",
+            path.display(),
+            chain.len()
+        );
+    } else {
+        eprint!("{details}");
+        print!("{bundle}");
     }
     Ok(Outcome::Success)
 }

@@ -73,13 +73,12 @@ impl Agent {
                 let Ok(line) = line else { break };
                 use std::io::Write;
                 let _ = writeln!(file, "{line}");
-                if !sent {
-                    if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if value["fields"]["message"] == "serving" {
-                            let _ = tx.send(value["fields"]["listen"].as_str().unwrap().to_owned());
-                            sent = true;
-                        }
-                    }
+                if !sent
+                    && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                    && value["fields"]["message"] == "serving"
+                {
+                    let _ = tx.send(value["fields"]["listen"].as_str().unwrap().to_owned());
+                    sent = true;
                 }
             }
         });
@@ -144,7 +143,7 @@ pub fn wait_for_port(port: u16, what: &str) {
 /// True when running as root (ownership, mounts).
 pub fn is_root() -> bool {
     // SAFETY-free: `id -u` keeps the tests free of libc.
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// A tmpfs of `size` mounted at `dir`, unmounted on drop (root only).

@@ -104,7 +104,7 @@ pub fn check_request(block_size: u32, hashes: &[u8]) -> Result<u64, String> {
     if !block_size.is_power_of_two() || block_size < MIN_BLOCK || block_size as usize > CHUNK_SIZE {
         return Err(format!("block size {block_size} is not a power of two between {MIN_BLOCK} and {CHUNK_SIZE}"));
     }
-    if hashes.len() % HASH_LEN != 0 {
+    if !hashes.len().is_multiple_of(HASH_LEN) {
         return Err("block hash list is not a whole number of hashes".into());
     }
     Ok((hashes.len() / HASH_LEN) as u64)

@@ -259,14 +259,12 @@ impl Receiver {
 
     /// The next frame body from the sender; pending replies go out first if we would wait.
     fn next_input(&mut self) -> Result<Vec<u8>> {
-        let body = match self.input.try_recv() {
-            Ok(body) => body,
-            Err(_) => {
-                self.flush_replies()?;
-                self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))?
-            }
-        };
-        body
+        if let Ok(body) = self.input.try_recv() {
+            body
+        } else {
+            self.flush_replies()?;
+            self.input.blocking_recv().ok_or(SyncError::Disconnected("in the middle of the session"))?
+        }
     }
 
     fn warn(&mut self, message: String) {
