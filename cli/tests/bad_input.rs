@@ -216,3 +216,51 @@ fn planted_symlinks_in_the_target_are_replaced_not_followed() {
     assert!(fs::symlink_metadata(target.join("file")).unwrap().is_file());
     mover_testdata::assert_identical(&src, &target);
 }
+
+#[test]
+fn roles_only_a_coordinator_opens_sessions_and_agents_push_only_into_them() {
+    use mover_engine::wire::{RemoteErrorKind, SyncOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let agent = Agent::start(&certs, &[format!("vol={}", target.display())], tmp.path());
+    let as_agent = Identity::load(&certs, Role::Agent).unwrap();
+    let as_coordinator = Identity::load(&certs, Role::Coordinator).unwrap();
+    let refused = |identity: &Identity, request: Request| {
+        runtime().block_on(async {
+            match client::open(identity, &agent.addr, request, None).await {
+                Err(CopyError::Refused { error, .. }) => error.kind,
+                Ok(_) => panic!("request was accepted"),
+                Err(other) => panic!("unexpected error: {other}"),
+            }
+        })
+    };
+    let receive = || Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+    // An agent certificate may not push without a session, open sessions, or ask for pushes.
+    assert_eq!(refused(&as_agent, receive()), RemoteErrorKind::Forbidden);
+    let open = Request::OpenSession { volume: "vol".into(), options: SyncOptions::default() };
+    assert_eq!(refused(&as_agent, open.clone()), RemoteErrorKind::Forbidden);
+    let push = Request::Push {
+        volume: "vol".into(),
+        target: "127.0.0.1:1".into(),
+        token: vec![0; 32],
+        proxy: None,
+        options: SyncOptions::default(),
+    };
+    assert_eq!(refused(&as_agent, push), RemoteErrorKind::Forbidden);
+    // It may join only a session a coordinator opened, with that session's token, once.
+    assert_eq!(refused(&as_agent, Request::JoinSession { token: vec![7; 32] }), RemoteErrorKind::BadToken);
+    let token = runtime().block_on(async {
+        let (_, welcome) = client::open(&as_coordinator, &agent.addr, open, None).await.unwrap();
+        welcome.token
+    });
+    assert_eq!(refused(&as_coordinator, Request::JoinSession { token: token.clone() }), RemoteErrorKind::Forbidden);
+    runtime().block_on(async {
+        let joined = client::open(&as_agent, &agent.addr, Request::JoinSession { token: token.clone() }, None).await;
+        assert!(joined.is_ok(), "the agent could not join the session the coordinator opened");
+    });
+    // Single use: the same token does not open a second session.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(refused(&as_agent, Request::JoinSession { token }), RemoteErrorKind::BadToken);
+}
