@@ -203,44 +203,86 @@ pub fn lstat(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<rustix::fs::
     }
 }
 
-/// Removes `name` in `dir` whatever it is; a directory is removed with everything beneath it,
-/// walking with directory handles and never following symlinks.
-pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    let cname = cname(name);
-    match rustix::fs::unlinkat(dir, cname.as_c_str(), AtFlags::empty()) {
-        Ok(()) | Err(rustix::io::Errno::NOENT) => return Ok(()),
-        Err(rustix::io::Errno::ISDIR) => {}
-        Err(error) => return Err(error.into()),
+/// Removes `name` in `dir` if it is not a directory; `Ok(false)` when it is one.
+fn unlink_non_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+    match rustix::fs::unlinkat(dir, cname(name).as_c_str(), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(true),
+        Err(rustix::io::Errno::ISDIR) => Ok(false),
+        Err(error) => Err(error.into()),
     }
-    let child = rustix::fs::openat(
-        dir,
-        cname.as_c_str(),
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )?;
-    for name in list_dir(child.as_fd())? {
-        remove_any(child.as_fd(), &name)?;
-    }
-    drop(child);
-    rustix::fs::unlinkat(dir, cname.as_c_str(), AtFlags::REMOVEDIR).map_err(io::Error::from)
 }
 
-/// How many entries lie beneath `name` in `dir` (0 unless it is a directory), not following
-/// symlinks.
-pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
-    let child = match rustix::fs::openat(
+fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    rustix::fs::openat(
         dir,
         cname(name).as_c_str(),
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
-    ) {
-        Ok(child) => child,
-        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP | rustix::io::Errno::NOENT) => return Ok(0),
-        Err(error) => return Err(error.into()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// One directory being walked: its handle, its own name, and the names still to visit.
+type Level = (OwnedFd, Vec<u8>, std::vec::IntoIter<Vec<u8>>);
+
+/// Removes `name` in `dir` whatever it is; a directory is removed with everything beneath it,
+/// walking with directory handles, never following symlinks, and with an explicit stack (a
+/// deeply nested tree planted in a volume cannot overflow the thread's stack).
+pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    if unlink_non_dir(dir, name)? {
+        return Ok(());
+    }
+    let top = open_subdir(dir, name)?;
+    let names = list_dir(top.as_fd())?;
+    let mut stack: Vec<Level> = vec![(top, name.to_vec(), names.into_iter())];
+    while let Some(depth) = stack.len().checked_sub(1) {
+        if let Some(child) = stack[depth].2.next() {
+            if !unlink_non_dir(stack[depth].0.as_fd(), &child)? {
+                let sub = open_subdir(stack[depth].0.as_fd(), &child)?;
+                let names = list_dir(sub.as_fd())?;
+                stack.push((sub, child, names.into_iter()));
+            }
+            continue;
+        }
+        let (handle, own, _) = stack.pop().expect("not empty");
+        drop(handle);
+        let parent = stack.last().map_or(dir, |level| level.0.as_fd());
+        rustix::fs::unlinkat(parent, cname(&own).as_c_str(), AtFlags::REMOVEDIR)?;
+    }
+    Ok(())
+}
+
+/// How many entries lie beneath `name` in `dir` (0 unless it is a directory), not following
+/// symlinks, with an explicit stack.
+pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
+    let top = match open_subdir(dir, name) {
+        Ok(top) => top,
+        Err(error)
+            if [rustix::io::Errno::NOTDIR, rustix::io::Errno::LOOP, rustix::io::Errno::NOENT]
+                .iter()
+                .any(|errno| error.raw_os_error() == Some(errno.raw_os_error())) =>
+        {
+            return Ok(0);
+        }
+        Err(error) => return Err(error),
     };
+    let names = list_dir(top.as_fd())?;
+    let mut stack: Vec<Level> = vec![(top, name.to_vec(), names.into_iter())];
     let mut count = 0;
-    for name in list_dir(child.as_fd())? {
-        count += 1 + count_below(child.as_fd(), &name)?;
+    while let Some(depth) = stack.len().checked_sub(1) {
+        let Some(child) = stack[depth].2.next() else {
+            stack.pop();
+            continue;
+        };
+        count += 1;
+        let parent = stack[depth].0.as_fd();
+        let is_dir =
+            lstat(parent, &child)?.is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory);
+        if is_dir {
+            let sub = open_subdir(parent, &child)?;
+            let names = list_dir(sub.as_fd())?;
+            stack.push((sub, child, names.into_iter()));
+        }
     }
     Ok(count)
 }
@@ -326,6 +368,27 @@ mod tests {
         let mut text = String::new();
         open_file_read(root.as_fd(), b"file").unwrap().read_to_string(&mut text).unwrap();
         assert_eq!(text, "ok");
+    }
+
+    #[test]
+    fn removes_and_counts_deep_trees_without_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("canary"), b"x").unwrap();
+        let mut path = dir.path().join("top");
+        for _ in 0..300 {
+            path.push("d");
+        }
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("leaf"), b"leaf").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("top/d/link")).unwrap();
+        let root = open_root(dir.path()).unwrap();
+        // 300 nested directories below `top`, the leaf and the link.
+        assert_eq!(count_below(root.as_fd(), b"top").unwrap(), 300 + 2);
+        remove_any(root.as_fd(), b"top").unwrap();
+        assert!(!dir.path().join("top").exists());
+        assert_eq!(std::fs::read(outside.path().join("canary")).unwrap(), b"x");
+        assert_eq!(count_below(root.as_fd(), b"top").unwrap(), 0);
     }
 
     #[test]

@@ -38,10 +38,11 @@ impl fmt::Debug for Proxy {
 /// Shows the proxy as a URL with the password masked.
 impl fmt::Display for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         match (&self.user, &self.password) {
-            (Some(user), Some(_)) => write!(f, "http://{user}:***@{}:{}", self.host, self.port),
-            (Some(user), None) => write!(f, "http://{user}@{}:{}", self.host, self.port),
-            _ => write!(f, "http://{}:{}", self.host, self.port),
+            (Some(user), Some(_)) => write!(f, "http://{user}:***@{host}:{}", self.port),
+            (Some(user), None) => write!(f, "http://{user}@{host}:{}", self.port),
+            _ => write!(f, "http://{host}:{}", self.port),
         }
     }
 }
@@ -125,6 +126,8 @@ impl Proxy {
         };
         let (host, port) = address.rsplit_once(':').ok_or_else(|| ProxyError::Invalid(masked()))?;
         let port = port.parse().map_err(|_| ProxyError::Invalid(masked()))?;
+        // `[::1]` is how URLs spell an IPv6 address; the socket wants it bare.
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
         if host.is_empty() || host.contains('/') {
             return Err(ProxyError::Invalid(masked()));
         }
@@ -239,6 +242,9 @@ mod tests {
         assert_eq!(proxy.to_string(), "http://alice:***@10.0.0.1:3128");
         assert!(!format!("{proxy:?}").contains("s3cr"));
         assert_eq!(Proxy::parse("http://proxy:8080/").unwrap().to_string(), "http://proxy:8080");
+        let v6 = Proxy::parse("http://u:p@[::1]:3128").unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 3128));
+        assert_eq!(v6.to_string(), "http://u:***@[::1]:3128");
         for bad in ["proxy:8080", "https://p:1", "http://p", "http://:1", "http://u:pw@p:x"] {
             let error = Proxy::parse(bad).unwrap_err().to_string();
             assert!(!error.contains("pw"), "{error}");
