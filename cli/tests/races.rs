@@ -103,35 +103,32 @@ fn never_copied(dir: &Path) {
     }
 }
 
-#[test]
-fn flipping_a_target_directory_to_a_symlink_never_touches_the_canary() {
+/// Syncs `src` into `dst` for 8 s while `flip` (inside one of them) is flipped to a symlink to
+/// the canary; checks the canary and returns the destination for further checks.
+fn race(flip_in_source: bool) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
     source_tree(&src);
     fs::create_dir(&dst).unwrap();
     let canary = Canary::plant(&tmp.path().join("canary"));
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = flipper(dst.join("flip"), canary.dir.clone(), stop.clone());
+    let flipped = if flip_in_source { src.join("flip") } else { dst.join("flip") };
+    let thread = flipper(flipped, canary.dir.clone(), stop.clone());
     let runs = run_for(Duration::from_secs(8), &src, &dst);
     stop.store(true, Ordering::Relaxed);
     let flips = thread.join().unwrap();
     canary.check();
     assert!(runs >= 5 && flips >= 100, "too little happened: {runs} runs, {flips} flips");
+    (tmp, dst)
+}
+
+#[test]
+fn flipping_a_target_directory_to_a_symlink_never_touches_the_canary() {
+    race(false);
 }
 
 #[test]
 fn flipping_a_source_directory_to_a_symlink_never_copies_the_canary() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-    source_tree(&src);
-    fs::create_dir(&dst).unwrap();
-    let canary = Canary::plant(&tmp.path().join("canary"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = flipper(src.join("flip"), canary.dir.clone(), stop.clone());
-    let runs = run_for(Duration::from_secs(8), &src, &dst);
-    stop.store(true, Ordering::Relaxed);
-    let flips = thread.join().unwrap();
-    canary.check();
+    let (_tmp, dst) = race(true);
     never_copied(&dst);
-    assert!(runs >= 5 && flips >= 100, "too little happened: {runs} runs, {flips} flips");
 }
