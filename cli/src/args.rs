@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use mover_engine::image::Credentials;
 use mover_engine::wire::Compression;
 
 /// mover: direct volume and image migration between Kubernetes clusters.
@@ -45,6 +46,7 @@ pub enum OutputFormat {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process")]
 pub enum Command {
     /// Copy a volume: SRC and DST are each a local directory or `agent://HOST:PORT/VOLUME`.
     ///
@@ -56,6 +58,10 @@ pub enum Command {
     /// Manage a migration's certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Copy images between registries and OCI layouts (`docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`,
+    /// `oci:DIR[:TAG]`).
+    #[command(subcommand)]
+    Image(ImageCommand),
 }
 
 /// `mover copy`.
@@ -191,4 +197,115 @@ mod tests {
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("10Mb").is_err());
     }
+}
+
+/// `mover image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Copy one image, every platform of an index by default, every digest preserved.
+    ///
+    /// `mover image copy docker://src.example:5000/ns/app:v1 docker://dst.example/ns/app:v1`
+    /// `mover image copy oci:./layout:v1 docker://dst.example/ns/app:v1`
+    Copy(ImageCopyArgs),
+    /// Copy every tag of a repository (or, with `--prefix`, of every repository under a path).
+    ///
+    /// `mover image sync docker://src/ns/app docker://dst/ns/app --tags '^v1\.'`
+    /// `mover image sync --prefix docker://src/ns docker://dst/ns`
+    Sync(ImageSyncArgs),
+}
+
+/// `mover image copy`.
+#[derive(Debug, Args)]
+pub struct ImageCopyArgs {
+    /// Source image: `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` (tag `latest` when none) or
+    /// `oci:DIR[:TAG]`.
+    pub source: String,
+    /// Target: `docker://HOST[:PORT]/REPO[:TAG]` (the source's tag when none) or `oci:DIR[:TAG]`.
+    pub target: String,
+    /// Copy only this platform of a multi-platform source (`OS/ARCH[/VARIANT]`); the index is
+    /// then not copied, so the target has the platform's manifest digest, not the index's.
+    #[arg(long, value_parser = parse_platform)]
+    pub platform: Option<mover_engine::image::Platform>,
+    #[command(flatten)]
+    pub common: ImageCommon,
+}
+
+/// `mover image sync`.
+#[derive(Debug, Args)]
+pub struct ImageSyncArgs {
+    /// Source repository `docker://HOST[:PORT]/REPO` (or prefix with `--prefix`), or `oci:DIR`.
+    pub source: String,
+    /// Target repository (or prefix), or `oci:DIR`.
+    pub target: String,
+    /// Only tags matching this regular expression (e.g. `^v1\.`).
+    #[arg(long)]
+    pub tags: Option<String>,
+    /// SOURCE and TARGET are path prefixes: copy every repository under SOURCE (from the
+    /// registry's catalog) to the same name under TARGET, as MTC migrates every image stream of
+    /// a namespace.
+    #[arg(long)]
+    pub prefix: bool,
+    #[command(flatten)]
+    pub common: ImageCommon,
+}
+
+/// Flags shared by `image copy` and `image sync`.
+#[derive(Debug, Args)]
+pub struct ImageCommon {
+    /// Blobs copied at once (largest first).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
+    /// Only list what would move; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Source registry credentials `USER:PASSWORD` (prefer the environment variable or an auth
+    /// file: the command line is visible to other users).
+    #[arg(long, env = "MOVER_SRC_CREDS", hide_env_values = true, value_parser = parse_creds)]
+    pub src_creds: Option<Credentials>,
+    /// Target registry credentials `USER:PASSWORD`.
+    #[arg(long, env = "MOVER_DEST_CREDS", hide_env_values = true, value_parser = parse_creds)]
+    pub dest_creds: Option<Credentials>,
+    /// Bearer token for the source registry (an `OpenShift` service-account token).
+    #[arg(long, env = "MOVER_SRC_REGISTRY_TOKEN", hide_env_values = true, conflicts_with = "src_creds")]
+    pub src_registry_token: Option<String>,
+    /// Bearer token for the target registry.
+    #[arg(long, env = "MOVER_DEST_REGISTRY_TOKEN", hide_env_values = true, conflicts_with = "dest_creds")]
+    pub dest_registry_token: Option<String>,
+    /// Auth file (docker `config.json` format); default `$REGISTRY_AUTH_FILE`, then
+    /// `$XDG_RUNTIME_DIR/containers/auth.json`, then `~/.docker/config.json`.
+    #[arg(long)]
+    pub authfile: Option<PathBuf>,
+    /// PEM bundle of CAs to trust for the source registry (`mover certs fetch HOST:PORT -o FILE`).
+    #[arg(long)]
+    pub src_ca_bundle: Option<PathBuf>,
+    /// PEM bundle of CAs to trust for the target registry.
+    #[arg(long)]
+    pub dest_ca_bundle: Option<PathBuf>,
+    /// Verify the source registry's certificate (`--src-tls-verify=false` to skip: an explicit opt-out).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub src_tls_verify: bool,
+    /// Verify the target registry's certificate.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub dest_tls_verify: bool,
+    /// Talk plain HTTP to the source registry.
+    #[arg(long)]
+    pub src_plain_http: bool,
+    /// Talk plain HTTP to the target registry.
+    #[arg(long)]
+    pub dest_plain_http: bool,
+    /// Reach registries through this HTTP proxy (`http://USER:PASSWORD@HOST:PORT`); otherwise
+    /// `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` apply.
+    #[arg(long, env = "MOVER_PROXY", hide_env_values = true)]
+    pub proxy: Option<String>,
+    /// Largest manifest accepted (bytes, K/M suffixes).
+    #[arg(long, default_value = "4M", value_parser = parse_rate)]
+    pub max_manifest_size: u64,
+}
+
+fn parse_platform(text: &str) -> Result<mover_engine::image::Platform, String> {
+    mover_engine::image::Platform::parse(text)
+}
+
+fn parse_creds(text: &str) -> Result<Credentials, String> {
+    Credentials::parse_pair(text)
 }

@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Copy(args) => commands::copy::run(args, &cli.global).await,
             Command::Certs(command) => commands::certs::run(command).await,
+            Command::Image(command) => commands::image::run(command, &cli.global).await,
         }
     });
     match result {

@@ -135,6 +135,7 @@ impl Reporter for Printer {
                     bar.set_message(format!("{files_done} files"));
                 }
                 Event::Warning { message } => bar.suspend(|| eprintln!("warning: {message}")),
+                Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } => {}
             },
             Printer::Quiet => {
                 if let Event::Warning { message } = event {

@@ -16,6 +16,7 @@ pub mod certs;
 pub mod client;
 pub mod compress;
 pub mod confine;
+pub mod image;
 pub mod meta;
 pub mod progress;
 pub mod scan;

@@ -37,6 +37,53 @@ pub enum Event {
         /// What happened, naming the path.
         message: String,
     },
+    /// An image copy knows what it will move.
+    ImagePlanned {
+        /// The source image.
+        image: String,
+        /// The digest its target tag will point at.
+        digest: String,
+        /// Manifests and indexes in it.
+        manifests: u64,
+        /// Distinct blobs in it.
+        blobs: u64,
+        /// Their total size.
+        bytes: u64,
+    },
+    /// A blob's progress (throttled while copying) or its outcome.
+    Blob {
+        /// The image it belongs to.
+        image: String,
+        /// Its digest.
+        digest: String,
+        /// Its size.
+        size: u64,
+        /// Bytes moved so far.
+        done: u64,
+        /// Where it stands.
+        state: BlobState,
+    },
+    /// An image was copied and tagged.
+    ImageCopied {
+        /// The source image.
+        image: String,
+        /// The digest now on the target.
+        digest: String,
+    },
+}
+
+/// Where a blob of an image copy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlobState {
+    /// Bytes are flowing.
+    Copying,
+    /// Streamed and verified.
+    Copied,
+    /// Already on the target.
+    Skipped,
+    /// Mounted from another repository of the target registry.
+    Mounted,
 }
 
 /// Receives events. Implementations must be cheap: they are called from transfer threads.

@@ -1,5 +1,6 @@
 //! `mover certs init`.
 
+use std::fmt::Write;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -35,16 +36,15 @@ async fn fetch(endpoint: &str, output: Option<&Path>, force: bool, proxy: Option
         .with_context(|| format!("while fetching the certificates of `{endpoint}`"))?;
     let mut details = String::new();
     for (i, cert) in chain.iter().enumerate() {
-        details.push_str(&format!(
-            "certificate {} of {} presented by `{endpoint}` (not verified)\n",
-            i + 1,
-            chain.len()
-        ));
+        let _ = writeln!(details, "certificate {} of {} presented by `{endpoint}` (not verified)", i + 1, chain.len());
         match certs::describe(cert) {
-            Some(info) => details.push_str(&format!(
-                "  subject:  {}\n  issuer:   {}\n  valid:    {} to {}\n  sha256:   {}\n",
-                info.subject, info.issuer, info.not_before, info.not_after, info.sha256
-            )),
+            Some(info) => {
+                let _ = write!(
+                    details,
+                    "  subject:  {}\n  issuer:   {}\n  valid:    {} to {}\n  sha256:   {}\n",
+                    info.subject, info.issuer, info.not_before, info.not_after, info.sha256
+                );
+            }
             None => details.push_str("  (not a parsable X.509 certificate)\n"),
         }
     }

@@ -107,6 +107,7 @@ impl Deletions {
         }
     }
 
+    #[allow(clippy::needless_pass_by_value, reason = "the frame is popped and ends here")]
     fn close(&mut self, root: BorrowedFd<'_>, frame: DirFrame) -> Result<(), DeletionError> {
         let shown = || if frame.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&frame.path) };
         let io = |source| DeletionError::Io { path: shown(), source };

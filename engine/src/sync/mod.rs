@@ -87,9 +87,10 @@ impl SyncError {
             SyncError::Protocol(_) => RemoteErrorKind::Protocol,
             SyncError::Verification { .. } => RemoteErrorKind::Verification,
             SyncError::Io { .. } | SyncError::Deletion(DeletionError::Io { .. }) => RemoteErrorKind::Io,
-            SyncError::Deletion(DeletionError::MassDelete { .. }) => RemoteErrorKind::Other,
             SyncError::Remote(error) => error.kind,
-            SyncError::Wire(_) | SyncError::Disconnected(_) => RemoteErrorKind::Other,
+            SyncError::Deletion(DeletionError::MassDelete { .. }) | SyncError::Wire(_) | SyncError::Disconnected(_) => {
+                RemoteErrorKind::Other
+            }
         };
         RemoteError::new(kind, full_message(self))
     }

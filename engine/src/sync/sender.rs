@@ -293,6 +293,7 @@ impl Sender {
         confine::open_file_read(dir.as_fd(), name)
     }
 
+    #[allow(clippy::needless_pass_by_value, reason = "the basis is used up by this file")]
     fn send_file(&mut self, id: u64, waiting: &Waiting, basis: Option<Basis>) -> Result<()> {
         let shown = display_bytes(&waiting.path);
         #[cfg(feature = "test-util")]

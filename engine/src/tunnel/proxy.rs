@@ -152,7 +152,9 @@ impl Proxy {
         if let Some(user) = &self.user {
             let credentials = format!("{user}:{}", self.password.as_deref().unwrap_or(""));
             let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-            request.push_str(&format!("Proxy-Authorization: Basic {encoded}\r\n"));
+            request.push_str("Proxy-Authorization: Basic ");
+            request.push_str(&encoded);
+            request.push_str("\r\n");
         }
         request.push_str("\r\n");
         stream

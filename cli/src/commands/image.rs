@@ -1,0 +1,311 @@
+//! `mover image copy` and `mover image sync`.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mover_engine::image::{
+    self, Credentials, Endpoint, ImageRef, ImageSummary, Layout, Registry, RegistryOptions, Session, TlsMode, Version,
+};
+use mover_engine::progress::{BlobState, Event, Reporter};
+use mover_engine::tunnel::Proxy;
+
+use crate::Outcome;
+use crate::args::{GlobalArgs, ImageCommand, ImageCommon, ImageCopyArgs, ImageSyncArgs, OutputFormat};
+
+/// Runs an image subcommand.
+pub async fn run(command: ImageCommand, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    match command {
+        ImageCommand::Copy(args) => copy(args, global).await,
+        ImageCommand::Sync(args) => sync(args, global).await,
+    }
+}
+
+async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let source_ref: ImageRef = args.source.parse()?;
+    let target_ref: ImageRef = args.target.parse()?;
+    if let ImageRef::Registry { version: Some(Version::Digest(_)), .. } = &target_ref {
+        anyhow::bail!(
+            "the target `{}` names a digest: name a repository and optionally a tag (the digest is the source's)",
+            args.target
+        );
+    }
+    let source = endpoint(&source_ref, &args.common, Side::Source)?;
+    let target = endpoint(&target_ref, &args.common, Side::Target)?;
+    let source_version = match &source_ref {
+        ImageRef::Registry { version, .. } => Some(version.clone().unwrap_or(Version::Tag("latest".into()))),
+        ImageRef::Layout { tag, .. } => tag.clone().map(Version::Tag),
+    };
+    // The target tag: the one named, else the source's tag (none when the source is a digest).
+    let target_tag = target_ref.tag().map(str::to_owned).or_else(|| match &source_version {
+        Some(Version::Tag(tag)) => Some(tag.clone()),
+        _ => None,
+    });
+    let printer = Arc::new(ImagePrinter::new(global, args.common.dry_run));
+    let session = Session::new(printer.clone());
+    let options = image::CopyOptions {
+        platform: args.platform.clone(),
+        jobs: usize::from(args.common.jobs),
+        dry_run: args.common.dry_run,
+    };
+    let result =
+        image::copy_image(&session, &source, source_version.as_ref(), &target, target_tag.as_deref(), &options).await;
+    let mut summary = session.summary();
+    summary.dry_run = args.common.dry_run;
+    finish(
+        &printer,
+        summary,
+        result.err().map(|e| anyhow::Error::new(e).context(format!("copy of {source_ref} failed"))),
+    )
+}
+
+async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let source_ref: ImageRef = args.source.parse()?;
+    let target_ref: ImageRef = args.target.parse()?;
+    for (what, reference) in [("source", &source_ref), ("target", &target_ref)] {
+        if matches!(reference, ImageRef::Registry { version: Some(_), .. } | ImageRef::Layout { tag: Some(_), .. }) {
+            anyhow::bail!(
+                "the sync {what} `{reference}` names a tag or digest: name a repository (use --tags to filter)"
+            );
+        }
+    }
+    let tags = args
+        .tags
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .with_context(|| "--tags is not a valid regular expression")?;
+    let source = endpoint(&source_ref, &args.common, Side::Source)?;
+    let target = endpoint(&target_ref, &args.common, Side::Target)?;
+    let prefixes = match (&source_ref, &target_ref) {
+        (ImageRef::Registry { repository: from, .. }, ImageRef::Registry { repository: to, .. }) if args.prefix => {
+            Some((from.name.clone(), to.name.clone()))
+        }
+        _ if args.prefix => anyhow::bail!("--prefix needs docker:// source and target"),
+        _ => None,
+    };
+    let printer = Arc::new(ImagePrinter::new(global, args.common.dry_run));
+    let session = Session::new(printer.clone());
+    let options =
+        image::CopyOptions { platform: None, jobs: usize::from(args.common.jobs), dry_run: args.common.dry_run };
+    let result = image::sync_images(
+        &session,
+        &source,
+        &target,
+        &options,
+        &image::SyncOptions { tags, prefix: args.prefix },
+        prefixes.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+    )
+    .await;
+    let mut summary = session.summary();
+    summary.dry_run = args.common.dry_run;
+    if result.is_ok() && summary.images == 0 && summary.errors.is_empty() {
+        summary.errors.push(format!("no tags of {source_ref} matched: nothing was copied"));
+    }
+    finish(
+        &printer,
+        summary,
+        result.err().map(|e| anyhow::Error::new(e).context(format!("sync of {source_ref} failed"))),
+    )
+}
+
+fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::Error>) -> anyhow::Result<Outcome> {
+    let mut summary = summary;
+    if let Some(error) = &error {
+        summary.errors.push(format!("{error:#}"));
+    }
+    printer.summary(&summary);
+    match error {
+        Some(error) => Err(error),
+        None if summary.errors.is_empty() => Ok(Outcome::Success),
+        None => {
+            if printer.json.is_none() {
+                for error in &summary.errors {
+                    eprintln!("error: {error}");
+                }
+            }
+            Ok(Outcome::Failed)
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Source,
+    Target,
+}
+
+fn endpoint(reference: &ImageRef, common: &ImageCommon, side: Side) -> anyhow::Result<Endpoint> {
+    let max_manifest_bytes = usize::try_from(common.max_manifest_size).unwrap_or(usize::MAX);
+    match reference {
+        ImageRef::Layout { dir, .. } => {
+            let layout = match side {
+                Side::Source => Layout::open(dir, max_manifest_bytes)?,
+                Side::Target => Layout::create(dir, max_manifest_bytes)?,
+            };
+            Ok(Endpoint::Layout(Arc::new(layout)))
+        }
+        ImageRef::Registry { repository, .. } => {
+            let (creds, token, ca_bundle, verify, plain) = match side {
+                Side::Source => (
+                    &common.src_creds,
+                    &common.src_registry_token,
+                    &common.src_ca_bundle,
+                    common.src_tls_verify,
+                    common.src_plain_http,
+                ),
+                Side::Target => (
+                    &common.dest_creds,
+                    &common.dest_registry_token,
+                    &common.dest_ca_bundle,
+                    common.dest_tls_verify,
+                    common.dest_plain_http,
+                ),
+            };
+            let credentials = match (creds, token) {
+                (Some(creds), _) => creds.clone(),
+                (None, Some(token)) => Credentials::Token(token.clone()),
+                (None, None) => {
+                    image::lookup_credentials(&repository.registry, common.authfile.as_deref())?.unwrap_or_default()
+                }
+            };
+            let tls = match (plain, verify) {
+                (true, _) => TlsMode::PlainHttp,
+                (false, false) => TlsMode::NoVerify,
+                (false, true) => TlsMode::Verify { ca_bundle: ca_bundle.clone() },
+            };
+            if let Some(url) = &common.proxy {
+                // The same parser as the volume tunnel's, for the same clear errors.
+                Proxy::parse(url)?;
+            }
+            let options = RegistryOptions { tls, credentials, proxy: common.proxy.clone(), max_manifest_bytes };
+            let registry = Registry::new(&repository.registry, &options)?;
+            Ok(Endpoint::Registry { registry: Arc::new(registry), repository: repository.name.clone() })
+        }
+    }
+}
+
+/// Shows image copies: per-blob bars on a terminal, JSON lines with `--output json`, a list
+/// with `--dry-run`.
+struct ImagePrinter {
+    json: Option<Mutex<std::io::Stdout>>,
+    bars: Option<(MultiProgress, Mutex<HashMap<String, ProgressBar>>)>,
+    dry_run: bool,
+}
+
+impl ImagePrinter {
+    fn new(global: &GlobalArgs, dry_run: bool) -> ImagePrinter {
+        let json = (global.output == OutputFormat::Json).then(|| Mutex::new(std::io::stdout()));
+        let bars = (json.is_none() && !dry_run && !global.no_progress && std::io::stderr().is_terminal())
+            .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)), Mutex::default()));
+        ImagePrinter { json, bars, dry_run }
+    }
+
+    fn json_line(&self, value: &serde_json::Value) {
+        if let Some(stdout) = &self.json {
+            let mut stdout = stdout.lock().expect("stdout");
+            let _ = writeln!(stdout, "{value}");
+            let _ = stdout.flush();
+        }
+    }
+
+    fn summary(&self, summary: &ImageSummary) {
+        if self.json.is_some() {
+            let mut value = serde_json::to_value(summary).expect("summary serialises");
+            value["type"] = "summary".into();
+            self.json_line(&value);
+            return;
+        }
+        if let Some((multi, _)) = &self.bars {
+            let _ = multi.clear();
+        }
+        let verb = if summary.dry_run { "would copy" } else { "copied" };
+        for line in &summary.copied {
+            println!("{line}");
+        }
+        eprintln!(
+            "{} image(s): {verb} {} blob(s) ({}), {} already there, {} mounted, {} manifest(s), {:.2}s",
+            summary.images,
+            summary.blobs_copied,
+            human(summary.bytes_copied),
+            summary.blobs_skipped,
+            summary.blobs_mounted,
+            summary.manifests,
+            summary.elapsed_s
+        );
+    }
+}
+
+fn human(bytes: u64) -> String {
+    indicatif::BinaryBytes(bytes).to_string()
+}
+
+impl Reporter for ImagePrinter {
+    fn on_event(&self, event: &Event) {
+        if self.json.is_some() {
+            let value = serde_json::to_value(event).expect("events serialise");
+            if let serde_json::Value::Object(map) = value
+                && let Some((kind, serde_json::Value::Object(mut fields))) = map.into_iter().next()
+            {
+                fields.insert("type".into(), kind.into());
+                self.json_line(&serde_json::Value::Object(fields));
+            }
+            return;
+        }
+        if self.dry_run {
+            match event {
+                Event::ImagePlanned { image, digest, manifests, blobs, bytes } => {
+                    println!("{image} ({digest}): {manifests} manifest(s), {blobs} blob(s), {}", human(*bytes));
+                }
+                Event::Blob { digest, size, state, .. } => {
+                    let action = match state {
+                        BlobState::Skipped => "already there",
+                        BlobState::Mounted => "mount",
+                        _ => "copy",
+                    };
+                    println!("  {action:<13} {digest} {}", human(*size));
+                }
+                _ => {}
+            }
+            return;
+        }
+        let Some((multi, bars)) = &self.bars else {
+            if let Event::Warning { message } = event {
+                eprintln!("warning: {message}");
+            }
+            return;
+        };
+        match event {
+            Event::Blob { digest, size, done, state, .. } => {
+                let mut bars = bars.lock().expect("bars");
+                let bar = bars.entry(digest.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(*size));
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{msg:20} {bytes:>10}/{total_bytes:<10} {wide_bar} {binary_bytes_per_sec:>12} ETA {eta:<4}",
+                        )
+                        .expect("valid template"),
+                    );
+                    bar.set_message(digest.chars().take(19).collect::<String>());
+                    bar.enable_steady_tick(Duration::from_millis(250));
+                    bar
+                });
+                bar.set_position(*done);
+                if *state != BlobState::Copying {
+                    bar.finish_and_clear();
+                    bars.remove(digest);
+                }
+            }
+            Event::ImageCopied { image, digest } => {
+                let _ = multi.println(format!("copied {image} ({digest})"));
+            }
+            Event::Warning { message } => {
+                let _ = multi.println(format!("warning: {message}"));
+            }
+            _ => {}
+        }
+    }
+}

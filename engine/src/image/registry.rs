@@ -1,0 +1,633 @@
+//! A registry endpoint: oci-client for what it serves, its `reqwest` stack for the rest.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RANGE, RETRY_AFTER};
+
+use super::auth::Credentials;
+use super::manifest::{self, Descriptor};
+use super::reference::{Digest, Version};
+use super::{BlobStream, ImageError, RawManifest, retry};
+
+/// How to talk TLS to a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// HTTPS, verified against the system roots plus an optional CA bundle.
+    Verify {
+        /// A PEM bundle of extra trusted certificates (`mover certs fetch` writes one).
+        ca_bundle: Option<PathBuf>,
+    },
+    /// HTTPS without verification (`--src-tls-verify=false`): an explicit opt-out.
+    NoVerify,
+    /// Plain HTTP (`--src-plain-http`): only when asked.
+    PlainHttp,
+}
+
+/// How to reach one registry.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// TLS.
+    pub tls: TlsMode,
+    /// Who we are.
+    pub credentials: Credentials,
+    /// `http://[user:pass@]host:port` of an HTTP proxy; `HTTPS_PROXY`/`NO_PROXY` apply otherwise.
+    pub proxy: Option<String>,
+    /// Cap on one manifest's size.
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> RegistryOptions {
+        RegistryOptions {
+            tls: TlsMode::Verify { ca_bundle: None },
+            credentials: Credentials::Anonymous,
+            proxy: None,
+            max_manifest_bytes: manifest::MAX_MANIFEST_BYTES,
+        }
+    }
+}
+
+/// A connection to one registry host.
+pub struct Registry {
+    host: String,
+    scheme: &'static str,
+    client: oci_client::Client,
+    http: reqwest::Client,
+    auth: RegistryAuth,
+    max_manifest_bytes: usize,
+    /// `Authorization` values for our own requests, per repository and operation.
+    authorizations: Mutex<HashMap<(String, bool), CachedAuthorization>>,
+}
+
+/// An `Authorization` value and when it was obtained.
+type CachedAuthorization = (Option<HeaderValue>, Instant);
+
+/// How long a bearer token obtained for our own requests is reused (registries hand out tokens
+/// of at least 60 s).
+const TOKEN_REUSE: Duration = Duration::from_secs(50);
+const USER_AGENT: &str = concat!("mover/", env!("CARGO_PKG_VERSION"));
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").field("host", &self.host).field("scheme", &self.scheme).finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Prepares a client for `host` (`name[:port]`). Reads the CA bundle now, so a bad bundle is
+    /// reported before anything moves.
+    pub fn new(host: &str, options: &RegistryOptions) -> Result<Registry, ImageError> {
+        let mut roots = Vec::new();
+        let mut config = ClientConfig {
+            protocol: if options.tls == TlsMode::PlainHttp { ClientProtocol::Http } else { ClientProtocol::Https },
+            accept_invalid_certificates: options.tls == TlsMode::NoVerify,
+            // One PUT per blob, its body streamed: chunked PATCHes would cost a request per
+            // network read.
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(15)),
+            read_timeout: Some(Duration::from_secs(120)),
+            user_agent: USER_AGENT,
+            https_proxy: options.proxy.clone(),
+            http_proxy: options.proxy.clone(),
+            platform_resolver: None,
+            ..ClientConfig::default()
+        };
+        if let TlsMode::Verify { ca_bundle: Some(path) } = &options.tls {
+            roots = read_bundle(path)?;
+            config.extra_root_certificates =
+                roots.iter().map(|der| Certificate { encoding: CertificateEncoding::Der, data: der.clone() }).collect();
+        }
+        let client =
+            oci_client::Client::try_from(config).map_err(|e| ImageError::Invalid(format!("registry `{host}`: {e}")))?;
+        let mut http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(Duration::from_secs(15))
+            .read_timeout(Duration::from_secs(120))
+            .danger_accept_invalid_certs(options.tls == TlsMode::NoVerify);
+        if !roots.is_empty() {
+            let certs = roots
+                .iter()
+                .map(|der| reqwest::Certificate::from_der(der))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ImageError::Invalid(format!("CA bundle for `{host}`: {e}")))?;
+            http = http.tls_certs_merge(certs);
+        }
+        if let Some(proxy) = &options.proxy {
+            http = http.proxy(
+                reqwest::Proxy::all(proxy.as_str())
+                    .map_err(|e| ImageError::Invalid(format!("proxy for `{host}`: {e}")))?,
+            );
+        }
+        let http = http.build().map_err(|e| ImageError::Invalid(format!("registry `{host}`: {e}")))?;
+        let auth = match &options.credentials {
+            Credentials::Anonymous => RegistryAuth::Anonymous,
+            Credentials::Basic { user, password } => RegistryAuth::Basic(user.clone(), password.clone()),
+            Credentials::Token(token) => RegistryAuth::Bearer(token.clone()),
+        };
+        Ok(Registry {
+            host: host.to_owned(),
+            scheme: if options.tls == TlsMode::PlainHttp { "http" } else { "https" },
+            client,
+            http,
+            auth,
+            max_manifest_bytes: options.max_manifest_bytes,
+            authorizations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `name[:port]`.
+    #[must_use]
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    fn reference(&self, repository: &str, version: Option<&Version>) -> Reference {
+        match version {
+            Some(Version::Digest(digest)) => {
+                Reference::with_digest(self.host.clone(), repository.to_owned(), digest.to_string())
+            }
+            Some(Version::Tag(tag)) => Reference::with_tag(self.host.clone(), repository.to_owned(), tag.clone()),
+            None => Reference::with_tag(self.host.clone(), repository.to_owned(), "latest".to_owned()),
+        }
+    }
+
+    fn url(&self, repository: &str, tail: &str) -> String {
+        format!("{}://{}/v2/{repository}/{tail}", self.scheme, self.host)
+    }
+
+    /// Classifies a transport error (TLS trust problems are not retried and get a remedy).
+    fn transport(&self, what: &str, error: &(dyn std::error::Error + 'static)) -> ImageError {
+        let mut chain = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !chain.contains(&text) {
+                chain.push_str(": ");
+                chain.push_str(&text);
+            }
+            source = cause.source();
+        }
+        let lower = chain.to_lowercase();
+        if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("unknown authority") {
+            ImageError::UnknownAuthority { registry: self.host.clone(), detail: chain }
+        } else if lower.contains("invalid peer certificate") || lower.contains("certificate") && lower.contains("tls") {
+            ImageError::Tls { registry: self.host.clone(), detail: chain }
+        } else {
+            ImageError::Transport { registry: self.host.clone(), what: what.to_owned(), detail: chain }
+        }
+    }
+
+    fn oci_error(&self, what: &str, error: OciDistributionError) -> ImageError {
+        match error {
+            OciDistributionError::RequestError(error) => self.transport(what, &error),
+            OciDistributionError::UnauthorizedError { .. } => {
+                ImageError::Unauthorized { registry: self.host.clone(), detail: String::new() }
+            }
+            OciDistributionError::AuthenticationFailure(reason) => ImageError::Unauthorized {
+                registry: self.host.clone(),
+                detail: format!(" ({})", gist(reason.as_bytes())),
+            },
+            OciDistributionError::ServerError { code, message, .. } => {
+                self.status_error(what, code, message.as_bytes(), None)
+            }
+            OciDistributionError::RegistryError { envelope, .. } => {
+                let denied = envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied
+                    )
+                });
+                let detail = envelope.errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; ");
+                if denied {
+                    ImageError::Unauthorized { registry: self.host.clone(), detail: format!(" ({detail})") }
+                } else {
+                    ImageError::Status {
+                        registry: self.host.clone(),
+                        what: what.to_owned(),
+                        status: 400,
+                        detail: format!(": {detail}"),
+                        retry_after: None,
+                    }
+                }
+            }
+            other => {
+                ImageError::Transport { registry: self.host.clone(), what: what.to_owned(), detail: other.to_string() }
+            }
+        }
+    }
+
+    fn status_error(&self, what: &str, status: u16, body: &[u8], retry_after: Option<Duration>) -> ImageError {
+        if status == 401 || status == 403 {
+            let detail = gist(body);
+            let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
+            return ImageError::Unauthorized { registry: self.host.clone(), detail };
+        }
+        let detail = gist(body);
+        ImageError::Status {
+            registry: self.host.clone(),
+            what: what.to_owned(),
+            status,
+            detail: if detail.is_empty() { String::new() } else { format!(": {detail}") },
+            retry_after,
+        }
+    }
+
+    /// The `Authorization` header for our own requests: a bearer token from the registry's
+    /// challenge flow (run by oci-client), the user's token, or Basic credentials.
+    async fn authorization(&self, repository: &str, push: bool) -> Result<Option<HeaderValue>, ImageError> {
+        let key = (repository.to_owned(), push);
+        if let Some((value, when)) = self.authorizations.lock().expect("lock").get(&key)
+            && when.elapsed() < TOKEN_REUSE
+        {
+            return Ok(value.clone());
+        }
+        let value = match &self.auth {
+            RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
+            auth => {
+                let operation = if push { RegistryOperation::Push } else { RegistryOperation::Pull };
+                let reference = self.reference(repository, None);
+                let token = retry("authentication", || async {
+                    self.client.auth(&reference, auth, operation).await.map_err(|e| self.oci_error("authentication", e))
+                })
+                .await?;
+                match (token, auth) {
+                    (Some(token), _) => Some(format!("Bearer {token}")),
+                    (None, RegistryAuth::Basic(user, password)) => {
+                        use base64::Engine;
+                        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                        Some(format!("Basic {pair}"))
+                    }
+                    (None, _) => None,
+                }
+            }
+        };
+        let value = value
+            .map(|text| {
+                let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                    ImageError::Invalid(format!("credentials for `{}` contain characters HTTP cannot carry", self.host))
+                })?;
+                value.set_sensitive(true);
+                Ok::<_, ImageError>(value)
+            })
+            .transpose()?;
+        self.authorizations.lock().expect("lock").insert(key, (value.clone(), Instant::now()));
+        Ok(value)
+    }
+
+    fn forget_authorization(&self, repository: &str, push: bool) {
+        self.authorizations.lock().expect("lock").remove(&(repository.to_owned(), push));
+    }
+
+    /// Sends one request of ours with authorization, once more with a fresh token after a 401.
+    async fn send(
+        &self,
+        repository: &str,
+        push: bool,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ImageError> {
+        for fresh in [false, true] {
+            if fresh {
+                self.forget_authorization(repository, push);
+            }
+            let mut request = build(&self.http);
+            if let Some(value) = self.authorization(repository, push).await? {
+                request = request.header(AUTHORIZATION, value);
+            }
+            let response = request.send().await.map_err(|e| self.transport(what, &e))?;
+            if response.status() != StatusCode::UNAUTHORIZED || fresh {
+                return Ok(response);
+            }
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    async fn fail(&self, what: &str, response: reqwest::Response) -> ImageError {
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = read_capped(response, 4096).await.unwrap_or_default();
+        self.status_error(what, status, &body, retry_after)
+    }
+
+    /// GET a manifest with a size cap; a digest reference is checked against the bytes.
+    pub async fn manifest(
+        &self,
+        repository: &str,
+        version: Option<&Version>,
+        what: &str,
+    ) -> Result<RawManifest, ImageError> {
+        let reference = match version {
+            Some(Version::Tag(tag)) => tag.clone(),
+            Some(Version::Digest(digest)) => digest.to_string(),
+            None => "latest".to_owned(),
+        };
+        let url = self.url(repository, &format!("manifests/{reference}"));
+        let request_what = format!("GET manifest {repository}:{reference}");
+        retry(&request_what, || async {
+            let response = self
+                .send(repository, false, &request_what, |http| {
+                    http.get(&url).header(ACCEPT, manifest::ACCEPTED.join(", "))
+                })
+                .await?;
+            match response.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(ImageError::NotFound {
+                        what: format!("manifest `{reference}` in `{}/{repository}`", self.host),
+                    });
+                }
+                _ => return Err(self.fail(&request_what, response).await),
+            }
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_default();
+            if response.content_length().is_some_and(|n| n > self.max_manifest_bytes as u64) {
+                return Err(ImageError::Manifest {
+                    what: what.to_owned(),
+                    source: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
+                });
+            }
+            let bytes = read_capped(response, self.max_manifest_bytes + 1)
+                .await
+                .map_err(|e| self.transport(&request_what, &e))?;
+            if bytes.len() > self.max_manifest_bytes {
+                return Err(ImageError::Manifest {
+                    what: what.to_owned(),
+                    source: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
+                });
+            }
+            let media_type = content_type.split(';').next().unwrap_or_default().trim().to_owned();
+            finish_manifest(what, Bytes::from(bytes), &media_type, version)
+        })
+        .await
+    }
+
+    /// Streams a blob from `offset` (a `Range` request past 0).
+    pub async fn blob(&self, repository: &str, descriptor: &Descriptor, offset: u64) -> Result<BlobStream, ImageError> {
+        let url = self.url(repository, &format!("blobs/{}", descriptor.digest));
+        let what = format!("GET blob {}", descriptor.digest.short());
+        let response = self
+            .send(repository, false, &what, |http| {
+                let request = http.get(&url);
+                if offset > 0 { request.header(RANGE, format!("bytes={offset}-")) } else { request }
+            })
+            .await?;
+        let skip = match response.status() {
+            StatusCode::OK => offset,
+            StatusCode::PARTIAL_CONTENT if offset > 0 => 0,
+            StatusCode::NOT_FOUND => {
+                return Err(ImageError::NotFound {
+                    what: format!("blob {} in `{}/{repository}`", descriptor.digest, self.host),
+                });
+            }
+            _ => return Err(self.fail(&what, response).await),
+        };
+        let host = self.host.clone();
+        let mut skip = skip;
+        let stream = response
+            .bytes_stream()
+            .map_err(move |e| {
+                let mut detail = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    detail.push_str(": ");
+                    detail.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                ImageError::Transport { registry: host.clone(), what: what.clone(), detail }
+            })
+            // A server that ignored `Range` sends from 0: drop what we already have.
+            .map_ok(move |mut chunk: Bytes| {
+                if skip > 0 {
+                    let drop = skip.min(chunk.len() as u64) as usize;
+                    skip -= drop as u64;
+                    chunk = chunk.split_off(drop);
+                }
+                chunk
+            })
+            .try_filter(|chunk| std::future::ready(!chunk.is_empty()));
+        Ok(Box::pin(stream))
+    }
+
+    /// HEAD a blob.
+    pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool, ImageError> {
+        let reference = self.reference(repository, None);
+        self.client.store_auth_if_needed(&self.host, &self.auth).await;
+        let what = format!("HEAD blob {}", digest.short());
+        retry(&what, || async {
+            self.client.blob_exists(&reference, &digest.to_string()).await.map_err(|e| self.oci_error(&what, e))
+        })
+        .await
+    }
+
+    /// Cross-repository mount. `Ok(false)` when the registry declined (including a `202`
+    /// "upload started instead", whose session is cancelled): the caller then copies.
+    pub async fn mount(&self, repository: &str, from: &str, digest: &Digest) -> Result<bool, ImageError> {
+        let url = format!("{}://{}/v2/{repository}/blobs/uploads/", self.scheme, self.host);
+        let what = format!("mount {} from {from}", digest.short());
+        let digest_text = digest.to_string();
+        let response = self
+            .send(repository, true, &what, |http| {
+                http.post(&url).query(&[("mount", digest_text.as_str()), ("from", from)]).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // The registry opened an upload instead (it cannot mount, e.g. no read access to
+                // `from`). Cancel it; the caller streams the blob.
+                if let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+                    let location = if location.starts_with('/') {
+                        format!("{}://{}{location}", self.scheme, self.host)
+                    } else {
+                        location.to_owned()
+                    };
+                    let _ = self.send(repository, true, "cancel upload", |http| http.delete(&location)).await;
+                }
+                Ok(false)
+            }
+            status => {
+                tracing::debug!(%status, "mount of {digest} declined by {}", self.host);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Uploads a blob in one streamed PUT (oci-client's monolithic push).
+    pub async fn put_blob(
+        &self,
+        repository: &str,
+        descriptor: &Descriptor,
+        stream: BlobStream,
+    ) -> Result<(), ImageError> {
+        self.client.store_auth_if_needed(&self.host, &self.auth).await;
+        let reference = self.reference(repository, None);
+        let stream = stream.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())));
+        let what = format!("upload blob {}", descriptor.digest.short());
+        self.client
+            .push_blob_stream(&reference, stream, &descriptor.digest.to_string(), Some(descriptor.size))
+            .await
+            .map(drop)
+            .map_err(|e| self.oci_error(&what, e))
+    }
+
+    /// PUT a manifest by digest, or by tag.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        manifest: &RawManifest,
+        tag: Option<&str>,
+    ) -> Result<(), ImageError> {
+        self.client.store_auth_if_needed(&self.host, &self.auth).await;
+        let version = match tag {
+            Some(tag) => Version::Tag(tag.to_owned()),
+            None => Version::Digest(manifest.digest.clone()),
+        };
+        let reference = self.reference(repository, Some(&version));
+        let content_type = HeaderValue::from_str(&manifest.media_type)
+            .map_err(|_| ImageError::Invalid(format!("media type `{}` cannot be sent", manifest.media_type)))?;
+        let what = format!("PUT manifest {repository}{version}");
+        retry(&what, || async {
+            self.client
+                .push_manifest_raw(&reference, manifest.bytes.clone(), content_type.clone())
+                .await
+                .map(drop)
+                .map_err(|e| self.oci_error(&what, e))
+        })
+        .await
+    }
+
+    /// All tags of a repository (paged).
+    pub async fn tags(&self, repository: &str) -> Result<Vec<String>, ImageError> {
+        let reference = self.reference(repository, None);
+        let mut tags: Vec<String> = Vec::new();
+        loop {
+            let last = tags.last().cloned();
+            let what = format!("list tags of {repository}");
+            let page = retry(&what, || async {
+                self.client.list_tags(&reference, &self.auth, Some(1000), last.as_deref()).await.map_err(|e| match self
+                    .oci_error(&what, e)
+                {
+                    ImageError::Status { status: 404, .. } => {
+                        ImageError::NotFound { what: format!("repository `{}/{repository}`", self.host) }
+                    }
+                    other => other,
+                })
+            })
+            .await?;
+            let before = tags.len();
+            tags.extend(page.tags.into_iter().filter(|t| super::reference::valid_tag(t)));
+            if tags.len() == before || tags.len() - before < 1000 {
+                break;
+            }
+        }
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    /// Repositories of the registry whose names start with `prefix/` (the catalog API).
+    pub async fn repositories(&self, prefix: &str) -> Result<Vec<String>, ImageError> {
+        let reference = self.reference(prefix, None);
+        let mut all: Vec<String> = Vec::new();
+        loop {
+            let last = all.last().cloned();
+            let what = "list repositories (catalog)";
+            let page = retry(what, || async {
+                self.client
+                    .catalog(&reference, &self.auth, Some(1000), last.as_deref())
+                    .await
+                    .map_err(|e| self.oci_error(what, e))
+            })
+            .await?;
+            let before = all.len();
+            all.extend(page.repositories);
+            if all.len() - before < 1000 {
+                break;
+            }
+        }
+        let wanted = format!("{prefix}/");
+        let mut found: Vec<String> =
+            all.into_iter().filter(|r| r.starts_with(&wanted) && super::reference::valid_repository(r)).collect();
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+}
+
+/// Reads a response body, stopping after `cap` bytes.
+async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        let room = cap.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= cap {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// The first line or so of an error body, for messages.
+fn gist(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Checks a fetched manifest against the digest it was asked for and parses its type.
+pub(super) fn finish_manifest(
+    what: &str,
+    bytes: Bytes,
+    content_type: &str,
+    version: Option<&Version>,
+) -> Result<RawManifest, ImageError> {
+    let algorithm = match version {
+        Some(Version::Digest(expected)) => expected.algorithm(),
+        _ => super::reference::Algorithm::Sha256,
+    };
+    let digest = Digest::of(algorithm, &bytes);
+    if let Some(Version::Digest(expected)) = version
+        && *expected != digest
+    {
+        return Err(ImageError::DigestMismatch { what: what.to_owned(), expected: expected.clone(), actual: digest });
+    }
+    let parsed = manifest::parse(&bytes, Some(content_type))
+        .map_err(|source| ImageError::Manifest { what: what.to_owned(), source })?;
+    Ok(RawManifest { bytes, media_type: parsed.media_type, digest })
+}
+
+/// Reads a PEM bundle into DER certificates; an unreadable or empty bundle is an error.
+pub(crate) fn read_bundle(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ImageError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| ImageError::Invalid(format!("CA bundle `{}`: {reason}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .map(|cert| cert.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not a PEM bundle ({e})")))?;
+    if certs.is_empty() {
+        return Err(bad("no certificates in it (expected PEM `BEGIN CERTIFICATE` blocks)".into()));
+    }
+    Ok(certs)
+}
