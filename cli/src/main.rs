@@ -38,8 +38,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     // The in-process agent of `mover copy ./a ./b` logs what the CLI already reports as errors.
     let level = match cli.global.verbose {
-        0 => "warn,mover_engine::agent=error",
-        1 => "info",
+        0 => "warn,mover_engine::agent=error,rustls_platform_verifier=off",
+        1 => "info,rustls_platform_verifier=off",
         _ => "debug",
     };
     tracing_subscriber::fmt()

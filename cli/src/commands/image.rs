@@ -55,11 +55,13 @@ async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
         image::copy_image(&session, &source, source_version.as_ref(), &target, target_tag.as_deref(), &options).await;
     let mut summary = session.summary();
     summary.dry_run = args.common.dry_run;
-    finish(
-        &printer,
-        summary,
-        result.err().map(|e| anyhow::Error::new(e).context(format!("copy of {source_ref} failed"))),
-    )
+    let error = match result {
+        Ok(_) => None,
+        Err(error) => {
+            Some(explain(error, args.common.proxy.as_deref()).await.context(format!("copy of {source_ref} failed")))
+        }
+    };
+    finish(&printer, summary, error)
 }
 
 async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
@@ -105,11 +107,35 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
     if result.is_ok() && summary.images == 0 && summary.errors.is_empty() {
         summary.errors.push(format!("no tags of {source_ref} matched: nothing was copied"));
     }
-    finish(
-        &printer,
-        summary,
-        result.err().map(|e| anyhow::Error::new(e).context(format!("sync of {source_ref} failed"))),
-    )
+    let error = match result {
+        Ok(_) => None,
+        Err(error) => {
+            Some(explain(error, args.common.proxy.as_deref()).await.context(format!("sync of {source_ref} failed")))
+        }
+    };
+    finish(&printer, summary, error)
+}
+
+/// Adds what the registry presented to an "unknown authority" error, so the user sees what they
+/// would be trusting.
+async fn explain(error: image::ImageError, proxy: Option<&str>) -> anyhow::Error {
+    let image::ImageError::UnknownAuthority { registry, .. } = &error else { return error.into() };
+    let registry = registry.clone();
+    let has_port = registry.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    let addr = if has_port && !registry.ends_with(']') { registry.clone() } else { format!("{registry}:443") };
+    let proxy = proxy.and_then(|url| Proxy::parse(url).ok());
+    let fetch = mover_engine::tunnel::fetch_chain(&addr, proxy.as_ref());
+    let presented = match tokio::time::timeout(Duration::from_secs(5), fetch).await {
+        Ok(Ok(chain)) => chain.first().and_then(mover_engine::certs::describe),
+        _ => None,
+    };
+    match presented {
+        Some(info) => anyhow::Error::new(error).context(format!(
+            "`{registry}` presented a certificate for `{}` issued by `{}`",
+            info.subject, info.issuer
+        )),
+        None => error.into(),
+    }
 }
 
 fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::Error>) -> anyhow::Result<Outcome> {
@@ -221,6 +247,9 @@ impl ImagePrinter {
         }
         if let Some((multi, _)) = &self.bars {
             let _ = multi.clear();
+        }
+        if !summary.errors.is_empty() {
+            return;
         }
         let verb = if summary.dry_run { "would copy" } else { "copied" };
         for line in &summary.copied {

@@ -189,7 +189,10 @@ impl Registry {
 
     fn oci_error(&self, what: &str, error: OciDistributionError) -> ImageError {
         match error {
-            OciDistributionError::RequestError(error) => self.transport(what, &error),
+            OciDistributionError::RequestError(error) => match error.status() {
+                Some(status) => self.status_error(what, status.as_u16(), b"", None),
+                None => self.transport(what, &error),
+            },
             OciDistributionError::UnauthorizedError { .. } => {
                 ImageError::Unauthorized { registry: self.host.clone(), detail: String::new() }
             }

@@ -1,0 +1,508 @@
+//! `mover image copy` and `mover image sync` against real `docker-registry` processes on
+//! loopback (plain, TLS with a test CA, htpasswd basic auth), OCI layouts made by the tests, and
+//! a fault-injecting relay. The registry's API is read back with curl, independently of mover.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{mover, summary, text};
+use mover_testdata::fault::{Fault, FaultyRelay};
+use mover_testdata::oci::{self, LayoutBuilder, Sample};
+use mover_testdata::registry::{Auth, Registry, RegistryOptions};
+
+const LAYER: u64 = 300 << 10;
+
+fn registry(dir: &Path, tls: bool, auth: Auth) -> Registry {
+    Registry::start(RegistryOptions { tls, auth }, dir)
+        .expect("start docker-registry (apt-get install docker-registry)")
+}
+
+fn plain(dir: &Path) -> Registry {
+    registry(dir, false, Auth::None)
+}
+
+fn image(args: &[&str]) -> Output {
+    let mut all = vec!["image"];
+    all.extend_from_slice(args);
+    mover(&all)
+}
+
+fn json_image(args: &[&str]) -> (Output, serde_json::Value) {
+    let mut all = vec!["--output", "json", "image"];
+    all.extend_from_slice(args);
+    let output = mover(&all);
+    let value = summary(&output);
+    (output, value)
+}
+
+fn sample(dir: &Path) -> Sample {
+    oci::sample_multiarch(&dir.join("layout"), LAYER).expect("build the sample layout")
+}
+
+fn layout_ref(sample: &Sample, tag: &str) -> String {
+    format!("oci:{}:{tag}", sample.dir.display())
+}
+
+/// Every manifest and blob of the sample is in `repo`, and `tag` serves the index's exact bytes.
+fn assert_all_there(registry: &Registry, repo: &str, tag: &str, sample: &Sample) {
+    let (status, content_type, bytes) = registry.get_manifest(repo, tag).unwrap();
+    assert_eq!(status, 200, "tag {tag} missing in {repo}");
+    assert_eq!(content_type, sample.index.media_type);
+    assert_eq!(oci::sha256_bytes(&bytes), sample.index.digest, "the index digest changed");
+    for image in &sample.images {
+        let (status, _, bytes) = registry.get_manifest(repo, &image.manifest.digest).unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(oci::sha256_bytes(&bytes), image.manifest.digest);
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            assert!(registry.blob_exists(repo, &blob.digest).unwrap(), "blob {} missing", blob.digest);
+        }
+    }
+}
+
+fn tag_absent(registry: &Registry, repo: &str, tag: &str) -> bool {
+    registry.get_manifest(repo, tag).unwrap().0 == 404
+}
+
+#[test]
+fn multi_arch_copy_preserves_every_digest_and_a_repeat_moves_no_blob_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = plain(dir.path());
+    let sample = sample(dir.path());
+    let target = format!("docker://{}/team/app:v1", reg.addr);
+    let (output, first) = json_image(&["copy", "--dest-plain-http", &layout_ref(&sample, "multi"), &target]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_all_there(&reg, "team/app", "v1", &sample);
+    // 3 shared + 2 own layers + 2 configs.
+    assert_eq!(first["blobs_copied"], 7, "{first}");
+    assert_eq!(first["manifests"], 3, "{first}");
+    assert_eq!(
+        first["bytes_copied"].as_u64().unwrap(),
+        5 * LAYER + sample.images.iter().map(|i| i.config.size).sum::<u64>()
+    );
+
+    let (output, again) = json_image(&["copy", "--dest-plain-http", &layout_ref(&sample, "multi"), &target]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(again["blobs_copied"], 0, "{again}");
+    assert_eq!(again["bytes_copied"], 0, "{again}");
+    assert_eq!(again["blobs_skipped"], 7, "{again}");
+    // The JSON stream carries per-blob events before the summary.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.lines().any(|l| l.contains(r#""type":"blob""#) && l.contains(r#""state":"skipped""#)), "{stdout}");
+}
+
+#[test]
+fn single_image_and_platform_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = plain(dir.path());
+    let sample = sample(dir.path());
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        &layout_ref(&sample, "single"),
+        &format!("docker://{}/one/app", reg.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    // No target tag given: the source's (`single`) is used.
+    let (status, _, bytes) = reg.get_manifest("one/app", "single").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(oci::sha256_bytes(&bytes), sample.single().manifest.digest);
+
+    let arm = &sample.images[1];
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        "--platform",
+        "linux/arm64",
+        &layout_ref(&sample, "multi"),
+        &format!("docker://{}/one/arm:v1", reg.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let (_, _, bytes) = reg.get_manifest("one/arm", "v1").unwrap();
+    assert_eq!(oci::sha256_bytes(&bytes), arm.manifest.digest, "the tag must point at the arm64 manifest");
+    assert!(!reg.blob_exists("one/arm", &sample.images[0].layers[3].digest).unwrap(), "amd64's own layer was copied");
+
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        "--platform",
+        "linux/s390x",
+        &layout_ref(&sample, "multi"),
+        &format!("docker://{}/one/none:v1", reg.addr),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("linux/s390x") && stderr.contains("linux/amd64"), "{stderr}");
+}
+
+#[test]
+fn copies_within_one_registry_mount_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = plain(dir.path());
+    let sample = sample(dir.path());
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        &layout_ref(&sample, "multi"),
+        &format!("docker://{}/a/app:v1", reg.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let (output, value) = json_image(&[
+        "copy",
+        "--src-plain-http",
+        "--dest-plain-http",
+        &format!("docker://{}/a/app:v1", reg.addr),
+        &format!("docker://{}/b/app:v1", reg.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(value["blobs_mounted"], 7, "{value}");
+    assert_eq!(value["bytes_copied"], 0, "{value}");
+    assert_all_there(&reg, "b/app", "v1", &sample);
+}
+
+#[test]
+fn oci_to_registry_to_oci_round_trip_is_byte_identical() {
+    for docker in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = plain(dir.path());
+        let sample = oci::sample_multiarch_with(&dir.path().join("layout"), LAYER, docker).unwrap();
+        let middle = format!("docker://{}/rt/app:v1", reg.addr);
+        let output = image(&["copy", "--dest-plain-http", &layout_ref(&sample, "multi"), &middle]);
+        assert!(output.status.success(), "{}", text(&output));
+        assert_all_there(&reg, "rt/app", "v1", &sample);
+        let out = dir.path().join("out");
+        let output = image(&["copy", "--src-plain-http", &middle, &format!("oci:{}:back", out.display())]);
+        assert!(output.status.success(), "{}", text(&output));
+        for descriptor in sample.descriptors() {
+            let original = std::fs::read(LayoutBuilder::blob_path_in(&sample.dir, &descriptor.digest)).unwrap();
+            let copied = std::fs::read(LayoutBuilder::blob_path_in(&out, &descriptor.digest))
+                .unwrap_or_else(|e| panic!("{} missing from the copy: {e}", descriptor.digest));
+            assert!(original == copied, "{} differs after the round trip", descriptor.digest);
+        }
+        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+        let entry = &index["manifests"][0];
+        assert_eq!(entry["digest"], sample.index.digest);
+        assert_eq!(entry["annotations"]["org.opencontainers.image.ref.name"], "back");
+        // An independent reader agrees. (skopeo finds only OCI-typed entries in a layout's
+        // index.json; Docker-typed ones are kept byte-identical by mover, which it cannot read.)
+        if !docker && mover_testdata::registry::skopeo_available() {
+            let raw = std::process::Command::new("skopeo")
+                .args(["inspect", "--raw", &format!("oci:{}:back", out.display())])
+                .output()
+                .unwrap();
+            assert!(raw.status.success(), "{}", text(&raw));
+            assert_eq!(oci::sha256_bytes(&raw.stdout), sample.index.digest);
+        }
+    }
+}
+
+#[test]
+fn a_tampered_layout_is_rejected_and_nothing_is_tagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = plain(dir.path());
+    let sample = sample(dir.path());
+    let victim = LayoutBuilder::blob_path_in(&sample.dir, &sample.shared_layers[1].digest);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[1000] ^= 0x55;
+    std::fs::write(&victim, &bytes).unwrap();
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        &layout_ref(&sample, "multi"),
+        &format!("docker://{}/t/app:v1", reg.addr),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("does not match its digest") && stderr.contains(&sample.shared_layers[1].digest),
+        "{stderr}"
+    );
+    assert!(tag_absent(&reg, "t/app", "v1"));
+    assert!(!reg.blob_exists("t/app", &sample.shared_layers[1].digest).unwrap(), "the tampered blob was stored");
+
+    // A blob longer than its descriptor is refused too (reading stops one byte past the size).
+    let sample = oci::sample_multiarch(&dir.path().join("layout2"), LAYER).unwrap();
+    let victim = LayoutBuilder::blob_path_in(&sample.dir, &sample.shared_layers[0].digest);
+    let mut file = std::fs::OpenOptions::new().append(true).open(&victim).unwrap();
+    std::io::Write::write_all(&mut file, b"more").unwrap();
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        &layout_ref(&sample, "multi"),
+        &format!("docker://{}/t/long:v1", reg.addr),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected"), "{}", text(&output));
+    assert!(tag_absent(&reg, "t/long", "v1"));
+}
+
+#[test]
+fn a_lying_registry_is_rejected_and_transient_faults_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = plain(&dir.path().join("src"));
+    let target = plain(&dir.path().join("dst"));
+    let sample = sample(dir.path());
+    source.push_layout(&sample.dir, "multi", "s/app", "v1").unwrap();
+
+    let liar = FaultyRelay::start(&source.addr, Fault::FlipByte).unwrap();
+    let output = image(&[
+        "copy",
+        "--src-plain-http",
+        "--dest-plain-http",
+        &format!("docker://{}/s/app:v1", liar.addr),
+        &format!("docker://{}/t/app:v1", target.addr),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not match its digest"), "{}", text(&output));
+    assert!(tag_absent(&target, "t/app", "v1"));
+
+    for (fault, repo) in [
+        (Fault::FailFirst { n: 2, status: 500 }, "t/five"),
+        (Fault::FailFirst { n: 2, status: 429 }, "t/many"),
+        (Fault::ResetMidBodyOnce { after: 100_000 }, "t/reset"),
+    ] {
+        let relay = FaultyRelay::start(&source.addr, fault.clone()).unwrap();
+        let output = image(&[
+            "copy",
+            "--src-plain-http",
+            "--dest-plain-http",
+            &format!("docker://{}/s/app:v1", relay.addr),
+            &format!("docker://{}/{repo}:v1", target.addr),
+        ]);
+        assert!(output.status.success(), "{fault:?}: {}", text(&output));
+        assert!(relay.faults_applied() >= 1, "{fault:?} was never injected");
+        assert_all_there(&target, repo, "v1", &sample);
+        if matches!(fault, Fault::ResetMidBodyOnce { .. }) {
+            assert!(relay.range_requests() >= 1, "the broken download was not resumed with Range");
+        }
+    }
+}
+
+#[test]
+fn tls_needs_the_ca_and_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(dir.path(), true, Auth::None);
+    let sample = sample(dir.path());
+    let target = format!("docker://{}/tls/app:v1", reg.addr);
+    let output = image(&["copy", &layout_ref(&sample, "multi"), &target]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown authority"), "{stderr}");
+    assert!(stderr.contains(&format!("mover certs fetch {}", reg.addr)), "{stderr}");
+    assert!(stderr.contains("--dest-ca-bundle"), "{stderr}");
+    assert!(stderr.contains("issued by"), "the presented certificate is not described: {stderr}");
+    assert!(tag_absent(&reg, "tls/app", "v1"));
+
+    let ca = reg.ca_pem.as_ref().unwrap().to_str().unwrap();
+    let output = image(&["copy", "--dest-ca-bundle", ca, &layout_ref(&sample, "multi"), &target]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_all_there(&reg, "tls/app", "v1", &sample);
+
+    // Reading from it needs the CA too; the explicit opt-out works.
+    let out = dir.path().join("out");
+    let output = image(&["copy", &target, &format!("oci:{}:x", out.display())]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--src-ca-bundle"), "{}", text(&output));
+    let output = image(&["copy", "--src-tls-verify=false", &target, &format!("oci:{}:x", out.display())]);
+    assert!(output.status.success(), "{}", text(&output));
+
+    // A bundle that is not PEM is refused before anything moves.
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let output = image(&["copy", "--dest-ca-bundle", junk.to_str().unwrap(), &layout_ref(&sample, "multi"), &target]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("junk.pem"), "{}", text(&output));
+}
+
+#[test]
+fn basic_auth_credentials_from_flags_and_auth_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(dir.path(), true, Auth::Basic { user: "mover".into(), password: "s3cret-pw".into() });
+    let ca = reg.ca_pem.as_ref().unwrap().to_str().unwrap().to_owned();
+    let sample = sample(dir.path());
+    let target = format!("docker://{}/auth/app:v1", reg.addr);
+
+    let output = image(&["copy", "--dest-ca-bundle", &ca, &layout_ref(&sample, "multi"), &target]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refused access"), "{}", text(&output));
+
+    let output = image(&[
+        "copy",
+        "--dest-ca-bundle",
+        &ca,
+        "--dest-creds",
+        "mover:wrong-pw",
+        &layout_ref(&sample, "multi"),
+        &target,
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let all = text(&output);
+    assert!(all.contains("refused access") && all.contains("--dest-creds"), "{all}");
+    assert!(!all.contains("wrong-pw"), "the password leaked into the output: {all}");
+    assert!(tag_absent(&reg, "auth/app", "v1"));
+
+    let output = image(&[
+        "copy",
+        "--dest-ca-bundle",
+        &ca,
+        "--dest-creds",
+        "mover:s3cret-pw",
+        &layout_ref(&sample, "multi"),
+        &target,
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_all_there(&reg, "auth/app", "v1", &sample);
+
+    // A docker config.json with the same credentials, for the source side this time.
+    use base64::Engine;
+    let authfile = dir.path().join("auth.json");
+    let encoded = base64::engine::general_purpose::STANDARD.encode("mover:s3cret-pw");
+    std::fs::write(&authfile, format!(r#"{{"auths":{{"{}":{{"auth":"{encoded}"}}}}}}"#, reg.addr)).unwrap();
+    let out = dir.path().join("out");
+    let output = image(&[
+        "copy",
+        "--src-ca-bundle",
+        &ca,
+        "--authfile",
+        authfile.to_str().unwrap(),
+        &target,
+        &format!("oci:{}:v1", out.display()),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+}
+
+#[test]
+fn oversize_manifests_are_rejected_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = plain(dir.path());
+    let mut layout = LayoutBuilder::new(&dir.path().join("big")).unwrap();
+    let layer = layout.random_blob(1000, 1, oci::OCI_LAYER_GZIP).unwrap();
+    let config = layout.bytes_blob(b"{}", "application/vnd.oci.image.config.v1+json").unwrap();
+    let padding = "x".repeat(5 << 20);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": oci::OCI_MANIFEST,
+        "config": config.to_json(),
+        "layers": [layer.to_json()],
+        "annotations": {"padding": padding},
+    });
+    let manifest = layout.bytes_blob(&serde_json::to_vec(&manifest).unwrap(), oci::OCI_MANIFEST).unwrap();
+    layout.tag("big", &manifest).unwrap();
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        &format!("oci:{}:big", dir.path().join("big").display()),
+        &format!("docker://{}/big/app:v1", reg.addr),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("larger than the 4194304-byte limit"),
+        "{}",
+        text(&output)
+    );
+    assert!(tag_absent(&reg, "big/app", "v1"));
+
+    // The cap applies to registry reads too.
+    let sample = sample(dir.path());
+    let output = image(&[
+        "copy",
+        "--dest-plain-http",
+        &layout_ref(&sample, "multi"),
+        &format!("docker://{}/s/app:v1", reg.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let output = image(&[
+        "copy",
+        "--src-plain-http",
+        "--max-manifest-size",
+        "100",
+        &format!("docker://{}/s/app:v1", reg.addr),
+        &format!("oci:{}:v1", dir.path().join("out").display()),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("100-byte limit"), "{}", text(&output));
+}
+
+#[test]
+fn sync_copies_matching_tags_and_whole_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = plain(&dir.path().join("src"));
+    let target = plain(&dir.path().join("dst"));
+    let sample = sample(dir.path());
+    for (repo, tag) in [("ns/app", "v1"), ("ns/app", "v2"), ("ns/app", "dev"), ("ns/db", "v1"), ("other/x", "v1")] {
+        let output = image(&[
+            "copy",
+            "--dest-plain-http",
+            &layout_ref(&sample, "multi"),
+            &format!("docker://{}/{repo}:{tag}", source.addr),
+        ]);
+        assert!(output.status.success(), "{}", text(&output));
+    }
+    let (output, value) = json_image(&[
+        "sync",
+        "--src-plain-http",
+        "--dest-plain-http",
+        "--tags",
+        "^v",
+        &format!("docker://{}/ns/app", source.addr),
+        &format!("docker://{}/copy/app", target.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(value["images"], 2, "{value}");
+    // Blobs shared by the two tags are streamed once.
+    assert_eq!(value["blobs_copied"], 7, "{value}");
+    assert_all_there(&target, "copy/app", "v1", &sample);
+    assert_all_there(&target, "copy/app", "v2", &sample);
+    assert!(tag_absent(&target, "copy/app", "dev"));
+
+    let (output, value) = json_image(&[
+        "sync",
+        "--prefix",
+        "--src-plain-http",
+        "--dest-plain-http",
+        &format!("docker://{}/ns", source.addr),
+        &format!("docker://{}/moved", target.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(value["images"], 4, "{value}");
+    // The first repository's blobs are streamed once (this run does not know the earlier
+    // sync's), the second repository's are mounted from that copy, not re-streamed.
+    assert_eq!(value["blobs_copied"], 7, "{value}");
+    assert_eq!(value["blobs_mounted"], 7, "{value}");
+    for (repo, tag) in [("moved/app", "v1"), ("moved/app", "dev"), ("moved/db", "v1")] {
+        assert_all_there(&target, repo, tag, &sample);
+    }
+    assert!(tag_absent(&target, "moved/x", "v1"));
+}
+
+#[test]
+fn dry_run_writes_nothing_and_bad_references_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = plain(dir.path());
+    let sample = sample(dir.path());
+    let output = image(&[
+        "copy",
+        "--dry-run",
+        "--dest-plain-http",
+        &layout_ref(&sample, "multi"),
+        &format!("docker://{}/d/app:v1", reg.addr),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&sample.shared_layers[0].digest) && stdout.contains("copy"), "{stdout}");
+    assert!(tag_absent(&reg, "d/app", "v1"));
+    assert!(!reg.blob_exists("d/app", &sample.shared_layers[0].digest).unwrap());
+
+    for (args, expected) in [
+        (vec!["copy", "registry/x:y", "oci:/tmp/x"], "unknown transport"),
+        (vec!["copy", "docker://host:5000/UPPER", "oci:/tmp/x"], "bad repository name"),
+        (vec!["copy", "docker://h:1/a@sha256:abc", "oci:/tmp/x"], "64 lowercase hex"),
+        (vec!["copy", "oci:/nonexistent/layout:v1", "oci:/tmp/x"], "not an OCI image layout"),
+        (vec!["copy", "--platform", "linux", "oci:/a", "oci:/b"], "OS/ARCH"),
+    ] {
+        let output = image(&args);
+        assert_ne!(output.status.code(), Some(0), "{args:?}: {}", text(&output));
+        assert!(String::from_utf8_lossy(&output.stderr).contains(expected), "{args:?}: {}", text(&output));
+    }
+}
