@@ -12,7 +12,10 @@
 //!   seed (BLAKE3 in XOF mode), streamed in 1 MiB pieces for big files.
 
 mod compare;
+pub mod fault;
 mod generate;
+pub mod oci;
+pub mod registry;
 
 use std::fs::File;
 use std::io::{self, Write};

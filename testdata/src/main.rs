@@ -4,12 +4,23 @@
 //! ```text
 //! mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]
 //! mover-testdata compare A B [--no-ownership] [--no-allocation]
+//! mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG]
+//!                          [--platform-layer-size SIZE] [--seed N] [--docker]
 //! ```
 //! KIND is `random`, `text`, `database` or `sparse`; SIZE takes a `K`, `M` or `G` suffix.
+//!
+//! `image` writes an OCI image layout into DIR (created; it must be empty if it exists): N random
+//! gzip layers of SIZE (default 4 of 16M) shared by all platforms. With `--platforms 1` (default)
+//! one linux/amd64 image tagged TAG (default `latest`); with 2, images for linux/amd64 and
+//! linux/arm64 (tagged `TAG-amd64`, `TAG-arm64`) and an index over both tagged TAG. With
+//! `--platform-layer-size`, each image also gets one layer of its own of that size. `--docker`
+//! writes Docker schema 2 manifests and a manifest list instead of OCI ones. The same arguments
+//! always give the same digests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use mover_testdata::oci::{DOCKER_LAYER_GZIP, Descriptor, LayoutBuilder, OCI_LAYER_GZIP};
 use mover_testdata::{BigFile, CompareOptions, TreeSpec};
 
 fn size(text: &str) -> Result<u64, String> {
@@ -40,8 +51,63 @@ fn big(text: &str) -> Result<BigFile, String> {
     })
 }
 
+/// What `mover-testdata image` builds.
+struct ImageSpec {
+    layers: u64,
+    layer_size: u64,
+    platforms: u8,
+    tag: String,
+    platform_layer_size: Option<u64>,
+    seed: u64,
+    docker: bool,
+}
+
+fn image(dir: &Path, spec: &ImageSpec) -> std::io::Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(std::io::Error::other(format!("{} exists and is not empty", dir.display())));
+    }
+    let mut layout = LayoutBuilder::new(dir)?;
+    let layer_type = if spec.docker { DOCKER_LAYER_GZIP } else { OCI_LAYER_GZIP };
+    let mut shared = Vec::new();
+    for i in 0..spec.layers {
+        shared.push(layout.random_blob(spec.layer_size, spec.seed.wrapping_mul(1000).wrapping_add(i), layer_type)?);
+    }
+    let platforms: &[&str] = if spec.platforms == 2 { &["amd64", "arm64"] } else { &["amd64"] };
+    let mut images: Vec<(Descriptor, &str, &str)> = Vec::new();
+    let mut blobs = shared.clone();
+    for (p, arch) in platforms.iter().enumerate() {
+        let mut layers = shared.clone();
+        if let Some(size) = spec.platform_layer_size {
+            let seed = spec.seed.wrapping_mul(1000).wrapping_add(500 + p as u64);
+            layers.push(layout.random_blob(size, seed, layer_type)?);
+            blobs.push(layers[layers.len() - 1].clone());
+        }
+        let (manifest, config) = layout.image_with_config("linux", arch, &layers, spec.docker)?;
+        blobs.push(manifest.clone());
+        blobs.push(config);
+        images.push((manifest, "linux", arch));
+    }
+    let mut tags = Vec::new();
+    if images.len() == 1 {
+        tags.push((spec.tag.clone(), images[0].0.clone()));
+    } else {
+        for (manifest, _, arch) in &images {
+            tags.push((format!("{}-{arch}", spec.tag), manifest.clone()));
+        }
+        let index = layout.index(&images, spec.docker)?;
+        blobs.push(index.clone());
+        tags.push((spec.tag.clone(), index));
+    }
+    for (tag, desc) in &tags {
+        layout.tag(tag, desc)?;
+        println!("{tag}\t{}\t{}\t{}", desc.media_type, desc.digest, desc.size);
+    }
+    println!("{} blobs, {} bytes", blobs.len(), blobs.iter().map(|b| b.size).sum::<u64>());
+    Ok(())
+}
+
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]";
+    let usage = "usage: mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]";
     match args.first().map(String::as_str) {
         Some("generate") => {
             let dir = PathBuf::from(args.get(1).ok_or(usage)?);
@@ -94,6 +160,40 @@ fn run(args: &[String]) -> Result<bool, String> {
                 println!("{} differences", differences.len());
             }
             Ok(differences.is_empty())
+        }
+        Some("image") => {
+            let dir = PathBuf::from(args.get(1).ok_or(usage)?);
+            let mut spec = ImageSpec {
+                layers: 4,
+                layer_size: 16 << 20,
+                platforms: 1,
+                tag: "latest".into(),
+                platform_layer_size: None,
+                seed: 1,
+                docker: false,
+            };
+            let mut rest = args[2..].iter();
+            while let Some(flag) = rest.next() {
+                let mut value = || rest.next().ok_or_else(|| format!("`{flag}` needs a value"));
+                match flag.as_str() {
+                    "--layers" => spec.layers = value()?.parse().map_err(|_| "bad --layers")?,
+                    "--layer-size" => spec.layer_size = size(value()?)?,
+                    "--platforms" => {
+                        spec.platforms = match value()?.as_str() {
+                            "1" => 1,
+                            "2" => 2,
+                            other => return Err(format!("--platforms takes 1 or 2, not `{other}`")),
+                        }
+                    }
+                    "--tag" => spec.tag.clone_from(value()?),
+                    "--platform-layer-size" => spec.platform_layer_size = Some(size(value()?)?),
+                    "--seed" => spec.seed = value()?.parse().map_err(|_| "bad --seed")?,
+                    "--docker" => spec.docker = true,
+                    other => return Err(format!("unknown flag `{other}`\n{usage}")),
+                }
+            }
+            image(&dir, &spec).map_err(|e| format!("image {}: {e}", dir.display()))?;
+            Ok(true)
         }
         _ => Err(usage.to_owned()),
     }
