@@ -246,3 +246,50 @@ fn an_intercepting_proxy_fails_the_mutual_tls_and_is_named() {
     assert_eq!(fs::read_dir(&setup.target).unwrap().count(), 0);
     assert_no_password(&output, &[]);
 }
+
+#[test]
+fn image_copy_goes_through_the_proxy_and_a_wrong_password_is_named() {
+    use mover_testdata::registry::{Auth, Registry, RegistryOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::start(RegistryOptions { tls: true, auth: Auth::None }, tmp.path()).unwrap();
+    let Some(proxy) = Tinyproxy::start(tmp.path(), port_of(&registry.addr)) else { return };
+    let sample = mover_testdata::oci::sample_multiarch(&tmp.path().join("layout"), 64 << 10).unwrap();
+    let ca = registry.ca_pem.as_ref().unwrap().to_str().unwrap().to_owned();
+    let source = format!("oci:{}:multi", sample.dir.display());
+    let target = format!("docker://{}/via/proxy:v1", registry.addr);
+
+    let output = mover(&["image", "copy", "--dest-ca-bundle", &ca, "--proxy", &proxy.url(PASSWORD), &source, &target]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(proxy.log_text().contains(&format!("CONNECT {}", registry.addr)), "{}", proxy.log_text());
+    let (status, _, bytes) = registry.get_manifest("via/proxy", "v1").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(mover_testdata::oci::sha256_bytes(&bytes), sample.index.digest);
+
+    // HTTPS_PROXY is honoured the same way when no --proxy is given.
+    let before = proxy.log_text().matches("CONNECT").count();
+    let output = Command::new(common::bin("mover"))
+        .args(["image", "copy", "--dest-ca-bundle", &ca, &source, &format!("docker://{}/via/env:v1", registry.addr)])
+        .env("HTTPS_PROXY", proxy.url(PASSWORD))
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(proxy.log_text().matches("CONNECT").count() > before, "HTTPS_PROXY was not used");
+
+    let output = mover(&[
+        "image",
+        "copy",
+        "--dest-ca-bundle",
+        &ca,
+        "--proxy",
+        &proxy.url("wrong-password"),
+        &source,
+        &format!("docker://{}/via/wrong:v1", registry.addr),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("proxy") && stderr.contains("127.0.0.1"), "{stderr}");
+    assert_no_password(&output, &[]);
+    assert!(!stderr.contains("wrong-password"), "{stderr}");
+}

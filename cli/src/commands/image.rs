@@ -119,6 +119,21 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
 /// Adds what the registry presented to an "unknown authority" error, so the user sees what they
 /// would be trusting.
 async fn explain(error: image::ImageError, proxy: Option<&str>) -> anyhow::Error {
+    let proxy_url = proxy.map(str::to_owned).or_else(|| {
+        ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].iter().find_map(|v| std::env::var(v).ok())
+    });
+    if let image::ImageError::Proxy { registry, .. } = &error
+        && let Some(proxy) = proxy_url.as_deref().and_then(|url| Proxy::parse(url).ok())
+    {
+        // The HTTP stack only says "tunnel error": ask the proxy ourselves, to name the hop
+        // that failed (407, a refused port, an unreachable target).
+        let registry = registry.clone();
+        let target = if registry.contains(':') { registry.clone() } else { format!("{registry}:443") };
+        if let Ok(Err(why)) = tokio::time::timeout(Duration::from_secs(10), proxy.connect(&target)).await {
+            return anyhow::Error::new(error).context(why.to_string());
+        }
+        return error.into();
+    }
     let image::ImageError::UnknownAuthority { registry, .. } = &error else { return error.into() };
     let registry = registry.clone();
     let has_port = registry.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());

@@ -122,6 +122,14 @@ pub enum ImageError {
         /// What went wrong.
         detail: String,
     },
+    /// The HTTP proxy would not open a tunnel to the registry.
+    #[error("the HTTP proxy did not open a tunnel to registry `{registry}` ({detail})")]
+    Proxy {
+        /// The registry.
+        registry: String,
+        /// What the HTTP stack said.
+        detail: String,
+    },
     /// An HTTP error status.
     #[error("registry `{registry}` answered {status} to {what}{detail}")]
     Status {

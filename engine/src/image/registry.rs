@@ -180,6 +180,8 @@ impl Registry {
         let lower = chain.to_lowercase();
         if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("unknown authority") {
             ImageError::UnknownAuthority { registry: self.host.clone(), detail: chain }
+        } else if lower.contains("tunnel error") || lower.contains("proxy") {
+            ImageError::Proxy { registry: self.host.clone(), detail: chain }
         } else if lower.contains("invalid peer certificate") || lower.contains("certificate") && lower.contains("tls") {
             ImageError::Tls { registry: self.host.clone(), detail: chain }
         } else {
