@@ -9,6 +9,10 @@ command -v mount >/dev/null || need+=(mount)
 command -v setfattr >/dev/null || need+=(attr)
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
 command -v openssl >/dev/null || need+=(openssl)
+# Image tests: a real registry, skopeo to seed it independently of mover, curl to read it back.
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v curl >/dev/null || need+=(curl)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
