@@ -506,3 +506,49 @@ fn dry_run_writes_nothing_and_bad_references_are_explained() {
         assert!(String::from_utf8_lossy(&output.stderr).contains(expected), "{args:?}: {}", text(&output));
     }
 }
+
+#[test]
+fn bearer_token_flow_through_a_token_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry(dir.path(), false, Auth::Token { user: "robot".into(), password: "t0ken-pw".into() });
+    let tokens = reg.token_server().unwrap();
+    let sample = sample(dir.path());
+    let target = format!("docker://{}/tok/app:v1", reg.addr);
+
+    // Anonymous: the registry's challenge leads to the token server, which refuses.
+    let output = image(&["copy", "--dest-plain-http", &layout_ref(&sample, "multi"), &target]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refused access"), "{}", text(&output));
+
+    let output =
+        image(&["copy", "--dest-plain-http", "--dest-creds", "robot:t0ken-pw", &layout_ref(&sample, "multi"), &target]);
+    assert!(output.status.success(), "{}", text(&output));
+    let pushes: Vec<_> = tokens.requests().into_iter().filter(|r| r.authenticated).collect();
+    assert!(
+        pushes.iter().any(|r| r.scopes.iter().any(|s| s == "repository:tok/app:pull,push")),
+        "no push token was asked for: {pushes:?}"
+    );
+
+    // Reading back goes through mover's own requests (manifests, blobs), with pull tokens.
+    let out = dir.path().join("out");
+    let output = image(&[
+        "copy",
+        "--src-plain-http",
+        "--src-creds",
+        "robot:t0ken-pw",
+        &target,
+        &format!("oci:{}:v1", out.display()),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], sample.index.digest);
+    for descriptor in sample.descriptors() {
+        assert!(LayoutBuilder::blob_path_in(&out, &descriptor.digest).exists(), "{} missing", descriptor.digest);
+    }
+
+    let output =
+        image(&["copy", "--dest-plain-http", "--dest-creds", "robot:wrong", &layout_ref(&sample, "multi"), &target]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let all = text(&output);
+    assert!(all.contains("refused access") && !all.contains("robot:wrong"), "{all}");
+}

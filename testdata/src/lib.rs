@@ -10,12 +10,22 @@
 //!   xattrs and (for sparse files) allocation. [`assert_identical`] is the test-friendly wrapper.
 //! * [`random_bytes`] and [`write_random`] produce deterministic incompressible content from a
 //!   seed (BLAKE3 in XOF mode), streamed in 1 MiB pieces for big files.
+//!
+//! For image copy:
+//!
+//! * [`oci`] builds OCI image layouts (images, indexes, Docker formats, tags) with streamed,
+//!   seeded gzip layers; [`oci::sample_multiarch`] is a ready two-platform sample.
+//! * [`registry`] runs a real `docker-registry` (plain, TLS, basic auth) on an ephemeral loopback
+//!   port and reads and seeds it with independent clients (curl, skopeo).
+//! * [`fault`] puts a fault-injecting HTTP relay in front of a registry (flipped bytes, failing
+//!   and reset blob downloads).
 
 mod compare;
 pub mod fault;
 mod generate;
 pub mod oci;
 pub mod registry;
+pub mod token;
 
 use std::fs::File;
 use std::io::{self, Write};

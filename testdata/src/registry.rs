@@ -43,6 +43,14 @@ pub enum Auth {
         /// Password.
         password: String,
     },
+    /// The bearer-token challenge flow: a [`TokenServer`](crate::token::TokenServer) that
+    /// accepts this user issues the tokens (see [`Registry::token_server`]).
+    Token {
+        /// User name.
+        user: String,
+        /// Password.
+        password: String,
+    },
 }
 
 /// How to run the registry.
@@ -218,6 +226,7 @@ pub struct Registry {
     pub dir: PathBuf,
     auth: Auth,
     child: Child,
+    token_server: Option<crate::token::TokenServer>,
 }
 
 static REGISTRY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -258,6 +267,19 @@ impl Registry {
             fs::write(&htpasswd, format!("{user}:{}\n", bcrypt(password)?))?;
             let _ = write!(auth, "auth:\n  htpasswd:\n    realm: mover-test\n    path: {}\n", quote(&htpasswd));
         }
+        let mut token_server = None;
+        if let Auth::Token { user, password } = &auth_options {
+            let server = crate::token::TokenServer::start(&dir, user, password)?;
+            let _ = write!(
+                auth,
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                server.realm(),
+                crate::token::SERVICE,
+                crate::token::ISSUER,
+                quote(&server.cert_pem)
+            );
+            token_server = Some(server);
+        }
         let mut last_error = None;
         for _ in 0..8 {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -287,9 +309,13 @@ impl Registry {
                 dir: dir.clone(),
                 auth: auth_options.clone(),
                 child,
+                token_server: None,
             };
             match registry.wait_ready() {
-                Ok(()) => return Ok(registry),
+                Ok(()) => {
+                    registry.token_server = token_server;
+                    return Ok(registry);
+                }
                 Err(e) => {
                     let in_use = registry.log().contains("address already in use");
                     drop(registry);
@@ -356,6 +382,12 @@ impl Registry {
         self.dir.join("storage")
     }
 
+    /// The token server, with [`Auth::Token`].
+    #[must_use]
+    pub fn token_server(&self) -> Option<&crate::token::TokenServer> {
+        self.token_server.as_ref()
+    }
+
     /// `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT`.
     #[must_use]
     pub fn url_base(&self) -> String {
@@ -366,7 +398,7 @@ impl Registry {
     #[must_use]
     pub fn credentials(&self) -> Option<(&str, &str)> {
         match &self.auth {
-            Auth::None => None,
+            Auth::None | Auth::Token { .. } => None,
             Auth::Basic { user, password } => Some((user, password)),
         }
     }

@@ -55,8 +55,8 @@ async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
         image::copy_image(&session, &source, source_version.as_ref(), &target, target_tag.as_deref(), &options).await;
     let mut summary = session.summary();
     summary.dry_run = args.common.dry_run;
-    let error = match result {
-        Ok(_) => None,
+    let error = match result.map(drop) {
+        Ok(()) => None,
         Err(error) => {
             Some(explain(error, args.common.proxy.as_deref()).await.context(format!("copy of {source_ref} failed")))
         }
@@ -108,7 +108,7 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
         summary.errors.push(format!("no tags of {source_ref} matched: nothing was copied"));
     }
     let error = match result {
-        Ok(_) => None,
+        Ok(()) => None,
         Err(error) => {
             Some(explain(error, args.common.proxy.as_deref()).await.context(format!("sync of {source_ref} failed")))
         }
