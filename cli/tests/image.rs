@@ -552,3 +552,104 @@ fn bearer_token_flow_through_a_token_server() {
     let all = text(&output);
     assert!(all.contains("refused access") && !all.contains("robot:wrong"), "{all}");
 }
+
+/// A one-request-per-connection HTTP server on loopback: `respond(method, path, headers)` gives
+/// (status line, headers, body); every request's head is recorded.
+fn tiny_server(
+    respond: impl Fn(&str, &str) -> (String, Vec<(String, String)>, Vec<u8>) + Send + Sync + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&heads);
+    let respond = std::sync::Arc::new(respond);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (seen, respond) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&respond));
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or("").to_owned(), words.next().unwrap_or("").to_owned());
+                seen.lock().unwrap().push(head);
+                let (status, headers, body) = respond(&method, &path);
+                let mut out = stream;
+                let mut text = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                for (name, value) in headers {
+                    text.push_str(&format!("{name}: {value}\r\n"));
+                }
+                text.push_str("\r\n");
+                let _ = out.write_all(text.as_bytes());
+                if method != "HEAD" {
+                    let _ = out.write_all(&body);
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[test]
+fn credentials_are_not_sent_to_the_host_a_blob_redirects_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample(dir.path());
+    let image = &sample.images[0];
+    let manifest = std::fs::read(LayoutBuilder::blob_path_in(&sample.dir, &image.manifest.digest)).unwrap();
+    let blob_dir = sample.dir.clone();
+    // The "storage" host blobs are redirected to (another port: another origin).
+    let (storage, storage_heads) = tiny_server(move |_, path| {
+        let digest = path.trim_start_matches("/files/");
+        match std::fs::read(LayoutBuilder::blob_path_in(&blob_dir, digest)) {
+            Ok(bytes) => ("200 OK".into(), vec![], bytes),
+            Err(_) => ("404 Not Found".into(), vec![], vec![]),
+        }
+    });
+    let manifest_type = image.manifest.media_type.clone();
+    let (registry, registry_heads) = tiny_server(move |_, path| {
+        if path == "/v2/" {
+            ("200 OK".into(), vec![], b"{}".to_vec())
+        } else if path.starts_with("/v2/r/app/manifests/") {
+            ("200 OK".into(), vec![("Content-Type".into(), manifest_type.clone())], manifest.clone())
+        } else if let Some(digest) = path.strip_prefix("/v2/r/app/blobs/") {
+            (
+                "307 Temporary Redirect".into(),
+                vec![("Location".into(), format!("http://{storage}/files/{digest}"))],
+                vec![],
+            )
+        } else {
+            ("404 Not Found".into(), vec![], vec![])
+        }
+    });
+    let out = dir.path().join("out");
+    let output = mover(&[
+        "image",
+        "copy",
+        "--src-plain-http",
+        "--src-creds",
+        "alice:redirect-s3cret",
+        &format!("docker://{registry}/r/app:v1"),
+        &format!("oci:{}:v1", out.display()),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        assert!(LayoutBuilder::blob_path_in(&out, &blob.digest).exists(), "{} missing", blob.digest);
+    }
+    let registry_heads = registry_heads.lock().unwrap().join("\n").to_lowercase();
+    assert!(
+        registry_heads.contains("authorization: basic"),
+        "the registry itself got no credentials: {registry_heads}"
+    );
+    let storage_heads = storage_heads.lock().unwrap();
+    assert!(storage_heads.len() >= 5, "blobs were not fetched from the redirect target: {storage_heads:?}");
+    for head in storage_heads.iter() {
+        assert!(!head.to_lowercase().contains("authorization"), "credentials followed the redirect: {head}");
+    }
+}
