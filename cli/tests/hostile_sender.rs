@@ -112,7 +112,11 @@ fn assert_untouched(fixture: &Fixture) {
 fn assert_no_temporaries(dir: &Path) {
     for entry in fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
-        assert!(!entry.file_name().to_string_lossy().starts_with(".mover-tmp-"), "left behind: {}", entry.path().display());
+        assert!(
+            !entry.file_name().to_string_lossy().starts_with(".mover-tmp-"),
+            "left behind: {}",
+            entry.path().display()
+        );
         if entry.file_type().unwrap().is_dir() {
             assert_no_temporaries(&entry.path());
         }

@@ -584,7 +584,10 @@ fn tiny_server(
                 let mut out = stream;
                 let mut text = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
                 for (name, value) in headers {
-                    text.push_str(&format!("{name}: {value}\r\n"));
+                    text.push_str(&name);
+                    text.push_str(": ");
+                    text.push_str(&value);
+                    text.push_str("\r\n");
                 }
                 text.push_str("\r\n");
                 let _ = out.write_all(text.as_bytes());

@@ -98,7 +98,12 @@ fn never_copied(dir: &Path) {
         if meta.is_dir() {
             never_copied(&entry.path());
         } else if meta.is_file() {
-            assert_ne!(fs::read(entry.path()).unwrap(), CANARY, "canary content was copied to {}", entry.path().display());
+            assert_ne!(
+                fs::read(entry.path()).unwrap(),
+                CANARY,
+                "canary content was copied to {}",
+                entry.path().display()
+            );
         }
     }
 }
