@@ -99,3 +99,38 @@ fn certs_init_writes_private_keys_0600_and_refuses_to_overwrite_without_force() 
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced));
     assert_ne!(fs::read(dir.join("ca.crt")).unwrap(), ca);
 }
+
+#[test]
+fn a_bundle_fetched_from_a_self_signed_registry_makes_image_copy_work() {
+    use mover_testdata::registry::{Auth, Registry, RegistryOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::start(RegistryOptions { tls: true, auth: Auth::None }, tmp.path()).unwrap();
+    let sample = mover_testdata::oci::sample_multiarch(&tmp.path().join("layout"), 32 << 10).unwrap();
+    let layout = format!("oci:{}:multi", sample.dir.display());
+    let image = format!("docker://{}/fetched/app:v1", registry.addr);
+    // Put an image there (trusting the test CA directly), then read it back as a user would.
+    let ca = registry.ca_pem.as_ref().unwrap().to_str().unwrap();
+    let output = mover(&["image", "copy", "--dest-ca-bundle", ca, &layout, &image]);
+    assert!(output.status.success(), "{}", text(&output));
+
+    let out = tmp.path().join("out");
+    let without = mover(&["image", "copy", &image, &format!("oci:{}:v1", out.display())]);
+    assert_eq!(without.status.code(), Some(1), "{}", text(&without));
+    let command = format!("mover certs fetch {}", registry.addr);
+    assert!(String::from_utf8_lossy(&without.stderr).contains(&command), "{}", text(&without));
+
+    let bundle = tmp.path().join("registry-bundle.pem");
+    let fetched = mover(&["certs", "fetch", &registry.addr, "-o", bundle.to_str().unwrap()]);
+    assert!(fetched.status.success(), "{}", text(&fetched));
+    let with = mover(&[
+        "image",
+        "copy",
+        "--src-ca-bundle",
+        bundle.to_str().unwrap(),
+        &image,
+        &format!("oci:{}:v1", out.display()),
+    ]);
+    assert!(with.status.success(), "{}", text(&with));
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], sample.index.digest);
+}

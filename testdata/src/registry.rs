@@ -249,8 +249,9 @@ impl Registry {
             let (ca, cert, key) = make_certificates()?;
             let certs = dir.join("certs");
             fs::create_dir_all(&certs)?;
-            fs::write(certs.join("ca.crt"), ca)?;
-            fs::write(dir.join("server.crt"), cert)?;
+            fs::write(certs.join("ca.crt"), &ca)?;
+            // The full chain, as real registries present it (so `mover certs fetch` gets the CA).
+            fs::write(dir.join("server.crt"), format!("{cert}{ca}"))?;
             fs::write(dir.join("server.key"), key)?;
             ca_pem = Some(certs.join("ca.crt"));
             cert_dir = Some(certs);
