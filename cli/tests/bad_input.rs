@@ -264,3 +264,22 @@ fn roles_only_a_coordinator_opens_sessions_and_agents_push_only_into_them() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(refused(&as_agent, Request::JoinSession { token }), RemoteErrorKind::BadToken);
 }
+
+#[test]
+fn an_agent_from_another_migration_is_named_with_the_certificate_it_presented() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    let target = tmp.path().join("target");
+    fs::create_dir(&target).unwrap();
+    let theirs = certs(&tmp.path().join("their-certs"));
+    let ours = certs(&tmp.path().join("our-certs"));
+    let agent = Agent::start(&theirs, &[format!("vol={}", target.display())], tmp.path());
+    let output = mover(&["copy", src.to_str().unwrap(), &agent.url("vol"), "--certs", ours.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("`{}` presented a certificate for `CN=mover agent", agent.addr)), "{stderr}");
+    assert!(stderr.contains("issued by `CN=mover migration CA"), "{stderr}");
+    assert!(stderr.contains("same `mover certs init` directory"), "{stderr}");
+    assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use mover_engine::certs::{Identity, Role};
-use mover_engine::client;
-use mover_engine::tunnel::Proxy;
+use mover_engine::client::{self, CopyError};
+use mover_engine::tunnel::{Proxy, TunnelError};
 use mover_engine::wire::SyncOptions;
 
 use crate::Outcome;
@@ -111,7 +111,20 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         }
         Err(error) => {
             printer.abandon();
-            Err(anyhow::Error::new(error).context(format!("copy from `{}` to `{}` failed", args.source, args.target)))
+            // A peer outside the migration's CA: show what it presented.
+            let untrusted = match &error {
+                CopyError::Tunnel(TunnelError::Handshake { addr, source })
+                    if source.to_string().contains("invalid peer certificate") =>
+                {
+                    super::presented_certificate(addr, proxy.as_ref()).await
+                }
+                _ => None,
+            };
+            let mut error = anyhow::Error::new(error);
+            if let Some(presented) = untrusted {
+                error = error.context(presented);
+            }
+            Err(error.context(format!("copy from `{}` to `{}` failed", args.source, args.target)))
         }
     }
 }

@@ -139,16 +139,8 @@ async fn explain(error: image::ImageError, proxy: Option<&str>) -> anyhow::Error
     let has_port = registry.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
     let addr = if has_port && !registry.ends_with(']') { registry.clone() } else { format!("{registry}:443") };
     let proxy = proxy.and_then(|url| Proxy::parse(url).ok());
-    let fetch = mover_engine::tunnel::fetch_chain(&addr, proxy.as_ref());
-    let presented = match tokio::time::timeout(Duration::from_secs(5), fetch).await {
-        Ok(Ok(chain)) => chain.first().and_then(mover_engine::certs::describe),
-        _ => None,
-    };
-    match presented {
-        Some(info) => anyhow::Error::new(error).context(format!(
-            "`{registry}` presented a certificate for `{}` issued by `{}`",
-            info.subject, info.issuer
-        )),
+    match super::presented_certificate(&addr, proxy.as_ref()).await {
+        Some(presented) => anyhow::Error::new(error).context(presented),
         None => error.into(),
     }
 }
