@@ -253,7 +253,7 @@ pub struct ImageSyncArgs {
 #[derive(Debug, Args)]
 pub struct ImageCommon {
     /// Blobs copied at once (largest first).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "MOVER_IMAGE_JOBS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
     /// Only list what would move; write nothing.
     #[arg(long)]
