@@ -270,6 +270,25 @@ mod tests {
         assert!(matches!(parse(other.as_bytes(), None), Err(ManifestError::Unsupported(_))));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = parse(&bytes, None);
+            let _ = parse(&bytes, Some(OCI_INDEX));
+        }
+
+        #[test]
+        fn parsing_mutated_manifests_never_panics(cut in 0usize..400, flip in 0usize..400, byte in proptest::num::u8::ANY) {
+            let mut text = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":3,"platform":{{"os":"linux","architecture":"arm64"}}}}]}}"#
+            ).into_bytes();
+            let flip = flip % text.len();
+            text[flip] = byte;
+            text.truncate(cut.max(1).min(text.len()));
+            let _ = parse(&text, None);
+        }
+    }
+
     #[test]
     fn platforms() {
         assert!(Platform::parse("linux").is_err());

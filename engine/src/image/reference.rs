@@ -472,6 +472,26 @@ mod tests {
         assert!("oci::tag".parse::<ImageRef>().is_ok_and(|r| matches!(r, ImageRef::Layout { tag: None, .. })));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_and_valid_references_round_trip(
+            text in "\\PC{0,80}",
+            host in "[a-z][a-z0-9]{0,10}(\\.[a-z]{2,5})?",
+            port in proptest::option::of(1u16..),
+            repo in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}",
+            tag in "[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}",
+        ) {
+            let _ = text.parse::<ImageRef>();
+            let _ = text.parse::<Digest>();
+            let _ = format!("docker://{text}").parse::<ImageRef>();
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            let input = format!("docker://{host}.example{port}/{repo}:{tag}");
+            let parsed: ImageRef = input.parse().unwrap();
+            proptest::prop_assert_eq!(parsed.to_string(), input.clone());
+            proptest::prop_assert_eq!(parsed.to_string().parse::<ImageRef>().unwrap(), parsed);
+        }
+    }
+
     #[test]
     fn repository_components() {
         for good in ["a", "a0", "a.b", "a_b", "a__b", "a---b", "ns/app", "a.b-c_d/e"] {
