@@ -656,3 +656,82 @@ fn credentials_are_not_sent_to_the_host_a_blob_redirects_to() {
         assert!(!head.to_lowercase().contains("authorization"), "credentials followed the redirect: {head}");
     }
 }
+
+/// A registry that lies in a different way for each repository: `self` (an index whose child
+/// digest serves the index itself), `huge` (a 100 MiB manifest), `long` (a blob larger than its
+/// descriptor), `slow` (429 with `Retry-After: 999999999` once, then the truth).
+#[test]
+fn a_lying_registry_is_refused_or_clamped_and_nothing_is_tagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample(dir.path());
+    let amd64 = sample.images[0].clone();
+    let layout = sample.dir.clone();
+    let manifest = std::fs::read(LayoutBuilder::blob_path_in(&layout, &amd64.manifest.digest)).unwrap();
+    let index = std::fs::read(LayoutBuilder::blob_path_in(&layout, &sample.index.digest)).unwrap();
+    let throttled = std::sync::atomic::AtomicBool::new(false);
+    let manifest_type = amd64.manifest.media_type.clone();
+    let index_type = sample.index.media_type.clone();
+    let first_child = sample.images[0].manifest.digest.clone();
+    let (registry, _) = tiny_server(move |_, path| {
+        let ok = |content_type: &str, body: Vec<u8>| {
+            ("200 OK".to_owned(), vec![("Content-Type".to_owned(), content_type.to_owned())], body)
+        };
+        let blob = |digest: &str| std::fs::read(LayoutBuilder::blob_path_in(&layout, digest)).unwrap_or_default();
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["", "v2", ""] => ok("application/json", b"{}".to_vec()),
+            // The index, and for its child digest the index again (a cycle only a liar can make).
+            ["", "v2", "self", "manifests", reference] if *reference == "v1" || *reference == first_child => {
+                ok(&index_type, index.clone())
+            }
+            ["", "v2", "huge", "manifests", _] => ok(&manifest_type, vec![b' '; 100 << 20]),
+            ["", "v2", "long" | "slow", "manifests", _] => ok(&manifest_type, manifest.clone()),
+            ["", "v2", "long", "blobs", digest] => {
+                let mut bytes = blob(digest);
+                bytes.extend_from_slice(b"trailing bytes the descriptor does not cover");
+                ok("application/octet-stream", bytes)
+            }
+            ["", "v2", "slow", "blobs", digest] => {
+                if throttled.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    ok("application/octet-stream", blob(digest))
+                } else {
+                    (
+                        "429 Too Many Requests".to_owned(),
+                        vec![("Retry-After".to_owned(), "999999999".to_owned())],
+                        vec![],
+                    )
+                }
+            }
+            _ => ("404 Not Found".to_owned(), vec![], vec![]),
+        }
+    });
+    let copy = |repo: &str| {
+        let out = dir.path().join(format!("out-{repo}"));
+        let started = std::time::Instant::now();
+        let output = image(&[
+            "copy",
+            "--src-plain-http",
+            &format!("docker://{registry}/{repo}:v1"),
+            &format!("oci:{}:v1", out.display()),
+        ]);
+        (output, out, started.elapsed())
+    };
+    let untagged = |out: &Path| {
+        let index: serde_json::Value = std::fs::read(out.join("index.json"))
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+            .unwrap_or(serde_json::json!({"manifests": []}));
+        index["manifests"].as_array().unwrap().is_empty()
+    };
+    for (repo, expected) in
+        [("self", "does not match its digest"), ("huge", "larger than the 4194304-byte limit"), ("long", "expected")]
+    {
+        let (output, out, _) = copy(repo);
+        assert_eq!(output.status.code(), Some(1), "{repo}: {}", text(&output));
+        assert!(String::from_utf8_lossy(&output.stderr).contains(expected), "{repo}: {}", text(&output));
+        assert!(untagged(&out), "{repo}: something was tagged");
+    }
+    // `Retry-After: 999999999` is clamped (to 30 s), not obeyed.
+    let (output, out, took) = copy("slow");
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(took < std::time::Duration::from_secs(90), "Retry-After was not clamped: {took:?}");
+    assert!(!untagged(&out));
+}
