@@ -283,3 +283,44 @@ fn an_agent_from_another_migration_is_named_with_the_certificate_it_presented() 
     assert!(stderr.contains("same `mover certs init` directory"), "{stderr}");
     assert_eq!(fs::read_dir(&target).unwrap().count(), 0);
 }
+
+#[test]
+fn inode_exhaustion_names_the_file_keeps_completed_files_and_a_rerun_completes() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    for i in 0..120 {
+        let dir = if i % 2 == 0 { src.join("sub") } else { src.clone() };
+        fs::write(dir.join(format!("small-{i:03}")), format!("file {i}\n")).unwrap();
+    }
+    let target = tmp.path().join("target");
+    // Room for plenty of bytes but only 50 inodes (the root directory takes one).
+    let mount = Tmpfs::mount(&target, "size=32m,nr_inodes=50");
+    let output = mover(&["copy", src.to_str().unwrap(), target.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("No space left on device") && stderr.contains("small-"), "{}", text(&output));
+    let mut complete = 0;
+    for dir in [target.clone(), target.join("sub")] {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            assert!(!name.to_string_lossy().starts_with(".mover-tmp-"), "temporary file left behind: {name:?}");
+            if entry.file_type().unwrap().is_file() {
+                let relative = entry.path().strip_prefix(&target).unwrap().to_owned();
+                assert_eq!(fs::read(entry.path()).unwrap(), fs::read(src.join(&relative)).unwrap(), "{name:?} is torn");
+                complete += 1;
+            }
+        }
+    }
+    assert!(complete >= 10, "files completed before the inodes ran out should stay ({complete})");
+    mount.remount("nr_inodes=1000");
+    let output = mover(&["copy", src.to_str().unwrap(), target.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    mover_testdata::assert_identical(&src, &target);
+}
