@@ -36,6 +36,25 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600
 /// Most regular files the sender keeps waiting for the receiver's verdict.
 pub const WINDOW: usize = 1024;
 
+/// Bytes of frames read from the peer but not yet handled, per session: the reader stops
+/// reading when the handler falls this far behind, so a peer that floods (while, say, it does not
+/// read what we send) costs at most this much memory, plus the one frame being read.
+pub const INPUT_BUDGET: usize = 64 << 20;
+
+/// A frame body from the peer. It holds its share of [`INPUT_BUDGET`] until dropped.
+pub(crate) struct InFrame {
+    body: Vec<u8>,
+    _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for InFrame {
+    type Target = Vec<u8>;
+
+    fn deref(&self) -> &Vec<u8> {
+        &self.body
+    }
+}
+
 pub use deletion::DeletionError;
 
 /// Errors of a volume sync session.
@@ -124,11 +143,16 @@ pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
 /// Reads frame bodies and hands them to a blocking thread, which decodes them (data chunks are
 /// used in place); ends at end of stream or on error.
-async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result<Vec<u8>>>) {
+async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result<InFrame>>) {
     let mut frames = FrameReader::new(BufReader::with_capacity(256 * 1024, reader));
+    let budget = Arc::new(tokio::sync::Semaphore::new(INPUT_BUDGET));
     loop {
         let item = match tokio::time::timeout(IDLE_TIMEOUT, frames.read_frame()).await {
-            Ok(Ok(Some(body))) => Ok(body),
+            Ok(Ok(Some(body))) => {
+                let share = u32::try_from(body.len().clamp(1, INPUT_BUDGET)).expect("the budget fits u32");
+                let Ok(permit) = Arc::clone(&budget).acquire_many_owned(share).await else { return };
+                Ok(InFrame { body, _budget: permit })
+            }
             Ok(Ok(None)) => return,
             Ok(Err(error)) => Err(SyncError::Wire(error)),
             // A peer that vanished without closing (node lost, link partitioned).

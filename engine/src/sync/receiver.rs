@@ -82,7 +82,7 @@ pub(super) struct Receiver {
     options: SyncOptions,
     reporter: SharedReporter,
     out: mpsc::Sender<Vec<u8>>,
-    input: mpsc::Receiver<Result<Vec<u8>>>,
+    input: mpsc::Receiver<Result<super::InFrame>>,
     is_root: bool,
     session: String,
     parent: Option<(Vec<u8>, Arc<OwnedFd>)>,
@@ -111,7 +111,7 @@ pub(super) fn run(
     options: SyncOptions,
     reporter: SharedReporter,
     out: mpsc::Sender<Vec<u8>>,
-    input: mpsc::Receiver<Result<Vec<u8>>>,
+    input: mpsc::Receiver<Result<super::InFrame>>,
 ) -> Result<ReceiverReport> {
     let mut token = [0u8; 8];
     getrandom::fill(&mut token).map_err(|e| SyncError::Io {
@@ -258,7 +258,7 @@ impl Receiver {
     }
 
     /// The next frame body from the sender; pending replies go out first if we would wait.
-    fn next_input(&mut self) -> Result<Vec<u8>> {
+    fn next_input(&mut self) -> Result<super::InFrame> {
         if let Ok(body) = self.input.try_recv() {
             body
         } else {

@@ -41,7 +41,7 @@ pub(super) struct Sender {
     reporter: SharedReporter,
     on_wire: Arc<AtomicU64>,
     out: mpsc::Sender<Vec<u8>>,
-    replies: mpsc::Receiver<Result<Vec<u8>>>,
+    replies: mpsc::Receiver<Result<super::InFrame>>,
     waiting: HashMap<u64, Waiting>,
     parent: Option<(Vec<u8>, OwnedFd)>,
     compressor: Option<Compressor>,
@@ -63,7 +63,7 @@ impl Sender {
         reporter: SharedReporter,
         on_wire: Arc<AtomicU64>,
         out: mpsc::Sender<Vec<u8>>,
-        replies: mpsc::Receiver<Result<Vec<u8>>>,
+        replies: mpsc::Receiver<Result<super::InFrame>>,
     ) -> Self {
         let now = Instant::now();
         Sender {
