@@ -119,7 +119,7 @@ fn kill_9(agent: &mut Agent) {
 
 #[test]
 fn sigkill_of_the_target_agent_at_random_points_then_rerun_converges() {
-    target_agent_kills(10, 0x5eed);
+    target_agent_kills(20, 0x5eed);
 }
 
 #[test]
@@ -166,7 +166,7 @@ fn target_agent_kills(iterations: usize, seed: u64) {
 
 #[test]
 fn sigkill_of_the_source_agent_at_random_points_then_rerun_converges() {
-    source_agent_kills(10, 0xfeed);
+    source_agent_kills(20, 0xfeed);
 }
 
 #[test]

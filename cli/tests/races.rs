@@ -119,7 +119,7 @@ fn race(flip_in_source: bool) -> (tempfile::TempDir, PathBuf) {
     let stop = Arc::new(AtomicBool::new(false));
     let flipped = if flip_in_source { src.join("flip") } else { dst.join("flip") };
     let thread = flipper(flipped, canary.dir.clone(), stop.clone());
-    let runs = run_for(Duration::from_secs(8), &src, &dst);
+    let runs = run_for(Duration::from_secs(30), &src, &dst);
     stop.store(true, Ordering::Relaxed);
     let flips = thread.join().unwrap();
     canary.check();
