@@ -108,6 +108,12 @@ pub struct CopyArgs {
     /// Find changed files by content (blake3 of blocks on both sides), not by size and mtime.
     #[arg(long, env = "MOVER_CHECKSUM")]
     pub checksum: bool,
+    /// Update changed files in place instead of writing a verified copy and renaming it over
+    /// the old one: for files too big to hold twice. Still verified; a failed or interrupted run
+    /// leaves such a file half updated until the next run repairs it. New files still go
+    /// through a temporary name.
+    #[arg(long, env = "MOVER_INPLACE")]
+    pub inplace: bool,
     /// Keep entries on the target that the source lacks (by default they are deleted, as a
     /// migration wants).
     #[arg(long, env = "MOVER_NO_DELETE")]

@@ -303,3 +303,47 @@ fn an_unreadable_source_entry_keeps_the_target_copy_and_hard_links_stay_right() 
     assert_eq!(fs::read(dst.join("z/b2")).unwrap(), b"file b, changed");
     assert_eq!(fs::metadata(dst.join("b")).unwrap().ino(), fs::metadata(dst.join("z/b2")).unwrap().ino());
 }
+
+#[test]
+fn inplace_updates_changed_files_in_their_own_inode_and_verifies_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    mover_testdata::write_random(&src.join("disk.img"), 48 << 20, 11).unwrap();
+    fs::write(src.join("small"), b"v1").unwrap();
+    copy(&src, &dst);
+    let inode_before = fs::metadata(dst.join("disk.img")).unwrap().ino();
+
+    // Rewrite blocks in place, grow the file, and shrink another.
+    let file = fs::OpenOptions::new().write(true).open(src.join("disk.img")).unwrap();
+    for i in 0..40u64 {
+        file.write_all_at(&mover_testdata::random_bytes(500 + i, 4096), i * 1_200_000).unwrap();
+    }
+    file.write_all_at(&[0u8; 3 * 4096], 20 << 20).unwrap();
+    file.write_all_at(&mover_testdata::random_bytes(9, 100_000), 48 << 20).unwrap();
+    drop(file);
+    fs::write(src.join("small"), b"version two").unwrap();
+    let options = SyncOptions { inplace: true, ..SyncOptions::default() };
+    let summary = sync(&src, &dst, options.clone()).unwrap();
+    assert!(summary.is_success(), "{:?}", summary.errors);
+    mover_testdata::assert_identical(&src, &dst);
+    assert_eq!(fs::metadata(dst.join("disk.img")).unwrap().ino(), inode_before, "the file was replaced, not updated");
+    assert!(summary.bytes_on_wire < 4 << 20, "{} bytes on the wire", summary.bytes_on_wire);
+    let leftovers: Vec<_> = fs::read_dir(&dst)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".mover-tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // Shrinking in place works too, and a second run has nothing to do.
+    let file = fs::OpenOptions::new().write(true).open(src.join("disk.img")).unwrap();
+    file.set_len(10 << 20).unwrap();
+    drop(file);
+    let summary = sync(&src, &dst, options.clone()).unwrap();
+    assert!(summary.is_success(), "{:?}", summary.errors);
+    mover_testdata::assert_identical(&src, &dst);
+    assert_eq!(fs::metadata(dst.join("disk.img")).unwrap().ino(), inode_before);
+    let summary = sync(&src, &dst, options).unwrap();
+    assert_eq!(summary.files_transferred, 0);
+}

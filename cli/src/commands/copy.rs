@@ -72,6 +72,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         allow_mass_delete: args.allow_mass_delete,
         checksum: args.checksum,
         bwlimit: args.bwlimit.unwrap_or(0),
+        inplace: args.inplace,
     };
     let proxy = proxy(&args)?;
     let printer = Arc::new(Printer::new(global));

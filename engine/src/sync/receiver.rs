@@ -49,9 +49,11 @@ struct OpenFile {
     /// The file this one replaces, when only changed blocks are sent: unsent ranges come
     /// from here.
     basis: Option<std::fs::File>,
-    /// The basis is the temporary file itself (a resumed partial): unsent ranges are already
-    /// in place and only need hashing.
+    /// The basis is the file being written (a resumed partial, or the final file itself with
+    /// `--inplace`): unsent ranges are already in place and only need hashing.
     resumed: bool,
+    /// `--inplace`: `file` is the final name itself; nothing to rename, nothing to discard.
+    inplace: bool,
     hasher: blake3::Hasher,
     /// Everything before this offset has been hashed.
     position: u64,
@@ -186,6 +188,9 @@ fn partial_name(entry: &Entry) -> CString {
 }
 
 fn discard(open: &OpenFile) {
+    if open.inplace {
+        return;
+    }
     let _ = rustix::fs::unlinkat(open.dir.as_fd(), open.tmp.as_c_str(), AtFlags::empty());
 }
 
@@ -618,6 +623,14 @@ impl Receiver {
                             .map_err(|e| io("cannot reopen the partial file of", e))?,
                     ),
                 ),
+                Basis::Existing if self.options.inplace => (
+                    confine::open_file_write(dir.as_fd(), &name)
+                        .map_err(|e| io("cannot open for an in-place update", e))?,
+                    Some(
+                        confine::open_file_read(dir.as_fd(), &name)
+                            .map_err(|e| io("cannot reopen the previous version of", e))?,
+                    ),
+                ),
                 Basis::Existing => {
                     let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
                     (
@@ -638,7 +651,8 @@ impl Receiver {
                     )
                 }
             };
-            let resumed = matches!(basis_kind, Basis::Partial);
+            let inplace = self.options.inplace && basis_kind == Basis::Existing;
+            let resumed = basis_kind == Basis::Partial || inplace;
             self.current = Some(OpenFile {
                 id,
                 entry,
@@ -648,6 +662,7 @@ impl Receiver {
                 file,
                 basis,
                 resumed,
+                inplace,
                 hasher: blake3::Hasher::new(),
                 position: 0,
             });
@@ -752,6 +767,9 @@ impl Receiver {
     /// Renames a verified file over its final name.
     fn install(verified: VerifiedFile) -> Result<()> {
         let open = verified.0;
+        if open.inplace {
+            return Ok(());
+        }
         let (_, name) = open.path.split();
         replace(open.dir.as_fd(), &open.tmp, name).map_err(|source| {
             discard(&open);

@@ -74,6 +74,10 @@ pub struct SyncOptions {
     pub checksum: bool,
     /// Most bytes per second the sender writes to the tunnel (after compression); 0 = no limit.
     pub bwlimit: u64,
+    /// Update changed files in place instead of through a temporary copy (for files too big to
+    /// duplicate). Still verified; a failed or interrupted run leaves such a file half updated
+    /// until the next run repairs it.
+    pub inplace: bool,
 }
 
 impl Default for SyncOptions {
@@ -88,6 +92,7 @@ impl Default for SyncOptions {
             allow_mass_delete: false,
             checksum: false,
             bwlimit: 0,
+            inplace: false,
         }
     }
 }
