@@ -331,7 +331,7 @@ fn inplace_updates_changed_files_in_their_own_inode_and_verifies_them() {
     assert!(summary.bytes_on_wire < 4 << 20, "{} bytes on the wire", summary.bytes_on_wire);
     let leftovers: Vec<_> = fs::read_dir(&dst)
         .unwrap()
-        .filter_map(|e| e.ok())
+        .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with(".mover-tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
