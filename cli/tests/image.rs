@@ -422,6 +422,18 @@ fn oversize_manifests_are_rejected_before_parsing() {
     ]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stderr).contains("100-byte limit"), "{}", text(&output));
+
+    // Raising the cap lets the 5 MiB manifest through, byte-identical.
+    let out = dir.path().join("big-out");
+    let output = image(&[
+        "copy",
+        "--max-manifest-size",
+        "8M",
+        &format!("oci:{}:big", dir.path().join("big").display()),
+        &format!("oci:{}:big", out.display()),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(LayoutBuilder::blob_path_in(&out, &manifest.digest).exists());
 }
 
 #[test]
@@ -493,6 +505,19 @@ fn dry_run_writes_nothing_and_bad_references_are_explained() {
     assert!(stdout.contains(&sample.shared_layers[0].digest) && stdout.contains("copy"), "{stdout}");
     assert!(tag_absent(&reg, "d/app", "v1"));
     assert!(!reg.blob_exists("d/app", &sample.shared_layers[0].digest).unwrap());
+    // A dry run into a layout creates nothing either.
+    let planned = dir.path().join("planned");
+    let output = image(&["copy", "--dry-run", &layout_ref(&sample, "multi"), &format!("oci:{}:v1", planned.display())]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(!planned.exists(), "a dry run created the target layout");
+    // A non-empty directory that is not a layout is not written into.
+    let busy = dir.path().join("busy");
+    std::fs::create_dir(&busy).unwrap();
+    std::fs::write(busy.join("index.json"), b"not mine").unwrap();
+    let output = image(&["copy", &layout_ref(&sample, "multi"), &format!("oci:{}:v1", busy.display())]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not empty"), "{}", text(&output));
+    assert_eq!(std::fs::read(busy.join("index.json")).unwrap(), b"not mine");
 
     for (args, expected) in [
         (vec!["copy", "registry/x:y", "oci:/tmp/x"], "unknown transport"),
@@ -734,4 +759,103 @@ fn a_lying_registry_is_refused_or_clamped_and_nothing_is_tagged() {
     assert!(output.status.success(), "{}", text(&output));
     assert!(took < std::time::Duration::from_secs(90), "Retry-After was not clamped: {took:?}");
     assert!(!untagged(&out));
+}
+
+/// A registry whose mount answers `202` with a `Location` on another host: our credentials must
+/// not go there.
+#[test]
+fn a_mount_answered_with_a_foreign_location_does_not_leak_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample(dir.path());
+    let amd64 = sample.images[0].clone();
+    let manifest = std::fs::read(LayoutBuilder::blob_path_in(&sample.dir, &amd64.manifest.digest)).unwrap();
+    let (elsewhere, elsewhere_heads) = tiny_server(|_, _| ("200 OK".to_owned(), vec![], vec![]));
+    let manifest_type = amd64.manifest.media_type.clone();
+    let (registry, heads) = tiny_server(move |method, path| {
+        let no = ("404 Not Found".to_owned(), vec![], vec![]);
+        match (method, path) {
+            (_, "/v2/") => ("200 OK".to_owned(), vec![], b"{}".to_vec()),
+            ("GET", p) if p.starts_with("/v2/a/manifests/") => {
+                ("200 OK".to_owned(), vec![("Content-Type".to_owned(), manifest_type.clone())], manifest.clone())
+            }
+            ("POST", p) if p.starts_with("/v2/b/blobs/uploads/?mount=") => (
+                "202 Accepted".to_owned(),
+                vec![("Location".to_owned(), format!("http://{elsewhere}/v2/b/blobs/uploads/stolen"))],
+                vec![],
+            ),
+            // Plain uploads are refused: this test is about the mount only.
+            ("POST", _) => {
+                ("403 Forbidden".to_owned(), vec![], br#"{"errors":[{"code":"DENIED","message":"no"}]}"#.to_vec())
+            }
+            _ => no,
+        }
+    });
+    let output = image(&[
+        "copy",
+        "--src-plain-http",
+        "--dest-plain-http",
+        "--src-creds",
+        "alice:mount-s3cret",
+        "--dest-creds",
+        "alice:mount-s3cret",
+        &format!("docker://{registry}/a:v1"),
+        &format!("docker://{registry}/b:v1"),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let heads = heads.lock().unwrap().join("\n");
+    assert!(heads.contains("mount="), "no mount was attempted: {heads}");
+    assert!(elsewhere_heads.lock().unwrap().is_empty(), "a request went to the foreign Location");
+}
+
+/// Tags come in pages linked by `Link: <...>; rel="next"`; every page is followed.
+#[test]
+fn sync_follows_every_page_of_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = sample(dir.path());
+    let single = sample.single().clone();
+    let layout = sample.dir.clone();
+    let manifest = std::fs::read(LayoutBuilder::blob_path_in(&layout, &single.manifest.digest)).unwrap();
+    let manifest_type = single.manifest.media_type.clone();
+    let tags: Vec<String> = (0..250).map(|i| format!("t{i:03}")).collect();
+    let (registry, _) = tiny_server(move |_, path| {
+        let ok = |content_type: &str, body: Vec<u8>| {
+            ("200 OK".to_owned(), vec![("Content-Type".to_owned(), content_type.to_owned())], body)
+        };
+        if path == "/v2/" {
+            return ok("application/json", b"{}".to_vec());
+        }
+        if let Some(query) = path.strip_prefix("/v2/p/app/tags/list") {
+            // Pages of 100 whatever `n` says, as some registries do.
+            let start = query.split("last=").nth(1).and_then(|l| tags.iter().position(|t| t == l)).map_or(0, |i| i + 1);
+            let page = &tags[start..(start + 100).min(tags.len())];
+            let body = serde_json::to_vec(&serde_json::json!({"name": "p/app", "tags": page})).unwrap();
+            let mut response = ok("application/json", body);
+            if start + 100 < tags.len() {
+                let last = page.last().unwrap();
+                response.1.push(("Link".to_owned(), format!("</v2/p/app/tags/list?n=100&last={last}>; rel=\"next\"")));
+            }
+            return response;
+        }
+        if path.starts_with("/v2/p/app/manifests/") {
+            return ok(&manifest_type, manifest.clone());
+        }
+        if let Some(digest) = path.strip_prefix("/v2/p/app/blobs/") {
+            return ok(
+                "application/octet-stream",
+                std::fs::read(LayoutBuilder::blob_path_in(&layout, digest)).unwrap_or_default(),
+            );
+        }
+        ("404 Not Found".to_owned(), vec![], vec![])
+    });
+    let out = dir.path().join("out");
+    let (output, value) = json_image(&[
+        "sync",
+        "--src-plain-http",
+        &format!("docker://{registry}/p/app"),
+        &format!("oci:{}", out.display()),
+    ]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(value["images"], 250, "{value}");
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 250);
 }

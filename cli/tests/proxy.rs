@@ -289,7 +289,7 @@ fn image_copy_goes_through_the_proxy_and_a_wrong_password_is_named() {
     ]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("proxy") && stderr.contains("127.0.0.1"), "{stderr}");
+    assert!(stderr.contains("proxy authentication failed") && stderr.contains("127.0.0.1"), "{stderr}");
     assert_no_password(&output, &[]);
     assert!(!stderr.contains("wrong-password"), "{stderr}");
 }

@@ -177,6 +177,7 @@ fn endpoint(reference: &ImageRef, common: &ImageCommon, side: Side) -> anyhow::R
         ImageRef::Layout { dir, .. } => {
             let layout = match side {
                 Side::Source => Layout::open(dir, max_manifest_bytes)?,
+                Side::Target if common.dry_run => Layout::for_dry_run(dir, max_manifest_bytes)?,
                 Side::Target => Layout::create(dir, max_manifest_bytes)?,
             };
             Ok(Endpoint::Layout(Arc::new(layout)))

@@ -53,8 +53,8 @@ pub struct AuthFileError {
 
 /// Finds credentials for `registry` (`host[:port]`) in, in order: `authfile` (`--authfile`),
 /// `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.docker/config.json`.
-/// Only the first file that exists is read (as skopeo does). Credential helpers
-/// (`credsStore`, `credHelpers`) are not run.
+/// The first file with an entry for the registry wins. Credential helpers (`credsStore`,
+/// `credHelpers`) are not run: a warning says so when a file names one.
 pub fn lookup_credentials(registry: &str, authfile: Option<&Path>) -> Result<Option<Credentials>, AuthFileError> {
     let explicit = authfile.map(Path::to_owned).or_else(|| std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from));
     let candidates: Vec<PathBuf> = match explicit {
@@ -74,7 +74,19 @@ pub fn lookup_credentials(registry: &str, authfile: Option<&Path>) -> Result<Opt
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => continue,
             Err(e) => return Err(AuthFileError { path, reason: e.to_string() }),
         };
-        return parse(&bytes, registry).map_err(|reason| AuthFileError { path, reason });
+        match parse(&bytes, registry).map_err(|reason| AuthFileError { path: path.clone(), reason })? {
+            Some(credentials) => return Ok(Some(credentials)),
+            None => {
+                if std::str::from_utf8(&bytes)
+                    .is_ok_and(|text| text.contains("credHelpers") || text.contains("credsStore"))
+                {
+                    tracing::warn!(
+                        "`{}` names a credential helper, which mover does not run: put `{registry}`'s credentials in an auth file or pass them with --src-creds/--dest-creds",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
     Ok(None)
 }

@@ -130,6 +130,9 @@ impl Session {
     }
 }
 
+/// Cap on the bytes of all manifests of one image, held until they are pushed.
+const MAX_WALK_BYTES: usize = 64 << 20;
+
 /// The manifests and blobs an image consists of.
 struct Walk {
     /// Children before parents; the root last.
@@ -189,8 +192,8 @@ pub async fn copy_image(
 async fn walk(source: &Endpoint, root: RawManifest, platform: Option<&Platform>) -> Result<Walk, ImageError> {
     let mut root = root;
     if let Some(platform) = platform {
-        let parsed = manifest::parse(&root.bytes, Some(&root.media_type))
-            .map_err(|source| ImageError::Manifest { what: "the source manifest".into(), source })?;
+        let parsed = manifest::parse_with_limit(&root.bytes, Some(&root.media_type), usize::MAX)
+            .map_err(|problem| ImageError::Manifest { what: "the source manifest".into(), problem })?;
         if let Content::Index { manifests } = parsed.content {
             let chosen = manifests
                 .iter()
@@ -227,14 +230,25 @@ fn visit<'a>(
         if depth > manifest::MAX_DEPTH {
             return Err(ImageError::Manifest {
                 what: format!("manifest {}", manifest.digest),
-                source: manifest::ManifestError::TooDeep,
+                problem: manifest::ManifestError::TooDeep,
             });
         }
         if !seen.insert(manifest.digest.clone()) {
             return Ok(());
         }
-        let parsed = manifest::parse(&manifest.bytes, Some(&manifest.media_type))
-            .map_err(|source| ImageError::Manifest { what: format!("manifest {}", manifest.digest), source })?;
+        let held: usize = manifests.iter().map(|m| m.bytes.len()).sum::<usize>() + manifest.bytes.len();
+        if held > MAX_WALK_BYTES {
+            return Err(ImageError::Manifest {
+                what: format!("manifest {}", manifest.digest),
+                problem: manifest::ManifestError::TooMany {
+                    what: "bytes of manifests in all",
+                    count: held,
+                    limit: MAX_WALK_BYTES,
+                },
+            });
+        }
+        let parsed = manifest::parse_with_limit(&manifest.bytes, Some(&manifest.media_type), usize::MAX)
+            .map_err(|problem| ImageError::Manifest { what: format!("manifest {}", manifest.digest), problem })?;
         match parsed.content {
             Content::Image { config, layers } => {
                 for blob in std::iter::once(config).chain(layers) {
@@ -247,7 +261,7 @@ fn visit<'a>(
                 if seen.len() + children.len() > manifest::MAX_CHILDREN * 4 {
                     return Err(ImageError::Manifest {
                         what: format!("manifest {}", manifest.digest),
-                        source: manifest::ManifestError::TooMany {
+                        problem: manifest::ManifestError::TooMany {
                             what: "manifests in all",
                             count: seen.len() + children.len(),
                             limit: manifest::MAX_CHILDREN * 4,
@@ -306,7 +320,8 @@ async fn copy_blob(
     if let (Some(from), Endpoint::Registry { registry, repository }) =
         (session.mount_source(&blob.digest, target, source), target)
         && !dry_run
-        && registry.mount(repository, &from, &blob.digest).await?
+        // A failed mount is not a failed copy: the blob is streamed instead.
+        && registry.mount(repository, &from, &blob.digest).await.unwrap_or(false)
     {
         session.remember(&blob.digest, target);
         session.count(|s| s.blobs_mounted += 1);
@@ -380,7 +395,8 @@ async fn read_verified(
     let mut last_event = Instant::now();
     let mut resumes = 0;
     let outcome: Result<(), ImageError> = async {
-        let mut stream = super::retry(&what, || source.blob(blob, 0)).await?;
+        // Not retried here: the whole blob copy is (see `copy_blob`).
+        let mut stream = source.blob(blob, 0).await?;
         loop {
             match stream.next().await {
                 Some(Ok(chunk)) => {

@@ -16,7 +16,8 @@ use super::reference::{Digest, Version};
 use super::{BlobStream, ImageError, RawManifest};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const INDEX_CAP: u64 = 64 << 20;
+/// Cap on `index.json` (about 40,000 entries).
+const INDEX_CAP: u64 = 8 << 20;
 const READ_CHUNK: usize = 1 << 20;
 
 /// An OCI image layout directory.
@@ -73,11 +74,26 @@ impl Layout {
         Ok(layout)
     }
 
-    /// Opens a layout to write into, creating it when missing.
+    /// A layout to plan a dry run against: opened when it exists, nothing created when not
+    /// (a dry run writes nothing; a missing layout simply has no blobs).
+    pub fn for_dry_run(dir: &Path, max_manifest_bytes: usize) -> Result<Layout, ImageError> {
+        if dir.join("oci-layout").exists() {
+            return Layout::open(dir, max_manifest_bytes);
+        }
+        Ok(Layout { dir: dir.to_owned(), max_manifest_bytes, index_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    /// Opens a layout to write into, creating it when missing. A directory that exists, is not
+    /// empty and is not a layout is refused (nothing of it is overwritten).
     pub fn create(dir: &Path, max_manifest_bytes: usize) -> Result<Layout, ImageError> {
         let layout = Layout { dir: dir.to_owned(), max_manifest_bytes, index_lock: tokio::sync::Mutex::new(()) };
         if dir.join("oci-layout").exists() {
             return Layout::open(dir, max_manifest_bytes);
+        }
+        if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+            return Err(layout.error(
+                "the directory is not empty and is not an OCI image layout: name an empty or new directory".into(),
+            ));
         }
         let io = |e: std::io::Error| layout.error(e.to_string());
         std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(io)?;
@@ -156,7 +172,7 @@ impl Layout {
             if e.kind() == std::io::ErrorKind::FileTooLarge {
                 ImageError::Manifest {
                     what: what.clone(),
-                    source: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
+                    problem: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
                 }
             } else {
                 self.error(format!("{what}: {e}"))

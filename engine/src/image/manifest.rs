@@ -171,11 +171,17 @@ struct Document {
     manifests: Option<Vec<Descriptor>>,
 }
 
-/// Parses a manifest. `content_type` is the registry's `Content-Type` or the layout
-/// descriptor's media type; the document's own `mediaType` wins when present.
+/// Parses a manifest of at most [`MAX_MANIFEST_BYTES`]. `content_type` is the registry's
+/// `Content-Type` or the layout descriptor's media type; the document's own `mediaType` wins when
+/// present.
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, ManifestError> {
-    if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(ManifestError::TooLarge { limit: MAX_MANIFEST_BYTES });
+    parse_with_limit(bytes, content_type, MAX_MANIFEST_BYTES)
+}
+
+/// [`parse`] with another size cap (`--max-manifest-size`).
+pub fn parse_with_limit(bytes: &[u8], content_type: Option<&str>, limit: usize) -> Result<Parsed, ManifestError> {
+    if bytes.len() > limit {
+        return Err(ManifestError::TooLarge { limit });
     }
     let document: Document = serde_json::from_slice(bytes).map_err(|e| ManifestError::Invalid(e.to_string()))?;
     if document.schema_version != Some(2) {

@@ -57,13 +57,12 @@ pub enum ImageError {
     #[error(transparent)]
     Reference(#[from] ParseError),
     /// A manifest was refused.
-    #[error("{what}: {source}")]
+    #[error("{what}: {problem}")]
     Manifest {
         /// Which manifest.
         what: String,
         /// Why.
-        #[source]
-        source: ManifestError,
+        problem: ManifestError,
     },
     /// Content does not match its digest: the source is corrupt or lying.
     #[error("{what}: content does not match its digest (expected {expected}, got {actual}); nothing was tagged")]
@@ -104,9 +103,10 @@ pub enum ImageError {
     /// The server's certificate is not signed by a trusted authority.
     #[error(
         "TLS to `{registry}` failed: certificate signed by unknown authority ({detail}).\n\
-         Fetch the registry's CA bundle with `mover certs fetch {registry} -o {registry_file}.pem`, check the fingerprints it prints, \
+         Fetch the registry's CA bundle with `mover certs fetch {fetch_target} -o {registry_file}.pem`, check the fingerprints it prints, \
          then pass it with --src-ca-bundle/--dest-ca-bundle (or --src-tls-verify=false/--dest-tls-verify=false to skip verification)",
-        registry_file = registry.replace([':', '[', ']'], "_")
+        registry_file = registry.replace([':', '[', ']'], "_"),
+        fetch_target = with_port(registry)
     )]
     UnknownAuthority {
         /// The registry.
@@ -183,6 +183,13 @@ impl ImageError {
             _ => None,
         }
     }
+}
+
+/// `host:port` for `mover certs fetch`: registries named without a port listen on 443.
+fn with_port(registry: &str) -> String {
+    let has_port =
+        registry.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) && !registry.ends_with(']');
+    if has_port { registry.to_owned() } else { format!("{registry}:443") }
 }
 
 /// The longest `Retry-After` honoured; longer values are clamped.
@@ -285,5 +292,38 @@ impl Endpoint {
             Endpoint::Registry { registry, repository } => registry.tags(repository).await,
             Endpoint::Layout(layout) => layout.tags().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certs_fetch_remedy_always_names_a_port() {
+        for (registry, expected) in [
+            ("quay.example", "mover certs fetch quay.example:443 "),
+            ("reg.example:5000", "mover certs fetch reg.example:5000 "),
+            ("[::1]", "mover certs fetch [::1]:443 "),
+            ("[::1]:5000", "mover certs fetch [::1]:5000 "),
+        ] {
+            let error = ImageError::UnknownAuthority { registry: registry.into(), detail: "UnknownIssuer".into() };
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried_and_retry_after_is_clamped() {
+        let status = |status, retry_after| ImageError::Status {
+            registry: "r".into(),
+            what: "w".into(),
+            status,
+            detail: String::new(),
+            retry_after,
+        };
+        assert!(status(404, None).retry_after(1).is_none());
+        assert!(status(503, None).retry_after(1).is_some());
+        assert_eq!(status(429, Some(Duration::from_secs(999_999_999))).retry_after(1), Some(MAX_RETRY_AFTER));
+        assert!(ImageError::Unauthorized { registry: "r".into(), detail: String::new() }.retry_after(1).is_none());
     }
 }

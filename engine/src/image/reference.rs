@@ -62,9 +62,15 @@ pub struct ParseError {
 }
 
 fn refuse(what: &'static str, input: &str, reason: impl Into<String>) -> ParseError {
-    // Cap what is echoed back: the input may be a hostile peer's.
+    // Cap what is echoed back, the reason too (it quotes the bad part): the input may be a
+    // hostile peer's.
     let input: String = input.chars().take(200).collect();
-    ParseError { what, input, reason: reason.into() }
+    let mut reason: String = reason.into();
+    if let Some((cut, _)) = reason.char_indices().nth(300) {
+        reason.truncate(cut);
+        reason.push_str("...");
+    }
+    ParseError { what, input, reason }
 }
 
 impl Digest {

@@ -60,11 +60,17 @@ impl Default for RegistryOptions {
 /// A connection to one registry host.
 pub struct Registry {
     host: String,
+    /// Where requests go: `host`, except Docker Hub's API host for `docker.io` (as oci-client
+    /// resolves it, so credentials are filed under the same key).
+    api_host: String,
     scheme: &'static str,
     client: oci_client::Client,
     http: reqwest::Client,
     auth: RegistryAuth,
     max_manifest_bytes: usize,
+    /// Set when the registry refused a mount for lack of rights (token registries grant the
+    /// target repository only): later blobs skip the attempt.
+    mounts_refused: std::sync::atomic::AtomicBool,
     /// `Authorization` values for our own requests, per repository and operation.
     authorizations: Mutex<HashMap<(String, bool), CachedAuthorization>>,
 }
@@ -134,14 +140,18 @@ impl Registry {
             Credentials::Basic { user, password } => RegistryAuth::Basic(user.clone(), password.clone()),
             Credentials::Token(token) => RegistryAuth::Bearer(token.clone()),
         };
+        let api_host =
+            Reference::with_tag(host.to_owned(), "x".to_owned(), "y".to_owned()).resolve_registry().to_owned();
         Ok(Registry {
             host: host.to_owned(),
+            api_host,
             scheme: if options.tls == TlsMode::PlainHttp { "http" } else { "https" },
             client,
             http,
             auth,
             max_manifest_bytes: options.max_manifest_bytes,
             authorizations: Mutex::new(HashMap::new()),
+            mounts_refused: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -162,7 +172,7 @@ impl Registry {
     }
 
     fn url(&self, repository: &str, tail: &str) -> String {
-        format!("{}://{}/v2/{repository}/{tail}", self.scheme, self.host)
+        format!("{}://{}/v2/{repository}/{tail}", self.scheme, self.api_host)
     }
 
     /// Classifies a transport error (TLS trust problems are not retried and get a remedy).
@@ -180,7 +190,7 @@ impl Registry {
         let lower = chain.to_lowercase();
         if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("unknown authority") {
             ImageError::UnknownAuthority { registry: self.host.clone(), detail: chain }
-        } else if lower.contains("tunnel error") || lower.contains("proxy") {
+        } else if lower.contains("tunnel error") {
             ImageError::Proxy { registry: self.host.clone(), detail: chain }
         } else if lower.contains("invalid peer certificate") || lower.contains("certificate") && lower.contains("tls") {
             ImageError::Tls { registry: self.host.clone(), detail: chain }
@@ -213,13 +223,29 @@ impl Registry {
                     )
                 });
                 let detail = envelope.errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; ");
+                use oci_client::errors::OciErrorCode;
+                let status = if envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)) {
+                    429
+                } else if envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        OciErrorCode::NameUnknown
+                            | OciErrorCode::ManifestUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::NotFound
+                    )
+                }) {
+                    404
+                } else {
+                    400
+                };
                 if denied {
                     ImageError::Unauthorized { registry: self.host.clone(), detail: format!(" ({detail})") }
                 } else {
                     ImageError::Status {
                         registry: self.host.clone(),
                         what: what.to_owned(),
-                        status: 400,
+                        status,
                         detail: format!(": {detail}"),
                         retry_after: None,
                     }
@@ -261,10 +287,12 @@ impl Registry {
             auth => {
                 let operation = if push { RegistryOperation::Push } else { RegistryOperation::Pull };
                 let reference = self.reference(repository, None);
-                let token = retry("authentication", || async {
-                    self.client.auth(&reference, auth, operation).await.map_err(|e| self.oci_error("authentication", e))
-                })
-                .await?;
+                // Not retried here: the request this authorizes is retried as a whole.
+                let token = self
+                    .client
+                    .auth(&reference, auth, operation)
+                    .await
+                    .map_err(|e| self.oci_error("authentication", e))?;
                 match (token, auth) {
                     (Some(token), _) => Some(format!("Bearer {token}")),
                     (None, RegistryAuth::Basic(user, password)) => {
@@ -317,6 +345,80 @@ impl Registry {
         unreachable!("the loop returns on its second pass")
     }
 
+    /// Sends one request of ours with authorization, without refreshing a refused token.
+    async fn send_once(
+        &self,
+        repository: &str,
+        push: bool,
+        what: &str,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ImageError> {
+        let mut request = build(&self.http);
+        if let Some(value) = self.authorization(repository, push).await? {
+            request = request.header(AUTHORIZATION, value);
+        }
+        request.send().await.map_err(|e| self.transport(what, &e))
+    }
+
+    /// GETs a JSON list page by page, following `Link: <...>; rel="next"` on this registry's
+    /// own origin; each page is read with a cap, and the whole list is capped too.
+    async fn paged_list(
+        &self,
+        repository: &str,
+        first: String,
+        field: &str,
+        what: &str,
+    ) -> Result<Vec<String>, ImageError> {
+        const PAGE_CAP: usize = 8 << 20;
+        const MAX_ITEMS: usize = 100_000;
+        let origin = format!("{}://{}", self.scheme, self.api_host);
+        let mut next = Some(first);
+        let mut items = Vec::new();
+        while let Some(url) = next.take() {
+            let response = retry(what, || async {
+                let response = self.send(repository, false, what, |http| http.get(&url)).await?;
+                match response.status() {
+                    StatusCode::OK => Ok(response),
+                    StatusCode::NOT_FOUND => {
+                        Err(ImageError::NotFound { what: format!("repository `{}/{repository}`", self.host) })
+                    }
+                    _ => Err(self.fail(what, response).await),
+                }
+            })
+            .await?;
+            next = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|link| {
+                    link.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(u, _)| u.to_owned())
+                })
+                .and_then(|link| {
+                    if link.starts_with('/') {
+                        Some(format!("{origin}{link}"))
+                    } else {
+                        link.starts_with(&format!("{origin}/")).then_some(link)
+                    }
+                });
+            let body = read_capped(response, PAGE_CAP + 1).await.map_err(|e| self.transport(what, &e))?;
+            if body.len() > PAGE_CAP {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: a page of more than {PAGE_CAP} bytes from `{}`",
+                    self.host
+                )));
+            }
+            let page: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                ImageError::Invalid(format!("{what}: `{}` answered something that is not JSON: {e}", self.host))
+            })?;
+            let page_items = page.get(field).and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default();
+            items.extend(page_items.iter().filter_map(|v| v.as_str()).map(str::to_owned));
+            if items.len() > MAX_ITEMS {
+                return Err(ImageError::Invalid(format!("{what}: more than {MAX_ITEMS} entries from `{}`", self.host)));
+            }
+        }
+        Ok(items)
+    }
+
     async fn fail(&self, what: &str, response: reqwest::Response) -> ImageError {
         let status = response.status().as_u16();
         let retry_after = response
@@ -367,7 +469,7 @@ impl Registry {
             if response.content_length().is_some_and(|n| n > self.max_manifest_bytes as u64) {
                 return Err(ImageError::Manifest {
                     what: what.to_owned(),
-                    source: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
+                    problem: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
                 });
             }
             let bytes = read_capped(response, self.max_manifest_bytes + 1)
@@ -376,7 +478,7 @@ impl Registry {
             if bytes.len() > self.max_manifest_bytes {
                 return Err(ImageError::Manifest {
                     what: what.to_owned(),
-                    source: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
+                    problem: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
                 });
             }
             let media_type = content_type.split(';').next().unwrap_or_default().trim().to_owned();
@@ -397,7 +499,24 @@ impl Registry {
             .await?;
         let skip = match response.status() {
             StatusCode::OK => offset,
-            StatusCode::PARTIAL_CONTENT if offset > 0 => 0,
+            StatusCode::PARTIAL_CONTENT if offset > 0 => {
+                // The range must start where we asked, or the bytes would land in the wrong place.
+                let start = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if start != Some(offset) {
+                    return Err(ImageError::Transport {
+                        registry: self.host.clone(),
+                        what,
+                        detail: format!("asked for bytes from {offset}, got a range starting at {start:?}"),
+                    });
+                }
+                0
+            }
             StatusCode::NOT_FOUND => {
                 return Err(ImageError::NotFound {
                     what: format!("blob {} in `{}/{repository}`", descriptor.digest, self.host),
@@ -435,7 +554,7 @@ impl Registry {
     /// HEAD a blob.
     pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool, ImageError> {
         let reference = self.reference(repository, None);
-        self.client.store_auth_if_needed(&self.host, &self.auth).await;
+        self.client.store_auth_if_needed(&self.api_host, &self.auth).await;
         let what = format!("HEAD blob {}", digest.short());
         retry(&what, || async {
             self.client.blob_exists(&reference, &digest.to_string()).await.map_err(|e| self.oci_error(&what, e))
@@ -446,11 +565,15 @@ impl Registry {
     /// Cross-repository mount. `Ok(false)` when the registry declined (including a `202`
     /// "upload started instead", whose session is cancelled): the caller then copies.
     pub async fn mount(&self, repository: &str, from: &str, digest: &Digest) -> Result<bool, ImageError> {
-        let url = format!("{}://{}/v2/{repository}/blobs/uploads/", self.scheme, self.host);
+        use std::sync::atomic::Ordering;
+        if self.mounts_refused.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let url = format!("{}://{}/v2/{repository}/blobs/uploads/", self.scheme, self.api_host);
         let what = format!("mount {} from {from}", digest.short());
         let digest_text = digest.to_string();
         let response = self
-            .send(repository, true, &what, |http| {
+            .send_once(repository, true, &what, |http| {
                 http.post(&url).query(&[("mount", digest_text.as_str()), ("from", from)]).header(CONTENT_LENGTH, "0")
             })
             .await?;
@@ -459,17 +582,24 @@ impl Registry {
             StatusCode::ACCEPTED => {
                 // The registry opened an upload instead (it cannot mount, e.g. no read access to
                 // `from`). Cancel it; the caller streams the blob.
+                // Only on this registry's own origin: our credentials go nowhere else.
                 if let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+                    let origin = format!("{}://{}/", self.scheme, self.api_host);
                     let location = if location.starts_with('/') {
-                        format!("{}://{}{location}", self.scheme, self.host)
+                        Some(format!("{}://{}{location}", self.scheme, self.api_host))
                     } else {
-                        location.to_owned()
+                        location.starts_with(&origin).then(|| location.to_owned())
                     };
-                    let _ = self.send(repository, true, "cancel upload", |http| http.delete(&location)).await;
+                    if let Some(location) = location {
+                        let _ = self.send_once(repository, true, "cancel upload", |http| http.delete(&location)).await;
+                    }
                 }
                 Ok(false)
             }
             status => {
+                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    self.mounts_refused.store(true, Ordering::Relaxed);
+                }
                 tracing::debug!(%status, "mount of {digest} declined by {}", self.host);
                 Ok(false)
             }
@@ -483,7 +613,7 @@ impl Registry {
         descriptor: &Descriptor,
         stream: BlobStream,
     ) -> Result<(), ImageError> {
-        self.client.store_auth_if_needed(&self.host, &self.auth).await;
+        self.client.store_auth_if_needed(&self.api_host, &self.auth).await;
         let reference = self.reference(repository, None);
         let stream = stream.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())));
         let what = format!("upload blob {}", descriptor.digest.short());
@@ -501,7 +631,7 @@ impl Registry {
         manifest: &RawManifest,
         tag: Option<&str>,
     ) -> Result<(), ImageError> {
-        self.client.store_auth_if_needed(&self.host, &self.auth).await;
+        self.client.store_auth_if_needed(&self.api_host, &self.auth).await;
         let version = match tag {
             Some(tag) => Version::Tag(tag.to_owned()),
             None => Version::Digest(manifest.digest.clone()),
@@ -520,58 +650,32 @@ impl Registry {
         .await
     }
 
-    /// All tags of a repository (paged).
+    /// All tags of a repository (every page).
     pub async fn tags(&self, repository: &str) -> Result<Vec<String>, ImageError> {
-        let reference = self.reference(repository, None);
-        let mut tags: Vec<String> = Vec::new();
-        loop {
-            let last = tags.last().cloned();
-            let what = format!("list tags of {repository}");
-            let page = retry(&what, || async {
-                self.client.list_tags(&reference, &self.auth, Some(1000), last.as_deref()).await.map_err(|e| match self
-                    .oci_error(&what, e)
-                {
-                    ImageError::Status { status: 404, .. } => {
-                        ImageError::NotFound { what: format!("repository `{}/{repository}`", self.host) }
-                    }
-                    other => other,
-                })
-            })
-            .await?;
-            let before = tags.len();
-            tags.extend(page.tags.into_iter().filter(|t| super::reference::valid_tag(t)));
-            if tags.len() == before || tags.len() - before < 1000 {
-                break;
-            }
-        }
+        let first = self.url(repository, "tags/list?n=1000");
+        let mut tags: Vec<String> = self
+            .paged_list(repository, first, "tags", &format!("list tags of {repository}"))
+            .await?
+            .into_iter()
+            .filter(|t| super::reference::valid_tag(t))
+            .collect();
         tags.sort();
         tags.dedup();
         Ok(tags)
     }
 
-    /// Repositories of the registry whose names start with `prefix/` (the catalog API).
+    /// Repositories of the registry whose names start with `prefix/` (the catalog API, every
+    /// page). On token-authenticated registries the catalog needs a `registry:catalog:*` token,
+    /// which is not requested: use `sync` per repository there.
     pub async fn repositories(&self, prefix: &str) -> Result<Vec<String>, ImageError> {
-        let reference = self.reference(prefix, None);
-        let mut all: Vec<String> = Vec::new();
-        loop {
-            let last = all.last().cloned();
-            let what = "list repositories (catalog)";
-            let page = retry(what, || async {
-                self.client
-                    .catalog(&reference, &self.auth, Some(1000), last.as_deref())
-                    .await
-                    .map_err(|e| self.oci_error(what, e))
-            })
-            .await?;
-            let before = all.len();
-            all.extend(page.repositories);
-            if all.len() - before < 1000 {
-                break;
-            }
-        }
+        let first = format!("{}://{}/v2/_catalog?n=1000", self.scheme, self.api_host);
         let wanted = format!("{prefix}/");
-        let mut found: Vec<String> =
-            all.into_iter().filter(|r| r.starts_with(&wanted) && super::reference::valid_repository(r)).collect();
+        let mut found: Vec<String> = self
+            .paged_list(prefix, first, "repositories", "list repositories (catalog)")
+            .await?
+            .into_iter()
+            .filter(|r| r.starts_with(&wanted) && super::reference::valid_repository(r))
+            .collect();
         found.sort();
         found.dedup();
         Ok(found)
@@ -616,8 +720,9 @@ pub(super) fn finish_manifest(
     {
         return Err(ImageError::DigestMismatch { what: what.to_owned(), expected: expected.clone(), actual: digest });
     }
-    let parsed = manifest::parse(&bytes, Some(content_type))
-        .map_err(|source| ImageError::Manifest { what: what.to_owned(), source })?;
+    // The size was capped while reading, with the configured limit.
+    let parsed = manifest::parse_with_limit(&bytes, Some(content_type), usize::MAX)
+        .map_err(|problem| ImageError::Manifest { what: what.to_owned(), problem })?;
     Ok(RawManifest { bytes, media_type: parsed.media_type, digest })
 }
 
