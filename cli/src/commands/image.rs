@@ -227,7 +227,16 @@ fn endpoint(reference: &ImageRef, common: &ImageCommon, side: Side) -> anyhow::R
 struct ImagePrinter {
     json: Option<Mutex<std::io::Stdout>>,
     bars: Option<(MultiProgress, Mutex<HashMap<String, ProgressBar>>)>,
+    /// Per image: its bar and the bytes done of each of its blobs.
+    images: Mutex<HashMap<String, (ProgressBar, HashMap<String, u64>)>>,
     dry_run: bool,
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{msg:20} {bytes:>10}/{total_bytes:<10} {wide_bar} {binary_bytes_per_sec:>12} ETA {eta:<4}",
+    )
+    .expect("valid template")
 }
 
 impl ImagePrinter {
@@ -235,7 +244,7 @@ impl ImagePrinter {
         let json = (global.output == OutputFormat::Json).then(|| Mutex::new(std::io::stdout()));
         let bars = (json.is_none() && !dry_run && !global.no_progress && std::io::stderr().is_terminal())
             .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)), Mutex::default()));
-        ImagePrinter { json, bars, dry_run }
+        ImagePrinter { json, bars, images: Mutex::default(), dry_run }
     }
 
     fn json_line(&self, value: &serde_json::Value) {
@@ -316,17 +325,23 @@ impl Reporter for ImagePrinter {
             return;
         };
         match event {
-            Event::Blob { digest, size, done, state, .. } => {
+            Event::ImagePlanned { image, bytes, .. } => {
+                let bar = multi.insert(0, ProgressBar::new(*bytes));
+                bar.set_style(bar_style());
+                bar.set_message(image.rsplit('/').next().unwrap_or(image).chars().take(20).collect::<String>());
+                bar.enable_steady_tick(Duration::from_millis(250));
+                self.images.lock().expect("images").insert(image.clone(), (bar, HashMap::new()));
+            }
+            Event::Blob { image, digest, size, done, state } => {
+                if let Some((bar, blobs)) = self.images.lock().expect("images").get_mut(image) {
+                    blobs.insert(digest.clone(), *done);
+                    bar.set_position(blobs.values().sum());
+                }
                 let mut bars = bars.lock().expect("bars");
                 let bar = bars.entry(digest.clone()).or_insert_with(|| {
                     let bar = multi.add(ProgressBar::new(*size));
-                    bar.set_style(
-                        ProgressStyle::with_template(
-                            "{msg:20} {bytes:>10}/{total_bytes:<10} {wide_bar} {binary_bytes_per_sec:>12} ETA {eta:<4}",
-                        )
-                        .expect("valid template"),
-                    );
-                    bar.set_message(digest.chars().take(19).collect::<String>());
+                    bar.set_style(bar_style());
+                    bar.set_message(format!("  {}", digest.chars().take(19).collect::<String>()));
                     bar.enable_steady_tick(Duration::from_millis(250));
                     bar
                 });
@@ -337,6 +352,9 @@ impl Reporter for ImagePrinter {
                 }
             }
             Event::ImageCopied { image, digest } => {
+                if let Some((bar, _)) = self.images.lock().expect("images").remove(image) {
+                    bar.finish_and_clear();
+                }
                 let _ = multi.println(format!("copied {image} ({digest})"));
             }
             Event::Warning { message } => {
