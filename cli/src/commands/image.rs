@@ -228,9 +228,12 @@ struct ImagePrinter {
     json: Option<Mutex<std::io::Stdout>>,
     bars: Option<(MultiProgress, Mutex<HashMap<String, ProgressBar>>)>,
     /// Per image: its bar and the bytes done of each of its blobs.
-    images: Mutex<HashMap<String, (ProgressBar, HashMap<String, u64>)>>,
+    images: Mutex<HashMap<String, ImageBar>>,
     dry_run: bool,
 }
+
+/// An image's bar and the bytes done of each of its blobs.
+type ImageBar = (ProgressBar, HashMap<String, u64>);
 
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
