@@ -23,3 +23,5 @@ if ((${#need[@]})); then
 fi
 
 cargo test --workspace --locked
+# Fuzz smoke run: every fuzz target for FUZZ_SECONDS (30) each; MOVER_FUZZ_SMOKE=0 skips it.
+if [ "${MOVER_FUZZ_SMOKE:-1}" != 0 ]; then ./scripts/fuzz-smoke.sh; fi
