@@ -2,6 +2,9 @@
 
 mod args;
 mod commands;
+mod location;
+#[expect(dead_code, reason = "`mover plan run` and `mover preflight` use it in the next commits")]
+mod plan;
 mod printer;
 
 use std::io::IsTerminal;
