@@ -56,6 +56,35 @@ pub enum Command {
     /// Manage a migration's certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Run a migration plan (volumes, images, hooks): see `examples/plan.yaml`.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+}
+
+/// `mover plan ...`.
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Run a plan: `PreBackup` hooks, `PreRestore` hooks, the volume copies (in parallel, up to
+    /// `concurrency.volumes`), `PostBackup` hooks, `PostRestore` hooks. A failing hook or copy stops
+    /// the plan there. Running it again resumes: completed volumes are cheap incremental no-ops.
+    Run(PlanRunArgs),
+}
+
+/// `mover plan run`.
+#[derive(Debug, Args)]
+pub struct PlanRunArgs {
+    /// The plan file (YAML, `apiVersion: mover/v1alpha1`, `kind: MigrationPlan`).
+    pub plan: PathBuf,
+    /// Stage run, while the application still runs: files that vanish or change while being
+    /// read are warnings. May be repeated.
+    #[arg(long, conflicts_with = "final_run")]
+    pub stage: bool,
+    /// Final run (the default), with the application stopped: every file must copy.
+    #[arg(long = "final", id = "final_run")]
+    pub final_run: bool,
+    /// Also write the final report as JSON to FILE.
+    #[arg(long, value_name = "FILE", env = "MOVER_REPORT")]
+    pub report: Option<PathBuf>,
 }
 
 /// `mover copy`.

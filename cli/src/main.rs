@@ -3,7 +3,6 @@
 mod args;
 mod commands;
 mod location;
-#[expect(dead_code, reason = "`mover plan run` and `mover preflight` use it in the next commits")]
 mod plan;
 mod printer;
 
@@ -12,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, PlanCommand};
 
 /// Exit code: the migration failed for a stated reason.
 pub const EXIT_FAILED: u8 = 1;
@@ -61,6 +60,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Copy(args) => commands::copy::run(args, &cli.global).await,
             Command::Certs(command) => commands::certs::run(command).await,
+            Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
         }
     });
     match result {

@@ -30,7 +30,9 @@ pub enum Kind {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PlanFile {
+    #[expect(dead_code, reason = "deserialising it is the check: only `mover/v1alpha1` parses")]
     pub api_version: ApiVersion,
+    #[expect(dead_code, reason = "deserialising it is the check: only `MigrationPlan` parses")]
     pub kind: Kind,
     /// The plan's name: hooks see it as `migplan_name`.
     pub name: Name,

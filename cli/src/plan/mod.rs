@@ -8,6 +8,8 @@
 //! entry concerned.
 
 mod file;
+pub mod progress;
+pub mod report;
 pub mod values;
 
 use std::collections::HashSet;
@@ -42,10 +44,12 @@ pub struct Plan {
     /// Proxy password file.
     pub proxy_password_file: Option<PathBuf>,
     /// Registry CA bundles, by side.
+    #[expect(dead_code, reason = "preflight reads them (next commit)")]
     pub ca_bundles: Vec<(Side, PathBuf)>,
     /// Volumes copied at once.
     pub volume_concurrency: usize,
     /// Images copied at once.
+    #[expect(dead_code, reason = "image transfers in plans are wired once the image engine lands")]
     pub image_concurrency: usize,
     /// Volumes, in file order.
     pub volumes: Vec<VolumePlan>,
@@ -136,7 +140,10 @@ impl Plan {
     /// The directory relative paths of the plan are resolved against, and hooks run in.
     #[must_use]
     pub fn base_dir(&self) -> &Path {
-        self.path.parent().unwrap_or(Path::new("."))
+        match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        }
     }
 
     /// `migplan_name` and `migration_namespaces`, as every hook gets them.
@@ -164,6 +171,8 @@ impl Plan {
 
 /// Reads and checks a plan file.
 pub fn load(path: &Path) -> anyhow::Result<Plan> {
+    // Absolute, so that hooks run in (and relative paths resolve against) a real directory.
+    let path = &std::path::absolute(path).with_context(|| format!("cannot locate the plan `{}`", path.display()))?;
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the plan `{}`", path.display()))?;
     parse(&text, path)
 }
@@ -202,12 +211,17 @@ fn plain_message(error: &serde_saphyr::Error) -> String {
     message.to_owned()
 }
 
+/// `path` relative to the plan's directory, without `.` components.
 fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() { path.to_owned() } else { base.join(path) }
+    let joined = if path.is_absolute() { path.to_owned() } else { base.join(path) };
+    joined.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
 }
 
 fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
-    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let base = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
     if file.concurrency.volumes == 0 || file.concurrency.images == 0 {
         bail!("`{}`: `concurrency` values must be at least 1", path.display());
     }

@@ -36,7 +36,7 @@ fn relative_paths_and_defaults() {
     ))
     .unwrap();
     assert_eq!(plan.volumes[0].name, "b");
-    assert_eq!(plan.volumes[0].source, Location::Local("/plans/./a".into()));
+    assert_eq!(plan.volumes[0].source, Location::Local("/plans/a".into()));
     assert_eq!(plan.volume_concurrency, 2);
     assert!(plan.namespaces.is_empty());
     assert_eq!(plan.images.len(), 2);
