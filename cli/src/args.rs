@@ -59,6 +59,30 @@ pub enum Command {
     /// Run a migration plan (volumes, images, hooks): see `examples/plan.yaml`.
     #[command(subcommand)]
     Plan(PlanCommand),
+    /// Check a plan's prerequisites and print a table (check, result, remedy); exit 1 when any
+    /// check fails. Checks certificates, agents (reachable, same protocol version, volumes
+    /// readable or writable, free space), CA bundles and hook programs.
+    Preflight(PreflightArgs),
+}
+
+/// How strict preflight is.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Fail when a certificate expires within this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = 7, env = "MOVER_CERT_WINDOW_DAYS")]
+    pub cert_window_days: u32,
+    /// Target free space must exceed the source's used bytes by this many percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10, env = "MOVER_SPACE_MARGIN")]
+    pub space_margin: u32,
+}
+
+/// `mover preflight`.
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    #[command(flatten)]
+    pub checks: CheckArgs,
 }
 
 /// `mover plan ...`.
@@ -85,6 +109,11 @@ pub struct PlanRunArgs {
     /// Also write the final report as JSON to FILE.
     #[arg(long, value_name = "FILE", env = "MOVER_REPORT")]
     pub report: Option<PathBuf>,
+    /// Do not run `mover preflight`'s checks first.
+    #[arg(long, env = "MOVER_SKIP_PREFLIGHT")]
+    pub skip_preflight: bool,
+    #[command(flatten)]
+    pub checks: CheckArgs,
 }
 
 /// `mover copy`.

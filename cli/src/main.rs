@@ -61,6 +61,7 @@ fn main() -> ExitCode {
             Command::Copy(args) => commands::copy::run(args, &cli.global).await,
             Command::Certs(command) => commands::certs::run(command).await,
             Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
+            Command::Preflight(args) => commands::preflight::run(args, &cli.global).await,
         }
     });
     match result {

@@ -197,6 +197,11 @@ fn hint(error: &anyhow::Error) -> Option<String> {
     None
 }
 
+/// The hint for a copy error, when we know one.
+pub(crate) fn copy_error_hint(error: &CopyError) -> Option<String> {
+    copy_hint(error)
+}
+
 fn copy_hint(error: &CopyError) -> Option<String> {
     match error {
         CopyError::Refused { error, .. } => match error.kind {

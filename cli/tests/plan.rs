@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Agent, bin, certs, text};
+use common::{Agent, certs, mover_on_plan, text, write_plan};
 
 /// The seed's hook playbooks, unchanged, as committed under `examples/hooks/`.
 fn seed_playbook(name: &str) -> PathBuf {
@@ -23,22 +23,8 @@ fn require_ansible() {
     assert!(found, "`ansible-playbook` is missing: `pip install ansible-core` (scripts/test.sh installs it)");
 }
 
-/// Runs `mover plan run plan.yaml` from the plan's directory, as a user would.
 fn plan_run(plan: &Path, extra: &[&str]) -> Output {
-    std::process::Command::new(bin("mover"))
-        .current_dir(plan.parent().unwrap())
-        .args(["plan", "run"])
-        .arg(plan.file_name().unwrap())
-        .args(extra)
-        .env_remove("MOVER_OUTPUT")
-        .output()
-        .expect("run mover")
-}
-
-fn write_plan(dir: &Path, body: &str) -> PathBuf {
-    let path = dir.join("plan.yaml");
-    fs::write(&path, format!("apiVersion: mover/v1alpha1\nkind: MigrationPlan\n{body}")).unwrap();
-    path
+    mover_on_plan(&["plan", "run"], plan, extra, &[])
 }
 
 fn json_lines(output: &Output) -> Vec<serde_json::Value> {

@@ -18,6 +18,7 @@ pub mod client;
 pub mod compress;
 pub mod confine;
 pub mod hooks;
+pub mod inspect;
 pub mod meta;
 pub mod progress;
 pub mod scan;
@@ -28,3 +29,6 @@ pub mod tunnel;
 pub mod wire;
 
 pub use wire::{PROTOCOL_VERSION, SyncOptions};
+
+/// The software version of this build (agents report it to preflight).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

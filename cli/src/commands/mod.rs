@@ -3,3 +3,4 @@
 pub mod certs;
 pub mod copy;
 pub mod plan;
+pub mod preflight;

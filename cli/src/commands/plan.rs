@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 use crate::Outcome;
 use crate::args::{GlobalArgs, PlanRunArgs};
 use crate::commands::copy::resolve_proxy;
+use crate::commands::preflight::{self, Thresholds};
 use crate::location::Location;
 use crate::plan::progress::PlanPrinter;
 use crate::plan::report::{Report, StepResult};
@@ -49,6 +50,17 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
             plan.path.display(),
             plan.images.len()
         );
+    }
+    if !args.skip_preflight {
+        let checks = preflight::check_plan(&plan, Thresholds::from(&args.checks)).await;
+        if checks.failures() > 0 {
+            checks.print(global.output);
+            bail!(
+                "preflight: {} of {} checks failed (table above); nothing ran. Fix them, or pass `--skip-preflight` to run anyway",
+                checks.failures(),
+                checks.0.len()
+            );
+        }
     }
     let stage = args.stage && !args.final_run;
     let identity = plan_identity(&plan)?;

@@ -44,7 +44,6 @@ pub struct Plan {
     /// Proxy password file.
     pub proxy_password_file: Option<PathBuf>,
     /// Registry CA bundles, by side.
-    #[expect(dead_code, reason = "preflight reads them (next commit)")]
     pub ca_bundles: Vec<(Side, PathBuf)>,
     /// Volumes copied at once.
     pub volume_concurrency: usize,
