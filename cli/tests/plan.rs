@@ -286,3 +286,84 @@ fn plan_file_errors_carry_line_numbers() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plan.yaml` line 8, column 7: unknown field `chekcsum`"), "{}", text(&output));
 }
+
+#[test]
+fn a_failed_volume_stops_the_plan_before_the_post_transfer_hooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    for dir in ["src", "ok-dst", "ro-dst"] {
+        fs::create_dir(tmp.path().join(dir)).unwrap();
+    }
+    fs::write(tmp.path().join("src/file"), b"payload").unwrap();
+    let agent = Agent::start(
+        &certs,
+        &[
+            format!("ok={}", tmp.path().join("ok-dst").display()),
+            format!("ro={}:ro", tmp.path().join("ro-dst").display()),
+        ],
+        tmp.path(),
+    );
+    let marker = tmp.path().join("post-hook-ran");
+    let plan = write_plan(
+        tmp.path(),
+        &format!(
+            "name: partial\ncerts: ./certs\nvolumes:\n  - {{name: good, source: ./src, target: {}}}\n  - {{name: bad, source: ./src, target: {}}}\nhooks:\n  - {{name: after, phase: PostBackup, command: [touch, {}]}}\n",
+            agent.url("ok"),
+            agent.url("ro"),
+            marker.display()
+        ),
+    );
+    let report_path = tmp.path().join("report.json");
+    let output = plan_run(&plan, &["--skip-preflight", "--report", report_path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("volume `bad` failed; the post-transfer hooks did not run"), "{}", text(&output));
+    assert!(stderr.contains("read-only"), "{}", text(&output));
+    assert!(stderr.contains("hint: the agent was started with `--volume NAME=PATH:ro`"), "{}", text(&output));
+    assert!(!marker.exists(), "a post-transfer hook ran after a failed copy");
+    let report = read_report(&report_path);
+    assert_eq!(report["volumes"][0]["result"], "succeeded", "{report:#}");
+    assert_eq!(report["volumes"][1]["result"], "failed", "{report:#}");
+    assert!(report["volumes"][1]["error"].as_str().unwrap().contains("read-only"), "{report:#}");
+    assert_eq!(report["hooks"][0]["result"], "not_run");
+    assert_eq!(fs::read(tmp.path().join("ok-dst/file")).unwrap(), b"payload");
+}
+
+/// The volumes whose progress events interleave in a JSON event stream.
+fn interleaved(output: &Output) -> bool {
+    let order: Vec<String> = json_lines(output)
+        .iter()
+        .filter(|l| l["type"] == "progress" || l["type"] == "totals")
+        .map(|l| l["volume"].as_str().unwrap().to_owned())
+        .collect();
+    let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(order.len() > 4, "too few progress events to judge: {}", text(output));
+    switches > 1
+}
+
+#[test]
+fn the_volume_concurrency_limit_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    for volume in ["a", "b"] {
+        let dir = tmp.path().join(volume);
+        fs::create_dir(&dir).unwrap();
+        for i in 0..24 {
+            mover_testdata::write_random(&dir.join(format!("{i}")), 64 << 10, i).unwrap();
+        }
+    }
+    let run = |limit: u32| {
+        let _ = fs::remove_dir_all(tmp.path().join("out-a"));
+        let _ = fs::remove_dir_all(tmp.path().join("out-b"));
+        let plan = write_plan(
+            tmp.path(),
+            &format!(
+                "name: limits\nconcurrency: {{volumes: {limit}}}\nvolumes:\n  - {{name: a, source: ./a, target: ./out-a, options: {{bwlimit: 1M, compress: off}}}}\n  - {{name: b, source: ./b, target: ./out-b, options: {{bwlimit: 1M, compress: off}}}}\n"
+            ),
+        );
+        let output = plan_run(&plan, &["--output", "json"]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        output
+    };
+    assert!(!interleaved(&run(1)), "with `concurrency.volumes: 1` two volumes moved at once");
+    assert!(interleaved(&run(2)), "with `concurrency.volumes: 2` the volumes did not move at once");
+}
