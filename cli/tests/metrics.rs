@@ -1,5 +1,5 @@
 //! `mover-agent serve --metrics-listen`: `/healthz` answers, `/metrics` parses as Prometheus
-//! text (checked with the Prometheus Python client's OpenMetrics parser, which is strict), and
+//! text (checked with the Prometheus Python client's `OpenMetrics` parser, which is strict), and
 //! its counters match what a real plan run moved, on both the source and the target agent.
 
 mod common;

@@ -314,9 +314,12 @@ fn a_missing_ansible_playbook_is_caught() {
         "name: no-ansible\nvolumes:\n  - {source: ./src, target: ./out}\nhooks:\n  - {name: play, phase: PreBackup, playbook: play.yml}\n  - {name: tool, phase: PreBackup, command: [no-such-tool-here]}\n",
     );
     fs::write(s.tmp.path().join("play.yml"), "- hosts: localhost\n  gather_facts: false\n  tasks: []\n").unwrap();
-    // A PATH with the system's programs but without pip's `ansible-playbook`.
-    let path = "/usr/sbin:/usr/bin:/sbin:/bin";
-    assert!(!Path::new("/usr/bin/ansible-playbook").exists(), "this test needs ansible-playbook outside /usr/bin");
+    // This PATH without the directories that hold an `ansible-playbook`.
+    let path = std::env::join_paths(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap()).filter(|dir| !dir.join("ansible-playbook").exists()),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
     let output = mover_on_plan(&["preflight"], &plan, &["--output", "json"], &[("PATH", path)]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let ansible = assert_row(&output, "`ansible-playbook` present", "fail");
@@ -335,4 +338,90 @@ fn a_missing_ansible_playbook_is_caught() {
         "{}",
         text(&output)
     );
+}
+
+/// A real `tinyproxy` with Basic auth that allows CONNECT only to `connect_port`; killed on drop.
+struct Tinyproxy {
+    child: std::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Tinyproxy {
+    fn start(dir: &Path, connect_port: u16) -> Option<Tinyproxy> {
+        if std::process::Command::new("tinyproxy").arg("-v").output().is_err() {
+            eprintln!("skipped: tinyproxy is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = dir.join(format!("tinyproxy-{port}.log"));
+        let config = dir.join(format!("tinyproxy-{port}.conf"));
+        fs::write(
+            &config,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nBasicAuth alice {PROXY_PASSWORD}\nConnectPort {connect_port}\nLogFile \"{}\"\nLogLevel Info\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        common::wait_for_port(port, "tinyproxy");
+        Some(Tinyproxy { child, port, log })
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PROXY_PASSWORD: &str = "pr3flight-s3cret";
+
+#[test]
+fn target_agents_are_checked_through_the_plans_proxy() {
+    let s = setup();
+    let source_agent = Agent::start(&s.certs, &[format!("v={}:ro", s.source.display())], s.tmp.path());
+    let target_agent = Agent::start(&s.certs, &[format!("v={}", s.target.display())], s.tmp.path());
+    let target_port: u16 = target_agent.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    fs::write(s.tmp.path().join("proxy-password"), format!("{PROXY_PASSWORD}\n")).unwrap();
+    let plan_via = |proxy: &Tinyproxy| {
+        write_plan(
+            s.tmp.path(),
+            &format!(
+                "name: proxied\ncerts: ./certs\nproxy: http://alice@127.0.0.1:{}\nproxyPasswordFile: proxy-password\nvolumes:\n  - {{name: v, source: {}, target: {}}}\n",
+                proxy.port,
+                source_agent.url("v"),
+                target_agent.url("v")
+            ),
+        )
+    };
+    let Some(proxy) = Tinyproxy::start(s.tmp.path(), target_port) else { return };
+    let output = preflight(&plan_via(&proxy), &["--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_row(&output, &format!("agent `{}` reachable through proxy", target_agent.addr), "ok");
+    assert_row(&output, &format!("agent `{}` reachable", source_agent.addr), "ok");
+    let log = fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(log.contains("CONNECT") && log.contains(&target_agent.addr), "the proxy saw no CONNECT: {log}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains(PROXY_PASSWORD),
+        "the password leaked: {}",
+        text(&output)
+    );
+
+    // A proxy that refuses CONNECT to the target's port.
+    let Some(refusing) = Tinyproxy::start(s.tmp.path(), target_port.wrapping_add(1)) else { return };
+    let output = preflight(&plan_via(&refusing), &["--output", "json"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let row = assert_row(&output, "reachable through proxy", "fail");
+    assert!(row["remedy"].as_str().unwrap().contains("ConnectPort"), "{row:#}");
+    drop(proxy);
 }

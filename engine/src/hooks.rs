@@ -41,11 +41,19 @@ pub struct HookCommand {
 }
 
 impl HookCommand {
-    /// `program args...`.
+    /// `program args...`, run in `dir`. A relative program path with a `/` (`./hooks/x.sh`)
+    /// is taken relative to `dir`; a bare name is looked up in `PATH`.
     #[must_use]
     pub fn command(argv: &[String], dir: &Path, timeout: Duration) -> HookCommand {
+        let program = match argv.first() {
+            Some(program) if program.contains('/') && Path::new(program).is_relative() => {
+                dir.join(program).into_os_string()
+            }
+            Some(program) => OsString::from(program),
+            None => OsString::new(),
+        };
         HookCommand {
-            program: argv.first().map(OsString::from).unwrap_or_default(),
+            program,
             args: argv.iter().skip(1).map(OsString::from).collect(),
             env: Vec::new(),
             dir: dir.to_owned(),
@@ -304,6 +312,17 @@ mod tests {
         assert!(matches!(&error, HookError::TimedOut { tail, .. } if tail == &["started"]), "{error:?}");
         std::thread::sleep(Duration::from_secs(3));
         assert!(!marker.exists(), "a process of the hook's group survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn relative_program_paths_start_at_the_hook_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("hooks")).unwrap();
+        let script = dir.path().join("hooks/hello.sh");
+        std::fs::write(&script, "#!/bin/sh\necho hello\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let command = HookCommand::command(&["./hooks/hello.sh".into()], dir.path(), Duration::from_secs(10));
+        assert_eq!(run_hook(&command, &|_| {}).await.unwrap().tail, ["hello"]);
     }
 
     #[tokio::test]

@@ -73,8 +73,14 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     report.elapsed_s = started.elapsed().as_secs_f64();
     report.result = if result.is_ok() { StepResult::Succeeded } else { StepResult::Failed };
     report.error = result.as_ref().err().map(|error| format!("{error:#}"));
-    if let Some(path) = &args.report {
-        report.write(path)?;
+    if let Some(path) = &args.report
+        && let Err(error) = report.write(path)
+    {
+        // Keep the plan's own error when there is one; it matters more.
+        if result.is_ok() {
+            return Err(error);
+        }
+        crate::printer::print_error(&error);
     }
     if printer.is_json() {
         let mut value = serde_json::to_value(&report).expect("reports serialise");
