@@ -325,8 +325,16 @@ fn names(volumes: &[VolumeStatus]) -> String {
     volumes.iter().map(|v| format!("`{}`", v.name)).collect::<Vec<_>>().join(", ")
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+/// `512 B`, `4.0 KiB`, `12.0 MiB`, `1.5 GiB`, `2.0 TiB`.
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
 }
 
 /// The state of one end of a volume: from its agent, or measured here for a local directory.
@@ -364,7 +372,7 @@ fn check_volumes(plan: &Plan, agents: &BTreeMap<String, AgentStatus>, thresholds
         let readable = format!("volume `{name}`: source `{}` readable", volume.source);
         match &source {
             Ok(status) => match &status.unreadable {
-                None => checks.ok(readable, format!("uses {}", mib(status.used_bytes))),
+                None => checks.ok(readable, format!("uses {}", human_size(status.used_bytes))),
                 Some(why) => checks.fail(readable, why, "check the path and permissions of the source volume"),
             },
             Err(why) if why.ends_with("not reached") => checks.skip(readable, why),
@@ -378,7 +386,7 @@ fn check_volumes(plan: &Plan, agents: &BTreeMap<String, AgentStatus>, thresholds
                 "restart the target agent with `--volume NAME=PATH` (without `:ro`)",
             ),
             Ok(status) => match &status.unwritable {
-                None => checks.ok(writable, format!("{} free", mib(status.free_bytes))),
+                None => checks.ok(writable, format!("{} free", human_size(status.free_bytes))),
                 Some(why) => checks.fail(
                     writable,
                     why,
@@ -399,16 +407,20 @@ fn check_volumes(plan: &Plan, agents: &BTreeMap<String, AgentStatus>, thresholds
         let at_least = if source.used_complete { "" } else { "at least " };
         let detail = format!(
             "source uses {at_least}{}, target has {} free and holds {}; needs {} (+{}% margin)",
-            mib(source.used_bytes),
-            mib(target.free_bytes),
-            mib(target.used_bytes),
-            mib(needed),
+            human_size(source.used_bytes),
+            human_size(target.free_bytes),
+            human_size(target.used_bytes),
+            human_size(needed),
             thresholds.space_margin_percent
         );
         if available >= needed {
             checks.ok(space, detail);
         } else {
-            checks.fail(space, detail, format!("grow the target volume by at least {}", mib(needed - available)));
+            checks.fail(
+                space,
+                detail,
+                format!("grow the target volume by at least {}", human_size(needed - available)),
+            );
         }
     }
 }
@@ -459,7 +471,7 @@ fn check_hooks(plan: &Plan, checks: &mut Checks) {
                     None => checks.fail(
                         check,
                         "not found or not executable",
-                        "install it, or fix the hook's `command` (names without `/` are looked up in `PATH`)",
+                        "install it, or fix the hook's `command` (names without `/` are looked up in `PATH`; relative paths start at the plan file's directory)",
                     ),
                 }
             }
@@ -479,5 +491,18 @@ fn check_hooks(plan: &Plan, checks: &mut Checks) {
             Some(path) => checks.ok(check, path.display().to_string()),
             None => checks.fail(check, "not found in `PATH`", "install Ansible: `pip install ansible-core`"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(4096), "4.0 KiB");
+        assert_eq!(human_size(12 << 20), "12.0 MiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
     }
 }
