@@ -367,3 +367,31 @@ fn the_volume_concurrency_limit_holds() {
     assert!(!interleaved(&run(1)), "with `concurrency.volumes: 1` two volumes moved at once");
     assert!(interleaved(&run(2)), "with `concurrency.volumes: 2` the volumes did not move at once");
 }
+
+#[test]
+fn on_a_terminal_each_volume_and_the_total_get_a_progress_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    for volume in ["alpha", "beta"] {
+        fs::create_dir(tmp.path().join(volume)).unwrap();
+        for i in 0..16 {
+            mover_testdata::write_random(&tmp.path().join(format!("{volume}/{i}")), 64 << 10, i).unwrap();
+        }
+    }
+    let plan = write_plan(
+        tmp.path(),
+        "name: tty\nvolumes:\n  - {name: alpha, source: ./alpha, target: ./out-a, options: {bwlimit: 1M}}\n  - {name: beta, source: ./beta, target: ./out-b, options: {bwlimit: 1M}}\n",
+    );
+    // `script` runs the command on a pseudo-terminal, as a person at a terminal would.
+    let command = format!("{} plan run {}", common::bin("mover").display(), plan.display());
+    let output = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("COLUMNS", "160")
+        .env_remove("MOVER_OUTPUT")
+        .output()
+        .expect("`script` (util-linux) runs");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let screen = String::from_utf8_lossy(&output.stdout).replace('\r', "\n");
+    for needle in ["alpha ", "beta ", "total ", "ETA", "MiB", "plan `tty` (final run): ok"] {
+        assert!(screen.contains(needle), "`{needle}` never showed on the terminal:\n{screen}");
+    }
+}

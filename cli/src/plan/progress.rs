@@ -206,12 +206,15 @@ impl Reporter for VolumeProgress {
                 }
                 self.printer.update_total(&self.name, None, Some(*bytes));
             }
-            Event::Progress { files_done, bytes_done, .. } => {
+            Event::Progress { files_done, bytes_done, bytes_transferred, .. } => {
+                // `bytes_done` counts a file once it is whole; the bytes sent of a big file in
+                // flight show up in `bytes_transferred` first.
+                let position = (*bytes_done).max(*bytes_transferred);
                 if let Some(bar) = &self.bar {
-                    bar.set_position(*bytes_done);
+                    bar.set_position(position);
                     bar.set_message(format!("{files_done} files"));
                 }
-                self.printer.update_total(&self.name, Some(*bytes_done), None);
+                self.printer.update_total(&self.name, Some(position), None);
             }
             Event::Warning { message } => {
                 self.printer.text_line(&format!("warning: volume `{}`: {message}", self.name));
