@@ -22,6 +22,22 @@ if ((${#need[@]})); then
   fi
 fi
 
+# Hook tests run the seed's playbooks with a real `ansible-playbook`; the metrics test parses
+# `/metrics` with the Prometheus Python client's parsers. Those tests fail when these are missing.
+py=()
+command -v ansible-playbook >/dev/null || py+=(ansible-core)
+python3 -c 'import prometheus_client' 2>/dev/null || py+=(prometheus-client)
+if ((${#py[@]})); then
+  if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+  fi
+  # Debian's own Python refuses plain `pip install` (PEP 668); a pyenv or venv Python does not.
+  python3 -m pip install --quiet "${py[@]}" 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages "${py[@]}"
+  hash -r
+fi
+
 cargo test --workspace --locked
 # Fuzz smoke run: every fuzz target for FUZZ_SECONDS (30) each; MOVER_FUZZ_SMOKE=0 skips it.
 if [ "${MOVER_FUZZ_SMOKE:-1}" != 0 ]; then ./scripts/fuzz-smoke.sh; fi

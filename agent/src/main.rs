@@ -4,9 +4,12 @@
 //! Exit codes: 0 after a clean shutdown (SIGTERM or SIGINT); 1 when serving failed; 64 for an
 //! invalid configuration (bad flags, unreadable certificates or volumes).
 
+mod metrics;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,6 +18,8 @@ use mover_engine::certs::{Identity, Role};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
+
+use crate::metrics::Metrics;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
@@ -49,6 +54,10 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MOVER_AGENT_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Serve `/healthz` and Prometheus `/metrics` (plain HTTP) on this address, e.g.
+    /// `0.0.0.0:9090`. Off unless given.
+    #[arg(long, value_name = "ADDR", env = "MOVER_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -81,7 +90,14 @@ fn configure(args: &ServeArgs) -> anyhow::Result<Agent> {
     Ok(Agent::new(identity, grants)?)
 }
 
-async fn serve(agent: Agent, listen: SocketAddr) -> anyhow::Result<()> {
+async fn serve(agent: Agent, metrics: Arc<Metrics>, args: &ServeArgs) -> anyhow::Result<()> {
+    let listen = args.listen;
+    if let Some(address) = args.metrics_listen {
+        let listener =
+            TcpListener::bind(address).await.with_context(|| format!("cannot listen for metrics on `{address}`"))?;
+        info!(listen = %listener.local_addr()?, "metrics");
+        tokio::spawn(metrics::serve(listener, metrics));
+    }
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
@@ -127,8 +143,9 @@ fn main() -> ExitCode {
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     raise_fd_limit();
+    let metrics = Arc::new(Metrics::new());
     let agent = match configure(&args) {
-        Ok(agent) => agent,
+        Ok(agent) => agent.with_observer(metrics.clone()),
         Err(error) => {
             eprintln!("error: {error:#}");
             return ExitCode::from(EXIT_CONFIG);
@@ -141,7 +158,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(serve(agent, args.listen)) {
+    match runtime.block_on(serve(agent, metrics, &args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

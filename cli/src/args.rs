@@ -62,6 +62,64 @@ pub enum Command {
     /// `oci:DIR[:TAG]`).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run a migration plan (volumes, images, hooks): see `examples/plan.yaml`.
+    #[command(subcommand)]
+    Plan(PlanCommand),
+    /// Check a plan's prerequisites and print a table (check, result, remedy); exit 1 when any
+    /// check fails. Checks certificates, agents (reachable, same protocol version, volumes
+    /// readable or writable, free space), CA bundles and hook programs.
+    Preflight(PreflightArgs),
+}
+
+/// How strict preflight is.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Fail when a certificate expires within this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = 7, env = "MOVER_CERT_WINDOW_DAYS")]
+    pub cert_window_days: u32,
+    /// Target free space must exceed the source's used bytes by this many percent.
+    #[arg(long, value_name = "PERCENT", default_value_t = 10, env = "MOVER_SPACE_MARGIN")]
+    pub space_margin: u32,
+}
+
+/// `mover preflight`.
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// The plan file.
+    pub plan: PathBuf,
+    #[command(flatten)]
+    pub checks: CheckArgs,
+}
+
+/// `mover plan ...`.
+#[derive(Debug, Subcommand)]
+pub enum PlanCommand {
+    /// Run a plan: `PreBackup` hooks, `PreRestore` hooks, the volume copies (in parallel, up to
+    /// `concurrency.volumes`), `PostBackup` hooks, `PostRestore` hooks. A failing hook or copy stops
+    /// the plan there. Running it again resumes: completed volumes are cheap incremental no-ops.
+    Run(PlanRunArgs),
+}
+
+/// `mover plan run`.
+#[derive(Debug, Args)]
+pub struct PlanRunArgs {
+    /// The plan file (YAML, `apiVersion: mover/v1alpha1`, `kind: MigrationPlan`).
+    pub plan: PathBuf,
+    /// Stage run, while the application still runs: files that vanish or change while being
+    /// read are warnings. May be repeated.
+    #[arg(long, conflicts_with = "final_run")]
+    pub stage: bool,
+    /// Final run (the default), with the application stopped: every file must copy.
+    #[arg(long = "final", id = "final_run")]
+    pub final_run: bool,
+    /// Also write the final report as JSON to FILE.
+    #[arg(long, value_name = "FILE", env = "MOVER_REPORT")]
+    pub report: Option<PathBuf>,
+    /// Do not run `mover preflight`'s checks first.
+    #[arg(long, env = "MOVER_SKIP_PREFLIGHT")]
+    pub skip_preflight: bool,
+    #[command(flatten)]
+    pub checks: CheckArgs,
 }
 
 /// `mover copy`.

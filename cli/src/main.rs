@@ -2,6 +2,8 @@
 
 mod args;
 mod commands;
+mod location;
+mod plan;
 mod printer;
 
 use std::io::IsTerminal;
@@ -9,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, PlanCommand};
 
 /// Exit code: the migration failed for a stated reason.
 pub const EXIT_FAILED: u8 = 1;
@@ -59,6 +61,8 @@ fn main() -> ExitCode {
             Command::Copy(args) => commands::copy::run(args, &cli.global).await,
             Command::Certs(command) => commands::certs::run(command).await,
             Command::Image(command) => commands::image::run(command, &cli.global).await,
+            Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
+            Command::Preflight(args) => commands::preflight::run(args, &cli.global).await,
         }
     });
     match result {

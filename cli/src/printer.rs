@@ -8,6 +8,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mover_engine::certs::CertError;
 use mover_engine::client::CopyError;
+use mover_engine::hooks::{self, HookError};
 use mover_engine::progress::{Event, Reporter, Summary};
 use mover_engine::tunnel::{ProxyError, TunnelError};
 use mover_engine::wire::{RemoteErrorKind, WireError};
@@ -89,7 +90,7 @@ impl Printer {
 }
 
 /// `{"progress": {...}}` becomes `{"type": "progress", ...}` (ripgrep's `type` envelope).
-fn typed(event: &Event) -> serde_json::Value {
+pub(crate) fn typed(event: &Event) -> serde_json::Value {
     let value = serde_json::to_value(event).expect("events serialise");
     match value {
         serde_json::Value::Object(map) if map.len() == 1 => {
@@ -168,6 +169,15 @@ fn hint(error: &anyhow::Error) -> Option<String> {
         {
             return Some(hint);
         }
+        if let Some(HookError::Spawn { program, .. }) = cause.downcast_ref::<HookError>() {
+            return Some(if program == hooks::ANSIBLE_PLAYBOOK {
+                "playbook hooks need `ansible-playbook` in `PATH`: install it with `pip install ansible-core`".into()
+            } else {
+                format!(
+                    "check the hook's `command`: `{program}` must exist and be executable (names without `/` are looked up in `PATH`; relative paths start at the plan file's directory)"
+                )
+            });
+        }
         if let Some(tunnel) = cause.downcast_ref::<TunnelError>() {
             return tunnel_hint(tunnel);
         }
@@ -186,6 +196,11 @@ fn hint(error: &anyhow::Error) -> Option<String> {
         }
     }
     None
+}
+
+/// The hint for a copy error, when we know one.
+pub(crate) fn copy_error_hint(error: &CopyError) -> Option<String> {
+    copy_hint(error)
 }
 
 fn copy_hint(error: &CopyError) -> Option<String> {

@@ -8,14 +8,15 @@
 //!
 //! | request         | role          | effect                                                   |
 //! |-----------------|---------------|----------------------------------------------------------|
-//! | `Ping`          | any           | version and volume names                                 |
+//! | `Ping`          | any           | version and volume names; for a coordinator, the state   |
+//! |                 |               | of each volume (readable, writable, free and used bytes)  |
 //! | `Receive`       | coordinator   | receive a volume on this connection                      |
 //! | `OpenSession`   | coordinator   | reserve a one-time token for a source agent's push       |
 //! | `JoinSession`   | agent         | receive into the session the token names                 |
 //! | `Push`          | coordinator   | dial the target agent and push a volume; report progress |
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,8 +32,8 @@ use crate::progress::{Event, Reporter};
 use crate::sync::{self, full_message};
 use crate::tunnel::{self, TunnelError};
 use crate::wire::{
-    FrameReader, FrameWriter, Hello, HelloReply, Message, RemoteError, RemoteErrorKind, Request, SyncOptions, Welcome,
-    WireError,
+    FrameReader, FrameWriter, Hello, HelloReply, Message, RemoteError, RemoteErrorKind, Request, SyncOptions,
+    VolumeStatus, Welcome, WireError,
 };
 
 /// How long a session opened by a coordinator waits for the source agent.
@@ -55,6 +56,78 @@ pub struct VolumeGrant {
     pub path: PathBuf,
     /// Only readable: the agent will not receive into it.
     pub read_only: bool,
+}
+
+/// Which way a session moved a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// This agent was the source (a push).
+    Sent,
+    /// This agent was the target.
+    Received,
+}
+
+impl Direction {
+    /// `sent` or `received`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
+}
+
+/// What one finished session moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Content bytes sent or written.
+    pub bytes: u64,
+    /// Bytes on the tunnel (frames after compression, before TLS): written by a source, read by
+    /// a target.
+    pub bytes_on_wire: u64,
+    /// Files whose content was sent or written.
+    pub files: u64,
+    /// Errors: per-file errors of a push, plus one when the session failed as a whole.
+    pub errors: u64,
+}
+
+/// Told about every transfer session (the agent binary turns this into `/metrics`).
+pub trait SessionObserver: Send + Sync {
+    /// A session starts moving `volume`.
+    fn session_started(&self, volume: &str, direction: Direction);
+    /// It ended, successfully or not.
+    fn session_finished(&self, volume: &str, direction: Direction, stats: &SessionStats);
+}
+
+/// Reports a session's start on creation and its end (with what it moved) when dropped.
+struct Observed {
+    observer: Option<Arc<dyn SessionObserver>>,
+    volume: String,
+    direction: Direction,
+    stats: SessionStats,
+}
+
+impl Observed {
+    fn start(state: &State, volume: &str, direction: Direction) -> Observed {
+        if let Some(observer) = &state.observer {
+            observer.session_started(volume, direction);
+        }
+        Observed {
+            observer: state.observer.clone(),
+            volume: volume.to_owned(),
+            direction,
+            stats: SessionStats { errors: 1, ..SessionStats::default() },
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.observer {
+            observer.session_finished(&self.volume, self.direction, &self.stats);
+        }
+    }
 }
 
 /// Errors setting up an agent.
@@ -98,6 +171,7 @@ struct State {
     sessions: Mutex<HashMap<Vec<u8>, OpenedSession>>,
     busy: Mutex<HashSet<String>>,
     unauthenticated: Arc<tokio::sync::Semaphore>,
+    observer: Option<Arc<dyn SessionObserver>>,
 }
 
 /// A configured agent, ready to serve.
@@ -132,8 +206,17 @@ impl Agent {
                 sessions: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
                 unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
+                observer: None,
             }),
         })
+    }
+
+    /// Reports every transfer session to `observer` (metrics). Call before serving.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn SessionObserver>) -> Agent {
+        Arc::get_mut(&mut self.state).expect("with_observer is called before the agent is shared").observer =
+            Some(observer);
+        self
     }
 
     /// Accepts connections until `shutdown` completes, then stops accepting, gives running
@@ -259,6 +342,21 @@ impl State {
     }
 }
 
+/// The state of every volume, measured off the runtime threads.
+async fn volume_status(state: &Arc<State>) -> Vec<VolumeStatus> {
+    let volumes: Vec<(String, Arc<OwnedFd>, bool)> =
+        state.volumes.values().map(|v| (v.grant.name.clone(), v.root.clone(), v.grant.read_only)).collect();
+    let measured = tokio::task::spawn_blocking(move || {
+        let mut status: Vec<VolumeStatus> = volumes
+            .iter()
+            .map(|(name, root, read_only)| crate::inspect::inspect(name, root.as_fd(), *read_only))
+            .collect();
+        status.sort_by(|a, b| a.name.cmp(&b.name));
+        status
+    });
+    measured.await.unwrap_or_default()
+}
+
 fn forbid(role: Role, what: &str) -> RemoteError {
     refusal(RemoteErrorKind::Forbidden, format!("a certificate with the {role} role may not {what}"))
 }
@@ -276,10 +374,17 @@ async fn dispatch(
             Request::Ping => {
                 let mut volumes: Vec<String> = state.volumes.keys().cloned().collect();
                 volumes.sort_unstable();
-                Ok(Welcome { token: Vec::new(), volumes })
+                // Only a coordinator's ping walks volumes and probes writes (preflight).
+                let volume_status = if role == Role::Coordinator { volume_status(state).await } else { Vec::new() };
+                Ok(Welcome {
+                    volumes,
+                    software_version: crate::VERSION.to_owned(),
+                    volume_status,
+                    ..Welcome::default()
+                })
             }
             Request::Receive { volume, .. } if role == Role::Coordinator => {
-                state.writable(volume).map(|_| Welcome { token: Vec::new(), volumes: Vec::new() })
+                state.writable(volume).map(|_| Welcome::default())
             }
             Request::Receive { .. } => Err(forbid(role, "push a volume without a session")),
             Request::OpenSession { volume, options } if role == Role::Coordinator => state.writable(volume).map(|_| {
@@ -295,13 +400,13 @@ async fn dispatch(
                         expires: Instant::now() + SESSION_TTL,
                     },
                 );
-                Welcome { token, volumes: Vec::new() }
+                Welcome { token, ..Welcome::default() }
             }),
             Request::OpenSession { .. } => Err(forbid(role, "open sessions")),
             Request::JoinSession { .. } if role != Role::Agent => Err(forbid(role, "join a session")),
-            Request::JoinSession { .. } => Ok(Welcome { token: Vec::new(), volumes: Vec::new() }),
+            Request::JoinSession { .. } => Ok(Welcome::default()),
             Request::Push { volume, .. } if role == Role::Coordinator => {
-                state.volume(volume).map(|_| Welcome { token: Vec::new(), volumes: Vec::new() })
+                state.volume(volume).map(|_| Welcome::default())
             }
             Request::Push { .. } => Err(forbid(role, "ask an agent to push")),
         }
@@ -347,23 +452,41 @@ async fn dispatch(
             let _ = FrameWriter::new(&mut stream).shutdown().await;
         }
         Request::Receive { volume, options } => {
-            let root = state.volumes[&volume].root.clone();
-            let report = sync::receive_volume(stream, root, options, Arc::new(crate::progress::LogProgress)).await?;
-            info!(%peer, %volume, files = report.files_written, bytes = report.bytes_written, "received");
+            receive(state, stream, &volume, options, peer).await?;
             drop(guard);
         }
         Request::JoinSession { .. } => {
             let session = joined.expect("joined above");
-            let root = state.volumes[&session.volume].root.clone();
-            let report =
-                sync::receive_volume(stream, root, session.options, Arc::new(crate::progress::LogProgress)).await?;
-            info!(%peer, volume = %session.volume, files = report.files_written, bytes = report.bytes_written, "received");
+            receive(state, stream, &session.volume, session.options, peer).await?;
             drop(guard);
         }
         Request::Push { volume, target, token, proxy, options } => {
             push(state, stream, (&volume, &target), token, proxy, options).await?;
         }
     }
+    Ok(())
+}
+
+async fn receive(
+    state: &Arc<State>,
+    stream: tunnel::ServerStream,
+    volume: &str,
+    options: SyncOptions,
+    peer: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut observed = Observed::start(state, volume, Direction::Received);
+    let root = state.volumes[volume].root.clone();
+    let (stream, wire) = crate::tunnel::Counted::new(stream);
+    let report = sync::receive_volume(stream, root, options, Arc::new(crate::progress::LogProgress)).await;
+    observed.stats.bytes_on_wire = wire.read();
+    let report = report?;
+    observed.stats = SessionStats {
+        bytes: report.bytes_written,
+        bytes_on_wire: wire.read(),
+        files: report.files_written,
+        errors: 0,
+    };
+    info!(%peer, %volume, files = report.files_written, bytes = report.bytes_written, "received");
     Ok(())
 }
 
@@ -389,6 +512,7 @@ async fn push(
     proxy: Option<tunnel::Proxy>,
     options: SyncOptions,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut observed = Observed::start(state, volume, Direction::Sent);
     let root = state.volumes[volume].root.clone();
     let (events_tx, mut events_rx) = mpsc::channel::<Message>(1024);
     let migration_id = state.identity.migration_id();
@@ -419,6 +543,14 @@ async fn push(
     let last = match outcome {
         Ok(mut summary) => {
             summary.elapsed_s = started.elapsed().as_secs_f64();
+            // Counted before the coordinator hears the summary, so a scrape after it sees them.
+            observed.stats = SessionStats {
+                bytes: summary.bytes_transferred,
+                bytes_on_wire: summary.bytes_on_wire,
+                files: summary.files_transferred,
+                errors: summary.errors.len() as u64,
+            };
+            drop(observed);
             Message::Summary(summary)
         }
         Err(message) => Message::Error(RemoteError::new(RemoteErrorKind::Other, message)),

@@ -285,6 +285,70 @@ pub fn describe(der: &CertificateDer<'_>) -> Option<CertificateInfo> {
     })
 }
 
+/// Why a certificate chain did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// Signed by another CA (another `mover certs init`).
+    #[error("not issued by this migration's CA (`ca.crt`): it comes from another `mover certs init`")]
+    OtherCa,
+    /// Past its validity.
+    #[error("expired")]
+    Expired,
+    /// Before its validity.
+    #[error("not valid yet (check the clocks)")]
+    NotYetValid,
+    /// Anything else webpki refuses.
+    #[error("does not verify: {0}")]
+    Invalid(String),
+}
+
+impl From<webpki::Error> for ChainError {
+    fn from(error: webpki::Error) -> Self {
+        match error {
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => ChainError::OtherCa,
+            webpki::Error::CertExpired { .. } => ChainError::Expired,
+            webpki::Error::CertNotValidYet { .. } => ChainError::NotYetValid,
+            other => ChainError::Invalid(format!("{other:?}")),
+        }
+    }
+}
+
+/// Checks that `chain` (leaf first) chains to the migration CA `ca`, is valid at `at`, and is
+/// usable for `role` (server authentication for agents, client authentication for coordinators).
+pub fn verify_chain(
+    ca: &CertificateDer<'_>,
+    chain: &[CertificateDer<'_>],
+    role: Role,
+    at: std::time::SystemTime,
+) -> Result<(), ChainError> {
+    let anchor = webpki::anchor_from_trusted_cert(ca)?;
+    let leaf = chain.first().ok_or(ChainError::Invalid("empty chain".into()))?;
+    let cert = webpki::EndEntityCert::try_from(leaf)?;
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let usage = match role {
+        Role::Agent => webpki::KeyUsage::server_auth(),
+        Role::Coordinator => webpki::KeyUsage::client_auth(),
+    };
+    cert.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &chain[1..],
+        rustls::pki_types::UnixTime::since_unix_epoch(since_epoch),
+        usage,
+        None,
+        None,
+    )?;
+    Ok(())
+}
+
+/// When a certificate stops being valid; `None` if it does not parse.
+#[must_use]
+pub fn not_after(der: &CertificateDer<'_>) -> Option<std::time::SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}
+
 /// PEM text of a certificate.
 #[must_use]
 pub fn to_pem(der: &CertificateDer<'_>) -> String {

@@ -17,7 +17,10 @@ use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
 use crate::sync::{self, SyncError};
 use crate::tunnel::{self, Proxy, TunnelError};
-use crate::wire::{FrameReader, FrameWriter, Hello, Message, RemoteError, Request, SyncOptions, Welcome, WireError};
+use crate::wire::{
+    FrameReader, FrameWriter, Hello, Message, RemoteError, Request, SyncOptions, VolumeStatus, Welcome, WireError,
+};
+use rustls::pki_types::CertificateDer;
 
 /// Why a copy could not run or did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -194,4 +197,25 @@ pub async fn push_between_agents(
 pub async fn ping(identity: &Identity, addr: &str) -> Result<Vec<String>, CopyError> {
     let (_, welcome) = open(identity, addr, Request::Ping, None).await?;
     Ok(welcome.volumes)
+}
+
+/// What an agent tells a coordinator about itself (preflight).
+#[derive(Debug, Clone)]
+pub struct AgentStatus {
+    /// Its software version (its protocol version equals ours, or the handshake failed).
+    pub software_version: String,
+    /// Its volumes: readable, writable, free and used bytes.
+    pub volumes: Vec<VolumeStatus>,
+    /// The leaf certificate it presented.
+    pub certificate: Option<CertificateDer<'static>>,
+}
+
+/// Pings an agent as a coordinator, through `proxy` when given, and returns what it says about
+/// itself and its volumes. A protocol version mismatch fails the handshake
+/// ([`CopyError::Handshake`] with [`WireError::VersionMismatch`]).
+pub async fn inspect(identity: &Identity, addr: &str, proxy: Option<&Proxy>) -> Result<AgentStatus, CopyError> {
+    let (stream, welcome) = open(identity, addr, Request::Ping, proxy).await?;
+    let certificate =
+        stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).map(|c| c.clone().into_owned());
+    Ok(AgentStatus { software_version: welcome.software_version, volumes: welcome.volume_status, certificate })
 }

@@ -212,7 +212,7 @@ fn unlink_non_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
     }
 }
 
-fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     rustix::fs::openat(
         dir,
         cname(name).as_c_str(),

@@ -5,7 +5,8 @@
 //! - [`tunnel`] and [`certs`]: mutual TLS 1.3 with a per-migration CA and role certificates;
 //! - [`sync`]: the sender and receiver state machines of a volume copy;
 //! - [`agent`]: the node daemon's server side; [`client`]: the coordinator's operations;
-//! - [`progress`]: events and summaries (the engine never prints).
+//! - [`progress`]: events and summaries (the engine never prints);
+//! - [`hooks`]: run a plan's hook programs and playbooks, with a timeout over their process group.
 //!
 //! Invariants kept here: the source is only read; nothing is written outside the target root
 //! (see [`confine`]); a file appears under its final name only with verified content; every
@@ -16,7 +17,9 @@ pub mod certs;
 pub mod client;
 pub mod compress;
 pub mod confine;
+pub mod hooks;
 pub mod image;
+pub mod inspect;
 pub mod meta;
 pub mod progress;
 pub mod scan;
@@ -27,3 +30,6 @@ pub mod tunnel;
 pub mod wire;
 
 pub use wire::{PROTOCOL_VERSION, SyncOptions};
+
+/// The software version of this build (agents report it to preflight).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,6 @@
 //! `mover copy SRC DST`.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -11,30 +11,8 @@ use mover_engine::wire::SyncOptions;
 
 use crate::Outcome;
 use crate::args::{CopyArgs, GlobalArgs};
+use crate::location::{Location, parse_location};
 use crate::printer::Printer;
-
-/// One end of a copy.
-#[derive(Debug, PartialEq, Eq)]
-enum Location {
-    Local(PathBuf),
-    Agent { addr: String, volume: String },
-}
-
-fn parse_location(text: &str) -> anyhow::Result<Location> {
-    let Some(rest) = text.strip_prefix("agent://") else {
-        return Ok(Location::Local(PathBuf::from(text)));
-    };
-    let Some((addr, volume)) = rest.split_once('/') else {
-        bail!("`{text}` names no volume: write `agent://HOST:PORT/VOLUME`");
-    };
-    if volume.is_empty() || volume.contains('/') {
-        bail!("`{text}`: the volume must be one name after `HOST:PORT/`");
-    }
-    if !addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
-        bail!("`{text}`: expected `HOST:PORT` after `agent://`");
-    }
-    Ok(Location::Agent { addr: addr.to_owned(), volume: volume.to_owned() })
-}
 
 fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
     let Some(dir) = &args.certs else {
@@ -44,13 +22,13 @@ fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
         .with_context(|| format!("while loading the coordinator certificate from `{}`", dir.display()))
 }
 
-/// The proxy of `--proxy`, with its password from the URL, `--proxy-password-file` or
-/// `MOVER_PROXY_PASSWORD`.
-fn proxy(args: &CopyArgs) -> anyhow::Result<Option<Proxy>> {
-    let Some(url) = &args.proxy else { return Ok(None) };
+/// The proxy of `--proxy` (or a plan's `proxy`), with its password from the URL, the password
+/// file (`--proxy-password-file`, a plan's `proxyPasswordFile`) or `MOVER_PROXY_PASSWORD`.
+pub(crate) fn resolve_proxy(url: Option<&str>, password_file: Option<&Path>) -> anyhow::Result<Option<Proxy>> {
+    let Some(url) = url else { return Ok(None) };
     let mut proxy = Proxy::parse(url)?;
     if proxy.password.is_none() {
-        if let Some(file) = &args.proxy_password_file {
+        if let Some(file) = password_file {
             let password = std::fs::read_to_string(file)
                 .with_context(|| format!("while reading the proxy password from `{}`", file.display()))?;
             proxy.password = Some(password.trim_end_matches(['\r', '\n']).to_owned());
@@ -74,7 +52,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         bwlimit: args.bwlimit.unwrap_or(0),
         inplace: args.inplace,
     };
-    let proxy = proxy(&args)?;
+    let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global));
     let source = parse_location(&args.source)?;
     let target = parse_location(&args.target)?;
@@ -126,23 +104,6 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
                 error = error.context(presented);
             }
             Err(error.context(format!("copy from `{}` to `{}` failed", args.source, args.target)))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_locations() {
-        assert_eq!(parse_location("./a").unwrap(), Location::Local("./a".into()));
-        assert_eq!(
-            parse_location("agent://10.0.0.1:7443/data").unwrap(),
-            Location::Agent { addr: "10.0.0.1:7443".into(), volume: "data".into() }
-        );
-        for bad in ["agent://host/data", "agent://host:port/data", "agent://h:1/", "agent://h:1/a/b", "agent://h:1"] {
-            assert!(parse_location(bad).is_err(), "accepted {bad}");
         }
     }
 }

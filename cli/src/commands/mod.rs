@@ -3,6 +3,8 @@
 pub mod certs;
 pub mod copy;
 pub mod image;
+pub mod plan;
+pub mod preflight;
 
 use std::time::Duration;
 

@@ -51,14 +51,22 @@ pub struct Agent {
     pub child: Child,
     pub addr: String,
     pub log: PathBuf,
+    /// `HOST:PORT` of `/metrics`, when started with `--metrics-listen`.
+    pub metrics: Option<String>,
 }
 
 impl Agent {
     /// Starts an agent on an ephemeral loopback port with the given `--volume` specs.
     pub fn start(certs: &Path, volumes: &[String], log_dir: &Path) -> Agent {
+        Agent::start_with(certs, volumes, log_dir, &[])
+    }
+
+    /// Starts an agent with more `serve` arguments; `--metrics-listen 127.0.0.1:0` fills
+    /// [`Agent::metrics`].
+    pub fn start_with(certs: &Path, volumes: &[String], log_dir: &Path, extra: &[&str]) -> Agent {
         let log = log_dir.join(format!("agent-{}.log", rand_suffix()));
         let mut command = Command::new(bin("mover-agent"));
-        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--certs"]).arg(certs);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--certs"]).arg(certs).args(extra);
         for volume in volumes {
             command.arg("--volume").arg(volume);
         }
@@ -69,24 +77,28 @@ impl Agent {
         std::thread::spawn(move || {
             let mut file = std::fs::File::create(&log_path).unwrap();
             let mut sent = false;
+            let mut metrics = None;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 use std::io::Write;
                 let _ = writeln!(file, "{line}");
-                if !sent
-                    && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
-                    && value["fields"]["message"] == "serving"
-                {
-                    let _ = tx.send(value["fields"]["listen"].as_str().unwrap().to_owned());
-                    sent = true;
+                if !sent && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    let listen = || value["fields"]["listen"].as_str().unwrap().to_owned();
+                    if value["fields"]["message"] == "metrics" {
+                        metrics = Some(listen());
+                    }
+                    if value["fields"]["message"] == "serving" {
+                        let _ = tx.send((listen(), metrics.take()));
+                        sent = true;
+                    }
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+        let (addr, metrics) = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
             let _ = child.kill();
             panic!("agent did not start; log: {}", std::fs::read_to_string(&log).unwrap_or_default())
         });
-        Agent { child, addr, log }
+        Agent { child, addr, log, metrics }
     }
 
     /// `agent://ADDR/VOLUME`.
@@ -167,4 +179,24 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
+}
+
+/// Writes `plan.yaml` in `dir`: the header, then `body`.
+pub fn write_plan(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("plan.yaml");
+    std::fs::write(&path, format!("apiVersion: mover/v1alpha1\nkind: MigrationPlan\n{body}")).unwrap();
+    path
+}
+
+/// Runs `mover ARGS... plan.yaml` from the plan's directory (as a user would), with `env`.
+pub fn mover_on_plan(args: &[&str], plan: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin("mover"))
+        .current_dir(plan.parent().unwrap())
+        .args(args)
+        .arg(plan.file_name().unwrap())
+        .args(extra)
+        .envs(env.iter().copied())
+        .env_remove("MOVER_OUTPUT")
+        .output()
+        .expect("run mover")
 }

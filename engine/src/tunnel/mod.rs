@@ -17,9 +17,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use crate::certs::{Identity, Role};
 
+mod counted;
 mod fetch;
 mod proxy;
 
+pub use counted::{Counted, ReadCount};
 pub use fetch::fetch_chain;
 pub use proxy::{Proxy, ProxyError};
 

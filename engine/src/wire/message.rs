@@ -109,13 +109,41 @@ pub enum Compression {
 }
 
 /// The server's answer to a successful [`Hello`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Welcome {
     /// A session token, when the request was [`Request::OpenSession`].
     #[serde(with = "serde_bytes")]
     pub token: Vec<u8>,
     /// The volumes the agent serves (answer to [`Request::Ping`]).
     pub volumes: Vec<String>,
+    /// The agent's software version (`mover-agent --version`); answer to [`Request::Ping`].
+    pub software_version: String,
+    /// The state of each volume (answer to a coordinator's [`Request::Ping`], for preflight).
+    pub volume_status: Vec<VolumeStatus>,
+}
+
+/// What preflight needs to know about one volume of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct VolumeStatus {
+    /// The volume's name.
+    pub name: String,
+    /// Granted read-only (`NAME=PATH:ro`).
+    pub read_only: bool,
+    /// Why its root cannot be listed; `None` when it can.
+    pub unreadable: Option<String>,
+    /// Why a file cannot be created in its root (probed with a temporary file, removed at
+    /// once); `None` when it can. Always `None` for read-only volumes, which are never written.
+    pub unwritable: Option<String>,
+    /// Bytes free for an unprivileged writer on its file system.
+    pub free_bytes: u64,
+    /// Size of its file system.
+    pub size_bytes: u64,
+    /// Bytes the volume's tree occupies (allocated blocks; the file system's use when the
+    /// volume is a mount point of its own).
+    pub used_bytes: u64,
+    /// False when `used_bytes` is a lower bound (the walk stopped at its time budget or hit
+    /// unreadable directories).
+    pub used_complete: bool,
 }
 
 /// The server's answer to a [`Hello`], after the version preamble.

@@ -37,11 +37,13 @@ pub use frame::{
 };
 pub use message::{
     Compression, DataChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, Message, ReceiverReport, RemoteError,
-    RemoteErrorKind, Request, SyncOptions, Timestamp, Welcome, Xattr,
+    RemoteErrorKind, Request, SyncOptions, Timestamp, VolumeStatus, Welcome, Xattr,
 };
 
 /// The protocol version this build speaks. Both ends of a session must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: [`Welcome`] carries the agent's software version and its volumes' state.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;

@@ -1,0 +1,249 @@
+//! `mover plan run PLAN.yaml [--stage | --final]`: hooks and transfers in MTC's order.
+//!
+//! `PreBackup` hooks, `PreRestore` hooks, then the volume copies (in parallel, at most
+//! `concurrency.volumes` at once, each through the engine's client functions), then `PostBackup`
+//! and `PostRestore` hooks. A failing hook stops the plan before anything after it runs; so does a
+//! failing copy (the post hooks are not run). The report is printed, and written as JSON with
+//! `--report FILE`, however the plan ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use mover_engine::certs::{Identity, Role};
+use mover_engine::client::{self, CopyError};
+use mover_engine::hooks::{self, HookCommand, HookError};
+use mover_engine::progress::Summary;
+use mover_engine::tunnel::Proxy;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::Outcome;
+use crate::args::{GlobalArgs, PlanRunArgs};
+use crate::commands::copy::resolve_proxy;
+use crate::commands::preflight::{self, Thresholds};
+use crate::location::Location;
+use crate::plan::progress::PlanPrinter;
+use crate::plan::report::{Report, StepResult};
+use crate::plan::{self, HookAction, Phase, Plan, VolumePlan};
+
+/// Loads the coordinator's identity when the plan involves agents.
+pub(crate) fn plan_identity(plan: &Plan) -> anyhow::Result<Option<Identity>> {
+    match &plan.certs {
+        Some(dir) if plan.uses_agents() => Identity::load(dir, Role::Coordinator)
+            .with_context(|| format!("while loading the coordinator certificate from `{}`", dir.display()))
+            .map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The plan's proxy, with its password.
+pub(crate) fn plan_proxy(plan: &Plan) -> anyhow::Result<Option<Proxy>> {
+    resolve_proxy(plan.proxy.as_deref(), plan.proxy_password_file.as_deref())
+}
+
+pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let plan = plan::load(&args.plan)?;
+    if !plan.images.is_empty() {
+        bail!(
+            "`{}` lists {} image transfer(s), and image transfers in plans are not built yet; remove the `images:` section to run the volumes and hooks now",
+            plan.path.display(),
+            plan.images.len()
+        );
+    }
+    if !args.skip_preflight {
+        let checks = preflight::check_plan(&plan, Thresholds::from(&args.checks)).await;
+        if checks.failures() > 0 {
+            checks.print(global.output);
+            bail!(
+                "preflight: {} of {} checks failed (table above); nothing ran. Fix them, or pass `--skip-preflight` to run anyway",
+                checks.failures(),
+                checks.0.len()
+            );
+        }
+    }
+    let stage = args.stage && !args.final_run;
+    let identity = plan_identity(&plan)?;
+    let proxy = plan_proxy(&plan)?;
+    let printer = PlanPrinter::new(global);
+    let started = Instant::now();
+    let mut report = Report::new(&plan, stage);
+    let result = execute(&plan, stage, identity.as_ref(), proxy.as_ref(), &printer, &mut report).await;
+    printer.finish();
+    report.elapsed_s = started.elapsed().as_secs_f64();
+    report.result = if result.is_ok() { StepResult::Succeeded } else { StepResult::Failed };
+    report.error = result.as_ref().err().map(|error| format!("{error:#}"));
+    if let Some(path) = &args.report
+        && let Err(error) = report.write(path)
+    {
+        // Keep the plan's own error when there is one; it matters more.
+        if result.is_ok() {
+            return Err(error);
+        }
+        crate::printer::print_error(&error);
+    }
+    if printer.is_json() {
+        let mut value = serde_json::to_value(&report).expect("reports serialise");
+        value["type"] = "report".into();
+        printer.event(&value);
+    } else {
+        report.print();
+    }
+    result.map(|()| Outcome::Success)
+}
+
+async fn execute(
+    plan: &Plan,
+    stage: bool,
+    identity: Option<&Identity>,
+    proxy: Option<&Proxy>,
+    printer: &PlanPrinter,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    run_hooks(plan, Phase::PreBackup, printer, report).await?;
+    run_hooks(plan, Phase::PreRestore, printer, report).await?;
+    transfer_volumes(plan, stage, identity, proxy, printer, report).await?;
+    run_hooks(plan, Phase::PostBackup, printer, report).await?;
+    run_hooks(plan, Phase::PostRestore, printer, report).await
+}
+
+async fn run_hooks(plan: &Plan, phase: Phase, printer: &PlanPrinter, report: &mut Report) -> anyhow::Result<()> {
+    for hook in plan.hooks_of(phase) {
+        let command = match &hook.action {
+            HookAction::Command(argv) => HookCommand::command(argv, plan.base_dir(), hook.timeout),
+            HookAction::Playbook(playbook) => HookCommand::playbook(playbook, plan.base_dir(), hook.timeout),
+        }
+        .with_env(plan.hook_environment());
+        printer.hook_started(hook);
+        let started = Instant::now();
+        let result = hooks::run_hook(&command, &|line| printer.hook_line(hook, line)).await;
+        let entry = report.hook_mut(&hook.name);
+        entry.elapsed_s = started.elapsed().as_secs_f64();
+        entry.result = match &result {
+            Ok(_) => StepResult::Succeeded,
+            Err(HookError::TimedOut { .. }) => StepResult::TimedOut,
+            Err(_) => StepResult::Failed,
+        };
+        if let Err(HookError::Failed { code, .. }) = &result {
+            entry.exit_code = *code;
+        } else if result.is_ok() {
+            entry.exit_code = Some(0);
+        }
+        printer.hook_finished(hook, &entry.result.to_string(), started.elapsed());
+        result.map_err(|error| {
+            anyhow::Error::new(error).context(format!(
+                "hook `{}` ({} phase, {} side) failed; the plan stopped there and nothing after it ran",
+                hook.name, hook.phase, hook.side
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Copies one volume with the engine's client function for its form.
+async fn copy_volume(
+    volume: VolumePlan,
+    stage: bool,
+    identity: Option<Identity>,
+    proxy: Option<Proxy>,
+    reporter: Arc<dyn mover_engine::progress::Reporter>,
+) -> anyhow::Result<Summary> {
+    let options = volume.sync_options(stage);
+    let identity = || identity.as_ref().context("the plan has no `certs:` directory");
+    let result: Result<Summary, CopyError> = match (&volume.source, &volume.target) {
+        (Location::Local(from), Location::Local(to)) => {
+            if !to.is_dir() {
+                std::fs::create_dir_all(to)
+                    .with_context(|| format!("while creating the target directory `{}`", to.display()))?;
+            }
+            client::copy_local(from, to, options, reporter).await
+        }
+        (Location::Local(from), Location::Agent { addr, volume }) => {
+            client::copy_to_agent(identity()?, from, (addr, volume), proxy.as_ref(), options, reporter).await
+        }
+        (Location::Agent { addr: from, volume: from_volume }, Location::Agent { addr: to, volume: to_volume }) => {
+            client::push_between_agents(
+                identity()?,
+                (from, from_volume),
+                (to, to_volume),
+                proxy.as_ref(),
+                options,
+                reporter,
+            )
+            .await
+        }
+        (Location::Agent { .. }, Location::Local(_)) => {
+            bail!("copying from an agent into a local directory is not supported")
+        }
+    };
+    Ok(result?)
+}
+
+async fn transfer_volumes(
+    plan: &Plan,
+    stage: bool,
+    identity: Option<&Identity>,
+    proxy: Option<&Proxy>,
+    printer: &PlanPrinter,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let limit = Arc::new(Semaphore::new(plan.volume_concurrency));
+    let mut tasks = JoinSet::new();
+    for (index, volume) in plan.volumes.iter().enumerate() {
+        let (limit, volume) = (limit.clone(), volume.clone());
+        let (identity, proxy) = (identity.cloned(), proxy.cloned());
+        let printer = printer.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("the semaphore is never closed");
+            let reporter = printer.volume(&volume.name);
+            (index, copy_volume(volume, stage, identity, proxy, reporter).await)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) = joined.context("a volume copy task failed")?;
+        let entry = &mut report.volumes[index];
+        match result {
+            Ok(summary) => {
+                entry.record(&summary);
+                if !printer.is_json() {
+                    for error in &summary.errors {
+                        eprintln!("error: volume `{}`: {error}", entry.name);
+                    }
+                }
+                if !summary.is_success() {
+                    failures.push((
+                        entry.name.clone(),
+                        anyhow::anyhow!(
+                            "{} file(s) could not be copied: {}",
+                            summary.errors.len(),
+                            summary.errors.join("; ")
+                        ),
+                    ));
+                }
+            }
+            Err(error) => {
+                entry.result = StepResult::Failed;
+                entry.error = Some(format!("{error:#}"));
+                failures.push((entry.name.clone(), error));
+            }
+        }
+        printer.volume_finished(&report.volumes[index]);
+    }
+    failures.sort_by(|a, b| a.0.cmp(&b.0));
+    match failures.len() {
+        0 => Ok(()),
+        1 => {
+            let (name, error) = failures.remove(0);
+            Err(error.context(format!("volume `{name}` failed; the post-transfer hooks did not run")))
+        }
+        n => {
+            let names: Vec<String> = failures.iter().map(|(name, _)| format!("`{name}`")).collect();
+            let (_, first) = failures.remove(0);
+            Err(first.context(format!(
+                "{n} volumes failed ({}); the post-transfer hooks did not run; the first failure follows",
+                names.join(", ")
+            )))
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! `mover preflight PLAN.yaml`: the seed's prerequisites that apply here, checked, each with a
+//! remedy. `mover plan run` runs the same checks first unless `--skip-preflight`.
+//!
+//! Checks: the migration's certificates (chained to the CA, valid, not expiring within the
+//! window); every agent reachable (target agents through the plan's proxy when it has one),
+//! speaking this build's protocol version, presenting a certificate that does not expire within
+//! the window, and serving the plan's volumes; source volumes readable, target volumes writable,
+//! target free space at least the source's used bytes plus a margin (less what the target
+//! already holds); registry CA bundles parse; hook programs and `ansible-playbook` present.
+//! Registry reachability and credentials are not checked yet (image transfers in plans are not
+//! built).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use mover_engine::certs::{self, Identity, Role};
+use mover_engine::client::{self, AgentStatus, CopyError};
+use mover_engine::hooks::ANSIBLE_PLAYBOOK;
+use mover_engine::inspect;
+use mover_engine::tunnel::Proxy;
+use mover_engine::wire::{VolumeStatus, WireError};
+use mover_engine::{PROTOCOL_VERSION, VERSION};
+use rustls::pki_types::CertificateDer;
+
+mod table;
+
+pub use table::Checks;
+
+use crate::Outcome;
+use crate::args::{CheckArgs, GlobalArgs, PreflightArgs};
+use crate::commands::plan::{plan_identity, plan_proxy};
+use crate::location::Location;
+use crate::plan::{self, HookAction, Plan};
+
+/// How strict some checks are.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    /// Certificates must stay valid at least this long.
+    pub cert_window: Duration,
+    /// Target free space must exceed the source's used bytes by this many percent.
+    pub space_margin_percent: u64,
+}
+
+impl From<&CheckArgs> for Thresholds {
+    fn from(args: &CheckArgs) -> Self {
+        Thresholds {
+            cert_window: Duration::from_secs(u64::from(args.cert_window_days) * 86_400),
+            space_margin_percent: u64::from(args.space_margin),
+        }
+    }
+}
+
+pub async fn run(args: PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let plan = plan::load(&args.plan)?;
+    let checks = check_plan(&plan, Thresholds::from(&args.checks)).await;
+    checks.print(global.output);
+    Ok(if checks.failures() == 0 { Outcome::Success } else { Outcome::Failed })
+}
+
+/// Runs every check that applies to `plan`.
+pub async fn check_plan(plan: &Plan, thresholds: Thresholds) -> Checks {
+    let mut checks = Checks::default();
+    let identity = check_certificates(plan, thresholds, &mut checks);
+    let proxy = match plan_proxy(plan) {
+        Ok(proxy) => proxy,
+        Err(error) => {
+            checks.fail("proxy", format!("{error:#}"), "fix `proxy:` / `proxyPasswordFile:` in the plan");
+            None
+        }
+    };
+    let agents = check_agents(plan, identity.as_ref(), proxy.as_ref(), thresholds, &mut checks).await;
+    check_volumes(plan, &agents, thresholds, &mut checks);
+    check_ca_bundles(plan, &mut checks);
+    check_hooks(plan, &mut checks);
+    if !plan.images.is_empty() {
+        checks.skip("registries reachable, credentials accepted", "image transfers in plans are not built yet");
+    }
+    checks
+}
+
+fn days(duration: Duration) -> u64 {
+    duration.as_secs() / 86_400
+}
+
+/// Checks `ca.crt` and the coordinator's (and, when present, the agents') certificate files.
+fn check_certificates(plan: &Plan, thresholds: Thresholds, checks: &mut Checks) -> Option<Identity> {
+    let dir = plan.certs.as_ref().filter(|_| plan.uses_agents())?;
+    let remedy = format!("create them with `mover certs init {}` and give every agent a copy", dir.display());
+    let identity = match plan_identity(plan) {
+        Ok(identity) => identity,
+        Err(error) => {
+            checks.fail(format!("certificates in `{}`", dir.display()), format!("{error:#}"), remedy);
+            return None;
+        }
+    };
+    let identity = identity?;
+    let horizon = SystemTime::now() + thresholds.cert_window;
+    let renew = format!(
+        "make new certificates (`mover certs init {} --force`), copy them to every agent and restart the agents",
+        dir.display()
+    );
+    let mut leaf = |name: &str, role: Role, chain: &[CertificateDer<'_>]| {
+        let check = format!("{name} certificate chains to the migration CA");
+        if let Err(error) = certs::verify_chain(&identity.ca, chain, role, SystemTime::now()) {
+            checks.fail(check, error.to_string(), renew.clone());
+        } else {
+            checks.ok(check, format!("`{}`", dir.join("ca.crt").display()));
+            expiry(checks, &format!("{name} certificate"), &chain[0], horizon, thresholds, &renew);
+        }
+    };
+    leaf("coordinator", Role::Coordinator, &identity.chain.clone());
+    if let Ok(agent) = certs::read_certs(&dir.join("agent.crt")) {
+        leaf("agent", Role::Agent, &agent);
+    }
+    expiry(checks, "migration CA", &identity.ca, horizon, thresholds, &renew);
+    Some(identity)
+}
+
+fn expiry(
+    checks: &mut Checks,
+    what: &str,
+    cert: &CertificateDer<'_>,
+    horizon: SystemTime,
+    thresholds: Thresholds,
+    remedy: &str,
+) {
+    let check = format!("{what} valid for {}+ days", days(thresholds.cert_window));
+    match certs::not_after(cert) {
+        None => checks.fail(check, "does not parse as X.509", remedy),
+        Some(end) if end < SystemTime::now() => checks.fail(check, "expired", remedy),
+        Some(end) if end < horizon => checks.fail(
+            check,
+            format!("expires in {} days", days(end.duration_since(SystemTime::now()).unwrap_or_default())),
+            remedy,
+        ),
+        Some(end) => {
+            checks.ok(check, format!("{} days left", days(end.duration_since(SystemTime::now()).unwrap_or_default())));
+        }
+    }
+}
+
+/// Every agent of the plan, in order of first use, with whether it is a target.
+fn plan_agents(plan: &Plan) -> Vec<(String, bool)> {
+    let mut agents: Vec<(String, bool)> = Vec::new();
+    for volume in &plan.volumes {
+        for (location, is_target) in [(&volume.source, false), (&volume.target, true)] {
+            if let Location::Agent { addr, .. } = location {
+                match agents.iter_mut().find(|(known, _)| known == addr) {
+                    Some(entry) => entry.1 |= is_target,
+                    None => agents.push((addr.clone(), is_target)),
+                }
+            }
+        }
+    }
+    agents
+}
+
+async fn check_agents(
+    plan: &Plan,
+    identity: Option<&Identity>,
+    proxy: Option<&Proxy>,
+    thresholds: Thresholds,
+    checks: &mut Checks,
+) -> BTreeMap<String, AgentStatus> {
+    let mut reached = BTreeMap::new();
+    let agents = plan_agents(plan);
+    let Some(identity) = identity else {
+        for (addr, _) in &agents {
+            checks.skip(format!("agent `{addr}` reachable"), "no usable certificates");
+        }
+        return reached;
+    };
+    let horizon = SystemTime::now() + thresholds.cert_window;
+    for (addr, is_target) in agents {
+        // Target agents are reached the way data reaches them: through the proxy, when set.
+        let via = if is_target { proxy } else { None };
+        let check = match via {
+            Some(proxy) => format!("agent `{addr}` reachable through proxy `{proxy}`"),
+            None => format!("agent `{addr}` reachable"),
+        };
+        let version_check = format!("agent `{addr}` protocol version {PROTOCOL_VERSION}");
+        match client::inspect(identity, &addr, via).await {
+            Ok(status) => {
+                checks.ok(check, format!("serves {}", names(&status.volumes)));
+                checks.ok(version_check, format!("mover-agent {}, this mover {VERSION}", status.software_version));
+                match &status.certificate {
+                    Some(cert) => expiry(
+                        checks,
+                        &format!("agent `{addr}`'s certificate"),
+                        cert,
+                        horizon,
+                        thresholds,
+                        "give the agent fresh certificates from `mover certs init` and restart it",
+                    ),
+                    None => checks.fail(format!("agent `{addr}`'s certificate"), "none presented", "restart the agent"),
+                }
+                reached.insert(addr, status);
+            }
+            Err(CopyError::Handshake { source: WireError::VersionMismatch { ours, theirs }, .. }) => {
+                checks.ok(check, "answered");
+                checks.fail(
+                    version_check,
+                    format!("the agent speaks protocol version {theirs}, this mover {VERSION} speaks {ours}"),
+                    "install the same mover version on every cluster (`mover --version`, `mover-agent --version`)",
+                );
+            }
+            Err(error) => {
+                let detail = mover_engine::sync::full_message(&error);
+                let remedy = crate::printer::copy_error_hint(&error).unwrap_or_else(|| {
+                    "check that `mover-agent serve` runs there and that the address and port are reachable from here"
+                        .to_owned()
+                });
+                checks.fail(check, detail, remedy);
+                checks.skip(version_check, "agent not reached");
+            }
+        }
+    }
+    reached
+}
+
+fn names(volumes: &[VolumeStatus]) -> String {
+    if volumes.is_empty() {
+        return "no volumes".into();
+    }
+    volumes.iter().map(|v| format!("`{}`", v.name)).collect::<Vec<_>>().join(", ")
+}
+
+/// `512 B`, `4.0 KiB`, `12.0 MiB`, `1.5 GiB`, `2.0 TiB`.
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", units[unit]) }
+}
+
+/// The state of one end of a volume: from its agent, or measured here for a local directory.
+fn end_status(
+    location: &Location,
+    read_only: bool,
+    agents: &BTreeMap<String, AgentStatus>,
+) -> Result<VolumeStatus, String> {
+    match location {
+        Location::Agent { addr, volume } => {
+            let Some(agent) = agents.get(addr) else { return Err(format!("agent `{addr}` not reached")) };
+            agent.volumes.iter().find(|v| &v.name == volume).cloned().ok_or_else(|| {
+                format!("agent `{addr}` serves no volume `{volume}` (it serves {})", names(&agent.volumes))
+            })
+        }
+        Location::Local(path) => {
+            // A local target that does not exist yet is created: judge its nearest parent, and
+            // it holds nothing yet.
+            let mut existing: PathBuf = path.clone();
+            while !read_only && !existing.exists() && existing.pop() {}
+            let mut status = inspect::inspect_path(&location.to_string(), &existing, read_only);
+            if &existing != path {
+                status.used_bytes = 0;
+            }
+            Ok(status)
+        }
+    }
+}
+
+fn check_volumes(plan: &Plan, agents: &BTreeMap<String, AgentStatus>, thresholds: Thresholds, checks: &mut Checks) {
+    for volume in &plan.volumes {
+        let name = &volume.name;
+        let source = end_status(&volume.source, true, agents);
+        let target = end_status(&volume.target, false, agents);
+        let readable = format!("volume `{name}`: source `{}` readable", volume.source);
+        match &source {
+            Ok(status) => match &status.unreadable {
+                None => checks.ok(readable, format!("uses {}", human_size(status.used_bytes))),
+                Some(why) => checks.fail(readable, why, "check the path and permissions of the source volume"),
+            },
+            Err(why) if why.ends_with("not reached") => checks.skip(readable, why),
+            Err(why) => checks.fail(readable, why, "add the volume to the agent (`--volume NAME=PATH:ro`)"),
+        }
+        let writable = format!("volume `{name}`: target `{}` writable", volume.target);
+        match &target {
+            Ok(status) if status.read_only => checks.fail(
+                writable,
+                "granted read-only (`:ro`)",
+                "restart the target agent with `--volume NAME=PATH` (without `:ro`)",
+            ),
+            Ok(status) => match &status.unwritable {
+                None => checks.ok(writable, format!("{} free", human_size(status.free_bytes))),
+                Some(why) => checks.fail(
+                    writable,
+                    why,
+                    "make the target volume writable for the agent (mount options, permissions, SELinux labels)",
+                ),
+            },
+            Err(why) if why.ends_with("not reached") => checks.skip(writable, why),
+            Err(why) => checks.fail(writable, why, "add the volume to the agent (`--volume NAME=PATH`)"),
+        }
+        let space = format!("volume `{name}`: target free space");
+        let (Ok(source), Ok(target)) = (&source, &target) else {
+            checks.skip(space, "needs both ends");
+            continue;
+        };
+        // The target's tree is replaced by the source's: what it holds now becomes free.
+        let needed = source.used_bytes + source.used_bytes * thresholds.space_margin_percent / 100;
+        let available = target.free_bytes.saturating_add(target.used_bytes);
+        let at_least = if source.used_complete { "" } else { "at least " };
+        let detail = format!(
+            "source uses {at_least}{}, target has {} free and holds {}; needs {} (+{}% margin)",
+            human_size(source.used_bytes),
+            human_size(target.free_bytes),
+            human_size(target.used_bytes),
+            human_size(needed),
+            thresholds.space_margin_percent
+        );
+        if available >= needed {
+            checks.ok(space, detail);
+        } else {
+            checks.fail(
+                space,
+                detail,
+                format!("grow the target volume by at least {}", human_size(needed - available)),
+            );
+        }
+    }
+}
+
+fn check_ca_bundles(plan: &Plan, checks: &mut Checks) {
+    for (side, path) in &plan.ca_bundles {
+        let check = format!("{side} CA bundle `{}` parses", path.display());
+        let remedy = format!(
+            "fetch the registry's chain with `mover certs fetch HOST:PORT -o {}` and check its fingerprints",
+            path.display()
+        );
+        match certs::read_certs(path) {
+            Err(error) => checks.fail(check, mover_engine::sync::full_message(&error), remedy),
+            Ok(bundle) => match bundle.iter().position(|cert| certs::describe(cert).is_none()) {
+                Some(index) => checks.fail(
+                    check,
+                    format!("certificate {} of {} is not valid X.509", index + 1, bundle.len()),
+                    remedy,
+                ),
+                None => checks.ok(check, format!("{} certificate(s)", bundle.len())),
+            },
+        }
+    }
+}
+
+/// Looks a program up as `execvp` would: a name with `/` as a path, otherwise in `PATH`.
+fn find_program(program: &str, base: &Path) -> Option<PathBuf> {
+    let executable = |path: &Path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = base.join(program);
+        return executable(&path).then_some(path);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|path| executable(path))
+}
+
+fn check_hooks(plan: &Plan, checks: &mut Checks) {
+    let mut playbooks = false;
+    for hook in &plan.hooks {
+        match &hook.action {
+            HookAction::Command(argv) => {
+                let check = format!("hook `{}`: `{}` present", hook.name, argv[0]);
+                match find_program(&argv[0], plan.base_dir()) {
+                    Some(path) => checks.ok(check, path.display().to_string()),
+                    None => checks.fail(
+                        check,
+                        "not found or not executable",
+                        "install it, or fix the hook's `command` (names without `/` are looked up in `PATH`; relative paths start at the plan file's directory)",
+                    ),
+                }
+            }
+            HookAction::Playbook(path) => {
+                playbooks = true;
+                let check = format!("hook `{}`: playbook `{}` readable", hook.name, path.display());
+                match std::fs::read(path) {
+                    Ok(_) => checks.ok(check, ""),
+                    Err(error) => checks.fail(check, error.to_string(), "fix the hook's `playbook` path"),
+                }
+            }
+        }
+    }
+    if playbooks {
+        let check = format!("`{ANSIBLE_PLAYBOOK}` present");
+        match find_program(ANSIBLE_PLAYBOOK, plan.base_dir()) {
+            Some(path) => checks.ok(check, path.display().to_string()),
+            None => checks.fail(check, "not found in `PATH`", "install Ansible: `pip install ansible-core`"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(4096), "4.0 KiB");
+        assert_eq!(human_size(12 << 20), "12.0 MiB");
+        assert_eq!(human_size(3 << 29), "1.5 GiB");
+    }
+}

@@ -1,0 +1,266 @@
+//! The plan file as written: `apiVersion: mover/v1alpha1`, `kind: MigrationPlan`. Every
+//! struct refuses unknown fields, so a misspelt key is an error with its line, not a silently
+//! ignored setting. See `examples/plan.yaml` for an annotated example.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::values::{
+    CompressSetting, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, TimeoutSetting, VolumeEnd,
+};
+
+/// The only `apiVersion` this build reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ApiVersion {
+    /// `mover/v1alpha1`.
+    #[serde(rename = "mover/v1alpha1")]
+    V1Alpha1,
+}
+
+/// The only `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Kind {
+    /// `MigrationPlan`.
+    MigrationPlan,
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PlanFile {
+    #[expect(dead_code, reason = "deserialising it is the check: only `mover/v1alpha1` parses")]
+    pub api_version: ApiVersion,
+    #[expect(dead_code, reason = "deserialising it is the check: only `MigrationPlan` parses")]
+    pub kind: Kind,
+    /// The plan's name: hooks see it as `migplan_name`.
+    pub name: Name,
+    /// The application's namespaces: hooks see them as `migration_namespaces`.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    /// The directory `mover certs init` wrote; needed when an agent is involved.
+    #[serde(default)]
+    pub certs: Option<PathBuf>,
+    /// The HTTP CONNECT proxy between source and target (one, as MTC's `stunnel_tcp_proxy`).
+    #[serde(default)]
+    pub proxy: Option<ProxyUrl>,
+    /// A file holding the proxy's password, when the URL has none.
+    #[serde(default)]
+    pub proxy_password_file: Option<PathBuf>,
+    /// CA bundles of the source and target registries.
+    #[serde(default)]
+    pub ca_bundles: CaBundles,
+    /// How many transfers run at once.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// Volumes to copy.
+    #[serde(default)]
+    pub volumes: Vec<VolumeEntry>,
+    /// Images to copy.
+    #[serde(default)]
+    pub images: Vec<Spanned<ImageEntry>>,
+    /// Hooks around the transfers.
+    #[serde(default)]
+    pub hooks: Vec<HookEntry>,
+}
+
+/// `caBundles:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaBundles {
+    /// PEM bundle that the source registry's certificate chains to.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+    /// PEM bundle that the target registry's certificate chains to.
+    #[serde(default)]
+    pub target: Option<PathBuf>,
+}
+
+/// `concurrency:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrency {
+    /// Volumes copied at once.
+    #[serde(default = "default_volumes")]
+    pub volumes: u16,
+    /// Images copied at once.
+    #[serde(default = "default_images")]
+    pub images: u16,
+}
+
+fn default_volumes() -> u16 {
+    2
+}
+
+fn default_images() -> u16 {
+    4
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency { volumes: default_volumes(), images: default_images() }
+    }
+}
+
+/// One volume to copy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeEntry {
+    /// Name in progress, reports and metrics; defaults to the target volume's name (or the
+    /// target directory's).
+    #[serde(default)]
+    pub name: Option<Name>,
+    /// `agent://HOST:PORT/VOLUME` or a directory.
+    pub source: Spanned<VolumeEnd>,
+    /// `agent://HOST:PORT/VOLUME` or a directory.
+    pub target: Spanned<VolumeEnd>,
+    /// Options of this volume's copy (`mover copy`'s flags).
+    #[serde(default)]
+    pub options: VolumeOptions,
+}
+
+/// Per-volume options; the same meaning as `mover copy`'s flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VolumeOptions {
+    /// Always a stage run for this volume (vanished files are warnings), even in a final run.
+    #[serde(default)]
+    pub stage: bool,
+    /// Delete target entries the source lacks.
+    #[serde(default = "yes")]
+    pub delete: bool,
+    /// Allow deleting more than half of the target's entries.
+    #[serde(default)]
+    pub allow_mass_delete: bool,
+    /// Compare contents, not size and mtime.
+    #[serde(default)]
+    pub checksum: bool,
+    /// Bytes per second on the tunnel.
+    #[serde(default)]
+    pub bwlimit: Option<Rate>,
+    /// `auto`, `off` or a zstd level.
+    #[serde(default)]
+    pub compress: CompressSetting,
+    /// Copy `security.selinux` labels.
+    #[serde(default)]
+    pub selinux: bool,
+    /// Recreate device nodes.
+    #[serde(default)]
+    pub devices: bool,
+    /// fsync every file.
+    #[serde(default)]
+    pub fsync: bool,
+    /// Update changed files in place (`mover copy --inplace`).
+    #[serde(default)]
+    pub inplace: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        VolumeOptions {
+            stage: false,
+            delete: true,
+            allow_mass_delete: false,
+            checksum: false,
+            bwlimit: None,
+            compress: CompressSetting::default(),
+            selinux: false,
+            devices: false,
+            fsync: false,
+            inplace: false,
+        }
+    }
+}
+
+/// One entry of `images:`: a copy (`source` and `destination`) or a `sync`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// Image to copy.
+    #[serde(default)]
+    pub source: Option<ImageRef>,
+    /// Where to.
+    #[serde(default)]
+    pub destination: Option<ImageRef>,
+    /// A repository sync.
+    #[serde(default)]
+    pub sync: Option<SyncEntry>,
+}
+
+/// `sync: {source, destination, tags}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncEntry {
+    /// Source repository.
+    pub source: RepositoryRef,
+    /// Target repository.
+    pub destination: RepositoryRef,
+    /// Tags to copy; every tag when left out.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// MTC's hook phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+pub enum Phase {
+    /// Before anything moves, on the source side.
+    PreBackup,
+    /// Before anything moves, on the target side (after `PreBackup`).
+    PreRestore,
+    /// After the transfers, on the source side.
+    PostBackup,
+    /// Last, on the target side.
+    PostRestore,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Which cluster a hook belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The source cluster.
+    Source,
+    /// The target cluster.
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// One hook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookEntry {
+    /// Name in messages and reports.
+    pub name: Spanned<Name>,
+    /// When it runs.
+    pub phase: Phase,
+    /// Where it belongs; defaults to the phase's side (Backup: source, Restore: target).
+    #[serde(default)]
+    pub side: Option<Side>,
+    /// How long it may run (default 30 minutes).
+    #[serde(default)]
+    pub timeout: Option<TimeoutSetting>,
+    /// A program and its arguments.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// An Ansible playbook, run with `ansible-playbook -i localhost, -c local FILE`.
+    #[serde(default)]
+    pub playbook: Option<PathBuf>,
+}

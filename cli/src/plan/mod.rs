@@ -1,0 +1,360 @@
+//! Migration plans: the file (`apiVersion: mover/v1alpha1`, `kind: MigrationPlan`), strictly
+//! parsed, then checked as a whole into a [`Plan`] whose relative paths are resolved against the
+//! plan file's directory.
+//!
+//! Errors name the file, the line and the column: unknown fields, wrong types and bad values
+//! come from the YAML reader (serde-saphyr) with their position; checks that span several
+//! fields (a hook with both `command` and `playbook`, two volumes with one name) point at the
+//! entry concerned.
+
+mod file;
+pub mod progress;
+pub mod report;
+pub mod values;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use mover_engine::wire::SyncOptions;
+use serde_saphyr::Location as YamlLocation;
+
+use file::{HookEntry, ImageEntry, PlanFile, VolumeEntry};
+pub use file::{Phase, Side, VolumeOptions};
+
+use crate::location::Location;
+
+/// Default time a hook may run.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A checked plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The plan file.
+    pub path: PathBuf,
+    /// `name:`; hooks get it as `migplan_name`.
+    pub name: String,
+    /// `namespaces:`; hooks get them comma-joined as `migration_namespaces`.
+    pub namespaces: Vec<String>,
+    /// Certificate directory.
+    pub certs: Option<PathBuf>,
+    /// Proxy URL as written.
+    pub proxy: Option<String>,
+    /// Proxy password file.
+    pub proxy_password_file: Option<PathBuf>,
+    /// Registry CA bundles, by side.
+    pub ca_bundles: Vec<(Side, PathBuf)>,
+    /// Volumes copied at once.
+    pub volume_concurrency: usize,
+    /// Images copied at once.
+    #[expect(dead_code, reason = "image transfers in plans are wired once the image engine lands")]
+    pub image_concurrency: usize,
+    /// Volumes, in file order.
+    pub volumes: Vec<VolumePlan>,
+    /// Images, in file order.
+    pub images: Vec<ImageTransfer>,
+    /// Hooks, in file order.
+    pub hooks: Vec<Hook>,
+}
+
+/// One volume of a plan.
+#[derive(Debug, Clone)]
+pub struct VolumePlan {
+    /// Name in progress lines, reports and events.
+    pub name: String,
+    /// Where from.
+    pub source: Location,
+    /// Where to.
+    pub target: Location,
+    /// Its options.
+    pub options: VolumeOptions,
+}
+
+impl VolumePlan {
+    /// The engine options of this volume's copy; `stage` is the run's mode.
+    #[must_use]
+    pub fn sync_options(&self, stage: bool) -> SyncOptions {
+        let options = &self.options;
+        SyncOptions {
+            selinux: options.selinux,
+            devices: options.devices,
+            fsync: options.fsync,
+            compression: options.compress.0,
+            stage: stage || options.stage,
+            delete: options.delete,
+            allow_mass_delete: options.allow_mass_delete,
+            checksum: options.checksum,
+            bwlimit: options.bwlimit.map_or(0, |rate| rate.0),
+            inplace: options.inplace,
+        }
+    }
+}
+
+/// One entry of `images:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageTransfer {
+    /// Copy one image.
+    Copy {
+        /// Source reference.
+        source: String,
+        /// Target reference.
+        destination: String,
+    },
+    /// Copy the tags of a repository.
+    Sync {
+        /// Source repository.
+        source: String,
+        /// Target repository.
+        destination: String,
+        /// Tags; empty means all.
+        tags: Vec<String>,
+    },
+}
+
+/// What a hook runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookAction {
+    /// A program and its arguments.
+    Command(Vec<String>),
+    /// An Ansible playbook (resolved path).
+    Playbook(PathBuf),
+}
+
+/// One hook.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// Its name.
+    pub name: String,
+    /// When it runs.
+    pub phase: Phase,
+    /// Which side it belongs to.
+    pub side: Side,
+    /// How long it may run.
+    pub timeout: Duration,
+    /// What it runs.
+    pub action: HookAction,
+}
+
+impl Plan {
+    /// The directory relative paths of the plan are resolved against, and hooks run in.
+    #[must_use]
+    pub fn base_dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        }
+    }
+
+    /// `migplan_name` and `migration_namespaces`, as every hook gets them.
+    #[must_use]
+    pub fn hook_environment(&self) -> Vec<(String, String)> {
+        vec![
+            ("migplan_name".to_owned(), self.name.clone()),
+            ("migration_namespaces".to_owned(), self.namespaces.join(",")),
+        ]
+    }
+
+    /// Hooks of one phase, in file order.
+    pub fn hooks_of(&self, phase: Phase) -> impl Iterator<Item = &Hook> {
+        self.hooks.iter().filter(move |hook| hook.phase == phase)
+    }
+
+    /// True when some volume involves an agent.
+    #[must_use]
+    pub fn uses_agents(&self) -> bool {
+        self.volumes
+            .iter()
+            .any(|v| matches!(v.source, Location::Agent { .. }) || matches!(v.target, Location::Agent { .. }))
+    }
+}
+
+/// Reads and checks a plan file.
+pub fn load(path: &Path) -> anyhow::Result<Plan> {
+    // Absolute, so that hooks run in (and relative paths resolve against) a real directory.
+    let path = &std::path::absolute(path).with_context(|| format!("cannot locate the plan `{}`", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the plan `{}`", path.display()))?;
+    parse(&text, path)
+}
+
+fn at(path: &Path, location: YamlLocation) -> String {
+    format!("`{}` line {}, column {}", path.display(), location.line(), location.column())
+}
+
+/// Parses and checks plan text; `path` names the file in errors and anchors relative paths.
+pub fn parse(text: &str, path: &Path) -> anyhow::Result<Plan> {
+    let file: PlanFile = serde_saphyr::from_str(text).map_err(|error| {
+        let message = plain_message(&error);
+        match error.location() {
+            Some(location) => anyhow::anyhow!("{}: {message}", at(path, location)),
+            None => anyhow::anyhow!("`{}`: {message}", path.display()),
+        }
+    })?;
+    check(file, path)
+}
+
+/// The reader's message without its own position suffix (we print ours first) or snippet.
+fn plain_message(error: &serde_saphyr::Error) -> String {
+    let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
+    let rendered = error.render_with_options(options);
+    let message = match rendered.rfind(" at line ") {
+        Some(cut) => &rendered[..cut],
+        None => rendered.as_str(),
+    };
+    let message = message.trim();
+    // The reader says `invalid u16` for `volumes: many`: say what would be valid.
+    if let Some(kind) = message.strip_prefix("invalid ")
+        && matches!(kind, "u8" | "u16" | "u32" | "u64" | "i32" | "i64")
+    {
+        return format!("{message}: expected a whole number");
+    }
+    message.to_owned()
+}
+
+/// `path` relative to the plan's directory, without `.` components.
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() { path.to_owned() } else { base.join(path) };
+    joined.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+}
+
+fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
+    let base = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if file.concurrency.volumes == 0 || file.concurrency.images == 0 {
+        bail!("`{}`: `concurrency` values must be at least 1", path.display());
+    }
+    let volumes = check_volumes(file.volumes, path, &base)?;
+    let images = file.images.into_iter().map(|entry| check_image(entry, path)).collect::<anyhow::Result<Vec<_>>>()?;
+    let hooks = check_hooks(file.hooks, path, &base)?;
+    let mut ca_bundles = Vec::new();
+    if let Some(bundle) = &file.ca_bundles.source {
+        ca_bundles.push((Side::Source, resolve(&base, bundle)));
+    }
+    if let Some(bundle) = &file.ca_bundles.target {
+        ca_bundles.push((Side::Target, resolve(&base, bundle)));
+    }
+    let plan = Plan {
+        path: path.to_owned(),
+        name: file.name.0,
+        namespaces: file.namespaces.into_iter().map(|ns| ns.0).collect(),
+        certs: file.certs.map(|dir| resolve(&base, &dir)),
+        proxy: file.proxy.map(|proxy| proxy.0),
+        proxy_password_file: file.proxy_password_file.map(|p| resolve(&base, &p)),
+        ca_bundles,
+        volume_concurrency: usize::from(file.concurrency.volumes),
+        image_concurrency: usize::from(file.concurrency.images),
+        volumes,
+        images,
+        hooks,
+    };
+    if plan.uses_agents() && plan.certs.is_none() {
+        bail!(
+            "`{}`: the plan copies volumes of agents but has no `certs:`; add `certs: DIR` (the directory `mover certs init DIR` wrote)",
+            path.display()
+        );
+    }
+    Ok(plan)
+}
+
+fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow::Result<Vec<VolumePlan>> {
+    let mut names = HashSet::new();
+    let mut targets = HashSet::new();
+    let mut volumes = Vec::new();
+    for entry in entries {
+        let where_source = at(path, entry.source.referenced);
+        let where_target = at(path, entry.target.referenced);
+        let localize = |location: Location| match location {
+            Location::Local(dir) => Location::Local(resolve(base, &dir)),
+            agent @ Location::Agent { .. } => agent,
+        };
+        let source = localize(entry.source.value.0);
+        let target = localize(entry.target.value.0);
+        if let (Location::Agent { .. }, Location::Local(_)) = (&source, &target) {
+            bail!(
+                "{where_target}: copying from an agent into a local directory is not supported; make the target `agent://HOST:PORT/VOLUME` and run `mover-agent serve` there"
+            );
+        }
+        let name = if let Some(name) = entry.name {
+            name.0
+        } else {
+            let derived = match &target {
+                Location::Agent { volume, .. } => volume.clone(),
+                Location::Local(dir) => dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            };
+            values::check_name(&derived)
+                .map_err(|e| anyhow::anyhow!("{where_source}: this volume needs a `name:` ({e})"))?;
+            derived
+        };
+        if !names.insert(name.clone()) {
+            bail!("{where_source}: a second volume named `{name}`; give each volume its own `name:`");
+        }
+        if !targets.insert(target.clone()) {
+            bail!(
+                "{where_target}: `{target}` is the target of an earlier volume too; two copies cannot write one target"
+            );
+        }
+        volumes.push(VolumePlan { name, source, target, options: entry.options });
+    }
+    Ok(volumes)
+}
+
+fn check_image(entry: serde_saphyr::Spanned<ImageEntry>, path: &Path) -> anyhow::Result<ImageTransfer> {
+    let place = at(path, entry.referenced);
+    match entry.value {
+        ImageEntry { source: Some(source), destination: Some(destination), sync: None } => {
+            Ok(ImageTransfer::Copy { source: source.0, destination: destination.0 })
+        }
+        ImageEntry { source: None, destination: None, sync: Some(sync) } => {
+            for tag in &sync.tags {
+                if tag.is_empty() || !tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                    bail!("{place}: `{tag}` is not a valid tag");
+                }
+            }
+            Ok(ImageTransfer::Sync { source: sync.source.0, destination: sync.destination.0, tags: sync.tags })
+        }
+        _ => bail!(
+            "{place}: an image entry is either `source:` and `destination:` (one image) or `sync: {{source, destination, tags}}` (a repository)"
+        ),
+    }
+}
+
+fn check_hooks(entries: Vec<HookEntry>, path: &Path, base: &Path) -> anyhow::Result<Vec<Hook>> {
+    let mut names = HashSet::new();
+    let mut hooks = Vec::new();
+    for entry in entries {
+        let place = at(path, entry.name.referenced);
+        let name = entry.name.value.0;
+        if !names.insert(name.clone()) {
+            bail!("{place}: a second hook named `{name}`; hook names must be unique");
+        }
+        let action = match (entry.command, entry.playbook) {
+            (Some(command), None) => {
+                if command.first().is_none_or(String::is_empty) {
+                    bail!(
+                        "{place}: hook `{name}` has an empty `command`; write e.g. `command: [/bin/sh, -c, \"...\"]`"
+                    );
+                }
+                HookAction::Command(command)
+            }
+            (None, Some(playbook)) => HookAction::Playbook(resolve(base, &playbook)),
+            _ => bail!("{place}: hook `{name}` needs exactly one of `command: [PROGRAM, ARG...]` or `playbook: FILE`"),
+        };
+        let side = entry.side.unwrap_or(match entry.phase {
+            Phase::PreBackup | Phase::PostBackup => Side::Source,
+            Phase::PreRestore | Phase::PostRestore => Side::Target,
+        });
+        hooks.push(Hook {
+            name,
+            phase: entry.phase,
+            side,
+            timeout: entry.timeout.map_or(DEFAULT_HOOK_TIMEOUT, |t| t.0),
+            action,
+        });
+    }
+    Ok(hooks)
+}
+
+#[cfg(test)]
+mod tests;

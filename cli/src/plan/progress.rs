@@ -1,0 +1,225 @@
+//! What `mover plan run` shows while it runs: on a terminal one progress line per volume
+//! (bytes, rate, ETA) and a total line; with `--output json` the engine's events as JSON lines,
+//! each with a `volume` field, plus hook events; otherwise only hook output, warnings and errors.
+//! Hook output always goes to stderr in text mode, each line prefixed with the hook's name.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mover_engine::progress::{Event, Reporter};
+use serde_json::json;
+
+use super::Hook;
+use super::report::VolumeReport;
+use crate::args::{GlobalArgs, OutputFormat};
+
+struct VolumeLine {
+    done: u64,
+    length: u64,
+    bar: ProgressBar,
+}
+
+enum Mode {
+    Json(Mutex<std::io::Stdout>),
+    Bars { multi: MultiProgress, total: ProgressBar, volumes: Mutex<HashMap<String, VolumeLine>> },
+    Quiet,
+}
+
+/// The plan's renderer; cheap to share.
+#[derive(Clone)]
+pub struct PlanPrinter(Arc<Mode>);
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
+}
+
+impl PlanPrinter {
+    /// Picks the renderer once.
+    #[must_use]
+    pub fn new(global: &GlobalArgs) -> PlanPrinter {
+        let mode = if global.output == OutputFormat::Json {
+            Mode::Json(Mutex::new(std::io::stdout()))
+        } else if global.no_progress || !std::io::stderr().is_terminal() {
+            Mode::Quiet
+        } else {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+            let total = multi.add(ProgressBar::new(0));
+            total.set_style(style(
+                "{prefix:<16.bold} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4}",
+            ));
+            total.set_prefix("total");
+            Mode::Bars { multi, total, volumes: Mutex::new(HashMap::new()) }
+        };
+        PlanPrinter(Arc::new(mode))
+    }
+
+    fn json_line(&self, value: &serde_json::Value) {
+        if let Mode::Json(stdout) = &*self.0 {
+            let mut stdout = stdout.lock().expect("stdout lock");
+            let _ = writeln!(stdout, "{value}");
+            let _ = stdout.flush();
+        }
+    }
+
+    fn text_line(&self, text: &str) {
+        match &*self.0 {
+            Mode::Bars { multi, .. } => multi.suspend(|| eprintln!("{text}")),
+            _ => eprintln!("{text}"),
+        }
+    }
+
+    /// A hook starts.
+    pub fn hook_started(&self, hook: &Hook) {
+        match &*self.0 {
+            Mode::Json(_) => self.json_line(&json!({
+                "type": "hook_started", "hook": hook.name, "phase": hook.phase, "side": hook.side,
+            })),
+            _ => self.text_line(&format!("hook `{}` ({}, {} side) started", hook.name, hook.phase, hook.side)),
+        }
+    }
+
+    /// One line of a hook's output.
+    pub fn hook_line(&self, hook: &Hook, line: &str) {
+        match &*self.0 {
+            Mode::Json(_) => self.json_line(&json!({"type": "hook_output", "hook": hook.name, "line": line})),
+            _ => self.text_line(&format!("{} | {line}", hook.name)),
+        }
+    }
+
+    /// A hook ended.
+    pub fn hook_finished(&self, hook: &Hook, result: &str, elapsed: Duration) {
+        match &*self.0 {
+            Mode::Json(_) => self.json_line(&json!({
+                "type": "hook_finished", "hook": hook.name, "phase": hook.phase, "result": result,
+                "elapsed_s": elapsed.as_secs_f64(),
+            })),
+            _ => self.text_line(&format!("hook `{}` {result} after {:.1}s", hook.name, elapsed.as_secs_f64())),
+        }
+    }
+
+    /// A JSON event of the plan itself (`report`, `volume_finished`).
+    pub fn event(&self, value: &serde_json::Value) {
+        self.json_line(value);
+    }
+
+    /// True with `--output json`.
+    #[must_use]
+    pub fn is_json(&self) -> bool {
+        matches!(&*self.0, Mode::Json(_))
+    }
+
+    /// A reporter for one volume's copy.
+    #[must_use]
+    pub fn volume(&self, name: &str) -> Arc<dyn Reporter> {
+        let bar = match &*self.0 {
+            Mode::Bars { multi, total, volumes } => {
+                let bar = multi.insert_before(total, ProgressBar::new(0));
+                bar.set_style(style(
+                    "{prefix:<16} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
+                ));
+                bar.set_prefix(name.to_owned());
+                bar.enable_steady_tick(Duration::from_millis(250));
+                total.enable_steady_tick(Duration::from_millis(250));
+                volumes
+                    .lock()
+                    .expect("volumes lock")
+                    .insert(name.to_owned(), VolumeLine { done: 0, length: 0, bar: bar.clone() });
+                Some(bar)
+            }
+            _ => None,
+        };
+        Arc::new(VolumeProgress { printer: self.clone(), name: name.to_owned(), bar })
+    }
+
+    /// A volume ended: its line shows the result, and JSON gets a `volume_finished` event.
+    pub fn volume_finished(&self, report: &VolumeReport) {
+        match &*self.0 {
+            Mode::Json(_) => {
+                let mut value = serde_json::to_value(report).expect("reports serialise");
+                value["type"] = "volume_finished".into();
+                value["volume"] = report.name.clone().into();
+                self.json_line(&value);
+            }
+            Mode::Bars { volumes, .. } => {
+                if let Some(line) = volumes.lock().expect("volumes lock").get(&report.name) {
+                    line.bar.set_position(report.bytes_total);
+                    line.bar.finish_with_message(report.result.to_string());
+                }
+                self.update_total(&report.name, Some(report.bytes_total), Some(report.bytes_total));
+            }
+            Mode::Quiet => {}
+        }
+    }
+
+    /// Clears the progress lines before the report.
+    pub fn finish(&self) {
+        if let Mode::Bars { multi, total, .. } = &*self.0 {
+            total.finish();
+            let _ = multi.clear();
+        }
+    }
+
+    fn update_total(&self, name: &str, done: Option<u64>, length: Option<u64>) {
+        if let Mode::Bars { total, volumes, .. } = &*self.0 {
+            let mut volumes = volumes.lock().expect("volumes lock");
+            if let Some(line) = volumes.get_mut(name) {
+                if let Some(done) = done {
+                    line.done = done;
+                }
+                if let Some(length) = length {
+                    line.length = length;
+                }
+            }
+            total.set_length(volumes.values().map(|v| v.length).sum());
+            total.set_position(volumes.values().map(|v| v.done).sum());
+        }
+    }
+}
+
+/// One volume's progress: its own bar, or its events with a `volume` field.
+struct VolumeProgress {
+    printer: PlanPrinter,
+    name: String,
+    bar: Option<ProgressBar>,
+}
+
+impl Reporter for VolumeProgress {
+    fn wants_early_totals(&self) -> bool {
+        self.bar.is_some()
+    }
+
+    fn on_event(&self, event: &Event) {
+        if self.printer.is_json() {
+            let mut value = crate::printer::typed(event);
+            value["volume"] = self.name.clone().into();
+            self.printer.json_line(&value);
+            return;
+        }
+        match event {
+            Event::Totals { files, bytes } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(*bytes);
+                    bar.set_message(format!("{files} files"));
+                }
+                self.printer.update_total(&self.name, None, Some(*bytes));
+            }
+            Event::Progress { files_done, bytes_done, bytes_transferred, .. } => {
+                // `bytes_done` counts a file once it is whole; the bytes sent of a big file in
+                // flight show up in `bytes_transferred` first.
+                let position = (*bytes_done).max(*bytes_transferred);
+                if let Some(bar) = &self.bar {
+                    bar.set_position(position);
+                    bar.set_message(format!("{files_done} files"));
+                }
+                self.printer.update_total(&self.name, Some(position), None);
+            }
+            Event::Warning { message } => {
+                self.printer.text_line(&format!("warning: volume `{}`: {message}", self.name));
+            }
+            Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } => {}
+        }
+    }
+}

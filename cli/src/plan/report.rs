@@ -1,0 +1,231 @@
+//! The end-of-plan report: per hook and per volume what happened, printed as a table and
+//! written as JSON with `--report FILE`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use mover_engine::progress::Summary;
+use serde::Serialize;
+
+use super::{Hook, Phase, Plan, Side};
+
+/// How one step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepResult {
+    /// It completed.
+    Succeeded,
+    /// It failed.
+    Failed,
+    /// It ran past its timeout and was killed.
+    TimedOut,
+    /// The plan stopped before it.
+    NotRun,
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepResult::Succeeded => "ok",
+            StepResult::Failed => "FAILED",
+            StepResult::TimedOut => "TIMED OUT",
+            StepResult::NotRun => "not run",
+        })
+    }
+}
+
+/// One hook in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookReport {
+    /// Its name.
+    pub name: String,
+    /// Its phase.
+    pub phase: Phase,
+    /// Its side.
+    pub side: Side,
+    /// How it ended.
+    pub result: StepResult,
+    /// Its exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Seconds it ran.
+    pub elapsed_s: f64,
+}
+
+/// One volume in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeReport {
+    /// Its name.
+    pub name: String,
+    /// Where from.
+    pub source: String,
+    /// Where to.
+    pub target: String,
+    /// How it ended.
+    pub result: StepResult,
+    /// Regular files in the source.
+    pub files_total: u64,
+    /// Files whose content was sent.
+    pub files_transferred: u64,
+    /// Content bytes in the source.
+    pub bytes_total: u64,
+    /// Content bytes sent.
+    pub bytes_transferred: u64,
+    /// Bytes on the tunnel, after compression.
+    pub bytes_on_wire: u64,
+    /// Entries deleted on the target.
+    pub entries_deleted: u64,
+    /// Seconds the copy took.
+    pub elapsed_s: f64,
+    /// Why it failed, when it failed as a whole.
+    pub error: Option<String>,
+    /// Per-file errors.
+    pub errors: Vec<String>,
+    /// Warnings.
+    pub warnings: Vec<String>,
+}
+
+impl VolumeReport {
+    /// Fills in a finished copy.
+    pub fn record(&mut self, summary: &Summary) {
+        self.result = if summary.is_success() { StepResult::Succeeded } else { StepResult::Failed };
+        self.files_total = summary.files_total;
+        self.files_transferred = summary.files_transferred;
+        self.bytes_total = summary.bytes_total;
+        self.bytes_transferred = summary.bytes_transferred;
+        self.bytes_on_wire = summary.bytes_on_wire;
+        self.entries_deleted = summary.entries_deleted;
+        self.elapsed_s = summary.elapsed_s;
+        self.errors.clone_from(&summary.errors);
+        self.warnings.clone_from(&summary.warnings);
+        self.warnings.extend(summary.not_preserved.iter().map(|what| format!("not preserved: {what}")));
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The plan's name.
+    pub plan: String,
+    /// `stage` or `final`.
+    pub mode: &'static str,
+    /// How the plan ended.
+    pub result: StepResult,
+    /// Why it stopped, when it failed.
+    pub error: Option<String>,
+    /// Seconds from start to end.
+    pub elapsed_s: f64,
+    /// Hooks in the order they run.
+    pub hooks: Vec<HookReport>,
+    /// Volumes in plan order.
+    pub volumes: Vec<VolumeReport>,
+}
+
+impl Report {
+    /// A report where nothing has run yet.
+    #[must_use]
+    pub fn new(plan: &Plan, stage: bool) -> Report {
+        let mut hooks: Vec<&Hook> = plan.hooks.iter().collect();
+        hooks.sort_by_key(|hook| hook.phase);
+        Report {
+            plan: plan.name.clone(),
+            mode: if stage { "stage" } else { "final" },
+            result: StepResult::NotRun,
+            error: None,
+            elapsed_s: 0.0,
+            hooks: hooks
+                .into_iter()
+                .map(|hook| HookReport {
+                    name: hook.name.clone(),
+                    phase: hook.phase,
+                    side: hook.side,
+                    result: StepResult::NotRun,
+                    exit_code: None,
+                    elapsed_s: 0.0,
+                })
+                .collect(),
+            volumes: plan
+                .volumes
+                .iter()
+                .map(|volume| VolumeReport {
+                    name: volume.name.clone(),
+                    source: volume.source.to_string(),
+                    target: volume.target.to_string(),
+                    result: StepResult::NotRun,
+                    files_total: 0,
+                    files_transferred: 0,
+                    bytes_total: 0,
+                    bytes_transferred: 0,
+                    bytes_on_wire: 0,
+                    entries_deleted: 0,
+                    elapsed_s: 0.0,
+                    error: None,
+                    errors: Vec::new(),
+                    warnings: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The entry of a hook.
+    pub fn hook_mut(&mut self, name: &str) -> &mut HookReport {
+        self.hooks.iter_mut().find(|hook| hook.name == name).expect("every hook has an entry")
+    }
+
+    /// Writes the report as pretty JSON.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let mut json = serde_json::to_string_pretty(self).expect("reports serialise");
+        json.push('\n');
+        std::fs::write(path, json).with_context(|| format!("while writing the report to `{}`", path.display()))
+    }
+
+    /// The report as a table.
+    #[must_use]
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut line = |text: String| {
+            out.push_str(text.trim_end());
+            out.push('\n');
+        };
+        line(format!("plan `{}` ({} run): {} in {:.1}s", self.plan, self.mode, self.result, self.elapsed_s));
+        if !self.hooks.is_empty() {
+            line(format!("{:<24} {:<12} {:<7} {:<10} {:>8}", "HOOK", "PHASE", "SIDE", "RESULT", "TIME"));
+            for hook in &self.hooks {
+                line(format!(
+                    "{:<24} {:<12} {:<7} {:<10} {:>7.1}s",
+                    hook.name,
+                    hook.phase.to_string(),
+                    hook.side.to_string(),
+                    hook.result.to_string(),
+                    hook.elapsed_s
+                ));
+            }
+        }
+        if !self.volumes.is_empty() {
+            line(format!(
+                "{:<24} {:<10} {:>9} {:>14} {:>14} {:>14} {:>8}",
+                "VOLUME", "RESULT", "FILES", "BYTES", "SENT", "ON WIRE", "TIME"
+            ));
+            for volume in &self.volumes {
+                line(format!(
+                    "{:<24} {:<10} {:>9} {:>14} {:>14} {:>14} {:>7.1}s",
+                    volume.name,
+                    volume.result.to_string(),
+                    volume.files_total,
+                    volume.bytes_total,
+                    volume.bytes_transferred,
+                    volume.bytes_on_wire,
+                    volume.elapsed_s
+                ));
+            }
+        }
+        out
+    }
+
+    /// Prints the table on stdout (a closed stdout is not our failure).
+    pub fn print(&self) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(self.table().as_bytes());
+        let _ = stdout.flush();
+    }
+}

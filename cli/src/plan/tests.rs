@@ -1,0 +1,106 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse_at(text: &str) -> anyhow::Result<Plan> {
+    parse(text, Path::new("/plans/plan.yaml"))
+}
+
+fn error(text: &str) -> String {
+    format!("{:#}", parse_at(text).expect_err("the plan should be refused"))
+}
+
+const HEAD: &str = "apiVersion: mover/v1alpha1\nkind: MigrationPlan\nname: p\n";
+
+#[test]
+fn the_annotated_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plan.yaml");
+    let plan = load(&path).unwrap();
+    assert_eq!(plan.name, "shop-migration");
+    assert_eq!(plan.hook_environment()[1], ("migration_namespaces".to_owned(), "shop,shop-db".to_owned()));
+    assert_eq!(plan.volumes.len(), 2);
+    assert_eq!(plan.volumes[0].sync_options(false).bwlimit, 50 << 20);
+    assert!(plan.volumes[1].sync_options(true).stage);
+    assert_eq!(plan.hooks.len(), 3);
+    assert_eq!(plan.hooks[1].timeout, Duration::from_secs(600));
+    assert_eq!(plan.hooks[2].side, Side::Target);
+    assert_eq!(plan.hooks[2].timeout, DEFAULT_HOOK_TIMEOUT);
+    assert!(matches!(&plan.hooks[0].action, HookAction::Playbook(p) if p.ends_with("examples/hooks/environment.yml")));
+    assert!(plan.certs.unwrap().ends_with("examples/certs"));
+}
+
+#[test]
+fn relative_paths_and_defaults() {
+    let plan = parse_at(&format!(
+        "{HEAD}volumes:\n  - source: ./a\n    target: ../b\nimages:\n  - source: docker://r:5000/x/y:1\n    destination: oci:/tmp/l\n  - sync: {{source: docker://r/x, destination: docker://s/x}}\n"
+    ))
+    .unwrap();
+    assert_eq!(plan.volumes[0].name, "b");
+    assert_eq!(plan.volumes[0].source, Location::Local("/plans/a".into()));
+    assert_eq!(plan.volume_concurrency, 2);
+    assert!(plan.namespaces.is_empty());
+    assert_eq!(plan.images.len(), 2);
+    assert!(plan.certs.is_none(), "no agent, no certificates needed");
+}
+
+#[test]
+fn unknown_fields_carry_line_and_column() {
+    let message = error(&format!("{HEAD}volumes:\n  - source: ./a\n    target: ./b\n    optoins: {{}}\n"));
+    assert!(message.contains("line 7, column 5"), "{message}");
+    assert!(message.contains("optoins"), "{message}");
+    let message = error(&format!("{HEAD}volumes:\n  - source: ./a\n    target: ./b\n    options:\n      bwlimt: 1M\n"));
+    assert!(message.contains("line 8, column 7") && message.contains("bwlimt"), "{message}");
+}
+
+#[test]
+fn type_errors_carry_line_and_column() {
+    let message = error(&format!("{HEAD}concurrency:\n  volumes: many\n"));
+    assert!(message.contains("line 5, column 12"), "{message}");
+    let message = error(&format!("{HEAD}volumes:\n  - source: ./a\n    target: ./b\n    options: {{checksum: 3}}\n"));
+    assert!(message.contains("line 7"), "{message}");
+}
+
+#[test]
+fn bad_values_carry_line_and_column() {
+    for (body, line, needle) in [
+        ("volumes:\n  - source: agent://h/x\n    target: ./b\n", 5, "HOST:PORT"),
+        ("volumes:\n  - source: ./a\n    target: ./b\n    options: {bwlimit: 10Mb}\n", 7, "unknown unit"),
+        ("volumes:\n  - source: ./a\n    target: ./b\n    options: {compress: 25}\n", 7, "zstd level"),
+        ("namespaces: [Shop]\n", 4, "namespace"),
+        ("hooks:\n  - name: h\n    phase: PreBackup\n    timeout: 5 minutes\n    command: [x]\n", 7, "duration"),
+        ("hooks:\n  - name: h\n    phase: BeforeBackup\n    command: [x]\n", 6, "PreBackup"),
+        ("images:\n  - source: registry/x:1\n    destination: oci:/d\n", 5, "transport"),
+        ("proxy: socks5://p:1\n", 4, "proxy"),
+    ] {
+        let message = error(&format!("{HEAD}{body}"));
+        assert!(message.contains(&format!("line {line},")), "expected line {line}: {message}");
+        assert!(message.contains(needle), "expected `{needle}`: {message}");
+    }
+}
+
+#[test]
+fn header_is_checked() {
+    let message = error("apiVersion: mover/v1\nkind: MigrationPlan\nname: p\n");
+    assert!(message.contains("line 1") && message.contains("mover/v1alpha1"), "{message}");
+    let message = error("apiVersion: mover/v1alpha1\nkind: MigPlan\nname: p\n");
+    assert!(message.contains("line 2") && message.contains("MigrationPlan"), "{message}");
+    let message = error("apiVersion: mover/v1alpha1\nkind: MigrationPlan\n");
+    assert!(message.contains("name"), "{message}");
+}
+
+#[test]
+fn whole_entry_checks_point_at_the_entry() {
+    let message =
+        error(&format!("{HEAD}hooks:\n  - name: both\n    phase: PreBackup\n    command: [x]\n    playbook: p.yml\n"));
+    assert!(message.contains("line 5") && message.contains("exactly one of"), "{message}");
+    let message = error(&format!(
+        "{HEAD}volumes:\n  - {{name: v, source: ./a, target: ./b}}\n  - {{name: v, source: ./c, target: ./d}}\n"
+    ));
+    assert!(message.contains("line 6") && message.contains("second volume named `v`"), "{message}");
+    let message = error(&format!("{HEAD}images:\n  - source: docker://r/x:1\n"));
+    assert!(message.contains("line 5") && message.contains("either"), "{message}");
+    let message = error(&format!("{HEAD}volumes:\n  - {{source: agent://h:1/v, target: agent://g:1/v}}\n"));
+    assert!(message.contains("certs"), "{message}");
+    let message = error(&format!("{HEAD}volumes:\n  - {{source: agent://h:1/v, target: ./dir}}\n"));
+    assert!(message.contains("line 5") && message.contains("not supported"), "{message}");
+}
