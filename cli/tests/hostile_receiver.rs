@@ -49,7 +49,7 @@ fn rogue(certs: &Path, attack: Attack) -> String {
             let mut reader = FrameReader::new(reader);
             let mut writer = FrameWriter::new(writer);
             reader.read_hello().await.unwrap();
-            writer.send_reply(&HelloReply::Welcome(Welcome { token: Vec::new(), volumes: Vec::new() })).await.unwrap();
+            writer.send_reply(&HelloReply::Welcome(Welcome::default())).await.unwrap();
             writer.flush().await.unwrap();
             // Wait for the big file's entry.
             let id = loop {

@@ -10,6 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{Agent, certs, mover_on_plan, text, write_plan};
+use mover_testdata::registry::{Auth, Registry, RegistryOptions};
 
 /// The seed's hook playbooks, unchanged, as committed under `examples/hooks/`.
 fn seed_playbook(name: &str) -> PathBuf {
@@ -43,9 +44,35 @@ fn is_empty_dir(dir: &Path) -> bool {
 }
 
 #[test]
-fn two_volumes_run_green_and_the_report_matches_the_data() {
+fn two_volumes_and_an_image_run_green_and_the_report_matches_the_data() {
     let tmp = tempfile::tempdir().unwrap();
     let certs = certs(&tmp.path().join("certs"));
+    // The image: a 2-platform index in a plain source registry, copied to a target registry that
+    // wants basic auth (credentials from an auth file named in the plan).
+    let source_registry = Registry::start(RegistryOptions { tls: false, auth: Auth::None }, tmp.path()).unwrap();
+    let target_registry = Registry::start(
+        RegistryOptions { tls: false, auth: Auth::Basic { user: "shop".into(), password: "plan-pw".into() } },
+        tmp.path(),
+    )
+    .unwrap();
+    let sample = mover_testdata::oci::sample_multiarch(&tmp.path().join("layout"), 128 << 10).unwrap();
+    let seeded = common::mover(&[
+        "image",
+        "copy",
+        "--dest-plain-http",
+        &format!("oci:{}:multi", sample.dir.display()),
+        &format!("docker://{}/shop/app:v1", source_registry.addr),
+    ]);
+    assert!(seeded.status.success(), "{}", text(&seeded));
+    {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode("shop:plan-pw");
+        fs::write(
+            tmp.path().join("auth.json"),
+            format!(r#"{{"auths":{{"{}":{{"auth":"{encoded}"}}}}}}"#, target_registry.addr),
+        )
+        .unwrap();
+    }
     // Volume `db`: files of known sizes, pushed agent to agent.
     let db = tmp.path().join("src-db");
     fs::create_dir_all(db.join("pg/base")).unwrap();
@@ -69,10 +96,12 @@ fn two_volumes_run_green_and_the_report_matches_the_data() {
     let plan = write_plan(
         tmp.path(),
         &format!(
-            "name: two-volumes\nnamespaces: [shop]\ncerts: ./certs\nvolumes:\n  - name: db\n    source: {}\n    target: {}\n  - name: uploads\n    source: ./src-uploads\n    target: {}\n",
+            "name: two-volumes\nnamespaces: [shop]\ncerts: ./certs\nvolumes:\n  - name: db\n    source: {}\n    target: {}\n  - name: uploads\n    source: ./src-uploads\n    target: {}\nregistries:\n  source: {{plainHttp: true}}\n  target: {{plainHttp: true, authFile: ./auth.json}}\nimages:\n  - source: docker://{}/shop/app:v1\n    destination: docker://{}/shop/app:v1\n",
             source_agent.url("db"),
             target_agent.url("db"),
             target_agent.url("uploads"),
+            source_registry.addr,
+            target_registry.addr,
         ),
     );
     let report_path = tmp.path().join("report.json");
@@ -115,6 +144,24 @@ fn two_volumes_run_green_and_the_report_matches_the_data() {
     assert_eq!(last["type"], "report");
     assert_eq!(last["volumes"], report["volumes"]);
 
+    // The image: every digest on the target, and the report counts what moved.
+    let image_report = &report["images"][0];
+    assert_eq!(image_report["result"], "succeeded", "{report:#}");
+    assert_eq!(image_report["images"], 1);
+    let blobs: Vec<_> = sample
+        .descriptors()
+        .into_iter()
+        .filter(|d| !d.media_type.contains("manifest") && !d.media_type.contains("index"))
+        .collect();
+    assert_eq!(image_report["blobs_copied"], blobs.len() as u64, "{image_report:#}");
+    assert_eq!(image_report["bytes_copied"], blobs.iter().map(|d| d.size).sum::<u64>(), "{image_report:#}");
+    let (code, _, bytes) = target_registry.get_manifest("shop/app", "v1").unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(mover_testdata::oci::sha256_bytes(&bytes), sample.index.digest);
+    assert!(lines.iter().any(|l| l["image"].is_string() && l["type"] == "blob"), "no image events: {}", text(&output));
+    assert!(lines.iter().any(|l| l["type"] == "image_finished"));
+    assert_eq!(last["images"], report["images"]);
+
     // Run again: it resumes as a no-op.
     let output = plan_run(&plan, &["--report", report_path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -123,6 +170,8 @@ fn two_volumes_run_green_and_the_report_matches_the_data() {
         assert_eq!(volume["bytes_transferred"], 0, "{volume:#}");
         assert_eq!(volume["files_transferred"], 0, "{volume:#}");
     }
+    assert_eq!(again["images"][0]["bytes_copied"], 0, "{again:#}");
+    assert_eq!(again["images"][0]["blobs_skipped"], blobs.len() as u64, "{again:#}");
     // Text mode prints the report table on stdout.
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("plan `two-volumes` (final run): ok"), "{}", text(&output));
@@ -259,19 +308,61 @@ fn hooks_run_in_mtcs_phase_order_around_the_transfers_with_the_plan_environment(
 }
 
 #[test]
-fn a_plan_with_images_is_refused_until_image_transfers_are_built() {
+fn preflight_checks_that_registries_accept_the_plans_credentials() {
     let tmp = tempfile::tempdir().unwrap();
+    let source = Registry::start(RegistryOptions { tls: false, auth: Auth::None }, tmp.path()).unwrap();
+    let target = Registry::start(
+        RegistryOptions { tls: false, auth: Auth::Basic { user: "ops".into(), password: "right-pw".into() } },
+        tmp.path(),
+    )
+    .unwrap();
+    let sample = mover_testdata::oci::sample_multiarch(&tmp.path().join("layout"), 4 << 10).unwrap();
+    let seeded = common::mover(&[
+        "image",
+        "copy",
+        "--dest-plain-http",
+        &format!("oci:{}:single", sample.dir.display()),
+        &format!("docker://{}/ns/app:v1", source.addr),
+    ]);
+    assert!(seeded.status.success(), "{}", text(&seeded));
+    let auth = |password: &str| {
+        use base64::Engine;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("ops:{password}"));
+        fs::write(tmp.path().join("auth.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{encoded}"}}}}}}"#, target.addr))
+            .unwrap();
+    };
     let plan = write_plan(
         tmp.path(),
-        "name: img\nimages:\n  - source: docker://127.0.0.1:5000/a/b:1\n    destination: docker://127.0.0.1:5001/a/b:1\n",
+        &format!(
+            "name: images\nregistries:\n  source: {{plainHttp: true}}\n  target: {{plainHttp: true, authFile: ./auth.json}}\nimages:\n  - source: docker://{}/ns/app:v1\n    destination: docker://{}/ns/app:v1\n  - sync: {{source: docker://{}/ns/missing, destination: docker://{}/ns/missing}}\n",
+            source.addr, target.addr, source.addr, target.addr
+        ),
     );
-    let output = plan_run(&plan, &[]);
+    auth("wrong-pw");
+    let output = common::mover_on_plan(&["preflight"], &plan, &[], &[]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("image transfers in plans are not built yet"),
-        "{}",
-        text(&output)
+    let all = text(&output);
+    assert!(all.contains(&format!("registry: can read docker://{}/ns/app:v1", source.addr)), "{all}");
+    assert!(all.contains("refused access"), "{all}");
+    assert!(all.contains("ns/missing") && all.contains("not found"), "{all}");
+    assert!(!all.contains("wrong-pw"), "{all}");
+
+    // Right credentials, and only the image that exists: preflight passes and the plan runs.
+    auth("right-pw");
+    let plan = write_plan(
+        tmp.path(),
+        &format!(
+            "name: images\nregistries:\n  source: {{plainHttp: true}}\n  target: {{plainHttp: true, authFile: ./auth.json}}\nimages:\n  - source: docker://{}/ns/app:v1\n    destination: docker://{}/ns/app:v1\n",
+            source.addr, target.addr
+        ),
     );
+    let output = common::mover_on_plan(&["preflight"], &plan, &[], &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let output = plan_run(&plan, &[]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let (status, _, bytes) = target.get_manifest("ns/app", "v1").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(mover_testdata::oci::sha256_bytes(&bytes), sample.single().manifest.digest);
 }
 
 #[test]

@@ -255,7 +255,14 @@ fn hellos() -> Vec<(&'static str, Hello)> {
 
 fn replies() -> Vec<(&'static str, HelloReply)> {
     vec![
-        ("welcome", HelloReply::Welcome(Welcome { token: vec![1; 16], volumes: vec!["data".into(), "logs".into()] })),
+        (
+            "welcome",
+            HelloReply::Welcome(Welcome {
+                token: vec![1; 16],
+                volumes: vec!["data".into(), "logs".into()],
+                ..Welcome::default()
+            }),
+        ),
         ("refused", HelloReply::Refused(RemoteError::new(RemoteErrorKind::Forbidden, "the source role may not"))),
     ]
 }

@@ -35,15 +35,7 @@ async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
     }
     let source = endpoint(&source_ref, &args.common, Side::Source)?;
     let target = endpoint(&target_ref, &args.common, Side::Target)?;
-    let source_version = match &source_ref {
-        ImageRef::Registry { version, .. } => Some(version.clone().unwrap_or(Version::Tag("latest".into()))),
-        ImageRef::Layout { tag, .. } => tag.clone().map(Version::Tag),
-    };
-    // The target tag: the one named, else the source's tag (none when the source is a digest).
-    let target_tag = target_ref.tag().map(str::to_owned).or_else(|| match &source_version {
-        Some(Version::Tag(tag)) => Some(tag.clone()),
-        _ => None,
-    });
+    let (source_version, target_tag) = versions(&source_ref, &target_ref);
     let printer = Arc::new(ImagePrinter::new(global, args.common.dry_run));
     let session = Session::new(printer.clone());
     let options = image::CopyOptions {
@@ -116,9 +108,23 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
     finish(&printer, summary, error)
 }
 
+/// What to read from the source (`latest` for a registry reference without one) and which tag
+/// to set on the target (the one named, else the source's tag; none when the source is a digest).
+pub(crate) fn versions(source: &ImageRef, target: &ImageRef) -> (Option<Version>, Option<String>) {
+    let source_version = match source {
+        ImageRef::Registry { version, .. } => Some(version.clone().unwrap_or(Version::Tag("latest".into()))),
+        ImageRef::Layout { tag, .. } => tag.clone().map(Version::Tag),
+    };
+    let target_tag = target.tag().map(str::to_owned).or_else(|| match &source_version {
+        Some(Version::Tag(tag)) => Some(tag.clone()),
+        _ => None,
+    });
+    (source_version, target_tag)
+}
+
 /// Adds what the registry presented to an "unknown authority" error, so the user sees what they
 /// would be trusting.
-async fn explain(error: image::ImageError, proxy: Option<&str>) -> anyhow::Error {
+pub(crate) async fn explain(error: image::ImageError, proxy: Option<&str>) -> anyhow::Error {
     let proxy_url = proxy.map(str::to_owned).or_else(|| {
         ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"].iter().find_map(|v| std::env::var(v).ok())
     });
@@ -166,56 +172,88 @@ fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::E
 }
 
 #[derive(Clone, Copy)]
-enum Side {
+pub(crate) enum Side {
     Source,
     Target,
 }
 
 fn endpoint(reference: &ImageRef, common: &ImageCommon, side: Side) -> anyhow::Result<Endpoint> {
+    let access = match side {
+        Side::Source => Access {
+            credentials: common.src_creds.clone(),
+            token: common.src_registry_token.clone(),
+            ca_bundle: common.src_ca_bundle.clone(),
+            tls_verify: common.src_tls_verify,
+            plain_http: common.src_plain_http,
+            authfile: common.authfile.clone(),
+        },
+        Side::Target => Access {
+            credentials: common.dest_creds.clone(),
+            token: common.dest_registry_token.clone(),
+            ca_bundle: common.dest_ca_bundle.clone(),
+            tls_verify: common.dest_tls_verify,
+            plain_http: common.dest_plain_http,
+            authfile: common.authfile.clone(),
+        },
+    };
     let max_manifest_bytes = usize::try_from(common.max_manifest_size).unwrap_or(usize::MAX);
+    endpoint_for(reference, &access, side, common.proxy.as_deref(), max_manifest_bytes, common.dry_run)
+}
+
+/// How to reach one side's registry.
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    /// `USER:PASSWORD`.
+    pub credentials: Option<Credentials>,
+    /// A bearer token.
+    pub token: Option<String>,
+    /// Extra trusted CAs.
+    pub ca_bundle: Option<std::path::PathBuf>,
+    /// Verify certificates.
+    pub tls_verify: bool,
+    /// Plain HTTP.
+    pub plain_http: bool,
+    /// An auth file (else the usual places).
+    pub authfile: Option<std::path::PathBuf>,
+}
+
+/// The endpoint a reference names, ready to use (a CA bundle is read now, so a bad one fails
+/// before anything moves). Dry runs create no target layout.
+pub(crate) fn endpoint_for(
+    reference: &ImageRef,
+    access: &Access,
+    side: Side,
+    proxy: Option<&str>,
+    max_manifest_bytes: usize,
+    dry_run: bool,
+) -> anyhow::Result<Endpoint> {
     match reference {
         ImageRef::Layout { dir, .. } => {
             let layout = match side {
                 Side::Source => Layout::open(dir, max_manifest_bytes)?,
-                Side::Target if common.dry_run => Layout::for_dry_run(dir, max_manifest_bytes)?,
+                Side::Target if dry_run => Layout::for_dry_run(dir, max_manifest_bytes)?,
                 Side::Target => Layout::create(dir, max_manifest_bytes)?,
             };
             Ok(Endpoint::Layout(Arc::new(layout)))
         }
         ImageRef::Registry { repository, .. } => {
-            let (creds, token, ca_bundle, verify, plain) = match side {
-                Side::Source => (
-                    &common.src_creds,
-                    &common.src_registry_token,
-                    &common.src_ca_bundle,
-                    common.src_tls_verify,
-                    common.src_plain_http,
-                ),
-                Side::Target => (
-                    &common.dest_creds,
-                    &common.dest_registry_token,
-                    &common.dest_ca_bundle,
-                    common.dest_tls_verify,
-                    common.dest_plain_http,
-                ),
-            };
-            let credentials = match (creds, token) {
+            let credentials = match (&access.credentials, &access.token) {
                 (Some(creds), _) => creds.clone(),
                 (None, Some(token)) => Credentials::Token(token.clone()),
                 (None, None) => {
-                    image::lookup_credentials(&repository.registry, common.authfile.as_deref())?.unwrap_or_default()
+                    image::lookup_credentials(&repository.registry, access.authfile.as_deref())?.unwrap_or_default()
                 }
             };
-            let tls = match (plain, verify) {
+            let tls = match (access.plain_http, access.tls_verify) {
                 (true, _) => TlsMode::PlainHttp,
                 (false, false) => TlsMode::NoVerify,
-                (false, true) => TlsMode::Verify { ca_bundle: ca_bundle.clone() },
+                (false, true) => TlsMode::Verify { ca_bundle: access.ca_bundle.clone() },
             };
-            if let Some(url) = &common.proxy {
+            if let Some(url) = proxy {
                 // The same parser as the volume tunnel's, for the same clear errors.
                 Proxy::parse(url)?;
             }
-            let options = RegistryOptions { tls, credentials, proxy: common.proxy.clone(), max_manifest_bytes };
+            let options = RegistryOptions { tls, credentials, proxy: proxy.map(str::to_owned), max_manifest_bytes };
             let registry = Registry::new(&repository.registry, &options)?;
             Ok(Endpoint::Registry { registry: Arc::new(registry), repository: repository.name.clone() })
         }

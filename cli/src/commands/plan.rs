@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use futures_util::StreamExt;
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client::{self, CopyError};
 use mover_engine::hooks::{self, HookCommand, HookError};
@@ -21,11 +22,13 @@ use tokio::task::JoinSet;
 use crate::Outcome;
 use crate::args::{GlobalArgs, PlanRunArgs};
 use crate::commands::copy::resolve_proxy;
+use crate::commands::image;
 use crate::commands::preflight::{self, Thresholds};
 use crate::location::Location;
 use crate::plan::progress::PlanPrinter;
-use crate::plan::report::{Report, StepResult};
+use crate::plan::report::{ImageReport, Report, StepResult};
 use crate::plan::{self, HookAction, Phase, Plan, VolumePlan};
+use mover_engine::image::{ImageRef, ImageSummary, Session};
 
 /// Loads the coordinator's identity when the plan involves agents.
 pub(crate) fn plan_identity(plan: &Plan) -> anyhow::Result<Option<Identity>> {
@@ -44,13 +47,6 @@ pub(crate) fn plan_proxy(plan: &Plan) -> anyhow::Result<Option<Proxy>> {
 
 pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let plan = plan::load(&args.plan)?;
-    if !plan.images.is_empty() {
-        bail!(
-            "`{}` lists {} image transfer(s), and image transfers in plans are not built yet; remove the `images:` section to run the volumes and hooks now",
-            plan.path.display(),
-            plan.images.len()
-        );
-    }
     if !args.skip_preflight {
         let checks = preflight::check_plan(&plan, Thresholds::from(&args.checks)).await;
         if checks.failures() > 0 {
@@ -102,7 +98,15 @@ async fn execute(
 ) -> anyhow::Result<()> {
     run_hooks(plan, Phase::PreBackup, printer, report).await?;
     run_hooks(plan, Phase::PreRestore, printer, report).await?;
-    transfer_volumes(plan, stage, identity, proxy, printer, report).await?;
+    // Volumes and images move at the same time, each within its own concurrency limit.
+    let (volumes, images) = tokio::join!(
+        transfer_volumes(plan, stage, identity, proxy, printer, report),
+        transfer_images(plan, proxy, printer)
+    );
+    let (image_reports, images) = images;
+    report.images = image_reports;
+    volumes?;
+    images?;
     run_hooks(plan, Phase::PostBackup, printer, report).await?;
     run_hooks(plan, Phase::PostRestore, printer, report).await
 }
@@ -246,4 +250,129 @@ async fn transfer_volumes(
             )))
         }
     }
+}
+
+/// How to reach one side's registry, from the plan (token files read now).
+pub(crate) fn registry_access(side: &plan::RegistrySide) -> anyhow::Result<image::Access> {
+    let token = side
+        .token_file
+        .as_deref()
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|token| token.trim().to_owned())
+                .with_context(|| format!("while reading the registry token file `{}`", path.display()))
+        })
+        .transpose()?;
+    Ok(image::Access {
+        credentials: None,
+        token,
+        ca_bundle: side.ca_bundle.clone(),
+        tls_verify: side.tls_verify,
+        plain_http: side.plain_http,
+        authfile: side.auth_file.clone(),
+    })
+}
+
+/// The plan's proxy as a URL for the registries' HTTP client (the password from the file
+/// included).
+pub(crate) fn proxy_url(proxy: Option<&Proxy>) -> Option<String> {
+    let proxy = proxy?;
+    let host = if proxy.host.contains(':') { format!("[{}]", proxy.host) } else { proxy.host.clone() };
+    Some(match (&proxy.user, &proxy.password) {
+        (Some(user), Some(password)) => format!("http://{user}:{password}@{host}:{}", proxy.port),
+        (Some(user), None) => format!("http://{user}@{host}:{}", proxy.port),
+        _ => format!("http://{host}:{}", proxy.port),
+    })
+}
+
+/// One image transfer: a copy, or a sync of the listed tags (all when none are listed).
+async fn transfer_image(
+    transfer: &plan::ImageTransfer,
+    access: &[image::Access; 2],
+    proxy: Option<&str>,
+    reporter: Arc<dyn mover_engine::progress::Reporter>,
+) -> (ImageSummary, anyhow::Result<()>) {
+    let session = Session::new(reporter);
+    let result = async {
+        let (source, destination) = match transfer {
+            plan::ImageTransfer::Copy { source, destination }
+            | plan::ImageTransfer::Sync { source, destination, .. } => {
+                (source.parse::<ImageRef>()?, destination.parse::<ImageRef>()?)
+            }
+        };
+        let max = mover_engine::image::manifest::MAX_MANIFEST_BYTES;
+        let from = image::endpoint_for(&source, &access[0], image::Side::Source, proxy, max, false)?;
+        let to = image::endpoint_for(&destination, &access[1], image::Side::Target, proxy, max, false)?;
+        let options = mover_engine::image::CopyOptions::default();
+        let outcome = match transfer {
+            plan::ImageTransfer::Copy { .. } => {
+                let (version, tag) = image::versions(&source, &destination);
+                mover_engine::image::copy_image(&session, &from, version.as_ref(), &to, tag.as_deref(), &options)
+                    .await
+                    .map(drop)
+            }
+            plan::ImageTransfer::Sync { tags, .. } => {
+                let tags = (!tags.is_empty())
+                    .then(|| {
+                        let names: Vec<String> = tags.iter().map(|t| regex::escape(t)).collect();
+                        regex::Regex::new(&format!("^({})$", names.join("|")))
+                    })
+                    .transpose()?;
+                let sync = mover_engine::image::SyncOptions { tags, prefix: false };
+                mover_engine::image::sync_images(&session, &from, &to, &options, &sync, None).await
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(error) => Err(image::explain(error, proxy).await),
+        }
+    }
+    .await;
+    (session.summary(), result)
+}
+
+async fn transfer_images(
+    plan: &Plan,
+    proxy: Option<&Proxy>,
+    printer: &PlanPrinter,
+) -> (Vec<ImageReport>, anyhow::Result<()>) {
+    let mut reports: Vec<ImageReport> = plan.images.iter().map(ImageReport::not_run).collect();
+    if plan.images.is_empty() {
+        return (reports, Ok(()));
+    }
+    let access = match (registry_access(&plan.registries[0]), registry_access(&plan.registries[1])) {
+        (Ok(source), Ok(target)) => [source, target],
+        (Err(error), _) | (_, Err(error)) => return (reports, Err(error)),
+    };
+    let proxy = proxy_url(proxy);
+    // Run in this task, at most `concurrency.images` at once (the copies borrow the plan).
+    let names: Vec<String> = reports.iter().map(|r| r.source.clone()).collect();
+    let mut running = futures_util::stream::iter(plan.images.iter().enumerate())
+        .map(|(index, transfer)| {
+            let reporter = printer.image(&names[index]);
+            let (access, proxy) = (&access, proxy.as_deref());
+            async move { (index, transfer_image(transfer, access, proxy, reporter).await) }
+        })
+        .buffer_unordered(plan.image_concurrency);
+    let mut failures = Vec::new();
+    while let Some((index, (summary, result))) = running.next().await {
+        let entry = &mut reports[index];
+        entry.record(&summary);
+        if let Err(error) = result {
+            entry.result = StepResult::Failed;
+            entry.error = Some(format!("{error:#}"));
+            failures.push(error.context(format!("image {} `{}` failed", entry.kind, entry.source)));
+        } else if !summary.errors.is_empty() {
+            failures.push(anyhow::anyhow!("image sync `{}`: {}", entry.source, summary.errors.join("; ")));
+        }
+        printer.image_finished(&reports[index]);
+    }
+    let result = match failures.len() {
+        0 => Ok(()),
+        n => {
+            let first = failures.remove(0);
+            Err(first.context(format!("{n} image transfer(s) failed; the post-transfer hooks did not run")))
+        }
+    };
+    (reports, result)
 }

@@ -51,6 +51,9 @@ pub struct PlanFile {
     /// CA bundles of the source and target registries.
     #[serde(default)]
     pub ca_bundles: CaBundles,
+    /// How to reach the source and target registries (images).
+    #[serde(default)]
+    pub registries: Registries,
     /// How many transfers run at once.
     #[serde(default)]
     pub concurrency: Concurrency,
@@ -75,6 +78,42 @@ pub struct CaBundles {
     /// PEM bundle that the target registry's certificate chains to.
     #[serde(default)]
     pub target: Option<PathBuf>,
+}
+
+/// `registries:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registries {
+    /// The source cluster's registry.
+    #[serde(default)]
+    pub source: RegistryAccess,
+    /// The target cluster's registry.
+    #[serde(default)]
+    pub target: RegistryAccess,
+}
+
+/// How to reach one side's registry. Secrets stay in files, never in the plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistryAccess {
+    /// Talk plain HTTP.
+    #[serde(default)]
+    pub plain_http: bool,
+    /// Verify the registry's certificate (against the system roots and the side's CA bundle).
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// A docker `config.json`-style auth file with the registry's credentials.
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+    /// A file holding a bearer token (an `OpenShift` service-account token).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for RegistryAccess {
+    fn default() -> Self {
+        RegistryAccess { plain_http: false, tls_verify: true, auth_file: None, token_file: None }
+    }
 }
 
 /// `concurrency:`.

@@ -48,8 +48,9 @@ pub struct Plan {
     /// Volumes copied at once.
     pub volume_concurrency: usize,
     /// Images copied at once.
-    #[expect(dead_code, reason = "image transfers in plans are wired once the image engine lands")]
     pub image_concurrency: usize,
+    /// How to reach the source and the target registry.
+    pub registries: [RegistrySide; 2],
     /// Volumes, in file order.
     pub volumes: Vec<VolumePlan>,
     /// Images, in file order.
@@ -89,6 +90,21 @@ impl VolumePlan {
             inplace: options.inplace,
         }
     }
+}
+
+/// How to reach one side's registry (paths resolved against the plan's directory).
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySide {
+    /// Plain HTTP.
+    pub plain_http: bool,
+    /// Verify certificates.
+    pub tls_verify: bool,
+    /// CA bundle (`caBundles:`).
+    pub ca_bundle: Option<PathBuf>,
+    /// Auth file.
+    pub auth_file: Option<PathBuf>,
+    /// Bearer token file.
+    pub token_file: Option<PathBuf>,
 }
 
 /// One entry of `images:`.
@@ -245,6 +261,10 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
         ca_bundles,
         volume_concurrency: usize::from(file.concurrency.volumes),
         image_concurrency: usize::from(file.concurrency.images),
+        registries: [
+            registry_side(&file.registries.source, file.ca_bundles.source.as_deref(), &base),
+            registry_side(&file.registries.target, file.ca_bundles.target.as_deref(), &base),
+        ],
         volumes,
         images,
         hooks,
@@ -256,6 +276,16 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
         );
     }
     Ok(plan)
+}
+
+fn registry_side(access: &file::RegistryAccess, ca_bundle: Option<&Path>, base: &Path) -> RegistrySide {
+    RegistrySide {
+        plain_http: access.plain_http,
+        tls_verify: access.tls_verify,
+        ca_bundle: ca_bundle.map(|p| resolve(base, p)),
+        auth_file: access.auth_file.as_deref().map(|p| resolve(base, p)),
+        token_file: access.token_file.as_deref().map(|p| resolve(base, p)),
+    }
 }
 
 fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow::Result<Vec<VolumePlan>> {

@@ -223,3 +223,94 @@ impl Reporter for VolumeProgress {
         }
     }
 }
+
+/// One image transfer's progress: a line beside the volumes' (and in the total), or its events
+/// with an `image` field.
+struct ImageProgress {
+    printer: PlanPrinter,
+    name: String,
+    bar: Option<ProgressBar>,
+    state: Mutex<ImageState>,
+}
+
+#[derive(Default)]
+struct ImageState {
+    length: u64,
+    blobs: HashMap<String, u64>,
+}
+
+impl Reporter for ImageProgress {
+    fn on_event(&self, event: &Event) {
+        if self.printer.is_json() {
+            let mut value = crate::printer::typed(event);
+            value["image"] = self.name.clone().into();
+            self.printer.json_line(&value);
+            return;
+        }
+        let mut state = self.state.lock().expect("image state");
+        match event {
+            Event::ImagePlanned { bytes, .. } => {
+                state.length += bytes;
+                if let Some(bar) = &self.bar {
+                    bar.set_length(state.length);
+                }
+                self.printer.update_total(&self.name, None, Some(state.length));
+            }
+            Event::Blob { image, digest, done, .. } => {
+                state.blobs.insert(format!("{image} {digest}"), *done);
+                let done: u64 = state.blobs.values().sum();
+                if let Some(bar) = &self.bar {
+                    bar.set_position(done);
+                }
+                self.printer.update_total(&self.name, Some(done), None);
+            }
+            Event::Warning { message } => {
+                self.printer.text_line(&format!("warning: image `{}`: {message}", self.name));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl PlanPrinter {
+    /// A reporter for one image transfer, named by its source.
+    #[must_use]
+    pub fn image(&self, name: &str) -> Arc<dyn Reporter> {
+        let bar = match &*self.0 {
+            Mode::Bars { multi, total, volumes } => {
+                let bar = multi.insert_before(total, ProgressBar::new(0));
+                bar.set_style(style(
+                    "{prefix:<16} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
+                ));
+                bar.set_prefix(name.rsplit('/').next().unwrap_or(name).to_owned());
+                bar.enable_steady_tick(Duration::from_millis(250));
+                volumes
+                    .lock()
+                    .expect("volumes lock")
+                    .insert(name.to_owned(), VolumeLine { done: 0, length: 0, bar: bar.clone() });
+                Some(bar)
+            }
+            _ => None,
+        };
+        Arc::new(ImageProgress { printer: self.clone(), name: name.to_owned(), bar, state: Mutex::default() })
+    }
+
+    /// An image transfer ended: its line shows the result, and JSON gets an `image_finished`
+    /// event.
+    pub fn image_finished(&self, report: &super::report::ImageReport) {
+        match &*self.0 {
+            Mode::Json(_) => {
+                let mut value = serde_json::to_value(report).expect("reports serialise");
+                value["type"] = "image_finished".into();
+                value["image"] = report.source.clone().into();
+                self.json_line(&value);
+            }
+            Mode::Bars { volumes, .. } => {
+                if let Some(line) = volumes.lock().expect("volumes lock").get(&report.source) {
+                    line.bar.finish_with_message(report.result.to_string());
+                }
+            }
+            Mode::Quiet => {}
+        }
+    }
+}

@@ -8,7 +8,9 @@ use anyhow::Context;
 use mover_engine::progress::Summary;
 use serde::Serialize;
 
-use super::{Hook, Phase, Plan, Side};
+use mover_engine::image::ImageSummary;
+
+use super::{Hook, ImageTransfer, Phase, Plan, Side};
 
 /// How one step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -102,6 +104,72 @@ impl VolumeReport {
     }
 }
 
+/// One image transfer (a copy or a sync) in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageReport {
+    /// `copy` or `sync`.
+    pub kind: &'static str,
+    /// Source reference or repository.
+    pub source: String,
+    /// Destination reference or repository.
+    pub destination: String,
+    /// How it ended.
+    pub result: StepResult,
+    /// Images (tags) copied.
+    pub images: u64,
+    /// Blobs streamed.
+    pub blobs_copied: u64,
+    /// Blobs already there.
+    pub blobs_skipped: u64,
+    /// Blobs mounted from another repository.
+    pub blobs_mounted: u64,
+    /// Blob bytes streamed.
+    pub bytes_copied: u64,
+    /// Wall time.
+    pub elapsed_s: f64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Per-tag failures of a sync.
+    pub errors: Vec<String>,
+}
+
+impl ImageReport {
+    /// Fills in a finished transfer.
+    pub fn record(&mut self, summary: &ImageSummary) {
+        self.images = summary.images;
+        self.blobs_copied = summary.blobs_copied;
+        self.blobs_skipped = summary.blobs_skipped;
+        self.blobs_mounted = summary.blobs_mounted;
+        self.bytes_copied = summary.bytes_copied;
+        self.elapsed_s = summary.elapsed_s;
+        self.errors.clone_from(&summary.errors);
+        self.result = if summary.errors.is_empty() { StepResult::Succeeded } else { StepResult::Failed };
+    }
+
+    /// An entry for a transfer that has not run.
+    #[must_use]
+    pub fn not_run(transfer: &ImageTransfer) -> ImageReport {
+        let (kind, source, destination) = match transfer {
+            ImageTransfer::Copy { source, destination } => ("copy", source, destination),
+            ImageTransfer::Sync { source, destination, .. } => ("sync", source, destination),
+        };
+        ImageReport {
+            kind,
+            source: source.clone(),
+            destination: destination.clone(),
+            result: StepResult::NotRun,
+            images: 0,
+            blobs_copied: 0,
+            blobs_skipped: 0,
+            blobs_mounted: 0,
+            bytes_copied: 0,
+            elapsed_s: 0.0,
+            error: None,
+            errors: Vec::new(),
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -119,6 +187,8 @@ pub struct Report {
     pub hooks: Vec<HookReport>,
     /// Volumes in plan order.
     pub volumes: Vec<VolumeReport>,
+    /// Image transfers in plan order.
+    pub images: Vec<ImageReport>,
 }
 
 impl Report {
@@ -164,6 +234,7 @@ impl Report {
                     warnings: Vec::new(),
                 })
                 .collect(),
+            images: plan.images.iter().map(ImageReport::not_run).collect(),
         }
     }
 
@@ -216,6 +287,25 @@ impl Report {
                     volume.bytes_transferred,
                     volume.bytes_on_wire,
                     volume.elapsed_s
+                ));
+            }
+        }
+        if !self.images.is_empty() {
+            line(format!(
+                "{:<40} {:<10} {:>7} {:>7} {:>7} {:>7} {:>14} {:>8}",
+                "IMAGE", "RESULT", "IMAGES", "COPIED", "SKIPPED", "MOUNTED", "BYTES", "TIME"
+            ));
+            for image in &self.images {
+                line(format!(
+                    "{:<40} {:<10} {:>7} {:>7} {:>7} {:>7} {:>14} {:>7.1}s",
+                    format!("{} {}", image.kind, image.source),
+                    image.result.to_string(),
+                    image.images,
+                    image.blobs_copied,
+                    image.blobs_skipped,
+                    image.blobs_mounted,
+                    image.bytes_copied,
+                    image.elapsed_s
                 ));
             }
         }

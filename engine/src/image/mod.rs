@@ -286,6 +286,22 @@ impl Endpoint {
         }
     }
 
+    /// Preflight: readable (`push` false) or writable (`push` true) with our credentials. A
+    /// layout target only needs its parent directory to exist.
+    pub async fn check_access(&self, push: bool) -> Result<(), ImageError> {
+        match self {
+            Endpoint::Registry { registry, repository } => registry.check_access(repository, push).await,
+            Endpoint::Layout(layout) if push => match layout.dir().parent() {
+                Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => Err(ImageError::Layout {
+                    path: layout.dir().to_owned(),
+                    reason: "its parent directory does not exist".into(),
+                }),
+                _ => Ok(()),
+            },
+            Endpoint::Layout(layout) => layout.tags().await.map(drop),
+        }
+    }
+
     /// Tags of the repository or layout.
     pub async fn tags(&self) -> Result<Vec<String>, ImageError> {
         match self {

@@ -650,6 +650,45 @@ impl Registry {
         .await
     }
 
+    /// Preflight: the registry answers and accepts our credentials for reading `repository`
+    /// (which must exist), or for pushing into it (an upload is started and cancelled at once).
+    pub async fn check_access(&self, repository: &str, push: bool) -> Result<(), ImageError> {
+        if push {
+            let url = format!("{}://{}/v2/{repository}/blobs/uploads/", self.scheme, self.api_host);
+            let what = format!("start an upload to {repository}");
+            let response = retry(&what, || async {
+                self.send(repository, true, &what, |http| http.post(&url).header(CONTENT_LENGTH, "0")).await
+            })
+            .await?;
+            if response.status() != StatusCode::ACCEPTED {
+                return Err(self.fail(&what, response).await);
+            }
+            if let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
+                let origin = format!("{}://{}/", self.scheme, self.api_host);
+                let location = if location.starts_with('/') {
+                    Some(format!("{}://{}{location}", self.scheme, self.api_host))
+                } else {
+                    location.starts_with(&origin).then(|| location.to_owned())
+                };
+                if let Some(location) = location {
+                    let _ = self.send_once(repository, true, "cancel upload", |http| http.delete(&location)).await;
+                }
+            }
+            return Ok(());
+        }
+        let url = self.url(repository, "tags/list?n=1");
+        let what = format!("list tags of {repository}");
+        let response =
+            retry(&what, || async { self.send(repository, false, &what, |http| http.get(&url)).await }).await?;
+        match response.status() {
+            StatusCode::OK => Ok(()),
+            StatusCode::NOT_FOUND => {
+                Err(ImageError::NotFound { what: format!("repository `{}/{repository}`", self.host) })
+            }
+            _ => Err(self.fail(&what, response).await),
+        }
+    }
+
     /// All tags of a repository (every page).
     pub async fn tags(&self, repository: &str) -> Result<Vec<String>, ImageError> {
         let first = self.url(repository, "tags/list?n=1000");

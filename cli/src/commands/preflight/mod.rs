@@ -74,9 +74,7 @@ pub async fn check_plan(plan: &Plan, thresholds: Thresholds) -> Checks {
     check_volumes(plan, &agents, thresholds, &mut checks);
     check_ca_bundles(plan, &mut checks);
     check_hooks(plan, &mut checks);
-    if !plan.images.is_empty() {
-        checks.skip("registries reachable, credentials accepted", "image transfers in plans are not built yet");
-    }
+    check_registries(plan, proxy.as_ref(), &mut checks).await;
     checks
 }
 
@@ -392,6 +390,75 @@ fn check_hooks(plan: &Plan, checks: &mut Checks) {
         match find_program(ANSIBLE_PLAYBOOK, plan.base_dir()) {
             Some(path) => checks.ok(check, path.display().to_string()),
             None => checks.fail(check, "not found in `PATH`", "install Ansible: `pip install ansible-core`"),
+        }
+    }
+}
+
+/// Every image transfer's source can be read and its target written, with the plan's
+/// credentials, CA bundles and proxy (a push check starts an upload and cancels it).
+async fn check_registries(plan: &Plan, proxy: Option<&Proxy>, checks: &mut Checks) {
+    use crate::commands::image::{self as images, Side};
+    use mover_engine::image::{ImageRef, manifest::MAX_MANIFEST_BYTES};
+    if plan.images.is_empty() {
+        return;
+    }
+    let access = match (
+        crate::commands::plan::registry_access(&plan.registries[0]),
+        crate::commands::plan::registry_access(&plan.registries[1]),
+    ) {
+        (Ok(source), Ok(target)) => [source, target],
+        (Err(error), _) | (_, Err(error)) => {
+            checks.fail("registry credentials", format!("{error:#}"), "fix `registries:` in the plan");
+            return;
+        }
+    };
+    let proxy = crate::commands::plan::proxy_url(proxy);
+    let mut seen = std::collections::HashSet::new();
+    for transfer in &plan.images {
+        let (source, destination) = match transfer {
+            plan::ImageTransfer::Copy { source, destination }
+            | plan::ImageTransfer::Sync { source, destination, .. } => (source, destination),
+        };
+        for (reference, side, push) in [(source, Side::Source, false), (destination, Side::Target, true)] {
+            let check = if push {
+                format!("registry: can push to {reference}")
+            } else {
+                format!("registry: can read {reference}")
+            };
+            if !seen.insert(check.clone()) {
+                continue;
+            }
+            let remedy = if push {
+                "check the target registry's address, `caBundles.target`, and credentials (`registries.target.authFile` or `tokenFile`)"
+            } else {
+                "check the source registry's address, `caBundles.source`, and credentials (`registries.source.authFile` or `tokenFile`)"
+            };
+            let parsed = match reference.parse::<ImageRef>() {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    checks.fail(check, error.to_string(), "fix the reference in `images:`");
+                    continue;
+                }
+            };
+            let index = usize::from(push);
+            let endpoint =
+                match images::endpoint_for(&parsed, &access[index], side, proxy.as_deref(), MAX_MANIFEST_BYTES, true) {
+                    Ok(endpoint) => endpoint,
+                    Err(error) => {
+                        checks.fail(check, format!("{error:#}"), remedy);
+                        continue;
+                    }
+                };
+            match endpoint.check_access(push).await {
+                Ok(()) => checks.ok(
+                    check,
+                    if push { "reachable, credentials accepted for push" } else { "reachable, credentials accepted" },
+                ),
+                Err(error) => {
+                    let explained = images::explain(error, proxy.as_deref()).await;
+                    checks.fail(check, format!("{explained:#}"), remedy);
+                }
+            }
         }
     }
 }
