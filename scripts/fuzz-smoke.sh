@@ -12,6 +12,12 @@ seconds=${FUZZ_SECONDS:-30}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo-fuzz hands rustc `-Zsanitizer=address`; this lets the stable toolchain accept it.
 export RUSTC_BOOTSTRAP=1
+# FUZZ_C_COVERAGE=1: build the C libraries (zstd above all) with clang's coverage and ASan too, so
+# the decompress target sees inside zstd (needs clang-14; a separate, slower build).
+if [ "${FUZZ_C_COVERAGE:-0}" = 1 ]; then
+  export CC=clang-14 CFLAGS="-fsanitize-coverage=inline-8bit-counters,pc-table,trace-cmp -fsanitize=address"
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-fuzz/target}/c-coverage"
+fi
 
 if (($#)); then targets=("$@"); else mapfile -t targets < <(cargo fuzz list); fi
 cargo fuzz build
