@@ -36,8 +36,9 @@ for target in "${targets[@]}"; do
     failed+=("$target")
   fi
 done
+echo "fuzz-smoke: ${#targets[@]} targets, ${seconds}s each"
+echo "fuzz-smoke: $((${#targets[@]} - ${#failed[@]})) passed, ${#failed[@]} failed"
 if ((${#failed[@]})); then
   echo "fuzz-smoke: FAILED: ${failed[*]} (inputs in fuzz/artifacts/<target>/)" >&2
   exit 1
 fi
-echo "fuzz-smoke: ${#targets[@]} targets, ${seconds}s each, no crash" >&2
