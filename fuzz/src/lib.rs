@@ -149,9 +149,9 @@ fn read_frames<R: tokio::io::AsyncRead + Unpin>(mut reader: FrameReader<R>, stre
                 bodies.push(body);
             }
             Ok(None) => {
-                // A clean end: fewer than 4 bytes left (no complete header).
-                assert!(declared.is_none(), "a stream with a complete header left ended cleanly");
-                break format!("end with {} stray bytes", rest.len());
+                // A clean end: nothing left (a cut inside a header is an error).
+                assert!(rest.is_empty(), "a stream with {} bytes left ended cleanly", rest.len());
+                break "end".to_owned();
             }
             Err(WireError::FrameTooLarge { length, limit }) => {
                 assert_eq!(limit, MAX_FRAME);
@@ -160,7 +160,14 @@ fn read_frames<R: tokio::io::AsyncRead + Unpin>(mut reader: FrameReader<R>, stre
                 break format!("too large: {length}");
             }
             Err(WireError::Closed { .. }) => {
-                let declared = declared.expect("closed mid-frame, yet no header");
+                let Some(declared) = declared else {
+                    assert!(
+                        !rest.is_empty() && rest.len() < 4,
+                        "closed in a header, yet {} bytes were left",
+                        rest.len()
+                    );
+                    break format!("closed in a header after {} bytes", rest.len());
+                };
                 assert!(declared <= MAX_FRAME && rest.len() - 4 < declared, "closed, yet the frame was complete");
                 break format!("closed in a frame of {declared}");
             }

@@ -215,7 +215,7 @@ pub fn parse_with_limit(bytes: &[u8], content_type: Option<&str>, limit: usize) 
             }
             Content::Image { config, layers }
         }
-        other => return Err(ManifestError::Unsupported(other.to_owned())),
+        other => return Err(ManifestError::Unsupported(other.chars().take(100).collect())),
     };
     Ok(Parsed { media_type, content })
 }

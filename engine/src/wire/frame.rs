@@ -161,11 +161,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads one frame body; `Ok(None)` on a clean end of stream between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Vec<u8>>> {
         let mut header = [0u8; 4];
-        match self.inner.read_exact(&mut header).await {
+        // A clean end is an end before the first byte of a header; inside one it is a cut.
+        match self.inner.read_exact(&mut header[..1]).await {
             Ok(_) => {}
             Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(source) => return Err(WireError::Io { context: "reading a frame header", source }),
         }
+        self.inner.read_exact(&mut header[1..]).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::UnexpectedEof {
+                WireError::Closed { context: "in the middle of a frame header" }
+            } else {
+                WireError::Io { context: "reading a frame header", source }
+            }
+        })?;
         let length = u32::from_be_bytes(header) as usize;
         if length > self.limit {
             return Err(WireError::FrameTooLarge { length, limit: self.limit });

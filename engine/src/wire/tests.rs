@@ -111,6 +111,14 @@ async fn truncated_frame_is_an_error_not_a_clean_end() {
     let mut reader = FrameReader::new(frame.as_slice());
     assert_eq!(reader.read_message().await.unwrap(), Some(Message::EndOfEntries));
     assert!(matches!(reader.read_message().await, Err(WireError::Closed { .. })));
+    // A stream cut inside a frame header is a cut too, not a clean end.
+    for cut in 1..4 {
+        let mut frame = encode_message(&Message::EndOfEntries);
+        frame.extend_from_slice(&[0; 3][..cut]);
+        let mut reader = FrameReader::new(frame.as_slice());
+        assert_eq!(reader.read_message().await.unwrap(), Some(Message::EndOfEntries));
+        assert!(matches!(reader.read_message().await, Err(WireError::Closed { .. })), "cut after {cut} header bytes");
+    }
 }
 
 proptest! {
