@@ -269,11 +269,13 @@ pub enum ImageCommand {
     /// Copy one image, every platform of an index by default, every digest preserved.
     ///
     /// `mover image copy docker://src.example:5000/ns/app:v1 docker://dst.example/ns/app:v1`
+    ///
     /// `mover image copy oci:./layout:v1 docker://dst.example/ns/app:v1`
     Copy(ImageCopyArgs),
     /// Copy every tag of a repository (or, with `--prefix`, of every repository under a path).
     ///
     /// `mover image sync docker://src/ns/app docker://dst/ns/app --tags '^v1\.'`
+    ///
     /// `mover image sync --prefix docker://src/ns docker://dst/ns`
     Sync(ImageSyncArgs),
 }
