@@ -104,3 +104,55 @@ fn whole_entry_checks_point_at_the_entry() {
     let message = error(&format!("{HEAD}volumes:\n  - {{source: agent://h:1/v, target: ./dir}}\n"));
     assert!(message.contains("line 5") && message.contains("not supported"), "{message}");
 }
+
+/// The plan file is a decoder of untrusted text too (cargo-fuzz cannot link a binary crate, so
+/// it is fuzzed here): any bytes, and any mutation of the annotated example, give a plan or an
+/// error, never a panic; YAML errors carry a line.
+mod fuzzing {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn example() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plan.yaml");
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = parse_at(&text);
+            let _ = parse_at(&format!("{HEAD}{text}"));
+        }
+
+        #[test]
+        fn mutated_examples_never_panic(cuts in proptest::collection::vec((0usize..6000, 0usize..40, "\\PC{0,12}"), 1..4)) {
+            let mut text = example();
+            for (at, len, insert) in cuts {
+                let mut at = at % (text.len() + 1);
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let mut end = (at + len).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.replace_range(at..end, &insert);
+            }
+            if let Err(error) = parse_at(&text) {
+                let message = format!("{error:#}");
+                prop_assert!(!message.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn yaml_errors_name_a_line() {
+        for broken in ["name: [unclosed\n", "volumes:\n  - source: ./a\n   target: ./b\n", "name: p\nname: q\n"] {
+            let message = error(&format!("{HEAD}{broken}"));
+            assert!(message.contains("line "), "{message}");
+        }
+    }
+}
