@@ -75,6 +75,15 @@ impl Compressor {
     }
 }
 
+/// Highest zstd level a peer may ask for: past 19 ("ultra" levels) zstd needs far more memory.
+pub const MAX_LEVEL: i32 = 19;
+
+/// A level asked for by the session's options (which a peer chose), kept within 0..=[`MAX_LEVEL`].
+#[must_use]
+pub fn capped_level(level: i32) -> i32 {
+    level.clamp(0, MAX_LEVEL)
+}
+
 /// Picks the zstd level from the throughput it gets.
 ///
 /// Whether compression pays depends on what limits the transfer: on a slow link every byte
@@ -209,6 +218,14 @@ impl Decompressor {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn peer_levels_are_capped() {
+        assert_eq!(capped_level(22), MAX_LEVEL);
+        assert_eq!(capped_level(i32::MAX), MAX_LEVEL);
+        assert_eq!(capped_level(-5), 0);
+        assert_eq!(capped_level(3), 3);
+    }
 
     proptest! {
         #[test]

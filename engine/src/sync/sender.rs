@@ -424,7 +424,7 @@ impl Sender {
     fn level(&mut self, bytes: usize) -> i32 {
         match self.options.compression {
             Compression::Off => 0,
-            Compression::Level(level) => level,
+            Compression::Level(level) => crate::compress::capped_level(level),
             Compression::Auto => self.level_control.observe(bytes, self.on_wire.load(Ordering::Relaxed)),
         }
     }
