@@ -338,3 +338,28 @@ fn device_nodes_and_privileged_xattrs_are_refused_by_policy() {
     assert!(!fixture.target.join("ping").exists());
     assert_untouched(&fixture);
 }
+
+#[test]
+fn the_same_name_twice_is_refused() {
+    for (first, second) in [
+        (EntryKind::Dir, EntryKind::File { size: 3, leader: false }),
+        (EntryKind::File { size: 3, leader: false }, EntryKind::Dir),
+        (EntryKind::Symlink { target: b"elsewhere".to_vec() }, EntryKind::Dir),
+        (EntryKind::Dir, EntryKind::Dir),
+    ] {
+        let fixture = fixture();
+        let script = vec![
+            frame(&entry(1, b"twice", first.clone())),
+            frame(&entry(2, b"twice", second.clone())),
+            frame(&Message::EndOfEntries),
+        ];
+        let error = attack(&fixture, script);
+        assert!(
+            error.message.contains("sent twice") || error.message.contains("undelivered"),
+            "{first:?} then {second:?}: {}",
+            error.message
+        );
+        assert_untouched(&fixture);
+        assert_no_temporaries(&fixture.target);
+    }
+}

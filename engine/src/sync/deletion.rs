@@ -35,6 +35,12 @@ pub enum DeletionError {
         /// Entries on the target.
         total: u64,
     },
+    /// The peer sent one name twice (a well-behaved sender never does).
+    #[error("`{path}` was sent twice")]
+    Duplicate {
+        /// Path relative to the root.
+        path: String,
+    },
     /// A file operation failed.
     #[error("cannot delete or list `{path}`")]
     Io {
@@ -92,7 +98,9 @@ impl Deletions {
             self.close(root, frame)?;
         }
         let Some(frame) = self.frames.last_mut() else { return Ok(false) };
-        frame.seen.insert(name.to_vec());
+        if !frame.seen.insert(name.to_vec()) {
+            return Err(DeletionError::Duplicate { path: confine::display_bytes(&join(parent, name)) });
+        }
         if is_dir {
             self.frames.push(DirFrame { path: join(parent, name), seen: HashSet::new() });
         }

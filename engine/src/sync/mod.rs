@@ -103,7 +103,7 @@ impl SyncError {
     #[must_use]
     pub fn to_remote(&self) -> RemoteError {
         let kind = match self {
-            SyncError::Protocol(_) => RemoteErrorKind::Protocol,
+            SyncError::Protocol(_) | SyncError::Deletion(DeletionError::Duplicate { .. }) => RemoteErrorKind::Protocol,
             SyncError::Verification { .. } => RemoteErrorKind::Verification,
             SyncError::Io { .. } | SyncError::Deletion(DeletionError::Io { .. }) => RemoteErrorKind::Io,
             SyncError::Remote(error) => error.kind,
