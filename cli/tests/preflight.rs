@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{Agent, Tmpfs, certs, is_root, mover_on_plan, text, write_plan};
+use common::{Agent, Tinyproxy, Tmpfs, certs, is_root, mover_on_plan, text, write_plan};
 
 fn preflight(plan: &Path, extra: &[&str]) -> Output {
     mover_on_plan(&["preflight"], plan, extra, &[])
@@ -340,50 +340,6 @@ fn a_missing_ansible_playbook_is_caught() {
     );
 }
 
-/// A real `tinyproxy` with Basic auth that allows CONNECT only to `connect_port`; killed on drop.
-struct Tinyproxy {
-    child: std::process::Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Tinyproxy {
-    fn start(dir: &Path, connect_port: u16) -> Option<Tinyproxy> {
-        if std::process::Command::new("tinyproxy").arg("-v").output().is_err() {
-            eprintln!("skipped: tinyproxy is not installed (scripts/test.sh installs it)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = dir.join(format!("tinyproxy-{port}.log"));
-        let config = dir.join(format!("tinyproxy-{port}.conf"));
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nBasicAuth alice {PROXY_PASSWORD}\nConnectPort {connect_port}\nLogFile \"{}\"\nLogLevel Info\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("tinyproxy")
-            .arg("-d")
-            .arg("-c")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        common::wait_for_port(port, "tinyproxy");
-        Some(Tinyproxy { child, port, log })
-    }
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const PROXY_PASSWORD: &str = "pr3flight-s3cret";
 
 #[test]
@@ -404,12 +360,12 @@ fn target_agents_are_checked_through_the_plans_proxy() {
             ),
         )
     };
-    let Some(proxy) = Tinyproxy::start(s.tmp.path(), target_port) else { return };
+    let Some(proxy) = Tinyproxy::start(s.tmp.path(), PROXY_PASSWORD, target_port) else { return };
     let output = preflight(&plan_via(&proxy), &["--output", "json"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_row(&output, &format!("agent `{}` reachable through proxy", target_agent.addr), "ok");
     assert_row(&output, &format!("agent `{}` reachable", source_agent.addr), "ok");
-    let log = fs::read_to_string(&proxy.log).unwrap_or_default();
+    let log = proxy.log_text();
     assert!(log.contains("CONNECT") && log.contains(&target_agent.addr), "the proxy saw no CONNECT: {log}");
     assert!(
         !String::from_utf8_lossy(&output.stdout).contains(PROXY_PASSWORD),
@@ -418,7 +374,7 @@ fn target_agents_are_checked_through_the_plans_proxy() {
     );
 
     // A proxy that refuses CONNECT to the target's port.
-    let Some(refusing) = Tinyproxy::start(s.tmp.path(), target_port.wrapping_add(1)) else { return };
+    let Some(refusing) = Tinyproxy::start(s.tmp.path(), PROXY_PASSWORD, target_port.wrapping_add(1)) else { return };
     let output = preflight(&plan_via(&refusing), &["--output", "json"]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let row = assert_row(&output, "reachable through proxy", "fail");

@@ -6,63 +6,12 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
-use common::{Agent, certs, mover, text};
+use common::{Agent, Tinyproxy, certs, mover, text};
 
 const PASSWORD: &str = "pr0xy-s3cret-7f1d";
-
-struct Tinyproxy {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Tinyproxy {
-    fn start(dir: &Path, connect_port: u16) -> Option<Tinyproxy> {
-        if Command::new("tinyproxy").arg("-v").output().is_err() {
-            eprintln!("skipped: tinyproxy is not installed (scripts/test.sh installs it)");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = dir.join(format!("tinyproxy-{port}.log"));
-        let config = dir.join(format!("tinyproxy-{port}.conf"));
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nBasicAuth alice {PASSWORD}\nConnectPort {connect_port}\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("tinyproxy")
-            .arg("-d")
-            .arg("-c")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        common::wait_for_port(port, "tinyproxy");
-        Some(Tinyproxy { child, port, log })
-    }
-
-    fn url(&self, password: &str) -> String {
-        format!("http://alice:{password}@127.0.0.1:{}", self.port)
-    }
-
-    fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn port_of(addr: &str) -> u16 {
     addr.rsplit_once(':').unwrap().1.parse().unwrap()
@@ -102,7 +51,7 @@ fn assert_no_password(output: &std::process::Output, logs: &[String]) {
 #[test]
 fn copy_through_the_proxy_succeeds_and_the_proxy_sees_the_connect() {
     let setup = setup();
-    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), port_of(&setup.agent.addr)) else { return };
+    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), PASSWORD, port_of(&setup.agent.addr)) else { return };
     let output = mover(&[
         "copy",
         setup.src.to_str().unwrap(),
@@ -123,7 +72,7 @@ fn copy_through_the_proxy_succeeds_and_the_proxy_sees_the_connect() {
 #[test]
 fn agent_to_agent_push_goes_through_the_proxy_with_the_password_from_a_file() {
     let setup = setup();
-    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), port_of(&setup.agent.addr)) else { return };
+    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), PASSWORD, port_of(&setup.agent.addr)) else { return };
     let source_agent = Agent::start(&setup.certs, &[format!("src={}:ro", setup.src.display())], setup.tmp.path());
     let password_file = setup.tmp.path().join("proxy-password");
     fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
@@ -159,7 +108,7 @@ fn copy_via(setup: &Setup, proxy_url: &str) -> std::process::Output {
 #[test]
 fn wrong_or_missing_password_names_the_proxy_and_its_answer() {
     let setup = setup();
-    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), port_of(&setup.agent.addr)) else { return };
+    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), PASSWORD, port_of(&setup.agent.addr)) else { return };
     // tinyproxy answers a wrong password with 401 and missing credentials with 407.
     let output = copy_via(&setup, &proxy.url("wrong-password"));
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
@@ -181,7 +130,9 @@ fn wrong_or_missing_password_names_the_proxy_and_its_answer() {
 fn a_proxy_that_refuses_the_port_says_so() {
     let setup = setup();
     // Allows CONNECT only to another port than the agent's.
-    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), port_of(&setup.agent.addr).wrapping_add(1)) else { return };
+    let Some(proxy) = Tinyproxy::start(setup.tmp.path(), PASSWORD, port_of(&setup.agent.addr).wrapping_add(1)) else {
+        return;
+    };
     let output = copy_via(&setup, &proxy.url(PASSWORD));
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -252,7 +203,7 @@ fn image_copy_goes_through_the_proxy_and_a_wrong_password_is_named() {
     use mover_testdata::registry::{Auth, Registry, RegistryOptions};
     let tmp = tempfile::tempdir().unwrap();
     let registry = Registry::start(RegistryOptions { tls: true, auth: Auth::None }, tmp.path()).unwrap();
-    let Some(proxy) = Tinyproxy::start(tmp.path(), port_of(&registry.addr)) else { return };
+    let Some(proxy) = Tinyproxy::start(tmp.path(), PASSWORD, port_of(&registry.addr)) else { return };
     let sample = mover_testdata::oci::sample_multiarch(&tmp.path().join("layout"), 64 << 10).unwrap();
     let ca = registry.ca_pem.as_ref().unwrap().to_str().unwrap().to_owned();
     let source = format!("oci:{}:multi", sample.dir.display());

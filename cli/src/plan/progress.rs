@@ -111,26 +111,27 @@ impl PlanPrinter {
         matches!(&*self.0, Mode::Json(_))
     }
 
+    /// A progress line above the total, counted in it, on a terminal.
+    fn line(&self, name: &str, prefix: &str) -> Option<ProgressBar> {
+        let Mode::Bars { multi, total, volumes } = &*self.0 else { return None };
+        let bar = multi.insert_before(total, ProgressBar::new(0));
+        bar.set_style(style(
+            "{prefix:<16} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
+        ));
+        bar.set_prefix(prefix.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        total.enable_steady_tick(Duration::from_millis(250));
+        volumes
+            .lock()
+            .expect("volumes lock")
+            .insert(name.to_owned(), VolumeLine { done: 0, length: 0, bar: bar.clone() });
+        Some(bar)
+    }
+
     /// A reporter for one volume's copy.
     #[must_use]
     pub fn volume(&self, name: &str) -> Arc<dyn Reporter> {
-        let bar = match &*self.0 {
-            Mode::Bars { multi, total, volumes } => {
-                let bar = multi.insert_before(total, ProgressBar::new(0));
-                bar.set_style(style(
-                    "{prefix:<16} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
-                ));
-                bar.set_prefix(name.to_owned());
-                bar.enable_steady_tick(Duration::from_millis(250));
-                total.enable_steady_tick(Duration::from_millis(250));
-                volumes
-                    .lock()
-                    .expect("volumes lock")
-                    .insert(name.to_owned(), VolumeLine { done: 0, length: 0, bar: bar.clone() });
-                Some(bar)
-            }
-            _ => None,
-        };
+        let bar = self.line(name, name);
         Arc::new(VolumeProgress { printer: self.clone(), name: name.to_owned(), bar })
     }
 
@@ -276,22 +277,7 @@ impl PlanPrinter {
     /// A reporter for one image transfer, named by its source.
     #[must_use]
     pub fn image(&self, name: &str) -> Arc<dyn Reporter> {
-        let bar = match &*self.0 {
-            Mode::Bars { multi, total, volumes } => {
-                let bar = multi.insert_before(total, ProgressBar::new(0));
-                bar.set_style(style(
-                    "{prefix:<16} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
-                ));
-                bar.set_prefix(name.rsplit('/').next().unwrap_or(name).to_owned());
-                bar.enable_steady_tick(Duration::from_millis(250));
-                volumes
-                    .lock()
-                    .expect("volumes lock")
-                    .insert(name.to_owned(), VolumeLine { done: 0, length: 0, bar: bar.clone() });
-                Some(bar)
-            }
-            _ => None,
-        };
+        let bar = self.line(name, name.rsplit('/').next().unwrap_or(name));
         Arc::new(ImageProgress { printer: self.clone(), name: name.to_owned(), bar, state: Mutex::default() })
     }
 

@@ -200,3 +200,56 @@ pub fn mover_on_plan(args: &[&str], plan: &Path, extra: &[&str], env: &[(&str, &
         .output()
         .expect("run mover")
 }
+
+/// A real `tinyproxy` with Basic auth (`alice`) that allows CONNECT only to one port; killed on
+/// drop. `None` (with a note) when tinyproxy is not installed.
+pub struct Tinyproxy {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Tinyproxy {
+    pub fn start(dir: &Path, password: &str, connect_port: u16) -> Option<Tinyproxy> {
+        if Command::new("tinyproxy").arg("-v").output().is_err() {
+            eprintln!("skipped: tinyproxy is not installed (scripts/test.sh installs it)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = dir.join(format!("tinyproxy-{port}.log"));
+        let config = dir.join(format!("tinyproxy-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nBasicAuth alice {password}\nConnectPort {connect_port}\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "tinyproxy");
+        Some(Tinyproxy { child, port, log })
+    }
+
+    pub fn url(&self, password: &str) -> String {
+        format!("http://alice:{password}@127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

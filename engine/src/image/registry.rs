@@ -345,6 +345,25 @@ impl Registry {
         unreachable!("the loop returns on its second pass")
     }
 
+    /// `location` as an absolute URL when it is on this registry's own origin (a path, or an
+    /// URL with our scheme and host); `None` otherwise: our credentials go nowhere else.
+    fn own_url(&self, location: &str) -> Option<String> {
+        let origin = format!("{}://{}", self.scheme, self.api_host);
+        if location.starts_with('/') {
+            Some(format!("{origin}{location}"))
+        } else {
+            location.starts_with(&format!("{origin}/")).then(|| location.to_owned())
+        }
+    }
+
+    /// Cancels the upload a `202` reply opened (best effort, on our own origin only).
+    async fn cancel_upload(&self, repository: &str, response: &reqwest::Response) {
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| self.own_url(l));
+        if let Some(location) = location {
+            let _ = self.send_once(repository, true, "cancel upload", |http| http.delete(&location)).await;
+        }
+    }
+
     /// Sends one request of ours with authorization, without refreshing a refused token.
     async fn send_once(
         &self,
@@ -371,7 +390,6 @@ impl Registry {
     ) -> Result<Vec<String>, ImageError> {
         const PAGE_CAP: usize = 8 << 20;
         const MAX_ITEMS: usize = 100_000;
-        let origin = format!("{}://{}", self.scheme, self.api_host);
         let mut next = Some(first);
         let mut items = Vec::new();
         while let Some(url) = next.take() {
@@ -393,13 +411,7 @@ impl Registry {
                 .and_then(|link| {
                     link.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(u, _)| u.to_owned())
                 })
-                .and_then(|link| {
-                    if link.starts_with('/') {
-                        Some(format!("{origin}{link}"))
-                    } else {
-                        link.starts_with(&format!("{origin}/")).then_some(link)
-                    }
-                });
+                .and_then(|link| self.own_url(&link));
             let body = read_capped(response, PAGE_CAP + 1).await.map_err(|e| self.transport(what, &e))?;
             if body.len() > PAGE_CAP {
                 return Err(ImageError::Invalid(format!(
@@ -582,18 +594,7 @@ impl Registry {
             StatusCode::ACCEPTED => {
                 // The registry opened an upload instead (it cannot mount, e.g. no read access to
                 // `from`). Cancel it; the caller streams the blob.
-                // Only on this registry's own origin: our credentials go nowhere else.
-                if let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
-                    let origin = format!("{}://{}/", self.scheme, self.api_host);
-                    let location = if location.starts_with('/') {
-                        Some(format!("{}://{}{location}", self.scheme, self.api_host))
-                    } else {
-                        location.starts_with(&origin).then(|| location.to_owned())
-                    };
-                    if let Some(location) = location {
-                        let _ = self.send_once(repository, true, "cancel upload", |http| http.delete(&location)).await;
-                    }
-                }
+                self.cancel_upload(repository, &response).await;
                 Ok(false)
             }
             status => {
@@ -663,17 +664,7 @@ impl Registry {
             if response.status() != StatusCode::ACCEPTED {
                 return Err(self.fail(&what, response).await);
             }
-            if let Some(location) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()) {
-                let origin = format!("{}://{}/", self.scheme, self.api_host);
-                let location = if location.starts_with('/') {
-                    Some(format!("{}://{}{location}", self.scheme, self.api_host))
-                } else {
-                    location.starts_with(&origin).then(|| location.to_owned())
-                };
-                if let Some(location) = location {
-                    let _ = self.send_once(repository, true, "cancel upload", |http| http.delete(&location)).await;
-                }
-            }
+            self.cancel_upload(repository, &response).await;
             return Ok(());
         }
         let url = self.url(repository, "tags/list?n=1");
