@@ -603,6 +603,9 @@ impl Generator<'_> {
                 9 => [&b"\xff\xfe target-"[..], id.to_string().as_bytes()].concat(),
                 _ => format!("missing-{id}/nowhere").into_bytes(),
             };
+            // A link to the root directory from the root itself would have an empty target,
+            // which no file system accepts.
+            let target = if target.is_empty() { b".".to_vec() } else { target };
             let meta = self.simple_meta(0o777);
             self.add_symlink(&target, &rel, &meta)?;
         }

@@ -542,3 +542,13 @@ fn with_entries_20000_compares_identical() {
     eprintln!("compare of 20,000 entries: {:?}", start.elapsed());
     assert!(found.is_empty(), "{:#?}", &found[..found.len().min(20)]);
 }
+
+#[test]
+fn a_seed_that_once_made_an_empty_symlink_target_generates() {
+    // Seed 16503021659583238233 linked a root-level symlink to the root directory with an
+    // empty target (ENOENT); proptest found it in `incremental.rs`.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = TreeSpec::small();
+    spec.seed = 16_503_021_659_583_238_233;
+    generate(tmp.path(), &spec).unwrap();
+}
