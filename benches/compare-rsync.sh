@@ -59,7 +59,7 @@ CASES=${CASES:-"a b c d"}
 VERIFY=${VERIFY:-1}
 BUILD=${BUILD:-1}
 BIN=$REPO/target/release
-MUTATION_VERSION=mutation-v1
+MUTATION_VERSION=mutation-v2
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -194,7 +194,8 @@ put() { # FILE OFFSET BYTES
 # The mutation. Budget: 1 % of the regular files' bytes (each inode once). Spent as 45 % 8 KiB
 # database pages (copied from another page of the file, header rewritten), 20 % 4 KiB pages in
 # the sparse file (half inside its data islands, half anywhere, mostly filling holes), 15 %
-# appended to the text file, 2 x 5 % appended to the two largest medium files; on top, small
+# appended to the text file, 2 x 5 % appended to the two largest medium files; 4 KiB inserted
+# in the middle of the incompressible file (shifting the rest, as an edited file does); on top, small
 # files edited in place, added and deleted (each ~0.5 % of the small files), and one directory
 # holding a few files renamed.
 mutate() {
@@ -257,6 +258,19 @@ mutate() {
     changed=$((changed + add))
     echo "medium: $add bytes appended to ${f#"$dir"/} ($size bytes before)" >>"$log"
   done < <(find "$dir" -path "$dir/big" -prune -o -type f -printf '%s %p\n' | sort -k1,1nr -k2 | head -2)
+
+  # An insert: 4 KiB put in at a third of the incompressible file; everything after it shifts.
+  local rf
+  rf=$(find "$dir/big" -name 'random-*.bin' | sort | head -1)
+  if [ -n "$rf" ]; then
+    size=$(stat -c %s "$rf")
+    local at=$((size / 3))
+    { head -c "$at" "$rf"; head -c 4096 "$POOL"; tail -c +$((at + 1)) "$rf"; } >"$rf.shifted"
+    cat "$rf.shifted" >"$rf" # same inode, mode and links
+    rm -f "$rf.shifted"
+    changed=$((changed + 4096))
+    echo "insert: 4096 bytes inserted at offset $at of ${rf#"$dir"/} ($size bytes before; the rest shifts)" >>"$log"
+  fi
 
   # Small files (<= 16 KiB, one link): edit, delete; and add new ones.
   local smalls=$LOGS/smalls.txt dirs=$LOGS/dirs.txt

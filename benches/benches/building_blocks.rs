@@ -31,6 +31,61 @@ fn hashing(c: &mut Criterion) {
     group.finish();
 }
 
+/// How a changed file's basis is summarised (an rsync signature: rolling checksum + MD4 per
+/// block, `blocks::sign`), beside blake3 per block (what protocol 2 used), over 4 KiB blocks.
+fn block_signatures(c: &mut Criterion) {
+    let data = mover_testdata::random_bytes(3, CHUNK_SIZE);
+    let mut group = c.benchmark_group("block_summary_1MiB_4KiB");
+    group.throughput(Throughput::Bytes(data.len() as u64));
+    group.bench_function("blake3_per_block", |b| {
+        b.iter(|| data.chunks(4096).map(blake3::hash).count());
+    });
+    group.bench_function("rsync_signature", |b| {
+        b.iter(|| {
+            fast_rsync::Signature::calculate(
+                &data,
+                fast_rsync::SignatureOptions { block_size: 4096, crypto_hash_size: 8 },
+            )
+        });
+    });
+    group.finish();
+}
+
+/// The rsync delta of 1 MiB against a signature of the 5 MiB around it: content shifted by an
+/// insert (almost all copies) and new content (all literal, the worst case).
+fn delta(c: &mut Criterion) {
+    let basis = mover_testdata::random_bytes(4, 5 * CHUNK_SIZE);
+    let signature = fast_rsync::Signature::calculate(
+        &basis,
+        fast_rsync::SignatureOptions { block_size: 2048, crypto_hash_size: 8 },
+    );
+    let index = signature.index();
+    let mut shifted = b"inserted".to_vec();
+    shifted.extend_from_slice(&basis[2 * CHUNK_SIZE..3 * CHUNK_SIZE - 8]);
+    let fresh = mover_testdata::random_bytes(5, CHUNK_SIZE);
+    let mut group = c.benchmark_group("rsync_delta_1MiB");
+    group.throughput(Throughput::Bytes(CHUNK_SIZE as u64));
+    for (name, data) in [("shifted", &shifted), ("new", &fresh)] {
+        let mut out = Vec::with_capacity(2 * CHUNK_SIZE);
+        group.bench_function(BenchmarkId::new("diff", name), |b| {
+            b.iter(|| {
+                out.clear();
+                fast_rsync::diff(&index, data, &mut out).unwrap();
+            });
+        });
+    }
+    let mut patch = Vec::new();
+    fast_rsync::diff(&index, &shifted, &mut patch).unwrap();
+    let mut out = Vec::with_capacity(CHUNK_SIZE);
+    group.bench_function("apply/shifted", |b| {
+        b.iter(|| {
+            out.clear();
+            fast_rsync::apply_limited(&basis, &patch, &mut out, CHUNK_SIZE).unwrap();
+        });
+    });
+    group.finish();
+}
+
 fn compression(c: &mut Criterion) {
     let mut group = c.benchmark_group("chunk");
     for (name, data) in [("text", text_chunk()), ("random", mover_testdata::random_bytes(2, CHUNK_SIZE))] {
@@ -68,5 +123,5 @@ fn framing(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, hashing, compression, framing);
+criterion_group!(benches, hashing, block_signatures, delta, compression, framing);
 criterion_main!(benches);

@@ -108,7 +108,13 @@ fn peers_without_a_certificate_or_from_another_ca_are_rejected_at_the_handshake(
     });
     // The two clients the agent must refuse (no certificate, foreign CA) are logged as rejected;
     // mover's own client with the wrong CA gives up on its side first.
-    let log = agent.log_text();
+    // The agent logs a rejection after the client has already seen it: wait for the lines.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = agent.log_text();
+    while log.matches("rejected connection").count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        log = agent.log_text();
+    }
     assert!(log.matches("rejected connection").count() >= 2, "{log}");
     assert!(log.contains("peer sent no certificates"), "{log}");
     assert_eq!(log.matches("\"request\"").count(), 1, "only the good client may reach the hello stage: {log}");

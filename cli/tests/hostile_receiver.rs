@@ -62,10 +62,10 @@ fn rogue(certs: &Path, attack: Attack) -> String {
             let reply = match attack {
                 Attack::UnknownVerdict => encode_message(&Message::Need { id: id + 1_000_000 }),
                 Attack::ZeroBlockSize => {
-                    encode_message(&Message::NeedBlocks { id, block_size: 0, hashes: vec![0; 64] })
+                    encode_message(&Message::NeedBlocks { id, signature: signature_header(0), shifts: true })
                 }
                 Attack::HugeBlockSize => {
-                    encode_message(&Message::NeedBlocks { id, block_size: 1 << 31, hashes: vec![0; 64] })
+                    encode_message(&Message::NeedBlocks { id, signature: signature_header(1 << 31), shifts: true })
                 }
                 Attack::Garbage => {
                     let mut frame = vec![0, 0, 0, 8];
@@ -167,4 +167,13 @@ fn a_receiver_that_floods_while_not_reading_costs_bounded_memory() {
     let output = child.wait_with_output().unwrap();
     assert!(peak > 0, "could not read the sender's memory: {}", text(&output));
     assert!(peak < 200, "the sender buffered the flood: peak RSS {peak} MiB");
+}
+
+/// An rsync (MD4) signature header for `block_size`, with 4 zeroed entries.
+fn signature_header(block_size: u32) -> Vec<u8> {
+    let mut signature = 0x7273_0136u32.to_be_bytes().to_vec();
+    signature.extend_from_slice(&block_size.to_be_bytes());
+    signature.extend_from_slice(&8u32.to_be_bytes());
+    signature.extend_from_slice(&[0; 4 * 12]);
+    signature
 }

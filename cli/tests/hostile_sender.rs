@@ -11,9 +11,10 @@ use std::time::Duration;
 use common::{Agent, certs};
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client;
+use mover_engine::sync::blocks;
 use mover_engine::wire::{
-    DataChunk, Entry, EntryKind, FrameReader, FrameWriter, MAX_FRAME, Message, RemoteError, RemoteErrorKind, Request,
-    SyncOptions, Timestamp,
+    DataChunk, DeltaChunk, Entry, EntryKind, FrameReader, FrameWriter, MAX_FRAME, Message, RemoteError,
+    RemoteErrorKind, Request, SyncOptions, Timestamp,
 };
 
 struct Fixture {
@@ -361,5 +362,53 @@ fn the_same_name_twice_is_refused() {
         );
         assert_untouched(&fixture);
         assert_no_temporaries(&fixture.target);
+    }
+}
+
+#[test]
+fn hostile_deltas_are_refused_and_the_old_file_stays() {
+    let fixture = fixture();
+    let old = mover_testdata::random_bytes(31, 64 << 10);
+    fs::write(fixture.target.join("f"), &old).unwrap();
+    // A real delta of the old content shifted by 3 bytes, against a signature of all of it.
+    let mut new = b"abc".to_vec();
+    new.extend_from_slice(&old[..old.len() - 3]);
+    let mut real = Vec::new();
+    fast_rsync::diff(&blocks::sign(&old, 4096).index(), &new, &mut real).unwrap();
+    let mut short = Vec::new();
+    fast_rsync::diff(&blocks::sign(&old, 4096).index(), &new[..1000], &mut short).unwrap();
+    let delta = |id: u64, len: usize, window_len: u64, bytes: &[u8]| {
+        frame(&Message::Delta(DeltaChunk {
+            id,
+            offset: 0,
+            len: len as u32,
+            window_start: 0,
+            window_len: window_len as u32,
+            delta_len: bytes.len() as u32,
+            compressed: false,
+            bytes: bytes.to_vec(),
+        }))
+    };
+    let file =
+        |id: u64, name: &[u8]| frame(&entry(id, name, EntryKind::File { size: new.len() as u64, leader: false }));
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        // A new file has no basis to copy from.
+        ("cannot serve one", vec![file(1, b"g"), delta(1, new.len(), old.len() as u64, &real)]),
+        ("window", vec![file(1, b"f"), delta(1, new.len(), blocks::MAX_WINDOW + 1, &real)]),
+        ("bad delta", vec![file(1, b"f"), delta(1, new.len(), old.len() as u64, b"\x72\x73\x02\x36\xff\xff")]),
+        // Copies past the window it declared (the basis is longer).
+        ("bad delta", vec![file(1, b"f"), delta(1, new.len(), 4096, &real)]),
+        // Makes more than it declares, or less.
+        ("bad delta", vec![file(1, b"f"), delta(1, 1000, old.len() as u64, &real)]),
+        ("makes 1000 bytes", vec![file(1, b"f"), delta(1, new.len(), old.len() as u64, &short)]),
+        ("bad delta", vec![file(1, b"f"), delta(1, new.len(), old.len() as u64, &real[..real.len() - 1])]),
+    ];
+    for (expected, script) in cases {
+        let error = attack(&fixture, script);
+        assert_eq!(error.kind, RemoteErrorKind::Protocol, "{error:?}");
+        assert!(error.message.contains(expected), "expected `{expected}` in: {}", error.message);
+        assert_eq!(fs::read(fixture.target.join("f")).unwrap(), old, "the old file changed");
+        assert!(!fixture.target.join("g").exists());
+        assert_untouched(&fixture);
     }
 }

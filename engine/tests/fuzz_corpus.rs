@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use mover_engine::compress::Compressor;
 use mover_engine::progress::{BlobState, Event, Summary};
+use mover_engine::sync::blocks;
 use mover_engine::tunnel::Proxy;
 use mover_engine::wire::{
-    CHUNK_SIZE, Compression, DataChunk, Entry, EntryKind, FileFailure, FrameWriter, Hello, HelloReply, MAX_FRAME,
-    Message, ReceiverReport, RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, Welcome, Xattr,
+    CHUNK_SIZE, Compression, DataChunk, DeltaChunk, Entry, EntryKind, FileFailure, FrameWriter, Hello, HelloReply,
+    MAX_FRAME, Message, ReceiverReport, RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, Welcome, Xattr,
     encode_hello, encode_message,
 };
 
@@ -127,6 +128,26 @@ fn texts(texts: &[(&str, String)]) -> Seeds {
     texts.iter().map(|(name, text)| ((*name).to_owned(), text.clone().into_bytes())).collect()
 }
 
+/// A real delta: 3 blocks of a basis, shifted by an insert, compressed.
+fn sample_delta() -> DeltaChunk {
+    let basis: Vec<u8> = (0..8 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let mut new = b"insert".to_vec();
+    new.extend_from_slice(&basis[4096..4 * 4096]);
+    let mut delta = Vec::new();
+    fast_rsync::diff(&blocks::sign(&basis, 4096).index(), &new, &mut delta).expect("diff");
+    let packed = Compressor::new(3).expect("zstd").pack(&delta).expect("pack");
+    DeltaChunk {
+        id: 4,
+        offset: 8192,
+        len: new.len() as u32,
+        window_start: 0,
+        window_len: basis.len() as u32,
+        delta_len: delta.len() as u32,
+        compressed: packed.compressed,
+        bytes: packed.bytes.to_vec(),
+    }
+}
+
 fn entry(id: u64, path: &[u8], kind: EntryKind) -> Entry {
     Entry {
         id,
@@ -166,8 +187,23 @@ fn messages() -> Vec<(String, Message)> {
         ("entry-reserved-name".into(), Message::Entry(entry(10, b"a/.mover-tmp-1", EntryKind::Dir))),
         ("end-of-entries".into(), Message::EndOfEntries),
         ("need".into(), Message::Need { id: u64::MAX }),
-        ("need-blocks".into(), Message::NeedBlocks { id: 2, block_size: 4096, hashes: vec![0xab; 3 * 16] }),
-        ("need-blocks-bad".into(), Message::NeedBlocks { id: 2, block_size: 1000, hashes: vec![1; 17] }),
+        (
+            "need-blocks".into(),
+            Message::NeedBlocks {
+                id: 2,
+                signature: blocks::sign(&[0xab; 3 * 4096 + 10], 4096).into_serialized(),
+                shifts: true,
+            },
+        ),
+        (
+            "need-blocks-bad".into(),
+            Message::NeedBlocks {
+                id: 2,
+                signature: vec![0x72, 0x73, 1, 0x36, 0, 0, 3, 232, 0, 0, 0, 8, 1],
+                shifts: false,
+            },
+        ),
+        ("delta".into(), Message::Delta(sample_delta())),
         ("skip".into(), Message::Skip { id: 3 }),
         (
             "data-raw".into(),

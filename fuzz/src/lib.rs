@@ -228,14 +228,35 @@ pub fn message_roundtrip(body: &[u8]) {
     match &message {
         Message::Entry(entry) => check_path(&entry.path),
         Message::Keep { path } => check_path(path),
-        Message::NeedBlocks { block_size, hashes, .. } => match blocks::check_request(*block_size, hashes) {
-            Ok(count) => {
-                assert!(block_size.is_power_of_two() && *block_size >= blocks::MIN_BLOCK);
-                assert!(*block_size as usize <= CHUNK_SIZE);
-                assert_eq!(count as usize * blocks::HASH_LEN, hashes.len());
+        Message::NeedBlocks { signature, .. } => match blocks::BasisSignature::parse(signature.clone()) {
+            Ok(parsed) => {
+                let block_size = parsed.block_size();
+                assert!(block_size.is_power_of_two() && block_size >= blocks::MIN_BLOCK);
+                assert!(block_size as usize <= CHUNK_SIZE);
+                assert_eq!(parsed.blocks() as usize * blocks::ENTRY_LEN + blocks::HEADER_LEN, signature.len());
+                // What the sender does with it: windows, indexes, a delta of a little data.
+                let window = parsed.window(1, 3);
+                let mut delta = Vec::new();
+                fast_rsync::diff(&window.index(), &signature[..signature.len().min(3 * 4096)], &mut delta)
+                    .expect("a delta against a checked signature");
             }
             Err(reason) => assert!(!reason.is_empty()),
         },
+        // The receiver applies a delta against its basis window: bounded output, no panic.
+        Message::Delta(chunk) if chunk.len as usize <= CHUNK_SIZE && chunk.delta_len as usize <= 2 * CHUNK_SIZE => {
+            let mut delta = Vec::new();
+            if Decompressor::new()
+                .unwrap()
+                .unpack(chunk.compressed, &chunk.bytes, chunk.delta_len as usize, &mut delta)
+                .is_ok()
+            {
+                let base = vec![7u8; 64 * 1024];
+                let mut out = Vec::new();
+                if fast_rsync::apply_limited(&base, &delta, &mut out, chunk.len as usize).is_ok() {
+                    assert!(out.len() <= chunk.len as usize);
+                }
+            }
+        }
         // The receiver's own bounds come first (sync/receiver.rs), then the decompressor.
         Message::Data(chunk) if chunk.raw_len as usize <= CHUNK_SIZE && chunk.bytes.len() <= CHUNK_SIZE + 1024 => {
             check_unpack(chunk.compressed, &chunk.bytes, chunk.raw_len as usize);

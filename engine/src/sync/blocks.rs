@@ -1,29 +1,53 @@
-//! Fixed-offset block hashes: how a changed file travels as only its changed blocks.
+//! Block signatures: how a changed file travels as only what the receiver lacks.
 //!
-//! The receiver hashes the file it already has (the *basis*) in blocks of [`block_size_for`]
-//! bytes and sends the hashes (blake3, truncated to [`HASH_LEN`] bytes) with its request. The
-//! sender hashes its own blocks at the same offsets and sends only those that differ, plus
-//! everything past the end of the basis: in-place writes (databases, VM images) and appends
-//! cost only what changed. The receiver rebuilds the file from the basis and the sent blocks in
-//! a temporary file and checks the whole result against the sender's blake3, so a collision of
-//! truncated block hashes can cost a retry but never a wrong file.
+//! The receiver summarises the file it already has (the *basis*) as an rsync signature
+//! (`fast_rsync`'s format: per block of [`block_size_for`] bytes, a 4-byte rolling checksum and
+//! 8 bytes of MD4) and sends it with its request. The sender then works chunk by chunk:
 //!
-//! Content that *shifted* (inserted bytes) is sent from the first shifted block on; rolling
-//! (rsync-style) deltas for that case are not built yet.
+//! 1. **Same offset.** It signs its own blocks at the same offsets and skips those whose entry
+//!    matches: in-place writes (databases, VM images) and appends cost only what changed.
+//! 2. **Shifted.** A long run of blocks that differ and lies within the basis may be content
+//!    that moved (bytes inserted or removed before it). The sender computes an rsync delta of
+//!    the run (`fast_rsync`'s rolling search) against the part of the signature within
+//!    [`SHIFT_MARGIN`] of it: a bounded *window*, so memory stays bounded whatever the file size.
+//!    A delta that is mostly copies is sent; a window that is mostly new data is sent raw, and
+//!    after [`MAX_MISSES`] such windows in a row the file is not searched any further.
+//!
+//! The receiver rebuilds the file from the basis and what was sent in a temporary file and
+//! checks the whole result against the sender's blake3, so a collision of block checksums can
+//! cost a retry but never a wrong file.
 
 use std::io;
 use std::os::unix::fs::FileExt;
 
+use fast_rsync::{Signature, SignatureOptions};
+
 use crate::wire::CHUNK_SIZE;
 
-/// Bytes of each block hash.
-pub const HASH_LEN: usize = 16;
+/// Bytes of MD4 kept per block.
+pub const STRONG_LEN: u32 = 8;
+/// Bytes of each block's signature entry: the rolling checksum and the truncated MD4.
+pub const ENTRY_LEN: usize = 4 + STRONG_LEN as usize;
+/// Bytes of a signature's header (magic, block size, MD4 length).
+pub const HEADER_LEN: usize = 12;
+/// The magic of `fast_rsync`'s (librsync's) MD4 signatures, the only kind accepted.
+const MD4_MAGIC: [u8; 4] = 0x7273_0136u32.to_be_bytes();
 /// Smallest block: a page, the unit databases and VM images write in.
 pub const MIN_BLOCK: u32 = 4096;
 /// Target number of blocks per file; bigger files get bigger blocks.
 pub const TARGET_BLOCKS: u64 = 131_072;
-/// Largest file sent as a block delta: past this the hash list would not fit in a frame.
-pub const MAX_DELTA_FILE: u64 = (CHUNK_SIZE as u64) * (3 * 1024 * 1024 / HASH_LEN as u64);
+/// Largest file sent as a delta: past this the signature would not fit in a frame.
+pub const MAX_DELTA_FILE: u64 = (CHUNK_SIZE as u64) * (3 * 1024 * 1024 / ENTRY_LEN as u64);
+/// How far (bytes) before and after a run of changed blocks the sender looks for its content
+/// in the basis.
+pub const SHIFT_MARGIN: u64 = 4 << 20;
+/// Largest basis window a delta may refer to (a chunk, a margin either side, block rounding);
+/// the receiver holds one such window to apply deltas.
+pub const MAX_WINDOW: u64 = 2 * CHUNK_SIZE as u64 + 2 * SHIFT_MARGIN;
+/// Shortest run of changed blocks worth a rolling search: shorter runs are in-place writes.
+pub const SHIFT_MIN_RUN: usize = 16 * 1024;
+/// Windows of mostly new data in a row after which a file is no longer searched for shifts.
+pub const MAX_MISSES: u32 = 2;
 
 /// The block size for a basis of `size` bytes: a power of two between [`MIN_BLOCK`] and
 /// [`CHUNK_SIZE`], giving about [`TARGET_BLOCKS`] blocks or fewer.
@@ -33,21 +57,26 @@ pub fn block_size_for(size: u64) -> u32 {
     wanted.clamp(u64::from(MIN_BLOCK), CHUNK_SIZE as u64) as u32
 }
 
-/// The truncated blake3 of one block.
+/// The signature of `data` in blocks of `block_size`.
 #[must_use]
-pub fn block_hash(block: &[u8]) -> [u8; HASH_LEN] {
-    let mut hash = [0u8; HASH_LEN];
-    hash.copy_from_slice(&blake3::hash(block).as_bytes()[..HASH_LEN]);
-    hash
+pub fn sign(data: &[u8], block_size: u32) -> Signature {
+    Signature::calculate(data, SignatureOptions { block_size, crypto_hash_size: STRONG_LEN })
 }
 
-/// Hashes `size` bytes of `file` in blocks; returns the concatenated hashes. Blocks that lie
-/// in a hole are not read: their hash is the hash of zeros.
-pub fn hash_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result<Vec<u8>> {
+/// The entries (no header) of a signature.
+#[must_use]
+pub fn entries(signature: &Signature) -> &[u8] {
+    &signature.serialized()[HEADER_LEN..]
+}
+
+/// Signs `size` bytes of `file` in blocks; returns the serialized signature. Blocks that lie
+/// in a hole are not read: their entry is the entry of zeros.
+pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result<Vec<u8>> {
     let block = u64::from(block_size);
-    let mut hashes = Vec::with_capacity((size.div_ceil(block) as usize) * HASH_LEN);
+    let mut signature = sign(&[], block_size).into_serialized();
+    signature.reserve((size.div_ceil(block) as usize) * ENTRY_LEN);
     let mut buffer = vec![0u8; CHUNK_SIZE];
-    let zero_block = block_hash(&buffer[..block_size as usize]);
+    let zero_entry = entries(&sign(&buffer[..block_size as usize], block_size)).to_vec();
     let sparse = is_sparse(file, size);
     let mut offset = 0;
     while offset < size {
@@ -57,9 +86,9 @@ pub fn hash_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result
         while offset < data_start {
             let len = (data_start - offset).min(block);
             if len == block {
-                hashes.extend_from_slice(&zero_block);
+                signature.extend_from_slice(&zero_entry);
             } else {
-                hashes.extend_from_slice(&block_hash(&vec![0; len as usize]));
+                signature.extend_from_slice(entries(&sign(&buffer[..len as usize], block_size)));
             }
             offset += len;
         }
@@ -67,16 +96,78 @@ pub fn hash_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result
         while offset < data_end {
             let want = (data_end - offset).min(CHUNK_SIZE as u64) as usize;
             let got = read_full(file, &mut buffer[..want], offset)?;
-            for chunk in buffer[..got].chunks(block_size as usize) {
-                hashes.extend_from_slice(&block_hash(chunk));
-            }
+            signature.extend_from_slice(entries(&sign(&buffer[..got], block_size)));
+            // The buffer holds zeros again for the next hole.
+            buffer[..got].fill(0);
             if got < want {
-                return Ok(hashes);
+                return Ok(signature);
             }
             offset += want as u64;
         }
     }
-    Ok(hashes)
+    Ok(signature)
+}
+
+/// A receiver's signature of its basis, checked.
+#[derive(Debug)]
+pub struct BasisSignature {
+    serialized: Vec<u8>,
+    block_size: u32,
+}
+
+impl BasisSignature {
+    /// Checks a peer's signature: MD4 with [`STRONG_LEN`] bytes, a power-of-two block size
+    /// between [`MIN_BLOCK`] and [`CHUNK_SIZE`], whole entries.
+    pub fn parse(serialized: Vec<u8>) -> Result<Self, String> {
+        if serialized.len() < HEADER_LEN || serialized[..4] != MD4_MAGIC {
+            return Err("block signature is not an MD4 rsync signature".into());
+        }
+        let word = |at: usize| u32::from_be_bytes(serialized[at..at + 4].try_into().expect("4 bytes"));
+        let (block_size, strong) = (word(4), word(8));
+        if !block_size.is_power_of_two() || block_size < MIN_BLOCK || block_size as usize > CHUNK_SIZE {
+            return Err(format!("block size {block_size} is not a power of two between {MIN_BLOCK} and {CHUNK_SIZE}"));
+        }
+        if strong != STRONG_LEN {
+            return Err(format!("block signature keeps {strong} bytes of MD4, not {STRONG_LEN}"));
+        }
+        if !(serialized.len() - HEADER_LEN).is_multiple_of(ENTRY_LEN) {
+            return Err("block signature is not a whole number of entries".into());
+        }
+        Ok(BasisSignature { serialized, block_size })
+    }
+
+    /// The block size.
+    #[must_use]
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Number of blocks.
+    #[must_use]
+    pub fn blocks(&self) -> u64 {
+        ((self.serialized.len() - HEADER_LEN) / ENTRY_LEN) as u64
+    }
+
+    /// The entry of block `index`, if the basis has that block.
+    #[must_use]
+    pub fn entry(&self, index: u64) -> Option<&[u8]> {
+        let start = HEADER_LEN + usize::try_from(index).ok()?.checked_mul(ENTRY_LEN)?;
+        self.serialized.get(start..start.checked_add(ENTRY_LEN)?)
+    }
+
+    /// The signature of blocks `first..first + count` (clamped to the basis), as if the basis
+    /// started at block `first`: a delta against it copies from offsets relative to there.
+    #[must_use]
+    pub fn window(&self, first: u64, count: u64) -> Signature {
+        let end = first.saturating_add(count).min(self.blocks());
+        let first = first.min(end);
+        let mut window = Vec::with_capacity(HEADER_LEN + ((end - first) as usize) * ENTRY_LEN);
+        window.extend_from_slice(&self.serialized[..HEADER_LEN]);
+        window.extend_from_slice(
+            &self.serialized[HEADER_LEN + first as usize * ENTRY_LEN..HEADER_LEN + end as usize * ENTRY_LEN],
+        );
+        Signature::deserialize(window).expect("a slice of a checked signature is a signature")
+    }
 }
 
 /// Whether `file` has fewer blocks allocated than its size needs: then holes are worth finding.
@@ -97,17 +188,6 @@ pub fn data_range(file: &std::fs::File, offset: u64, size: u64) -> (u64, u64) {
     };
     let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(start)).unwrap_or(size);
     (start.min(size), end.min(size))
-}
-
-/// Checks a peer's block request; returns the number of blocks.
-pub fn check_request(block_size: u32, hashes: &[u8]) -> Result<u64, String> {
-    if !block_size.is_power_of_two() || block_size < MIN_BLOCK || block_size as usize > CHUNK_SIZE {
-        return Err(format!("block size {block_size} is not a power of two between {MIN_BLOCK} and {CHUNK_SIZE}"));
-    }
-    if !hashes.len().is_multiple_of(HASH_LEN) {
-        return Err("block hash list is not a whole number of hashes".into());
-    }
-    Ok((hashes.len() / HASH_LEN) as u64)
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.
@@ -144,13 +224,97 @@ mod tests {
         assert_eq!(block_size_for(1 << 40), CHUNK_SIZE as u32);
     }
 
+    fn header(block_size: u32, strong: u32) -> Vec<u8> {
+        let mut header = MD4_MAGIC.to_vec();
+        header.extend_from_slice(&block_size.to_be_bytes());
+        header.extend_from_slice(&strong.to_be_bytes());
+        header
+    }
+
     #[test]
-    fn requests_are_checked() {
-        assert!(check_request(4096, &[0; 32]).is_ok());
-        assert!(check_request(0, &[]).is_err());
-        assert!(check_request(4095, &[]).is_err());
-        assert!(check_request(1 << 30, &[]).is_err());
-        assert!(check_request(4096, &[0; 17]).is_err());
+    fn peer_signatures_are_checked() {
+        assert!(BasisSignature::parse(sign(&[7; 10_000], 4096).into_serialized()).is_ok());
+        let mut two_entries = header(4096, 8);
+        two_entries.extend_from_slice(&[0; 2 * ENTRY_LEN]);
+        assert_eq!(BasisSignature::parse(two_entries).unwrap().blocks(), 2);
+        assert!(BasisSignature::parse(header(0, 8)).is_err());
+        assert!(BasisSignature::parse(header(4095, 8)).is_err());
+        assert!(BasisSignature::parse(header(1 << 30, 8)).is_err());
+        assert!(BasisSignature::parse(header(4096, 16)).is_err());
+        let mut ragged = header(4096, 8);
+        ragged.extend_from_slice(&[0; 13]);
+        assert!(BasisSignature::parse(ragged).is_err());
+        let mut blake2 = header(4096, 8);
+        blake2[3] = 0x37;
+        assert!(BasisSignature::parse(blake2).is_err());
+        assert!(BasisSignature::parse(vec![1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn a_file_signature_is_the_signature_of_its_bytes_holes_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        let size = 3 * CHUNK_SIZE as u64 + 5000;
+        file.set_len(size).unwrap();
+        file.write_all_at(&vec![9; 70_000], CHUNK_SIZE as u64 + 4096 * 3 + 17).unwrap();
+        file.write_all_at(&[4; 100], size - 100).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for block_size in [4096, 65_536] {
+            assert_eq!(sign_file(&file, size, block_size).unwrap(), sign(&bytes, block_size).serialized());
+        }
+    }
+
+    #[test]
+    fn a_window_copies_from_offsets_relative_to_its_start() {
+        let basis: Vec<u8> = (0..64 * 4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let signature = BasisSignature::parse(sign(&basis, 4096).into_serialized()).unwrap();
+        let window = signature.window(16, 8);
+        let base = &basis[16 * 4096..24 * 4096];
+        // Content from the middle of the window, shifted by an insert.
+        let mut new = b"inserted".to_vec();
+        new.extend_from_slice(&basis[18 * 4096..22 * 4096]);
+        let mut delta = Vec::new();
+        fast_rsync::diff(&window.index(), &new, &mut delta).unwrap();
+        assert!(delta.len() < 200, "a delta of {} bytes for a shifted window", delta.len());
+        let mut out = Vec::new();
+        fast_rsync::apply_limited(base, &delta, &mut out, new.len()).unwrap();
+        assert_eq!(out, new);
+        // A window past the end is empty, not a panic.
+        assert_eq!(entries(&signature.window(1000, 5)).len(), 0);
+        assert_eq!(signature.entry(u64::MAX), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the edit and wherever the window, applying the delta to the window's bytes
+        /// gives the new content back.
+        #[test]
+        fn a_delta_against_any_window_rebuilds_the_content(
+            seed in proptest::prelude::any::<u64>(),
+            blocks in 1u64..24,
+            first in 0u64..24,
+            count in 0u64..24,
+            at in 0usize..100_000,
+            insert in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            cut in 0usize..100_000,
+            remove in 0usize..5000,
+        ) {
+            let basis: Vec<u8> = (0..blocks * 4096).map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u8).collect();
+            let signature = BasisSignature::parse(sign(&basis, 4096).into_serialized()).unwrap();
+            let start = (first * 4096).min(basis.len() as u64) as usize;
+            let end = (start as u64 + count * 4096).min(basis.len() as u64) as usize;
+            let mut new = basis[start..end].to_vec();
+            let at = at.min(new.len());
+            new.splice(at..at, insert);
+            let cut = cut.min(new.len());
+            new.drain(cut..(cut + remove).min(new.len()));
+            let window = signature.window(first, count);
+            let mut delta = Vec::new();
+            fast_rsync::diff(&window.index(), &new, &mut delta).unwrap();
+            let mut out = Vec::new();
+            fast_rsync::apply_limited(&basis[start..end], &delta, &mut out, new.len()).unwrap();
+            proptest::prop_assert_eq!(out, new);
+        }
     }
 
     #[test]

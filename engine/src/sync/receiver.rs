@@ -25,8 +25,8 @@ use crate::confine::{self, RelPath, cname};
 use crate::meta;
 use crate::progress::{Event, SharedReporter};
 use crate::wire::{
-    CHUNK_SIZE, DataChunkRef, Entry, EntryKind, Incoming, Message, ReceiverReport, SyncOptions, decode_incoming,
-    encode_message,
+    CHUNK_SIZE, DataChunkRef, DeltaChunk, Entry, EntryKind, Incoming, Message, ReceiverReport, SyncOptions,
+    decode_incoming, encode_message,
 };
 
 /// Warnings kept in the end-of-session report.
@@ -104,6 +104,8 @@ pub(super) struct Receiver {
     replies: Vec<u8>,
     buffer: Vec<u8>,
     gap_buffer: Vec<u8>,
+    delta_buffer: Vec<u8>,
+    window: Option<BasisWindow>,
     report: ReceiverReport,
 }
 
@@ -145,6 +147,8 @@ pub(super) fn run(
         replies: Vec::new(),
         buffer: Vec::with_capacity(CHUNK_SIZE),
         gap_buffer: Vec::new(),
+        delta_buffer: Vec::new(),
+        window: None,
         report: ReceiverReport::default(),
     };
     let result = receiver.receive();
@@ -230,6 +234,7 @@ impl Receiver {
                     }
                 }
                 Message::EndOfEntries => return self.finish(),
+                Message::Delta(delta) => self.delta(&delta)?,
                 Message::Keep { path } => {
                     let path = RelPath::new(&path).map_err(|e| protocol(e.to_string()))?;
                     let (parent, name) = path.split();
@@ -401,9 +406,12 @@ impl Receiver {
                     let request = if basis_size > 0 && basis_size <= blocks::MAX_DELTA_FILE {
                         let file = confine::open_file_read(dir, basis_name).map_err(|e| io("cannot open", e))?;
                         let block_size = blocks::block_size_for(basis_size);
-                        let hashes =
-                            blocks::hash_file(&file, basis_size, block_size).map_err(|e| io("cannot read", e))?;
-                        Message::NeedBlocks { id, block_size, hashes }
+                        let signature =
+                            blocks::sign_file(&file, basis_size, block_size).map_err(|e| io("cannot read", e))?;
+                        // Content copied from elsewhere in the basis needs a basis that is not
+                        // being written.
+                        let shifts = basis == Basis::Existing && !self.options.inplace;
+                        Message::NeedBlocks { id, signature, shifts }
                     } else {
                         Message::Need { id }
                     };
@@ -691,28 +699,74 @@ impl Receiver {
         let content: &[u8] = if chunk.compressed { &buffer } else { chunk.bytes };
         let result = (|| {
             let open = self.open_file(chunk.id)?;
-            let EntryKind::File { size, .. } = open.entry.kind else { unreachable!("only files are requested") };
-            let end = chunk.offset.checked_add(u64::from(chunk.raw_len));
-            if chunk.offset < open.position || end.is_none_or(|end| end > size) {
-                return Err(protocol(format!(
-                    "data chunk at offset {} for `{}` is out of order or beyond its size",
-                    chunk.offset,
-                    open.path.display()
-                )));
-            }
+            check_range(open, chunk.offset, chunk.raw_len)?;
             unpacked.map_err(|e| protocol(format!("`{}`: {e}", open.path.display())))?;
-            let shown = open.path.display();
-            let write_error = |source| SyncError::Io { op: "cannot write", path: shown.clone(), source };
-            fill_gap(open, chunk.offset, &mut gap_buffer).map_err(write_error)?;
-            open.hasher.update(content);
-            // A resumed partial is not a fresh hole: its zero pages are punched out.
-            write_pages(&open.file, content, chunk.offset, open.resumed).map_err(write_error)?;
-            open.position = chunk.offset + u64::from(chunk.raw_len);
+            write_content(open, chunk.offset, content, &mut gap_buffer)?;
             self.report.bytes_written += u64::from(chunk.raw_len);
             Ok(())
         })();
         self.buffer = buffer;
         self.gap_buffer = gap_buffer;
+        result
+    }
+
+    /// Content made by applying an rsync delta to a window of the basis.
+    fn delta(&mut self, chunk: &DeltaChunk) -> Result<()> {
+        // A delta of all-literal data is its data plus a few bytes per command.
+        let max_delta = 2 * CHUNK_SIZE + 4096;
+        if chunk.len as usize > CHUNK_SIZE
+            || u64::from(chunk.window_len) > blocks::MAX_WINDOW
+            || chunk.delta_len as usize > max_delta
+            || chunk.bytes.len() > max_delta + 1024
+        {
+            return Err(protocol(format!(
+                "delta of {} bytes against a window of {} exceeds the chunk or window size",
+                chunk.len, chunk.window_len
+            )));
+        }
+        let mut delta = std::mem::take(&mut self.delta_buffer);
+        let mut made = std::mem::take(&mut self.buffer);
+        let mut gap_buffer = std::mem::take(&mut self.gap_buffer);
+        let mut window = self.window.take();
+        let decompressor = match self.decompressor.as_mut() {
+            Some(decompressor) => decompressor,
+            None => self.decompressor.insert(Decompressor::new().map_err(|e| protocol(e.to_string()))?),
+        };
+        let unpacked = decompressor.unpack(chunk.compressed, &chunk.bytes, chunk.delta_len as usize, &mut delta);
+        let result = (|| {
+            let open = self.open_file(chunk.id)?;
+            check_range(open, chunk.offset, chunk.len)?;
+            let shown = open.path.display();
+            unpacked.map_err(|e| protocol(format!("`{shown}`: {e}")))?;
+            let Some(basis) = open.basis.as_ref().filter(|_| !open.resumed) else {
+                return Err(protocol(format!("a delta for `{shown}`, whose basis cannot serve one")));
+            };
+            let base = window
+                .get_or_insert_with(BasisWindow::default)
+                .load(chunk.id, basis, chunk.window_start, u64::from(chunk.window_len))
+                .map_err(|source| SyncError::Io {
+                    op: "cannot read the previous version of",
+                    path: shown.clone(),
+                    source,
+                })?;
+            made.clear();
+            fast_rsync::apply_limited(base, &delta, &mut made, chunk.len as usize)
+                .map_err(|e| protocol(format!("bad delta for `{shown}`: {e}")))?;
+            if made.len() != chunk.len as usize {
+                return Err(protocol(format!(
+                    "a delta for `{shown}` makes {} bytes, not the {} declared",
+                    made.len(),
+                    chunk.len
+                )));
+            }
+            write_content(open, chunk.offset, &made, &mut gap_buffer)?;
+            self.report.bytes_written += u64::from(chunk.len);
+            Ok(())
+        })();
+        self.delta_buffer = delta;
+        self.buffer = made;
+        self.gap_buffer = gap_buffer;
+        self.window = window;
         result
     }
 
@@ -818,6 +872,63 @@ impl Receiver {
             && stat.st_mtime == entry.mtime.sec
             && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
             && meta::read_xattrs(fd, b"", &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs)
+    }
+}
+
+/// Checks that `len` bytes at `offset` come in order and within the file's size.
+fn check_range(open: &OpenFile, offset: u64, len: u32) -> Result<()> {
+    let EntryKind::File { size, .. } = open.entry.kind else { unreachable!("only files are requested") };
+    let end = offset.checked_add(u64::from(len));
+    if offset < open.position || end.is_none_or(|end| end > size) {
+        return Err(protocol(format!(
+            "content at offset {offset} for `{}` is out of order or beyond its size",
+            open.path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes content at `offset` (checked by [`check_range`]), after what lies between the last
+/// content and it, and hashes it.
+fn write_content(open: &mut OpenFile, offset: u64, content: &[u8], gap_buffer: &mut Vec<u8>) -> Result<()> {
+    let shown = open.path.display();
+    let write_error = |source| SyncError::Io { op: "cannot write", path: shown.clone(), source };
+    fill_gap(open, offset, gap_buffer).map_err(write_error)?;
+    open.hasher.update(content);
+    // A resumed partial is not a fresh hole: its zero pages are punched out.
+    write_pages(&open.file, content, offset, open.resumed).map_err(write_error)?;
+    open.position = offset + content.len() as u64;
+    Ok(())
+}
+
+/// The part of a basis file the current deltas copy from. Consecutive windows of one file
+/// overlap (they slide along with the content), so only what is new is read.
+#[derive(Default)]
+struct BasisWindow {
+    id: u64,
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl BasisWindow {
+    /// The basis bytes `[start, start + len)` of file `id` (fewer at the end of the basis).
+    fn load(&mut self, id: u64, basis: &std::fs::File, start: u64, len: u64) -> io::Result<&[u8]> {
+        let cached_end = self.start + self.bytes.len() as u64;
+        if self.id == id && start >= self.start && start <= cached_end && !self.bytes.is_empty() {
+            self.bytes.drain(..(start - self.start) as usize);
+        } else {
+            self.bytes.clear();
+        }
+        self.id = id;
+        self.start = start;
+        let have = self.bytes.len() as u64;
+        if have < len {
+            let want = (len - have) as usize;
+            self.bytes.resize(have as usize + want, 0);
+            let got = blocks::read_full(basis, &mut self.bytes[have as usize..], start + have)?;
+            self.bytes.truncate(have as usize + got);
+        }
+        Ok(&self.bytes[..(len as usize).min(self.bytes.len())])
     }
 }
 

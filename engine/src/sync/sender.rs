@@ -16,8 +16,8 @@ use crate::confine::{self, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::wire::{
-    CHUNK_SIZE, Compression, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp, decode_message,
-    encode_data, encode_message,
+    CHUNK_SIZE, Compression, DeltaChunk, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp,
+    decode_message, encode_data, encode_message,
 };
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -244,10 +244,10 @@ impl Sender {
                 let waiting = self.take_waiting(id)?;
                 self.send_file(id, &waiting, None)?;
             }
-            Message::NeedBlocks { id, block_size, hashes } => {
-                blocks::check_request(block_size, &hashes).map_err(SyncError::Protocol)?;
+            Message::NeedBlocks { id, signature, shifts } => {
+                let signature = blocks::BasisSignature::parse(signature).map_err(SyncError::Protocol)?;
                 let waiting = self.take_waiting(id)?;
-                self.send_file(id, &waiting, Some(Basis { block_size, hashes }))?;
+                self.send_file(id, &waiting, Some(Basis::new(signature, shifts)))?;
             }
             Message::Skip { id } => {
                 let waiting = self.take_waiting(id)?;
@@ -293,8 +293,7 @@ impl Sender {
         confine::open_file_read(dir.as_fd(), name)
     }
 
-    #[allow(clippy::needless_pass_by_value, reason = "the basis is used up by this file")]
-    fn send_file(&mut self, id: u64, waiting: &Waiting, basis: Option<Basis>) -> Result<()> {
+    fn send_file(&mut self, id: u64, waiting: &Waiting, mut basis: Option<Basis>) -> Result<()> {
         let shown = display_bytes(&waiting.path);
         #[cfg(feature = "test-util")]
         crate::testing::before_read(&waiting.path);
@@ -311,7 +310,7 @@ impl Sender {
             }
         };
         let sent_before = self.summary.bytes_transferred;
-        match self.stream_content(id, &file, waiting, basis.as_ref()) {
+        match self.stream_content(id, &file, waiting, basis.as_mut()) {
             Ok(Some(hash)) => {
                 self.files_done += 1;
                 self.bytes_done += waiting.size;
@@ -339,7 +338,7 @@ impl Sender {
         id: u64,
         file: &std::fs::File,
         waiting: &Waiting,
-        basis: Option<&Basis>,
+        mut basis: Option<&mut Basis>,
     ) -> std::result::Result<Option<[u8; 32]>, ContentError> {
         let before = rustix::fs::fstat(file).map_err(|e| ContentError::Read(e.into()))?;
         if !same_version(&before, waiting) {
@@ -360,9 +359,9 @@ impl Sender {
         while offset < size {
             let (mut data_start, mut data_end) =
                 if sparse { blocks::data_range(file, offset, size) } else { (offset, size) };
-            if let Some(basis) = basis {
+            if let Some(basis) = basis.as_deref() {
                 // Deltas work in whole blocks.
-                let block = u64::from(basis.block_size);
+                let block = u64::from(basis.signature.block_size());
                 data_start = data_start / block * block;
                 data_end = data_end.div_ceil(block).saturating_mul(block).min(size);
                 self.send_hole_blocks(id, offset, data_start.min(size), basis).map_err(ContentError::Sync)?;
@@ -381,7 +380,7 @@ impl Sender {
                 hash_zeros(&mut hasher, offset - hashed_to);
                 hasher.update(&self.buffer[..want]);
                 let buffer = std::mem::take(&mut self.buffer);
-                let sent = match basis {
+                let sent = match basis.as_deref_mut() {
                     None => self.send_chunk(id, offset, &buffer[..want]),
                     Some(basis) => self.send_changed_blocks(id, offset, &buffer[..want], basis),
                 };
@@ -406,16 +405,25 @@ impl Sender {
     }
 }
 
-/// The receiver's block hashes of the file it has.
+/// The receiver's signature of the file it has, and how the search for shifted content goes.
 struct Basis {
-    block_size: u32,
-    hashes: Vec<u8>,
+    signature: blocks::BasisSignature,
+    /// The receiver accepts deltas for this file.
+    shifts: bool,
+    /// Windows of mostly new data in a row.
+    misses: u32,
+    /// The last delta made (reused buffer).
+    delta: Vec<u8>,
 }
 
 impl Basis {
-    fn matches(&self, index: u64, block: &[u8]) -> bool {
-        let start = index as usize * blocks::HASH_LEN;
-        self.hashes.get(start..start + blocks::HASH_LEN).is_some_and(|hash| hash == blocks::block_hash(block))
+    fn new(signature: blocks::BasisSignature, shifts: bool) -> Self {
+        Basis { signature, shifts, misses: 0, delta: Vec::new() }
+    }
+
+    /// Bytes of the basis, rounded up to whole blocks.
+    fn len(&self) -> u64 {
+        self.signature.blocks() * u64::from(self.signature.block_size())
     }
 }
 
@@ -457,13 +465,21 @@ impl Sender {
     /// zeros (the receiver leaves them as a hole). Past the end of the basis the receiver's file
     /// is zeros already: nothing to send there.
     fn send_hole_blocks(&mut self, id: u64, start: u64, end: u64, basis: &Basis) -> Result<()> {
-        let block = u64::from(basis.block_size);
-        let zeros = vec![0u8; basis.block_size as usize];
-        let blocks_in_basis = (basis.hashes.len() / blocks::HASH_LEN) as u64;
+        let block_size = basis.signature.block_size();
+        let block = u64::from(block_size);
+        let zeros = vec![0u8; block_size as usize];
+        let zero_entry = blocks::entries(&blocks::sign(&zeros, block_size)).to_vec();
         let mut offset = start;
         while offset < end {
             let len = (end - offset).min(block) as usize;
-            if offset / block < blocks_in_basis && !basis.matches(offset / block, &zeros[..len]) {
+            let zeros_there = |entry: &[u8]| {
+                if len == zeros.len() {
+                    entry == zero_entry
+                } else {
+                    entry == blocks::entries(&blocks::sign(&zeros[..len], block_size))
+                }
+            };
+            if basis.signature.entry(offset / block).is_some_and(|entry| !zeros_there(entry)) {
                 self.send_chunk(id, offset, &zeros[..len]).map_err(|e| match e {
                     ContentError::Sync(error) => error,
                     ContentError::Read(source) => SyncError::Io { op: "cannot compress", path: String::new(), source },
@@ -474,37 +490,102 @@ impl Sender {
         Ok(())
     }
 
-    /// Sends the runs of blocks in `chunk` (at `offset`, block aligned) that the basis lacks.
+    /// Sends the runs of blocks in `chunk` (at `offset`, block aligned) that the basis lacks
+    /// at the same offset.
     fn send_changed_blocks(
         &mut self,
         id: u64,
         offset: u64,
         chunk: &[u8],
-        basis: &Basis,
+        basis: &mut Basis,
     ) -> std::result::Result<(), ContentError> {
-        let block_size = basis.block_size as usize;
-        let first = offset / u64::from(basis.block_size);
+        let block_size = basis.signature.block_size();
+        let ours = blocks::sign(chunk, block_size);
+        let ours = blocks::entries(&ours);
+        let block = block_size as usize;
+        let first = offset / u64::from(block_size);
         let mut run: Option<usize> = None;
-        for (i, block) in chunk.chunks(block_size).enumerate() {
-            let same = basis.matches(first + i as u64, block);
+        for (i, entry) in ours.chunks(blocks::ENTRY_LEN).enumerate() {
+            let same = basis.signature.entry(first + i as u64) == Some(entry);
             match (same, run) {
-                (false, None) => run = Some(i * block_size),
+                (false, None) => run = Some(i * block),
                 (true, Some(start)) => {
-                    self.send_chunk_at_least(
-                        id,
-                        offset + start as u64,
-                        &chunk[start..i * block_size],
-                        DELTA_MIN_LEVEL,
-                    )?;
+                    self.send_run(id, offset + start as u64, &chunk[start..i * block], basis)?;
                     run = None;
                 }
                 _ => {}
             }
         }
         if let Some(start) = run {
-            // Changed blocks are few: saving their bytes is worth the CPU on any link.
-            self.send_chunk_at_least(id, offset + start as u64, &chunk[start..], DELTA_MIN_LEVEL)?;
+            self.send_run(id, offset + start as u64, &chunk[start..], basis)?;
         }
+        Ok(())
+    }
+
+    /// Sends a run of blocks the basis lacks at their offset: as a delta against the basis
+    /// window around it when most of it is found there (shifted content), else as data.
+    fn send_run(
+        &mut self,
+        id: u64,
+        offset: u64,
+        run: &[u8],
+        basis: &mut Basis,
+    ) -> std::result::Result<(), ContentError> {
+        if basis.shifts
+            && basis.misses < blocks::MAX_MISSES
+            && run.len() >= blocks::SHIFT_MIN_RUN
+            && offset < basis.len()
+        {
+            let block = u64::from(basis.signature.block_size());
+            let window_start = offset.saturating_sub(blocks::SHIFT_MARGIN) / block * block;
+            let window_end = (offset + run.len() as u64 + blocks::SHIFT_MARGIN).min(basis.len());
+            let window = basis.signature.window(window_start / block, (window_end - window_start).div_ceil(block));
+            basis.delta.clear();
+            fast_rsync::diff(&window.index(), run, &mut basis.delta)
+                .map_err(|e| ContentError::Read(io::Error::other(format!("cannot compute a delta: {e}"))))?;
+            // Mostly copies: worth it. Mostly literal data: the window is new data, sent raw.
+            if basis.delta.len() < run.len() / 2 {
+                basis.misses = 0;
+                let delta = std::mem::take(&mut basis.delta);
+                let sent = self.send_delta(id, offset, run.len(), window_start, window_end - window_start, &delta);
+                basis.delta = delta;
+                return sent;
+            }
+            basis.misses += 1;
+        }
+        // Changed blocks are few: saving their bytes is worth the CPU on any link.
+        self.send_chunk_at_least(id, offset, run, DELTA_MIN_LEVEL)
+    }
+
+    fn send_delta(
+        &mut self,
+        id: u64,
+        offset: u64,
+        len: usize,
+        window_start: u64,
+        window_len: u64,
+        delta: &[u8],
+    ) -> std::result::Result<(), ContentError> {
+        let mut level = self.level(delta.len());
+        if self.options.compression != Compression::Off {
+            level = level.max(DELTA_MIN_LEVEL);
+        }
+        let compressor = self.compressor.as_mut().expect("set before streaming");
+        compressor.set_level(level).map_err(ContentError::Read)?;
+        let packed = compressor.pack(delta).map_err(ContentError::Read)?;
+        let frame = encode_message(&Message::Delta(DeltaChunk {
+            id,
+            offset,
+            len: len as u32,
+            window_start,
+            window_len: window_len as u32,
+            delta_len: delta.len() as u32,
+            compressed: packed.compressed,
+            bytes: packed.bytes.to_vec(),
+        }));
+        self.send_frame(frame).map_err(ContentError::Sync)?;
+        // What a delta carries is mostly its literal bytes: count those, not the content made.
+        self.summary.bytes_transferred += delta.len().min(len) as u64;
         Ok(())
     }
 }

@@ -336,16 +336,17 @@ pub enum Message {
         /// Entry id.
         id: u64,
     },
-    /// Receiver to sender: send only the blocks of this file whose hashes differ from these
-    /// (see [`crate::sync::blocks`]), and everything past the last one.
+    /// Receiver to sender: send only what this file's basis lacks (see
+    /// [`crate::sync::blocks`]): the blocks whose signature differs, and everything past them.
     NeedBlocks {
         /// Entry id.
         id: u64,
-        /// Block size, a power of two.
-        block_size: u32,
-        /// Concatenated truncated blake3 hashes of the receiver's blocks.
+        /// The rsync signature (`fast_rsync`'s serialized MD4 format) of the receiver's basis.
         #[serde(with = "serde_bytes")]
-        hashes: Vec<u8>,
+        signature: Vec<u8>,
+        /// Whether the sender may send [`Message::Delta`]s (content copied from elsewhere in the
+        /// basis). Not when the basis is the file being written (a resumed partial, `--inplace`).
+        shifts: bool,
     },
     /// Receiver to sender: this file is up to date, no content needed.
     Skip {
@@ -383,6 +384,31 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         path: Vec<u8>,
     },
+    /// Sender to receiver: file content as an rsync delta against a window of the basis.
+    Delta(DeltaChunk),
+}
+
+/// `len` bytes of a file at `offset`, as an rsync delta (`fast_rsync`'s format) whose copies
+/// refer to the receiver's basis from `window_start` on (at most `window_len` bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaChunk {
+    /// Entry id.
+    pub id: u64,
+    /// Where the content goes in the file.
+    pub offset: u64,
+    /// Bytes of content the delta makes.
+    pub len: u32,
+    /// Where the window starts in the basis.
+    pub window_start: u64,
+    /// Bytes of the window.
+    pub window_len: u32,
+    /// Bytes of the delta before compression.
+    pub delta_len: u32,
+    /// Whether `bytes` is zstd-compressed.
+    pub compressed: bool,
+    /// The delta.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 impl Message {
@@ -394,6 +420,7 @@ impl Message {
             Message::EndOfEntries => "EndOfEntries",
             Message::Need { .. } => "Need",
             Message::NeedBlocks { .. } => "NeedBlocks",
+            Message::Delta(_) => "Delta",
             Message::Skip { .. } => "Skip",
             Message::Data(_) => "Data",
             Message::FileEnd { .. } => "FileEnd",
