@@ -84,7 +84,11 @@ fn shifted_content_travels_as_a_delta_and_new_content_as_data() {
     fs::write(src.join("log.bin"), &log).unwrap();
     let table = mover_testdata::random_bytes(22, 6 << 20);
     fs::write(src.join("table.bin"), &table).unwrap();
-    let text: String = (0..6000).map(|i| format!("line {i}: {:x}\n", i * 7919)).collect();
+    let text: String = (0..6000).fold(String::new(), |mut text, i| {
+        use std::fmt::Write as _;
+        let _ = writeln!(text, "line {i}: {:x}", i * 7919);
+        text
+    });
     fs::write(src.join("notes.txt"), &text).unwrap();
     let rewritten = mover_testdata::random_bytes(23, 16 << 20);
     fs::write(src.join("rewritten.bin"), &rewritten).unwrap();
