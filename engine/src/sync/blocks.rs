@@ -69,6 +69,12 @@ pub fn entries(signature: &Signature) -> &[u8] {
     &signature.serialized()[HEADER_LEN..]
 }
 
+/// The signature entry of `len` zero bytes (a hole) in blocks of `block_size`.
+#[must_use]
+pub fn zero_entry(len: usize, block_size: u32) -> Vec<u8> {
+    entries(&sign(&vec![0; len], block_size)).to_vec()
+}
+
 /// Signs `size` bytes of `file` in blocks; returns the serialized signature. Blocks that lie
 /// in a hole are not read: their entry is the entry of zeros.
 pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result<Vec<u8>> {
@@ -76,7 +82,7 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result
     let mut signature = sign(&[], block_size).into_serialized();
     signature.reserve((size.div_ceil(block) as usize) * ENTRY_LEN);
     let mut buffer = vec![0u8; CHUNK_SIZE];
-    let zero_entry = entries(&sign(&buffer[..block_size as usize], block_size)).to_vec();
+    let hole = zero_entry(block_size as usize, block_size);
     let sparse = is_sparse(file, size);
     let mut offset = 0;
     while offset < size {
@@ -86,9 +92,9 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result
         while offset < data_start {
             let len = (data_start - offset).min(block);
             if len == block {
-                signature.extend_from_slice(&zero_entry);
+                signature.extend_from_slice(&hole);
             } else {
-                signature.extend_from_slice(entries(&sign(&buffer[..len as usize], block_size)));
+                signature.extend_from_slice(&zero_entry(len as usize, block_size));
             }
             offset += len;
         }

@@ -682,12 +682,9 @@ impl Receiver {
         if chunk.raw_len as usize > CHUNK_SIZE || chunk.bytes.len() > CHUNK_SIZE + 1024 {
             return Err(protocol(format!("data chunk of {} bytes exceeds the chunk size", chunk.raw_len)));
         }
-        let decompressor = match self.decompressor.as_mut() {
-            Some(decompressor) => decompressor,
-            None => self.decompressor.insert(Decompressor::new().map_err(|e| protocol(e.to_string()))?),
-        };
         let mut buffer = std::mem::take(&mut self.buffer);
         let mut gap_buffer = std::mem::take(&mut self.gap_buffer);
+        let decompressor = self.decompressor()?;
         // Raw chunks are written straight from the frame; compressed ones through `buffer`.
         let unpacked = if chunk.compressed {
             decompressor.unpack(true, chunk.bytes, chunk.raw_len as usize, &mut buffer)
@@ -710,6 +707,14 @@ impl Receiver {
         result
     }
 
+    /// The session's decompressor, made on first use.
+    fn decompressor(&mut self) -> Result<&mut Decompressor> {
+        if self.decompressor.is_none() {
+            self.decompressor = Some(Decompressor::new().map_err(|e| protocol(e.to_string()))?);
+        }
+        Ok(self.decompressor.as_mut().expect("just set"))
+    }
+
     /// Content made by applying an rsync delta to a window of the basis.
     fn delta(&mut self, chunk: &DeltaChunk) -> Result<()> {
         // A delta of all-literal data is its data plus a few bytes per command.
@@ -728,10 +733,7 @@ impl Receiver {
         let mut made = std::mem::take(&mut self.buffer);
         let mut gap_buffer = std::mem::take(&mut self.gap_buffer);
         let mut window = self.window.take();
-        let decompressor = match self.decompressor.as_mut() {
-            Some(decompressor) => decompressor,
-            None => self.decompressor.insert(Decompressor::new().map_err(|e| protocol(e.to_string()))?),
-        };
+        let decompressor = self.decompressor()?;
         let unpacked = decompressor.unpack(chunk.compressed, &chunk.bytes, chunk.delta_len as usize, &mut delta);
         let result = (|| {
             let open = self.open_file(chunk.id)?;

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::blocks;
 use super::{Result, SyncError, WINDOW};
-use crate::compress::{Compressor, LevelControl};
+use crate::compress::{Compressor, LevelControl, Packed};
 use crate::confine::{self, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
@@ -414,11 +414,14 @@ struct Basis {
     misses: u32,
     /// The last delta made (reused buffer).
     delta: Vec<u8>,
+    /// The signature entry of a whole block of zeros (a hole).
+    zero_entry: Vec<u8>,
 }
 
 impl Basis {
     fn new(signature: blocks::BasisSignature, shifts: bool) -> Self {
-        Basis { signature, shifts, misses: 0, delta: Vec::new() }
+        let zero_entry = blocks::zero_entry(signature.block_size() as usize, signature.block_size());
+        Basis { signature, shifts, misses: 0, delta: Vec::new(), zero_entry }
     }
 
     /// Bytes of the basis, rounded up to whole blocks.
@@ -449,16 +452,22 @@ impl Sender {
         raw: &[u8],
         min_level: i32,
     ) -> std::result::Result<(), ContentError> {
-        let mut level = self.level(raw.len());
-        if self.options.compression != Compression::Off {
-            level = level.max(min_level);
-        }
-        self.compressor.as_mut().expect("set before streaming").set_level(level).map_err(ContentError::Read)?;
-        let packed = self.compressor.as_mut().expect("set before streaming").pack(raw).map_err(ContentError::Read)?;
+        let packed = self.pack_at_least(raw, min_level)?;
         let frame = encode_data(id, offset, raw.len() as u32, packed.compressed, &packed.bytes);
         self.send_frame(frame).map_err(ContentError::Sync)?;
         self.summary.bytes_transferred += raw.len() as u64;
         Ok(())
+    }
+
+    /// Compresses `raw` at the current level, and no less than `min_level` when compression is on.
+    fn pack_at_least<'a>(&'a mut self, raw: &'a [u8], min_level: i32) -> std::result::Result<Packed<'a>, ContentError> {
+        let mut level = self.level(raw.len());
+        if self.options.compression != Compression::Off {
+            level = level.max(min_level);
+        }
+        let compressor = self.compressor.as_mut().expect("set before streaming");
+        compressor.set_level(level).map_err(ContentError::Read)?;
+        compressor.pack(raw).map_err(ContentError::Read)
     }
 
     /// For the blocks of the hole `[start, end)` (block aligned) whose basis is not zeros: sends
@@ -468,15 +477,14 @@ impl Sender {
         let block_size = basis.signature.block_size();
         let block = u64::from(block_size);
         let zeros = vec![0u8; block_size as usize];
-        let zero_entry = blocks::entries(&blocks::sign(&zeros, block_size)).to_vec();
         let mut offset = start;
         while offset < end {
             let len = (end - offset).min(block) as usize;
             let zeros_there = |entry: &[u8]| {
                 if len == zeros.len() {
-                    entry == zero_entry
+                    entry == basis.zero_entry
                 } else {
-                    entry == blocks::entries(&blocks::sign(&zeros[..len], block_size))
+                    entry == blocks::zero_entry(len, block_size)
                 }
             };
             if basis.signature.entry(offset / block).is_some_and(|entry| !zeros_there(entry)) {
@@ -566,13 +574,7 @@ impl Sender {
         window_len: u64,
         delta: &[u8],
     ) -> std::result::Result<(), ContentError> {
-        let mut level = self.level(delta.len());
-        if self.options.compression != Compression::Off {
-            level = level.max(DELTA_MIN_LEVEL);
-        }
-        let compressor = self.compressor.as_mut().expect("set before streaming");
-        compressor.set_level(level).map_err(ContentError::Read)?;
-        let packed = compressor.pack(delta).map_err(ContentError::Read)?;
+        let packed = self.pack_at_least(delta, DELTA_MIN_LEVEL)?;
         let frame = encode_message(&Message::Delta(DeltaChunk {
             id,
             offset,
