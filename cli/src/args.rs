@@ -172,6 +172,11 @@ pub struct CopyArgs {
     /// through a temporary name.
     #[arg(long, env = "MOVER_INPLACE")]
     pub inplace: bool,
+    /// Spread the volume's file content over N connections (1-16), each with its own reader,
+    /// compressor and writer on both ends: for links where one TCP connection cannot fill the
+    /// pipe (long round trips, per-connection shaping) and for nodes with cores to spare.
+    #[arg(long, default_value_t = 1, value_parser = parse_streams, env = "MOVER_STREAMS")]
+    pub streams: u32,
     /// Keep entries on the target that the source lacks (by default they are deleted, as a
     /// migration wants).
     #[arg(long, env = "MOVER_NO_DELETE")]
@@ -374,4 +379,13 @@ fn parse_platform(text: &str) -> Result<mover_engine::image::Platform, String> {
 
 fn parse_creds(text: &str) -> Result<Credentials, String> {
     Credentials::parse_pair(text)
+}
+
+/// `--streams N`: 1 to [`mover_engine::wire::MAX_STREAMS`].
+pub fn parse_streams(text: &str) -> Result<u32, String> {
+    let max = mover_engine::wire::MAX_STREAMS;
+    match text.trim().parse::<u32>() {
+        Ok(streams) if (1..=max).contains(&streams) => Ok(streams),
+        _ => Err(format!("`{text}` is not a number of streams: use 1 to {max}")),
+    }
 }

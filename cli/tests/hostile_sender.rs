@@ -412,3 +412,107 @@ fn hostile_deltas_are_refused_and_the_old_file_stays() {
         assert_untouched(&fixture);
     }
 }
+
+/// The next message on `reader`, failing the test if none comes within 20 s.
+async fn next_message<R: tokio::io::AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Option<Message> {
+    tokio::time::timeout(Duration::from_secs(20), reader.read_message())
+        .await
+        .expect("the agent neither answered nor hung up")
+        .ok()
+        .flatten()
+}
+
+/// Opens a two-stream receive: its first connection and its lane 1.
+async fn open_two_lanes(fixture: &Fixture) -> (mover_engine::tunnel::ClientStream, mover_engine::tunnel::ClientStream) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let options = SyncOptions { streams: 2, ..SyncOptions::default() };
+    let (first, welcome) = loop {
+        let request = Request::Receive { volume: "vol".into(), options: options.clone() };
+        match client::open(&fixture.identity, &fixture.agent.addr, request, None).await {
+            Ok(opened) => break opened,
+            Err(client::CopyError::Refused { error, .. })
+                if error.kind == RemoteErrorKind::Busy && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot open a session: {error}"),
+        }
+    };
+    let join = Request::JoinLane { token: welcome.token, lane: 1 };
+    let (lane, _) = client::open(&fixture.identity, &fixture.agent.addr, join, None).await.unwrap();
+    (first, lane)
+}
+
+#[test]
+fn a_content_lane_takes_only_requested_files_and_each_file_stays_on_one_lane() {
+    let fixture = fixture();
+    fs::write(fixture.target.join("a"), b"old content").unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        // Content on a lane for a file nobody asked for.
+        let (_first, lane) = open_two_lanes(&fixture).await;
+        let (reader, writer) = tokio::io::split(lane);
+        let (mut reader, mut writer) = (FrameReader::new(reader), FrameWriter::new(writer));
+        writer.write_frame(&frame(&Message::FileEnd { id: 9, blake3: [0; 32] })).await.unwrap();
+        writer.flush().await.unwrap();
+        match next_message(&mut reader).await {
+            Some(Message::Error(error)) => assert!(error.message.contains("not requested"), "{}", error.message),
+            other => panic!("expected an error on the lane, got {other:?}"),
+        }
+    });
+    runtime.block_on(async {
+        // A file started on lane 1, continued on the first connection.
+        let (first, lane) = open_two_lanes(&fixture).await;
+        let (first_reader, first_writer) = tokio::io::split(first);
+        let (mut first_reader, mut first_writer) = (FrameReader::new(first_reader), FrameWriter::new(first_writer));
+        first_writer.write_frame(&frame(&entry(1, b"a", EntryKind::File { size: 8, leader: false }))).await.unwrap();
+        first_writer.flush().await.unwrap();
+        match next_message(&mut first_reader).await {
+            Some(Message::Need { id: 1 } | Message::NeedBlocks { id: 1, .. }) => {}
+            other => panic!("expected a verdict for `a`, got {other:?}"),
+        }
+        let chunk = |offset: u64, bytes: &[u8]| {
+            frame(&Message::Data(DataChunk {
+                id: 1,
+                offset,
+                raw_len: bytes.len() as u32,
+                compressed: false,
+                bytes: bytes.to_vec(),
+            }))
+        };
+        let (_lane_reader, lane_writer) = tokio::io::split(lane);
+        let mut lane_writer = FrameWriter::new(lane_writer);
+        lane_writer.write_frame(&chunk(0, b"abcd")).await.unwrap();
+        lane_writer.flush().await.unwrap();
+        // Lane 1 has the file once its partial exists.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !fs::read_dir(&fixture.target)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains("part-"))
+        {
+            assert!(std::time::Instant::now() < deadline, "lane 1 never started the file");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        first_writer.write_frame(&chunk(4, b"efgh")).await.unwrap();
+        first_writer.flush().await.unwrap();
+        loop {
+            match next_message(&mut first_reader).await {
+                Some(Message::Error(error)) => {
+                    assert!(error.message.contains("not requested"), "{}", error.message);
+                    break;
+                }
+                Some(Message::Need { .. } | Message::NeedBlocks { .. } | Message::Skip { .. }) => {}
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
+    });
+    assert_eq!(fs::read(fixture.target.join("a")).unwrap(), b"old content");
+    // The failed session discards what lane 1 received (it was no interruption).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fs::read_dir(&fixture.target).unwrap().count() > 1 {
+        assert!(std::time::Instant::now() < deadline, "the half-received file was left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_untouched(&fixture);
+}

@@ -309,7 +309,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_mutations_always_converge(seed in any::<u64>(), rounds in 1usize..3, count in 1usize..40) {
+    fn random_mutations_always_converge(
+        seed in any::<u64>(),
+        rounds in 1usize..3,
+        count in 1usize..40,
+        streams in 1u32..5,
+    ) {
         let tmp = tempfile::tempdir().unwrap();
         let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
         fs::create_dir(&src).unwrap();
@@ -319,7 +324,8 @@ proptest! {
         copy(&src, &dst);
         for round in 0..rounds {
             mutate(&src, seed.wrapping_add(round as u64), count);
-            let summary = sync(&src, &dst, SyncOptions { allow_mass_delete: true, ..SyncOptions::default() }).unwrap();
+            let options = SyncOptions { allow_mass_delete: true, streams, ..SyncOptions::default() };
+            let summary = sync(&src, &dst, options).unwrap();
             prop_assert!(summary.is_success(), "{:?}", summary.errors);
             let differences = mover_testdata::compare(&src, &dst, &mover_testdata::CompareOptions::default()).unwrap();
             prop_assert!(differences.is_empty(), "{}", differences.iter().take(10).map(ToString::to_string).collect::<Vec<_>>().join("\n"));

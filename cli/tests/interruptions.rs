@@ -102,10 +102,10 @@ fn delays(count: usize, seed: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Starts `mover copy FROM TO --certs CERTS` in the background, to be interrupted.
-fn spawn_copy(from: &str, to: &str, certs: &Path) -> std::process::Child {
+/// Starts `mover copy FROM TO --certs CERTS --streams N` in the background, to be interrupted.
+fn spawn_copy(from: &str, to: &str, certs: &Path, streams: u32) -> std::process::Child {
     std::process::Command::new(common::bin("mover"))
-        .args(["copy", from, to, "--certs", certs.to_str().unwrap()])
+        .args(["copy", from, to, "--certs", certs.to_str().unwrap(), "--streams", &streams.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -119,16 +119,21 @@ fn kill_9(agent: &mut Agent) {
 
 #[test]
 fn sigkill_of_the_target_agent_at_random_points_then_rerun_converges() {
-    target_agent_kills(20, 0x5eed);
+    target_agent_kills(20, 0x5eed, 1);
+}
+
+#[test]
+fn sigkill_of_the_target_agent_receiving_three_streams_then_rerun_converges() {
+    target_agent_kills(10, 0x3eed, 3);
 }
 
 #[test]
 #[ignore = "long: 100 kills of the target agent"]
 fn sigkill_of_the_target_agent_100_times() {
-    target_agent_kills(100, 0xdead);
+    target_agent_kills(100, 0xdead, 1);
 }
 
-fn target_agent_kills(iterations: usize, seed: u64) {
+fn target_agent_kills(iterations: usize, seed: u64, streams: u32) {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("volume");
     fs::create_dir(&target).unwrap();
@@ -137,7 +142,7 @@ fn target_agent_kills(iterations: usize, seed: u64) {
     let mut interrupted = 0;
     for (iteration, delay) in delays(iterations, seed).into_iter().enumerate() {
         let mut agent = Agent::start(&certs, std::slice::from_ref(&volume), tmp.path());
-        let mut copy = spawn_copy(source().to_str().unwrap(), &agent.url("data"), &certs);
+        let mut copy = spawn_copy(source().to_str().unwrap(), &agent.url("data"), &certs, streams);
         std::thread::sleep(Duration::from_millis(delay));
         kill_9(&mut agent);
         let _ = copy.wait();
@@ -156,6 +161,8 @@ fn target_agent_kills(iterations: usize, seed: u64) {
         &agent.url("data"),
         "--certs",
         certs.to_str().unwrap(),
+        "--streams",
+        &streams.to_string(),
         "--output",
         "json",
     ]);
@@ -166,16 +173,21 @@ fn target_agent_kills(iterations: usize, seed: u64) {
 
 #[test]
 fn sigkill_of_the_source_agent_at_random_points_then_rerun_converges() {
-    source_agent_kills(20, 0xfeed);
+    source_agent_kills(20, 0xfeed, 1);
+}
+
+#[test]
+fn sigkill_of_the_source_agent_pushing_three_streams_then_rerun_converges() {
+    source_agent_kills(10, 0x3eef, 3);
 }
 
 #[test]
 #[ignore = "long: 100 kills of the source agent"]
 fn sigkill_of_the_source_agent_100_times() {
-    source_agent_kills(100, 0xbeef);
+    source_agent_kills(100, 0xbeef, 1);
 }
 
-fn source_agent_kills(iterations: usize, seed: u64) {
+fn source_agent_kills(iterations: usize, seed: u64, streams: u32) {
     let tmp = tempfile::tempdir().unwrap();
     let target = tmp.path().join("volume");
     fs::create_dir(&target).unwrap();
@@ -185,7 +197,7 @@ fn source_agent_kills(iterations: usize, seed: u64) {
     let mut interrupted = 0;
     for delay in delays(iterations, seed) {
         let mut source_agent = Agent::start(&certs, std::slice::from_ref(&source_volume), tmp.path());
-        let mut copy = spawn_copy(&source_agent.url("data"), &target_agent.url("data"), &certs);
+        let mut copy = spawn_copy(&source_agent.url("data"), &target_agent.url("data"), &certs, streams);
         std::thread::sleep(Duration::from_millis(delay));
         kill_9(&mut source_agent);
         let status = copy.wait().unwrap();
@@ -209,6 +221,8 @@ fn source_agent_kills(iterations: usize, seed: u64) {
         &target_agent.url("data"),
         "--certs",
         certs.to_str().unwrap(),
+        "--streams",
+        &streams.to_string(),
         "--output",
         "json",
     ]);

@@ -14,6 +14,8 @@
 //! | `OpenSession`   | coordinator   | reserve a one-time token for a source agent's push       |
 //! | `JoinSession`   | agent         | receive into the session the token names                 |
 //! | `Push`          | coordinator   | dial the target agent and push a volume; report progress |
+//! | `JoinLane`      | as the first  | carry content for a receive that asked for `streams > 1`  |
+//! |                 | connection    | (the first connection's welcome holds the lane token)     |
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -32,8 +34,8 @@ use crate::progress::{Event, Reporter};
 use crate::sync::{self, full_message};
 use crate::tunnel::{self, TunnelError};
 use crate::wire::{
-    FrameReader, FrameWriter, Hello, HelloReply, Message, RemoteError, RemoteErrorKind, Request, SyncOptions,
-    VolumeStatus, Welcome, WireError,
+    FrameReader, FrameWriter, Hello, HelloReply, MAX_STREAMS, Message, RemoteError, RemoteErrorKind, Request,
+    SyncOptions, VolumeStatus, Welcome, WireError,
 };
 
 /// How long a session opened by a coordinator waits for the source agent.
@@ -44,6 +46,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// new connections are closed at once. Each waits at most [`tunnel::HANDSHAKE_TIMEOUT`] plus
 /// [`HELLO_TIMEOUT`], so a flood of half-open connections cannot hold the agent.
 pub const MAX_UNAUTHENTICATED: usize = 4096;
+/// How long a receive that asked for several streams waits for its other lanes to join.
+pub const LANE_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long running sessions may take to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -163,6 +167,15 @@ struct OpenedSession {
     expires: Instant,
 }
 
+/// A receive waiting for its other lanes ([`Request::JoinLane`]).
+struct LaneGroup {
+    /// Lanes must come with the role the first connection had.
+    role: Role,
+    streams: u32,
+    joined: HashSet<u32>,
+    to_receiver: mpsc::UnboundedSender<tunnel::ServerStream>,
+}
+
 struct State {
     identity: Identity,
     client: Arc<rustls::ClientConfig>,
@@ -170,6 +183,7 @@ struct State {
     volumes: HashMap<String, Volume>,
     sessions: Mutex<HashMap<Vec<u8>, OpenedSession>>,
     busy: Mutex<HashSet<String>>,
+    lanes: Mutex<HashMap<Vec<u8>, LaneGroup>>,
     unauthenticated: Arc<tokio::sync::Semaphore>,
     observer: Option<Arc<dyn SessionObserver>>,
 }
@@ -205,6 +219,7 @@ impl Agent {
                 volumes,
                 sessions: Mutex::new(HashMap::new()),
                 busy: Mutex::new(HashSet::new()),
+                lanes: Mutex::new(HashMap::new()),
                 unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
                 observer: None,
             }),
@@ -298,6 +313,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::OpenSession { .. } => "open-session",
         Request::JoinSession { .. } => "join-session",
         Request::Push { .. } => "push",
+        Request::JoinLane { .. } => "join-lane",
         Request::Ping => "ping",
     }
 }
@@ -383,26 +399,29 @@ async fn dispatch(
                     ..Welcome::default()
                 })
             }
-            Request::Receive { volume, .. } if role == Role::Coordinator => {
-                state.writable(volume).map(|_| Welcome::default())
+            Request::Receive { volume, options } if role == Role::Coordinator => {
+                check_streams(options).and_then(|()| state.writable(volume)).map(|_| Welcome::default())
             }
             Request::Receive { .. } => Err(forbid(role, "push a volume without a session")),
-            Request::OpenSession { volume, options } if role == Role::Coordinator => state.writable(volume).map(|_| {
-                let mut token = vec![0u8; 32];
-                getrandom::fill(&mut token).expect("the OS random source works");
-                let mut sessions = state.sessions.lock().expect("sessions lock");
-                sessions.retain(|_, session| session.expires > Instant::now());
-                sessions.insert(
-                    token.clone(),
-                    OpenedSession {
-                        volume: volume.clone(),
-                        options: options.clone(),
-                        expires: Instant::now() + SESSION_TTL,
-                    },
-                );
-                Welcome { token, ..Welcome::default() }
-            }),
+            Request::OpenSession { volume, options } if role == Role::Coordinator => {
+                check_streams(options).and_then(|()| state.writable(volume)).map(|_| {
+                    let mut token = vec![0u8; 32];
+                    getrandom::fill(&mut token).expect("the OS random source works");
+                    let mut sessions = state.sessions.lock().expect("sessions lock");
+                    sessions.retain(|_, session| session.expires > Instant::now());
+                    sessions.insert(
+                        token.clone(),
+                        OpenedSession {
+                            volume: volume.clone(),
+                            options: options.clone(),
+                            expires: Instant::now() + SESSION_TTL,
+                        },
+                    );
+                    Welcome { token, ..Welcome::default() }
+                })
+            }
             Request::OpenSession { .. } => Err(forbid(role, "open sessions")),
+            Request::JoinLane { token, lane } => state.join_lane(token, *lane, role).map(|()| Welcome::default()),
             Request::JoinSession { .. } if role != Role::Agent => Err(forbid(role, "join a session")),
             Request::JoinSession { .. } => Ok(Welcome::default()),
             Request::Push { volume, .. } if role == Role::Coordinator => {
@@ -437,6 +456,20 @@ async fn dispatch(
         Some(Ok(guard)) => (decision, Some(guard)),
         None => (decision, None),
     };
+    // A receive over several streams hands its further lanes a token for joining.
+    let lanes = match (&hello.request, &decision, &joined) {
+        (Request::Receive { options, .. }, Ok(_), _)
+        | (Request::JoinSession { .. }, Ok(_), Some(OpenedSession { options, .. }))
+            if options.streams > 1 =>
+        {
+            Some(state.open_lanes(role, options.streams))
+        }
+        _ => None,
+    };
+    let decision = match (decision, &lanes) {
+        (Ok(welcome), Some(lanes)) => Ok(Welcome { token: lanes.token.clone(), ..welcome }),
+        (decision, _) => decision,
+    };
     let mut writer = FrameWriter::new(&mut stream);
     match decision {
         Err(error) => {
@@ -452,13 +485,20 @@ async fn dispatch(
             let _ = FrameWriter::new(&mut stream).shutdown().await;
         }
         Request::Receive { volume, options } => {
-            receive(state, stream, &volume, options, peer).await?;
+            receive(state, (stream, lanes), &volume, options, peer).await?;
             drop(guard);
         }
         Request::JoinSession { .. } => {
             let session = joined.expect("joined above");
-            receive(state, stream, &session.volume, session.options, peer).await?;
+            receive(state, (stream, lanes), &session.volume, session.options, peer).await?;
             drop(guard);
+        }
+        Request::JoinLane { token, .. } => {
+            // The receive that waits for this lane takes it over (or has given up: dropped).
+            let to_receiver = state.lanes.lock().expect("lanes lock").get(&token).map(|g| g.to_receiver.clone());
+            if let Some(to_receiver) = to_receiver {
+                let _ = to_receiver.send(stream);
+            }
         }
         Request::Push { volume, target, token, proxy, options } => {
             push(state, stream, (&volume, &target), token, proxy, options).await?;
@@ -467,9 +507,83 @@ async fn dispatch(
     Ok(())
 }
 
+/// Checks the number of streams a session asks for.
+fn check_streams(options: &SyncOptions) -> Result<(), RemoteError> {
+    if (1..=MAX_STREAMS).contains(&options.streams) {
+        return Ok(());
+    }
+    Err(refusal(
+        RemoteErrorKind::Protocol,
+        format!("a session uses 1 to {MAX_STREAMS} streams, not {}", options.streams),
+    ))
+}
+
+/// The further lanes of one receive: they join with `token`, and arrive on `arrivals`. The
+/// token is withdrawn when this is dropped.
+struct Lanes {
+    state: Arc<State>,
+    token: Vec<u8>,
+    arrivals: mpsc::UnboundedReceiver<tunnel::ServerStream>,
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        self.state.lanes.lock().expect("lanes lock").remove(&self.token);
+    }
+}
+
+impl Lanes {
+    /// Waits for the `count` other lanes; fails, naming how many came, after [`LANE_JOIN_TIMEOUT`].
+    async fn gather(mut self, count: usize) -> Result<Vec<tunnel::ServerStream>, String> {
+        let mut lanes = Vec::with_capacity(count);
+        let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
+        while lanes.len() < count {
+            match tokio::time::timeout_at(deadline, self.arrivals.recv()).await {
+                Ok(Some(lane)) => lanes.push(lane),
+                Ok(None) | Err(_) => {
+                    return Err(format!(
+                        "only {} of the {count} further streams joined within {} s",
+                        lanes.len(),
+                        LANE_JOIN_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+        Ok(lanes)
+    }
+}
+
+impl State {
+    /// Registers a receive over `streams` connections; its welcome carries the lane token.
+    fn open_lanes(self: &Arc<Self>, role: Role, streams: u32) -> Lanes {
+        let mut token = vec![0u8; 32];
+        getrandom::fill(&mut token).expect("the OS random source works");
+        let (to_receiver, arrivals) = mpsc::unbounded_channel();
+        let group = LaneGroup { role, streams, joined: HashSet::new(), to_receiver };
+        self.lanes.lock().expect("lanes lock").insert(token.clone(), group);
+        Lanes { state: self.clone(), token, arrivals }
+    }
+
+    /// Admits lane `lane` of the receive whose lane token is `token`: each lane once, with
+    /// the role of the first connection.
+    fn join_lane(&self, token: &[u8], lane: u32, role: Role) -> Result<(), RemoteError> {
+        let mut groups = self.lanes.lock().expect("lanes lock");
+        let Some(group) = groups.get_mut(token).filter(|group| group.role == role) else {
+            return Err(refusal(RemoteErrorKind::BadToken, "unknown lane token (or its receive has ended)"));
+        };
+        if lane == 0 || lane >= group.streams || !group.joined.insert(lane) {
+            return Err(refusal(
+                RemoteErrorKind::Protocol,
+                format!("lane {lane} is not a free lane of this {}-stream receive", group.streams),
+            ));
+        }
+        Ok(())
+    }
+}
+
 async fn receive(
     state: &Arc<State>,
-    stream: tunnel::ServerStream,
+    (stream, lanes): (tunnel::ServerStream, Option<Lanes>),
     volume: &str,
     options: SyncOptions,
     peer: &str,
@@ -477,7 +591,13 @@ async fn receive(
     let mut observed = Observed::start(state, volume, Direction::Received);
     let root = state.volumes[volume].root.clone();
     let (stream, wire) = crate::tunnel::Counted::new(stream);
-    let report = sync::receive_volume(stream, root, options, Arc::new(crate::progress::LogProgress)).await;
+    let lanes = match lanes {
+        Some(lanes) => lanes.gather(options.streams as usize - 1).await?,
+        None => Vec::new(),
+    };
+    let lanes = lanes.into_iter().map(|lane| crate::tunnel::Counted::sharing(lane, &wire)).collect();
+    let reporter = Arc::new(crate::progress::LogProgress);
+    let report = sync::receive_volume(stream, lanes, root, options, reporter).await;
     observed.stats.bytes_on_wire = wire.read();
     let report = report?;
     observed.stats = SessionStats {
@@ -520,14 +640,26 @@ async fn push(
     let target = target.to_owned();
     let started = Instant::now();
     let transfer = async move {
-        let mut tunnel = tunnel::connect(&target, client, proxy.as_ref()).await.map_err(|e| full_message(&e))?;
-        let hello = Hello { migration_id, request: Request::JoinSession { token } };
+        let mut tunnel =
+            tunnel::connect(&target, client.clone(), proxy.as_ref()).await.map_err(|e| full_message(&e))?;
+        let hello = Hello { migration_id: migration_id.clone(), request: Request::JoinSession { token } };
         FrameWriter::new(&mut tunnel).send_hello(&hello).await.map_err(|e| e.to_string())?;
-        FrameReader::new(&mut tunnel)
+        let welcome = FrameReader::new(&mut tunnel)
             .read_welcome()
             .await
             .map_err(|e| format!("target agent `{target}` refused the push: {e}"))?;
-        sync::send_volume(tunnel, root, options, Arc::new(Forward(events_tx))).await.map_err(|e| full_message(&e))
+        let lanes = crate::client::join_lanes(
+            (&client, &migration_id),
+            &target,
+            proxy.as_ref(),
+            &welcome.token,
+            options.streams,
+        )
+        .await
+        .map_err(|e| full_message(&e))?;
+        sync::send_volume(tunnel, lanes, root, options, Arc::new(Forward(events_tx)))
+            .await
+            .map_err(|e| full_message(&e))
     };
     let mut writer = FrameWriter::new(stream);
     tokio::pin!(transfer);

@@ -85,8 +85,18 @@ pub async fn open(
     proxy: Option<&Proxy>,
 ) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
     let config = tunnel::client_config(identity)?;
-    let mut stream = tunnel::connect(addr, config, proxy).await?;
-    let hello = Hello { migration_id: identity.migration_id(), request };
+    open_with((&config, &identity.migration_id()), addr, request, proxy).await
+}
+
+/// [`open`] with a TLS configuration and migration id at hand.
+async fn open_with(
+    (config, migration_id): (&Arc<rustls::ClientConfig>, &str),
+    addr: &str,
+    request: Request,
+    proxy: Option<&Proxy>,
+) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
+    let mut stream = tunnel::connect(addr, config.clone(), proxy).await?;
+    let hello = Hello { migration_id: migration_id.to_owned(), request };
     let handshake = |source| CopyError::Handshake { addr: addr.to_owned(), source };
     FrameWriter::new(&mut stream).send_hello(&hello).await.map_err(handshake)?;
     match FrameReader::new(&mut stream).read_welcome().await {
@@ -94,6 +104,29 @@ pub async fn open(
         Err(WireError::Remote(error)) => Err(CopyError::Refused { addr: addr.to_owned(), error }),
         Err(error) => Err(handshake(error)),
     }
+}
+
+/// Opens the further lanes of a session over `streams` connections whose first connection to
+/// the agent at `addr` was welcomed with the lane token `token`.
+pub(crate) async fn join_lanes(
+    (config, migration_id): (&Arc<rustls::ClientConfig>, &str),
+    addr: &str,
+    proxy: Option<&Proxy>,
+    token: &[u8],
+    streams: u32,
+) -> Result<Vec<tunnel::ClientStream>, CopyError> {
+    if streams > 1 && token.is_empty() {
+        return Err(
+            SyncError::Protocol(format!("agent `{addr}` offered no lanes for a {streams}-stream session")).into()
+        );
+    }
+    let mut lanes = Vec::new();
+    for lane in 1..streams {
+        let request = Request::JoinLane { token: token.to_vec(), lane };
+        let (stream, _) = open_with((config, migration_id), addr, request, proxy).await?;
+        lanes.push(stream);
+    }
+    Ok(lanes)
 }
 
 /// Copies the local directory `source` into volume `volume` of the agent at `addr`, through
@@ -110,8 +143,11 @@ pub async fn copy_to_agent(
     let root =
         crate::confine::open_root(source).map_err(|e| CopyError::Source { path: source.to_owned(), source: e })?;
     let request = Request::Receive { volume: volume.to_owned(), options: options.clone() };
-    let (stream, _) = open(identity, addr, request, proxy).await?;
-    let mut summary = sync::send_volume(stream, Arc::new(root), options, reporter).await?;
+    let config = tunnel::client_config(identity)?;
+    let migration_id = identity.migration_id();
+    let (stream, welcome) = open_with((&config, &migration_id), addr, request, proxy).await?;
+    let lanes = join_lanes((&config, &migration_id), addr, proxy, &welcome.token, options.streams).await?;
+    let mut summary = sync::send_volume(stream, lanes, Arc::new(root), options, reporter).await?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }

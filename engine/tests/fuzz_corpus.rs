@@ -264,13 +264,15 @@ fn messages() -> Vec<(String, Message)> {
 }
 
 fn hellos() -> Vec<(&'static str, Hello)> {
-    let options = SyncOptions { compression: Compression::Level(3), bwlimit: 1 << 20, ..SyncOptions::default() };
+    let options =
+        SyncOptions { compression: Compression::Level(3), bwlimit: 1 << 20, streams: 3, ..SyncOptions::default() };
     let hello = |request| Hello { migration_id: "a".repeat(64), request };
     vec![
         ("ping", hello(Request::Ping)),
         ("receive", hello(Request::Receive { volume: "data".into(), options: options.clone() })),
         ("open-session", hello(Request::OpenSession { volume: "data".into(), options: SyncOptions::default() })),
         ("join-session", hello(Request::JoinSession { token: vec![7; 32] })),
+        ("join-lane", hello(Request::JoinLane { token: vec![7; 32], lane: 2 })),
         (
             "push",
             hello(Request::Push {

@@ -51,6 +51,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
         checksum: args.checksum,
         bwlimit: args.bwlimit.unwrap_or(0),
         inplace: args.inplace,
+        streams: args.streams,
     };
     let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global));

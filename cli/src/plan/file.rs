@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::values::{
-    CompressSetting, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, TimeoutSetting, VolumeEnd,
+    CompressSetting, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, Streams, TimeoutSetting, VolumeEnd,
 };
 
 /// The only `apiVersion` this build reads.
@@ -193,6 +193,9 @@ pub struct VolumeOptions {
     /// Update changed files in place (`mover copy --inplace`).
     #[serde(default)]
     pub inplace: bool,
+    /// Connections for the volume's content (`mover copy --streams`).
+    #[serde(default)]
+    pub streams: Streams,
 }
 
 fn yes() -> bool {
@@ -212,6 +215,7 @@ impl Default for VolumeOptions {
             devices: false,
             fsync: false,
             inplace: false,
+            streams: Streams::default(),
         }
     }
 }

@@ -88,6 +88,7 @@ impl VolumePlan {
             checksum: options.checksum,
             bwlimit: options.bwlimit.map_or(0, |rate| rate.0),
             inplace: options.inplace,
+            streams: options.streams.0,
         }
     }
 }

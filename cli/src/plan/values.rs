@@ -68,6 +68,23 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
+/// `streams: 1..16`: connections for one volume's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streams(pub u32);
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams(1)
+    }
+}
+
+impl<'de> Deserialize<'de> for Streams {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = u64::deserialize(deserializer)?;
+        crate::args::parse_streams(&value.to_string()).map(Streams).map_err(de::Error::custom)
+    }
+}
+
 /// `compress: auto | off | 1..19`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompressSetting(pub Compression);

@@ -1,18 +1,27 @@
-//! The volume sync: a sender (source) and a receiver (target) state machine, each running on a
-//! dedicated blocking thread, joined to the tunnel by two small async pumps.
+//! The volume sync: a sender (source) and a receiver (target), each running on dedicated
+//! blocking threads, joined to the tunnels by small async pumps.
 //!
 //! ```text
-//! source thread ──frames──▶ writer task ══TLS══▶ reader task ──messages──▶ target thread
-//! (scan, read, hash,        (bounded queue)            (bounded queue)    (check, decompress,
-//!  compress)          ◀──── reader task ◀══TLS══ writer task ◀──frames──── hash, write, rename)
+//! source: tree thread ─entries─┐                                   ┌─▶ target: first lane thread
+//!  (scan, verdicts)            ├─▶ lane 0 ══TLS══ lane 0 ─────────┤    (entries, verdicts,
+//!         │ jobs               │                                   │     deletions, dir metadata,
+//!         ▼                    │                                   │     + lane 0's content)
+//!  content worker 0 ───────────┘                                   │
+//!  content worker k ──────────────▶ lane k ══TLS══ lane k ─────────┴─▶ lane k thread (content)
+//!  (read, hash, compress)                                              (decompress, hash, write,
+//!                                                                        verify, rename)
 //! ```
 //!
-//! The sender streams entries in path order and keeps at most [`WINDOW`] regular files waiting
-//! for the receiver's verdict (`Need` or `Skip`); it serves `Need`s between entries. The
-//! receiver answers each file entry (size+mtime quick check), writes requested content to a
-//! temporary file in the same directory, checks its blake3, applies metadata and renames it into
-//! place. Directory metadata is applied last. Every queue is bounded, so memory is bounded by
-//! the window and the chunk size, not by the tree.
+//! The sender's tree thread streams entries in path order and keeps at most [`WINDOW`] regular
+//! files waiting for the receiver's verdict (`Need`, `NeedBlocks` or `Skip`). A requested file
+//! is a job for the content workers, one per connection (*lane*; `SyncOptions::streams`, 1 by
+//! default): each sends a file's chunks and its blake3 on its own lane, one file at a time. The
+//! receiver answers each file entry (size+mtime quick check) on the first lane; any lane's
+//! thread writes the content it gets to a temporary file in the file's directory, checks its
+//! blake3, applies metadata and renames it into place. When the tree ends, the receiver waits
+//! until every requested file has arrived, then deletes what the source lacks and applies
+//! directory metadata. Every queue is bounded (the job queue holds one file per lane), so
+//! memory is bounded by the window, the lanes and the chunk size, not by the tree.
 
 pub mod blocks;
 mod deletion;
@@ -165,20 +174,19 @@ async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result
     }
 }
 
-/// Writes frames from a blocking thread to the stream, flushing whenever the queue runs dry,
-/// and at most `bwlimit` bytes per second on average when it is not 0.
+/// Writes frames from a blocking thread to the stream, flushing whenever the queue runs dry.
+/// With a `bwlimit` (bytes per second; 0 = none) it paces on `on_wire`, which may count the
+/// session's other lanes too, from `started`: a frame leaves when the average allows it.
 async fn pump_out<W: AsyncWrite + Unpin>(
     writer: W,
     mut from_thread: mpsc::Receiver<Vec<u8>>,
     on_wire: Arc<AtomicU64>,
-    bwlimit: u64,
+    (bwlimit, started): (u64, tokio::time::Instant),
 ) -> Result<()> {
     let mut frames = FrameWriter::new(BufWriter::with_capacity(256 * 1024, writer));
-    let started = tokio::time::Instant::now();
-    let mut sent = 0u64;
     while let Some(frame) = from_thread.recv().await {
         if bwlimit > 0 {
-            // Pace on what was sent so far: the next frame leaves when the average allows it.
+            let sent = on_wire.load(Ordering::Relaxed);
             let due = started + std::time::Duration::from_secs_f64(sent as f64 / bwlimit as f64);
             if due > tokio::time::Instant::now() {
                 frames.flush().await?;
@@ -186,7 +194,6 @@ async fn pump_out<W: AsyncWrite + Unpin>(
             }
         }
         frames.write_frame(&frame).await?;
-        sent += frame.len() as u64;
         on_wire.fetch_add(frame.len() as u64, Ordering::Relaxed);
         if from_thread.is_empty() {
             frames.flush().await?;
@@ -197,10 +204,47 @@ async fn pump_out<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Runs the sender over an established, handshaken tunnel: streams the tree under `root` to
-/// the receiver at the other end and returns the summary once the receiver acknowledged.
+/// The async ends of one connection: a reader task and a writer task.
+struct Pumps {
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Pumps {
+    /// Starts the pumps of `stream`; returns them and the thread's ends of their queues.
+    fn start<S>(
+        stream: S,
+        (input_frames, output_frames): (usize, usize),
+        on_wire: Arc<AtomicU64>,
+        pace: (u64, tokio::time::Instant),
+    ) -> (Pumps, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Result<InFrame>>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(stream);
+        let (in_tx, in_rx) = mpsc::channel(input_frames);
+        let (out_tx, out_rx) = mpsc::channel(output_frames);
+        let pumps = Pumps {
+            reader: tokio::spawn(pump_in(reader, in_tx)),
+            writer: tokio::spawn(pump_out(writer, out_rx, on_wire, pace)),
+        };
+        (pumps, out_tx, in_rx)
+    }
+
+    /// Waits for the writer to flush what the thread sent, then stops reading.
+    async fn finish(self) -> Result<()> {
+        let written = self.writer.await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
+        self.reader.abort();
+        written
+    }
+}
+
+/// Runs the sender over established, handshaken tunnels: streams the tree under `root` to the
+/// receiver at the other end and returns the summary once the receiver acknowledged. `lanes`
+/// are the session's further connections (`options.streams - 1` of them), already joined.
 pub async fn send_volume<S>(
     stream: S,
+    lanes: Vec<S>,
     root: Arc<OwnedFd>,
     options: SyncOptions,
     reporter: SharedReporter,
@@ -218,19 +262,24 @@ where
             }
         })
     });
-    let (reader, writer) = tokio::io::split(stream);
-    let (in_tx, in_rx) = mpsc::channel(WINDOW * 2 + 16);
-    let (out_tx, out_rx) = mpsc::channel(32);
     let on_wire = Arc::new(AtomicU64::new(0));
-    let pump_in = tokio::spawn(pump_in(reader, in_tx));
-    let pump_out = tokio::spawn(pump_out(writer, out_rx, on_wire.clone(), options.bwlimit));
-    let thread = {
-        let on_wire = on_wire.clone();
-        tokio::task::spawn_blocking(move || sender::Sender::new(root, options, reporter, on_wire, out_tx, in_rx).run())
-    };
+    let pace = (options.bwlimit, tokio::time::Instant::now());
+    let (first_pumps, out, replies) = Pumps::start(stream, (WINDOW * 2 + 16, 32), on_wire.clone(), pace);
+    let mut pumps = vec![first_pumps];
+    let mut others = Vec::new();
+    for lane in lanes {
+        let (lane_pumps, out, replies) = Pumps::start(lane, (4, 32), on_wire.clone(), pace);
+        pumps.push(lane_pumps);
+        others.push(sender::Lane { out, replies });
+    }
+    let shared = sender::Shared::new(root, options, reporter, on_wire.clone());
+    let thread = tokio::task::spawn_blocking(move || sender::run(&shared, sender::Lane { out, replies }, others));
     let result = thread.await.map_err(|_| SyncError::Disconnected("(sender thread panicked)"))?;
-    let written = pump_out.await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
-    pump_in.abort();
+    let mut written = Ok(());
+    for lane in pumps {
+        let finished = lane.finish().await;
+        written = written.and(finished);
+    }
     if let Some(totals) = totals {
         let _ = totals.await;
     }
@@ -240,10 +289,12 @@ where
     Ok(summary)
 }
 
-/// Runs the receiver over an established, handshaken tunnel: recreates the sender's tree
-/// under `root`. On failure the peer is told why before the tunnel closes.
+/// Runs the receiver over established, handshaken tunnels: recreates the sender's tree under
+/// `root`. `lanes` are the session's further connections, already joined. On failure the
+/// peer is told why before the tunnels close.
 pub async fn receive_volume<S>(
     stream: S,
+    lanes: Vec<S>,
     root: Arc<OwnedFd>,
     options: SyncOptions,
     reporter: SharedReporter,
@@ -251,17 +302,28 @@ pub async fn receive_volume<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (reader, writer) = tokio::io::split(stream);
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let (out_tx, out_rx) = mpsc::channel(WINDOW * 2 + 16);
-    let pump_in = tokio::spawn(pump_in(reader, in_tx));
-    let pump_out = tokio::spawn(pump_out(writer, out_rx, Arc::new(AtomicU64::new(0)), 0));
-    let thread = tokio::task::spawn_blocking(move || receiver::run(root, options, reporter, out_tx, in_rx));
+    let group = receiver::Group::new(root, options, reporter, lanes.len() + 1)?;
+    let no_pace = (0, tokio::time::Instant::now());
+    let (first, out, input) = Pumps::start(stream, (64, WINDOW * 2 + 16), Arc::new(AtomicU64::new(0)), no_pace);
+    let mut others = Vec::new();
+    for (number, lane) in (1..).zip(lanes) {
+        let (pumps, out, input) = Pumps::start(lane, (64, 4), Arc::new(AtomicU64::new(0)), no_pace);
+        let group = group.clone();
+        let thread = tokio::task::spawn_blocking(move || receiver::run_lane(&group, number, &out, input));
+        others.push((pumps, thread));
+    }
+    let thread = tokio::task::spawn_blocking(move || receiver::run(group, out, input));
     let result = thread.await.map_err(|_| SyncError::Disconnected("(receiver thread panicked)"))?;
     // The thread has sent its last frame (Done or Error) and dropped its queue: let the writer
     // flush it before reporting, so the peer learns why the session ended.
-    let written = pump_out.await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
-    pump_in.abort();
+    let written = first.finish().await;
+    // Every requested file has settled: the other lanes have nothing left to do. Stopping
+    // their readers ends their threads.
+    for (pumps, thread) in others {
+        pumps.reader.abort();
+        let _ = thread.await;
+        let _ = pumps.writer.await;
+    }
     let report = result?;
     written?;
     Ok(report)

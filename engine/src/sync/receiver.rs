@@ -5,13 +5,21 @@
 //! (a [`VerifiedFile`] is the only thing that can be renamed into place). Symlinks, FIFOs and
 //! hard links are also created under a temporary name and renamed, so an entry is replaced
 //! atomically and a planted symlink at the final name is replaced, never followed.
+//!
+//! A session may use several connections (*lanes*, `--streams`). The first carries the tree:
+//! entries, verdicts, deletions and directory metadata ([`run`]). Every lane, the first
+//! included, carries file content, one file at a time per lane ([`Lane`]; [`run_lane`] for the
+//! others). The lanes share one [`Group`]: which files were requested, which are being
+//! received, hard links waiting for their files, and the report. The end of the tree waits
+//! until every requested file has arrived or failed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use tokio::sync::mpsc;
@@ -25,8 +33,8 @@ use crate::confine::{self, RelPath, cname};
 use crate::meta;
 use crate::progress::{Event, SharedReporter};
 use crate::wire::{
-    CHUNK_SIZE, DataChunkRef, DeltaChunk, Entry, EntryKind, Incoming, Message, ReceiverReport, SyncOptions,
-    decode_incoming, encode_message,
+    CHUNK_SIZE, DataChunkRef, DeltaChunk, Entry, EntryKind, FileFailure, Incoming, Message, ReceiverReport,
+    SyncOptions, decode_incoming, encode_message,
 };
 
 /// Warnings kept in the end-of-session report.
@@ -79,91 +87,271 @@ struct Pending {
 /// A received file whose content matched the sender's blake3.
 struct VerifiedFile(OpenFile);
 
-pub(super) struct Receiver {
+/// What the lanes of one receiving session share.
+pub(super) struct Group {
     root: Arc<OwnedFd>,
     options: SyncOptions,
     reporter: SharedReporter,
-    out: mpsc::Sender<Vec<u8>>,
-    input: mpsc::Receiver<Result<super::InFrame>>,
     is_root: bool,
     session: String,
-    parent: Option<(Vec<u8>, Arc<OwnedFd>)>,
+    files: Mutex<Files>,
+    /// Signalled when a file settles (arrived or failed) and when a lane ends.
+    settled: Condvar,
+    /// The session failed for a reason other than a broken connection: what lanes received
+    /// of unfinished files is discarded, not kept for a resume.
+    abandoned: AtomicBool,
+}
+
+/// The files of a session, as the lanes see them.
+#[derive(Default)]
+struct Files {
+    /// Requested, no content yet.
     pending: HashMap<u64, Pending>,
+    /// A lane is receiving them now.
+    receiving: HashSet<u64>,
+    /// Files in place that have hard links (by entry id).
     leaders: HashMap<u64, RelPath>,
+    /// Hard links waiting for their file, by the file's id.
     deferred: HashMap<u64, Vec<Entry>>,
     /// Hard links in `deferred`, all leaders together (bounded).
     deferred_count: usize,
     /// Files the sender failed to deliver: later hard links to them are skipped, not errors.
-    failed: std::collections::HashSet<u64>,
+    failed: HashSet<u64>,
+    report: ReceiverReport,
+    /// Lanes other than the first that still read content.
+    lanes_open: usize,
+    /// The first error of a lane other than the first; it ends the session.
+    error: Option<SyncError>,
+}
+
+impl Group {
+    /// A session's shared state; `lanes` is the number of connections it uses.
+    pub(super) fn new(
+        root: Arc<OwnedFd>,
+        options: SyncOptions,
+        reporter: SharedReporter,
+        lanes: usize,
+    ) -> Result<Arc<Group>> {
+        let mut token = [0u8; 8];
+        getrandom::fill(&mut token).map_err(|e| SyncError::Io {
+            op: "cannot draw a session id",
+            path: ".".into(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok(Arc::new(Group {
+            root,
+            options,
+            reporter,
+            is_root: rustix::process::geteuid().is_root(),
+            session: format!("{:016x}", u64::from_le_bytes(token)),
+            files: Mutex::new(Files { lanes_open: lanes.saturating_sub(1), ..Files::default() }),
+            settled: Condvar::new(),
+            abandoned: AtomicBool::new(false),
+        }))
+    }
+
+    fn files(&self) -> MutexGuard<'_, Files> {
+        self.files.lock().expect("no lane panics holding the files lock")
+    }
+
+    fn warn(&self, message: String) {
+        self.reporter.on_event(&Event::Warning { message: message.clone() });
+        let mut files = self.files();
+        // The report travels in one frame: keep it bounded.
+        let warnings = &mut files.report.warnings;
+        if warnings.len() < MAX_WARNINGS {
+            warnings.push(message);
+        } else if warnings.len() == MAX_WARNINGS {
+            warnings.push("more warnings were left out of this report (see the agent's log)".into());
+        }
+    }
+
+    fn not_preserved(&self, what: &str) {
+        let mut files = self.files();
+        if !files.report.not_preserved.iter().any(|known| known == what) {
+            files.report.not_preserved.push(what.to_owned());
+        }
+    }
+
+    fn tmp_name(&self, id: u64) -> CString {
+        let mut name = confine::RESERVED_PREFIX.to_vec();
+        name.extend_from_slice(format!("{}-{id}", self.session).as_bytes());
+        cname(&name)
+    }
+
+    fn chown_allowed(&self) -> bool {
+        if !self.is_root {
+            self.not_preserved("ownership (uid/gid): the target is not running as root");
+        }
+        self.is_root
+    }
+
+    /// Owner, extended attributes, permission bits and times of an open file or directory, in
+    /// that order (chown clears setuid bits; ACLs and mode bits share the group class).
+    fn apply_metadata(&self, fd: BorrowedFd<'_>, entry: &Entry) -> io::Result<()> {
+        let mut mode = entry.mode;
+        if self.chown_allowed() {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(entry.uid)),
+                Some(rustix::fs::Gid::from_raw(entry.gid)),
+            )?;
+        } else if mode & 0o6000 != 0 && !matches!(entry.kind, EntryKind::Dir) {
+            // A setuid file owned by the agent's user is not what the source had: drop the bits.
+            mode &= !0o6000;
+            self.not_preserved("setuid/setgid bits of files: ownership is not preserved");
+        }
+        meta::apply_xattrs(fd, &entry.xattrs, &self.options)?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+        rustix::fs::futimens(fd, &confine::timestamps(entry.atime, entry.mtime))?;
+        Ok(())
+    }
+
+    /// Owner (when we can set it) and mtime of an existing entry equal the sender's.
+    fn same_owner_and_mtime(&self, stat: &rustix::fs::Stat, entry: &Entry) -> bool {
+        (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
+            && stat.st_mtime == entry.mtime.sec
+            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+    }
+
+    /// Whether an open file or directory already has `entry`'s mode, owner, mtime and xattrs.
+    fn metadata_matches(&self, fd: BorrowedFd<'_>, entry: &Entry) -> bool {
+        let Ok(stat) = rustix::fs::fstat(fd) else { return false };
+        stat.st_mode & 0o7777 == entry.mode
+            && (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
+            && stat.st_mtime == entry.mtime.sec
+            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+            && meta::read_xattrs(fd, b"", &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs)
+    }
+
+    /// Makes hard link `link` (entry `id`) to the file in place at `leader`.
+    fn link(&self, leader: &RelPath, path: &RelPath, id: u64) -> Result<()> {
+        let io = |op, source| SyncError::Io { op, path: path.display(), source };
+        let (leader_parent, leader_name) = leader.split();
+        let leader_dir =
+            confine::open_dir(self.root.as_fd(), leader_parent).map_err(|e| io("cannot open the link source of", e))?;
+        let (parent, name) = path.split();
+        let leader_stat = rustix::fs::statat(&leader_dir, cname(leader_name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io("cannot inspect the link source of", e.into()))?;
+        let dir = open_parent(self.root.as_fd(), parent)?;
+        let dir = dir.as_fd();
+        if let Some(existing) = confine::lstat(dir, name).map_err(|e| io("cannot inspect", e))?
+            && existing.st_ino == leader_stat.st_ino
+            && existing.st_dev == leader_stat.st_dev
+        {
+            return Ok(());
+        }
+        let tmp = self.tmp_name(id);
+        let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
+        rustix::fs::linkat(&leader_dir, cname(leader_name).as_c_str(), dir, tmp.as_c_str(), AtFlags::empty())
+            .map_err(|e| io("cannot create hard link", e.into()))?;
+        replace(dir, &tmp, name).map_err(|e| {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
+            io("cannot create hard link", e)
+        })
+    }
+
+    /// The file `id` is settled (arrived or failed): wake whoever waits for the end.
+    fn settle(&self, id: u64) {
+        self.files().receiving.remove(&id);
+        self.settled.notify_all();
+    }
+}
+
+/// Opens directory `parent` (relative to the root), naming what is wrong when it cannot.
+fn open_parent(root: BorrowedFd<'_>, parent: &[u8]) -> Result<OwnedFd> {
+    confine::open_dir(root, parent).map_err(|source| {
+        let op = if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            "a symlink is in the way of"
+        } else if source.kind() == io::ErrorKind::NotFound {
+            "parent directory missing (entries out of order) for"
+        } else {
+            "cannot open the directory"
+        };
+        SyncError::Io { op, path: confine::display_bytes(parent), source }
+    })
+}
+
+/// The handle of the directory last used, kept across entries and files.
+#[derive(Default)]
+struct DirCache(Option<(Vec<u8>, Arc<OwnedFd>)>);
+
+impl DirCache {
+    fn get(&mut self, root: BorrowedFd<'_>, parent: &[u8]) -> Result<Arc<OwnedFd>> {
+        match &self.0 {
+            Some((cached, dir)) if cached.as_slice() == parent => Ok(dir.clone()),
+            _ => {
+                self.0 = None;
+                let dir = Arc::new(open_parent(root, parent)?);
+                self.0 = Some((parent.to_vec(), dir.clone()));
+                Ok(dir)
+            }
+        }
+    }
+}
+
+/// Receives file content on one connection: one file at a time, each verified and put in place.
+struct Lane {
+    group: Arc<Group>,
+    dirs: DirCache,
     current: Option<OpenFile>,
-    dirs: Vec<Entry>,
-    seen_root: bool,
-    deletions: Deletions,
     decompressor: Option<Decompressor>,
-    /// Encoded replies not yet handed to the writer.
-    replies: Vec<u8>,
     buffer: Vec<u8>,
     gap_buffer: Vec<u8>,
     delta_buffer: Vec<u8>,
     window: Option<BasisWindow>,
-    report: ReceiverReport,
+    /// Files this lane put in place, and their content bytes it wrote.
+    files: u64,
+    bytes: u64,
 }
 
-/// Runs a receiver to the end; on error, tells the sender why and cleans up the temporary file.
+/// The first lane: the tree, the verdicts and the end of the session, plus its share of content.
+pub(super) struct Receiver {
+    group: Arc<Group>,
+    out: mpsc::Sender<Vec<u8>>,
+    input: mpsc::Receiver<Result<super::InFrame>>,
+    dirs_cache: DirCache,
+    dirs: Vec<Entry>,
+    seen_root: bool,
+    deletions: Deletions,
+    /// Encoded replies not yet handed to the writer.
+    replies: Vec<u8>,
+    lane: Lane,
+}
+
+/// Runs the first lane to the end; on error, tells the sender why. The report is the whole
+/// session's.
 pub(super) fn run(
-    root: Arc<OwnedFd>,
-    options: SyncOptions,
-    reporter: SharedReporter,
+    group: Arc<Group>,
     out: mpsc::Sender<Vec<u8>>,
     input: mpsc::Receiver<Result<super::InFrame>>,
 ) -> Result<ReceiverReport> {
-    let mut token = [0u8; 8];
-    getrandom::fill(&mut token).map_err(|e| SyncError::Io {
-        op: "cannot draw a session id",
-        path: ".".into(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    let session = format!("{:016x}", u64::from_le_bytes(token));
-    let deletions = Deletions::new(options.delete, &session);
+    let deletions = Deletions::new(group.options.delete, &group.session);
     let mut receiver = Receiver {
-        root,
-        options,
-        reporter,
+        lane: Lane::new(group.clone()),
+        group,
         out,
         input,
-        is_root: rustix::process::geteuid().is_root(),
         deletions,
-        session,
-        parent: None,
-        pending: HashMap::new(),
-        leaders: HashMap::new(),
-        deferred: HashMap::new(),
-        deferred_count: 0,
-        failed: std::collections::HashSet::new(),
-        current: None,
+        dirs_cache: DirCache::default(),
         dirs: Vec::new(),
         seen_root: false,
-        decompressor: None,
         replies: Vec::new(),
-        buffer: Vec::with_capacity(CHUNK_SIZE),
-        gap_buffer: Vec::new(),
-        delta_buffer: Vec::new(),
-        window: None,
-        report: ReceiverReport::default(),
     };
     let result = receiver.receive();
-    if let Some(open) = receiver.current.take() {
-        // A broken connection keeps what arrived: the next run resumes from it. Any other
-        // failure (bad data, full disk) removes it.
-        let interrupted = matches!(result, Err(SyncError::Disconnected(_) | SyncError::Wire(_)));
-        if !interrupted {
-            discard(&open);
-        }
-    }
+    receiver.lane.close(&result);
     let result = result.and_then(|()| receiver.flush_replies());
+    // A lane's failure is why the session ended, even when this lane only saw the sender go.
+    let result = match (result, receiver.group.files().error.take()) {
+        (Err(_), Some(first)) => Err(first),
+        (result, _) => result,
+    };
+    if result.as_ref().is_err_and(|error| !is_interruption(error)) {
+        receiver.group.abandoned.store(true, Ordering::Release);
+    }
     match result {
         Ok(()) => {
-            let report = std::mem::take(&mut receiver.report);
+            let report = std::mem::take(&mut receiver.group.files().report);
             let _ = receiver.out.blocking_send(encode_message(&Message::Done(report.clone())));
             Ok(report)
         }
@@ -172,6 +360,45 @@ pub(super) fn run(
             Err(error)
         }
     }
+}
+
+/// Runs a lane other than the first until the sender closes it; on error, tells the sender
+/// why on this lane and records the error for the session. `number` names it in the log.
+pub(super) fn run_lane(
+    group: &Arc<Group>,
+    number: usize,
+    out: &mpsc::Sender<Vec<u8>>,
+    mut input: mpsc::Receiver<Result<super::InFrame>>,
+) {
+    let mut lane = Lane::new(group.clone());
+    let result = (|| {
+        while let Some(body) = input.blocking_recv() {
+            let body = body?;
+            match lane.content(decode_incoming(&body)?)? {
+                None => {}
+                Some(Message::Error(error)) => return Err(SyncError::Remote(error)),
+                Some(other) => {
+                    return Err(protocol(format!("unexpected {} message on a content lane", other.name())));
+                }
+            }
+        }
+        Ok(())
+    })();
+    // A lane that ends with a file half received was cut: that is an error for the session.
+    let result = match (result, &lane.current) {
+        (Ok(()), Some(_)) => Err(SyncError::Disconnected("in the middle of a file")),
+        (result, _) => result,
+    };
+    lane.close(&result);
+    tracing::info!(lane = number, files = lane.files, bytes = lane.bytes, "lane finished");
+    let mut files = group.files();
+    files.lanes_open -= 1;
+    if let Err(error) = result {
+        let _ = out.blocking_send(encode_message(&Message::Error(error.to_remote())));
+        files.error.get_or_insert(error);
+    }
+    drop(files);
+    group.settled.notify_all();
 }
 
 /// The temporary name of a file being received: derived from its path, size and mtime, so an
@@ -198,6 +425,11 @@ fn discard(open: &OpenFile) {
     let _ = rustix::fs::unlinkat(open.dir.as_fd(), open.tmp.as_c_str(), AtFlags::empty());
 }
 
+/// A broken connection, as opposed to bad data or a failed write.
+fn is_interruption(error: &SyncError) -> bool {
+    matches!(error, SyncError::Disconnected(_) | SyncError::Wire(_))
+}
+
 fn protocol(message: impl Into<String>) -> SyncError {
     SyncError::Protocol(message.into())
 }
@@ -206,39 +438,14 @@ impl Receiver {
     fn receive(&mut self) -> Result<()> {
         loop {
             let body = self.next_input()?;
-            let message = match decode_incoming(&body)? {
-                Incoming::Data(chunk) => {
-                    self.data(&chunk)?;
-                    continue;
-                }
-                Incoming::Message(message) => message,
-            };
+            let Some(message) = self.lane.content(decode_incoming(&body)?)? else { continue };
             match message {
                 Message::Entry(entry) => self.entry(entry)?,
-                Message::FileEnd { id, blake3 } => self.file_end(id, blake3)?,
-                Message::FileFailed { id, reason } => {
-                    if self.current.as_ref().is_some_and(|open| open.id == id) {
-                        discard(&self.current.take().expect("checked"));
-                    } else if self.pending.remove(&id).is_none() {
-                        return Err(protocol(format!("failure reported for entry {id}, which was not requested")));
-                    }
-                    self.failed.insert(id);
-                    if let Some(links) = self.deferred.remove(&id) {
-                        self.deferred_count -= links.len();
-                        for link in links {
-                            self.warn(format!(
-                                "hard link `{}` not created: its source file failed ({reason:?})",
-                                confine::display_bytes(&link.path)
-                            ));
-                        }
-                    }
-                }
                 Message::EndOfEntries => return self.finish(),
-                Message::Delta(delta) => self.delta(&delta)?,
                 Message::Keep { path } => {
                     let path = RelPath::new(&path).map_err(|e| protocol(e.to_string()))?;
                     let (parent, name) = path.split();
-                    if !self.deletions.enter(self.root.as_fd(), parent, name, false)? {
+                    if !self.deletions.enter(self.group.root.as_fd(), parent, name, false)? {
                         return Err(protocol(format!("`{}` arrives outside its directory", path.display())));
                     }
                 }
@@ -277,61 +484,27 @@ impl Receiver {
         }
     }
 
-    fn warn(&mut self, message: String) {
-        self.reporter.on_event(&Event::Warning { message: message.clone() });
-        // The report travels in one frame: keep it bounded.
-        if self.report.warnings.len() < MAX_WARNINGS {
-            self.report.warnings.push(message);
-        } else if self.report.warnings.len() == MAX_WARNINGS {
-            self.report.warnings.push("more warnings were left out of this report (see the agent's log)".into());
-        }
-    }
-
-    fn not_preserved(&mut self, what: &str) {
-        if !self.report.not_preserved.iter().any(|known| known == what) {
-            self.report.not_preserved.push(what.to_owned());
-        }
-    }
-
     /// The directory handle of `parent` (relative to the root), cached across entries.
-    fn parent_dir(&mut self, parent: &[u8]) -> Result<BorrowedFd<'_>> {
-        if self.parent.as_ref().is_none_or(|(cached, _)| cached.as_slice() != parent) {
-            self.parent = None;
-            let dir = confine::open_dir(self.root.as_fd(), parent).map_err(|source| {
-                let op = if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                    "a symlink is in the way of"
-                } else if source.kind() == io::ErrorKind::NotFound {
-                    "parent directory missing (entries out of order) for"
-                } else {
-                    "cannot open the directory"
-                };
-                SyncError::Io { op, path: confine::display_bytes(parent), source }
-            })?;
-            self.parent = Some((parent.to_vec(), Arc::new(dir)));
-        }
-        Ok(self.parent.as_ref().expect("just set").1.as_fd())
-    }
-
-    /// Like [`Self::parent_dir`], as a shared handle that outlives the borrow of `self`.
-    fn parent_handle(&mut self, parent: &[u8]) -> Result<Arc<OwnedFd>> {
-        self.parent_dir(parent)?;
-        Ok(self.parent.as_ref().expect("just set").1.clone())
+    fn parent_dir(&mut self, parent: &[u8]) -> Result<Arc<OwnedFd>> {
+        self.dirs_cache.get(self.group.root.as_fd(), parent)
     }
 
     fn entry(&mut self, entry: Entry) -> Result<()> {
+        let group = self.group.clone();
         if entry.path.is_empty() {
             if self.seen_root || entry.kind != EntryKind::Dir {
                 return Err(protocol("an entry with an empty path that is not the leading root directory"));
             }
             self.seen_root = true;
-            meta::check_xattrs(&entry.xattrs, &self.options).map_err(|e| protocol(format!("volume root: {e}")))?;
+            meta::check_xattrs(&entry.xattrs, &group.options).map_err(|e| protocol(format!("volume root: {e}")))?;
             self.dirs.push(entry);
             return Ok(());
         }
         let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
-        meta::check_xattrs(&entry.xattrs, &self.options).map_err(|e| protocol(format!("`{}`: {e}", path.display())))?;
+        meta::check_xattrs(&entry.xattrs, &group.options)
+            .map_err(|e| protocol(format!("`{}`: {e}", path.display())))?;
         let (parent, name) = path.split();
-        if !self.deletions.enter(self.root.as_fd(), parent, name, entry.kind == EntryKind::Dir)? {
+        if !self.deletions.enter(group.root.as_fd(), parent, name, entry.kind == EntryKind::Dir)? {
             return Err(protocol(format!(
                 "`{}` arrives outside its directory (entries must come depth first)",
                 path.display()
@@ -344,16 +517,16 @@ impl Receiver {
         match entry.kind.clone() {
             EntryKind::Dir => {
                 let dir = self.parent_dir(&parent)?;
-                ensure_dir(dir, &name).map_err(|e| io("cannot create directory", e))?;
+                ensure_dir(dir.as_fd(), &name).map_err(|e| io("cannot create directory", e))?;
                 self.dirs.push(entry);
             }
             EntryKind::File { size, leader } => {
-                let dir = self.parent_handle(&parent)?;
+                let dir = self.parent_dir(&parent)?;
                 let dir = dir.as_fd();
                 let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
                 let regular = existing.filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile);
                 let same_size = regular.is_some_and(|stat| u64::try_from(stat.st_size).ok() == Some(size));
-                let up_to_date = !self.options.checksum
+                let up_to_date = !group.options.checksum
                     && same_size
                     && regular.is_some_and(|stat| {
                         stat.st_mtime == entry.mtime.sec
@@ -363,22 +536,28 @@ impl Receiver {
                     // Most re-synced files are untouched: one stat and one xattr listing prove it.
                     let stat = regular.expect("up to date means it exists");
                     let same = stat.st_mode & 0o7777 == entry.mode
-                        && (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
-                        && meta::read_xattrs(dir, &name, &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs);
+                        && (!group.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
+                        && meta::read_xattrs(dir, &name, &group.options).is_ok_and(|xattrs| xattrs == entry.xattrs);
                     if !same {
                         let file = confine::open_file_read(dir, &name).map_err(|e| io("cannot open", e))?;
-                        self.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
+                        group.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
                     }
                     if leader {
-                        self.leaders.insert(entry.id, path);
+                        group.files().leaders.insert(entry.id, path);
                     }
                     self.reply(&Message::Skip { id: entry.id })?;
                 } else {
-                    if self.pending.len() >= MAX_PENDING {
-                        return Err(protocol(format!("more than {MAX_PENDING} files requested and not delivered")));
-                    }
-                    if self.pending.contains_key(&entry.id) || self.leaders.contains_key(&entry.id) {
-                        return Err(protocol(format!("entry id {} used twice", entry.id)));
+                    {
+                        let files = group.files();
+                        if files.pending.len() >= MAX_PENDING {
+                            return Err(protocol(format!("more than {MAX_PENDING} files requested and not delivered")));
+                        }
+                        if files.pending.contains_key(&entry.id)
+                            || files.receiving.contains(&entry.id)
+                            || files.leaders.contains_key(&entry.id)
+                        {
+                            return Err(protocol(format!("entry id {} used twice", entry.id)));
+                        }
                     }
                     let id = entry.id;
                     // An interrupted earlier run may have left part of this very version.
@@ -410,13 +589,13 @@ impl Receiver {
                             blocks::sign_file(&file, basis_size, block_size).map_err(|e| io("cannot read", e))?;
                         // Content copied from elsewhere in the basis needs a basis that is not
                         // being written.
-                        let shifts = basis == Basis::Existing && !self.options.inplace;
+                        let shifts = basis == Basis::Existing && !group.options.inplace;
                         Message::NeedBlocks { id, signature, shifts }
                     } else {
                         Message::Need { id }
                     };
                     let basis = if matches!(request, Message::NeedBlocks { .. }) { basis } else { Basis::None };
-                    self.pending.insert(id, Pending { entry, basis });
+                    group.files().pending.insert(id, Pending { entry, basis });
                     self.reply(&request)?;
                 }
             }
@@ -424,16 +603,19 @@ impl Receiver {
                 if !entry.xattrs.is_empty() {
                     return Err(protocol(format!("hard link `{}` carries extended attributes", path.display())));
                 }
-                if let Some(leader_path) = self.leaders.get(&leader).cloned() {
-                    self.link(&leader_path, &path)?;
-                } else if self.pending.contains_key(&leader) || self.current.as_ref().is_some_and(|o| o.id == leader) {
-                    if self.deferred_count >= MAX_PENDING * 4 {
+                let mut files = group.files();
+                if let Some(leader_path) = files.leaders.get(&leader).cloned() {
+                    drop(files);
+                    group.link(&leader_path, &path, entry.id)?;
+                } else if files.pending.contains_key(&leader) || files.receiving.contains(&leader) {
+                    if files.deferred_count >= MAX_PENDING * 4 {
                         return Err(protocol("too many hard links waiting for their files"));
                     }
-                    self.deferred_count += 1;
-                    self.deferred.entry(leader).or_default().push(entry);
-                } else if self.failed.contains(&leader) {
-                    self.warn(format!("hard link `{}` not created: its source file failed", path.display()));
+                    files.deferred_count += 1;
+                    files.deferred.entry(leader).or_default().push(entry);
+                } else if files.failed.contains(&leader) {
+                    drop(files);
+                    group.warn(format!("hard link `{}` not created: its source file failed", path.display()));
                 } else {
                     return Err(protocol(format!("`{}` is a hard link to unknown entry {leader}", path.display())));
                 }
@@ -442,22 +624,21 @@ impl Receiver {
                 if target.is_empty() || target.contains(&0) || target.len() > confine::MAX_PATH {
                     return Err(protocol(format!("`{}` has an invalid symlink target", path.display())));
                 }
-                let dir = self.parent_handle(&parent)?;
+                let dir = self.parent_dir(&parent)?;
                 let dir = dir.as_fd();
                 let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
                 if existing.is_some_and(|stat| {
                     FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
-                        && self.same_owner_and_mtime(&stat, &entry)
+                        && group.same_owner_and_mtime(&stat, &entry)
                         && rustix::fs::readlinkat(dir, cname(&name).as_c_str(), Vec::new())
                             .is_ok_and(|current| current.as_bytes() == target.as_slice())
                 }) {
                     return Ok(());
                 }
-                let tmp = self.tmp_name(entry.id);
-                let dir = self.parent_dir(&parent)?;
+                let tmp = group.tmp_name(entry.id);
                 rustix::fs::symlinkat(cname(&target).as_c_str(), dir, tmp.as_c_str())
                     .map_err(|e| io("cannot create symlink", e.into()))?;
-                self.finish_special(&parent, &name, &tmp, &entry).map_err(|e| io("cannot create symlink", e))?;
+                self.finish_special(dir, &name, &tmp, &entry).map_err(|e| io("cannot create symlink", e))?;
             }
             EntryKind::Fifo | EntryKind::Socket | EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } => {
                 let (file_type, rdev) = match entry.kind {
@@ -468,45 +649,39 @@ impl Receiver {
                     _ => unreachable!("matched above"),
                 };
                 let device = matches!(entry.kind, EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. });
-                if device && !(self.options.devices && self.is_root) {
-                    self.warn(format!(
+                if device && !(group.options.devices && group.is_root) {
+                    group.warn(format!(
                         "device node `{}` skipped: pass `--devices` and run the target as root to copy device nodes",
                         path.display()
                     ));
                     return Ok(());
                 }
-                let dir = self.parent_handle(&parent)?;
+                let dir = self.parent_dir(&parent)?;
                 let dir = dir.as_fd();
                 let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
                 if existing.is_some_and(|stat| {
                     FileType::from_raw_mode(stat.st_mode) == file_type
                         && stat.st_mode & 0o7777 == entry.mode
                         && stat.st_rdev == rdev
-                        && self.same_owner_and_mtime(&stat, &entry)
+                        && group.same_owner_and_mtime(&stat, &entry)
                 }) {
                     return Ok(());
                 }
-                let tmp = self.tmp_name(entry.id);
+                let tmp = group.tmp_name(entry.id);
                 rustix::fs::mknodat(dir, tmp.as_c_str(), file_type, Mode::from_raw_mode(0o600), rdev)
                     .map_err(|e| io("cannot create special file", e.into()))?;
-                self.finish_special(&parent, &name, &tmp, &entry).map_err(|e| io("cannot create special file", e))?;
+                self.finish_special(dir, &name, &tmp, &entry).map_err(|e| io("cannot create special file", e))?;
             }
         }
         Ok(())
     }
 
-    fn tmp_name(&self, id: u64) -> CString {
-        let mut name = confine::RESERVED_PREFIX.to_vec();
-        name.extend_from_slice(format!("{}-{id}", self.session).as_bytes());
-        cname(&name)
-    }
-
-    /// Gives a just-created symlink or special file (at `tmp`) its metadata and renames it over
-    /// `name`. Owner and times are set with `AT_SYMLINK_NOFOLLOW`; permission bits through an
-    /// `O_PATH` handle checked to be the node we created, so a swap cannot redirect the chmod.
-    fn finish_special(&mut self, parent: &[u8], name: &[u8], tmp: &CString, entry: &Entry) -> io::Result<()> {
-        let chown = self.chown_allowed();
-        let dir = self.parent_dir(parent).map_err(|e| io::Error::other(e.to_string()))?;
+    /// Gives a just-created symlink or special file (at `tmp` in `dir`) its metadata and renames
+    /// it over `name`. Owner and times are set with `AT_SYMLINK_NOFOLLOW`; permission bits
+    /// through an `O_PATH` handle checked to be the node we created, so a swap cannot redirect
+    /// the chmod.
+    fn finish_special(&self, dir: BorrowedFd<'_>, name: &[u8], tmp: &CString, entry: &Entry) -> io::Result<()> {
+        let chown = self.group.chown_allowed();
         let result = (|| {
             if chown {
                 rustix::fs::chownat(
@@ -545,63 +720,97 @@ impl Receiver {
         result
     }
 
-    fn chown_allowed(&mut self) -> bool {
-        if !self.is_root {
-            self.not_preserved("ownership (uid/gid): the target is not running as root");
+    /// The end of the tree: waits until every requested file has arrived or failed (on any
+    /// lane), then deletes what the source lacks and sets directory metadata.
+    fn finish(&mut self) -> Result<()> {
+        if self.lane.current.is_some() {
+            return Err(protocol("end of entries while a file is incomplete"));
         }
-        self.is_root
-    }
-
-    /// Owner, extended attributes, permission bits and times of an open file or directory, in
-    /// that order (chown clears setuid bits; ACLs and mode bits share the group class).
-    fn apply_metadata(&mut self, fd: BorrowedFd<'_>, entry: &Entry) -> io::Result<()> {
-        let mut mode = entry.mode;
-        if self.chown_allowed() {
-            rustix::fs::fchown(
-                fd,
-                Some(rustix::fs::Uid::from_raw(entry.uid)),
-                Some(rustix::fs::Gid::from_raw(entry.gid)),
-            )?;
-        } else if mode & 0o6000 != 0 && !matches!(entry.kind, EntryKind::Dir) {
-            // A setuid file owned by the agent's user is not what the source had: drop the bits.
-            mode &= !0o6000;
-            self.not_preserved("setuid/setgid bits of files: ownership is not preserved");
+        {
+            let mut files = self.group.files();
+            loop {
+                if let Some(error) = files.error.take() {
+                    return Err(error);
+                }
+                if files.pending.is_empty() && files.receiving.is_empty() {
+                    break;
+                }
+                if files.lanes_open == 0 {
+                    return Err(protocol("end of entries while requested files are still undelivered"));
+                }
+                files = self.group.settled.wait(files).expect("no lane panics holding the files lock");
+            }
         }
-        meta::apply_xattrs(fd, &entry.xattrs, &self.options)?;
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
-        rustix::fs::futimens(fd, &confine::timestamps(entry.atime, entry.mtime))?;
+        self.dirs_cache = DirCache::default();
+        let root = self.group.root.clone();
+        let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete)?;
+        self.group.files().report.entries_deleted = deleted;
+        // Deepest first, so setting a directory's times is not undone by work inside it.
+        let dirs = std::mem::take(&mut self.dirs);
+        for entry in dirs.iter().rev() {
+            let shown = if entry.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&entry.path) };
+            let dir = confine::open_dir(root.as_fd(), &entry.path).map_err(|source| SyncError::Io {
+                op: "cannot open directory",
+                path: shown.clone(),
+                source,
+            })?;
+            if !self.group.metadata_matches(dir.as_fd(), entry) {
+                self.group.apply_metadata(dir.as_fd(), entry).map_err(|source| SyncError::Io {
+                    op: "cannot set metadata of",
+                    path: shown,
+                    source,
+                })?;
+            }
+        }
         Ok(())
     }
+}
 
-    fn link(&mut self, leader: &RelPath, path: &RelPath) -> Result<()> {
-        let io = |op, source| SyncError::Io { op, path: path.display(), source };
-        let (leader_parent, leader_name) = leader.split();
-        let leader_dir =
-            confine::open_dir(self.root.as_fd(), leader_parent).map_err(|e| io("cannot open the link source of", e))?;
-        let (parent, name) = path.split();
-        let (parent, name) = (parent.to_vec(), name.to_vec());
-        let leader_stat = rustix::fs::statat(&leader_dir, cname(leader_name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| io("cannot inspect the link source of", e.into()))?;
-        let dir = self.parent_dir(&parent)?;
-        if let Some(existing) = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?
-            && existing.st_ino == leader_stat.st_ino
-            && existing.st_dev == leader_stat.st_dev
-        {
-            return Ok(());
+impl Lane {
+    fn new(group: Arc<Group>) -> Lane {
+        Lane {
+            group,
+            dirs: DirCache::default(),
+            current: None,
+            decompressor: None,
+            buffer: Vec::with_capacity(CHUNK_SIZE),
+            gap_buffer: Vec::new(),
+            delta_buffer: Vec::new(),
+            window: None,
+            files: 0,
+            bytes: 0,
         }
-        let tmp = {
-            let mut raw = confine::RESERVED_PREFIX.to_vec();
-            raw.extend_from_slice(format!("{}-link", self.session).as_bytes());
-            cname(&raw)
+    }
+
+    /// Handles a content frame (data, delta, end or failure of a file); hands anything else back.
+    fn content(&mut self, incoming: Incoming<'_>) -> Result<Option<Message>> {
+        let message = match incoming {
+            Incoming::Data(chunk) => {
+                self.data(&chunk)?;
+                return Ok(None);
+            }
+            Incoming::Message(message) => message,
         };
-        let dir = self.parent_dir(&parent)?;
-        let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
-        rustix::fs::linkat(&leader_dir, cname(leader_name).as_c_str(), dir, tmp.as_c_str(), AtFlags::empty())
-            .map_err(|e| io("cannot create hard link", e.into()))?;
-        replace(dir, &tmp, &name).map_err(|e| {
-            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
-            io("cannot create hard link", e)
-        })
+        match message {
+            Message::FileEnd { id, blake3 } => self.file_end(id, blake3)?,
+            Message::FileFailed { id, reason } => self.file_failed(id, reason)?,
+            Message::Delta(delta) => self.delta(&delta)?,
+            other => return Ok(Some(other)),
+        }
+        Ok(None)
+    }
+
+    /// After the lane's last frame: a broken connection keeps what arrived of the current file
+    /// (the next run resumes from it); any other failure (bad data, full disk) removes it.
+    fn close(&mut self, result: &Result<()>) {
+        if let Some(open) = self.current.take() {
+            let interrupted =
+                result.as_ref().is_err_and(is_interruption) && !self.group.abandoned.load(Ordering::Acquire);
+            if !interrupted {
+                discard(&open);
+            }
+            self.group.settle(open.id);
+        }
     }
 
     /// The open file for `id`, created on its first chunk (or at its end, for empty files).
@@ -611,18 +820,22 @@ impl Receiver {
                 return Err(protocol(format!("data for entry {id} while entry {} is incomplete", open.id)));
             }
         } else {
-            let Pending { entry, basis } = self
-                .pending
-                .remove(&id)
-                .ok_or_else(|| protocol(format!("data for entry {id}, which was not requested")))?;
+            let Pending { entry, basis } = {
+                let mut files = self.group.files();
+                let pending = files
+                    .pending
+                    .remove(&id)
+                    .ok_or_else(|| protocol(format!("data for entry {id}, which was not requested")))?;
+                files.receiving.insert(id);
+                pending
+            };
             let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
             let tmp = partial_name(&entry);
             let (parent, name) = path.split();
-            let (parent, name) = (parent.to_vec(), name.to_vec());
-            let dir = self.parent_handle(&parent)?;
+            let dir = self.dirs.get(self.group.root.as_fd(), parent)?;
             let io = |op, source| SyncError::Io { op, path: path.display(), source };
-            let basis_kind = basis;
-            let (file, basis) = match basis {
+            let inplace = self.group.options.inplace && basis == Basis::Existing;
+            let (file, basis_file) = match basis {
                 Basis::Partial => (
                     confine::open_file_write(dir.as_fd(), tmp.as_bytes())
                         .map_err(|e| io("cannot reopen the partial file of", e))?,
@@ -631,11 +844,11 @@ impl Receiver {
                             .map_err(|e| io("cannot reopen the partial file of", e))?,
                     ),
                 ),
-                Basis::Existing if self.options.inplace => (
-                    confine::open_file_write(dir.as_fd(), &name)
+                Basis::Existing if inplace => (
+                    confine::open_file_write(dir.as_fd(), name)
                         .map_err(|e| io("cannot open for an in-place update", e))?,
                     Some(
-                        confine::open_file_read(dir.as_fd(), &name)
+                        confine::open_file_read(dir.as_fd(), name)
                             .map_err(|e| io("cannot reopen the previous version of", e))?,
                     ),
                 ),
@@ -645,7 +858,7 @@ impl Receiver {
                         confine::create_file(dir.as_fd(), tmp.as_bytes())
                             .map_err(|e| io("cannot create a temporary file for", e))?,
                         Some(
-                            confine::open_file_read(dir.as_fd(), &name)
+                            confine::open_file_read(dir.as_fd(), name)
                                 .map_err(|e| io("cannot reopen the previous version of", e))?,
                         ),
                     )
@@ -659,8 +872,7 @@ impl Receiver {
                     )
                 }
             };
-            let inplace = self.options.inplace && basis_kind == Basis::Existing;
-            let resumed = basis_kind == Basis::Partial || inplace;
+            let resumed = basis == Basis::Partial || inplace;
             self.current = Some(OpenFile {
                 id,
                 entry,
@@ -668,7 +880,7 @@ impl Receiver {
                 dir,
                 tmp,
                 file,
-                basis,
+                basis: basis_file,
                 resumed,
                 inplace,
                 hasher: blake3::Hasher::new(),
@@ -699,7 +911,8 @@ impl Receiver {
             check_range(open, chunk.offset, chunk.raw_len)?;
             unpacked.map_err(|e| protocol(format!("`{}`: {e}", open.path.display())))?;
             write_content(open, chunk.offset, content, &mut gap_buffer)?;
-            self.report.bytes_written += u64::from(chunk.raw_len);
+            self.bytes += u64::from(chunk.raw_len);
+            self.group.files().report.bytes_written += u64::from(chunk.raw_len);
             Ok(())
         })();
         self.buffer = buffer;
@@ -707,7 +920,7 @@ impl Receiver {
         result
     }
 
-    /// The session's decompressor, made on first use.
+    /// The lane's decompressor, made on first use.
     fn decompressor(&mut self) -> Result<&mut Decompressor> {
         if self.decompressor.is_none() {
             self.decompressor = Some(Decompressor::new().map_err(|e| protocol(e.to_string()))?);
@@ -762,7 +975,8 @@ impl Receiver {
                 )));
             }
             write_content(open, chunk.offset, &made, &mut gap_buffer)?;
-            self.report.bytes_written += u64::from(chunk.len);
+            self.bytes += u64::from(chunk.len);
+            self.group.files().report.bytes_written += u64::from(chunk.len);
             Ok(())
         })();
         self.delta_buffer = delta;
@@ -775,20 +989,61 @@ impl Receiver {
     fn file_end(&mut self, id: u64, expected: [u8; 32]) -> Result<()> {
         self.open_file(id)?;
         let open = self.current.take().expect("opened above");
-        let verified = self.verify(open, expected)?;
+        let verified = self.verify(open, expected);
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(error) => {
+                self.group.settle(id);
+                return Err(error);
+            }
+        };
         let path = verified.0.path.clone();
         let leader = matches!(verified.0.entry.kind, EntryKind::File { leader: true, .. });
-        Self::install(verified)?;
-        self.report.files_written += 1;
-        if leader {
-            self.leaders.insert(id, path.clone());
-        }
-        let links = self.deferred.remove(&id).unwrap_or_default();
-        self.deferred_count -= links.len();
+        let installed = install(verified);
+        let links = {
+            let mut files = self.group.files();
+            if installed.is_ok() {
+                self.files += 1;
+                files.report.files_written += 1;
+                if leader {
+                    files.leaders.insert(id, path.clone());
+                }
+            }
+            let links = files.deferred.remove(&id).unwrap_or_default();
+            files.deferred_count -= links.len();
+            links
+        };
+        // The file counts as received only once its links exist: the end of the session waits.
+        let linked = installed.and_then(|()| {
+            links.into_iter().try_for_each(|link| {
+                let link_path = RelPath::new(&link.path).map_err(|e| protocol(e.to_string()))?;
+                self.group.link(&path, &link_path, link.id)
+            })
+        });
+        self.group.settle(id);
+        linked
+    }
+
+    fn file_failed(&mut self, id: u64, reason: FileFailure) -> Result<()> {
+        let links = {
+            let mut files = self.group.files();
+            if self.current.as_ref().is_some_and(|open| open.id == id) {
+                discard(&self.current.take().expect("checked"));
+            } else if files.pending.remove(&id).is_none() {
+                return Err(protocol(format!("failure reported for entry {id}, which was not requested")));
+            }
+            files.failed.insert(id);
+            let links = files.deferred.remove(&id).unwrap_or_default();
+            files.deferred_count -= links.len();
+            links
+        };
         for link in links {
-            let link_path = RelPath::new(&link.path).map_err(|e| protocol(e.to_string()))?;
-            self.link(&path, &link_path)?;
+            self.group.warn(format!(
+                "hard link `{}` not created: its source file failed ({reason:?})",
+                confine::display_bytes(&link.path)
+            ));
         }
+        self.group.settle(id);
         Ok(())
     }
 
@@ -813,68 +1068,25 @@ impl Receiver {
         if open.hasher.finalize().as_bytes() != &expected {
             return Err(SyncError::Verification { path: open.path.display() });
         }
-        self.apply_metadata(open.file.as_fd(), &open.entry).map_err(|e| io("cannot set metadata of", e))?;
-        if self.options.fsync {
+        self.group.apply_metadata(open.file.as_fd(), &open.entry).map_err(|e| io("cannot set metadata of", e))?;
+        if self.group.options.fsync {
             open.file.sync_all().map_err(|e| io("cannot fsync", e))?;
         }
         Ok(())
     }
+}
 
-    /// Renames a verified file over its final name.
-    fn install(verified: VerifiedFile) -> Result<()> {
-        let open = verified.0;
-        if open.inplace {
-            return Ok(());
-        }
-        let (_, name) = open.path.split();
-        replace(open.dir.as_fd(), &open.tmp, name).map_err(|source| {
-            discard(&open);
-            SyncError::Io { op: "cannot rename into place", path: open.path.display(), source }
-        })
+/// Renames a verified file over its final name.
+fn install(verified: VerifiedFile) -> Result<()> {
+    let open = verified.0;
+    if open.inplace {
+        return Ok(());
     }
-
-    fn finish(&mut self) -> Result<()> {
-        if self.current.is_some() || !self.pending.is_empty() {
-            return Err(protocol("end of entries while requested files are still undelivered"));
-        }
-        self.parent = None;
-        self.report.entries_deleted = self.deletions.finish(self.root.as_fd(), self.options.allow_mass_delete)?;
-        // Deepest first, so setting a directory's times is not undone by work inside it.
-        let dirs = std::mem::take(&mut self.dirs);
-        for entry in dirs.iter().rev() {
-            let shown = if entry.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&entry.path) };
-            let dir = confine::open_dir(self.root.as_fd(), &entry.path).map_err(|source| SyncError::Io {
-                op: "cannot open directory",
-                path: shown.clone(),
-                source,
-            })?;
-            if !self.metadata_matches(dir.as_fd(), entry) {
-                self.apply_metadata(dir.as_fd(), entry).map_err(|source| SyncError::Io {
-                    op: "cannot set metadata of",
-                    path: shown,
-                    source,
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Owner (when we can set it) and mtime of an existing entry equal the sender's.
-    fn same_owner_and_mtime(&self, stat: &rustix::fs::Stat, entry: &Entry) -> bool {
-        (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
-            && stat.st_mtime == entry.mtime.sec
-            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
-    }
-
-    /// Whether an open file or directory already has `entry`'s mode, owner, mtime and xattrs.
-    fn metadata_matches(&self, fd: BorrowedFd<'_>, entry: &Entry) -> bool {
-        let Ok(stat) = rustix::fs::fstat(fd) else { return false };
-        stat.st_mode & 0o7777 == entry.mode
-            && (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
-            && stat.st_mtime == entry.mtime.sec
-            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
-            && meta::read_xattrs(fd, b"", &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs)
-    }
+    let (_, name) = open.path.split();
+    replace(open.dir.as_fd(), &open.tmp, name).map_err(|source| {
+        discard(&open);
+        SyncError::Io { op: "cannot rename into place", path: open.path.display(), source }
+    })
 }
 
 /// Checks that `len` bytes at `offset` come in order and within the file's size.

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -35,81 +35,181 @@ struct Waiting {
     mtime: Timestamp,
 }
 
-pub(super) struct Sender {
+/// A file the receiver asked for, for a content worker to send.
+struct Job {
+    id: u64,
+    waiting: Waiting,
+    basis: Option<Basis>,
+}
+
+/// What the tree thread and the content workers of one session share.
+pub(super) struct Shared {
     root: Arc<OwnedFd>,
     options: SyncOptions,
     reporter: SharedReporter,
     on_wire: Arc<AtomicU64>,
-    out: mpsc::Sender<Vec<u8>>,
-    replies: mpsc::Receiver<Result<super::InFrame>>,
-    waiting: HashMap<u64, Waiting>,
-    parent: Option<(Vec<u8>, OwnedFd)>,
-    compressor: Option<Compressor>,
-    level_control: LevelControl,
-    /// Encoded small messages (entries, file ends) not yet handed to the writer.
-    batch: Vec<u8>,
-    buffer: Vec<u8>,
-    summary: Summary,
-    files_done: u64,
-    bytes_done: u64,
-    started: Instant,
-    last_progress: Instant,
+    level_control: Mutex<LevelControl>,
+    files_done: AtomicU64,
+    bytes_done: AtomicU64,
+    files_transferred: AtomicU64,
+    bytes_transferred: AtomicU64,
+    problems: Mutex<Problems>,
+    last_progress: Mutex<Instant>,
+    /// The first error of a content worker; it ends the session.
+    failure: Mutex<Option<SyncError>>,
+    failed: AtomicBool,
 }
 
-impl Sender {
+#[derive(Default)]
+struct Problems {
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Shared {
     pub(super) fn new(
         root: Arc<OwnedFd>,
         options: SyncOptions,
         reporter: SharedReporter,
         on_wire: Arc<AtomicU64>,
-        out: mpsc::Sender<Vec<u8>>,
-        replies: mpsc::Receiver<Result<super::InFrame>>,
-    ) -> Self {
-        let now = Instant::now();
-        Sender {
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
             root,
             options,
             reporter,
             on_wire,
-            out,
-            replies,
+            level_control: Mutex::new(LevelControl::new()),
+            files_done: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            files_transferred: AtomicU64::new(0),
+            bytes_transferred: AtomicU64::new(0),
+            problems: Mutex::new(Problems::default()),
+            last_progress: Mutex::new(Instant::now()),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// A file that vanished, changed or could not be read: an error, or a warning in a stage run.
+    fn problem(&self, message: &str) {
+        let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
+        if self.options.stage {
+            problems.warnings.push(message.to_owned());
+            self.reporter.on_event(&Event::Warning { message: message.to_owned() });
+        } else {
+            problems.errors.push(message.to_owned());
+        }
+    }
+
+    fn done(&self, size: u64) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        self.bytes_done.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Reports progress if the last report is [`PROGRESS_EVERY`] old (or `now`).
+    fn progress(&self, now: bool) {
+        let Ok(mut last) = self.last_progress.try_lock() else { return };
+        if !now && last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        self.reporter.on_event(&Event::Progress {
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            bytes_transferred: self.bytes_transferred.load(Ordering::Relaxed),
+            bytes_on_wire: self.on_wire.load(Ordering::Relaxed),
+        });
+    }
+
+    /// Records a content worker's failure (the first one counts) and stops the session.
+    fn fail(&self, error: SyncError) {
+        self.failure.lock().expect("no thread panics holding the failure lock").get_or_insert(error);
+        self.failed.store(true, Ordering::Release);
+    }
+
+    fn take_failure(&self) -> Option<SyncError> {
+        self.failure.lock().expect("no thread panics holding the failure lock").take()
+    }
+}
+
+/// One connection of the session, as a thread uses it.
+pub(super) struct Lane {
+    pub(super) out: mpsc::Sender<Vec<u8>>,
+    pub(super) replies: mpsc::Receiver<Result<super::InFrame>>,
+}
+
+/// Streams the tree on the first lane and hands requested files to one content worker per lane.
+pub(super) fn run(shared: &Arc<Shared>, first: Lane, others: Vec<Lane>) -> Result<Summary> {
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(others.len() + 1);
+    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let first_worker = Worker::new(shared.clone(), first.out.clone(), None);
+        let workers: Vec<_> = std::iter::once(first_worker)
+            .chain(others.into_iter().map(|lane| Worker::new(shared.clone(), lane.out, Some(lane.replies))))
+            .map(|worker| {
+                let jobs = jobs_rx.clone();
+                scope.spawn(move || worker.run(&jobs))
+            })
+            .collect();
+        drop(jobs_rx);
+        let mut tree = Tree {
+            shared: shared.clone(),
+            out: first.out,
+            replies: first.replies,
+            jobs: Some(jobs_tx),
+            workers,
             waiting: HashMap::new(),
-            parent: None,
-            compressor: None,
-            level_control: LevelControl::new(),
             batch: Vec::new(),
-            buffer: vec![0; CHUNK_SIZE],
             summary: Summary::default(),
-            files_done: 0,
-            bytes_done: 0,
-            started: now,
-            last_progress: now,
-        }
-    }
-
-    pub(super) fn run(mut self) -> Result<Summary> {
-        match self.stream() {
-            Ok(()) => {}
-            // The connection broke: the receiver probably said why before closing.
-            Err(error @ SyncError::Disconnected(_)) => return Err(self.remote_reason().unwrap_or(error)),
-            Err(error) => return Err(error),
-        }
-        self.summary.elapsed_s = self.started.elapsed().as_secs_f64();
-        self.emit_progress();
-        Ok(self.summary)
-    }
-
-    fn remote_reason(&mut self) -> Option<SyncError> {
-        while let Some(reply) = self.replies.blocking_recv() {
-            if let Ok(Message::Error(error)) =
-                reply.map_err(|_| ()).and_then(|body| decode_message(&body).map_err(|_| ()))
-            {
-                return Some(SyncError::Remote(error));
+        };
+        let result = tree.stream();
+        if let Err(error) = result {
+            // Stop the workers (they find the queue closed or the session failed), close our
+            // side of the first lane, and find out why the session ended.
+            shared.failed.store(true, Ordering::Release);
+            let Tree { out, mut replies, jobs, workers, .. } = tree;
+            drop((out, jobs));
+            for worker in workers {
+                let _ = worker.join();
             }
+            let error = match shared.take_failure() {
+                Some(SyncError::Disconnected(_)) | None => error,
+                Some(first) => first,
+            };
+            return Err(match error {
+                // The connection broke: the receiver probably said why before closing.
+                SyncError::Disconnected(_) => remote_reason(&mut replies).unwrap_or(error),
+                error => error,
+            });
         }
-        None
-    }
+        let mut summary = result.map(|()| std::mem::take(&mut tree.summary))?;
+        summary.files_transferred = shared.files_transferred.load(Ordering::Relaxed);
+        summary.bytes_transferred = shared.bytes_transferred.load(Ordering::Relaxed);
+        let problems =
+            std::mem::take(&mut *shared.problems.lock().expect("no thread panics holding the problems lock"));
+        summary.errors = problems.errors;
+        summary.warnings.splice(0..0, problems.warnings);
+        summary.elapsed_s = started.elapsed().as_secs_f64();
+        shared.progress(true);
+        Ok(summary)
+    })
+}
 
+/// The tree thread: scans, sends entries and takes the receiver's verdicts.
+struct Tree<'scope> {
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Vec<u8>>,
+    replies: mpsc::Receiver<Result<super::InFrame>>,
+    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    workers: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+    waiting: HashMap<u64, Waiting>,
+    /// Encoded small messages (entries) not yet handed to the writer.
+    batch: Vec<u8>,
+    summary: Summary,
+}
+
+impl Tree<'_> {
     /// Queues a small message; small messages are written in batches (see [`Self::flush`]).
     fn send(&mut self, message: &Message) -> Result<()> {
         self.batch.extend_from_slice(&encode_message(message));
@@ -119,8 +219,8 @@ impl Sender {
         Ok(())
     }
 
-    /// Hands the queued small messages to the writer: before every data chunk (order), before
-    /// waiting for the receiver, and whenever [`BATCH`] bytes have gathered.
+    /// Hands the queued small messages to the writer: before waiting for the receiver, and
+    /// whenever [`BATCH`] bytes have gathered.
     fn flush(&mut self) -> Result<()> {
         if self.batch.is_empty() {
             return Ok(());
@@ -129,22 +229,21 @@ impl Sender {
         self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were sending"))
     }
 
-    /// Sends one encoded data frame after the queued small messages.
-    fn send_frame(&mut self, frame: Vec<u8>) -> Result<()> {
-        self.flush()?;
-        self.out.blocking_send(frame).map_err(|_| SyncError::Disconnected("while we were sending"))
+    fn check_workers(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(self.shared.take_failure().unwrap_or(SyncError::Disconnected("(a content lane failed)")));
+        }
+        Ok(())
     }
 
     fn stream(&mut self) -> Result<()> {
         let root_entry = self.root_entry()?;
         self.send(&Message::Entry(root_entry))?;
-        let mut scanner = Scanner::new(&self.root, self.options.clone()).map_err(|source| SyncError::Io {
-            op: "cannot scan the source volume",
-            path: ".".into(),
-            source,
-        })?;
+        let mut scanner = Scanner::new(&self.shared.root, self.shared.options.clone())
+            .map_err(|source| SyncError::Io { op: "cannot scan the source volume", path: ".".into(), source })?;
         let mut scanning = true;
         loop {
+            self.check_workers()?;
             while let Ok(reply) = self.replies.try_recv() {
                 self.handle_reply(decode_message(&reply?)?)?;
             }
@@ -153,7 +252,7 @@ impl Sender {
                     Some(Scanned::Entry(entry)) => self.send_entry(entry)?,
                     Some(Scanned::Problem(problem)) => {
                         let message = format!("cannot read `{}`: {}", problem.path, problem.error);
-                        self.problem(&message);
+                        self.shared.problem(&message);
                         // The target keeps its copy: an unreadable source is no reason to delete.
                         if problem.raw.len() <= crate::confine::MAX_PATH {
                             self.send(&Message::Keep { path: problem.raw })?;
@@ -161,8 +260,8 @@ impl Sender {
                     }
                     None => {
                         scanning = false;
-                        if !self.reporter.wants_early_totals() {
-                            self.reporter.on_event(&Event::Totals {
+                        if !self.shared.reporter.wants_early_totals() {
+                            self.shared.reporter.on_event(&Event::Totals {
                                 files: self.summary.files_total,
                                 bytes: self.summary.bytes_total,
                             });
@@ -178,6 +277,13 @@ impl Sender {
             let reply = self.replies.blocking_recv().ok_or(SyncError::Disconnected("before answering"))?;
             self.handle_reply(decode_message(&reply?)?)?;
         }
+        // Every file is answered: let the workers finish what they were given. Content on the
+        // first lane then precedes the end of the tree.
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            worker.join().map_err(|_| SyncError::Disconnected("(a content worker panicked)"))??;
+        }
+        self.check_workers()?;
         self.send(&Message::EndOfEntries)?;
         self.flush()?;
         loop {
@@ -198,9 +304,10 @@ impl Sender {
     /// The volume root itself travels first, as an entry with an empty path.
     fn root_entry(&self) -> Result<Entry> {
         let io = |source| SyncError::Io { op: "cannot read the source volume root", path: ".".into(), source };
-        let stat = rustix::fs::fstat(self.root.as_fd()).map_err(|e| io(e.into()))?;
-        let dir = confine::open_dir(self.root.as_fd(), b"").map_err(io)?;
-        let xattrs = crate::meta::read_xattrs(dir.as_fd(), b".", &self.options).map_err(io)?;
+        let root = &self.shared.root;
+        let stat = rustix::fs::fstat(root.as_fd()).map_err(|e| io(e.into()))?;
+        let dir = confine::open_dir(root.as_fd(), b"").map_err(io)?;
+        let xattrs = crate::meta::read_xattrs(dir.as_fd(), b".", &self.shared.options).map_err(io)?;
         Ok(Entry {
             id: u64::MAX,
             path: Vec::new(),
@@ -212,16 +319,6 @@ impl Sender {
             atime: Timestamp { sec: stat.st_atime, nsec: u32::try_from(stat.st_atime_nsec).unwrap_or(0) },
             xattrs,
         })
-    }
-
-    /// A file that vanished, changed or could not be read: an error, or a warning in a stage run.
-    fn problem(&mut self, message: &str) {
-        if self.options.stage {
-            self.summary.warnings.push(message.to_owned());
-            self.reporter.on_event(&Event::Warning { message: message.to_owned() });
-        } else {
-            self.summary.errors.push(message.to_owned());
-        }
     }
 
     fn send_entry(&mut self, entry: Entry) -> Result<()> {
@@ -242,25 +339,31 @@ impl Sender {
         match reply {
             Message::Need { id } => {
                 let waiting = self.take_waiting(id)?;
-                self.send_file(id, &waiting, None)?;
+                self.dispatch(Job { id, waiting, basis: None })?;
             }
             Message::NeedBlocks { id, signature, shifts } => {
                 let signature = blocks::BasisSignature::parse(signature).map_err(SyncError::Protocol)?;
                 let waiting = self.take_waiting(id)?;
-                self.send_file(id, &waiting, Some(Basis::new(signature, shifts)))?;
+                self.dispatch(Job { id, waiting, basis: Some(Basis::new(signature, shifts)) })?;
             }
             Message::Skip { id } => {
                 let waiting = self.take_waiting(id)?;
-                self.files_done += 1;
-                self.bytes_done += waiting.size;
+                self.shared.done(waiting.size);
             }
             Message::Error(error) => return Err(SyncError::Remote(error)),
             other => return Err(SyncError::Protocol(format!("unexpected {} message from the receiver", other.name()))),
         }
-        if self.last_progress.elapsed() >= PROGRESS_EVERY {
-            self.emit_progress();
-        }
+        self.shared.progress(false);
         Ok(())
+    }
+
+    /// Hands a requested file to the next free content worker (waits while all are busy).
+    fn dispatch(&mut self, job: Job) -> Result<()> {
+        // Entries queued so far go first, so the receiver sees them before content of later ones.
+        self.flush()?;
+        let jobs = self.jobs.as_ref().ok_or(SyncError::Protocol("a verdict after the end of the tree".into()))?;
+        jobs.send(job)
+            .map_err(|_| self.shared.take_failure().unwrap_or(SyncError::Disconnected("(every content lane is gone)")))
     }
 
     fn take_waiting(&mut self, id: u64) -> Result<Waiting> {
@@ -268,15 +371,96 @@ impl Sender {
             .remove(&id)
             .ok_or_else(|| SyncError::Protocol(format!("verdict for entry {id}, which is not waiting for one")))
     }
+}
 
-    fn emit_progress(&mut self) {
-        self.last_progress = Instant::now();
-        self.reporter.on_event(&Event::Progress {
-            files_done: self.files_done,
-            bytes_done: self.bytes_done,
-            bytes_transferred: self.summary.bytes_transferred,
-            bytes_on_wire: self.on_wire.load(Ordering::Relaxed),
-        });
+/// After a lane broke: the error the receiver reported on it, if any.
+fn remote_reason(replies: &mut mpsc::Receiver<Result<super::InFrame>>) -> Option<SyncError> {
+    while let Some(reply) = replies.blocking_recv() {
+        if let Ok(Message::Error(error)) = reply.map_err(|_| ()).and_then(|body| decode_message(&body).map_err(|_| ()))
+        {
+            return Some(SyncError::Remote(error));
+        }
+    }
+    None
+}
+
+/// Reads, hashes, compresses and sends the content of requested files on one lane.
+struct Worker {
+    shared: Arc<Shared>,
+    out: mpsc::Sender<Vec<u8>>,
+    /// What the receiver says on this lane (only an error); `None` on the first lane, whose
+    /// input the tree thread reads.
+    replies: Option<mpsc::Receiver<Result<super::InFrame>>>,
+    parent: Option<(Vec<u8>, OwnedFd)>,
+    compressor: Option<Compressor>,
+    buffer: Vec<u8>,
+    /// Content bytes of the current file sent so far.
+    file_sent: u64,
+}
+
+impl Worker {
+    fn new(
+        shared: Arc<Shared>,
+        out: mpsc::Sender<Vec<u8>>,
+        replies: Option<mpsc::Receiver<Result<super::InFrame>>>,
+    ) -> Worker {
+        Worker { shared, out, replies, parent: None, compressor: None, buffer: vec![0; CHUNK_SIZE], file_sent: 0 }
+    }
+
+    /// Sends files from the queue until it closes; the first error stops the session.
+    fn run(mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
+        let result = self.work(jobs);
+        let result = match result {
+            Err(error @ SyncError::Disconnected(_)) => {
+                Err(self.replies.as_mut().and_then(remote_reason).unwrap_or(error))
+            }
+            other => other,
+        };
+        if let Err(error) = result {
+            self.shared.fail(error);
+            return Err(SyncError::Disconnected("(a content lane failed)"));
+        }
+        Ok(())
+    }
+
+    fn work(&mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
+        loop {
+            let job = jobs.lock().expect("no worker panics holding the job queue").recv();
+            let Ok(mut job) = job else { return Ok(()) };
+            if self.shared.failed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            if let Some(replies) = &mut self.replies {
+                match replies.try_recv() {
+                    Ok(reply) => {
+                        return Err(match decode_message(&reply?)? {
+                            Message::Error(error) => SyncError::Remote(error),
+                            other => {
+                                SyncError::Protocol(format!("unexpected {} message on a content lane", other.name()))
+                            }
+                        });
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        return Err(SyncError::Disconnected("(a content lane closed)"));
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                }
+            }
+            self.send_file(job.id, &job.waiting, job.basis.as_mut())?;
+        }
+    }
+
+    /// Queues a small message behind the content sent so far.
+    fn send(&mut self, message: &Message) -> Result<()> {
+        self.send_frame(encode_message(message))
+    }
+
+    /// Sends one encoded frame (unless the session has failed).
+    fn send_frame(&mut self, frame: Vec<u8>) -> Result<()> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(SyncError::Disconnected("(the session failed)"));
+        }
+        self.out.blocking_send(frame).map_err(|_| SyncError::Disconnected("while we were sending"))
     }
 
     fn open_source(&mut self, path: &[u8]) -> io::Result<std::fs::File> {
@@ -286,14 +470,14 @@ impl Sender {
         };
         if self.parent.as_ref().is_none_or(|(cached, _)| cached.as_slice() != parent) {
             self.parent = None;
-            let dir = confine::open_dir(self.root.as_fd(), parent)?;
+            let dir = confine::open_dir(self.shared.root.as_fd(), parent)?;
             self.parent = Some((parent.to_vec(), dir));
         }
         let dir = &self.parent.as_ref().expect("just set").1;
         confine::open_file_read(dir.as_fd(), name)
     }
 
-    fn send_file(&mut self, id: u64, waiting: &Waiting, mut basis: Option<Basis>) -> Result<()> {
+    fn send_file(&mut self, id: u64, waiting: &Waiting, basis: Option<&mut Basis>) -> Result<()> {
         let shown = display_bytes(&waiting.path);
         #[cfg(feature = "test-util")]
         crate::testing::before_read(&waiting.path);
@@ -305,26 +489,25 @@ impl Sender {
                     _ if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => FileFailure::Changed,
                     _ => FileFailure::Unreadable,
                 };
-                self.problem(&failure_message(&shown, reason, Some(&error)));
+                self.shared.problem(&failure_message(&shown, reason, Some(&error)));
                 return self.send(&Message::FileFailed { id, reason });
             }
         };
-        let sent_before = self.summary.bytes_transferred;
-        match self.stream_content(id, &file, waiting, basis.as_mut()) {
+        self.file_sent = 0;
+        match self.stream_content(id, &file, waiting, basis) {
             Ok(Some(hash)) => {
-                self.files_done += 1;
-                self.bytes_done += waiting.size;
-                if self.summary.bytes_transferred > sent_before || waiting.size == 0 {
-                    self.summary.files_transferred += 1;
+                self.shared.done(waiting.size);
+                if self.file_sent > 0 || waiting.size == 0 {
+                    self.shared.files_transferred.fetch_add(1, Ordering::Relaxed);
                 }
                 self.send(&Message::FileEnd { id, blake3: hash })
             }
             Ok(None) => {
-                self.problem(&failure_message(&shown, FileFailure::Changed, None));
+                self.shared.problem(&failure_message(&shown, FileFailure::Changed, None));
                 self.send(&Message::FileFailed { id, reason: FileFailure::Changed })
             }
             Err(ContentError::Read(error)) => {
-                self.problem(&failure_message(&shown, FileFailure::Unreadable, Some(&error)));
+                self.shared.problem(&failure_message(&shown, FileFailure::Unreadable, Some(&error)));
                 self.send(&Message::FileFailed { id, reason: FileFailure::Unreadable })
             }
             Err(ContentError::Sync(error)) => Err(error),
@@ -388,9 +571,7 @@ impl Sender {
                 sent?;
                 offset += want as u64;
                 hashed_to = offset;
-                if self.last_progress.elapsed() >= PROGRESS_EVERY {
-                    self.emit_progress();
-                }
+                self.shared.progress(false);
             }
         }
         hash_zeros(&mut hasher, size - hashed_to);
@@ -430,13 +611,18 @@ impl Basis {
     }
 }
 
-impl Sender {
+impl Worker {
     /// The zstd level for the next chunk of `bytes`.
     fn level(&mut self, bytes: usize) -> i32 {
-        match self.options.compression {
+        match self.shared.options.compression {
             Compression::Off => 0,
             Compression::Level(level) => crate::compress::capped_level(level),
-            Compression::Auto => self.level_control.observe(bytes, self.on_wire.load(Ordering::Relaxed)),
+            Compression::Auto => self
+                .shared
+                .level_control
+                .lock()
+                .expect("no thread panics holding the level control")
+                .observe(bytes, self.shared.on_wire.load(Ordering::Relaxed)),
         }
     }
 
@@ -455,14 +641,14 @@ impl Sender {
         let packed = self.pack_at_least(raw, min_level)?;
         let frame = encode_data(id, offset, raw.len() as u32, packed.compressed, &packed.bytes);
         self.send_frame(frame).map_err(ContentError::Sync)?;
-        self.summary.bytes_transferred += raw.len() as u64;
+        self.count_sent(raw.len() as u64);
         Ok(())
     }
 
     /// Compresses `raw` at the current level, and no less than `min_level` when compression is on.
     fn pack_at_least<'a>(&'a mut self, raw: &'a [u8], min_level: i32) -> std::result::Result<Packed<'a>, ContentError> {
         let mut level = self.level(raw.len());
-        if self.options.compression != Compression::Off {
+        if self.shared.options.compression != Compression::Off {
             level = level.max(min_level);
         }
         let compressor = self.compressor.as_mut().expect("set before streaming");
@@ -587,8 +773,13 @@ impl Sender {
         }));
         self.send_frame(frame).map_err(ContentError::Sync)?;
         // What a delta carries is mostly its literal bytes: count those, not the content made.
-        self.summary.bytes_transferred += delta.len().min(len) as u64;
+        self.count_sent(delta.len().min(len) as u64);
         Ok(())
+    }
+
+    fn count_sent(&mut self, bytes: u64) {
+        self.file_sent += bytes;
+        self.shared.bytes_transferred.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 

@@ -32,6 +32,11 @@ impl<S> Counted<S> {
         let count = ReadCount::default();
         (Counted { inner, count: count.clone() }, count)
     }
+
+    /// Wraps `inner`, adding what is read from it to `count` (the lanes of one session).
+    pub fn sharing(inner: S, count: &ReadCount) -> Counted<S> {
+        Counted { inner, count: count.clone() }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {

@@ -51,6 +51,16 @@ pub enum Request {
     },
     /// Anyone: report version and volumes (used by preflight checks).
     Ping,
+    /// The source side of a session with [`SyncOptions::streams`] > 1, after its first
+    /// connection was welcomed: carry lane `lane` (1..streams) of that session's content.
+    /// Asked with the role the first connection had.
+    JoinLane {
+        /// The lane token the first connection's [`Welcome`] carried.
+        #[serde(with = "serde_bytes")]
+        token: Vec<u8>,
+        /// Which lane this connection is.
+        lane: u32,
+    },
 }
 
 /// Options agreed for one volume session.
@@ -78,7 +88,13 @@ pub struct SyncOptions {
     /// duplicate). Still verified; a failed or interrupted run leaves such a file half updated
     /// until the next run repairs it.
     pub inplace: bool,
+    /// Connections the session's file content is spread over (1..=[`MAX_STREAMS`]); the first
+    /// also carries the tree and the verdicts.
+    pub streams: u32,
 }
+
+/// Most connections one volume session may use.
+pub const MAX_STREAMS: u32 = 16;
 
 impl Default for SyncOptions {
     fn default() -> Self {
@@ -93,6 +109,7 @@ impl Default for SyncOptions {
             checksum: false,
             bwlimit: 0,
             inplace: false,
+            streams: 1,
         }
     }
 }
@@ -111,7 +128,9 @@ pub enum Compression {
 /// The server's answer to a successful [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Welcome {
-    /// A session token, when the request was [`Request::OpenSession`].
+    /// A session token, when the request was [`Request::OpenSession`]; the lane token for
+    /// [`Request::JoinLane`], when a [`Request::Receive`] or [`Request::JoinSession`] asked for
+    /// more than one stream.
     #[serde(with = "serde_bytes")]
     pub token: Vec<u8>,
     /// The volumes the agent serves (answer to [`Request::Ping`]).

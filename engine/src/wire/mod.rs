@@ -36,8 +36,8 @@ pub use frame::{
     decode_reply, encode_data, encode_hello, encode_message,
 };
 pub use message::{
-    Compression, DataChunk, DeltaChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, Message, ReceiverReport,
-    RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, VolumeStatus, Welcome, Xattr,
+    Compression, DataChunk, DeltaChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, MAX_STREAMS, Message,
+    ReceiverReport, RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, VolumeStatus, Welcome, Xattr,
 };
 
 /// The protocol version this build speaks. Both ends of a session must speak the same one.
@@ -45,7 +45,9 @@ pub use message::{
 /// Version 2: [`Welcome`] carries the agent's software version and its volumes' state.
 /// Version 3: changed files travel against an rsync signature of the basis ([`Message::NeedBlocks`]),
 /// shifted content as [`Message::Delta`]s.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: a session's content may be spread over several connections
+/// ([`SyncOptions::streams`], [`Request::JoinLane`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;

@@ -1,0 +1,204 @@
+//! `--streams N`: one volume's content spread over N connections. The tree arrives identical,
+//! re-syncs move only what changed, the bandwidth limit holds across all lanes, and an agent
+//! admits each lane once, only with the token and role of the session's first connection.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{Agent, certs, mover, summary, text};
+use mover_engine::certs::{Identity, Role};
+use mover_engine::client::{self, CopyError};
+use mover_engine::progress::{NoProgress, Summary};
+use mover_engine::wire::{RemoteErrorKind, Request, SyncOptions};
+use mover_testdata::{BigFile, TreeSpec};
+
+fn runtime() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn sync(src: &Path, dst: &Path, options: SyncOptions) -> Summary {
+    fs::create_dir_all(dst).unwrap();
+    let summary = runtime()
+        .block_on(client::copy_local(src, dst, options, Arc::new(NoProgress)))
+        .map_err(|e| mover_engine::sync::full_message(&e))
+        .unwrap();
+    assert!(summary.is_success(), "{:?}", summary.errors);
+    summary
+}
+
+fn streams(n: u32) -> SyncOptions {
+    SyncOptions { streams: n, ..SyncOptions::default() }
+}
+
+#[test]
+fn a_tree_over_four_streams_arrives_identical_and_a_resync_moves_only_what_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    let mut spec = TreeSpec::with_entries(3_000);
+    spec.big_files = vec![
+        BigFile::Database(24 << 20),
+        BigFile::Random(16 << 20),
+        BigFile::Sparse { size: 64 << 20, data_every: 4 << 20, data_len: 64 << 10 },
+    ];
+    mover_testdata::generate(&src, &spec).unwrap();
+
+    let first = sync(&src, &dst, streams(4));
+    mover_testdata::assert_identical(&src, &dst);
+    assert!(first.files_transferred > 1_000, "{first:?}");
+
+    // Pages rewritten in the database, a new file, a deleted file: a few hundred KiB.
+    let database = walk(&src).into_iter().find(|p| p.to_string_lossy().contains("database")).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&database).unwrap();
+    for i in 0..40u64 {
+        file.write_all_at(&mover_testdata::random_bytes(i, 4096), i * 131 * 4096).unwrap();
+    }
+    fs::write(src.join("added"), mover_testdata::random_bytes(9, 100 << 10)).unwrap();
+    let victim = walk(&src).into_iter().find(|p| p.is_file() && !p.ends_with("added")).unwrap();
+    fs::remove_file(&victim).unwrap();
+
+    let again = sync(&src, &dst, streams(3));
+    mover_testdata::assert_identical(&src, &dst);
+    assert!(again.files_transferred <= 3, "only the changed files travel: {again:?}");
+    assert!(again.bytes_on_wire < 2 << 20, "{} bytes on the wire for ~260 KiB changed", again.bytes_on_wire);
+    assert!(again.entries_deleted >= 1, "{again:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            out.extend(walk(&entry.path()));
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn bwlimit_holds_across_three_streams_within_15_percent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    // Three incompressible files, so every lane has one to carry at the same time.
+    for i in 0..3 {
+        mover_testdata::write_random(&src.join(format!("f{i}")), 4 << 20, i).unwrap();
+    }
+    let limit = 4u64 << 20;
+    let summary = sync(&src, &dst, SyncOptions { bwlimit: limit, ..streams(3) });
+    let rate = summary.bytes_on_wire as f64 / summary.elapsed_s;
+    let ratio = rate / limit as f64;
+    assert!((0.85..=1.15).contains(&ratio), "observed {rate:.0} B/s for a limit of {limit} B/s ({ratio:.2})");
+    mover_testdata::assert_identical(&src, &dst);
+}
+
+#[test]
+fn agent_to_agent_push_over_three_streams() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, target) = (tmp.path().join("src"), tmp.path().join("volume"));
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&target).unwrap();
+    let mut spec = TreeSpec::with_entries(2_000);
+    spec.big_files = vec![BigFile::Random(8 << 20)];
+    mover_testdata::generate(&src, &spec).unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let source_agent = Agent::start(&certs, &[format!("data={}:ro", src.display())], tmp.path());
+    let target_agent = Agent::start(&certs, &[format!("data={}", target.display())], tmp.path());
+    let output = mover(&[
+        "copy",
+        &source_agent.url("data"),
+        &target_agent.url("data"),
+        "--certs",
+        certs.to_str().unwrap(),
+        "--streams",
+        "3",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(summary(&output)["files_transferred"].as_u64().unwrap() > 1_000);
+    mover_testdata::assert_identical(&src, &target);
+    let log = target_agent.log_text();
+    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2, "two further lanes joined: {log}");
+    // The further lanes carried content, not just the first.
+    let carried: Vec<u64> = log
+        .lines()
+        .filter(|line| line.contains("lane finished"))
+        .map(|line| {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            line["fields"]["files"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(carried.len(), 2, "{log}");
+    assert!(carried.iter().all(|&files| files > 0), "a lane carried no file: {carried:?}");
+}
+
+#[test]
+fn out_of_range_stream_counts_are_refused_with_the_range() {
+    let output = mover(&["copy", "/nonexistent-a", "/nonexistent-b", "--streams", "17"]);
+    assert_eq!(output.status.code(), Some(64), "{}", text(&output));
+    assert!(text(&output).contains("use 1 to 16"), "{}", text(&output));
+    let output = mover(&["copy", "/nonexistent-a", "/nonexistent-b", "--streams", "0"]);
+    assert_eq!(output.status.code(), Some(64), "{}", text(&output));
+}
+
+/// The error an agent answers `request` with.
+async fn refusal(identity: &Identity, addr: &str, request: Request) -> (RemoteErrorKind, String) {
+    match client::open(identity, addr, request, None).await {
+        Err(CopyError::Refused { error, .. }) => (error.kind, error.message),
+        Ok(_) => panic!("the agent welcomed what it should refuse"),
+        Err(other) => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[test]
+fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("volume");
+    fs::create_dir_all(&target).unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let agent = Agent::start(&certs, &[format!("data={}", target.display())], tmp.path());
+    let coordinator = Identity::load(&certs, Role::Coordinator).unwrap();
+    let other_role = Identity::load(&certs, Role::Agent).unwrap();
+    runtime().block_on(async {
+        let receive = |streams| Request::Receive {
+            volume: "data".into(),
+            options: SyncOptions { streams, ..SyncOptions::default() },
+        };
+        let (kind, message) = refusal(&coordinator, &agent.addr, receive(17)).await;
+        assert_eq!(kind, RemoteErrorKind::Protocol);
+        assert!(message.contains("1 to 16"), "{message}");
+        let (kind, _) = refusal(&coordinator, &agent.addr, receive(0)).await;
+        assert_eq!(kind, RemoteErrorKind::Protocol);
+
+        let guess = Request::JoinLane { token: vec![7; 32], lane: 1 };
+        let (kind, _) = refusal(&coordinator, &agent.addr, guess).await;
+        assert_eq!(kind, RemoteErrorKind::BadToken);
+
+        let (_first, welcome) = client::open(&coordinator, &agent.addr, receive(3), None).await.unwrap();
+        assert_eq!(welcome.token.len(), 32, "a 3-stream receive hands out a lane token");
+        let lane = |lane| Request::JoinLane { token: welcome.token.clone(), lane };
+        for bad in [0, 3, 1000] {
+            let (kind, message) = refusal(&coordinator, &agent.addr, lane(bad)).await;
+            assert_eq!(kind, RemoteErrorKind::Protocol, "lane {bad}: {message}");
+        }
+        // Another role cannot ride on the coordinator's session.
+        let (kind, _) = refusal(&other_role, &agent.addr, lane(1)).await;
+        assert_eq!(kind, RemoteErrorKind::BadToken);
+        let (_one, _) = client::open(&coordinator, &agent.addr, lane(1), None).await.unwrap();
+        let (kind, message) = refusal(&coordinator, &agent.addr, lane(1)).await;
+        assert_eq!(kind, RemoteErrorKind::Protocol, "a lane joins once: {message}");
+        let (_two, _) = client::open(&coordinator, &agent.addr, lane(2), None).await.unwrap();
+    });
+    let log = agent.log_text();
+    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2 + 6, "{log}");
+}
