@@ -72,7 +72,21 @@ fn rogue(certs: &Path, attack: Attack) -> String {
                     frame.extend_from_slice(&[0xff; 8]);
                     frame
                 }
-                Attack::FloodWhileNotReading => encode_message(&Message::Need { id }),
+                Attack::FloodWhileNotReading => {
+                    // Ask for every file: one is being sent, one waits in the job queue, and the
+                    // sender's tree thread blocks handing over the third, so it stops reading
+                    // replies and the flood can only pile up in front of it.
+                    let mut reply = encode_message(&Message::Need { id });
+                    while let Ok(Some(message)) = reader.read_message().await {
+                        if let Message::Entry(entry) = message {
+                            reply.extend_from_slice(&encode_message(&Message::Need { id: entry.id }));
+                            if entry.path == b"small" {
+                                break;
+                            }
+                        }
+                    }
+                    reply
+                }
             };
             let raw = writer.get_mut();
             raw.write_all(&reply).await.unwrap();
@@ -103,6 +117,7 @@ fn source(dir: &Path) -> std::path::PathBuf {
     let src = dir.join("src");
     fs::create_dir_all(&src).unwrap();
     mover_testdata::write_random(&src.join("big"), 256 << 20, 3).unwrap();
+    mover_testdata::write_random(&src.join("big2"), 32 << 20, 4).unwrap();
     fs::write(src.join("small"), b"small file").unwrap();
     src
 }

@@ -516,3 +516,43 @@ fn a_content_lane_takes_only_requested_files_and_each_file_stays_on_one_lane() {
     }
     assert_untouched(&fixture);
 }
+
+#[test]
+fn a_file_that_fails_on_a_content_lane_fails_the_session_and_keeps_the_old_file() {
+    let fixture = fixture();
+    fs::write(fixture.target.join("b"), b"old content").unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (first, lane) = open_two_lanes(&fixture).await;
+        let (first_reader, first_writer) = tokio::io::split(first);
+        let (mut first_reader, mut first_writer) = (FrameReader::new(first_reader), FrameWriter::new(first_writer));
+        let content = b"new!";
+        first_writer
+            .write_frame(&frame(&entry(1, b"b", EntryKind::File { size: content.len() as u64, leader: false })))
+            .await
+            .unwrap();
+        first_writer.flush().await.unwrap();
+        match next_message(&mut first_reader).await {
+            Some(Message::Need { id: 1 } | Message::NeedBlocks { id: 1, .. }) => {}
+            other => panic!("expected a verdict for `b`, got {other:?}"),
+        }
+        let (_lane_reader, lane_writer) = tokio::io::split(lane);
+        let mut lane_writer = FrameWriter::new(lane_writer);
+        let data = DataChunk { id: 1, offset: 0, raw_len: 4, compressed: false, bytes: content.to_vec() };
+        lane_writer.write_frame(&frame(&Message::Data(data))).await.unwrap();
+        let wrong = Message::FileEnd { id: 1, blake3: *blake3::hash(b"something else").as_bytes() };
+        lane_writer.write_frame(&frame(&wrong)).await.unwrap();
+        lane_writer.flush().await.unwrap();
+        // The tree ends at once: the session must still end with the lane's error, not `Done`.
+        first_writer.write_frame(&frame(&Message::EndOfEntries)).await.unwrap();
+        first_writer.flush().await.unwrap();
+        match next_message(&mut first_reader).await {
+            Some(Message::Error(error)) => {
+                assert_eq!(error.kind, RemoteErrorKind::Verification, "{error:?}");
+            }
+            other => panic!("expected the lane's verification error, got {other:?}"),
+        }
+    });
+    assert_eq!(fs::read(fixture.target.join("b")).unwrap(), b"old content");
+}

@@ -215,17 +215,26 @@ fn source_agent_kills(iterations: usize, seed: u64, streams: u32) {
         "only {interrupted} of {iterations} kills hit a copy in progress: the test proves little"
     );
     let source_agent = Agent::start(&certs, &[source_volume], tmp.path());
-    let output = mover(&[
-        "copy",
-        &source_agent.url("data"),
-        &target_agent.url("data"),
-        "--certs",
-        certs.to_str().unwrap(),
-        "--streams",
-        &streams.to_string(),
-        "--output",
-        "json",
-    ]);
+    let copy = || {
+        mover(&[
+            "copy",
+            &source_agent.url("data"),
+            &target_agent.url("data"),
+            "--certs",
+            certs.to_str().unwrap(),
+            "--streams",
+            &streams.to_string(),
+            "--output",
+            "json",
+        ])
+    };
+    // The target may still be winding down the last killed session for a moment.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut output = copy();
+    while output.status.code() != Some(0) && text(&output).contains("target busy") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        output = copy();
+    }
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     mover_testdata::assert_identical(source(), &target);
 }

@@ -199,6 +199,28 @@ fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
         assert_eq!(kind, RemoteErrorKind::Protocol, "a lane joins once: {message}");
         let (_two, _) = client::open(&coordinator, &agent.addr, lane(2), None).await.unwrap();
     });
+    runtime().block_on(async {
+        // A source that dies while its lanes are joining frees the volume at once, not after
+        // the 30 s the lanes get to join.
+        let receive =
+            Request::Receive { volume: "data".into(), options: SyncOptions { streams: 3, ..SyncOptions::default() } };
+        let (first, welcome) = client::open(&coordinator, &agent.addr, receive.clone(), None).await.unwrap();
+        let lane = Request::JoinLane { token: welcome.token.clone(), lane: 1 };
+        let (_one, _) = client::open(&coordinator, &agent.addr, lane, None).await.unwrap();
+        drop(first);
+        let started = std::time::Instant::now();
+        loop {
+            match client::open(&coordinator, &agent.addr, receive.clone(), None).await {
+                Ok(_) => break,
+                Err(CopyError::Refused { error, .. }) if error.kind == RemoteErrorKind::Busy => {
+                    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the volume stayed busy");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    });
     let log = agent.log_text();
-    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2 + 6, "{log}");
+    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2 + 6 + 1, "{log}");
+    assert!(log.contains("before its 2 further streams joined"), "{log}");
 }

@@ -173,7 +173,7 @@ struct LaneGroup {
     role: Role,
     streams: u32,
     joined: HashSet<u32>,
-    to_receiver: mpsc::UnboundedSender<tunnel::ServerStream>,
+    to_receiver: mpsc::UnboundedSender<(u32, tunnel::ServerStream)>,
 }
 
 struct State {
@@ -424,8 +424,8 @@ async fn dispatch(
             Request::JoinLane { token, lane } => state.join_lane(token, *lane, role).map(|()| Welcome::default()),
             Request::JoinSession { .. } if role != Role::Agent => Err(forbid(role, "join a session")),
             Request::JoinSession { .. } => Ok(Welcome::default()),
-            Request::Push { volume, .. } if role == Role::Coordinator => {
-                state.volume(volume).map(|_| Welcome::default())
+            Request::Push { volume, options, .. } if role == Role::Coordinator => {
+                check_streams(options).and_then(|()| state.volume(volume)).map(|_| Welcome::default())
             }
             Request::Push { .. } => Err(forbid(role, "ask an agent to push")),
         }
@@ -493,11 +493,11 @@ async fn dispatch(
             receive(state, (stream, lanes), &session.volume, session.options, peer).await?;
             drop(guard);
         }
-        Request::JoinLane { token, .. } => {
+        Request::JoinLane { token, lane } => {
             // The receive that waits for this lane takes it over (or has given up: dropped).
             let to_receiver = state.lanes.lock().expect("lanes lock").get(&token).map(|g| g.to_receiver.clone());
             if let Some(to_receiver) = to_receiver {
-                let _ = to_receiver.send(stream);
+                let _ = to_receiver.send((lane, stream));
             }
         }
         Request::Push { volume, target, token, proxy, options } => {
@@ -523,7 +523,7 @@ fn check_streams(options: &SyncOptions) -> Result<(), RemoteError> {
 struct Lanes {
     state: Arc<State>,
     token: Vec<u8>,
-    arrivals: mpsc::UnboundedReceiver<tunnel::ServerStream>,
+    arrivals: mpsc::UnboundedReceiver<(u32, tunnel::ServerStream)>,
 }
 
 impl Drop for Lanes {
@@ -533,12 +533,30 @@ impl Drop for Lanes {
 }
 
 impl Lanes {
-    /// Waits for the `count` other lanes; fails, naming how many came, after [`LANE_JOIN_TIMEOUT`].
-    async fn gather(mut self, count: usize) -> Result<Vec<tunnel::ServerStream>, String> {
+    /// Waits for the `count` other lanes and returns them in lane order; fails, naming how many
+    /// came, after [`LANE_JOIN_TIMEOUT`], or at once when the source closes `first` (it died)
+    /// or speaks on it before its lanes joined.
+    async fn gather(mut self, first: &tunnel::ServerStream, count: usize) -> Result<Vec<tunnel::ServerStream>, String> {
         let mut lanes = Vec::with_capacity(count);
         let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
+        // An honest source sends nothing on its first connection until every lane is in, so
+        // anything readable there (an end included) means the session is off. Peeked, not read.
+        let tcp = first.get_ref().0;
+        let spoke = async {
+            let mut byte = [0u8; 1];
+            let _ = tcp.peek(&mut byte).await;
+        };
+        tokio::pin!(spoke);
         while lanes.len() < count {
-            match tokio::time::timeout_at(deadline, self.arrivals.recv()).await {
+            let arrival = tokio::select! {
+                arrival = tokio::time::timeout_at(deadline, self.arrivals.recv()) => arrival,
+                () = &mut spoke => {
+                    return Err(format!(
+                        "the source closed (or used) its first connection before its {count} further streams joined"
+                    ));
+                }
+            };
+            match arrival {
                 Ok(Some(lane)) => lanes.push(lane),
                 Ok(None) | Err(_) => {
                     return Err(format!(
@@ -549,7 +567,8 @@ impl Lanes {
                 }
             }
         }
-        Ok(lanes)
+        lanes.sort_by_key(|(number, _)| *number);
+        Ok(lanes.into_iter().map(|(_, lane)| lane).collect())
     }
 }
 
@@ -590,11 +609,20 @@ async fn receive(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut observed = Observed::start(state, volume, Direction::Received);
     let root = state.volumes[volume].root.clone();
-    let (stream, wire) = crate::tunnel::Counted::new(stream);
+    let mut stream = stream;
     let lanes = match lanes {
-        Some(lanes) => lanes.gather(options.streams as usize - 1).await?,
+        Some(lanes) => match lanes.gather(&stream, options.streams as usize - 1).await {
+            Ok(lanes) => lanes,
+            Err(message) => {
+                // The source hears why before the connection closes.
+                let error = RemoteError::new(RemoteErrorKind::Other, message.clone());
+                let _ = FrameWriter::new(&mut stream).send(&Message::Error(error)).await;
+                return Err(message.into());
+            }
+        },
         None => Vec::new(),
     };
+    let (stream, wire) = crate::tunnel::Counted::new(stream);
     let lanes = lanes.into_iter().map(|lane| crate::tunnel::Counted::sharing(lane, &wire)).collect();
     let reporter = Arc::new(crate::progress::LogProgress);
     let report = sync::receive_volume(stream, lanes, root, options, reporter).await;

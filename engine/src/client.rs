@@ -120,13 +120,11 @@ pub(crate) async fn join_lanes(
             SyncError::Protocol(format!("agent `{addr}` offered no lanes for a {streams}-stream session")).into()
         );
     }
-    let mut lanes = Vec::new();
-    for lane in 1..streams {
+    let lanes = (1..streams).map(|lane| async move {
         let request = Request::JoinLane { token: token.to_vec(), lane };
-        let (stream, _) = open_with((config, migration_id), addr, request, proxy).await?;
-        lanes.push(stream);
-    }
-    Ok(lanes)
+        open_with((config, migration_id), addr, request, proxy).await.map(|(stream, _)| stream)
+    });
+    futures_util::future::try_join_all(lanes).await
 }
 
 /// Copies the local directory `source` into volume `volume` of the agent at `addr`, through

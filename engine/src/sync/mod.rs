@@ -45,10 +45,16 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600
 /// Most regular files the sender keeps waiting for the receiver's verdict.
 pub const WINDOW: usize = 1024;
 
-/// Bytes of frames read from the peer but not yet handled, per session: the reader stops
-/// reading when the handler falls this far behind, so a peer that floods (while, say, it does not
-/// read what we send) costs at most this much memory, plus the one frame being read.
+/// Bytes of frames read from the peer but not yet handled, per session (shared out among its
+/// lanes): a lane's reader stops reading when its handler falls this far behind, so a peer
+/// that floods (while, say, it does not read what we send) costs at most this much memory,
+/// plus the one frame being read on each lane.
 pub const INPUT_BUDGET: usize = 64 << 20;
+
+/// A connection with nothing to carry for this long sends an empty frame, so the peer's
+/// [`IDLE_TIMEOUT`] only fires on a peer that is really gone (a lane idle while others work,
+/// a first lane silent while a content lane carries a very large file).
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A frame body from the peer. It holds its share of [`INPUT_BUDGET`] until dropped.
 pub(crate) struct InFrame {
@@ -151,14 +157,17 @@ pub fn full_message(error: &(dyn std::error::Error + 'static)) -> String {
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
 /// Reads frame bodies and hands them to a blocking thread, which decodes them (data chunks are
-/// used in place); ends at end of stream or on error.
-async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result<InFrame>>) {
+/// used in place), holding at most `budget` bytes of them; skips keepalives (empty frames);
+/// ends at end of stream or on error.
+async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result<InFrame>>, budget: usize) {
     let mut frames = FrameReader::new(BufReader::with_capacity(256 * 1024, reader));
-    let budget = Arc::new(tokio::sync::Semaphore::new(INPUT_BUDGET));
+    let limit = budget;
+    let budget = Arc::new(tokio::sync::Semaphore::new(limit));
     loop {
         let item = match tokio::time::timeout(IDLE_TIMEOUT, frames.read_frame()).await {
+            Ok(Ok(Some(body))) if body.is_empty() => continue,
             Ok(Ok(Some(body))) => {
-                let share = u32::try_from(body.len().clamp(1, INPUT_BUDGET)).expect("the budget fits u32");
+                let share = u32::try_from(body.len().clamp(1, limit)).expect("the budget fits u32");
                 let Ok(permit) = Arc::clone(&budget).acquire_many_owned(share).await else { return };
                 Ok(InFrame { body, _budget: permit })
             }
@@ -174,20 +183,46 @@ async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result
     }
 }
 
-/// Writes frames from a blocking thread to the stream, flushing whenever the queue runs dry.
-/// With a `bwlimit` (bytes per second; 0 = none) it paces on `on_wire`, which may count the
-/// session's other lanes too, from `started`: a frame leaves when the average allows it.
+/// How a session's lanes share a bandwidth limit.
+#[derive(Clone)]
+struct Pace {
+    /// Bytes per second; 0 = no limit.
+    bwlimit: u64,
+    started: tokio::time::Instant,
+    /// Bytes of every lane's frames, counted before they are written.
+    scheduled: Arc<AtomicU64>,
+}
+
+impl Pace {
+    fn new(bwlimit: u64) -> Pace {
+        Pace { bwlimit, started: tokio::time::Instant::now(), scheduled: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+/// Writes frames from a blocking thread to the stream, flushing whenever the queue runs dry,
+/// and an empty frame after [`KEEPALIVE`] of silence. With a bandwidth limit a frame leaves
+/// when the average over the session's lanes allows it; `on_wire` counts what was written.
 async fn pump_out<W: AsyncWrite + Unpin>(
     writer: W,
     mut from_thread: mpsc::Receiver<Vec<u8>>,
     on_wire: Arc<AtomicU64>,
-    (bwlimit, started): (u64, tokio::time::Instant),
+    pace: Pace,
 ) -> Result<()> {
     let mut frames = FrameWriter::new(BufWriter::with_capacity(256 * 1024, writer));
-    while let Some(frame) = from_thread.recv().await {
-        if bwlimit > 0 {
-            let sent = on_wire.load(Ordering::Relaxed);
-            let due = started + std::time::Duration::from_secs_f64(sent as f64 / bwlimit as f64);
+    loop {
+        let frame = match tokio::time::timeout(KEEPALIVE, from_thread.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                frames.write_frame(&0u32.to_be_bytes()).await?;
+                frames.flush().await?;
+                continue;
+            }
+        };
+        if pace.bwlimit > 0 {
+            // Reserved before the write, so lanes writing at once do not all see the old total.
+            let sent = pace.scheduled.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            let due = pace.started + std::time::Duration::from_secs_f64(sent as f64 / pace.bwlimit as f64);
             if due > tokio::time::Instant::now() {
                 frames.flush().await?;
                 tokio::time::sleep_until(due).await;
@@ -214,9 +249,9 @@ impl Pumps {
     /// Starts the pumps of `stream`; returns them and the thread's ends of their queues.
     fn start<S>(
         stream: S,
-        (input_frames, output_frames): (usize, usize),
+        (input_frames, input_budget, output_frames): (usize, usize, usize),
         on_wire: Arc<AtomicU64>,
-        pace: (u64, tokio::time::Instant),
+        pace: Pace,
     ) -> (Pumps, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Result<InFrame>>)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
@@ -225,7 +260,7 @@ impl Pumps {
         let (in_tx, in_rx) = mpsc::channel(input_frames);
         let (out_tx, out_rx) = mpsc::channel(output_frames);
         let pumps = Pumps {
-            reader: tokio::spawn(pump_in(reader, in_tx)),
+            reader: tokio::spawn(pump_in(reader, in_tx, input_budget)),
             writer: tokio::spawn(pump_out(writer, out_rx, on_wire, pace)),
         };
         (pumps, out_tx, in_rx)
@@ -263,12 +298,14 @@ where
         })
     });
     let on_wire = Arc::new(AtomicU64::new(0));
-    let pace = (options.bwlimit, tokio::time::Instant::now());
-    let (first_pumps, out, replies) = Pumps::start(stream, (WINDOW * 2 + 16, 32), on_wire.clone(), pace);
+    let pace = Pace::new(options.bwlimit);
+    let budget = INPUT_BUDGET / (lanes.len() + 1);
+    let (first_pumps, out, replies) =
+        Pumps::start(stream, (WINDOW * 2 + 16, budget, 32), on_wire.clone(), pace.clone());
     let mut pumps = vec![first_pumps];
     let mut others = Vec::new();
     for lane in lanes {
-        let (lane_pumps, out, replies) = Pumps::start(lane, (4, 32), on_wire.clone(), pace);
+        let (lane_pumps, out, replies) = Pumps::start(lane, (4, budget, 32), on_wire.clone(), pace.clone());
         pumps.push(lane_pumps);
         others.push(sender::Lane { out, replies });
     }
@@ -303,11 +340,12 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let group = receiver::Group::new(root, options, reporter, lanes.len() + 1)?;
-    let no_pace = (0, tokio::time::Instant::now());
-    let (first, out, input) = Pumps::start(stream, (64, WINDOW * 2 + 16), Arc::new(AtomicU64::new(0)), no_pace);
+    let budget = INPUT_BUDGET / (lanes.len() + 1);
+    let (first, out, input) =
+        Pumps::start(stream, (64, budget, WINDOW * 2 + 16), Arc::new(AtomicU64::new(0)), Pace::new(0));
     let mut others = Vec::new();
     for (number, lane) in (1..).zip(lanes) {
-        let (pumps, out, input) = Pumps::start(lane, (64, 4), Arc::new(AtomicU64::new(0)), no_pace);
+        let (pumps, out, input) = Pumps::start(lane, (64, budget, 4), Arc::new(AtomicU64::new(0)), Pace::new(0));
         let group = group.clone();
         let thread = tokio::task::spawn_blocking(move || receiver::run_lane(&group, number, &out, input));
         others.push((pumps, thread));
@@ -327,4 +365,40 @@ where
     let report = result?;
     written?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Message, decode_message, encode_message};
+
+    /// A lane that carries nothing for twice the idle timeout stays alive (keepalives), and
+    /// what comes after arrives first in line: the empty frames never reach the thread.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_lane_stays_alive_and_keepalives_never_reach_the_thread() {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let (to_pump, from_thread) = mpsc::channel(4);
+        let writer = tokio::spawn(pump_out(ours, from_thread, Arc::new(AtomicU64::new(0)), Pace::new(0)));
+        let (to_thread, mut input) = mpsc::channel(4);
+        let reader = tokio::spawn(pump_in(theirs, to_thread, 1 << 20));
+        tokio::time::sleep(IDLE_TIMEOUT * 2).await;
+        to_pump.send(encode_message(&Message::EndOfEntries)).await.unwrap();
+        let first = input.recv().await.expect("the reader is still running").expect("no idle timeout");
+        assert_eq!(decode_message(&first).unwrap(), Message::EndOfEntries);
+        drop(to_pump);
+        writer.await.unwrap().unwrap();
+        assert!(input.recv().await.is_none(), "a clean end after the last frame");
+        reader.await.unwrap();
+    }
+
+    /// Without keepalives the same silence ends the session (the test above can fail).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_given_up_after_the_idle_timeout() {
+        let (_ours, theirs) = tokio::io::duplex(1 << 16);
+        let (to_thread, mut input) = mpsc::channel(4);
+        let reader = tokio::spawn(pump_in(theirs, to_thread, 1 << 20));
+        let item = input.recv().await.expect("an error, not a clean end");
+        assert!(matches!(item, Err(SyncError::Disconnected(_))));
+        reader.await.unwrap();
+    }
 }

@@ -338,17 +338,17 @@ pub(super) fn run(
         seen_root: false,
         replies: Vec::new(),
     };
-    let result = receiver.receive();
-    receiver.lane.close(&result);
-    let result = result.and_then(|()| receiver.flush_replies());
+    let result = receiver.receive().and_then(|()| receiver.flush_replies());
     // A lane's failure is why the session ended, even when this lane only saw the sender go.
     let result = match (result, receiver.group.files().error.take()) {
         (Err(_), Some(first)) => Err(first),
         (result, _) => result,
     };
+    // Set before any lane closes its half-received file: a failed session keeps none.
     if result.as_ref().is_err_and(|error| !is_interruption(error)) {
         receiver.group.abandoned.store(true, Ordering::Release);
     }
+    receiver.lane.close(result.as_ref().is_err_and(is_interruption));
     match result {
         Ok(()) => {
             let report = std::mem::take(&mut receiver.group.files().report);
@@ -370,6 +370,7 @@ pub(super) fn run_lane(
     out: &mpsc::Sender<Vec<u8>>,
     mut input: mpsc::Receiver<Result<super::InFrame>>,
 ) {
+    let _open = LaneOpen(group);
     let mut lane = Lane::new(group.clone());
     let result = (|| {
         while let Some(body) = input.blocking_recv() {
@@ -389,16 +390,27 @@ pub(super) fn run_lane(
         (Ok(()), Some(_)) => Err(SyncError::Disconnected("in the middle of a file")),
         (result, _) => result,
     };
-    lane.close(&result);
-    tracing::info!(lane = number, files = lane.files, bytes = lane.bytes, "lane finished");
-    let mut files = group.files();
-    files.lanes_open -= 1;
+    let interrupted = result.as_ref().is_err_and(is_interruption);
     if let Err(error) = result {
+        // Recorded before this lane's file settles, so the end of the session sees it.
         let _ = out.blocking_send(encode_message(&Message::Error(error.to_remote())));
-        files.error.get_or_insert(error);
+        group.files().error.get_or_insert(error);
+        group.settled.notify_all();
     }
-    drop(files);
-    group.settled.notify_all();
+    lane.close(interrupted);
+    tracing::info!(lane = number, files = lane.files, bytes = lane.bytes, "lane finished");
+}
+
+/// Counts a lane out of the session when its thread ends, however it ends.
+struct LaneOpen<'a>(&'a Group);
+
+impl Drop for LaneOpen<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut files) = self.0.files.lock() {
+            files.lanes_open -= 1;
+        }
+        self.0.settled.notify_all();
+    }
 }
 
 /// The temporary name of a file being received: derived from its path, size and mtime, so an
@@ -425,6 +437,14 @@ fn discard(open: &OpenFile) {
     let _ = rustix::fs::unlinkat(open.dir.as_fd(), open.tmp.as_c_str(), AtFlags::empty());
 }
 
+/// File content (what any lane may carry), as opposed to the tree.
+fn is_content(incoming: &Incoming<'_>) -> bool {
+    matches!(
+        incoming,
+        Incoming::Data(_) | Incoming::Message(Message::FileEnd { .. } | Message::FileFailed { .. } | Message::Delta(_))
+    )
+}
+
 /// A broken connection, as opposed to bad data or a failed write.
 fn is_interruption(error: &SyncError) -> bool {
     matches!(error, SyncError::Disconnected(_) | SyncError::Wire(_))
@@ -438,7 +458,13 @@ impl Receiver {
     fn receive(&mut self) -> Result<()> {
         loop {
             let body = self.next_input()?;
-            let Some(message) = self.lane.content(decode_incoming(&body)?)? else { continue };
+            let incoming = decode_incoming(&body)?;
+            if is_content(&incoming) {
+                // Verdicts go out before a file's content is written (which may take long), so
+                // the sender can keep its other lanes busy.
+                self.flush_replies()?;
+            }
+            let Some(message) = self.lane.content(incoming)? else { continue };
             match message {
                 Message::Entry(entry) => self.entry(entry)?,
                 Message::EndOfEntries => return self.finish(),
@@ -800,13 +826,12 @@ impl Lane {
         Ok(None)
     }
 
-    /// After the lane's last frame: a broken connection keeps what arrived of the current file
-    /// (the next run resumes from it); any other failure (bad data, full disk) removes it.
-    fn close(&mut self, result: &Result<()>) {
+    /// After the lane's last frame: a broken connection (`interrupted`) keeps what arrived of
+    /// the current file (the next run resumes from it), unless the session failed otherwise;
+    /// any other failure (bad data, full disk) removes it.
+    fn close(&mut self, interrupted: bool) {
         if let Some(open) = self.current.take() {
-            let interrupted =
-                result.as_ref().is_err_and(is_interruption) && !self.group.abandoned.load(Ordering::Acquire);
-            if !interrupted {
+            if !interrupted || self.group.abandoned.load(Ordering::Acquire) {
                 discard(&open);
             }
             self.group.settle(open.id);
@@ -989,14 +1014,8 @@ impl Lane {
     fn file_end(&mut self, id: u64, expected: [u8; 32]) -> Result<()> {
         self.open_file(id)?;
         let open = self.current.take().expect("opened above");
-        let verified = self.verify(open, expected);
-        let verified = match verified {
-            Ok(verified) => verified,
-            Err(error) => {
-                self.group.settle(id);
-                return Err(error);
-            }
-        };
+        // On failure the file stays counted as being received: the session ends with the error.
+        let verified = self.verify(open, expected)?;
         let path = verified.0.path.clone();
         let leader = matches!(verified.0.entry.kind, EntryKind::File { leader: true, .. });
         let installed = install(verified);
@@ -1014,14 +1033,13 @@ impl Lane {
             links
         };
         // The file counts as received only once its links exist: the end of the session waits.
-        let linked = installed.and_then(|()| {
-            links.into_iter().try_for_each(|link| {
-                let link_path = RelPath::new(&link.path).map_err(|e| protocol(e.to_string()))?;
-                self.group.link(&path, &link_path, link.id)
-            })
-        });
+        installed?;
+        for link in links {
+            let link_path = RelPath::new(&link.path).map_err(|e| protocol(e.to_string()))?;
+            self.group.link(&path, &link_path, link.id)?;
+        }
         self.group.settle(id);
-        linked
+        Ok(())
     }
 
     fn file_failed(&mut self, id: u64, reason: FileFailure) -> Result<()> {

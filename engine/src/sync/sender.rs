@@ -410,17 +410,20 @@ impl Worker {
     /// Sends files from the queue until it closes; the first error stops the session.
     fn run(mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
         let result = self.work(jobs);
-        let result = match result {
-            Err(error @ SyncError::Disconnected(_)) => {
-                Err(self.replies.as_mut().and_then(remote_reason).unwrap_or(error))
+        let Err(error) = result else { return Ok(()) };
+        // Another thread failed first: that error is the session's; nothing to wait for here.
+        let stopped = self.shared.failed.load(Ordering::Acquire);
+        let Worker { out, replies, shared, .. } = self;
+        let error = match (error, replies) {
+            // Our lane broke: closing our side lets the receiver's reason (if any) arrive.
+            (error @ SyncError::Disconnected(_), Some(mut replies)) if !stopped => {
+                drop(out);
+                remote_reason(&mut replies).unwrap_or(error)
             }
-            other => other,
+            (error, _) => error,
         };
-        if let Err(error) = result {
-            self.shared.fail(error);
-            return Err(SyncError::Disconnected("(a content lane failed)"));
-        }
-        Ok(())
+        shared.fail(error);
+        Err(SyncError::Disconnected("(a content lane failed)"))
     }
 
     fn work(&mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
