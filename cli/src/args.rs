@@ -173,9 +173,10 @@ pub struct CopyArgs {
     #[arg(long, env = "MOVER_INPLACE")]
     pub inplace: bool,
     /// Spread the volume's file content over N connections (1-16), each with its own reader,
-    /// compressor and writer on both ends: for links where one TCP connection cannot fill the
-    /// pipe (long round trips, per-connection shaping) and for nodes with cores to spare.
-    #[arg(long, default_value_t = 1, value_parser = parse_streams, env = "MOVER_STREAMS")]
+    /// compressor and writer on both ends, so several files move at once: uses the cores of
+    /// both nodes and links where one TCP connection cannot fill the pipe. 1 sends one file
+    /// at a time over one connection.
+    #[arg(long, default_value_t = DEFAULT_STREAMS, value_parser = parse_streams, env = "MOVER_STREAMS")]
     pub streams: u32,
     /// Keep entries on the target that the source lacks (by default they are deleted, as a
     /// migration wants).
@@ -380,6 +381,9 @@ fn parse_platform(text: &str) -> Result<mover_engine::image::Platform, String> {
 fn parse_creds(text: &str) -> Result<Credentials, String> {
     Credentials::parse_pair(text)
 }
+
+/// Connections per volume unless told otherwise (`--streams`, a plan's `streams:`).
+pub const DEFAULT_STREAMS: u32 = 4;
 
 /// `--streams N`: 1 to [`mover_engine::wire::MAX_STREAMS`].
 pub fn parse_streams(text: &str) -> Result<u32, String> {

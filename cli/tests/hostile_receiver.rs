@@ -125,7 +125,8 @@ fn source(dir: &Path) -> std::path::PathBuf {
 fn spawn_copy(src: &Path, addr: &str, certs: &Path) -> Child {
     Command::new(common::bin("mover"))
         .args(["copy", src.to_str().unwrap(), &format!("agent://{addr}/vol"), "--certs", certs.to_str().unwrap()])
-        .args(["--compress", "off"])
+        // The rogue serves one connection: no further lanes.
+        .args(["--compress", "off", "--streams", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -259,41 +259,55 @@ fn has_temporaries(dir: &Path) -> bool {
     })
 }
 
-/// A TCP relay that forwards to `upstream` and cuts both directions once `limit` bytes went
-/// from the client to the server.
+/// A TCP relay that forwards every connection to `upstream` and cuts them all (both
+/// directions, and any later connection) once `limit` bytes in total went from the clients to
+/// the server: a link that goes down under a session of several streams.
 fn cutting_relay(upstream: String, limit: u64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let forwarded = Arc::new(AtomicU64::new(0));
+    let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
     std::thread::spawn(move || {
-        let (client, _) = listener.accept().unwrap();
-        let server = TcpStream::connect(upstream).unwrap();
-        let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-        let (mut server_read, mut client_write) = (server, client);
-        std::thread::spawn(move || {
-            let mut buffer = [0u8; 16 * 1024];
-            while let Ok(n) = server_read.read(&mut buffer) {
-                if n == 0 || client_write.write_all(&buffer[..n]).is_err() {
-                    break;
+        for client in listener.incoming() {
+            let Ok(client) = client else { break };
+            if forwarded.load(Ordering::SeqCst) >= limit {
+                continue;
+            }
+            let server = TcpStream::connect(&upstream).unwrap();
+            open.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+            let (mut client_read, mut server_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut server_read, mut client_write) = (server, client);
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 16 * 1024];
+                while let Ok(n) = server_read.read(&mut buffer) {
+                    if n == 0 || client_write.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
-        let mut forwarded = 0u64;
-        let mut buffer = [0u8; 16 * 1024];
-        while let Ok(n) = client_read.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            let n = n.min((limit - forwarded) as usize);
-            if server_write.write_all(&buffer[..n]).is_err() {
-                break;
-            }
-            forwarded += n as u64;
-            if forwarded >= limit {
-                break;
-            }
+            });
+            let (forwarded, open) = (forwarded.clone(), open.clone());
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 16 * 1024];
+                while let Ok(n) = client_read.read(&mut buffer) {
+                    if n == 0 {
+                        return;
+                    }
+                    let before = forwarded.fetch_add(n as u64, Ordering::SeqCst);
+                    let n = n.min(limit.saturating_sub(before) as usize);
+                    if n > 0 && server_write.write_all(&buffer[..n]).is_err() {
+                        return;
+                    }
+                    if before + n as u64 >= limit {
+                        break;
+                    }
+                }
+                for stream in open.lock().unwrap().iter() {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            });
         }
-        let _ = server_write.shutdown(std::net::Shutdown::Both);
-        let _ = client_read.shutdown(std::net::Shutdown::Both);
     });
     addr
 }

@@ -74,7 +74,7 @@ pub struct Streams(pub u32);
 
 impl Default for Streams {
     fn default() -> Self {
-        Streams(1)
+        Streams(crate::args::DEFAULT_STREAMS)
     }
 }
 

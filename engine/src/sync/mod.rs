@@ -51,6 +51,10 @@ pub const WINDOW: usize = 1024;
 /// plus the one frame being read on each lane.
 pub const INPUT_BUDGET: usize = 64 << 20;
 
+/// Frames the sender's threads may queue for the writers, per session (shared out among its
+/// lanes, at least 4 each): with chunks of up to 1 MiB, what a slow link can make the source hold.
+const OUTPUT_FRAMES: usize = 32;
+
 /// A connection with nothing to carry for this long sends an empty frame, so the peer's
 /// [`IDLE_TIMEOUT`] only fires on a peer that is really gone (a lane idle while others work,
 /// a first lane silent while a content lane carries a very large file).
@@ -300,12 +304,14 @@ where
     let on_wire = Arc::new(AtomicU64::new(0));
     let pace = Pace::new(options.bwlimit);
     let budget = INPUT_BUDGET / (lanes.len() + 1);
+    // Frames (up to a chunk each) queued for the writers: 32 for the session, at least 4 a lane.
+    let queued = (OUTPUT_FRAMES / (lanes.len() + 1)).max(4);
     let (first_pumps, out, replies) =
-        Pumps::start(stream, (WINDOW * 2 + 16, budget, 32), on_wire.clone(), pace.clone());
+        Pumps::start(stream, (WINDOW * 2 + 16, budget, queued), on_wire.clone(), pace.clone());
     let mut pumps = vec![first_pumps];
     let mut others = Vec::new();
     for lane in lanes {
-        let (lane_pumps, out, replies) = Pumps::start(lane, (4, budget, 32), on_wire.clone(), pace.clone());
+        let (lane_pumps, out, replies) = Pumps::start(lane, (4, budget, queued), on_wire.clone(), pace.clone());
         pumps.push(lane_pumps);
         others.push(sender::Lane { out, replies });
     }
