@@ -12,10 +12,12 @@ use common::{Agent, certs};
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client;
 use mover_engine::sync::blocks;
+use mover_engine::tunnel::ClientStream;
 use mover_engine::wire::{
     DataChunk, DeltaChunk, Entry, EntryKind, FrameReader, FrameWriter, MAX_FRAME, Message, RemoteError,
     RemoteErrorKind, Request, SyncOptions, Timestamp,
 };
+use tokio::io::{ReadHalf, WriteHalf};
 
 struct Fixture {
     _tmp: tempfile::TempDir,
@@ -443,6 +445,30 @@ async fn open_two_lanes(fixture: &Fixture) -> (mover_engine::tunnel::ClientStrea
     (first, lane)
 }
 
+/// The two ends a test drives of a two-stream receive: the first connection's reader and
+/// writer, and lane 1's writer (which keeps the lane open).
+struct TwoLanes {
+    first_reader: FrameReader<ReadHalf<ClientStream>>,
+    first_writer: FrameWriter<WriteHalf<ClientStream>>,
+    lane_writer: FrameWriter<WriteHalf<ClientStream>>,
+}
+
+/// Opens a two-stream receive and offers file 1 at `path` (`size` bytes) on the first
+/// connection; returns once the target asked for it.
+async fn requested_over_two_lanes(fixture: &Fixture, path: &[u8], size: u64) -> TwoLanes {
+    let (first, lane) = open_two_lanes(fixture).await;
+    let (first_reader, first_writer) = tokio::io::split(first);
+    let (mut first_reader, mut first_writer) = (FrameReader::new(first_reader), FrameWriter::new(first_writer));
+    first_writer.write_frame(&frame(&entry(1, path, EntryKind::File { size, leader: false }))).await.unwrap();
+    first_writer.flush().await.unwrap();
+    match next_message(&mut first_reader).await {
+        Some(Message::Need { id: 1 } | Message::NeedBlocks { id: 1, .. }) => {}
+        other => panic!("expected a verdict for entry 1, got {other:?}"),
+    }
+    let (_, lane_writer) = tokio::io::split(lane);
+    TwoLanes { first_reader, first_writer, lane_writer: FrameWriter::new(lane_writer) }
+}
+
 #[test]
 fn a_content_lane_takes_only_requested_files_and_each_file_stays_on_one_lane() {
     let fixture = fixture();
@@ -463,15 +489,8 @@ fn a_content_lane_takes_only_requested_files_and_each_file_stays_on_one_lane() {
     });
     runtime.block_on(async {
         // A file started on lane 1, continued on the first connection.
-        let (first, lane) = open_two_lanes(&fixture).await;
-        let (first_reader, first_writer) = tokio::io::split(first);
-        let (mut first_reader, mut first_writer) = (FrameReader::new(first_reader), FrameWriter::new(first_writer));
-        first_writer.write_frame(&frame(&entry(1, b"a", EntryKind::File { size: 8, leader: false }))).await.unwrap();
-        first_writer.flush().await.unwrap();
-        match next_message(&mut first_reader).await {
-            Some(Message::Need { id: 1 } | Message::NeedBlocks { id: 1, .. }) => {}
-            other => panic!("expected a verdict for `a`, got {other:?}"),
-        }
+        let TwoLanes { mut first_reader, mut first_writer, mut lane_writer } =
+            requested_over_two_lanes(&fixture, b"a", 8).await;
         let chunk = |offset: u64, bytes: &[u8]| {
             frame(&Message::Data(DataChunk {
                 id: 1,
@@ -481,8 +500,6 @@ fn a_content_lane_takes_only_requested_files_and_each_file_stays_on_one_lane() {
                 bytes: bytes.to_vec(),
             }))
         };
-        let (_lane_reader, lane_writer) = tokio::io::split(lane);
-        let mut lane_writer = FrameWriter::new(lane_writer);
         lane_writer.write_frame(&chunk(0, b"abcd")).await.unwrap();
         lane_writer.flush().await.unwrap();
         // Lane 1 has the file once its partial exists.
@@ -524,21 +541,9 @@ fn a_file_that_fails_on_a_content_lane_fails_the_session_and_keeps_the_old_file(
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let (first, lane) = open_two_lanes(&fixture).await;
-        let (first_reader, first_writer) = tokio::io::split(first);
-        let (mut first_reader, mut first_writer) = (FrameReader::new(first_reader), FrameWriter::new(first_writer));
         let content = b"new!";
-        first_writer
-            .write_frame(&frame(&entry(1, b"b", EntryKind::File { size: content.len() as u64, leader: false })))
-            .await
-            .unwrap();
-        first_writer.flush().await.unwrap();
-        match next_message(&mut first_reader).await {
-            Some(Message::Need { id: 1 } | Message::NeedBlocks { id: 1, .. }) => {}
-            other => panic!("expected a verdict for `b`, got {other:?}"),
-        }
-        let (_lane_reader, lane_writer) = tokio::io::split(lane);
-        let mut lane_writer = FrameWriter::new(lane_writer);
+        let TwoLanes { mut first_reader, mut first_writer, mut lane_writer } =
+            requested_over_two_lanes(&fixture, b"b", content.len() as u64).await;
         let data = DataChunk { id: 1, offset: 0, raw_len: 4, compressed: false, bytes: content.to_vec() };
         lane_writer.write_frame(&frame(&Message::Data(data))).await.unwrap();
         let wrong = Message::FileEnd { id: 1, blake3: *blake3::hash(b"something else").as_bytes() };
