@@ -13,7 +13,7 @@ use common::{Agent, certs, mover, summary, text};
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client::{self, CopyError};
 use mover_engine::progress::{NoProgress, Summary};
-use mover_engine::wire::{RemoteErrorKind, Request, SyncOptions};
+use mover_engine::wire::{FrameReader, FrameWriter, Message, RemoteErrorKind, Request, SyncOptions, encode_message};
 use mover_testdata::{BigFile, TreeSpec};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -220,7 +220,25 @@ fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
             }
         }
     });
+    runtime().block_on(async {
+        // A source may speak on its first connection as soon as its lanes are welcomed, before
+        // the target has taken them in: that is no reason to give up.
+        let receive =
+            Request::Receive { volume: "data".into(), options: SyncOptions { streams: 2, ..SyncOptions::default() } };
+        let (first, welcome) = client::open(&coordinator, &agent.addr, receive, None).await.unwrap();
+        let (reader, writer) = tokio::io::split(first);
+        let (mut reader, mut writer) = (FrameReader::new(reader), FrameWriter::new(writer));
+        writer.write_frame(&encode_message(&Message::EndOfEntries)).await.unwrap();
+        writer.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let lane = Request::JoinLane { token: welcome.token.clone(), lane: 1 };
+        let (_one, _) = client::open(&coordinator, &agent.addr, lane, None).await.unwrap();
+        match reader.read_message().await {
+            Ok(Some(Message::Done(_))) => {}
+            other => panic!("expected the session to complete, got {other:?}"),
+        }
+    });
     let log = agent.log_text();
-    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2 + 6 + 1, "{log}");
+    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2 + 6 + 1 + 1, "{log}");
     assert!(log.contains("before its 2 further streams joined"), "{log}");
 }

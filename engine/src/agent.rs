@@ -534,25 +534,26 @@ impl Drop for Lanes {
 
 impl Lanes {
     /// Waits for the `count` other lanes and returns them in lane order; fails, naming how many
-    /// came, after [`LANE_JOIN_TIMEOUT`], or at once when the source closes `first` (it died)
-    /// or speaks on it before its lanes joined.
+    /// came, after [`LANE_JOIN_TIMEOUT`], or at once when the source closes `first` (it died).
     async fn gather(mut self, first: &tunnel::ServerStream, count: usize) -> Result<Vec<tunnel::ServerStream>, String> {
         let mut lanes = Vec::with_capacity(count);
         let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
-        // An honest source sends nothing on its first connection until every lane is in, so
-        // anything readable there (an end included) means the session is off. Peeked, not read.
+        // Watched by peeking, so nothing is read. Data there is no sign of trouble: the source
+        // starts as soon as its lanes are welcomed, which may be before they reach us here.
         let tcp = first.get_ref().0;
-        let spoke = async {
+        let closed = async {
             let mut byte = [0u8; 1];
-            let _ = tcp.peek(&mut byte).await;
+            if matches!(tcp.peek(&mut byte).await, Ok(1..)) {
+                std::future::pending::<()>().await;
+            }
         };
-        tokio::pin!(spoke);
+        tokio::pin!(closed);
         while lanes.len() < count {
             let arrival = tokio::select! {
                 arrival = tokio::time::timeout_at(deadline, self.arrivals.recv()) => arrival,
-                () = &mut spoke => {
+                () = &mut closed => {
                     return Err(format!(
-                        "the source closed (or used) its first connection before its {count} further streams joined"
+                        "the source closed its first connection before its {count} further streams joined"
                     ));
                 }
             };
