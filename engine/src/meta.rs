@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::BorrowedFd;
 
-use crate::confine::proc_path;
+use crate::confine;
 use crate::wire::{SyncOptions, Xattr};
 
 /// Most extended attributes per entry.
@@ -36,27 +36,28 @@ fn unsupported(error: rustix::io::Errno) -> bool {
 
 /// Reads the copied extended attributes of `name` in `dir` (not following a symlink).
 ///
-/// Called for every entry on both sides, so the common case (no attributes) costs one
-/// `llistxattr` into a small buffer and no allocation.
+/// Called for every entry on both sides, so the common case (no attributes) costs one listing
+/// ([`confine::list_xattrs`]) into a small buffer and no allocation.
 pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8], options: &SyncOptions) -> io::Result<Vec<Xattr>> {
-    let path = proc_path(dir, name);
     let mut small = [0u8; 1024];
     let mut large = Vec::new();
-    let list: &[u8] = match rustix::fs::llistxattr(path.as_c_str(), &mut small[..]) {
+    let list: &[u8] = match confine::list_xattrs(dir, name, &mut small[..]) {
         Ok(0) => return Ok(Vec::new()),
         Ok(len) => &small[..len],
         Err(rustix::io::Errno::RANGE) => {
-            let len = rustix::fs::llistxattr_query(path.as_c_str()).map_err(io::Error::from)?;
+            let len = confine::list_xattrs(dir, name, &mut []).map_err(io::Error::from)?;
             if len > MAX_XATTR_TOTAL {
                 return Err(io::Error::other("extended attribute list exceeds the size limit"));
             }
             large.resize(len, 0);
-            let len = rustix::fs::llistxattr(path.as_c_str(), &mut large[..])?;
+            let len = confine::list_xattrs(dir, name, &mut large[..])?;
             &large[..len]
         }
         Err(error) if unsupported(error) => return Ok(Vec::new()),
         Err(error) => return Err(error.into()),
     };
+    // Entries with copied attributes are rare: their values are read through `/proc`.
+    let path = confine::proc_path(dir, name);
     let mut xattrs = Vec::new();
     let mut value = Vec::new();
     for attr in split_names(list) {
