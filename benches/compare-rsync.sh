@@ -18,6 +18,12 @@
 #   CASES   subset of "a b c d" (default all; b needs a, c and d need a's result as their basis)
 #   VERIFY  1 (default) compares the target with the source after every run
 #   BUILD   1 (default) runs cargo build first; 0 uses the binaries in target/release as they are
+#   TARGETS loop (default when root): the targets live on a fresh journaled ext4 on a loop device
+#           ($WORK/targets.img, sparse), like the fresh PV a migration writes to; work: in WORK.
+#           (This machine's root filesystem has no journal, and without one ext4's inode
+#           allocator skips inodes deleted in the last 5 minutes one by one: creating the 20k
+#           entries of case (a) right after the last run's target was deleted then costs seconds
+#           of CPU, more or less from run to run, whichever tool runs.)
 #
 # Cases, each for mover, rsync (MTC options) and rsync -z:
 #   (a) initial copy into an empty target
@@ -110,6 +116,9 @@ mkdir -p "$LOGS"
 LIVE=()      # pids of servers still running
 CLIENT_PID=  # time(1) running the measured client
 NETNS=()     # namespaces we created
+TDIR=$TREE   # where the targets live (see TARGETS)
+TMOUNTED=0
+LOOPDEV=
 cleanup() {
   local rc=$? p
   set +e
@@ -124,7 +133,8 @@ cleanup() {
   done
   wait 2>/dev/null
   for p in "${NETNS[@]}"; do ip netns del "$p" 2>/dev/null; done
-  rm -rf "$TREE"/dst-* "$TREE"/base-* "$LOGS"/probe-*
+  rm -rf "$TDIR"/dst-* "$TDIR"/base-* "$LOGS"/probe-*
+  if [ "$TMOUNTED" = 1 ]; then umount "$TDIR" && losetup -d "$LOOPDEV" && rm -f "$WORK/targets.img"; fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -784,32 +794,54 @@ say "tree $SRC: $SRC_DESC"
 say "mutation ($SRC2):"
 sed 's/^/  /' "$TREE/src2.mutation.log" >&2
 
+# Targets: on a fresh journaled ext4 (see TARGETS), big enough for three copies and a fourth.
+TARGETS=${TARGETS:-loop}
 rm -rf "$TREE"/dst-* "$TREE"/base-*
+TARGETS_DESC="in $TREE on $(findmnt -no FSTYPE -T "$TREE" 2>/dev/null || echo '?') (TARGETS=work)"
+if [ "$TARGETS" = loop ]; then
+  if [ "$(id -u)" != 0 ] || ! command -v losetup >/dev/null || ! command -v mkfs.ext4 >/dev/null; then
+    say "TARGETS=loop needs root, losetup and mkfs.ext4: targets stay in $TREE"
+  else
+    size=$(( $(du -s --apparent-size --block-size=1M "$SRC" | cut -f1) * 4 + 2048 ))
+    TDIR=$WORK/targets
+    mountpoint -q "$TDIR" && umount "$TDIR"
+    rm -f "$WORK/targets.img"
+    truncate -s "${size}M" "$WORK/targets.img"
+    mkfs.ext4 -q -F "$WORK/targets.img"
+    mkdir -p "$TDIR"
+    # Direct I/O: the image's pages are not cached a second time on the root filesystem.
+    LOOPDEV=$(losetup -f --show --direct-io=on "$WORK/targets.img")
+    mount -o discard "$LOOPDEV" "$TDIR"
+    TMOUNTED=1
+    TARGETS_DESC="on a fresh journaled ext4 on a loop device (${size} MiB, $WORK/targets.img)"
+  fi
+fi
+say "targets: $TARGETS_DESC"
 if has_case a || has_case b || has_case c || { has_case d && [ "$LINK_OK" = 1 ]; }; then
   say "case (a): initial copy into an empty target"
   for run in $(seq "$RUNS"); do
     for tool in $TOOLS; do
-      rm -rf "$TREE/dst-$tool"
-      mkdir "$TREE/dst-$tool"
-      measure a-initial "$tool" "$run" "$SRC" "$TREE/dst-$tool" 0
+      rm -rf "$TDIR/dst-$tool"
+      mkdir "$TDIR/dst-$tool"
+      measure a-initial "$tool" "$run" "$SRC" "$TDIR/dst-$tool" 0
     done
   done
 fi
 if has_case b; then
   say "case (b): re-sync, nothing changed"
   for run in $(seq "$RUNS"); do
-    for tool in $TOOLS; do measure b-nochange "$tool" "$run" "$SRC" "$TREE/dst-$tool" 0; done
+    for tool in $TOOLS; do measure b-nochange "$tool" "$run" "$SRC" "$TDIR/dst-$tool" 0; done
   done
 fi
-for tool in $TOOLS; do [ -d "$TREE/dst-$tool" ] && mv "$TREE/dst-$tool" "$TREE/base-$tool"; done
+for tool in $TOOLS; do [ -d "$TDIR/dst-$tool" ] && mv "$TDIR/dst-$tool" "$TDIR/base-$tool"; done
 
 resync_case() { # CASE LINK
   for run in $(seq "$RUNS"); do
     for tool in $TOOLS; do
-      rm -rf "$TREE/dst-$tool"
-      cp -a "$TREE/base-$tool" "$TREE/dst-$tool"
-      measure "$1" "$tool" "$run" "$SRC2" "$TREE/dst-$tool" "$2"
-      rm -rf "$TREE/dst-$tool"
+      rm -rf "$TDIR/dst-$tool"
+      cp -a "$TDIR/base-$tool" "$TDIR/dst-$tool"
+      measure "$1" "$tool" "$run" "$SRC2" "$TDIR/dst-$tool" "$2"
+      rm -rf "$TDIR/dst-$tool"
     done
   done
 }
@@ -820,13 +852,13 @@ fi
 if has_case d && [ "$LINK_OK" = 1 ]; then
   say "case (d): over a $RATE link between namespaces (re-sync after ~1 % changed, then initial copy)"
   resync_case d-changed-link 1
-  for tool in $TOOLS; do rm -rf "$TREE/base-$tool"; done
+  for tool in $TOOLS; do rm -rf "$TDIR/base-$tool"; done
   for run in $(seq "$RUNS"); do
     for tool in $TOOLS; do
-      rm -rf "$TREE/dst-$tool"
-      mkdir "$TREE/dst-$tool"
-      measure d-initial-link "$tool" "$run" "$SRC" "$TREE/dst-$tool" 1
-      rm -rf "$TREE/dst-$tool"
+      rm -rf "$TDIR/dst-$tool"
+      mkdir "$TDIR/dst-$tool"
+      measure d-initial-link "$tool" "$run" "$SRC" "$TDIR/dst-$tool" 1
+      rm -rf "$TDIR/dst-$tool"
     done
   done
 fi
@@ -875,6 +907,7 @@ echo "change applied for (c) and (d): $(tail -1 "$TREE/src2.mutation.log" | sed 
 echo "mover $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree as built), TLS 1.3, compression: ${mover_compress:-see mover copy --help} (its default)"
 echo "$(rsync --version | head -1 | sed 's/  */ /g'), stunnel $(stunnel4 -version 2>&1 | grep -o 'stunnel [0-9.]*' | head -1 | cut -d' ' -f2) with TLSv1.2; rsync -z negotiated: $RSYNC_Z"
 [ -z "$MOVER_ENV" ] || echo "environment seen by mover: $MOVER_ENV"
+echo "targets: $TARGETS_DESC"
 echo "warm page cache for every tool alike (no drop_caches here; sync before each run); CPU = user+sys (10 ms ticks)"
 echo "  src = client (+ stunnel client), dst = mover-agent or rsync daemon and its children (+ stunnel server)"
 echo "sent/recv MiB = application bytes before TLS, source->target / target->source (rsync: --stats total bytes"
