@@ -19,7 +19,9 @@
 #   VERIFY  1 (default) compares the target with the source after every run
 #   BUILD   1 (default) runs cargo build first; 0 uses the binaries in target/release as they are
 #   TARGETS loop (default when root): the targets live on a fresh journaled ext4 on a loop device
-#           ($WORK/targets.img, sparse), like the fresh PV a migration writes to; work: in WORK.
+#           ($WORK/targets.img, sparse), like the fresh PV a migration writes to; xfs: the same
+#           with XFS (reflinks on: mover clones a changed file's old version, rsync rewrites
+#           it); work: in WORK.
 #           (This machine's root filesystem has no journal, and without one ext4's inode
 #           allocator skips inodes deleted in the last 5 minutes one by one: creating the 20k
 #           entries of case (a) right after the last run's target was deleted then costs seconds
@@ -798,22 +800,24 @@ sed 's/^/  /' "$TREE/src2.mutation.log" >&2
 TARGETS=${TARGETS:-loop}
 rm -rf "$TREE"/dst-* "$TREE"/base-*
 TARGETS_DESC="in $TREE on $(findmnt -no FSTYPE -T "$TREE" 2>/dev/null || echo '?') (TARGETS=work)"
-if [ "$TARGETS" = loop ]; then
-  if [ "$(id -u)" != 0 ] || ! command -v losetup >/dev/null || ! command -v mkfs.ext4 >/dev/null; then
-    say "TARGETS=loop needs root, losetup and mkfs.ext4: targets stay in $TREE"
+if [ "$TARGETS" = loop ] || [ "$TARGETS" = xfs ]; then
+  fs=ext4
+  [ "$TARGETS" = xfs ] && fs=xfs
+  if [ "$(id -u)" != 0 ] || ! command -v losetup >/dev/null || ! command -v "mkfs.$fs" >/dev/null; then
+    say "TARGETS=$TARGETS needs root, losetup and mkfs.$fs: targets stay in $TREE"
   else
     size=$(( $(du -s --apparent-size --block-size=1M "$SRC" | cut -f1) * 4 + 2048 ))
     TDIR=$WORK/targets
     mountpoint -q "$TDIR" && umount "$TDIR"
     rm -f "$WORK/targets.img"
     truncate -s "${size}M" "$WORK/targets.img"
-    mkfs.ext4 -q -F "$WORK/targets.img"
+    if [ "$fs" = xfs ]; then mkfs.xfs -q -f "$WORK/targets.img"; else mkfs.ext4 -q -F "$WORK/targets.img"; fi
     mkdir -p "$TDIR"
     # Direct I/O: the image's pages are not cached a second time on the root filesystem.
     LOOPDEV=$(losetup -f --show --direct-io=on "$WORK/targets.img")
     mount -o discard "$LOOPDEV" "$TDIR"
     TMOUNTED=1
-    TARGETS_DESC="on a fresh journaled ext4 on a loop device (${size} MiB, $WORK/targets.img)"
+    TARGETS_DESC="on a fresh $([ "$fs" = xfs ] && echo XFS || echo "journaled ext4") on a loop device (${size} MiB, $WORK/targets.img)"
   fi
 fi
 say "targets: $TARGETS_DESC"

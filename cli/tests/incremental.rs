@@ -12,6 +12,8 @@ use mover_engine::wire::SyncOptions;
 use mover_testdata::{BigFile, TreeSpec};
 use proptest::prelude::*;
 
+mod common;
+
 fn runtime() -> tokio::runtime::Runtime {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -163,6 +165,66 @@ fn a_large_sparse_file_stays_sparse_after_an_incremental_change() {
     let (a, b) = (fs::metadata(&image).unwrap(), fs::metadata(dst.join("disk.img")).unwrap());
     assert!(b.blocks() <= a.blocks() + 128, "target allocates {} blocks, source {}", b.blocks(), a.blocks());
     mover_testdata::assert_identical(&src, &dst);
+}
+
+/// Physical start (in filesystem blocks) of each extent of `path`, from `filefrag -v`.
+fn physical_extents(path: &Path) -> Vec<u64> {
+    let output = std::process::Command::new("filefrag").arg("-v").arg(path).output().unwrap();
+    assert!(output.status.success(), "filefrag {}", path.display());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':').map(str::trim);
+            fields.next()?.parse::<u32>().ok()?;
+            fields.nth(1)?.split("..").next()?.trim().parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn on_xfs_a_changed_file_starts_as_a_clone_of_its_old_version() {
+    if !common::LoopXfs::available() {
+        eprintln!("skipped: needs root and mkfs.xfs (xfsprogs) to mount an XFS image");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let xfs = common::LoopXfs::mount(&tmp.path().join("xfs"), 1 << 30);
+    let dst = xfs.0.join("volume");
+    fs::create_dir(&src).unwrap();
+    let big = src.join("big.bin");
+    fs::write(&big, mover_testdata::random_bytes(1, 64 << 20)).unwrap();
+    let sparse = fs::File::create(src.join("sparse.img")).unwrap();
+    sparse.set_len(512 << 20).unwrap();
+    sparse.write_all_at(&mover_testdata::random_bytes(2, 4 << 20), 100 << 20).unwrap();
+    let shifted = mover_testdata::random_bytes(3, 8 << 20);
+    fs::write(src.join("shifted.bin"), &shifted).unwrap();
+    fs::write(src.join("shrinks.bin"), mover_testdata::random_bytes(4, 6 << 20)).unwrap();
+    copy(&src, &dst);
+    let before = physical_extents(&dst.join("big.bin"));
+
+    // 4 KiB rewritten in the middle, a page written in a hole, 4 KiB inserted (the rest shifts),
+    // and a file cut short.
+    fs::OpenOptions::new().write(true).open(&big).unwrap().write_all_at(&[7u8; 4096], 32 << 20).unwrap();
+    sparse.write_all_at(&mover_testdata::random_bytes(5, 4096), 300 << 20).unwrap();
+    drop(sparse);
+    let mut inserted = shifted[..(3 << 20)].to_vec();
+    inserted.extend_from_slice(&mover_testdata::random_bytes(6, 4096));
+    inserted.extend_from_slice(&shifted[(3 << 20)..]);
+    fs::write(src.join("shifted.bin"), &inserted).unwrap();
+    fs::OpenOptions::new().write(true).open(src.join("shrinks.bin")).unwrap().set_len(5 << 20).unwrap();
+    let summary = copy(&src, &dst);
+    mover_testdata::assert_identical(&src, &dst);
+    assert!(summary.bytes_on_wire < 2 << 20, "{} bytes on the wire", summary.bytes_on_wire);
+
+    // The unchanged start of the big file still lives in the blocks it had: the new version was
+    // cloned from the old one, not written anew (a copy gets new blocks while the old file
+    // still holds its own).
+    let after = physical_extents(&dst.join("big.bin"));
+    assert_eq!(after.first(), before.first(), "extents before {before:?}, after {after:?}");
+    assert!(after.len() > 1, "the rewritten block sits in its own extent: {after:?}");
+    let (a, b) = (fs::metadata(src.join("sparse.img")).unwrap(), fs::metadata(dst.join("sparse.img")).unwrap());
+    assert!(b.blocks() <= a.blocks() + 128, "target allocates {} blocks, source {}", b.blocks(), a.blocks());
 }
 
 #[test]

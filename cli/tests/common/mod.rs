@@ -181,6 +181,34 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A fresh XFS filesystem (reflinks on, as `mkfs.xfs` makes it) in a sparse image of `size`
+/// bytes, loop-mounted at `dir` and unmounted on drop (root and xfsprogs only).
+pub struct LoopXfs(pub PathBuf);
+
+impl LoopXfs {
+    /// Whether this machine can make one.
+    pub fn available() -> bool {
+        is_root() && Command::new("mkfs.xfs").arg("-V").output().is_ok_and(|o| o.status.success())
+    }
+
+    pub fn mount(dir: &Path, size: u64) -> LoopXfs {
+        let image = dir.with_extension("img");
+        std::fs::File::create(&image).unwrap().set_len(size).unwrap();
+        let status = Command::new("mkfs.xfs").arg("-q").arg(&image).status().unwrap();
+        assert!(status.success(), "mkfs.xfs {}", image.display());
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir).status().unwrap();
+        assert!(status.success(), "mount {} at {}", image.display(), dir.display());
+        LoopXfs(dir.to_owned())
+    }
+}
+
+impl Drop for LoopXfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// Writes `plan.yaml` in `dir`: the header, then `body`.
 pub fn write_plan(dir: &Path, body: &str) -> PathBuf {
     let path = dir.join("plan.yaml");

@@ -60,6 +60,10 @@ struct OpenFile {
     /// The basis is the file being written (a resumed partial, or the final file itself with
     /// `--inplace`): unsent ranges are already in place and only need hashing.
     resumed: bool,
+    /// The file being written started as a clone of the basis (a reflink, on filesystems that
+    /// share extents: XFS, btrfs): unsent ranges are already in place and only need hashing,
+    /// read from the basis.
+    cloned: bool,
     /// `--inplace`: `file` is the final name itself; nothing to rename, nothing to discard.
     inplace: bool,
     hasher: blake3::Hasher,
@@ -860,6 +864,7 @@ impl Lane {
             let dir = self.dirs.get(self.group.root.as_fd(), parent)?;
             let io = |op, source| SyncError::Io { op, path: path.display(), source };
             let inplace = self.group.options.inplace && basis == Basis::Existing;
+            let mut cloned = false;
             let (file, basis_file) = match basis {
                 Basis::Partial => (
                     confine::open_file_write(dir.as_fd(), tmp.as_bytes())
@@ -879,14 +884,14 @@ impl Lane {
                 ),
                 Basis::Existing => {
                     let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
-                    (
-                        confine::create_file(dir.as_fd(), tmp.as_bytes())
-                            .map_err(|e| io("cannot create a temporary file for", e))?,
-                        Some(
-                            confine::open_file_read(dir.as_fd(), name)
-                                .map_err(|e| io("cannot reopen the previous version of", e))?,
-                        ),
-                    )
+                    let file = confine::create_file(dir.as_fd(), tmp.as_bytes())
+                        .map_err(|e| io("cannot create a temporary file for", e))?;
+                    let basis = confine::open_file_read(dir.as_fd(), name)
+                        .map_err(|e| io("cannot reopen the previous version of", e))?;
+                    // Where extents can be shared, the new version starts as the old one and
+                    // only what changed is written; elsewhere (ext4, tmpfs) this fails at once.
+                    cloned = rustix::fs::ioctl_ficlone(&file, &basis).is_ok();
+                    (file, Some(basis))
                 }
                 Basis::None => {
                     let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
@@ -907,6 +912,7 @@ impl Lane {
                 file,
                 basis: basis_file,
                 resumed,
+                cloned,
                 inplace,
                 hasher: blake3::Hasher::new(),
                 position: 0,
@@ -1127,8 +1133,8 @@ fn write_content(open: &mut OpenFile, offset: u64, content: &[u8], gap_buffer: &
     let write_error = |source| SyncError::Io { op: "cannot write", path: shown.clone(), source };
     fill_gap(open, offset, gap_buffer).map_err(write_error)?;
     open.hasher.update(content);
-    // A resumed partial is not a fresh hole: its zero pages are punched out.
-    write_pages(&open.file, content, offset, open.resumed).map_err(write_error)?;
+    // A resumed partial or a clone is not a fresh hole: its zero pages are punched out.
+    write_pages(&open.file, content, offset, open.resumed || open.cloned).map_err(write_error)?;
     open.position = offset + content.len() as u64;
     Ok(())
 }
@@ -1191,7 +1197,7 @@ fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Resul
         // Past the end of the basis the sender must have sent data; zeros keep the hash honest.
         buffer[got..want].fill(0);
         open.hasher.update(&buffer[..want]);
-        if !open.resumed {
+        if !open.resumed && !open.cloned {
             write_pages(&open.file, &buffer[..want], open.position, false)?;
         }
         open.position += want as u64;
