@@ -43,6 +43,10 @@ const MAX_WARNINGS: usize = 1000;
 /// Bytes of replies gathered before they are written.
 const REPLY_BATCH: usize = 64 * 1024;
 
+/// Replies gathered before they are written, whatever their size: an eighth of the sender's
+/// window, so it gets verdicts while it still scans instead of once it has stopped for them.
+const REPLY_COUNT: usize = WINDOW / 8;
+
 /// Most files the receiver accepts as requested-but-not-yet-delivered.
 const MAX_PENDING: usize = WINDOW * 2;
 
@@ -320,6 +324,8 @@ pub(super) struct Receiver {
     deletions: Deletions,
     /// Encoded replies not yet handed to the writer.
     replies: Vec<u8>,
+    /// How many replies `replies` holds.
+    replies_held: usize,
     lane: Lane,
 }
 
@@ -341,6 +347,7 @@ pub(super) fn run(
         dirs: Vec::new(),
         seen_root: false,
         replies: Vec::new(),
+        replies_held: 0,
     };
     let result = receiver.receive().and_then(|()| receiver.flush_replies());
     // A lane's failure is why the session ended, even when this lane only saw the sender go.
@@ -485,12 +492,14 @@ impl Receiver {
         }
     }
 
-    /// Queues a reply. Replies are batched into one write (up to [`REPLY_BATCH`] bytes) and
-    /// sent whenever the receiver is about to wait for input, so a re-sync of many unchanged
-    /// files costs a few large writes instead of one tiny TLS record per file.
+    /// Queues a reply. Replies are batched into one write (up to [`REPLY_BATCH`] bytes or
+    /// [`REPLY_COUNT`] replies) and sent whenever the receiver is about to wait for input, so a
+    /// re-sync of many unchanged files costs a few hundred writes instead of one tiny TLS record
+    /// per file.
     fn reply(&mut self, message: &Message) -> Result<()> {
         self.replies.extend_from_slice(&encode_message(message));
-        if self.replies.len() >= REPLY_BATCH {
+        self.replies_held += 1;
+        if self.replies.len() >= REPLY_BATCH || self.replies_held >= REPLY_COUNT {
             self.flush_replies()?;
         }
         Ok(())
@@ -501,6 +510,7 @@ impl Receiver {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.replies);
+        self.replies_held = 0;
         self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were replying"))
     }
 
