@@ -108,6 +108,11 @@ fn image(dir: &Path, spec: &ImageSpec) -> std::io::Result<()> {
 
 fn run(args: &[String]) -> Result<bool, String> {
     let usage = "usage: mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]";
+    // `generate --help` once made a tree named `--help`: positionals never start with `-`.
+    let positionals = if args.first().is_some_and(|command| command == "compare") { 2 } else { 1 };
+    if args.iter().skip(1).take(positionals).any(|arg| arg.starts_with('-')) || args.iter().any(|arg| arg == "--help") {
+        return Err(usage.into());
+    }
     match args.first().map(String::as_str) {
         Some("generate") => {
             let dir = PathBuf::from(args.get(1).ok_or(usage)?);
