@@ -1098,7 +1098,11 @@ impl Lane {
         let shown = open.path.display();
         let io = |op, source| SyncError::Io { op, path: shown.clone(), source };
         fill_gap(open, size, &mut self.gap_buffer).map_err(|e| io("cannot write", e))?;
-        open.file.set_len(size).map_err(|e| io("cannot write", e))?;
+        // Only when it differs (a hole at the end, a shorter clone or partial): on XFS, setting
+        // the size of a file whose data is not written out yet writes it out at once.
+        if open.file.metadata().map_err(|e| io("cannot inspect", e))?.len() != size {
+            open.file.set_len(size).map_err(|e| io("cannot write", e))?;
+        }
         if open.hasher.finalize().as_bytes() != &expected {
             return Err(SyncError::Verification { path: open.path.display() });
         }
