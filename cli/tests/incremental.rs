@@ -167,9 +167,10 @@ fn a_large_sparse_file_stays_sparse_after_an_incremental_change() {
     mover_testdata::assert_identical(&src, &dst);
 }
 
-/// Physical start (in filesystem blocks) of each extent of `path`, from `filefrag -v`.
+/// Physical start (in filesystem blocks) of each extent of `path`, from `filefrag -s -v` (synced
+/// first: delayed allocation has no blocks yet).
 fn physical_extents(path: &Path) -> Vec<u64> {
-    let output = std::process::Command::new("filefrag").arg("-v").arg(path).output().unwrap();
+    let output = std::process::Command::new("filefrag").args(["-s", "-v"]).arg(path).output().unwrap();
     assert!(output.status.success(), "filefrag {}", path.display());
     String::from_utf8_lossy(&output.stdout)
         .lines()
