@@ -185,7 +185,7 @@ fn physical_extents(path: &Path) -> Vec<u64> {
 #[test]
 fn on_xfs_a_changed_file_starts_as_a_clone_of_its_old_version() {
     if !common::LoopXfs::available() {
-        eprintln!("skipped: needs root and mkfs.xfs (xfsprogs) to mount an XFS image");
+        eprintln!("skipped: needs root, loop devices and mkfs.xfs (xfsprogs) to mount an XFS image");
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

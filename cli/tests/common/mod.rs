@@ -188,7 +188,9 @@ pub struct LoopXfs(pub PathBuf);
 impl LoopXfs {
     /// Whether this machine can make one.
     pub fn available() -> bool {
-        is_root() && Command::new("mkfs.xfs").arg("-V").output().is_ok_and(|o| o.status.success())
+        is_root()
+            && Path::new("/dev/loop-control").exists()
+            && Command::new("mkfs.xfs").arg("-V").output().is_ok_and(|o| o.status.success())
     }
 
     pub fn mount(dir: &Path, size: u64) -> LoopXfs {
