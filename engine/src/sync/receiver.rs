@@ -901,6 +901,17 @@ impl Lane {
                     // Where extents can be shared, the new version starts as the old one and
                     // only what changed is written; elsewhere (ext4, tmpfs) this fails at once.
                     cloned = rustix::fs::ioctl_ficlone(&file, &basis).is_ok();
+                    let old_size = basis.metadata().map_err(|e| io("cannot inspect", e))?.len();
+                    let EntryKind::File { size, .. } = entry.kind else { unreachable!("only files are requested") };
+                    if !cloned {
+                        // A clone that failed part way (no space, quota) may have shared some
+                        // extents: the file must be the empty hole the copy path expects.
+                        file.set_len(0).map_err(|e| io("cannot write", e))?;
+                    } else if old_size > size {
+                        // Cut to the new size now (nothing is written yet, so this is cheap), so
+                        // that a partial left by an interruption can be resumed.
+                        file.set_len(size).map_err(|e| io("cannot write", e))?;
+                    }
                     (file, Some(basis))
                 }
                 Basis::None => {
