@@ -96,9 +96,10 @@ pub fn capped_level(level: i32) -> i32 {
 /// Throughput from one period to the next varies more with what is being sent (text, random
 /// data, holes) than with the level, so the climb alone can wander upwards on a fast link and
 /// spend the CPU the copy needs. Two bounds come from the link rate itself: a link seen
-/// carrying [`LevelControl::FAST_LINK`] is faster than zstd compresses past level 1, so the
-/// level stays at most 1 for the session; a link slower than [`LevelControl::SLOW_LINK`] is the
-/// limit, so the level stays at least 3.
+/// carrying [`LevelControl::FAST_LINK`] (after the first second) is faster than zstd
+/// compresses past level 1, so the level stays at most 1 for the session; a link slower than
+/// [`LevelControl::SLOW_LINK`] is the limit, so the level stays at least 3 (1 on a link once
+/// seen fast).
 #[derive(Debug, Clone)]
 pub struct LevelControl {
     level: i32,
@@ -109,8 +110,10 @@ pub struct LevelControl {
     period_start: std::time::Instant,
     period_bytes: u64,
     period_wire_start: u64,
-    /// The link carried [`LevelControl::FAST_LINK`] in some period.
+    /// The link carried [`LevelControl::FAST_LINK`] in some period after the first second.
     fast_link: bool,
+    /// Periods decided so far.
+    periods: u32,
 }
 
 impl LevelControl {
@@ -123,6 +126,8 @@ impl LevelControl {
     /// bytes it saves take on the link: zstd 3 compresses text at about 360 MB/s on one core
     /// here, and loopback or a fast LAN carries 250 MB/s and more.
     pub const FAST_LINK: f64 = 256.0 * 1024.0 * 1024.0;
+    /// Periods at the start of a session whose wire rate never counts as fast.
+    pub const SETTLE_PERIODS: u32 = 5;
     /// Length of one measurement period.
     pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -138,6 +143,7 @@ impl LevelControl {
             period_bytes: 0,
             period_wire_start: 0,
             fast_link: false,
+            periods: 0,
         }
     }
 
@@ -167,9 +173,17 @@ impl LevelControl {
     fn step(&mut self, rate: f64, wire_rate: f64) {
         // A link this slow is the limit whatever we do: never send less compressed than
         // `rsync -z` would (zstd 3); the climb decides whether more pays.
-        self.fast_link |= wire_rate >= Self::FAST_LINK;
+        // The first second may be a burst into socket buffers, whatever the link.
+        self.periods += 1;
+        self.fast_link |= self.periods > Self::SETTLE_PERIODS && wire_rate >= Self::FAST_LINK;
         let ceiling = if self.fast_link { 1 } else { Self::MAX };
-        let floor = if wire_rate < Self::SLOW_LINK && !self.fast_link { 3 } else { 0 };
+        // A link seen fast that turns slow (shared later, or a buffering proxy misled us):
+        // level 1, which compresses text about as well as 3, rather than nothing.
+        let floor = match (wire_rate < Self::SLOW_LINK, self.fast_link) {
+            (true, false) => 3,
+            (true, true) => 1,
+            (false, _) => 0,
+        };
         // A step that lowered throughput is undone. Held at an end of the range, the level did
         // not move and only a clear drop is worth probing the neighbour again.
         let tolerance = if self.moved { 0.97 } else { 0.85 };
@@ -304,13 +318,39 @@ mod tests {
 
     #[test]
     fn a_link_once_seen_fast_is_not_compressed_past_level_1() {
-        // Measurements that favour higher levels (as a run of text after random data does),
-        // on a link that carried 500 MB/s uncompressed.
-        let levels = settle(|level| (4e8 * (1.0 + 0.1 * f64::from(level)), if level == 0 { 5e8 } else { 1e8 }));
-        assert!(levels.iter().all(|&l| l <= 1), "{levels:?}");
+        // Measurements that favour higher levels, while every other period (random data, sent
+        // raw at any level) shows a link carrying 500 MB/s.
+        let period = std::cell::Cell::new(0u32);
+        let alternating = |level: i32| {
+            period.set(period.get() + 1);
+            (4e8 * (1.0 + 0.1 * f64::from(level)), if period.get() % 2 == 0 { 5e8 } else { 1e8 })
+        };
+        let levels = settle(alternating);
+        let capped = LevelControl::SETTLE_PERIODS as usize + 1;
+        assert!(levels[capped..].iter().all(|&l| l <= 1), "{levels:?}");
         // The same measurements on a link never seen that fast: the climb goes up.
         let levels = settle(|level| (4e8 * (1.0 + 0.1 * f64::from(level)), 1e8));
         assert!(levels[20..].iter().all(|&l| l >= LevelControl::MAX - 1), "{levels:?}");
+        // A fast first second (a burst into socket buffers) is not taken for a fast link.
+        let period = std::cell::Cell::new(0u32);
+        let burst = |level: i32| {
+            period.set(period.get() + 1);
+            (12.5e6 * (1.0 + 0.08 * f64::from(level)), if period.get() <= 2 { 5e8 } else { 12.5e6 })
+        };
+        let levels = settle(burst);
+        assert!(levels[20..].iter().all(|&l| l >= LevelControl::MAX - 1), "{levels:?}");
+    }
+
+    #[test]
+    fn a_link_seen_fast_that_turns_slow_still_compresses() {
+        let period = std::cell::Cell::new(0u32);
+        let levels = settle(|level| {
+            period.set(period.get() + 1);
+            // Fast for two seconds, then 100 Mbit/s with measurements (noise) that favour lower
+            // levels: without the floor the climb ends at no compression.
+            if period.get() <= 10 { (5e8, 5e8) } else { (12.5e6 * (1.0 - 0.05 * f64::from(level)), 12.5e6) }
+        });
+        assert!(levels[12..].iter().all(|&l| l == 1), "{levels:?}");
     }
 
     #[test]
