@@ -136,7 +136,11 @@ cleanup() {
   wait 2>/dev/null
   for p in "${NETNS[@]}"; do ip netns del "$p" 2>/dev/null; done
   rm -rf "$TDIR"/dst-* "$TDIR"/base-* "$LOGS"/probe-*
-  if [ "$TMOUNTED" = 1 ]; then umount "$TDIR" && losetup -d "$LOOPDEV" && rm -f "$WORK/targets.img"; fi
+  if [ "$TMOUNTED" = 1 ]; then
+    umount "$TDIR" 2>/dev/null
+    losetup -d "$LOOPDEV"
+    rm -f "$WORK/targets.img"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
