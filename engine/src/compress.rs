@@ -323,7 +323,7 @@ mod tests {
         let period = std::cell::Cell::new(0u32);
         let alternating = |level: i32| {
             period.set(period.get() + 1);
-            (4e8 * (1.0 + 0.1 * f64::from(level)), if period.get() % 2 == 0 { 5e8 } else { 1e8 })
+            (4e8 * (1.0 + 0.1 * f64::from(level)), if period.get().is_multiple_of(2) { 5e8 } else { 1e8 })
         };
         let levels = settle(alternating);
         let capped = LevelControl::SETTLE_PERIODS as usize + 1;
