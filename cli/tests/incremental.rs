@@ -167,6 +167,45 @@ fn a_large_sparse_file_stays_sparse_after_an_incremental_change() {
     mover_testdata::assert_identical(&src, &dst);
 }
 
+/// Bytes of `path` in the page cache (`fincore`), or `None` where that says nothing: on tmpfs
+/// every file lives in the cache.
+fn cached_bytes(path: &Path) -> Option<u64> {
+    let fs_type = std::process::Command::new("stat").args(["-f", "-c", "%T"]).arg(path).output().unwrap();
+    if String::from_utf8_lossy(&fs_type.stdout).trim() == "tmpfs" {
+        return None;
+    }
+    let output = std::process::Command::new("fincore").args(["-b", "-n", "-o", "RES"]).arg(path).output().unwrap();
+    assert!(output.status.success(), "fincore {}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+    Some(String::from_utf8_lossy(&output.stdout).trim().parse().unwrap())
+}
+
+#[test]
+fn big_files_are_written_past_the_page_cache_and_stay_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir(&src).unwrap();
+    // Not a whole number of pages: the tail goes through the cache.
+    let big = src.join("big.bin");
+    fs::write(&big, mover_testdata::random_bytes(1, (24 << 20) + 1000)).unwrap();
+    fs::write(src.join("small.txt"), b"small files are written as usual").unwrap();
+    copy(&src, &dst);
+    // Before the comparison, which reads the file into the cache.
+    let Some(cached) = cached_bytes(&dst.join("big.bin")) else {
+        eprintln!("skipped: the target is on tmpfs, where every file is in the page cache");
+        return;
+    };
+    assert!(cached <= 64 << 10, "{cached} bytes of a new 24 MiB file are in the page cache");
+    mover_testdata::assert_identical(&src, &dst);
+
+    // A changed block: the rest is copied from the old version, also past the cache.
+    fs::OpenOptions::new().write(true).open(&big).unwrap().write_all_at(&[9u8; 4096], 12 << 20).unwrap();
+    let summary = copy(&src, &dst);
+    assert!(summary.bytes_on_wire < 1 << 20, "{} bytes on the wire", summary.bytes_on_wire);
+    let cached = cached_bytes(&dst.join("big.bin")).unwrap();
+    assert!(cached <= 64 << 10, "{cached} bytes of a rebuilt 24 MiB file are in the page cache");
+    mover_testdata::assert_identical(&src, &dst);
+}
+
 /// Physical start (in filesystem blocks) of each extent of `path`, from `filefrag -s -v` (synced
 /// first: delayed allocation has no blocks yet).
 fn physical_extents(path: &Path) -> Vec<u64> {
