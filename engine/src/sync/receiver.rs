@@ -132,7 +132,7 @@ fn write_run(file: &std::fs::File, data: &[u8], offset: u64, direct: &mut Option
     if let Some(writes) = direct {
         // The whole pages direct; a last partial page (the end of the file) through the cache.
         let whole = data.len() - data.len() % DIRECT_ALIGN;
-        if offset % DIRECT_ALIGN as u64 == 0 && writes.write(file, &data[..whole], offset)? {
+        if offset.is_multiple_of(DIRECT_ALIGN as u64) && writes.write(file, &data[..whole], offset)? {
             written = whole;
         }
         if written < data.len() {
@@ -1374,7 +1374,13 @@ mod tests {
     #[test]
     fn direct_writes_fall_back_to_the_cache_when_unaligned() {
         let tmp = tempfile::tempdir().unwrap();
-        let file = std::fs::File::options().read(true).write(true).create(true).open(tmp.path().join("f")).unwrap();
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(tmp.path().join("f"))
+            .unwrap();
         let Some(writes) = DirectWrites::enable(&file) else {
             eprintln!("skipped: {} refuses O_DIRECT", tmp.path().display());
             return;
