@@ -519,3 +519,30 @@ fn inplace_updates_changed_files_in_their_own_inode_and_verifies_them() {
     let summary = sync(&src, &dst, options).unwrap();
     assert_eq!(summary.files_transferred, 0);
 }
+
+#[test]
+fn a_hard_link_broken_on_the_target_is_made_again_and_an_intact_one_is_left() {
+    use std::os::unix::fs::MetadataExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a"), b"shared content").unwrap();
+    fs::hard_link(src.join("a"), src.join("d/b")).unwrap();
+    fs::hard_link(src.join("a"), src.join("d/c")).unwrap();
+    copy(&src, &dst);
+    let inode = |p: &str| fs::symlink_metadata(dst.join(p)).unwrap().ino();
+    assert!(inode("a") == inode("d/b") && inode("a") == inode("d/c"));
+
+    // `d/b` becomes a separate file with the same content and times: only its inode differs.
+    let mtime = fs::metadata(dst.join("d/b")).unwrap().modified().unwrap();
+    fs::remove_file(dst.join("d/b")).unwrap();
+    fs::write(dst.join("d/b"), b"shared content").unwrap();
+    fs::File::options().write(true).open(dst.join("d/b")).unwrap().set_modified(mtime).unwrap();
+    let intact = inode("d/c");
+    assert_ne!(inode("d/b"), inode("a"));
+
+    copy(&src, &dst);
+    assert_eq!(inode("d/b"), inode("a"), "the broken link is made again");
+    assert_eq!(inode("d/c"), intact, "the intact link is left as it was");
+    mover_testdata::assert_identical(&src, &dst);
+}

@@ -11,7 +11,8 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use crate::confine::{self, RESERVED_PREFIX};
 
@@ -19,7 +20,13 @@ use crate::confine::{self, RESERVED_PREFIX};
 pub(super) struct DirFrame {
     path: Vec<u8>,
     seen: HashSet<Vec<u8>>,
+    /// The handle the receiver opened to check the directory's entries, kept to list it when it
+    /// closes (only for the first [`KEPT_DEPTH`] levels: one descriptor per level).
+    dir: Option<Arc<OwnedFd>>,
 }
+
+/// Directory levels whose handles are kept until they close; deeper ones are opened again.
+const KEPT_DEPTH: usize = 64;
 
 /// Why the deletions were not done.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +85,7 @@ impl Deletions {
         Deletions {
             enabled,
             session_prefix,
-            frames: vec![DirFrame { path: Vec::new(), seen: HashSet::new() }],
+            frames: vec![DirFrame { path: Vec::new(), seen: HashSet::new(), dir: None }],
             candidates: Vec::new(),
             listed: 0,
         }
@@ -102,9 +109,31 @@ impl Deletions {
             return Err(DeletionError::Duplicate { path: confine::display_bytes(&join(parent, name)) });
         }
         if is_dir {
-            self.frames.push(DirFrame { path: join(parent, name), seen: HashSet::new() });
+            self.frames.push(DirFrame { path: join(parent, name), seen: HashSet::new(), dir: None });
         }
         Ok(true)
+    }
+
+    /// The level and frame of `path` if it is the current directory or, after
+    /// [`Self::enter`] of a directory, its parent.
+    fn frame(&mut self, path: &[u8]) -> Option<(usize, &mut DirFrame)> {
+        self.frames.iter_mut().enumerate().rev().take(2).find(|(_, frame)| frame.path == path)
+    }
+
+    /// The kept handle of `path` if it is the current directory (or its parent, see
+    /// [`Self::frame`]).
+    pub(super) fn current_dir(&mut self, path: &[u8]) -> Option<Arc<OwnedFd>> {
+        self.frame(path)?.1.dir.clone()
+    }
+
+    /// Keeps `dir`, the handle of `path`, for listing that directory when it closes, if it is
+    /// the current one (or its parent).
+    pub(super) fn opened(&mut self, path: &[u8], dir: &Arc<OwnedFd>) {
+        if let Some((level, frame)) = self.frame(path)
+            && level < KEPT_DEPTH
+        {
+            frame.dir.get_or_insert_with(|| dir.clone());
+        }
     }
 
     /// Marks the temporary name `name` in the current directory as in use (a partial file this
@@ -119,7 +148,10 @@ impl Deletions {
     fn close(&mut self, root: BorrowedFd<'_>, frame: DirFrame) -> Result<(), DeletionError> {
         let shown = || if frame.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&frame.path) };
         let io = |source| DeletionError::Io { path: shown(), source };
-        let dir = confine::open_dir(root, &frame.path).map_err(io)?;
+        let dir = match &frame.dir {
+            Some(dir) => dir.clone(),
+            None => Arc::new(confine::open_dir(root, &frame.path).map_err(io)?),
+        };
         for name in confine::list_dir(dir.as_fd()).map_err(io)? {
             if name.starts_with(RESERVED_PREFIX) {
                 if !name.starts_with(&self.session_prefix) && !frame.seen.contains(&name) {

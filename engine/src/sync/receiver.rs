@@ -164,6 +164,15 @@ struct Pending {
 /// A received file whose content matched the sender's blake3.
 struct VerifiedFile(OpenFile);
 
+/// A file in place that has hard links.
+#[derive(Clone)]
+struct Leader {
+    path: RelPath,
+    /// Its device and inode, when the entry check saw them (an unchanged file): a link that
+    /// already shares them is checked without opening the leader's directory.
+    inode: Option<(u64, u64)>,
+}
+
 /// What the lanes of one receiving session share.
 pub(super) struct Group {
     root: Arc<OwnedFd>,
@@ -187,7 +196,7 @@ struct Files {
     /// A lane is receiving them now.
     receiving: HashSet<u64>,
     /// Files in place that have hard links (by entry id).
-    leaders: HashMap<u64, RelPath>,
+    leaders: HashMap<u64, Leader>,
     /// Hard links waiting for their file, by the file's id.
     deferred: HashMap<u64, Vec<Entry>>,
     /// Hard links in `deferred`, all leaders together (bounded).
@@ -301,21 +310,30 @@ impl Group {
             && meta::read_xattrs(fd, b"", &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs)
     }
 
-    /// Makes hard link `link` (entry `id`) to the file in place at `leader`.
-    fn link(&self, leader: &RelPath, path: &RelPath, id: u64) -> Result<()> {
+    /// Makes hard link `path` (entry `id`) to the file in place at `leader`; `dir` is the
+    /// handle of the link's directory, if the caller has it.
+    fn link(&self, leader: &Leader, path: &RelPath, id: u64, dir: Option<BorrowedFd<'_>>) -> Result<()> {
         let io = |op, source| SyncError::Io { op, path: path.display(), source };
-        let (leader_parent, leader_name) = leader.split();
+        let (parent, name) = path.split();
+        let opened;
+        let dir = match dir {
+            Some(dir) => dir,
+            None => {
+                opened = open_parent(self.root.as_fd(), parent)?;
+                opened.as_fd()
+            }
+        };
+        let existing = confine::lstat(dir, name).map_err(|e| io("cannot inspect", e))?;
+        let shares = |(dev, ino): (u64, u64)| existing.is_some_and(|stat| stat.st_dev == dev && stat.st_ino == ino);
+        if leader.inode.is_some_and(shares) {
+            return Ok(());
+        }
+        let (leader_parent, leader_name) = leader.path.split();
         let leader_dir =
             confine::open_dir(self.root.as_fd(), leader_parent).map_err(|e| io("cannot open the link source of", e))?;
-        let (parent, name) = path.split();
         let leader_stat = rustix::fs::statat(&leader_dir, cname(leader_name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io("cannot inspect the link source of", e.into()))?;
-        let dir = open_parent(self.root.as_fd(), parent)?;
-        let dir = dir.as_fd();
-        if let Some(existing) = confine::lstat(dir, name).map_err(|e| io("cannot inspect", e))?
-            && existing.st_ino == leader_stat.st_ino
-            && existing.st_dev == leader_stat.st_dev
-        {
+        if shares((leader_stat.st_dev, leader_stat.st_ino)) {
             return Ok(());
         }
         let tmp = self.tmp_name(id);
@@ -599,8 +617,15 @@ impl Receiver {
     }
 
     /// The directory handle of `parent` (relative to the root), cached across entries.
+    /// Entries come depth first, so `parent` is the directory the deletion pass is in: its
+    /// handle is kept there, opened once for both its entries and its listing.
     fn parent_dir(&mut self, parent: &[u8]) -> Result<Arc<OwnedFd>> {
-        self.dirs_cache.get(self.group.root.as_fd(), parent)
+        if let Some(dir) = self.deletions.current_dir(parent) {
+            return Ok(dir);
+        }
+        let dir = self.dirs_cache.get(self.group.root.as_fd(), parent)?;
+        self.deletions.opened(parent, &dir);
+        Ok(dir)
     }
 
     fn entry(&mut self, entry: Entry) -> Result<()> {
@@ -657,7 +682,8 @@ impl Receiver {
                         group.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
                     }
                     if leader {
-                        group.files().leaders.insert(entry.id, path);
+                        let inode = Some((stat.st_dev, stat.st_ino));
+                        group.files().leaders.insert(entry.id, Leader { path, inode });
                     }
                     self.reply(&Message::Skip { id: entry.id })?;
                 } else {
@@ -718,9 +744,10 @@ impl Receiver {
                     return Err(protocol(format!("hard link `{}` carries extended attributes", path.display())));
                 }
                 let mut files = group.files();
-                if let Some(leader_path) = files.leaders.get(&leader).cloned() {
+                if let Some(leader) = files.leaders.get(&leader).cloned() {
                     drop(files);
-                    group.link(&leader_path, &path, entry.id)?;
+                    let dir = self.parent_dir(path.split().0)?;
+                    group.link(&leader, &path, entry.id, Some(dir.as_fd()))?;
                 } else if files.pending.contains_key(&leader) || files.receiving.contains(&leader) {
                     if files.deferred_count >= MAX_PENDING * 4 {
                         return Err(protocol("too many hard links waiting for their files"));
@@ -1129,7 +1156,7 @@ impl Lane {
                 self.files += 1;
                 files.report.files_written += 1;
                 if leader {
-                    files.leaders.insert(id, path.clone());
+                    files.leaders.insert(id, Leader { path: path.clone(), inode: None });
                 }
             }
             let links = files.deferred.remove(&id).unwrap_or_default();
@@ -1138,9 +1165,10 @@ impl Lane {
         };
         // The file counts as received only once its links exist: the end of the session waits.
         installed?;
+        let leader = Leader { path, inode: None };
         for link in links {
             let link_path = RelPath::new(&link.path).map_err(|e| protocol(e.to_string()))?;
-            self.group.link(&path, &link_path, link.id)?;
+            self.group.link(&leader, &link_path, link.id, None)?;
         }
         self.group.settle(id);
         Ok(())
