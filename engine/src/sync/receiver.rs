@@ -316,12 +316,11 @@ impl Group {
         let io = |op, source| SyncError::Io { op, path: path.display(), source };
         let (parent, name) = path.split();
         let opened;
-        let dir = match dir {
-            Some(dir) => dir,
-            None => {
-                opened = open_parent(self.root.as_fd(), parent)?;
-                opened.as_fd()
-            }
+        let dir = if let Some(dir) = dir {
+            dir
+        } else {
+            opened = open_parent(self.root.as_fd(), parent)?;
+            opened.as_fd()
         };
         let existing = confine::lstat(dir, name).map_err(|e| io("cannot inspect", e))?;
         let shares = |(dev, ino): (u64, u64)| existing.is_some_and(|stat| stat.st_dev == dev && stat.st_ino == ino);
