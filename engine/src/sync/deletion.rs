@@ -48,6 +48,15 @@ pub enum DeletionError {
         /// Path relative to the root.
         path: String,
     },
+    /// A directory was moved or replaced on the target while the session ran (not by us).
+    #[error(
+        "directory `{path}` was replaced on the target during the copy; nothing was deleted: \
+         run the copy again once nothing else changes the target"
+    )]
+    Replaced {
+        /// Path relative to the root.
+        path: String,
+    },
     /// A file operation failed.
     #[error("cannot delete or list `{path}`")]
     Io {
@@ -59,12 +68,16 @@ pub enum DeletionError {
     },
 }
 
+/// A directory's device and inode.
+type Identity = (u64, u64);
+
 /// Tracks candidates for deletion during a session.
 pub(super) struct Deletions {
     enabled: bool,
     session_prefix: Vec<u8>,
     frames: Vec<DirFrame>,
-    candidates: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Directory, its device and inode when it was listed, and the name to delete.
+    candidates: Vec<(Vec<u8>, Identity, Vec<u8>)>,
     listed: u64,
 }
 
@@ -114,8 +127,8 @@ impl Deletions {
         Ok(true)
     }
 
-    /// The level and frame of `path` if it is the current directory or, after
-    /// [`Self::enter`] of a directory, its parent.
+    /// The level and frame of `path` if it is one of the two innermost directories: the
+    /// current one or, after [`Self::enter`] of a directory, its parent.
     fn frame(&mut self, path: &[u8]) -> Option<(usize, &mut DirFrame)> {
         self.frames.iter_mut().enumerate().rev().take(2).find(|(_, frame)| frame.path == path)
     }
@@ -152,6 +165,8 @@ impl Deletions {
             Some(dir) => dir.clone(),
             None => Arc::new(confine::open_dir(root, &frame.path).map_err(io)?),
         };
+        let stat = rustix::fs::fstat(&dir).map_err(|e| io(e.into()))?;
+        let identity = (stat.st_dev, stat.st_ino);
         for name in confine::list_dir(dir.as_fd()).map_err(io)? {
             if name.starts_with(RESERVED_PREFIX) {
                 if !name.starts_with(&self.session_prefix) && !frame.seen.contains(&name) {
@@ -162,7 +177,7 @@ impl Deletions {
             }
             self.listed += 1;
             if self.enabled && !frame.seen.contains(&name) {
-                self.candidates.push((frame.path.clone(), name));
+                self.candidates.push((frame.path.clone(), identity, name));
             }
         }
         Ok(())
@@ -175,9 +190,9 @@ impl Deletions {
         }
         let mut deleted = 0;
         let mut total = self.listed;
-        for (parent, name) in &self.candidates {
+        for (parent, identity, name) in &self.candidates {
+            let dir = open_listed(root, parent, *identity)?;
             let io = |source| DeletionError::Io { path: confine::display_bytes(&join(parent, name)), source };
-            let dir = confine::open_dir(root, parent).map_err(io)?;
             let below = confine::count_below(dir.as_fd(), name).map_err(io)?;
             deleted += 1 + below;
             total += below;
@@ -185,11 +200,73 @@ impl Deletions {
         if deleted * 2 > total && !allow_mass_delete {
             return Err(DeletionError::MassDelete { deleted, total });
         }
-        for (parent, name) in std::mem::take(&mut self.candidates) {
+        for (parent, identity, name) in std::mem::take(&mut self.candidates) {
+            let dir = open_listed(root, &parent, identity)?;
             let io = |source| DeletionError::Io { path: confine::display_bytes(&join(&parent, &name)), source };
-            let dir = confine::open_dir(root, &parent).map_err(io)?;
             confine::remove_any(dir.as_fd(), &name).map_err(io)?;
         }
         Ok(deleted)
+    }
+}
+
+/// Opens directory `path` again for deleting in it, if it is still the directory that was
+/// listed (`identity`: device and inode): names listed in one directory are never deleted from
+/// another that a local process put in its place meanwhile.
+fn open_listed(root: BorrowedFd<'_>, path: &[u8], identity: Identity) -> Result<OwnedFd, DeletionError> {
+    let shown = || if path.is_empty() { ".".to_owned() } else { confine::display_bytes(path) };
+    let dir = confine::open_dir(root, path).map_err(|source| DeletionError::Io { path: shown(), source })?;
+    let stat = rustix::fs::fstat(&dir).map_err(|e| DeletionError::Io { path: shown(), source: e.into() })?;
+    if (stat.st_dev, stat.st_ino) != identity {
+        return Err(DeletionError::Replaced { path: shown() });
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(path: &std::path::Path) -> OwnedFd {
+        confine::open_dir(std::fs::File::open(path).unwrap().as_fd(), b"").unwrap()
+    }
+
+    #[test]
+    fn names_listed_in_a_directory_are_not_deleted_from_one_put_in_its_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/keep"), b"").unwrap();
+        std::fs::write(tmp.path().join("d/extra"), b"").unwrap();
+        let root = root(tmp.path());
+        let mut deletions = Deletions::new(true, "test");
+        assert!(deletions.enter(root.as_fd(), b"", b"d", true).unwrap());
+        assert!(deletions.enter(root.as_fd(), b"d", b"keep", false).unwrap());
+        // Leaving `d` lists it: `extra` is a candidate.
+        assert!(deletions.enter(root.as_fd(), b"", b"e", false).unwrap());
+        std::fs::write(tmp.path().join("e"), b"").unwrap();
+        // A local process moves `d` away and puts another directory in its place.
+        std::fs::rename(tmp.path().join("d"), tmp.path().join("moved")).unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        std::fs::write(tmp.path().join("d/extra"), b"not the one listed").unwrap();
+
+        let error = deletions.finish(root.as_fd(), true).unwrap_err();
+        assert!(matches!(error, DeletionError::Replaced { ref path } if path == "d"), "{error}");
+        assert!(tmp.path().join("d/extra").exists() && tmp.path().join("moved/extra").exists());
+    }
+
+    #[test]
+    fn a_directory_still_in_place_has_its_extra_names_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("d")).unwrap();
+        for name in ["keep", "extra"] {
+            std::fs::write(tmp.path().join("d").join(name), b"").unwrap();
+        }
+        std::fs::write(tmp.path().join("e"), b"").unwrap();
+        let root = root(tmp.path());
+        let mut deletions = Deletions::new(true, "test");
+        for (parent, name, is_dir) in [(&b""[..], &b"d"[..], true), (b"d", b"keep", false), (b"", b"e", false)] {
+            assert!(deletions.enter(root.as_fd(), parent, name, is_dir).unwrap());
+        }
+        assert_eq!(deletions.finish(root.as_fd(), true).unwrap(), 1);
+        assert!(!tmp.path().join("d/extra").exists() && tmp.path().join("d/keep").exists());
     }
 }

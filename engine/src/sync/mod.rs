@@ -126,9 +126,9 @@ impl SyncError {
             SyncError::Verification { .. } => RemoteErrorKind::Verification,
             SyncError::Io { .. } | SyncError::Deletion(DeletionError::Io { .. }) => RemoteErrorKind::Io,
             SyncError::Remote(error) => error.kind,
-            SyncError::Deletion(DeletionError::MassDelete { .. }) | SyncError::Wire(_) | SyncError::Disconnected(_) => {
-                RemoteErrorKind::Other
-            }
+            SyncError::Deletion(DeletionError::MassDelete { .. } | DeletionError::Replaced { .. })
+            | SyncError::Wire(_)
+            | SyncError::Disconnected(_) => RemoteErrorKind::Other,
         };
         RemoteError::new(kind, full_message(self))
     }
@@ -347,10 +347,10 @@ where
 {
     let group = receiver::Group::new(root, options, reporter, lanes.len() + 1)?;
     let budget = INPUT_BUDGET / (lanes.len() + 1);
-    // The first lane's queue holds as many frames as the sender may have entries in flight
-    // (bytes stay bounded by the budget). With a short one the reader fills it with small entry
-    // frames and then waits for a free slot, so the thread woke it once per entry it took: 8,400
-    // context switches in a no-change re-sync of 20k entries, 660 with this one.
+    // The first lane's queue holds about as many frames as the sender may have files waiting
+    // for a verdict (bytes stay bounded by the budget). With a short one the reader fills it
+    // with small entry frames and then waits for a free slot, so the thread woke it once per
+    // entry it took: 8,400 context switches in a no-change re-sync of 20k entries, 660 with this.
     let (first, out, input) =
         Pumps::start(stream, (WINDOW * 2 + 16, budget, WINDOW * 2 + 16), Arc::new(AtomicU64::new(0)), Pace::new(0));
     let mut others = Vec::new();

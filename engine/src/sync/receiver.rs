@@ -54,8 +54,8 @@ const MAX_PENDING: usize = WINDOW * 2;
 /// filesystem allows it: see [`DirectWrites`].
 const DIRECT_MIN: u64 = 4 << 20;
 
-/// Offset, length and memory alignment of direct writes: a page, which covers the logical
-/// block size of nearly every device (a write it does not cover is retried through the cache).
+/// Offset, length and memory alignment of direct writes: 4 KiB, which covers the logical block
+/// size of nearly every device (a write it does not cover is redone through the cache).
 const DIRECT_ALIGN: usize = 4096;
 
 /// A file being received into its temporary name.
@@ -106,10 +106,12 @@ impl DirectWrites {
         Some(DirectWrites { bounce: vec![0; CHUNK_SIZE + DIRECT_ALIGN] })
     }
 
-    /// Writes `data` at `offset`, both aligned, a chunk at a time through the aligned buffer.
-    /// `Ok(false)`: the filesystem refused a direct write (`EINVAL`: it needs a larger
-    /// alignment); nothing is known to be written and the caller writes through the cache.
+    /// Writes `data` at `offset` (both multiples of [`DIRECT_ALIGN`]), a chunk at a time
+    /// through the aligned buffer. `Ok(false)`: the filesystem refused a direct write (`EINVAL`:
+    /// it needs a larger alignment, or a short write left the position unaligned); some of
+    /// `data` may be written, and the caller writes all of it again through the cache.
     fn write(&mut self, file: &std::fs::File, data: &[u8], offset: u64) -> io::Result<bool> {
+        debug_assert!(data.len().is_multiple_of(DIRECT_ALIGN) && offset.is_multiple_of(DIRECT_ALIGN as u64));
         let start = self.bounce.as_ptr().align_offset(DIRECT_ALIGN);
         let aligned = &mut self.bounce[start..start + CHUNK_SIZE];
         for (index, piece) in data.chunks(CHUNK_SIZE).enumerate() {
@@ -616,8 +618,9 @@ impl Receiver {
     }
 
     /// The directory handle of `parent` (relative to the root), cached across entries.
-    /// Entries come depth first, so `parent` is the directory the deletion pass is in: its
-    /// handle is kept there, opened once for both its entries and its listing.
+    /// Entries come depth first, so `parent` is the directory the deletion pass is in (or, for
+    /// a directory entry, the one it just left): its handle is kept there, so the checks of its
+    /// entries and its listing share one open of its path.
     fn parent_dir(&mut self, parent: &[u8]) -> Result<Arc<OwnedFd>> {
         if let Some(dir) = self.deletions.current_dir(parent) {
             return Ok(dir);
@@ -1025,7 +1028,11 @@ impl Lane {
             };
             let resumed = basis == Basis::Partial || inplace;
             let EntryKind::File { size, .. } = entry.kind else { unreachable!("only files are requested") };
-            let direct = if size >= DIRECT_MIN { DirectWrites::enable(&file) } else { None };
+            // Not the live file of `--inplace` (another process may have it mapped, and its
+            // cached pages would then disagree with what is written past them), nor a clone,
+            // where only the changed blocks are written: small writes, each of which would wait
+            // for the device (and, on XFS, remap an extent) instead of landing in the cache.
+            let direct = if size >= DIRECT_MIN && !inplace && !cloned { DirectWrites::enable(&file) } else { None };
             self.current = Some(OpenFile {
                 id,
                 entry,
@@ -1437,6 +1444,16 @@ mod tests {
         let at = 4 * CHUNK_SIZE as u64 + 100;
         write_pages(&file, &odd, at, false, &mut direct).unwrap();
         expected[at as usize..at as usize + odd.len()].copy_from_slice(&odd);
+
+        // Direct writes on, then an unaligned offset: written through the cache, direct off.
+        let mut direct = DirectWrites::enable(&file);
+        assert!(direct.is_some());
+        let odd = pattern(5, 3 * DIRECT_ALIGN);
+        let at = 4 * CHUNK_SIZE as u64 + 3 * DIRECT_ALIGN as u64 + 512;
+        write_pages(&file, &odd, at, false, &mut direct).unwrap();
+        expected[at as usize..at as usize + odd.len()].copy_from_slice(&odd);
+        assert!(direct.is_none(), "an unaligned offset ends direct writes");
+        assert!(!rustix::fs::fcntl_getfl(&file).unwrap().contains(OFlags::DIRECT));
 
         let last = pattern(3, CHUNK_SIZE + 100);
         let at = 5 * CHUNK_SIZE as u64;
