@@ -561,3 +561,44 @@ fn a_file_that_fails_on_a_content_lane_fails_the_session_and_keeps_the_old_file(
     });
     assert_eq!(fs::read(fixture.target.join("b")).unwrap(), b"old content");
 }
+
+/// Resident memory of process `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_sender_that_never_reads_cannot_make_the_agent_hold_its_replies() {
+    let fixture = fixture();
+    // 200 sparse 1 GiB files: each changed one is answered with a 1.5 MiB block signature,
+    // 300 MiB in all, that this sender never reads.
+    let files = 200u64;
+    for i in 0..files {
+        fs::File::create(fixture.target.join(format!("f{i:03}"))).unwrap().set_len(1 << 30).unwrap();
+    }
+    let before = rss_kib(fixture.agent.child.id());
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let stream = open_when_free(&fixture).await;
+        let (_reader, writer) = tokio::io::split(stream);
+        let mut writer = FrameWriter::new(writer);
+        for i in 0..files {
+            let name = format!("f{i:03}");
+            // Another mtime than the target's: a changed file.
+            let message = entry(i + 1, name.as_bytes(), EntryKind::File { size: 1 << 30, leader: false });
+            writer.write_frame(&frame(&message)).await.unwrap();
+        }
+        writer.flush().await.unwrap();
+        // Let the agent sign every file it can, then look at what it holds.
+        let mut peak = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak = peak.max(rss_kib(fixture.agent.child.id()));
+        }
+        let grown = peak.saturating_sub(before);
+        assert!(grown < 100 << 10, "the agent grew by {} MiB holding unread replies", grown >> 10);
+    });
+}

@@ -18,7 +18,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
@@ -414,6 +414,9 @@ pub(super) struct Receiver {
     replies: Vec<u8>,
     /// How many replies `replies` holds.
     replies_held: usize,
+    /// Bytes of replies handed to the writer, and (counted by the writer) written.
+    handed: u64,
+    written: Arc<AtomicU64>,
     lane: Lane,
 }
 
@@ -423,6 +426,7 @@ pub(super) fn run(
     group: Arc<Group>,
     out: mpsc::Sender<Vec<u8>>,
     input: mpsc::Receiver<Result<super::InFrame>>,
+    written: Arc<AtomicU64>,
 ) -> Result<ReceiverReport> {
     let deletions = Deletions::new(group.options.delete, &group.session);
     let mut receiver = Receiver {
@@ -436,6 +440,8 @@ pub(super) fn run(
         seen_root: false,
         replies: Vec::new(),
         replies_held: 0,
+        handed: 0,
+        written,
     };
     let result = receiver.receive().and_then(|()| receiver.flush_replies());
     // A lane's failure is why the session ended, even when this lane only saw the sender go.
@@ -515,6 +521,23 @@ impl Drop for LaneOpen<'_> {
         }
         self.0.settled.notify_all();
     }
+}
+
+/// Bytes of replies the writer may hold unwritten. The queue also has a frame count, but a
+/// batch can be large (a block signature is up to 1.5 MiB), and a sender that stops reading
+/// while it sends entries of big changed files would otherwise make us hold gigabytes.
+const REPLY_BUDGET: u64 = 16 << 20;
+
+/// Waits until the writer has written all but [`REPLY_BUDGET`] of the `handed` bytes. Only a
+/// peer that stops reading makes this wait, so a short sleep is as good as a wake-up.
+fn wait_for_room(out: &mpsc::Sender<Vec<u8>>, handed: u64, written: &AtomicU64) -> Result<()> {
+    while handed.saturating_sub(written.load(Ordering::Acquire)) > REPLY_BUDGET {
+        if out.is_closed() {
+            return Err(SyncError::Disconnected("while we were replying"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 /// The temporary name of a file being received: derived from its path, size and mtime, so an
@@ -604,6 +627,8 @@ impl Receiver {
         }
         let batch = std::mem::take(&mut self.replies);
         self.replies_held = 0;
+        wait_for_room(&self.out, self.handed, &self.written)?;
+        self.handed += batch.len() as u64;
         self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were replying"))
     }
 
@@ -1402,6 +1427,30 @@ fn replace(dir: BorrowedFd<'_>, tmp: &CString, name: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_wait_while_the_writer_holds_too_many_bytes_and_stop_when_it_is_gone() {
+        let (out, mut from_thread) = mpsc::channel::<Vec<u8>>(4);
+        let written = Arc::new(AtomicU64::new(0));
+        // Within the budget: no wait.
+        wait_for_room(&out, REPLY_BUDGET, &written).unwrap();
+        // Over it: waits until the writer catches up.
+        let writer = {
+            let written = written.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                written.store(1 << 20, Ordering::Release);
+            })
+        };
+        let started = std::time::Instant::now();
+        wait_for_room(&out, REPLY_BUDGET + (1 << 20), &written).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50), "did not wait for the writer");
+        writer.join().unwrap();
+        // Over it with the writer gone: an error, not a wait forever.
+        from_thread.close();
+        let error = wait_for_room(&out, REPLY_BUDGET + (2 << 20), &written).unwrap_err();
+        assert!(matches!(error, SyncError::Disconnected(_)), "{error}");
+    }
 
     /// Direct writes where everything is aligned; an unaligned write (the end of a file, an odd
     /// delta) goes through the page cache and ends direct writes for the file.
