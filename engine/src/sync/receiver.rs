@@ -1002,6 +1002,7 @@ impl Lane {
             let dir = self.dirs.get(self.group.root.as_fd(), parent)?;
             let io = |op, source| SyncError::Io { op, path: path.display(), source };
             let inplace = self.group.options.inplace && basis == Basis::Existing;
+            let EntryKind::File { size, .. } = entry.kind else { unreachable!("only files are requested") };
             let mut cloned = false;
             let (file, basis_file) = match basis {
                 Basis::Partial => (
@@ -1030,7 +1031,6 @@ impl Lane {
                     // only what changed is written; elsewhere (ext4, tmpfs) this fails at once.
                     cloned = rustix::fs::ioctl_ficlone(&file, &basis).is_ok();
                     let old_size = basis.metadata().map_err(|e| io("cannot inspect", e))?.len();
-                    let EntryKind::File { size, .. } = entry.kind else { unreachable!("only files are requested") };
                     if !cloned {
                         // A clone that failed part way (no space, quota) may have shared some
                         // extents: the file must be the empty hole the copy path expects.
@@ -1052,7 +1052,6 @@ impl Lane {
                 }
             };
             let resumed = basis == Basis::Partial || inplace;
-            let EntryKind::File { size, .. } = entry.kind else { unreachable!("only files are requested") };
             // Not the live file of `--inplace` (another process may have it mapped, and its
             // cached pages would then disagree with what is written past them), nor a clone,
             // where only the changed blocks are written: small writes, each of which would wait
