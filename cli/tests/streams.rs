@@ -160,6 +160,26 @@ async fn refusal(identity: &Identity, addr: &str, request: Request) -> (RemoteEr
     }
 }
 
+/// Opens `request` once the volume is free: a session the test just dropped ends on the agent
+/// a moment later. Fails if the volume stays busy for 10 s.
+async fn open_when_free(
+    identity: &Identity,
+    addr: &str,
+    request: Request,
+) -> (mover_engine::tunnel::ClientStream, mover_engine::wire::Welcome) {
+    let started = std::time::Instant::now();
+    loop {
+        match client::open(identity, addr, request.clone(), None).await {
+            Ok(opened) => return opened,
+            Err(CopyError::Refused { error, .. }) if error.kind == RemoteErrorKind::Busy => {
+                assert!(started.elapsed() < std::time::Duration::from_secs(10), "the volume stayed busy");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+}
+
 #[test]
 fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
     let tmp = tempfile::tempdir().unwrap();
@@ -204,28 +224,18 @@ fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
         // the 30 s the lanes get to join.
         let receive =
             Request::Receive { volume: "data".into(), options: SyncOptions { streams: 3, ..SyncOptions::default() } };
-        let (first, welcome) = client::open(&coordinator, &agent.addr, receive.clone(), None).await.unwrap();
+        let (first, welcome) = open_when_free(&coordinator, &agent.addr, receive.clone()).await;
         let lane = Request::JoinLane { token: welcome.token.clone(), lane: 1 };
         let (_one, _) = client::open(&coordinator, &agent.addr, lane, None).await.unwrap();
         drop(first);
-        let started = std::time::Instant::now();
-        loop {
-            match client::open(&coordinator, &agent.addr, receive.clone(), None).await {
-                Ok(_) => break,
-                Err(CopyError::Refused { error, .. }) if error.kind == RemoteErrorKind::Busy => {
-                    assert!(started.elapsed() < std::time::Duration::from_secs(10), "the volume stayed busy");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(other) => panic!("{other}"),
-            }
-        }
+        open_when_free(&coordinator, &agent.addr, receive).await;
     });
     runtime().block_on(async {
         // A source may speak on its first connection as soon as its lanes are welcomed, before
         // the target has taken them in: that is no reason to give up.
         let receive =
             Request::Receive { volume: "data".into(), options: SyncOptions { streams: 2, ..SyncOptions::default() } };
-        let (first, welcome) = client::open(&coordinator, &agent.addr, receive, None).await.unwrap();
+        let (first, welcome) = open_when_free(&coordinator, &agent.addr, receive).await;
         let (reader, writer) = tokio::io::split(first);
         let (mut reader, mut writer) = (FrameReader::new(reader), FrameWriter::new(writer));
         writer.write_frame(&encode_message(&Message::EndOfEntries)).await.unwrap();
