@@ -85,62 +85,181 @@ struct OpenFile {
     direct: Option<DirectWrites>,
 }
 
-/// Writes of a big file that bypass the page cache (`O_DIRECT`), through an aligned copy of
-/// the data. A migration streams gigabytes that nobody on the target node reads soon: through
-/// the cache they would evict the node's working set (the applications still running there)
-/// and cost the kernel a fresh page for every 4 KiB, the dearest part of receiving on the
-/// machines measured (see the benchmark notes in README.md). Verification does not need the
-/// cache either: content is hashed before it is written. Reads (the basis, a resumed partial)
-/// still go through the cache.
+/// Bytes gathered into one direct write: fewer, larger writes for the device.
+const DIRECT_WRITE: usize = 2 << 20;
+
+/// Direct writes handed to the write thread and not yet done, besides the one being gathered.
+const DIRECT_IN_FLIGHT: usize = 2;
+
+/// Writes of a big file that bypass the page cache (`O_DIRECT`), through aligned copies of the
+/// data, written behind by a thread of their own. A migration streams gigabytes that nobody on
+/// the target node reads soon: through the cache they would evict the node's working set (the
+/// applications still running there) and cost the kernel a fresh page for every 4 KiB, the
+/// dearest part of receiving on the machines measured (see the benchmark notes in README.md).
+/// A direct write waits for the device, so the lane gathers the next one (reads the basis,
+/// hashes, decompresses) while up to [`DIRECT_IN_FLIGHT`] are written. Verification does not
+/// need the cache either: content is hashed before it is written. Reads (the basis, a resumed
+/// partial) still go through the cache.
 struct DirectWrites {
-    /// [`CHUNK_SIZE`] bytes at an aligned address, and the slack to find one.
-    bounce: Vec<u8>,
+    /// The write being gathered: its buffer, and the file offset and length it stands for.
+    gathering: Option<(Aligned, u64, usize)>,
+    to_writer: Option<std::sync::mpsc::SyncSender<(Aligned, u64, usize)>>,
+    /// Buffers the write thread is done with.
+    free: std::sync::mpsc::Receiver<Aligned>,
+    writer: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+/// A buffer of [`DIRECT_WRITE`] bytes at an address aligned to [`DIRECT_ALIGN`].
+struct Aligned {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
+        let bytes = vec![0; DIRECT_WRITE + DIRECT_ALIGN];
+        let start = bytes.as_ptr().align_offset(DIRECT_ALIGN);
+        Aligned { bytes, start }
+    }
+
+    fn get(&self, len: usize) -> &[u8] {
+        &self.bytes[self.start..self.start + len]
+    }
+
+    fn get_mut(&mut self, from: usize, len: usize) -> &mut [u8] {
+        &mut self.bytes[self.start + from..self.start + from + len]
+    }
 }
 
 impl DirectWrites {
-    /// Turns `O_DIRECT` on for `file`; `None` where the filesystem refuses it (tmpfs before
-    /// Linux 6.6, some FUSE and network filesystems): the file is then written as usual.
+    /// Turns `O_DIRECT` on for `file` and starts its write thread; `None` where the filesystem
+    /// refuses the flag (tmpfs before Linux 6.6, some FUSE and network filesystems): the file
+    /// is then written as usual.
     fn enable(file: &std::fs::File) -> Option<DirectWrites> {
         let flags = rustix::fs::fcntl_getfl(file).ok()?;
+        let behind = file.try_clone().ok()?;
         rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).ok()?;
-        Some(DirectWrites { bounce: vec![0; CHUNK_SIZE + DIRECT_ALIGN] })
+        let (to_writer, jobs) = std::sync::mpsc::sync_channel(DIRECT_IN_FLIGHT);
+        let (done, free) = std::sync::mpsc::sync_channel(DIRECT_IN_FLIGHT + 1);
+        for _ in 0..=DIRECT_IN_FLIGHT {
+            done.send(Aligned::new()).expect("room for every buffer");
+        }
+        let spawned =
+            std::thread::Builder::new().name("mover-write".into()).spawn(move || write_behind(&behind, &jobs, &done));
+        let Ok(writer) = spawned else {
+            let _ = rustix::fs::fcntl_setfl(file, flags);
+            return None;
+        };
+        Some(DirectWrites { gathering: None, to_writer: Some(to_writer), free, writer: Some(writer) })
     }
 
-    /// Writes `data` at `offset` (both multiples of [`DIRECT_ALIGN`]), a chunk at a time
-    /// through the aligned buffer. `Ok(false)`: the filesystem refused a direct write (`EINVAL`:
-    /// it needs a larger alignment, or a short write left the position unaligned); some of
-    /// `data` may be written, and the caller writes all of it again through the cache.
-    fn write(&mut self, file: &std::fs::File, data: &[u8], offset: u64) -> io::Result<bool> {
+    /// Hands `data` for `offset` (both multiples of [`DIRECT_ALIGN`]) to the write thread,
+    /// gathered with what came just before it. An error is that of an earlier write.
+    fn write(&mut self, mut data: &[u8], mut offset: u64) -> io::Result<()> {
         debug_assert!(data.len().is_multiple_of(DIRECT_ALIGN) && offset.is_multiple_of(DIRECT_ALIGN as u64));
-        let start = self.bounce.as_ptr().align_offset(DIRECT_ALIGN);
-        let aligned = &mut self.bounce[start..start + CHUNK_SIZE];
-        for (index, piece) in data.chunks(CHUNK_SIZE).enumerate() {
-            aligned[..piece.len()].copy_from_slice(piece);
-            match file.write_all_at(&aligned[..piece.len()], offset + (index * CHUNK_SIZE) as u64) {
-                Ok(()) => {}
-                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
-                Err(error) => return Err(error),
+        while !data.is_empty() {
+            let follows = self
+                .gathering
+                .as_ref()
+                .is_some_and(|(_, start, len)| start + *len as u64 == offset && *len < DIRECT_WRITE);
+            if !follows {
+                self.submit()?;
+                let Ok(buffer) = self.free.recv() else { return Err(self.writer_error()) };
+                self.gathering = Some((buffer, offset, 0));
             }
+            let (buffer, _, len) = self.gathering.as_mut().expect("set above");
+            let n = (DIRECT_WRITE - *len).min(data.len());
+            buffer.get_mut(*len, n).copy_from_slice(&data[..n]);
+            *len += n;
+            if *len == DIRECT_WRITE {
+                self.submit()?;
+            }
+            data = &data[n..];
+            offset += n as u64;
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// Hands the write being gathered to the write thread.
+    fn submit(&mut self) -> io::Result<()> {
+        let Some(job) = self.gathering.take() else { return Ok(()) };
+        if self.to_writer.as_ref().is_some_and(|to_writer| to_writer.send(job).is_ok()) {
+            Ok(())
+        } else {
+            Err(self.writer_error())
+        }
+    }
+
+    /// Waits until everything handed over is written; the first error of any write.
+    fn finish(&mut self) -> io::Result<()> {
+        let submitted = self.submit();
+        self.to_writer = None;
+        let written = match self.writer.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(error))) => Err(error),
+            Some(Err(_)) => Err(io::Error::other("the write thread panicked")),
+        };
+        written.and(submitted)
+    }
+
+    /// Why the write thread stopped (it stops at its first error).
+    fn writer_error(&mut self) -> io::Error {
+        match self.finish() {
+            Err(error) => error,
+            Ok(()) => io::Error::other("the write thread stopped"),
+        }
     }
 }
 
+impl Drop for DirectWrites {
+    /// A file dropped before its end (a failed or cut session) has its writes finished all the
+    /// same: a partial file kept for a resume holds what was received.
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// The write thread of a file's [`DirectWrites`]: writes each buffer and hands it back; stops at
+/// the first error. A write the filesystem refuses (`EINVAL`: it needs a larger alignment, or a
+/// short write left the position unaligned) is made through the cache, and so is the rest of
+/// the file.
+fn write_behind(
+    file: &std::fs::File,
+    jobs: &std::sync::mpsc::Receiver<(Aligned, u64, usize)>,
+    done: &std::sync::mpsc::SyncSender<Aligned>,
+) -> io::Result<()> {
+    for (buffer, offset, len) in jobs {
+        match file.write_all_at(buffer.get(len), offset) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                let flags = rustix::fs::fcntl_getfl(file)?;
+                rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+                file.write_all_at(buffer.get(len), offset)?;
+            }
+            Err(error) => return Err(error),
+        }
+        let _ = done.send(buffer);
+    }
+    Ok(())
+}
+
 /// Writes `data` at `offset` of `file`: past the page cache while `direct` is set and the
-/// write is aligned; otherwise (the end of a file, an odd delta, a refusal) through it, for
-/// the rest of the file.
+/// write is aligned; otherwise (the end of a file, an odd delta) through it, for the rest of
+/// the file, once the direct writes handed over are done.
 fn write_run(file: &std::fs::File, data: &[u8], offset: u64, direct: &mut Option<DirectWrites>) -> io::Result<()> {
     let mut written = 0;
     if let Some(writes) = direct {
         // The whole pages direct; a last partial page (the end of the file) through the cache.
         let whole = data.len() - data.len() % DIRECT_ALIGN;
-        if offset.is_multiple_of(DIRECT_ALIGN as u64) && writes.write(file, &data[..whole], offset)? {
+        if offset.is_multiple_of(DIRECT_ALIGN as u64) {
+            writes.write(&data[..whole], offset)?;
             written = whole;
         }
         if written < data.len() {
+            writes.finish()?;
+            *direct = None;
             let flags = rustix::fs::fcntl_getfl(file)?;
             rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
-            *direct = None;
         }
     }
     file.write_all_at(&data[written..], offset + written as u64)
@@ -347,6 +466,19 @@ impl Group {
         })
     }
 
+    /// A thread other than the first lane's failed: tells the sender why on `out` (which makes
+    /// it end the session) and records the error as the session's.
+    fn fail(&self, error: SyncError, out: &mpsc::Sender<Vec<u8>>) {
+        if !is_interruption(&error) {
+            // Before the sender hears of it and closes the other lanes, which then find the
+            // session abandoned and keep no half-received file.
+            self.abandoned.store(true, Ordering::Release);
+        }
+        let _ = out.blocking_send(encode_message(&Message::Error(error.to_remote())));
+        self.files().error.get_or_insert(error);
+        self.settled.notify_all();
+    }
+
     /// The file `id` is settled (arrived or failed): wake whoever waits for the end.
     fn settle(&self, id: u64) {
         self.files().receiving.remove(&id);
@@ -404,7 +536,7 @@ struct Lane {
 /// The first lane: the tree, the verdicts and the end of the session, plus its share of content.
 pub(super) struct Receiver {
     group: Arc<Group>,
-    out: mpsc::Sender<Vec<u8>>,
+    path: Arc<ReplyPath>,
     input: mpsc::Receiver<Result<super::InFrame>>,
     dirs_cache: DirCache,
     dirs: Vec<Entry>,
@@ -414,9 +546,7 @@ pub(super) struct Receiver {
     replies: Vec<u8>,
     /// How many replies `replies` holds.
     replies_held: usize,
-    /// Bytes of replies handed to the writer, and (counted by the writer) written.
-    handed: u64,
-    written: Arc<AtomicU64>,
+    signers: Signers,
     lane: Lane,
 }
 
@@ -429,10 +559,12 @@ pub(super) fn run(
     written: Arc<AtomicU64>,
 ) -> Result<ReceiverReport> {
     let deletions = Deletions::new(group.options.delete, &group.session);
+    let path = Arc::new(ReplyPath { out, handed: AtomicU64::new(0), written, stopped: AtomicBool::new(false) });
     let mut receiver = Receiver {
         lane: Lane::new(group.clone()),
+        signers: Signers::new(group.clone(), path.clone()),
         group,
-        out,
+        path,
         input,
         deletions,
         dirs_cache: DirCache::default(),
@@ -440,10 +572,13 @@ pub(super) fn run(
         seen_root: false,
         replies: Vec::new(),
         replies_held: 0,
-        handed: 0,
-        written,
     };
     let result = receiver.receive().and_then(|()| receiver.flush_replies());
+    if result.is_err() {
+        // A signer waiting for room in the replies gives up, and the others sign no more.
+        receiver.path.stopped.store(true, Ordering::Release);
+    }
+    receiver.signers.finish();
     // A lane's failure is why the session ended, even when this lane only saw the sender go.
     let result = match (result, receiver.group.files().error.take()) {
         (Err(_), Some(first)) => Err(first),
@@ -457,11 +592,11 @@ pub(super) fn run(
     match result {
         Ok(()) => {
             let report = std::mem::take(&mut receiver.group.files().report);
-            let _ = receiver.out.blocking_send(encode_message(&Message::Done(report.clone())));
+            let _ = receiver.path.out.blocking_send(encode_message(&Message::Done(report.clone())));
             Ok(report)
         }
         Err(error) => {
-            let _ = receiver.out.blocking_send(encode_message(&Message::Error(error.to_remote())));
+            let _ = receiver.path.out.blocking_send(encode_message(&Message::Error(error.to_remote())));
             Err(error)
         }
     }
@@ -496,16 +631,9 @@ pub(super) fn run_lane(
         (result, _) => result,
     };
     let interrupted = result.as_ref().is_err_and(is_interruption);
-    if result.is_err() && !interrupted {
-        // Before the sender hears of it and closes the other lanes, which then find the
-        // session abandoned and keep no half-received file.
-        group.abandoned.store(true, Ordering::Release);
-    }
     if let Err(error) = result {
         // Recorded before this lane's file settles, so the end of the session sees it.
-        let _ = out.blocking_send(encode_message(&Message::Error(error.to_remote())));
-        group.files().error.get_or_insert(error);
-        group.settled.notify_all();
+        group.fail(error, out);
     }
     lane.close(interrupted);
     tracing::info!(lane = number, files = lane.files, bytes = lane.bytes, "lane finished");
@@ -528,16 +656,127 @@ impl Drop for LaneOpen<'_> {
 /// while it sends entries of big changed files would otherwise make us hold gigabytes.
 const REPLY_BUDGET: u64 = 16 << 20;
 
-/// Waits until the writer has written all but [`REPLY_BUDGET`] of the `handed` bytes. Only a
-/// peer that stops reading makes this wait, so a short sleep is as good as a wake-up.
-fn wait_for_room(out: &mpsc::Sender<Vec<u8>>, handed: u64, written: &AtomicU64) -> Result<()> {
-    while handed.saturating_sub(written.load(Ordering::Acquire)) > REPLY_BUDGET {
-        if out.is_closed() {
-            return Err(SyncError::Disconnected("while we were replying"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+/// The first lane's way back to the sender, shared by the receiver thread (verdicts, batched)
+/// and the signers (requests of big changed files, one each).
+struct ReplyPath {
+    out: mpsc::Sender<Vec<u8>>,
+    /// Bytes of replies handed to the writer, and (counted by the writer) written.
+    handed: AtomicU64,
+    written: Arc<AtomicU64>,
+    /// The session is over: whoever waits for room gives up.
+    stopped: AtomicBool,
+}
+
+impl ReplyPath {
+    /// Hands `batch` to the writer once it holds no more than [`REPLY_BUDGET`] unwritten.
+    fn send(&self, batch: Vec<u8>) -> Result<()> {
+        self.wait_for_room()?;
+        self.handed.fetch_add(batch.len() as u64, Ordering::AcqRel);
+        self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were replying"))
     }
-    Ok(())
+
+    /// Waits until the writer has written all but [`REPLY_BUDGET`] of the bytes handed to it.
+    /// Only a peer that stops reading makes this wait, so a short sleep is as good as a wake-up.
+    fn wait_for_room(&self) -> Result<()> {
+        while self.handed.load(Ordering::Acquire).saturating_sub(self.written.load(Ordering::Acquire)) > REPLY_BUDGET {
+            if self.out.is_closed() || self.stopped.load(Ordering::Acquire) {
+                return Err(SyncError::Disconnected("while we were replying"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(())
+    }
+}
+
+/// Changed files whose basis is at least this big are signed on a signer thread: the tree
+/// goes on meanwhile, and several big files are signed at once. Smaller ones are signed in
+/// line (under a millisecond), their requests batched with the other verdicts.
+const SIGN_ASIDE_MIN: u64 = CHUNK_SIZE as u64;
+
+/// The basis of file `id`, to be signed and requested.
+struct SignJob {
+    id: u64,
+    path: String,
+    file: std::fs::File,
+    size: u64,
+    shifts: bool,
+}
+
+/// Threads that sign the bases of big changed files and send their requests. Reading and
+/// hashing a basis of gigabytes takes seconds, which on the first lane's thread would hold up
+/// every entry behind it, and the sender's work on the file, and would use one core. The
+/// sender takes verdicts in any order; the end of the tree waits for these files like any other
+/// requested file.
+struct Signers {
+    group: Arc<Group>,
+    path: Arc<ReplyPath>,
+    /// Started with the first job: most re-syncs have none.
+    jobs: Option<std::sync::mpsc::SyncSender<SignJob>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Signers {
+    fn new(group: Arc<Group>, path: Arc<ReplyPath>) -> Signers {
+        Signers { group, path, jobs: None, threads: Vec::new() }
+    }
+
+    /// Queues a basis; waits while every signer is busy and the queue is full.
+    fn sign(&mut self, job: SignJob) -> Result<()> {
+        if self.jobs.is_none() {
+            let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+            let (jobs, queue) = std::sync::mpsc::sync_channel::<SignJob>(count);
+            let queue = Arc::new(Mutex::new(queue));
+            for _ in 0..count {
+                let (queue, group, path) = (queue.clone(), self.group.clone(), self.path.clone());
+                let thread = std::thread::Builder::new()
+                    .name("mover-sign".into())
+                    .spawn(move || sign_requests(&queue, &group, &path))
+                    .map_err(|e| SyncError::Io {
+                        op: "cannot start a thread for",
+                        path: job.path.clone(),
+                        source: e,
+                    })?;
+                self.threads.push(thread);
+            }
+            self.jobs = Some(jobs);
+        }
+        let jobs = self.jobs.as_ref().expect("set above");
+        jobs.send(job).map_err(|_| SyncError::Disconnected("(the signers stopped)"))
+    }
+
+    /// Lets the signers finish what they were given, and waits for them.
+    fn finish(&mut self) {
+        self.jobs = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A signer: signs bases from `queue` and sends their requests until the queue closes. A
+/// failure is the session's; once the session is over, jobs are taken and dropped.
+fn sign_requests(queue: &Mutex<std::sync::mpsc::Receiver<SignJob>>, group: &Group, path: &ReplyPath) {
+    loop {
+        let job = queue.lock().expect("no signer panics holding the queue").recv();
+        let Ok(job) = job else { return };
+        if path.stopped.load(Ordering::Acquire) {
+            continue;
+        }
+        let result = blocks::sign_file(&job.file, job.size, blocks::block_size_for(job.size))
+            .map_err(|source| SyncError::Io { op: "cannot read", path: job.path, source })
+            .and_then(|signature| {
+                path.send(encode_message(&Message::NeedBlocks { id: job.id, signature, shifts: job.shifts }))
+            });
+        match result {
+            Ok(()) => {}
+            // The connection broke: the first lane finds out too, and says why.
+            Err(error) if is_interruption(&error) => {}
+            Err(error) => {
+                path.stopped.store(true, Ordering::Release);
+                group.fail(error, &path.out);
+            }
+        }
+    }
 }
 
 /// The temporary name of a file being received: derived from its path, size and mtime, so an
@@ -627,9 +866,7 @@ impl Receiver {
         }
         let batch = std::mem::take(&mut self.replies);
         self.replies_held = 0;
-        wait_for_room(&self.out, self.handed, &self.written)?;
-        self.handed += batch.len() as u64;
-        self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were replying"))
+        self.path.send(batch)
     }
 
     /// The next frame body from the sender; pending replies go out first if we would wait.
@@ -749,21 +986,25 @@ impl Receiver {
                         (Basis::Existing, name.as_slice(), existing_size)
                     };
                     // A changed or resumed file travels as the blocks the basis lacks.
-                    let request = if basis_size > 0 && basis_size <= blocks::MAX_DELTA_FILE {
-                        let file = confine::open_file_read(dir, basis_name).map_err(|e| io("cannot open", e))?;
+                    if basis_size == 0 || basis_size > blocks::MAX_DELTA_FILE {
+                        group.files().pending.insert(id, Pending { entry, basis: Basis::None });
+                        self.reply(&Message::Need { id })?;
+                        return Ok(());
+                    }
+                    let file = confine::open_file_read(dir, basis_name).map_err(|e| io("cannot open", e))?;
+                    // Content copied from elsewhere in the basis needs a basis that is not
+                    // being written.
+                    let shifts = basis == Basis::Existing && !group.options.inplace;
+                    // Pending before the request can leave.
+                    group.files().pending.insert(id, Pending { entry, basis });
+                    if basis_size >= SIGN_ASIDE_MIN {
+                        self.signers.sign(SignJob { id, path: path.display(), file, size: basis_size, shifts })?;
+                    } else {
                         let block_size = blocks::block_size_for(basis_size);
                         let signature =
                             blocks::sign_file(&file, basis_size, block_size).map_err(|e| io("cannot read", e))?;
-                        // Content copied from elsewhere in the basis needs a basis that is not
-                        // being written.
-                        let shifts = basis == Basis::Existing && !group.options.inplace;
-                        Message::NeedBlocks { id, signature, shifts }
-                    } else {
-                        Message::Need { id }
-                    };
-                    let basis = if matches!(request, Message::NeedBlocks { .. }) { basis } else { Basis::None };
-                    group.files().pending.insert(id, Pending { entry, basis });
-                    self.reply(&request)?;
+                        self.reply(&Message::NeedBlocks { id, signature, shifts })?;
+                    }
                 }
             }
             EntryKind::Hardlink { leader } => {
@@ -1244,6 +1485,10 @@ impl Lane {
         let shown = open.path.display();
         let io = |op, source| SyncError::Io { op, path: shown.clone(), source };
         fill_gap(open, size, &mut self.gap_buffer).map_err(|e| io("cannot write", e))?;
+        // What the write thread holds is on the file before its size, metadata and name.
+        if let Some(mut writes) = open.direct.take() {
+            writes.finish().map_err(|e| io("cannot write", e))?;
+        }
         // Only when it differs (a hole at the end, a shorter clone or partial): on XFS, setting
         // the size of a file whose data is not written out yet writes it out at once.
         if open.file.metadata().map_err(|e| io("cannot inspect", e))?.len() != size {
@@ -1430,24 +1675,35 @@ mod tests {
     #[test]
     fn replies_wait_while_the_writer_holds_too_many_bytes_and_stop_when_it_is_gone() {
         let (out, mut from_thread) = mpsc::channel::<Vec<u8>>(4);
-        let written = Arc::new(AtomicU64::new(0));
+        let path = ReplyPath {
+            out,
+            handed: AtomicU64::new(REPLY_BUDGET),
+            written: Arc::new(AtomicU64::new(0)),
+            stopped: AtomicBool::new(false),
+        };
         // Within the budget: no wait.
-        wait_for_room(&out, REPLY_BUDGET, &written).unwrap();
+        path.wait_for_room().unwrap();
         // Over it: waits until the writer catches up.
+        path.handed.store(REPLY_BUDGET + (1 << 20), Ordering::Release);
         let writer = {
-            let written = written.clone();
+            let written = path.written.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 written.store(1 << 20, Ordering::Release);
             })
         };
         let started = std::time::Instant::now();
-        wait_for_room(&out, REPLY_BUDGET + (1 << 20), &written).unwrap();
+        path.wait_for_room().unwrap();
         assert!(started.elapsed() >= std::time::Duration::from_millis(50), "did not wait for the writer");
         writer.join().unwrap();
-        // Over it with the writer gone: an error, not a wait forever.
+        // Over it once the session is over: an error, not a wait forever.
+        path.handed.store(REPLY_BUDGET + (2 << 20), Ordering::Release);
+        path.stopped.store(true, Ordering::Release);
+        assert!(matches!(path.wait_for_room().unwrap_err(), SyncError::Disconnected(_)));
+        // Over it with the writer gone: the same.
+        path.stopped.store(false, Ordering::Release);
         from_thread.close();
-        let error = wait_for_room(&out, REPLY_BUDGET + (2 << 20), &written).unwrap_err();
+        let error = path.wait_for_room().unwrap_err();
         assert!(matches!(error, SyncError::Disconnected(_)), "{error}");
     }
 
@@ -1510,5 +1766,32 @@ mod tests {
         file.set_len(expected.len() as u64).unwrap();
 
         assert!(std::fs::read(tmp.path().join("f")).unwrap() == expected, "content differs");
+    }
+
+    /// A direct write fails on the write thread: the lane hears of it at its next write or at
+    /// the end of the file, never an `Ok` for data that is not on the file.
+    #[test]
+    fn a_failed_direct_write_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), b"").unwrap();
+        // Open for reading only: every write fails (EBADF).
+        let file = std::fs::File::open(tmp.path().join("f")).unwrap();
+        let Some(mut writes) = DirectWrites::enable(&file) else {
+            eprintln!("skipped: {} refuses O_DIRECT", tmp.path().display());
+            return;
+        };
+        let data = vec![7u8; DIRECT_WRITE];
+        // The first buffers are taken before any write is done; the thread's error stops the
+        // ones after.
+        let mut outcome = Ok(());
+        for round in 0..(DIRECT_IN_FLIGHT as u64 + 4) {
+            outcome = writes.write(&data, round * DIRECT_WRITE as u64);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let error = outcome.and_then(|()| writes.finish()).expect_err("a write that failed was reported as done");
+        assert_eq!(error.raw_os_error(), Some(libc::EBADF), "{error}");
+        assert_eq!(std::fs::metadata(tmp.path().join("f")).unwrap().len(), 0);
     }
 }
