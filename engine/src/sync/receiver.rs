@@ -101,6 +101,8 @@ const DIRECT_IN_FLIGHT: usize = 2;
 /// need the cache either: content is hashed before it is written. Reads (the basis, a resumed
 /// partial) still go through the cache.
 struct DirectWrites {
+    /// Where the buffers come from and go back to when the file is done.
+    pool: Arc<BufferPool>,
     /// The write being gathered: its buffer, and the file offset and length it stands for.
     gathering: Option<(Aligned, u64, usize)>,
     to_writer: Option<std::sync::mpsc::SyncSender<(Aligned, u64, usize)>>,
@@ -131,18 +133,33 @@ impl Aligned {
     }
 }
 
+/// The buffers of direct writes, kept across files: a fresh buffer costs the kernel a page
+/// fault per 4 KiB, which on the machines measured is as dear as the write (see [`DirectWrites`]).
+#[derive(Default)]
+pub(super) struct BufferPool(Mutex<Vec<Aligned>>);
+
+impl BufferPool {
+    fn take(&self) -> Aligned {
+        self.0.lock().expect("no thread panics holding the buffer pool").pop().unwrap_or_else(Aligned::new)
+    }
+
+    fn give(&self, buffer: Aligned) {
+        self.0.lock().expect("no thread panics holding the buffer pool").push(buffer);
+    }
+}
+
 impl DirectWrites {
     /// Turns `O_DIRECT` on for `file` and starts its write thread; `None` where the filesystem
     /// refuses the flag (tmpfs before Linux 6.6, some FUSE and network filesystems): the file
     /// is then written as usual.
-    fn enable(file: &std::fs::File) -> Option<DirectWrites> {
+    fn enable(file: &std::fs::File, pool: &Arc<BufferPool>) -> Option<DirectWrites> {
         let flags = rustix::fs::fcntl_getfl(file).ok()?;
         let behind = file.try_clone().ok()?;
         rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).ok()?;
         let (to_writer, jobs) = std::sync::mpsc::sync_channel(DIRECT_IN_FLIGHT);
         let (done, free) = std::sync::mpsc::sync_channel(DIRECT_IN_FLIGHT + 1);
         for _ in 0..=DIRECT_IN_FLIGHT {
-            done.send(Aligned::new()).expect("room for every buffer");
+            done.send(pool.take()).expect("room for every buffer");
         }
         let spawned =
             std::thread::Builder::new().name("mover-write".into()).spawn(move || write_behind(&behind, &jobs, &done));
@@ -150,7 +167,13 @@ impl DirectWrites {
             let _ = rustix::fs::fcntl_setfl(file, flags);
             return None;
         };
-        Some(DirectWrites { gathering: None, to_writer: Some(to_writer), free, writer: Some(writer) })
+        Some(DirectWrites {
+            pool: pool.clone(),
+            gathering: None,
+            to_writer: Some(to_writer),
+            free,
+            writer: Some(writer),
+        })
     }
 
     /// Hands `data` for `offset` (both multiples of [`DIRECT_ALIGN`]) to the write thread,
@@ -190,7 +213,8 @@ impl DirectWrites {
         }
     }
 
-    /// Waits until everything handed over is written; the first error of any write.
+    /// Waits until everything handed over is written; the first error of any write. The
+    /// buffers go back to the pool.
     fn finish(&mut self) -> io::Result<()> {
         let submitted = self.submit();
         self.to_writer = None;
@@ -199,6 +223,12 @@ impl DirectWrites {
             Some(Ok(Err(error))) => Err(error),
             Some(Err(_)) => Err(io::Error::other("the write thread panicked")),
         };
+        if let Some((buffer, _, _)) = self.gathering.take() {
+            self.pool.give(buffer);
+        }
+        for buffer in self.free.try_iter() {
+            self.pool.give(buffer);
+        }
         written.and(submitted)
     }
 
@@ -307,6 +337,8 @@ pub(super) struct Group {
     /// The session failed for a reason other than a broken connection: what lanes received
     /// of unfinished files is discarded, not kept for a resume.
     abandoned: AtomicBool,
+    /// Buffers of direct writes, shared by the lanes.
+    buffers: Arc<BufferPool>,
 }
 
 /// The files of a session, as the lanes see them.
@@ -354,6 +386,7 @@ impl Group {
             files: Mutex::new(Files { lanes_open: lanes.saturating_sub(1), ..Files::default() }),
             settled: Condvar::new(),
             abandoned: AtomicBool::new(false),
+            buffers: Arc::default(),
         }))
     }
 
@@ -1297,7 +1330,11 @@ impl Lane {
             // cached pages would then disagree with what is written past them), nor a clone,
             // where only the changed blocks are written: small writes, each of which would wait
             // for the device (and, on XFS, remap an extent) instead of landing in the cache.
-            let direct = if size >= DIRECT_MIN && !inplace && !cloned { DirectWrites::enable(&file) } else { None };
+            let direct = if size >= DIRECT_MIN && !inplace && !cloned {
+                DirectWrites::enable(&file, &self.group.buffers)
+            } else {
+                None
+            };
             self.current = Some(OpenFile {
                 id,
                 entry,
@@ -1719,7 +1756,7 @@ mod tests {
             .truncate(true)
             .open(tmp.path().join("f"))
             .unwrap();
-        let Some(writes) = DirectWrites::enable(&file) else {
+        let Some(writes) = DirectWrites::enable(&file, &Arc::default()) else {
             eprintln!("skipped: {} refuses O_DIRECT", tmp.path().display());
             return;
         };
@@ -1750,7 +1787,7 @@ mod tests {
         expected[at as usize..at as usize + odd.len()].copy_from_slice(&odd);
 
         // Direct writes on, then an unaligned offset: written through the cache, direct off.
-        let mut direct = DirectWrites::enable(&file);
+        let mut direct = DirectWrites::enable(&file, &Arc::default());
         assert!(direct.is_some());
         let odd = pattern(5, 3 * DIRECT_ALIGN);
         let at = 4 * CHUNK_SIZE as u64 + 3 * DIRECT_ALIGN as u64 + 512;
@@ -1776,7 +1813,7 @@ mod tests {
         std::fs::write(tmp.path().join("f"), b"").unwrap();
         // Open for reading only: every write fails (EBADF).
         let file = std::fs::File::open(tmp.path().join("f")).unwrap();
-        let Some(mut writes) = DirectWrites::enable(&file) else {
+        let Some(mut writes) = DirectWrites::enable(&file, &Arc::default()) else {
             eprintln!("skipped: {} refuses O_DIRECT", tmp.path().display());
             return;
         };
