@@ -90,16 +90,17 @@ pub fn capped_level(level: i32) -> i32 {
 /// saved is time saved, on a fast local link (or when the receiver's CPU is the limit) it only
 /// costs time. So the control measures what matters, content bytes delivered per second, over
 /// periods of [`LevelControl::PERIOD`], and climbs: it moves the level one step at a time and
-/// turns around when a step made things worse. It starts at level 1, tries no compression
-/// first, and settles where throughput is best, re-probing the neighbour now and then.
+/// turns around when a step made things worse. It starts with no compression (so a fast link
+/// is seen before any CPU is spent), tries level 1 next, and settles where throughput is best,
+/// re-probing the neighbour now and then.
 ///
 /// Throughput from one period to the next varies more with what is being sent (text, random
 /// data, holes) than with the level, so the climb alone can wander upwards on a fast link and
 /// spend the CPU the copy needs. Two bounds come from the link rate itself: a link seen
-/// carrying [`LevelControl::FAST_LINK`] (after the first second) is not what limits the copy,
-/// so nothing is compressed for the rest of the session while it stays above
-/// [`LevelControl::SLOW_LINK`]; a link slower than that is the limit, so the level stays at
-/// least 3 (exactly 1 on a link once seen fast).
+/// carrying [`LevelControl::FAST_LINK`] (beyond what buffers may have taken in,
+/// [`LevelControl::BURST`]) is not what limits the copy, so nothing is compressed for the rest
+/// of the session while it stays above [`LevelControl::SLOW_LINK`]; a link slower than that is
+/// the limit, so the level stays at least 3 (exactly 1 on a link once seen fast).
 #[derive(Debug, Clone)]
 pub struct LevelControl {
     level: i32,
@@ -110,10 +111,11 @@ pub struct LevelControl {
     period_start: std::time::Instant,
     period_bytes: u64,
     period_wire_start: u64,
-    /// The link carried [`LevelControl::FAST_LINK`] in some period after the first second.
+    /// The link was seen carrying [`LevelControl::FAST_LINK`].
     fast_link: bool,
-    /// Periods decided so far.
-    periods: u32,
+    /// Wire bytes and seconds of the periods decided so far.
+    wire_seen: f64,
+    seconds: f64,
 }
 
 impl LevelControl {
@@ -129,24 +131,29 @@ impl LevelControl {
     /// uncompressed, against 3.65-3.85 s and 4.1 s at level 1. On a migration the nodes run
     /// applications too: CPU spent for nothing is taken from them.
     pub const FAST_LINK: f64 = 256.0 * 1024.0 * 1024.0;
-    /// Periods at the start of a session whose wire rate never counts as fast.
-    pub const SETTLE_PERIODS: u32 = 5;
+    /// Bytes that may leave faster than the link carries them: taken in by the sending socket
+    /// buffers (up to 4 MiB per connection on Linux by default) or a proxy. A link counts as
+    /// fast once it carried [`Self::FAST_LINK`] beyond this, over the session so far or within
+    /// one period. On loopback that is seen in the first period; a time-based grace (the first
+    /// second) instead let the climb compress a third of a loopback copy for nothing.
+    pub const BURST: f64 = 64.0 * 1024.0 * 1024.0;
     /// Length of one measurement period.
     pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
 
-    /// Starts at level 1, about to try level 0.
+    /// Starts with no compression, about to try level 1.
     #[must_use]
     pub fn new() -> Self {
         LevelControl {
-            level: 1,
-            direction: -1,
+            level: 0,
+            direction: 1,
             moved: true,
             last_rate: 0.0,
             period_start: std::time::Instant::now(),
             period_bytes: 0,
             period_wire_start: 0,
             fast_link: false,
-            periods: 0,
+            wire_seen: 0.0,
+            seconds: 0.0,
         }
     }
 
@@ -163,8 +170,8 @@ impl LevelControl {
         let elapsed = self.period_start.elapsed();
         if elapsed >= Self::PERIOD {
             let seconds = elapsed.as_secs_f64();
-            let wire_rate = wire_total.saturating_sub(self.period_wire_start) as f64 / seconds;
-            self.step(self.period_bytes as f64 / seconds, wire_rate);
+            let wire_bytes = wire_total.saturating_sub(self.period_wire_start) as f64;
+            self.step(self.period_bytes as f64 / seconds, wire_bytes, seconds);
             self.period_start = std::time::Instant::now();
             self.period_bytes = 0;
             self.period_wire_start = wire_total;
@@ -172,15 +179,19 @@ impl LevelControl {
         self.level
     }
 
-    /// One decision, given the content throughput and the wire rate of the period that ended.
-    fn step(&mut self, rate: f64, wire_rate: f64) {
-        // A link this slow is the limit whatever we do: never send less compressed than
-        // `rsync -z` would (zstd 3); the climb decides whether more pays.
-        // The first second may be a burst into socket buffers, whatever the link.
-        self.periods += 1;
-        self.fast_link |= self.periods > Self::SETTLE_PERIODS && wire_rate >= Self::FAST_LINK;
+    /// One decision, given the content throughput, the wire bytes and the length of the period
+    /// that ended.
+    fn step(&mut self, rate: f64, wire_bytes: f64, seconds: f64) {
+        let wire_rate = wire_bytes / seconds;
+        self.wire_seen += wire_bytes;
+        self.seconds += seconds;
+        // What buffers took in faster than the link is bounded, not the time it took.
+        let carried = |bytes: f64, seconds: f64| (bytes - Self::BURST) / seconds >= Self::FAST_LINK;
+        self.fast_link |= carried(self.wire_seen, self.seconds) || carried(wire_bytes, seconds);
         // A link seen fast that turns slow (shared later, or a buffering proxy misled us):
         // level 1, which compresses text about as well as 3, rather than nothing.
+        // A link this slow is the limit whatever we do: never send less compressed than
+        // `rsync -z` would (zstd 3); the climb decides whether more pays.
         let ceiling = match (self.fast_link, wire_rate < Self::SLOW_LINK) {
             (false, _) => Self::MAX,
             (true, true) => 1,
@@ -289,14 +300,15 @@ mod tests {
         assert!(!compressor.pack(&noise).unwrap().compressed);
     }
 
-    /// Runs the control against a model of content throughput and wire rate by level;
-    /// returns the levels visited.
+    /// Runs the control against a model of content throughput and wire rate by level, over
+    /// periods of [`LevelControl::PERIOD`]; returns the levels visited.
     fn settle(throughput: impl Fn(i32) -> (f64, f64)) -> Vec<i32> {
         let mut control = LevelControl::new();
+        let seconds = LevelControl::PERIOD.as_secs_f64();
         (0..60)
             .map(|_| {
                 let (rate, wire) = throughput(control.level());
-                control.step(rate, wire);
+                control.step(rate, wire * seconds, seconds);
                 control.level()
             })
             .collect()
@@ -333,19 +345,30 @@ mod tests {
             (4e8 * (1.0 + 0.1 * f64::from(level)), if period.get().is_multiple_of(2) { 5e8 } else { 1e8 })
         };
         let levels = settle(alternating);
-        let capped = LevelControl::SETTLE_PERIODS as usize + 1;
-        assert!(levels[capped..].iter().all(|&l| l == 0), "{levels:?}");
+        // 300 MB/s on average: past the burst allowance after 11 periods.
+        assert!(levels[11..].iter().all(|&l| l == 0), "{levels:?}");
         // The same measurements on a link never seen that fast: the climb goes up.
         let levels = settle(|level| (4e8 * (1.0 + 0.1 * f64::from(level)), 1e8));
         assert!(levels[20..].iter().all(|&l| l >= LevelControl::MAX - 1), "{levels:?}");
-        // A fast first second (a burst into socket buffers) is not taken for a fast link.
+        // A burst into buffers at the start, as much as they may take in, then 100 Mbit/s: not
+        // taken for a fast link.
         let period = std::cell::Cell::new(0u32);
         let burst = |level: i32| {
             period.set(period.get() + 1);
-            (12.5e6 * (1.0 + 0.08 * f64::from(level)), if period.get() <= 2 { 5e8 } else { 12.5e6 })
+            let first = LevelControl::BURST / LevelControl::PERIOD.as_secs_f64();
+            (12.5e6 * (1.0 + 0.08 * f64::from(level)), if period.get() == 1 { first + 12.5e6 } else { 12.5e6 })
         };
         let levels = settle(burst);
         assert!(levels[20..].iter().all(|&l| l >= LevelControl::MAX - 1), "{levels:?}");
+    }
+
+    #[test]
+    fn loopback_is_seen_fast_before_anything_is_compressed() {
+        // What a loopback copy showed (content and wire rates of its first periods, MiB/s):
+        // the data compresses, so the wire rate drops with every level.
+        let mib = 1024.0 * 1024.0;
+        let levels = settle(|level| (800.0 * mib, 800.0 * mib / (1.0 + f64::from(level))));
+        assert!(levels.iter().all(|&l| l == 0), "{levels:?}");
     }
 
     #[test]
