@@ -19,6 +19,7 @@
 
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fast_rsync::{Signature, SignatureOptions};
 
@@ -76,8 +77,9 @@ pub fn zero_entry(len: usize, block_size: u32) -> Vec<u8> {
 }
 
 /// Signs `size` bytes of `file` in blocks; returns the serialized signature. Blocks that lie
-/// in a hole are not read: their entry is the entry of zeros.
-pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result<Vec<u8>> {
+/// in a hole are not read: their entry is the entry of zeros. Setting `stop` ends the work
+/// within a chunk (an `Interrupted` error): a basis can take minutes to read.
+pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &AtomicBool) -> io::Result<Vec<u8>> {
     let block = u64::from(block_size);
     let mut signature = sign(&[], block_size).into_serialized();
     signature.reserve((size.div_ceil(block) as usize) * ENTRY_LEN);
@@ -100,6 +102,9 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32) -> io::Result
         }
         let data_end = data_end.div_ceil(block).saturating_mul(block).min(size);
         while offset < data_end {
+            if stop.load(Ordering::Relaxed) {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped: the session is over"));
+            }
             let want = (data_end - offset).min(CHUNK_SIZE as u64) as usize;
             let got = read_full(file, &mut buffer[..want], offset)?;
             signature.extend_from_slice(entries(&sign(&buffer[..got], block_size)));
@@ -267,7 +272,10 @@ mod tests {
         file.write_all_at(&[4; 100], size - 100).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         for block_size in [4096, 65_536] {
-            assert_eq!(sign_file(&file, size, block_size).unwrap(), sign(&bytes, block_size).serialized());
+            let signed = sign_file(&file, size, block_size, &AtomicBool::new(false)).unwrap();
+            assert_eq!(signed, sign(&bytes, block_size).serialized());
+            let stopped = sign_file(&file, size, block_size, &AtomicBool::new(true));
+            assert!(size == 0 || stopped.is_err_and(|e| e.kind() == io::ErrorKind::Interrupted));
         }
     }
 

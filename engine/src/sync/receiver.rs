@@ -89,7 +89,9 @@ struct OpenFile {
 const DIRECT_WRITE: usize = 2 << 20;
 
 /// Direct writes handed to the write thread and not yet done, besides the one being gathered.
-const DIRECT_IN_FLIGHT: usize = 2;
+/// Two measured no faster than one (case (c) on a loop ext4: 1.46-1.73 s against 1.45-1.55 s),
+/// and each costs a buffer per stream.
+const DIRECT_IN_FLIGHT: usize = 1;
 
 /// Writes of a big file that bypass the page cache (`O_DIRECT`), through aligned copies of the
 /// data, written behind by a thread of their own. A migration streams gigabytes that nobody on
@@ -97,7 +99,7 @@ const DIRECT_IN_FLIGHT: usize = 2;
 /// applications still running there) and cost the kernel a fresh page for every 4 KiB, the
 /// dearest part of receiving on the machines measured (see the benchmark notes in README.md).
 /// A direct write waits for the device, so the lane gathers the next one (reads the basis,
-/// hashes, decompresses) while up to [`DIRECT_IN_FLIGHT`] are written. Verification does not
+/// hashes, decompresses) while [`DIRECT_IN_FLIGHT`] is written. Verification does not
 /// need the cache either: content is hashed before it is written. Reads (the basis, a resumed
 /// partial) still go through the cache.
 struct DirectWrites {
@@ -753,8 +755,24 @@ impl Signers {
         Signers { group, path, jobs: None, threads: Vec::new() }
     }
 
+    /// Queues a basis unless every signer is busy and the queue is full: then hands it back.
+    fn try_sign(&mut self, job: SignJob) -> Result<Option<SignJob>> {
+        match self.jobs()?.try_send(job) {
+            Ok(()) => Ok(None),
+            Err(std::sync::mpsc::TrySendError::Full(job)) => Ok(Some(job)),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                Err(SyncError::Disconnected("(the signers stopped)"))
+            }
+        }
+    }
+
     /// Queues a basis; waits while every signer is busy and the queue is full.
     fn sign(&mut self, job: SignJob) -> Result<()> {
+        self.jobs()?.send(job).map_err(|_| SyncError::Disconnected("(the signers stopped)"))
+    }
+
+    /// The queue to the signers, started with the first job.
+    fn jobs(&mut self) -> Result<&std::sync::mpsc::SyncSender<SignJob>> {
         if self.jobs.is_none() {
             let count = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
             let (jobs, queue) = std::sync::mpsc::sync_channel::<SignJob>(count);
@@ -764,17 +782,12 @@ impl Signers {
                 let thread = std::thread::Builder::new()
                     .name("mover-sign".into())
                     .spawn(move || sign_requests(&queue, &group, &path))
-                    .map_err(|e| SyncError::Io {
-                        op: "cannot start a thread for",
-                        path: job.path.clone(),
-                        source: e,
-                    })?;
+                    .map_err(|source| SyncError::Io { op: "cannot start a thread", path: ".".into(), source })?;
                 self.threads.push(thread);
             }
             self.jobs = Some(jobs);
         }
-        let jobs = self.jobs.as_ref().expect("set above");
-        jobs.send(job).map_err(|_| SyncError::Disconnected("(the signers stopped)"))
+        Ok(self.jobs.as_ref().expect("set above"))
     }
 
     /// Lets the signers finish what they were given, and waits for them.
@@ -787,27 +800,46 @@ impl Signers {
 }
 
 /// A signer: signs bases from `queue` and sends their requests until the queue closes. A
-/// failure is the session's; once the session is over, jobs are taken and dropped.
+/// failure is the session's; once the session is over (failed, or the connection gone), jobs
+/// in hand stop within a chunk and queued ones are dropped.
 fn sign_requests(queue: &Mutex<std::sync::mpsc::Receiver<SignJob>>, group: &Group, path: &ReplyPath) {
+    let _panic = SignerPanic { group, path };
     loop {
         let job = queue.lock().expect("no signer panics holding the queue").recv();
         let Ok(job) = job else { return };
-        if path.stopped.load(Ordering::Acquire) {
+        if path.stopped.load(Ordering::Acquire) || path.out.is_closed() {
+            path.stopped.store(true, Ordering::Release);
             continue;
         }
-        let result = blocks::sign_file(&job.file, job.size, blocks::block_size_for(job.size))
+        let result = blocks::sign_file(&job.file, job.size, blocks::block_size_for(job.size), &path.stopped)
             .map_err(|source| SyncError::Io { op: "cannot read", path: job.path, source })
             .and_then(|signature| {
                 path.send(encode_message(&Message::NeedBlocks { id: job.id, signature, shifts: job.shifts }))
             });
-        match result {
-            Ok(()) => {}
-            // The connection broke: the first lane finds out too, and says why.
-            Err(error) if is_interruption(&error) => {}
-            Err(error) => {
-                path.stopped.store(true, Ordering::Release);
+        if let Err(error) = result {
+            let already = path.stopped.swap(true, Ordering::AcqRel);
+            // The connection broke, or the session ended for another reason: whoever saw that
+            // first says why.
+            if !already && !is_interruption(&error) {
                 group.fail(error, &path.out);
             }
+        }
+    }
+}
+
+/// Ends the session when a signer panics: the file it was signing would otherwise wait for
+/// its request forever, and so would the sender.
+struct SignerPanic<'a> {
+    group: &'a Group,
+    path: &'a ReplyPath,
+}
+
+impl Drop for SignerPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.path.stopped.store(true, Ordering::Release);
+            let source = io::Error::other("the thread signing it panicked");
+            self.group.fail(SyncError::Io { op: "cannot sign", path: "a changed file".into(), source }, &self.path.out);
         }
     }
 }
@@ -1031,11 +1063,17 @@ impl Receiver {
                     // Pending before the request can leave.
                     group.files().pending.insert(id, Pending { entry, basis });
                     if basis_size >= SIGN_ASIDE_MIN {
-                        self.signers.sign(SignJob { id, path: path.display(), file, size: basis_size, shifts })?;
+                        let job = SignJob { id, path: path.display(), file, size: basis_size, shifts };
+                        if let Some(job) = self.signers.try_sign(job)? {
+                            // Every signer is busy: the verdicts gathered so far go out first,
+                            // so the sender's other lanes have work meanwhile.
+                            self.flush_replies()?;
+                            self.signers.sign(job)?;
+                        }
                     } else {
                         let block_size = blocks::block_size_for(basis_size);
-                        let signature =
-                            blocks::sign_file(&file, basis_size, block_size).map_err(|e| io("cannot read", e))?;
+                        let signature = blocks::sign_file(&file, basis_size, block_size, &AtomicBool::new(false))
+                            .map_err(|e| io("cannot read", e))?;
                         self.reply(&Message::NeedBlocks { id, signature, shifts })?;
                     }
                 }
