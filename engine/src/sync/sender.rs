@@ -73,12 +73,13 @@ impl Shared {
         reporter: SharedReporter,
         on_wire: Arc<AtomicU64>,
     ) -> Arc<Shared> {
+        let level_control = Mutex::new(LevelControl::for_lanes(options.streams));
         Arc::new(Shared {
             root,
             options,
             reporter,
             on_wire,
-            level_control: Mutex::new(LevelControl::new()),
+            level_control,
             files_done: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             files_transferred: AtomicU64::new(0),
