@@ -99,9 +99,9 @@ pub fn capped_level(level: i32) -> i32 {
 /// data, holes) than with the level, so the climb alone can wander upwards on a fast link and
 /// spend the CPU the copy needs. Two bounds come from the link rate itself: a link seen
 /// carrying [`LevelControl::FAST_LINK`] (beyond what buffers may have taken in,
-/// [`LevelControl::BURST_PER_LANE`]) is not what limits the copy, so nothing is compressed for the rest
-/// of the session while it stays above [`LevelControl::SLOW_LINK`]; a link slower than that is
-/// the limit, so the level stays at least 3 (exactly 1 on a link once seen fast).
+/// [`LevelControl::BURST_PER_LANE`]) is not what limits the copy, so nothing is compressed for
+/// the rest of the session while it stays above [`LevelControl::SLOW_LINK`]; a link slower than
+/// that is the limit, so the level stays at least 3 (exactly 1 on a link once seen fast).
 #[derive(Debug, Clone)]
 pub struct LevelControl {
     level: i32,
@@ -114,10 +114,10 @@ pub struct LevelControl {
     period_wire_start: u64,
     /// The link was seen carrying [`LevelControl::FAST_LINK`].
     fast_link: bool,
-    /// Wire bytes and seconds of the periods decided so far.
-    wire_seen: f64,
     /// What buffers may take in faster than the link ([`Self::BURST_PER_LANE`] per connection).
     burst: f64,
+    /// Wire bytes and seconds of the periods decided so far.
+    wire_seen: f64,
     seconds: f64,
 }
 
@@ -201,13 +201,13 @@ impl LevelControl {
         self.fast_link |= carried(self.wire_seen, self.seconds) || carried(wire_bytes, seconds);
         // A link seen fast that turns slow (shared later, or a buffering proxy misled us):
         // level 1, which compresses text about as well as 3, rather than nothing.
-        // A link this slow is the limit whatever we do: never send less compressed than
-        // `rsync -z` would (zstd 3); the climb decides whether more pays.
         let ceiling = match (self.fast_link, wire_rate < Self::SLOW_LINK) {
             (false, _) => Self::MAX,
             (true, true) => 1,
             (true, false) => 0,
         };
+        // A link this slow is the limit whatever we do: never send less compressed than
+        // `rsync -z` would (zstd 3); the climb decides whether more pays.
         let floor = match (wire_rate < Self::SLOW_LINK, self.fast_link) {
             (true, false) => 3,
             (true, true) => 1,
