@@ -112,7 +112,6 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &Atomic
         }
         // A chunk from `offset` (block aligned; CHUNK_SIZE is a multiple of every block size).
         let end = (offset + CHUNK_SIZE as u64).min(size);
-        let mut filled = 0;
         let mut at = offset;
         while at < end {
             let (data_start, data_end) = if sparse { data_range(file, at, size) } else { (at, end) };
@@ -122,9 +121,9 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &Atomic
             let data_end = data_end.min(end);
             let into = &mut buffer[(data_start - offset) as usize..(data_end - offset) as usize];
             let got = read_full(file, into, data_start)?;
-            filled = (data_start - offset) as usize + got;
             if got < into.len() {
                 // Shorter than it was: sign what is there.
+                let filled = (data_start - offset) as usize + got;
                 signature.extend_from_slice(entries(&sign(&buffer[..filled], block_size)));
                 return Ok(signature);
             }
@@ -137,6 +136,68 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &Atomic
         offset = end;
     }
     Ok(signature)
+}
+
+/// The magic of librsync deltas, the format `fast_rsync` makes and applies.
+const DELTA_MAGIC: [u8; 4] = 0x7273_0236u32.to_be_bytes();
+/// Delta commands: the end; a literal of 1 to 64 bytes (the command is the length); a literal
+/// whose length follows in 1, 2, 4 or 8 bytes; a copy whose window offset and length follow,
+/// each in 1, 2, 4 or 8 bytes (`OP_COPY + 4 * offset class + length class`).
+const OP_END: u8 = 0;
+const OP_LITERAL_N: u8 = 0x41;
+const OP_COPY: u8 = 0x45;
+const OP_COPY_LAST: u8 = 0x54;
+
+/// Writes into `out` the delta that makes `len` bytes by copying its window from the start:
+/// content found whole at a known shift needs no search.
+pub fn copy_delta(len: u64, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&DELTA_MAGIC);
+    // Offset in one byte (it is 0), length in eight.
+    out.extend_from_slice(&[OP_COPY + 3, 0]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.push(OP_END);
+}
+
+/// The last copy in a delta made by `fast_rsync::diff`: where its bytes land in the content
+/// made, and where they come from in the window. The difference tells where the content
+/// after it is likely to be found too. `None` when the delta copies nothing (or is not one).
+#[must_use]
+pub fn last_copy(delta: &[u8]) -> Option<(u64, u64)> {
+    let number = |at: usize, width: usize| -> Option<u64> {
+        let bytes = delta.get(at..at.checked_add(width)?)?;
+        Some(bytes.iter().fold(0, |value, &byte| value << 8 | u64::from(byte)))
+    };
+    if delta.get(..4)? != DELTA_MAGIC {
+        return None;
+    }
+    let (mut at, mut made, mut last) = (4usize, 0u64, None);
+    loop {
+        let op = *delta.get(at)?;
+        at += 1;
+        match op {
+            OP_END => return last,
+            1..=0x40 => {
+                at = at.checked_add(usize::from(op))?;
+                made = made.checked_add(u64::from(op))?;
+            }
+            OP_LITERAL_N..0x45 => {
+                let width = 1 << (op - OP_LITERAL_N);
+                let len = number(at, width)?;
+                at = at.checked_add(width)?.checked_add(usize::try_from(len).ok()?)?;
+                made = made.checked_add(len)?;
+            }
+            OP_COPY..=OP_COPY_LAST => {
+                let (offset_width, len_width) = (1 << ((op - OP_COPY) / 4), 1 << ((op - OP_COPY) % 4));
+                let from = number(at, offset_width)?;
+                let len = number(at + offset_width, len_width)?;
+                at += offset_width + len_width;
+                last = Some((made, from));
+                made = made.checked_add(len)?;
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// A receiver's signature of its basis, checked.
@@ -356,6 +417,49 @@ mod tests {
             fast_rsync::apply_limited(&basis[start..end], &delta, &mut out, new.len()).unwrap();
             proptest::prop_assert_eq!(out, new);
         }
+    }
+
+    proptest::proptest! {
+        /// The last copy `fast_rsync` finds tells where the shifted content is; a copy delta
+        /// applied to a window gives the window back.
+        #[test]
+        fn the_last_copy_of_a_delta_locates_the_shifted_content(
+            seed in proptest::prelude::any::<u64>(),
+            blocks in 2u64..24,
+            at in 0usize..100_000,
+            insert in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..300),
+            len in 0u64..100_000,
+        ) {
+            let basis: Vec<u8> = (0..blocks * 4096).map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u8).collect();
+            let signature = BasisSignature::parse(sign(&basis, 4096).into_serialized()).unwrap();
+            let at = at.min(basis.len());
+            let mut new = basis.clone();
+            new.splice(at..at, insert);
+            let mut delta = Vec::new();
+            fast_rsync::diff(&signature.window(0, blocks).index(), &new, &mut delta).unwrap();
+            // At least one whole block lies before or after the insert.
+            let (made, from) = last_copy(&delta).expect("a delta with copies");
+            let (made, from) = (made as usize, from as usize);
+            proptest::prop_assert_eq!(&new[made..made + 4096], &basis[from..from + 4096]);
+            let expected_shift = if made >= at + new.len() - basis.len() { new.len() - basis.len() } else { 0 };
+            proptest::prop_assert_eq!(made - from, expected_shift);
+
+            let len = len.min(basis.len() as u64);
+            copy_delta(len, &mut delta);
+            proptest::prop_assert_eq!(last_copy(&delta), Some((0, 0)));
+            let mut out = Vec::new();
+            fast_rsync::apply_limited(&basis, &delta, &mut out, len as usize).unwrap();
+            proptest::prop_assert_eq!(out, &basis[..len as usize]);
+        }
+    }
+
+    #[test]
+    fn a_delta_without_copies_or_not_a_delta_has_no_last_copy() {
+        let mut delta = Vec::new();
+        fast_rsync::diff(&sign(&[1; 8192], 4096).index(), &[2; 5000], &mut delta).unwrap();
+        assert_eq!(last_copy(&delta), None);
+        assert_eq!(last_copy(b"rs"), None);
+        assert_eq!(last_copy(&[0x72, 0x73, 0x02, 0x36, OP_COPY + 3, 0, 1]), None);
     }
 
     #[test]

@@ -597,6 +597,11 @@ struct Basis {
     shifts: bool,
     /// Windows of mostly new data in a row.
     misses: u32,
+    /// Where the content is in the basis relative to where it is now (basis offset minus
+    /// file offset), as the last delta found it: after an insert or a cut, the rest of the
+    /// file is compared there first, block against block, as rsync tries the block after a
+    /// match before searching.
+    shift: i64,
     /// The last delta made (reused buffer).
     delta: Vec<u8>,
     /// The signature entry of a whole block of zeros (a hole).
@@ -606,7 +611,7 @@ struct Basis {
 impl Basis {
     fn new(signature: blocks::BasisSignature, shifts: bool) -> Self {
         let zero_entry = blocks::zero_entry(signature.block_size() as usize, signature.block_size());
-        Basis { signature, shifts, misses: 0, delta: Vec::new(), zero_entry }
+        Basis { signature, shifts, misses: 0, shift: 0, delta: Vec::new(), zero_entry }
     }
 
     /// Bytes of the basis, rounded up to whole blocks.
@@ -697,6 +702,9 @@ impl Worker {
         chunk: &[u8],
         basis: &mut Basis,
     ) -> std::result::Result<(), ContentError> {
+        if basis.shift != 0 {
+            return self.send_shifted(id, offset, chunk, basis);
+        }
         let block_size = basis.signature.block_size();
         let ours = blocks::sign(chunk, block_size);
         let ours = blocks::entries(&ours);
@@ -720,6 +728,66 @@ impl Worker {
         Ok(())
     }
 
+    /// Sends `chunk` (at `offset`) when the content is expected at `basis.shift` from where
+    /// it is: the blocks found there as copies, the rest as runs ([`Self::send_run`]), which
+    /// may find the content at another shift. Everything is sent: what is not sent comes from
+    /// the basis at the same offset.
+    fn send_shifted(
+        &mut self,
+        id: u64,
+        offset: u64,
+        chunk: &[u8],
+        basis: &mut Basis,
+    ) -> std::result::Result<(), ContentError> {
+        let block_size = basis.signature.block_size();
+        let block = block_size as usize;
+        let shift = basis.shift;
+        // The first byte of the chunk whose place in the basis starts a block.
+        let block64 = u64::from(block_size);
+        let first = ((block64 - offset.wrapping_add_signed(shift) % block64) % block64) as usize;
+        let whole = chunk.len().saturating_sub(first) / block;
+        let ours = blocks::sign(&chunk[first..first + whole * block], block_size);
+        let ours = blocks::entries(&ours);
+        // The last block of the basis may be short: copies end before it.
+        let copyable = basis.signature.blocks().saturating_sub(1);
+        let mut sent = 0;
+        let mut copy: Option<usize> = None;
+        for i in 0..=whole {
+            let at = first + i * block;
+            let found = i < whole
+                && (offset + at as u64).checked_add_signed(shift).is_some_and(|there| {
+                    let index = there / block64;
+                    index < copyable
+                        && basis.signature.entry(index) == Some(&ours[i * blocks::ENTRY_LEN..][..blocks::ENTRY_LEN])
+                });
+            match (found, copy) {
+                (true, None) => copy = Some(at),
+                (false, Some(start)) => {
+                    if start > sent {
+                        self.send_run(id, offset + sent as u64, &chunk[sent..start], basis)?;
+                    }
+                    let there = (offset + start as u64).saturating_add_signed(shift);
+                    blocks::copy_delta((at - start) as u64, &mut basis.delta);
+                    let delta = std::mem::take(&mut basis.delta);
+                    let made =
+                        self.send_delta(id, offset + start as u64, at - start, there, (at - start) as u64, &delta);
+                    basis.delta = delta;
+                    made?;
+                    // The latest place content was found at, whatever a run before it found.
+                    basis.shift = shift;
+                    basis.misses = 0;
+                    sent = at;
+                    copy = None;
+                }
+                _ => {}
+            }
+        }
+        if sent < chunk.len() {
+            self.send_run(id, offset + sent as u64, &chunk[sent..], basis)?;
+        }
+        Ok(())
+    }
+
     /// Sends a run of blocks the basis lacks at their offset: as a delta against the basis
     /// window around it when most of it is found there (shifted content), else as data.
     fn send_run(
@@ -729,14 +797,16 @@ impl Worker {
         run: &[u8],
         basis: &mut Basis,
     ) -> std::result::Result<(), ContentError> {
+        // Where the run's content was, if it moved as the content before it did.
+        let there = offset.saturating_add_signed(basis.shift);
         if basis.shifts
             && basis.misses < blocks::MAX_MISSES
             && run.len() >= blocks::SHIFT_MIN_RUN
-            && offset < basis.len()
+            && there < basis.len()
         {
             let block = u64::from(basis.signature.block_size());
-            let window_start = offset.saturating_sub(blocks::SHIFT_MARGIN) / block * block;
-            let window_end = (offset + run.len() as u64 + blocks::SHIFT_MARGIN).min(basis.len());
+            let window_start = there.saturating_sub(blocks::SHIFT_MARGIN) / block * block;
+            let window_end = (there + run.len() as u64 + blocks::SHIFT_MARGIN).min(basis.len());
             let window = basis.signature.window(window_start / block, (window_end - window_start).div_ceil(block));
             basis.delta.clear();
             fast_rsync::diff(&window.index(), run, &mut basis.delta)
@@ -744,6 +814,9 @@ impl Worker {
             // Mostly copies: worth it. Mostly literal data: the window is new data, sent raw.
             if basis.delta.len() < run.len() / 2 {
                 basis.misses = 0;
+                if let Some((made, from)) = blocks::last_copy(&basis.delta) {
+                    basis.shift = (window_start + from).wrapping_sub(offset + made).cast_signed();
+                }
                 let delta = std::mem::take(&mut basis.delta);
                 let sent = self.send_delta(id, offset, run.len(), window_start, window_end - window_start, &delta);
                 basis.delta = delta;
