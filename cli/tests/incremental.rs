@@ -94,6 +94,9 @@ fn shifted_content_travels_as_a_delta_and_new_content_as_data() {
     fs::write(src.join("notes.txt"), &text).unwrap();
     let rewritten = mover_testdata::random_bytes(23, 16 << 20);
     fs::write(src.join("rewritten.bin"), &rewritten).unwrap();
+    // Its last chunk will be shorter than the shift is from a block boundary.
+    let short_tail = mover_testdata::random_bytes(25, (2 << 20) - 277);
+    fs::write(src.join("short-tail.bin"), &short_tail).unwrap();
     copy(&src, &dst);
 
     // Bytes inserted and removed inside incompressible data shift everything after them.
@@ -105,6 +108,7 @@ fn shifted_content_travels_as_a_delta_and_new_content_as_data() {
     fs::write(src.join("table.bin"), &swapped).unwrap();
     // A line added at the top of a text file.
     fs::write(src.join("notes.txt"), format!("a new first line\n{text}")).unwrap();
+    fs::write(src.join("short-tail.bin"), edited(&short_tail, 1000, &[7; 777], 0, 0)).unwrap();
     // All new content: sent as data, once.
     fs::write(src.join("rewritten.bin"), mover_testdata::random_bytes(24, 16 << 20)).unwrap();
 
@@ -211,6 +215,16 @@ fn big_files_are_written_past_the_page_cache_and_stay_identical() {
     assert!(summary.bytes_on_wire < 1 << 20, "{} bytes on the wire", summary.bytes_on_wire);
     let cached = cached_bytes(&dst.join("big.bin")).unwrap();
     assert!(cached <= 64 << 10, "{cached} bytes of a rebuilt 24 MiB file are in the page cache");
+    mover_testdata::assert_identical(&src, &dst);
+
+    // 14 bytes inserted: the rest of the file moves by less than a page, and is still written
+    // in whole pages past the cache.
+    let old = fs::read(&big).unwrap();
+    fs::write(&big, edited(&old, (3 << 20) + 17, b"inserted line\n", 0, 0)).unwrap();
+    let summary = copy(&src, &dst);
+    assert!(summary.bytes_on_wire < 1 << 20, "{} bytes on the wire", summary.bytes_on_wire);
+    let cached = cached_bytes(&dst.join("big.bin")).unwrap();
+    assert!(cached <= 64 << 10, "{cached} bytes of a 24 MiB file with an insert are in the page cache");
     mover_testdata::assert_identical(&src, &dst);
 }
 

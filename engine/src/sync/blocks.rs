@@ -76,12 +76,17 @@ pub fn zero_entry(len: usize, block_size: u32) -> Vec<u8> {
     entries(&sign(&vec![0; len], block_size)).to_vec()
 }
 
-/// Signs `size` bytes of `file` in blocks; returns the serialized signature. Runs of whole
-/// blocks that lie in a hole are not read: their entry is the entry of zeros. The rest is
-/// signed a chunk at a time, smaller holes inside it read as zeros: a basis we wrote ourselves
-/// keeps each zero page as a hole (a database's free pages), and signing between every two of
-/// them would leave most blocks to scalar MD4 instead of eight at a time. Setting `stop` ends
-/// the work within a chunk (an `Interrupted` error): a basis can take minutes to read.
+/// Zero bytes between two data regions of a basis up to which both are signed in one go, the
+/// zeros with them; a longer hole ends the signing there and its blocks get the entry of zeros.
+pub const HOLE_JOIN: u64 = 64 << 10;
+
+/// Signs `size` bytes of `file` in blocks; returns the serialized signature. Blocks that lie
+/// in a hole are not read: their entry is the entry of zeros. Data regions closer than
+/// [`HOLE_JOIN`] are read (up to a chunk) into one buffer, the hole between them as zeros, and
+/// signed together: a basis we wrote ourselves keeps each zero page as a hole (a database's
+/// free pages), and signing between every two of them would leave most blocks to scalar MD4
+/// instead of eight at a time. Setting `stop` ends the work within a chunk (an `Interrupted`
+/// error): a basis can take minutes to read.
 pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &AtomicBool) -> io::Result<Vec<u8>> {
     let block = u64::from(block_size);
     let mut signature = sign(&[], block_size).into_serialized();
@@ -95,11 +100,12 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &Atomic
             return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped: the session is over"));
         }
         if sparse {
-            // Whole blocks before the next data are holes.
-            let data_start = data_range(file, offset, size).0 / block * block;
-            if data_start > offset {
-                while offset < data_start {
-                    let len = (data_start - offset).min(block);
+            // Whole blocks before the next data, or everything when no data is left, are holes.
+            let data_start = data_range(file, offset, size).0;
+            let hole_end = if data_start >= size { size } else { data_start / block * block };
+            if hole_end > offset {
+                while offset < hole_end {
+                    let len = (hole_end - offset).min(block);
                     if len == block {
                         signature.extend_from_slice(&hole);
                     } else {
@@ -110,15 +116,17 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &Atomic
                 continue;
             }
         }
-        // A chunk from `offset` (block aligned; CHUNK_SIZE is a multiple of every block size).
-        let end = (offset + CHUNK_SIZE as u64).min(size);
+        // From `offset` (block aligned; CHUNK_SIZE is a multiple of every block size): the
+        // data regions up to a chunk, joined across short holes, in whole blocks.
+        let limit = (offset + CHUNK_SIZE as u64).min(size);
+        let mut signed_to = offset;
         let mut at = offset;
-        while at < end {
-            let (data_start, data_end) = if sparse { data_range(file, at, size) } else { (at, end) };
-            if data_start >= end {
+        while at < limit {
+            let (data_start, data_end) = if sparse { data_range(file, at, size) } else { (at, limit) };
+            if data_start >= limit || (signed_to > offset && data_start >= signed_to + HOLE_JOIN) {
                 break;
             }
-            let data_end = data_end.min(end);
+            let data_end = data_end.min(limit);
             let into = &mut buffer[(data_start - offset) as usize..(data_end - offset) as usize];
             let got = read_full(file, into, data_start)?;
             if got < into.len() {
@@ -127,13 +135,19 @@ pub fn sign_file(file: &std::fs::File, size: u64, block_size: u32, stop: &Atomic
                 signature.extend_from_slice(entries(&sign(&buffer[..filled], block_size)));
                 return Ok(signature);
             }
+            // Regions that start before the block this one ends in are read too.
+            signed_to = signed_to.max(data_end.div_ceil(block).saturating_mul(block).min(limit));
             at = data_end;
         }
-        let len = (end - offset) as usize;
+        // At least a block, whatever the file did meanwhile.
+        if signed_to == offset {
+            signed_to = (offset + block).min(size);
+        }
+        let len = (signed_to - offset) as usize;
         signature.extend_from_slice(entries(&sign(&buffer[..len], block_size)));
         // The buffer holds zeros again for the holes of the next chunk.
         buffer[..len].fill(0);
-        offset = end;
+        offset = signed_to;
     }
     Ok(signature)
 }
@@ -148,15 +162,39 @@ const OP_LITERAL_N: u8 = 0x41;
 const OP_COPY: u8 = 0x45;
 const OP_COPY_LAST: u8 = 0x54;
 
-/// Writes into `out` the delta that makes `len` bytes by copying its window from the start:
-/// content found whole at a known shift needs no search.
-pub fn copy_delta(len: u64, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(&DELTA_MAGIC);
-    // Offset in one byte (it is 0), length in eight.
-    out.extend_from_slice(&[OP_COPY + 3, 0]);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.push(OP_END);
+/// A delta written in librsync's format, command by command, for content whose place in the
+/// basis is known: no search needed. Lengths and offsets always take eight bytes.
+pub struct DeltaWriter<'a>(&'a mut Vec<u8>);
+
+impl<'a> DeltaWriter<'a> {
+    /// Starts a delta in `out` (emptied first).
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        out.clear();
+        out.extend_from_slice(&DELTA_MAGIC);
+        DeltaWriter(out)
+    }
+
+    /// Makes `len` bytes by copying from `from` in the window.
+    pub fn copy(&mut self, from: u64, len: u64) {
+        debug_assert!(len > 0, "a copy of nothing is not a delta command");
+        self.0.push(OP_COPY + 4 * 3 + 3);
+        self.0.extend_from_slice(&from.to_be_bytes());
+        self.0.extend_from_slice(&len.to_be_bytes());
+    }
+
+    /// Makes `bytes` as they are.
+    pub fn literal(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.0.push(OP_LITERAL_N + 3);
+            self.0.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+            self.0.extend_from_slice(bytes);
+        }
+    }
+
+    /// Ends the delta.
+    pub fn finish(self) {
+        self.0.push(OP_END);
+    }
 }
 
 /// The last copy in a delta made by `fast_rsync::diff`: where its bytes land in the content
@@ -365,6 +403,14 @@ mod tests {
             let stopped = sign_file(&file, size, block_size, &AtomicBool::new(true));
             assert!(size == 0 || stopped.is_err_and(|e| e.kind() == io::ErrorKind::Interrupted));
         }
+        // A file that ends in a hole longer than a block, in a part block.
+        let longer = size + 3 * 65_536 + 1000;
+        file.set_len(longer).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        for block_size in [4096, 65_536] {
+            let signed = sign_file(&file, longer, block_size, &AtomicBool::new(false)).unwrap();
+            assert_eq!(signed, sign(&bytes, block_size).serialized());
+        }
     }
 
     #[test]
@@ -420,15 +466,15 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The last copy `fast_rsync` finds tells where the shifted content is; a copy delta
-        /// applied to a window gives the window back.
+        /// The last copy `fast_rsync` finds tells where the shifted content is; a delta written
+        /// command by command makes what it says.
         #[test]
         fn the_last_copy_of_a_delta_locates_the_shifted_content(
             seed in proptest::prelude::any::<u64>(),
             blocks in 2u64..24,
             at in 0usize..100_000,
             insert in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..300),
-            len in 0u64..100_000,
+            len in 1u64..100_000,
         ) {
             let basis: Vec<u8> = (0..blocks * 4096).map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u8).collect();
             let signature = BasisSignature::parse(sign(&basis, 4096).into_serialized()).unwrap();
@@ -444,12 +490,19 @@ mod tests {
             let expected_shift = if made >= at + new.len() - basis.len() { new.len() - basis.len() } else { 0 };
             proptest::prop_assert_eq!(made - from, expected_shift);
 
-            let len = len.min(basis.len() as u64);
-            copy_delta(len, &mut delta);
-            proptest::prop_assert_eq!(last_copy(&delta), Some((0, 0)));
+            // Literal, copy, literal: what a chunk found at a known shift is sent as.
+            let len = len.clamp(1, basis.len() as u64 - 4096);
+            let mut writer = DeltaWriter::new(&mut delta);
+            writer.literal(b"head");
+            writer.copy(4096, len);
+            writer.literal(b"");
+            writer.literal(b"tail");
+            writer.finish();
+            proptest::prop_assert_eq!(last_copy(&delta), Some((4, 4096)));
             let mut out = Vec::new();
-            fast_rsync::apply_limited(&basis, &delta, &mut out, len as usize).unwrap();
-            proptest::prop_assert_eq!(out, &basis[..len as usize]);
+            fast_rsync::apply_limited(&basis, &delta, &mut out, len as usize + 8).unwrap();
+            let expected = [b"head", &basis[4096..4096 + len as usize], b"tail"].concat();
+            proptest::prop_assert_eq!(out, expected);
         }
     }
 

@@ -1705,7 +1705,8 @@ fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Resul
 
 /// Writes `data` at `offset` page by page: non-zero pages are written; all-zero pages are left
 /// alone in a fresh temporary file (it starts as one hole, so they stay holes and sparse files
-/// stay sparse), or, with `punch`, punched out of a reused file that may hold old data there.
+/// stay sparse; direct writes may still write a short run of them, see [`DIRECT_HOLE_FILL`]),
+/// or, with `punch`, punched out of a reused file that may hold old data there.
 fn write_pages(
     file: &std::fs::File,
     data: &[u8],
@@ -1860,8 +1861,8 @@ mod tests {
         assert!(std::fs::read(tmp.path().join("f")).unwrap() == expected, "content differs");
     }
 
-    /// A direct write fails on the write thread: the lane hears of it at its next write or at
-    /// the end of the file, never an `Ok` for data that is not on the file.
+    /// Zero pages left out of a direct write: a short run is written as zeros in a new file (so
+    /// the write is not cut short), but left alone in a file that holds data (a resumed partial).
     #[test]
     fn a_short_hole_is_written_as_zeros_only_in_a_file_that_started_empty() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1876,7 +1877,12 @@ mod tests {
             if started_empty {
                 file.set_len(0).unwrap();
             }
-            let Some(writes) = DirectWrites::enable(&file, &Arc::default(), started_empty) else {
+            // Buffers come back dirty from earlier files.
+            let pool = Arc::new(BufferPool::default());
+            let mut dirty = Aligned::new();
+            dirty.get_mut(0, DIRECT_WRITE).fill(0x55);
+            pool.give(dirty);
+            let Some(writes) = DirectWrites::enable(&file, &pool, started_empty) else {
                 eprintln!("skipped: {} refuses O_DIRECT", tmp.path().display());
                 return;
             };
@@ -1908,6 +1914,8 @@ mod tests {
         }
     }
 
+    /// A direct write fails on the write thread: the lane hears of it at its next write or at
+    /// the end of the file, never an `Ok` for data that is not on the file.
     #[test]
     fn a_failed_direct_write_is_reported() {
         let tmp = tempfile::tempdir().unwrap();

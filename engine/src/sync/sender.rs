@@ -702,8 +702,8 @@ impl Worker {
         chunk: &[u8],
         basis: &mut Basis,
     ) -> std::result::Result<(), ContentError> {
-        if basis.shift != 0 {
-            return self.send_shifted(id, offset, chunk, basis);
+        if basis.shift != 0 && self.send_if_shifted(id, offset, chunk, basis)? {
+            return Ok(());
         }
         let block_size = basis.signature.block_size();
         let ours = blocks::sign(chunk, block_size);
@@ -711,10 +711,14 @@ impl Worker {
         let block = block_size as usize;
         let first = offset / u64::from(block_size);
         let mut run: Option<usize> = None;
+        let mut changed = false;
         for (i, entry) in ours.chunks(blocks::ENTRY_LEN).enumerate() {
             let same = basis.signature.entry(first + i as u64) == Some(entry);
             match (same, run) {
-                (false, None) => run = Some(i * block),
+                (false, None) => {
+                    run = Some(i * block);
+                    changed = true;
+                }
                 (true, Some(start)) => {
                     self.send_run(id, offset + start as u64, &chunk[start..i * block], basis)?;
                     run = None;
@@ -725,67 +729,74 @@ impl Worker {
         if let Some(start) = run {
             self.send_run(id, offset + start as u64, &chunk[start..], basis)?;
         }
+        if !changed {
+            // The content is back in its place.
+            basis.shift = 0;
+        }
         Ok(())
     }
 
-    /// Sends `chunk` (at `offset`) when the content is expected at `basis.shift` from where
-    /// it is: the blocks found there as copies, the rest as runs ([`Self::send_run`]), which
-    /// may find the content at another shift. Everything is sent: what is not sent comes from
-    /// the basis at the same offset.
-    fn send_shifted(
+    /// Sends `chunk` (at `offset`) as one delta when its content is at `basis.shift` from
+    /// where it is in the basis, save for differences shorter than [`blocks::SHIFT_MIN_RUN`]:
+    /// the blocks found there as copies, the rest (short changes, the part blocks at either end)
+    /// as literals. One message for the whole chunk keeps the receiver's writes aligned.
+    /// `false` (nothing sent) when the content is not there.
+    fn send_if_shifted(
         &mut self,
         id: u64,
         offset: u64,
         chunk: &[u8],
         basis: &mut Basis,
-    ) -> std::result::Result<(), ContentError> {
+    ) -> std::result::Result<bool, ContentError> {
         let block_size = basis.signature.block_size();
-        let block = block_size as usize;
+        let (block, block64) = (block_size as usize, u64::from(block_size));
         let shift = basis.shift;
         // The first byte of the chunk whose place in the basis starts a block.
-        let block64 = u64::from(block_size);
-        let first = ((block64 - offset.wrapping_add_signed(shift) % block64) % block64) as usize;
-        let whole = chunk.len().saturating_sub(first) / block;
+        let first = (((block64 - offset.wrapping_add_signed(shift) % block64) % block64) as usize).min(chunk.len());
+        let whole = (chunk.len() - first) / block;
         let ours = blocks::sign(&chunk[first..first + whole * block], block_size);
         let ours = blocks::entries(&ours);
         // The last block of the basis may be short: copies end before it.
         let copyable = basis.signature.blocks().saturating_sub(1);
-        let mut sent = 0;
-        let mut copy: Option<usize> = None;
-        for i in 0..=whole {
-            let at = first + i * block;
-            let found = i < whole
-                && (offset + at as u64).checked_add_signed(shift).is_some_and(|there| {
+        let found: Vec<bool> = (0..whole)
+            .map(|i| {
+                (offset + (first + i * block) as u64).checked_add_signed(shift).is_some_and(|there| {
                     let index = there / block64;
                     index < copyable
                         && basis.signature.entry(index) == Some(&ours[i * blocks::ENTRY_LEN..][..blocks::ENTRY_LEN])
-                });
-            match (found, copy) {
-                (true, None) => copy = Some(at),
-                (false, Some(start)) => {
-                    if start > sent {
-                        self.send_run(id, offset + sent as u64, &chunk[sent..start], basis)?;
-                    }
-                    let there = (offset + start as u64).saturating_add_signed(shift);
-                    blocks::copy_delta((at - start) as u64, &mut basis.delta);
-                    let delta = std::mem::take(&mut basis.delta);
-                    let made =
-                        self.send_delta(id, offset + start as u64, at - start, there, (at - start) as u64, &delta);
-                    basis.delta = delta;
-                    made?;
-                    // The latest place content was found at, whatever a run before it found.
-                    basis.shift = shift;
-                    basis.misses = 0;
-                    sent = at;
-                    copy = None;
-                }
-                _ => {}
-            }
+                })
+            })
+            .collect();
+        let longest_miss = found.split(|&found| found).map(<[bool]>::len).max().unwrap_or(0);
+        let (Some(first_found), Some(last_found)) = (found.iter().position(|&f| f), found.iter().rposition(|&f| f))
+        else {
+            return Ok(false);
+        };
+        if longest_miss * block >= blocks::SHIFT_MIN_RUN {
+            return Ok(false);
         }
-        if sent < chunk.len() {
-            self.send_run(id, offset + sent as u64, &chunk[sent..], basis)?;
+        let place = |i: usize| (offset + (first + i * block) as u64).saturating_add_signed(shift);
+        let window_start = place(first_found);
+        let window_len = place(last_found + 1) - window_start;
+        let mut writer = blocks::DeltaWriter::new(&mut basis.delta);
+        let (mut made, mut i) = (0, first_found);
+        while i <= last_found {
+            let copies = found[i..].iter().take_while(|&&f| f).count();
+            let start = first + i * block;
+            writer.literal(&chunk[made..start]);
+            writer.copy(place(i) - window_start, (copies * block) as u64);
+            made = start + copies * block;
+            i += copies;
+            i += found[i..].iter().take_while(|&&f| !f).count();
         }
-        Ok(())
+        writer.literal(&chunk[made..]);
+        writer.finish();
+        let delta = std::mem::take(&mut basis.delta);
+        let sent = self.send_delta(id, offset, chunk.len(), window_start, window_len, &delta);
+        basis.delta = delta;
+        sent?;
+        basis.misses = 0;
+        Ok(true)
     }
 
     /// Sends a run of blocks the basis lacks at their offset: as a delta against the basis
