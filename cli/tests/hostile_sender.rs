@@ -171,7 +171,7 @@ fn a_file_beneath_a_symlink_entry_is_refused() {
             compressed: false,
             bytes: content.to_vec(),
         })),
-        frame(&Message::FileEnd { id: 2, blake3: *blake3::hash(content).as_bytes() }),
+        frame(&Message::FileEnd { id: 2, blake3: mover_engine::sync::digest::digest(content) }),
     ];
     let error = attack(&fixture, script);
     // Refused as out of order (a symlink is no directory to be inside of); were it not, the
@@ -222,7 +222,7 @@ fn a_symlink_planted_by_the_workload_between_entries_is_not_followed() {
             }))
             .await
             .unwrap();
-        writer.send(&Message::FileEnd { id: 3, blake3: *blake3::hash(content).as_bytes() }).await.unwrap();
+        writer.send(&Message::FileEnd { id: 3, blake3: mover_engine::sync::digest::digest(content) }).await.unwrap();
         loop {
             match tokio::time::timeout(Duration::from_secs(20), reader.read_message()).await.unwrap() {
                 Ok(Some(Message::Error(error))) => break error,

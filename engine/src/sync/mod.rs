@@ -15,16 +15,17 @@
 //! The sender's tree thread streams entries in path order and keeps at most [`WINDOW`] regular
 //! files waiting for the receiver's verdict (`Need`, `NeedBlocks` or `Skip`). A requested file
 //! is a job for the content workers, one per connection (*lane*; `SyncOptions::streams`, 1 by
-//! default): each sends a file's chunks and its blake3 on its own lane, one file at a time. The
+//! default): each sends a file's chunks and its digest ([`digest`]: blake3 of its pieces' blake3) on its own lane, one file at a time. The
 //! receiver answers each file entry (size+mtime quick check) on the first lane; any lane's
 //! thread writes the content it gets to a temporary file in the file's directory, checks its
-//! blake3, applies metadata and renames it into place. When the tree ends, the receiver waits
+//! digest, applies metadata and renames it into place. When the tree ends, the receiver waits
 //! until every requested file has arrived, then deletes what the source lacks and applies
 //! directory metadata. Every queue is bounded (the job queue holds one file per lane), so
 //! memory is bounded by the window, the lanes and the chunk size, not by the tree.
 
 pub mod blocks;
 mod deletion;
+pub mod digest;
 mod receiver;
 mod sender;
 

@@ -26,7 +26,6 @@ use tokio::sync::mpsc;
 
 use super::blocks;
 use super::deletion::Deletions;
-use super::sender::hash_zeros;
 use super::{Result, SyncError, WINDOW};
 use crate::compress::Decompressor;
 use crate::confine::{self, RelPath, cname};
@@ -78,7 +77,7 @@ struct OpenFile {
     cloned: bool,
     /// `--inplace`: `file` is the final name itself; nothing to rename, nothing to discard.
     inplace: bool,
-    hasher: blake3::Hasher,
+    hasher: super::digest::FileDigest,
     /// Everything before this offset has been hashed.
     position: u64,
     /// Set while `file` is written past the page cache.
@@ -1401,7 +1400,7 @@ impl Lane {
                 resumed,
                 cloned,
                 inplace,
-                hasher: blake3::Hasher::new(),
+                hasher: super::digest::FileDigest::default(),
                 position: 0,
                 direct,
             });
@@ -1586,7 +1585,7 @@ impl Lane {
         if open.file.metadata().map_err(|e| io("cannot inspect", e))?.len() != size {
             open.file.set_len(size).map_err(|e| io("cannot write", e))?;
         }
-        if open.hasher.finalize().as_bytes() != &expected {
+        if open.hasher.finalize() != expected {
             return Err(SyncError::Verification { path: open.path.display() });
         }
         self.group.apply_metadata(open.file.as_fd(), &open.entry).map_err(|e| io("cannot set metadata of", e))?;
@@ -1672,7 +1671,7 @@ impl BasisWindow {
 /// (new files) or comes from the basis (changed files). Either way it is hashed.
 fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Result<()> {
     let Some(basis) = &open.basis else {
-        hash_zeros(&mut open.hasher, offset - open.position);
+        open.hasher.zeros(offset - open.position);
         open.position = offset;
         return Ok(());
     };
@@ -1685,7 +1684,7 @@ fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Resul
             let (data_start, _) = blocks::data_range(basis, open.position, basis_size);
             let hole_end = data_start.min(offset);
             if hole_end > open.position {
-                hash_zeros(&mut open.hasher, hole_end - open.position);
+                open.hasher.zeros(hole_end - open.position);
                 open.position = hole_end;
                 continue;
             }

@@ -26,7 +26,6 @@ const BATCH: usize = 64 * 1024;
 /// Lowest zstd level for changed blocks (when compression is on): they are few, so fewer bytes
 /// matter more than the CPU, whatever the link. Level 3 is what `rsync -z` uses.
 const DELTA_MIN_LEVEL: i32 = 3;
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// A file entry sent and waiting for the receiver's verdict.
 struct Waiting {
@@ -536,7 +535,7 @@ impl Worker {
             None => self.compressor.insert(Compressor::new(1).map_err(ContentError::Read)?),
         };
         compressor.reset();
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = super::digest::FileDigest::default();
         let mut hashed_to = 0u64;
         let size = waiting.size;
         // Holes are not read: a full copy skips them (the target's file starts as one hole); a
@@ -564,7 +563,7 @@ impl Worker {
                     // Shorter than it was: truncated while we read it.
                     return Ok(None);
                 }
-                hash_zeros(&mut hasher, offset - hashed_to);
+                hasher.zeros(offset - hashed_to);
                 hasher.update(&self.buffer[..want]);
                 let buffer = std::mem::take(&mut self.buffer);
                 let sent = match basis.as_deref_mut() {
@@ -578,7 +577,7 @@ impl Worker {
                 self.shared.progress(false);
             }
         }
-        hash_zeros(&mut hasher, size - hashed_to);
+        hasher.zeros(size - hashed_to);
         let after = rustix::fs::fstat(file).map_err(|e| ContentError::Read(e.into()))?;
         if !same_version(&after, waiting)
             || after.st_ctime != before.st_ctime
@@ -586,7 +585,7 @@ impl Worker {
         {
             return Ok(None);
         }
-        Ok(Some(*hasher.finalize().as_bytes()))
+        Ok(Some(hasher.finalize()))
     }
 }
 
@@ -892,13 +891,4 @@ fn same_version(stat: &rustix::fs::Stat, waiting: &Waiting) -> bool {
     u64::try_from(stat.st_size).ok() == Some(waiting.size)
         && stat.st_mtime == waiting.mtime.sec
         && u32::try_from(stat.st_mtime_nsec).ok() == Some(waiting.mtime.nsec)
-}
-
-/// Feeds `len` zero bytes (a hole) to the hasher.
-pub(crate) fn hash_zeros(hasher: &mut blake3::Hasher, mut len: u64) {
-    while len > 0 {
-        let n = len.min(ZEROS.len() as u64) as usize;
-        hasher.update(&ZEROS[..n]);
-        len -= n as u64;
-    }
 }

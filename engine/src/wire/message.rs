@@ -374,11 +374,11 @@ pub enum Message {
     },
     /// Sender to receiver: file content.
     Data(DataChunk),
-    /// Sender to receiver: the file is complete; check it against this blake3.
+    /// Sender to receiver: the file is complete; check it against this digest.
     FileEnd {
         /// Entry id.
         id: u64,
-        /// blake3 of the whole content.
+        /// The content's digest (`crate::sync::digest`: blake3 over its 1 MiB pieces' blake3 and size).
         blake3: [u8; 32],
     },
     /// Sender to receiver: the file could not be delivered.
