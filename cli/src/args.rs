@@ -163,7 +163,8 @@ pub struct CopyArgs {
     /// works too.
     #[arg(long, env = "MOVER_PROXY_PASSWORD_FILE")]
     pub proxy_password_file: Option<PathBuf>,
-    /// Find changed files by content (blake3 of blocks on both sides), not by size and mtime.
+    /// Find changed files by content (block signatures compared, MD4 as rsync; the result is
+    /// verified with blake3), not by size and mtime.
     #[arg(long, env = "MOVER_CHECKSUM")]
     pub checksum: bool,
     /// Update changed files in place instead of writing a verified copy and renaming it over

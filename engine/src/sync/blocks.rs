@@ -14,7 +14,7 @@
 //!    after [`MAX_MISSES`] such windows in a row the file is not searched any further.
 //!
 //! The receiver rebuilds the file from the basis and what was sent in a temporary file and
-//! checks the whole result against the sender's blake3, so a collision of block checksums can
+//! checks the whole result against the sender's digest (blake3, [`super::digest`]), so a collision of block checksums can
 //! cost a retry but never a wrong file.
 
 use std::io;

@@ -109,7 +109,8 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(48))]
+        // Few cases, each up to 15 MiB; shrinking a failure cuts it into 1-byte updates, slow.
+        #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 64, ..ProptestConfig::default() })]
         /// However the content is cut into updates, and whether its zeros come as bytes or as
         /// holes, the digest is the same; and it is the hash list it is documented to be.
         #[test]
@@ -150,6 +151,31 @@ mod tests {
             prop_assert_eq!(by_holes.finalize(), expected);
             prop_assert_eq!(by_cuts.finalize(), expected);
             prop_assert_eq!(digest(&content), expected);
+        }
+    }
+
+    /// Sizes at and around piece boundaries, as bytes and as holes, and a digest taken twice.
+    #[test]
+    fn piece_boundaries_as_bytes_and_as_holes() {
+        let piece = PIECE as usize;
+        for len in [0, 1, piece - 1, piece, piece + 1, 2 * piece, 2 * piece + 7] {
+            let zeros = vec![0u8; len];
+            let mut list = blake3::Hasher::new();
+            for chunk in zeros.chunks(piece) {
+                list.update(blake3::hash(chunk).as_bytes());
+            }
+            list.update(&(len as u64).to_le_bytes());
+            let expected = *list.finalize().as_bytes();
+            let mut by_holes = FileDigest::default();
+            by_holes.zeros(len as u64);
+            assert_eq!(by_holes.finalize(), expected, "{len} bytes of hole");
+            assert_eq!(by_holes.finalize(), expected, "{len} bytes of hole, finalized again");
+            assert_eq!(digest(&zeros), expected, "{len} zero bytes");
+            // Half as bytes, half as a hole.
+            let mut mixed = FileDigest::default();
+            mixed.update(&zeros[..len / 2]);
+            mixed.zeros((len - len / 2) as u64);
+            assert_eq!(mixed.finalize(), expected, "{len} bytes, half of them a hole");
         }
     }
 

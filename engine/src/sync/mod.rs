@@ -97,8 +97,8 @@ pub enum SyncError {
         #[source]
         source: std::io::Error,
     },
-    /// Received content did not match the sender's blake3.
-    #[error("content of `{path}` does not match its blake3 checksum; the file was not replaced")]
+    /// Received content did not match the sender's digest.
+    #[error("content of `{path}` does not match its blake3 digest; the file was not replaced")]
     Verification {
         /// Path relative to the volume root.
         path: String,

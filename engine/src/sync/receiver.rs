@@ -1,7 +1,7 @@
 //! The target side: check entries, request content, verify it and put it in place.
 //!
 //! A regular file is written to `.mover-tmp-<session>-<id>` in its final directory, checked
-//! against the sender's blake3, given its metadata, and only then renamed over its final name
+//! against the sender's digest ([`super::digest`]: blake3 of its pieces), given its metadata, and only then renamed over its final name
 //! (a [`VerifiedFile`] is the only thing that can be renamed into place). Symlinks, FIFOs and
 //! hard links are also created under a temporary name and renamed, so an entry is replaced
 //! atomically and a planted symlink at the final name is replaced, never followed.
@@ -330,7 +330,7 @@ struct Pending {
     basis: Basis,
 }
 
-/// A received file whose content matched the sender's blake3.
+/// A received file whose content matched the sender's digest.
 struct VerifiedFile(OpenFile);
 
 /// A file in place that has hard links.
@@ -1559,7 +1559,7 @@ impl Lane {
         Ok(())
     }
 
-    /// Checks the content against the sender's blake3 and applies metadata; on any failure the
+    /// Checks the content against the sender's digest and applies metadata; on any failure the
     /// temporary file is removed and the final name is left untouched.
     fn verify(&mut self, mut open: OpenFile, expected: [u8; 32]) -> Result<VerifiedFile> {
         match self.check_and_finish(&mut open, expected) {

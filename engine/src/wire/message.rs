@@ -316,7 +316,7 @@ pub enum RemoteErrorKind {
     BadToken,
     /// The peer broke the protocol (bad path, bad order, bad sizes, bad hash).
     Protocol,
-    /// Content did not match its blake3.
+    /// Content did not match its digest.
     Verification,
     /// A file system operation failed on the peer.
     Io,

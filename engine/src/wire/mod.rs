@@ -47,7 +47,9 @@ pub use message::{
 /// shifted content as [`Message::Delta`]s.
 /// Version 4: a session's content may be spread over several connections
 /// ([`SyncOptions::streams`], [`Request::JoinLane`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version 5: [`Message::FileEnd`] carries the file's digest (`sync::digest`: blake3 over its
+/// 1 MiB pieces' blake3 and its size) instead of the blake3 of its bytes.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;
