@@ -433,6 +433,11 @@ mod tests {
         assert_eq!(signature.entry(u64::MAX), None);
     }
 
+    /// `len` pseudo-random bytes from `seed`.
+    fn scrambled(seed: u64, len: u64) -> Vec<u8> {
+        (0..len).map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u8).collect()
+    }
+
     proptest::proptest! {
         /// Whatever the edit and wherever the window, applying the delta to the window's bytes
         /// gives the new content back.
@@ -447,7 +452,7 @@ mod tests {
             cut in 0usize..100_000,
             remove in 0usize..5000,
         ) {
-            let basis: Vec<u8> = (0..blocks * 4096).map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u8).collect();
+            let basis = scrambled(seed, blocks * 4096);
             let signature = BasisSignature::parse(sign(&basis, 4096).into_serialized()).unwrap();
             let start = (first * 4096).min(basis.len() as u64) as usize;
             let end = (start as u64 + count * 4096).min(basis.len() as u64) as usize;
@@ -476,7 +481,7 @@ mod tests {
             insert in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..300),
             len in 1u64..100_000,
         ) {
-            let basis: Vec<u8> = (0..blocks * 4096).map(|i| ((i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as u8).collect();
+            let basis = scrambled(seed, blocks * 4096);
             let signature = BasisSignature::parse(sign(&basis, 4096).into_serialized()).unwrap();
             let at = at.min(basis.len());
             let mut new = basis.clone();
