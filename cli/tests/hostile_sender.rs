@@ -317,8 +317,8 @@ fn device_nodes_and_privileged_xattrs_are_refused_by_policy() {
         let stream = open_when_free(&fixture).await;
         let (reader, writer) = tokio::io::split(stream);
         let (mut writer, mut reader) = (FrameWriter::new(writer), FrameReader::new(reader));
-        writer.send(&entry(1, b"sda", EntryKind::BlockDevice { rdev: 0x0800 })).await.unwrap();
-        writer.send(&entry(2, b"mem", EntryKind::CharDevice { rdev: 0x0101 })).await.unwrap();
+        writer.send(&entry(1, b"mem", EntryKind::CharDevice { rdev: 0x0101 })).await.unwrap();
+        writer.send(&entry(2, b"sda", EntryKind::BlockDevice { rdev: 0x0800 })).await.unwrap();
         writer.send(&Message::EndOfEntries).await.unwrap();
         match reader.read_message().await.unwrap() {
             Some(Message::Done(report)) => report,
@@ -365,6 +365,24 @@ fn the_same_name_twice_is_refused() {
         assert_untouched(&fixture);
         assert_no_temporaries(&fixture.target);
     }
+}
+
+/// The receiver finds what to delete by walking each directory's sorted listing alongside the
+/// sender's sorted names, so a name that goes back must end the session, not turn names the
+/// cursor passed into deletions.
+#[test]
+fn names_out_of_order_are_refused_and_nothing_is_deleted() {
+    let fixture = fixture();
+    for name in ["a", "b", "c"] {
+        fs::write(fixture.target.join(name), name).unwrap();
+    }
+    let file = || EntryKind::Symlink { target: b"t".to_vec() };
+    let script = vec![frame(&entry(1, b"c", file())), frame(&entry(2, b"a", file())), frame(&Message::EndOfEntries)];
+    let error = attack(&fixture, script);
+    assert!(error.message.contains("`a` was sent twice or out of order"), "{}", error.message);
+    assert_eq!(fs::read(fixture.target.join("a")).unwrap(), b"a");
+    assert_eq!(fs::read(fixture.target.join("b")).unwrap(), b"b");
+    assert_untouched(&fixture);
 }
 
 #[test]

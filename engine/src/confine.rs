@@ -223,7 +223,7 @@ pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedF
 }
 
 /// One directory being walked: its handle, its own name, and the names still to visit.
-type Level = (OwnedFd, Vec<u8>, std::vec::IntoIter<Vec<u8>>);
+type Level = (OwnedFd, Vec<u8>, NamesIter);
 
 /// Removes `name` in `dir` whatever it is; a directory is removed with everything beneath it,
 /// walking with directory handles, never following symlinks, and with an explicit stack (a
@@ -287,25 +287,94 @@ pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
     Ok(count)
 }
 
+/// The names of a directory, sorted bytewise, held in one buffer: a directory of a million
+/// entries costs its names' bytes and 8 bytes more for each, not an allocation per name (both
+/// ends of a sync hold the listing of every directory level they are in).
+#[derive(Debug, Default)]
+pub struct Names {
+    bytes: Vec<u8>,
+    /// Start in `bytes` and length of each name, in sorted order.
+    spans: Vec<(u32, u8)>,
+}
+
+impl Names {
+    /// How many names.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The `index`th name in sorted order.
+    #[must_use]
+    pub fn get(&self, index: usize) -> &[u8] {
+        let (start, len) = self.spans[index];
+        &self.bytes[start as usize..start as usize + usize::from(len)]
+    }
+
+    /// The names in sorted order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|index| self.get(index))
+    }
+}
+
+/// The names of a [`Names`] in sorted order, each as its own buffer.
+#[derive(Debug)]
+pub struct NamesIter {
+    names: Names,
+    next: usize,
+}
+
+impl Iterator for NamesIter {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let name = (self.next < self.names.len()).then(|| self.names.get(self.next).to_vec());
+        self.next += usize::from(name.is_some());
+        name
+    }
+}
+
+impl IntoIterator for Names {
+    type Item = Vec<u8>;
+    type IntoIter = NamesIter;
+
+    fn into_iter(self) -> NamesIter {
+        NamesIter { names: self, next: 0 }
+    }
+}
+
 /// The names in a directory (without `.` and `..`), sorted bytewise.
 ///
 /// Read through `dir` itself, from its start: `rustix::fs::Dir::read_from` would first reopen
 /// it (`fcntl`, `openat` of `.`, `close`), three system calls per directory on both ends of a
 /// re-sync, where one `lseek` does.
-pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Names> {
     use std::mem::MaybeUninit;
     rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
     let mut buffer = [MaybeUninit::<u8>::uninit(); 16 * 1024];
     let mut entries = rustix::fs::RawDir::new(dir, &mut buffer);
-    let mut names = Vec::new();
+    let mut names = Names::default();
     while let Some(entry) = entries.next() {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(name.to_vec());
+            // Linux names are at most 255 bytes.
+            let len = u8::try_from(name.len()).map_err(|_| io::Error::other("a name longer than 255 bytes"))?;
+            let start = u32::try_from(names.bytes.len())
+                .map_err(|_| io::Error::other("a directory whose names take more than 4 GiB"))?;
+            names.bytes.extend_from_slice(name);
+            names.spans.push((start, len));
         }
     }
-    names.sort_unstable();
+    let bytes = &names.bytes;
+    let name = |&(start, len): &(u32, u8)| &bytes[start as usize..start as usize + usize::from(len)];
+    names.spans.sort_unstable_by(|a, b| name(a).cmp(name(b)));
     Ok(names)
 }
 
@@ -437,10 +506,17 @@ mod tests {
         expected.sort();
         let root = open_root(dir.path()).unwrap();
         let handle = open_dir(root.as_fd(), b"").unwrap();
+        let listed = |names: Names| {
+            let borrowed: Vec<Vec<u8>> = names.iter().map(<[u8]>::to_vec).collect();
+            let owned: Vec<Vec<u8>> = names.into_iter().collect();
+            assert_eq!(borrowed, owned);
+            owned
+        };
         // A second listing through the same handle starts over, not where the first ended.
-        assert_eq!(list_dir(handle.as_fd()).unwrap(), expected);
-        assert_eq!(list_dir(handle.as_fd()).unwrap(), expected);
-        assert_eq!(list_dir(open_dir(root.as_fd(), b"").unwrap().as_fd()).unwrap(), expected);
+        assert_eq!(listed(list_dir(handle.as_fd()).unwrap()), expected);
+        assert_eq!(listed(list_dir(handle.as_fd()).unwrap()), expected);
+        let names = list_dir(open_dir(root.as_fd(), b"").unwrap().as_fd()).unwrap();
+        assert_eq!((names.len(), names.get(0), names.get(1999)), (2000, &expected[0][..], &expected[1999][..]));
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn tree_usage(root: BorrowedFd<'_>, deadline: Instant) -> (u64, bool) {
     let mut linked: HashSet<(u64, u64)> = HashSet::new();
     let Ok(first) = confine::open_dir(root, b"") else { return (used, false) };
     let Ok(names) = confine::list_dir(first.as_fd()) else { return (used, false) };
-    let mut stack: Vec<(OwnedFd, std::vec::IntoIter<Vec<u8>>)> = vec![(first, names.into_iter())];
+    let mut stack: Vec<(OwnedFd, confine::NamesIter)> = vec![(first, names.into_iter())];
     while let Some(depth) = stack.len().checked_sub(1) {
         if Instant::now() > deadline {
             return (used, false);

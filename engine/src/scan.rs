@@ -43,7 +43,7 @@ pub enum Scanned {
 struct Frame {
     dir: OwnedFd,
     prefix: Vec<u8>,
-    names: std::vec::IntoIter<Vec<u8>>,
+    names: confine::NamesIter,
 }
 
 /// Streams the entries of a tree in path order.

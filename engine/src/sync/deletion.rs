@@ -1,13 +1,16 @@
 //! Deleting what the source lacks, with a guard against mass deletion.
 //!
-//! Entries arrive depth first, so the receiver keeps one [`DirFrame`] per directory level on the
-//! way from the root to the current entry, each with the names the sender has sent in it. When a
-//! directory is finished (the stream left it), its listing on the target minus those names are
-//! the *candidates* for deletion. Nothing is deleted until the end of the session: only then is
-//! the total known, and the guard refuses to delete more than half of the target's entries (an
-//! empty or wrong source) unless `--allow-mass-delete`. Stale `.mover-tmp-*` files of earlier
-//! interrupted sessions are removed as directories close, with or without `--no-delete`,
-//! except the partial files this session resumes ([`Deletions::claim`]).
+//! Entries arrive depth first, and within a directory sorted bytewise, once each. The receiver
+//! keeps one [`DirFrame`] per directory level on the way from the root to the current entry,
+//! each with the directory's sorted listing on the target, taken when the first entry inside it
+//! arrives (or when the stream leaves it, if none does), and a cursor: the names of the listing
+//! that the stream passes without sending are the *candidates* for deletion. So memory per level
+//! is the listing alone, however many names the directory holds and whatever the sender sends
+//! (a name out of order ends the session). Nothing is deleted until the end of the session:
+//! only then is the total known, and the guard refuses to delete more than half of the target's
+//! entries (an empty or wrong source) unless `--allow-mass-delete`. Stale `.mover-tmp-*` files
+//! of earlier interrupted sessions are removed as directories close, with or without
+//! `--no-delete`, except the partial files this session resumes ([`Deletions::claim`]).
 
 use std::collections::HashSet;
 use std::io;
@@ -19,10 +22,32 @@ use crate::confine::{self, RESERVED_PREFIX};
 /// One directory the stream is inside of.
 pub(super) struct DirFrame {
     path: Vec<u8>,
-    seen: HashSet<Vec<u8>>,
-    /// The handle the receiver opened to check the directory's entries, kept to list it when it
-    /// closes (only for the first [`KEPT_DEPTH`] levels: one descriptor per level).
+    /// The last name the stream sent in this directory: the next must sort after it.
+    last: Option<Vec<u8>>,
+    /// The directory's names on the target, its identity then, and how many of the names the
+    /// stream has passed; `None` until the first entry inside it arrives.
+    listing: Option<Listing>,
+    /// The handle the receiver opened to check the directory's entries, kept for the entries
+    /// and for listing (only for the first [`KEPT_DEPTH`] levels: one descriptor per level).
     dir: Option<Arc<OwnedFd>>,
+}
+
+struct Listing {
+    names: confine::Names,
+    identity: Identity,
+    passed: usize,
+    /// Temporary files of other sessions found in the listing, less those this session claims.
+    stale: HashSet<Vec<u8>>,
+}
+
+impl DirFrame {
+    fn new(path: Vec<u8>) -> Self {
+        DirFrame { path, last: None, listing: None, dir: None }
+    }
+
+    fn shown(&self) -> String {
+        if self.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&self.path) }
+    }
 }
 
 /// Directory levels whose handles are kept until they close; deeper ones are opened again.
@@ -42,8 +67,8 @@ pub enum DeletionError {
         /// Entries on the target.
         total: u64,
     },
-    /// The peer sent one name twice (a well-behaved sender never does).
-    #[error("`{path}` was sent twice")]
+    /// The peer sent a name twice or out of order (a well-behaved sender never does).
+    #[error("`{path}` was sent twice or out of order (names in a directory must come sorted, once each)")]
     Duplicate {
         /// Path relative to the root.
         path: String,
@@ -98,7 +123,7 @@ impl Deletions {
         Deletions {
             enabled,
             session_prefix,
-            frames: vec![DirFrame { path: Vec::new(), seen: HashSet::new(), dir: None }],
+            frames: vec![DirFrame::new(Vec::new())],
             candidates: Vec::new(),
             listed: 0,
         }
@@ -118,13 +143,65 @@ impl Deletions {
             self.close(root, frame)?;
         }
         let Some(frame) = self.frames.last_mut() else { return Ok(false) };
-        if !frame.seen.insert(name.to_vec()) {
+        if frame.last.as_deref().is_some_and(|last| name <= last) {
             return Err(DeletionError::Duplicate { path: confine::display_bytes(&join(parent, name)) });
         }
+        let last = frame.last.get_or_insert_with(Vec::new);
+        last.clear();
+        last.extend_from_slice(name);
+        let level = self.frames.len() - 1;
+        self.pass(root, level, Some(name))?;
         if is_dir {
-            self.frames.push(DirFrame { path: join(parent, name), seen: HashSet::new(), dir: None });
+            self.frames.push(DirFrame::new(join(parent, name)));
         }
         Ok(true)
+    }
+
+    /// Lists directory `level` if not yet done, and moves its cursor up to `name` (to the end
+    /// without one): the names passed are candidates, `name` itself is kept.
+    fn pass(&mut self, root: BorrowedFd<'_>, level: usize, name: Option<&[u8]>) -> Result<(), DeletionError> {
+        let frame = &mut self.frames[level];
+        if frame.listing.is_none() {
+            let shown = frame.shown();
+            let io = |source| DeletionError::Io { path: shown.clone(), source };
+            let dir = if let Some(dir) = &frame.dir {
+                dir.clone()
+            } else {
+                let dir = Arc::new(confine::open_dir(root, &frame.path).map_err(io)?);
+                if level < KEPT_DEPTH {
+                    frame.dir = Some(dir.clone());
+                }
+                dir
+            };
+            let stat = rustix::fs::fstat(&dir).map_err(|e| io(e.into()))?;
+            let names = confine::list_dir(dir.as_fd()).map_err(io)?;
+            let mut stale = HashSet::new();
+            for name in names.iter() {
+                if name.starts_with(RESERVED_PREFIX) {
+                    if !name.starts_with(&self.session_prefix) {
+                        stale.insert(name.to_vec());
+                    }
+                } else {
+                    self.listed += 1;
+                }
+            }
+            frame.listing = Some(Listing { names, identity: (stat.st_dev, stat.st_ino), passed: 0, stale });
+        }
+        let listing = frame.listing.as_mut().expect("just listed");
+        while listing.passed < listing.names.len() {
+            let listed = listing.names.get(listing.passed);
+            if name.is_some_and(|name| listed >= name) {
+                if name == Some(listed) {
+                    listing.passed += 1;
+                }
+                break;
+            }
+            listing.passed += 1;
+            if self.enabled && !listed.starts_with(RESERVED_PREFIX) {
+                self.candidates.push((frame.path.clone(), listing.identity, listed.to_vec()));
+            }
+        }
+        Ok(())
     }
 
     /// The level and frame of `path` if it is one of the two innermost directories: the
@@ -152,33 +229,34 @@ impl Deletions {
     /// Marks the temporary name `name` in the current directory as in use (a partial file this
     /// session resumes or writes), so the cleanup of stale temporary files spares it.
     pub(super) fn claim(&mut self, name: &[u8]) {
-        if let Some(frame) = self.frames.last_mut() {
-            frame.seen.insert(name.to_vec());
+        if let Some(listing) = self.frames.last_mut().and_then(|frame| frame.listing.as_mut()) {
+            listing.stale.remove(name);
         }
     }
 
-    #[allow(clippy::needless_pass_by_value, reason = "the frame is popped and ends here")]
+    /// The stream left `frame`: the rest of its listing are candidates, and the temporary
+    /// files of earlier sessions in it go (unless the directory was replaced meanwhile).
     fn close(&mut self, root: BorrowedFd<'_>, frame: DirFrame) -> Result<(), DeletionError> {
-        let shown = || if frame.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&frame.path) };
-        let io = |source| DeletionError::Io { path: shown(), source };
+        self.frames.push(frame);
+        let level = self.frames.len() - 1;
+        self.pass(root, level, None)?;
+        let frame = self.frames.pop().expect("just pushed");
+        let listing = frame.listing.as_ref().expect("passed");
+        if listing.stale.is_empty() {
+            return Ok(());
+        }
+        let io = |source| DeletionError::Io { path: frame.shown(), source };
         let dir = match &frame.dir {
             Some(dir) => dir.clone(),
             None => Arc::new(confine::open_dir(root, &frame.path).map_err(io)?),
         };
         let stat = rustix::fs::fstat(&dir).map_err(|e| io(e.into()))?;
-        let identity = (stat.st_dev, stat.st_ino);
-        for name in confine::list_dir(dir.as_fd()).map_err(io)? {
-            if name.starts_with(RESERVED_PREFIX) {
-                if !name.starts_with(&self.session_prefix) && !frame.seen.contains(&name) {
-                    // Left by an interrupted session: never a user file (peers may not send these names).
-                    confine::remove_any(dir.as_fd(), &name).map_err(io)?;
-                }
-                continue;
-            }
-            self.listed += 1;
-            if self.enabled && !frame.seen.contains(&name) {
-                self.candidates.push((frame.path.clone(), identity, name));
-            }
+        if (stat.st_dev, stat.st_ino) != listing.identity {
+            return Ok(());
+        }
+        for name in &listing.stale {
+            // Left by an interrupted session: never a user file (peers may not send these names).
+            confine::remove_any(dir.as_fd(), name).map_err(io)?;
         }
         Ok(())
     }
@@ -251,6 +329,32 @@ mod tests {
         let error = deletions.finish(root.as_fd(), true).unwrap_err();
         assert!(matches!(error, DeletionError::Replaced { ref path } if path == "d"), "{error}");
         assert!(tmp.path().join("d/extra").exists() && tmp.path().join("moved/extra").exists());
+    }
+
+    #[test]
+    fn temporary_files_of_other_sessions_go_unless_claimed_and_extra_names_are_found_between_sent_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let names = [".mover-tmp-part-claimed", ".mover-tmp-part-stale", ".mover-tmp-testown", "a", "b", "c", "d"];
+        for name in names {
+            std::fs::write(tmp.path().join(name), b"").unwrap();
+        }
+        let root = root(tmp.path());
+        let mut deletions = Deletions::new(true, "testown");
+        assert!(deletions.enter(root.as_fd(), b"", b"b", false).unwrap());
+        deletions.claim(b".mover-tmp-part-claimed");
+        assert!(deletions.enter(root.as_fd(), b"", b"bb", false).unwrap());
+        assert!(deletions.enter(root.as_fd(), b"", b"d", false).unwrap());
+        // Back to an earlier name: refused, whether or not it was sent.
+        for name in [&b"c"[..], b"d"] {
+            assert!(matches!(deletions.enter(root.as_fd(), b"", name, false), Err(DeletionError::Duplicate { .. })));
+        }
+        assert_eq!(deletions.finish(root.as_fd(), true).unwrap(), 2);
+        let left: Vec<String> = confine::list_dir(root.as_fd())
+            .unwrap()
+            .iter()
+            .map(|name| String::from_utf8(name.to_vec()).unwrap())
+            .collect();
+        assert_eq!(left, [".mover-tmp-part-claimed", ".mover-tmp-testown", "b", "d"]);
     }
 
     #[test]

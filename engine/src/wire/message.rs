@@ -346,7 +346,10 @@ impl RemoteError {
 /// Every message after the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Sender to receiver: the next tree entry.
+    /// Sender to receiver: the next tree entry. Entries come depth first (a directory before
+    /// what is in it), and the names within one directory sorted bytewise, each once: the
+    /// receiver finds what to delete by walking its own sorted listing alongside, and ends the
+    /// session on a name out of order.
     Entry(Entry),
     /// Sender to receiver: no more entries (all requested data was sent before this).
     EndOfEntries,
