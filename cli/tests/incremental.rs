@@ -289,6 +289,42 @@ fn on_xfs_a_changed_file_starts_as_a_clone_of_its_old_version() {
     assert!(b.blocks() <= a.blocks() + 128, "target allocates {} blocks, source {}", b.blocks(), a.blocks());
 }
 
+/// The receiver keeps the directories for its last pass (their times and modes, set once
+/// everything inside them is in place) in segments of 1 MiB on disk: 25,000 directories need
+/// two of them, and every one comes back, deepest first.
+#[test]
+fn many_directories_get_their_times_and_modes_through_a_spilled_list() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let mut dirs = Vec::new();
+    for i in 0..50 {
+        for j in 0..500 {
+            dirs.push(src.join(format!("level-one-{i:02}/level-two-{j:03}")));
+        }
+    }
+    for (n, dir) in dirs.iter().enumerate() {
+        fs::create_dir_all(dir).unwrap();
+        let time = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000 + n as u64, 1_000 * n as u32);
+        fs::File::open(dir).unwrap().set_modified(time).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode([0o755, 0o700, 0o750][n % 3])).unwrap();
+    }
+    for i in 0..50 {
+        let dir = src.join(format!("level-one-{i:02}"));
+        fs::File::open(&dir)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000 + i))
+            .unwrap();
+    }
+    copy(&src, &dst);
+    mover_testdata::assert_identical(&src, &dst);
+    // Times changed on the target are set back by the next run.
+    let changed = dst.join("level-one-07/level-two-123");
+    fs::File::open(&changed).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+    copy(&src, &dst);
+    mover_testdata::assert_identical(&src, &dst);
+}
+
 #[test]
 fn deletions_no_delete_and_the_mass_delete_guard() {
     let tmp = tempfile::tempdir().unwrap();

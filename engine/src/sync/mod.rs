@@ -26,6 +26,7 @@
 pub mod blocks;
 mod deletion;
 pub mod digest;
+mod dirs;
 mod receiver;
 mod sender;
 

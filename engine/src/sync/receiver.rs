@@ -590,7 +590,7 @@ pub(super) struct Receiver {
     path: Arc<ReplyPath>,
     input: mpsc::Receiver<Result<super::InFrame>>,
     dirs_cache: DirCache,
-    dirs: Vec<Entry>,
+    dirs: super::dirs::Directories,
     seen_root: bool,
     deletions: Deletions,
     /// Encoded replies not yet handed to the writer.
@@ -619,7 +619,7 @@ pub(super) fn run(
         input,
         deletions,
         dirs_cache: DirCache::default(),
-        dirs: Vec::new(),
+        dirs: super::dirs::Directories::new(),
         seen_root: false,
         replies: Vec::new(),
         replies_held: 0,
@@ -981,7 +981,7 @@ impl Receiver {
             }
             self.seen_root = true;
             meta::check_xattrs(&entry.xattrs, &group.options).map_err(|e| protocol(format!("volume root: {e}")))?;
-            self.dirs.push(entry);
+            self.keep_dir(&entry)?;
             return Ok(());
         }
         let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
@@ -1002,7 +1002,7 @@ impl Receiver {
             EntryKind::Dir => {
                 let dir = self.parent_dir(&parent)?;
                 ensure_dir(dir.as_fd(), &name).map_err(|e| io("cannot create directory", e))?;
-                self.dirs.push(entry);
+                self.keep_dir(&entry)?;
             }
             EntryKind::File { size, leader } => {
                 let dir = self.parent_dir(&parent)?;
@@ -1242,23 +1242,35 @@ impl Receiver {
         let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete)?;
         self.group.files().report.entries_deleted = deleted;
         // Deepest first, so setting a directory's times is not undone by work inside it.
-        let dirs = std::mem::take(&mut self.dirs);
-        for entry in dirs.iter().rev() {
+        let dirs = std::mem::replace(&mut self.dirs, super::dirs::Directories::new());
+        let group = &self.group;
+        let read_error =
+            |source| SyncError::Io { op: "cannot read back the list of directories for", path: ".".into(), source };
+        dirs.drain_deepest_first(read_error, |entry| {
             let shown = if entry.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&entry.path) };
             let dir = confine::open_dir(root.as_fd(), &entry.path).map_err(|source| SyncError::Io {
                 op: "cannot open directory",
                 path: shown.clone(),
                 source,
             })?;
-            if !self.group.metadata_matches(dir.as_fd(), entry) {
-                self.group.apply_metadata(dir.as_fd(), entry).map_err(|source| SyncError::Io {
+            if !group.metadata_matches(dir.as_fd(), &entry) {
+                group.apply_metadata(dir.as_fd(), &entry).map_err(|source| SyncError::Io {
                     op: "cannot set metadata of",
                     path: shown,
                     source,
                 })?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
+    }
+
+    /// Keeps a directory entry for the last pass, which sets its metadata.
+    fn keep_dir(&mut self, entry: &Entry) -> Result<()> {
+        self.dirs.push(entry).map_err(|source| SyncError::Io {
+            op: "cannot keep the list of directories in the agent's temporary directory for",
+            path: confine::display_bytes(&entry.path),
+            source,
+        })
     }
 }
 
