@@ -294,7 +294,7 @@ pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
 pub struct Names {
     bytes: Vec<u8>,
     /// Start in `bytes` and length of each name, in sorted order.
-    spans: Vec<(u32, u8)>,
+    spans: Vec<(u32, u16)>,
 }
 
 impl Names {
@@ -364,18 +364,34 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Names> {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            // Linux names are at most 255 bytes.
-            let len = u8::try_from(name.len()).map_err(|_| io::Error::other("a name longer than 255 bytes"))?;
-            let start = u32::try_from(names.bytes.len())
-                .map_err(|_| io::Error::other("a directory whose names take more than 4 GiB"))?;
-            names.bytes.extend_from_slice(name);
-            names.spans.push((start, len));
+            names.push(name)?;
         }
     }
-    let bytes = &names.bytes;
-    let name = |&(start, len): &(u32, u8)| &bytes[start as usize..start as usize + usize::from(len)];
-    names.spans.sort_unstable_by(|a, b| name(a).cmp(name(b)));
-    Ok(names)
+    Ok(names.sorted())
+}
+
+impl Names {
+    fn push(&mut self, name: &[u8]) -> io::Result<()> {
+        // Names are at most 255 bytes on Linux filesystems, 255 UTF-16 units (up to 765 bytes)
+        // where the kernel translates (CIFS, ntfs3).
+        let len = u16::try_from(name.len()).map_err(|_| io::Error::other("a name longer than 64 KiB"))?;
+        let start = u32::try_from(self.bytes.len())
+            .map_err(|_| io::Error::other("a directory whose names take more than 4 GiB"))?;
+        self.bytes.extend_from_slice(name);
+        self.spans.push((start, len));
+        Ok(())
+    }
+
+    /// Sorted, and once each even where a listing repeats a name (some network filesystems, or
+    /// a name unlinked and made again while the directory is read): the deletion pass walks the
+    /// listing alongside the names it was sent, and a second copy would look unsent.
+    fn sorted(mut self) -> Self {
+        let bytes = &self.bytes;
+        let name = |&(start, len): &(u32, u16)| &bytes[start as usize..start as usize + usize::from(len)];
+        self.spans.sort_unstable_by(|a, b| name(a).cmp(name(b)));
+        self.spans.dedup_by(|a, b| name(a) == name(b));
+        self
+    }
 }
 
 /// A path naming `name` inside the directory handle `dir` through `/proc/self/fd`, for the
@@ -517,6 +533,16 @@ mod tests {
         assert_eq!(listed(list_dir(handle.as_fd()).unwrap()), expected);
         let names = list_dir(open_dir(root.as_fd(), b"").unwrap().as_fd()).unwrap();
         assert_eq!((names.len(), names.get(0), names.get(1999)), (2000, &expected[0][..], &expected[1999][..]));
+    }
+
+    #[test]
+    fn a_listing_that_repeats_a_name_holds_it_once() {
+        let mut names = Names::default();
+        for name in [&b"b"[..], b"a", b"b", b"c", b"a", &[b'n'; 700]] {
+            names.push(name).unwrap();
+        }
+        let names: Vec<Vec<u8>> = names.sorted().into_iter().collect();
+        assert_eq!(names, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), vec![b'n'; 700]]);
     }
 
     #[test]

@@ -167,7 +167,15 @@ impl Deletions {
             let dir = if let Some(dir) = &frame.dir {
                 dir.clone()
             } else {
-                let dir = Arc::new(confine::open_dir(root, &frame.path).map_err(io)?);
+                let dir = confine::open_dir(root, &frame.path).map_err(|source| {
+                    // Made (or found) a directory moments ago: a symlink, a file or nothing there
+                    // now means something else changed the target meanwhile.
+                    let replaced = [rustix::io::Errno::LOOP, rustix::io::Errno::NOTDIR, rustix::io::Errno::NOENT]
+                        .iter()
+                        .any(|errno| source.raw_os_error() == Some(errno.raw_os_error()));
+                    if replaced { DeletionError::Replaced { path: shown.clone() } } else { io(source) }
+                })?;
+                let dir = Arc::new(dir);
                 if level < KEPT_DEPTH {
                     frame.dir = Some(dir.clone());
                 }

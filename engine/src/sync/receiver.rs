@@ -610,6 +610,7 @@ pub(super) fn run(
     written: Arc<AtomicU64>,
 ) -> Result<ReceiverReport> {
     let deletions = Deletions::new(group.options.delete, &group.session);
+    let dirs = super::dirs::Directories::new(group.root.clone());
     let path = Arc::new(ReplyPath { out, handed: AtomicU64::new(0), written, stopped: AtomicBool::new(false) });
     let mut receiver = Receiver {
         lane: Lane::new(group.clone()),
@@ -619,7 +620,7 @@ pub(super) fn run(
         input,
         deletions,
         dirs_cache: DirCache::default(),
-        dirs: super::dirs::Directories::new(),
+        dirs,
         seen_root: false,
         replies: Vec::new(),
         replies_held: 0,
@@ -981,7 +982,7 @@ impl Receiver {
             }
             self.seen_root = true;
             meta::check_xattrs(&entry.xattrs, &group.options).map_err(|e| protocol(format!("volume root: {e}")))?;
-            self.keep_dir(&entry)?;
+            self.keep_dir(&entry);
             return Ok(());
         }
         let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
@@ -1002,7 +1003,7 @@ impl Receiver {
             EntryKind::Dir => {
                 let dir = self.parent_dir(&parent)?;
                 ensure_dir(dir.as_fd(), &name).map_err(|e| io("cannot create directory", e))?;
-                self.keep_dir(&entry)?;
+                self.keep_dir(&entry);
             }
             EntryKind::File { size, leader } => {
                 let dir = self.parent_dir(&parent)?;
@@ -1242,7 +1243,7 @@ impl Receiver {
         let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete)?;
         self.group.files().report.entries_deleted = deleted;
         // Deepest first, so setting a directory's times is not undone by work inside it.
-        let dirs = std::mem::replace(&mut self.dirs, super::dirs::Directories::new());
+        let dirs = std::mem::replace(&mut self.dirs, super::dirs::Directories::new(self.group.root.clone()));
         let group = &self.group;
         let read_error =
             |source| SyncError::Io { op: "cannot read back the list of directories for", path: ".".into(), source };
@@ -1265,12 +1266,13 @@ impl Receiver {
     }
 
     /// Keeps a directory entry for the last pass, which sets its metadata.
-    fn keep_dir(&mut self, entry: &Entry) -> Result<()> {
-        self.dirs.push(entry).map_err(|source| SyncError::Io {
-            op: "cannot keep the list of directories in the agent's temporary directory for",
-            path: confine::display_bytes(&entry.path),
-            source,
-        })
+    fn keep_dir(&mut self, entry: &Entry) {
+        if let Some(error) = self.dirs.push(entry) {
+            self.group.warn(format!(
+                "cannot keep the list of directories in an unnamed file on the target volume ({error}): \
+                 it stays in memory, about 200 bytes per directory"
+            ));
+        }
     }
 }
 
