@@ -252,18 +252,21 @@ pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether opening a directory failed because there is none under the name: nothing, a
+/// symlink (never followed) or something else.
+#[must_use]
+pub fn no_directory_there(error: &io::Error) -> bool {
+    [rustix::io::Errno::NOTDIR, rustix::io::Errno::LOOP, rustix::io::Errno::NOENT]
+        .iter()
+        .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()))
+}
+
 /// How many entries lie beneath `name` in `dir` (0 unless it is a directory), not following
 /// symlinks, with an explicit stack.
 pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
     let top = match open_subdir(dir, name) {
         Ok(top) => top,
-        Err(error)
-            if [rustix::io::Errno::NOTDIR, rustix::io::Errno::LOOP, rustix::io::Errno::NOENT]
-                .iter()
-                .any(|errno| error.raw_os_error() == Some(errno.raw_os_error())) =>
-        {
-            return Ok(0);
-        }
+        Err(error) if no_directory_there(&error) => return Ok(0),
         Err(error) => return Err(error),
     };
     let names = list_dir(top.as_fd())?;
@@ -313,14 +316,38 @@ impl Names {
     /// The `index`th name in sorted order.
     #[must_use]
     pub fn get(&self, index: usize) -> &[u8] {
-        let (start, len) = self.spans[index];
-        &self.bytes[start as usize..start as usize + usize::from(len)]
+        name_at(&self.bytes, self.spans[index])
     }
 
     /// The names in sorted order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         (0..self.len()).map(|index| self.get(index))
     }
+
+    fn push(&mut self, name: &[u8]) -> io::Result<()> {
+        // Names are at most 255 bytes on Linux filesystems, 255 UTF-16 units (up to 765 bytes)
+        // where the kernel translates (CIFS, ntfs3).
+        let len = u16::try_from(name.len()).map_err(|_| io::Error::other("a name longer than 64 KiB"))?;
+        let start = u32::try_from(self.bytes.len())
+            .map_err(|_| io::Error::other("a directory whose names take more than 4 GiB"))?;
+        self.bytes.extend_from_slice(name);
+        self.spans.push((start, len));
+        Ok(())
+    }
+
+    /// Sorted, and once each even where a listing repeats a name (some network filesystems, or
+    /// a name unlinked and made again while the directory is read): the deletion pass walks the
+    /// listing alongside the names it was sent, and a second copy would look unsent.
+    fn sorted(mut self) -> Self {
+        let bytes = &self.bytes;
+        self.spans.sort_unstable_by(|&a, &b| name_at(bytes, a).cmp(name_at(bytes, b)));
+        self.spans.dedup_by(|&mut a, &mut b| name_at(bytes, a) == name_at(bytes, b));
+        self
+    }
+}
+
+fn name_at(bytes: &[u8], (start, len): (u32, u16)) -> &[u8] {
+    &bytes[start as usize..start as usize + usize::from(len)]
 }
 
 /// The names of a [`Names`] in sorted order, each as its own buffer.
@@ -368,30 +395,6 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Names> {
         }
     }
     Ok(names.sorted())
-}
-
-impl Names {
-    fn push(&mut self, name: &[u8]) -> io::Result<()> {
-        // Names are at most 255 bytes on Linux filesystems, 255 UTF-16 units (up to 765 bytes)
-        // where the kernel translates (CIFS, ntfs3).
-        let len = u16::try_from(name.len()).map_err(|_| io::Error::other("a name longer than 64 KiB"))?;
-        let start = u32::try_from(self.bytes.len())
-            .map_err(|_| io::Error::other("a directory whose names take more than 4 GiB"))?;
-        self.bytes.extend_from_slice(name);
-        self.spans.push((start, len));
-        Ok(())
-    }
-
-    /// Sorted, and once each even where a listing repeats a name (some network filesystems, or
-    /// a name unlinked and made again while the directory is read): the deletion pass walks the
-    /// listing alongside the names it was sent, and a second copy would look unsent.
-    fn sorted(mut self) -> Self {
-        let bytes = &self.bytes;
-        let name = |&(start, len): &(u32, u16)| &bytes[start as usize..start as usize + usize::from(len)];
-        self.spans.sort_unstable_by(|a, b| name(a).cmp(name(b)));
-        self.spans.dedup_by(|a, b| name(a) == name(b));
-        self
-    }
 }
 
 /// A path naming `name` inside the directory handle `dir` through `/proc/self/fd`, for the

@@ -168,12 +168,13 @@ impl Deletions {
                 dir.clone()
             } else {
                 let dir = confine::open_dir(root, &frame.path).map_err(|source| {
-                    // Made (or found) a directory moments ago: a symlink, a file or nothing there
-                    // now means something else changed the target meanwhile.
-                    let replaced = [rustix::io::Errno::LOOP, rustix::io::Errno::NOTDIR, rustix::io::Errno::NOENT]
-                        .iter()
-                        .any(|errno| source.raw_os_error() == Some(errno.raw_os_error()));
-                    if replaced { DeletionError::Replaced { path: shown.clone() } } else { io(source) }
+                    // Made (or found) a directory moments ago: none there now means something
+                    // else changed the target meanwhile.
+                    if confine::no_directory_there(&source) {
+                        DeletionError::Replaced { path: shown.clone() }
+                    } else {
+                        io(source)
+                    }
                 })?;
                 let dir = Arc::new(dir);
                 if level < KEPT_DEPTH {
@@ -243,7 +244,7 @@ impl Deletions {
     }
 
     /// The stream left `frame`: the rest of its listing are candidates, and the temporary
-    /// files of earlier sessions in it go (unless the directory was replaced meanwhile).
+    /// files of earlier sessions in it go (from the directory listed, if still in place).
     fn close(&mut self, root: BorrowedFd<'_>, frame: DirFrame) -> Result<(), DeletionError> {
         self.frames.push(frame);
         let level = self.frames.len() - 1;
@@ -253,15 +254,15 @@ impl Deletions {
         if listing.stale.is_empty() {
             return Ok(());
         }
-        let io = |source| DeletionError::Io { path: frame.shown(), source };
         let dir = match &frame.dir {
             Some(dir) => dir.clone(),
-            None => Arc::new(confine::open_dir(root, &frame.path).map_err(io)?),
+            None => match open_listed(root, &frame.path, listing.identity) {
+                Ok(dir) => Arc::new(dir),
+                Err(DeletionError::Replaced { .. }) => return Ok(()),
+                Err(error) => return Err(error),
+            },
         };
-        let stat = rustix::fs::fstat(&dir).map_err(|e| io(e.into()))?;
-        if (stat.st_dev, stat.st_ino) != listing.identity {
-            return Ok(());
-        }
+        let io = |source| DeletionError::Io { path: frame.shown(), source };
         for name in &listing.stale {
             // Left by an interrupted session: never a user file (peers may not send these names).
             confine::remove_any(dir.as_fd(), name).map_err(io)?;

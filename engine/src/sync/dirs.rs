@@ -85,7 +85,7 @@ impl Directories {
     /// Hands every entry to `apply`, the last kept first (so a directory comes after everything
     /// beneath it); stops at the first error (`read_error` makes one of a failed read back).
     pub(super) fn drain_deepest_first<E>(
-        mut self,
+        &mut self,
         read_error: impl Fn(io::Error) -> E,
         mut apply: impl FnMut(Entry) -> Result<(), E>,
     ) -> Result<(), E> {

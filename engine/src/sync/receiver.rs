@@ -1243,11 +1243,10 @@ impl Receiver {
         let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete)?;
         self.group.files().report.entries_deleted = deleted;
         // Deepest first, so setting a directory's times is not undone by work inside it.
-        let dirs = std::mem::replace(&mut self.dirs, super::dirs::Directories::new(self.group.root.clone()));
         let group = &self.group;
         let read_error =
             |source| SyncError::Io { op: "cannot read back the list of directories for", path: ".".into(), source };
-        dirs.drain_deepest_first(read_error, |entry| {
+        self.dirs.drain_deepest_first(read_error, |entry| {
             let shown = if entry.path.is_empty() { ".".to_owned() } else { confine::display_bytes(&entry.path) };
             let dir = confine::open_dir(root.as_fd(), &entry.path).map_err(|source| SyncError::Io {
                 op: "cannot open directory",
