@@ -19,6 +19,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INTERNAL: u8 = 2;
 /// Exit code: invalid usage.
 pub const EXIT_USAGE: u8 = 64;
+/// Exit code: cancelled by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_CANCELLED: u8 = 130;
 
 /// How a command ended.
 pub enum Outcome {
@@ -26,6 +28,20 @@ pub enum Outcome {
     Success,
     /// The migration failed; the reason was printed.
     Failed,
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
+async fn cancelled() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without handlers the signals keep their default action: the process ends.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
 }
 
 fn main() -> ExitCode {
@@ -56,15 +72,29 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
+    let json = matches!(cli.global.output, args::OutputFormat::Json);
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Copy(args) => commands::copy::run(args, &cli.global).await,
-            Command::Certs(command) => commands::certs::run(command).await,
-            Command::Image(command) => commands::image::run(command, &cli.global).await,
-            Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
-            Command::Preflight(args) => commands::preflight::run(args, &cli.global).await,
+        let command = async {
+            match cli.command {
+                Command::Copy(args) => commands::copy::run(args, &cli.global).await,
+                Command::Certs(command) => commands::certs::run(command).await,
+                Command::Image(command) => commands::image::run(command, &cli.global).await,
+                Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
+                Command::Preflight(args) => commands::preflight::run(args, &cli.global).await,
+            }
+        };
+        tokio::select! {
+            result = command => Some(result),
+            () = cancelled() => None,
         }
     });
+    let Some(result) = result else {
+        // The command's connections closed as it was dropped: agents end their sessions, keep
+        // partial files for the next run, and delete nothing.
+        printer::print_cancelled(json);
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        return ExitCode::from(EXIT_CANCELLED);
+    };
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILED),

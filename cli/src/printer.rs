@@ -147,6 +147,17 @@ impl Reporter for Printer {
     }
 }
 
+/// Says that the command was cancelled (SIGINT or SIGTERM) and how to go on; with
+/// `--output json`, also the summary line machines wait for.
+pub fn print_cancelled(json: bool) {
+    const MESSAGE: &str = "cancelled; run the same command again to resume";
+    if json {
+        let summary = serde_json::json!({"type": "summary", "cancelled": true, "errors": [MESSAGE]});
+        println!("{summary}");
+    }
+    eprintln!("{MESSAGE}");
+}
+
 /// Prints an error, its causes and, when we know one, a hint.
 pub fn print_error(error: &anyhow::Error) {
     eprintln!("error: {error}");

@@ -17,6 +17,8 @@
 //! | `JoinLane`      | as the first  | carry content for a receive that asked for `streams > 1`  |
 //! |                 | connection    | (the first connection's welcome holds the lane token)     |
 
+mod claim;
+
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -182,7 +184,7 @@ struct State {
     acceptor: TlsAcceptor,
     volumes: HashMap<String, Volume>,
     sessions: Mutex<HashMap<Vec<u8>, OpenedSession>>,
-    busy: Mutex<HashSet<String>>,
+    claims: Arc<claim::Claims>,
     lanes: Mutex<HashMap<Vec<u8>, LaneGroup>>,
     unauthenticated: Arc<tokio::sync::Semaphore>,
     observer: Option<Arc<dyn SessionObserver>>,
@@ -218,7 +220,7 @@ impl Agent {
                 acceptor,
                 volumes,
                 sessions: Mutex::new(HashMap::new()),
-                busy: Mutex::new(HashSet::new()),
+                claims: Arc::default(),
                 lanes: Mutex::new(HashMap::new()),
                 unauthenticated: Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED)),
                 observer: None,
@@ -318,15 +320,6 @@ fn request_name(request: &Request) -> &'static str {
     }
 }
 
-/// Releases a volume's busy mark when the receive ends, however it ends.
-struct BusyGuard(Arc<State>, String);
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.0.busy.lock().expect("busy lock").remove(&self.1);
-    }
-}
-
 impl State {
     fn writable(&self, name: &str) -> Result<&Volume, RemoteError> {
         let volume = self.volume(name)?;
@@ -347,14 +340,10 @@ impl State {
         })
     }
 
-    fn reserve(self: &Arc<Self>, name: &str) -> Result<BusyGuard, RemoteError> {
-        if !self.busy.lock().expect("busy lock").insert(name.to_owned()) {
-            return Err(refusal(
-                RemoteErrorKind::Busy,
-                format!("target busy: another session is receiving into volume `{name}`"),
-            ));
-        }
-        Ok(BusyGuard(self.clone(), name.to_owned()))
+    /// Claims volume `name` for a receive from `peer` (see [`claim`]).
+    async fn claim(&self, name: &str, peer: &str) -> Result<claim::Claim, RemoteError> {
+        let root = self.volume(name)?.root.clone();
+        self.claims.claim(name, root.as_fd(), peer).await
     }
 }
 
@@ -446,15 +435,20 @@ async fn dispatch(
         }
         (_, decision) => (decision, None),
     };
-    let guard = match (&hello.request, &decision, &joined) {
-        (Request::Receive { volume, .. }, Ok(_), _) => Some(state.reserve(volume)),
-        (Request::JoinSession { .. }, Ok(_), Some(session)) => Some(state.reserve(&session.volume)),
+    let claimed = match (&hello.request, &decision, &joined) {
+        (Request::Receive { volume, .. }, Ok(_), _) => Some(state.claim(volume, peer).await),
+        (Request::JoinSession { .. }, Ok(_), Some(session)) => Some(state.claim(&session.volume, peer).await),
         _ => None,
     };
-    let (decision, guard) = match guard {
-        Some(Err(busy)) => (Err(busy), None),
-        Some(Ok(guard)) => (decision, Some(guard)),
-        None => (decision, None),
+    let (decision, claim) = match (decision, claimed) {
+        (_, Some(Err(busy))) => (Err(busy), None),
+        (Ok(welcome), Some(Ok(claim))) => {
+            if let Some(notice) = &claim.notice {
+                warn!(%peer, "{notice}");
+            }
+            (Ok(Welcome { notice: claim.notice.clone(), ..welcome }), Some(claim))
+        }
+        (decision, claim) => (decision, claim.and_then(Result::ok)),
     };
     // A receive over several streams hands its further lanes a token for joining.
     let lanes = match (&hello.request, &decision, &joined) {
@@ -485,13 +479,12 @@ async fn dispatch(
             let _ = FrameWriter::new(&mut stream).shutdown().await;
         }
         Request::Receive { volume, options } => {
-            receive(state, (stream, lanes), &volume, options, peer).await?;
-            drop(guard);
+            let claim = claim.expect("claimed above");
+            receive(state, (stream, lanes), (&volume, &claim), options, peer).await?;
         }
         Request::JoinSession { .. } => {
-            let session = joined.expect("joined above");
-            receive(state, (stream, lanes), &session.volume, session.options, peer).await?;
-            drop(guard);
+            let (session, claim) = (joined.expect("joined above"), claim.expect("claimed above"));
+            receive(state, (stream, lanes), (&session.volume, &claim), session.options, peer).await?;
         }
         Request::JoinLane { token, lane } => {
             // The receive that waits for this lane takes it over (or has given up: dropped).
@@ -604,7 +597,7 @@ impl State {
 async fn receive(
     state: &Arc<State>,
     (stream, lanes): (tunnel::ServerStream, Option<Lanes>),
-    volume: &str,
+    (volume, claim): (&str, &claim::Claim),
     options: SyncOptions,
     peer: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -623,10 +616,11 @@ async fn receive(
         },
         None => Vec::new(),
     };
-    let (stream, wire) = crate::tunnel::Counted::new(stream);
-    let lanes = lanes.into_iter().map(|lane| crate::tunnel::Counted::sharing(lane, &wire)).collect();
+    let wire = &claim.heard;
+    let stream = crate::tunnel::Counted::sharing(stream, wire);
+    let lanes = lanes.into_iter().map(|lane| crate::tunnel::Counted::sharing(lane, wire)).collect();
     let reporter = Arc::new(crate::progress::LogProgress);
-    let report = sync::receive_volume(stream, lanes, root, options, reporter).await;
+    let report = sync::receive_volume(stream, lanes, root, options, reporter, &claim.cancel).await;
     observed.stats.bytes_on_wire = wire.read();
     let report = report?;
     observed.stats = SessionStats {
@@ -668,36 +662,72 @@ async fn push(
     let client = state.client.clone();
     let target = target.to_owned();
     let started = Instant::now();
-    let transfer = async move {
-        let mut tunnel =
-            tunnel::connect(&target, client.clone(), proxy.as_ref()).await.map_err(|e| full_message(&e))?;
-        let hello = Hello { migration_id: migration_id.clone(), request: Request::JoinSession { token } };
-        FrameWriter::new(&mut tunnel).send_hello(&hello).await.map_err(|e| e.to_string())?;
-        let welcome = FrameReader::new(&mut tunnel)
-            .read_welcome()
-            .await
-            .map_err(|e| format!("target agent `{target}` refused the push: {e}"))?;
-        let lanes = crate::client::join_lanes(
-            (&client, &migration_id),
-            &target,
-            proxy.as_ref(),
-            &welcome.token,
-            options.streams,
-        )
-        .await
-        .map_err(|e| full_message(&e))?;
-        sync::send_volume(tunnel, lanes, root, options, Arc::new(Forward(events_tx)))
-            .await
-            .map_err(|e| full_message(&e))
+    // The push lives as long as the coordinator that asked for it: when its connection closes
+    // (Ctrl-C, a killed CLI), the push is cancelled at once, so the target stops writing too.
+    let cancel = sync::CancellationToken::new();
+    let transfer = {
+        let cancel = cancel.clone();
+        async move {
+            let setup = async {
+                let mut tunnel =
+                    tunnel::connect(&target, client.clone(), proxy.as_ref()).await.map_err(|e| full_message(&e))?;
+                let hello = Hello { migration_id: migration_id.clone(), request: Request::JoinSession { token } };
+                FrameWriter::new(&mut tunnel).send_hello(&hello).await.map_err(|e| e.to_string())?;
+                let welcome = FrameReader::new(&mut tunnel)
+                    .read_welcome()
+                    .await
+                    .map_err(|e| format!("target agent `{target}` refused the push: {e}"))?;
+                if let Some(notice) = &welcome.notice {
+                    let _ = events_tx.try_send(Message::Progress(Event::Warning { message: notice.clone() }));
+                }
+                let lanes = crate::client::join_lanes(
+                    (&client, &migration_id),
+                    &target,
+                    proxy.as_ref(),
+                    &welcome.token,
+                    options.streams,
+                )
+                .await
+                .map_err(|e| full_message(&e))?;
+                Ok::<_, String>((tunnel, lanes))
+            };
+            let (tunnel, lanes) = tokio::select! {
+                ready = setup => ready?,
+                () = cancel.cancelled() => return Err(full_message(&sync::SyncError::Cancelled)),
+            };
+            sync::send_volume(tunnel, lanes, root, options, Arc::new(Forward(events_tx)), &cancel)
+                .await
+                .map_err(|e| full_message(&e))
+        }
     };
-    let mut writer = FrameWriter::new(stream);
-    tokio::pin!(transfer);
+    let (mut from_coordinator, to_coordinator) = tokio::io::split(stream);
+    let coordinator_gone = async move {
+        // The coordinator sends nothing after its hello: any read that returns means it is gone.
+        let mut byte = [0u8; 1];
+        let _ = tokio::io::AsyncReadExt::read(&mut from_coordinator, &mut byte).await;
+    };
+    let mut writer = FrameWriter::new(to_coordinator);
+    tokio::pin!(transfer, coordinator_gone);
+    let mut listening = true;
     let outcome = loop {
         tokio::select! {
             outcome = &mut transfer => break outcome,
-            Some(event) = events_rx.recv() => writer.send(&event).await?,
+            Some(event) = events_rx.recv(), if listening => {
+                if writer.send(&event).await.is_err() {
+                    listening = false;
+                    cancel.cancel();
+                }
+            }
+            () = &mut coordinator_gone, if listening => {
+                listening = false;
+                cancel.cancel();
+            }
         }
     };
+    if !listening {
+        info!(%volume, "push cancelled: the coordinator went away");
+        return Ok(());
+    }
     while let Ok(event) = events_rx.try_recv() {
         writer.send(&event).await?;
     }

@@ -144,8 +144,14 @@ pub async fn copy_to_agent(
     let config = tunnel::client_config(identity)?;
     let migration_id = identity.migration_id();
     let (stream, welcome) = open_with((&config, &migration_id), addr, request, proxy).await?;
+    if let Some(notice) = welcome.notice {
+        reporter.on_event(&crate::progress::Event::Warning { message: notice });
+    }
     let lanes = join_lanes((&config, &migration_id), addr, proxy, &welcome.token, options.streams).await?;
-    let mut summary = sync::send_volume(stream, lanes, Arc::new(root), options, reporter).await?;
+    // Cancelling a copy from this process is ending the process: its connections close, and
+    // the agent ends the session.
+    let never = sync::CancellationToken::new();
+    let mut summary = sync::send_volume(stream, lanes, Arc::new(root), options, reporter, &never).await?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }

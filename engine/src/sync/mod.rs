@@ -77,6 +77,9 @@ impl std::ops::Deref for InFrame {
 }
 
 pub use deletion::DeletionError;
+/// How a session is cancelled from outside: [`send_volume`] and [`receive_volume`] end with
+/// [`SyncError::Cancelled`] once their threads have stopped.
+pub use tokio_util::sync::CancellationToken;
 
 /// Errors of a volume sync session.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,11 @@ pub enum SyncError {
     /// The peer went away mid-session.
     #[error("the peer disconnected {0}")]
     Disconnected(&'static str),
+    /// The session was cancelled on this side (its coordinator went away, or a newer session of
+    /// the same migration took the volume over). Partial files stay for the next run; nothing
+    /// was deleted unless the deletion pass had already finished.
+    #[error("the session was cancelled")]
+    Cancelled,
 }
 
 fn remote_message(error: &RemoteError) -> String {
@@ -130,7 +138,8 @@ impl SyncError {
             SyncError::Remote(error) => error.kind,
             SyncError::Deletion(DeletionError::MassDelete { .. } | DeletionError::Replaced { .. })
             | SyncError::Wire(_)
-            | SyncError::Disconnected(_) => RemoteErrorKind::Other,
+            | SyncError::Disconnected(_)
+            | SyncError::Cancelled => RemoteErrorKind::Other,
         };
         RemoteError::new(kind, full_message(self))
     }
@@ -273,10 +282,46 @@ impl Pumps {
     }
 
     /// Waits for the writer to flush what the thread sent, then stops reading.
-    async fn finish(self) -> Result<()> {
-        let written = self.writer.await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
+    async fn finish(mut self) -> Result<()> {
+        let written = (&mut self.writer).await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
         self.reader.abort();
         written
+    }
+
+    /// Stops both pumps now: the connection closes, and the thread's queues with it.
+    fn stop(&self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// Pumps never outlive their session: a session dropped half way (cancelled) closes its
+/// connections instead of leaving them to carry on unattended.
+impl Drop for Pumps {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits for a session's thread; on `cancel`, stops the pumps first (so the thread's queues
+/// close and it returns within one chunk) and still waits for it, so that nothing the session
+/// does outlives the call.
+async fn join_or_cancel<T>(
+    thread: tokio::task::JoinHandle<Result<T>>,
+    pumps: &[&Pumps],
+    cancel: &CancellationToken,
+    which: &'static str,
+) -> Result<T> {
+    tokio::pin!(thread);
+    tokio::select! {
+        joined = &mut thread => joined.map_err(|_| SyncError::Disconnected(which))?,
+        () = cancel.cancelled() => {
+            for pumps in pumps {
+                pumps.stop();
+            }
+            let _ = thread.await;
+            Err(SyncError::Cancelled)
+        }
     }
 }
 
@@ -289,6 +334,7 @@ pub async fn send_volume<S>(
     root: Arc<OwnedFd>,
     options: SyncOptions,
     reporter: SharedReporter,
+    cancel: &CancellationToken,
 ) -> Result<Summary>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -319,7 +365,8 @@ where
     }
     let shared = sender::Shared::new(root, options, reporter, on_wire.clone());
     let thread = tokio::task::spawn_blocking(move || sender::run(&shared, sender::Lane { out, replies }, others));
-    let result = thread.await.map_err(|_| SyncError::Disconnected("(sender thread panicked)"))?;
+    let all: Vec<&Pumps> = pumps.iter().collect();
+    let result = join_or_cancel(thread, &all, cancel, "(sender thread panicked)").await;
     let mut written = Ok(());
     for lane in pumps {
         let finished = lane.finish().await;
@@ -343,6 +390,7 @@ pub async fn receive_volume<S>(
     root: Arc<OwnedFd>,
     options: SyncOptions,
     reporter: SharedReporter,
+    cancel: &CancellationToken,
 ) -> Result<ReceiverReport>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -364,16 +412,17 @@ where
         others.push((pumps, thread));
     }
     let thread = tokio::task::spawn_blocking(move || receiver::run(group, out, input, written));
-    let result = thread.await.map_err(|_| SyncError::Disconnected("(receiver thread panicked)"))?;
+    let all: Vec<&Pumps> = std::iter::once(&first).chain(others.iter().map(|(pumps, _)| pumps)).collect();
+    let result = join_or_cancel(thread, &all, cancel, "(receiver thread panicked)").await;
     // The thread has sent its last frame (Done or Error) and dropped its queue: let the writer
     // flush it before reporting, so the peer learns why the session ended.
     let written = first.finish().await;
     // Every requested file has settled: the other lanes have nothing left to do. Stopping
     // their readers ends their threads.
-    for (pumps, thread) in others {
+    for (mut pumps, thread) in others {
         pumps.reader.abort();
         let _ = thread.await;
-        let _ = pumps.writer.await;
+        let _ = (&mut pumps.writer).await;
     }
     let report = result?;
     written?;

@@ -139,6 +139,9 @@ pub struct Welcome {
     pub software_version: String,
     /// The state of each volume (answer to a coordinator's [`Request::Ping`], for preflight).
     pub volume_status: Vec<VolumeStatus>,
+    /// Something the user should hear about the session just admitted: a stale session of the
+    /// same migration that the agent ended to admit this one.
+    pub notice: Option<String>,
 }
 
 /// What preflight needs to know about one volume of an agent.
