@@ -13,6 +13,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v curl >/dev/null || need+=(curl)
+# Terminal tests read the real `mover` off a tmux screen.
+command -v tmux >/dev/null || need+=(tmux)
 # Reflinks: a loop-mounted XFS (mkfs.xfs) whose extents filefrag (e2fsprogs) reads.
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v filefrag >/dev/null || need+=(e2fsprogs)

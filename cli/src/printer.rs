@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mover_engine::certs::CertError;
 use mover_engine::client::CopyError;
 use mover_engine::hooks::{self, HookError};
@@ -19,8 +19,8 @@ use crate::args::{GlobalArgs, OutputFormat};
 pub enum Printer {
     /// JSON lines on stdout.
     Json(Mutex<std::io::Stdout>),
-    /// A progress bar on stderr.
-    Bar(ProgressBar),
+    /// A progress bar on stderr, and the rate at which content is being sent.
+    Bar(ProgressBar, Mutex<SendRate>),
     /// Only warnings, on stderr.
     Quiet,
 }
@@ -36,13 +36,11 @@ impl Printer {
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
         bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {bytes:>10}/{total_bytes:<10} {wide_bar} {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
-            )
-            .expect("valid template"),
+            ProgressStyle::with_template("{spinner} {bytes:>10}/{total_bytes:<10} {wide_bar} ETA {eta:<4} {msg}")
+                .expect("valid template"),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        Printer::Bar(bar)
+        Printer::Bar(bar, Mutex::new(SendRate::default()))
     }
 
     fn json_line(&self, value: &serde_json::Value) {
@@ -62,11 +60,9 @@ impl Printer {
                 value["type"] = "summary".into();
                 self.json_line(&value);
             }
-            Printer::Bar(bar) => {
+            Printer::Bar(bar, _) => {
                 bar.finish_and_clear();
-                if verbose {
-                    print_summary_text(summary);
-                }
+                print_summary_text(summary);
             }
             Printer::Quiet if verbose => print_summary_text(summary),
             Printer::Quiet => {}
@@ -83,7 +79,7 @@ impl Printer {
 
     /// Clears the bar before an error is printed.
     pub fn abandon(&self) {
-        if let Printer::Bar(bar) = self {
+        if let Printer::Bar(bar, _) = self {
             bar.abandon();
         }
     }
@@ -106,34 +102,63 @@ pub(crate) fn typed(event: &Event) -> serde_json::Value {
     }
 }
 
+/// One line: what moved, what was deleted, what it cost, in the units the bar uses.
 fn print_summary_text(summary: &Summary) {
+    let rate = if summary.elapsed_s > 0.0 { summary.bytes_transferred as f64 / summary.elapsed_s } else { 0.0 };
     eprintln!(
-        "{} of {} files transferred, {} of {} bytes, {} bytes on the wire, {:.2}s",
+        "done: {} of {} files copied ({} of {}), {} deleted, {} on the wire, {:.1} s, {}/s",
         summary.files_transferred,
         summary.files_total,
-        summary.bytes_transferred,
-        summary.bytes_total,
-        summary.bytes_on_wire,
-        summary.elapsed_s
+        BinaryBytes(summary.bytes_transferred),
+        BinaryBytes(summary.bytes_total),
+        summary.entries_deleted,
+        BinaryBytes(summary.bytes_on_wire),
+        summary.elapsed_s,
+        BinaryBytes(rate as u64)
     );
+}
+
+/// The rate at which content is sent (what `--bwlimit` limits), over the last few seconds: the
+/// bar's position also moves over holes and unchanged files, which cost the link nothing.
+#[derive(Default)]
+pub struct SendRate {
+    /// (when, bytes sent by then), oldest first, at most [`RATE_WINDOW`] apart.
+    samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+const RATE_WINDOW: Duration = Duration::from_secs(3);
+
+impl SendRate {
+    /// Records `sent` bytes so far; returns bytes per second over the window.
+    fn update(&mut self, sent: u64) -> u64 {
+        let now = std::time::Instant::now();
+        self.samples.push_back((now, sent));
+        while self.samples.len() > 2 && now - self.samples[0].0 > RATE_WINDOW {
+            self.samples.pop_front();
+        }
+        let (then, before) = self.samples[0];
+        let seconds = (now - then).as_secs_f64();
+        if seconds < 0.2 { 0 } else { (sent.saturating_sub(before) as f64 / seconds) as u64 }
+    }
 }
 
 impl Reporter for Printer {
     fn wants_early_totals(&self) -> bool {
-        matches!(self, Printer::Bar(_))
+        matches!(self, Printer::Bar(..))
     }
 
     fn on_event(&self, event: &Event) {
         match self {
             Printer::Json(_) => self.json_line(&typed(event)),
-            Printer::Bar(bar) => match event {
+            Printer::Bar(bar, rate) => match event {
                 Event::Totals { files, bytes } => {
                     bar.set_length(*bytes);
-                    bar.set_message(format!("{files} files"));
+                    bar.set_message(format!("{files} files in the source"));
                 }
-                Event::Progress { files_done, bytes_done, .. } => {
+                Event::Progress { files_done, bytes_done, bytes_transferred, .. } => {
                     bar.set_position(*bytes_done);
-                    bar.set_message(format!("{files_done} files"));
+                    let per_second = rate.lock().expect("rate lock").update(*bytes_transferred);
+                    bar.set_message(format!("{}/s sent, {files_done} files done", BinaryBytes(per_second)));
                 }
                 Event::Warning { message } => bar.suspend(|| eprintln!("warning: {message}")),
                 Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } => {}

@@ -25,7 +25,8 @@ pub enum Event {
     Progress {
         /// Regular files dealt with so far (sent or found up to date).
         files_done: u64,
-        /// Content bytes dealt with so far.
+        /// Content bytes dealt with so far, including how far the files being sent have got
+        /// (holes included), so that it moves within a big file.
         bytes_done: u64,
         /// Content bytes actually sent.
         bytes_transferred: u64,

@@ -396,6 +396,9 @@ struct Worker {
     buffer: Vec<u8>,
     /// Content bytes of the current file sent so far.
     file_sent: u64,
+    /// How far into the current file the content has gone (holes included), as counted in
+    /// `bytes_done`: a progress bar moves within a big file, not only when it ends.
+    file_passed: u64,
 }
 
 impl Worker {
@@ -404,7 +407,16 @@ impl Worker {
         out: mpsc::Sender<Vec<u8>>,
         replies: Option<mpsc::Receiver<Result<super::InFrame>>>,
     ) -> Worker {
-        Worker { shared, out, replies, parent: None, compressor: None, buffer: vec![0; CHUNK_SIZE], file_sent: 0 }
+        Worker {
+            shared,
+            out,
+            replies,
+            parent: None,
+            compressor: None,
+            buffer: vec![0; CHUNK_SIZE],
+            file_sent: 0,
+            file_passed: 0,
+        }
     }
 
     /// Sends files from the queue until it closes; the first error stops the session.
@@ -497,7 +509,12 @@ impl Worker {
             }
         };
         self.file_sent = 0;
-        match self.stream_content(id, &file, waiting, basis) {
+        self.file_passed = 0;
+        let streamed = self.stream_content(id, &file, waiting, basis);
+        // The file is now counted whole (done) or not at all (failed).
+        let passed = std::mem::take(&mut self.file_passed);
+        self.shared.bytes_done.fetch_sub(passed, Ordering::Relaxed);
+        match streamed {
             Ok(Some(hash)) => {
                 self.shared.done(waiting.size);
                 if self.file_sent > 0 || waiting.size == 0 {
@@ -574,6 +591,8 @@ impl Worker {
                 sent?;
                 offset += want as u64;
                 hashed_to = offset;
+                self.shared.bytes_done.fetch_add(offset - self.file_passed, Ordering::Relaxed);
+                self.file_passed = offset;
                 self.shared.progress(false);
             }
         }
