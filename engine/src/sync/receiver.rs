@@ -400,7 +400,7 @@ impl Group {
             options,
             reporter,
             is_root: rustix::process::geteuid().is_root(),
-            session: format!("{:016x}", u64::from_le_bytes(token)),
+            session: crate::reserved::session(u64::from_le_bytes(token)),
             files: Mutex::new(Files { lanes_open: lanes.saturating_sub(1), ..Files::default() }),
             settled: Condvar::new(),
             abandoned: AtomicBool::new(false),
@@ -432,9 +432,7 @@ impl Group {
     }
 
     fn tmp_name(&self, id: u64) -> CString {
-        let mut name = confine::RESERVED_PREFIX.to_vec();
-        name.extend_from_slice(format!("{}-{id}", self.session).as_bytes());
-        cname(&name)
+        crate::reserved::session_temp(&self.session, id)
     }
 
     fn chown_allowed(&self) -> bool {
@@ -872,10 +870,7 @@ fn partial_name(entry: &Entry) -> CString {
     }
     key.update(&entry.mtime.sec.to_le_bytes());
     key.update(&entry.mtime.nsec.to_le_bytes());
-    let mut name = confine::RESERVED_PREFIX.to_vec();
-    name.extend_from_slice(b"part-");
-    name.extend_from_slice(key.finalize().to_hex()[..24].as_bytes());
-    cname(&name)
+    crate::reserved::partial(&key.finalize())
 }
 
 fn discard(open: &OpenFile) {
