@@ -170,7 +170,8 @@ pub struct CopyArgs {
     /// Update changed files in place instead of writing a verified copy and renaming it over
     /// the old one: for files too big to hold twice. Still verified; a failed or interrupted run
     /// leaves such a file half updated until the next run repairs it. New files still go
-    /// through a temporary name.
+    /// through a temporary name, and so does a file whose inode has other names (hard links):
+    /// writing it in place would change those names too.
     #[arg(long, env = "MOVER_INPLACE")]
     pub inplace: bool,
     /// Spread the volume's file content over N connections (1-16), each with its own reader,

@@ -129,7 +129,17 @@ fn assert_no_temporaries(dir: &Path) {
 #[test]
 fn escaping_paths_are_refused() {
     let fixture = fixture();
-    for path in [&b"../x"[..], b"/abs", b"a/../../x", b"./a", b".mover-tmp-own", b"a\0b"] {
+    // The last two have the exact forms of mover's temporary names (a partial file, a session's
+    // temporary file): the receiver would take them for its own.
+    for path in [
+        &b"../x"[..],
+        b"/abs",
+        b"a/../../x",
+        b"./a",
+        b"a\0b",
+        b".mover-tmp-part-0123456789abcdef01234567",
+        b"d/.mover-tmp-0123456789abcdef-1",
+    ] {
         let script = vec![
             frame(&entry(1, path, EntryKind::Dir)),
             frame(&entry(2, path, EntryKind::File { size: 1, leader: false })),

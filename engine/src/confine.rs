@@ -21,8 +21,6 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timest
 pub const MAX_PATH: usize = 4096;
 /// Longest single name.
 pub const MAX_NAME: usize = 255;
-/// Names starting with this prefix belong to mover (temporary files); peers may not use them.
-pub const RESERVED_PREFIX: &[u8] = b".mover-tmp-";
 
 /// Why a path from the peer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,8 +40,8 @@ pub enum PathError {
     /// Too long.
     #[error("path `{0}` is too long")]
     TooLong(String),
-    /// Uses mover's reserved temporary-file names.
-    #[error("path `{0}` uses mover's reserved `.mover-tmp-` names")]
+    /// A name has the exact form of mover's temporary files ([`crate::reserved`]).
+    #[error("path `{0}` has a name of the form mover gives its temporary files")]
     Reserved(String),
 }
 
@@ -74,7 +72,7 @@ impl RelPath {
             if name.len() > MAX_NAME {
                 return Err(PathError::TooLong(shown()));
             }
-            if name.starts_with(RESERVED_PREFIX) {
+            if crate::reserved::is_generated(name) {
                 return Err(PathError::Reserved(shown()));
             }
         }
@@ -484,11 +482,13 @@ mod tests {
             b"a/.",
             b"a\0b",
             b"a/",
-            b".mover-tmp-1",
-            b"d/.mover-tmp-x",
+            b".mover-tmp-part-0123456789abcdef01234567",
+            b"d/.mover-tmp-0123456789abcdef-1",
         ] {
             assert!(RelPath::new(bad).is_err(), "accepted {:?}", display_bytes(bad));
         }
+        // Other names with mover's prefix are user data.
+        assert!(RelPath::new(b"d/.mover-tmp-notes").is_ok());
         let long = vec![b'n'; 256];
         assert!(matches!(RelPath::new(&long), Err(PathError::TooLong(_))));
     }

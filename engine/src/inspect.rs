@@ -2,7 +2,7 @@
 //! how much space is free on its file system and how much its tree uses.
 //!
 //! Nothing here writes to a read-only volume. The write probe creates and removes one
-//! `.mover-tmp-preflight-*` file in the root (mover's reserved names, skipped by every scan).
+//! `.mover-tmp-preflight-*` file in the root (a reserved name, see [`crate::reserved`]).
 //! The usage walk never follows symlinks, stays on the root's file system (as `du -x`), counts
 //! each hard-linked inode once and stops at [`WALK_BUDGET`]; a volume that is a mount point of
 //! its own is measured from its file system's counters instead, without a walk.
@@ -66,8 +66,7 @@ pub fn inspect_path(name: &str, path: &Path, read_only: bool) -> VolumeStatus {
 fn probe_write(root: BorrowedFd<'_>) -> io::Result<()> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
-    let name =
-        format!("{}preflight-{:016x}", String::from_utf8_lossy(confine::RESERVED_PREFIX), u64::from_le_bytes(random));
+    let name = crate::reserved::preflight(u64::from_le_bytes(random));
     drop(confine::create_file(root, name.as_bytes())?);
     rustix::fs::unlinkat(root, confine::cname(name.as_bytes()).as_c_str(), rustix::fs::AtFlags::empty())?;
     Ok(())

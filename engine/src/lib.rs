@@ -5,6 +5,7 @@
 //! - [`tunnel`] and [`certs`]: mutual TLS 1.3 with a per-migration CA and role certificates;
 //! - [`sync`]: the sender and receiver state machines of a volume copy;
 //! - [`agent`]: the node daemon's server side; [`client`]: the coordinator's operations;
+//! - [`reserved`]: the exact forms of mover's temporary names, and which files are its leftovers;
 //! - [`progress`]: events and summaries (the engine never prints);
 //! - [`hooks`]: run a plan's hook programs and playbooks, with a timeout over their process group.
 //!
@@ -22,6 +23,7 @@ pub mod image;
 pub mod inspect;
 pub mod meta;
 pub mod progress;
+pub mod reserved;
 pub mod scan;
 pub mod sync;
 #[cfg(feature = "test-util")]

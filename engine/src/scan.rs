@@ -149,9 +149,16 @@ impl Iterator for Scanner {
                 self.stack.pop();
                 continue;
             };
-            // Leftovers of mover itself (a source that was once a target): never data to copy.
-            if name.starts_with(confine::RESERVED_PREFIX) {
-                continue;
+            // A name of the form mover gives its temporary files cannot travel (the target
+            // would take it for one of its own): skipped, and said so.
+            if crate::reserved::is_generated(&name) {
+                let mut path = self.stack[top].prefix.clone();
+                path.extend_from_slice(&name);
+                let error = io::Error::other(
+                    "its name has the form mover gives its temporary files, which are never copied: \
+                     remove it if an interrupted copy left it, or rename it",
+                );
+                return Some(Scanned::Problem(ScanProblem { path: confine::display_bytes(&path), raw: path, error }));
             }
             if self.stack[top].prefix.len() + name.len() > confine::MAX_PATH {
                 let mut path = self.stack[top].prefix.clone();

@@ -15,7 +15,7 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 
 use mover_engine::compress::{Compressor, Decompressor};
-use mover_engine::confine::{self, MAX_NAME, MAX_PATH, RESERVED_PREFIX, RelPath};
+use mover_engine::confine::{self, MAX_NAME, MAX_PATH, RelPath};
 use mover_engine::image::manifest::{self, Content, Descriptor, Parsed};
 use mover_engine::image::{Digest, ImageRef, Platform, Version};
 use mover_engine::sync::blocks;
@@ -505,6 +505,6 @@ fn rel_path_by_spec(bytes: &[u8]) -> bool {
                 && name != b"."
                 && name != b".."
                 && name.len() <= MAX_NAME
-                && !name.starts_with(RESERVED_PREFIX)
+                && !mover_engine::reserved::is_generated(name)
         })
 }

@@ -8,16 +8,20 @@
 //! is the listing alone, however many names the directory holds and whatever the sender sends
 //! (a name out of order ends the session). Nothing is deleted until the end of the session:
 //! only then is the total known, and the guard refuses to delete more than half of the target's
-//! entries (an empty or wrong source) unless `--allow-mass-delete`. Stale `.mover-tmp-*` files
-//! of earlier interrupted sessions are removed as directories close, with or without
-//! `--no-delete`, except the partial files this session resumes ([`Deletions::claim`]).
+//! entries (an empty or wrong source) unless `--allow-mass-delete`. Temporary files that earlier
+//! interrupted sessions left are removed as directories close, with or without `--no-delete`,
+//! except the partial files this session resumes ([`Deletions::claim`]): only files proven to be
+//! mover's ([`reserved::is_leftover`]). Other names of the generated forms are neither counted
+//! nor deleted (no source can send them); every other name, `.mover-tmp-notes` included, is an
+//! entry like any other.
 
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::confine::{self, RESERVED_PREFIX};
+use crate::confine;
+use crate::reserved;
 
 /// One directory the stream is inside of.
 pub(super) struct DirFrame {
@@ -36,7 +40,8 @@ struct Listing {
     names: confine::Names,
     identity: Identity,
     passed: usize,
-    /// Temporary files of other sessions found in the listing, less those this session claims.
+    /// Generated temporary names of other sessions found in the listing, less those this
+    /// session claims; removed if they prove to be mover's leftovers.
     stale: HashSet<Vec<u8>>,
 }
 
@@ -118,11 +123,9 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 
 impl Deletions {
     pub(super) fn new(enabled: bool, session: &str) -> Self {
-        let mut session_prefix = RESERVED_PREFIX.to_vec();
-        session_prefix.extend_from_slice(session.as_bytes());
         Deletions {
             enabled,
-            session_prefix,
+            session_prefix: reserved::session_prefix(session),
             frames: vec![DirFrame::new(Vec::new())],
             candidates: Vec::new(),
             listed: 0,
@@ -186,7 +189,7 @@ impl Deletions {
             let names = confine::list_dir(dir.as_fd()).map_err(io)?;
             let mut stale = HashSet::new();
             for name in names.iter() {
-                if name.starts_with(RESERVED_PREFIX) {
+                if reserved::is_generated(name) {
                     if !name.starts_with(&self.session_prefix) {
                         stale.insert(name.to_vec());
                     }
@@ -206,7 +209,7 @@ impl Deletions {
                 break;
             }
             listing.passed += 1;
-            if self.enabled && !listed.starts_with(RESERVED_PREFIX) {
+            if self.enabled && !reserved::is_generated(listed) {
                 self.candidates.push((frame.path.clone(), listing.identity, listed.to_vec()));
             }
         }
@@ -264,8 +267,14 @@ impl Deletions {
         };
         let io = |source| DeletionError::Io { path: frame.shown(), source };
         for name in &listing.stale {
-            // Left by an interrupted session: never a user file (peers may not send these names).
-            confine::remove_any(dir.as_fd(), name).map_err(io)?;
+            // Only a file mover made: no peer can send these names, and anything else under
+            // one (another user's file, a directory, a hard link) is not ours to remove.
+            if confine::lstat(dir.as_fd(), name).map_err(io)?.is_some_and(|stat| reserved::is_leftover(name, &stat)) {
+                match rustix::fs::unlinkat(&*dir, confine::cname(name).as_c_str(), rustix::fs::AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(error) => return Err(io(error.into())),
+                }
+            }
         }
         Ok(())
     }
@@ -341,29 +350,43 @@ mod tests {
     }
 
     #[test]
-    fn temporary_files_of_other_sessions_go_unless_claimed_and_extra_names_are_found_between_sent_ones() {
+    fn leftovers_of_other_sessions_go_unless_claimed_and_extra_names_are_found_between_sent_ones() {
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = tempfile::tempdir().unwrap();
-        let names = [".mover-tmp-part-claimed", ".mover-tmp-part-stale", ".mover-tmp-testown", "a", "b", "c", "d"];
-        for name in names {
-            std::fs::write(tmp.path().join(name), b"").unwrap();
+        let (claimed, stale, foreign, own) = (
+            ".mover-tmp-part-cccccccccccccccccccccccc",
+            ".mover-tmp-part-aaaaaaaaaaaaaaaaaaaaaaaa",
+            ".mover-tmp-part-bbbbbbbbbbbbbbbbbbbbbbbb",
+            ".mover-tmp-00000000000000aa-1",
+        );
+        for (name, mode) in
+            [(claimed, 0o600), (stale, 0o600), (foreign, 0o644), (own, 0o600), (".mover-tmp-notes", 0o600)]
+                .into_iter()
+                .chain(["a", "b", "c", "d"].map(|name| (name, 0o644)))
+        {
+            let mut options = std::fs::File::options();
+            options.write(true).create_new(true).mode(mode);
+            options.open(tmp.path().join(name)).unwrap();
         }
         let root = root(tmp.path());
-        let mut deletions = Deletions::new(true, "testown");
+        let mut deletions = Deletions::new(true, "00000000000000aa");
         assert!(deletions.enter(root.as_fd(), b"", b"b", false).unwrap());
-        deletions.claim(b".mover-tmp-part-claimed");
+        deletions.claim(claimed.as_bytes());
         assert!(deletions.enter(root.as_fd(), b"", b"bb", false).unwrap());
         assert!(deletions.enter(root.as_fd(), b"", b"d", false).unwrap());
         // Back to an earlier name: refused, whether or not it was sent.
         for name in [&b"c"[..], b"d"] {
             assert!(matches!(deletions.enter(root.as_fd(), b"", name, false), Err(DeletionError::Duplicate { .. })));
         }
-        assert_eq!(deletions.finish(root.as_fd(), true).unwrap(), 2);
+        // `.mover-tmp-notes` is a user's file the source lacks, counted like `a` and `c`; the
+        // stale leftover goes uncounted; a file of another mode under a generated name stays.
+        assert_eq!(deletions.finish(root.as_fd(), true).unwrap(), 3);
         let left: Vec<String> = confine::list_dir(root.as_fd())
             .unwrap()
             .iter()
             .map(|name| String::from_utf8(name.to_vec()).unwrap())
             .collect();
-        assert_eq!(left, [".mover-tmp-part-claimed", ".mover-tmp-testown", "b", "d"]);
+        assert_eq!(left, [own, foreign, claimed, "b", "d"]);
     }
 
     #[test]

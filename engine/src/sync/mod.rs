@@ -27,6 +27,7 @@ pub mod blocks;
 mod deletion;
 pub mod digest;
 mod dirs;
+mod links;
 mod receiver;
 mod sender;
 

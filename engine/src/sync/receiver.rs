@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use super::blocks;
 use super::deletion::Deletions;
+use super::links;
 use super::{Result, SyncError, WINDOW};
 use crate::compress::Decompressor;
 use crate::confine::{self, RelPath, cname};
@@ -318,8 +319,11 @@ fn write_run(file: &std::fs::File, data: &[u8], offset: u64, direct: &mut Option
 enum Basis {
     /// Nothing: the whole content comes from the sender.
     None,
-    /// The file at the final name (a changed file).
+    /// The file at the final name (a changed file), into a new file beside it.
     Existing,
+    /// The file at the final name, written where it is (`--inplace`, and the name is the
+    /// inode's only one: see [`super::links`]).
+    InPlace,
     /// The partial temporary file an interrupted session left (resume).
     Partial,
 }
@@ -400,7 +404,7 @@ impl Group {
             options,
             reporter,
             is_root: rustix::process::geteuid().is_root(),
-            session: format!("{:016x}", u64::from_le_bytes(token)),
+            session: crate::reserved::session(u64::from_le_bytes(token)),
             files: Mutex::new(Files { lanes_open: lanes.saturating_sub(1), ..Files::default() }),
             settled: Condvar::new(),
             abandoned: AtomicBool::new(false),
@@ -432,9 +436,7 @@ impl Group {
     }
 
     fn tmp_name(&self, id: u64) -> CString {
-        let mut name = confine::RESERVED_PREFIX.to_vec();
-        name.extend_from_slice(format!("{}-{id}", self.session).as_bytes());
-        cname(&name)
+        crate::reserved::session_temp(&self.session, id)
     }
 
     fn chown_allowed(&self) -> bool {
@@ -872,10 +874,7 @@ fn partial_name(entry: &Entry) -> CString {
     }
     key.update(&entry.mtime.sec.to_le_bytes());
     key.update(&entry.mtime.nsec.to_le_bytes());
-    let mut name = confine::RESERVED_PREFIX.to_vec();
-    name.extend_from_slice(b"part-");
-    name.extend_from_slice(key.finalize().to_hex()[..24].as_bytes());
-    cname(&name)
+    crate::reserved::partial(&key.finalize())
 }
 
 fn discard(open: &OpenFile) {
@@ -1023,76 +1022,85 @@ impl Receiver {
                     let same = stat.st_mode & 0o7777 == entry.mode
                         && (!group.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
                         && meta::read_xattrs(dir, &name, &group.options).is_ok_and(|xattrs| xattrs == entry.xattrs);
-                    if !same {
-                        let file = confine::open_file_read(dir, &name).map_err(|e| io("cannot open", e))?;
-                        group.apply_metadata(file.as_fd(), &entry).map_err(|e| io("cannot set metadata of", e))?;
-                    }
-                    if leader {
-                        let inode = Some((stat.st_dev, stat.st_ino));
-                        group.files().leaders.insert(entry.id, Leader { path, inode });
-                    }
-                    self.reply(&Message::Skip { id: entry.id })?;
-                } else {
-                    {
-                        let files = group.files();
-                        if files.pending.len() >= MAX_PENDING {
-                            return Err(protocol(format!("more than {MAX_PENDING} files requested and not delivered")));
+                    // New metadata goes onto the inode only if this is its one name; otherwise
+                    // the file is replaced, below (see `links`).
+                    let settled = same
+                        || match links::open_alone(dir, &name).map_err(|e| io("cannot open", e))? {
+                            Some(file) => {
+                                group
+                                    .apply_metadata(file.as_fd(), &entry)
+                                    .map_err(|e| io("cannot set metadata of", e))?;
+                                true
+                            }
+                            None => false,
+                        };
+                    if settled {
+                        if leader {
+                            let inode = Some((stat.st_dev, stat.st_ino));
+                            group.files().leaders.insert(entry.id, Leader { path, inode });
                         }
-                        if files.pending.contains_key(&entry.id)
-                            || files.receiving.contains(&entry.id)
-                            || files.leaders.contains_key(&entry.id)
-                        {
-                            return Err(protocol(format!("entry id {} used twice", entry.id)));
-                        }
-                    }
-                    let id = entry.id;
-                    // An interrupted earlier run may have left part of this very version.
-                    let partial = partial_name(&entry);
-                    self.deletions.claim(partial.as_bytes());
-                    // Only a partial this agent could have written: a regular file it owns, mode
-                    // 0600, one link. Anything else under that name is ignored (and cleaned).
-                    let euid = rustix::process::geteuid().as_raw();
-                    let partial_size = confine::lstat(dir, partial.as_bytes())
-                        .map_err(|e| io("cannot inspect", e))?
-                        .filter(|stat| {
-                            FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
-                                && stat.st_uid == euid
-                                && stat.st_nlink == 1
-                                && stat.st_mode & 0o7777 == 0o600
-                        })
-                        .map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
-                    let existing_size = regular.map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
-                    let (basis, basis_name, basis_size) = if partial_size > 0 && partial_size <= size {
-                        (Basis::Partial, partial.as_bytes(), partial_size)
-                    } else {
-                        (Basis::Existing, name.as_slice(), existing_size)
-                    };
-                    // A changed or resumed file travels as the blocks the basis lacks.
-                    if basis_size == 0 || basis_size > blocks::MAX_DELTA_FILE {
-                        group.files().pending.insert(id, Pending { entry, basis: Basis::None });
-                        self.reply(&Message::Need { id })?;
+                        self.reply(&Message::Skip { id: entry.id })?;
                         return Ok(());
                     }
-                    let file = confine::open_file_read(dir, basis_name).map_err(|e| io("cannot open", e))?;
-                    // Content copied from elsewhere in the basis needs a basis that is not
-                    // being written.
-                    let shifts = basis == Basis::Existing && !group.options.inplace;
-                    // Pending before the request can leave.
-                    group.files().pending.insert(id, Pending { entry, basis });
-                    if basis_size >= SIGN_ASIDE_MIN {
-                        let job = SignJob { id, path: path.display(), file, size: basis_size, shifts };
-                        if let Some(job) = self.signers.try_sign(job)? {
-                            // Every signer is busy: the verdicts gathered so far go out first,
-                            // so the sender's other lanes have work meanwhile.
-                            self.flush_replies()?;
-                            self.signers.sign(job)?;
-                        }
-                    } else {
-                        let block_size = blocks::block_size_for(basis_size);
-                        let signature = blocks::sign_file(&file, basis_size, block_size, &AtomicBool::new(false))
-                            .map_err(|e| io("cannot read", e))?;
-                        self.reply(&Message::NeedBlocks { id, signature, shifts })?;
+                }
+                {
+                    let files = group.files();
+                    if files.pending.len() >= MAX_PENDING {
+                        return Err(protocol(format!("more than {MAX_PENDING} files requested and not delivered")));
                     }
+                    if files.pending.contains_key(&entry.id)
+                        || files.receiving.contains(&entry.id)
+                        || files.leaders.contains_key(&entry.id)
+                    {
+                        return Err(protocol(format!("entry id {} used twice", entry.id)));
+                    }
+                }
+                let id = entry.id;
+                // An interrupted earlier run may have left part of this very version.
+                let partial = partial_name(&entry);
+                self.deletions.claim(partial.as_bytes());
+                // Only a partial this agent could have written: a regular file it owns, mode
+                // 0600, one link. Anything else under that name is ignored (and left alone).
+                let partial_size = confine::lstat(dir, partial.as_bytes())
+                    .map_err(|e| io("cannot inspect", e))?
+                    .filter(crate::reserved::is_own_file)
+                    .map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
+                let existing_size = regular.map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
+                let (basis, basis_name, basis_size) = if partial_size > 0 && partial_size <= size {
+                    (Basis::Partial, partial.as_bytes(), partial_size)
+                } else {
+                    (Basis::Existing, name.as_slice(), existing_size)
+                };
+                // A changed or resumed file travels as the blocks the basis lacks.
+                if basis_size == 0 || basis_size > blocks::MAX_DELTA_FILE {
+                    group.files().pending.insert(id, Pending { entry, basis: Basis::None });
+                    self.reply(&Message::Need { id })?;
+                    return Ok(());
+                }
+                let file = confine::open_file_read(dir, basis_name).map_err(|e| io("cannot open", e))?;
+                // `--inplace` writes the file at its name only if that is its inode's one
+                // name (see `links`); otherwise the new version is written beside it.
+                let alone = rustix::fs::fstat(&file).is_ok_and(|stat| links::alone(&stat));
+                let basis =
+                    if basis == Basis::Existing && group.options.inplace && alone { Basis::InPlace } else { basis };
+                // Content copied from elsewhere in the basis needs a basis that is not
+                // being written.
+                let shifts = basis == Basis::Existing;
+                // Pending before the request can leave.
+                group.files().pending.insert(id, Pending { entry, basis });
+                if basis_size >= SIGN_ASIDE_MIN {
+                    let job = SignJob { id, path: path.display(), file, size: basis_size, shifts };
+                    if let Some(job) = self.signers.try_sign(job)? {
+                        // Every signer is busy: the verdicts gathered so far go out first,
+                        // so the sender's other lanes have work meanwhile.
+                        self.flush_replies()?;
+                        self.signers.sign(job)?;
+                    }
+                } else {
+                    let block_size = blocks::block_size_for(basis_size);
+                    let signature = blocks::sign_file(&file, basis_size, block_size, &AtomicBool::new(false))
+                        .map_err(|e| io("cannot read", e))?;
+                    self.reply(&Message::NeedBlocks { id, signature, shifts })?;
                 }
             }
             EntryKind::Hardlink { leader } => {
@@ -1342,27 +1350,36 @@ impl Lane {
             let (parent, name) = path.split();
             let dir = self.dirs.get(self.group.root.as_fd(), parent)?;
             let io = |op, source| SyncError::Io { op, path: path.display(), source };
-            let inplace = self.group.options.inplace && basis == Basis::Existing;
+            // Checked again on the handle: a link made since the entry was checked is seen.
+            let inplace_file = if basis == Basis::InPlace {
+                links::open_alone_for_write(dir.as_fd(), name)
+                    .map_err(|e| io("cannot open for an in-place update", e))?
+            } else {
+                None
+            };
+            let inplace = inplace_file.is_some();
             let EntryKind::File { size, .. } = entry.kind else { unreachable!("only files are requested") };
             let mut cloned = false;
             let (file, basis_file) = match basis {
-                Basis::Partial => (
-                    confine::open_file_write(dir.as_fd(), tmp.as_bytes())
-                        .map_err(|e| io("cannot reopen the partial file of", e))?,
-                    Some(
-                        confine::open_file_read(dir.as_fd(), tmp.as_bytes())
-                            .map_err(|e| io("cannot reopen the partial file of", e))?,
-                    ),
-                ),
-                Basis::Existing if inplace => (
-                    confine::open_file_write(dir.as_fd(), name)
-                        .map_err(|e| io("cannot open for an in-place update", e))?,
+                Basis::Partial => {
+                    let reopen = |e| io("cannot reopen the partial file of", e);
+                    let file = confine::open_file_write(dir.as_fd(), tmp.as_bytes()).map_err(reopen)?;
+                    let stat = rustix::fs::fstat(&file).map_err(|e| reopen(e.into()))?;
+                    if !crate::reserved::is_own_file(&stat) {
+                        return Err(reopen(io::Error::other(
+                            "it is no longer a private file of ours with one link (it changed during the session)",
+                        )));
+                    }
+                    (file, Some(confine::open_file_read(dir.as_fd(), tmp.as_bytes()).map_err(reopen)?))
+                }
+                Basis::InPlace | Basis::Existing if let Some(file) = inplace_file => (
+                    file,
                     Some(
                         confine::open_file_read(dir.as_fd(), name)
                             .map_err(|e| io("cannot reopen the previous version of", e))?,
                     ),
                 ),
-                Basis::Existing => {
+                Basis::InPlace | Basis::Existing => {
                     let _ = rustix::fs::unlinkat(&dir, tmp.as_c_str(), AtFlags::empty());
                     let file = confine::create_file(dir.as_fd(), tmp.as_bytes())
                         .map_err(|e| io("cannot create a temporary file for", e))?;

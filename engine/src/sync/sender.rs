@@ -254,7 +254,8 @@ impl Tree<'_> {
                         let message = format!("cannot read `{}`: {}", problem.path, problem.error);
                         self.shared.problem(&message);
                         // The target keeps its copy: an unreadable source is no reason to delete.
-                        if problem.raw.len() <= crate::confine::MAX_PATH {
+                        // (A path the target would refuse has no copy there to keep.)
+                        if crate::confine::RelPath::new(&problem.raw).is_ok() {
                             self.send(&Message::Keep { path: problem.raw })?;
                         }
                     }

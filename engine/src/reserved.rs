@@ -1,0 +1,168 @@
+//! mover's own names on a volume: the temporary files it creates, their exact forms, and the
+//! test that a file found on disk is one mover left behind.
+//!
+//! Every temporary name is [`PREFIX`] followed by one of three exact forms:
+//! - `<session>-<id>`: a file, link or node being received ([`session_temp`]); `<session>` is
+//!   16 lowercase hex digits drawn for each receiving session, `<id>` the entry's id in decimal;
+//! - `part-<key>`: a file being received, kept across an interruption for the next run to resume
+//!   ([`partial`]); `<key>` is 24 lowercase hex digits of blake3 over the file's path, size and
+//!   mtime;
+//! - `preflight-<random>`: preflight's write probe ([`preflight`]), 16 lowercase hex digits.
+//!
+//! Only names of these forms are mover's ([`is_generated`]). A peer may not send one (the
+//! receiver would take the entry for a temporary file of its own: resume from it, overwrite it
+//! or clean it), so a scan skips them and reports the skip. Any other name that starts with the
+//! prefix (`.mover-tmp-notes`) is user data, copied, kept and deleted like any other.
+//!
+//! A file under a generated name is removed as a leftover only when [`is_leftover`] proves mover
+//! made it: a regular file, owned by this process's effective user, mode 0600, one link (what
+//! [`crate::confine::create_file`] makes and nothing else touches). Anything else under such a
+//! name is left alone.
+
+use std::ffi::CString;
+
+use rustix::fs::{FileType, Stat};
+
+use crate::confine::cname;
+
+/// The start of every temporary name mover gives.
+pub const PREFIX: &[u8] = b".mover-tmp-";
+
+const PART: &[u8] = b"part-";
+const PREFLIGHT: &[u8] = b"preflight-";
+const SESSION_DIGITS: usize = 16;
+const PART_DIGITS: usize = 24;
+const PREFLIGHT_DIGITS: usize = 16;
+
+/// The id of a receiving session, as its temporary names carry it.
+#[must_use]
+pub fn session(token: u64) -> String {
+    format!("{token:016x}")
+}
+
+/// The start shared by the temporary names of one session (see [`session`]).
+#[must_use]
+pub fn session_prefix(session: &str) -> Vec<u8> {
+    [PREFIX, session.as_bytes(), b"-"].concat()
+}
+
+/// The temporary name of entry `id` in session `session` (see [`session`]).
+#[must_use]
+pub fn session_temp(session: &str, id: u64) -> CString {
+    let mut name = session_prefix(session);
+    name.extend_from_slice(id.to_string().as_bytes());
+    cname(&name)
+}
+
+/// The temporary name of a partial file, from the blake3 `key` of what it will hold.
+#[must_use]
+pub fn partial(key: &blake3::Hash) -> CString {
+    let name = [PREFIX, PART, &key.to_hex().as_bytes()[..PART_DIGITS]].concat();
+    cname(&name)
+}
+
+/// The name of preflight's write probe.
+#[must_use]
+pub fn preflight(random: u64) -> String {
+    format!("{}{}{random:016x}", String::from_utf8_lossy(PREFIX), String::from_utf8_lossy(PREFLIGHT))
+}
+
+fn is_hex(digits: &[u8], len: usize) -> bool {
+    digits.len() == len && digits.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// Whether `name` has one of the exact forms of mover's temporary names.
+#[must_use]
+pub fn is_generated(name: &[u8]) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
+    if let Some(key) = rest.strip_prefix(PART) {
+        return is_hex(key, PART_DIGITS);
+    }
+    if let Some(random) = rest.strip_prefix(PREFLIGHT) {
+        return is_hex(random, PREFLIGHT_DIGITS);
+    }
+    let Some((session, id)) = rest.split_at_checked(SESSION_DIGITS) else { return false };
+    let Some(id) = id.strip_prefix(b"-") else { return false };
+    is_hex(session, SESSION_DIGITS)
+        && std::str::from_utf8(id)
+            .ok()
+            .and_then(|id| id.parse::<u64>().ok())
+            .is_some_and(|n| n.to_string().as_bytes() == id)
+}
+
+/// Whether `stat` is of a file as mover creates its temporary files: regular, owned by this
+/// process's effective user, mode 0600, one link. Nothing else may be resumed from or cleaned.
+#[must_use]
+pub fn is_own_file(stat: &Stat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile
+        && stat.st_uid == rustix::process::geteuid().as_raw()
+        && stat.st_mode & 0o7777 == 0o600
+        && stat.st_nlink == 1
+}
+
+/// Whether `name`, whose `lstat` is `stat`, is a temporary file mover left: a generated name
+/// ([`is_generated`]) on a file of its own ([`is_own_file`]).
+#[must_use]
+pub fn is_leftover(name: &[u8], stat: &Stat) -> bool {
+    is_generated(name) && is_own_file(stat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_generated_forms_are_reserved() {
+        let key = blake3::hash(b"key");
+        let generated = [
+            session_temp(&session(0xfeed), 0).into_bytes(),
+            session_temp(&session(u64::MAX), u64::MAX).into_bytes(),
+            partial(&key).into_bytes(),
+            preflight(7).into_bytes(),
+        ];
+        for name in &generated {
+            assert!(is_generated(name), "{}", String::from_utf8_lossy(name));
+        }
+        let user = [
+            &b".mover-tmp-notes"[..],
+            b".mover-tmp-",
+            b".mover-tmp-part-",
+            b".mover-tmp-part-0123456789abcdef0123456",
+            b".mover-tmp-part-0123456789abcdef012345678",
+            b".mover-tmp-part-0123456789ABCDEF01234567",
+            b".mover-tmp-preflight-0123456789abcdeg",
+            b".mover-tmp-0123456789abcdef-",
+            b".mover-tmp-0123456789abcdef-01",
+            b".mover-tmp-0123456789abcdef-1x",
+            b".mover-tmp-0123456789abcdef-18446744073709551616",
+            b".mover-tmp-0123456789abcde-1",
+            b"x.mover-tmp-0123456789abcdef-1",
+        ];
+        for name in user {
+            assert!(!is_generated(name), "{}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
+    fn a_leftover_is_a_private_single_link_regular_file_of_ours() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::confine::open_root(dir.path()).unwrap();
+        let name = partial(&blake3::hash(b"x"));
+        let path = dir.path().join(name.to_str().unwrap());
+        drop(crate::confine::create_file(std::os::fd::AsFd::as_fd(&root), name.as_bytes()).unwrap());
+        let stat = |path: &std::path::Path| rustix::fs::lstat(path).unwrap();
+        assert!(is_leftover(name.as_bytes(), &stat(&path)));
+        assert!(!is_leftover(b".mover-tmp-notes", &stat(&path)), "not a generated name");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(!is_leftover(name.as_bytes(), &stat(&path)), "mode 0644");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::hard_link(&path, dir.path().join("other")).unwrap();
+        assert!(!is_leftover(name.as_bytes(), &stat(&path)), "two links");
+        std::fs::remove_file(dir.path().join("other")).unwrap();
+        assert!(is_leftover(name.as_bytes(), &stat(&path)));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(!is_leftover(name.as_bytes(), &stat(&path)), "a directory");
+    }
+}
