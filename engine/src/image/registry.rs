@@ -81,6 +81,11 @@ type CachedAuthorization = (Option<HeaderValue>, Instant);
 /// How long a bearer token obtained for our own requests is reused (registries hand out tokens
 /// of at least 60 s).
 const TOKEN_REUSE: Duration = Duration::from_secs(50);
+/// Most entries a tag or catalog listing may have.
+const MAX_LIST_ITEMS: usize = 100_000;
+/// Most pages a tag or catalog listing may have: registries serve 100 or more entries a page
+/// (we ask for 1000), so this reaches [`MAX_LIST_ITEMS`] with room to spare.
+const MAX_LIST_PAGES: usize = 1_000;
 const USER_AGENT: &str = concat!("mover/", env!("CARGO_PKG_VERSION"));
 
 impl std::fmt::Debug for Registry {
@@ -380,7 +385,9 @@ impl Registry {
     }
 
     /// GETs a JSON list page by page, following `Link: <...>; rel="next"` on this registry's
-    /// own origin; each page is read with a cap, and the whole list is capped too.
+    /// own origin; each page is read with a cap, and the whole list is capped too: in entries,
+    /// in pages (empty pages would otherwise cost nothing), and a page asked for twice ends the
+    /// listing (a `next` link that leads back would loop forever).
     async fn paged_list(
         &self,
         repository: &str,
@@ -389,10 +396,22 @@ impl Registry {
         what: &str,
     ) -> Result<Vec<String>, ImageError> {
         const PAGE_CAP: usize = 8 << 20;
-        const MAX_ITEMS: usize = 100_000;
         let mut next = Some(first);
         let mut items = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
+            if seen.len() >= MAX_LIST_PAGES {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: `{}` sent more than {MAX_LIST_PAGES} pages; the listing was abandoned",
+                    self.host
+                )));
+            }
+            if !seen.insert(url.clone()) {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: `{}` links back to a page it already sent (`{url}`); the listing was abandoned",
+                    self.host
+                )));
+            }
             let response = retry(what, || async {
                 let response = self.send(repository, false, what, |http| http.get(&url)).await?;
                 match response.status() {
@@ -424,8 +443,11 @@ impl Registry {
             })?;
             let page_items = page.get(field).and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default();
             items.extend(page_items.iter().filter_map(|v| v.as_str()).map(str::to_owned));
-            if items.len() > MAX_ITEMS {
-                return Err(ImageError::Invalid(format!("{what}: more than {MAX_ITEMS} entries from `{}`", self.host)));
+            if items.len() > MAX_LIST_ITEMS {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: more than {MAX_LIST_ITEMS} entries from `{}`",
+                    self.host
+                )));
             }
         }
         Ok(items)

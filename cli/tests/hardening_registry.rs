@@ -1,0 +1,150 @@
+//! Hostile registries and layouts (issue 20, defects 6, 8 and 9): a listing that links back to
+//! itself, a server or proxy that trickles its answer, and `oci:` layouts whose blobs are a FIFO
+//! or a symlink. Each drives the real `mover` against a small hostile HTTP server on loopback.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{bin, mover, text};
+use mover_testdata::oci::{self, LayoutBuilder};
+
+/// A request as the hostile server saw it.
+struct Request {
+    /// `GET /v2/...`.
+    line: String,
+}
+
+/// What the hostile server does with one connection, after reading the request head.
+type Handler = dyn Fn(&Request, &mut TcpStream, u64) + Send + Sync;
+
+/// A tiny HTTP/1.1 server on `127.0.0.1`: one exchange per connection, answered by `handler`
+/// (which also gets the number of this request, from 0).
+struct Hostile {
+    addr: String,
+    requests: Arc<AtomicU64>,
+}
+
+impl Hostile {
+    fn start(handler: Box<Handler>) -> Hostile {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let handler: Arc<Handler> = Arc::from(handler);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let handler = handler.clone();
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let Some(request) = read_head(&stream) else { return };
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    handler(&request, &mut stream, n);
+                });
+            }
+        });
+        Hostile { addr, requests }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+fn read_head(stream: &TcpStream) -> Option<Request> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 || header == "\r\n" {
+            break;
+        }
+    }
+    Some(Request { line: line.trim_end().to_owned() })
+}
+
+fn respond(stream: &mut TcpStream, status: &str, headers: &[(&str, &str)], body: &[u8]) {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body);
+}
+
+/// Runs `mover` with a deadline: a hang is a failure, not a stuck test run.
+fn mover_within(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Output, Duration) {
+    let mut command = Command::new(bin("mover"));
+    command.args(args).env_remove("MOVER_OUTPUT");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("mover {args:?} still running after {limit:?}\n{}", text(&output));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = start.elapsed();
+    (child.wait_with_output().unwrap(), elapsed)
+}
+
+// ---- 20.6: listings that never end ------------------------------------------------------------
+
+/// A registry whose tag list is an empty page with `Link: next` pointing at `next(n)`.
+fn looping_registry(next: fn(u64) -> String) -> Hostile {
+    Hostile::start(Box::new(move |request, stream, n| {
+        if request.line.starts_with("GET /v2/shop/web/tags/list") {
+            let link = format!("<{}>; rel=\"next\"", next(n));
+            respond(
+                stream,
+                "200 OK",
+                &[("Content-Type", "application/json"), ("Link", &link)],
+                br#"{"name":"shop/web","tags":[]}"#,
+            );
+        } else {
+            respond(stream, "200 OK", &[("Content-Type", "application/json")], b"{}");
+        }
+    }))
+}
+
+#[test]
+fn issue20_6_a_tag_page_that_links_to_itself_ends_the_sync_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = looping_registry(|_| "/v2/shop/web/tags/list?n=1000".into());
+    let source = format!("docker://{}/shop/web", registry.addr);
+    let target = format!("oci:{}", dir.path().join("out").display());
+    let (output, _) =
+        mover_within(&["image", "sync", "--src-plain-http", &source, &target], &[], Duration::from_secs(30));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("links back to a page it already sent"), "{}", text(&output));
+    assert!(registry.requests() <= 3, "{} requests", registry.requests());
+}
+
+#[test]
+fn issue20_6_endless_distinct_empty_pages_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = looping_registry(|n| format!("/v2/shop/web/tags/list?n=1000&last=page{n}"));
+    let source = format!("docker://{}/shop/web", registry.addr);
+    let target = format!("oci:{}", dir.path().join("out").display());
+    let (output, _) =
+        mover_within(&["image", "sync", "--src-plain-http", &source, &target], &[], Duration::from_secs(60));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("more than 1000 pages"), "{}", text(&output));
+    assert!(registry.requests() <= 1_002, "{} requests", registry.requests());
+}
