@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -147,4 +147,63 @@ fn issue20_6_endless_distinct_empty_pages_are_capped() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("more than 1000 pages"), "{}", text(&output));
     assert!(registry.requests() <= 1_002, "{} requests", registry.requests());
+}
+
+// ---- 20.9: layouts opened beneath their root ------------------------------------------------
+
+/// A sample layout and a target layout path, in `dir`.
+fn layout_pair(dir: &Path) -> (oci::Sample, String) {
+    let sample = oci::sample_multiarch(&dir.join("layout"), 64 << 10).expect("build the sample layout");
+    (sample, format!("oci:{}:v1", dir.join("out").display()))
+}
+
+#[test]
+fn issue20_9_a_fifo_as_a_blob_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sample, target) = layout_pair(dir.path());
+    let layer = &sample.single().layers[3];
+    let path = LayoutBuilder::blob_path_in(&sample.dir, &layer.digest);
+    std::fs::remove_file(&path).unwrap();
+    let status = Command::new("mkfifo").arg(&path).status().expect("run mkfifo");
+    assert!(status.success());
+    let source = format!("oci:{}:single", sample.dir.display());
+    let (output, elapsed) = mover_within(&["image", "copy", &source, &target], &[], Duration::from_secs(20));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is a FIFO, not a regular file"), "{}", text(&output));
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+#[test]
+fn issue20_9_a_blob_that_is_a_symlink_is_refused_before_anything_is_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sample, target) = layout_pair(dir.path());
+    let layer = &sample.single().layers[3];
+    let path = LayoutBuilder::blob_path_in(&sample.dir, &layer.digest);
+    // The very content the digest names, but outside the layout: following the link would
+    // "work", and read a file the layout does not hold.
+    let outside = dir.path().join("elsewhere");
+    std::fs::rename(&path, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &path).unwrap();
+    let source = format!("oci:{}:single", sample.dir.display());
+    let output = mover(&["image", "copy", &source, &target]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is a symlink, not a regular file"), "{}", text(&output));
+    let copied = LayoutBuilder::blob_path_in(&dir.path().join("out"), &layer.digest);
+    assert!(!copied.exists(), "the linked file was copied");
+
+    // A symlinked blob directory is refused the same way.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::rename(&outside, &path).unwrap();
+    let blobs = sample.dir.join("blobs");
+    std::fs::rename(blobs.join("sha256"), dir.path().join("real-blobs")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real-blobs"), blobs.join("sha256")).unwrap();
+    let output = mover(&["image", "copy", &source, &target]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is a symlink or not a directory; refusing to follow it"),
+        "{}",
+        text(&output)
+    );
 }
