@@ -151,6 +151,16 @@ pub(crate) async fn explain(error: image::ImageError, proxy: Option<&str>) -> an
     }
 }
 
+/// The remedy for an image error, when the CLI knows one (`error:`'s `hint:` line).
+pub(crate) fn hint(error: &image::ImageError) -> Option<String> {
+    match error {
+        image::ImageError::PlainHttp { registry, .. } => Some(format!(
+            "`{registry}` serves plain HTTP: if that is intended, pass `--src-plain-http` when it is the source or `--dest-plain-http` when it is the target (in a plan: `plainHttp: true` under `registries.source` or `registries.target`); nothing sent to it is encrypted"
+        )),
+        _ => None,
+    }
+}
+
 fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::Error>) -> anyhow::Result<Outcome> {
     let mut summary = summary;
     if let Some(error) = &error {
