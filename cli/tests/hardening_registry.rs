@@ -207,3 +207,61 @@ fn issue20_9_a_blob_that_is_a_symlink_is_refused_before_anything_is_streamed() {
         text(&output)
     );
 }
+
+// ---- 20.8: a stalling proxy or registry -----------------------------------------------------
+
+/// Short deadlines for the tests: headers within 1 s, bodies at 1 KiB/s over 1 s windows.
+const PACE: (&str, &str) = ("MOVER_REGISTRY_PACE", "1000:1024:1000");
+
+#[test]
+fn issue20_8_a_proxy_that_trickles_its_headers_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    // One byte of a never-ending header a second, to every request.
+    let proxy = Hostile::start(Box::new(|_, stream, _| {
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if stream.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }));
+    let proxy_url = format!("http://{}", proxy.addr);
+    let target = format!("oci:{}:v1", dir.path().join("out").display());
+    let (output, elapsed) = mover_within(
+        &["image", "copy", "--src-plain-http", "--proxy", &proxy_url, "docker://127.0.0.1:9/shop/web:v1", &target],
+        &[PACE],
+        Duration::from_secs(60),
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no response headers within"), "{}", text(&output));
+    assert!(proxy.requests() >= 1, "the request did not go through the proxy");
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+}
+
+#[test]
+fn issue20_8_a_registry_that_trickles_a_body_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Hostile::start(Box::new(|request, stream, _| {
+        if !request.line.contains("/manifests/") {
+            respond(stream, "200 OK", &[("Content-Type", "application/json")], b"{}");
+            return;
+        }
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 4000\r\nConnection: close\r\n\r\n";
+        if stream.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for _ in 0..4000 {
+            if stream.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }));
+    let source = format!("docker://{}/shop/web:v1", registry.addr);
+    let target = format!("oci:{}:v1", dir.path().join("out").display());
+    let (output, elapsed) =
+        mover_within(&["image", "copy", "--src-plain-http", &source, &target], &[PACE], Duration::from_secs(60));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("slower than 1024 bytes/s"), "{}", text(&output));
+    assert!(elapsed < Duration::from_secs(30), "took {elapsed:?}");
+}

@@ -263,10 +263,31 @@ pub(crate) fn endpoint_for(
                 // The same parser as the volume tunnel's, for the same clear errors.
                 Proxy::parse(url)?;
             }
-            let options = RegistryOptions { tls, credentials, proxy: proxy.map(str::to_owned), max_manifest_bytes };
+            let options = RegistryOptions {
+                tls,
+                credentials,
+                proxy: proxy.map(str::to_owned),
+                max_manifest_bytes,
+                pace: registry_pace()?,
+            };
             let registry = Registry::new(&repository.registry, &options)?;
             Ok(Endpoint::Registry { registry: Arc::new(registry), repository: repository.name.clone() })
         }
+    }
+}
+
+/// The registries' deadlines: the engine's defaults, or `MOVER_REGISTRY_PACE=HEADERS_MS:MIN_BYTES_PER_S:WINDOW_MS`,
+/// an undocumented knob for tests that drive a stalling server and cannot wait 15 s per request.
+fn registry_pace() -> anyhow::Result<image::Pace> {
+    let Ok(text) = std::env::var("MOVER_REGISTRY_PACE") else { return Ok(image::Pace::default()) };
+    let parts: Vec<u64> = text.split(':').map(str::parse).collect::<Result<_, _>>().unwrap_or_default();
+    match parts.as_slice() {
+        [headers, rate, window] => Ok(image::Pace {
+            response_headers: Duration::from_millis(*headers),
+            min_rate: *rate,
+            window: Duration::from_millis(*window),
+        }),
+        _ => anyhow::bail!("MOVER_REGISTRY_PACE is `{text}`: expected HEADERS_MS:MIN_BYTES_PER_S:WINDOW_MS"),
     }
 }
 

@@ -16,6 +16,7 @@ mod auth;
 mod copy;
 mod layout;
 pub mod manifest;
+mod pace;
 pub mod reference;
 mod registry;
 mod trust;
@@ -31,6 +32,7 @@ pub use self::auth::{AuthFileError, Credentials, lookup_credentials};
 pub use self::copy::{CopyOptions, ImageSummary, Session, SyncOptions, copy_image, sync_images};
 pub use self::layout::Layout;
 pub use self::manifest::{ManifestError, Platform};
+pub use self::pace::Pace;
 pub use self::reference::{Digest, ImageRef, ParseError, Repository, Version};
 pub use self::registry::{Registry, RegistryOptions, TlsMode};
 

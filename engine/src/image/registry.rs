@@ -15,6 +15,7 @@ use reqwest::header::{
 
 use super::auth::Credentials;
 use super::manifest::{self, Descriptor};
+use super::pace::{self, Pace};
 use super::reference::{Digest, Version};
 use super::{BlobStream, ImageError, RawManifest, retry};
 
@@ -43,6 +44,8 @@ pub struct RegistryOptions {
     pub proxy: Option<String>,
     /// Cap on one manifest's size.
     pub max_manifest_bytes: usize,
+    /// Deadlines for answers.
+    pub pace: Pace,
 }
 
 impl Default for RegistryOptions {
@@ -52,6 +55,7 @@ impl Default for RegistryOptions {
             credentials: Credentials::Anonymous,
             proxy: None,
             max_manifest_bytes: manifest::MAX_MANIFEST_BYTES,
+            pace: Pace::default(),
         }
     }
 }
@@ -66,6 +70,7 @@ pub struct Registry {
     http: reqwest::Client,
     credentials: Credentials,
     max_manifest_bytes: usize,
+    pace: Pace,
     /// Set when the registry refused a mount for lack of rights (token registries grant the
     /// target repository only): later blobs skip the attempt.
     mounts_refused: std::sync::atomic::AtomicBool,
@@ -125,6 +130,7 @@ impl Registry {
             http,
             credentials: options.credentials.clone(),
             max_manifest_bytes: options.max_manifest_bytes,
+            pace: options.pace,
             authorizations: Mutex::new(HashMap::new()),
             mounts_refused: std::sync::atomic::AtomicBool::new(false),
         })
@@ -245,7 +251,7 @@ impl Registry {
             if let Some(value) = self.authorization(repository, push).await? {
                 request = request.header(AUTHORIZATION, value);
             }
-            let response = request.send().await.map_err(|e| self.transport(what, &e))?;
+            let response = self.timed_send(what, request).await?;
             if response.status() != StatusCode::UNAUTHORIZED || fresh {
                 return Ok(response);
             }
@@ -266,7 +272,7 @@ impl Registry {
     async fn challenge(&self) -> Result<Challenge, ImageError> {
         let url = format!("{}://{}/v2/", self.scheme, self.api_host);
         let what = "GET /v2/ (authentication challenge)";
-        let response = self.http.get(&url).send().await.map_err(|e| self.transport(what, &e))?;
+        let response = self.timed_send(what, self.http.get(&url)).await?;
         let header = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         Ok(Challenge::parse(header))
     }
@@ -295,16 +301,16 @@ impl Registry {
         if let Credentials::Basic { user, password } = &self.credentials {
             request = request.basic_auth(user, Some(password));
         }
-        let response = request.send().await.map_err(|e| self.transport(what, &e))?;
+        let response = self.timed_send(what, request).await?;
         if response.status() != StatusCode::OK {
-            let body = read_capped(response, 4096).await.unwrap_or_default();
+            let body = self.read_capped(response, 4096, what).await.unwrap_or_default();
             let detail = gist(&body);
             return Err(ImageError::Unauthorized {
                 registry: self.host.clone(),
                 detail: if detail.is_empty() { String::new() } else { format!(" ({detail})") },
             });
         }
-        let body = read_capped(response, 1 << 20).await.map_err(|e| self.transport(what, &e))?;
+        let body = self.read_capped(response, 1 << 20, what).await?;
         let reply: TokenReply = serde_json::from_slice(&body).map_err(|e| {
             ImageError::Invalid(format!(
                 "the token service of `{}` answered something that is not a token: {e}",
@@ -336,7 +342,45 @@ impl Registry {
         if let Some(value) = self.authorization(repository, push).await? {
             request = request.header(AUTHORIZATION, value);
         }
-        request.send().await.map_err(|e| self.transport(what, &e))
+        self.timed_send(what, request).await
+    }
+
+    /// Sends a request whose response headers must arrive within the pace's deadline.
+    async fn timed_send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ImageError> {
+        match pace::headers_within(self.pace, request.send()).await {
+            Ok(response) => response.map_err(|e| self.transport(what, &e)),
+            Err(detail) => Err(ImageError::Transport { registry: self.host.clone(), what: what.to_owned(), detail }),
+        }
+    }
+
+    /// A response body at the pace's minimum rate.
+    fn body(&self, what: &str, response: reqwest::Response) -> BlobStream {
+        let (host, what) = (self.host.clone(), what.to_owned());
+        let slow = {
+            let (host, what) = (host.clone(), what.clone());
+            move |detail| ImageError::Transport { registry: host.clone(), what: what.clone(), detail }
+        };
+        let chunks = response.bytes_stream().map_err(move |e| ImageError::Transport {
+            registry: host.clone(),
+            what: what.clone(),
+            detail: chain(&e),
+        });
+        pace::min_rate(self.pace, Box::pin(chunks), slow)
+    }
+
+    /// Reads a response body at the minimum rate, stopping after `cap` bytes.
+    async fn read_capped(&self, response: reqwest::Response, cap: usize, what: &str) -> Result<Vec<u8>, ImageError> {
+        let mut body = Vec::new();
+        let mut stream = self.body(what, response);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let room = cap.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= cap {
+                break;
+            }
+        }
+        Ok(body)
     }
 
     /// GETs a JSON list page by page, following `Link: <...>; rel="next"` on this registry's
@@ -386,7 +430,7 @@ impl Registry {
                     link.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(u, _)| u.to_owned())
                 })
                 .and_then(|link| self.own_url(&link));
-            let body = read_capped(response, PAGE_CAP + 1).await.map_err(|e| self.transport(what, &e))?;
+            let body = self.read_capped(response, PAGE_CAP + 1, what).await?;
             if body.len() > PAGE_CAP {
                 return Err(ImageError::Invalid(format!(
                     "{what}: a page of more than {PAGE_CAP} bytes from `{}`",
@@ -416,7 +460,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = read_capped(response, 4096).await.unwrap_or_default();
+        let body = self.read_capped(response, 4096, what).await.unwrap_or_default();
         self.status_error(what, status, &body, retry_after)
     }
 
@@ -461,9 +505,7 @@ impl Registry {
                     problem: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
                 });
             }
-            let bytes = read_capped(response, self.max_manifest_bytes + 1)
-                .await
-                .map_err(|e| self.transport(&request_what, &e))?;
+            let bytes = self.read_capped(response, self.max_manifest_bytes + 1, &request_what).await?;
             if bytes.len() > self.max_manifest_bytes {
                 return Err(ImageError::Manifest {
                     what: what.to_owned(),
@@ -513,20 +555,9 @@ impl Registry {
             }
             _ => return Err(self.fail(&what, response).await),
         };
-        let host = self.host.clone();
         let mut skip = skip;
-        let stream = response
-            .bytes_stream()
-            .map_err(move |e| {
-                let mut detail = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    detail.push_str(": ");
-                    detail.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                ImageError::Transport { registry: host.clone(), what: what.clone(), detail }
-            })
+        let stream = self
+            .body(&what, response)
             // A server that ignored `Range` sends from 0: drop what we already have.
             .map_ok(move |mut chunk: Bytes| {
                 if skip > 0 {
@@ -788,19 +819,16 @@ fn tls_config(bundle: Vec<Vec<u8>>) -> Result<rustls::ClientConfig, rustls::Erro
     Ok(config)
 }
 
-/// Reads a response body, stopping after `cap` bytes.
-async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        let room = cap.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= cap {
-            break;
-        }
+/// An error and its causes, in one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut detail = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
     }
-    Ok(body)
+    detail
 }
 
 /// The first line or so of an error body, for messages.
