@@ -261,14 +261,13 @@ impl Registry {
         let mut tls = String::new();
         let (mut ca_pem, mut cert_dir) = (None, None);
         if with_tls {
-            let (ca, chain, key) = match given {
-                Some((chain, key)) => (chain.clone(), chain, key),
-                None => {
-                    let (ca, cert, key) = make_certificates()?;
-                    // The full chain, as real registries present it (so `mover certs fetch` gets the CA).
-                    let chain = format!("{cert}{ca}");
-                    (ca, chain, key)
-                }
+            let (ca, chain, key) = if let Some((chain, key)) = given {
+                (chain.clone(), chain, key)
+            } else {
+                let (ca, cert, key) = make_certificates()?;
+                // The full chain, as real registries present it (so `mover certs fetch` gets the CA).
+                let chain = format!("{cert}{ca}");
+                (ca, chain, key)
             };
             let certs = dir.join("certs");
             fs::create_dir_all(&certs)?;
