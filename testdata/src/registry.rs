@@ -227,6 +227,8 @@ pub struct Registry {
     auth: Auth,
     child: Child,
     token_server: Option<crate::token::TokenServer>,
+    /// The readiness probe skips certificate verification (a certificate given by the test).
+    probe_insecure: bool,
 }
 
 static REGISTRY_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -238,7 +240,20 @@ impl Registry {
     /// it in between), another is tried. Fails with the registry's log when it exits or does not
     /// answer in time.
     pub fn start(opts: RegistryOptions, workdir: &Path) -> io::Result<Registry> {
+        Registry::start_inner(opts, None, workdir)
+    }
+
+    /// Starts a registry (as [`Registry::start`]) serving HTTPS with the given certificate
+    /// chain and key (PEM), exactly as given: e.g. a leaf alone, or a self-signed certificate.
+    /// [`ca_pem`](Self::ca_pem) is then the chain file; the readiness probe does not verify it.
+    pub fn start_with_certificate(chain_pem: &str, key_pem: &str, workdir: &Path) -> io::Result<Registry> {
+        let options = RegistryOptions { tls: true, auth: Auth::None };
+        Registry::start_inner(options, Some((chain_pem.to_owned(), key_pem.to_owned())), workdir)
+    }
+
+    fn start_inner(opts: RegistryOptions, given: Option<(String, String)>, workdir: &Path) -> io::Result<Registry> {
         let RegistryOptions { tls: with_tls, auth: auth_options } = opts;
+        let probe_insecure = given.is_some();
         let n = REGISTRY_COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = workdir.join(format!("registry-{}-{n}", std::process::id()));
         fs::create_dir_all(dir.join("storage"))?;
@@ -246,12 +261,18 @@ impl Registry {
         let mut tls = String::new();
         let (mut ca_pem, mut cert_dir) = (None, None);
         if with_tls {
-            let (ca, cert, key) = make_certificates()?;
+            let (ca, chain, key) = if let Some((chain, key)) = given {
+                (chain.clone(), chain, key)
+            } else {
+                let (ca, cert, key) = make_certificates()?;
+                // The full chain, as real registries present it (so `mover certs fetch` gets the CA).
+                let chain = format!("{cert}{ca}");
+                (ca, chain, key)
+            };
             let certs = dir.join("certs");
             fs::create_dir_all(&certs)?;
             fs::write(certs.join("ca.crt"), &ca)?;
-            // The full chain, as real registries present it (so `mover certs fetch` gets the CA).
-            fs::write(dir.join("server.crt"), format!("{cert}{ca}"))?;
+            fs::write(dir.join("server.crt"), chain)?;
             fs::write(dir.join("server.key"), key)?;
             ca_pem = Some(certs.join("ca.crt"));
             cert_dir = Some(certs);
@@ -311,6 +332,7 @@ impl Registry {
                 auth: auth_options.clone(),
                 child,
                 token_server: None,
+                probe_insecure,
             };
             match registry.wait_ready() {
                 Ok(()) => {
@@ -343,7 +365,11 @@ impl Registry {
             let response = curl(&CurlRequest {
                 url: &url,
                 cacert: self.ca_pem.as_deref(),
-                args: vec!["--max-time".into(), "2".into()],
+                args: if self.probe_insecure {
+                    vec!["--max-time".into(), "2".into(), "--insecure".into()]
+                } else {
+                    vec!["--max-time".into(), "2".into()]
+                },
                 ..CurlRequest::default()
             })?;
             if matches!(response.status, 200 | 401) {

@@ -151,6 +151,16 @@ pub(crate) async fn explain(error: image::ImageError, proxy: Option<&str>) -> an
     }
 }
 
+/// The remedy for an image error, when the CLI knows one (`error:`'s `hint:` line).
+pub(crate) fn hint(error: &image::ImageError) -> Option<String> {
+    match error {
+        image::ImageError::PlainHttp { registry, .. } => Some(format!(
+            "`{registry}` serves plain HTTP: if that is intended, pass `--src-plain-http` when it is the source or `--dest-plain-http` when it is the target (in a plan: `plainHttp: true` under `registries.source` or `registries.target`); nothing sent to it is encrypted"
+        )),
+        _ => None,
+    }
+}
+
 fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::Error>) -> anyhow::Result<Outcome> {
     let mut summary = summary;
     if let Some(error) = &error {
@@ -253,10 +263,31 @@ pub(crate) fn endpoint_for(
                 // The same parser as the volume tunnel's, for the same clear errors.
                 Proxy::parse(url)?;
             }
-            let options = RegistryOptions { tls, credentials, proxy: proxy.map(str::to_owned), max_manifest_bytes };
+            let options = RegistryOptions {
+                tls,
+                credentials,
+                proxy: proxy.map(str::to_owned),
+                max_manifest_bytes,
+                pace: registry_pace()?,
+            };
             let registry = Registry::new(&repository.registry, &options)?;
             Ok(Endpoint::Registry { registry: Arc::new(registry), repository: repository.name.clone() })
         }
+    }
+}
+
+/// The registries' deadlines: the engine's defaults, or `MOVER_REGISTRY_PACE=HEADERS_MS:MIN_BYTES_PER_S:WINDOW_MS`,
+/// an undocumented knob for tests that drive a stalling server and cannot wait 15 s per request.
+fn registry_pace() -> anyhow::Result<image::Pace> {
+    let Ok(text) = std::env::var("MOVER_REGISTRY_PACE") else { return Ok(image::Pace::default()) };
+    let parts: Vec<u64> = text.split(':').map(str::parse).collect::<Result<_, _>>().unwrap_or_default();
+    match parts.as_slice() {
+        [headers, rate, window] => Ok(image::Pace {
+            response_headers: Duration::from_millis(*headers),
+            min_rate: *rate,
+            window: Duration::from_millis(*window),
+        }),
+        _ => anyhow::bail!("MOVER_REGISTRY_PACE is `{text}`: expected HEADERS_MS:MIN_BYTES_PER_S:WINDOW_MS"),
     }
 }
 

@@ -3,7 +3,13 @@
 //! Blob paths are built only from strictly parsed digests. Blobs are written to a temporary
 //! name in the same directory and renamed into place after the stream ended verified; `index.json`
 //! is replaced the same way.
+//!
+//! Every file of the layout is opened beneath a handle on the layout's directory, opened once
+//! (see [`crate::confine`]): no symlink is followed on the way or at the end, and only regular
+//! files are read, so a blob that is a symlink to a file elsewhere on the machine, or a FIFO
+//! that would block the copy forever, is refused before a byte is read.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
@@ -24,6 +30,8 @@ const READ_CHUNK: usize = 1 << 20;
 #[derive(Debug)]
 pub struct Layout {
     dir: PathBuf,
+    /// The layout's directory, opened once; `None` for a dry run's target that does not exist.
+    root: Option<OwnedFd>,
     max_manifest_bytes: usize,
     /// Serialises `index.json` updates.
     index_lock: tokio::sync::Mutex<()>,
@@ -62,10 +70,20 @@ impl IndexEntry {
 impl Layout {
     /// Opens an existing layout to read from.
     pub fn open(dir: &Path, max_manifest_bytes: usize) -> Result<Layout, ImageError> {
-        let layout = Layout { dir: dir.to_owned(), max_manifest_bytes, index_lock: tokio::sync::Mutex::new(()) };
-        let marker = std::fs::read(dir.join("oci-layout")).map_err(|e| {
-            layout.error(format!("not an OCI image layout (cannot read `oci-layout`: {e}); create one with `mover image copy SRC oci:DIR:TAG`"))
-        })?;
+        let not_a_layout = |e: String| ImageError::Layout {
+            path: dir.to_owned(),
+            reason: format!(
+                "not an OCI image layout (cannot read `oci-layout`: {e}); create one with `mover image copy SRC oci:DIR:TAG`"
+            ),
+        };
+        let root = crate::confine::open_root(dir).map_err(|e| not_a_layout(e.to_string()))?;
+        let layout = Layout {
+            dir: dir.to_owned(),
+            root: Some(root),
+            max_manifest_bytes,
+            index_lock: tokio::sync::Mutex::new(()),
+        };
+        let marker = layout.read_capped(b"", b"oci-layout", INDEX_CAP).map_err(not_a_layout)?;
         let marker: serde_json::Value =
             serde_json::from_slice(&marker).map_err(|e| layout.error(format!("`oci-layout` is not JSON: {e}")))?;
         if marker.get("imageLayoutVersion").and_then(|v| v.as_str()).is_none_or(|v| !v.starts_with("1.")) {
@@ -80,30 +98,37 @@ impl Layout {
         if dir.join("oci-layout").exists() {
             return Layout::open(dir, max_manifest_bytes);
         }
-        Ok(Layout { dir: dir.to_owned(), max_manifest_bytes, index_lock: tokio::sync::Mutex::new(()) })
+        Ok(Layout { dir: dir.to_owned(), root: None, max_manifest_bytes, index_lock: tokio::sync::Mutex::new(()) })
     }
 
     /// Opens a layout to write into, creating it when missing. A directory that exists, is not
     /// empty and is not a layout is refused (nothing of it is overwritten).
     pub fn create(dir: &Path, max_manifest_bytes: usize) -> Result<Layout, ImageError> {
-        let layout = Layout { dir: dir.to_owned(), max_manifest_bytes, index_lock: tokio::sync::Mutex::new(()) };
-        if dir.join("oci-layout").exists() {
+        let error = |reason: String| ImageError::Layout { path: dir.to_owned(), reason };
+        if std::fs::symlink_metadata(dir.join("oci-layout")).is_ok() {
             return Layout::open(dir, max_manifest_bytes);
         }
         if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
-            return Err(layout.error(
+            return Err(error(
                 "the directory is not empty and is not an OCI image layout: name an empty or new directory".into(),
             ));
         }
-        let io = |e: std::io::Error| layout.error(e.to_string());
+        let io = |e: std::io::Error| error(e.to_string());
         std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(io)?;
+        let root = crate::confine::open_root(dir).map_err(io)?;
         write_atomic(
-            &dir.join("index.json"),
+            root.as_fd(),
+            b"index.json",
             br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
         )
         .map_err(io)?;
-        write_atomic(&dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
-        Ok(layout)
+        write_atomic(root.as_fd(), b"oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io)?;
+        Ok(Layout {
+            dir: dir.to_owned(),
+            root: Some(root),
+            max_manifest_bytes,
+            index_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The directory.
@@ -116,14 +141,75 @@ impl Layout {
         ImageError::Layout { path: self.dir.clone(), reason }
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        // Safe: the digest was parsed strictly (an algorithm name and hex digits only).
-        self.dir.join("blobs").join(digest.algorithm().name()).join(digest.hex())
+    /// The directory of a blob, relative to the layout, and its name. Safe: the digest was
+    /// parsed strictly (an algorithm name and hex digits only).
+    fn blob_place(digest: &Digest) -> (Vec<u8>, Vec<u8>) {
+        (format!("blobs/{}", digest.algorithm().name()).into_bytes(), digest.hex().as_bytes().to_vec())
     }
 
+    fn root(&self) -> Result<std::os::fd::BorrowedFd<'_>, String> {
+        self.root.as_ref().map(AsFd::as_fd).ok_or_else(|| "the layout does not exist".to_owned())
+    }
+
+    /// Opens the regular file `name` in the directory `dir` of the layout (see the module doc);
+    /// the error says what is there instead.
+    fn open_file(&self, dir: &[u8], name: &[u8]) -> Result<std::fs::File, String> {
+        use rustix::fs::FileType;
+        let shown = || {
+            let dir = crate::confine::display_bytes(dir);
+            let name = crate::confine::display_bytes(name);
+            if dir.is_empty() { name } else { format!("{dir}/{name}") }
+        };
+        let directory = crate::confine::open_dir(self.root()?, dir).map_err(|e| {
+            let errno = e.raw_os_error();
+            if errno == Some(rustix::io::Errno::LOOP.raw_os_error())
+                || errno == Some(rustix::io::Errno::NOTDIR.raw_os_error())
+            {
+                format!(
+                    "`{}`: `{}` is a symlink or not a directory; refusing to follow it",
+                    shown(),
+                    crate::confine::display_bytes(dir)
+                )
+            } else {
+                format!("`{}`: {e}", shown())
+            }
+        })?;
+        let kind = match crate::confine::lstat(directory.as_fd(), name) {
+            Ok(None) => return Err(format!("`{}` does not exist", shown())),
+            Ok(Some(stat)) => FileType::from_raw_mode(stat.st_mode),
+            Err(e) => return Err(format!("`{}`: {e}", shown())),
+        };
+        let what = match kind {
+            FileType::RegularFile => None,
+            FileType::Symlink => Some("a symlink"),
+            FileType::Fifo => Some("a FIFO"),
+            FileType::Directory => Some("a directory"),
+            FileType::Socket => Some("a socket"),
+            FileType::CharacterDevice | FileType::BlockDevice => Some("a device node"),
+            FileType::Unknown => Some("not a regular file"),
+        };
+        if let Some(what) = what {
+            return Err(format!("`{}` is {what}, not a regular file; refusing to read it", shown()));
+        }
+        crate::confine::open_file_read(directory.as_fd(), name).map_err(|e| format!("`{}`: {e}", shown()))
+    }
+
+    /// Reads a regular file of the layout, failing past `cap` bytes.
+    fn read_capped(&self, dir: &[u8], name: &[u8], cap: u64) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let file = self.open_file(dir, name)?;
+        let mut bytes = Vec::new();
+        file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > cap {
+            return Err(format!("larger than {cap} bytes"));
+        }
+        Ok(bytes)
+    }
+
+    #[expect(clippy::unused_async, reason = "the layout side of `Endpoint`'s async API; small reads of a local file")]
     async fn read_index(&self) -> Result<IndexFile, ImageError> {
-        let path = self.dir.join("index.json");
-        let bytes = read_file_capped(&path, INDEX_CAP).await.map_err(|e| self.error(format!("index.json: {e}")))?;
+        let bytes =
+            self.read_capped(b"", b"index.json", INDEX_CAP).map_err(|e| self.error(format!("index.json: {e}")))?;
         serde_json::from_slice(&bytes).map_err(|e| self.error(format!("index.json is not a valid OCI index: {e}")))
     }
 
@@ -168,8 +254,10 @@ impl Layout {
             }
         };
         let what = format!("manifest {digest} in `{}`", self.dir.display());
-        let bytes = read_file_capped(&self.blob_path(&digest), self.max_manifest_bytes as u64).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::FileTooLarge {
+        let (dir, name) = Layout::blob_place(&digest);
+        let cap = self.max_manifest_bytes as u64;
+        let bytes = self.read_capped(&dir, &name, cap).map_err(|e| {
+            if e == format!("larger than {cap} bytes") {
                 ImageError::Manifest {
                     what: what.clone(),
                     problem: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
@@ -189,9 +277,9 @@ impl Layout {
     /// Streams a blob from `offset`, never more than its descriptor's size (+1, so a longer
     /// file is noticed).
     pub async fn blob(&self, descriptor: &Descriptor, offset: u64) -> Result<BlobStream, ImageError> {
-        let path = self.blob_path(&descriptor.digest);
-        let mut file =
-            tokio::fs::File::open(&path).await.map_err(|e| self.error(format!("blob {}: {e}", descriptor.digest)))?;
+        let (dir, name) = Layout::blob_place(&descriptor.digest);
+        let file = self.open_file(&dir, &name).map_err(|e| self.error(format!("blob {}: {e}", descriptor.digest)))?;
+        let mut file = tokio::fs::File::from_std(file);
         if offset > 0 {
             file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| self.error(e.to_string()))?;
         }
@@ -219,33 +307,51 @@ impl Layout {
     }
 
     /// Whether a blob of the right size is there.
+    #[expect(clippy::unused_async, reason = "the layout side of `Endpoint`'s async API; small reads of a local file")]
     pub async fn has_blob(&self, descriptor: &Descriptor) -> bool {
-        tokio::fs::symlink_metadata(self.blob_path(&descriptor.digest))
-            .await
-            .is_ok_and(|m| m.is_file() && m.len() == descriptor.size)
+        let (dir, name) = Layout::blob_place(&descriptor.digest);
+        let Ok(root) = self.root() else { return false };
+        let Ok(dir) = crate::confine::open_dir(root, &dir) else { return false };
+        crate::confine::lstat(dir.as_fd(), &name).ok().flatten().is_some_and(|stat| {
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
+                && u64::try_from(stat.st_size).ok() == Some(descriptor.size)
+        })
     }
 
     /// Writes a blob under a temporary name, renamed into place when the stream ended (the
     /// stream fails instead of ending when the content does not match its digest).
     pub async fn put_blob(&self, descriptor: &Descriptor, mut stream: BlobStream) -> Result<(), ImageError> {
-        let target = self.blob_path(&descriptor.digest);
-        let dir = target.parent().expect("blob paths have a parent").to_owned();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| self.error(e.to_string()))?;
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temp = dir.join(format!(".tmp-{}-{}-{unique}", descriptor.digest.hex(), std::process::id()));
+        let (dir, name) = Layout::blob_place(&descriptor.digest);
+        let root = self.root().map_err(|e| self.error(e))?;
+        let io = |e: std::io::Error| self.error(e.to_string());
+        let algorithm = &dir[b"blobs/".len()..];
+        let blobs = crate::confine::open_dir(root, b"blobs").or_else(|_| {
+            rustix::fs::mkdirat(root, c"blobs", DIR_MODE)?;
+            crate::confine::open_dir(root, b"blobs")
+        });
+        let dir = blobs
+            .and_then(|blobs| {
+                match rustix::fs::mkdirat(&blobs, crate::confine::cname(algorithm).as_c_str(), DIR_MODE) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                crate::confine::open_subdir(blobs.as_fd(), algorithm)
+            })
+            .map_err(io)?;
+        let temp = temp_name(&name);
         let result = async {
-            let mut file = tokio::fs::File::create(&temp).await.map_err(|e| self.error(e.to_string()))?;
+            let file = create_readable(dir.as_fd(), &temp).map_err(io)?;
+            let mut file = tokio::fs::File::from_std(file);
             while let Some(chunk) = stream.next().await {
                 file.write_all(&chunk?).await.map_err(|e| self.error(format!("writing a blob: {e}")))?;
             }
-            file.flush().await.map_err(|e| self.error(e.to_string()))?;
+            file.flush().await.map_err(io)?;
             drop(file);
-            tokio::fs::rename(&temp, &target).await.map_err(|e| self.error(e.to_string()))
+            rename_at(dir.as_fd(), &temp, &name).map_err(io)
         }
         .await;
         if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
+            let _ = rustix::fs::unlinkat(&dir, crate::confine::cname(&temp).as_c_str(), rustix::fs::AtFlags::empty());
         }
         result
     }
@@ -277,11 +383,8 @@ impl Layout {
             rest: serde_json::Map::new(),
         });
         let bytes = serde_json::to_vec(&index).expect("an index serialises");
-        let path = self.dir.join("index.json");
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .expect("index writer")
-            .map_err(|e| self.error(format!("writing index.json: {e}")))
+        let root = self.root().map_err(|e| self.error(e))?;
+        write_atomic(root, b"index.json", &bytes).map_err(|e| self.error(format!("writing index.json: {e}")))
     }
 
     /// The tags in `index.json`.
@@ -300,18 +403,40 @@ impl Layout {
     }
 }
 
-async fn read_file_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
-    let file = tokio::fs::File::open(path).await?;
-    let mut bytes = Vec::new();
-    file.take(cap + 1).read_to_end(&mut bytes).await?;
-    if bytes.len() as u64 > cap {
-        return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("larger than {cap} bytes")));
-    }
-    Ok(bytes)
+/// Layout directories and files are readable by all, as other tools write them.
+const DIR_MODE: rustix::fs::Mode = rustix::fs::Mode::from_raw_mode(0o755);
+
+/// Creates the new file `name` in `dir` (never through a symlink), mode 0644.
+fn create_readable(dir: std::os::fd::BorrowedFd<'_>, name: &[u8]) -> std::io::Result<std::fs::File> {
+    let file = crate::confine::create_file(dir, name)?;
+    rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o644))?;
+    Ok(file)
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&temp, bytes)?;
-    std::fs::rename(&temp, path)
+/// A temporary name beside `name`, unique in this process.
+fn temp_name(name: &[u8]) -> Vec<u8> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut temp = b".tmp-".to_vec();
+    temp.extend_from_slice(name);
+    temp.extend_from_slice(format!("-{}-{unique}", std::process::id()).as_bytes());
+    temp
+}
+
+fn rename_at(dir: std::os::fd::BorrowedFd<'_>, from: &[u8], to: &[u8]) -> std::io::Result<()> {
+    use crate::confine::cname;
+    rustix::fs::renameat(dir, cname(from).as_c_str(), dir, cname(to).as_c_str()).map_err(std::io::Error::from)
+}
+
+/// Replaces `name` in `dir` with `bytes` through a temporary file and a rename.
+fn write_atomic(dir: std::os::fd::BorrowedFd<'_>, name: &[u8], bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = temp_name(name);
+    let result = create_readable(dir, &temp)
+        .and_then(|mut file| file.write_all(bytes))
+        .and_then(|()| rename_at(dir, &temp, name));
+    if result.is_err() {
+        let _ = rustix::fs::unlinkat(dir, crate::confine::cname(&temp).as_c_str(), rustix::fs::AtFlags::empty());
+    }
+    result
 }

@@ -1,26 +1,25 @@
 //! Direct image migration: copy images between registries and OCI layouts.
 //!
-//! `docker://` endpoints go through [oci-client] for the distribution API's upload, existence,
-//! tag-listing and token flows, and through the same `reqwest` stack directly where the crate does
-//! not serve: manifests (a size cap while reading, the `Content-Type`), blob downloads
-//! (`Retry-After` on 429 and `Range` resume after a broken connection, with one hash pass) and
-//! cross-repository mounts (a `202` "upload started instead" reply). `oci:` endpoints are OCI
-//! image layouts on disk.
+//! `docker://` endpoints speak the distribution API over one `reqwest` client: the token flow,
+//! manifests (a size cap while reading, the `Content-Type`), blob downloads (`Retry-After` on 429
+//! and `Range` resume after a broken connection, with one hash pass), uploads (one streamed
+//! `PUT`), cross-repository mounts (a `202` "upload started instead" reply) and listings. Its TLS
+//! trust is [`trust`]'s. `oci:` endpoints are OCI image layouts on disk.
 //!
 //! Every manifest is pushed with the exact bytes fetched, so every digest, the index's included,
 //! is preserved. A copy resolves the source tag once, fetches everything after by digest, copies
 //! blobs (largest first, several at a time, each streamed with its digest and size checked on the
 //! fly and its last chunk held back until both match), then pushes child manifests before the
 //! index and sets the target tag last: a lying source never gets a tag on the target.
-//!
-//! [oci-client]: https://docs.rs/oci-client
 
 mod auth;
 mod copy;
 mod layout;
 pub mod manifest;
+mod pace;
 pub mod reference;
 mod registry;
+mod trust;
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -33,6 +32,7 @@ pub use self::auth::{AuthFileError, Credentials, lookup_credentials};
 pub use self::copy::{CopyOptions, ImageSummary, Session, SyncOptions, copy_image, sync_images};
 pub use self::layout::Layout;
 pub use self::manifest::{ManifestError, Platform};
+pub use self::pace::Pace;
 pub use self::reference::{Digest, ImageRef, ParseError, Repository, Version};
 pub use self::registry::{Registry, RegistryOptions, TlsMode};
 
@@ -109,6 +109,15 @@ pub enum ImageError {
         fetch_target = with_port(registry)
     )]
     UnknownAuthority {
+        /// The registry.
+        registry: String,
+        /// The TLS library's words.
+        detail: String,
+    },
+    /// The registry answered the TLS handshake in plain HTTP: it serves plain HTTP only.
+    /// Never retried: it will answer the same way again.
+    #[error("registry `{registry}` answered in plain HTTP, not TLS: it serves plain HTTP only ({detail})")]
+    PlainHttp {
         /// The registry.
         registry: String,
         /// The TLS library's words.
@@ -341,5 +350,6 @@ mod tests {
         assert!(status(503, None).retry_after(1).is_some());
         assert_eq!(status(429, Some(Duration::from_secs(999_999_999))).retry_after(1), Some(MAX_RETRY_AFTER));
         assert!(ImageError::Unauthorized { registry: "r".into(), detail: String::new() }.retry_after(1).is_none());
+        assert!(ImageError::PlainHttp { registry: "r".into(), detail: String::new() }.retry_after(1).is_none());
     }
 }

@@ -1,4 +1,5 @@
-//! A registry endpoint: oci-client for what it serves, its `reqwest` stack for the rest.
+//! A registry endpoint: the distribution API over one `reqwest` client, whose TLS trust is
+//! [`super::trust`]'s: the platform's roots, the CA bundle, and the bundle's certificates pinned.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,15 +8,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RANGE, RETRY_AFTER};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 
 use super::auth::Credentials;
 use super::manifest::{self, Descriptor};
+use super::pace::{self, Pace};
 use super::reference::{Digest, Version};
 use super::{BlobStream, ImageError, RawManifest, retry};
 
@@ -44,6 +44,8 @@ pub struct RegistryOptions {
     pub proxy: Option<String>,
     /// Cap on one manifest's size.
     pub max_manifest_bytes: usize,
+    /// Deadlines for answers.
+    pub pace: Pace,
 }
 
 impl Default for RegistryOptions {
@@ -53,6 +55,7 @@ impl Default for RegistryOptions {
             credentials: Credentials::Anonymous,
             proxy: None,
             max_manifest_bytes: manifest::MAX_MANIFEST_BYTES,
+            pace: Pace::default(),
         }
     }
 }
@@ -64,10 +67,10 @@ pub struct Registry {
     /// resolves it, so credentials are filed under the same key).
     api_host: String,
     scheme: &'static str,
-    client: oci_client::Client,
     http: reqwest::Client,
-    auth: RegistryAuth,
+    credentials: Credentials,
     max_manifest_bytes: usize,
+    pace: Pace,
     /// Set when the registry refused a mount for lack of rights (token registries grant the
     /// target repository only): later blobs skip the attempt.
     mounts_refused: std::sync::atomic::AtomicBool,
@@ -81,6 +84,11 @@ type CachedAuthorization = (Option<HeaderValue>, Instant);
 /// How long a bearer token obtained for our own requests is reused (registries hand out tokens
 /// of at least 60 s).
 const TOKEN_REUSE: Duration = Duration::from_secs(50);
+/// Most entries a tag or catalog listing may have.
+const MAX_LIST_ITEMS: usize = 100_000;
+/// Most pages a tag or catalog listing may have: registries serve 100 or more entries a page
+/// (we ask for 1000), so this reaches [`MAX_LIST_ITEMS`] with room to spare.
+const MAX_LIST_PAGES: usize = 1_000;
 const USER_AGENT: &str = concat!("mover/", env!("CARGO_PKG_VERSION"));
 
 impl std::fmt::Debug for Registry {
@@ -93,63 +101,36 @@ impl Registry {
     /// Prepares a client for `host` (`name[:port]`). Reads the CA bundle now, so a bad bundle is
     /// reported before anything moves.
     pub fn new(host: &str, options: &RegistryOptions) -> Result<Registry, ImageError> {
-        let mut roots = Vec::new();
-        let mut config = ClientConfig {
-            protocol: if options.tls == TlsMode::PlainHttp { ClientProtocol::Http } else { ClientProtocol::Https },
-            accept_invalid_certificates: options.tls == TlsMode::NoVerify,
-            // One PUT per blob, its body streamed: chunked PATCHes would cost a request per
-            // network read.
-            use_monolithic_push: true,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(120)),
-            user_agent: USER_AGENT,
-            https_proxy: options.proxy.clone(),
-            http_proxy: options.proxy.clone(),
-            platform_resolver: None,
-            ..ClientConfig::default()
-        };
-        if let TlsMode::Verify { ca_bundle: Some(path) } = &options.tls {
-            roots = read_bundle(path)?;
-            config.extra_root_certificates =
-                roots.iter().map(|der| Certificate { encoding: CertificateEncoding::Der, data: der.clone() }).collect();
-        }
-        let client =
-            oci_client::Client::try_from(config).map_err(|e| ImageError::Invalid(format!("registry `{host}`: {e}")))?;
+        let invalid = |what: &str, e: &dyn std::fmt::Display| ImageError::Invalid(format!("{what} `{host}`: {e}"));
         let mut http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(Duration::from_secs(15))
-            .read_timeout(Duration::from_secs(120))
-            .danger_accept_invalid_certs(options.tls == TlsMode::NoVerify);
-        if !roots.is_empty() {
-            let certs = roots
-                .iter()
-                .map(|der| reqwest::Certificate::from_der(der))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ImageError::Invalid(format!("CA bundle for `{host}`: {e}")))?;
-            http = http.tls_certs_merge(certs);
+            .read_timeout(Duration::from_secs(120));
+        match &options.tls {
+            TlsMode::PlainHttp => {}
+            TlsMode::NoVerify => http = http.tls_danger_accept_invalid_certs(true),
+            TlsMode::Verify { ca_bundle } => {
+                let bundle = match ca_bundle {
+                    Some(path) => read_bundle(path)?,
+                    None => Vec::new(),
+                };
+                http = http.tls_backend_preconfigured(tls_config(bundle).map_err(|e| invalid("CA bundle for", &e))?);
+            }
         }
         if let Some(proxy) = &options.proxy {
-            http = http.proxy(
-                reqwest::Proxy::all(proxy.as_str())
-                    .map_err(|e| ImageError::Invalid(format!("proxy for `{host}`: {e}")))?,
-            );
+            http = http.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| invalid("proxy for", &e))?);
         }
-        let http = http.build().map_err(|e| ImageError::Invalid(format!("registry `{host}`: {e}")))?;
-        let auth = match &options.credentials {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { user, password } => RegistryAuth::Basic(user.clone(), password.clone()),
-            Credentials::Token(token) => RegistryAuth::Bearer(token.clone()),
-        };
-        let api_host =
-            Reference::with_tag(host.to_owned(), "x".to_owned(), "y".to_owned()).resolve_registry().to_owned();
+        let http = http.build().map_err(|e| invalid("registry", &e))?;
+        // Docker Hub's API answers on its own host name, as the docker CLI and oci-client resolve it.
+        let api_host = if host == "docker.io" { "index.docker.io".to_owned() } else { host.to_owned() };
         Ok(Registry {
             host: host.to_owned(),
             api_host,
             scheme: if options.tls == TlsMode::PlainHttp { "http" } else { "https" },
-            client,
             http,
-            auth,
+            credentials: options.credentials.clone(),
             max_manifest_bytes: options.max_manifest_bytes,
+            pace: options.pace,
             authorizations: Mutex::new(HashMap::new()),
             mounts_refused: std::sync::atomic::AtomicBool::new(false),
         })
@@ -159,16 +140,6 @@ impl Registry {
     #[must_use]
     pub fn host(&self) -> &str {
         &self.host
-    }
-
-    fn reference(&self, repository: &str, version: Option<&Version>) -> Reference {
-        match version {
-            Some(Version::Digest(digest)) => {
-                Reference::with_digest(self.host.clone(), repository.to_owned(), digest.to_string())
-            }
-            Some(Version::Tag(tag)) => Reference::with_tag(self.host.clone(), repository.to_owned(), tag.clone()),
-            None => Reference::with_tag(self.host.clone(), repository.to_owned(), "latest".to_owned()),
-        }
     }
 
     fn url(&self, repository: &str, tail: &str) -> String {
@@ -188,7 +159,13 @@ impl Registry {
             source = cause.source();
         }
         let lower = chain.to_lowercase();
-        if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("unknown authority") {
+        if lower.contains("invalidcontenttype") {
+            // rustls read an HTTP answer where a TLS record should be.
+            ImageError::PlainHttp { registry: self.host.clone(), detail: chain }
+        } else if lower.contains("unknownissuer")
+            || lower.contains("unknown issuer")
+            || lower.contains("unknown authority")
+        {
             ImageError::UnknownAuthority { registry: self.host.clone(), detail: chain }
         } else if lower.contains("tunnel error") {
             ImageError::Proxy { registry: self.host.clone(), detail: chain }
@@ -196,64 +173,6 @@ impl Registry {
             ImageError::Tls { registry: self.host.clone(), detail: chain }
         } else {
             ImageError::Transport { registry: self.host.clone(), what: what.to_owned(), detail: chain }
-        }
-    }
-
-    fn oci_error(&self, what: &str, error: OciDistributionError) -> ImageError {
-        match error {
-            OciDistributionError::RequestError(error) => match error.status() {
-                Some(status) => self.status_error(what, status.as_u16(), b"", None),
-                None => self.transport(what, &error),
-            },
-            OciDistributionError::UnauthorizedError { .. } => {
-                ImageError::Unauthorized { registry: self.host.clone(), detail: String::new() }
-            }
-            OciDistributionError::AuthenticationFailure(reason) => ImageError::Unauthorized {
-                registry: self.host.clone(),
-                detail: format!(" ({})", gist(reason.as_bytes())),
-            },
-            OciDistributionError::ServerError { code, message, .. } => {
-                self.status_error(what, code, message.as_bytes(), None)
-            }
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let denied = envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        oci_client::errors::OciErrorCode::Unauthorized | oci_client::errors::OciErrorCode::Denied
-                    )
-                });
-                let detail = envelope.errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; ");
-                use oci_client::errors::OciErrorCode;
-                let status = if envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::Toomanyrequests)) {
-                    429
-                } else if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        OciErrorCode::NameUnknown
-                            | OciErrorCode::ManifestUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) {
-                    404
-                } else {
-                    400
-                };
-                if denied {
-                    ImageError::Unauthorized { registry: self.host.clone(), detail: format!(" ({detail})") }
-                } else {
-                    ImageError::Status {
-                        registry: self.host.clone(),
-                        what: what.to_owned(),
-                        status,
-                        detail: format!(": {detail}"),
-                        retry_after: None,
-                    }
-                }
-            }
-            other => {
-                ImageError::Transport { registry: self.host.clone(), what: what.to_owned(), detail: other.to_string() }
-            }
         }
     }
 
@@ -282,27 +201,22 @@ impl Registry {
         {
             return Ok(value.clone());
         }
-        let value = match &self.auth {
-            RegistryAuth::Bearer(token) => Some(format!("Bearer {token}")),
-            auth => {
-                let operation = if push { RegistryOperation::Push } else { RegistryOperation::Pull };
-                let reference = self.reference(repository, None);
-                // Not retried here: the request this authorizes is retried as a whole.
-                let token = self
-                    .client
-                    .auth(&reference, auth, operation)
-                    .await
-                    .map_err(|e| self.oci_error("authentication", e))?;
-                match (token, auth) {
-                    (Some(token), _) => Some(format!("Bearer {token}")),
-                    (None, RegistryAuth::Basic(user, password)) => {
+        let value = match &self.credentials {
+            Credentials::Token(token) => Some(format!("Bearer {token}")),
+            // Not retried here: the request this authorizes is retried as a whole.
+            credentials => match self.challenge().await? {
+                Challenge::Bearer { realm, service } => {
+                    Some(format!("Bearer {}", self.token(&realm, service.as_deref(), repository, push).await?))
+                }
+                Challenge::Basic | Challenge::None => match credentials {
+                    Credentials::Basic { user, password } => {
                         use base64::Engine;
                         let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                         Some(format!("Basic {pair}"))
                     }
-                    (None, _) => None,
-                }
-            }
+                    _ => None,
+                },
+            },
         };
         let value = value
             .map(|text| {
@@ -337,7 +251,7 @@ impl Registry {
             if let Some(value) = self.authorization(repository, push).await? {
                 request = request.header(AUTHORIZATION, value);
             }
-            let response = request.send().await.map_err(|e| self.transport(what, &e))?;
+            let response = self.timed_send(what, request).await?;
             if response.status() != StatusCode::UNAUTHORIZED || fresh {
                 return Ok(response);
             }
@@ -346,14 +260,66 @@ impl Registry {
     }
 
     /// `location` as an absolute URL when it is on this registry's own origin (a path, or an
-    /// URL with our scheme and host); `None` otherwise: our credentials go nowhere else.
+    /// URL with our scheme, host and port, a default port written or not); `None` otherwise:
+    /// our credentials go nowhere else.
     fn own_url(&self, location: &str) -> Option<String> {
-        let origin = format!("{}://{}", self.scheme, self.api_host);
-        if location.starts_with('/') {
-            Some(format!("{origin}{location}"))
-        } else {
-            location.starts_with(&format!("{origin}/")).then(|| location.to_owned())
+        let origin = reqwest::Url::parse(&format!("{}://{}/", self.scheme, self.api_host)).ok()?;
+        let url = origin.join(location).ok()?;
+        (url.origin() == origin.origin()).then(|| url.to_string())
+    }
+
+    /// What `GET /v2/` asks of clients: which authentication, and where to get a token.
+    async fn challenge(&self) -> Result<Challenge, ImageError> {
+        let url = format!("{}://{}/v2/", self.scheme, self.api_host);
+        let what = "GET /v2/ (authentication challenge)";
+        let response = self.timed_send(what, self.http.get(&url)).await?;
+        let header = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        Ok(Challenge::parse(header))
+    }
+
+    /// A bearer token from the registry's token service, for pulling (and pushing) `repository`,
+    /// obtained with our Basic credentials when we have some.
+    async fn token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        repository: &str,
+        push: bool,
+    ) -> Result<String, ImageError> {
+        #[derive(serde::Deserialize)]
+        struct TokenReply {
+            token: Option<String>,
+            access_token: Option<String>,
         }
+        let scope = format!("repository:{repository}:{}", if push { "pull,push" } else { "pull" });
+        let mut query = vec![("scope", scope.as_str())];
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let what = "get a token (authentication)";
+        let mut request = self.http.get(realm).query(&query);
+        if let Credentials::Basic { user, password } = &self.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = self.timed_send(what, request).await?;
+        if response.status() != StatusCode::OK {
+            let body = self.read_capped(response, 4096, what).await.unwrap_or_default();
+            let detail = gist(&body);
+            return Err(ImageError::Unauthorized {
+                registry: self.host.clone(),
+                detail: if detail.is_empty() { String::new() } else { format!(" ({detail})") },
+            });
+        }
+        let body = self.read_capped(response, 1 << 20, what).await?;
+        let reply: TokenReply = serde_json::from_slice(&body).map_err(|e| {
+            ImageError::Invalid(format!(
+                "the token service of `{}` answered something that is not a token: {e}",
+                self.host
+            ))
+        })?;
+        reply.token.or(reply.access_token).ok_or_else(|| {
+            ImageError::Invalid(format!("the token service of `{}` answered without a token", self.host))
+        })
     }
 
     /// Cancels the upload a `202` reply opened (best effort, on our own origin only).
@@ -376,11 +342,51 @@ impl Registry {
         if let Some(value) = self.authorization(repository, push).await? {
             request = request.header(AUTHORIZATION, value);
         }
-        request.send().await.map_err(|e| self.transport(what, &e))
+        self.timed_send(what, request).await
+    }
+
+    /// Sends a request whose response headers must arrive within the pace's deadline.
+    async fn timed_send(&self, what: &str, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ImageError> {
+        match pace::headers_within(self.pace, request.send()).await {
+            Ok(response) => response.map_err(|e| self.transport(what, &e)),
+            Err(detail) => Err(ImageError::Transport { registry: self.host.clone(), what: what.to_owned(), detail }),
+        }
+    }
+
+    /// A response body at the pace's minimum rate.
+    fn body(&self, what: &str, response: reqwest::Response) -> BlobStream {
+        let (host, what) = (self.host.clone(), what.to_owned());
+        let slow = {
+            let (host, what) = (host.clone(), what.clone());
+            move |detail| ImageError::Transport { registry: host.clone(), what: what.clone(), detail }
+        };
+        let chunks = response.bytes_stream().map_err(move |e| ImageError::Transport {
+            registry: host.clone(),
+            what: what.clone(),
+            detail: chain(&e),
+        });
+        pace::min_rate(self.pace, Box::pin(chunks), slow)
+    }
+
+    /// Reads a response body at the minimum rate, stopping after `cap` bytes.
+    async fn read_capped(&self, response: reqwest::Response, cap: usize, what: &str) -> Result<Vec<u8>, ImageError> {
+        let mut body = Vec::new();
+        let mut stream = self.body(what, response);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let room = cap.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= cap {
+                break;
+            }
+        }
+        Ok(body)
     }
 
     /// GETs a JSON list page by page, following `Link: <...>; rel="next"` on this registry's
-    /// own origin; each page is read with a cap, and the whole list is capped too.
+    /// own origin; each page is read with a cap, and the whole list is capped too: in entries,
+    /// in pages (empty pages would otherwise cost nothing), and a page asked for twice ends the
+    /// listing (a `next` link that leads back would loop forever).
     async fn paged_list(
         &self,
         repository: &str,
@@ -389,10 +395,22 @@ impl Registry {
         what: &str,
     ) -> Result<Vec<String>, ImageError> {
         const PAGE_CAP: usize = 8 << 20;
-        const MAX_ITEMS: usize = 100_000;
         let mut next = Some(first);
         let mut items = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         while let Some(url) = next.take() {
+            if seen.len() >= MAX_LIST_PAGES {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: `{}` sent more than {MAX_LIST_PAGES} pages; the listing was abandoned",
+                    self.host
+                )));
+            }
+            if !seen.insert(url.clone()) {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: `{}` links back to a page it already sent (`{url}`); the listing was abandoned",
+                    self.host
+                )));
+            }
             let response = retry(what, || async {
                 let response = self.send(repository, false, what, |http| http.get(&url)).await?;
                 match response.status() {
@@ -412,7 +430,7 @@ impl Registry {
                     link.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(u, _)| u.to_owned())
                 })
                 .and_then(|link| self.own_url(&link));
-            let body = read_capped(response, PAGE_CAP + 1).await.map_err(|e| self.transport(what, &e))?;
+            let body = self.read_capped(response, PAGE_CAP + 1, what).await?;
             if body.len() > PAGE_CAP {
                 return Err(ImageError::Invalid(format!(
                     "{what}: a page of more than {PAGE_CAP} bytes from `{}`",
@@ -424,8 +442,11 @@ impl Registry {
             })?;
             let page_items = page.get(field).and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default();
             items.extend(page_items.iter().filter_map(|v| v.as_str()).map(str::to_owned));
-            if items.len() > MAX_ITEMS {
-                return Err(ImageError::Invalid(format!("{what}: more than {MAX_ITEMS} entries from `{}`", self.host)));
+            if items.len() > MAX_LIST_ITEMS {
+                return Err(ImageError::Invalid(format!(
+                    "{what}: more than {MAX_LIST_ITEMS} entries from `{}`",
+                    self.host
+                )));
             }
         }
         Ok(items)
@@ -439,7 +460,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = read_capped(response, 4096).await.unwrap_or_default();
+        let body = self.read_capped(response, 4096, what).await.unwrap_or_default();
         self.status_error(what, status, &body, retry_after)
     }
 
@@ -484,9 +505,7 @@ impl Registry {
                     problem: manifest::ManifestError::TooLarge { limit: self.max_manifest_bytes },
                 });
             }
-            let bytes = read_capped(response, self.max_manifest_bytes + 1)
-                .await
-                .map_err(|e| self.transport(&request_what, &e))?;
+            let bytes = self.read_capped(response, self.max_manifest_bytes + 1, &request_what).await?;
             if bytes.len() > self.max_manifest_bytes {
                 return Err(ImageError::Manifest {
                     what: what.to_owned(),
@@ -536,20 +555,9 @@ impl Registry {
             }
             _ => return Err(self.fail(&what, response).await),
         };
-        let host = self.host.clone();
         let mut skip = skip;
-        let stream = response
-            .bytes_stream()
-            .map_err(move |e| {
-                let mut detail = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    detail.push_str(": ");
-                    detail.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                ImageError::Transport { registry: host.clone(), what: what.clone(), detail }
-            })
+        let stream = self
+            .body(&what, response)
             // A server that ignored `Range` sends from 0: drop what we already have.
             .map_ok(move |mut chunk: Bytes| {
                 if skip > 0 {
@@ -565,11 +573,15 @@ impl Registry {
 
     /// HEAD a blob.
     pub async fn has_blob(&self, repository: &str, digest: &Digest) -> Result<bool, ImageError> {
-        let reference = self.reference(repository, None);
-        self.client.store_auth_if_needed(&self.api_host, &self.auth).await;
+        let url = self.url(repository, &format!("blobs/{digest}"));
         let what = format!("HEAD blob {}", digest.short());
         retry(&what, || async {
-            self.client.blob_exists(&reference, &digest.to_string()).await.map_err(|e| self.oci_error(&what, e))
+            let response = self.send(repository, false, &what, |http| http.head(&url)).await?;
+            match response.status() {
+                StatusCode::OK => Ok(true),
+                StatusCode::NOT_FOUND => Ok(false),
+                _ => Err(self.fail(&what, response).await),
+            }
         })
         .await
     }
@@ -607,22 +619,50 @@ impl Registry {
         }
     }
 
-    /// Uploads a blob in one streamed PUT (oci-client's monolithic push).
+    /// Uploads a blob: an upload session (`POST`), then one streamed `PUT` with the digest
+    /// (chunked `PATCH`es would cost a request per network read).
     pub async fn put_blob(
         &self,
         repository: &str,
         descriptor: &Descriptor,
         stream: BlobStream,
     ) -> Result<(), ImageError> {
-        self.client.store_auth_if_needed(&self.api_host, &self.auth).await;
-        let reference = self.reference(repository, None);
-        let stream = stream.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())));
+        let url = format!("{}://{}/v2/{repository}/blobs/uploads/", self.scheme, self.api_host);
         let what = format!("upload blob {}", descriptor.digest.short());
-        self.client
-            .push_blob_stream(&reference, stream, &descriptor.digest.to_string(), Some(descriptor.size))
-            .await
-            .map(drop)
-            .map_err(|e| self.oci_error(&what, e))
+        let response = retry(&what, || async {
+            let response =
+                self.send(repository, true, &what, |http| http.post(&url).header(CONTENT_LENGTH, "0")).await?;
+            if response.status() == StatusCode::ACCEPTED { Ok(response) } else { Err(self.fail(&what, response).await) }
+        })
+        .await?;
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let Some(location) = self.own_url(location) else {
+            return Err(ImageError::Transport {
+                registry: self.host.clone(),
+                what,
+                detail: "the registry named no upload location on its own origin".into(),
+            });
+        };
+        let mut location = reqwest::Url::parse(&location).map_err(|e| ImageError::Transport {
+            registry: self.host.clone(),
+            what: what.clone(),
+            detail: e.to_string(),
+        })?;
+        location.query_pairs_mut().append_pair("digest", &descriptor.digest.to_string());
+        let mut request = self
+            .http
+            .put(location)
+            .header(CONTENT_LENGTH, descriptor.size)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        if let Some(value) = self.authorization(repository, true).await? {
+            request = request.header(AUTHORIZATION, value);
+        }
+        let response = request.send().await.map_err(|e| self.transport(&what, &e))?;
+        match response.status() {
+            StatusCode::CREATED => Ok(()),
+            _ => Err(self.fail(&what, response).await),
+        }
     }
 
     /// PUT a manifest by digest, or by tag.
@@ -632,21 +672,24 @@ impl Registry {
         manifest: &RawManifest,
         tag: Option<&str>,
     ) -> Result<(), ImageError> {
-        self.client.store_auth_if_needed(&self.api_host, &self.auth).await;
-        let version = match tag {
-            Some(tag) => Version::Tag(tag.to_owned()),
-            None => Version::Digest(manifest.digest.clone()),
+        let reference = match tag {
+            Some(tag) => tag.to_owned(),
+            None => manifest.digest.to_string(),
         };
-        let reference = self.reference(repository, Some(&version));
         let content_type = HeaderValue::from_str(&manifest.media_type)
             .map_err(|_| ImageError::Invalid(format!("media type `{}` cannot be sent", manifest.media_type)))?;
-        let what = format!("PUT manifest {repository}{version}");
+        let url = self.url(repository, &format!("manifests/{reference}"));
+        let what = format!("PUT manifest {repository}:{reference}");
         retry(&what, || async {
-            self.client
-                .push_manifest_raw(&reference, manifest.bytes.clone(), content_type.clone())
-                .await
-                .map(drop)
-                .map_err(|e| self.oci_error(&what, e))
+            let response = self
+                .send(repository, true, &what, |http| {
+                    http.put(&url).header(CONTENT_TYPE, content_type.clone()).body(manifest.bytes.clone())
+                })
+                .await?;
+            match response.status() {
+                StatusCode::CREATED | StatusCode::OK => Ok(()),
+                _ => Err(self.fail(&what, response).await),
+            }
         })
         .await
     }
@@ -712,19 +755,80 @@ impl Registry {
     }
 }
 
-/// Reads a response body, stopping after `cap` bytes.
-async fn read_capped(response: reqwest::Response, cap: usize) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        let room = cap.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= cap {
-            break;
+/// The authentication a registry asks for in `WWW-Authenticate`.
+#[derive(Debug, PartialEq, Eq)]
+enum Challenge {
+    /// None: anonymous access works.
+    None,
+    /// HTTP Basic.
+    Basic,
+    /// The token flow: a token from `realm` for `service`.
+    Bearer { realm: String, service: Option<String> },
+}
+
+impl Challenge {
+    /// Parses `Bearer realm="…",service="…",scope="…"` (quoted values may hold commas) or
+    /// `Basic realm="…"`.
+    fn parse(header: &str) -> Challenge {
+        let header = header.trim();
+        let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Challenge::Basic;
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Challenge::None;
+        }
+        let mut realm = None;
+        let mut service = None;
+        let mut rest = params.trim();
+        while let Some((key, after)) = rest.split_once('=') {
+            let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+            let after = after.trim_start();
+            let (value, next) = match after.strip_prefix('"') {
+                Some(quoted) => match quoted.split_once('"') {
+                    Some((value, next)) => (value, next),
+                    None => (quoted, ""),
+                },
+                None => after.split_once(',').unwrap_or((after, "")),
+            };
+            match key.as_str() {
+                "realm" => realm = Some(value.to_owned()),
+                "service" => service = Some(value.to_owned()),
+                _ => {}
+            }
+            rest = next.trim_start().trim_start_matches(',');
+        }
+        match realm {
+            Some(realm) => Challenge::Bearer { realm, service },
+            None => Challenge::None,
         }
     }
-    Ok(body)
+}
+
+/// The TLS client configuration for a registry: see [`super::trust`].
+fn tls_config(bundle: Vec<Vec<u8>>) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = crate::tunnel::provider();
+    let bundle = bundle.into_iter().map(rustls::pki_types::CertificateDer::from).collect();
+    let verifier = super::trust::BundleVerifier::new(bundle, provider.clone())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// An error and its causes, in one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut detail = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    detail
 }
 
 /// The first line or so of an error body, for messages.
