@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod location;
+mod output;
 mod plan;
 mod printer;
 
@@ -19,6 +20,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INTERNAL: u8 = 2;
 /// Exit code: invalid usage.
 pub const EXIT_USAGE: u8 = 64;
+/// Exit code: interrupted (SIGINT, SIGTERM).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// How a command ended.
 pub enum Outcome {
@@ -26,9 +29,17 @@ pub enum Outcome {
     Success,
     /// The migration failed; the reason was printed.
     Failed,
+    /// The user interrupted it; what was done was reported.
+    Cancelled,
 }
 
 fn main() -> ExitCode {
+    output::install_panic_hook();
+    // A panic is a bug, reported as an internal error, never Rust's exit code 101.
+    std::panic::catch_unwind(run).unwrap_or(ExitCode::from(EXIT_INTERNAL))
+}
+
+fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -44,15 +55,14 @@ fn main() -> ExitCode {
         1 => "info,rustls_platform_verifier=off",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| level.into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    output::init_logs(
+        tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| level.into()),
+        std::io::stderr().is_terminal(),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            output::eprintln(&format!("error: cannot start the async runtime: {error}"));
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
@@ -68,6 +78,11 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILED),
+        Ok(Outcome::Cancelled) => {
+            // Copies still winding down must not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
         Err(error) => {
             printer::print_error(&error);
             ExitCode::from(EXIT_FAILED)

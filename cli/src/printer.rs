@@ -1,8 +1,7 @@
 //! What `mover` shows: a progress bar on a terminal, JSON lines with `--output json`, nothing
 //! otherwise; errors as `error:`, `Caused by:` lines and an optional `hint:`.
 
-use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,11 +13,12 @@ use mover_engine::tunnel::{ProxyError, TunnelError};
 use mover_engine::wire::{RemoteErrorKind, WireError};
 
 use crate::args::{GlobalArgs, OutputFormat};
+use crate::output;
 
 /// Renders engine events.
 pub enum Printer {
     /// JSON lines on stdout.
-    Json(Mutex<std::io::Stdout>),
+    Json,
     /// A progress bar on stderr.
     Bar(ProgressBar),
     /// Only warnings, on stderr.
@@ -29,7 +29,7 @@ impl Printer {
     /// Picks the renderer once.
     pub fn new(global: &GlobalArgs) -> Printer {
         if global.output == OutputFormat::Json {
-            return Printer::Json(Mutex::new(std::io::stdout()));
+            return Printer::Json;
         }
         if global.no_progress || !std::io::stderr().is_terminal() {
             return Printer::Quiet;
@@ -45,22 +45,13 @@ impl Printer {
         Printer::Bar(bar)
     }
 
-    fn json_line(&self, value: &serde_json::Value) {
-        if let Printer::Json(stdout) = self {
-            let mut stdout = stdout.lock().expect("stdout lock");
-            // A closed stdout (broken pipe) is not our failure: stop writing quietly.
-            let _ = writeln!(stdout, "{value}");
-            let _ = stdout.flush();
-        }
-    }
-
     /// Prints the end-of-run summary (JSON: the last line; text: only with `-v`).
     pub fn summary(&self, summary: &Summary, verbose: bool) {
         match self {
-            Printer::Json(_) => {
+            Printer::Json => {
                 let mut value = serde_json::to_value(summary).expect("summary serialises");
                 value["type"] = "summary".into();
-                self.json_line(&value);
+                output::json_final(&value);
             }
             Printer::Bar(bar) => {
                 bar.finish_and_clear();
@@ -71,12 +62,12 @@ impl Printer {
             Printer::Quiet if verbose => print_summary_text(summary),
             Printer::Quiet => {}
         }
-        if !matches!(self, Printer::Json(_)) {
+        if !matches!(self, Printer::Json) {
             for what in &summary.not_preserved {
-                eprintln!("warning: not preserved: {what}");
+                output::eprintln(&format!("warning: not preserved: {what}"));
             }
             for error in &summary.errors {
-                eprintln!("error: {error}");
+                output::eprintln(&format!("error: {error}"));
             }
         }
     }
@@ -107,7 +98,7 @@ pub(crate) fn typed(event: &Event) -> serde_json::Value {
 }
 
 fn print_summary_text(summary: &Summary) {
-    eprintln!(
+    output::eprintln(&format!(
         "{} of {} files transferred, {} of {} bytes, {} bytes on the wire, {:.2}s",
         summary.files_transferred,
         summary.files_total,
@@ -115,7 +106,7 @@ fn print_summary_text(summary: &Summary) {
         summary.bytes_total,
         summary.bytes_on_wire,
         summary.elapsed_s
-    );
+    ));
 }
 
 impl Reporter for Printer {
@@ -125,7 +116,7 @@ impl Reporter for Printer {
 
     fn on_event(&self, event: &Event) {
         match self {
-            Printer::Json(_) => self.json_line(&typed(event)),
+            Printer::Json => output::json_line(&typed(event)),
             Printer::Bar(bar) => match event {
                 Event::Totals { files, bytes } => {
                     bar.set_length(*bytes);
@@ -135,12 +126,12 @@ impl Reporter for Printer {
                     bar.set_position(*bytes_done);
                     bar.set_message(format!("{files_done} files"));
                 }
-                Event::Warning { message } => bar.suspend(|| eprintln!("warning: {message}")),
+                Event::Warning { message } => bar.suspend(|| output::eprintln(&format!("warning: {message}"))),
                 Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } => {}
             },
             Printer::Quiet => {
                 if let Event::Warning { message } = event {
-                    eprintln!("warning: {message}");
+                    output::eprintln(&format!("warning: {message}"));
                 }
             }
         }
@@ -149,17 +140,20 @@ impl Reporter for Printer {
 
 /// Prints an error, its causes and, when we know one, a hint.
 pub fn print_error(error: &anyhow::Error) {
-    eprintln!("error: {error}");
+    let mut text = format!("error: {error}");
     let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
     if !causes.is_empty() {
-        eprintln!("\nCaused by:");
+        text.push_str("\n\nCaused by:");
         for cause in causes {
-            eprintln!("    {cause}");
+            text.push_str("\n    ");
+            text.push_str(&cause);
         }
     }
     if let Some(hint) = hint(error) {
-        eprintln!("\nhint: {hint}");
+        text.push_str("\n\nhint: ");
+        text.push_str(&hint);
     }
+    output::eprintln(&text);
 }
 
 fn hint(error: &anyhow::Error) -> Option<String> {
