@@ -81,20 +81,21 @@ pub fn println(text: &str) {
     print(&line);
 }
 
-/// A JSON value as text (pretty or one line), with DEL and C1 controls escaped as `\u00XX`.
+/// `value` as JSON text (pretty or one line), with DEL and C1 controls escaped as `\u00XX`.
 ///
-/// serde_json escapes C0 controls only. Outside strings JSON is ASCII, so the replacement only
-/// ever touches string contents and keeps the value the same.
+/// serde_json escapes C0 controls in strings, but not DEL and C1. Outside strings JSON is ASCII,
+/// so the replacement only ever touches string contents and keeps the value the same.
 #[must_use]
-pub fn json_text(value: &serde_json::Value, pretty: bool) -> String {
+pub fn json_text(value: &impl serde::Serialize, pretty: bool) -> String {
+    let is_unescaped = |c: char| matches!(c, '\x7f'..='\u{9f}');
     let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
-    let text = text.expect("a JSON value serialises");
-    if !text.chars().any(is_control) {
+    let text = text.expect("our JSON types serialise");
+    if !text.chars().any(is_unescaped) {
         return text;
     }
     let mut out = String::with_capacity(text.len() + 12);
     for c in text.chars() {
-        if is_control(c) {
+        if is_unescaped(c) {
             let _ = write!(out, "\\u{:04x}", u32::from(c));
         } else {
             out.push(c);
@@ -166,8 +167,10 @@ mod tests {
     #[test]
     fn json_keeps_its_value_without_raw_controls() {
         let value = serde_json::json!({"path": "a\x1b[2J\u{9b}b\x7f"});
-        let text = json_text(&value, false);
-        assert!(!text.chars().any(|c| c.is_control()), "{text}");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value);
+        for pretty in [false, true] {
+            let text = json_text(&value, pretty);
+            assert!(!text.chars().any(|c| c.is_control() && c != '\n' && c != ' '), "{text}");
+            assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), value);
+        }
     }
 }

@@ -278,8 +278,7 @@ impl Report {
 
     /// Writes the report as pretty JSON.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let value = serde_json::to_value(self).expect("reports serialise");
-        let mut json = crate::output::json_text(&value, true);
+        let mut json = crate::output::json_text(self, true);
         json.push('\n');
         std::fs::write(path, json).with_context(|| format!("while writing the report to `{}`", path.display()))
     }
