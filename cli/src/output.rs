@@ -83,7 +83,7 @@ pub fn println(text: &str) {
 
 /// `value` as JSON text (pretty or one line), with DEL and C1 controls escaped as `\u00XX`.
 ///
-/// serde_json escapes C0 controls in strings, but not DEL and C1. Outside strings JSON is ASCII,
+/// `serde_json` escapes C0 controls in strings, but not DEL and C1. Outside strings JSON is ASCII,
 /// so the replacement only ever touches string contents and keeps the value the same.
 #[must_use]
 pub fn json_text(value: &impl serde::Serialize, pretty: bool) -> String {

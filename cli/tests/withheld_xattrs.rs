@@ -50,9 +50,9 @@ fn file_capabilities_and_trusted_attributes_are_listed_as_not_preserved() {
     );
     // Still never copied; the user attribute is.
     let mut buffer = [0u8; 64];
-    assert!(rustix::fs::getxattr(&dst.join("bin/ping"), "security.capability", &mut buffer[..]).is_err());
-    assert!(rustix::fs::getxattr(&dst.join("notes"), "trusted.foo", &mut buffer[..]).is_err());
-    assert_eq!(rustix::fs::getxattr(&dst.join("notes"), "user.kept", &mut buffer[..]).unwrap(), 3);
+    assert!(rustix::fs::getxattr(dst.join("bin/ping"), "security.capability", &mut buffer[..]).is_err());
+    assert!(rustix::fs::getxattr(dst.join("notes"), "trusted.foo", &mut buffer[..]).is_err());
+    assert_eq!(rustix::fs::getxattr(dst.join("notes"), "user.kept", &mut buffer[..]).unwrap(), 3);
 
     // On the terminal's stream: a warning naming the path, on every run (a no-change run too).
     let output = mover(&["copy", src.to_str().unwrap(), dst.to_str().unwrap()]);

@@ -3,7 +3,7 @@
 //! Copied: `user.*`, POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`), and
 //! `security.selinux` when asked. Never copied: `trusted.*`, `security.capability` and other
 //! `security.*` names, which grant privileges on the target node. The sender notes what it
-//! leaves behind ([`Withheld`]) so the summary says so (SELinux labels aside: copying them is
+//! leaves behind ([`Withheld`]) so the summary says so (`SELinux` labels aside: copying them is
 //! an option of its own).
 
 use std::collections::BTreeMap;
