@@ -126,6 +126,12 @@ fn raise_fd_limit() {
     }
 }
 
+/// Writes a line to stderr; a closed or full stderr is not a reason to panic.
+fn print_error(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -136,7 +142,9 @@ fn main() -> ExitCode {
     };
     let Command::Serve(args) = cli.command;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A closed or full stderr drops log lines; the agent keeps serving (and never panics on it).
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -147,21 +155,21 @@ fn main() -> ExitCode {
     let agent = match configure(&args) {
         Ok(agent) => agent.with_observer(metrics.clone()),
         Err(error) => {
-            eprintln!("error: {error:#}");
+            print_error(&format!("error: {error:#}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            print_error(&format!("error: cannot start the async runtime: {error}"));
             return ExitCode::from(EXIT_FAILED);
         }
     };
     match runtime.block_on(serve(agent, metrics, &args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            print_error(&format!("error: {error:#}"));
             ExitCode::from(EXIT_FAILED)
         }
     }

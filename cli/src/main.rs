@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod location;
+mod output;
 mod plan;
 mod printer;
 
@@ -28,10 +29,12 @@ pub enum Outcome {
     Success,
     /// The migration failed; the reason was printed.
     Failed,
+    /// The user interrupted it; what was done was reported.
+    Cancelled,
 }
 
 /// Completes on the first SIGINT (Ctrl-C) or SIGTERM.
-async fn cancelled() {
+pub(crate) async fn cancelled() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
     else {
@@ -45,6 +48,12 @@ async fn cancelled() {
 }
 
 fn main() -> ExitCode {
+    output::install_panic_hook();
+    // A panic is a bug, reported as an internal error, never Rust's exit code 101.
+    std::panic::catch_unwind(run).unwrap_or(ExitCode::from(EXIT_INTERNAL))
+}
+
+fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -60,19 +69,20 @@ fn main() -> ExitCode {
         1 => "info,rustls_platform_verifier=off",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| level.into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    output::init_logs(
+        tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| level.into()),
+        std::io::stderr().is_terminal(),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            output::eprintln(&format!("error: cannot start the async runtime: {error}"));
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
     let json = matches!(cli.global.output, args::OutputFormat::Json);
+    // `plan run` cancels itself, to write its report first.
+    let cancels_itself = matches!(cli.command, Command::Plan(_));
     let result = runtime.block_on(async {
         let command = async {
             match cli.command {
@@ -85,7 +95,7 @@ fn main() -> ExitCode {
         };
         tokio::select! {
             result = command => Some(result),
-            () = cancelled() => None,
+            () = cancelled(), if !cancels_itself => None,
         }
     });
     let Some(result) = result else {
@@ -98,6 +108,11 @@ fn main() -> ExitCode {
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILED),
+        Ok(Outcome::Cancelled) => {
+            // Copies still winding down must not hold the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            ExitCode::from(EXIT_CANCELLED)
+        }
         Err(error) => {
             printer::print_error(&error);
             ExitCode::from(EXIT_FAILED)

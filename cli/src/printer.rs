@@ -1,7 +1,7 @@
 //! What `mover` shows: a progress bar on a terminal, JSON lines with `--output json`, nothing
 //! otherwise; errors as `error:`, `Caused by:` lines and an optional `hint:`.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -14,11 +14,12 @@ use mover_engine::tunnel::{ProxyError, TunnelError};
 use mover_engine::wire::{RemoteErrorKind, WireError};
 
 use crate::args::{GlobalArgs, OutputFormat};
+use crate::output;
 
 /// Renders engine events.
 pub enum Printer {
     /// JSON lines on stdout.
-    Json(Mutex<std::io::Stdout>),
+    Json,
     /// A progress bar on stderr, and the rate at which content is being sent.
     Bar(ProgressBar, Mutex<SendRate>),
     /// Only warnings, on stderr.
@@ -29,7 +30,7 @@ impl Printer {
     /// Picks the renderer once.
     pub fn new(global: &GlobalArgs) -> Printer {
         if global.output == OutputFormat::Json {
-            return Printer::Json(Mutex::new(std::io::stdout()));
+            return Printer::Json;
         }
         if global.no_progress || !std::io::stderr().is_terminal() {
             return Printer::Quiet;
@@ -43,22 +44,13 @@ impl Printer {
         Printer::Bar(bar, Mutex::new(SendRate::default()))
     }
 
-    fn json_line(&self, value: &serde_json::Value) {
-        if let Printer::Json(stdout) = self {
-            let mut stdout = stdout.lock().expect("stdout lock");
-            // A closed stdout (broken pipe) is not our failure: stop writing quietly.
-            let _ = writeln!(stdout, "{value}");
-            let _ = stdout.flush();
-        }
-    }
-
     /// Prints the end-of-run summary (JSON: the last line; text: only with `-v`).
     pub fn summary(&self, summary: &Summary, verbose: bool) {
         match self {
-            Printer::Json(_) => {
+            Printer::Json => {
                 let mut value = serde_json::to_value(summary).expect("summary serialises");
                 value["type"] = "summary".into();
-                self.json_line(&value);
+                output::json_final(&value);
             }
             Printer::Bar(bar, _) => {
                 bar.finish_and_clear();
@@ -67,12 +59,12 @@ impl Printer {
             Printer::Quiet if verbose => print_summary_text(summary),
             Printer::Quiet => {}
         }
-        if !matches!(self, Printer::Json(_)) {
+        if !matches!(self, Printer::Json) {
             for what in &summary.not_preserved {
-                eprintln!("warning: not preserved: {what}");
+                output::eprintln(&format!("warning: not preserved: {what}"));
             }
             for error in &summary.errors {
-                eprintln!("error: {error}");
+                output::eprintln(&format!("error: {error}"));
             }
         }
     }
@@ -105,7 +97,7 @@ pub(crate) fn typed(event: &Event) -> serde_json::Value {
 /// One line: what moved, what was deleted, what it cost, in the units the bar uses.
 fn print_summary_text(summary: &Summary) {
     let rate = if summary.elapsed_s > 0.0 { summary.bytes_transferred as f64 / summary.elapsed_s } else { 0.0 };
-    eprintln!(
+    output::eprintln(&format!(
         "done: {} of {} files copied ({} of {}), {} deleted, {} on the wire, {:.1} s, {}/s",
         summary.files_transferred,
         summary.files_total,
@@ -115,7 +107,7 @@ fn print_summary_text(summary: &Summary) {
         BinaryBytes(summary.bytes_on_wire),
         summary.elapsed_s,
         BinaryBytes(rate as u64)
-    );
+    ));
 }
 
 /// The rate at which content is sent (what `--bwlimit` limits), over the last few seconds: the
@@ -149,7 +141,7 @@ impl Reporter for Printer {
 
     fn on_event(&self, event: &Event) {
         match self {
-            Printer::Json(_) => self.json_line(&typed(event)),
+            Printer::Json => output::json_line(&typed(event)),
             Printer::Bar(bar, rate) => match event {
                 Event::Totals { files, bytes } => {
                     bar.set_length(*bytes);
@@ -160,12 +152,12 @@ impl Reporter for Printer {
                     let per_second = rate.lock().expect("rate lock").update(*bytes_transferred);
                     bar.set_message(format!("{}/s sent, {files_done} files done", BinaryBytes(per_second)));
                 }
-                Event::Warning { message } => bar.suspend(|| eprintln!("warning: {message}")),
+                Event::Warning { message } => bar.suspend(|| output::eprintln(&format!("warning: {message}"))),
                 Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } => {}
             },
             Printer::Quiet => {
                 if let Event::Warning { message } = event {
-                    eprintln!("warning: {message}");
+                    output::eprintln(&format!("warning: {message}"));
                 }
             }
         }
@@ -173,29 +165,34 @@ impl Reporter for Printer {
 }
 
 /// Says that the command was cancelled (SIGINT or SIGTERM) and how to go on; with
-/// `--output json`, also the summary line machines wait for.
+/// `--output json`, also the summary line machines wait for (`plan run` writes its report
+/// instead, and only the line).
 pub fn print_cancelled(json: bool) {
-    const MESSAGE: &str = "cancelled; run the same command again to resume";
     if json {
-        let summary = serde_json::json!({"type": "summary", "cancelled": true, "errors": [MESSAGE]});
-        println!("{summary}");
+        output::json_final(&serde_json::json!({"type": "summary", "cancelled": true, "errors": [CANCELLED]}));
     }
-    eprintln!("{MESSAGE}");
+    output::eprintln(CANCELLED);
 }
+
+/// What a cancelled command says, whatever it was doing.
+pub const CANCELLED: &str = "cancelled; run the same command again to resume (files already copied are kept)";
 
 /// Prints an error, its causes and, when we know one, a hint.
 pub fn print_error(error: &anyhow::Error) {
-    eprintln!("error: {error}");
+    let mut text = format!("error: {error}");
     let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
     if !causes.is_empty() {
-        eprintln!("\nCaused by:");
+        text.push_str("\n\nCaused by:");
         for cause in causes {
-            eprintln!("    {cause}");
+            text.push_str("\n    ");
+            text.push_str(&cause);
         }
     }
     if let Some(hint) = hint(error) {
-        eprintln!("\nhint: {hint}");
+        text.push_str("\n\nhint: ");
+        text.push_str(&hint);
     }
+    output::eprintln(&text);
 }
 
 fn hint(error: &anyhow::Error) -> Option<String> {

@@ -2,8 +2,11 @@
 //!
 //! Copied: `user.*`, POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`), and
 //! `security.selinux` when asked. Never copied: `trusted.*`, `security.capability` and other
-//! `security.*` names, which grant privileges on the target node.
+//! `security.*` names, which grant privileges on the target node. The sender notes what it
+//! leaves behind ([`Withheld`]) so the summary says so (`SELinux` labels aside: copying them is
+//! an option of its own).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::BorrowedFd;
 
@@ -26,6 +29,74 @@ pub fn is_copied(name: &[u8], options: &SyncOptions) -> bool {
         || (options.selinux && name == b"security.selinux")
 }
 
+/// Distinct attribute names [`Withheld`] tells about; more are counted, not named.
+const WITHHELD_NAMES: usize = 16;
+/// Paths named per attribute.
+const WITHHELD_PATHS: usize = 3;
+
+/// The attributes a scan met and did not copy: per name, how many entries carried it and the
+/// first few of their paths. Bounded: at most [`WITHHELD_NAMES`] names of [`WITHHELD_PATHS`]
+/// paths each.
+#[derive(Debug, Default)]
+pub struct Withheld {
+    names: BTreeMap<Vec<u8>, (u64, Vec<String>)>,
+    other_names: u64,
+}
+
+impl Withheld {
+    /// Notes that the entry at `path` has the attribute `name`, which is not copied.
+    pub fn note(&mut self, name: &[u8], path: &[u8]) {
+        // Not copying SELinux labels is what the options asked for.
+        if name == b"security.selinux" {
+            return;
+        }
+        if !self.names.contains_key(name) && self.names.len() >= WITHHELD_NAMES {
+            self.other_names += 1;
+            return;
+        }
+        let (count, paths) = self.names.entry(name.to_vec()).or_default();
+        *count += 1;
+        if paths.len() < WITHHELD_PATHS {
+            paths.push(confine::display_bytes(path));
+        }
+    }
+
+    /// One line per attribute name, for [`crate::progress::Summary::not_preserved`]: what,
+    /// how many entries, which (the first few), and why.
+    #[must_use]
+    pub fn messages(&self) -> Vec<String> {
+        let mut messages: Vec<String> = self
+            .names
+            .iter()
+            .map(|(name, (count, paths))| {
+                let name = String::from_utf8_lossy(name);
+                let what = if name == "security.capability" {
+                    format!("file capabilities (`{name}`)")
+                } else {
+                    format!("extended attribute `{name}`")
+                };
+                let paths: Vec<String> = paths.iter().map(|path| format!("`{}`", display_path(path))).collect();
+                let more = if *count > paths.len() as u64 { ", …" } else { "" };
+                let why = if name.starts_with("trusted.") || name.starts_with("security.") {
+                    "privileged attributes are never copied: they would grant rights on the target node"
+                } else {
+                    "mover copies only `user.*` attributes and POSIX ACLs"
+                };
+                let entries = if *count == 1 { "entry" } else { "entries" };
+                format!("{what} of {count} {entries} ({}{more}): {why}", paths.join(", "))
+            })
+            .collect();
+        if self.other_names > 0 {
+            messages.push(format!("{} more extended attribute(s) of other names, not copied", self.other_names));
+        }
+        messages
+    }
+}
+
+fn display_path(path: &str) -> &str {
+    if path.is_empty() { "." } else { path }
+}
+
 fn split_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|&b| b == 0).filter(|name| !name.is_empty())
 }
@@ -39,6 +110,16 @@ fn unsupported(error: rustix::io::Errno) -> bool {
 /// Called for every entry on both sides, so the common case (no attributes) costs one listing
 /// ([`confine::list_xattrs`]) into a small buffer and no allocation.
 pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8], options: &SyncOptions) -> io::Result<Vec<Xattr>> {
+    read_xattrs_and(dir, name, options, |_| {})
+}
+
+/// [`read_xattrs`], handing the name of each attribute it does not copy to `withheld`.
+pub fn read_xattrs_and(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    options: &SyncOptions,
+    mut withheld: impl FnMut(&[u8]),
+) -> io::Result<Vec<Xattr>> {
     let mut small = [0u8; 1024];
     let mut large = Vec::new();
     let list: &[u8] = match confine::list_xattrs(dir, name, &mut small[..]) {
@@ -62,6 +143,7 @@ pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8], options: &SyncOptions) -> i
     let mut value = Vec::new();
     for attr in split_names(list) {
         if !is_copied(attr, options) {
+            withheld(attr);
             continue;
         }
         if value.is_empty() {
@@ -125,4 +207,36 @@ pub fn apply_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], options: &SyncOptions)
         rustix::fs::fsetxattr(fd, xattr.name.as_slice(), &xattr.value, rustix::fs::XattrFlags::empty())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Withheld;
+
+    #[test]
+    fn withheld_names_paths_and_bounds() {
+        let mut withheld = Withheld::default();
+        withheld.note(b"security.selinux", b"a");
+        for i in 0..5 {
+            withheld.note(b"security.capability", format!("bin/tool{i}").as_bytes());
+        }
+        withheld.note(b"trusted.foo", b"");
+        for i in 0..40 {
+            withheld.note(format!("trusted.x{i}").as_bytes(), b"f");
+        }
+        let messages = withheld.messages();
+        assert!(!messages.iter().any(|m| m.contains("selinux")), "{messages:?}");
+        let capability = messages.iter().find(|m| m.contains("security.capability")).unwrap();
+        assert!(
+            capability.starts_with(
+                "file capabilities (`security.capability`) of 5 entries (`bin/tool0`, `bin/tool1`, `bin/tool2`, …)"
+            ),
+            "{capability}"
+        );
+        assert!(
+            messages.iter().any(|m| m.starts_with("extended attribute `trusted.foo` of 1 entry (`.`)")),
+            "{messages:?}"
+        );
+        assert_eq!(messages.len(), 17, "{messages:?}");
+    }
 }

@@ -53,6 +53,7 @@ pub struct Scanner {
     inodes: HashMap<(u64, u64), u64>,
     options: SyncOptions,
     xattrs: bool,
+    withheld: meta::Withheld,
 }
 
 impl Scanner {
@@ -66,7 +67,13 @@ impl Scanner {
             inodes: HashMap::new(),
             options,
             xattrs: true,
+            withheld: meta::Withheld::default(),
         })
+    }
+
+    /// The attributes met so far that are not copied (the caller may note the root's).
+    pub fn withheld_mut(&mut self) -> &mut meta::Withheld {
+        &mut self.withheld
     }
 
     fn entry(&mut self, frame_index: usize, name: &[u8]) -> io::Result<(Entry, Option<OwnedFd>)> {
@@ -118,7 +125,10 @@ impl Scanner {
         let xattrs = match kind {
             _ if !self.xattrs => Vec::new(),
             EntryKind::Symlink { .. } | EntryKind::Hardlink { .. } => Vec::new(),
-            _ => meta::read_xattrs(frame.dir.as_fd(), name, &self.options)?,
+            _ => {
+                let withheld = &mut self.withheld;
+                meta::read_xattrs_and(frame.dir.as_fd(), name, &self.options, |attr| withheld.note(attr, &path))?
+            }
         };
         if let Some(key) = new_leader {
             self.inodes.insert(key, id);

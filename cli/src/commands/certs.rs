@@ -16,7 +16,7 @@ pub async fn run(command: CertsCommand) -> anyhow::Result<Outcome> {
             let generated = certs::generate().context("while generating the migration's certificates")?;
             let written = certs::write_dir(&dir, &generated, force)?;
             for path in written {
-                println!("wrote {}", path.display());
+                crate::output::println(&format!("wrote {}", path.display()));
             }
             Ok(Outcome::Success)
         }
@@ -54,15 +54,16 @@ async fn fetch(endpoint: &str, output: Option<&Path>, force: bool, proxy: Option
             bail!("`{}` already exists; pass `--force` to replace it", path.display());
         }
         std::fs::write(path, &bundle).with_context(|| format!("while writing `{}`", path.display()))?;
-        print!("{details}");
-        println!(
+        crate::output::print(&details);
+        crate::output::println(&format!(
             "wrote {} ({} certificates). Check the fingerprints with the endpoint's owner before you trust this bundle.",
             path.display(),
             chain.len()
-        );
+        ));
     } else {
-        eprint!("{details}");
-        print!("{bundle}");
+        // The endpoint chose the subjects and issuers in `details`: escaped like all peer text.
+        crate::output::eprintln(details.trim_end_matches('\n'));
+        crate::output::print(&bundle);
     }
     Ok(Outcome::Success)
 }

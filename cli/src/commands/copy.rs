@@ -10,7 +10,7 @@ use mover_engine::tunnel::{Proxy, TunnelError};
 use mover_engine::wire::SyncOptions;
 
 use crate::Outcome;
-use crate::args::{CopyArgs, GlobalArgs};
+use crate::args::{CopyArgs, GlobalArgs, OutputFormat};
 use crate::location::{Location, parse_location};
 use crate::printer::Printer;
 
@@ -39,7 +39,15 @@ pub(crate) fn resolve_proxy(url: Option<&str>, password_file: Option<&Path>) -> 
     Ok(Some(proxy))
 }
 
+/// Runs the copy; with `--output json` the last line is a summary, also when it fails.
 pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    copy(args, global).await.inspect_err(|error| {
+        let empty = serde_json::to_value(mover_engine::progress::Summary::default()).expect("summaries serialise");
+        crate::output::json_final_on_error(global.output == OutputFormat::Json, "summary", empty, error);
+    })
+}
+
+async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let options = SyncOptions {
         selinux: args.selinux,
         devices: args.devices,

@@ -1,7 +1,7 @@
 //! `mover image copy` and `mover image sync`.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,13 +15,19 @@ use mover_engine::tunnel::Proxy;
 
 use crate::Outcome;
 use crate::args::{GlobalArgs, ImageCommand, ImageCommon, ImageCopyArgs, ImageSyncArgs, OutputFormat};
+use crate::output;
 
 /// Runs an image subcommand.
 pub async fn run(command: ImageCommand, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    match command {
+    let result = match command {
         ImageCommand::Copy(args) => copy(args, global).await,
         ImageCommand::Sync(args) => sync(args, global).await,
+    };
+    if let Err(error) = &result {
+        let empty = serde_json::to_value(ImageSummary::default()).expect("summaries serialise");
+        output::json_final_on_error(global.output == OutputFormat::Json, "summary", empty, error);
     }
+    result
 }
 
 async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
@@ -171,9 +177,9 @@ fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::E
         Some(error) => Err(error),
         None if summary.errors.is_empty() => Ok(Outcome::Success),
         None => {
-            if printer.json.is_none() {
+            if !printer.json {
                 for error in &summary.errors {
-                    eprintln!("error: {error}");
+                    output::eprintln(&format!("error: {error}"));
                 }
             }
             Ok(Outcome::Failed)
@@ -294,7 +300,7 @@ fn registry_pace() -> anyhow::Result<image::Pace> {
 /// Shows image copies: per-blob bars on a terminal, JSON lines with `--output json`, a list
 /// with `--dry-run`.
 struct ImagePrinter {
-    json: Option<Mutex<std::io::Stdout>>,
+    json: bool,
     bars: Option<(MultiProgress, Mutex<HashMap<String, ProgressBar>>)>,
     /// Per image: its bar and the bytes done of each of its blobs.
     images: Mutex<HashMap<String, ImageBar>>,
@@ -313,25 +319,17 @@ fn bar_style() -> ProgressStyle {
 
 impl ImagePrinter {
     fn new(global: &GlobalArgs, dry_run: bool) -> ImagePrinter {
-        let json = (global.output == OutputFormat::Json).then(|| Mutex::new(std::io::stdout()));
-        let bars = (json.is_none() && !dry_run && !global.no_progress && std::io::stderr().is_terminal())
+        let json = global.output == OutputFormat::Json;
+        let bars = (!json && !dry_run && !global.no_progress && std::io::stderr().is_terminal())
             .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)), Mutex::default()));
         ImagePrinter { json, bars, images: Mutex::default(), dry_run }
     }
 
-    fn json_line(&self, value: &serde_json::Value) {
-        if let Some(stdout) = &self.json {
-            let mut stdout = stdout.lock().expect("stdout");
-            let _ = writeln!(stdout, "{value}");
-            let _ = stdout.flush();
-        }
-    }
-
     fn summary(&self, summary: &ImageSummary) {
-        if self.json.is_some() {
+        if self.json {
             let mut value = serde_json::to_value(summary).expect("summary serialises");
             value["type"] = "summary".into();
-            self.json_line(&value);
+            output::json_final(&value);
             return;
         }
         if let Some((multi, _)) = &self.bars {
@@ -342,9 +340,9 @@ impl ImagePrinter {
         }
         let verb = if summary.dry_run { "would copy" } else { "copied" };
         for line in &summary.copied {
-            println!("{line}");
+            output::println(line);
         }
-        eprintln!(
+        output::eprintln(&format!(
             "{} image(s): {verb} {} blob(s) ({}), {} already there, {} mounted, {} manifest(s), {:.2}s",
             summary.images,
             summary.blobs_copied,
@@ -353,7 +351,7 @@ impl ImagePrinter {
             summary.blobs_mounted,
             summary.manifests,
             summary.elapsed_s
-        );
+        ));
     }
 }
 
@@ -363,20 +361,17 @@ fn human(bytes: u64) -> String {
 
 impl Reporter for ImagePrinter {
     fn on_event(&self, event: &Event) {
-        if self.json.is_some() {
-            let value = serde_json::to_value(event).expect("events serialise");
-            if let serde_json::Value::Object(map) = value
-                && let Some((kind, serde_json::Value::Object(mut fields))) = map.into_iter().next()
-            {
-                fields.insert("type".into(), kind.into());
-                self.json_line(&serde_json::Value::Object(fields));
-            }
+        if self.json {
+            output::json_line(&crate::printer::typed(event));
             return;
         }
         if self.dry_run {
             match event {
                 Event::ImagePlanned { image, digest, manifests, blobs, bytes } => {
-                    println!("{image} ({digest}): {manifests} manifest(s), {blobs} blob(s), {}", human(*bytes));
+                    output::println(&format!(
+                        "{image} ({digest}): {manifests} manifest(s), {blobs} blob(s), {}",
+                        human(*bytes)
+                    ));
                 }
                 Event::Blob { digest, size, state, .. } => {
                     let action = match state {
@@ -384,7 +379,7 @@ impl Reporter for ImagePrinter {
                         BlobState::Mounted => "mount",
                         _ => "copy",
                     };
-                    println!("  {action:<13} {digest} {}", human(*size));
+                    output::println(&format!("  {action:<13} {digest} {}", human(*size)));
                 }
                 _ => {}
             }
@@ -392,7 +387,7 @@ impl Reporter for ImagePrinter {
         }
         let Some((multi, bars)) = &self.bars else {
             if let Event::Warning { message } = event {
-                eprintln!("warning: {message}");
+                output::eprintln(&format!("warning: {message}"));
             }
             return;
         };
@@ -400,7 +395,8 @@ impl Reporter for ImagePrinter {
             Event::ImagePlanned { image, bytes, .. } => {
                 let bar = multi.insert(0, ProgressBar::new(*bytes));
                 bar.set_style(bar_style());
-                bar.set_message(image.rsplit('/').next().unwrap_or(image).chars().take(20).collect::<String>());
+                let name: String = image.rsplit('/').next().unwrap_or(image).chars().take(20).collect();
+                bar.set_message(output::escape(&name).into_owned());
                 bar.enable_steady_tick(Duration::from_millis(250));
                 self.images.lock().expect("images").insert(image.clone(), (bar, HashMap::new()));
             }
@@ -413,7 +409,8 @@ impl Reporter for ImagePrinter {
                 let bar = bars.entry(digest.clone()).or_insert_with(|| {
                     let bar = multi.add(ProgressBar::new(*size));
                     bar.set_style(bar_style());
-                    bar.set_message(format!("  {}", digest.chars().take(19).collect::<String>()));
+                    let digest: String = digest.chars().take(19).collect();
+                    bar.set_message(format!("  {}", output::escape(&digest)));
                     bar.enable_steady_tick(Duration::from_millis(250));
                     bar
                 });
@@ -427,10 +424,10 @@ impl Reporter for ImagePrinter {
                 if let Some((bar, _)) = self.images.lock().expect("images").remove(image) {
                     bar.finish_and_clear();
                 }
-                let _ = multi.println(format!("copied {image} ({digest})"));
+                let _ = multi.println(output::escape(&format!("copied {image} ({digest})")));
             }
             Event::Warning { message } => {
-                let _ = multi.println(format!("warning: {message}"));
+                let _ = multi.println(output::escape(&format!("warning: {message}")));
             }
             _ => {}
         }

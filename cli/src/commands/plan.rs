@@ -4,12 +4,14 @@
 //! `concurrency.volumes` at once, each through the engine's client functions), then `PostBackup`
 //! and `PostRestore` hooks. A failing hook stops the plan before anything after it runs; so does a
 //! failing copy (the post hooks are not run). The report is printed, and written as JSON with
-//! `--report FILE`, however the plan ends.
+//! `--report FILE`, however the plan ends: a plan that does not load, a failed preflight, a
+//! failed hook or copy, or an interruption (SIGINT, SIGTERM: the report says `cancelled`, and
+//! `mover` exits 130).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use futures_util::StreamExt;
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client::{self, CopyError};
@@ -46,29 +48,20 @@ pub(crate) fn plan_proxy(plan: &Plan) -> anyhow::Result<Option<Proxy>> {
 }
 
 pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let plan = plan::load(&args.plan)?;
-    if !args.skip_preflight {
-        let checks = preflight::check_plan(&plan, Thresholds::from(&args.checks)).await;
-        if checks.failures() > 0 {
-            checks.print(global.output);
-            bail!(
-                "preflight: {} of {} checks failed (table above); nothing ran. Fix them, or pass `--skip-preflight` to run anyway",
-                checks.failures(),
-                checks.0.len()
-            );
-        }
-    }
     let stage = args.stage && !args.final_run;
-    let identity = plan_identity(&plan)?;
-    let proxy = plan_proxy(&plan)?;
     let printer = PlanPrinter::new(global);
     let started = Instant::now();
-    let mut report = Report::new(&plan, stage);
-    let result = execute(&plan, stage, identity.as_ref(), proxy.as_ref(), &printer, &mut report).await;
+    let (mut report, mut executed) = (None, false);
+    let (result, cancelled) = {
+        let plan_run = load_and_run(&args, global, stage, &printer, &mut report, &mut executed);
+        tokio::select! {
+            result = plan_run => (result, false),
+            () = crate::cancelled() => (Err(anyhow!("interrupted: the plan stopped where it was")), true),
+        }
+    };
     printer.finish();
-    report.elapsed_s = started.elapsed().as_secs_f64();
-    report.result = if result.is_ok() { StepResult::Succeeded } else { StepResult::Failed };
-    report.error = result.as_ref().err().map(|error| format!("{error:#}"));
+    let mut report = report.unwrap_or_else(|| Report::unloaded(&args.plan, stage));
+    report.finish(&result, cancelled, started.elapsed().as_secs_f64());
     if let Some(path) = &args.report
         && let Err(error) = report.write(path)
     {
@@ -81,11 +74,45 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     if printer.is_json() {
         let mut value = serde_json::to_value(&report).expect("reports serialise");
         value["type"] = "report".into();
-        printer.event(&value);
-    } else {
+        crate::output::json_final(&value);
+    } else if executed {
+        // A plan that did not load or failed its preflight has nothing to tabulate.
         report.print();
     }
+    if cancelled {
+        crate::printer::print_cancelled(false);
+        return Ok(Outcome::Cancelled);
+    }
     result.map(|()| Outcome::Success)
+}
+
+/// Loads the plan (its report then goes into `report`), checks it and runs it (`executed` is
+/// then set).
+async fn load_and_run(
+    args: &PlanRunArgs,
+    global: &GlobalArgs,
+    stage: bool,
+    printer: &PlanPrinter,
+    report: &mut Option<Report>,
+    executed: &mut bool,
+) -> anyhow::Result<()> {
+    let plan = plan::load(&args.plan)?;
+    let report = report.insert(Report::new(&plan, stage));
+    if !args.skip_preflight {
+        let checks = preflight::check_plan(&plan, Thresholds::from(&args.checks)).await;
+        if checks.failures() > 0 {
+            checks.print(global.output);
+            bail!(
+                "preflight: {} of {} checks failed (table above); nothing ran. Fix them, or pass `--skip-preflight` to run anyway",
+                checks.failures(),
+                checks.0.len()
+            );
+        }
+    }
+    let identity = plan_identity(&plan)?;
+    let proxy = plan_proxy(&plan)?;
+    *executed = true;
+    execute(&plan, stage, identity.as_ref(), proxy.as_ref(), printer, report).await
 }
 
 async fn execute(
@@ -212,7 +239,7 @@ async fn transfer_volumes(
                 entry.record(&summary);
                 if !printer.is_json() {
                     for error in &summary.errors {
-                        eprintln!("error: volume `{}`: {error}", entry.name);
+                        crate::output::eprintln(&format!("error: volume `{}`: {error}", entry.name));
                     }
                 }
                 if !summary.is_success() {

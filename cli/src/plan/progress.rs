@@ -4,7 +4,7 @@
 //! Hook output always goes to stderr in text mode, each line prefixed with the hook's name.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use serde_json::json;
 use super::Hook;
 use super::report::VolumeReport;
 use crate::args::{GlobalArgs, OutputFormat};
+use crate::output;
 
 struct VolumeLine {
     done: u64,
@@ -23,7 +24,7 @@ struct VolumeLine {
 }
 
 enum Mode {
-    Json(Mutex<std::io::Stdout>),
+    Json,
     Bars { multi: MultiProgress, total: ProgressBar, volumes: Mutex<HashMap<String, VolumeLine>> },
     Quiet,
 }
@@ -41,7 +42,7 @@ impl PlanPrinter {
     #[must_use]
     pub fn new(global: &GlobalArgs) -> PlanPrinter {
         let mode = if global.output == OutputFormat::Json {
-            Mode::Json(Mutex::new(std::io::stdout()))
+            Mode::Json
         } else if global.no_progress || !std::io::stderr().is_terminal() {
             Mode::Quiet
         } else {
@@ -57,24 +58,27 @@ impl PlanPrinter {
     }
 
     fn json_line(&self, value: &serde_json::Value) {
-        if let Mode::Json(stdout) = &*self.0 {
-            let mut stdout = stdout.lock().expect("stdout lock");
-            let _ = writeln!(stdout, "{value}");
-            let _ = stdout.flush();
+        if let Mode::Json = &*self.0 {
+            output::json_line(value);
         }
     }
 
+    /// A line of text on stderr, above the progress lines on a terminal.
     fn text_line(&self, text: &str) {
         match &*self.0 {
-            Mode::Bars { multi, .. } => multi.suspend(|| eprintln!("{text}")),
-            _ => eprintln!("{text}"),
+            // `MultiProgress::suspend` panics when the terminal cannot be written; `println`
+            // reports it.
+            Mode::Bars { multi, .. } => {
+                let _ = multi.println(output::escape(text));
+            }
+            _ => output::eprintln(text),
         }
     }
 
     /// A hook starts.
     pub fn hook_started(&self, hook: &Hook) {
         match &*self.0 {
-            Mode::Json(_) => self.json_line(&json!({
+            Mode::Json => self.json_line(&json!({
                 "type": "hook_started", "hook": hook.name, "phase": hook.phase, "side": hook.side,
             })),
             _ => self.text_line(&format!("hook `{}` ({}, {} side) started", hook.name, hook.phase, hook.side)),
@@ -84,7 +88,7 @@ impl PlanPrinter {
     /// One line of a hook's output.
     pub fn hook_line(&self, hook: &Hook, line: &str) {
         match &*self.0 {
-            Mode::Json(_) => self.json_line(&json!({"type": "hook_output", "hook": hook.name, "line": line})),
+            Mode::Json => self.json_line(&json!({"type": "hook_output", "hook": hook.name, "line": line})),
             _ => self.text_line(&format!("{} | {line}", hook.name)),
         }
     }
@@ -92,7 +96,7 @@ impl PlanPrinter {
     /// A hook ended.
     pub fn hook_finished(&self, hook: &Hook, result: &str, elapsed: Duration) {
         match &*self.0 {
-            Mode::Json(_) => self.json_line(&json!({
+            Mode::Json => self.json_line(&json!({
                 "type": "hook_finished", "hook": hook.name, "phase": hook.phase, "result": result,
                 "elapsed_s": elapsed.as_secs_f64(),
             })),
@@ -100,15 +104,10 @@ impl PlanPrinter {
         }
     }
 
-    /// A JSON event of the plan itself (`report`, `volume_finished`).
-    pub fn event(&self, value: &serde_json::Value) {
-        self.json_line(value);
-    }
-
     /// True with `--output json`.
     #[must_use]
     pub fn is_json(&self) -> bool {
-        matches!(&*self.0, Mode::Json(_))
+        matches!(&*self.0, Mode::Json)
     }
 
     /// A progress line above the total, counted in it, on a terminal.
@@ -118,7 +117,7 @@ impl PlanPrinter {
         bar.set_style(style(
             "{prefix:<16} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
         ));
-        bar.set_prefix(prefix.to_owned());
+        bar.set_prefix(output::escape(prefix).into_owned());
         bar.enable_steady_tick(Duration::from_millis(250));
         total.enable_steady_tick(Duration::from_millis(250));
         volumes
@@ -138,7 +137,7 @@ impl PlanPrinter {
     /// A volume ended: its line shows the result, and JSON gets a `volume_finished` event.
     pub fn volume_finished(&self, report: &VolumeReport) {
         match &*self.0 {
-            Mode::Json(_) => {
+            Mode::Json => {
                 let mut value = serde_json::to_value(report).expect("reports serialise");
                 value["type"] = "volume_finished".into();
                 value["volume"] = report.name.clone().into();
@@ -285,7 +284,7 @@ impl PlanPrinter {
     /// event.
     pub fn image_finished(&self, report: &super::report::ImageReport) {
         match &*self.0 {
-            Mode::Json(_) => {
+            Mode::Json => {
                 let mut value = serde_json::to_value(report).expect("reports serialise");
                 value["type"] = "image_finished".into();
                 value["image"] = report.source.clone().into();

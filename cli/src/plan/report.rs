@@ -1,7 +1,6 @@
 //! The end-of-plan report: per hook and per volume what happened, printed as a table and
 //! written as JSON with `--report FILE`.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
@@ -24,6 +23,8 @@ pub enum StepResult {
     TimedOut,
     /// The plan stopped before it.
     NotRun,
+    /// The user interrupted it (Ctrl-C, SIGTERM).
+    Cancelled,
 }
 
 impl std::fmt::Display for StepResult {
@@ -33,6 +34,7 @@ impl std::fmt::Display for StepResult {
             StepResult::Failed => "FAILED",
             StepResult::TimedOut => "TIMED OUT",
             StepResult::NotRun => "not run",
+            StepResult::Cancelled => "CANCELLED",
         })
     }
 }
@@ -173,12 +175,14 @@ impl ImageReport {
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// The plan's name.
+    /// The plan's name (its file, when it did not load).
     pub plan: String,
     /// `stage` or `final`.
     pub mode: &'static str,
     /// How the plan ended.
     pub result: StepResult,
+    /// Whether the user interrupted the plan (`result` is then `cancelled`).
+    pub cancelled: bool,
     /// Why it stopped, when it failed.
     pub error: Option<String>,
     /// Seconds from start to end.
@@ -201,6 +205,7 @@ impl Report {
             plan: plan.name.clone(),
             mode: if stage { "stage" } else { "final" },
             result: StepResult::NotRun,
+            cancelled: false,
             error: None,
             elapsed_s: 0.0,
             hooks: hooks
@@ -238,6 +243,34 @@ impl Report {
         }
     }
 
+    /// The report of a plan that did not load: no hooks, volumes or images to tell about.
+    #[must_use]
+    pub fn unloaded(file: &Path, stage: bool) -> Report {
+        Report {
+            plan: file.display().to_string(),
+            mode: if stage { "stage" } else { "final" },
+            result: StepResult::NotRun,
+            cancelled: false,
+            error: None,
+            elapsed_s: 0.0,
+            hooks: Vec::new(),
+            volumes: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+
+    /// Records how the plan ended.
+    pub fn finish(&mut self, result: &anyhow::Result<()>, cancelled: bool, elapsed_s: f64) {
+        self.elapsed_s = elapsed_s;
+        self.cancelled = cancelled;
+        self.result = match result {
+            _ if cancelled => StepResult::Cancelled,
+            Ok(()) => StepResult::Succeeded,
+            Err(_) => StepResult::Failed,
+        };
+        self.error = result.as_ref().err().map(|error| format!("{error:#}"));
+    }
+
     /// The entry of a hook.
     pub fn hook_mut(&mut self, name: &str) -> &mut HookReport {
         self.hooks.iter_mut().find(|hook| hook.name == name).expect("every hook has an entry")
@@ -245,7 +278,7 @@ impl Report {
 
     /// Writes the report as pretty JSON.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
-        let mut json = serde_json::to_string_pretty(self).expect("reports serialise");
+        let mut json = crate::output::json_text(self, true);
         json.push('\n');
         std::fs::write(path, json).with_context(|| format!("while writing the report to `{}`", path.display()))
     }
@@ -312,10 +345,8 @@ impl Report {
         out
     }
 
-    /// Prints the table on stdout (a closed stdout is not our failure).
+    /// Prints the table on stdout.
     pub fn print(&self) {
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(self.table().as_bytes());
-        let _ = stdout.flush();
+        crate::output::print(&self.table());
     }
 }

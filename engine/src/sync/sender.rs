@@ -237,10 +237,10 @@ impl Tree<'_> {
     }
 
     fn stream(&mut self) -> Result<()> {
-        let root_entry = self.root_entry()?;
-        self.send(&Message::Entry(root_entry))?;
         let mut scanner = Scanner::new(&self.shared.root, self.shared.options.clone())
             .map_err(|source| SyncError::Io { op: "cannot scan the source volume", path: ".".into(), source })?;
+        let root_entry = self.root_entry(scanner.withheld_mut())?;
+        self.send(&Message::Entry(root_entry))?;
         let mut scanning = true;
         loop {
             self.check_workers()?;
@@ -292,7 +292,10 @@ impl Tree<'_> {
                 self.replies.blocking_recv().ok_or(SyncError::Disconnected("before acknowledging the end"))??;
             match decode_message(&reply)? {
                 Message::Done(report) => {
-                    self.summary.not_preserved = report.not_preserved;
+                    // What the source holds and mover never copies, then what the target could
+                    // not take.
+                    self.summary.not_preserved = scanner.withheld_mut().messages();
+                    self.summary.not_preserved.extend(report.not_preserved);
                     self.summary.entries_deleted = report.entries_deleted;
                     self.summary.warnings.extend(report.warnings);
                     return Ok(());
@@ -303,12 +306,15 @@ impl Tree<'_> {
     }
 
     /// The volume root itself travels first, as an entry with an empty path.
-    fn root_entry(&self) -> Result<Entry> {
+    fn root_entry(&self, withheld: &mut crate::meta::Withheld) -> Result<Entry> {
         let io = |source| SyncError::Io { op: "cannot read the source volume root", path: ".".into(), source };
         let root = &self.shared.root;
         let stat = rustix::fs::fstat(root.as_fd()).map_err(|e| io(e.into()))?;
         let dir = confine::open_dir(root.as_fd(), b"").map_err(io)?;
-        let xattrs = crate::meta::read_xattrs(dir.as_fd(), b".", &self.shared.options).map_err(io)?;
+        let xattrs = crate::meta::read_xattrs_and(dir.as_fd(), b".", &self.shared.options, |attr| {
+            withheld.note(attr, b"");
+        })
+        .map_err(io)?;
         Ok(Entry {
             id: u64::MAX,
             path: Vec::new(),

@@ -29,7 +29,7 @@ mod table;
 pub use table::Checks;
 
 use crate::Outcome;
-use crate::args::{CheckArgs, GlobalArgs, PreflightArgs};
+use crate::args::{CheckArgs, GlobalArgs, OutputFormat, PreflightArgs};
 use crate::commands::plan::{plan_identity, plan_proxy};
 use crate::location::Location;
 use crate::plan::{self, HookAction, Plan};
@@ -53,7 +53,10 @@ impl From<&CheckArgs> for Thresholds {
 }
 
 pub async fn run(args: PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let plan = plan::load(&args.plan)?;
+    let plan = plan::load(&args.plan).inspect_err(|error| {
+        let empty = serde_json::json!({"checks": 0, "failed": 0});
+        crate::output::json_final_on_error(global.output == OutputFormat::Json, "preflight", empty, error);
+    })?;
     let checks = check_plan(&plan, Thresholds::from(&args.checks)).await;
     checks.print(global.output);
     Ok(if checks.failures() == 0 { Outcome::Success } else { Outcome::Failed })

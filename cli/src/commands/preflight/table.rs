@@ -87,21 +87,26 @@ impl Checks {
         out
     }
 
-    /// Prints the table on stdout, or one JSON line per check.
+    /// Prints the table on stdout, or one JSON line per check and a last `preflight` line
+    /// whose `errors` name the failed checks.
     pub fn print(&self, output: OutputFormat) {
-        use std::io::Write;
-        let mut stdout = std::io::stdout().lock();
         if output == OutputFormat::Json {
             for check in &self.0 {
                 let mut value = serde_json::to_value(check).expect("checks serialise");
                 value["type"] = "check".into();
-                let _ = writeln!(stdout, "{value}");
+                crate::output::json_line(&value);
             }
-            let summary = serde_json::json!({"type": "preflight", "checks": self.0.len(), "failed": self.failures()});
-            let _ = writeln!(stdout, "{summary}");
+            let errors: Vec<String> = self
+                .0
+                .iter()
+                .filter(|check| check.result == Status::Fail)
+                .map(|check| format!("{}: {}", check.name, check.detail))
+                .collect();
+            crate::output::json_final(&serde_json::json!({
+                "type": "preflight", "checks": self.0.len(), "failed": self.failures(), "errors": errors,
+            }));
         } else {
-            let _ = stdout.write_all(self.table().as_bytes());
+            crate::output::print(&self.table());
         }
-        let _ = stdout.flush();
     }
 }
