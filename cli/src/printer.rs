@@ -110,8 +110,9 @@ fn print_summary_text(summary: &Summary) {
     ));
 }
 
-/// The rate at which content is sent (what `--bwlimit` limits), over the last few seconds: the
-/// bar's position also moves over holes and unchanged files, which cost the link nothing.
+/// The rate at which bytes go onto the wire (what `--bwlimit` limits), over the last few
+/// seconds: the bar's position also moves over holes and unchanged files, which cost the link
+/// nothing, and runs ahead of the link by what is queued for it.
 #[derive(Default)]
 pub struct SendRate {
     /// (when, bytes sent by then), oldest first, at most [`RATE_WINDOW`] apart.
@@ -147,9 +148,9 @@ impl Reporter for Printer {
                     bar.set_length(*bytes);
                     bar.set_message(format!("{files} files in the source"));
                 }
-                Event::Progress { files_done, bytes_done, bytes_transferred, .. } => {
+                Event::Progress { files_done, bytes_done, bytes_on_wire, .. } => {
                     bar.set_position(*bytes_done);
-                    let per_second = rate.lock().expect("rate lock").update(*bytes_transferred);
+                    let per_second = rate.lock().expect("rate lock").update(*bytes_on_wire);
                     bar.set_message(format!("{}/s sent, {files_done} files done", BinaryBytes(per_second)));
                 }
                 Event::Warning { message } => bar.suspend(|| output::eprintln(&format!("warning: {message}"))),

@@ -365,9 +365,22 @@ where
         others.push(sender::Lane { out, replies });
     }
     let shared = sender::Shared::new(root, options, reporter, on_wire.clone());
+    // Progress also while the threads wait on a full queue (a slow link drains what they read
+    // ahead): the bytes on the wire keep moving.
+    let ticker = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let mut every = tokio::time::interval(sender::PROGRESS_EVERY);
+            loop {
+                every.tick().await;
+                shared.progress(false);
+            }
+        }
+    });
     let thread = tokio::task::spawn_blocking(move || sender::run(&shared, sender::Lane { out, replies }, others));
     let all: Vec<&Pumps> = pumps.iter().collect();
     let result = join_or_cancel(thread, &all, cancel, "(sender thread panicked)").await;
+    ticker.abort();
     let mut written = Ok(());
     for lane in pumps {
         let finished = lane.finish().await;

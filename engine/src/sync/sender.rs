@@ -20,7 +20,7 @@ use crate::wire::{
     decode_message, encode_data, encode_message,
 };
 
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// Bytes of small messages gathered before they are written.
 const BATCH: usize = 64 * 1024;
 /// Lowest zstd level for changed blocks (when compression is on): they are few, so fewer bytes
@@ -107,7 +107,7 @@ impl Shared {
     }
 
     /// Reports progress if the last report is [`PROGRESS_EVERY`] old (or `now`).
-    fn progress(&self, now: bool) {
+    pub(super) fn progress(&self, now: bool) {
         let Ok(mut last) = self.last_progress.try_lock() else { return };
         if !now && last.elapsed() < PROGRESS_EVERY {
             return;
