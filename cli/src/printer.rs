@@ -181,6 +181,9 @@ fn hint(error: &anyhow::Error) -> Option<String> {
         if let Some(tunnel) = cause.downcast_ref::<TunnelError>() {
             return tunnel_hint(tunnel);
         }
+        if let Some(CertError::Writable { .. }) = cause.downcast_ref::<CertError>() {
+            return None;
+        }
         if cause.downcast_ref::<CertError>().is_some() {
             return Some(
                 "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into(),
