@@ -21,6 +21,26 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Runs an agent that should refuse to start; one that serves instead is killed after 20 s.
+fn refused_agent(certs: &Path, volume: &Path) -> std::process::Output {
+    let mut child = Command::new(bin("mover-agent"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--certs", certs.to_str().unwrap(), "--volume"])
+        .arg(format!("data={}", volume.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `mover ARGS` under `umask 000`, as a careless service account would run it.
 fn mover_umask_000(args: &[&str]) -> std::process::Output {
     Command::new("sh").arg("-c").arg("umask 000; exec \"$0\" \"$@\"").arg(bin("mover")).args(args).output().unwrap()
@@ -52,13 +72,6 @@ fn an_identity_others_may_write_is_refused_naming_the_path_and_the_fix() {
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
     let copy = || mover(&["copy", src.to_str().unwrap(), "agent://127.0.0.1:1/data", "--certs", dir.to_str().unwrap()]);
-    let agent = || {
-        Command::new(bin("mover-agent"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--certs", dir.to_str().unwrap(), "--volume"])
-            .arg(format!("data={}", src.display()))
-            .output()
-            .unwrap()
-    };
     for (path, loose) in [(dir.clone(), 0o777), (dir.join("coordinator.key"), 0o666), (dir.join("ca.crt"), 0o664)] {
         let tight = mode(&path);
         chmod(&path, loose);
@@ -76,7 +89,7 @@ fn an_identity_others_may_write_is_refused_naming_the_path_and_the_fix() {
     for (path, loose) in [(dir.clone(), 0o770), (dir.join("agent.key"), 0o622)] {
         let tight = mode(&path);
         chmod(&path, loose);
-        let output = agent();
+        let output = refused_agent(&dir, &src);
         chmod(&path, tight);
         assert_eq!(output.status.code(), Some(64), "{}", text(&output));
         assert!(String::from_utf8_lossy(&output.stderr).contains("chmod go-w"), "{}", text(&output));
@@ -107,11 +120,7 @@ fn a_secret_volume_layout_with_a_sticky_directory_is_accepted() {
     let agent = Agent::start(&mount, &[format!("data={}", volume.display())], tmp.path());
     // The same layout without the sticky bit lets anyone rename another `ca.crt` in.
     chmod(&mount, 0o777);
-    let output = Command::new(bin("mover-agent"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--certs", mount.to_str().unwrap(), "--volume"])
-        .arg(format!("data={}", volume.display()))
-        .output()
-        .unwrap();
+    let output = refused_agent(&mount, &volume);
     assert_eq!(output.status.code(), Some(64), "{}", text(&output));
     assert_eq!(agent.terminate().code(), Some(0));
 }
