@@ -38,9 +38,10 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
-/// Whether `error` is, or was caused by, a usage error.
+/// Whether `error` is, or was caused by, a usage error (anyhow's downcast looks through every
+/// layer of context, and at contexts themselves).
 fn is_usage(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<UsageError>().is_some() || error.chain().any(|cause| cause.is::<UsageError>())
+    error.downcast_ref::<UsageError>().is_some()
 }
 
 /// How a command ended.
