@@ -59,6 +59,12 @@ pub enum Command {
     /// `mover copy ./a agent://HOST:PORT/VOL --certs DIR` sends a local tree to an agent.
     /// `mover copy agent://A:P/VOL agent://B:P/VOL --certs DIR` makes agent A push its volume
     /// straight to agent B; progress comes back here.
+    ///
+    /// As in rsync, a colon before the first `/` marks an address: `host:7443/data`, `agent:/…` or
+    /// an unknown `SCHEME://` is refused (exit 64), never taken for a directory. Write `./a:b` for
+    /// a local directory whose name holds a colon. A missing local target is created, but not its
+    /// parents (`--mkpath` creates them too); a copy that fails before writing anything removes
+    /// what it created.
     Copy(CopyArgs),
     /// Manage a migration's certificates.
     #[command(subcommand)]
@@ -158,11 +164,6 @@ pub struct PlanRunArgs {
 }
 
 /// `mover copy`.
-///
-/// Addresses: a local directory, or `agent://HOST:PORT/VOLUME`. As in rsync, a colon before the
-/// first `/` marks an address, so `host:7443/data` or `agnet://…` is refused, never taken for a
-/// directory; write `./a:b` for a local directory whose name holds a colon. A local target is
-/// created if missing, but not its parents (`--mkpath` creates them too).
 #[derive(Debug, Args)]
 pub struct CopyArgs {
     /// Source: a directory or `agent://HOST:PORT/VOLUME`.

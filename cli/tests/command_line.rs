@@ -65,6 +65,8 @@ fn a_local_directory_whose_name_holds_a_colon_is_written_with_dot_slash() {
     let output = mover_in(tmp.path(), &["copy", "./src", "./a:b"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(fs::read(tmp.path().join("a:b/one.bin")).unwrap(), b"content");
+    let help = String::from_utf8_lossy(&mover(&["copy", "--help"]).stdout).into_owned();
+    assert!(help.contains("a colon before the first `/` marks an address") && help.contains("`./a:b`"), "{help}");
 }
 
 #[test]
