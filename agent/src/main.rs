@@ -6,7 +6,8 @@
 
 mod metrics;
 
-use std::net::SocketAddr;
+use std::io::IsTerminal;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -42,9 +43,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Address to listen on, e.g. `0.0.0.0:7443`.
-    #[arg(long, env = "MOVER_AGENT_LISTEN")]
-    listen: SocketAddr,
+    /// Address to listen on: `:7443` (every interface, IPv6 and IPv4), `0.0.0.0:7443`,
+    /// `10.0.0.5:7443`.
+    #[arg(long, value_parser = parse_listen, env = "MOVER_AGENT_LISTEN")]
+    listen: Listen,
     /// Directory with `ca.crt`, `agent.crt` and `agent.key` (from `mover certs init`).
     #[arg(long, env = "MOVER_AGENT_CERTS")]
     certs: PathBuf,
@@ -54,10 +56,48 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MOVER_AGENT_LOG_FORMAT")]
     log_format: LogFormat,
-    /// Serve `/healthz` and Prometheus `/metrics` (plain HTTP) on this address, e.g.
-    /// `0.0.0.0:9090`. Off unless given.
-    #[arg(long, value_name = "ADDR", env = "MOVER_AGENT_METRICS_LISTEN")]
-    metrics_listen: Option<SocketAddr>,
+    /// Serve `/healthz` and Prometheus `/metrics` (plain HTTP) on this address, e.g. `:9090` or
+    /// `127.0.0.1:9090`. Off unless given.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen, env = "MOVER_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<Listen>,
+}
+
+/// Where to listen: one address, or a port on every interface (`:PORT`, as Go servers and
+/// `docker-registry` read it).
+#[derive(Debug, Clone, Copy)]
+enum Listen {
+    Addr(SocketAddr),
+    AnyInterface(u16),
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if let Some(port) = text.strip_prefix(':') {
+        return port.parse().map(Listen::AnyInterface).map_err(|_| format!("`{text}`: `:PORT` needs a port 0-65535"));
+    }
+    text.parse()
+        .map(Listen::Addr)
+        .map_err(|_| format!("`{text}` is not an address to listen on: write `:PORT` (every interface) or `IP:PORT`"))
+}
+
+/// Binds `listen`; `:PORT` is `[::]` (which takes IPv4 too, unless the host forbids it), or
+/// `0.0.0.0` on a host without IPv6.
+async fn bind(listen: Listen) -> std::io::Result<TcpListener> {
+    match listen {
+        Listen::Addr(addr) => TcpListener::bind(addr).await,
+        Listen::AnyInterface(port) => match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).await {
+            Ok(listener) => Ok(listener),
+            Err(_) => TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await,
+        },
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Addr(addr) => write!(f, "{addr}"),
+            Listen::AnyInterface(port) => write!(f, ":{port}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -93,15 +133,21 @@ fn configure(args: &ServeArgs) -> anyhow::Result<Agent> {
 async fn serve(agent: Agent, metrics: Arc<Metrics>, args: &ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen;
     if let Some(address) = args.metrics_listen {
-        let listener =
-            TcpListener::bind(address).await.with_context(|| format!("cannot listen for metrics on `{address}`"))?;
+        let listener = bind(address).await.with_context(|| format!("cannot listen for metrics on `{address}`"))?;
         info!(listen = %listener.local_addr()?, "metrics");
         tokio::spawn(metrics::serve(listener, metrics));
     }
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
+    let listener = bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-    info!(listen = %listener.local_addr()?, version = mover_engine::PROTOCOL_VERSION, "serving");
+    let volumes = args.volumes.join(" ");
+    info!(
+        listen = %listener.local_addr()?,
+        volumes = %volumes,
+        release = env!("CARGO_PKG_VERSION"),
+        protocol = mover_engine::PROTOCOL_VERSION,
+        "serving"
+    );
     agent
         .serve(listener, async {
             tokio::select! {
@@ -142,9 +188,13 @@ fn main() -> ExitCode {
     };
     let Command::Serve(args) = cli.command;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| "info".into());
+    // Colour only for a person at a terminal: a file, a pipe or `kubectl logs` gets plain text.
     // A closed or full stderr drops log lines; the agent keeps serving (and never panics on it).
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -177,7 +227,17 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_volume;
+    use super::{Listen, parse_listen, parse_volume};
+
+    #[test]
+    fn listen_addresses() {
+        assert!(matches!(parse_listen(":7443"), Ok(Listen::AnyInterface(7443))));
+        assert!(matches!(parse_listen("127.0.0.1:7443"), Ok(Listen::Addr(_))));
+        assert!(matches!(parse_listen("[::1]:7443"), Ok(Listen::Addr(_))));
+        for bad in ["7443", ":", ":port", "host:7443", ":70000"] {
+            assert!(parse_listen(bad).is_err(), "accepted {bad}");
+        }
+    }
 
     #[test]
     fn volume_specs() {

@@ -10,7 +10,7 @@ use mover_engine::wire::Compression;
 ///
 /// Exit codes: 0 success; 1 the migration failed for a stated reason (bad input, unreachable
 /// or refusing agent, verification failure, files that could not be copied); 2 an unexpected
-/// internal error; 64 invalid command-line usage.
+/// internal error; 64 invalid command-line usage (including an address mover does not know).
 #[derive(Debug, Parser)]
 #[command(name = "mover", version, max_term_width = 100)]
 pub struct Cli {
@@ -20,8 +20,9 @@ pub struct Cli {
     pub global: GlobalArgs,
 }
 
-/// Flags every subcommand takes.
+/// Flags every subcommand takes, listed under their own heading in every `--help`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Output format: `text` (progress bar on a terminal, quiet otherwise) or `json` (progress
     /// events as JSON lines on stdout, the last line a summary object).
@@ -30,6 +31,10 @@ pub struct GlobalArgs {
     /// Show no progress bar.
     #[arg(long, global = true, env = "MOVER_NO_PROGRESS")]
     pub no_progress: bool,
+    /// Show a progress bar: the default on a terminal (named for rsync's habit); wins over
+    /// `--no-progress` and `MOVER_NO_PROGRESS`.
+    #[arg(long, global = true)]
+    pub progress: bool,
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -54,6 +59,12 @@ pub enum Command {
     /// `mover copy ./a agent://HOST:PORT/VOL --certs DIR` sends a local tree to an agent.
     /// `mover copy agent://A:P/VOL agent://B:P/VOL --certs DIR` makes agent A push its volume
     /// straight to agent B; progress comes back here.
+    ///
+    /// As in rsync, a colon before the first `/` marks an address: `host:7443/data`, `agent:/…` or
+    /// an unknown `SCHEME://` is refused (exit 64), never taken for a directory. Write `./a:b` for
+    /// a local directory whose name holds a colon. A missing local target is created, but not its
+    /// parents (`--mkpath` creates them too); a copy that fails before writing anything removes
+    /// what it created.
     Copy(CopyArgs),
     /// Manage a migration's certificates.
     #[command(subcommand)]
@@ -69,6 +80,36 @@ pub enum Command {
     /// check fails. Checks certificates, agents (reachable, same protocol version, volumes
     /// readable or writable, free space), CA bundles and hook programs.
     Preflight(PreflightArgs),
+    /// Print a shell completion script: `mover completions bash > /etc/bash_completion.d/mover`,
+    /// `mover completions zsh > "${fpath[1]}/_mover"`,
+    /// `mover completions fish > ~/.config/fish/completions/mover.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: `mover man | man -l -`, or
+    /// `mover man > /usr/local/share/man/man1/mover.1`; with `--dir DIR`, write `mover.1` and one
+    /// page per subcommand (`mover-copy.1`, ...) into DIR instead.
+    Man {
+        /// Write the pages into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+impl Cli {
+    /// Parses the command line, noting what only the parsed matches know (where `--certs` came
+    /// from), and settling `--progress` against `--no-progress`.
+    pub fn parse_command_line() -> Result<Cli, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+        let matches = Cli::command().try_get_matches()?;
+        let mut cli = Cli::from_arg_matches(&matches)?;
+        cli.global.no_progress &= !cli.global.progress;
+        if let (Command::Copy(args), Some(("copy", copy))) = (&mut cli.command, matches.subcommand()) {
+            args.certs_on_command_line = copy.value_source("certs") == Some(ValueSource::CommandLine);
+        }
+        Ok(cli)
+    }
 }
 
 /// How strict preflight is.
@@ -130,9 +171,17 @@ pub struct CopyArgs {
     /// Target: a directory or `agent://HOST:PORT/VOLUME`.
     pub target: String,
     /// Directory holding the migration's certificates (`mover certs init DIR`); needed when an
-    /// agent is involved.
+    /// agent is involved, refused when both ends are local.
     #[arg(long, env = "MOVER_CERTS")]
     pub certs: Option<PathBuf>,
+    /// Whether `--certs` was given on the command line (not only through `MOVER_CERTS`): only
+    /// then is it a mistake for a local-to-local copy.
+    #[arg(skip)]
+    pub certs_on_command_line: bool,
+    /// Create a missing local target's missing parent directories too (by default only the
+    /// target itself is created, as rsync does).
+    #[arg(long, env = "MOVER_MKPATH")]
+    pub mkpath: bool,
     /// Copy `security.selinux` labels too.
     #[arg(long, env = "MOVER_SELINUX")]
     pub selinux: bool,
@@ -149,9 +198,10 @@ pub struct CopyArgs {
     /// Stage run: files that vanish or change while being read are warnings (exit 0), not errors.
     #[arg(long, env = "MOVER_STAGE")]
     pub stage: bool,
-    /// Limit the bytes the source writes to the tunnel (after compression), in bytes per second:
-    /// `500K`, `20M`, `1G` (binary units), or bits with `100Mbit`.
-    #[arg(long, value_parser = parse_rate, env = "MOVER_BWLIMIT")]
+    /// Limit the bytes the source writes to the tunnel (after compression), per second: a bare
+    /// number is KiB/s, as in rsync and MTC's `rsync_opt_bwlimit` (`5000` = 5000 KiB/s); or
+    /// `500K`, `20M`, `1G` (binary units), `100B` (bytes), or bits with `100Mbit`.
+    #[arg(long, value_parser = parse_bwlimit, env = "MOVER_BWLIMIT")]
     pub bwlimit: Option<u64>,
     /// Reach the target agent through this HTTP CONNECT proxy: `http://USER:PASSWORD@HOST:PORT`
     /// (one proxy, as MTC's `stunnel_tcp_proxy`). The source dials through it: this command for
@@ -184,6 +234,9 @@ pub struct CopyArgs {
     /// migration wants).
     #[arg(long, env = "MOVER_NO_DELETE")]
     pub no_delete: bool,
+    /// Delete entries on the target that the source lacks: the default, named for rsync's habit.
+    #[arg(long, conflicts_with = "no_delete")]
+    pub delete: bool,
     /// Allow deleting more than half of the target's entries (refused by default: that is what
     /// an empty or wrong source looks like).
     #[arg(long, env = "MOVER_ALLOW_MASS_DELETE")]
@@ -194,10 +247,17 @@ pub struct CopyArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
     /// Create a migration CA and agent and coordinator certificates in DIR.
+    ///
+    /// The nodes that run agents get `ca.crt`, `agent.crt` and `agent.key` only; `ca.key` and
+    /// `coordinator.*` stay with the coordinator (whoever holds `ca.key` can mint certificates).
     Init {
         /// Where to write `ca.crt`, `ca.key`, `agent.crt`, `agent.key`, `coordinator.crt`,
-        /// `coordinator.key` (keys mode 0600).
+        /// `coordinator.key` (keys mode 0600; DIR is created mode 0700).
         dir: PathBuf,
+        /// Also write the node set alone (`ca.crt`, `agent.crt`, `agent.key`) into this
+        /// directory, ready to copy to the nodes or to load into a Kubernetes Secret.
+        #[arg(long, value_name = "DIR")]
+        agent_dir: Option<PathBuf>,
         /// Replace existing files.
         #[arg(long)]
         force: bool,
@@ -232,21 +292,32 @@ pub fn parse_compression(text: &str) -> Result<Compression, String> {
     }
 }
 
-/// Parses a rate: bytes per second with an optional `K`, `M` or `G` suffix (binary), or bits per
+/// Parses a size or rate in bytes with an optional `K`, `M` or `G` suffix (binary), or bits per
 /// second with `Kbit`, `Mbit` or `Gbit` (decimal, as network links are sold).
 pub fn parse_rate(text: &str) -> Result<u64, String> {
+    parse_quantity(text, 1.0)
+}
+
+/// Parses `--bwlimit` (and a plan's `bwlimit`): as [`parse_rate`], but a bare number is KiB/s,
+/// as rsync's `--bwlimit` and MTC's `rsync_opt_bwlimit` read it; `B` names bytes.
+pub fn parse_bwlimit(text: &str) -> Result<u64, String> {
+    parse_quantity(text, 1024.0)
+}
+
+fn parse_quantity(text: &str, bare_factor: f64) -> Result<u64, String> {
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a rate such as `20M` or `100Mbit`"))?;
     let factor = match unit {
-        "" => 1.0,
+        "" => bare_factor,
+        "B" | "b" => 1.0,
         "K" | "k" => 1024.0,
         "M" | "m" => 1024.0 * 1024.0,
         "G" | "g" => 1024.0 * 1024.0 * 1024.0,
         "Kbit" | "kbit" => 1e3 / 8.0,
         "Mbit" | "mbit" => 1e6 / 8.0,
         "Gbit" | "gbit" => 1e9 / 8.0,
-        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use K, M, G (bytes) or Kbit, Mbit, Gbit")),
+        _ => return Err(format!("unknown unit `{unit}` in `{text}`: use B, K, M, G (bytes) or Kbit, Mbit, Gbit")),
     };
     let rate = (number * factor) as u64;
     if rate == 0 {
@@ -257,11 +328,15 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_rate;
+    use super::{parse_bwlimit, parse_rate};
 
     #[test]
     fn rates() {
         assert_eq!(parse_rate("100").unwrap(), 100);
+        assert_eq!(parse_bwlimit("5000").unwrap(), 5000 * 1024, "a bare --bwlimit is KiB/s, as in rsync");
+        assert_eq!(parse_bwlimit("100B").unwrap(), 100);
+        assert_eq!(parse_bwlimit("2M").unwrap(), 2 << 20);
+        assert_eq!(parse_bwlimit("100Mbit").unwrap(), 12_500_000);
         assert_eq!(parse_rate("20M").unwrap(), 20 << 20);
         assert_eq!(parse_rate("100Mbit").unwrap(), 12_500_000);
         assert_eq!(parse_rate("1.5K").unwrap(), 1536);

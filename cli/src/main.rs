@@ -10,8 +10,6 @@ mod printer;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::args::{Cli, Command, PlanCommand};
 
 /// Exit code: the migration failed for a stated reason.
@@ -22,6 +20,32 @@ pub const EXIT_INTERNAL: u8 = 2;
 pub const EXIT_USAGE: u8 = 64;
 /// Exit code: cancelled by SIGINT or SIGTERM (128 + SIGINT, as shells report it).
 pub const EXIT_CANCELLED: u8 = 130;
+
+/// A command line that parsed but does not make sense (an address mover does not know, `--certs`
+/// for two local directories, an invalid `--tags` expression): printed as any error, and exits
+/// [`EXIT_USAGE`] as clap's own usage errors do. Attach it with [`usage`] or as the context of the
+/// underlying error.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error with this message.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// Whether `error` is, or was caused by, a usage error (anyhow's downcast looks through every
+/// layer of context, and at contexts themselves).
+fn is_usage(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<UsageError>().is_some()
+}
 
 /// How a command ended.
 pub enum Outcome {
@@ -54,7 +78,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_command_line() {
         Ok(cli) => cli,
         Err(error) => {
             let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
@@ -91,6 +115,8 @@ fn run() -> ExitCode {
                 Command::Image(command) => commands::image::run(command, &cli.global).await,
                 Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
                 Command::Preflight(args) => commands::preflight::run(args, &cli.global).await,
+                Command::Completions { shell } => Ok(commands::completions::run(shell)),
+                Command::Man { dir } => commands::man::run(dir.as_deref()),
             }
         };
         tokio::select! {
@@ -105,17 +131,38 @@ fn run() -> ExitCode {
         runtime.shutdown_timeout(std::time::Duration::from_secs(2));
         return ExitCode::from(EXIT_CANCELLED);
     };
+    if matches!(result, Ok(Outcome::Cancelled)) {
+        // Copies still winding down must not hold the exit.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    }
+    finish(result)
+}
+
+/// The exit code of a command's result, with its error printed.
+fn finish(result: anyhow::Result<Outcome>) -> ExitCode {
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILED),
-        Ok(Outcome::Cancelled) => {
-            // Copies still winding down must not hold the exit.
-            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
-            ExitCode::from(EXIT_CANCELLED)
-        }
+        Ok(Outcome::Cancelled) => ExitCode::from(EXIT_CANCELLED),
         Err(error) => {
             printer::print_error(&error);
-            ExitCode::from(EXIT_FAILED)
+            ExitCode::from(if is_usage(&error) { EXIT_USAGE } else { EXIT_FAILED })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context;
+
+    use super::{UsageError, is_usage, usage};
+
+    #[test]
+    fn usage_errors_are_recognised_however_they_are_wrapped() {
+        assert!(is_usage(&usage("bad")));
+        assert!(is_usage(&usage("bad").context("while parsing")));
+        let wrapped: anyhow::Result<()> = Err(std::io::Error::other("cause")).context(UsageError("bad".into()));
+        assert!(is_usage(&wrapped.unwrap_err().context("outer")));
+        assert!(!is_usage(&anyhow::anyhow!("failed")));
     }
 }

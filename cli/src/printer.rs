@@ -218,6 +218,9 @@ fn hint(error: &anyhow::Error) -> Option<String> {
         if let Some(image) = cause.downcast_ref::<mover_engine::image::ImageError>() {
             return crate::commands::image::hint(image);
         }
+        if let Some(CertError::Writable { .. }) = cause.downcast_ref::<CertError>() {
+            return None;
+        }
         if cause.downcast_ref::<CertError>().is_some() {
             return Some(
                 "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into(),

@@ -75,7 +75,7 @@ fn fetch_from_nothing_fails_clearly() {
         text(&output)
     );
     let output = mover(&["certs", "fetch", "no-port"]);
-    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(64), "a malformed endpoint is a usage error: {}", text(&output));
 }
 
 #[test]

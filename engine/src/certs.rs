@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -67,9 +67,22 @@ pub enum CertError {
         #[source]
         source: std::io::Error,
     },
-    /// A file exists and `--force` was not given.
-    #[error("`{0}` already exists; pass `--force` to replace the migration's certificates")]
+    /// A file exists and replacing was not asked for.
+    #[error("`{0}` already exists")]
     Exists(PathBuf),
+    /// A certificate directory or file that others may write.
+    #[error(
+        "`{}` can be written by users other than its owner (mode {mode:04o}): they could replace the \
+         migration's certificates; run `chmod go-w {}`",
+        path.display(),
+        path.display()
+    )]
+    Writable {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A PEM file held nothing usable.
     #[error("`{path}` holds no {what}")]
     Empty {
@@ -157,10 +170,24 @@ pub fn file_names() -> [(&'static str, u32); 6] {
     ]
 }
 
-/// Writes a migration's certificates into `dir` (created if needed). Refuses to replace existing
-/// files unless `force`. Returns the paths written.
+/// The files a node that runs an agent needs, and all it should hold: `ca.key` would let it
+/// mint certificates, `coordinator.key` act as the coordinator.
+pub const NODE_FILES: [&str; 3] = ["ca.crt", "agent.crt", "agent.key"];
+
+/// Writes a migration's certificates into `dir` (created mode 0700 if needed). Refuses to replace
+/// existing files unless `force`. Returns the paths written.
 pub fn write_dir(dir: &Path, certs: &MigrationCerts, force: bool) -> Result<Vec<PathBuf>, CertError> {
-    fs::create_dir_all(dir).map_err(|source| CertError::Io { path: dir.to_owned(), source })?;
+    write_files(dir, &files(certs), force)
+}
+
+/// Writes only the [`NODE_FILES`] into `dir`, as [`write_dir`] does: the set to copy to nodes.
+pub fn write_agent_dir(dir: &Path, certs: &MigrationCerts, force: bool) -> Result<Vec<PathBuf>, CertError> {
+    let node: Vec<_> = files(certs).into_iter().filter(|(name, ..)| NODE_FILES.contains(name)).collect();
+    write_files(dir, &node, force)
+}
+
+/// Each file of a migration with its mode and content.
+fn files(certs: &MigrationCerts) -> Vec<(&'static str, u32, &str)> {
     let contents = [
         &certs.ca.cert,
         &certs.ca.key,
@@ -169,8 +196,19 @@ pub fn write_dir(dir: &Path, certs: &MigrationCerts, force: bool) -> Result<Vec<
         &certs.coordinator.cert,
         &certs.coordinator.key,
     ];
+    file_names().into_iter().zip(contents).map(|((name, mode), content)| (name, mode, content.as_str())).collect()
+}
+
+fn write_files(dir: &Path, files: &[(&str, u32, &str)], force: bool) -> Result<Vec<PathBuf>, CertError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| CertError::Io { path: dir.to_owned(), source })?;
+    check_not_writable_by_others(dir)?;
+    // All or nothing: no file is written when one is in the way.
     if !force {
-        for (name, _) in file_names() {
+        for (name, ..) in files {
             let path = dir.join(name);
             if path.symlink_metadata().is_ok() {
                 return Err(CertError::Exists(path));
@@ -178,19 +216,77 @@ pub fn write_dir(dir: &Path, certs: &MigrationCerts, force: bool) -> Result<Vec<
         }
     }
     let mut written = Vec::new();
-    for ((name, mode), content) in file_names().into_iter().zip(contents) {
+    for (name, mode, content) in files {
         let path = dir.join(name);
-        let io = |source| CertError::Io { path: path.clone(), source };
-        // Write beside, then rename: a key is never readable by others, even for a moment.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
-        file.write_all(content.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
+        write_file(&path, content.as_bytes(), *mode, force)?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Writes `contents` to `path` with `mode` through a temporary file beside it and a rename: a key
+/// is never readable by others, even for a moment, and a symlink at `path` (dangling or not) is
+/// replaced, never followed. Without `replace`, anything already at `path` is left alone and
+/// reported as [`CertError::Exists`], atomically (no check-then-write window).
+pub fn write_file(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<(), CertError> {
+    let io = |source| CertError::Io { path: path.to_owned(), source };
+    let name = path.file_name().ok_or_else(|| io(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    // `create_new` is O_EXCL: it neither follows nor reuses whatever sits at the temporary name.
+    let _ = fs::remove_file(&tmp);
+    let written = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).and_then(|mut file| {
+        file.write_all(contents)?;
+        file.sync_all()
+    });
+    let installed = written.and_then(|()| if replace { fs::rename(&tmp, path) } else { rename_new(&tmp, path) });
+    if let Err(error) = installed {
+        let _ = fs::remove_file(&tmp);
+        return Err(if error.kind() == std::io::ErrorKind::AlreadyExists {
+            CertError::Exists(path.to_owned())
+        } else {
+            io(error)
+        });
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to` unless something is at `to` (`AlreadyExists`). File systems without
+/// `RENAME_NOREPLACE` (NFS) get a hard link and an unlink, which refuse an existing name too.
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        result => result.map_err(std::io::Error::from),
+    }
+}
+
+/// Refuses a certificate file or directory that users other than its owner may write: whoever
+/// can write the directory can rename another `ca.crt` into it, whoever can write a file can
+/// rewrite it. A sticky directory (mode 1777, as Kubernetes mounts a Secret: root's symlinks
+/// into a 0755 directory) passes: there, others cannot rename or remove entries they do not
+/// own. Symlinks are followed, and the directory a file really lies in is checked too.
+fn check_not_writable_by_others(path: &Path) -> Result<(), CertError> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = fs::metadata(path).map_err(|source| CertError::Io { path: path.to_owned(), source })?;
+    let mode = metadata.permissions().mode() & 0o7777;
+    let sticky_dir = metadata.is_dir() && mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky_dir {
+        return Err(CertError::Writable { path: path.to_owned(), mode });
+    }
+    Ok(())
+}
+
+/// Checks a file [`Identity::load`] reads, and the directory it really lies in.
+fn check_loaded_file(path: &Path) -> Result<(), CertError> {
+    check_not_writable_by_others(path)?;
+    let real = fs::canonicalize(path).map_err(|source| CertError::Io { path: path.to_owned(), source })?;
+    match real.parent() {
+        Some(parent) => check_not_writable_by_others(parent),
+        None => Ok(()),
+    }
 }
 
 /// Everything one side needs for mutual TLS: its chain and key, and the migration's CA.
@@ -214,7 +310,13 @@ impl Clone for Identity {
 
 impl Identity {
     /// Loads `ca.crt` and the role's certificate and key from a certificate directory.
+    /// Refuses a directory or file that others may write ([`CertError::Writable`]).
     pub fn load(dir: &Path, role: Role) -> Result<Identity, CertError> {
+        check_not_writable_by_others(dir)?;
+        let names = ["ca.crt".to_owned(), format!("{}.crt", role.file_stem()), format!("{}.key", role.file_stem())];
+        for name in &names {
+            check_loaded_file(&dir.join(name))?;
+        }
         let ca = read_certs(&dir.join("ca.crt"))?.remove(0);
         let chain = read_certs(&dir.join(format!("{}.crt", role.file_stem())))?;
         let key_path = dir.join(format!("{}.key", role.file_stem()));

@@ -1,6 +1,6 @@
 //! `mover copy SRC DST`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -9,14 +9,16 @@ use mover_engine::client::{self, CopyError};
 use mover_engine::tunnel::{Proxy, TunnelError};
 use mover_engine::wire::SyncOptions;
 
-use crate::Outcome;
 use crate::args::{CopyArgs, GlobalArgs, OutputFormat};
 use crate::location::{Location, parse_location};
 use crate::printer::Printer;
+use crate::{Outcome, usage};
 
 fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
     let Some(dir) = &args.certs else {
-        bail!("a copy that involves an agent needs `--certs DIR` (the directory `mover certs init` wrote)");
+        return Err(usage(
+            "a copy that involves an agent needs `--certs DIR` (the directory `mover certs init` wrote)",
+        ));
     };
     Identity::load(dir, Role::Coordinator)
         .with_context(|| format!("while loading the coordinator certificate from `{}`", dir.display()))
@@ -39,6 +41,49 @@ pub(crate) fn resolve_proxy(url: Option<&str>, password_file: Option<&Path>) -> 
     Ok(Some(proxy))
 }
 
+/// Creates a missing local target as rsync does: the last component only, or every missing
+/// directory with `mkpath`. Returns the directories it made, outermost first, so that a copy that
+/// fails before writing anything can take them away again ([`remove_if_empty`]).
+fn create_local_target(target: &Path, mkpath: bool) -> anyhow::Result<Vec<PathBuf>> {
+    match std::fs::metadata(target) {
+        Ok(metadata) if metadata.is_dir() => return Ok(Vec::new()),
+        Ok(_) => bail!("`{}` is not a directory: the target of a copy is a directory", target.display()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("cannot look at the target `{}`", target.display())),
+    }
+    let missing: Vec<&Path> =
+        target.ancestors().take_while(|dir| !dir.as_os_str().is_empty() && dir.symlink_metadata().is_err()).collect();
+    if let [_, parent, ..] = missing.as_slice()
+        && !mkpath
+    {
+        bail!(
+            "the target's parent directory `{}` does not exist: create it, or pass `--mkpath` to create every \
+             missing directory of `{}`",
+            parent.display(),
+            target.display()
+        );
+    }
+    let mut created = Vec::new();
+    for dir in missing.into_iter().rev() {
+        if let Err(error) = std::fs::create_dir(dir) {
+            remove_if_empty(&created);
+            return Err(error).with_context(|| format!("while creating the target directory `{}`", dir.display()));
+        }
+        created.push(dir.to_owned());
+    }
+    Ok(created)
+}
+
+/// Removes the directories [`create_local_target`] made, innermost first, as long as they are
+/// empty: what a copy wrote (files kept for a resume) stays.
+fn remove_if_empty(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
+}
+
 /// Runs the copy; with `--output json` the last line is a summary, also when it fails.
 pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     copy(args, global).await.inspect_err(|error| {
@@ -48,12 +93,23 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
 }
 
 async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let source = parse_location(&args.source)?;
+    let target = parse_location(&args.target)?;
+    if let (Location::Local(_), Location::Local(_)) = (&source, &target)
+        && args.certs_on_command_line
+    {
+        return Err(usage(
+            "`--certs` is for copies that involve an agent, and both ends are local directories: leave it out, \
+             or write the agent's end as `agent://HOST:PORT/VOLUME`",
+        ));
+    }
     let options = SyncOptions {
         selinux: args.selinux,
         devices: args.devices,
         fsync: args.fsync,
         compression: args.compress,
         stage: args.stage,
+        // `--delete` names the default; clap refuses it beside `--no-delete` (or `MOVER_NO_DELETE`).
         delete: !args.no_delete,
         allow_mass_delete: args.allow_mass_delete,
         checksum: args.checksum,
@@ -63,15 +119,14 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     };
     let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global));
-    let source = parse_location(&args.source)?;
-    let target = parse_location(&args.target)?;
     let result = match (&source, &target) {
         (Location::Local(from), Location::Local(to)) => {
-            if !to.is_dir() {
-                std::fs::create_dir_all(to)
-                    .with_context(|| format!("while creating the target directory `{}`", to.display()))?;
+            let created = create_local_target(to, args.mkpath)?;
+            let result = client::copy_local(from, to, options, printer.clone()).await;
+            if result.is_err() {
+                remove_if_empty(&created);
             }
-            client::copy_local(from, to, options, printer.clone()).await
+            result
         }
         (Location::Local(from), Location::Agent { addr, volume }) => {
             client::copy_to_agent(&identity(&args)?, from, (addr, volume), proxy.as_ref(), options, printer.clone())
@@ -88,9 +143,11 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             )
             .await
         }
-        (Location::Agent { .. }, Location::Local(_)) => bail!(
-            "copying from an agent into a local directory is not supported; run `mover-agent serve` on the target and copy agent to agent"
-        ),
+        (Location::Agent { .. }, Location::Local(_)) => {
+            return Err(usage(
+                "copying from an agent into a local directory is not supported; run `mover-agent serve` on the target and copy agent to agent",
+            ));
+        }
     };
     match result {
         Ok(summary) => {

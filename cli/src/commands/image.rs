@@ -13,9 +13,8 @@ use mover_engine::image::{
 use mover_engine::progress::{BlobState, Event, Reporter};
 use mover_engine::tunnel::Proxy;
 
-use crate::Outcome;
 use crate::args::{GlobalArgs, ImageCommand, ImageCommon, ImageCopyArgs, ImageSyncArgs, OutputFormat};
-use crate::output;
+use crate::{Outcome, UsageError, output, usage};
 
 /// Runs an image subcommand.
 pub async fn run(command: ImageCommand, global: &GlobalArgs) -> anyhow::Result<Outcome> {
@@ -30,14 +29,19 @@ pub async fn run(command: ImageCommand, global: &GlobalArgs) -> anyhow::Result<O
     result
 }
 
+/// Parses an image reference; a malformed one (no transport, a bad tag) is a usage error.
+fn image_ref(text: &str) -> anyhow::Result<ImageRef> {
+    text.parse::<ImageRef>().map_err(|error| usage(error.to_string()))
+}
+
 async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let source_ref: ImageRef = args.source.parse()?;
-    let target_ref: ImageRef = args.target.parse()?;
+    let source_ref = image_ref(&args.source)?;
+    let target_ref = image_ref(&args.target)?;
     if let ImageRef::Registry { version: Some(Version::Digest(_)), .. } = &target_ref {
-        anyhow::bail!(
+        return Err(usage(format!(
             "the target `{}` names a digest: name a repository and optionally a tag (the digest is the source's)",
             args.target
-        );
+        )));
     }
     let source = endpoint(&source_ref, &args.common, Side::Source)?;
     let target = endpoint(&target_ref, &args.common, Side::Target)?;
@@ -63,13 +67,13 @@ async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
 }
 
 async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let source_ref: ImageRef = args.source.parse()?;
-    let target_ref: ImageRef = args.target.parse()?;
+    let source_ref = image_ref(&args.source)?;
+    let target_ref = image_ref(&args.target)?;
     for (what, reference) in [("source", &source_ref), ("target", &target_ref)] {
         if matches!(reference, ImageRef::Registry { version: Some(_), .. } | ImageRef::Layout { tag: Some(_), .. }) {
-            anyhow::bail!(
+            return Err(usage(format!(
                 "the sync {what} `{reference}` names a tag or digest: name a repository (use --tags to filter)"
-            );
+            )));
         }
     }
     let tags = args
@@ -77,14 +81,14 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
         .as_deref()
         .map(regex::Regex::new)
         .transpose()
-        .with_context(|| "--tags is not a valid regular expression")?;
+        .context(UsageError("`--tags` is not a valid regular expression".into()))?;
     let source = endpoint(&source_ref, &args.common, Side::Source)?;
     let target = endpoint(&target_ref, &args.common, Side::Target)?;
     let prefixes = match (&source_ref, &target_ref) {
         (ImageRef::Registry { repository: from, .. }, ImageRef::Registry { repository: to, .. }) if args.prefix => {
             Some((from.name.clone(), to.name.clone()))
         }
-        _ if args.prefix => anyhow::bail!("--prefix needs docker:// source and target"),
+        _ if args.prefix => return Err(usage("`--prefix` needs docker:// source and target")),
         _ => None,
     };
     let printer = Arc::new(ImagePrinter::new(global, args.common.dry_run));

@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 pub mod certs;
+pub mod completions;
 pub mod copy;
 pub mod image;
+pub mod man;
 pub mod plan;
 pub mod preflight;
 

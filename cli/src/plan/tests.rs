@@ -156,3 +156,14 @@ mod fuzzing {
         }
     }
 }
+
+#[test]
+fn a_bare_bwlimit_is_kib_per_second_as_in_mtc() {
+    for (written, expected) in [("5000", 5000 << 10), ("\"5000\"", 5000 << 10), ("2M", 2 << 20), ("100B", 100)] {
+        let plan = parse_at(&format!(
+            "{HEAD}volumes:\n  - source: ./a\n    target: ./b\n    options: {{bwlimit: {written}}}\n"
+        ))
+        .unwrap();
+        assert_eq!(plan.volumes[0].sync_options(false).bwlimit, expected, "bwlimit: {written}");
+    }
+}

@@ -37,7 +37,8 @@ impl<'de> Deserialize<'de> for VolumeEnd {
     }
 }
 
-/// A bandwidth limit in bytes per second: a number, or `500K`, `20M`, `100Mbit`.
+/// A bandwidth limit in bytes per second, written as `500K`, `20M`, `100Mbit`, `100B`, or a bare
+/// number of KiB/s (as MTC's `rsync_opt_bwlimit` and rsync's `--bwlimit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate(pub u64);
 
@@ -47,13 +48,13 @@ impl<'de> Deserialize<'de> for Rate {
         impl Visitor<'_> for RateVisitor {
             type Value = Rate;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a rate such as `20M`, `100Mbit` or a number of bytes per second")
+                f.write_str("a rate such as `20M`, `100Mbit` or a number of KiB per second")
             }
             fn visit_u64<E: de::Error>(self, value: u64) -> Result<Rate, E> {
                 if value == 0 {
                     return Err(E::custom("a bandwidth limit must be above zero (leave `bwlimit` out for none)"));
                 }
-                Ok(Rate(value))
+                value.checked_mul(1024).map(Rate).ok_or_else(|| E::custom("a bandwidth limit this large is no limit"))
             }
             fn visit_i64<E: de::Error>(self, value: i64) -> Result<Rate, E> {
                 u64::try_from(value)
@@ -61,7 +62,7 @@ impl<'de> Deserialize<'de> for Rate {
                     .and_then(|v| self.visit_u64(v))
             }
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Rate, E> {
-                crate::args::parse_rate(text).map(Rate).map_err(E::custom)
+                crate::args::parse_bwlimit(text).map(Rate).map_err(E::custom)
             }
         }
         deserializer.deserialize_any(RateVisitor)
