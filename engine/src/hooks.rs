@@ -208,6 +208,16 @@ fn kill_group(leader: Option<u32>) {
     let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
 }
 
+/// Kills a hook's process group when the run is dropped half way (the plan was cancelled):
+/// `kill_on_drop` reaches only the hook's own process, not what it started.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
+}
+
 /// Runs a hook to its end, or kills it at its timeout. `on_line` sees every output line.
 pub async fn run_hook(command: &HookCommand, on_line: &(dyn Fn(&str) + Send + Sync)) -> Result<HookOutcome, HookError> {
     let started = Instant::now();
@@ -223,6 +233,7 @@ pub async fn run_hook(command: &HookCommand, on_line: &(dyn Fn(&str) + Send + Sy
         .spawn()
         .map_err(|source| HookError::Spawn { program: command.program.to_string_lossy().into_owned(), source })?;
     let pgid = child.id();
+    let _group = GroupGuard(pgid);
     let (lines_tx, mut lines) = mpsc::unbounded_channel();
     if let Some(stdout) = child.stdout.take() {
         read_lines(stdout, lines_tx.clone());
@@ -298,6 +309,19 @@ mod tests {
         assert_eq!(tail.last().unwrap(), "50");
         assert_eq!(tail.first().unwrap(), "31");
         assert!(error.to_string().starts_with("exited with status 3; its last 20 lines"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_run_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("marker");
+        let script = format!("(sleep 2; touch {}) & sleep 60", marker.display());
+        let command = sh(&script, Duration::from_secs(60));
+        let run = run_hook(&command, &|_| {});
+        // The plan is cancelled half a second in: the run is dropped.
+        assert!(tokio::time::timeout(Duration::from_millis(500), run).await.is_err());
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(!marker.exists(), "a grandchild of a cancelled hook lived on");
     }
 
     #[tokio::test]
