@@ -113,6 +113,8 @@ fn tree_usage(root: BorrowedFd<'_>, deadline: Instant) -> (u64, bool) {
         if kind == FileType::Directory {
             match confine::open_subdir(parent, &name).and_then(|dir| Ok((confine::list_dir(dir.as_fd())?, dir))) {
                 Ok((names, dir)) => stack.push((dir, names.into_iter())),
+                // A bind mount of the same device: not the volume's, as any other mount.
+                Err(error) if confine::is_mount_crossing(&error) => {}
                 Err(_) => complete = false,
             }
         }

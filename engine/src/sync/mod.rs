@@ -296,9 +296,9 @@ where
     // Early totals (for a progress bar's ETA) come from a quick metadata-only walk beside the
     // transfer; otherwise the sender reports them when its scan ends.
     let totals = reporter.wants_early_totals().then(|| {
-        let (root, reporter) = (root.clone(), reporter.clone());
+        let (root, reporter, cross_mounts) = (root.clone(), reporter.clone(), options.cross_mounts);
         tokio::task::spawn_blocking(move || {
-            if let Ok((files, bytes)) = crate::scan::totals(&root) {
+            if let Ok((files, bytes)) = crate::scan::totals(&root, cross_mounts) {
                 reporter.on_event(&crate::progress::Event::Totals { files, bytes });
             }
         })

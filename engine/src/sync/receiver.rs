@@ -1242,6 +1242,9 @@ impl Receiver {
         let root = self.group.root.clone();
         let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete)?;
         self.group.files().report.entries_deleted = deleted;
+        for kept in self.deletions.take_kept_mounts() {
+            self.group.warn(kept);
+        }
         // Deepest first, so setting a directory's times is not undone by work inside it.
         let group = &self.group;
         let read_error =

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::blocks;
 use super::{Result, SyncError, WINDOW};
 use crate::compress::{Compressor, LevelControl, Packed};
-use crate::confine::{self, display_bytes};
+use crate::confine::{self, Mounts, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::wire::{
@@ -92,13 +92,19 @@ impl Shared {
 
     /// A file that vanished, changed or could not be read: an error, or a warning in a stage run.
     fn problem(&self, message: &str) {
-        let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
         if self.options.stage {
-            problems.warnings.push(message.to_owned());
-            self.reporter.on_event(&Event::Warning { message: message.to_owned() });
+            self.warn(message);
         } else {
+            let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
             problems.errors.push(message.to_owned());
         }
+    }
+
+    /// Something the user should know that fails nothing: shown now and in the summary.
+    fn warn(&self, message: &str) {
+        let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
+        problems.warnings.push(message.to_owned());
+        self.reporter.on_event(&Event::Warning { message: message.to_owned() });
     }
 
     fn done(&self, size: u64) {
@@ -257,6 +263,15 @@ impl Tree<'_> {
                         if problem.raw.len() <= crate::confine::MAX_PATH {
                             self.send(&Message::Keep { path: problem.raw })?;
                         }
+                    }
+                    Some(Scanned::MountPoint(path)) => {
+                        self.shared.warn(&format!(
+                            "skipped `{}`: another file system is mounted there (the copy stays on the source \
+                             volume's own file system unless told to cross mounts)",
+                            display_bytes(&path)
+                        ));
+                        // What the target has there is not the source's to delete.
+                        self.send(&Message::Keep { path })?;
                     }
                     None => {
                         scanning = false;
@@ -473,7 +488,8 @@ impl Worker {
         };
         if self.parent.as_ref().is_none_or(|(cached, _)| cached.as_slice() != parent) {
             self.parent = None;
-            let dir = confine::open_dir(self.shared.root.as_fd(), parent)?;
+            let mounts = if self.shared.options.cross_mounts { Mounts::Cross } else { Mounts::Stay };
+            let dir = confine::open_dir_in(self.shared.root.as_fd(), parent, mounts)?;
             self.parent = Some((parent.to_vec(), dir));
         }
         let dir = &self.parent.as_ref().expect("just set").1;

@@ -49,7 +49,8 @@ pub use message::{
 /// ([`SyncOptions::streams`], [`Request::JoinLane`]).
 /// Version 5: [`Message::FileEnd`] carries the file's digest (`sync::digest`: blake3 over its
 /// 1 MiB pieces' blake3 and its size) instead of the blake3 of its bytes.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Version 6: [`SyncOptions::cross_mounts`].
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;
