@@ -35,7 +35,7 @@ pub fn inspect(name: &str, root: BorrowedFd<'_>, read_only: bool) -> VolumeStatu
         Ok(fs) => {
             status.free_bytes = fs.f_bavail.saturating_mul(fs.f_frsize);
             status.size_bytes = fs.f_blocks.saturating_mul(fs.f_frsize);
-            if is_mount_point(root) {
+            if crate::volume::is_mount_root(root) {
                 status.used_bytes = fs.f_blocks.saturating_sub(fs.f_bfree).saturating_mul(fs.f_frsize);
                 return status;
             }
@@ -71,12 +71,6 @@ fn probe_write(root: BorrowedFd<'_>) -> io::Result<()> {
     drop(confine::create_file(root, name.as_bytes())?);
     rustix::fs::unlinkat(root, confine::cname(name.as_bytes()).as_c_str(), rustix::fs::AtFlags::empty())?;
     Ok(())
-}
-
-fn is_mount_point(root: BorrowedFd<'_>) -> bool {
-    let Ok(own) = rustix::fs::fstat(root) else { return false };
-    let Ok(Some(parent)) = confine::lstat(root, b"..") else { return false };
-    own.st_dev != parent.st_dev || own.st_ino == parent.st_ino
 }
 
 /// Allocated bytes beneath `root`, and whether the walk saw everything.

@@ -5,6 +5,7 @@
 //! - [`tunnel`] and [`certs`]: mutual TLS 1.3 with a per-migration CA and role certificates;
 //! - [`sync`]: the sender and receiver state machines of a volume copy;
 //! - [`agent`]: the node daemon's server side; [`client`]: the coordinator's operations;
+//! - [`volume`]: grants, and the roots sessions resolve afresh and watch;
 //! - [`progress`]: events and summaries (the engine never prints);
 //! - [`hooks`]: run a plan's hook programs and playbooks, with a timeout over their process group.
 //!
@@ -27,6 +28,7 @@ pub mod sync;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tunnel;
+pub mod volume;
 pub mod wire;
 
 pub use wire::{PROTOCOL_VERSION, SyncOptions};

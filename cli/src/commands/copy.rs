@@ -59,13 +59,7 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
     let source = parse_location(&args.source)?;
     let target = parse_location(&args.target)?;
     let result = match (&source, &target) {
-        (Location::Local(from), Location::Local(to)) => {
-            if !to.is_dir() {
-                std::fs::create_dir_all(to)
-                    .with_context(|| format!("while creating the target directory `{}`", to.display()))?;
-            }
-            client::copy_local(from, to, options, printer.clone()).await
-        }
+        (Location::Local(from), Location::Local(to)) => client::copy_local(from, to, options, printer.clone()).await,
         (Location::Local(from), Location::Agent { addr, volume }) => {
             client::copy_to_agent(&identity(&args)?, from, (addr, volume), proxy.as_ref(), options, printer.clone())
                 .await

@@ -30,7 +30,6 @@ mod dirs;
 mod receiver;
 mod sender;
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::sync::mpsc;
 
 use crate::progress::{SharedReporter, Summary};
+use crate::volume::VolumeRoot;
 use crate::wire::{FrameReader, FrameWriter, ReceiverReport, RemoteError, RemoteErrorKind, SyncOptions, WireError};
 
 /// A session in which the peer says nothing for this long is over: it vanished. (The longest
@@ -113,6 +113,9 @@ pub enum SyncError {
     /// The peer went away mid-session.
     #[error("the peer disconnected {0}")]
     Disconnected(&'static str),
+    /// The volume root is no longer what its path resolves to.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
 }
 
 fn remote_message(error: &RemoteError) -> String {
@@ -130,6 +133,7 @@ impl SyncError {
             SyncError::Remote(error) => error.kind,
             SyncError::Deletion(DeletionError::MassDelete { .. } | DeletionError::Replaced { .. })
             | SyncError::Wire(_)
+            | SyncError::Volume(_)
             | SyncError::Disconnected(_) => RemoteErrorKind::Other,
         };
         RemoteError::new(kind, full_message(self))
@@ -282,17 +286,19 @@ impl Pumps {
 
 /// Runs the sender over established, handshaken tunnels: streams the tree under `root` to the
 /// receiver at the other end and returns the summary once the receiver acknowledged. `lanes`
-/// are the session's further connections (`options.streams - 1` of them), already joined.
+/// are the session's further connections (`options.streams - 1` of them), already joined. A
+/// root whose watch sees it change ends the session.
 pub async fn send_volume<S>(
     stream: S,
     lanes: Vec<S>,
-    root: Arc<OwnedFd>,
+    root: VolumeRoot,
     options: SyncOptions,
     reporter: SharedReporter,
 ) -> Result<Summary>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let (root, watch) = (root.fd().clone(), root.watch().clone());
     // Early totals (for a progress bar's ETA) come from a quick metadata-only walk beside the
     // transfer; otherwise the sender reports them when its scan ends.
     let totals = reporter.wants_early_totals().then(|| {
@@ -317,7 +323,7 @@ where
         pumps.push(lane_pumps);
         others.push(sender::Lane { out, replies });
     }
-    let shared = sender::Shared::new(root, options, reporter, on_wire.clone());
+    let shared = sender::Shared::new((root, watch), options, reporter, on_wire.clone());
     let thread = tokio::task::spawn_blocking(move || sender::run(&shared, sender::Lane { out, replies }, others));
     let result = thread.await.map_err(|_| SyncError::Disconnected("(sender thread panicked)"))?;
     let mut written = Ok(());
@@ -336,18 +342,19 @@ where
 
 /// Runs the receiver over established, handshaken tunnels: recreates the sender's tree under
 /// `root`. `lanes` are the session's further connections, already joined. On failure the
-/// peer is told why before the tunnels close.
+/// peer is told why before the tunnels close. A root whose watch sees it change ends the
+/// session.
 pub async fn receive_volume<S>(
     stream: S,
     lanes: Vec<S>,
-    root: Arc<OwnedFd>,
+    root: VolumeRoot,
     options: SyncOptions,
     reporter: SharedReporter,
 ) -> Result<ReceiverReport>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let group = receiver::Group::new(root, options, reporter, lanes.len() + 1)?;
+    let group = receiver::Group::new((root.fd().clone(), root.watch().clone()), options, reporter, lanes.len() + 1)?;
     let budget = INPUT_BUDGET / (lanes.len() + 1);
     // The first lane's queue holds about as many frames as the sender may have files waiting
     // for a verdict (bytes stay bounded by the budget). With a short one the reader fills it

@@ -15,6 +15,7 @@ use crate::compress::{Compressor, LevelControl, Packed};
 use crate::confine::{self, Mounts, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
+use crate::volume::RootWatch;
 use crate::wire::{
     CHUNK_SIZE, Compression, DeltaChunk, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp,
     decode_message, encode_data, encode_message,
@@ -44,6 +45,8 @@ struct Job {
 /// What the tree thread and the content workers of one session share.
 pub(super) struct Shared {
     root: Arc<OwnedFd>,
+    /// Tells whether `root` is still what the volume's path resolves to.
+    watch: RootWatch,
     options: SyncOptions,
     reporter: SharedReporter,
     on_wire: Arc<AtomicU64>,
@@ -67,7 +70,7 @@ struct Problems {
 
 impl Shared {
     pub(super) fn new(
-        root: Arc<OwnedFd>,
+        (root, watch): (Arc<OwnedFd>, RootWatch),
         options: SyncOptions,
         reporter: SharedReporter,
         on_wire: Arc<AtomicU64>,
@@ -75,6 +78,7 @@ impl Shared {
         let level_control = Mutex::new(LevelControl::for_lanes(options.streams));
         Arc::new(Shared {
             root,
+            watch,
             options,
             reporter,
             on_wire,
@@ -250,6 +254,7 @@ impl Tree<'_> {
         let mut scanning = true;
         loop {
             self.check_workers()?;
+            self.shared.watch.check_now_and_then()?;
             while let Ok(reply) = self.replies.try_recv() {
                 self.handle_reply(decode_message(&reply?)?)?;
             }
@@ -299,6 +304,8 @@ impl Tree<'_> {
             worker.join().map_err(|_| SyncError::Disconnected("(a content worker panicked)"))??;
         }
         self.check_workers()?;
+        // What was read came from the volume, not from a directory hidden under a mount since.
+        self.shared.watch.check()?;
         self.send(&Message::EndOfEntries)?;
         self.flush()?;
         loop {
