@@ -50,8 +50,15 @@ struct ServeArgs {
     /// Directory with `ca.crt`, `agent.crt` and `agent.key` (from `mover certs init`).
     #[arg(long, env = "MOVER_AGENT_CERTS")]
     certs: PathBuf,
-    /// A volume this agent may serve or receive: `NAME=PATH`, or `NAME=PATH:ro` for read-only.
-    #[arg(long = "volume", value_name = "NAME=PATH[:ro]", required = true)]
+    /// A volume this agent may serve or receive: `NAME=PATH`, then optionally `:` and
+    /// comma-separated options: `ro` (read-only: never received into), `rw` (the default),
+    /// `mount` (PATH is a mount point, e.g. a PV: each session takes the file system mounted
+    /// there then, and is refused while none is). E.g. `data=/mnt/data:ro,mount`.
+    ///
+    /// Every session resolves PATH afresh. Without `mount`, it must find the very directory
+    /// (and mount) found at start: a file system mounted over PATH since, or a remount, is
+    /// refused rather than written under. Volumes may not overlap (one inside another).
+    #[arg(long = "volume", value_name = "NAME=PATH[:ro|rw][,mount]", required = true)]
     volumes: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MOVER_AGENT_LOG_FORMAT")]
@@ -106,21 +113,35 @@ enum LogFormat {
     Json,
 }
 
+/// Options after the last `:` of a volume spec. A suffix that is not a list of them is part of
+/// the path (a path may contain `:`).
+const VOLUME_OPTIONS: [&str; 3] = ["ro", "rw", "mount"];
+
 fn parse_volume(spec: &str) -> anyhow::Result<VolumeGrant> {
     let Some((name, path)) = spec.split_once('=') else {
-        bail!("`--volume {spec}`: expected `NAME=PATH` or `NAME=PATH:ro`");
+        bail!("`--volume {spec}`: expected `NAME=PATH`, optionally with `:ro`, `:mount` or `:ro,mount`");
     };
     if name.is_empty() || name.contains('/') {
         bail!("`--volume {spec}`: the name must be non-empty and contain no `/`");
     }
-    let (path, read_only) = match path.strip_suffix(":ro") {
-        Some(path) => (path, true),
-        None => (path.strip_suffix(":rw").unwrap_or(path), false),
+    let (path, options) = match path.rsplit_once(':') {
+        Some((path, options)) if options.split(',').all(|option| VOLUME_OPTIONS.contains(&option)) => {
+            (path, options.split(',').collect())
+        }
+        _ => (path, Vec::new()),
     };
+    if options.contains(&"ro") && options.contains(&"rw") {
+        bail!("`--volume {spec}`: `ro` and `rw` contradict each other: give one");
+    }
     if path.is_empty() {
         bail!("`--volume {spec}`: the path is empty");
     }
-    Ok(VolumeGrant { name: name.to_owned(), path: PathBuf::from(path), read_only })
+    Ok(VolumeGrant {
+        name: name.to_owned(),
+        path: PathBuf::from(path),
+        read_only: options.contains(&"ro"),
+        mount: options.contains(&"mount"),
+    })
 }
 
 fn configure(args: &ServeArgs) -> anyhow::Result<Agent> {
@@ -244,7 +265,19 @@ mod tests {
         let grant = parse_volume("data=/mnt/data:ro").unwrap();
         assert_eq!((grant.name.as_str(), grant.path.to_str().unwrap(), grant.read_only), ("data", "/mnt/data", true));
         assert!(!parse_volume("data=/mnt/a:b").unwrap().read_only);
-        for bad in ["data", "=/x", "a/b=/x", "data="] {
+        assert_eq!(parse_volume("data=/mnt/a:b").unwrap().path.to_str().unwrap(), "/mnt/a:b");
+        for (spec, read_only, mount) in [
+            ("pv=/mnt/pv:mount", false, true),
+            ("pv=/mnt/pv:ro,mount", true, true),
+            ("pv=/mnt/pv:mount,ro", true, true),
+            ("pv=/mnt/pv:rw,mount", false, true),
+            ("pv=/mnt/pv:rw", false, false),
+            ("pv=/mnt/pv", false, false),
+        ] {
+            let grant = parse_volume(spec).unwrap();
+            assert_eq!((grant.path.to_str().unwrap(), grant.read_only, grant.mount), ("/mnt/pv", read_only, mount));
+        }
+        for bad in ["data", "=/x", "a/b=/x", "data=", "data=:mount", "data=/x:ro,rw"] {
             assert!(parse_volume(bad).is_err(), "accepted {bad}");
         }
     }

@@ -241,6 +241,12 @@ pub struct CopyArgs {
     /// an empty or wrong source looks like).
     #[arg(long, env = "MOVER_ALLOW_MASS_DELETE")]
     pub allow_mass_delete: bool,
+    /// Also copy file systems mounted inside the source volume. By default the scan stays on the
+    /// source's own file system (as `du -x`, `rsync -x`): a mount point inside it is skipped
+    /// with a warning, and the target keeps what it has there. A mount inside the target is
+    /// never written into or deleted either way.
+    #[arg(long, env = "MOVER_CROSS_MOUNTS")]
+    pub cross_mounts: bool,
 }
 
 /// `mover certs ...`.

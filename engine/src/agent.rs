@@ -1,8 +1,10 @@
 //! The agent: serves volumes as a source and receives them as a target, over mutual TLS.
 //!
-//! Which volumes a session may touch is a runtime grant ([`VolumeGrant`]); `--volume` flags are
-//! one source of grants. Each volume root is opened once as a directory handle and every file
-//! operation of every session is relative to it.
+//! Which volumes a session may touch is a grant ([`VolumeGrant`]); `--volume` flags are one
+//! source of grants, all given at start, and grants that overlap are refused then. Each session
+//! resolves its volume's path afresh and checks it is what the grant meant
+//! ([`crate::volume`]); every file operation of the session is relative to the root handle it
+//! resolved, and a root that changes under the session ends it.
 //!
 //! Who may ask what:
 //!
@@ -20,7 +22,7 @@
 mod claim;
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +37,7 @@ use crate::certs::{Identity, Role};
 use crate::progress::{Event, Reporter};
 use crate::sync::{self, full_message};
 use crate::tunnel::{self, TunnelError};
+use crate::volume::{CheckedGrant, VolumeError, VolumeRoot};
 use crate::wire::{
     FrameReader, FrameWriter, Hello, HelloReply, MAX_STREAMS, Message, RemoteError, RemoteErrorKind, Request,
     SyncOptions, VolumeStatus, Welcome, WireError,
@@ -53,16 +56,7 @@ pub const LANE_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long running sessions may take to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// Permission to serve or receive one volume.
-#[derive(Debug, Clone)]
-pub struct VolumeGrant {
-    /// The name peers use.
-    pub name: String,
-    /// Where it is mounted on this node.
-    pub path: PathBuf,
-    /// Only readable: the agent will not receive into it.
-    pub read_only: bool,
-}
+pub use crate::volume::VolumeGrant;
 
 /// Which way a session moved a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,14 +147,16 @@ pub enum AgentError {
     /// Two grants with one name.
     #[error("volume `{0}` is given twice")]
     Duplicate(String),
+    /// Two grants overlap (or their overlap could not be checked).
+    #[error(transparent)]
+    Overlap(#[from] VolumeError),
     /// TLS setup failed.
     #[error(transparent)]
     Tunnel(#[from] TunnelError),
 }
 
 struct Volume {
-    grant: VolumeGrant,
-    root: Arc<OwnedFd>,
+    grant: Arc<CheckedGrant>,
 }
 
 struct OpenedSession {
@@ -197,19 +193,23 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Opens every granted volume root and prepares TLS.
+    /// Checks every grant (its path opens as a directory; no two overlap) and prepares TLS.
     pub fn new(identity: Identity, grants: Vec<VolumeGrant>) -> Result<Agent, AgentError> {
         let mut volumes = HashMap::new();
+        let mut roots: Vec<(VolumeGrant, OwnedFd)> = Vec::new();
         for grant in grants {
-            let root = crate::confine::open_root(&grant.path).map_err(|source| AgentError::Volume {
+            let (checked, root) = CheckedGrant::new(grant.clone()).map_err(|source| AgentError::Volume {
                 name: grant.name.clone(),
                 path: grant.path.clone(),
                 source,
             })?;
-            let name = grant.name.clone();
-            if volumes.insert(name.clone(), Volume { grant, root: Arc::new(root) }).is_some() {
-                return Err(AgentError::Duplicate(name));
+            if volumes.insert(grant.name.clone(), Volume { grant: Arc::new(checked) }).is_some() {
+                return Err(AgentError::Duplicate(grant.name));
             }
+            for (other, other_root) in &roots {
+                refuse_overlap((other, other_root.as_fd()), (&grant, root.as_fd()))?;
+            }
+            roots.push((grant, root));
         }
         let acceptor = TlsAcceptor::from(tunnel::server_config(&identity)?);
         let client = tunnel::client_config(&identity)?;
@@ -273,6 +273,28 @@ impl Agent {
     }
 }
 
+/// Refuses two grants whose directories overlap.
+fn refuse_overlap(
+    (first, first_root): (&VolumeGrant, BorrowedFd<'_>),
+    (second, second_root): (&VolumeGrant, BorrowedFd<'_>),
+) -> Result<(), AgentError> {
+    let overlap = crate::volume::overlap(first_root, second_root).map_err(|source| AgentError::Volume {
+        name: second.name.clone(),
+        path: second.path.clone(),
+        source,
+    })?;
+    match overlap {
+        None => Ok(()),
+        Some(overlap) => Err(AgentError::Overlap(VolumeError::Overlap {
+            first: first.name.clone(),
+            first_path: first.path.clone(),
+            second: second.name.clone(),
+            second_path: second.path.clone(),
+            overlap,
+        })),
+    }
+}
+
 fn refusal(kind: RemoteErrorKind, message: impl Into<String>) -> RemoteError {
     RemoteError::new(kind, message)
 }
@@ -323,7 +345,7 @@ fn request_name(request: &Request) -> &'static str {
 impl State {
     fn writable(&self, name: &str) -> Result<&Volume, RemoteError> {
         let volume = self.volume(name)?;
-        if volume.grant.read_only {
+        if volume.grant.grant().read_only {
             return Err(refusal(RemoteErrorKind::ReadOnly, format!("volume `{name}` is read-only on this agent")));
         }
         Ok(volume)
@@ -339,27 +361,70 @@ impl State {
             )
         })
     }
-
-    /// Claims volume `name` for a receive from `peer` (see [`claim`]).
-    async fn claim(&self, name: &str, peer: &str) -> Result<claim::Claim, RemoteError> {
-        let root = self.volume(name)?.root.clone();
-        self.claims.claim(name, root.as_fd(), peer).await
-    }
 }
 
-/// The state of every volume, measured off the runtime threads.
+/// The state of every volume, each resolved afresh as a session would, measured off the
+/// runtime threads.
 async fn volume_status(state: &Arc<State>) -> Vec<VolumeStatus> {
-    let volumes: Vec<(String, Arc<OwnedFd>, bool)> =
-        state.volumes.values().map(|v| (v.grant.name.clone(), v.root.clone(), v.grant.read_only)).collect();
+    let volumes: Vec<Arc<CheckedGrant>> = state.volumes.values().map(|v| v.grant.clone()).collect();
     let measured = tokio::task::spawn_blocking(move || {
         let mut status: Vec<VolumeStatus> = volumes
             .iter()
-            .map(|(name, root, read_only)| crate::inspect::inspect(name, root.as_fd(), *read_only))
+            .map(|checked| {
+                let grant = checked.grant();
+                match checked.resolve() {
+                    Ok(root) => crate::inspect::inspect(&grant.name, root.fd().as_fd(), grant.read_only),
+                    Err(error) => {
+                        let reason = full_message(&error);
+                        VolumeStatus {
+                            name: grant.name.clone(),
+                            read_only: grant.read_only,
+                            unwritable: (!grant.read_only).then(|| reason.clone()),
+                            unreadable: Some(reason),
+                            ..VolumeStatus::default()
+                        }
+                    }
+                }
+            })
             .collect();
         status.sort_by(|a, b| a.name.cmp(&b.name));
         status
     });
     measured.await.unwrap_or_default()
+}
+
+impl State {
+    /// Resolves volume `name`'s root afresh for a session, off the runtime threads (the path
+    /// may be on a file system that is slow to answer).
+    async fn resolve(&self, name: &str) -> Result<VolumeRoot, RemoteError> {
+        let checked = self.volume(name)?.grant.clone();
+        let resolved = tokio::task::spawn_blocking(move || checked.resolve()).await;
+        let resolved = resolved.map_err(|_| refusal(RemoteErrorKind::Other, "resolving the volume root panicked"))?;
+        resolved.map_err(|error| refusal(RemoteErrorKind::Other, full_message(&error)))
+    }
+
+    /// Refuses a push of `volume` into the session `token` names when that session is this
+    /// agent's own and its volume overlaps `volume`: a copy of a tree into itself reads what
+    /// it writes and deletes what it reads.
+    async fn refuse_push_into_itself(&self, volume: &str, token: &[u8]) -> Result<(), RemoteError> {
+        let target = self.sessions.lock().expect("sessions lock").get(token).map(|session| session.volume.clone());
+        let Some(target) = target else { return Ok(()) };
+        let (source_root, target_root) = (self.resolve(volume).await?, self.resolve(&target).await?);
+        let overlap = crate::volume::overlap(source_root.fd().as_fd(), target_root.fd().as_fd()).map_err(|error| {
+            refusal(RemoteErrorKind::Io, format!("cannot compare volumes `{volume}` and `{target}`: {error}"))
+        })?;
+        match overlap {
+            None => Ok(()),
+            Some(_) => Err(refusal(
+                RemoteErrorKind::Other,
+                format!(
+                    "refusing to copy volume `{volume}` into volume `{target}` of the same agent: they are the same \
+                     directory or one holds the other, so the copy would read what it writes and delete what it \
+                     reads; copy into a volume that does not overlap the source"
+                ),
+            )),
+        }
+    }
 }
 
 fn forbid(role: Role, what: &str) -> RemoteError {
@@ -413,8 +478,11 @@ async fn dispatch(
             Request::JoinLane { token, lane } => state.join_lane(token, *lane, role).map(|()| Welcome::default()),
             Request::JoinSession { .. } if role != Role::Agent => Err(forbid(role, "join a session")),
             Request::JoinSession { .. } => Ok(Welcome::default()),
-            Request::Push { volume, options, .. } if role == Role::Coordinator => {
-                check_streams(options).and_then(|()| state.volume(volume)).map(|_| Welcome::default())
+            Request::Push { volume, options, token, .. } if role == Role::Coordinator => {
+                match check_streams(options).and_then(|()| state.volume(volume)) {
+                    Ok(_) => state.refuse_push_into_itself(volume, token).await.map(|()| Welcome::default()),
+                    Err(error) => Err(error),
+                }
             }
             Request::Push { .. } => Err(forbid(role, "ask an agent to push")),
         }
@@ -435,9 +503,25 @@ async fn dispatch(
         }
         (_, decision) => (decision, None),
     };
-    let claimed = match (&hello.request, &decision, &joined) {
-        (Request::Receive { volume, .. }, Ok(_), _) => Some(state.claim(volume, peer).await),
-        (Request::JoinSession { .. }, Ok(_), Some(session)) => Some(state.claim(&session.volume, peer).await),
+    // Each session resolves its volume's root afresh: a grant names a path, not a directory.
+    let session_volume = match (&hello.request, &decision, &joined) {
+        (Request::Receive { volume, .. } | Request::Push { volume, .. }, Ok(_), _) => Some(volume.as_str()),
+        (Request::JoinSession { .. }, Ok(_), Some(session)) => Some(session.volume.as_str()),
+        _ => None,
+    };
+    let (decision, root) = match session_volume {
+        Some(name) => match state.resolve(name).await {
+            Ok(root) => (decision, Some(root)),
+            Err(error) => (Err(error), None),
+        },
+        None => (decision, None),
+    };
+    // A receive claims its volume: one writer at a time, across processes too.
+    let claimed = match (&hello.request, &decision, &root) {
+        (Request::Receive { .. } | Request::JoinSession { .. }, Ok(_), Some(root)) => {
+            let name = session_volume.expect("a receive names its volume");
+            Some(state.claims.claim(name, root.fd().as_fd(), peer).await)
+        }
         _ => None,
     };
     let (decision, claim) = match (decision, claimed) {
@@ -479,12 +563,13 @@ async fn dispatch(
             let _ = FrameWriter::new(&mut stream).shutdown().await;
         }
         Request::Receive { volume, options } => {
-            let claim = claim.expect("claimed above");
-            receive(state, (stream, lanes), (&volume, &claim), options, peer).await?;
+            let (root, claim) = (root.expect("resolved above"), claim.expect("claimed above"));
+            receive(state, (stream, lanes), (&volume, root, &claim), options, peer).await?;
         }
         Request::JoinSession { .. } => {
-            let (session, claim) = (joined.expect("joined above"), claim.expect("claimed above"));
-            receive(state, (stream, lanes), (&session.volume, &claim), session.options, peer).await?;
+            let session = joined.expect("joined above");
+            let (root, claim) = (root.expect("resolved above"), claim.expect("claimed above"));
+            receive(state, (stream, lanes), (&session.volume, root, &claim), session.options, peer).await?;
         }
         Request::JoinLane { token, lane } => {
             // The receive that waits for this lane takes it over (or has given up: dropped).
@@ -494,7 +579,8 @@ async fn dispatch(
             }
         }
         Request::Push { volume, target, token, proxy, options } => {
-            push(state, stream, (&volume, &target), token, proxy, options).await?;
+            let root = root.expect("resolved above");
+            push(state, stream, ((&volume, root), &target), token, proxy, options).await?;
         }
     }
     Ok(())
@@ -597,12 +683,11 @@ impl State {
 async fn receive(
     state: &Arc<State>,
     (stream, lanes): (tunnel::ServerStream, Option<Lanes>),
-    (volume, claim): (&str, &claim::Claim),
+    (volume, root, claim): (&str, VolumeRoot, &claim::Claim),
     options: SyncOptions,
     peer: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut observed = Observed::start(state, volume, Direction::Received);
-    let root = state.volumes[volume].root.clone();
     let mut stream = stream;
     let lanes = match lanes {
         Some(lanes) => match lanes.gather(&stream, options.streams as usize - 1).await {
@@ -650,13 +735,12 @@ impl Reporter for Forward {
 async fn push(
     state: &Arc<State>,
     stream: tunnel::ServerStream,
-    (volume, target): (&str, &str),
+    ((volume, root), target): ((&str, VolumeRoot), &str),
     token: Vec<u8>,
     proxy: Option<tunnel::Proxy>,
     options: SyncOptions,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut observed = Observed::start(state, volume, Direction::Sent);
-    let root = state.volumes[volume].root.clone();
     let (events_tx, mut events_rx) = mpsc::channel::<Message>(1024);
     let migration_id = state.identity.migration_id();
     let client = state.client.clone();

@@ -6,6 +6,7 @@
 //! - [`push_between_agents`]: the coordinator opens a session on the target agent and asks the
 //!   source agent to push into it; data flows agent to agent, progress flows back here.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +18,7 @@ use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
 use crate::sync::{self, SyncError};
 use crate::tunnel::{self, Proxy, TunnelError};
+use crate::volume::{Overlap, VolumeRoot};
 use crate::wire::{
     FrameReader, FrameWriter, Hello, Message, RemoteError, Request, SyncOptions, VolumeStatus, Welcome, WireError,
 };
@@ -42,6 +44,31 @@ pub enum CopyError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The target directory cannot be made.
+    #[error("cannot create the target directory `{}`", path.display())]
+    CreateTarget {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Source and target are one directory, or one holds the other.
+    #[error(
+        "refusing to copy `{}` into `{}`: {}, so the copy would read what it writes and delete what it \
+         reads; pick a target outside the source (and the source outside the target)",
+        from.display(),
+        target.display(),
+        overlap.describe("the source", "the target")
+    )]
+    Overlap {
+        /// The source directory.
+        from: PathBuf,
+        /// The target directory.
+        target: PathBuf,
+        /// How they overlap (the source is the first).
+        overlap: Overlap,
     },
     /// Certificates could not be made or loaded.
     #[error(transparent)]
@@ -151,23 +178,35 @@ pub async fn copy_to_agent(
     // Cancelling a copy from this process is ending the process: its connections close, and
     // the agent ends the session.
     let never = sync::CancellationToken::new();
-    let mut summary = sync::send_volume(stream, lanes, Arc::new(root), options, reporter, &never).await?;
+    let mut summary = sync::send_volume(stream, lanes, VolumeRoot::unwatched(root), options, reporter, &never).await?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-/// Copies `source` to `target`, both local, through an in-process agent on a loopback mTLS
-/// tunnel with ephemeral certificates.
+/// Copies `source` to `target` (made if missing), both local, through an in-process agent on
+/// a loopback mTLS tunnel with ephemeral certificates. Refused, before anything is made, when
+/// one lies inside the other (by device and inode, whatever the spelling).
 pub async fn copy_local(
     source: &Path,
     target: &Path,
     options: SyncOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
+    let source_error = |error| CopyError::Source { path: source.to_owned(), source: error };
+    let source_root = crate::confine::open_root(source).map_err(source_error)?;
+    let overlap = crate::volume::overlap_with_path(source_root.as_fd(), target)
+        .map_err(|error| CopyError::Target { path: target.to_owned(), source: error })?;
+    if let Some(overlap) = overlap {
+        return Err(CopyError::Overlap { from: source.to_owned(), target: target.to_owned(), overlap });
+    }
+    if !target.is_dir() {
+        std::fs::create_dir_all(target)
+            .map_err(|error| CopyError::CreateTarget { path: target.to_owned(), source: error })?;
+    }
     let generated = certs::generate()?;
     let agent = Agent::new(
         Identity::from_generated(&generated, Role::Agent)?,
-        vec![VolumeGrant { name: "target".into(), path: target.to_owned(), read_only: false }],
+        vec![VolumeGrant { name: "target".into(), path: target.to_owned(), read_only: false, mount: false }],
     )
     .map_err(|error| match error {
         AgentError::Volume { path, source, .. } => CopyError::Target { path, source },

@@ -5,8 +5,11 @@
 //! - a path from the peer is a [`RelPath`]: relative, `/`-separated, no empty, `.` or `..`
 //!   component, no NUL, each name at most 255 bytes, at most [`MAX_PATH`] bytes in all;
 //! - parent directories are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
-//!   RESOLVE_NO_MAGICLINKS)`, so a symlink planted anywhere on the way makes the open fail
-//!   (`ELOOP`) instead of leading outside the root;
+//!   RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)`, so a symlink planted anywhere on the way makes the
+//!   open fail (`ELOOP`) instead of leading outside the root, and a file system mounted inside
+//!   the volume is never entered (`EXDEV`, reported as a [`MountPoint`]): a walk stays on the
+//!   volume's own file system, as `du -x` does (only a source scan asked to cross mounts uses
+//!   [`Mounts::Cross`]);
 //! - the last component is always handled with `*at` calls and `AT_SYMLINK_NOFOLLOW` /
 //!   `O_NOFOLLOW`: a symlink there is replaced or reported, never traversed.
 
@@ -119,20 +122,71 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
 }
 
 fn beneath() -> ResolveFlags {
-    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
 }
 
-/// Opens the directory `rel` (empty = the root itself) beneath `root`, refusing any symlink.
+/// Whether a path resolution may enter file systems mounted inside the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mounts {
+    /// Stay on the volume's file system: a mount point is an error ([`MountPoint`]).
+    Stay,
+    /// Enter them (a source scanned across mounts on request).
+    Cross,
+}
+
+impl Mounts {
+    fn resolve(self) -> ResolveFlags {
+        match self {
+            Mounts::Stay => beneath(),
+            Mounts::Cross => beneath() - ResolveFlags::NO_XDEV,
+        }
+    }
+}
+
+/// A walk or a path resolution met a mount point inside the volume and did not enter it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another file system is mounted at `{}` or on the way to it (mover stays on the volume's own file system)",
+    display_bytes(.0)
+)]
+pub struct MountPoint(pub Vec<u8>);
+
+fn mount_point_error(path: Vec<u8>) -> io::Error {
+    io::Error::new(io::ErrorKind::CrossesDevices, MountPoint(path))
+}
+
+/// The mount point an error stopped at, if it stopped at one (see [`Mounts::Stay`]).
+#[must_use]
+pub fn mount_point(error: &io::Error) -> Option<&MountPoint> {
+    error.get_ref().and_then(|inner| inner.downcast_ref::<MountPoint>())
+}
+
+/// Whether an error is a path resolution refusing to cross a mount point.
+#[must_use]
+pub fn is_mount_crossing(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) || mount_point(error).is_some()
+}
+
+/// Opens the directory `rel` (empty = the root itself) beneath `root`, refusing any symlink
+/// and any mount point on the way.
 pub fn open_dir(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
+    open_dir_in(root, rel, Mounts::Stay)
+}
+
+/// [`open_dir`], entering mounted file systems on the way when `mounts` says so.
+pub fn open_dir_in(root: BorrowedFd<'_>, rel: &[u8], mounts: Mounts) -> io::Result<OwnedFd> {
     let path: &[u8] = if rel.is_empty() { b"." } else { rel };
     rustix::fs::openat2(
         root,
         cname(path).as_c_str(),
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
-        beneath(),
+        mounts.resolve(),
     )
-    .map_err(io::Error::from)
+    .map_err(|errno| match errno {
+        rustix::io::Errno::XDEV => mount_point_error(rel.to_vec()),
+        other => other.into(),
+    })
 }
 
 /// Opens the *regular file* `name` in `dir`, without following a symlink and without ever
@@ -210,14 +264,25 @@ fn unlink_non_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
     }
 }
 
-pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
-    rustix::fs::openat(
+/// Opens the directory `name` in `dir`, not following a symlink; a mount point there is a
+/// [`MountPoint`] error unless `mounts` is [`Mounts::Cross`].
+pub(crate) fn open_subdir_in(dir: BorrowedFd<'_>, name: &[u8], mounts: Mounts) -> io::Result<OwnedFd> {
+    rustix::fs::openat2(
         dir,
         cname(name).as_c_str(),
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
+        mounts.resolve(),
     )
-    .map_err(io::Error::from)
+    .map_err(|errno| match errno {
+        rustix::io::Errno::XDEV => mount_point_error(name.to_vec()),
+        other => other.into(),
+    })
+}
+
+/// Opens the directory `name` in `dir` on the same file system (see [`open_subdir_in`]).
+pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    open_subdir_in(dir, name, Mounts::Stay)
 }
 
 /// One directory being walked: its handle, its own name, and the names still to visit.
@@ -225,7 +290,8 @@ type Level = (OwnedFd, Vec<u8>, NamesIter);
 
 /// Removes `name` in `dir` whatever it is; a directory is removed with everything beneath it,
 /// walking with directory handles, never following symlinks, and with an explicit stack (a
-/// deeply nested tree planted in a volume cannot overflow the thread's stack).
+/// deeply nested tree planted in a volume cannot overflow the thread's stack). A mount point
+/// on the way is never entered: the removal stops there with a [`MountPoint`] error.
 pub fn remove_any(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     if unlink_non_dir(dir, name)? {
         return Ok(());
@@ -260,7 +326,8 @@ pub fn no_directory_there(error: &io::Error) -> bool {
 }
 
 /// How many entries lie beneath `name` in `dir` (0 unless it is a directory), not following
-/// symlinks, with an explicit stack.
+/// symlinks, with an explicit stack. A mount point at or below `name` ends the count with a
+/// [`MountPoint`] error naming its path from `dir`: nothing there may be deleted.
 pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
     let top = match open_subdir(dir, name) {
         Ok(top) => top,
@@ -280,12 +347,23 @@ pub fn count_below(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
         let is_dir =
             lstat(parent, &child)?.is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory);
         if is_dir {
-            let sub = open_subdir(parent, &child)?;
+            let sub = open_subdir(parent, &child).map_err(|error| at_depth(error, &stack, &child))?;
             let names = list_dir(sub.as_fd())?;
             stack.push((sub, child, names.into_iter()));
         }
     }
     Ok(count)
+}
+
+/// A [`MountPoint`] met at `child` of the walk's current level names its path from where the
+/// walk started; other errors pass unchanged.
+fn at_depth(error: io::Error, stack: &[Level], child: &[u8]) -> io::Error {
+    if mount_point(&error).is_none() {
+        return error;
+    }
+    let mut path: Vec<u8> = stack.iter().flat_map(|level| level.1.iter().copied().chain([b'/'])).collect();
+    path.extend_from_slice(child);
+    mount_point_error(path)
 }
 
 /// The names of a directory, sorted bytewise, held in one buffer: a directory of a million

@@ -35,7 +35,7 @@ pub fn inspect(name: &str, root: BorrowedFd<'_>, read_only: bool) -> VolumeStatu
         Ok(fs) => {
             status.free_bytes = fs.f_bavail.saturating_mul(fs.f_frsize);
             status.size_bytes = fs.f_blocks.saturating_mul(fs.f_frsize);
-            if is_mount_point(root) {
+            if crate::volume::is_mount_root(root) {
                 status.used_bytes = fs.f_blocks.saturating_sub(fs.f_bfree).saturating_mul(fs.f_frsize);
                 return status;
             }
@@ -72,12 +72,6 @@ fn probe_write(root: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-fn is_mount_point(root: BorrowedFd<'_>) -> bool {
-    let Ok(own) = rustix::fs::fstat(root) else { return false };
-    let Ok(Some(parent)) = confine::lstat(root, b"..") else { return false };
-    own.st_dev != parent.st_dev || own.st_ino == parent.st_ino
-}
-
 /// Allocated bytes beneath `root`, and whether the walk saw everything.
 fn tree_usage(root: BorrowedFd<'_>, deadline: Instant) -> (u64, bool) {
     let Ok(top) = rustix::fs::fstat(root) else { return (0, false) };
@@ -112,6 +106,8 @@ fn tree_usage(root: BorrowedFd<'_>, deadline: Instant) -> (u64, bool) {
         if kind == FileType::Directory {
             match confine::open_subdir(parent, &name).and_then(|dir| Ok((confine::list_dir(dir.as_fd())?, dir))) {
                 Ok((names, dir)) => stack.push((dir, names.into_iter())),
+                // A bind mount of the same device: not the volume's, as any other mount.
+                Err(error) if confine::is_mount_crossing(&error) => {}
                 Err(_) => complete = false,
             }
         }

@@ -6,6 +6,7 @@
 //! - [`sync`]: the sender and receiver state machines of a volume copy;
 //! - [`agent`]: the node daemon's server side; [`client`]: the coordinator's operations;
 //! - [`reserved`]: the exact forms of mover's temporary names, and which files are its leftovers;
+//! - [`volume`]: grants, and the roots sessions resolve afresh and watch;
 //! - [`progress`]: events and summaries (the engine never prints);
 //! - [`hooks`]: run a plan's hook programs and playbooks, with a timeout over their process group.
 //!
@@ -29,6 +30,7 @@ pub mod sync;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tunnel;
+pub mod volume;
 pub mod wire;
 
 pub use wire::{PROTOCOL_VERSION, SyncOptions};

@@ -6,6 +6,11 @@
 //! relative to their parent with `O_NOFOLLOW`, so a directory swapped for a symlink during the
 //! scan is reported, not followed out of the volume.
 //!
+//! Mount points: the scan stays on the root's file system (as `du -x`). An entry on another
+//! device, or a directory that is a mount point (a bind mount of the same device too: opened
+//! with `RESOLVE_NO_XDEV`), comes out as [`Scanned::MountPoint`] and is not entered, unless
+//! [`SyncOptions::cross_mounts`] asks to cross them.
+//!
 //! Hard links: the first name of an inode with `st_nlink > 1` is the *leader*; later names
 //! become [`EntryKind::Hardlink`] entries pointing at the leader's id. The map from inode to
 //! leader id holds only multiply-linked inodes.
@@ -14,9 +19,9 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::FileType;
 
-use crate::confine::{self, cname};
+use crate::confine::{self, Mounts, cname};
 use crate::meta;
 use crate::wire::{Entry, EntryKind, SyncOptions, Timestamp};
 
@@ -38,6 +43,8 @@ pub enum Scanned {
     Entry(Entry),
     /// An entry that could not be read (vanished, unreadable, swapped under us).
     Problem(ScanProblem),
+    /// A mount point inside the tree (its path), skipped with what is mounted there.
+    MountPoint(Vec<u8>),
 }
 
 struct Frame {
@@ -54,6 +61,9 @@ pub struct Scanner {
     options: SyncOptions,
     xattrs: bool,
     withheld: meta::Withheld,
+    /// The root's device, and whether the scan may leave it.
+    device: u64,
+    mounts: Mounts,
 }
 
 impl Scanner {
@@ -61,6 +71,8 @@ impl Scanner {
     pub fn new(root: &OwnedFd, options: SyncOptions) -> io::Result<Self> {
         let dir = confine::open_dir(root.as_fd(), b"")?;
         let names = confine::list_dir(dir.as_fd())?;
+        let device = rustix::fs::fstat(&dir)?.st_dev;
+        let mounts = if options.cross_mounts { Mounts::Cross } else { Mounts::Stay };
         Ok(Scanner {
             stack: vec![Frame { dir, prefix: Vec::new(), names: names.into_iter() }],
             next_id: 0,
@@ -68,6 +80,8 @@ impl Scanner {
             options,
             xattrs: true,
             withheld: meta::Withheld::default(),
+            device,
+            mounts,
         })
     }
 
@@ -81,6 +95,9 @@ impl Scanner {
         let mut path = frame.prefix.clone();
         path.extend_from_slice(name);
         let stat = confine::lstat(frame.dir.as_fd(), name)?.ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if self.mounts == Mounts::Stay && stat.st_dev != self.device {
+            return Err(io::Error::new(io::ErrorKind::CrossesDevices, confine::MountPoint(name.to_vec())));
+        }
         let id = self.next_id;
         let file_type = FileType::from_raw_mode(stat.st_mode);
         let mut child = None;
@@ -88,13 +105,7 @@ impl Scanner {
         let mut new_leader = None;
         let kind = match file_type {
             FileType::Directory => {
-                let fd = rustix::fs::openat(
-                    frame.dir.as_fd(),
-                    cname(name).as_c_str(),
-                    OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                    Mode::empty(),
-                )?;
-                child = Some(fd);
+                child = Some(confine::open_subdir_in(frame.dir.as_fd(), name, self.mounts)?);
                 EntryKind::Dir
             }
             FileType::RegularFile => {
@@ -197,6 +208,9 @@ impl Iterator for Scanner {
                 Err(error) => {
                     let mut path = self.stack[top].prefix.clone();
                     path.extend_from_slice(&name);
+                    if confine::mount_point(&error).is_some() {
+                        return Some(Scanned::MountPoint(path));
+                    }
                     return Some(Scanned::Problem(ScanProblem {
                         path: confine::display_bytes(&path),
                         raw: path,
@@ -208,9 +222,10 @@ impl Iterator for Scanner {
     }
 }
 
-/// Counts regular files and their bytes, for progress totals (a metadata-only walk).
-pub fn totals(root: &OwnedFd) -> io::Result<(u64, u64)> {
-    let options = SyncOptions::default();
+/// Counts regular files and their bytes, for progress totals (a metadata-only walk, across
+/// mounts only if `cross_mounts`).
+pub fn totals(root: &OwnedFd, cross_mounts: bool) -> io::Result<(u64, u64)> {
+    let options = SyncOptions { cross_mounts, ..SyncOptions::default() };
     let mut scanner = Scanner::new(root, options)?;
     scanner.xattrs = false;
     let (mut files, mut bytes) = (0, 0);

@@ -116,6 +116,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         bwlimit: args.bwlimit.unwrap_or(0),
         inplace: args.inplace,
         streams: args.streams,
+        cross_mounts: args.cross_mounts,
     };
     let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global));

@@ -182,13 +182,7 @@ async fn copy_volume(
     let options = volume.sync_options(stage);
     let identity = || identity.as_ref().context("the plan has no `certs:` directory");
     let result: Result<Summary, CopyError> = match (&volume.source, &volume.target) {
-        (Location::Local(from), Location::Local(to)) => {
-            if !to.is_dir() {
-                std::fs::create_dir_all(to)
-                    .with_context(|| format!("while creating the target directory `{}`", to.display()))?;
-            }
-            client::copy_local(from, to, options, reporter).await
-        }
+        (Location::Local(from), Location::Local(to)) => client::copy_local(from, to, options, reporter).await,
         (Location::Local(from), Location::Agent { addr, volume }) => {
             client::copy_to_agent(identity()?, from, (addr, volume), proxy.as_ref(), options, reporter).await
         }

@@ -196,6 +196,9 @@ pub struct VolumeOptions {
     /// Connections for the volume's content (`mover copy --streams`).
     #[serde(default)]
     pub streams: Streams,
+    /// Also copy file systems mounted inside the source (`mover copy --cross-mounts`).
+    #[serde(default)]
+    pub cross_mounts: bool,
 }
 
 fn yes() -> bool {
@@ -216,6 +219,7 @@ impl Default for VolumeOptions {
             fsync: false,
             inplace: false,
             streams: Streams::default(),
+            cross_mounts: false,
         }
     }
 }

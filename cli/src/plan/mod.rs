@@ -89,6 +89,7 @@ impl VolumePlan {
             bwlimit: options.bwlimit.map_or(0, |rate| rate.0),
             inplace: options.inplace,
             streams: options.streams.0,
+            cross_mounts: options.cross_mounts,
         }
     }
 }

@@ -14,6 +14,8 @@
 //! mover's ([`reserved::is_leftover`]). Other names of the generated forms are neither counted
 //! nor deleted (no source can send them); every other name, `.mover-tmp-notes` included, is an
 //! entry like any other.
+//! A candidate that is, or holds, a mount point is kept and reported: the walks that count and
+//! delete never cross into another file system ([`confine::MountPoint`]).
 
 use std::collections::HashSet;
 use std::io;
@@ -109,6 +111,8 @@ pub(super) struct Deletions {
     /// Directory, its device and inode when it was listed, and the name to delete.
     candidates: Vec<(Vec<u8>, Identity, Vec<u8>)>,
     listed: u64,
+    /// Candidates kept because a file system is mounted at or below them, as warnings.
+    kept_mounts: Vec<String>,
 }
 
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
@@ -129,6 +133,7 @@ impl Deletions {
             frames: vec![DirFrame::new(Vec::new())],
             candidates: Vec::new(),
             listed: 0,
+            kept_mounts: Vec::new(),
         }
     }
 
@@ -286,13 +291,22 @@ impl Deletions {
         }
         let mut deleted = 0;
         let mut total = self.listed;
-        for (parent, identity, name) in &self.candidates {
+        let mut mounted = Vec::new();
+        for (index, (parent, identity, name)) in self.candidates.iter().enumerate() {
             let dir = open_listed(root, parent, *identity)?;
             let io = |source| DeletionError::Io { path: confine::display_bytes(&join(parent, name)), source };
-            let below = confine::count_below(dir.as_fd(), name).map_err(io)?;
-            deleted += 1 + below;
-            total += below;
+            match confine::count_below(dir.as_fd(), name) {
+                Ok(below) => {
+                    deleted += 1 + below;
+                    total += below;
+                }
+                Err(error) => match confine::mount_point(&error) {
+                    Some(mount) => mounted.push((index, join(parent, &mount.0))),
+                    None => return Err(io(error)),
+                },
+            }
         }
+        self.keep_mounted(mounted);
         if deleted * 2 > total && !allow_mass_delete {
             return Err(DeletionError::MassDelete { deleted, total });
         }
@@ -302,6 +316,33 @@ impl Deletions {
             confine::remove_any(dir.as_fd(), &name).map_err(io)?;
         }
         Ok(deleted)
+    }
+}
+
+impl Deletions {
+    /// Takes the candidates at `mounted` (index and the mount point at or below it) out of the
+    /// deletions: a file system mounted inside the target is not the volume's to delete, and
+    /// neither is the directory holding it.
+    fn keep_mounted(&mut self, mounted: Vec<(usize, Vec<u8>)>) {
+        for (index, mount) in mounted.into_iter().rev() {
+            let (parent, _, name) = self.candidates.remove(index);
+            let candidate = join(&parent, &name);
+            let below = if candidate == mount {
+                String::new()
+            } else {
+                format!(" (it holds `{}`)", confine::display_bytes(&mount))
+            };
+            self.kept_mounts.push(format!(
+                "kept `{}`{below}: another file system is mounted there and mover never deletes across a mount \
+                 point inside the target; unmount it and run the copy again to have it deleted",
+                confine::display_bytes(&candidate)
+            ));
+        }
+    }
+
+    /// What the deletion pass kept because a file system is mounted there, as warnings.
+    pub(super) fn take_kept_mounts(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.kept_mounts)
     }
 }
 

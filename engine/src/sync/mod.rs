@@ -31,7 +31,6 @@ mod links;
 mod receiver;
 mod sender;
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -39,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader, BufWriter};
 use tokio::sync::mpsc;
 
 use crate::progress::{SharedReporter, Summary};
+use crate::volume::VolumeRoot;
 use crate::wire::{FrameReader, FrameWriter, ReceiverReport, RemoteError, RemoteErrorKind, SyncOptions, WireError};
 
 /// A session in which the peer says nothing for this long is over: it vanished. (The longest
@@ -122,6 +122,9 @@ pub enum SyncError {
     /// was deleted unless the deletion pass had already finished.
     #[error("the session was cancelled")]
     Cancelled,
+    /// The volume root is no longer what its path resolves to.
+    #[error(transparent)]
+    Volume(#[from] crate::volume::VolumeError),
 }
 
 fn remote_message(error: &RemoteError) -> String {
@@ -139,6 +142,7 @@ impl SyncError {
             SyncError::Remote(error) => error.kind,
             SyncError::Deletion(DeletionError::MassDelete { .. } | DeletionError::Replaced { .. })
             | SyncError::Wire(_)
+            | SyncError::Volume(_)
             | SyncError::Disconnected(_)
             | SyncError::Cancelled => RemoteErrorKind::Other,
         };
@@ -328,11 +332,12 @@ async fn join_or_cancel<T>(
 
 /// Runs the sender over established, handshaken tunnels: streams the tree under `root` to the
 /// receiver at the other end and returns the summary once the receiver acknowledged. `lanes`
-/// are the session's further connections (`options.streams - 1` of them), already joined.
+/// are the session's further connections (`options.streams - 1` of them), already joined. A
+/// root whose watch sees it change ends the session.
 pub async fn send_volume<S>(
     stream: S,
     lanes: Vec<S>,
-    root: Arc<OwnedFd>,
+    root: VolumeRoot,
     options: SyncOptions,
     reporter: SharedReporter,
     cancel: &CancellationToken,
@@ -340,12 +345,13 @@ pub async fn send_volume<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let (root, watch) = (root.fd().clone(), root.watch().clone());
     // Early totals (for a progress bar's ETA) come from a quick metadata-only walk beside the
     // transfer; otherwise the sender reports them when its scan ends.
     let totals = reporter.wants_early_totals().then(|| {
-        let (root, reporter) = (root.clone(), reporter.clone());
+        let (root, reporter, cross_mounts) = (root.clone(), reporter.clone(), options.cross_mounts);
         tokio::task::spawn_blocking(move || {
-            if let Ok((files, bytes)) = crate::scan::totals(&root) {
+            if let Ok((files, bytes)) = crate::scan::totals(&root, cross_mounts) {
                 reporter.on_event(&crate::progress::Event::Totals { files, bytes });
             }
         })
@@ -364,7 +370,7 @@ where
         pumps.push(lane_pumps);
         others.push(sender::Lane { out, replies });
     }
-    let shared = sender::Shared::new(root, options, reporter, on_wire.clone());
+    let shared = sender::Shared::new((root, watch), options, reporter, on_wire.clone());
     // Progress also while the threads wait on a full queue (a slow link drains what they read
     // ahead): the bytes on the wire keep moving.
     let ticker = tokio::spawn({
@@ -397,11 +403,12 @@ where
 
 /// Runs the receiver over established, handshaken tunnels: recreates the sender's tree under
 /// `root`. `lanes` are the session's further connections, already joined. On failure the
-/// peer is told why before the tunnels close.
+/// peer is told why before the tunnels close. A root whose watch sees it change ends the
+/// session.
 pub async fn receive_volume<S>(
     stream: S,
     lanes: Vec<S>,
-    root: Arc<OwnedFd>,
+    root: VolumeRoot,
     options: SyncOptions,
     reporter: SharedReporter,
     cancel: &CancellationToken,
@@ -409,7 +416,7 @@ pub async fn receive_volume<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let group = receiver::Group::new(root, options, reporter, lanes.len() + 1)?;
+    let group = receiver::Group::new((root.fd().clone(), root.watch().clone()), options, reporter, lanes.len() + 1)?;
     let budget = INPUT_BUDGET / (lanes.len() + 1);
     // The first lane's queue holds about as many frames as the sender may have files waiting
     // for a verdict (bytes stay bounded by the budget). With a short one the reader fills it

@@ -32,6 +32,7 @@ use crate::compress::Decompressor;
 use crate::confine::{self, RelPath, cname};
 use crate::meta;
 use crate::progress::{Event, SharedReporter};
+use crate::volume::RootWatch;
 use crate::wire::{
     CHUNK_SIZE, DataChunkRef, DeltaChunk, Entry, EntryKind, FileFailure, Incoming, Message, ReceiverReport,
     SyncOptions, decode_incoming, encode_message,
@@ -349,6 +350,8 @@ struct Leader {
 /// What the lanes of one receiving session share.
 pub(super) struct Group {
     root: Arc<OwnedFd>,
+    /// Tells whether `root` is still what the volume's path resolves to.
+    watch: RootWatch,
     options: SyncOptions,
     reporter: SharedReporter,
     is_root: bool,
@@ -388,7 +391,7 @@ struct Files {
 impl Group {
     /// A session's shared state; `lanes` is the number of connections it uses.
     pub(super) fn new(
-        root: Arc<OwnedFd>,
+        (root, watch): (Arc<OwnedFd>, RootWatch),
         options: SyncOptions,
         reporter: SharedReporter,
         lanes: usize,
@@ -401,6 +404,7 @@ impl Group {
         })?;
         Ok(Arc::new(Group {
             root,
+            watch,
             options,
             reporter,
             is_root: rustix::process::geteuid().is_root(),
@@ -1247,9 +1251,14 @@ impl Receiver {
             }
         }
         self.dirs_cache = DirCache::default();
+        // Nothing is deleted, and no success reported, in a directory hidden under a mount since.
+        self.group.watch.check()?;
         let root = self.group.root.clone();
         let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete)?;
         self.group.files().report.entries_deleted = deleted;
+        for kept in self.deletions.take_kept_mounts() {
+            self.group.warn(kept);
+        }
         // Deepest first, so setting a directory's times is not undone by work inside it.
         let group = &self.group;
         let read_error =
@@ -1301,6 +1310,7 @@ impl Lane {
 
     /// Handles a content frame (data, delta, end or failure of a file); hands anything else back.
     fn content(&mut self, incoming: Incoming<'_>) -> Result<Option<Message>> {
+        self.group.watch.check_now_and_then()?;
         let message = match incoming {
             Incoming::Data(chunk) => {
                 self.data(&chunk)?;

@@ -12,9 +12,10 @@ use tokio::sync::mpsc;
 use super::blocks;
 use super::{Result, SyncError, WINDOW};
 use crate::compress::{Compressor, LevelControl, Packed};
-use crate::confine::{self, display_bytes};
+use crate::confine::{self, Mounts, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
+use crate::volume::RootWatch;
 use crate::wire::{
     CHUNK_SIZE, Compression, DeltaChunk, Entry, EntryKind, FileFailure, Message, SyncOptions, Timestamp,
     decode_message, encode_data, encode_message,
@@ -44,6 +45,8 @@ struct Job {
 /// What the tree thread and the content workers of one session share.
 pub(super) struct Shared {
     root: Arc<OwnedFd>,
+    /// Tells whether `root` is still what the volume's path resolves to.
+    watch: RootWatch,
     options: SyncOptions,
     reporter: SharedReporter,
     on_wire: Arc<AtomicU64>,
@@ -67,7 +70,7 @@ struct Problems {
 
 impl Shared {
     pub(super) fn new(
-        root: Arc<OwnedFd>,
+        (root, watch): (Arc<OwnedFd>, RootWatch),
         options: SyncOptions,
         reporter: SharedReporter,
         on_wire: Arc<AtomicU64>,
@@ -75,6 +78,7 @@ impl Shared {
         let level_control = Mutex::new(LevelControl::for_lanes(options.streams));
         Arc::new(Shared {
             root,
+            watch,
             options,
             reporter,
             on_wire,
@@ -92,13 +96,19 @@ impl Shared {
 
     /// A file that vanished, changed or could not be read: an error, or a warning in a stage run.
     fn problem(&self, message: &str) {
-        let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
         if self.options.stage {
-            problems.warnings.push(message.to_owned());
-            self.reporter.on_event(&Event::Warning { message: message.to_owned() });
+            self.warn(message);
         } else {
+            let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
             problems.errors.push(message.to_owned());
         }
+    }
+
+    /// Something the user should know that fails nothing: shown now and in the summary.
+    fn warn(&self, message: &str) {
+        let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
+        problems.warnings.push(message.to_owned());
+        self.reporter.on_event(&Event::Warning { message: message.to_owned() });
     }
 
     fn done(&self, size: u64) {
@@ -244,6 +254,7 @@ impl Tree<'_> {
         let mut scanning = true;
         loop {
             self.check_workers()?;
+            self.shared.watch.check_now_and_then()?;
             while let Ok(reply) = self.replies.try_recv() {
                 self.handle_reply(decode_message(&reply?)?)?;
             }
@@ -258,6 +269,15 @@ impl Tree<'_> {
                         if crate::confine::RelPath::new(&problem.raw).is_ok() {
                             self.send(&Message::Keep { path: problem.raw })?;
                         }
+                    }
+                    Some(Scanned::MountPoint(path)) => {
+                        self.shared.warn(&format!(
+                            "skipped `{}`: another file system is mounted there (the copy stays on the source \
+                             volume's own file system unless told to cross mounts)",
+                            display_bytes(&path)
+                        ));
+                        // What the target has there is not the source's to delete.
+                        self.send(&Message::Keep { path })?;
                     }
                     None => {
                         scanning = false;
@@ -285,6 +305,8 @@ impl Tree<'_> {
             worker.join().map_err(|_| SyncError::Disconnected("(a content worker panicked)"))??;
         }
         self.check_workers()?;
+        // What was read came from the volume, not from a directory hidden under a mount since.
+        self.shared.watch.check()?;
         self.send(&Message::EndOfEntries)?;
         self.flush()?;
         loop {
@@ -492,7 +514,8 @@ impl Worker {
         };
         if self.parent.as_ref().is_none_or(|(cached, _)| cached.as_slice() != parent) {
             self.parent = None;
-            let dir = confine::open_dir(self.shared.root.as_fd(), parent)?;
+            let mounts = if self.shared.options.cross_mounts { Mounts::Cross } else { Mounts::Stay };
+            let dir = confine::open_dir_in(self.shared.root.as_fd(), parent, mounts)?;
             self.parent = Some((parent.to_vec(), dir));
         }
         let dir = &self.parent.as_ref().expect("just set").1;

@@ -91,6 +91,10 @@ pub struct SyncOptions {
     /// Connections the session's file content is spread over (1..=[`MAX_STREAMS`]); the first
     /// also carries the tree and the verdicts.
     pub streams: u32,
+    /// The sender's scan enters file systems mounted inside the source volume. Off, a mount
+    /// point there is skipped and reported, as `du -x` and `rsync -x` stay on one file system;
+    /// the receiver never writes or deletes across a mount point inside the target either way.
+    pub cross_mounts: bool,
 }
 
 /// Most connections one volume session may use.
@@ -110,6 +114,7 @@ impl Default for SyncOptions {
             bwlimit: 0,
             inplace: false,
             streams: 1,
+            cross_mounts: false,
         }
     }
 }
