@@ -75,7 +75,7 @@ pub struct VolumePlan {
 impl VolumePlan {
     /// The engine options of this volume's copy; `stage` is the run's mode.
     #[must_use]
-    pub fn sync_options(&self, stage: bool) -> SyncOptions {
+    pub fn sync_options(&self, stage: bool, dry_run: bool) -> SyncOptions {
         let options = &self.options;
         SyncOptions {
             selinux: options.selinux,
@@ -89,6 +89,8 @@ impl VolumePlan {
             bwlimit: options.bwlimit.map_or(0, |rate| rate.0),
             inplace: options.inplace,
             streams: options.streams.0,
+            itemize: false,
+            dry_run,
         }
     }
 }

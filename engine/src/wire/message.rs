@@ -91,6 +91,11 @@ pub struct SyncOptions {
     /// Connections the session's file content is spread over (1..=[`MAX_STREAMS`]); the first
     /// also carries the tree and the verdicts.
     pub streams: u32,
+    /// Report every change the receiver makes ([`Message::Change`]), not only deletions.
+    pub itemize: bool,
+    /// Write nothing on the target: verdicts and the deletion pass (with its guard) run as
+    /// usual, but every file is answered [`Message::Skip`] and each change is only reported.
+    pub dry_run: bool,
 }
 
 /// Most connections one volume session may use.
@@ -110,6 +115,8 @@ impl Default for SyncOptions {
             bwlimit: 0,
             inplace: false,
             streams: 1,
+            itemize: false,
+            dry_run: false,
         }
     }
 }
@@ -291,12 +298,12 @@ pub enum FileFailure {
 /// What the receiver tells the sender at the end of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ReceiverReport {
-    /// Files written (new or replaced).
+    /// Files written (new or replaced); in a dry run, those that would be.
     pub files_written: u64,
-    /// Content bytes written.
+    /// Content bytes written; in a dry run, the sizes of the files that would be written.
     pub bytes_written: u64,
     /// Entries deleted because the source lacks them (a deleted directory counts with its
-    /// contents).
+    /// contents); in a dry run, those that would be.
     pub entries_deleted: u64,
     /// Metadata the receiver could not preserve, once per kind (e.g. ownership when not root).
     pub not_preserved: Vec<String>,
@@ -411,6 +418,9 @@ pub enum Message {
     },
     /// Sender to receiver: file content as an rsync delta against a window of the basis.
     Delta(DeltaChunk),
+    /// Receiver to sender: a change made on the target (in a dry run: one it would make).
+    /// Deletions always; the other changes with [`SyncOptions::itemize`] or a dry run.
+    Change(crate::progress::Change),
 }
 
 /// `len` bytes of a file at `offset`, as an rsync delta (`fast_rsync`'s format) whose copies
@@ -455,6 +465,7 @@ impl Message {
             Message::Summary(_) => "Summary",
             Message::Error(_) => "Error",
             Message::Keep { .. } => "Keep",
+            Message::Change(_) => "Change",
         }
     }
 }
