@@ -347,11 +347,18 @@ impl Deletions {
             let dir = open_listed(root, parent, *identity)?;
             let io = |source| DeletionError::Io { path: confine::display_bytes(&join(parent, name)), source };
             let below = confine::count_below(dir.as_fd(), name).map_err(io)?;
-            let kind = confine::lstat(dir.as_fd(), name).map_err(io)?.map_or(ChangeKind::File, |stat| change_kind(&stat));
+            let kind =
+                confine::lstat(dir.as_fd(), name).map_err(io)?.map_or(ChangeKind::File, |stat| change_kind(&stat));
             deleted += 1 + below;
             total += below;
             let path = confine::display_bytes(&join(parent, name));
-            changes.push(Change { action: ChangeAction::Delete, kind, path, differs: Differs::default(), entries: 1 + below });
+            changes.push(Change {
+                action: ChangeAction::Delete,
+                kind,
+                path,
+                differs: Differs::default(),
+                entries: 1 + below,
+            });
         }
         if deleted * 2 > total && !allow_mass_delete {
             let sample = changes.iter().take(SAMPLE).map(|change| shown_path(change)).collect();

@@ -477,7 +477,8 @@ impl Group {
     fn differs(&self, stat: &rustix::fs::Stat, entry: &Entry, size: Option<u64>) -> Differs {
         Differs {
             size: size.is_some_and(|size| u64::try_from(stat.st_size).ok() != Some(size)),
-            time: !(stat.st_mtime == entry.mtime.sec && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)),
+            time: !(stat.st_mtime == entry.mtime.sec
+                && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)),
             perms: stat.st_mode & 0o7777 != entry.mode,
             owner: self.is_root && stat.st_uid != entry.uid,
             group: self.is_root && stat.st_gid != entry.gid,
@@ -544,8 +545,11 @@ impl Group {
     /// as found unchanged (a leader that would be written has no inode to share yet).
     fn shares_inode(&self, leader: &Leader, path: &RelPath, dir: BorrowedFd<'_>) -> Result<bool> {
         let Some((dev, ino)) = leader.inode else { return Ok(false) };
-        let existing = confine::lstat(dir, path.split().1)
-            .map_err(|source| SyncError::Io { op: "cannot inspect", path: path.display(), source })?;
+        let existing = confine::lstat(dir, path.split().1).map_err(|source| SyncError::Io {
+            op: "cannot inspect",
+            path: path.display(),
+            source,
+        })?;
         Ok(existing.is_some_and(|stat| stat.st_dev == dev && stat.st_ino == ino))
     }
 
@@ -1265,7 +1269,8 @@ impl Receiver {
                 }
                 let dir = self.parent_dir(&parent)?;
                 let dir = dir.as_fd();
-                let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?
+                let existing = confine::lstat(dir, &name)
+                    .map_err(|e| io("cannot inspect", e))?
                     .filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Symlink);
                 let same_target = existing.is_some()
                     && rustix::fs::readlinkat(dir, cname(&name).as_c_str(), Vec::new())
@@ -1275,7 +1280,8 @@ impl Receiver {
                 }
                 match existing {
                     Some(stat) => {
-                        let differs = Differs { size: !same_target, perms: false, ..group.differs(&stat, &entry, None) };
+                        let differs =
+                            Differs { size: !same_target, perms: false, ..group.differs(&stat, &entry, None) };
                         self.report(ChangeAction::Update, ChangeKind::Symlink, &entry.path, differs)?;
                     }
                     None => self.report(ChangeAction::Create, ChangeKind::Symlink, &entry.path, Differs::default())?,
@@ -1306,7 +1312,8 @@ impl Receiver {
                 }
                 let dir = self.parent_dir(&parent)?;
                 let dir = dir.as_fd();
-                let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?
+                let existing = confine::lstat(dir, &name)
+                    .map_err(|e| io("cannot inspect", e))?
                     .filter(|stat| FileType::from_raw_mode(stat.st_mode) == file_type && stat.st_rdev == rdev);
                 let kind = if device { ChangeKind::Device } else { ChangeKind::Special };
                 match existing {
