@@ -118,7 +118,7 @@ pub enum DeletionError {
 fn sample_text(sample: &[String], more: u64) -> String {
     let mut text = sample.iter().map(|path| format!("`{path}`")).collect::<Vec<_>>().join(", ");
     if more > 0 {
-        text.push_str(&format!(" and {more} more"));
+        text = format!("{text} and {more} more");
     }
     text
 }
@@ -361,7 +361,7 @@ impl Deletions {
             });
         }
         if deleted * 2 > total && !allow_mass_delete {
-            let sample = changes.iter().take(SAMPLE).map(|change| shown_path(change)).collect();
+            let sample = changes.iter().take(SAMPLE).map(shown_path).collect();
             let more = changes.len().saturating_sub(SAMPLE) as u64;
             return Err(DeletionError::MassDelete { deleted, total, sample, more });
         }

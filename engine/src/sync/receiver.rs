@@ -543,7 +543,7 @@ impl Group {
 
     /// In a dry run: whether hard link `path` (in `dir`) is already a name of its leader's file,
     /// as found unchanged (a leader that would be written has no inode to share yet).
-    fn shares_inode(&self, leader: &Leader, path: &RelPath, dir: BorrowedFd<'_>) -> Result<bool> {
+    fn shares_inode(leader: &Leader, path: &RelPath, dir: BorrowedFd<'_>) -> Result<bool> {
         let Some((dev, ino)) = leader.inode else { return Ok(false) };
         let existing = confine::lstat(dir, path.split().1).map_err(|source| SyncError::Io {
             op: "cannot inspect",
@@ -1239,7 +1239,7 @@ impl Receiver {
                     drop(files);
                     let dir = self.parent_dir(path.split().0)?;
                     let made = if dry_run {
-                        !group.shares_inode(&leader, &path, dir.as_fd())?
+                        !Group::shares_inode(&leader, &path, dir.as_fd())?
                     } else {
                         group.link(&leader, &path, entry.id, Some(dir.as_fd()))?
                     };
