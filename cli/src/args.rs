@@ -65,6 +65,18 @@ pub enum Command {
     /// a local directory whose name holds a colon. A missing local target is created, but not its
     /// parents (`--mkpath` creates them too); a copy that fails before writing anything removes
     /// what it created.
+    ///
+    /// The target mirrors the source, deletions included (as MTC does; `--no-delete` keeps extra
+    /// entries). `lost+found` at the root of either volume is file-system furniture: never sent,
+    /// never deleted, never counted by the mass-delete guard. `-n` previews a copy; `-i` lists
+    /// each change. A change line is rsync's `YXcstpoguax`: Y is `>` (a file received), `c` (a
+    /// directory, link or node created), `h` (a hard link), `.` (metadata only) or `*deleting`;
+    /// X is `f` file, `d` directory, `L` symlink, `D` device, `S` FIFO or socket; then `+++++++++`
+    /// for a new entry, or the letters of what differs: `s` size (a symlink's target), `t` time,
+    /// `p` permissions, `o` owner, `g` group, `x` extended attributes (`.` where the same; mover
+    /// never emits `c`, `u` or `a`). Examples: `>f+++++++++ new.txt`, `>f.st...... changed.db`,
+    /// `cd+++++++++ dir/`, `cL+++++++++ link`, `.f...p..... chmodded`, `*deleting   old.log`.
+    /// Directory metadata changes are not listed.
     Copy(CopyArgs),
     /// Manage a migration's certificates.
     #[command(subcommand)]
@@ -159,6 +171,10 @@ pub struct PlanRunArgs {
     /// Do not run `mover preflight`'s checks first.
     #[arg(long, env = "MOVER_SKIP_PREFLIGHT")]
     pub skip_preflight: bool,
+    /// List what each volume copy would create, update and delete, and write nothing: hooks
+    /// and image transfers are not run (each is listed as skipped).
+    #[arg(short = 'n', long, env = "MOVER_DRY_RUN")]
+    pub dry_run: bool,
     #[command(flatten)]
     pub checks: CheckArgs,
 }
@@ -247,6 +263,15 @@ pub struct CopyArgs {
     /// never written into or deleted either way.
     #[arg(long, env = "MOVER_CROSS_MOUNTS")]
     pub cross_mounts: bool,
+    /// Show what the copy would create, update and delete, and write nothing on the target (the
+    /// mass-delete guard still answers). Files are compared by size and time, as a copy does;
+    /// with `--checksum`, files of equal size and time are taken as unchanged. The target must
+    /// exist.
+    #[arg(short = 'n', long, env = "MOVER_DRY_RUN")]
+    pub dry_run: bool,
+    /// List each change on stdout as it is made, in rsync's itemize letters (see above).
+    #[arg(short = 'i', long, env = "MOVER_ITEMIZE")]
+    pub itemize: bool,
 }
 
 /// `mover certs ...`.

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod itemize;
 mod location;
 mod output;
 mod plan;

@@ -17,7 +17,13 @@ use crate::args::{GlobalArgs, OutputFormat};
 use crate::output;
 
 /// Renders engine events.
-pub enum Printer {
+pub struct Printer {
+    mode: Mode,
+    /// Text: list each change (`-i`, or a dry run) on stdout. JSON lists them all the same.
+    changes: bool,
+}
+
+enum Mode {
     /// JSON lines on stdout.
     Json,
     /// A progress bar on stderr, and the rate at which content is being sent.
@@ -27,13 +33,19 @@ pub enum Printer {
 }
 
 impl Printer {
-    /// Picks the renderer once.
-    pub fn new(global: &GlobalArgs) -> Printer {
+    /// Picks the renderer once; `changes`: list each change to the target on stdout.
+    pub fn new(global: &GlobalArgs, changes: bool) -> Printer {
+        Printer { mode: Mode::new(global), changes }
+    }
+}
+
+impl Mode {
+    fn new(global: &GlobalArgs) -> Mode {
         if global.output == OutputFormat::Json {
-            return Printer::Json;
+            return Mode::Json;
         }
         if global.no_progress || !std::io::stderr().is_terminal() {
-            return Printer::Quiet;
+            return Mode::Quiet;
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
         bar.set_style(
@@ -41,25 +53,28 @@ impl Printer {
                 .expect("valid template"),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        Printer::Bar(bar, Mutex::new(SendRate::default()))
+        Mode::Bar(bar, Mutex::new(SendRate::default()))
     }
+}
 
-    /// Prints the end-of-run summary (JSON: the last line; text: only with `-v`).
+impl Printer {
+    /// Prints the end-of-run summary (JSON: the last line; text: on a terminal, with `-v`, and
+    /// after a dry run).
     pub fn summary(&self, summary: &Summary, verbose: bool) {
-        match self {
-            Printer::Json => {
+        match &self.mode {
+            Mode::Json => {
                 let mut value = serde_json::to_value(summary).expect("summary serialises");
                 value["type"] = "summary".into();
                 output::json_final(&value);
             }
-            Printer::Bar(bar, _) => {
+            Mode::Bar(bar, _) => {
                 bar.finish_and_clear();
                 print_summary_text(summary);
             }
-            Printer::Quiet if verbose => print_summary_text(summary),
-            Printer::Quiet => {}
+            Mode::Quiet if verbose || summary.dry_run => print_summary_text(summary),
+            Mode::Quiet => {}
         }
-        if !matches!(self, Printer::Json) {
+        if !matches!(self.mode, Mode::Json) {
             for what in &summary.not_preserved {
                 output::eprintln(&format!("warning: not preserved: {what}"));
             }
@@ -71,7 +86,7 @@ impl Printer {
 
     /// Clears the bar before an error is printed.
     pub fn abandon(&self) {
-        if let Printer::Bar(bar, _) = self {
+        if let Mode::Bar(bar, _) = &self.mode {
             bar.abandon();
         }
     }
@@ -94,8 +109,21 @@ pub(crate) fn typed(event: &Event) -> serde_json::Value {
     }
 }
 
-/// One line: what moved, what was deleted, what it cost, in the units the bar uses.
+/// One line: what moved, what was deleted, what it cost, in the units the bar uses; after a
+/// dry run, what a copy would do.
 fn print_summary_text(summary: &Summary) {
+    if summary.dry_run {
+        output::eprintln(&format!(
+            "dry run, nothing was written: would copy {} of {} files ({} of {}); {} would be deleted; {:.1} s",
+            summary.files_transferred,
+            summary.files_total,
+            BinaryBytes(summary.bytes_transferred),
+            BinaryBytes(summary.bytes_total),
+            summary.entries_deleted,
+            summary.elapsed_s,
+        ));
+        return;
+    }
     let rate = if summary.elapsed_s > 0.0 { summary.bytes_transferred as f64 / summary.elapsed_s } else { 0.0 };
     output::eprintln(&format!(
         "done: {} of {} files copied ({} of {}), {} deleted, {} on the wire, {:.1} s, {}/s",
@@ -137,13 +165,13 @@ impl SendRate {
 
 impl Reporter for Printer {
     fn wants_early_totals(&self) -> bool {
-        matches!(self, Printer::Bar(..))
+        matches!(self.mode, Mode::Bar(..))
     }
 
     fn on_event(&self, event: &Event) {
-        match self {
-            Printer::Json => output::json_line(&typed(event)),
-            Printer::Bar(bar, rate) => match event {
+        match &self.mode {
+            Mode::Json => output::json_line(&typed(event)),
+            Mode::Bar(bar, rate) => match event {
                 Event::Totals { files, bytes } => {
                     bar.set_length(*bytes);
                     bar.set_message(format!("{files} files in the source"));
@@ -154,13 +182,14 @@ impl Reporter for Printer {
                     bar.set_message(format!("{}/s sent, {files_done} files done", BinaryBytes(per_second)));
                 }
                 Event::Warning { message } => bar.suspend(|| output::eprintln(&format!("warning: {message}"))),
-                Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } => {}
+                Event::Change(change) if self.changes => bar.suspend(|| output::println(&crate::itemize::line(change))),
+                Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } | Event::Change(_) => {}
             },
-            Printer::Quiet => {
-                if let Event::Warning { message } = event {
-                    output::eprintln(&format!("warning: {message}"));
-                }
-            }
+            Mode::Quiet => match event {
+                Event::Warning { message } => output::eprintln(&format!("warning: {message}")),
+                Event::Change(change) if self.changes => output::println(&crate::itemize::line(change)),
+                _ => {}
+            },
         }
     }
 }

@@ -723,7 +723,15 @@ struct Forward(mpsc::Sender<Message>);
 
 impl Reporter for Forward {
     fn on_event(&self, event: &Event) {
-        let _ = self.0.try_send(Message::Progress(event.clone()));
+        let message = Message::Progress(event.clone());
+        // A change (a deletion above all) is a record the coordinator must get: it waits for
+        // room. Changes come only from the sender's tree thread (a blocking thread, never a
+        // task); counters may be dropped, the next one says the same.
+        if matches!(event, Event::Change(_)) {
+            let _ = self.0.blocking_send(message);
+        } else {
+            let _ = self.0.try_send(message);
+        }
     }
 
     /// The coordinator may be showing a progress bar: give it totals early.
@@ -796,8 +804,10 @@ async fn push(
     let outcome = loop {
         tokio::select! {
             outcome = &mut transfer => break outcome,
-            Some(event) = events_rx.recv(), if listening => {
-                if writer.send(&event).await.is_err() {
+            // Drained to the end, also once the coordinator is gone: a change waits for room
+            // (see `Forward`), and must not wait forever.
+            Some(event) = events_rx.recv() => {
+                if listening && writer.send(&event).await.is_err() {
                     listening = false;
                     cancel.cancel();
                 }

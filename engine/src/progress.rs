@@ -64,6 +64,10 @@ pub enum Event {
         /// Where it stands.
         state: BlobState,
     },
+    /// An entry of the target was created, updated or deleted (in a dry run: would be). A
+    /// deletion is always reported; the other changes when the session asked for them
+    /// ([`crate::wire::SyncOptions::itemize`] or a dry run).
+    Change(Change),
     /// An image was copied and tagged.
     ImageCopied {
         /// The source image.
@@ -71,6 +75,71 @@ pub enum Event {
         /// The digest now on the target.
         digest: String,
     },
+}
+
+/// One change to the target, as the receiver makes it (or, in a dry run, would make it).
+/// Front ends render it (`mover copy -i` as rsync's itemize letters).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// What happens to the entry.
+    pub action: ChangeAction,
+    /// What the entry is (for a deletion: what is on the target).
+    pub kind: ChangeKind,
+    /// Path relative to the volume root.
+    pub path: String,
+    /// What differs in an update (empty for a creation or a deletion).
+    pub differs: Differs,
+    /// Entries a deletion removes: 1, plus everything beneath a directory.
+    pub entries: u64,
+}
+
+/// What happens to an entry of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeAction {
+    /// It is new.
+    Create,
+    /// Its content changes (and possibly its metadata).
+    Update,
+    /// Only its metadata changes.
+    Metadata,
+    /// It goes: the source lacks it.
+    Delete,
+}
+
+/// The type of a changed entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Another name of a regular file (a hard link).
+    Hardlink,
+    /// A character or block device.
+    Device,
+    /// A FIFO or a socket.
+    Special,
+}
+
+/// What differs between an entry on the target and the source's version of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Differs {
+    /// Size (of a file), or target (of a symlink).
+    pub size: bool,
+    /// Modification time.
+    pub time: bool,
+    /// Permission bits.
+    pub perms: bool,
+    /// Owner.
+    pub owner: bool,
+    /// Group.
+    pub group: bool,
+    /// Extended attributes (when they were compared).
+    pub xattrs: bool,
 }
 
 /// Where a blob of an image copy stands.
@@ -148,6 +217,9 @@ pub struct Summary {
     pub warnings: Vec<String>,
     /// Metadata that could not be preserved, e.g. ownership when the receiver is not root.
     pub not_preserved: Vec<String>,
+    /// A dry run: nothing was written; `files_transferred`, `bytes_transferred` (the files'
+    /// sizes) and `entries_deleted` say what a copy would do.
+    pub dry_run: bool,
 }
 
 impl Summary {

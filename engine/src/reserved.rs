@@ -90,6 +90,18 @@ pub fn is_generated(name: &[u8]) -> bool {
             .is_some_and(|n| n.to_string().as_bytes() == id)
 }
 
+/// The directory `fsck` keeps at the root of ext2/3/4 volumes (every fresh block-backed volume
+/// has one).
+pub const LOST_FOUND: &[u8] = b"lost+found";
+
+/// Whether `name` in directory `parent` (relative to the volume root) is file-system furniture:
+/// `lost+found` at the root. It is never sent, never deleted and never counted by the
+/// mass-delete guard: a fresh ext4 target holds it whatever the source is.
+#[must_use]
+pub fn is_furniture(parent: &[u8], name: &[u8]) -> bool {
+    parent.is_empty() && name == LOST_FOUND
+}
+
 /// Whether `stat` is of a file as mover creates its temporary files: regular, owned by this
 /// process's effective user, mode 0600, one link. Nothing else may be resumed from or cleaned.
 #[must_use]

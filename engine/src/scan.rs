@@ -170,6 +170,10 @@ impl Iterator for Scanner {
                 self.stack.pop();
                 continue;
             };
+            // `lost+found` at the root belongs to the source's file system, not to its data.
+            if top == 0 && crate::reserved::is_furniture(b"", &name) {
+                continue;
+            }
             // A name of the form mover gives its temporary files cannot travel (the target
             // would take it for one of its own): skipped, and said so.
             if crate::reserved::is_generated(&name) {

@@ -74,6 +74,15 @@ fn create_local_target(target: &Path, mkpath: bool) -> anyhow::Result<Vec<PathBu
     Ok(created)
 }
 
+/// Why a dry run into a local directory that does not exist stops.
+pub(crate) fn missing_target_in_dry_run(target: &Path) -> String {
+    format!(
+        "the target `{}` does not exist, and a dry run creates nothing: a copy would create it and everything \
+         in it. Create it (empty) to preview the copy",
+        target.display()
+    )
+}
+
 /// Removes the directories [`create_local_target`] made, innermost first, as long as they are
 /// empty: what a copy wrote (files kept for a resume) stays.
 fn remove_if_empty(created: &[PathBuf]) {
@@ -117,11 +126,16 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         inplace: args.inplace,
         streams: args.streams,
         cross_mounts: args.cross_mounts,
+        itemize: args.itemize,
+        dry_run: args.dry_run,
     };
     let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
-    let printer = Arc::new(Printer::new(global));
+    let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run));
     let result = match (&source, &target) {
         (Location::Local(from), Location::Local(to)) => {
+            if args.dry_run && !to.is_dir() {
+                bail!("{}", missing_target_in_dry_run(to));
+            }
             let created = create_local_target(to, args.mkpath)?;
             let result = client::copy_local(from, to, options, printer.clone()).await;
             if result.is_err() {

@@ -61,6 +61,7 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     };
     printer.finish();
     let mut report = report.unwrap_or_else(|| Report::unloaded(&args.plan, stage));
+    report.dry_run = args.dry_run;
     report.finish(&result, cancelled, started.elapsed().as_secs_f64());
     if let Some(path) = &args.report
         && let Err(error) = report.write(path)
@@ -112,22 +113,40 @@ async fn load_and_run(
     let identity = plan_identity(&plan)?;
     let proxy = plan_proxy(&plan)?;
     *executed = true;
-    execute(&plan, stage, identity.as_ref(), proxy.as_ref(), printer, report).await
+    let run = Run { stage, dry_run: args.dry_run };
+    execute(&plan, run, identity.as_ref(), proxy.as_ref(), printer, report).await
+}
+
+/// How the plan runs: a stage or final run, for real or dry.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    stage: bool,
+    dry_run: bool,
 }
 
 async fn execute(
     plan: &Plan,
-    stage: bool,
+    run: Run,
     identity: Option<&Identity>,
     proxy: Option<&Proxy>,
     printer: &PlanPrinter,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    if run.dry_run {
+        // Hooks act on the applications and images write to registries: a preview runs neither.
+        let (hooks, images) = (plan.hooks.len(), plan.images.len());
+        if hooks + images > 0 {
+            printer.text_line(&format!(
+                "dry run: {hooks} hooks and {images} image transfers are not run (listed as `not run` in the report)"
+            ));
+        }
+        return transfer_volumes(plan, run, identity, proxy, printer, report).await;
+    }
     run_hooks(plan, Phase::PreBackup, printer, report).await?;
     run_hooks(plan, Phase::PreRestore, printer, report).await?;
     // Volumes and images move at the same time, each within its own concurrency limit.
     let (volumes, images) = tokio::join!(
-        transfer_volumes(plan, stage, identity, proxy, printer, report),
+        transfer_volumes(plan, run, identity, proxy, printer, report),
         transfer_images(plan, proxy, printer)
     );
     let (image_reports, images) = images;
@@ -174,15 +193,20 @@ async fn run_hooks(plan: &Plan, phase: Phase, printer: &PlanPrinter, report: &mu
 /// Copies one volume with the engine's client function for its form.
 async fn copy_volume(
     volume: VolumePlan,
-    stage: bool,
+    run: Run,
     identity: Option<Identity>,
     proxy: Option<Proxy>,
     reporter: Arc<dyn mover_engine::progress::Reporter>,
 ) -> anyhow::Result<Summary> {
-    let options = volume.sync_options(stage);
+    let options = volume.sync_options(run.stage, run.dry_run);
     let identity = || identity.as_ref().context("the plan has no `certs:` directory");
     let result: Result<Summary, CopyError> = match (&volume.source, &volume.target) {
-        (Location::Local(from), Location::Local(to)) => client::copy_local(from, to, options, reporter).await,
+        (Location::Local(from), Location::Local(to)) => {
+            if run.dry_run && !to.is_dir() {
+                bail!("{}", super::copy::missing_target_in_dry_run(to));
+            }
+            client::copy_local(from, to, options, reporter).await
+        }
         (Location::Local(from), Location::Agent { addr, volume }) => {
             client::copy_to_agent(identity()?, from, (addr, volume), proxy.as_ref(), options, reporter).await
         }
@@ -206,7 +230,7 @@ async fn copy_volume(
 
 async fn transfer_volumes(
     plan: &Plan,
-    stage: bool,
+    run: Run,
     identity: Option<&Identity>,
     proxy: Option<&Proxy>,
     printer: &PlanPrinter,
@@ -220,8 +244,8 @@ async fn transfer_volumes(
         let printer = printer.clone();
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("the semaphore is never closed");
-            let reporter = printer.volume(&volume.name);
-            (index, copy_volume(volume, stage, identity, proxy, reporter).await)
+            let reporter = printer.volume(&volume.name, run.dry_run);
+            (index, copy_volume(volume, run, identity, proxy, reporter).await)
         });
     }
     let mut failures = Vec::new();

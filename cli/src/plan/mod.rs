@@ -75,7 +75,7 @@ pub struct VolumePlan {
 impl VolumePlan {
     /// The engine options of this volume's copy; `stage` is the run's mode.
     #[must_use]
-    pub fn sync_options(&self, stage: bool) -> SyncOptions {
+    pub fn sync_options(&self, stage: bool, dry_run: bool) -> SyncOptions {
         let options = &self.options;
         SyncOptions {
             selinux: options.selinux,
@@ -90,6 +90,8 @@ impl VolumePlan {
             inplace: options.inplace,
             streams: options.streams.0,
             cross_mounts: options.cross_mounts,
+            itemize: false,
+            dry_run,
         }
     }
 }

@@ -64,7 +64,7 @@ impl PlanPrinter {
     }
 
     /// A line of text on stderr, above the progress lines on a terminal.
-    fn text_line(&self, text: &str) {
+    pub(crate) fn text_line(&self, text: &str) {
         match &*self.0 {
             // `MultiProgress::suspend` panics when the terminal cannot be written; `println`
             // reports it.
@@ -129,9 +129,10 @@ impl PlanPrinter {
 
     /// A reporter for one volume's copy.
     #[must_use]
-    pub fn volume(&self, name: &str) -> Arc<dyn Reporter> {
+    /// In a `dry_run`, its changes are listed.
+    pub fn volume(&self, name: &str, dry_run: bool) -> Arc<dyn Reporter> {
         let bar = self.line(name, name);
-        Arc::new(VolumeProgress { printer: self.clone(), name: name.to_owned(), bar })
+        Arc::new(VolumeProgress { printer: self.clone(), name: name.to_owned(), bar, dry_run })
     }
 
     /// A volume ended: its line shows the result, and JSON gets a `volume_finished` event.
@@ -184,6 +185,8 @@ struct VolumeProgress {
     printer: PlanPrinter,
     name: String,
     bar: Option<ProgressBar>,
+    /// List each change (as text; JSON has them all).
+    dry_run: bool,
 }
 
 impl Reporter for VolumeProgress {
@@ -219,7 +222,11 @@ impl Reporter for VolumeProgress {
             Event::Warning { message } => {
                 self.printer.text_line(&format!("warning: volume `{}`: {message}", self.name));
             }
-            Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } => {}
+            // A dry run lists its changes; a real run counts them in its report.
+            Event::Change(change) if self.dry_run => {
+                self.printer.text_line(&format!("volume `{}`: {}", self.name, crate::itemize::line(change)));
+            }
+            Event::ImagePlanned { .. } | Event::Blob { .. } | Event::ImageCopied { .. } | Event::Change(_) => {}
         }
     }
 }

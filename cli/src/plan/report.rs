@@ -183,6 +183,9 @@ pub struct Report {
     pub result: StepResult,
     /// Whether the user interrupted the plan (`result` is then `cancelled`).
     pub cancelled: bool,
+    /// A dry run (`plan run --dry-run`): nothing was written, hooks and images did not run, and
+    /// the volumes' counts say what a run would do.
+    pub dry_run: bool,
     /// Why it stopped, when it failed.
     pub error: Option<String>,
     /// Seconds from start to end.
@@ -206,6 +209,7 @@ impl Report {
             mode: if stage { "stage" } else { "final" },
             result: StepResult::NotRun,
             cancelled: false,
+            dry_run: false,
             error: None,
             elapsed_s: 0.0,
             hooks: hooks
@@ -251,6 +255,7 @@ impl Report {
             mode: if stage { "stage" } else { "final" },
             result: StepResult::NotRun,
             cancelled: false,
+            dry_run: false,
             error: None,
             elapsed_s: 0.0,
             hooks: Vec::new(),
@@ -291,7 +296,8 @@ impl Report {
             out.push_str(text.trim_end());
             out.push('\n');
         };
-        line(format!("plan `{}` ({} run): {} in {:.1}s", self.plan, self.mode, self.result, self.elapsed_s));
+        let dry_run = if self.dry_run { ", dry run: nothing was written" } else { "" };
+        line(format!("plan `{}` ({} run{dry_run}): {} in {:.1}s", self.plan, self.mode, self.result, self.elapsed_s));
         if !self.hooks.is_empty() {
             line(format!("{:<24} {:<12} {:<7} {:<10} {:>8}", "HOOK", "PHASE", "SIDE", "RESULT", "TIME"));
             for hook in &self.hooks {

@@ -19,8 +19,8 @@ fn the_annotated_example_parses() {
     assert_eq!(plan.name, "shop-migration");
     assert_eq!(plan.hook_environment()[1], ("migration_namespaces".to_owned(), "shop,shop-db".to_owned()));
     assert_eq!(plan.volumes.len(), 2);
-    assert_eq!(plan.volumes[0].sync_options(false).bwlimit, 50 << 20);
-    assert!(plan.volumes[1].sync_options(true).stage);
+    assert_eq!(plan.volumes[0].sync_options(false, false).bwlimit, 50 << 20);
+    assert!(plan.volumes[1].sync_options(true, false).stage);
     assert_eq!(plan.hooks.len(), 3);
     assert_eq!(plan.hooks[1].timeout, Duration::from_secs(600));
     assert_eq!(plan.hooks[2].side, Side::Target);
@@ -164,6 +164,6 @@ fn a_bare_bwlimit_is_kib_per_second_as_in_mtc() {
             "{HEAD}volumes:\n  - source: ./a\n    target: ./b\n    options: {{bwlimit: {written}}}\n"
         ))
         .unwrap();
-        assert_eq!(plan.volumes[0].sync_options(false).bwlimit, expected, "bwlimit: {written}");
+        assert_eq!(plan.volumes[0].sync_options(false, false).bwlimit, expected, "bwlimit: {written}");
     }
 }

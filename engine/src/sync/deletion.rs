@@ -13,9 +13,14 @@
 //! except the partial files this session resumes ([`Deletions::claim`]): only files proven to be
 //! mover's ([`reserved::is_leftover`]). Other names of the generated forms are neither counted
 //! nor deleted (no source can send them); every other name, `.mover-tmp-notes` included, is an
-//! entry like any other.
+//! entry like any other. `lost+found` at the root is file-system furniture
+//! ([`reserved::is_furniture`]): neither counted nor deleted.
 //! A candidate that is, or holds, a mount point is kept and reported: the walks that count and
 //! delete never cross into another file system ([`confine::MountPoint`]).
+//!
+//! In a dry run nothing is removed: the guard is applied all the same, and each deletion is
+//! only reported. A directory that a dry run would create has no listing to walk: it is marked
+//! [`Deletions::absent`], and its listing is empty.
 
 use std::collections::HashSet;
 use std::io;
@@ -23,6 +28,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::confine;
+use crate::progress::{Change, ChangeAction, ChangeKind, Differs};
 use crate::reserved;
 
 /// One directory the stream is inside of.
@@ -36,6 +42,8 @@ pub(super) struct DirFrame {
     /// The handle the receiver opened to check the directory's entries, kept for the entries
     /// and for listing (only for the first [`KEPT_DEPTH`] levels: one descriptor per level).
     dir: Option<Arc<OwnedFd>>,
+    /// Not on the target (a dry run does not create it): its listing is empty.
+    absent: bool,
 }
 
 struct Listing {
@@ -49,7 +57,7 @@ struct Listing {
 
 impl DirFrame {
     fn new(path: Vec<u8>) -> Self {
-        DirFrame { path, last: None, listing: None, dir: None }
+        DirFrame { path, last: None, listing: None, dir: None, absent: false }
     }
 
     fn shown(&self) -> String {
@@ -60,19 +68,27 @@ impl DirFrame {
 /// Directory levels whose handles are kept until they close; deeper ones are opened again.
 const KEPT_DEPTH: usize = 64;
 
+/// Paths of the target a mass-delete refusal names.
+const SAMPLE: usize = 10;
+
 /// Why the deletions were not done.
 #[derive(Debug, thiserror::Error)]
 pub enum DeletionError {
     /// Over half of the target would go.
     #[error(
         "refusing to delete {deleted} of the target's {total} entries (more than half): is the source right? \
-         Nothing was deleted; pass `--allow-mass-delete` if this is intended, or `--no-delete` to keep them"
+         Nothing was deleted; pass `--allow-mass-delete` if this is intended, or `--no-delete` to keep them. \
+         It would delete {}", sample_text(sample, *more)
     )]
     MassDelete {
         /// Entries that would be deleted.
         deleted: u64,
         /// Entries on the target.
         total: u64,
+        /// The first paths that would be deleted (a directory with what is beneath it).
+        sample: Vec<String>,
+        /// Paths that would be deleted besides the sample.
+        more: u64,
     },
     /// The peer sent a name twice or out of order (a well-behaved sender never does).
     #[error("`{path}` was sent twice or out of order (names in a directory must come sorted, once each)")]
@@ -100,6 +116,15 @@ pub enum DeletionError {
     },
 }
 
+/// `` `a`, `b/` and 3 more ``.
+fn sample_text(sample: &[String], more: u64) -> String {
+    let mut text = sample.iter().map(|path| format!("`{path}`")).collect::<Vec<_>>().join(", ");
+    if more > 0 {
+        text = format!("{text} and {more} more");
+    }
+    text
+}
+
 /// A directory's device and inode.
 type Identity = (u64, u64);
 
@@ -113,6 +138,8 @@ pub(super) struct Deletions {
     listed: u64,
     /// Candidates kept because a file system is mounted at or below them, as warnings.
     kept_mounts: Vec<String>,
+    /// Report, do not remove (see the module doc).
+    dry_run: bool,
 }
 
 fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
@@ -134,6 +161,21 @@ impl Deletions {
             candidates: Vec::new(),
             listed: 0,
             kept_mounts: Vec::new(),
+            dry_run: false,
+        }
+    }
+
+    /// A dry run: [`Self::finish`] removes nothing, and leftovers stay.
+    pub(super) fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// The directory just entered is not on the target (a dry run would create it): nothing
+    /// in it to list or delete.
+    pub(super) fn absent(&mut self) {
+        if let Some(frame) = self.frames.last_mut() {
+            frame.absent = true;
         }
     }
 
@@ -169,6 +211,10 @@ impl Deletions {
     /// without one): the names passed are candidates, `name` itself is kept.
     fn pass(&mut self, root: BorrowedFd<'_>, level: usize, name: Option<&[u8]>) -> Result<(), DeletionError> {
         let frame = &mut self.frames[level];
+        if frame.listing.is_none() && frame.absent {
+            let stale = HashSet::new();
+            frame.listing = Some(Listing { names: confine::Names::default(), identity: (0, 0), passed: 0, stale });
+        }
         if frame.listing.is_none() {
             let shown = frame.shown();
             let io = |source| DeletionError::Io { path: shown.clone(), source };
@@ -194,6 +240,9 @@ impl Deletions {
             let names = confine::list_dir(dir.as_fd()).map_err(io)?;
             let mut stale = HashSet::new();
             for name in names.iter() {
+                if reserved::is_furniture(&frame.path, name) {
+                    continue;
+                }
                 if reserved::is_generated(name) {
                     if !name.starts_with(&self.session_prefix) {
                         stale.insert(name.to_vec());
@@ -214,7 +263,7 @@ impl Deletions {
                 break;
             }
             listing.passed += 1;
-            if self.enabled && !reserved::is_generated(listed) {
+            if self.enabled && !reserved::is_generated(listed) && !reserved::is_furniture(&frame.path, listed) {
                 self.candidates.push((frame.path.clone(), listing.identity, listed.to_vec()));
             }
         }
@@ -259,7 +308,7 @@ impl Deletions {
         self.pass(root, level, None)?;
         let frame = self.frames.pop().expect("just pushed");
         let listing = frame.listing.as_ref().expect("passed");
-        if listing.stale.is_empty() {
+        if listing.stale.is_empty() || self.dry_run {
             return Ok(());
         }
         let dir = match &frame.dir {
@@ -284,36 +333,61 @@ impl Deletions {
         Ok(())
     }
 
-    /// Closes every directory, applies the guard and deletes. Returns the entries deleted.
-    pub(super) fn finish(&mut self, root: BorrowedFd<'_>, allow_mass_delete: bool) -> Result<u64, DeletionError> {
+    /// Closes every directory, applies the guard and deletes (in a dry run, deletes nothing);
+    /// `on_delete` hears of each entry deleted, a directory once with what is beneath it.
+    /// Returns the entries deleted.
+    pub(super) fn finish(
+        &mut self,
+        root: BorrowedFd<'_>,
+        allow_mass_delete: bool,
+        mut on_delete: impl FnMut(Change) -> Result<(), DeletionError>,
+    ) -> Result<u64, DeletionError> {
         while let Some(frame) = self.frames.pop() {
             self.close(root, frame)?;
         }
         let mut deleted = 0;
         let mut total = self.listed;
         let mut mounted = Vec::new();
+        let mut changes = Vec::with_capacity(self.candidates.len());
         for (index, (parent, identity, name)) in self.candidates.iter().enumerate() {
             let dir = open_listed(root, parent, *identity)?;
             let io = |source| DeletionError::Io { path: confine::display_bytes(&join(parent, name)), source };
-            match confine::count_below(dir.as_fd(), name) {
-                Ok(below) => {
-                    deleted += 1 + below;
-                    total += below;
-                }
+            let below = match confine::count_below(dir.as_fd(), name) {
+                Ok(below) => below,
                 Err(error) => match confine::mount_point(&error) {
-                    Some(mount) => mounted.push((index, join(parent, &mount.0))),
+                    Some(mount) => {
+                        mounted.push((index, join(parent, &mount.0)));
+                        continue;
+                    }
                     None => return Err(io(error)),
                 },
-            }
+            };
+            let kind =
+                confine::lstat(dir.as_fd(), name).map_err(io)?.map_or(ChangeKind::File, |stat| change_kind(&stat));
+            deleted += 1 + below;
+            total += below;
+            let path = confine::display_bytes(&join(parent, name));
+            changes.push(Change {
+                action: ChangeAction::Delete,
+                kind,
+                path,
+                differs: Differs::default(),
+                entries: 1 + below,
+            });
         }
         self.keep_mounted(mounted);
         if deleted * 2 > total && !allow_mass_delete {
-            return Err(DeletionError::MassDelete { deleted, total });
+            let sample = changes.iter().take(SAMPLE).map(shown_path).collect();
+            let more = changes.len().saturating_sub(SAMPLE) as u64;
+            return Err(DeletionError::MassDelete { deleted, total, sample, more });
         }
-        for (parent, identity, name) in std::mem::take(&mut self.candidates) {
-            let dir = open_listed(root, &parent, identity)?;
-            let io = |source| DeletionError::Io { path: confine::display_bytes(&join(&parent, &name)), source };
-            confine::remove_any(dir.as_fd(), &name).map_err(io)?;
+        for ((parent, identity, name), change) in std::mem::take(&mut self.candidates).into_iter().zip(changes) {
+            if !self.dry_run {
+                let dir = open_listed(root, &parent, identity)?;
+                let io = |source| DeletionError::Io { path: confine::display_bytes(&join(&parent, &name)), source };
+                confine::remove_any(dir.as_fd(), &name).map_err(io)?;
+            }
+            on_delete(change)?;
         }
         Ok(deleted)
     }
@@ -344,6 +418,22 @@ impl Deletions {
     pub(super) fn take_kept_mounts(&mut self) -> Vec<String> {
         std::mem::take(&mut self.kept_mounts)
     }
+}
+
+/// The kind of change an entry of this type makes.
+pub(super) fn change_kind(stat: &rustix::fs::Stat) -> ChangeKind {
+    match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+        rustix::fs::FileType::Directory => ChangeKind::Dir,
+        rustix::fs::FileType::Symlink => ChangeKind::Symlink,
+        rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => ChangeKind::Device,
+        rustix::fs::FileType::Fifo | rustix::fs::FileType::Socket => ChangeKind::Special,
+        _ => ChangeKind::File,
+    }
+}
+
+/// A path as a refusal shows it: a directory with a trailing `/`.
+fn shown_path(change: &Change) -> String {
+    if change.kind == ChangeKind::Dir { format!("{}/", change.path) } else { change.path.clone() }
 }
 
 /// Opens directory `path` again for deleting in it, if it is still the directory that was
@@ -385,7 +475,7 @@ mod tests {
         std::fs::create_dir(tmp.path().join("d")).unwrap();
         std::fs::write(tmp.path().join("d/extra"), b"not the one listed").unwrap();
 
-        let error = deletions.finish(root.as_fd(), true).unwrap_err();
+        let error = deletions.finish(root.as_fd(), true, |_| Ok(())).unwrap_err();
         assert!(matches!(error, DeletionError::Replaced { ref path } if path == "d"), "{error}");
         assert!(tmp.path().join("d/extra").exists() && tmp.path().join("moved/extra").exists());
     }
@@ -421,7 +511,7 @@ mod tests {
         }
         // `.mover-tmp-notes` is a user's file the source lacks, counted like `a` and `c`; the
         // stale leftover goes uncounted; a file of another mode under a generated name stays.
-        assert_eq!(deletions.finish(root.as_fd(), true).unwrap(), 3);
+        assert_eq!(deletions.finish(root.as_fd(), true, |_| Ok(())).unwrap(), 3);
         let left: Vec<String> = confine::list_dir(root.as_fd())
             .unwrap()
             .iter()
@@ -443,7 +533,7 @@ mod tests {
         for (parent, name, is_dir) in [(&b""[..], &b"d"[..], true), (b"d", b"keep", false), (b"", b"e", false)] {
             assert!(deletions.enter(root.as_fd(), parent, name, is_dir).unwrap());
         }
-        assert_eq!(deletions.finish(root.as_fd(), true).unwrap(), 1);
+        assert_eq!(deletions.finish(root.as_fd(), true, |_| Ok(())).unwrap(), 1);
         assert!(!tmp.path().join("d/extra").exists() && tmp.path().join("d/keep").exists());
     }
 }

@@ -31,7 +31,7 @@ use super::{Result, SyncError, WINDOW};
 use crate::compress::Decompressor;
 use crate::confine::{self, RelPath, cname};
 use crate::meta;
-use crate::progress::{Event, SharedReporter};
+use crate::progress::{Change, ChangeAction, ChangeKind, Differs, Event, SharedReporter};
 use crate::volume::RootWatch;
 use crate::wire::{
     CHUNK_SIZE, DataChunkRef, DeltaChunk, Entry, EntryKind, FileFailure, Incoming, Message, ReceiverReport,
@@ -471,6 +471,25 @@ impl Group {
         Ok(())
     }
 
+    /// Whether the sender hears of every change, not only deletions.
+    fn reports_changes(&self) -> bool {
+        self.options.itemize || self.options.dry_run
+    }
+
+    /// What differs between an existing entry (`stat`) and the sender's `entry`; `size` is the
+    /// sender's size of a regular file. Extended attributes are not compared here.
+    fn differs(&self, stat: &rustix::fs::Stat, entry: &Entry, size: Option<u64>) -> Differs {
+        Differs {
+            size: size.is_some_and(|size| u64::try_from(stat.st_size).ok() != Some(size)),
+            time: !(stat.st_mtime == entry.mtime.sec
+                && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)),
+            perms: stat.st_mode & 0o7777 != entry.mode,
+            owner: self.is_root && stat.st_uid != entry.uid,
+            group: self.is_root && stat.st_gid != entry.gid,
+            xattrs: false,
+        }
+    }
+
     /// Owner (when we can set it) and mtime of an existing entry equal the sender's.
     fn same_owner_and_mtime(&self, stat: &rustix::fs::Stat, entry: &Entry) -> bool {
         (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
@@ -490,7 +509,8 @@ impl Group {
 
     /// Makes hard link `path` (entry `id`) to the file in place at `leader`; `dir` is the
     /// handle of the link's directory, if the caller has it.
-    fn link(&self, leader: &Leader, path: &RelPath, id: u64, dir: Option<BorrowedFd<'_>>) -> Result<()> {
+    /// Returns false when the link was there already.
+    fn link(&self, leader: &Leader, path: &RelPath, id: u64, dir: Option<BorrowedFd<'_>>) -> Result<bool> {
         let io = |op, source| SyncError::Io { op, path: path.display(), source };
         let (parent, name) = path.split();
         let opened;
@@ -503,7 +523,7 @@ impl Group {
         let existing = confine::lstat(dir, name).map_err(|e| io("cannot inspect", e))?;
         let shares = |(dev, ino): (u64, u64)| existing.is_some_and(|stat| stat.st_dev == dev && stat.st_ino == ino);
         if leader.inode.is_some_and(shares) {
-            return Ok(());
+            return Ok(false);
         }
         let (leader_parent, leader_name) = leader.path.split();
         let leader_dir =
@@ -511,16 +531,30 @@ impl Group {
         let leader_stat = rustix::fs::statat(&leader_dir, cname(leader_name).as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| io("cannot inspect the link source of", e.into()))?;
         if shares((leader_stat.st_dev, leader_stat.st_ino)) {
-            return Ok(());
+            return Ok(false);
         }
         let tmp = self.tmp_name(id);
         let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
         rustix::fs::linkat(&leader_dir, cname(leader_name).as_c_str(), dir, tmp.as_c_str(), AtFlags::empty())
             .map_err(|e| io("cannot create hard link", e.into()))?;
-        replace(dir, &tmp, name).map_err(|e| {
-            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
-            io("cannot create hard link", e)
-        })
+        replace(dir, &tmp, name)
+            .map_err(|e| {
+                let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
+                io("cannot create hard link", e)
+            })
+            .map(|()| true)
+    }
+
+    /// In a dry run: whether hard link `path` (in `dir`) is already a name of its leader's file,
+    /// as found unchanged (a leader that would be written has no inode to share yet).
+    fn shares_inode(leader: &Leader, path: &RelPath, dir: BorrowedFd<'_>) -> Result<bool> {
+        let Some((dev, ino)) = leader.inode else { return Ok(false) };
+        let existing = confine::lstat(dir, path.split().1).map_err(|source| SyncError::Io {
+            op: "cannot inspect",
+            path: path.display(),
+            source,
+        })?;
+        Ok(existing.is_some_and(|stat| stat.st_dev == dev && stat.st_ino == ino))
     }
 
     /// A thread other than the first lane's failed: tells the sender why on `out` (which makes
@@ -599,6 +633,9 @@ pub(super) struct Receiver {
     dirs: super::dirs::Directories,
     seen_root: bool,
     deletions: Deletions,
+    /// In a dry run, the directory being walked that is not on the target (it would be
+    /// created): everything beneath it is new, and nothing there is looked at.
+    absent: Option<Vec<u8>>,
     /// Encoded replies not yet handed to the writer.
     replies: Vec<u8>,
     /// How many replies `replies` holds.
@@ -615,7 +652,7 @@ pub(super) fn run(
     input: mpsc::Receiver<Result<super::InFrame>>,
     written: Arc<AtomicU64>,
 ) -> Result<ReceiverReport> {
-    let deletions = Deletions::new(group.options.delete, &group.session);
+    let deletions = Deletions::new(group.options.delete, &group.session).with_dry_run(group.options.dry_run);
     let dirs = super::dirs::Directories::new(group.root.clone());
     let path = Arc::new(ReplyPath { out, handed: AtomicU64::new(0), written, stopped: AtomicBool::new(false) });
     let mut receiver = Receiver {
@@ -625,6 +662,7 @@ pub(super) fn run(
         path,
         input,
         deletions,
+        absent: None,
         dirs_cache: DirCache::default(),
         dirs,
         seen_root: false,
@@ -964,6 +1002,59 @@ impl Receiver {
         }
     }
 
+    /// Tells the sender of a change to `path`, when the session asked for changes.
+    fn report(&mut self, action: ChangeAction, kind: ChangeKind, path: &[u8], differs: Differs) -> Result<()> {
+        if !self.group.reports_changes() {
+            return Ok(());
+        }
+        let path = confine::display_bytes(path);
+        self.reply(&Message::Change(Change { action, kind, path, differs, entries: 1 }))
+    }
+
+    /// A file the dry run would write: counted as written, answered `Skip`.
+    fn skip_as_written(&mut self, entry: &Entry, size: u64, leader: bool) -> Result<()> {
+        {
+            let mut files = self.group.files();
+            files.report.files_written += 1;
+            files.report.bytes_written += size;
+            if leader {
+                let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
+                files.leaders.insert(entry.id, Leader { path, inode: None });
+            }
+        }
+        self.reply(&Message::Skip { id: entry.id })
+    }
+
+    /// In a dry run, an entry beneath a directory that is not on the target: new, whatever it
+    /// is; nothing on the target is looked at.
+    fn absent_entry(&mut self, entry: &Entry) -> Result<()> {
+        let kind = match entry.kind {
+            EntryKind::Dir => {
+                self.deletions.absent();
+                ChangeKind::Dir
+            }
+            EntryKind::File { .. } => ChangeKind::File,
+            EntryKind::Hardlink { .. } => ChangeKind::Hardlink,
+            EntryKind::Symlink { .. } => ChangeKind::Symlink,
+            EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } => {
+                if !(self.group.options.devices && self.group.is_root) {
+                    self.group.warn(format!(
+                        "device node `{}` skipped: pass `--devices` and run the target as root to copy device nodes",
+                        confine::display_bytes(&entry.path)
+                    ));
+                    return Ok(());
+                }
+                ChangeKind::Device
+            }
+            EntryKind::Fifo | EntryKind::Socket => ChangeKind::Special,
+        };
+        self.report(ChangeAction::Create, kind, &entry.path, Differs::default())?;
+        if let EntryKind::File { size, leader } = entry.kind {
+            self.skip_as_written(entry, size, leader)?;
+        }
+        Ok(())
+    }
+
     /// The directory handle of `parent` (relative to the root), cached across entries.
     /// Entries come depth first, so `parent` is the directory the deletion pass is in (or, for
     /// a directory entry, the one it just left): its handle is kept there, so the checks of its
@@ -998,13 +1089,34 @@ impl Receiver {
                 path.display()
             )));
         }
+        if let Some(absent) = &self.absent {
+            if entry.path.strip_prefix(absent.as_slice()).is_some_and(|rest| rest.first() == Some(&b'/')) {
+                return self.absent_entry(&entry);
+            }
+            self.absent = None;
+        }
         let io = |op, source| SyncError::Io { op, path: path.display(), source };
         let (parent, name) = path.split();
         let name = name.to_vec();
         let parent = parent.to_vec();
+        let dry_run = group.options.dry_run;
         match entry.kind.clone() {
             EntryKind::Dir => {
                 let dir = self.parent_dir(&parent)?;
+                let existing = confine::lstat(dir.as_fd(), &name).map_err(|e| io("cannot inspect", e))?;
+                let is_dir = existing.is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory);
+                if !is_dir {
+                    self.report(ChangeAction::Create, ChangeKind::Dir, &entry.path, Differs::default())?;
+                }
+                if dry_run {
+                    // Not made: what is beneath it is all new. Directory metadata is not
+                    // previewed, so the directory is not kept for the last pass either.
+                    if !is_dir {
+                        self.absent = Some(entry.path.clone());
+                        self.deletions.absent();
+                    }
+                    return Ok(());
+                }
                 ensure_dir(dir.as_fd(), &name).map_err(|e| io("cannot create directory", e))?;
                 self.keep_dir(&entry);
             }
@@ -1023,12 +1135,14 @@ impl Receiver {
                 if up_to_date {
                     // Most re-synced files are untouched: one stat and one xattr listing prove it.
                     let stat = regular.expect("up to date means it exists");
-                    let same = stat.st_mode & 0o7777 == entry.mode
-                        && (!group.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
-                        && meta::read_xattrs(dir, &name, &group.options).is_ok_and(|xattrs| xattrs == entry.xattrs);
+                    let mut differs = group.differs(&stat, &entry, Some(size));
+                    differs.xattrs = differs == Differs::default()
+                        && !meta::read_xattrs(dir, &name, &group.options).is_ok_and(|xattrs| xattrs == entry.xattrs);
+                    let same = differs == Differs::default();
                     // New metadata goes onto the inode only if this is its one name; otherwise
-                    // the file is replaced, below (see `links`).
+                    // the file is replaced, below (see `links`). A dry run only says so.
                     let settled = same
+                        || dry_run
                         || match links::open_alone(dir, &name).map_err(|e| io("cannot open", e))? {
                             Some(file) => {
                                 group
@@ -1039,6 +1153,9 @@ impl Receiver {
                             None => false,
                         };
                     if settled {
+                        if !same {
+                            self.report(ChangeAction::Metadata, ChangeKind::File, &entry.path, differs)?;
+                        }
                         if leader {
                             let inode = Some((stat.st_dev, stat.st_ino));
                             group.files().leaders.insert(entry.id, Leader { path, inode });
@@ -1058,6 +1175,16 @@ impl Receiver {
                     {
                         return Err(protocol(format!("entry id {} used twice", entry.id)));
                     }
+                }
+                match regular {
+                    Some(stat) => {
+                        let differs = group.differs(&stat, &entry, Some(size));
+                        self.report(ChangeAction::Update, ChangeKind::File, &entry.path, differs)?;
+                    }
+                    None => self.report(ChangeAction::Create, ChangeKind::File, &entry.path, Differs::default())?,
+                }
+                if dry_run {
+                    return self.skip_as_written(&entry, size, leader);
                 }
                 let id = entry.id;
                 // An interrupted earlier run may have left part of this very version.
@@ -1115,13 +1242,24 @@ impl Receiver {
                 if let Some(leader) = files.leaders.get(&leader).cloned() {
                     drop(files);
                     let dir = self.parent_dir(path.split().0)?;
-                    group.link(&leader, &path, entry.id, Some(dir.as_fd()))?;
+                    let made = if dry_run {
+                        !Group::shares_inode(&leader, &path, dir.as_fd())?
+                    } else {
+                        group.link(&leader, &path, entry.id, Some(dir.as_fd()))?
+                    };
+                    if made {
+                        self.report(ChangeAction::Create, ChangeKind::Hardlink, &entry.path, Differs::default())?;
+                    }
                 } else if files.pending.contains_key(&leader) || files.receiving.contains(&leader) {
                     if files.deferred_count >= MAX_PENDING * 4 {
                         return Err(protocol("too many hard links waiting for their files"));
                     }
                     files.deferred_count += 1;
+                    let path = entry.path.clone();
                     files.deferred.entry(leader).or_default().push(entry);
+                    drop(files);
+                    // Made once its file has arrived, on whichever lane carries it.
+                    self.report(ChangeAction::Create, ChangeKind::Hardlink, &path, Differs::default())?;
                 } else if files.failed.contains(&leader) {
                     drop(files);
                     group.warn(format!("hard link `{}` not created: its source file failed", path.display()));
@@ -1135,13 +1273,24 @@ impl Receiver {
                 }
                 let dir = self.parent_dir(&parent)?;
                 let dir = dir.as_fd();
-                let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
-                if existing.is_some_and(|stat| {
-                    FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
-                        && group.same_owner_and_mtime(&stat, &entry)
-                        && rustix::fs::readlinkat(dir, cname(&name).as_c_str(), Vec::new())
-                            .is_ok_and(|current| current.as_bytes() == target.as_slice())
-                }) {
+                let existing = confine::lstat(dir, &name)
+                    .map_err(|e| io("cannot inspect", e))?
+                    .filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Symlink);
+                let same_target = existing.is_some()
+                    && rustix::fs::readlinkat(dir, cname(&name).as_c_str(), Vec::new())
+                        .is_ok_and(|current| current.as_bytes() == target.as_slice());
+                if same_target && existing.is_some_and(|stat| group.same_owner_and_mtime(&stat, &entry)) {
+                    return Ok(());
+                }
+                match existing {
+                    Some(stat) => {
+                        let differs =
+                            Differs { size: !same_target, perms: false, ..group.differs(&stat, &entry, None) };
+                        self.report(ChangeAction::Update, ChangeKind::Symlink, &entry.path, differs)?;
+                    }
+                    None => self.report(ChangeAction::Create, ChangeKind::Symlink, &entry.path, Differs::default())?,
+                }
+                if dry_run {
                     return Ok(());
                 }
                 let tmp = group.tmp_name(entry.id);
@@ -1167,13 +1316,18 @@ impl Receiver {
                 }
                 let dir = self.parent_dir(&parent)?;
                 let dir = dir.as_fd();
-                let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
-                if existing.is_some_and(|stat| {
-                    FileType::from_raw_mode(stat.st_mode) == file_type
-                        && stat.st_mode & 0o7777 == entry.mode
-                        && stat.st_rdev == rdev
-                        && group.same_owner_and_mtime(&stat, &entry)
-                }) {
+                let existing = confine::lstat(dir, &name)
+                    .map_err(|e| io("cannot inspect", e))?
+                    .filter(|stat| FileType::from_raw_mode(stat.st_mode) == file_type && stat.st_rdev == rdev);
+                let kind = if device { ChangeKind::Device } else { ChangeKind::Special };
+                match existing {
+                    Some(stat) if group.differs(&stat, &entry, None) == Differs::default() => return Ok(()),
+                    Some(stat) => {
+                        self.report(ChangeAction::Metadata, kind, &entry.path, group.differs(&stat, &entry, None))?;
+                    }
+                    None => self.report(ChangeAction::Create, kind, &entry.path, Differs::default())?,
+                }
+                if dry_run {
                     return Ok(());
                 }
                 let tmp = group.tmp_name(entry.id);
@@ -1254,10 +1408,21 @@ impl Receiver {
         // Nothing is deleted, and no success reported, in a directory hidden under a mount since.
         self.group.watch.check()?;
         let root = self.group.root.clone();
-        let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete)?;
+        let mut deletions = Vec::new();
+        let deleted = self.deletions.finish(root.as_fd(), self.group.options.allow_mass_delete, |change| {
+            deletions.push(change);
+            Ok(())
+        })?;
         self.group.files().report.entries_deleted = deleted;
         for kept in self.deletions.take_kept_mounts() {
             self.group.warn(kept);
+        }
+        // Every deletion is reported, whatever the session asked for.
+        for change in deletions {
+            self.reply(&Message::Change(change))?;
+        }
+        if self.group.options.dry_run {
+            return Ok(());
         }
         // Deepest first, so setting a directory's times is not undone by work inside it.
         let group = &self.group;

@@ -194,8 +194,12 @@ pub(super) fn run(shared: &Arc<Shared>, first: Lane, others: Vec<Lane>) -> Resul
             });
         }
         let mut summary = result.map(|()| std::mem::take(&mut tree.summary))?;
-        summary.files_transferred = shared.files_transferred.load(Ordering::Relaxed);
-        summary.bytes_transferred = shared.bytes_transferred.load(Ordering::Relaxed);
+        // A dry run sends no content: what would be sent is what the receiver counted.
+        summary.dry_run = shared.options.dry_run;
+        if !summary.dry_run {
+            summary.files_transferred = shared.files_transferred.load(Ordering::Relaxed);
+            summary.bytes_transferred = shared.bytes_transferred.load(Ordering::Relaxed);
+        }
         let problems =
             std::mem::take(&mut *shared.problems.lock().expect("no thread panics holding the problems lock"));
         summary.errors = problems.errors;
@@ -319,6 +323,10 @@ impl Tree<'_> {
                     self.summary.not_preserved = scanner.withheld_mut().messages();
                     self.summary.not_preserved.extend(report.not_preserved);
                     self.summary.entries_deleted = report.entries_deleted;
+                    if self.shared.options.dry_run {
+                        self.summary.files_transferred = report.files_written;
+                        self.summary.bytes_transferred = report.bytes_written;
+                    }
                     self.summary.warnings.extend(report.warnings);
                     return Ok(());
                 }
@@ -379,6 +387,7 @@ impl Tree<'_> {
                 let waiting = self.take_waiting(id)?;
                 self.shared.done(waiting.size);
             }
+            Message::Change(change) => self.shared.reporter.on_event(&Event::Change(change)),
             Message::Error(error) => return Err(SyncError::Remote(error)),
             other => return Err(SyncError::Protocol(format!("unexpected {} message from the receiver", other.name()))),
         }

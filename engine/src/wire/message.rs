@@ -95,6 +95,11 @@ pub struct SyncOptions {
     /// point there is skipped and reported, as `du -x` and `rsync -x` stay on one file system;
     /// the receiver never writes or deletes across a mount point inside the target either way.
     pub cross_mounts: bool,
+    /// Report every change the receiver makes ([`Message::Change`]), not only deletions.
+    pub itemize: bool,
+    /// Write nothing on the target: verdicts and the deletion pass (with its guard) run as
+    /// usual, but every file is answered [`Message::Skip`] and each change is only reported.
+    pub dry_run: bool,
 }
 
 /// Most connections one volume session may use.
@@ -115,6 +120,8 @@ impl Default for SyncOptions {
             inplace: false,
             streams: 1,
             cross_mounts: false,
+            itemize: false,
+            dry_run: false,
         }
     }
 }
@@ -296,12 +303,12 @@ pub enum FileFailure {
 /// What the receiver tells the sender at the end of a session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ReceiverReport {
-    /// Files written (new or replaced).
+    /// Files written (new or replaced); in a dry run, those that would be.
     pub files_written: u64,
-    /// Content bytes written.
+    /// Content bytes written; in a dry run, the sizes of the files that would be written.
     pub bytes_written: u64,
     /// Entries deleted because the source lacks them (a deleted directory counts with its
-    /// contents).
+    /// contents); in a dry run, those that would be.
     pub entries_deleted: u64,
     /// Metadata the receiver could not preserve, once per kind (e.g. ownership when not root).
     pub not_preserved: Vec<String>,
@@ -416,6 +423,9 @@ pub enum Message {
     },
     /// Sender to receiver: file content as an rsync delta against a window of the basis.
     Delta(DeltaChunk),
+    /// Receiver to sender: a change made on the target (in a dry run: one it would make).
+    /// Deletions always; the other changes with [`SyncOptions::itemize`] or a dry run.
+    Change(crate::progress::Change),
 }
 
 /// `len` bytes of a file at `offset`, as an rsync delta (`fast_rsync`'s format) whose copies
@@ -460,6 +470,7 @@ impl Message {
             Message::Summary(_) => "Summary",
             Message::Error(_) => "Error",
             Message::Keep { .. } => "Keep",
+            Message::Change(_) => "Change",
         }
     }
 }

@@ -49,8 +49,10 @@ pub use message::{
 /// ([`SyncOptions::streams`], [`Request::JoinLane`]).
 /// Version 5: [`Message::FileEnd`] carries the file's digest (`sync::digest`: blake3 over its
 /// 1 MiB pieces' blake3 and its size) instead of the blake3 of its bytes.
-/// Version 6: [`Welcome::notice`] (a stale session the agent ended to admit this one) and
-/// [`SyncOptions::cross_mounts`].
+/// Version 6: [`Welcome::notice`] (a stale session the agent ended to admit this one);
+/// [`SyncOptions::cross_mounts`]; [`SyncOptions::itemize`] and [`SyncOptions::dry_run`],
+/// [`Message::Change`] (the receiver's changes, forwarded as [`crate::progress::Event::Change`]),
+/// `Summary::dry_run`.
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest amount of file content carried by one [`DataChunk`].
