@@ -6,6 +6,9 @@
 //! relative to their parent with `O_NOFOLLOW`, so a directory swapped for a symlink during the
 //! scan is reported, not followed out of the volume.
 //!
+//! Excludes: an entry an exclude pattern matches is left out, and an excluded directory is not
+//! entered ([`crate::exclude`]).
+//!
 //! Hard links: the first name of an inode with `st_nlink > 1` is the *leader*; later names
 //! become [`EntryKind::Hardlink`] entries pointing at the leader's id. The map from inode to
 //! leader id holds only multiply-linked inodes.
@@ -17,6 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::confine::{self, cname};
+use crate::exclude::Excludes;
 use crate::meta;
 use crate::wire::{Entry, EntryKind, SyncOptions, Timestamp};
 
@@ -54,11 +58,15 @@ pub struct Scanner {
     options: SyncOptions,
     xattrs: bool,
     withheld: meta::Withheld,
+    excludes: Excludes,
 }
 
 impl Scanner {
-    /// Starts a scan of the tree whose root directory handle is `root`.
+    /// Starts a scan of the tree whose root directory handle is `root`, leaving out what
+    /// `options.excludes` match (invalid patterns are an `InvalidInput` error).
     pub fn new(root: &OwnedFd, options: SyncOptions) -> io::Result<Self> {
+        let excludes =
+            Excludes::new(&options.excludes).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         let dir = confine::open_dir(root.as_fd(), b"")?;
         let names = confine::list_dir(dir.as_fd())?;
         Ok(Scanner {
@@ -68,12 +76,27 @@ impl Scanner {
             options,
             xattrs: true,
             withheld: meta::Withheld::default(),
+            excludes,
         })
     }
 
     /// The attributes met so far that are not copied (the caller may note the root's).
     pub fn withheld_mut(&mut self) -> &mut meta::Withheld {
         &mut self.withheld
+    }
+
+    /// Whether an exclude pattern matches `name` in the directory of frame `frame_index`.
+    fn excluded(&self, frame_index: usize, name: &[u8]) -> bool {
+        if self.excludes.is_empty() {
+            return false;
+        }
+        let frame = &self.stack[frame_index];
+        let mut path = frame.prefix.clone();
+        path.extend_from_slice(name);
+        self.excludes.excludes(&path, || {
+            confine::lstat(frame.dir.as_fd(), name)
+                .is_ok_and(|stat| stat.is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory))
+        })
     }
 
     fn entry(&mut self, frame_index: usize, name: &[u8]) -> io::Result<(Entry, Option<OwnedFd>)> {
@@ -159,6 +182,9 @@ impl Iterator for Scanner {
                 self.stack.pop();
                 continue;
             };
+            if self.excluded(top, &name) {
+                continue;
+            }
             // A name of the form mover gives its temporary files cannot travel (the target
             // would take it for one of its own): skipped, and said so.
             if crate::reserved::is_generated(&name) {
@@ -208,10 +234,10 @@ impl Iterator for Scanner {
     }
 }
 
-/// Counts regular files and their bytes, for progress totals (a metadata-only walk).
-pub fn totals(root: &OwnedFd) -> io::Result<(u64, u64)> {
-    let options = SyncOptions::default();
-    let mut scanner = Scanner::new(root, options)?;
+/// Counts regular files and their bytes, for progress totals (a metadata-only walk of what
+/// `options` send).
+pub fn totals(root: &OwnedFd, options: &SyncOptions) -> io::Result<(u64, u64)> {
+    let mut scanner = Scanner::new(root, options.clone())?;
     scanner.xattrs = false;
     let (mut files, mut bytes) = (0, 0);
     for item in scanner.by_ref() {

@@ -13,7 +13,9 @@
 //! except the partial files this session resumes ([`Deletions::claim`]): only files proven to be
 //! mover's ([`reserved::is_leftover`]). Other names of the generated forms are neither counted
 //! nor deleted (no source can send them); every other name, `.mover-tmp-notes` included, is an
-//! entry like any other.
+//! entry like any other. Entries the session's exclude patterns match are never deleted, nor
+//! anything they match inside a directory that goes ([`super::spare`]), as rsync without
+//! `--delete-excluded`.
 
 use std::collections::HashSet;
 use std::io;
@@ -21,6 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::confine;
+use crate::exclude::Excludes;
 use crate::reserved;
 
 /// One directory the stream is inside of.
@@ -43,6 +46,8 @@ struct Listing {
     /// Generated temporary names of other sessions found in the listing, less those this
     /// session claims; removed if they prove to be mover's leftovers.
     stale: HashSet<Vec<u8>>,
+    /// Names the exclude patterns match: never deleted.
+    excluded: HashSet<Vec<u8>>,
 }
 
 impl DirFrame {
@@ -99,7 +104,7 @@ pub enum DeletionError {
 }
 
 /// A directory's device and inode.
-type Identity = (u64, u64);
+pub(super) type Identity = (u64, u64);
 
 /// Tracks candidates for deletion during a session.
 pub(super) struct Deletions {
@@ -109,9 +114,10 @@ pub(super) struct Deletions {
     /// Directory, its device and inode when it was listed, and the name to delete.
     candidates: Vec<(Vec<u8>, Identity, Vec<u8>)>,
     listed: u64,
+    excludes: Excludes,
 }
 
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+pub(super) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
         return name.to_vec();
     }
@@ -129,7 +135,14 @@ impl Deletions {
             frames: vec![DirFrame::new(Vec::new())],
             candidates: Vec::new(),
             listed: 0,
+            excludes: Excludes::default(),
         }
+    }
+
+    /// Keeps what `excludes` match.
+    pub(super) fn with_excludes(mut self, excludes: Excludes) -> Self {
+        self.excludes = excludes;
+        self
     }
 
     /// Records an entry `name` in directory `parent`; closes the directories the stream left.
@@ -197,7 +210,9 @@ impl Deletions {
                     self.listed += 1;
                 }
             }
-            frame.listing = Some(Listing { names, identity: (stat.st_dev, stat.st_ino), passed: 0, stale });
+            let excluded = super::spare::excluded_names(&self.excludes, dir.as_fd(), &frame.path, &names);
+            let identity = (stat.st_dev, stat.st_ino);
+            frame.listing = Some(Listing { names, identity, passed: 0, stale, excluded });
         }
         let listing = frame.listing.as_mut().expect("just listed");
         while listing.passed < listing.names.len() {
@@ -209,7 +224,7 @@ impl Deletions {
                 break;
             }
             listing.passed += 1;
-            if self.enabled && !reserved::is_generated(listed) {
+            if self.enabled && !reserved::is_generated(listed) && !listing.excluded.contains(listed) {
                 self.candidates.push((frame.path.clone(), listing.identity, listed.to_vec()));
             }
         }
@@ -284,6 +299,10 @@ impl Deletions {
         while let Some(frame) = self.frames.pop() {
             self.close(root, frame)?;
         }
+        if !self.excludes.is_empty() {
+            let candidates = std::mem::take(&mut self.candidates);
+            self.candidates = super::spare::spare_excluded(root, &self.excludes, candidates)?;
+        }
         let mut deleted = 0;
         let mut total = self.listed;
         for (parent, identity, name) in &self.candidates {
@@ -308,7 +327,7 @@ impl Deletions {
 /// Opens directory `path` again for deleting in it, if it is still the directory that was
 /// listed (`identity`: device and inode): names listed in one directory are never deleted from
 /// another that a local process put in its place meanwhile.
-fn open_listed(root: BorrowedFd<'_>, path: &[u8], identity: Identity) -> Result<OwnedFd, DeletionError> {
+pub(super) fn open_listed(root: BorrowedFd<'_>, path: &[u8], identity: Identity) -> Result<OwnedFd, DeletionError> {
     let shown = || if path.is_empty() { ".".to_owned() } else { confine::display_bytes(path) };
     let dir = confine::open_dir(root, path).map_err(|source| DeletionError::Io { path: shown(), source })?;
     let stat = rustix::fs::fstat(&dir).map_err(|e| DeletionError::Io { path: shown(), source: e.into() })?;

@@ -30,6 +30,7 @@ mod dirs;
 mod links;
 mod receiver;
 mod sender;
+mod spare;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -343,9 +344,9 @@ where
     // Early totals (for a progress bar's ETA) come from a quick metadata-only walk beside the
     // transfer; otherwise the sender reports them when its scan ends.
     let totals = reporter.wants_early_totals().then(|| {
-        let (root, reporter) = (root.clone(), reporter.clone());
+        let (root, reporter, options) = (root.clone(), reporter.clone(), options.clone());
         tokio::task::spawn_blocking(move || {
-            if let Ok((files, bytes)) = crate::scan::totals(&root) {
+            if let Ok((files, bytes)) = crate::scan::totals(&root, &options) {
                 reporter.on_event(&crate::progress::Event::Totals { files, bytes });
             }
         })

@@ -361,6 +361,8 @@ pub(super) struct Group {
     abandoned: AtomicBool,
     /// Buffers of direct writes, shared by the lanes.
     buffers: Arc<BufferPool>,
+    /// `options.excludes`, compiled: what the deletion pass keeps.
+    excludes: crate::exclude::Excludes,
 }
 
 /// The files of a session, as the lanes see them.
@@ -393,6 +395,8 @@ impl Group {
         reporter: SharedReporter,
         lanes: usize,
     ) -> Result<Arc<Group>> {
+        let excludes =
+            crate::exclude::Excludes::new(&options.excludes).map_err(|error| SyncError::Protocol(error.to_string()))?;
         let mut token = [0u8; 8];
         getrandom::fill(&mut token).map_err(|e| SyncError::Io {
             op: "cannot draw a session id",
@@ -409,6 +413,7 @@ impl Group {
             settled: Condvar::new(),
             abandoned: AtomicBool::new(false),
             buffers: Arc::default(),
+            excludes,
         }))
     }
 
@@ -611,7 +616,7 @@ pub(super) fn run(
     input: mpsc::Receiver<Result<super::InFrame>>,
     written: Arc<AtomicU64>,
 ) -> Result<ReceiverReport> {
-    let deletions = Deletions::new(group.options.delete, &group.session);
+    let deletions = Deletions::new(group.options.delete, &group.session).with_excludes(group.excludes.clone());
     let dirs = super::dirs::Directories::new(group.root.clone());
     let path = Arc::new(ReplyPath { out, handed: AtomicU64::new(0), written, stopped: AtomicBool::new(false) });
     let mut receiver = Receiver {

@@ -91,6 +91,10 @@ pub struct SyncOptions {
     /// Connections the session's file content is spread over (1..=[`MAX_STREAMS`]); the first
     /// also carries the tree and the verdicts.
     pub streams: u32,
+    /// Exclude patterns with rsync's rules ([`crate::exclude`]): the sender leaves matching
+    /// entries out, and the receiver never deletes matching entries of the target. At most
+    /// [`crate::exclude::MAX_EXCLUDES`] of [`crate::exclude::MAX_EXCLUDE_LEN`] bytes each.
+    pub excludes: Vec<Vec<u8>>,
 }
 
 /// Most connections one volume session may use.
@@ -110,6 +114,7 @@ impl Default for SyncOptions {
             bwlimit: 0,
             inplace: false,
             streams: 1,
+            excludes: Vec::new(),
         }
     }
 }

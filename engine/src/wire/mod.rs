@@ -49,7 +49,8 @@ pub use message::{
 /// ([`SyncOptions::streams`], [`Request::JoinLane`]).
 /// Version 5: [`Message::FileEnd`] carries the file's digest (`sync::digest`: blake3 over its
 /// 1 MiB pieces' blake3 and its size) instead of the blake3 of its bytes.
-/// Version 6: [`Welcome::notice`] (a stale session the agent ended to admit this one).
+/// Version 6: [`Welcome::notice`] (a stale session the agent ended to admit this one);
+/// [`SyncOptions::excludes`].
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest amount of file content carried by one [`DataChunk`].
