@@ -103,6 +103,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
              or write the agent's end as `agent://HOST:PORT/VOLUME`",
         ));
     }
+    let excludes = crate::excludes::from_args(&args.exclude, &args.exclude_from)?;
     let options = SyncOptions {
         selinux: args.selinux,
         devices: args.devices,
@@ -116,6 +117,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         bwlimit: args.bwlimit.unwrap_or(0),
         inplace: args.inplace,
         streams: args.streams,
+        excludes,
     };
     let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global));

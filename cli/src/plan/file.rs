@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::values::{
-    CompressSetting, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, Streams, TimeoutSetting, VolumeEnd,
+    CompressSetting, ExcludeRule, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, Streams, TimeoutSetting,
+    VolumeEnd,
 };
 
 /// The only `apiVersion` this build reads.
@@ -196,6 +197,9 @@ pub struct VolumeOptions {
     /// Connections for the volume's content (`mover copy --streams`).
     #[serde(default)]
     pub streams: Streams,
+    /// Patterns to leave out, with rsync's rules (`mover copy --exclude`).
+    #[serde(default)]
+    pub exclude: Vec<ExcludeRule>,
 }
 
 fn yes() -> bool {
@@ -216,6 +220,7 @@ impl Default for VolumeOptions {
             fsync: false,
             inplace: false,
             streams: Streams::default(),
+            exclude: Vec::new(),
         }
     }
 }

@@ -89,6 +89,7 @@ impl VolumePlan {
             bwlimit: options.bwlimit.map_or(0, |rate| rate.0),
             inplace: options.inplace,
             streams: options.streams.0,
+            excludes: options.exclude.iter().map(|rule| rule.0.clone()).collect(),
         }
     }
 }
@@ -325,6 +326,11 @@ fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow:
             bail!(
                 "{where_target}: `{target}` is the target of an earlier volume too; two copies cannot write one target"
             );
+        }
+        if let Err(error) =
+            mover_engine::exclude::Excludes::new(&entry.options.exclude.iter().map(|r| &r.0).collect::<Vec<_>>())
+        {
+            bail!("{where_source}: volume `{name}`: {error}");
         }
         volumes.push(VolumePlan { name, source, target, options: entry.options });
     }
