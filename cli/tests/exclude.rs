@@ -175,3 +175,38 @@ fn an_invalid_pattern_is_a_usage_error_before_anything_is_touched() {
         text(&output)
     );
 }
+
+/// A coordinator's patterns are bounded and checked by the agent before a session starts: a
+/// peer cannot make it compile a flood of patterns, and a bad one is named.
+#[test]
+fn an_agent_refuses_too_many_or_invalid_patterns_before_the_session() {
+    use mover_engine::certs::{Identity, Role};
+    use mover_engine::client::{self, CopyError};
+    use mover_engine::wire::{RemoteErrorKind, Request, SyncOptions};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = certs(&tmp.path().join("certs"));
+    let target = tmp.path().join("dst");
+    make(&target, &["kept"]);
+    let agent = Agent::start(&certs, &[format!("vol={}", target.display())], tmp.path());
+    let identity = Identity::load(&certs, Role::Coordinator).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    for (excludes, says) in [
+        (vec![b"x".to_vec(); 1001], "1001 exclude patterns: at most 1000"),
+        (vec![vec![b'x'; 4097]], "an exclude pattern of 4097 bytes"),
+        (vec![b"a[".to_vec()], "`[` is not closed"),
+    ] {
+        let request =
+            Request::Receive { volume: "vol".into(), options: SyncOptions { excludes, ..SyncOptions::default() } };
+        let error = runtime.block_on(client::open(&identity, &agent.addr, request, None)).err();
+        match error {
+            Some(CopyError::Refused { error, .. }) => {
+                assert_eq!(error.kind, RemoteErrorKind::Protocol);
+                assert!(error.message.contains(says), "{}", error.message);
+            }
+            Some(other) => panic!("unexpected error: {other}"),
+            None => panic!("the agent accepted the session"),
+        }
+    }
+    assert_eq!(listing(&target), ["kept"]);
+}
