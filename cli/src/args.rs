@@ -272,6 +272,16 @@ pub struct CopyArgs {
     /// List each change on stdout as it is made, in rsync's itemize letters (see above).
     #[arg(short = 'i', long, env = "MOVER_ITEMIZE")]
     pub itemize: bool,
+    /// Leave out what PATTERN matches, with rsync's rules: `/cache` only at the top of the
+    /// volume, `cache` or `*.log` at any depth, `tmp/` directories only, `*` and `?` within one
+    /// name, `**` across directories. An excluded directory is not entered. What the patterns
+    /// match on the target is kept, not deleted. May be repeated.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<std::ffi::OsString>,
+    /// Read exclude patterns from FILE (`-`: standard input), one a line; blank lines and
+    /// lines starting with `#` or `;` are skipped, as rsync does. May be repeated.
+    #[arg(long, value_name = "FILE", env = "MOVER_EXCLUDE_FROM")]
+    pub exclude_from: Vec<PathBuf>,
 }
 
 /// `mover certs ...`.

@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+mod excludes;
 mod itemize;
 mod location;
 mod output;

@@ -586,15 +586,18 @@ async fn dispatch(
     Ok(())
 }
 
-/// Checks the number of streams a session asks for.
+/// Checks the number of streams a session asks for, and its exclude patterns (bounded in
+/// number and size before they are compiled).
 fn check_streams(options: &SyncOptions) -> Result<(), RemoteError> {
-    if (1..=MAX_STREAMS).contains(&options.streams) {
-        return Ok(());
+    if !(1..=MAX_STREAMS).contains(&options.streams) {
+        return Err(refusal(
+            RemoteErrorKind::Protocol,
+            format!("a session uses 1 to {MAX_STREAMS} streams, not {}", options.streams),
+        ));
     }
-    Err(refusal(
-        RemoteErrorKind::Protocol,
-        format!("a session uses 1 to {MAX_STREAMS} streams, not {}", options.streams),
-    ))
+    crate::exclude::Excludes::new(&options.excludes)
+        .map(drop)
+        .map_err(|error| refusal(RemoteErrorKind::Protocol, error.to_string()))
 }
 
 /// The further lanes of one receive: they join with `token`, and arrive on `arrivals`. The

@@ -1,6 +1,7 @@
 //! mover-engine: everything in mover that moves bytes.
 //!
 //! - [`scan`]: walk a source volume in path order with full metadata, in bounded memory;
+//! - [`exclude`]: rsync's exclude patterns, for the scan and the deletion pass;
 //! - [`wire`]: the framed protocol (handshake with version check, typed messages, size limits);
 //! - [`tunnel`] and [`certs`]: mutual TLS 1.3 with a per-migration CA and role certificates;
 //! - [`sync`]: the sender and receiver state machines of a volume copy;
@@ -19,6 +20,7 @@ pub mod certs;
 pub mod client;
 pub mod compress;
 pub mod confine;
+pub mod exclude;
 pub mod hooks;
 pub mod image;
 pub mod inspect;

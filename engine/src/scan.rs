@@ -10,6 +10,8 @@
 //! device, or a directory that is a mount point (a bind mount of the same device too: opened
 //! with `RESOLVE_NO_XDEV`), comes out as [`Scanned::MountPoint`] and is not entered, unless
 //! [`SyncOptions::cross_mounts`] asks to cross them.
+//! Excludes: an entry an exclude pattern matches is left out, and an excluded directory is not
+//! entered ([`crate::exclude`]).
 //!
 //! Hard links: the first name of an inode with `st_nlink > 1` is the *leader*; later names
 //! become [`EntryKind::Hardlink`] entries pointing at the leader's id. The map from inode to
@@ -22,6 +24,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::FileType;
 
 use crate::confine::{self, Mounts, cname};
+use crate::exclude::Excludes;
 use crate::meta;
 use crate::wire::{Entry, EntryKind, SyncOptions, Timestamp};
 
@@ -64,11 +67,15 @@ pub struct Scanner {
     /// The root's device, and whether the scan may leave it.
     device: u64,
     mounts: Mounts,
+    excludes: Excludes,
 }
 
 impl Scanner {
-    /// Starts a scan of the tree whose root directory handle is `root`.
+    /// Starts a scan of the tree whose root directory handle is `root`, leaving out what
+    /// `options.excludes` match (invalid patterns are an `InvalidInput` error).
     pub fn new(root: &OwnedFd, options: SyncOptions) -> io::Result<Self> {
+        let excludes =
+            Excludes::new(&options.excludes).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         let dir = confine::open_dir(root.as_fd(), b"")?;
         let names = confine::list_dir(dir.as_fd())?;
         let device = rustix::fs::fstat(&dir)?.st_dev;
@@ -82,12 +89,27 @@ impl Scanner {
             withheld: meta::Withheld::default(),
             device,
             mounts,
+            excludes,
         })
     }
 
     /// The attributes met so far that are not copied (the caller may note the root's).
     pub fn withheld_mut(&mut self) -> &mut meta::Withheld {
         &mut self.withheld
+    }
+
+    /// Whether an exclude pattern matches `name` in the directory of frame `frame_index`.
+    fn excluded(&self, frame_index: usize, name: &[u8]) -> bool {
+        if self.excludes.is_empty() {
+            return false;
+        }
+        let frame = &self.stack[frame_index];
+        let mut path = frame.prefix.clone();
+        path.extend_from_slice(name);
+        self.excludes.excludes(&path, || {
+            confine::lstat(frame.dir.as_fd(), name)
+                .is_ok_and(|stat| stat.is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory))
+        })
     }
 
     fn entry(&mut self, frame_index: usize, name: &[u8]) -> io::Result<(Entry, Option<OwnedFd>)> {
@@ -171,7 +193,7 @@ impl Iterator for Scanner {
                 continue;
             };
             // `lost+found` at the root belongs to the source's file system, not to its data.
-            if top == 0 && crate::reserved::is_furniture(b"", &name) {
+            if (top == 0 && crate::reserved::is_furniture(b"", &name)) || self.excluded(top, &name) {
                 continue;
             }
             // A name of the form mover gives its temporary files cannot travel (the target
@@ -226,11 +248,10 @@ impl Iterator for Scanner {
     }
 }
 
-/// Counts regular files and their bytes, for progress totals (a metadata-only walk, across
-/// mounts only if `cross_mounts`).
-pub fn totals(root: &OwnedFd, cross_mounts: bool) -> io::Result<(u64, u64)> {
-    let options = SyncOptions { cross_mounts, ..SyncOptions::default() };
-    let mut scanner = Scanner::new(root, options)?;
+/// Counts regular files and their bytes, for progress totals (a metadata-only walk of what
+/// `options` send).
+pub fn totals(root: &OwnedFd, options: &SyncOptions) -> io::Result<(u64, u64)> {
+    let mut scanner = Scanner::new(root, options.clone())?;
     scanner.xattrs = false;
     let (mut files, mut bytes) = (0, 0);
     for item in scanner.by_ref() {

@@ -112,6 +112,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
              or write the agent's end as `agent://HOST:PORT/VOLUME`",
         ));
     }
+    let excludes = crate::excludes::from_args(&args.exclude, &args.exclude_from)?;
     let options = SyncOptions {
         selinux: args.selinux,
         devices: args.devices,
@@ -128,6 +129,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         cross_mounts: args.cross_mounts,
         itemize: args.itemize,
         dry_run: args.dry_run,
+        excludes,
     };
     let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run));

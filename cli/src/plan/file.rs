@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::values::{
-    CompressSetting, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, Streams, TimeoutSetting, VolumeEnd,
+    CompressSetting, ExcludeRule, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, Streams, TimeoutSetting,
+    VolumeEnd,
 };
 
 /// The only `apiVersion` this build reads.
@@ -199,6 +200,9 @@ pub struct VolumeOptions {
     /// Also copy file systems mounted inside the source (`mover copy --cross-mounts`).
     #[serde(default)]
     pub cross_mounts: bool,
+    /// Patterns to leave out, with rsync's rules (`mover copy --exclude`).
+    #[serde(default)]
+    pub exclude: Vec<ExcludeRule>,
 }
 
 fn yes() -> bool {
@@ -220,6 +224,7 @@ impl Default for VolumeOptions {
             inplace: false,
             streams: Streams::default(),
             cross_mounts: false,
+            exclude: Vec::new(),
         }
     }
 }

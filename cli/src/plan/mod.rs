@@ -92,6 +92,7 @@ impl VolumePlan {
             cross_mounts: options.cross_mounts,
             itemize: false,
             dry_run,
+            excludes: options.exclude.iter().map(|rule| rule.0.clone()).collect(),
         }
     }
 }
@@ -328,6 +329,11 @@ fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow:
             bail!(
                 "{where_target}: `{target}` is the target of an earlier volume too; two copies cannot write one target"
             );
+        }
+        if let Err(error) =
+            mover_engine::exclude::Excludes::new(&entry.options.exclude.iter().map(|r| &r.0).collect::<Vec<_>>())
+        {
+            bail!("{where_source}: volume `{name}`: {error}");
         }
         volumes.push(VolumePlan { name, source, target, options: entry.options });
     }

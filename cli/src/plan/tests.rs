@@ -21,12 +21,24 @@ fn the_annotated_example_parses() {
     assert_eq!(plan.volumes.len(), 2);
     assert_eq!(plan.volumes[0].sync_options(false, false).bwlimit, 50 << 20);
     assert!(plan.volumes[1].sync_options(true, false).stage);
+    assert_eq!(plan.volumes[0].sync_options(false, false).excludes[3], b"logs/**/*.gz");
     assert_eq!(plan.hooks.len(), 3);
     assert_eq!(plan.hooks[1].timeout, Duration::from_secs(600));
     assert_eq!(plan.hooks[2].side, Side::Target);
     assert_eq!(plan.hooks[2].timeout, DEFAULT_HOOK_TIMEOUT);
     assert!(matches!(&plan.hooks[0].action, HookAction::Playbook(p) if p.ends_with("examples/hooks/environment.yml")));
     assert!(plan.certs.unwrap().ends_with("examples/certs"));
+}
+
+#[test]
+fn exclude_rules_are_checked_where_they_stand() {
+    let volume = "volumes:\n  - source: ./a\n    target: ./b\n    options:\n      exclude:\n";
+    let plan = parse_at(&format!("{HEAD}{volume}        - \"- *.tmp\"\n        - /cache\n")).unwrap();
+    assert_eq!(plan.volumes[0].sync_options(false, false).excludes, [&b"*.tmp"[..], b"/cache"]);
+    let unclosed = error(&format!("{HEAD}{volume}        - ok\n        - \"x[\"\n"));
+    assert!(unclosed.contains("line 10") && unclosed.contains("`[` is not closed"), "{unclosed}");
+    let include = error(&format!("{HEAD}{volume}        - \"+ keep\"\n"));
+    assert!(include.contains("include rule"), "{include}");
 }
 
 #[test]

@@ -37,6 +37,16 @@ impl<'de> Deserialize<'de> for VolumeEnd {
     }
 }
 
+/// One rule of a volume's `exclude:` list, as `mover copy --exclude` takes it: the pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExcludeRule(pub Vec<u8>);
+
+impl<'de> Deserialize<'de> for ExcludeRule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked(deserializer, |text| crate::excludes::rule(text.as_bytes()).map(ExcludeRule))
+    }
+}
+
 /// A bandwidth limit in bytes per second, written as `500K`, `20M`, `100Mbit`, `100B`, or a bare
 /// number of KiB/s (as MTC's `rsync_opt_bwlimit` and rsync's `--bwlimit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,6 +17,8 @@
 //! ([`reserved::is_furniture`]): neither counted nor deleted.
 //! A candidate that is, or holds, a mount point is kept and reported: the walks that count and
 //! delete never cross into another file system ([`confine::MountPoint`]).
+//! Entries the session's exclude patterns match are never deleted, nor anything they match inside
+//! a directory that goes ([`super::spare`]), as rsync without `--delete-excluded`.
 //!
 //! In a dry run nothing is removed: the guard is applied all the same, and each deletion is
 //! only reported. A directory that a dry run would create has no listing to walk: it is marked
@@ -28,6 +30,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::confine;
+use crate::exclude::Excludes;
 use crate::progress::{Change, ChangeAction, ChangeKind, Differs};
 use crate::reserved;
 
@@ -53,6 +56,8 @@ struct Listing {
     /// Generated temporary names of other sessions found in the listing, less those this
     /// session claims; removed if they prove to be mover's leftovers.
     stale: HashSet<Vec<u8>>,
+    /// Names the exclude patterns match: never deleted.
+    excluded: HashSet<Vec<u8>>,
 }
 
 impl DirFrame {
@@ -126,7 +131,7 @@ fn sample_text(sample: &[String], more: u64) -> String {
 }
 
 /// A directory's device and inode.
-type Identity = (u64, u64);
+pub(super) type Identity = (u64, u64);
 
 /// Tracks candidates for deletion during a session.
 pub(super) struct Deletions {
@@ -140,9 +145,10 @@ pub(super) struct Deletions {
     kept_mounts: Vec<String>,
     /// Report, do not remove (see the module doc).
     dry_run: bool,
+    excludes: Excludes,
 }
 
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+pub(super) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
         return name.to_vec();
     }
@@ -162,6 +168,7 @@ impl Deletions {
             listed: 0,
             kept_mounts: Vec::new(),
             dry_run: false,
+            excludes: Excludes::default(),
         }
     }
 
@@ -177,6 +184,12 @@ impl Deletions {
         if let Some(frame) = self.frames.last_mut() {
             frame.absent = true;
         }
+    }
+
+    /// Keeps what `excludes` match.
+    pub(super) fn with_excludes(mut self, excludes: Excludes) -> Self {
+        self.excludes = excludes;
+        self
     }
 
     /// Records an entry `name` in directory `parent`; closes the directories the stream left.
@@ -212,8 +225,9 @@ impl Deletions {
     fn pass(&mut self, root: BorrowedFd<'_>, level: usize, name: Option<&[u8]>) -> Result<(), DeletionError> {
         let frame = &mut self.frames[level];
         if frame.listing.is_none() && frame.absent {
-            let stale = HashSet::new();
-            frame.listing = Some(Listing { names: confine::Names::default(), identity: (0, 0), passed: 0, stale });
+            let (stale, excluded) = (HashSet::new(), HashSet::new());
+            frame.listing =
+                Some(Listing { names: confine::Names::default(), identity: (0, 0), passed: 0, stale, excluded });
         }
         if frame.listing.is_none() {
             let shown = frame.shown();
@@ -251,7 +265,9 @@ impl Deletions {
                     self.listed += 1;
                 }
             }
-            frame.listing = Some(Listing { names, identity: (stat.st_dev, stat.st_ino), passed: 0, stale });
+            let excluded = super::spare::excluded_names(&self.excludes, dir.as_fd(), &frame.path, &names);
+            let identity = (stat.st_dev, stat.st_ino);
+            frame.listing = Some(Listing { names, identity, passed: 0, stale, excluded });
         }
         let listing = frame.listing.as_mut().expect("just listed");
         while listing.passed < listing.names.len() {
@@ -263,7 +279,11 @@ impl Deletions {
                 break;
             }
             listing.passed += 1;
-            if self.enabled && !reserved::is_generated(listed) && !reserved::is_furniture(&frame.path, listed) {
+            if self.enabled
+                && !reserved::is_generated(listed)
+                && !reserved::is_furniture(&frame.path, listed)
+                && !listing.excluded.contains(listed)
+            {
                 self.candidates.push((frame.path.clone(), listing.identity, listed.to_vec()));
             }
         }
@@ -344,6 +364,10 @@ impl Deletions {
     ) -> Result<u64, DeletionError> {
         while let Some(frame) = self.frames.pop() {
             self.close(root, frame)?;
+        }
+        if !self.excludes.is_empty() {
+            let candidates = std::mem::take(&mut self.candidates);
+            self.candidates = super::spare::spare_excluded(root, &self.excludes, candidates)?;
         }
         let mut deleted = 0;
         let mut total = self.listed;
@@ -439,7 +463,7 @@ fn shown_path(change: &Change) -> String {
 /// Opens directory `path` again for deleting in it, if it is still the directory that was
 /// listed (`identity`: device and inode): names listed in one directory are never deleted from
 /// another that a local process put in its place meanwhile.
-fn open_listed(root: BorrowedFd<'_>, path: &[u8], identity: Identity) -> Result<OwnedFd, DeletionError> {
+pub(super) fn open_listed(root: BorrowedFd<'_>, path: &[u8], identity: Identity) -> Result<OwnedFd, DeletionError> {
     let shown = || if path.is_empty() { ".".to_owned() } else { confine::display_bytes(path) };
     let dir = confine::open_dir(root, path).map_err(|source| DeletionError::Io { path: shown(), source })?;
     let stat = rustix::fs::fstat(&dir).map_err(|e| DeletionError::Io { path: shown(), source: e.into() })?;

@@ -30,6 +30,7 @@ mod dirs;
 mod links;
 mod receiver;
 mod sender;
+mod spare;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,9 +350,9 @@ where
     // Early totals (for a progress bar's ETA) come from a quick metadata-only walk beside the
     // transfer; otherwise the sender reports them when its scan ends.
     let totals = reporter.wants_early_totals().then(|| {
-        let (root, reporter, cross_mounts) = (root.clone(), reporter.clone(), options.cross_mounts);
+        let (root, reporter, options) = (root.clone(), reporter.clone(), options.clone());
         tokio::task::spawn_blocking(move || {
-            if let Ok((files, bytes)) = crate::scan::totals(&root, cross_mounts) {
+            if let Ok((files, bytes)) = crate::scan::totals(&root, &options) {
                 reporter.on_event(&crate::progress::Event::Totals { files, bytes });
             }
         })

@@ -364,6 +364,8 @@ pub(super) struct Group {
     abandoned: AtomicBool,
     /// Buffers of direct writes, shared by the lanes.
     buffers: Arc<BufferPool>,
+    /// `options.excludes`, compiled: what the deletion pass keeps.
+    excludes: crate::exclude::Excludes,
 }
 
 /// The files of a session, as the lanes see them.
@@ -396,6 +398,8 @@ impl Group {
         reporter: SharedReporter,
         lanes: usize,
     ) -> Result<Arc<Group>> {
+        let excludes =
+            crate::exclude::Excludes::new(&options.excludes).map_err(|error| SyncError::Protocol(error.to_string()))?;
         let mut token = [0u8; 8];
         getrandom::fill(&mut token).map_err(|e| SyncError::Io {
             op: "cannot draw a session id",
@@ -413,6 +417,7 @@ impl Group {
             settled: Condvar::new(),
             abandoned: AtomicBool::new(false),
             buffers: Arc::default(),
+            excludes,
         }))
     }
 
@@ -652,7 +657,9 @@ pub(super) fn run(
     input: mpsc::Receiver<Result<super::InFrame>>,
     written: Arc<AtomicU64>,
 ) -> Result<ReceiverReport> {
-    let deletions = Deletions::new(group.options.delete, &group.session).with_dry_run(group.options.dry_run);
+    let deletions = Deletions::new(group.options.delete, &group.session)
+        .with_dry_run(group.options.dry_run)
+        .with_excludes(group.excludes.clone());
     let dirs = super::dirs::Directories::new(group.root.clone());
     let path = Arc::new(ReplyPath { out, handed: AtomicU64::new(0), written, stopped: AtomicBool::new(false) });
     let mut receiver = Receiver {

@@ -100,6 +100,10 @@ pub struct SyncOptions {
     /// Write nothing on the target: verdicts and the deletion pass (with its guard) run as
     /// usual, but every file is answered [`Message::Skip`] and each change is only reported.
     pub dry_run: bool,
+    /// Exclude patterns with rsync's rules ([`crate::exclude`]): the sender leaves matching
+    /// entries out, and the receiver never deletes matching entries of the target. At most
+    /// [`crate::exclude::MAX_EXCLUDES`] of [`crate::exclude::MAX_EXCLUDE_LEN`] bytes each.
+    pub excludes: Vec<Vec<u8>>,
 }
 
 /// Most connections one volume session may use.
@@ -122,6 +126,7 @@ impl Default for SyncOptions {
             cross_mounts: false,
             itemize: false,
             dry_run: false,
+            excludes: Vec::new(),
         }
     }
 }

@@ -52,7 +52,7 @@ pub use message::{
 /// Version 6: [`Welcome::notice`] (a stale session the agent ended to admit this one);
 /// [`SyncOptions::cross_mounts`]; [`SyncOptions::itemize`] and [`SyncOptions::dry_run`],
 /// [`Message::Change`] (the receiver's changes, forwarded as [`crate::progress::Event::Change`]),
-/// `Summary::dry_run`.
+/// `Summary::dry_run`; [`SyncOptions::excludes`].
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Largest amount of file content carried by one [`DataChunk`].
