@@ -35,9 +35,14 @@ pub struct GlobalArgs {
     /// `--no-progress` and `MOVER_NO_PROGRESS`.
     #[arg(long, global = true)]
     pub progress: bool,
-    /// More log output (repeat for more).
+    /// Show more of the migration: each change as it happens (as `--itemize`), and the
+    /// end-of-run summary also when not on a terminal.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Internal logs, for debugging mover: `info`, `debug`, or a tracing filter such as
+    /// `mover_engine::agent=debug`. Off by default: warnings and errors are shown anyway.
+    #[arg(long, global = true, value_name = "LEVEL", env = "MOVER_LOG")]
+    pub log_level: Option<String>,
 }
 
 /// Output formats.

@@ -89,14 +89,13 @@ fn run() -> ExitCode {
         }
     };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    // The in-process agent of `mover copy ./a ./b` logs what the CLI already reports as errors.
-    let level = match cli.global.verbose {
-        0 => "warn,mover_engine::agent=error,rustls_platform_verifier=off",
-        1 => "info,rustls_platform_verifier=off",
-        _ => "debug",
-    };
+    // Internal logs are for debugging mover (`--log-level`, `MOVER_LOG`): what the user needs
+    // comes as events, errors and warnings. The in-process agent of `mover copy ./a ./b` logs
+    // what the CLI already reports (its warnings reach the CLI through the sender).
+    let quiet = "warn,mover_engine::agent=error,mover_engine::progress=off,rustls_platform_verifier=off";
+    let filter = cli.global.log_level.as_deref().unwrap_or(quiet);
     output::init_logs(
-        tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| level.into()),
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| quiet.into()),
         std::io::stderr().is_terminal(),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -61,6 +61,8 @@ fn copy_through_the_proxy_succeeds_and_the_proxy_sees_the_connect() {
         "--proxy",
         &proxy.url(PASSWORD),
         "-v",
+        "--log-level",
+        "debug",
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     mover_testdata::assert_identical(&setup.src, &setup.target);

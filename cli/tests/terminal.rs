@@ -18,7 +18,9 @@ impl Screen {
             eprintln!("skipped: tmux is not installed (scripts/test.sh installs it)");
             return None;
         }
-        let name = format!("mover-test-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("mover-test-{}-{next}", std::process::id());
         let status = Command::new("tmux")
             .args(["new-session", "-d", "-x", "120", "-y", "30", "-s", &name])
             .arg(format!("{command}; echo EXIT=$?; sleep 60"))
@@ -82,4 +84,26 @@ fn the_bar_moves_within_one_big_file_and_the_copy_ends_with_a_summary_line() {
     let summary =
         after.lines().find(|line| line.starts_with("done: ")).unwrap_or_else(|| panic!("no summary:\n{after}"));
     assert!(summary.contains("1 of 1 files copied (24.00 MiB of 24.00 MiB), 0 deleted"), "{summary}");
+}
+
+#[test]
+fn warnings_are_warning_lines_not_log_lines_and_v_lists_each_change() {
+    if !common::is_root() {
+        eprintln!("skipped: making a device node needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("notes.txt"), b"hello").unwrap();
+    let status = Command::new("mknod").arg(src.join("null")).args(["c", "1", "3"]).status().unwrap();
+    assert!(status.success());
+    let dst = tmp.path().join("dst");
+    let command = format!("{} copy {} {} -v", shell_quote(&common::bin("mover")), shell_quote(&src), shell_quote(&dst));
+    let Some(screen) = Screen::start(&command) else { return };
+    let after = screen.wait_for("EXIT=", Duration::from_secs(30));
+    assert!(after.contains("EXIT=0"), "{after}");
+    assert!(after.lines().any(|line| line.starts_with("warning: ") && line.contains("null")), "{after}");
+    assert!(!after.contains(" WARN ") && !after.contains("mover_engine::"), "internal log lines shown:\n{after}");
+    assert!(after.lines().any(|line| line == ">f+++++++++ notes.txt"), "-v lists no changes:\n{after}");
 }

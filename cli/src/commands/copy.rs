@@ -127,12 +127,12 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         inplace: args.inplace,
         streams: args.streams,
         cross_mounts: args.cross_mounts,
-        itemize: args.itemize,
+        itemize: args.itemize || global.verbose > 0,
         dry_run: args.dry_run,
         excludes,
     };
     let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
-    let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run));
+    let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run || global.verbose > 0));
     let result = match (&source, &target) {
         (Location::Local(from), Location::Local(to)) => {
             if args.dry_run && !to.is_dir() {

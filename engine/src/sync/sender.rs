@@ -327,6 +327,11 @@ impl Tree<'_> {
                         self.summary.files_transferred = report.files_written;
                         self.summary.bytes_transferred = report.bytes_written;
                     }
+                    // The target's warnings (a mount kept, metadata it could not set) are the
+                    // user's to see as they come, like the source's own.
+                    for message in &report.warnings {
+                        self.shared.reporter.on_event(&Event::Warning { message: message.clone() });
+                    }
                     self.summary.warnings.extend(report.warnings);
                     return Ok(());
                 }
