@@ -60,7 +60,7 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
         }
     };
     printer.finish();
-    let mut report = report.unwrap_or_else(|| Report::unloaded(&args.plan, stage));
+    let mut report = report.unwrap_or_else(|| Report::unloaded(&args.plan.display().to_string(), stage));
     report.dry_run = args.dry_run;
     report.finish(&result, cancelled, started.elapsed().as_secs_f64());
     if let Some(path) = &args.report

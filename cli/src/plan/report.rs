@@ -205,13 +205,6 @@ impl Report {
         let mut hooks: Vec<&Hook> = plan.hooks.iter().collect();
         hooks.sort_by_key(|hook| hook.phase);
         Report {
-            plan: plan.name.clone(),
-            mode: if stage { "stage" } else { "final" },
-            result: StepResult::NotRun,
-            cancelled: false,
-            dry_run: false,
-            error: None,
-            elapsed_s: 0.0,
             hooks: hooks
                 .into_iter()
                 .map(|hook| HookReport {
@@ -244,14 +237,16 @@ impl Report {
                 })
                 .collect(),
             images: plan.images.iter().map(ImageReport::not_run).collect(),
+            ..Report::unloaded(&plan.name, stage)
         }
     }
 
-    /// The report of a plan that did not load: no hooks, volumes or images to tell about.
+    /// The report of a plan that did not load (`plan` is then its file's path): no hooks,
+    /// volumes or images to tell about.
     #[must_use]
-    pub fn unloaded(file: &Path, stage: bool) -> Report {
+    pub fn unloaded(plan: &str, stage: bool) -> Report {
         Report {
-            plan: file.display().to_string(),
+            plan: plan.to_owned(),
             mode: if stage { "stage" } else { "final" },
             result: StepResult::NotRun,
             cancelled: false,
