@@ -145,6 +145,8 @@ fn print_summary_text(summary: &Summary) {
 pub struct SendRate {
     /// (when, bytes sent by then), oldest first, at most [`RATE_WINDOW`] apart.
     samples: std::collections::VecDeque<(std::time::Instant, u64)>,
+    /// The source's regular files, once known: the same total the summary line names.
+    files_total: Option<u64>,
 }
 
 const RATE_WINDOW: Duration = Duration::from_secs(3);
@@ -174,12 +176,17 @@ impl Reporter for Printer {
             Mode::Bar(bar, rate) => match event {
                 Event::Totals { files, bytes } => {
                     bar.set_length(*bytes);
-                    bar.set_message(format!("{files} files in the source"));
+                    rate.lock().expect("rate lock").files_total = Some(*files);
+                    bar.set_message(format!("0 of {files} files"));
                 }
                 Event::Progress { files_done, bytes_done, bytes_on_wire, .. } => {
                     bar.set_position(*bytes_done);
-                    let per_second = rate.lock().expect("rate lock").update(*bytes_on_wire);
-                    bar.set_message(format!("{}/s sent, {files_done} files done", BinaryBytes(per_second)));
+                    let mut rate = rate.lock().expect("rate lock");
+                    let per_second = BinaryBytes(rate.update(*bytes_on_wire));
+                    bar.set_message(match rate.files_total {
+                        Some(total) => format!("{per_second}/s sent, {files_done} of {total} files"),
+                        None => format!("{per_second}/s sent, {files_done} files"),
+                    });
                 }
                 Event::Warning { message } => bar.suspend(|| output::eprintln(&format!("warning: {message}"))),
                 Event::Change(change) if self.changes => bar.suspend(|| output::println(&crate::itemize::line(change))),

@@ -79,6 +79,8 @@ fn the_bar_moves_within_one_big_file_and_the_copy_ends_with_a_summary_line() {
     let bar = during.lines().find(|line| line.contains("/24.00 MiB")).unwrap_or_else(|| panic!("no bar:\n{during}"));
     assert!(!bar.trim_start_matches(|c: char| !c.is_ascii_digit()).starts_with("0 B"), "the bar stands still: {bar}");
     assert!(bar.contains("MiB/s sent") || bar.contains("KiB/s sent"), "no send rate: {bar}");
+    // One file count everywhere: the bar's total is the summary's.
+    assert!(bar.contains(" of 1 files"), "the bar does not name the total of files: {bar}");
     let after = screen.wait_for("EXIT=", Duration::from_secs(30));
     assert!(after.contains("EXIT=0"), "{after}");
     let summary =
