@@ -210,8 +210,8 @@ impl Reporter for VolumeProgress {
                 self.printer.update_total(&self.name, None, Some(*bytes));
             }
             Event::Progress { files_done, bytes_done, bytes_transferred, .. } => {
-                // `bytes_done` counts a file once it is whole; the bytes sent of a big file in
-                // flight show up in `bytes_transferred` first.
+                // `bytes_done` moves within a file as its chunks go (holes and unchanged files
+                // included); `bytes_transferred` is never ahead of it but for a dry run's count.
                 let position = (*bytes_done).max(*bytes_transferred);
                 if let Some(bar) = &self.bar {
                     bar.set_position(position);
