@@ -211,7 +211,7 @@ impl Reporter for VolumeProgress {
             }
             Event::Progress { files_done, bytes_done, bytes_transferred, .. } => {
                 // `bytes_done` moves within a file as its chunks go (holes and unchanged files
-                // included); `bytes_transferred` is never ahead of it but for a dry run's count.
+                // included); the larger of the two is the safer position.
                 let position = (*bytes_done).max(*bytes_transferred);
                 if let Some(bar) = &self.bar {
                     bar.set_position(position);
