@@ -71,23 +71,39 @@ fn is_hex(digits: &[u8], len: usize) -> bool {
     digits.len() == len && digits.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
+/// The three forms of mover's temporary names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// A partial file kept for a resume ([`partial`]).
+    Partial,
+    /// Preflight's write probe ([`preflight`]).
+    Preflight,
+    /// An entry of a receiving session before its rename ([`session_temp`]): a file, a
+    /// symlink or a special file.
+    Session,
+}
+
+fn form(name: &[u8]) -> Option<Form> {
+    let rest = name.strip_prefix(PREFIX)?;
+    if let Some(key) = rest.strip_prefix(PART) {
+        return is_hex(key, PART_DIGITS).then_some(Form::Partial);
+    }
+    if let Some(random) = rest.strip_prefix(PREFLIGHT) {
+        return is_hex(random, PREFLIGHT_DIGITS).then_some(Form::Preflight);
+    }
+    let (session, id) = rest.split_at_checked(SESSION_DIGITS)?;
+    let id = id.strip_prefix(b"-")?;
+    let canonical = std::str::from_utf8(id)
+        .ok()
+        .and_then(|id| id.parse::<u64>().ok())
+        .is_some_and(|n| n.to_string().as_bytes() == id);
+    (is_hex(session, SESSION_DIGITS) && canonical).then_some(Form::Session)
+}
+
 /// Whether `name` has one of the exact forms of mover's temporary names.
 #[must_use]
 pub fn is_generated(name: &[u8]) -> bool {
-    let Some(rest) = name.strip_prefix(PREFIX) else { return false };
-    if let Some(key) = rest.strip_prefix(PART) {
-        return is_hex(key, PART_DIGITS);
-    }
-    if let Some(random) = rest.strip_prefix(PREFLIGHT) {
-        return is_hex(random, PREFLIGHT_DIGITS);
-    }
-    let Some((session, id)) = rest.split_at_checked(SESSION_DIGITS) else { return false };
-    let Some(id) = id.strip_prefix(b"-") else { return false };
-    is_hex(session, SESSION_DIGITS)
-        && std::str::from_utf8(id)
-            .ok()
-            .and_then(|id| id.parse::<u64>().ok())
-            .is_some_and(|n| n.to_string().as_bytes() == id)
+    form(name).is_some()
 }
 
 /// The directory `fsck` keeps at the root of ext2/3/4 volumes (every fresh block-backed volume
@@ -112,11 +128,19 @@ pub fn is_own_file(stat: &Stat) -> bool {
         && stat.st_nlink == 1
 }
 
-/// Whether `name`, whose `lstat` is `stat`, is a temporary file mover left: a generated name
-/// ([`is_generated`]) on a file of its own ([`is_own_file`]).
+/// Whether `name`, whose `lstat` is `stat`, is a temporary entry mover left:
+/// - a partial file or preflight probe: a file of its own ([`is_own_file`]);
+/// - a session's entry before its rename: anything but a directory. A session gives a file,
+///   symlink or special file its owner and mode before the rename, so an interruption can
+///   leave one that is not 0600 nor ours; the name carries the session's random 64-bit id, and
+///   removing a name that is not a directory writes nothing and follows nothing.
 #[must_use]
 pub fn is_leftover(name: &[u8], stat: &Stat) -> bool {
-    is_generated(name) && is_own_file(stat)
+    match form(name) {
+        Some(Form::Partial | Form::Preflight) => is_own_file(stat),
+        Some(Form::Session) => FileType::from_raw_mode(stat.st_mode) != FileType::Directory,
+        None => false,
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +197,25 @@ mod tests {
         assert!(!is_leftover(name.as_bytes(), &stat(&path)), "two links");
         std::fs::remove_file(dir.path().join("other")).unwrap();
         assert!(is_leftover(name.as_bytes(), &stat(&path)));
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(!is_leftover(name.as_bytes(), &stat(&path)), "a directory");
+    }
+
+    #[test]
+    fn a_session_entry_left_before_its_rename_is_a_leftover_whatever_its_type_but_a_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let name = session_temp(&session(0x96d4_eb9e_6dbe_0f80), 653);
+        let path = dir.path().join(name.to_str().unwrap());
+        let stat = |path: &std::path::Path| rustix::fs::lstat(path).unwrap();
+        // An interrupted session: a symlink, or a file already given the source's mode.
+        std::os::unix::fs::symlink("anywhere", &path).unwrap();
+        assert!(is_leftover(name.as_bytes(), &stat(&path)), "a symlink");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(is_leftover(name.as_bytes(), &stat(&path)), "a file given its mode");
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         assert!(!is_leftover(name.as_bytes(), &stat(&path)), "a directory");

@@ -341,8 +341,8 @@ impl Deletions {
         };
         let io = |source| DeletionError::Io { path: frame.shown(), source };
         for name in &listing.stale {
-            // Only a file mover made: no peer can send these names, and anything else under
-            // one (another user's file, a directory, a hard link) is not ours to remove.
+            // Only what mover made ([`reserved::is_leftover`]): no peer can send these names,
+            // and a directory, or a partial file that is not provably ours, is left alone.
             if confine::lstat(dir.as_fd(), name).map_err(io)?.is_some_and(|stat| reserved::is_leftover(name, &stat)) {
                 match rustix::fs::unlinkat(&*dir, confine::cname(name).as_c_str(), rustix::fs::AtFlags::empty()) {
                     Ok(()) | Err(rustix::io::Errno::NOENT) => {}
