@@ -129,16 +129,17 @@ pub fn is_own_file(stat: &Stat) -> bool {
 }
 
 /// Whether `name`, whose `lstat` is `stat`, is a temporary entry mover left:
-/// - a partial file or preflight probe: a file of its own ([`is_own_file`]);
-/// - a session's entry before its rename: anything but a directory. A session gives a file,
-///   symlink or special file its owner and mode before the rename, so an interruption can
-///   leave one that is not 0600 nor ours; the name carries the session's random 64-bit id, and
-///   removing a name that is not a directory writes nothing and follows nothing.
+/// - a regular file of its own ([`is_own_file`]) under any generated name;
+/// - a symlink or special file (FIFO, socket, device node) under a session's name: a session
+///   creates those under its temporary names and gives them their owner before the rename, so
+///   an interruption can leave one that is not ours. The name carries the session's random
+///   64-bit id, and removing a symlink or special file writes nothing and follows nothing.
 #[must_use]
 pub fn is_leftover(name: &[u8], stat: &Stat) -> bool {
+    let node = !matches!(FileType::from_raw_mode(stat.st_mode), FileType::RegularFile | FileType::Directory);
     match form(name) {
-        Some(Form::Partial | Form::Preflight) => is_own_file(stat),
-        Some(Form::Session) => FileType::from_raw_mode(stat.st_mode) != FileType::Directory,
+        Some(Form::Session) if node => true,
+        Some(_) => is_own_file(stat),
         None => false,
     }
 }
@@ -203,19 +204,30 @@ mod tests {
     }
 
     #[test]
-    fn a_session_entry_left_before_its_rename_is_a_leftover_whatever_its_type_but_a_directory() {
+    fn a_symlink_or_special_file_under_a_session_name_is_a_leftover_a_foreign_file_is_not() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let name = session_temp(&session(0x96d4_eb9e_6dbe_0f80), 653);
         let path = dir.path().join(name.to_str().unwrap());
         let stat = |path: &std::path::Path| rustix::fs::lstat(path).unwrap();
-        // An interrupted session: a symlink, or a file already given the source's mode.
+        // An interrupted session left the symlink it was about to rename into place.
         std::os::unix::fs::symlink("anywhere", &path).unwrap();
         assert!(is_leftover(name.as_bytes(), &stat(&path)), "a symlink");
         std::fs::remove_file(&path).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(is_leftover(name.as_bytes(), &stat(&path)), "a FIFO");
+        std::fs::remove_file(&path).unwrap();
+        // A regular file must still be provably ours.
         std::fs::write(&path, b"x").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(is_leftover(name.as_bytes(), &stat(&path)), "a file given its mode");
+        assert!(!is_leftover(name.as_bytes(), &stat(&path)), "a file that is not 0600");
         std::fs::remove_file(&path).unwrap();
         std::fs::create_dir(&path).unwrap();
         assert!(!is_leftover(name.as_bytes(), &stat(&path)), "a directory");
