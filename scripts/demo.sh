@@ -11,6 +11,6 @@ cargo build --release --locked -p mover-cli -p mover-testdata
 rm -rf "$work"
 mkdir -p "$work/src"
 target/release/mover-testdata generate "$work/src" --entries 5000
-target/release/mover copy "$work/src" "$work/dst" --verbose
+target/release/mover copy "$work/src" "$work/dst"
 target/release/mover-testdata compare "$work/src" "$work/dst"
 echo "copy of $work/src in $work/dst is identical"
