@@ -24,28 +24,34 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// `openssl req -x509`: a self-signed certificate `NAME.crt`/`NAME.key` in `dir`, CA:TRUE as
+/// openssl makes it, with `subject` and any `extra` arguments.
+fn self_signed(dir: &Path, name: &str, subject: &str, extra: &[&str]) {
+    let (key, crt) = (format!("{name}.key"), format!("{name}.crt"));
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &crt,
+        "-days",
+        "30",
+        "-subj",
+        subject,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
+}
+
 /// A private CA (`ca.crt`, `ca.key`) in `dir`.
 fn private_ca(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=uxtrial test CA",
-        ],
-    );
+    self_signed(dir, "ca", "/CN=uxtrial test CA", &[]);
 }
 
 /// A server leaf `NAME.crt`/`NAME.key` for `127.0.0.1` and `localhost`, signed by the CA in `dir`.
@@ -139,28 +145,7 @@ fn a_private_ca_leaf_presented_alone_is_trusted_through_the_certs_fetch_bundle()
 #[test]
 fn an_openssl_req_x509_certificate_is_its_own_bundle_for_its_own_names_only() {
     let dir = tempfile::tempdir().unwrap();
-    openssl(
-        dir.path(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "self.key",
-            "-out",
-            "self.crt",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ],
-    );
+    self_signed(dir.path(), "self", "/CN=localhost", &["-addext", "subjectAltName=DNS:localhost"]);
     let shown = Command::new("openssl")
         .args(["x509", "-noout", "-text", "-in"])
         .arg(dir.path().join("self.crt"))
