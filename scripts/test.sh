@@ -15,6 +15,8 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v curl >/dev/null || need+=(curl)
 # Terminal tests read the real `mover` off a tmux screen.
 command -v tmux >/dev/null || need+=(tmux)
+# The exclude matcher is checked against the real rsync (the test skips without it).
+command -v rsync >/dev/null || need+=(rsync)
 # Reflinks: a loop-mounted XFS (mkfs.xfs) whose extents filefrag (e2fsprogs) reads.
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v filefrag >/dev/null || need+=(e2fsprogs)
