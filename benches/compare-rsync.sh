@@ -14,7 +14,9 @@
 #   LINK    1 (default) runs case (d) over a 100 Mbit/s veth link between two network
 #           namespaces; 0 skips it (it is slow)
 #   RATE    rate of the link's tbf qdisc (default 100mbit)
-#   TOOLS   subset of "mover rsync rsync-z" (default all three)
+#   TOOLS   subset of "mover mover-base rsync rsync-z" (default "mover rsync rsync-z")
+#   BASE_BIN  directory of another build's mover, mover-agent (tool mover-base): old and new
+#           binaries then take turns in one invocation, e.g. to show a change keeps the speed
 #   CASES   subset of "a b c d" (default all; b needs a, c and d need a's result as their basis)
 #   VERIFY  1 (default) compares the target with the source after every run
 #   BUILD   1 (default) runs cargo build first; 0 uses the binaries in target/release as they are
@@ -67,6 +69,11 @@ CASES=${CASES:-"a b c d"}
 VERIFY=${VERIFY:-1}
 BUILD=${BUILD:-1}
 BIN=$REPO/target/release
+BASE_BIN=${BASE_BIN:-}
+if [[ " $TOOLS " == *" mover-base "* ]]; then
+  [ -x "$BASE_BIN/mover" ] && [ -x "$BASE_BIN/mover-agent" ] ||
+    { printf 'error: TOOLS has mover-base: set BASE_BIN to a directory with mover and mover-agent\n' >&2; exit 1; }
+fi
 MUTATION_VERSION=mutation-v2
 
 say() { printf '%s\n' "$*" >&2; }
@@ -587,11 +594,11 @@ EOF
 }
 
 AGENT_ADDR=
-start_agent() { # NS_DST DST_DIR HOST
+start_agent() { # NS_DST DST_DIR HOST BIN
   local nsb=() i
   [ -n "$1" ] && nsb=(ip netns exec "$1")
   spawn agent "${nsb[@]}" /usr/bin/time -f '%M' -o "$D/agent.time" \
-    "$BIN/mover-agent" serve --listen "$3:$PORT_AGENT" --certs "$MCERTS" --volume "vol=$2" --log-format json
+    "$4/mover-agent" serve --listen "$3:$PORT_AGENT" --certs "$MCERTS" --volume "vol=$2" --log-format json
   AGENT_ADDR=
   for i in $(seq 1000); do
     if grep -q '"message":"serving"' "$D/agent.err" 2>/dev/null; then
@@ -661,9 +668,11 @@ measure() {
   SRV_NAMES=() SRV_PIDS=() SRV_TPIDS=() SRV_T0=() SRV_T1=() SRV_RSS=()
   local cmd=()
   case $tool in
-    mover)
-      start_agent "$nsd" "$dst" "$host"
-      cmd=("$BIN/mover" copy "$src" "agent://$AGENT_ADDR/vol" --certs "$MCERTS" --output json)
+    mover | mover-base)
+      local bin=$BIN
+      [ "$tool" = mover-base ] && bin=$BASE_BIN
+      start_agent "$nsd" "$dst" "$host" "$bin"
+      cmd=("$bin/mover" copy "$src" "agent://$AGENT_ADDR/vol" --certs "$MCERTS" --output json)
       ;;
     rsync | rsync-z)
       start_rsync_side "$nss" "$nsd" "$dst" "$host"
@@ -701,7 +710,7 @@ measure() {
   cpu_dst=$(awk -v t="$cpu_dst_t" -v hz="$HZ" 'BEGIN {printf "%.2f", t / hz}')
 
   case $tool in
-    mover)
+    mover | mover-base)
       local summary
       summary=$(tail -1 "$D/client.out")
       app=$(grep -o '"bytes_on_wire":[0-9]*' <<<"$summary" | cut -d: -f2 || true)
@@ -726,7 +735,7 @@ measure() {
   fi
   if [ "$VERIFY" = 1 ]; then
     local opts=()
-    [ "$tool" != mover ] && opts=(--no-allocation)
+    [[ $tool != mover* ]] && opts=(--no-allocation)
     # XFS keeps copy-on-write preallocations (up to 128 KiB per rewritten region of a cloned
     # file) until the inode leaves memory; remounting (untimed) shows the settled allocation.
     if [ "$TMOUNTED" = 1 ] && [ "$TARGETS" = xfs ]; then umount "$TDIR" && mount -o discard "$LOOPDEV" "$TDIR"; fi
@@ -916,6 +925,7 @@ echo "mover vs rsync over stunnel (MTC direct volume migration style), SCALE=$SC
 echo "tree: $SRC_DESC"
 echo "change applied for (c) and (d): $(tail -1 "$TREE/src2.mutation.log" | sed 's/^total: //') (details: $TREE/src2.mutation.log)"
 echo "mover $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree as built), TLS 1.3, compression: ${mover_compress:-see mover copy --help} (its default)"
+[[ " $TOOLS " == *" mover-base "* ]] && echo "mover-base: binaries in $BASE_BIN"
 echo "$(rsync --version | head -1 | sed 's/  */ /g'), stunnel $(stunnel4 -version 2>&1 | grep -o 'stunnel [0-9.]*' | head -1 | cut -d' ' -f2) with TLSv1.2; rsync -z negotiated: $RSYNC_Z"
 [ -z "$MOVER_ENV" ] || echo "environment seen by mover: $MOVER_ENV"
 echo "targets: $TARGETS_DESC"
@@ -942,12 +952,12 @@ awk -F'\t' -v tools="$TOOLS" '
       cs = cases[i]
       if (!(cs in have)) continue
       printf "\n%s\n", title[cs]
-      printf "%-8s %7s %7s %7s %7s %9s %8s %9s %8s %7s %7s %7s %6s  %s\n", "tool", "wall s", "cpu src", "cpu dst", "cpu tot", "sent MiB", "recv MiB", "link fwd", "link rev", "pkts", "RSS src", "RSS dst", "files", "status"
+      printf "%-10s %7s %7s %7s %7s %9s %8s %9s %8s %7s %7s %7s %6s  %s\n", "tool", "wall s", "cpu src", "cpu dst", "cpu tot", "sent MiB", "recv MiB", "link fwd", "link rev", "pkts", "RSS src", "RSS dst", "files", "status"
       for (t = 1; t <= nt; t++) {
         tool = tl[t]
         if (!((cs, tool, 4) in m)) continue
         pk = m[cs, tool, 12]; pk = (pk == "-") ? "-" : sprintf("%d", pk)
-        printf "%-8s %7.2f %7.2f %7.2f %7.2f %9s %8s %9s %8s %7s %7.1f %7.1f %6d  %s\n", tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], mib(m[cs, tool, 8]), mib(m[cs, tool, 9]), mib(m[cs, tool, 10]), mib(m[cs, tool, 11]), pk, m[cs, tool, 13] / 1024, m[cs, tool, 14] / 1024, m[cs, tool, 15], m[cs, tool, 16]
+        printf "%-10s %7.2f %7.2f %7.2f %7.2f %9s %8s %9s %8s %7s %7.1f %7.1f %6d  %s\n", tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], mib(m[cs, tool, 8]), mib(m[cs, tool, 9]), mib(m[cs, tool, 10]), mib(m[cs, tool, 11]), pk, m[cs, tool, 13] / 1024, m[cs, tool, 14] / 1024, m[cs, tool, 15], m[cs, tool, 16]
       }
       line = ""
       if (((cs, "mover", 4) in m)) {

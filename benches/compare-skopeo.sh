@@ -14,7 +14,9 @@
 #           the destination registry's storage is emptied at every invocation
 #   SCALE   full (default: (a) 6 layers of 171M, ~1 GiB; (b) 4 shared layers of 64M and one
 #           own layer of 32M per platform, 2 platforms) or small ((a) 6 x 16M; (b) 4 x 8M + 4M)
-#   TOOLS   subset of "mover skopeo" (default both)
+#   TOOLS   subset of "mover mover-base skopeo" (default "mover skopeo")
+#   BASE_BIN  directory of another build's mover (tool mover-base): old and new binaries then take
+#           turns in one invocation
 #   CASES   subset of "a b" (default both)
 #   VERIFY  1 (default) checks every copy with curl: the tag's manifest bytes hash to the
 #           source's digest, every child manifest and every blob is present in the repository
@@ -58,13 +60,15 @@ BUILD=${BUILD:-1}
 SKOPEO_CACHE=${SKOPEO_CACHE:-private}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=${BIN:-$TARGET/release}
+BASE_BIN=${BASE_BIN:-}
 ACCEPT='application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json'
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 has_tool() { [[ " $TOOLS " == *" $1 "* ]]; }
 
-for t in $TOOLS; do [[ $t == mover || $t == skopeo ]] || die "TOOLS: unknown tool $t (mover, skopeo)"; done
+for t in $TOOLS; do [[ $t == mover || $t == mover-base || $t == skopeo ]] || die "TOOLS: unknown tool $t (mover, mover-base, skopeo)"; done
+if has_tool mover-base; then [ -x "$BASE_BIN/mover" ] || die "TOOLS has mover-base: set BASE_BIN to a directory with a mover binary"; fi
 for c in $CASES; do [[ $c == a || $c == b ]] || die "CASES: unknown case $c (a, b)"; done
 [[ $SKOPEO_CACHE == private || $SKOPEO_CACHE == system ]] || die "SKOPEO_CACHE must be private or system"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive number"
@@ -277,8 +281,10 @@ measure() { # CASE KIND TOOL RUN REPO
   local timed=(/usr/bin/time -f '%e %U %S %M' -o "$D/client.time")
   local cmd=()
   case $tool in
-    mover)
-      cmd=("${timed[@]}" "$BIN/mover" image copy --src-plain-http --dest-plain-http --no-progress
+    mover | mover-base)
+      local bin=$BIN
+      [ "$tool" = mover-base ] && bin=$BASE_BIN
+      cmd=("${timed[@]}" "$bin/mover" image copy --src-plain-http --dest-plain-http --no-progress
         "docker://$SRC/bench/$c:v1" "docker://$DST/$repo:v1")
       ;;
     skopeo)
@@ -374,6 +380,7 @@ for c in $CASES; do
   esac
 done
 has_tool mover && echo "mover $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree as built), $BIN/mover"
+has_tool mover-base && echo "mover-base: $BASE_BIN/mover"
 has_tool skopeo && echo "$(skopeo --version), blob-info cache: $SKOPEO_CACHE"
 echo "$(docker-registry --version 2>/dev/null | awk '{print $NF}' | sed 's/^/docker-registry /') x 2 (src, dst), filesystem storage under $WORK"
 [ -z "$MOVER_ENV" ] || echo "environment seen by mover: $MOVER_ENV"
@@ -384,7 +391,7 @@ awk -F'\t' -v tools="$TOOLS" -v cases="$CASES" '
   END {
     nt = split(tools, tl, " ")
     nc = split(cases, cl, " ")
-    printf "\n%-10s %-7s %8s %8s %8s %8s %8s  %s\n", "case", "tool", "wall s", "cpu s", "reg src", "reg dst", "RSS MiB", "status"
+    printf "\n%-10s %-10s %8s %8s %8s %8s %8s  %s\n", "case", "tool", "wall s", "cpu s", "reg src", "reg dst", "RSS MiB", "status"
     for (i = 1; i <= nc; i++) {
       for (k = 1; k <= 2; k++) {
         cs = cl[i] "-" (k == 1 ? "first" : "repeat")
@@ -392,12 +399,17 @@ awk -F'\t' -v tools="$TOOLS" -v cases="$CASES" '
         for (t = 1; t <= nt; t++) {
           tool = tl[t]
           if (!((cs, tool, 4) in m)) continue
-          printf "%-10s %-7s %8.2f %8.2f %8.2f %8.2f %8.1f  %s\n", cs, tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], m[cs, tool, 8] / 1024, m[cs, tool, 9]
+          printf "%-10s %-10s %8.2f %8.2f %8.2f %8.2f %8.1f  %s\n", cs, tool, m[cs, tool, 4], m[cs, tool, 5], m[cs, tool, 6], m[cs, tool, 7], m[cs, tool, 8] / 1024, m[cs, tool, 9]
         }
         if (((cs, "mover", 4) in m) && ((cs, "skopeo", 4) in m)) {
           w = (m[cs, "skopeo", 4] > 0) ? sprintf("%.2f", m[cs, "mover", 4] / m[cs, "skopeo", 4]) : "n/a"
           c = (m[cs, "skopeo", 5] > 0) ? sprintf("%.2f", m[cs, "mover", 5] / m[cs, "skopeo", 5]) : "n/a"
           printf "%-10s ratio mover/skopeo: wall %s, client cpu %s\n", cs, w, c
+        }
+        if (((cs, "mover", 4) in m) && ((cs, "mover-base", 4) in m)) {
+          w = (m[cs, "mover-base", 4] > 0) ? sprintf("%.2f", m[cs, "mover", 4] / m[cs, "mover-base", 4]) : "n/a"
+          c = (m[cs, "mover-base", 5] > 0) ? sprintf("%.2f", m[cs, "mover", 5] / m[cs, "mover-base", 5]) : "n/a"
+          printf "%-10s ratio mover/mover-base: wall %s, client cpu %s\n", cs, w, c
         }
       }
     }
