@@ -2,7 +2,7 @@
 # Builds every fuzz target (fuzz/, cargo-fuzz) and runs each for FUZZ_SECONDS (default 30) from
 # its checked-in seeds. Exits non-zero when a target crashed, hung or allocated past the limits
 # below; the input that did it is left in fuzz/artifacts/<target>/: commit it there, and
-# engine/tests/fuzz_corpus.rs replays it in every `cargo test` from then on.
+# engine/src/fuzz/corpus.rs replays it in every `cargo test` from then on.
 # Usage: scripts/fuzz-smoke.sh [TARGET...]   (default: every target)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,6 +21,9 @@ pub mod client;
 pub mod compress;
 pub mod confine;
 pub mod exclude;
+/// The checks behind the fuzz targets in `fuzz/` (present when cargo-fuzz builds, and in tests).
+#[cfg(any(fuzzing, test))]
+pub mod fuzz;
 pub mod hooks;
 pub mod image;
 pub mod inspect;

@@ -1,4 +1,4 @@
-//! Fuzz target `decompress`: see `mover_fuzz::decompress` (fuzz/src/lib.rs) for what it checks.
+//! Fuzz target `decompress`: see `mover_engine::fuzz::decompress` (engine/src/fuzz/mod.rs) for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_fuzz::decompress(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_engine::fuzz::decompress(data));

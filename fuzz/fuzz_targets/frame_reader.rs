@@ -1,4 +1,4 @@
-//! Fuzz target `frame_reader`: see `mover_fuzz::frame_reader` (fuzz/src/lib.rs) for what it checks.
+//! Fuzz target `frame_reader`: see `mover_engine::fuzz::frame_reader` (engine/src/fuzz/mod.rs) for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_fuzz::frame_reader(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_engine::fuzz::frame_reader(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `image_ref`: see `mover_fuzz::image_ref` (fuzz/src/lib.rs) for what it checks.
+//! Fuzz target `image_ref`: see `mover_engine::fuzz::image_ref` (engine/src/fuzz/mod.rs) for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_fuzz::image_ref(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_engine::fuzz::image_ref(data));

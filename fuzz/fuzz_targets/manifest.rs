@@ -1,4 +1,4 @@
-//! Fuzz target `manifest`: see `mover_fuzz::manifest` (fuzz/src/lib.rs) for what it checks.
+//! Fuzz target `manifest`: see `mover_engine::fuzz::manifest` (engine/src/fuzz/mod.rs) for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_fuzz::manifest(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_engine::fuzz::manifest(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `rel_path`: see `mover_fuzz::rel_path` (fuzz/src/lib.rs) for what it checks.
+//! Fuzz target `rel_path`: see `mover_engine::fuzz::rel_path` (engine/src/fuzz/mod.rs) for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_fuzz::rel_path(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_engine::fuzz::rel_path(data));

@@ -1,4 +1,4 @@
-//! Fuzz target `wire_decode`: see `mover_fuzz::wire_decode` (fuzz/src/lib.rs) for what it checks.
+//! Fuzz target `wire_decode`: see `mover_engine::fuzz::wire_decode` (engine/src/fuzz/mod.rs) for what it checks.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_fuzz::wire_decode(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_engine::fuzz::wire_decode(data));

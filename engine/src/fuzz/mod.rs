@@ -1,25 +1,29 @@
-//! The checks behind mover's fuzz targets, in one place.
+//! The checks behind mover's fuzz targets, in one place, inside the engine so that they reach
+//! the decoders without making them public (built under `cfg(fuzzing)`, which cargo-fuzz sets,
+//! and in the engine's own tests).
 //!
-//! Each `fuzz/fuzz_targets/<name>.rs` hands its input to one function here, and
-//! `engine/tests/fuzz_corpus.rs` includes this very file (`#[path]`) to replay every checked-in
-//! seed (`fuzz/corpus/<name>/`) and crash seed (`fuzz/artifacts/<name>/`) through the same
-//! function in a plain `cargo test`, on stable, without cargo-fuzz. So this file uses only `std`,
-//! `mover_engine` and `tokio` (dependencies of both), and nothing that works only as a crate root.
+//! Each `fuzz/fuzz_targets/<name>.rs` hands its input to one function here, and the tests in
+//! [`corpus`](self) replay every checked-in seed (`fuzz/corpus/<name>/`) and crash seed
+//! (`fuzz/artifacts/<name>/`) through the same function in a plain `cargo test`, on stable,
+//! without cargo-fuzz.
 //!
 //! A check returns when the decoder accepted or refused the input as it should, and panics when
 //! the decoder panicked or broke one of the invariants written out below.
+
+#[cfg(test)]
+mod corpus;
 
 use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 
-use mover_engine::compress::{Compressor, Decompressor};
-use mover_engine::confine::{self, MAX_NAME, MAX_PATH, RelPath};
-use mover_engine::image::manifest::{self, Content, Descriptor, Parsed};
-use mover_engine::image::{Digest, ImageRef, Platform, Version};
-use mover_engine::sync::blocks;
-use mover_engine::wire::{
+use crate::compress::{Compressor, Decompressor};
+use crate::confine::{self, MAX_NAME, MAX_PATH, RelPath};
+use crate::image::manifest::{self, Content, Descriptor, Parsed};
+use crate::image::{Digest, ImageRef, Platform, Version};
+use crate::sync::blocks;
+use crate::wire::{
     CHUNK_SIZE, FrameReader, FrameWriter, HelloReply, Incoming, MAGIC, MAX_FRAME, Message, PROTOCOL_VERSION, WireError,
     decode_hello, decode_incoming, decode_message, decode_reply, encode_data, encode_hello, encode_message,
 };
@@ -433,9 +437,9 @@ pub fn image_ref(bytes: &[u8]) {
             assert_eq!(shown.parse::<ImageRef>().as_ref(), Ok(&reference), "{text:?} printed as {shown:?}");
             let _ = reference.tag();
             if let ImageRef::Registry { repository, version } = &reference {
-                assert!(mover_engine::image::reference::valid_repository(&repository.name), "{repository}");
+                assert!(crate::image::reference::valid_repository(&repository.name), "{repository}");
                 match version {
-                    Some(Version::Tag(tag)) => assert!(mover_engine::image::reference::valid_tag(tag)),
+                    Some(Version::Tag(tag)) => assert!(crate::image::reference::valid_tag(tag)),
                     Some(Version::Digest(digest)) => check_digest(digest),
                     None => {}
                 }
@@ -505,6 +509,6 @@ fn rel_path_by_spec(bytes: &[u8]) -> bool {
                 && name != b"."
                 && name != b".."
                 && name.len() <= MAX_NAME
-                && !mover_engine::reserved::is_generated(name)
+                && !crate::reserved::is_generated(name)
         })
 }

@@ -1,22 +1,19 @@
 //! The fuzz targets' seed corpora and crash seeds, replayed as regression tests.
 //!
 //! Every file under `fuzz/corpus/<target>/` and `fuzz/artifacts/<target>/` goes through the same
-//! check the fuzz target runs (`fuzz/src/lib.rs`, included here as a module), so a decoder that
+//! check the fuzz target runs (`engine/src/fuzz/mod.rs`), so a decoder that
 //! panics or breaks an invariant on any of them fails `cargo test` on stable, without cargo-fuzz.
 //! The seeds themselves are written by `write_seed_corpus` below (ignored; run it by hand after a
-//! wire or format change: `cargo test -p mover-engine --test fuzz_corpus -- --ignored`).
-
-#[path = "../../fuzz/src/lib.rs"]
-mod checks;
+//! wire or format change: `cargo test -p mover-engine fuzz::corpus -- --ignored`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mover_engine::compress::Compressor;
-use mover_engine::progress::{BlobState, Event, Summary};
-use mover_engine::sync::blocks;
-use mover_engine::tunnel::Proxy;
-use mover_engine::wire::{
+use crate::compress::Compressor;
+use crate::progress::{BlobState, Event, Summary};
+use crate::sync::blocks;
+use crate::tunnel::Proxy;
+use crate::wire::{
     CHUNK_SIZE, Compression, DataChunk, DeltaChunk, Entry, EntryKind, FileFailure, FrameWriter, Hello, HelloReply,
     MAX_FRAME, Message, ReceiverReport, RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, Welcome, Xattr,
     encode_hello, encode_message,
@@ -42,7 +39,7 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
 fn every_seed_and_crash_input_passes_its_fuzz_check() {
     let mut failures = Vec::new();
     let mut replayed = 0;
-    for &(target, check) in checks::TARGETS {
+    for &(target, check) in super::TARGETS {
         let corpus = inputs(&fuzz_dir().join("corpus").join(target));
         assert!(!corpus.is_empty(), "fuzz target {target} has no seeds in fuzz/corpus/{target}/");
         let crashes = inputs(&fuzz_dir().join("artifacts").join(target));
@@ -70,9 +67,9 @@ fn every_fuzz_target_has_a_check_and_a_crash_folder() {
         .filter_map(|path| path.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
         .collect();
     on_disk.sort();
-    let mut listed: Vec<String> = checks::TARGETS.iter().map(|(name, _)| (*name).to_owned()).collect();
+    let mut listed: Vec<String> = super::TARGETS.iter().map(|(name, _)| (*name).to_owned()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "fuzz/fuzz_targets/*.rs and checks::TARGETS differ");
+    assert_eq!(on_disk, listed, "fuzz/fuzz_targets/*.rs and super::TARGETS differ");
     let manifest = fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
     for name in &listed {
         assert!(manifest.contains(&format!("name = \"{name}\"")), "fuzz/Cargo.toml has no [[bin]] {name}");
@@ -106,7 +103,7 @@ fn seeds() -> Vec<(&'static str, Seeds)> {
     let bodies: Seeds = messages.iter().map(|(name, m)| (name.clone(), encode_message(m)[4..].to_vec())).collect();
     let mut handshakes = Seeds::new();
     for (name, hello) in hellos() {
-        handshakes.push((format!("hello-{name}"), encode_hello(mover_engine::PROTOCOL_VERSION, &hello)[4..].to_vec()));
+        handshakes.push((format!("hello-{name}"), encode_hello(crate::PROTOCOL_VERSION, &hello)[4..].to_vec()));
     }
     handshakes.push(("hello-version-2".into(), encode_hello(2, &hellos()[0].1)[4..].to_vec()));
     for (name, reply) in replies() {
@@ -314,7 +311,7 @@ fn reply_frame(reply: &HelloReply) -> Vec<u8> {
 }
 
 fn streams(messages: &[(String, Message)]) -> Seeds {
-    let mut session = encode_hello(mover_engine::PROTOCOL_VERSION, &hellos()[1].1);
+    let mut session = encode_hello(crate::PROTOCOL_VERSION, &hellos()[1].1);
     for (_, message) in messages {
         session.extend(encode_message(message));
     }
@@ -333,7 +330,7 @@ fn streams(messages: &[(String, Message)]) -> Seeds {
     ]
 }
 
-/// `flags:u8 raw_len:u24le bytes`, as `checks::decompress` reads them.
+/// `flags:u8 raw_len:u24le bytes`, as `super::decompress` reads them.
 fn chunk(compressed: bool, raw_len: usize, bytes: &[u8]) -> Vec<u8> {
     let len = u32::try_from(raw_len).expect("small").to_le_bytes();
     [&[u8::from(compressed), len[0], len[1], len[2]], bytes].concat()
@@ -374,7 +371,7 @@ fn chunks() -> Seeds {
 }
 
 fn manifests() -> Seeds {
-    use mover_engine::image::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+    use crate::image::manifest::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
     let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
     let descriptor = |media: &str, digest: &str, size: u64| {
         format!(r#"{{"mediaType":"{media}","digest":"{digest}","size":{size}}}"#)
