@@ -28,6 +28,7 @@ pub mod hooks;
 pub mod image;
 pub mod inspect;
 pub mod meta;
+mod options;
 pub mod progress;
 pub mod reserved;
 pub mod scan;
@@ -38,7 +39,8 @@ pub mod tunnel;
 pub mod volume;
 pub mod wire;
 
-pub use wire::{PROTOCOL_VERSION, SyncOptions};
+pub use options::CopyOptions;
+pub use wire::{Compression, MAX_STREAMS, PROTOCOL_VERSION, SyncOptions};
 
 /// The software version of this build (agents report it to preflight).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

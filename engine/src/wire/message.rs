@@ -63,7 +63,8 @@ pub enum Request {
     },
 }
 
-/// Options agreed for one volume session.
+/// Options agreed for one volume session: the wire form of [`crate::CopyOptions`] (see there for
+/// each field), sent in the request that opens the session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncOptions {
     /// Copy `security.selinux` labels.
@@ -111,23 +112,7 @@ pub const MAX_STREAMS: u32 = 16;
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions {
-            selinux: false,
-            devices: false,
-            fsync: false,
-            compression: Compression::Auto,
-            stage: false,
-            delete: true,
-            allow_mass_delete: false,
-            checksum: false,
-            bwlimit: 0,
-            inplace: false,
-            streams: 1,
-            cross_mounts: false,
-            itemize: false,
-            dry_run: false,
-            excludes: Vec::new(),
-        }
+        crate::CopyOptions::default().into()
     }
 }
 
