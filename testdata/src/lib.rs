@@ -19,8 +19,10 @@
 //!   port and reads and seeds it with independent clients (curl, skopeo).
 //! * [`fault`] puts a fault-injecting HTTP relay in front of a registry (flipped bytes, failing
 //!   and reset blob downloads).
+//! * [`delay`] puts a fixed delay each way between two ends of any TCP protocol (a long link).
 
 mod compare;
+pub mod delay;
 pub mod fault;
 mod generate;
 pub mod oci;

@@ -6,7 +6,10 @@
 //! mover-testdata compare A B [--no-ownership] [--no-allocation]
 //! mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG]
 //!                          [--platform-layer-size SIZE] [--seed N] [--docker]
+//! mover-testdata delay-relay LISTEN UPSTREAM MILLIS
 //! ```
+//! `delay-relay` relays TCP connections from LISTEN to UPSTREAM, holding every byte MILLIS in each
+//! direction (a long link on loopback; see `mover_testdata::delay`), until killed.
 //! KIND is `random`, `text`, `database` or `sparse`; SIZE takes a `K`, `M` or `G` suffix.
 //!
 //! `image` writes an OCI image layout into DIR (created; it must be empty if it exists): N random
@@ -19,7 +22,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use mover_testdata::delay::DelayRelay;
 use mover_testdata::oci::{DOCKER_LAYER_GZIP, Descriptor, LayoutBuilder, OCI_LAYER_GZIP};
 use mover_testdata::{BigFile, CompareOptions, TreeSpec};
 
@@ -107,9 +112,13 @@ fn image(dir: &Path, spec: &ImageSpec) -> std::io::Result<()> {
 }
 
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]";
+    let usage = "usage: mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
     // `generate --help` once made a tree named `--help`: positionals never start with `-`.
-    let positionals = if args.first().is_some_and(|command| command == "compare") { 2 } else { 1 };
+    let positionals = match args.first().map(String::as_str) {
+        Some("compare") => 2,
+        Some("delay-relay") => 3,
+        _ => 1,
+    };
     if args.iter().skip(1).take(positionals).any(|arg| arg.starts_with('-')) || args.iter().any(|arg| arg == "--help") {
         return Err(usage.into());
     }
@@ -165,6 +174,15 @@ fn run(args: &[String]) -> Result<bool, String> {
                 println!("{} differences", differences.len());
             }
             Ok(differences.is_empty())
+        }
+        Some("delay-relay") => {
+            let [listen, upstream, millis] = &args[1..] else { return Err(usage.into()) };
+            let millis: u64 = millis.parse().map_err(|_| format!("MILLIS must be a number, not `{millis}`"))?;
+            let relay = DelayRelay::listen(listen, upstream, Duration::from_millis(millis))
+                .map_err(|e| format!("delay-relay on {listen}: {e}"))?;
+            println!("relaying {} -> {upstream}, {millis} ms each way", relay.addr);
+            relay.wait();
+            Ok(true)
         }
         Some("image") => {
             let dir = PathBuf::from(args.get(1).ok_or(usage)?);
