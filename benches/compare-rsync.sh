@@ -17,7 +17,10 @@
 #   TOOLS   subset of "mover mover-base rsync rsync-z" (default "mover rsync rsync-z")
 #   BASE_BIN  directory of another build's mover, mover-agent (tool mover-base): old and new
 #           binaries then take turns in one invocation, e.g. to show a change keeps the speed
-#   CASES   subset of "a b c d" (default all; b needs a, c and d need a's result as their basis)
+#   CASES   subset of "a b c d w s" (default "a b c d"; b needs a, c, d and w need a's result as
+#           their basis)
+#   DELAY_MS  one-way delay of case (w)'s relay (default 25: a 50 ms round trip)
+#   SMALL_FILES  files of case (s) (default 100000, in directories of 100)
 #   VERIFY  1 (default) compares the target with the source after every run
 #   BUILD   1 (default) runs cargo build first; 0 uses the binaries in target/release as they are
 #   TARGETS loop (default when root): the targets live on a fresh journaled ext4 on a loop device
@@ -37,6 +40,13 @@
 #   (d) (c) and (a) again over a tbf-shaped (RATE) veth pair between two namespaces: the target
 #       side (rsync daemon + stunnel server, or mover-agent) in one listening on 10.213.0.2, the
 #       source side in the other
+#   (w) a long link: (c), then (a) and (b), with `mover-testdata delay-relay` holding every byte
+#       DELAY_MS in each direction between the two ends (mover -> relay -> agent; rsync ->
+#       stunnel client -> relay -> stunnel server -> rsync daemon); bandwidth is loopback's, so
+#       this shows the round trips each tool waits for (tc netem does not work here)
+#   (s) many small files: SMALL_FILES files of 1-8 KiB (seeded sizes and content) in
+#       directories of 100, initial copy and no-change re-sync, with `tar cf - | tar xf -` into
+#       an empty directory beside them as the floor of the initial copy (tool "tar")
 #
 # The rsync side, as MTC's DVM runs it: on the target an rsync daemon (module `path = TARGET`,
 # `read only = false`, `use chroot = no`, `munge symlinks = no`, `uid/gid = root`) on
@@ -66,6 +76,8 @@ LINK=${LINK:-1}
 RATE=${RATE:-100mbit}
 TOOLS=${TOOLS:-"mover rsync rsync-z"}
 CASES=${CASES:-"a b c d"}
+DELAY_MS=${DELAY_MS:-25}
+SMALL_FILES=${SMALL_FILES:-100000}
 VERIFY=${VERIFY:-1}
 BUILD=${BUILD:-1}
 BIN=$REPO/target/release
@@ -446,6 +458,8 @@ PORTS_TAKEN+=" $PORT_STUNNEL_SRV"
 PORT_STUNNEL_CLI=$(pick_port $((base + 2)))
 PORTS_TAKEN+=" $PORT_STUNNEL_CLI"
 PORT_AGENT=$(pick_port $((base + 3)))
+PORTS_TAKEN+=" $PORT_AGENT"
+PORT_RELAY=$(pick_port $((base + 4)))
 
 # CPU ticks (user + sys, plus those of reaped children) of a process.
 ticks() {
@@ -525,8 +539,8 @@ wait_listen() { # NS PORT NAME
   die "$3 is not listening on port $2"
 }
 
-start_rsync_side() { # NS_SRC NS_DST DST_DIR HOST
-  local nsa=() nsb=() host=$4
+start_rsync_side() { # NS_SRC NS_DST DST_DIR HOST [CONNECT]
+  local nsa=() nsb=() host=$4 connect=${5:-$4:$PORT_STUNNEL_SRV}
   [ -n "$1" ] && nsa=(ip netns exec "$1")
   [ -n "$2" ] && nsb=(ip netns exec "$2")
   cat >"$D/rsyncd.conf" <<EOF
@@ -575,7 +589,7 @@ sslVersion = TLSv1.2
 client = yes
 [rsync]
 accept = 127.0.0.1:$PORT_STUNNEL_CLI
-connect = $host:$PORT_STUNNEL_SRV
+connect = $connect
 cert = $SCERTS/client.crt
 key = $SCERTS/client.key
 CAfile = $SCERTS/ca.crt
@@ -591,6 +605,14 @@ EOF
   wait_listen "$2" "$PORT_RSYNC" rsyncd
   wait_listen "$2" "$PORT_STUNNEL_SRV" stunnel-server
   wait_listen "$1" "$PORT_STUNNEL_CLI" stunnel-client
+}
+
+# The long link of case (w): a relay on PORT_RELAY to UPSTREAM, DELAY_MS each way. Its CPU and
+# memory are counted for neither end.
+start_relay() { # UPSTREAM
+  spawn relay /usr/bin/time -f '%M' -o "$D/relay.time" \
+    "$BIN/mover-testdata" delay-relay "127.0.0.1:$PORT_RELAY" "$1" "$DELAY_MS"
+  wait_listen '' "$PORT_RELAY" relay
 }
 
 AGENT_ADDR=
@@ -655,7 +677,7 @@ link_counters() { # "TX_BYTES RX_BYTES PACKETS" of the veth in namespace a (the 
 
 num() { tr -d ',' | grep -Eo '[0-9]+' | head -1; }
 
-# measure CASE TOOL RUN SRC DST LINK(0|1)
+# measure CASE TOOL RUN SRC DST LINK(0|1|wan)
 printf 'case\ttool\trun\twall_s\tcpu_src_s\tcpu_dst_s\tcpu_total_s\tapp_sent_bytes\tapp_recv_bytes\tlink_fwd_bytes\tlink_rev_bytes\tlink_packets\trss_src_kib\trss_dst_kib\tfiles_transferred\tstatus\n' >"$RAW"
 measure() {
   local case=$1 tool=$2 run=$3 src=$4 dst=$5 link=$6
@@ -672,14 +694,26 @@ measure() {
       local bin=$BIN
       [ "$tool" = mover-base ] && bin=$BASE_BIN
       start_agent "$nsd" "$dst" "$host" "$bin"
-      cmd=("$bin/mover" copy "$src" "agent://$AGENT_ADDR/vol" --certs "$MCERTS" --output json)
+      local addr=$AGENT_ADDR
+      if [ "$link" = wan ]; then start_relay "$AGENT_ADDR"; addr=127.0.0.1:$PORT_RELAY; fi
+      cmd=("$bin/mover" copy "$src" "agent://$addr/vol" --certs "$MCERTS" --output json)
       ;;
     rsync | rsync-z)
-      start_rsync_side "$nss" "$nsd" "$dst" "$host"
+      if [ "$link" = wan ]; then
+        start_relay "127.0.0.1:$PORT_STUNNEL_SRV"
+        start_rsync_side "$nss" "$nsd" "$dst" "$host" "127.0.0.1:$PORT_RELAY"
+      else
+        start_rsync_side "$nss" "$nsd" "$dst" "$host"
+      fi
       cmd=(rsync --recursive --links --perms --times --devices --specials --owner --group --hard-links
         --delete --partial --stats)
       [ "$tool" = rsync-z ] && cmd+=(-z)
       cmd+=("$src/" "rsync://127.0.0.1:$PORT_STUNNEL_CLI/module/")
+      ;;
+    tar)
+      # The floor of case (s): one process reads, one writes, nothing verified or compared.
+      # shellcheck disable=SC2016
+      cmd=(sh -c 'tar cf - -C "$1" . | tar xf - -C "$2"' sh "$src" "$dst")
       ;;
   esac
   sync
@@ -702,6 +736,7 @@ measure() {
     local dt=$((SRV_T1[i] - SRV_T0[i]))
     case ${SRV_NAMES[$i]} in
       stunnel-client) cpu_src_t=$((cpu_src_t + dt)) rss_src=$((rss_src + SRV_RSS[i])) ;;
+      relay) ;;
       *) cpu_dst_t=$((cpu_dst_t + dt)) rss_dst=$((rss_dst + SRV_RSS[i])) ;;
     esac
   done
@@ -808,6 +843,26 @@ tree_desc() {
     'BEGIN {printf "%d entries (%d file names), %.1f MiB apparent, %.1f MiB allocated", e, f, a / 1048576, l / 1048576}'
 }
 SRC_DESC=$(tree_desc "$SRC")
+# Case (s)'s tree: SMALL_FILES files of 1-8 KiB in directories of 100, seeded (made once, kept).
+SMALL=$WORK/smallfiles-$SMALL_FILES/src
+if has_case s && [ ! -f "$SMALL.done" ]; then
+  say "generating $SMALL"
+  rm -rf "$SMALL"
+  python3 - "$SMALL" "$SMALL_FILES" <<'PY'
+import os, random, sys
+root, count = sys.argv[1], int(sys.argv[2])
+rng = random.Random(23)
+os.makedirs(root)
+for i in range(count):
+    folder = os.path.join(root, f"d{i // 100:05d}")
+    if i % 100 == 0:
+        os.mkdir(folder)
+    with open(os.path.join(folder, f"f{i % 100:02d}"), "wb") as f:
+        f.write(rng.randbytes(rng.randint(1024, 8192)))
+PY
+  touch "$SMALL.done"
+fi
+has_case s && SMALL_DESC=$(tree_desc "$SMALL")
 say "tree $SRC: $SRC_DESC"
 say "mutation ($SRC2):"
 sed 's/^/  /' "$TREE/src2.mutation.log" >&2
@@ -823,11 +878,17 @@ if [ "$TARGETS" = loop ] || [ "$TARGETS" = xfs ]; then
     say "TARGETS=$TARGETS needs root, losetup and mkfs.$fs: targets stay in $TREE"
   else
     size=$(( $(du -s --apparent-size --block-size=1M "$SRC" | cut -f1) * 4 + 2048 ))
+    mkfs_extra=()
+    if has_case s; then
+      # Every tool's copy of the small files (a 4 KiB block or two each), and inodes for them.
+      size=$((size + SMALL_FILES * 12 * ($(wc -w <<<"$TOOLS") + 1) / 1024))
+      [ "$fs" = ext4 ] && mkfs_extra=(-i 8192)
+    fi
     TDIR=$WORK/targets
     mountpoint -q "$TDIR" && umount "$TDIR"
     rm -f "$WORK/targets.img"
     truncate -s "${size}M" "$WORK/targets.img"
-    if [ "$fs" = xfs ]; then mkfs.xfs -q -f "$WORK/targets.img"; else mkfs.ext4 -q -F "$WORK/targets.img"; fi
+    if [ "$fs" = xfs ]; then mkfs.xfs -q -f "$WORK/targets.img"; else mkfs.ext4 -q -F "${mkfs_extra[@]}" "$WORK/targets.img"; fi
     mkdir -p "$TDIR"
     # Direct I/O: the image's pages are not cached a second time on the root filesystem.
     LOOPDEV=$(losetup -f --show --direct-io=on "$WORK/targets.img")
@@ -837,7 +898,7 @@ if [ "$TARGETS" = loop ] || [ "$TARGETS" = xfs ]; then
   fi
 fi
 say "targets: $TARGETS_DESC"
-if has_case a || has_case b || has_case c || { has_case d && [ "$LINK_OK" = 1 ]; }; then
+if has_case a || has_case b || has_case c || has_case w || { has_case d && [ "$LINK_OK" = 1 ]; }; then
   say "case (a): initial copy into an empty target"
   for run in $(seq "$RUNS"); do
     for tool in $TOOLS; do
@@ -869,6 +930,21 @@ if has_case c; then
   say "case (c): re-sync after ~1 % changed (target reset to each tool's own case (a) result)"
   resync_case c-changed 0
 fi
+if has_case w; then
+  say "case (w): a long link, $DELAY_MS ms each way (re-sync after ~1 % changed, then initial copy, then no change)"
+  resync_case w-changed wan
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS; do
+      rm -rf "$TDIR/dst-$tool"
+      mkdir "$TDIR/dst-$tool"
+      measure w-initial "$tool" "$run" "$SRC" "$TDIR/dst-$tool" wan
+    done
+  done
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS; do measure w-nochange "$tool" "$run" "$SRC" "$TDIR/dst-$tool" wan; done
+  done
+  for tool in $TOOLS; do rm -rf "$TDIR/dst-$tool"; done
+fi
 if has_case d && [ "$LINK_OK" = 1 ]; then
   say "case (d): over a $RATE link between namespaces (re-sync after ~1 % changed, then initial copy)"
   resync_case d-changed-link 1
@@ -881,6 +957,22 @@ if has_case d && [ "$LINK_OK" = 1 ]; then
       rm -rf "$TDIR/dst-$tool"
     done
   done
+fi
+
+if has_case s; then
+  say "case (s): many small files: $SMALL_DESC (initial copy beside tar | tar, then no change)"
+  for tool in $TOOLS; do rm -rf "$TDIR/base-$tool"; done
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS tar; do
+      rm -rf "$TDIR/small-$tool"
+      mkdir "$TDIR/small-$tool"
+      measure s-initial "$tool" "$run" "$SMALL" "$TDIR/small-$tool" 0
+    done
+  done
+  for run in $(seq "$RUNS"); do
+    for tool in $TOOLS; do measure s-nochange "$tool" "$run" "$SMALL" "$TDIR/small-$tool" 0; done
+  done
+  for tool in $TOOLS tar; do rm -rf "$TDIR/small-$tool"; done
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -923,6 +1015,7 @@ mover_compress=$("$BIN/mover" copy --help 2>/dev/null | awk '/^ *--compress/ {f 
 echo
 echo "mover vs rsync over stunnel (MTC direct volume migration style), SCALE=$SCALE, RUNS=$RUNS (medians)"
 echo "tree: $SRC_DESC"
+has_case s && echo "small files (s): $SMALL_DESC"
 echo "change applied for (c) and (d): $(tail -1 "$TREE/src2.mutation.log" | sed 's/^total: //') (details: $TREE/src2.mutation.log)"
 echo "mover $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?') (working tree as built), TLS 1.3, compression: ${mover_compress:-see mover copy --help} (its default)"
 [[ " $TOOLS " == *" mover-base "* ]] && echo "mover-base: binaries in $BASE_BIN"
@@ -935,14 +1028,19 @@ echo "sent/recv MiB = application bytes before TLS, source->target / target->sou
 echo "  sent / received; mover: bytes_on_wire, which counts only what the source writes: its recv is not reported)"
 echo "link fwd/rev MiB, pkts = through the veth per direction, incl. TLS, TCP/IP and Ethernet headers (case d only)"
 echo "RSS = peak resident set of each end in MiB (sum over its processes: rsync client + stunnel; daemon's children + stunnel)"
-awk -F'\t' -v tools="$TOOLS" '
+awk -F'\t' -v tools="$TOOLS$(has_case s && echo ' tar')" -v delay="$DELAY_MS" '
   BEGIN {
     title["a-initial"] = "(a) initial copy into an empty target"
     title["b-nochange"] = "(b) re-sync, nothing changed"
     title["c-changed"] = "(c) re-sync after ~1 % of the bytes changed"
     title["d-changed-link"] = "(d) re-sync after ~1 % changed, over the shaped link"
     title["d-initial-link"] = "(d) initial copy over the shaped link"
-    ncase = split("a-initial b-nochange c-changed d-changed-link d-initial-link", cases, " ")
+    title["w-changed"] = "(w) re-sync after ~1 % changed, over a long link (" delay " ms each way)"
+    title["w-initial"] = "(w) initial copy over a long link (" delay " ms each way)"
+    title["w-nochange"] = "(w) re-sync, nothing changed, over a long link (" delay " ms each way)"
+    title["s-initial"] = "(s) many small files: initial copy (tar | tar: the floor)"
+    title["s-nochange"] = "(s) many small files: re-sync, nothing changed"
+    ncase = split("a-initial b-nochange c-changed d-changed-link d-initial-link w-changed w-initial w-nochange s-initial s-nochange", cases, " ")
     nt = split(tools, tl, " ")
   }
   function mib(v) { return (v == "-") ? "-" : sprintf("%.2f", v / 1048576) }
