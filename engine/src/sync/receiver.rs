@@ -366,6 +366,8 @@ pub(super) struct Group {
     buffers: Arc<BufferPool>,
     /// `options.excludes`, compiled: what the deletion pass keeps.
     excludes: crate::exclude::Excludes,
+    /// The extended attributes the session copies.
+    xattrs: meta::XattrPolicy,
 }
 
 /// The files of a session, as the lanes see them.
@@ -409,7 +411,6 @@ impl Group {
         Ok(Arc::new(Group {
             root,
             watch,
-            options,
             reporter,
             is_root: rustix::process::geteuid().is_root(),
             session: crate::reserved::session(u64::from_le_bytes(token)),
@@ -418,6 +419,8 @@ impl Group {
             abandoned: AtomicBool::new(false),
             buffers: Arc::default(),
             excludes,
+            xattrs: super::xattr_policy(&options),
+            options,
         }))
     }
 
@@ -470,10 +473,22 @@ impl Group {
             mode &= !0o6000;
             self.not_preserved("setuid/setgid bits of files: ownership is not preserved");
         }
-        meta::apply_xattrs(fd, &entry.xattrs, &self.options)?;
+        meta::apply_xattrs(fd, &entry.xattrs, self.xattrs)?;
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
         rustix::fs::futimens(fd, &confine::timestamps(entry.atime, entry.mtime))?;
         Ok(())
+    }
+
+    /// Why device nodes are not made in this session, if they are not: the session did not ask
+    /// for them, or the target cannot make them (only root can).
+    fn devices_refused(&self) -> Option<&'static str> {
+        if !self.options.devices {
+            Some("copying device nodes is off for this session")
+        } else if !self.is_root {
+            Some("the target does not run as root, and only root can make device nodes")
+        } else {
+            None
+        }
     }
 
     /// Whether the sender hears of every change, not only deletions.
@@ -486,8 +501,7 @@ impl Group {
     fn differs(&self, stat: &rustix::fs::Stat, entry: &Entry, size: Option<u64>) -> Differs {
         Differs {
             size: size.is_some_and(|size| u64::try_from(stat.st_size).ok() != Some(size)),
-            time: !(stat.st_mtime == entry.mtime.sec
-                && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)),
+            time: !meta::same_mtime(stat, entry.mtime),
             perms: stat.st_mode & 0o7777 != entry.mode,
             owner: self.is_root && stat.st_uid != entry.uid,
             group: self.is_root && stat.st_gid != entry.gid,
@@ -495,21 +509,16 @@ impl Group {
         }
     }
 
-    /// Owner (when we can set it) and mtime of an existing entry equal the sender's.
-    fn same_owner_and_mtime(&self, stat: &rustix::fs::Stat, entry: &Entry) -> bool {
-        (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
-            && stat.st_mtime == entry.mtime.sec
-            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+    /// What the quick checks compare besides the mtime: the owner only where we can set it.
+    fn compare(&self) -> meta::Compare {
+        meta::Compare { owner: self.is_root, ..meta::Compare::default() }
     }
 
     /// Whether an open file or directory already has `entry`'s mode, owner, mtime and xattrs.
     fn metadata_matches(&self, fd: BorrowedFd<'_>, entry: &Entry) -> bool {
         let Ok(stat) = rustix::fs::fstat(fd) else { return false };
-        stat.st_mode & 0o7777 == entry.mode
-            && (!self.is_root || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
-            && stat.st_mtime == entry.mtime.sec
-            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
-            && meta::read_xattrs(fd, b"", &self.options).is_ok_and(|xattrs| xattrs == entry.xattrs)
+        meta::unchanged(&stat, entry, meta::Compare { mode: true, ..self.compare() })
+            && meta::read_xattrs(fd, b"", self.xattrs).is_ok_and(|xattrs| xattrs == entry.xattrs)
     }
 
     /// Makes hard link `path` (entry `id`) to the file in place at `leader`; `dir` is the
@@ -1044,11 +1053,8 @@ impl Receiver {
             EntryKind::Hardlink { .. } => ChangeKind::Hardlink,
             EntryKind::Symlink { .. } => ChangeKind::Symlink,
             EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. } => {
-                if !(self.group.options.devices && self.group.is_root) {
-                    self.group.warn(format!(
-                        "device node `{}` skipped: pass `--devices` and run the target as root to copy device nodes",
-                        confine::display_bytes(&entry.path)
-                    ));
+                if let Some(why) = self.group.devices_refused() {
+                    self.group.warn(format!("device node `{}` skipped: {why}", confine::display_bytes(&entry.path)));
                     return Ok(());
                 }
                 ChangeKind::Device
@@ -1082,13 +1088,12 @@ impl Receiver {
                 return Err(protocol("an entry with an empty path that is not the leading root directory"));
             }
             self.seen_root = true;
-            meta::check_xattrs(&entry.xattrs, &group.options).map_err(|e| protocol(format!("volume root: {e}")))?;
+            meta::check_xattrs(&entry.xattrs, group.xattrs).map_err(|e| protocol(format!("volume root: {e}")))?;
             self.keep_dir(&entry);
             return Ok(());
         }
         let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
-        meta::check_xattrs(&entry.xattrs, &group.options)
-            .map_err(|e| protocol(format!("`{}`: {e}", path.display())))?;
+        meta::check_xattrs(&entry.xattrs, group.xattrs).map_err(|e| protocol(format!("`{}`: {e}", path.display())))?;
         let (parent, name) = path.split();
         if !self.deletions.enter(group.root.as_fd(), parent, name, entry.kind == EntryKind::Dir)? {
             return Err(protocol(format!(
@@ -1132,19 +1137,16 @@ impl Receiver {
                 let dir = dir.as_fd();
                 let existing = confine::lstat(dir, &name).map_err(|e| io("cannot inspect", e))?;
                 let regular = existing.filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile);
-                let same_size = regular.is_some_and(|stat| u64::try_from(stat.st_size).ok() == Some(size));
                 let up_to_date = !group.options.checksum
-                    && same_size
                     && regular.is_some_and(|stat| {
-                        stat.st_mtime == entry.mtime.sec
-                            && u32::try_from(stat.st_mtime_nsec).ok() == Some(entry.mtime.nsec)
+                        meta::unchanged(&stat, &entry, meta::Compare { size: Some(size), ..meta::Compare::default() })
                     });
                 if up_to_date {
                     // Most re-synced files are untouched: one stat and one xattr listing prove it.
                     let stat = regular.expect("up to date means it exists");
                     let mut differs = group.differs(&stat, &entry, Some(size));
                     differs.xattrs = differs == Differs::default()
-                        && !meta::read_xattrs(dir, &name, &group.options).is_ok_and(|xattrs| xattrs == entry.xattrs);
+                        && !meta::read_xattrs(dir, &name, group.xattrs).is_ok_and(|xattrs| xattrs == entry.xattrs);
                     let same = differs == Differs::default();
                     // New metadata goes onto the inode only if this is its one name; otherwise
                     // the file is replaced, below (see `links`). A dry run only says so.
@@ -1286,7 +1288,7 @@ impl Receiver {
                 let same_target = existing.is_some()
                     && rustix::fs::readlinkat(dir, cname(&name).as_c_str(), Vec::new())
                         .is_ok_and(|current| current.as_bytes() == target.as_slice());
-                if same_target && existing.is_some_and(|stat| group.same_owner_and_mtime(&stat, &entry)) {
+                if same_target && existing.is_some_and(|stat| meta::unchanged(&stat, &entry, group.compare())) {
                     return Ok(());
                 }
                 match existing {
@@ -1314,11 +1316,8 @@ impl Receiver {
                     _ => unreachable!("matched above"),
                 };
                 let device = matches!(entry.kind, EntryKind::CharDevice { .. } | EntryKind::BlockDevice { .. });
-                if device && !(group.options.devices && group.is_root) {
-                    group.warn(format!(
-                        "device node `{}` skipped: pass `--devices` and run the target as root to copy device nodes",
-                        path.display()
-                    ));
+                if device && let Some(why) = group.devices_refused() {
+                    group.warn(format!("device node `{}` skipped: {why}", path.display()));
                     return Ok(());
                 }
                 let dir = self.parent_dir(&parent)?;

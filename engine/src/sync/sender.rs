@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::blocks;
 use super::{Result, SyncError, WINDOW};
 use crate::compress::{Compressor, LevelControl, Packed};
-use crate::confine::{self, Mounts, display_bytes};
+use crate::confine::{self, display_bytes};
 use crate::progress::{Event, SharedReporter, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::volume::RootWatch;
@@ -251,7 +251,7 @@ impl Tree<'_> {
     }
 
     fn stream(&mut self) -> Result<()> {
-        let mut scanner = Scanner::new(&self.shared.root, self.shared.options.clone())
+        let mut scanner = Scanner::new(&self.shared.root, super::scan_options(&self.shared.options))
             .map_err(|source| SyncError::Io { op: "cannot scan the source volume", path: ".".into(), source })?;
         let root_entry = self.root_entry(scanner.withheld_mut())?;
         self.send(&Message::Entry(root_entry))?;
@@ -346,10 +346,11 @@ impl Tree<'_> {
         let root = &self.shared.root;
         let stat = rustix::fs::fstat(root.as_fd()).map_err(|e| io(e.into()))?;
         let dir = confine::open_dir(root.as_fd(), b"").map_err(io)?;
-        let xattrs = crate::meta::read_xattrs_and(dir.as_fd(), b".", &self.shared.options, |attr| {
-            withheld.note(attr, b"");
-        })
-        .map_err(io)?;
+        let xattrs =
+            crate::meta::read_xattrs_and(dir.as_fd(), b".", super::xattr_policy(&self.shared.options), |attr| {
+                withheld.note(attr, b"");
+            })
+            .map_err(io)?;
         Ok(Entry {
             id: u64::MAX,
             path: Vec::new(),
@@ -528,8 +529,7 @@ impl Worker {
         };
         if self.parent.as_ref().is_none_or(|(cached, _)| cached.as_slice() != parent) {
             self.parent = None;
-            let mounts = if self.shared.options.cross_mounts { Mounts::Cross } else { Mounts::Stay };
-            let dir = confine::open_dir_in(self.shared.root.as_fd(), parent, mounts)?;
+            let dir = confine::open_dir_in(self.shared.root.as_fd(), parent, super::mounts(&self.shared.options))?;
             self.parent = Some((parent.to_vec(), dir));
         }
         let dir = &self.parent.as_ref().expect("just set").1;
@@ -951,7 +951,5 @@ fn failure_message(path: &str, reason: FileFailure, error: Option<&io::Error>) -
 }
 
 fn same_version(stat: &rustix::fs::Stat, waiting: &Waiting) -> bool {
-    u64::try_from(stat.st_size).ok() == Some(waiting.size)
-        && stat.st_mtime == waiting.mtime.sec
-        && u32::try_from(stat.st_mtime_nsec).ok() == Some(waiting.mtime.nsec)
+    u64::try_from(stat.st_size).ok() == Some(waiting.size) && crate::meta::same_mtime(stat, waiting.mtime)
 }
