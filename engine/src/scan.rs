@@ -87,7 +87,7 @@ impl Scanner {
     /// `options.excludes` match (invalid patterns are an `InvalidInput` error).
     pub fn new(root: &OwnedFd, options: ScanOptions<'_>) -> io::Result<Self> {
         let excludes =
-            Excludes::new(&options.excludes).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+            Excludes::new(options.excludes).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         let dir = confine::open_dir(root.as_fd(), b"")?;
         let names = confine::list_dir(dir.as_fd())?;
         let device = rustix::fs::fstat(&dir)?.st_dev;
