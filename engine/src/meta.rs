@@ -249,7 +249,36 @@ pub fn apply_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], policy: XattrPolicy) -
 
 #[cfg(test)]
 mod tests {
-    use super::Withheld;
+    use super::{Compare, Withheld, unchanged};
+    use crate::wire::{Entry, EntryKind, Timestamp};
+
+    #[test]
+    fn unchanged_always_compares_the_mtime_and_the_rest_as_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let stat = rustix::fs::stat(&path).unwrap();
+        let mtime = Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap() };
+        let same = Entry {
+            id: 0,
+            path: b"f".to_vec(),
+            kind: EntryKind::File { size: 3, leader: false },
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mtime,
+            atime: mtime,
+            xattrs: Vec::new(),
+        };
+        assert!(unchanged(&stat, &same, Compare { size: Some(3), mode: true, owner: true }));
+        assert!(!unchanged(&stat, &same, Compare { size: Some(4), ..Compare::default() }));
+        let later = Entry { mtime: Timestamp { nsec: (mtime.nsec + 1) % 1_000_000_000, ..mtime }, ..same.clone() };
+        assert!(!unchanged(&stat, &later, Compare::default()));
+        let other = Entry { mode: (stat.st_mode & 0o7777) ^ 0o100, uid: stat.st_uid + 1, ..same.clone() };
+        assert!(unchanged(&stat, &other, Compare { size: Some(3), ..Compare::default() }));
+        assert!(!unchanged(&stat, &other, Compare { mode: true, ..Compare::default() }));
+        assert!(!unchanged(&stat, &other, Compare { owner: true, ..Compare::default() }));
+    }
 
     #[test]
     fn withheld_names_paths_and_bounds() {

@@ -480,6 +480,16 @@ mod tests {
         confine::open_dir(std::fs::File::open(path).unwrap().as_fd(), b"").unwrap()
     }
 
+    /// The refusal states the fact; the remedy (a flag) is the front end's to add, keyed on the
+    /// variant.
+    #[test]
+    fn the_mass_delete_refusal_names_no_flag() {
+        let error = DeletionError::MassDelete { deleted: 3, total: 4, sample: vec!["a".into()], more: 0 };
+        let text = error.to_string();
+        assert!(text.starts_with("refusing to delete 3 of the target's 4 entries"), "{text}");
+        assert!(!text.contains("--"), "{text}");
+    }
+
     #[test]
     fn names_listed_in_a_directory_are_not_deleted_from_one_put_in_its_place() {
         let tmp = tempfile::tempdir().unwrap();
