@@ -336,6 +336,15 @@ fn device_nodes_and_privileged_xattrs_are_refused_by_policy() {
         }
     });
     assert!(report.warnings.iter().filter(|w| w.contains("device node")).count() == 2, "{report:?}");
+    // The engine states why, and leaves the remedy (a flag) to the front end.
+    assert!(
+        report
+            .warnings
+            .iter()
+            .filter(|w| w.contains("device node"))
+            .all(|w| w.contains("copying device nodes is off for this session") && !w.contains("--")),
+        "{report:?}"
+    );
     assert!(!fixture.target.join("sda").exists() && !fixture.target.join("mem").exists());
     // `security.capability` (file capabilities) never crosses.
     let mut file = entry(3, b"ping", EntryKind::File { size: 0, leader: false });

@@ -657,8 +657,8 @@ mod tests {
         assert_eq!(list_xattrs(root.as_fd(), b"link", &mut [0u8; 64][..]).unwrap(), 0);
         let mut small = [0u8; 16];
         assert_eq!(list_xattrs(root.as_fd(), b"file", &mut small[..]), Err(rustix::io::Errno::RANGE));
-        let options = crate::wire::SyncOptions::default();
-        assert_eq!(crate::meta::read_xattrs(root.as_fd(), b"file", &options).unwrap().len(), 40);
+        let policy = crate::meta::XattrPolicy::default();
+        assert_eq!(crate::meta::read_xattrs(root.as_fd(), b"file", policy).unwrap().len(), 40);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 
 use crate::confine;
-use crate::wire::{SyncOptions, Xattr};
+use crate::wire::{Entry, Timestamp, Xattr};
 
 /// Most extended attributes per entry.
 pub const MAX_XATTRS: usize = 128;
@@ -20,13 +20,51 @@ pub const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Largest total of names and values per entry.
 pub const MAX_XATTR_TOTAL: usize = 1024 * 1024;
 
-/// Whether mover copies the attribute `name` under `options`.
+/// Which extended attributes a session copies, beyond the ones it always copies (`user.*`,
+/// POSIX ACLs) and the ones it never does (`trusted.*`, the other `security.*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XattrPolicy {
+    /// Copy `security.selinux` labels.
+    pub selinux: bool,
+}
+
+/// Whether mover copies the attribute `name` under `policy`.
 #[must_use]
-pub fn is_copied(name: &[u8], options: &SyncOptions) -> bool {
+pub fn is_copied(name: &[u8], policy: XattrPolicy) -> bool {
     name.starts_with(b"user.")
         || name == b"system.posix_acl_access"
         || name == b"system.posix_acl_default"
-        || (options.selinux && name == b"security.selinux")
+        || (policy.selinux && name == b"security.selinux")
+}
+
+/// What [`unchanged`] compares besides the modification time, which it always compares.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Compare {
+    /// The size a regular file must have.
+    pub size: Option<u64>,
+    /// Permission bits (with setuid, setgid and sticky).
+    pub mode: bool,
+    /// Owner and group: only where the target can set them (it runs as root).
+    pub owner: bool,
+}
+
+/// Whether an existing entry (`stat`) already has the sender's `entry`'s metadata, as far as
+/// `compare` asks, and its modification time. Extended attributes are not compared here: they
+/// cost a listing, which the caller makes only once this holds.
+#[inline]
+#[must_use]
+pub fn unchanged(stat: &rustix::fs::Stat, entry: &Entry, compare: Compare) -> bool {
+    compare.size.is_none_or(|size| u64::try_from(stat.st_size).ok() == Some(size))
+        && (!compare.mode || stat.st_mode & 0o7777 == entry.mode)
+        && (!compare.owner || (stat.st_uid == entry.uid && stat.st_gid == entry.gid))
+        && same_mtime(stat, entry.mtime)
+}
+
+/// Whether `stat`'s modification time is `mtime`, to the nanosecond.
+#[inline]
+#[must_use]
+pub fn same_mtime(stat: &rustix::fs::Stat, mtime: Timestamp) -> bool {
+    stat.st_mtime == mtime.sec && u32::try_from(stat.st_mtime_nsec).ok() == Some(mtime.nsec)
 }
 
 /// Distinct attribute names [`Withheld`] tells about; more are counted, not named.
@@ -109,15 +147,15 @@ fn unsupported(error: rustix::io::Errno) -> bool {
 ///
 /// Called for every entry on both sides, so the common case (no attributes) costs one listing
 /// ([`confine::list_xattrs`]) into a small buffer and no allocation.
-pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8], options: &SyncOptions) -> io::Result<Vec<Xattr>> {
-    read_xattrs_and(dir, name, options, |_| {})
+pub fn read_xattrs(dir: BorrowedFd<'_>, name: &[u8], policy: XattrPolicy) -> io::Result<Vec<Xattr>> {
+    read_xattrs_and(dir, name, policy, |_| {})
 }
 
 /// [`read_xattrs`], handing the name of each attribute it does not copy to `withheld`.
 pub fn read_xattrs_and(
     dir: BorrowedFd<'_>,
     name: &[u8],
-    options: &SyncOptions,
+    policy: XattrPolicy,
     mut withheld: impl FnMut(&[u8]),
 ) -> io::Result<Vec<Xattr>> {
     let mut small = [0u8; 1024];
@@ -142,7 +180,7 @@ pub fn read_xattrs_and(
     let mut xattrs = Vec::new();
     let mut value = Vec::new();
     for attr in split_names(list) {
-        if !is_copied(attr, options) {
+        if !is_copied(attr, policy) {
             withheld(attr);
             continue;
         }
@@ -164,7 +202,7 @@ pub fn read_xattrs_and(
 }
 
 /// Checks that a peer's extended attributes are within our caps and are ones we copy.
-pub fn check_xattrs(xattrs: &[Xattr], options: &SyncOptions) -> Result<(), String> {
+pub fn check_xattrs(xattrs: &[Xattr], policy: XattrPolicy) -> Result<(), String> {
     if xattrs.len() > MAX_XATTRS {
         return Err(format!("{} extended attributes (limit {MAX_XATTRS})", xattrs.len()));
     }
@@ -173,7 +211,7 @@ pub fn check_xattrs(xattrs: &[Xattr], options: &SyncOptions) -> Result<(), Strin
         if xattr.value.len() > MAX_XATTR_VALUE || xattr.name.len() > 255 || xattr.name.contains(&0) {
             return Err("an extended attribute exceeds the size limits".into());
         }
-        if !is_copied(&xattr.name, options) {
+        if !is_copied(&xattr.name, policy) {
             return Err(format!("extended attribute `{}` is not allowed", String::from_utf8_lossy(&xattr.name)));
         }
         total += xattr.name.len() + xattr.value.len();
@@ -185,7 +223,7 @@ pub fn check_xattrs(xattrs: &[Xattr], options: &SyncOptions) -> Result<(), Strin
 }
 
 /// Makes the copied extended attributes of an open file or directory exactly `xattrs`.
-pub fn apply_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], options: &SyncOptions) -> io::Result<()> {
+pub fn apply_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], policy: XattrPolicy) -> io::Result<()> {
     let mut list = vec![0u8; 4096];
     let existing = loop {
         match rustix::fs::flistxattr(fd, &mut list[..]) {
@@ -199,7 +237,7 @@ pub fn apply_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], options: &SyncOptions)
         }
     };
     for name in existing {
-        if is_copied(&name, options) && !xattrs.iter().any(|x| x.name == name) {
+        if is_copied(&name, policy) && !xattrs.iter().any(|x| x.name == name) {
             rustix::fs::fremovexattr(fd, name.as_slice())?;
         }
     }
@@ -211,7 +249,36 @@ pub fn apply_xattrs(fd: BorrowedFd<'_>, xattrs: &[Xattr], options: &SyncOptions)
 
 #[cfg(test)]
 mod tests {
-    use super::Withheld;
+    use super::{Compare, Withheld, unchanged};
+    use crate::wire::{Entry, EntryKind, Timestamp};
+
+    #[test]
+    fn unchanged_always_compares_the_mtime_and_the_rest_as_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let stat = rustix::fs::stat(&path).unwrap();
+        let mtime = Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap() };
+        let same = Entry {
+            id: 0,
+            path: b"f".to_vec(),
+            kind: EntryKind::File { size: 3, leader: false },
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mtime,
+            atime: mtime,
+            xattrs: Vec::new(),
+        };
+        assert!(unchanged(&stat, &same, Compare { size: Some(3), mode: true, owner: true }));
+        assert!(!unchanged(&stat, &same, Compare { size: Some(4), ..Compare::default() }));
+        let later = Entry { mtime: Timestamp { nsec: (mtime.nsec + 1) % 1_000_000_000, ..mtime }, ..same.clone() };
+        assert!(!unchanged(&stat, &later, Compare::default()));
+        let other = Entry { mode: (stat.st_mode & 0o7777) ^ 0o100, uid: stat.st_uid + 1, ..same.clone() };
+        assert!(unchanged(&stat, &other, Compare { size: Some(3), ..Compare::default() }));
+        assert!(!unchanged(&stat, &other, Compare { mode: true, ..Compare::default() }));
+        assert!(!unchanged(&stat, &other, Compare { owner: true, ..Compare::default() }));
+    }
 
     #[test]
     fn withheld_names_paths_and_bounds() {

@@ -9,7 +9,7 @@
 //! Mount points: the scan stays on the root's file system (as `du -x`). An entry on another
 //! device, or a directory that is a mount point (a bind mount of the same device too: opened
 //! with `RESOLVE_NO_XDEV`), comes out as [`Scanned::MountPoint`] and is not entered, unless
-//! [`SyncOptions::cross_mounts`] asks to cross them.
+//! [`ScanOptions::mounts`] lets it cross them.
 //! Excludes: an entry an exclude pattern matches is left out, and an excluded directory is not
 //! entered ([`crate::exclude`]).
 //!
@@ -26,7 +26,7 @@ use rustix::fs::FileType;
 use crate::confine::{self, Mounts, cname};
 use crate::exclude::Excludes;
 use crate::meta;
-use crate::wire::{Entry, EntryKind, SyncOptions, Timestamp};
+use crate::wire::{Entry, EntryKind, Timestamp};
 
 /// A problem with one entry that does not stop the scan.
 #[derive(Debug)]
@@ -56,12 +56,24 @@ struct Frame {
     names: confine::NamesIter,
 }
 
+/// What a scan needs to know of the session it serves.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions<'a> {
+    /// Exclude patterns ([`crate::exclude`]): what they match is left out.
+    pub excludes: &'a [Vec<u8>],
+    /// Whether the scan enters file systems mounted inside the tree.
+    pub mounts: Mounts,
+    /// Which extended attributes entries carry.
+    pub xattrs: meta::XattrPolicy,
+}
+
 /// Streams the entries of a tree in path order.
 pub struct Scanner {
     stack: Vec<Frame>,
     next_id: u64,
     inodes: HashMap<(u64, u64), u64>,
-    options: SyncOptions,
+    policy: meta::XattrPolicy,
+    /// Whether entries carry their extended attributes (not for [`totals`]).
     xattrs: bool,
     withheld: meta::Withheld,
     /// The root's device, and whether the scan may leave it.
@@ -73,22 +85,21 @@ pub struct Scanner {
 impl Scanner {
     /// Starts a scan of the tree whose root directory handle is `root`, leaving out what
     /// `options.excludes` match (invalid patterns are an `InvalidInput` error).
-    pub fn new(root: &OwnedFd, options: SyncOptions) -> io::Result<Self> {
+    pub fn new(root: &OwnedFd, options: ScanOptions<'_>) -> io::Result<Self> {
         let excludes =
-            Excludes::new(&options.excludes).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+            Excludes::new(options.excludes).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
         let dir = confine::open_dir(root.as_fd(), b"")?;
         let names = confine::list_dir(dir.as_fd())?;
         let device = rustix::fs::fstat(&dir)?.st_dev;
-        let mounts = if options.cross_mounts { Mounts::Cross } else { Mounts::Stay };
         Ok(Scanner {
             stack: vec![Frame { dir, prefix: Vec::new(), names: names.into_iter() }],
             next_id: 0,
             inodes: HashMap::new(),
-            options,
+            policy: options.xattrs,
             xattrs: true,
             withheld: meta::Withheld::default(),
             device,
-            mounts,
+            mounts: options.mounts,
             excludes,
         })
     }
@@ -160,7 +171,7 @@ impl Scanner {
             EntryKind::Symlink { .. } | EntryKind::Hardlink { .. } => Vec::new(),
             _ => {
                 let withheld = &mut self.withheld;
-                meta::read_xattrs_and(frame.dir.as_fd(), name, &self.options, |attr| withheld.note(attr, &path))?
+                meta::read_xattrs_and(frame.dir.as_fd(), name, self.policy, |attr| withheld.note(attr, &path))?
             }
         };
         if let Some(key) = new_leader {
@@ -250,8 +261,8 @@ impl Iterator for Scanner {
 
 /// Counts regular files and their bytes, for progress totals (a metadata-only walk of what
 /// `options` send).
-pub fn totals(root: &OwnedFd, options: &SyncOptions) -> io::Result<(u64, u64)> {
-    let mut scanner = Scanner::new(root, options.clone())?;
+pub fn totals(root: &OwnedFd, options: ScanOptions<'_>) -> io::Result<(u64, u64)> {
+    let mut scanner = Scanner::new(root, options)?;
     scanner.xattrs = false;
     let (mut files, mut bytes) = (0, 0);
     for item in scanner.by_ref() {

@@ -313,7 +313,12 @@ fn the_scan_leaves_out_what_rsync_leaves_out() {
             .collect();
         theirs.sort();
         let root = crate::confine::open_root(&src).unwrap();
-        let options = crate::wire::SyncOptions { excludes: vec![pattern.as_bytes().to_vec()], ..Default::default() };
+        let excludes = [pattern.as_bytes().to_vec()];
+        let options = crate::scan::ScanOptions {
+            excludes: &excludes,
+            mounts: crate::confine::Mounts::Stay,
+            xattrs: crate::meta::XattrPolicy::default(),
+        };
         let mut ours: Vec<String> = crate::scan::Scanner::new(&root, options)
             .unwrap()
             .map(|item| match item {

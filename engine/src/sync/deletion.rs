@@ -8,7 +8,7 @@
 //! is the listing alone, however many names the directory holds and whatever the sender sends
 //! (a name out of order ends the session). Nothing is deleted until the end of the session:
 //! only then is the total known, and the guard refuses to delete more than half of the target's
-//! entries (an empty or wrong source) unless `--allow-mass-delete`. Temporary files that earlier
+//! entries (an empty or wrong source) unless the session allows it. Temporary files that earlier
 //! interrupted sessions left are removed as directories close, with or without `--no-delete`,
 //! except the partial files this session resumes ([`Deletions::claim`]): only files proven to be
 //! mover's ([`reserved::is_leftover`]). Other names of the generated forms are neither counted
@@ -82,8 +82,7 @@ pub enum DeletionError {
     /// Over half of the target would go.
     #[error(
         "refusing to delete {deleted} of the target's {total} entries (more than half): is the source right? \
-         Nothing was deleted; pass `--allow-mass-delete` if this is intended, or `--no-delete` to keep them. \
-         It would delete {}", sample_text(sample, *more)
+         Nothing was deleted: this session allows no mass deletion. It would delete {}", sample_text(sample, *more)
     )]
     MassDelete {
         /// Entries that would be deleted.
@@ -479,6 +478,16 @@ mod tests {
 
     fn root(path: &std::path::Path) -> OwnedFd {
         confine::open_dir(std::fs::File::open(path).unwrap().as_fd(), b"").unwrap()
+    }
+
+    /// The refusal states the fact; the remedy (a flag) is the front end's to add, keyed on the
+    /// variant.
+    #[test]
+    fn the_mass_delete_refusal_names_no_flag() {
+        let error = DeletionError::MassDelete { deleted: 3, total: 4, sample: vec!["a".into()], more: 0 };
+        let text = error.to_string();
+        assert!(text.starts_with("refusing to delete 3 of the target's 4 entries"), "{text}");
+        assert!(!text.contains("--"), "{text}");
     }
 
     #[test]

@@ -79,6 +79,21 @@ impl std::ops::Deref for InFrame {
 }
 
 pub use deletion::DeletionError;
+
+/// The extended attributes a session with `options` copies.
+fn xattr_policy(options: &SyncOptions) -> crate::meta::XattrPolicy {
+    crate::meta::XattrPolicy { selinux: options.selinux }
+}
+
+/// Whether a session with `options` enters file systems mounted inside the source volume.
+fn mounts(options: &SyncOptions) -> crate::confine::Mounts {
+    if options.cross_mounts { crate::confine::Mounts::Cross } else { crate::confine::Mounts::Stay }
+}
+
+/// What the scan of the source needs of a session's `options`.
+fn scan_options(options: &SyncOptions) -> crate::scan::ScanOptions<'_> {
+    crate::scan::ScanOptions { excludes: &options.excludes, mounts: mounts(options), xattrs: xattr_policy(options) }
+}
 /// How a session is cancelled from outside: [`send_volume`] and [`receive_volume`] end with
 /// [`SyncError::Cancelled`] once their threads have stopped.
 pub use tokio_util::sync::CancellationToken;
@@ -352,7 +367,7 @@ where
     let totals = reporter.wants_early_totals().then(|| {
         let (root, reporter, options) = (root.clone(), reporter.clone(), options.clone());
         tokio::task::spawn_blocking(move || {
-            if let Ok((files, bytes)) = crate::scan::totals(&root, &options) {
+            if let Ok((files, bytes)) = crate::scan::totals(&root, scan_options(&options)) {
                 reporter.on_event(&crate::progress::Event::Totals { files, bytes });
             }
         })

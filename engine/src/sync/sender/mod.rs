@@ -1,0 +1,200 @@
+//! The source side: scan, answer the receiver's verdicts, read, hash and compress content.
+//!
+//! One concern per file:
+//! - this file: what the tree thread and the content workers share ([`Shared`]), and [`run`],
+//!   which starts them and gathers the summary;
+//! - [`tree`]: the tree thread, which scans, sends entries and takes the verdicts;
+//! - [`worker`]: a content worker per lane, which reads, hashes, compresses and sends files;
+//! - [`changed`]: how a worker sends only what the receiver's basis lacks (changed blocks, deltas).
+
+mod changed;
+mod tree;
+mod worker;
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use self::changed::Basis;
+use self::tree::Tree;
+use self::worker::Worker;
+use super::{Result, SyncError};
+use crate::compress::LevelControl;
+use crate::progress::{Event, SharedReporter, Summary};
+use crate::volume::RootWatch;
+use crate::wire::{Message, SyncOptions, Timestamp, decode_message};
+
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A file entry sent and waiting for the receiver's verdict.
+struct Waiting {
+    path: Vec<u8>,
+    size: u64,
+    mtime: Timestamp,
+}
+
+/// A file the receiver asked for, for a content worker to send.
+struct Job {
+    id: u64,
+    waiting: Waiting,
+    basis: Option<Basis>,
+}
+
+/// What the tree thread and the content workers of one session share.
+pub(super) struct Shared {
+    root: Arc<OwnedFd>,
+    /// Tells whether `root` is still what the volume's path resolves to.
+    watch: RootWatch,
+    options: SyncOptions,
+    reporter: SharedReporter,
+    on_wire: Arc<AtomicU64>,
+    level_control: Mutex<LevelControl>,
+    files_done: AtomicU64,
+    bytes_done: AtomicU64,
+    files_transferred: AtomicU64,
+    bytes_transferred: AtomicU64,
+    problems: Mutex<Problems>,
+    last_progress: Mutex<Instant>,
+    /// The first error of a content worker; it ends the session.
+    failure: Mutex<Option<SyncError>>,
+    failed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Problems {
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Shared {
+    pub(super) fn new(
+        (root, watch): (Arc<OwnedFd>, RootWatch),
+        options: SyncOptions,
+        reporter: SharedReporter,
+        on_wire: Arc<AtomicU64>,
+    ) -> Arc<Shared> {
+        let level_control = Mutex::new(LevelControl::for_lanes(options.streams));
+        Arc::new(Shared {
+            root,
+            watch,
+            options,
+            reporter,
+            on_wire,
+            level_control,
+            files_done: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            files_transferred: AtomicU64::new(0),
+            bytes_transferred: AtomicU64::new(0),
+            problems: Mutex::new(Problems::default()),
+            last_progress: Mutex::new(Instant::now()),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+        })
+    }
+
+    /// A file that vanished, changed or could not be read: an error, or a warning in a stage run.
+    fn problem(&self, message: &str) {
+        if self.options.stage {
+            self.warn(message);
+        } else {
+            let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
+            problems.errors.push(message.to_owned());
+        }
+    }
+
+    /// Something the user should know that fails nothing: shown now and in the summary.
+    fn warn(&self, message: &str) {
+        let mut problems = self.problems.lock().expect("no thread panics holding the problems lock");
+        problems.warnings.push(message.to_owned());
+        self.reporter.on_event(&Event::Warning { message: message.to_owned() });
+    }
+
+    fn done(&self, size: u64) {
+        self.files_done.fetch_add(1, Ordering::Relaxed);
+        self.bytes_done.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Reports progress if the last report is [`PROGRESS_EVERY`] old (or `now`).
+    pub(super) fn progress(&self, now: bool) {
+        let Ok(mut last) = self.last_progress.try_lock() else { return };
+        if !now && last.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        self.reporter.on_event(&Event::Progress {
+            files_done: self.files_done.load(Ordering::Relaxed),
+            bytes_done: self.bytes_done.load(Ordering::Relaxed),
+            bytes_transferred: self.bytes_transferred.load(Ordering::Relaxed),
+            bytes_on_wire: self.on_wire.load(Ordering::Relaxed),
+        });
+    }
+
+    /// Records a content worker's failure (the first one counts) and stops the session.
+    fn fail(&self, error: SyncError) {
+        self.failure.lock().expect("no thread panics holding the failure lock").get_or_insert(error);
+        self.failed.store(true, Ordering::Release);
+    }
+
+    fn take_failure(&self) -> Option<SyncError> {
+        self.failure.lock().expect("no thread panics holding the failure lock").take()
+    }
+}
+
+/// One connection of the session, as a thread uses it.
+pub(super) struct Lane {
+    pub(super) out: mpsc::Sender<Vec<u8>>,
+    pub(super) replies: mpsc::Receiver<Result<crate::sync::InFrame>>,
+}
+
+/// Streams the tree on the first lane and hands requested files to one content worker per lane.
+pub(super) fn run(shared: &Arc<Shared>, first: Lane, others: Vec<Lane>) -> Result<Summary> {
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(others.len() + 1);
+    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let first_worker = Worker::new(shared.clone(), first.out.clone(), None);
+        let workers: Vec<_> = std::iter::once(first_worker)
+            .chain(others.into_iter().map(|lane| Worker::new(shared.clone(), lane.out, Some(lane.replies))))
+            .map(|worker| {
+                let jobs = jobs_rx.clone();
+                scope.spawn(move || worker.run(&jobs))
+            })
+            .collect();
+        drop(jobs_rx);
+        let mut tree = Tree::new(shared.clone(), first, jobs_tx, workers);
+        if let Err(error) = tree.stream() {
+            return Err(tree.stop(error));
+        }
+        Ok(finish_summary(shared, std::mem::take(&mut tree.summary), started))
+    })
+}
+
+/// The session's summary, from the tree thread's (`summary`) and what the workers counted.
+fn finish_summary(shared: &Shared, mut summary: Summary, started: Instant) -> Summary {
+    // A dry run sends no content: what would be sent is what the receiver counted.
+    summary.dry_run = shared.options.dry_run;
+    if !summary.dry_run {
+        summary.files_transferred = shared.files_transferred.load(Ordering::Relaxed);
+        summary.bytes_transferred = shared.bytes_transferred.load(Ordering::Relaxed);
+    }
+    let problems = std::mem::take(&mut *shared.problems.lock().expect("no thread panics holding the problems lock"));
+    summary.errors = problems.errors;
+    summary.warnings.splice(0..0, problems.warnings);
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    shared.progress(true);
+    summary
+}
+
+/// After a lane broke: the error the receiver reported on it, if any.
+fn remote_reason(replies: &mut mpsc::Receiver<Result<crate::sync::InFrame>>) -> Option<SyncError> {
+    while let Some(reply) = replies.blocking_recv() {
+        if let Ok(Message::Error(error)) = reply.map_err(|_| ()).and_then(|body| decode_message(&body).map_err(|_| ()))
+        {
+            return Some(SyncError::Remote(error));
+        }
+    }
+    None
+}

@@ -1,0 +1,289 @@
+//! The tree thread: scans the source, sends entries while fewer than [`WINDOW`] files wait for
+//! a verdict, takes the verdicts and hands requested files to the content workers.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+
+use super::{Basis, Job, Lane, Shared, Waiting, remote_reason};
+use crate::confine::{self, display_bytes};
+use crate::progress::{Event, Summary};
+use crate::scan::{Scanned, Scanner};
+use crate::sync::{Result, SyncError, WINDOW, blocks};
+use crate::wire::{Entry, EntryKind, Message, Timestamp, decode_message, encode_message};
+
+/// Bytes of small messages gathered before they are written.
+pub(super) const BATCH: usize = 64 * 1024;
+
+/// The tree thread: scans, sends entries and takes the receiver's verdicts.
+pub(super) struct Tree<'scope> {
+    pub(super) shared: Arc<Shared>,
+    pub(super) out: mpsc::Sender<Vec<u8>>,
+    pub(super) replies: mpsc::Receiver<Result<crate::sync::InFrame>>,
+    pub(super) jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    pub(super) workers: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+    pub(super) waiting: HashMap<u64, Waiting>,
+    /// Encoded small messages (entries) not yet handed to the writer.
+    pub(super) batch: Vec<u8>,
+    pub(super) summary: Summary,
+}
+
+impl<'scope> Tree<'scope> {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        first: Lane,
+        jobs: std::sync::mpsc::SyncSender<Job>,
+        workers: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+    ) -> Self {
+        Tree {
+            shared,
+            out: first.out,
+            replies: first.replies,
+            jobs: Some(jobs),
+            workers,
+            waiting: HashMap::new(),
+            batch: Vec::new(),
+            summary: Summary::default(),
+        }
+    }
+
+    /// After [`Self::stream`] failed: stops the workers (they find the queue closed or the
+    /// session failed), closes our side of the first lane, and finds out why the session ended.
+    pub(super) fn stop(self, error: SyncError) -> SyncError {
+        let shared = self.shared;
+        shared.failed.store(true, Ordering::Release);
+        let Tree { out, mut replies, jobs, workers, .. } = self;
+        drop((out, jobs));
+        for worker in workers {
+            let _ = worker.join();
+        }
+        let error = match shared.take_failure() {
+            Some(SyncError::Disconnected(_)) | None => error,
+            Some(first) => first,
+        };
+        match error {
+            // The connection broke: the receiver probably said why before closing.
+            SyncError::Disconnected(_) => remote_reason(&mut replies).unwrap_or(error),
+            error => error,
+        }
+    }
+}
+
+impl Tree<'_> {
+    /// Queues a small message; small messages are written in batches (see [`Self::flush`]).
+    pub(super) fn send(&mut self, message: &Message) -> Result<()> {
+        self.batch.extend_from_slice(&encode_message(message));
+        if self.batch.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the queued small messages to the writer: before waiting for the receiver, and
+    /// whenever [`BATCH`] bytes have gathered.
+    pub(super) fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were sending"))
+    }
+
+    pub(super) fn check_workers(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(self.shared.take_failure().unwrap_or(SyncError::Disconnected("(a content lane failed)")));
+        }
+        Ok(())
+    }
+
+    /// Sends the tree and takes the verdicts until every file is answered, then ends the tree
+    /// and waits for the receiver's report.
+    pub(super) fn stream(&mut self) -> Result<()> {
+        let mut scanner = Scanner::new(&self.shared.root, crate::sync::scan_options(&self.shared.options))
+            .map_err(|source| SyncError::Io { op: "cannot scan the source volume", path: ".".into(), source })?;
+        let root_entry = self.root_entry(scanner.withheld_mut())?;
+        self.send(&Message::Entry(root_entry))?;
+        self.scan_and_answer(&mut scanner)?;
+        self.end_tree()?;
+        self.await_report(&mut scanner)
+    }
+
+    /// Sends entries while fewer than [`WINDOW`] files wait for a verdict, and takes verdicts,
+    /// until the scan is over and every file is answered.
+    pub(super) fn scan_and_answer(&mut self, scanner: &mut Scanner) -> Result<()> {
+        let mut scanning = true;
+        loop {
+            self.check_workers()?;
+            self.shared.watch.check_now_and_then()?;
+            while let Ok(reply) = self.replies.try_recv() {
+                self.handle_reply(decode_message(&reply?)?)?;
+            }
+            if scanning && self.waiting.len() < WINDOW {
+                scanning = self.scanned(scanner.next())?;
+                continue;
+            }
+            if !scanning && self.waiting.is_empty() {
+                return Ok(());
+            }
+            self.flush()?;
+            let reply = self.replies.blocking_recv().ok_or(SyncError::Disconnected("before answering"))?;
+            self.handle_reply(decode_message(&reply?)?)?;
+        }
+    }
+
+    /// Sends what the scan found, or the totals once it is over (`None`); whether it goes on.
+    pub(super) fn scanned(&mut self, item: Option<Scanned>) -> Result<bool> {
+        match item {
+            Some(Scanned::Entry(entry)) => self.send_entry(entry)?,
+            Some(Scanned::Problem(problem)) => {
+                let message = format!("cannot read `{}`: {}", problem.path, problem.error);
+                self.shared.problem(&message);
+                // The target keeps its copy: an unreadable source is no reason to delete.
+                // (A path the target would refuse has no copy there to keep.)
+                if crate::confine::RelPath::new(&problem.raw).is_ok() {
+                    self.send(&Message::Keep { path: problem.raw })?;
+                }
+            }
+            Some(Scanned::MountPoint(path)) => {
+                self.shared.warn(&format!(
+                    "skipped `{}`: another file system is mounted there (the copy stays on the source \
+                     volume's own file system unless told to cross mounts)",
+                    display_bytes(&path)
+                ));
+                // What the target has there is not the source's to delete.
+                self.send(&Message::Keep { path })?;
+            }
+            None => {
+                if !self.shared.reporter.wants_early_totals() {
+                    self.shared
+                        .reporter
+                        .on_event(&Event::Totals { files: self.summary.files_total, bytes: self.summary.bytes_total });
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every file is answered: lets the workers finish what they were given (content on the
+    /// first lane then precedes the end of the tree), and ends the tree.
+    pub(super) fn end_tree(&mut self) -> Result<()> {
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            worker.join().map_err(|_| SyncError::Disconnected("(a content worker panicked)"))??;
+        }
+        self.check_workers()?;
+        // What was read came from the volume, not from a directory hidden under a mount since.
+        self.shared.watch.check()?;
+        self.send(&Message::EndOfEntries)?;
+        self.flush()
+    }
+
+    /// Waits for the receiver's report, taking what else it says meanwhile.
+    pub(super) fn await_report(&mut self, scanner: &mut Scanner) -> Result<()> {
+        loop {
+            let reply =
+                self.replies.blocking_recv().ok_or(SyncError::Disconnected("before acknowledging the end"))??;
+            match decode_message(&reply)? {
+                Message::Done(report) => {
+                    // What the source holds and mover never copies, then what the target could
+                    // not take.
+                    self.summary.not_preserved = scanner.withheld_mut().messages();
+                    self.summary.not_preserved.extend(report.not_preserved);
+                    self.summary.entries_deleted = report.entries_deleted;
+                    if self.shared.options.dry_run {
+                        self.summary.files_transferred = report.files_written;
+                        self.summary.bytes_transferred = report.bytes_written;
+                    }
+                    // The target's warnings (a mount kept, metadata it could not set) are the
+                    // user's to see as they come, like the source's own.
+                    for message in &report.warnings {
+                        self.shared.reporter.on_event(&Event::Warning { message: message.clone() });
+                    }
+                    self.summary.warnings.extend(report.warnings);
+                    return Ok(());
+                }
+                other => self.handle_reply(other)?,
+            }
+        }
+    }
+
+    /// The volume root itself travels first, as an entry with an empty path.
+    pub(super) fn root_entry(&self, withheld: &mut crate::meta::Withheld) -> Result<Entry> {
+        let io = |source| SyncError::Io { op: "cannot read the source volume root", path: ".".into(), source };
+        let root = &self.shared.root;
+        let stat = rustix::fs::fstat(root.as_fd()).map_err(|e| io(e.into()))?;
+        let dir = confine::open_dir(root.as_fd(), b"").map_err(io)?;
+        let xattrs =
+            crate::meta::read_xattrs_and(dir.as_fd(), b".", crate::sync::xattr_policy(&self.shared.options), |attr| {
+                withheld.note(attr, b"");
+            })
+            .map_err(io)?;
+        Ok(Entry {
+            id: u64::MAX,
+            path: Vec::new(),
+            kind: EntryKind::Dir,
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mtime: Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) },
+            atime: Timestamp { sec: stat.st_atime, nsec: u32::try_from(stat.st_atime_nsec).unwrap_or(0) },
+            xattrs,
+        })
+    }
+
+    pub(super) fn send_entry(&mut self, entry: Entry) -> Result<()> {
+        self.summary.entries_total += 1;
+        match entry.kind {
+            EntryKind::File { size, .. } => {
+                self.summary.files_total += 1;
+                self.summary.bytes_total += size;
+                self.waiting.insert(entry.id, Waiting { path: entry.path.clone(), size, mtime: entry.mtime });
+            }
+            EntryKind::Hardlink { .. } => self.summary.files_total += 1,
+            _ => {}
+        }
+        self.send(&Message::Entry(entry))
+    }
+
+    pub(super) fn handle_reply(&mut self, reply: Message) -> Result<()> {
+        match reply {
+            Message::Need { id } => {
+                let waiting = self.take_waiting(id)?;
+                self.dispatch(Job { id, waiting, basis: None })?;
+            }
+            Message::NeedBlocks { id, signature, shifts } => {
+                let signature = blocks::BasisSignature::parse(signature).map_err(SyncError::Protocol)?;
+                let waiting = self.take_waiting(id)?;
+                self.dispatch(Job { id, waiting, basis: Some(Basis::new(signature, shifts)) })?;
+            }
+            Message::Skip { id } => {
+                let waiting = self.take_waiting(id)?;
+                self.shared.done(waiting.size);
+            }
+            Message::Change(change) => self.shared.reporter.on_event(&Event::Change(change)),
+            Message::Error(error) => return Err(SyncError::Remote(error)),
+            other => return Err(SyncError::Protocol(format!("unexpected {} message from the receiver", other.name()))),
+        }
+        self.shared.progress(false);
+        Ok(())
+    }
+
+    /// Hands a requested file to the next free content worker (waits while all are busy).
+    pub(super) fn dispatch(&mut self, job: Job) -> Result<()> {
+        // Entries queued so far go first, so the receiver sees them before content of later ones.
+        self.flush()?;
+        let jobs = self.jobs.as_ref().ok_or(SyncError::Protocol("a verdict after the end of the tree".into()))?;
+        jobs.send(job)
+            .map_err(|_| self.shared.take_failure().unwrap_or(SyncError::Disconnected("(every content lane is gone)")))
+    }
+
+    pub(super) fn take_waiting(&mut self, id: u64) -> Result<Waiting> {
+        self.waiting
+            .remove(&id)
+            .ok_or_else(|| SyncError::Protocol(format!("verdict for entry {id}, which is not waiting for one")))
+    }
+}
