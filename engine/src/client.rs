@@ -368,3 +368,47 @@ pub async fn inspect(identity: &Identity, addr: &str, proxy: Option<&Proxy>) -> 
         stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).map(|c| c.clone().into_owned());
     Ok(AgentStatus { software_version: welcome.software_version, volumes: welcome.volume_status, certificate })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::RemoteErrorKind;
+
+    #[test]
+    fn which_copy_errors_are_retried() {
+        let remote = |kind| CopyError::Remote { agent: "a:1".into(), error: RemoteError::new(kind, "why") };
+        let refused = |kind| CopyError::Refused { addr: "a:1".into(), error: RemoteError::new(kind, "why") };
+        let connect = TunnelError::Connect { addr: "a:1".into(), source: std::io::ErrorKind::ConnectionRefused.into() };
+        let retried = [
+            CopyError::Sync(SyncError::Disconnected("(test)")),
+            CopyError::Tunnel(connect),
+            remote(RemoteErrorKind::Busy),
+            remote(RemoteErrorKind::Io),
+            refused(RemoteErrorKind::ShuttingDown),
+        ];
+        for error in retried {
+            assert!(error.is_retryable(), "{error}");
+        }
+        let not_retried = [
+            // A bug stays a bug: a panic is never retried, here or on the peer (`Other`).
+            CopyError::Sync(SyncError::Internal("the sender thread")),
+            remote(RemoteErrorKind::Other),
+            remote(RemoteErrorKind::Verification),
+            refused(RemoteErrorKind::Forbidden),
+            refused(RemoteErrorKind::UnknownVolume),
+            CopyError::Sync(SyncError::Protocol("bad".into())),
+        ];
+        for error in not_retried {
+            assert!(!error.is_retryable(), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_push_failure_names_the_agent_and_keeps_the_message() {
+        let error = CopyError::Remote {
+            agent: "10.0.0.1:4433".into(),
+            error: RemoteError::new(RemoteErrorKind::Io, "write `a`: No space left on device"),
+        };
+        assert_eq!(error.to_string(), "the push failed on agent `10.0.0.1:4433`: write `a`: No space left on device");
+    }
+}
