@@ -281,7 +281,8 @@ pub(crate) fn copy_error_hint(error: &CopyError) -> Option<String> {
 
 fn copy_hint(error: &CopyError) -> Option<String> {
     match error {
-        CopyError::Refused { error, .. } => match error.kind {
+        // A refusal, or a push's failure on the source agent (a target that refused it keeps its kind).
+        CopyError::Refused { error, .. } | CopyError::Remote { error, .. } => match error.kind {
             RemoteErrorKind::UnknownVolume => {
                 Some("check the volume name in `agent://HOST:PORT/VOLUME` against the agent's `--volume` flags".into())
             }

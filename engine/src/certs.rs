@@ -91,6 +91,46 @@ pub enum CertError {
         /// What was expected.
         what: &'static str,
     },
+    /// PEM given as bytes held nothing usable.
+    #[error("the {part} PEM holds no {what}")]
+    NoPem {
+        /// Which of the identity's parts.
+        part: PemPart,
+        /// What was expected.
+        what: &'static str,
+    },
+}
+
+/// The parts of an [`Identity`] given as PEM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemPart {
+    /// The migration CA's certificate.
+    Ca,
+    /// The holder's certificate chain.
+    Certificate,
+    /// The holder's private key.
+    Key,
+}
+
+impl std::fmt::Display for PemPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PemPart::Ca => "CA certificate",
+            PemPart::Certificate => "certificate",
+            PemPart::Key => "private key",
+        })
+    }
+}
+
+/// An identity's PEM, as bytes: from files, a Kubernetes Secret, or generated.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityPem<'a> {
+    /// The migration CA's certificate (the first one is used).
+    pub ca: &'a [u8],
+    /// The holder's certificate chain.
+    pub cert: &'a [u8],
+    /// The holder's private key.
+    pub key: &'a [u8],
 }
 
 /// A PEM certificate and key.
@@ -317,12 +357,33 @@ impl Identity {
         for name in &names {
             check_loaded_file(&dir.join(name))?;
         }
-        let ca = read_certs(&dir.join("ca.crt"))?.remove(0);
-        let chain = read_certs(&dir.join(format!("{}.crt", role.file_stem())))?;
-        let key_path = dir.join(format!("{}.key", role.file_stem()));
-        let pem = fs::read(&key_path).map_err(|source| CertError::Io { path: key_path.clone(), source })?;
-        let key = PrivateKeyDer::from_pem_slice(&pem)
-            .map_err(|_| CertError::Empty { path: key_path, what: "PEM private key" })?;
+        let read = |path: &Path| fs::read(path).map_err(|source| CertError::Io { path: path.to_owned(), source });
+        let paths = names.map(|name| dir.join(name));
+        let [ca, cert, key] = [read(&paths[0])?, read(&paths[1])?, read(&paths[2])?];
+        Identity::from_pem(role, IdentityPem { ca: &ca, cert: &cert, key: &key }).map_err(|error| match error {
+            CertError::NoPem { part, what } => {
+                let file = match part {
+                    PemPart::Ca => 0,
+                    PemPart::Certificate => 1,
+                    PemPart::Key => 2,
+                };
+                CertError::Empty { path: paths[file].clone(), what }
+            }
+            other => other,
+        })
+    }
+
+    /// Builds an identity from PEM bytes (a Kubernetes Secret's, say); fails, naming the part,
+    /// when one holds nothing usable.
+    pub fn from_pem(role: Role, pem: IdentityPem<'_>) -> Result<Identity, CertError> {
+        let certs = |part, bytes: &[u8]| {
+            let certs = CertificateDer::pem_slice_iter(bytes).collect::<Result<Vec<_>, _>>().unwrap_or_default();
+            if certs.is_empty() { Err(CertError::NoPem { part, what: "PEM certificate" }) } else { Ok(certs) }
+        };
+        let ca = certs(PemPart::Ca, pem.ca)?.remove(0);
+        let chain = certs(PemPart::Certificate, pem.cert)?;
+        let key = PrivateKeyDer::from_pem_slice(pem.key)
+            .map_err(|_| CertError::NoPem { part: PemPart::Key, what: "PEM private key" })?;
         Ok(Identity { role, chain, key, ca })
     }
 
@@ -332,11 +393,8 @@ impl Identity {
             Role::Agent => &certs.agent,
             Role::Coordinator => &certs.coordinator,
         };
-        let parse = |pem: &str| {
-            CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().expect("generated PEM")
-        };
-        let key = PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).expect("generated PEM");
-        Ok(Identity { role, chain: parse(&pair.cert), key, ca: parse(&certs.ca.cert).remove(0) })
+        let pem = IdentityPem { ca: certs.ca.cert.as_bytes(), cert: pair.cert.as_bytes(), key: pair.key.as_bytes() };
+        Identity::from_pem(role, pem)
     }
 
     /// The migration id: the first 8 bytes of the blake3 of the CA certificate, in hex.
@@ -463,4 +521,55 @@ pub fn to_pem(der: &CertificateDer<'_>) -> String {
     }
     pem.push_str("-----END CERTIFICATE-----\n");
     pem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An identity from PEM bytes (a Secret's) is the one the files give.
+    #[test]
+    fn an_identity_from_pem_bytes_equals_the_one_from_files() {
+        let generated = generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let certs_dir = dir.path().join("certs");
+        write_dir(&certs_dir, &generated, false).unwrap();
+        let pair = &generated.agent;
+        let pem =
+            IdentityPem { ca: generated.ca.cert.as_bytes(), cert: pair.cert.as_bytes(), key: pair.key.as_bytes() };
+        let from_pem = Identity::from_pem(Role::Agent, pem).unwrap();
+        let from_files = Identity::load(&certs_dir, Role::Agent).unwrap();
+        assert_eq!(from_pem.role, Role::Agent);
+        assert_eq!(from_pem.ca, from_files.ca);
+        assert_eq!(from_pem.chain, from_files.chain);
+        assert_eq!(from_pem.key.secret_der(), from_files.key.secret_der());
+        assert_eq!(from_pem.migration_id(), from_files.migration_id());
+    }
+
+    /// Bytes with nothing usable name the part; a file with nothing usable names the file.
+    #[test]
+    fn empty_pem_names_the_part_or_the_file() {
+        let generated = generate().unwrap();
+        let pair = &generated.coordinator;
+        let ca = generated.ca.cert.as_bytes();
+        let no_key = IdentityPem { ca, cert: pair.cert.as_bytes(), key: b"not a key" };
+        let error = Identity::from_pem(Role::Coordinator, no_key).unwrap_err();
+        assert!(matches!(error, CertError::NoPem { part: PemPart::Key, .. }), "{error}");
+        assert_eq!(error.to_string(), "the private key PEM holds no PEM private key");
+        let no_ca = IdentityPem { ca: b"", cert: pair.cert.as_bytes(), key: pair.key.as_bytes() };
+        let error = Identity::from_pem(Role::Coordinator, no_ca).unwrap_err();
+        assert!(matches!(error, CertError::NoPem { part: PemPart::Ca, .. }), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let certs_dir = dir.path().join("certs");
+        write_dir(&certs_dir, &generated, false).unwrap();
+        write_file(&certs_dir.join("coordinator.key"), b"garbage", 0o600, true).unwrap();
+        match Identity::load(&certs_dir, Role::Coordinator).unwrap_err() {
+            CertError::Empty { path, what } => {
+                assert_eq!(path, certs_dir.join("coordinator.key"));
+                assert_eq!(what, "PEM private key");
+            }
+            other => panic!("unexpected error: {other}"),
+        }
+    }
 }

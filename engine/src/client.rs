@@ -1,14 +1,15 @@
-//! The coordinator's side: the three ways to run a volume copy.
+//! The coordinator's side: the four ways to run a volume copy.
 //!
 //! - [`copy_local`]: both ends in this process, joined by a real loopback mutual-TLS tunnel with
 //!   ephemeral certificates: the same code path as between two nodes.
 //! - [`copy_to_agent`]: this process is the source; an agent is the target.
 //! - [`push_between_agents`]: the coordinator opens a session on the target agent and asks the
 //!   source agent to push into it; data flows agent to agent, progress flows back here.
+//! - [`pull_from_agent`]: as [`push_between_agents`], into an in-process agent that serves a
+//!   local directory.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
@@ -16,12 +17,11 @@ use tokio::net::TcpListener;
 use crate::agent::{Agent, AgentError, VolumeGrant};
 use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
+use crate::session::{self, SessionError, join_lanes, open_with};
 use crate::sync::{self, SyncError};
 use crate::tunnel::{self, Proxy, TunnelError};
 use crate::volume::{Overlap, VolumeRoot};
-use crate::wire::{
-    FrameReader, FrameWriter, Hello, Message, RemoteError, Request, SyncOptions, VolumeStatus, Welcome, WireError,
-};
+use crate::wire::{FrameReader, Message, RemoteError, Request, SyncOptions, VolumeStatus, Welcome, WireError};
 use rustls::pki_types::CertificateDer;
 
 /// Why a copy could not run or did not finish.
@@ -96,12 +96,50 @@ pub enum CopyError {
     /// The transfer failed.
     #[error(transparent)]
     Sync(#[from] SyncError),
-    /// The source agent reported a failed push.
-    #[error("the push failed: {0}")]
-    Push(String),
+    /// An agent reported that the transfer failed (the source agent of a push), with the kind
+    /// of the failure.
+    #[error("the push failed on agent `{agent}`: {error}")]
+    Remote {
+        /// The agent that said so.
+        agent: String,
+        /// What it said.
+        error: RemoteError,
+    },
     /// Local agent setup failed.
     #[error(transparent)]
     Agent(#[from] AgentError),
+}
+
+impl CopyError {
+    /// True when running the same copy again may get further: connection trouble, a busy
+    /// volume, a failed file operation (a full disk). Never for a bug ([`SyncError::Internal`],
+    /// or a peer's error of unknown kind) or bad input.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CopyError::Tunnel(error) => error.is_retryable(),
+            CopyError::Refused { error, .. } | CopyError::Remote { error, .. } => error.kind.is_retryable(),
+            CopyError::Sync(error) => error.is_retryable(),
+            CopyError::Handshake { source, .. } => source.is_retryable(),
+            CopyError::Source { .. }
+            | CopyError::Target { .. }
+            | CopyError::CreateTarget { .. }
+            | CopyError::Overlap { .. }
+            | CopyError::Certs(_)
+            | CopyError::Agent(_) => false,
+        }
+    }
+}
+
+impl From<SessionError> for CopyError {
+    fn from(error: SessionError) -> CopyError {
+        match error {
+            SessionError::Tunnel(error) => CopyError::Tunnel(error),
+            SessionError::Refused { addr, error } => CopyError::Refused { addr, error },
+            SessionError::Handshake { addr, source } => CopyError::Handshake { addr, source },
+            no_lanes @ SessionError::NoLanes { .. } => CopyError::Sync(SyncError::Protocol(no_lanes.to_string())),
+        }
+    }
 }
 
 /// Connects to an agent, says hello and returns the tunnel and the agent's welcome.
@@ -111,47 +149,7 @@ pub async fn open(
     request: Request,
     proxy: Option<&Proxy>,
 ) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
-    let config = tunnel::client_config(identity)?;
-    open_with((&config, &identity.migration_id()), addr, request, proxy).await
-}
-
-/// [`open`] with a TLS configuration and migration id at hand.
-async fn open_with(
-    (config, migration_id): (&Arc<rustls::ClientConfig>, &str),
-    addr: &str,
-    request: Request,
-    proxy: Option<&Proxy>,
-) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
-    let mut stream = tunnel::connect(addr, config.clone(), proxy).await?;
-    let hello = Hello { migration_id: migration_id.to_owned(), request };
-    let handshake = |source| CopyError::Handshake { addr: addr.to_owned(), source };
-    FrameWriter::new(&mut stream).send_hello(&hello).await.map_err(handshake)?;
-    match FrameReader::new(&mut stream).read_welcome().await {
-        Ok(welcome) => Ok((stream, welcome)),
-        Err(WireError::Remote(error)) => Err(CopyError::Refused { addr: addr.to_owned(), error }),
-        Err(error) => Err(handshake(error)),
-    }
-}
-
-/// Opens the further lanes of a session over `streams` connections whose first connection to
-/// the agent at `addr` was welcomed with the lane token `token`.
-pub(crate) async fn join_lanes(
-    (config, migration_id): (&Arc<rustls::ClientConfig>, &str),
-    addr: &str,
-    proxy: Option<&Proxy>,
-    token: &[u8],
-    streams: u32,
-) -> Result<Vec<tunnel::ClientStream>, CopyError> {
-    if streams > 1 && token.is_empty() {
-        return Err(
-            SyncError::Protocol(format!("agent `{addr}` offered no lanes for a {streams}-stream session")).into()
-        );
-    }
-    let lanes = (1..streams).map(|lane| async move {
-        let request = Request::JoinLane { token: token.to_vec(), lane };
-        open_with((config, migration_id), addr, request, proxy).await.map(|(stream, _)| stream)
-    });
-    futures_util::future::try_join_all(lanes).await
+    Ok(session::open(identity, addr, request, proxy).await?)
 }
 
 /// Copies the local directory `source` into volume `volume` of the agent at `addr`, through
@@ -199,35 +197,94 @@ pub async fn copy_local(
     if let Some(overlap) = overlap {
         return Err(CopyError::Overlap { from: source.to_owned(), target: target.to_owned(), overlap });
     }
-    if !target.is_dir() {
-        std::fs::create_dir_all(target)
-            .map_err(|error| CopyError::CreateTarget { path: target.to_owned(), source: error })?;
-    }
     let generated = certs::generate()?;
-    let agent = Agent::new(
-        Identity::from_generated(&generated, Role::Agent)?,
-        vec![VolumeGrant { name: "target".into(), path: target.to_owned(), read_only: false, mount: false }],
-    )
-    .map_err(|error| match error {
-        AgentError::Volume { path, source, .. } => CopyError::Target { path, source },
-        other => CopyError::Agent(other),
-    })?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|source| TunnelError::Connect { addr: "127.0.0.1:0".into(), source })?;
-    let addr = listener.local_addr().map_err(|source| TunnelError::Connect { addr: "127.0.0.1:0".into(), source })?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        agent
-            .serve(listener, async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    let target_agent =
+        InProcessTarget::start(Identity::from_generated(&generated, Role::Agent)?, target, LOOPBACK).await?;
     let coordinator = Identity::from_generated(&generated, Role::Coordinator)?;
-    let result = copy_to_agent(&coordinator, source, (&addr.to_string(), "target"), None, options, reporter).await;
-    let _ = stop.send(());
-    let _ = server.await;
+    let result =
+        copy_to_agent(&coordinator, source, (&target_agent.addr, InProcessTarget::VOLUME), None, options, reporter)
+            .await;
+    target_agent.stop().await;
+    result
+}
+
+/// Where an in-process target agent listens when only this host dials it.
+const LOOPBACK: &str = "127.0.0.1:0";
+
+/// An agent in this process, granted one local directory (made if missing) as its only
+/// volume, serving on its own task until stopped.
+struct InProcessTarget {
+    /// The address it listens on.
+    addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessTarget {
+    /// The name of its volume.
+    const VOLUME: &'static str = "target";
+
+    async fn start(identity: Identity, target: &Path, listen: &str) -> Result<InProcessTarget, CopyError> {
+        if !target.is_dir() {
+            std::fs::create_dir_all(target)
+                .map_err(|error| CopyError::CreateTarget { path: target.to_owned(), source: error })?;
+        }
+        let grant = VolumeGrant { name: Self::VOLUME.into(), path: target.to_owned(), read_only: false, mount: false };
+        let agent = Agent::new(identity, vec![grant]).map_err(|error| match error {
+            AgentError::Volume { path, source, .. } => CopyError::Target { path, source },
+            other => CopyError::Agent(other),
+        })?;
+        let bind_error = |source| TunnelError::Connect { addr: listen.to_owned(), source };
+        let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            agent
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(InProcessTarget { addr, stop, server })
+    }
+
+    /// Stops serving once the running sessions have ended.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+/// Where [`pull_from_agent`] receives: a local directory, served by an in-process agent.
+#[derive(Debug, Clone)]
+pub struct PullTarget {
+    /// The directory (made if missing).
+    pub dir: PathBuf,
+    /// The address the in-process agent listens on (`IP:PORT`; port 0 picks a free one).
+    pub listen: String,
+    /// The address the source agent dials to reach it (`HOST:PORT`), when not the one it
+    /// listens on (a wildcard address, a NAT, a port forward).
+    pub advertise: Option<String>,
+}
+
+/// Copies volume `source_volume` of the agent at `source_addr` into a local directory: an
+/// in-process agent serves the directory, and the source agent pushes into it (through
+/// `proxy` when given) as into any agent. The in-process agent presents `agent`, an agent
+/// identity of the migration (the source agent trusts only the migration's CA, and takes
+/// pushes only into agents); the coordinator speaks as `coordinator`.
+pub async fn pull_from_agent(
+    (coordinator, agent): (&Identity, Identity),
+    (source_addr, source_volume): (&str, &str),
+    target: &PullTarget,
+    proxy: Option<&Proxy>,
+    options: SyncOptions,
+    reporter: SharedReporter,
+) -> Result<Summary, CopyError> {
+    let target_agent = InProcessTarget::start(agent, &target.dir, &target.listen).await?;
+    let dial = target.advertise.as_deref().unwrap_or(&target_agent.addr);
+    let ends = ((source_addr, source_volume), (target_agent.addr.as_str(), dial, InProcessTarget::VOLUME));
+    let result = push(coordinator, ends, proxy, options, reporter).await;
+    target_agent.stop().await;
     result
 }
 
@@ -242,12 +299,25 @@ pub async fn push_between_agents(
     options: SyncOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
+    let ends = ((source_addr, source_volume), (target_addr, target_addr, target_volume));
+    push(identity, ends, proxy, options, reporter).await
+}
+
+/// A source agent's push: the coordinator opens the session on the target at `open_at`, and the
+/// source agent dials the target at `dial_at`.
+async fn push(
+    identity: &Identity,
+    ((source_addr, source_volume), (open_at, dial_at, target_volume)): ((&str, &str), (&str, &str, &str)),
+    proxy: Option<&Proxy>,
+    options: SyncOptions,
+    reporter: SharedReporter,
+) -> Result<Summary, CopyError> {
     let started = Instant::now();
     let open_session = Request::OpenSession { volume: target_volume.to_owned(), options: options.clone() };
-    let (_, welcome) = open(identity, target_addr, open_session, None).await?;
+    let (_, welcome) = open(identity, open_at, open_session, None).await?;
     let push = Request::Push {
         volume: source_volume.to_owned(),
-        target: target_addr.to_owned(),
+        target: dial_at.to_owned(),
         token: welcome.token,
         proxy: proxy.cloned(),
         options,
@@ -261,7 +331,7 @@ pub async fn push_between_agents(
                 summary.elapsed_s = started.elapsed().as_secs_f64();
                 return Ok(summary);
             }
-            Some(Message::Error(error)) => return Err(CopyError::Push(error.message)),
+            Some(Message::Error(error)) => return Err(CopyError::Remote { agent: source_addr.to_owned(), error }),
             Some(other) => {
                 return Err(
                     SyncError::Protocol(format!("unexpected {} message from the source agent", other.name())).into()
@@ -297,4 +367,48 @@ pub async fn inspect(identity: &Identity, addr: &str, proxy: Option<&Proxy>) -> 
     let certificate =
         stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).map(|c| c.clone().into_owned());
     Ok(AgentStatus { software_version: welcome.software_version, volumes: welcome.volume_status, certificate })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::RemoteErrorKind;
+
+    #[test]
+    fn which_copy_errors_are_retried() {
+        let remote = |kind| CopyError::Remote { agent: "a:1".into(), error: RemoteError::new(kind, "why") };
+        let refused = |kind| CopyError::Refused { addr: "a:1".into(), error: RemoteError::new(kind, "why") };
+        let connect = TunnelError::Connect { addr: "a:1".into(), source: std::io::ErrorKind::ConnectionRefused.into() };
+        let retried = [
+            CopyError::Sync(SyncError::Disconnected("(test)")),
+            CopyError::Tunnel(connect),
+            remote(RemoteErrorKind::Busy),
+            remote(RemoteErrorKind::Io),
+            refused(RemoteErrorKind::ShuttingDown),
+        ];
+        for error in retried {
+            assert!(error.is_retryable(), "{error}");
+        }
+        let not_retried = [
+            // A bug stays a bug: a panic is never retried, here or on the peer (`Other`).
+            CopyError::Sync(SyncError::Internal("the sender thread")),
+            remote(RemoteErrorKind::Other),
+            remote(RemoteErrorKind::Verification),
+            refused(RemoteErrorKind::Forbidden),
+            refused(RemoteErrorKind::UnknownVolume),
+            CopyError::Sync(SyncError::Protocol("bad".into())),
+        ];
+        for error in not_retried {
+            assert!(!error.is_retryable(), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_push_failure_names_the_agent_and_keeps_the_message() {
+        let error = CopyError::Remote {
+            agent: "10.0.0.1:4433".into(),
+            error: RemoteError::new(RemoteErrorKind::Io, "write `a`: No space left on device"),
+        };
+        assert_eq!(error.to_string(), "the push failed on agent `10.0.0.1:4433`: write `a`: No space left on device");
+    }
 }

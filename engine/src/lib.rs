@@ -32,6 +32,8 @@ mod options;
 pub mod progress;
 pub mod reserved;
 pub mod scan;
+/// The session handshake shared by [`client`] and [`agent`] (see its module docs).
+pub(crate) mod session;
 pub mod sync;
 #[cfg(feature = "test-util")]
 pub mod testing;

@@ -138,6 +138,9 @@ pub enum SyncError {
     /// was deleted unless the deletion pass had already finished.
     #[error("the session was cancelled")]
     Cancelled,
+    /// A bug: one of the session's threads panicked. Never retried: a rerun would panic again.
+    #[error("internal error: {0} panicked")]
+    Internal(&'static str),
     /// The volume root is no longer what its path resolves to.
     #[error(transparent)]
     Volume(#[from] crate::volume::VolumeError),
@@ -160,12 +163,14 @@ impl SyncError {
             | SyncError::Wire(_)
             | SyncError::Volume(_)
             | SyncError::Disconnected(_)
-            | SyncError::Cancelled => RemoteErrorKind::Other,
+            | SyncError::Cancelled
+            | SyncError::Internal(_) => RemoteErrorKind::Other,
         };
         RemoteError::new(kind, full_message(self))
     }
 
-    /// True when rerunning the session may get further (connection trouble, full disk).
+    /// True when rerunning the session may get further (connection trouble, full disk); never
+    /// for [`SyncError::Internal`].
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -304,7 +309,7 @@ impl Pumps {
 
     /// Waits for the writer to flush what the thread sent, then stops reading.
     async fn finish(mut self) -> Result<()> {
-        let written = (&mut self.writer).await.map_err(|_| SyncError::Disconnected("(writer panicked)"))?;
+        let written = (&mut self.writer).await.map_err(|error| joined_error(&error, "the frame writer"))?;
         self.reader.abort();
         written
     }
@@ -324,6 +329,12 @@ impl Drop for Pumps {
     }
 }
 
+/// What a task that did not return means: a panic is a bug ([`SyncError::Internal`]); a task
+/// aborted from outside (the runtime shutting down) left the session unfinished.
+fn joined_error(error: &tokio::task::JoinError, which: &'static str) -> SyncError {
+    if error.is_panic() { SyncError::Internal(which) } else { SyncError::Disconnected("(the session was aborted)") }
+}
+
 /// Waits for a session's thread; on `cancel`, stops the pumps first (so the thread's queues
 /// close and it returns within one chunk) and still waits for it, so that nothing the session
 /// does outlives the call.
@@ -335,7 +346,7 @@ async fn join_or_cancel<T>(
 ) -> Result<T> {
     tokio::pin!(thread);
     tokio::select! {
-        joined = &mut thread => joined.map_err(|_| SyncError::Disconnected(which))?,
+        joined = &mut thread => joined.map_err(|error| joined_error(&error, which))?,
         () = cancel.cancelled() => {
             for pumps in pumps {
                 pumps.stop();
@@ -401,7 +412,7 @@ where
     });
     let thread = tokio::task::spawn_blocking(move || sender::run(&shared, sender::Lane { out, replies }, others));
     let all: Vec<&Pumps> = pumps.iter().collect();
-    let result = join_or_cancel(thread, &all, cancel, "(sender thread panicked)").await;
+    let result = join_or_cancel(thread, &all, cancel, "the sender thread").await;
     ticker.abort();
     let mut written = Ok(());
     for lane in pumps {
@@ -450,7 +461,7 @@ where
     }
     let thread = tokio::task::spawn_blocking(move || receiver::run(group, out, input, written));
     let all: Vec<&Pumps> = std::iter::once(&first).chain(others.iter().map(|(pumps, _)| pumps)).collect();
-    let result = join_or_cancel(thread, &all, cancel, "(receiver thread panicked)").await;
+    let result = join_or_cancel(thread, &all, cancel, "the receiver thread").await;
     // The thread has sent its last frame (Done or Error) and dropped its queue: let the writer
     // flush it before reporting, so the peer learns why the session ended.
     let written = first.finish().await;
@@ -470,6 +481,18 @@ where
 mod tests {
     use super::*;
     use crate::wire::{Message, decode_message, encode_message};
+
+    /// A session thread that panics is a bug: [`SyncError::Internal`], never retried (it used to
+    /// be `Disconnected`, which is).
+    #[tokio::test]
+    async fn a_panicking_session_thread_is_internal_and_not_retryable() {
+        let thread = tokio::task::spawn_blocking(|| -> Result<()> { panic!("a bug") });
+        let error = join_or_cancel(thread, &[], &CancellationToken::new(), "the test thread").await.unwrap_err();
+        assert!(matches!(error, SyncError::Internal("the test thread")), "{error}");
+        assert!(!error.is_retryable());
+        assert_eq!(error.to_string(), "internal error: the test thread panicked");
+        assert!(SyncError::Disconnected("(test)").is_retryable());
+    }
 
     /// A lane that carries nothing for twice the idle timeout stays alive (keepalives), and
     /// what comes after arrives first in line: the empty frames never reach the thread.

@@ -348,6 +348,16 @@ impl RemoteError {
     }
 }
 
+impl RemoteErrorKind {
+    /// True when a later attempt may succeed: the volume was busy, the peer was shutting down,
+    /// or a file operation failed (a full disk). `Other` is not: its cause is unknown here (a
+    /// peer's panic is reported as `Other` too).
+    #[must_use]
+    pub fn is_retryable(self) -> bool {
+        matches!(self, RemoteErrorKind::Busy | RemoteErrorKind::ShuttingDown | RemoteErrorKind::Io)
+    }
+}
+
 /// Every message after the handshake.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {

@@ -1,0 +1,170 @@
+//! Sessions a coordinator opened for a source agent to join ([`Request::JoinSession`]), and the
+//! further lanes of a receive over several streams ([`Request::JoinLane`]).
+//!
+//! [`Request::JoinSession`]: crate::wire::Request::JoinSession
+//! [`Request::JoinLane`]: crate::wire::Request::JoinLane
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::{LANE_JOIN_TIMEOUT, SESSION_TTL};
+use crate::certs::Role;
+use crate::tunnel;
+use crate::wire::{RemoteError, RemoteErrorKind, SyncOptions};
+
+/// A session a coordinator opened, waiting for its source agent.
+pub(super) struct OpenedSession {
+    pub(super) volume: String,
+    pub(super) options: SyncOptions,
+    expires: Instant,
+}
+
+/// The opened sessions, by one-time token.
+#[derive(Default)]
+pub(super) struct OpenedSessions(Mutex<HashMap<Vec<u8>, OpenedSession>>);
+
+impl OpenedSessions {
+    /// Opens a session into `volume` for [`SESSION_TTL`]; returns its token.
+    pub(super) fn open(&self, volume: &str, options: &SyncOptions) -> Vec<u8> {
+        let token = random_token();
+        let mut sessions = self.0.lock().expect("sessions lock");
+        sessions.retain(|_, session| session.expires > Instant::now());
+        let session = OpenedSession {
+            volume: volume.to_owned(),
+            options: options.clone(),
+            expires: Instant::now() + SESSION_TTL,
+        };
+        sessions.insert(token.clone(), session);
+        token
+    }
+
+    /// The volume of the live session `token` names, if any (the token stays).
+    pub(super) fn volume(&self, token: &[u8]) -> Option<String> {
+        let sessions = self.0.lock().expect("sessions lock");
+        sessions.get(token).filter(|session| session.expires > Instant::now()).map(|session| session.volume.clone())
+    }
+
+    /// Takes the session `token` names: a token is used once.
+    pub(super) fn join(&self, token: &[u8]) -> Result<OpenedSession, RemoteError> {
+        match self.0.lock().expect("sessions lock").remove(token) {
+            Some(session) if session.expires > Instant::now() => Ok(session),
+            _ => Err(RemoteError::new(RemoteErrorKind::BadToken, "unknown or expired session token")),
+        }
+    }
+}
+
+fn random_token() -> Vec<u8> {
+    let mut token = vec![0u8; 32];
+    getrandom::fill(&mut token).expect("the OS random source works");
+    token
+}
+
+/// A receive waiting for its other lanes.
+struct LaneGroup {
+    /// Lanes must come with the role the first connection had.
+    role: Role,
+    streams: u32,
+    joined: HashSet<u32>,
+    to_receiver: mpsc::UnboundedSender<(u32, tunnel::ServerStream)>,
+}
+
+/// The receives waiting for lanes, by lane token.
+#[derive(Default)]
+pub(super) struct LaneGroups(Mutex<HashMap<Vec<u8>, LaneGroup>>);
+
+impl LaneGroups {
+    /// Registers a receive over `streams` connections; its welcome carries the lane token.
+    pub(super) fn open(self: &Arc<Self>, role: Role, streams: u32) -> Lanes {
+        let token = random_token();
+        let (to_receiver, arrivals) = mpsc::unbounded_channel();
+        let group = LaneGroup { role, streams, joined: HashSet::new(), to_receiver };
+        self.0.lock().expect("lanes lock").insert(token.clone(), group);
+        Lanes { groups: self.clone(), token, arrivals }
+    }
+
+    /// Admits lane `lane` of the receive whose lane token is `token`: each lane once, with
+    /// the role of the first connection.
+    pub(super) fn admit(&self, token: &[u8], lane: u32, role: Role) -> Result<(), RemoteError> {
+        let mut groups = self.0.lock().expect("lanes lock");
+        let Some(group) = groups.get_mut(token).filter(|group| group.role == role) else {
+            return Err(RemoteError::new(RemoteErrorKind::BadToken, "unknown lane token (or its receive has ended)"));
+        };
+        if lane == 0 || lane >= group.streams || !group.joined.insert(lane) {
+            return Err(RemoteError::new(
+                RemoteErrorKind::Protocol,
+                format!("lane {lane} is not a free lane of this {}-stream receive", group.streams),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands an admitted lane to the receive that waits for it (or has given up: dropped).
+    pub(super) fn deliver(&self, token: &[u8], lane: u32, stream: tunnel::ServerStream) {
+        let to_receiver = self.0.lock().expect("lanes lock").get(token).map(|group| group.to_receiver.clone());
+        if let Some(to_receiver) = to_receiver {
+            let _ = to_receiver.send((lane, stream));
+        }
+    }
+}
+
+/// The further lanes of one receive: they join with `token`, and arrive on `arrivals`. The
+/// token is withdrawn when this is dropped.
+pub(super) struct Lanes {
+    groups: Arc<LaneGroups>,
+    pub(super) token: Vec<u8>,
+    arrivals: mpsc::UnboundedReceiver<(u32, tunnel::ServerStream)>,
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        self.groups.0.lock().expect("lanes lock").remove(&self.token);
+    }
+}
+
+impl Lanes {
+    /// Waits for the `count` other lanes and returns them in lane order; fails, naming how many
+    /// came, after [`LANE_JOIN_TIMEOUT`], or at once when the source closes `first` (it died).
+    pub(super) async fn gather(
+        mut self,
+        first: &tunnel::ServerStream,
+        count: usize,
+    ) -> Result<Vec<tunnel::ServerStream>, String> {
+        let mut lanes = Vec::with_capacity(count);
+        let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
+        // Watched by peeking, so nothing is read. Data there is no sign of trouble: the source
+        // starts as soon as its lanes are welcomed, which may be before they reach us here.
+        let tcp = first.get_ref().0;
+        let closed = async {
+            let mut byte = [0u8; 1];
+            if matches!(tcp.peek(&mut byte).await, Ok(1..)) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(closed);
+        while lanes.len() < count {
+            let arrival = tokio::select! {
+                arrival = tokio::time::timeout_at(deadline, self.arrivals.recv()) => arrival,
+                () = &mut closed => {
+                    return Err(format!(
+                        "the source closed its first connection before its {count} further streams joined"
+                    ));
+                }
+            };
+            match arrival {
+                Ok(Some(lane)) => lanes.push(lane),
+                Ok(None) | Err(_) => {
+                    return Err(format!(
+                        "only {} of the {count} further streams joined within {} s",
+                        lanes.len(),
+                        LANE_JOIN_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+        lanes.sort_by_key(|(number, _)| *number);
+        Ok(lanes.into_iter().map(|(_, lane)| lane).collect())
+    }
+}

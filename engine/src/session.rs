@@ -1,0 +1,93 @@
+//! The session handshake, used by both ends that dial an agent: the coordinator ([`crate::client`])
+//! and a source agent pushing into a target ([`crate::agent`]). It sits below both, so neither
+//! imports the other for it.
+
+use std::sync::Arc;
+
+use crate::certs::Identity;
+use crate::tunnel::{self, Proxy, TunnelError};
+use crate::wire::{FrameReader, FrameWriter, Hello, RemoteError, Request, Welcome, WireError};
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The agent could not be reached or authenticated.
+    #[error(transparent)]
+    Tunnel(#[from] TunnelError),
+    /// The agent refused the request.
+    #[error("agent `{addr}` refused: {error}")]
+    Refused {
+        /// The agent.
+        addr: String,
+        /// Its reason.
+        error: RemoteError,
+    },
+    /// The handshake failed (version mismatch, not a mover agent).
+    #[error("handshake with `{addr}` failed")]
+    Handshake {
+        /// The agent.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: WireError,
+    },
+    /// The agent welcomed a session over several streams without a lane token.
+    #[error("agent `{addr}` offered no lanes for a {streams}-stream session")]
+    NoLanes {
+        /// The agent.
+        addr: String,
+        /// The streams asked for.
+        streams: u32,
+    },
+}
+
+/// The TLS configuration and migration id a dialler says hello with.
+pub(crate) type Dialler<'a> = (&'a Arc<rustls::ClientConfig>, &'a str);
+
+/// Connects to an agent, says hello and returns the tunnel and the agent's welcome.
+pub async fn open(
+    identity: &Identity,
+    addr: &str,
+    request: Request,
+    proxy: Option<&Proxy>,
+) -> Result<(tunnel::ClientStream, Welcome), SessionError> {
+    let config = tunnel::client_config(identity)?;
+    open_with((&config, &identity.migration_id()), addr, request, proxy).await
+}
+
+/// [`open`] with a TLS configuration and migration id at hand.
+pub(crate) async fn open_with(
+    (config, migration_id): Dialler<'_>,
+    addr: &str,
+    request: Request,
+    proxy: Option<&Proxy>,
+) -> Result<(tunnel::ClientStream, Welcome), SessionError> {
+    let mut stream = tunnel::connect(addr, config.clone(), proxy).await?;
+    let hello = Hello { migration_id: migration_id.to_owned(), request };
+    let handshake = |source| SessionError::Handshake { addr: addr.to_owned(), source };
+    FrameWriter::new(&mut stream).send_hello(&hello).await.map_err(handshake)?;
+    match FrameReader::new(&mut stream).read_welcome().await {
+        Ok(welcome) => Ok((stream, welcome)),
+        Err(WireError::Remote(error)) => Err(SessionError::Refused { addr: addr.to_owned(), error }),
+        Err(error) => Err(handshake(error)),
+    }
+}
+
+/// Opens the further lanes of a session over `streams` connections whose first connection to
+/// the agent at `addr` was welcomed with the lane token `token`.
+pub(crate) async fn join_lanes(
+    (config, migration_id): Dialler<'_>,
+    addr: &str,
+    proxy: Option<&Proxy>,
+    token: &[u8],
+    streams: u32,
+) -> Result<Vec<tunnel::ClientStream>, SessionError> {
+    if streams > 1 && token.is_empty() {
+        return Err(SessionError::NoLanes { addr: addr.to_owned(), streams });
+    }
+    let lanes = (1..streams).map(|lane| async move {
+        let request = Request::JoinLane { token: token.to_vec(), lane };
+        open_with((config, migration_id), addr, request, proxy).await.map(|(stream, _)| stream)
+    });
+    futures_util::future::try_join_all(lanes).await
+}
