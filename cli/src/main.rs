@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod excludes;
+mod hints;
 mod itemize;
 mod location;
 mod output;

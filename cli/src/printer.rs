@@ -6,12 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{BinaryBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mover_engine::certs::CertError;
-use mover_engine::client::CopyError;
-use mover_engine::hooks::{self, HookError};
 use mover_engine::progress::{Event, Reporter, Summary};
-use mover_engine::tunnel::{ProxyError, TunnelError};
-use mover_engine::wire::{RemoteErrorKind, WireError};
 
 use crate::args::{GlobalArgs, OutputFormat};
 use crate::output;
@@ -225,108 +220,9 @@ pub fn print_error(error: &anyhow::Error) {
             text.push_str(&cause);
         }
     }
-    if let Some(hint) = hint(error) {
+    if let Some(hint) = crate::hints::for_error(error) {
         text.push_str("\n\nhint: ");
         text.push_str(&hint);
     }
     output::eprintln(&text);
-}
-
-fn hint(error: &anyhow::Error) -> Option<String> {
-    for cause in error.chain() {
-        if let Some(copy) = cause.downcast_ref::<CopyError>()
-            && let Some(hint) = copy_hint(copy)
-        {
-            return Some(hint);
-        }
-        if let Some(HookError::Spawn { program, .. }) = cause.downcast_ref::<HookError>() {
-            return Some(if program == hooks::ANSIBLE_PLAYBOOK {
-                "playbook hooks need `ansible-playbook` in `PATH`: install it with `pip install ansible-core`".into()
-            } else {
-                format!(
-                    "check the hook's `command`: `{program}` must exist and be executable (names without `/` are looked up in `PATH`; relative paths start at the plan file's directory)"
-                )
-            });
-        }
-        if let Some(tunnel) = cause.downcast_ref::<TunnelError>() {
-            return tunnel_hint(tunnel);
-        }
-        if let Some(image) = cause.downcast_ref::<mover_engine::image::ImageError>() {
-            return crate::commands::image::hint(image);
-        }
-        if let Some(CertError::Writable { .. }) = cause.downcast_ref::<CertError>() {
-            return None;
-        }
-        if cause.downcast_ref::<CertError>().is_some() {
-            return Some(
-                "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into(),
-            );
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io.raw_os_error() == Some(28)
-        {
-            return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
-        }
-        if cause.to_string().contains("No space left on device") {
-            return Some("the target file system is full: free space there, then run the same command again; files already copied are kept and skipped".into());
-        }
-    }
-    None
-}
-
-/// The hint for a copy error, when we know one.
-pub(crate) fn copy_error_hint(error: &CopyError) -> Option<String> {
-    copy_hint(error)
-}
-
-fn copy_hint(error: &CopyError) -> Option<String> {
-    match error {
-        CopyError::Refused { error, .. } => match error.kind {
-            RemoteErrorKind::UnknownVolume => {
-                Some("check the volume name in `agent://HOST:PORT/VOLUME` against the agent's `--volume` flags".into())
-            }
-            RemoteErrorKind::ReadOnly => Some(
-                "the agent was started with `--volume NAME=PATH:ro`; restart it without `:ro` to receive into it"
-                    .into(),
-            ),
-            RemoteErrorKind::Busy => Some("wait for the other copy into this volume to finish, then run again".into()),
-            _ => None,
-        },
-        CopyError::Handshake { source: WireError::VersionMismatch { .. }, .. } => {
-            Some("install the same mover version on every cluster (`mover --version`, `mover-agent --version`)".into())
-        }
-        CopyError::Tunnel(tunnel) => tunnel_hint(tunnel),
-        CopyError::Certs(_) => {
-            Some("create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`".into())
-        }
-        _ => None,
-    }
-}
-
-fn tunnel_hint(error: &TunnelError) -> Option<String> {
-    match error {
-        TunnelError::Proxy(ProxyError::Authentication { .. }) => {
-            Some("check the user and password of `--proxy` (or `--proxy-password-file`, `MOVER_PROXY_PASSWORD`)".into())
-        }
-        TunnelError::Proxy(ProxyError::Refused { .. }) => Some(
-            "the proxy must allow CONNECT to the agent's port (tinyproxy: `ConnectPort`; squid: `SSL_ports`)".into(),
-        ),
-        TunnelError::Proxy(ProxyError::Unreachable { .. }) => {
-            Some("check the proxy's address and port in `--proxy` and that it runs".into())
-        }
-        TunnelError::Proxy(ProxyError::TargetUnreachable { .. }) => {
-            Some("the proxy cannot reach the agent: check the agent's address as seen from the proxy".into())
-        }
-        TunnelError::HandshakeViaProxy { .. } => Some(
-            "exempt the agents' addresses from TLS inspection on the proxy; mover never trusts a certificate outside the migration's CA".into(),
-        ),
-        TunnelError::Connect { .. } | TunnelError::Timeout { .. } => {
-            Some("check that `mover-agent serve` runs there and that the address and port are reachable from here".into())
-        }
-        TunnelError::Handshake { .. } => Some(
-            "both sides must use certificates from the same `mover certs init` directory: the agent's `--certs` and this command's `--certs`"
-                .into(),
-        ),
-        _ => None,
-    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,7 +101,7 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
         &source,
         &target,
         &options,
-        &image::SyncOptions { tags, prefix: args.prefix },
+        &tags.into(),
         prefixes.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
     )
     .await;
@@ -158,16 +159,6 @@ pub(crate) async fn explain(error: image::ImageError, proxy: Option<&str>) -> an
     match super::presented_certificate(&addr, proxy.as_ref()).await {
         Some(presented) => anyhow::Error::new(error).context(presented),
         None => error.into(),
-    }
-}
-
-/// The remedy for an image error, when the CLI knows one (`error:`'s `hint:` line).
-pub(crate) fn hint(error: &image::ImageError) -> Option<String> {
-    match error {
-        image::ImageError::PlainHttp { registry, .. } => Some(format!(
-            "`{registry}` serves plain HTTP: if that is intended, pass `--src-plain-http` when it is the source or `--dest-plain-http` when it is the target (in a plan: `plainHttp: true` under `registries.source` or `registries.target`); nothing sent to it is encrypted"
-        )),
-        _ => None,
     }
 }
 
@@ -260,9 +251,7 @@ pub(crate) fn endpoint_for(
             let credentials = match (&access.credentials, &access.token) {
                 (Some(creds), _) => creds.clone(),
                 (None, Some(token)) => Credentials::Token(token.clone()),
-                (None, None) => {
-                    image::lookup_credentials(&repository.registry, access.authfile.as_deref())?.unwrap_or_default()
-                }
+                (None, None) => credentials_from_files(&repository.registry, access.authfile.as_deref())?,
             };
             let tls = match (access.plain_http, access.tls_verify) {
                 (true, _) => TlsMode::PlainHttp,
@@ -284,6 +273,41 @@ pub(crate) fn endpoint_for(
             Ok(Endpoint::Registry { registry: Arc::new(registry), repository: repository.name.clone() })
         }
     }
+}
+
+/// The credentials for `registry` in the auth files (`--authfile`, else the usual places), or
+/// none; says so when a file names a credential helper, which mover does not run.
+fn credentials_from_files(registry: &str, authfile: Option<&Path>) -> anyhow::Result<Credentials> {
+    let lookup = image::lookup_credentials(registry, &auth_files(authfile))?;
+    if lookup.credentials.is_none() {
+        for path in &lookup.helpers {
+            tracing::warn!(
+                "`{}` names a credential helper, which mover does not run: put `{registry}`'s credentials in an auth file or pass them with --src-creds/--dest-creds",
+                path.display()
+            );
+        }
+    }
+    Ok(lookup.credentials.unwrap_or_default())
+}
+
+/// Where to look for registry credentials: `authfile` (`--authfile`, `authFile:`), else
+/// `$REGISTRY_AUTH_FILE` (both must exist), else `$XDG_RUNTIME_DIR/containers/auth.json` then
+/// `~/.docker/config.json` (skipped when missing).
+fn auth_files(authfile: Option<&Path>) -> image::AuthFiles {
+    if let Some(path) =
+        authfile.map(Path::to_owned).or_else(|| std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from))
+    {
+        return image::AuthFiles::named(path);
+    }
+    image::AuthFiles::usual(
+        [
+            std::env::var_os("XDG_RUNTIME_DIR").map(|dir| PathBuf::from(dir).join("containers/auth.json")),
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    )
 }
 
 /// The registries' deadlines: the engine's defaults, or `MOVER_REGISTRY_PACE=HEADERS_MS:MIN_BYTES_PER_S:WINDOW_MS`,

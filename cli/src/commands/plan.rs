@@ -363,8 +363,7 @@ async fn transfer_image(
                         regex::Regex::new(&format!("^({})$", names.join("|")))
                     })
                     .transpose()?;
-                let sync = mover_engine::image::SyncOptions { tags, prefix: false };
-                mover_engine::image::sync_images(&session, &from, &to, &options, &sync, None).await
+                mover_engine::image::sync_images(&session, &from, &to, &options, &tags.into(), None).await
             }
         };
         match outcome {
