@@ -3,11 +3,12 @@
 mod args;
 mod commands;
 mod excludes;
+mod hints;
 mod itemize;
 mod location;
 mod output;
 mod plan;
-mod printer;
+mod render;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -128,7 +129,7 @@ fn run() -> ExitCode {
     let Some(result) = result else {
         // The command's connections closed as it was dropped: agents end their sessions, keep
         // partial files for the next run, and delete nothing.
-        printer::print_cancelled(json);
+        render::print_cancelled(json);
         runtime.shutdown_timeout(std::time::Duration::from_secs(2));
         return ExitCode::from(EXIT_CANCELLED);
     };
@@ -146,7 +147,7 @@ fn finish(result: anyhow::Result<Outcome>) -> ExitCode {
         Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILED),
         Ok(Outcome::Cancelled) => ExitCode::from(EXIT_CANCELLED),
         Err(error) => {
-            printer::print_error(&error);
+            render::print_error(&error);
             ExitCode::from(if is_usage(&error) { EXIT_USAGE } else { EXIT_FAILED })
         }
     }

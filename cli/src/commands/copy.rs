@@ -11,7 +11,7 @@ use mover_engine::wire::SyncOptions;
 
 use crate::args::{CopyArgs, GlobalArgs, OutputFormat};
 use crate::location::{Location, parse_location};
-use crate::printer::Printer;
+use crate::render::copy::CopyRenderer as Printer;
 use crate::{Outcome, usage};
 
 fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {

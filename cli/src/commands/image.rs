@@ -1,19 +1,17 @@
 //! `mover image copy` and `mover image sync`.
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mover_engine::image::{
     self, Credentials, Endpoint, ImageRef, ImageSummary, Layout, Registry, RegistryOptions, Session, TlsMode, Version,
 };
-use mover_engine::progress::{BlobState, Event, Reporter};
 use mover_engine::tunnel::Proxy;
 
 use crate::args::{GlobalArgs, ImageCommand, ImageCommon, ImageCopyArgs, ImageSyncArgs, OutputFormat};
+use crate::render::image::ImageRenderer;
 use crate::{Outcome, UsageError, output, usage};
 
 /// Runs an image subcommand.
@@ -46,7 +44,7 @@ async fn copy(args: ImageCopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
     let source = endpoint(&source_ref, &args.common, Side::Source)?;
     let target = endpoint(&target_ref, &args.common, Side::Target)?;
     let (source_version, target_tag) = versions(&source_ref, &target_ref);
-    let printer = Arc::new(ImagePrinter::new(global, args.common.dry_run));
+    let printer = Arc::new(ImageRenderer::new(global, args.common.dry_run));
     let session = Session::new(printer.clone());
     let options = image::CopyOptions {
         platform: args.platform.clone(),
@@ -91,7 +89,7 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
         _ if args.prefix => return Err(usage("`--prefix` needs docker:// source and target")),
         _ => None,
     };
-    let printer = Arc::new(ImagePrinter::new(global, args.common.dry_run));
+    let printer = Arc::new(ImageRenderer::new(global, args.common.dry_run));
     let session = Session::new(printer.clone());
     let options =
         image::CopyOptions { platform: None, jobs: usize::from(args.common.jobs), dry_run: args.common.dry_run };
@@ -100,7 +98,7 @@ async fn sync(args: ImageSyncArgs, global: &GlobalArgs) -> anyhow::Result<Outcom
         &source,
         &target,
         &options,
-        &image::SyncOptions { tags, prefix: args.prefix },
+        &tags.into(),
         prefixes.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
     )
     .await;
@@ -161,17 +159,7 @@ pub(crate) async fn explain(error: image::ImageError, proxy: Option<&str>) -> an
     }
 }
 
-/// The remedy for an image error, when the CLI knows one (`error:`'s `hint:` line).
-pub(crate) fn hint(error: &image::ImageError) -> Option<String> {
-    match error {
-        image::ImageError::PlainHttp { registry, .. } => Some(format!(
-            "`{registry}` serves plain HTTP: if that is intended, pass `--src-plain-http` when it is the source or `--dest-plain-http` when it is the target (in a plan: `plainHttp: true` under `registries.source` or `registries.target`); nothing sent to it is encrypted"
-        )),
-        _ => None,
-    }
-}
-
-fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::Error>) -> anyhow::Result<Outcome> {
+fn finish(printer: &ImageRenderer, summary: ImageSummary, error: Option<anyhow::Error>) -> anyhow::Result<Outcome> {
     let mut summary = summary;
     if let Some(error) = &error {
         summary.errors.push(format!("{error:#}"));
@@ -181,11 +169,7 @@ fn finish(printer: &ImagePrinter, summary: ImageSummary, error: Option<anyhow::E
         Some(error) => Err(error),
         None if summary.errors.is_empty() => Ok(Outcome::Success),
         None => {
-            if !printer.json {
-                for error in &summary.errors {
-                    output::eprintln(&format!("error: {error}"));
-                }
-            }
+            printer.errors(&summary.errors);
             Ok(Outcome::Failed)
         }
     }
@@ -260,9 +244,7 @@ pub(crate) fn endpoint_for(
             let credentials = match (&access.credentials, &access.token) {
                 (Some(creds), _) => creds.clone(),
                 (None, Some(token)) => Credentials::Token(token.clone()),
-                (None, None) => {
-                    image::lookup_credentials(&repository.registry, access.authfile.as_deref())?.unwrap_or_default()
-                }
+                (None, None) => credentials_from_files(&repository.registry, access.authfile.as_deref())?,
             };
             let tls = match (access.plain_http, access.tls_verify) {
                 (true, _) => TlsMode::PlainHttp,
@@ -286,6 +268,41 @@ pub(crate) fn endpoint_for(
     }
 }
 
+/// The credentials for `registry` in the auth files (`--authfile`, else the usual places), or
+/// none; says so when a file names a credential helper, which mover does not run.
+fn credentials_from_files(registry: &str, authfile: Option<&Path>) -> anyhow::Result<Credentials> {
+    let lookup = image::lookup_credentials(registry, &auth_files(authfile))?;
+    if lookup.credentials.is_none() {
+        for path in &lookup.helpers {
+            tracing::warn!(
+                "`{}` names a credential helper, which mover does not run: put `{registry}`'s credentials in an auth file or pass them with --src-creds/--dest-creds",
+                path.display()
+            );
+        }
+    }
+    Ok(lookup.credentials.unwrap_or_default())
+}
+
+/// Where to look for registry credentials: `authfile` (`--authfile`, `authFile:`), else
+/// `$REGISTRY_AUTH_FILE` (both must exist), else `$XDG_RUNTIME_DIR/containers/auth.json` then
+/// `~/.docker/config.json` (skipped when missing).
+fn auth_files(authfile: Option<&Path>) -> image::AuthFiles {
+    if let Some(path) =
+        authfile.map(Path::to_owned).or_else(|| std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from))
+    {
+        return image::AuthFiles::named(path);
+    }
+    image::AuthFiles::usual(
+        [
+            std::env::var_os("XDG_RUNTIME_DIR").map(|dir| PathBuf::from(dir).join("containers/auth.json")),
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker/config.json")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    )
+}
+
 /// The registries' deadlines: the engine's defaults, or `MOVER_REGISTRY_PACE=HEADERS_MS:MIN_BYTES_PER_S:WINDOW_MS`,
 /// an undocumented knob for tests that drive a stalling server and cannot wait 15 s per request.
 fn registry_pace() -> anyhow::Result<image::Pace> {
@@ -298,142 +315,5 @@ fn registry_pace() -> anyhow::Result<image::Pace> {
             window: Duration::from_millis(*window),
         }),
         _ => anyhow::bail!("MOVER_REGISTRY_PACE is `{text}`: expected HEADERS_MS:MIN_BYTES_PER_S:WINDOW_MS"),
-    }
-}
-
-/// Shows image copies: per-blob bars on a terminal, JSON lines with `--output json`, a list
-/// with `--dry-run`.
-struct ImagePrinter {
-    json: bool,
-    bars: Option<(MultiProgress, Mutex<HashMap<String, ProgressBar>>)>,
-    /// Per image: its bar and the bytes done of each of its blobs.
-    images: Mutex<HashMap<String, ImageBar>>,
-    dry_run: bool,
-}
-
-/// An image's bar and the bytes done of each of its blobs.
-type ImageBar = (ProgressBar, HashMap<String, u64>);
-
-fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{msg:20} {bytes:>10}/{total_bytes:<10} {wide_bar} {binary_bytes_per_sec:>12} ETA {eta:<4}",
-    )
-    .expect("valid template")
-}
-
-impl ImagePrinter {
-    fn new(global: &GlobalArgs, dry_run: bool) -> ImagePrinter {
-        let json = global.output == OutputFormat::Json;
-        let bars = (!json && !dry_run && !global.no_progress && std::io::stderr().is_terminal())
-            .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)), Mutex::default()));
-        ImagePrinter { json, bars, images: Mutex::default(), dry_run }
-    }
-
-    fn summary(&self, summary: &ImageSummary) {
-        if self.json {
-            let mut value = serde_json::to_value(summary).expect("summary serialises");
-            value["type"] = "summary".into();
-            output::json_final(&value);
-            return;
-        }
-        if let Some((multi, _)) = &self.bars {
-            let _ = multi.clear();
-        }
-        if !summary.errors.is_empty() {
-            return;
-        }
-        let verb = if summary.dry_run { "would copy" } else { "copied" };
-        for line in &summary.copied {
-            output::println(line);
-        }
-        output::eprintln(&format!(
-            "{} image(s): {verb} {} blob(s) ({}), {} already there, {} mounted, {} manifest(s), {:.2}s",
-            summary.images,
-            summary.blobs_copied,
-            human(summary.bytes_copied),
-            summary.blobs_skipped,
-            summary.blobs_mounted,
-            summary.manifests,
-            summary.elapsed_s
-        ));
-    }
-}
-
-fn human(bytes: u64) -> String {
-    indicatif::BinaryBytes(bytes).to_string()
-}
-
-impl Reporter for ImagePrinter {
-    fn on_event(&self, event: &Event) {
-        if self.json {
-            output::json_line(&crate::printer::typed(event));
-            return;
-        }
-        if self.dry_run {
-            match event {
-                Event::ImagePlanned { image, digest, manifests, blobs, bytes } => {
-                    output::println(&format!(
-                        "{image} ({digest}): {manifests} manifest(s), {blobs} blob(s), {}",
-                        human(*bytes)
-                    ));
-                }
-                Event::Blob { digest, size, state, .. } => {
-                    let action = match state {
-                        BlobState::Skipped => "already there",
-                        BlobState::Mounted => "mount",
-                        _ => "copy",
-                    };
-                    output::println(&format!("  {action:<13} {digest} {}", human(*size)));
-                }
-                _ => {}
-            }
-            return;
-        }
-        let Some((multi, bars)) = &self.bars else {
-            if let Event::Warning { message } = event {
-                output::eprintln(&format!("warning: {message}"));
-            }
-            return;
-        };
-        match event {
-            Event::ImagePlanned { image, bytes, .. } => {
-                let bar = multi.insert(0, ProgressBar::new(*bytes));
-                bar.set_style(bar_style());
-                let name: String = image.rsplit('/').next().unwrap_or(image).chars().take(20).collect();
-                bar.set_message(output::escape(&name).into_owned());
-                bar.enable_steady_tick(Duration::from_millis(250));
-                self.images.lock().expect("images").insert(image.clone(), (bar, HashMap::new()));
-            }
-            Event::Blob { image, digest, size, done, state } => {
-                if let Some((bar, blobs)) = self.images.lock().expect("images").get_mut(image) {
-                    blobs.insert(digest.clone(), *done);
-                    bar.set_position(blobs.values().sum());
-                }
-                let mut bars = bars.lock().expect("bars");
-                let bar = bars.entry(digest.clone()).or_insert_with(|| {
-                    let bar = multi.add(ProgressBar::new(*size));
-                    bar.set_style(bar_style());
-                    let digest: String = digest.chars().take(19).collect();
-                    bar.set_message(format!("  {}", output::escape(&digest)));
-                    bar.enable_steady_tick(Duration::from_millis(250));
-                    bar
-                });
-                bar.set_position(*done);
-                if *state != BlobState::Copying {
-                    bar.finish_and_clear();
-                    bars.remove(digest);
-                }
-            }
-            Event::ImageCopied { image, digest } => {
-                if let Some((bar, _)) = self.images.lock().expect("images").remove(image) {
-                    bar.finish_and_clear();
-                }
-                let _ = multi.println(output::escape(&format!("copied {image} ({digest})")));
-            }
-            Event::Warning { message } => {
-                let _ = multi.println(output::escape(&format!("warning: {message}")));
-            }
-            _ => {}
-        }
     }
 }

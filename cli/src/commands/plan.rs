@@ -27,9 +27,9 @@ use crate::commands::copy::resolve_proxy;
 use crate::commands::image;
 use crate::commands::preflight::{self, Thresholds};
 use crate::location::Location;
-use crate::plan::progress::PlanPrinter;
 use crate::plan::report::{ImageReport, Report, StepResult};
 use crate::plan::{self, HookAction, Phase, Plan, VolumePlan};
+use crate::render::plan::PlanPrinter;
 use mover_engine::image::{ImageRef, ImageSummary, Session};
 
 /// Loads the coordinator's identity when the plan involves agents.
@@ -70,7 +70,7 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
         if result.is_ok() {
             return Err(error);
         }
-        crate::printer::print_error(&error);
+        crate::render::print_error(&error);
     }
     if printer.is_json() {
         let mut value = serde_json::to_value(&report).expect("reports serialise");
@@ -81,7 +81,7 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
         report.print();
     }
     if cancelled {
-        crate::printer::print_cancelled(false);
+        crate::render::print_cancelled(false);
         return Ok(Outcome::Cancelled);
     }
     result.map(|()| Outcome::Success)
@@ -363,8 +363,7 @@ async fn transfer_image(
                         regex::Regex::new(&format!("^({})$", names.join("|")))
                     })
                     .transpose()?;
-                let sync = mover_engine::image::SyncOptions { tags, prefix: false };
-                mover_engine::image::sync_images(&session, &from, &to, &options, &sync, None).await
+                mover_engine::image::sync_images(&session, &from, &to, &options, &tags.into(), None).await
             }
         };
         match outcome {

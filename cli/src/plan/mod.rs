@@ -8,7 +8,6 @@
 //! entry concerned.
 
 mod file;
-pub mod progress;
 pub mod report;
 pub mod values;
 

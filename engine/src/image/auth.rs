@@ -1,6 +1,6 @@
-//! Registry credentials: flags, or the auth files docker, podman and skopeo share.
+//! Registry credentials: given, or found in the auth files docker, podman and skopeo share.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine;
 
@@ -51,44 +51,72 @@ pub struct AuthFileError {
     reason: String,
 }
 
-/// Finds credentials for `registry` (`host[:port]`) in, in order: `authfile` (`--authfile`),
-/// `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.docker/config.json`.
-/// The first file with an entry for the registry wins. Credential helpers (`credsStore`,
-/// `credHelpers`) are not run: a warning says so when a file names one.
-pub fn lookup_credentials(registry: &str, authfile: Option<&Path>) -> Result<Option<Credentials>, AuthFileError> {
-    let explicit = authfile.map(Path::to_owned).or_else(|| std::env::var_os("REGISTRY_AUTH_FILE").map(PathBuf::from));
-    let candidates: Vec<PathBuf> = match explicit {
-        Some(path) => vec![path],
-        None => [
-            std::env::var_os("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("containers/auth.json")),
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect(),
-    };
-    let must_exist = authfile.is_some() || std::env::var_os("REGISTRY_AUTH_FILE").is_some();
-    for path in candidates {
-        let bytes = match std::fs::read(&path) {
+/// Where to look for registry credentials: the auth files docker, podman and skopeo share, in
+/// lookup order. The front end decides which (from its flags and environment).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthFiles {
+    /// The files, first looked at first.
+    paths: Vec<PathBuf>,
+    /// A missing file is an error (the user named it), not skipped.
+    named: bool,
+}
+
+impl AuthFiles {
+    /// One file the user named: it must exist.
+    #[must_use]
+    pub fn named(path: PathBuf) -> AuthFiles {
+        AuthFiles { paths: vec![path], named: true }
+    }
+
+    /// The usual places, in order; a missing one is skipped.
+    #[must_use]
+    pub fn usual(paths: Vec<PathBuf>) -> AuthFiles {
+        AuthFiles { paths, named: false }
+    }
+
+    /// The files, in lookup order.
+    #[must_use]
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+}
+
+/// What a credential lookup found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CredentialLookup {
+    /// The first entry for the registry, if any file has one.
+    pub credentials: Option<Credentials>,
+    /// Files read before that (or all of them) that name a credential helper (`credsStore`,
+    /// `credHelpers`), which mover does not run: the front end may say so.
+    pub helpers: Vec<PathBuf>,
+}
+
+/// Finds credentials for `registry` (`host[:port]`) in `files`, in order. The first file with an
+/// entry for the registry wins. Credential helpers are not run: files that name one are listed
+/// in the answer.
+pub fn lookup_credentials(registry: &str, files: &AuthFiles) -> Result<CredentialLookup, AuthFileError> {
+    let mut lookup = CredentialLookup::default();
+    for path in &files.paths {
+        let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => continue,
-            Err(e) => return Err(AuthFileError { path, reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !files.named => continue,
+            Err(e) => return Err(AuthFileError { path: path.clone(), reason: e.to_string() }),
         };
         match parse(&bytes, registry).map_err(|reason| AuthFileError { path: path.clone(), reason })? {
-            Some(credentials) => return Ok(Some(credentials)),
+            Some(credentials) => {
+                lookup.credentials = Some(credentials);
+                return Ok(lookup);
+            }
             None => {
                 if std::str::from_utf8(&bytes)
                     .is_ok_and(|text| text.contains("credHelpers") || text.contains("credsStore"))
                 {
-                    tracing::warn!(
-                        "`{}` names a credential helper, which mover does not run: put `{registry}`'s credentials in an auth file or pass them with --src-creds/--dest-creds",
-                        path.display()
-                    );
+                    lookup.helpers.push(path.clone());
                 }
             }
         }
     }
-    Ok(None)
+    Ok(lookup)
 }
 
 fn parse(bytes: &[u8], registry: &str) -> Result<Option<Credentials>, String> {
@@ -138,6 +166,26 @@ mod tests {
         assert_eq!(parse(file, "third.example").unwrap(), None);
         assert!(parse(br#"{"auths":{"x":{"auth":"!!"}}}"#, "x").is_err());
         assert!(parse(b"nope", "x").is_err());
+    }
+
+    #[test]
+    fn files_are_read_in_order_and_only_a_named_one_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.json");
+        let helper = dir.path().join("helper.json");
+        let entry = dir.path().join("entry.json");
+        std::fs::write(&helper, br#"{"auths":{},"credsStore":"desktop"}"#).unwrap();
+        std::fs::write(&entry, br#"{"auths":{"reg.example":{"username":"u","password":"p"}}}"#).unwrap();
+        let found =
+            lookup_credentials("reg.example", &AuthFiles::usual(vec![missing.clone(), helper.clone(), entry])).unwrap();
+        assert_eq!(found.credentials, Some(Credentials::Basic { user: "u".into(), password: "p".into() }));
+        assert_eq!(found.helpers, vec![helper]);
+        assert_eq!(
+            lookup_credentials("reg.example", &AuthFiles::usual(vec![missing.clone()])).unwrap(),
+            CredentialLookup::default()
+        );
+        let error = lookup_credentials("reg.example", &AuthFiles::named(missing)).unwrap_err();
+        assert!(error.to_string().contains("missing.json"), "{error}");
     }
 
     #[test]

@@ -32,13 +32,34 @@ impl Default for CopyOptions {
     }
 }
 
-/// What `image sync` copies.
+/// Which tags `image sync` copies: all, or those a regular expression matches.
 #[derive(Debug, Clone, Default)]
-pub struct SyncOptions {
-    /// Tags to copy (all when `None`).
-    pub tags: Option<regex::Regex>,
-    /// Treat the source repository as a prefix: copy every repository under it.
-    pub prefix: bool,
+pub struct TagFilter(Option<regex::Regex>);
+
+impl TagFilter {
+    /// Every tag.
+    #[must_use]
+    pub fn all() -> TagFilter {
+        TagFilter(None)
+    }
+
+    /// The tags `pattern` matches (anywhere in the tag, unless it is anchored).
+    #[must_use]
+    pub fn matching(pattern: regex::Regex) -> TagFilter {
+        TagFilter(Some(pattern))
+    }
+
+    /// Whether `tag` is copied.
+    #[must_use]
+    pub fn matches(&self, tag: &str) -> bool {
+        self.0.as_ref().is_none_or(|pattern| pattern.is_match(tag))
+    }
+}
+
+impl From<Option<regex::Regex>> for TagFilter {
+    fn from(pattern: Option<regex::Regex>) -> TagFilter {
+        TagFilter(pattern)
+    }
 }
 
 /// What a run of image copies did.
@@ -456,13 +477,14 @@ async fn read_verified(
     }
 }
 
-/// Copies every tag of a repository (or of every repository under a prefix) or layout.
+/// Copies every tag `tags` matches of a repository (or of every repository under a prefix,
+/// when `repositories` names the source and target prefixes) or layout.
 pub async fn sync_images(
     session: &Session,
     source: &Endpoint,
     target: &Endpoint,
     copy: &CopyOptions,
-    sync: &SyncOptions,
+    tags: &TagFilter,
     repositories: Option<(&str, &str)>,
 ) -> Result<(), ImageError> {
     let pairs: Vec<(Endpoint, Endpoint)> = match (repositories, source, target) {
@@ -488,14 +510,16 @@ pub async fn sync_images(
                 })
                 .collect()
         }
-        (Some(_), _, _) => return Err(ImageError::Invalid("--prefix needs docker:// source and target".into())),
+        (Some(_), _, _) => {
+            return Err(ImageError::Invalid(
+                "copying every repository under a prefix needs a registry (docker://) source and target".into(),
+            ));
+        }
         (None, _, _) => vec![(source.clone(), target.clone())],
     };
     for (from, to) in pairs {
-        let tags = from.tags().await?;
-        let tags: Vec<String> =
-            tags.into_iter().filter(|tag| sync.tags.as_ref().is_none_or(|re| re.is_match(tag))).collect();
-        for tag in tags {
+        let listed = from.tags().await?;
+        for tag in listed.into_iter().filter(|tag| tags.matches(tag)) {
             let version = Version::Tag(tag.clone());
             if let Err(error) = copy_image(session, &from, Some(&version), &to, Some(&tag), copy).await {
                 session.count(|s| s.errors.push(format!("{from}:{tag}: {error}")));

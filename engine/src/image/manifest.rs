@@ -30,7 +30,7 @@ pub const MAX_DEPTH: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// Larger than the cap.
-    #[error("manifest is larger than the {limit}-byte limit (raise it with --max-manifest-size if this is expected)")]
+    #[error("manifest is larger than the {limit}-byte limit")]
     TooLarge {
         /// The cap.
         limit: usize,

@@ -209,7 +209,7 @@ async fn check_agents(
             }
             Err(error) => {
                 let detail = mover_engine::sync::full_message(&error);
-                let remedy = crate::printer::copy_error_hint(&error).unwrap_or_else(|| {
+                let remedy = crate::hints::copy_error(&error).unwrap_or_else(|| {
                     "check that `mover-agent serve` runs there and that the address and port are reachable from here"
                         .to_owned()
                 });

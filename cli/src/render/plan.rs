@@ -4,18 +4,18 @@
 //! Hook output always goes to stderr in text mode, each line prefixed with the hook's name.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 use mover_engine::progress::{Event, Reporter};
 use serde_json::json;
 
-use super::Hook;
-use super::report::VolumeReport;
-use crate::args::{GlobalArgs, OutputFormat};
+use super::Printer;
+use crate::args::GlobalArgs;
 use crate::output;
+use crate::plan::Hook;
+use crate::plan::report::{ImageReport, VolumeReport};
 
 struct VolumeLine {
     done: u64,
@@ -23,15 +23,18 @@ struct VolumeLine {
     bar: ProgressBar,
 }
 
-enum Mode {
-    Json,
-    Bars { multi: MultiProgress, total: ProgressBar, volumes: Mutex<HashMap<String, VolumeLine>> },
-    Quiet,
+/// The plan's renderer and its lines.
+struct Inner {
+    printer: Printer,
+    /// The total line, on a terminal.
+    total: Option<ProgressBar>,
+    /// Each volume's or image's line, by name.
+    volumes: Mutex<HashMap<String, VolumeLine>>,
 }
 
 /// The plan's renderer; cheap to share.
 #[derive(Clone)]
-pub struct PlanPrinter(Arc<Mode>);
+pub struct PlanPrinter(Arc<Inner>);
 
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).expect("valid template").progress_chars("=> ")
@@ -41,78 +44,62 @@ impl PlanPrinter {
     /// Picks the renderer once.
     #[must_use]
     pub fn new(global: &GlobalArgs) -> PlanPrinter {
-        let mode = if global.output == OutputFormat::Json {
-            Mode::Json
-        } else if global.no_progress || !std::io::stderr().is_terminal() {
-            Mode::Quiet
-        } else {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        let printer = Printer::new(global, true);
+        let total = printer.bars().map(|multi| {
             let total = multi.add(ProgressBar::new(0));
             total.set_style(style(
                 "{prefix:<16.bold} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4}",
             ));
             total.set_prefix("total");
-            Mode::Bars { multi, total, volumes: Mutex::new(HashMap::new()) }
-        };
-        PlanPrinter(Arc::new(mode))
-    }
-
-    fn json_line(&self, value: &serde_json::Value) {
-        if let Mode::Json = &*self.0 {
-            output::json_line(value);
-        }
+            total
+        });
+        PlanPrinter(Arc::new(Inner { printer, total, volumes: Mutex::new(HashMap::new()) }))
     }
 
     /// A line of text on stderr, above the progress lines on a terminal.
     pub(crate) fn text_line(&self, text: &str) {
-        match &*self.0 {
-            // `MultiProgress::suspend` panics when the terminal cannot be written; `println`
-            // reports it.
-            Mode::Bars { multi, .. } => {
-                let _ = multi.println(output::escape(text));
-            }
-            _ => output::eprintln(text),
-        }
+        self.0.printer.note(text);
     }
 
     /// A hook starts.
     pub fn hook_started(&self, hook: &Hook) {
-        match &*self.0 {
-            Mode::Json => self.json_line(&json!({
-                "type": "hook_started", "hook": hook.name, "phase": hook.phase, "side": hook.side,
-            })),
-            _ => self.text_line(&format!("hook `{}` ({}, {} side) started", hook.name, hook.phase, hook.side)),
+        if self.is_json() {
+            self.0.printer.json("hook_started", json!({"hook": hook.name, "phase": hook.phase, "side": hook.side}));
+        } else {
+            self.text_line(&format!("hook `{}` ({}, {} side) started", hook.name, hook.phase, hook.side));
         }
     }
 
     /// One line of a hook's output.
     pub fn hook_line(&self, hook: &Hook, line: &str) {
-        match &*self.0 {
-            Mode::Json => self.json_line(&json!({"type": "hook_output", "hook": hook.name, "line": line})),
-            _ => self.text_line(&format!("{} | {line}", hook.name)),
+        if self.is_json() {
+            self.0.printer.json("hook_output", json!({"hook": hook.name, "line": line}));
+        } else {
+            self.text_line(&format!("{} | {line}", hook.name));
         }
     }
 
     /// A hook ended.
     pub fn hook_finished(&self, hook: &Hook, result: &str, elapsed: Duration) {
-        match &*self.0 {
-            Mode::Json => self.json_line(&json!({
-                "type": "hook_finished", "hook": hook.name, "phase": hook.phase, "result": result,
-                "elapsed_s": elapsed.as_secs_f64(),
-            })),
-            _ => self.text_line(&format!("hook `{}` {result} after {:.1}s", hook.name, elapsed.as_secs_f64())),
+        if self.is_json() {
+            self.0.printer.json(
+                "hook_finished",
+                json!({"hook": hook.name, "phase": hook.phase, "result": result, "elapsed_s": elapsed.as_secs_f64()}),
+            );
+        } else {
+            self.text_line(&format!("hook `{}` {result} after {:.1}s", hook.name, elapsed.as_secs_f64()));
         }
     }
 
     /// True with `--output json`.
     #[must_use]
     pub fn is_json(&self) -> bool {
-        matches!(&*self.0, Mode::Json)
+        self.0.printer.is_json()
     }
 
     /// A progress line above the total, counted in it, on a terminal.
     fn line(&self, name: &str, prefix: &str) -> Option<ProgressBar> {
-        let Mode::Bars { multi, total, volumes } = &*self.0 else { return None };
+        let (multi, total) = (self.0.printer.bars()?, self.0.total.as_ref()?);
         let bar = multi.insert_before(total, ProgressBar::new(0));
         bar.set_style(style(
             "{prefix:<16} {bytes:>10}/{total_bytes:<10} [{wide_bar}] {binary_bytes_per_sec:>12} ETA {eta:<4} {msg}",
@@ -120,7 +107,8 @@ impl PlanPrinter {
         bar.set_prefix(output::escape(prefix).into_owned());
         bar.enable_steady_tick(Duration::from_millis(250));
         total.enable_steady_tick(Duration::from_millis(250));
-        volumes
+        self.0
+            .volumes
             .lock()
             .expect("volumes lock")
             .insert(name.to_owned(), VolumeLine { done: 0, length: 0, bar: bar.clone() });
@@ -137,35 +125,30 @@ impl PlanPrinter {
 
     /// A volume ended: its line shows the result, and JSON gets a `volume_finished` event.
     pub fn volume_finished(&self, report: &VolumeReport) {
-        match &*self.0 {
-            Mode::Json => {
-                let mut value = serde_json::to_value(report).expect("reports serialise");
-                value["type"] = "volume_finished".into();
-                value["volume"] = report.name.clone().into();
-                self.json_line(&value);
+        if self.is_json() {
+            let mut value = serde_json::to_value(report).expect("reports serialise");
+            value["volume"] = report.name.clone().into();
+            self.0.printer.json("volume_finished", value);
+        } else if self.0.total.is_some() {
+            if let Some(line) = self.0.volumes.lock().expect("volumes lock").get(&report.name) {
+                line.bar.set_position(report.bytes_total);
+                line.bar.finish_with_message(report.result.to_string());
             }
-            Mode::Bars { volumes, .. } => {
-                if let Some(line) = volumes.lock().expect("volumes lock").get(&report.name) {
-                    line.bar.set_position(report.bytes_total);
-                    line.bar.finish_with_message(report.result.to_string());
-                }
-                self.update_total(&report.name, Some(report.bytes_total), Some(report.bytes_total));
-            }
-            Mode::Quiet => {}
+            self.update_total(&report.name, Some(report.bytes_total), Some(report.bytes_total));
         }
     }
 
     /// Clears the progress lines before the report.
     pub fn finish(&self) {
-        if let Mode::Bars { multi, total, .. } = &*self.0 {
+        if let Some(total) = &self.0.total {
             total.finish();
-            let _ = multi.clear();
+            self.0.printer.clear();
         }
     }
 
     fn update_total(&self, name: &str, done: Option<u64>, length: Option<u64>) {
-        if let Mode::Bars { total, volumes, .. } = &*self.0 {
-            let mut volumes = volumes.lock().expect("volumes lock");
+        if let Some(total) = &self.0.total {
+            let mut volumes = self.0.volumes.lock().expect("volumes lock");
             if let Some(line) = volumes.get_mut(name) {
                 if let Some(done) = done {
                     line.done = done;
@@ -196,9 +179,7 @@ impl Reporter for VolumeProgress {
 
     fn on_event(&self, event: &Event) {
         if self.printer.is_json() {
-            let mut value = crate::printer::typed(event);
-            value["volume"] = self.name.clone().into();
-            self.printer.json_line(&value);
+            self.printer.0.printer.event(event, Some(("volume", &self.name)));
             return;
         }
         match event {
@@ -249,9 +230,7 @@ struct ImageState {
 impl Reporter for ImageProgress {
     fn on_event(&self, event: &Event) {
         if self.printer.is_json() {
-            let mut value = crate::printer::typed(event);
-            value["image"] = self.name.clone().into();
-            self.printer.json_line(&value);
+            self.printer.0.printer.event(event, Some(("image", &self.name)));
             return;
         }
         let mut state = self.state.lock().expect("image state");
@@ -289,20 +268,13 @@ impl PlanPrinter {
 
     /// An image transfer ended: its line shows the result, and JSON gets an `image_finished`
     /// event.
-    pub fn image_finished(&self, report: &super::report::ImageReport) {
-        match &*self.0 {
-            Mode::Json => {
-                let mut value = serde_json::to_value(report).expect("reports serialise");
-                value["type"] = "image_finished".into();
-                value["image"] = report.source.clone().into();
-                self.json_line(&value);
-            }
-            Mode::Bars { volumes, .. } => {
-                if let Some(line) = volumes.lock().expect("volumes lock").get(&report.source) {
-                    line.bar.finish_with_message(report.result.to_string());
-                }
-            }
-            Mode::Quiet => {}
+    pub fn image_finished(&self, report: &ImageReport) {
+        if self.is_json() {
+            let mut value = serde_json::to_value(report).expect("reports serialise");
+            value["image"] = report.source.clone().into();
+            self.0.printer.json("image_finished", value);
+        } else if let Some(line) = self.0.volumes.lock().expect("volumes lock").get(&report.source) {
+            line.bar.finish_with_message(report.result.to_string());
         }
     }
 }
