@@ -17,25 +17,43 @@ use mover_engine::wire::{RemoteErrorKind, WireError};
 /// A cause, as the chain gives it.
 type Cause<'a> = &'a (dyn std::error::Error + 'static);
 
-/// What one row of the table says about a cause: not its type (`None`), its type without a
-/// remedy (`Some(None)`), or the remedy.
-type Row = fn(Cause<'_>) -> Option<Option<String>>;
+/// What one row of the table says about a cause.
+enum Answer {
+    /// Not a type of this row: ask the next row, then the next cause.
+    NotMine,
+    /// This row's type decides: the remedy, or none.
+    Decided(Option<String>),
+}
+
+use Answer::{Decided, NotMine};
+
+/// One row: a type of error and its remedies.
+type Row = fn(Cause<'_>) -> Answer;
 
 /// The rows, asked in order for each cause.
 const TABLE: &[Row] = &[copy, hook, tunnel, image, certs, deletion, disk_full];
 
 /// The remedy for `error`, when one is known (printed as `hint:` after the error).
 pub fn for_error(error: &anyhow::Error) -> Option<String> {
-    error.chain().find_map(|cause| TABLE.iter().find_map(|row| row(cause)))?
+    let decided = |cause| {
+        TABLE.iter().find_map(|row| match row(cause) {
+            NotMine => None,
+            Decided(hint) => Some(hint),
+        })
+    };
+    error.chain().find_map(decided)?
 }
 
 const CERTS: &str = "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`";
 
 const DISK_FULL: &str = "the target file system is full: free space there, then run the same command again; files already copied are kept and skipped";
 
-fn copy(cause: Cause<'_>) -> Option<Option<String>> {
+fn copy(cause: Cause<'_>) -> Answer {
     // A copy error without a hint lets its causes decide.
-    copy_error(cause.downcast_ref::<CopyError>()?).map(Some)
+    match cause.downcast_ref::<CopyError>().and_then(copy_error) {
+        Some(hint) => Decided(Some(hint)),
+        None => NotMine,
+    }
 }
 
 /// The remedy for a copy error, when one is known (preflight's `remedy` column too).
@@ -62,9 +80,9 @@ pub fn copy_error(error: &CopyError) -> Option<String> {
     }
 }
 
-fn hook(cause: Cause<'_>) -> Option<Option<String>> {
-    let HookError::Spawn { program, .. } = cause.downcast_ref::<HookError>()? else { return None };
-    Some(Some(if program == hooks::ANSIBLE_PLAYBOOK {
+fn hook(cause: Cause<'_>) -> Answer {
+    let Some(HookError::Spawn { program, .. }) = cause.downcast_ref::<HookError>() else { return NotMine };
+    Decided(Some(if program == hooks::ANSIBLE_PLAYBOOK {
         "playbook hooks need `ansible-playbook` in `PATH`: install it with `pip install ansible-core`".into()
     } else {
         format!(
@@ -73,8 +91,8 @@ fn hook(cause: Cause<'_>) -> Option<Option<String>> {
     }))
 }
 
-fn tunnel(cause: Cause<'_>) -> Option<Option<String>> {
-    cause.downcast_ref::<TunnelError>().map(tunnel_error)
+fn tunnel(cause: Cause<'_>) -> Answer {
+    cause.downcast_ref::<TunnelError>().map_or(NotMine, |error| Decided(tunnel_error(error)))
 }
 
 fn tunnel_error(error: &TunnelError) -> Option<String> {
@@ -105,8 +123,8 @@ fn tunnel_error(error: &TunnelError) -> Option<String> {
     }
 }
 
-fn image(cause: Cause<'_>) -> Option<Option<String>> {
-    cause.downcast_ref::<ImageError>().map(image_error)
+fn image(cause: Cause<'_>) -> Answer {
+    cause.downcast_ref::<ImageError>().map_or(NotMine, |error| Decided(image_error(error)))
 }
 
 fn image_error(error: &ImageError) -> Option<String> {
@@ -131,25 +149,29 @@ fn image_error(error: &ImageError) -> Option<String> {
     }
 }
 
-fn certs(cause: Cause<'_>) -> Option<Option<String>> {
-    match cause.downcast_ref::<CertError>()? {
-        CertError::Writable { .. } => Some(None),
-        _ => Some(Some(CERTS.into())),
+fn certs(cause: Cause<'_>) -> Answer {
+    match cause.downcast_ref::<CertError>() {
+        None => NotMine,
+        Some(CertError::Writable { .. }) => Decided(None),
+        Some(_) => Decided(Some(CERTS.into())),
     }
 }
 
-fn deletion(cause: Cause<'_>) -> Option<Option<String>> {
-    match cause.downcast_ref::<DeletionError>()? {
-        DeletionError::MassDelete { .. } => Some(Some(
+fn deletion(cause: Cause<'_>) -> Answer {
+    match cause.downcast_ref::<DeletionError>() {
+        None => NotMine,
+        Some(DeletionError::MassDelete { .. }) => Decided(Some(
             "nothing was deleted; pass `--allow-mass-delete` if this is intended, or `--no-delete` to keep them".into(),
         )),
-        _ => Some(None),
+        Some(_) => Decided(None),
     }
 }
 
-fn disk_full(cause: Cause<'_>) -> Option<Option<String>> {
-    let io = cause.downcast_ref::<std::io::Error>()?;
-    (io.kind() == std::io::ErrorKind::StorageFull).then(|| Some(DISK_FULL.into()))
+fn disk_full(cause: Cause<'_>) -> Answer {
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io) if io.kind() == std::io::ErrorKind::StorageFull => Decided(Some(DISK_FULL.into())),
+        _ => NotMine,
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,7 @@ impl Printer {
     }
 
     /// A line of text on stderr once the bars are gone (a summary, its errors).
+    #[allow(clippy::unused_self, reason = "every write a renderer makes goes through its printer")]
     pub fn after(&self, text: &str) {
         output::eprintln(text);
     }
