@@ -1,10 +1,10 @@
 //! `mover`: the migration coordinator command.
 
+mod access;
 mod args;
 mod commands;
 mod excludes;
 mod itemize;
-mod location;
 mod output;
 mod plan;
 mod printer;
