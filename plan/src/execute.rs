@@ -161,3 +161,6 @@ async fn transfer_volumes(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyho
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
