@@ -152,9 +152,10 @@ pub struct PreflightArgs {
 /// `mover plan ...`.
 #[derive(Debug, Subcommand)]
 pub enum PlanCommand {
-    /// Run a plan: `PreBackup` hooks, `PreRestore` hooks, the volume copies (in parallel, up to
-    /// `concurrency.volumes`), `PostBackup` hooks, `PostRestore` hooks. A failing hook or copy stops
-    /// the plan there. Running it again resumes: completed volumes are cheap incremental no-ops.
+    /// Run a plan in MTC's order: `PreBackup` hooks, the volume copies and image transfers (in
+    /// parallel, up to `concurrency`), `PostBackup`, `PreRestore` and `PostRestore` hooks. Hooks run
+    /// in final runs only, unless `runInStageRuns: true`. A failing hook or copy stops the plan
+    /// there. Running it again resumes: completed volumes are cheap incremental no-ops.
     Run(PlanRunArgs),
 }
 
@@ -164,7 +165,7 @@ pub struct PlanRunArgs {
     /// The plan file (YAML, `apiVersion: mover/v1alpha1`, `kind: MigrationPlan`).
     pub plan: PathBuf,
     /// Stage run, while the application still runs: files that vanish or change while being
-    /// read are warnings. May be repeated.
+    /// read are warnings, and only hooks with `runInStageRuns: true` run. May be repeated.
     #[arg(long, conflicts_with = "final_run")]
     pub stage: bool,
     /// Final run (the default), with the application stopped: every file must copy.

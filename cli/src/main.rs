@@ -1,11 +1,11 @@
 //! `mover`: the migration coordinator command.
 
+mod access;
 mod args;
 mod commands;
 mod excludes;
 mod hints;
 mod itemize;
-mod location;
 mod output;
 mod plan;
 mod render;

@@ -275,36 +275,126 @@ fn a_hook_past_its_timeout_is_killed_and_fails_the_plan() {
     assert!(!tmp.path().join("dst").exists(), "the copy ran after a timed-out hook");
 }
 
+/// A hook that logs its phase, the two spellings of each plan variable, and whether the copy
+/// has reached the target yet.
+fn logging_hook(name: &str, phase: &str, log: &Path, extra: &str) -> String {
+    format!(
+        "  - name: {name}\n    phase: {phase}\n{extra}    command: [/bin/sh, -c, 'echo \"{phase} $migplan_name $migration_namespaces $MIGRATION_PLAN_NAME $MIGRATION_NAMESPACES $(cat dst/file 2>/dev/null || echo none)\" >> {}']\n",
+        log.display()
+    )
+}
+
+/// MTC's Final itinerary (mig-controller `task.go`): PreBackup hooks, the transfers, PostBackup,
+/// PreRestore, PostRestore. Each command hook gets both spellings of the plan's name and
+/// namespaces.
 #[test]
 fn hooks_run_in_mtcs_phase_order_around_the_transfers_with_the_plan_environment() {
     let tmp = tempfile::tempdir().unwrap();
     fs::create_dir(tmp.path().join("src")).unwrap();
     fs::write(tmp.path().join("src/file"), b"payload").unwrap();
     let log = tmp.path().join("order.log");
-    // Each hook logs its phase, the environment, and whether the copy has happened yet.
-    let hook = |name: &str, phase: &str| {
-        format!(
-            "  - name: {name}\n    phase: {phase}\n    command: [/bin/sh, -c, 'echo \"{phase} $migplan_name $migration_namespaces $(cat dst/file 2>/dev/null || echo none)\" >> {}']\n",
-            log.display()
-        )
-    };
     let plan = write_plan(
         tmp.path(),
         &format!(
             "name: ordered\nnamespaces: [a, b]\nvolumes:\n  - {{source: ./src, target: ./dst}}\nhooks:\n{}{}{}{}",
-            hook("post-restore", "PostRestore"),
-            hook("post-backup", "PostBackup"),
-            hook("pre-restore", "PreRestore"),
-            hook("pre-backup", "PreBackup"),
+            logging_hook("post-restore", "PostRestore", &log, ""),
+            logging_hook("post-backup", "PostBackup", &log, ""),
+            logging_hook("pre-restore", "PreRestore", &log, ""),
+            logging_hook("pre-backup", "PreBackup", &log, ""),
         ),
     );
-    let output = plan_run(&plan, &["--stage"]);
+    let output = plan_run(&plan, &["--final"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert_eq!(
         fs::read_to_string(&log).unwrap(),
-        "PreBackup ordered a,b none\nPreRestore ordered a,b none\nPostBackup ordered a,b payload\nPostRestore ordered a,b payload\n"
+        "PreBackup ordered a,b ordered a,b none\n\
+         PostBackup ordered a,b ordered a,b payload\n\
+         PreRestore ordered a,b ordered a,b payload\n\
+         PostRestore ordered a,b ordered a,b payload\n"
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("(stage run): ok"), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("(final run): ok"), "{}", text(&output));
+}
+
+/// MTC runs no hooks in stage migrations: a stage run copies and runs only the hooks that ask
+/// for it (`runInStageRuns: true`); the others stay `not_run` in the report. A final run runs
+/// them all.
+#[test]
+fn a_stage_run_runs_only_the_hooks_marked_for_stage_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("src")).unwrap();
+    fs::write(tmp.path().join("src/file"), b"payload").unwrap();
+    let log = tmp.path().join("order.log");
+    let plan = write_plan(
+        tmp.path(),
+        &format!(
+            "name: staged\nnamespaces: [a]\nvolumes:\n  - {{source: ./src, target: ./dst}}\nhooks:\n{}{}{}",
+            logging_hook("quiesce", "PreBackup", &log, ""),
+            logging_hook("warm", "PreBackup", &log, "    runInStageRuns: true\n"),
+            logging_hook("verify", "PostRestore", &log, ""),
+        ),
+    );
+    let report_path = tmp.path().join("report.json");
+    let output = plan_run(&plan, &["--stage", "--report", report_path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(fs::read_to_string(&log).unwrap(), "PreBackup staged a staged a none\n", "{}", text(&output));
+    assert_eq!(fs::read(tmp.path().join("dst/file")).unwrap(), b"payload");
+    let report = read_report(&report_path);
+    let results: Vec<(&str, &str)> = report["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hook| (hook["name"].as_str().unwrap(), hook["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(results, [("quiesce", "not_run"), ("warm", "succeeded"), ("verify", "not_run")]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("stage run: 2 hooks are not run"), "{}", text(&output));
+    fs::remove_file(&log).unwrap();
+    let output = plan_run(&plan, &["--final"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        // The target holds the stage run's copy already.
+        "PreBackup staged a staged a payload\nPreBackup staged a staged a payload\nPostRestore staged a staged a payload\n",
+        "{}",
+        text(&output)
+    );
+}
+
+/// A playbook reads the plan's variables as Ansible variables and from its environment, in both
+/// spellings (`migplan_name`, `MIGRATION_PLAN_NAME`, ...).
+#[test]
+fn playbook_hooks_get_both_spellings_as_variables_and_in_the_environment() {
+    let found =
+        std::process::Command::new("ansible-playbook").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: `ansible-playbook` is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // `debug` runs on the controller: no module, no remote Python.
+    fs::write(
+        tmp.path().join("vars.yml"),
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n  - debug:\n      msg: \"{{ migplan_name }} {{ migration_namespaces }} {{ MIGRATION_PLAN_NAME }} {{ MIGRATION_NAMESPACES }} {{ lookup('env', 'MIGRATION_PLAN_NAME') }} {{ lookup('env', 'MIGRATION_NAMESPACES') }}\"\n",
+    )
+    .unwrap();
+    let plan = write_plan(
+        tmp.path(),
+        "name: spelled\nnamespaces: [shop, shop-db]\nhooks:\n  - name: vars\n    phase: PreBackup\n    playbook: vars.yml\n",
+    );
+    let output = plan_run(&plan, &["--final"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let messages: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("vars |"))
+        .map(str::trim)
+        .filter(|l| l.starts_with("\"msg\""))
+        .collect();
+    assert_eq!(
+        messages,
+        ["\"msg\": \"spelled shop,shop-db spelled shop,shop-db spelled shop,shop-db\""],
+        "{}",
+        text(&output)
+    );
 }
 
 #[test]

@@ -74,6 +74,17 @@ impl HookCommand {
         }
     }
 
+    /// Passes variables to a playbook as Ansible extra vars (`--extra-vars JSON`), where
+    /// playbooks read them as `{{ name }}`; the values stay strings.
+    #[must_use]
+    pub fn with_extra_vars(mut self, vars: &[(String, String)]) -> HookCommand {
+        let map: serde_json::Map<String, serde_json::Value> =
+            vars.iter().map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone()))).collect();
+        self.args.push("--extra-vars".into());
+        self.args.push(serde_json::Value::Object(map).to_string().into());
+        self
+    }
+
     /// Adds environment variables.
     #[must_use]
     pub fn with_env(mut self, env: impl IntoIterator<Item = (String, String)>) -> HookCommand {
@@ -355,6 +366,14 @@ mod tests {
         let error = run_hook(&command, &|_| {}).await.unwrap_err();
         assert!(matches!(error, HookError::Spawn { .. }));
         assert_eq!(error.to_string(), "cannot start `/nonexistent/hook`");
+    }
+
+    #[test]
+    fn extra_vars_are_one_json_object() {
+        let command = HookCommand::playbook(Path::new("/p.yml"), Path::new("/"), Duration::from_secs(1))
+            .with_extra_vars(&[("migplan_name".into(), "x \"y\"".into()), ("N".into(), "a,b".into())]);
+        assert_eq!(command.args[command.args.len() - 2], "--extra-vars");
+        assert_eq!(command.args[command.args.len() - 1], r#"{"N":"a,b","migplan_name":"x \"y\""}"#);
     }
 
     #[test]

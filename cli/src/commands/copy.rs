@@ -4,15 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use mover_engine::certs::{Identity, Role};
-use mover_engine::client::{self, CopyError};
-use mover_engine::tunnel::{Proxy, TunnelError};
+use mover_engine::certs::Identity;
+use mover_engine::client::CopyError;
+use mover_engine::tunnel::TunnelError;
 use mover_engine::wire::SyncOptions;
+use mover_plan::{DispatchError, Location, Peers, parse_location};
 
 use crate::args::{CopyArgs, GlobalArgs, OutputFormat};
-use crate::location::{Location, parse_location};
 use crate::render::copy::CopyRenderer as Printer;
-use crate::{Outcome, usage};
+use crate::{Outcome, access, usage};
 
 fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
     let Some(dir) = &args.certs else {
@@ -20,25 +20,7 @@ fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
             "a copy that involves an agent needs `--certs DIR` (the directory `mover certs init` wrote)",
         ));
     };
-    Identity::load(dir, Role::Coordinator)
-        .with_context(|| format!("while loading the coordinator certificate from `{}`", dir.display()))
-}
-
-/// The proxy of `--proxy` (or a plan's `proxy`), with its password from the URL, the password
-/// file (`--proxy-password-file`, a plan's `proxyPasswordFile`) or `MOVER_PROXY_PASSWORD`.
-pub(crate) fn resolve_proxy(url: Option<&str>, password_file: Option<&Path>) -> anyhow::Result<Option<Proxy>> {
-    let Some(url) = url else { return Ok(None) };
-    let mut proxy = Proxy::parse(url)?;
-    if proxy.password.is_none() {
-        if let Some(file) = password_file {
-            let password = std::fs::read_to_string(file)
-                .with_context(|| format!("while reading the proxy password from `{}`", file.display()))?;
-            proxy.password = Some(password.trim_end_matches(['\r', '\n']).to_owned());
-        } else if let Ok(password) = std::env::var("MOVER_PROXY_PASSWORD") {
-            proxy.password = Some(password);
-        }
-    }
-    Ok(Some(proxy))
+    access::coordinator_identity(dir)
 }
 
 /// Creates a missing local target as rsync does: the last component only, or every missing
@@ -74,15 +56,6 @@ fn create_local_target(target: &Path, mkpath: bool) -> anyhow::Result<Vec<PathBu
     Ok(created)
 }
 
-/// Why a dry run into a local directory that does not exist stops.
-pub(crate) fn missing_target_in_dry_run(target: &Path) -> String {
-    format!(
-        "the target `{}` does not exist, and a dry run creates nothing: a copy would create it and everything \
-         in it. Create it (empty) to preview the copy",
-        target.display()
-    )
-}
-
 /// Removes the directories [`create_local_target`] made, innermost first, as long as they are
 /// empty: what a copy wrote (files kept for a resume) stays.
 fn remove_if_empty(created: &[PathBuf]) {
@@ -102,8 +75,8 @@ pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome>
 }
 
 async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let source = parse_location(&args.source)?;
-    let target = parse_location(&args.target)?;
+    let source = parse_location(&args.source).map_err(|error| usage(error.0))?;
+    let target = parse_location(&args.target).map_err(|error| usage(error.0))?;
     if let (Location::Local(_), Location::Local(_)) = (&source, &target)
         && args.certs_on_command_line
     {
@@ -131,40 +104,36 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         dry_run: args.dry_run,
         excludes,
     };
-    let proxy = resolve_proxy(args.proxy.as_deref(), args.proxy_password_file.as_deref())?;
+    let proxy =
+        access::with_password(access::parse_proxy(args.proxy.as_deref())?, args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run || global.verbose > 0));
-    let result = match (&source, &target) {
-        (Location::Local(from), Location::Local(to)) => {
-            if args.dry_run && !to.is_dir() {
-                bail!("{}", missing_target_in_dry_run(to));
-            }
-            let created = create_local_target(to, args.mkpath)?;
-            let result = client::copy_local(from, to, options, printer.clone()).await;
-            if result.is_err() {
-                remove_if_empty(&created);
-            }
-            result
+    let identity = match (&source, &target) {
+        // Refused by the dispatch below, before any certificate matters.
+        (Location::Agent { .. }, Location::Local(_)) => None,
+        _ if source.is_agent() || target.is_agent() => Some(identity(&args)?),
+        _ => None,
+    };
+    let created = match (&source, &target) {
+        // A dry run creates nothing: the dispatch says so when the target is missing.
+        (Location::Local(_), Location::Local(to)) if !args.dry_run || to.is_dir() => {
+            create_local_target(to, args.mkpath)?
         }
-        (Location::Local(from), Location::Agent { addr, volume }) => {
-            client::copy_to_agent(&identity(&args)?, from, (addr, volume), proxy.as_ref(), options, printer.clone())
-                .await
+        _ => Vec::new(),
+    };
+    let peers = Peers { identity: identity.as_ref(), proxy: proxy.as_ref() };
+    let result = mover_plan::copy_volume(&source, &target, options, peers, printer.clone()).await;
+    let result = match result {
+        Err(DispatchError::Copy(error)) => {
+            remove_if_empty(&created);
+            Err(error)
         }
-        (Location::Agent { addr: from, volume: from_volume }, Location::Agent { addr: to, volume: to_volume }) => {
-            client::push_between_agents(
-                &identity(&args)?,
-                (from, from_volume),
-                (to, to_volume),
-                proxy.as_ref(),
-                options,
-                printer.clone(),
-            )
-            .await
-        }
-        (Location::Agent { .. }, Location::Local(_)) => {
+        Err(DispatchError::AgentToLocal) => {
             return Err(usage(
                 "copying from an agent into a local directory is not supported; run `mover-agent serve` on the target and copy agent to agent",
             ));
         }
+        Err(other) => return Err(other.into()),
+        Ok(summary) => Ok(summary),
     };
     match result {
         Ok(summary) => {
@@ -178,7 +147,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
                 CopyError::Tunnel(TunnelError::Handshake { addr, source })
                     if source.to_string().contains("invalid peer certificate") =>
                 {
-                    super::presented_certificate(addr, proxy.as_ref()).await
+                    access::presented_certificate(addr, proxy.as_ref()).await
                 }
                 _ => None,
             };

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use mover_plan::{Phase, Side};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -209,6 +210,26 @@ fn yes() -> bool {
     true
 }
 
+impl From<VolumeOptions> for mover_plan::VolumeOptions {
+    fn from(options: VolumeOptions) -> Self {
+        mover_plan::VolumeOptions {
+            stage: options.stage,
+            delete: options.delete,
+            allow_mass_delete: options.allow_mass_delete,
+            checksum: options.checksum,
+            bwlimit: options.bwlimit.map(|rate| rate.0),
+            compression: options.compress.0,
+            selinux: options.selinux,
+            devices: options.devices,
+            fsync: options.fsync,
+            inplace: options.inplace,
+            streams: options.streams.0,
+            cross_mounts: options.cross_mounts,
+            excludes: options.exclude.into_iter().map(|rule| rule.0).collect(),
+        }
+    }
+}
+
 impl Default for VolumeOptions {
     fn default() -> Self {
         VolumeOptions {
@@ -257,47 +278,9 @@ pub struct SyncEntry {
     pub tags: Vec<String>,
 }
 
-/// MTC's hook phases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
-pub enum Phase {
-    /// Before anything moves, on the source side.
-    PreBackup,
-    /// Before anything moves, on the target side (after `PreBackup`).
-    PreRestore,
-    /// After the transfers, on the source side.
-    PostBackup,
-    /// Last, on the target side.
-    PostRestore,
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self, f)
-    }
-}
-
-/// Which cluster a hook belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// The source cluster.
-    Source,
-    /// The target cluster.
-    Target,
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Side::Source => "source",
-            Side::Target => "target",
-        })
-    }
-}
-
 /// One hook.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HookEntry {
     /// Name in messages and reports.
     pub name: Spanned<Name>,
@@ -315,4 +298,7 @@ pub struct HookEntry {
     /// An Ansible playbook, run with `ansible-playbook -i localhost, -c local FILE`.
     #[serde(default)]
     pub playbook: Option<PathBuf>,
+    /// Also run in stage runs (`--stage`); hooks run in final runs only otherwise, as in MTC.
+    #[serde(default)]
+    pub run_in_stage_runs: bool,
 }

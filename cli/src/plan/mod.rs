@@ -13,181 +13,14 @@ pub mod values;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use mover_engine::wire::SyncOptions;
 use serde_saphyr::Location as YamlLocation;
 
 use file::{HookEntry, ImageEntry, PlanFile, VolumeEntry};
-pub use file::{Phase, Side, VolumeOptions};
-
-use crate::location::Location;
-
-/// Default time a hook may run.
-pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// A checked plan.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// The plan file.
-    pub path: PathBuf,
-    /// `name:`; hooks get it as `migplan_name`.
-    pub name: String,
-    /// `namespaces:`; hooks get them comma-joined as `migration_namespaces`.
-    pub namespaces: Vec<String>,
-    /// Certificate directory.
-    pub certs: Option<PathBuf>,
-    /// Proxy URL as written.
-    pub proxy: Option<String>,
-    /// Proxy password file.
-    pub proxy_password_file: Option<PathBuf>,
-    /// Registry CA bundles, by side.
-    pub ca_bundles: Vec<(Side, PathBuf)>,
-    /// Volumes copied at once.
-    pub volume_concurrency: usize,
-    /// Images copied at once.
-    pub image_concurrency: usize,
-    /// How to reach the source and the target registry.
-    pub registries: [RegistrySide; 2],
-    /// Volumes, in file order.
-    pub volumes: Vec<VolumePlan>,
-    /// Images, in file order.
-    pub images: Vec<ImageTransfer>,
-    /// Hooks, in file order.
-    pub hooks: Vec<Hook>,
-}
-
-/// One volume of a plan.
-#[derive(Debug, Clone)]
-pub struct VolumePlan {
-    /// Name in progress lines, reports and events.
-    pub name: String,
-    /// Where from.
-    pub source: Location,
-    /// Where to.
-    pub target: Location,
-    /// Its options.
-    pub options: VolumeOptions,
-}
-
-impl VolumePlan {
-    /// The engine options of this volume's copy; `stage` is the run's mode.
-    #[must_use]
-    pub fn sync_options(&self, stage: bool, dry_run: bool) -> SyncOptions {
-        let options = &self.options;
-        SyncOptions {
-            selinux: options.selinux,
-            devices: options.devices,
-            fsync: options.fsync,
-            compression: options.compress.0,
-            stage: stage || options.stage,
-            delete: options.delete,
-            allow_mass_delete: options.allow_mass_delete,
-            checksum: options.checksum,
-            bwlimit: options.bwlimit.map_or(0, |rate| rate.0),
-            inplace: options.inplace,
-            streams: options.streams.0,
-            cross_mounts: options.cross_mounts,
-            itemize: false,
-            dry_run,
-            excludes: options.exclude.iter().map(|rule| rule.0.clone()).collect(),
-        }
-    }
-}
-
-/// How to reach one side's registry (paths resolved against the plan's directory).
-#[derive(Debug, Clone, Default)]
-pub struct RegistrySide {
-    /// Plain HTTP.
-    pub plain_http: bool,
-    /// Verify certificates.
-    pub tls_verify: bool,
-    /// CA bundle (`caBundles:`).
-    pub ca_bundle: Option<PathBuf>,
-    /// Auth file.
-    pub auth_file: Option<PathBuf>,
-    /// Bearer token file.
-    pub token_file: Option<PathBuf>,
-}
-
-/// One entry of `images:`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImageTransfer {
-    /// Copy one image.
-    Copy {
-        /// Source reference.
-        source: String,
-        /// Target reference.
-        destination: String,
-    },
-    /// Copy the tags of a repository.
-    Sync {
-        /// Source repository.
-        source: String,
-        /// Target repository.
-        destination: String,
-        /// Tags; empty means all.
-        tags: Vec<String>,
-    },
-}
-
-/// What a hook runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HookAction {
-    /// A program and its arguments.
-    Command(Vec<String>),
-    /// An Ansible playbook (resolved path).
-    Playbook(PathBuf),
-}
-
-/// One hook.
-#[derive(Debug, Clone)]
-pub struct Hook {
-    /// Its name.
-    pub name: String,
-    /// When it runs.
-    pub phase: Phase,
-    /// Which side it belongs to.
-    pub side: Side,
-    /// How long it may run.
-    pub timeout: Duration,
-    /// What it runs.
-    pub action: HookAction,
-}
-
-impl Plan {
-    /// The directory relative paths of the plan are resolved against, and hooks run in.
-    #[must_use]
-    pub fn base_dir(&self) -> &Path {
-        match self.path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        }
-    }
-
-    /// `migplan_name` and `migration_namespaces`, as every hook gets them.
-    #[must_use]
-    pub fn hook_environment(&self) -> Vec<(String, String)> {
-        vec![
-            ("migplan_name".to_owned(), self.name.clone()),
-            ("migration_namespaces".to_owned(), self.namespaces.join(",")),
-        ]
-    }
-
-    /// Hooks of one phase, in file order.
-    pub fn hooks_of(&self, phase: Phase) -> impl Iterator<Item = &Hook> {
-        self.hooks.iter().filter(move |hook| hook.phase == phase)
-    }
-
-    /// True when some volume involves an agent.
-    #[must_use]
-    pub fn uses_agents(&self) -> bool {
-        self.volumes
-            .iter()
-            .any(|v| matches!(v.source, Location::Agent { .. }) || matches!(v.target, Location::Agent { .. }))
-    }
-}
+pub use mover_plan::{
+    DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Location, Phase, Plan, RegistrySide, Side, Sides, VolumePlan,
+};
 
 /// Reads and checks a plan file.
 pub fn load(path: &Path) -> anyhow::Result<Plan> {
@@ -248,13 +81,6 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
     let volumes = check_volumes(file.volumes, path, &base)?;
     let images = file.images.into_iter().map(|entry| check_image(entry, path)).collect::<anyhow::Result<Vec<_>>>()?;
     let hooks = check_hooks(file.hooks, path, &base)?;
-    let mut ca_bundles = Vec::new();
-    if let Some(bundle) = &file.ca_bundles.source {
-        ca_bundles.push((Side::Source, resolve(&base, bundle)));
-    }
-    if let Some(bundle) = &file.ca_bundles.target {
-        ca_bundles.push((Side::Target, resolve(&base, bundle)));
-    }
     let plan = Plan {
         path: path.to_owned(),
         name: file.name.0,
@@ -262,13 +88,12 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
         certs: file.certs.map(|dir| resolve(&base, &dir)),
         proxy: file.proxy.map(|proxy| proxy.0),
         proxy_password_file: file.proxy_password_file.map(|p| resolve(&base, &p)),
-        ca_bundles,
         volume_concurrency: usize::from(file.concurrency.volumes),
         image_concurrency: usize::from(file.concurrency.images),
-        registries: [
-            registry_side(&file.registries.source, file.ca_bundles.source.as_deref(), &base),
-            registry_side(&file.registries.target, file.ca_bundles.target.as_deref(), &base),
-        ],
+        registries: Sides {
+            source: registry_side(&file.registries.source, file.ca_bundles.source.as_deref(), &base),
+            target: registry_side(&file.registries.target, file.ca_bundles.target.as_deref(), &base),
+        },
         volumes,
         images,
         hooks,
@@ -288,6 +113,7 @@ fn registry_side(access: &file::RegistryAccess, ca_bundle: Option<&Path>, base: 
         tls_verify: access.tls_verify,
         ca_bundle: ca_bundle.map(|p| resolve(base, p)),
         auth_file: access.auth_file.as_deref().map(|p| resolve(base, p)),
+        credentials: None,
         token_file: access.token_file.as_deref().map(|p| resolve(base, p)),
     }
 }
@@ -334,7 +160,7 @@ fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow:
         {
             bail!("{where_source}: volume `{name}`: {error}");
         }
-        volumes.push(VolumePlan { name, source, target, options: entry.options });
+        volumes.push(VolumePlan { name, source, target, options: entry.options.into() });
     }
     Ok(volumes)
 }
@@ -380,16 +206,13 @@ fn check_hooks(entries: Vec<HookEntry>, path: &Path, base: &Path) -> anyhow::Res
             (None, Some(playbook)) => HookAction::Playbook(resolve(base, &playbook)),
             _ => bail!("{place}: hook `{name}` needs exactly one of `command: [PROGRAM, ARG...]` or `playbook: FILE`"),
         };
-        let side = entry.side.unwrap_or(match entry.phase {
-            Phase::PreBackup | Phase::PostBackup => Side::Source,
-            Phase::PreRestore | Phase::PostRestore => Side::Target,
-        });
         hooks.push(Hook {
             name,
             phase: entry.phase,
-            side,
+            side: entry.side.unwrap_or(entry.phase.default_side()),
             timeout: entry.timeout.map_or(DEFAULT_HOOK_TIMEOUT, |t| t.0),
             action,
+            run_in_stage_runs: entry.run_in_stage_runs,
         });
     }
     Ok(hooks)

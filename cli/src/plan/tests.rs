@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 
@@ -178,4 +179,15 @@ fn a_bare_bwlimit_is_kib_per_second_as_in_mtc() {
         .unwrap();
         assert_eq!(plan.volumes[0].sync_options(false, false).bwlimit, expected, "bwlimit: {written}");
     }
+}
+
+#[test]
+fn run_in_stage_runs_is_a_strict_boolean_off_by_default() {
+    let hook = |extra: &str| format!("{HEAD}hooks:\n  - name: h\n    phase: PreBackup\n{extra}    command: [x]\n");
+    assert!(!parse_at(&hook("")).unwrap().hooks[0].run_in_stage_runs);
+    assert!(parse_at(&hook("    runInStageRuns: true\n")).unwrap().hooks[0].run_in_stage_runs);
+    let message = error(&hook("    runInStageRuns: sometimes\n"));
+    assert!(message.contains("line 7"), "{message}");
+    let message = error(&hook("    runInStageRun: true\n"));
+    assert!(message.contains("line 7") && message.contains("runInStageRun"), "{message}");
 }

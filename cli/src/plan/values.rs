@@ -11,7 +11,7 @@ use mover_engine::tunnel::Proxy;
 use mover_engine::wire::Compression;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
-use crate::location::{Location, parse_location};
+use mover_plan::{Location, parse_location};
 
 /// Deserialises a string and checks it with `parse`; the error carries the position.
 fn checked<'de, D, T>(deserializer: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
@@ -239,13 +239,13 @@ impl fmt::Display for Name {
     }
 }
 
-/// `proxy: http://USER[:PASSWORD]@HOST:PORT`.
+/// `proxy: http://USER[:PASSWORD]@HOST:PORT`, parsed (once: it is passed on as a [`Proxy`]).
 #[derive(Debug, Clone)]
-pub struct ProxyUrl(pub String);
+pub struct ProxyUrl(pub Proxy);
 
 impl<'de> Deserialize<'de> for ProxyUrl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        checked(deserializer, |text| Proxy::parse(text).map(|_| ProxyUrl(text.to_owned())).map_err(|e| e.to_string()))
+        checked(deserializer, |text| Proxy::parse(text).map(ProxyUrl).map_err(|e| e.to_string()))
     }
 }
 

@@ -29,10 +29,9 @@ mod table;
 pub use table::Checks;
 
 use crate::Outcome;
+use crate::access::{self, plan_identity, plan_proxy};
 use crate::args::{CheckArgs, GlobalArgs, OutputFormat, PreflightArgs};
-use crate::commands::plan::{plan_identity, plan_proxy};
-use crate::location::Location;
-use crate::plan::{self, HookAction, Plan};
+use crate::plan::{self, HookAction, Location, Plan, Side};
 
 /// How strict some checks are.
 #[derive(Debug, Clone, Copy)]
@@ -142,22 +141,6 @@ fn expiry(
     }
 }
 
-/// Every agent of the plan, in order of first use, with whether it is a target.
-fn plan_agents(plan: &Plan) -> Vec<(String, bool)> {
-    let mut agents: Vec<(String, bool)> = Vec::new();
-    for volume in &plan.volumes {
-        for (location, is_target) in [(&volume.source, false), (&volume.target, true)] {
-            if let Location::Agent { addr, .. } = location {
-                match agents.iter_mut().find(|(known, _)| known == addr) {
-                    Some(entry) => entry.1 |= is_target,
-                    None => agents.push((addr.clone(), is_target)),
-                }
-            }
-        }
-    }
-    agents
-}
-
 async fn check_agents(
     plan: &Plan,
     identity: Option<&Identity>,
@@ -166,7 +149,7 @@ async fn check_agents(
     checks: &mut Checks,
 ) -> BTreeMap<String, AgentStatus> {
     let mut reached = BTreeMap::new();
-    let agents = plan_agents(plan);
+    let agents = plan.agents();
     let Some(identity) = identity else {
         for (addr, _) in &agents {
             checks.skip(format!("agent `{addr}` reachable"), "no usable certificates");
@@ -329,7 +312,8 @@ fn check_volumes(plan: &Plan, agents: &BTreeMap<String, AgentStatus>, thresholds
 }
 
 fn check_ca_bundles(plan: &Plan, checks: &mut Checks) {
-    for (side, path) in &plan.ca_bundles {
+    let bundles = [Side::Source, Side::Target].map(|side| (side, plan.registries.get(side).ca_bundle.as_ref()));
+    for (side, path) in bundles.iter().filter_map(|(side, path)| Some((side, (*path)?))) {
         let check = format!("{side} CA bundle `{}` parses", path.display());
         let remedy = format!(
             "fetch the registry's chain with `mover certs fetch HOST:PORT -o {}` and check its fingerprints",
@@ -400,28 +384,20 @@ fn check_hooks(plan: &Plan, checks: &mut Checks) {
 /// Every image transfer's source can be read and its target written, with the plan's
 /// credentials, CA bundles and proxy (a push check starts an upload and cancels it).
 async fn check_registries(plan: &Plan, proxy: Option<&Proxy>, checks: &mut Checks) {
-    use crate::commands::image::{self as images, Side};
     use mover_engine::image::{ImageRef, manifest::MAX_MANIFEST_BYTES};
     if plan.images.is_empty() {
         return;
     }
-    let access = match (
-        crate::commands::plan::registry_access(&plan.registries[0]),
-        crate::commands::plan::registry_access(&plan.registries[1]),
-    ) {
-        (Ok(source), Ok(target)) => [source, target],
-        (Err(error), _) | (_, Err(error)) => {
+    let registries = match access::read_token_files(&plan.registries) {
+        Ok(registries) => registries,
+        Err(error) => {
             checks.fail("registry credentials", format!("{error:#}"), "fix `registries:` in the plan");
             return;
         }
     };
-    let proxy = crate::commands::plan::proxy_url(proxy);
     let mut seen = std::collections::HashSet::new();
     for transfer in &plan.images {
-        let (source, destination) = match transfer {
-            plan::ImageTransfer::Copy { source, destination }
-            | plan::ImageTransfer::Sync { source, destination, .. } => (source, destination),
-        };
+        let (source, destination) = transfer.ends();
         for (reference, side, push) in [(source, Side::Source, false), (destination, Side::Target, true)] {
             let check = if push {
                 format!("registry: can push to {reference}")
@@ -443,9 +419,8 @@ async fn check_registries(plan: &Plan, proxy: Option<&Proxy>, checks: &mut Check
                     continue;
                 }
             };
-            let index = usize::from(push);
             let endpoint =
-                match images::endpoint_for(&parsed, &access[index], side, proxy.as_deref(), MAX_MANIFEST_BYTES, true) {
+                match access::endpoint_for(&parsed, registries.get(side), side, proxy, MAX_MANIFEST_BYTES, true) {
                     Ok(endpoint) => endpoint,
                     Err(error) => {
                         checks.fail(check, format!("{error:#}"), remedy);
@@ -458,7 +433,7 @@ async fn check_registries(plan: &Plan, proxy: Option<&Proxy>, checks: &mut Check
                     if push { "reachable, credentials accepted for push" } else { "reachable, credentials accepted" },
                 ),
                 Err(error) => {
-                    let explained = images::explain(error, proxy.as_deref()).await;
+                    let explained = access::explain(error, proxy).await;
                     checks.fail(check, format!("{explained:#}"), remedy);
                 }
             }

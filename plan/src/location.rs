@@ -12,7 +12,10 @@
 
 use std::path::PathBuf;
 
-use crate::UsageError;
+/// Why text is not a volume end; the message says which forms are known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LocationError(pub String);
 
 /// One end of a copy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,6 +29,14 @@ pub enum Location {
         /// The volume's name on that agent.
         volume: String,
     },
+}
+
+impl Location {
+    /// True for a volume an agent serves.
+    #[must_use]
+    pub fn is_agent(&self) -> bool {
+        matches!(self, Location::Agent { .. })
+    }
 }
 
 impl std::fmt::Display for Location {
@@ -51,8 +62,8 @@ fn scheme(text: &str) -> Option<&str> {
 }
 
 /// Parses one end of a copy (see the module documentation for the rules).
-pub fn parse_location(text: &str) -> Result<Location, UsageError> {
-    let error = |message: String| Err(UsageError(message));
+pub fn parse_location(text: &str) -> Result<Location, LocationError> {
+    let error = |message: String| Err(LocationError(message));
     if text.is_empty() {
         return error(format!("an empty address: {KNOWN_FORMS}"));
     }
@@ -77,9 +88,9 @@ pub fn parse_location(text: &str) -> Result<Location, UsageError> {
     Ok(Location::Local(PathBuf::from(text)))
 }
 
-fn parse_agent(text: &str) -> Result<Location, UsageError> {
+fn parse_agent(text: &str) -> Result<Location, LocationError> {
     let rest = &text["agent://".len()..];
-    let error = |message: String| Err(UsageError(message));
+    let error = |message: String| Err(LocationError(message));
     let Some((addr, volume)) = rest.split_once('/') else {
         return error(format!("`{text}` names no volume: write `agent://HOST:PORT/VOLUME`"));
     };

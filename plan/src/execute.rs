@@ -1,0 +1,166 @@
+//! The executor: a plan's hooks and transfers in MTC's order (mig-controller `task.go`, Final
+//! itinerary).
+//!
+//! 1. `PreBackup` hooks;
+//! 2. the volume copies (at most `concurrency.volumes` at once) and the image transfers (at most
+//!    `concurrency.images` at once), at the same time;
+//! 3. `PostBackup` hooks, then `PreRestore` hooks, then `PostRestore` hooks.
+//!
+//! Hooks run in final runs only, as MTC runs none in stage migrations; a hook with
+//! `run_in_stage_runs` runs in stage runs too. A failing hook stops the plan before anything after
+//! it runs; so does a failing transfer (no later hook runs). A dry run copies volumes only.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use mover_engine::progress::Summary;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::dispatch::{DispatchError, Peers, copy_volume};
+use crate::model::{Phase, Plan, Side, VolumePlan};
+use crate::runtime::Runtime;
+
+/// How the plan runs: a stage or final run, for real or dry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Run {
+    /// A stage run: vanished files are warnings, and only hooks marked for stage runs run.
+    pub stage: bool,
+    /// Only list what the volume copies would change.
+    pub dry_run: bool,
+}
+
+/// Runs `plan`; the error says what failed and what did not run after it.
+pub async fn execute(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<()> {
+    let observer = &runtime.observer;
+    if run.dry_run {
+        // Hooks act on the applications and images write to registries: a preview runs neither.
+        let (hooks, images) = (plan.hooks.len(), plan.images.len());
+        if hooks + images > 0 {
+            observer.notice(&format!(
+                "dry run: {hooks} hooks and {images} image transfers are not run (listed as `not run` in the report)"
+            ));
+        }
+        return transfer_volumes(plan, run, runtime).await;
+    }
+    let skipped = plan.hooks.iter().filter(|hook| !hook.runs_in(run.stage)).count();
+    if skipped > 0 {
+        observer.notice(&format!(
+            "stage run: {skipped} hooks are not run (hooks run in final runs, as in MTC; `runInStageRuns: true` runs one in stage runs too)"
+        ));
+    }
+    run_hooks(plan, Phase::PreBackup, run, runtime).await?;
+    // Volumes and images move at the same time, each within its own concurrency limit.
+    let (volumes, images) =
+        tokio::join!(transfer_volumes(plan, run, runtime), runtime.images.transfer_all(plan, runtime.proxy.as_ref()));
+    volumes?;
+    images?;
+    for phase in [Phase::PostBackup, Phase::PreRestore, Phase::PostRestore] {
+        run_hooks(plan, phase, run, runtime).await?;
+    }
+    Ok(())
+}
+
+async fn run_hooks(plan: &Plan, phase: Phase, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<()> {
+    let observer = &runtime.observer;
+    for hook in plan.hooks_of(phase).filter(|hook| hook.runs_in(run.stage)) {
+        observer.hook_started(hook);
+        let started = Instant::now();
+        let on_line = |line: &str| observer.hook_line(hook, line);
+        let result = runtime.hooks.run(plan, hook, &on_line).await;
+        observer.hook_finished(hook, &result, started.elapsed());
+        result.map_err(|error| {
+            anyhow::Error::new(error).context(format!(
+                "hook `{}` ({} phase, {} side) failed; the plan stopped there and nothing after it ran",
+                hook.name, hook.phase, hook.side
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Copies one volume: its ends resolved, then the dispatch.
+async fn transfer_volume(volume: &VolumePlan, run: Run, runtime: &Runtime<'_>, index: usize) -> Task {
+    let ends = async {
+        let source = runtime.volumes.resolve(volume, Side::Source).await?;
+        let target = runtime.volumes.resolve(volume, Side::Target).await?;
+        anyhow::Ok((source, target))
+    };
+    let (source, target) = match ends.await {
+        Ok(ends) => ends,
+        Err(error) => return Task::Ready(Err(error)),
+    };
+    let (identity, proxy) = (runtime.identity.clone(), runtime.proxy.clone());
+    let options = volume.sync_options(run.stage, run.dry_run);
+    let observer = runtime.observer.clone();
+    let volume = volume.clone();
+    Task::Copy(Box::pin(async move {
+        let reporter = observer.volume_reporter(index, &volume, run.dry_run);
+        let peers = Peers { identity: identity.as_ref(), proxy: proxy.as_ref() };
+        copy_volume(&source, &target, options, peers, reporter).await.map_err(|error| match error {
+            // The engine's error itself, so that front ends find it by type for their hints.
+            DispatchError::Copy(error) => anyhow::Error::new(error),
+            DispatchError::NoIdentity => anyhow::anyhow!("the plan has no `certs:` directory"),
+            other => anyhow::Error::new(other),
+        })
+    }))
+}
+
+/// A volume's copy, or why it cannot start.
+enum Task {
+    Ready(anyhow::Result<Summary>),
+    Copy(futures_util::future::BoxFuture<'static, anyhow::Result<Summary>>),
+}
+
+async fn transfer_volumes(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<()> {
+    let limit = Arc::new(Semaphore::new(plan.volume_concurrency));
+    let mut tasks = JoinSet::new();
+    for (index, volume) in plan.volumes.iter().enumerate() {
+        let task = transfer_volume(volume, run, runtime, index).await;
+        let limit = limit.clone();
+        tasks.spawn(async move {
+            let result = match task {
+                Task::Ready(result) => result,
+                Task::Copy(copy) => {
+                    let _permit = limit.acquire_owned().await.expect("the semaphore is never closed");
+                    copy.await
+                }
+            };
+            (index, result)
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) = joined.context("a volume copy task failed")?;
+        let volume = &plan.volumes[index];
+        runtime.observer.volume_finished(index, volume, &result);
+        match result {
+            Ok(summary) if summary.is_success() => {}
+            Ok(summary) => failures.push((
+                volume.name.clone(),
+                anyhow::anyhow!("{} file(s) could not be copied: {}", summary.errors.len(), summary.errors.join("; ")),
+            )),
+            Err(error) => failures.push((volume.name.clone(), error)),
+        }
+    }
+    failures.sort_by(|a, b| a.0.cmp(&b.0));
+    match failures.len() {
+        0 => Ok(()),
+        1 => {
+            let (name, error) = failures.remove(0);
+            Err(error.context(format!("volume `{name}` failed; the post-transfer hooks did not run")))
+        }
+        n => {
+            let names: Vec<String> = failures.iter().map(|(name, _)| format!("`{name}`")).collect();
+            let (_, first) = failures.remove(0);
+            Err(first.context(format!(
+                "{n} volumes failed ({}); the post-transfer hooks did not run; the first failure follows",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,22 @@
+//! mover's migration plans as a library, for every front end (the `mover` CLI today, a
+//! Kubernetes layer later): the plan model (no file format: front ends read their own), the
+//! [`Location`] of a volume end, the one copy dispatch ([`copy_volume`]) and the executor
+//! ([`execute`]) with the traits it runs on ([`Runtime`]).
+//!
+//! This crate depends on `mover-engine` only; it never prints, never reads environment
+//! variables, and its messages name no front end's flags.
+
+mod dispatch;
+mod execute;
+mod location;
+mod model;
+mod runtime;
+
+pub use dispatch::{DispatchError, Peers, copy_volume};
+pub use execute::{Run, execute};
+pub use location::{Location, LocationError, parse_location};
+pub use model::{
+    DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Phase, Plan, RegistrySide, Side, Sides, VolumeOptions,
+    VolumePlan,
+};
+pub use runtime::{HookRunner, ImageTransfers, LocalHooks, Observer, Runtime, VolumeResolver, WrittenLocations};

@@ -1,0 +1,346 @@
+//! A checked migration plan: what moves (volumes, images), and the hooks around it. Front ends
+//! build it (the CLI from a YAML file, a Kubernetes controller from a resource); paths in it are
+//! already resolved.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mover_engine::image::Credentials;
+use mover_engine::tunnel::Proxy;
+use mover_engine::wire::{Compression, SyncOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::location::Location;
+
+/// Default time a hook may run.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A checked plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The plan file.
+    pub path: PathBuf,
+    /// `name:`; hooks get it as `migplan_name` and `MIGRATION_PLAN_NAME`.
+    pub name: String,
+    /// `namespaces:`; hooks get them comma-joined as `migration_namespaces` and
+    /// `MIGRATION_NAMESPACES`.
+    pub namespaces: Vec<String>,
+    /// Certificate directory.
+    pub certs: Option<PathBuf>,
+    /// The proxy between source and target, parsed (its password may come later, from a file).
+    pub proxy: Option<Proxy>,
+    /// Proxy password file.
+    pub proxy_password_file: Option<PathBuf>,
+    /// Volumes copied at once.
+    pub volume_concurrency: usize,
+    /// Images copied at once.
+    pub image_concurrency: usize,
+    /// How to reach the source and the target registry.
+    pub registries: Sides<RegistrySide>,
+    /// Volumes, in file order.
+    pub volumes: Vec<VolumePlan>,
+    /// Images, in file order.
+    pub images: Vec<ImageTransfer>,
+    /// Hooks, in file order.
+    pub hooks: Vec<Hook>,
+}
+
+/// One value per side of a migration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sides<T> {
+    /// The source cluster's.
+    pub source: T,
+    /// The target cluster's.
+    pub target: T,
+}
+
+impl<T> Sides<T> {
+    /// The value of one side.
+    pub fn get(&self, side: Side) -> &T {
+        match side {
+            Side::Source => &self.source,
+            Side::Target => &self.target,
+        }
+    }
+
+    /// Both values, each turned by `f` (which learns its side).
+    pub fn map<U>(&self, mut f: impl FnMut(Side, &T) -> U) -> Sides<U> {
+        Sides { source: f(Side::Source, &self.source), target: f(Side::Target, &self.target) }
+    }
+
+    /// Both values turned by `f`, or the first error.
+    pub fn try_map<U, E>(&self, mut f: impl FnMut(Side, &T) -> Result<U, E>) -> Result<Sides<U>, E> {
+        Ok(Sides { source: f(Side::Source, &self.source)?, target: f(Side::Target, &self.target)? })
+    }
+}
+
+/// One volume of a plan.
+#[derive(Debug, Clone)]
+pub struct VolumePlan {
+    /// Name in progress lines, reports and events.
+    pub name: String,
+    /// Where from, as written (a [`crate::VolumeResolver`] turns it into where to connect).
+    pub source: Location,
+    /// Where to, as written.
+    pub target: Location,
+    /// Its options.
+    pub options: VolumeOptions,
+}
+
+/// Per-volume options; the same meaning as `mover copy`'s flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeOptions {
+    /// Always a stage run for this volume (vanished files are warnings), even in a final run.
+    pub stage: bool,
+    /// Delete target entries the source lacks.
+    pub delete: bool,
+    /// Allow deleting more than half of the target's entries.
+    pub allow_mass_delete: bool,
+    /// Compare contents, not size and mtime.
+    pub checksum: bool,
+    /// Bytes per second on the tunnel; none when `None`.
+    pub bwlimit: Option<u64>,
+    /// Compression on the wire.
+    pub compression: Compression,
+    /// Copy `security.selinux` labels.
+    pub selinux: bool,
+    /// Recreate device nodes.
+    pub devices: bool,
+    /// fsync every file.
+    pub fsync: bool,
+    /// Update changed files in place.
+    pub inplace: bool,
+    /// Connections for the volume's content.
+    pub streams: u32,
+    /// Also copy file systems mounted inside the source.
+    pub cross_mounts: bool,
+    /// Patterns to leave out, with rsync's rules.
+    pub excludes: Vec<Vec<u8>>,
+}
+
+impl VolumePlan {
+    /// The engine options of this volume's copy; `stage` is the run's mode.
+    #[must_use]
+    pub fn sync_options(&self, stage: bool, dry_run: bool) -> SyncOptions {
+        let options = &self.options;
+        SyncOptions {
+            selinux: options.selinux,
+            devices: options.devices,
+            fsync: options.fsync,
+            compression: options.compression,
+            stage: stage || options.stage,
+            delete: options.delete,
+            allow_mass_delete: options.allow_mass_delete,
+            checksum: options.checksum,
+            bwlimit: options.bwlimit.unwrap_or(0),
+            inplace: options.inplace,
+            streams: options.streams,
+            cross_mounts: options.cross_mounts,
+            itemize: false,
+            dry_run,
+            excludes: options.excludes.clone(),
+        }
+    }
+}
+
+/// How to reach one side's registry (paths resolved against the plan's directory). The one
+/// shape of "registry access": `mover image`'s flags fill the same struct.
+#[derive(Debug, Clone)]
+pub struct RegistrySide {
+    /// Plain HTTP.
+    pub plain_http: bool,
+    /// Verify certificates.
+    pub tls_verify: bool,
+    /// CA bundle.
+    pub ca_bundle: Option<PathBuf>,
+    /// Auth file (docker `config.json` format); the usual places when `None`.
+    pub auth_file: Option<PathBuf>,
+    /// Credentials given directly (`USER:PASSWORD` or a token); before the auth file.
+    pub credentials: Option<Credentials>,
+    /// A file holding a bearer token, read when the registry is first reached.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for RegistrySide {
+    fn default() -> Self {
+        RegistrySide {
+            plain_http: false,
+            tls_verify: true,
+            ca_bundle: None,
+            auth_file: None,
+            credentials: None,
+            token_file: None,
+        }
+    }
+}
+
+/// One entry of `images:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageTransfer {
+    /// Copy one image.
+    Copy {
+        /// Source reference.
+        source: String,
+        /// Target reference.
+        destination: String,
+    },
+    /// Copy the tags of a repository.
+    Sync {
+        /// Source repository.
+        source: String,
+        /// Target repository.
+        destination: String,
+        /// Tags; empty means all.
+        tags: Vec<String>,
+    },
+}
+
+impl ImageTransfer {
+    /// Its source and destination references.
+    #[must_use]
+    pub fn ends(&self) -> (&str, &str) {
+        match self {
+            ImageTransfer::Copy { source, destination } | ImageTransfer::Sync { source, destination, .. } => {
+                (source, destination)
+            }
+        }
+    }
+}
+
+/// MTC's hook phases, in the order a final run runs them (mig-controller's `task.go`, Final
+/// itinerary): `PreBackup`, the transfers, `PostBackup`, `PreRestore`, `PostRestore`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+pub enum Phase {
+    /// Before anything moves, on the source side.
+    PreBackup,
+    /// After the transfers, on the source side.
+    PostBackup,
+    /// After `PostBackup`, on the target side (MTC: before its restore).
+    PreRestore,
+    /// Last, on the target side.
+    PostRestore,
+}
+
+impl Phase {
+    /// The side a hook of this phase belongs to unless it says otherwise.
+    #[must_use]
+    pub fn default_side(self) -> Side {
+        match self {
+            Phase::PreBackup | Phase::PostBackup => Side::Source,
+            Phase::PreRestore | Phase::PostRestore => Side::Target,
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Which cluster something belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The source cluster.
+    Source,
+    /// The target cluster.
+    Target,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::Source => "source",
+            Side::Target => "target",
+        })
+    }
+}
+
+/// What a hook runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookAction {
+    /// A program and its arguments.
+    Command(Vec<String>),
+    /// An Ansible playbook (resolved path).
+    Playbook(PathBuf),
+}
+
+/// One hook.
+#[derive(Debug, Clone)]
+pub struct Hook {
+    /// Its name.
+    pub name: String,
+    /// When it runs.
+    pub phase: Phase,
+    /// Which side it belongs to.
+    pub side: Side,
+    /// How long it may run.
+    pub timeout: Duration,
+    /// What it runs.
+    pub action: HookAction,
+    /// Also run in stage runs (MTC runs hooks in final migrations only; so does mover unless
+    /// this is set).
+    pub run_in_stage_runs: bool,
+}
+
+impl Hook {
+    /// Whether it runs in a run of this kind.
+    #[must_use]
+    pub fn runs_in(&self, stage: bool) -> bool {
+        !stage || self.run_in_stage_runs
+    }
+}
+
+impl Plan {
+    /// The directory relative paths of the plan are resolved against, and hooks run in.
+    #[must_use]
+    pub fn base_dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        }
+    }
+
+    /// The variables every hook gets, in both spellings MTC users meet: the documented
+    /// `migplan_name` and `migration_namespaces` (what the playbooks users copy read), and the
+    /// `MIGRATION_PLAN_NAME` and `MIGRATION_NAMESPACES` of MTC's hook Job code.
+    #[must_use]
+    pub fn hook_environment(&self) -> Vec<(String, String)> {
+        let namespaces = self.namespaces.join(",");
+        vec![
+            ("migplan_name".to_owned(), self.name.clone()),
+            ("migration_namespaces".to_owned(), namespaces.clone()),
+            ("MIGRATION_PLAN_NAME".to_owned(), self.name.clone()),
+            ("MIGRATION_NAMESPACES".to_owned(), namespaces),
+        ]
+    }
+
+    /// Hooks of one phase, in file order.
+    pub fn hooks_of(&self, phase: Phase) -> impl Iterator<Item = &Hook> {
+        self.hooks.iter().filter(move |hook| hook.phase == phase)
+    }
+
+    /// True when some volume involves an agent.
+    #[must_use]
+    pub fn uses_agents(&self) -> bool {
+        self.volumes.iter().any(|v| v.source.is_agent() || v.target.is_agent())
+    }
+
+    /// Every agent of the plan, in order of first use, with whether it is a target.
+    #[must_use]
+    pub fn agents(&self) -> Vec<(String, bool)> {
+        let mut agents: Vec<(String, bool)> = Vec::new();
+        for volume in &self.volumes {
+            for (location, is_target) in [(&volume.source, false), (&volume.target, true)] {
+                if let Location::Agent { addr, .. } = location {
+                    match agents.iter_mut().find(|(known, _)| known == addr) {
+                        Some(entry) => entry.1 |= is_target,
+                        None => agents.push((addr.clone(), is_target)),
+                    }
+                }
+            }
+        }
+        agents
+    }
+}

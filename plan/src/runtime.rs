@@ -1,0 +1,116 @@
+//! What an executor needs from its front end: how hooks run ([`HookRunner`]), where a volume's
+//! ends are ([`VolumeResolver`]), how images move ([`ImageTransfers`]) and who watches
+//! ([`Observer`]). The implementations for today's CLI are here too: [`LocalHooks`] (processes
+//! and `ansible-playbook` on this machine) and [`WrittenLocations`] (agent URLs and local paths as
+//! written). A Kubernetes front end brings Jobs and PVC lookups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, LocalBoxFuture};
+use mover_engine::certs::Identity;
+use mover_engine::hooks::{self, HookCommand, HookError, HookOutcome};
+use mover_engine::progress::{SharedReporter, Summary};
+use mover_engine::tunnel::Proxy;
+
+use crate::location::Location;
+use crate::model::{Hook, HookAction, Plan, Side, VolumePlan};
+
+/// Runs one hook to its end.
+pub trait HookRunner: Send + Sync {
+    /// Runs `hook` of `plan` with the plan's variables ([`Plan::hook_environment`]); `on_line`
+    /// sees each output line.
+    fn run<'a>(
+        &'a self,
+        plan: &'a Plan,
+        hook: &'a Hook,
+        on_line: &'a (dyn Fn(&str) + Send + Sync),
+    ) -> BoxFuture<'a, Result<HookOutcome, HookError>>;
+}
+
+/// Hooks as processes on this machine: a `command:` runs as given, a `playbook:` with
+/// `ansible-playbook -i localhost, -c local`, both in the plan's directory. The plan's variables
+/// go into the environment of both, and into a playbook's extra vars too.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalHooks;
+
+impl HookRunner for LocalHooks {
+    fn run<'a>(
+        &'a self,
+        plan: &'a Plan,
+        hook: &'a Hook,
+        on_line: &'a (dyn Fn(&str) + Send + Sync),
+    ) -> BoxFuture<'a, Result<HookOutcome, HookError>> {
+        let variables = plan.hook_environment();
+        let command = match &hook.action {
+            HookAction::Command(argv) => HookCommand::command(argv, plan.base_dir(), hook.timeout),
+            HookAction::Playbook(playbook) => {
+                HookCommand::playbook(playbook, plan.base_dir(), hook.timeout).with_extra_vars(&variables)
+            }
+        }
+        .with_env(variables);
+        Box::pin(async move { hooks::run_hook(&command, on_line).await })
+    }
+}
+
+/// Turns a volume's end, as the plan names it, into the place a copy connects to.
+pub trait VolumeResolver: Send + Sync {
+    /// Where `side` of `volume` is.
+    fn resolve<'a>(&'a self, volume: &'a VolumePlan, side: Side) -> BoxFuture<'a, anyhow::Result<Location>>;
+}
+
+/// Agent URLs and local paths, as written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WrittenLocations;
+
+impl VolumeResolver for WrittenLocations {
+    fn resolve<'a>(&'a self, volume: &'a VolumePlan, side: Side) -> BoxFuture<'a, anyhow::Result<Location>> {
+        let location = match side {
+            Side::Source => volume.source.clone(),
+            Side::Target => volume.target.clone(),
+        };
+        Box::pin(async move { Ok(location) })
+    }
+}
+
+/// Moves a plan's images (registries are reached the front end's way: its credential lookup,
+/// its error explanations). Reports each transfer to its own observer.
+///
+/// The future need not be `Send` (the engine's tag sync is not provably so): the executor runs
+/// it in its own task, beside the volume copies, which are spawned.
+pub trait ImageTransfers: Sync {
+    /// Runs every image transfer of `plan`, at most `plan.image_concurrency` at once.
+    fn transfer_all<'a>(&'a self, plan: &'a Plan, proxy: Option<&'a Proxy>) -> LocalBoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Sees what an execution does, as it happens (for live lines and the report).
+pub trait Observer: Send + Sync {
+    /// A line for the user (a dry run's or a stage run's note).
+    fn notice(&self, text: &str);
+    /// A hook starts.
+    fn hook_started(&self, hook: &Hook);
+    /// One line of a hook's output.
+    fn hook_line(&self, hook: &Hook, line: &str);
+    /// A hook ended.
+    fn hook_finished(&self, hook: &Hook, result: &Result<HookOutcome, HookError>, elapsed: Duration);
+    /// The reporter of volume `index`'s copy, asked for when the copy starts.
+    fn volume_reporter(&self, index: usize, volume: &VolumePlan, dry_run: bool) -> SharedReporter;
+    /// Volume `index`'s copy ended.
+    fn volume_finished(&self, index: usize, volume: &VolumePlan, result: &anyhow::Result<Summary>);
+}
+
+/// Everything [`crate::execute`] runs with.
+pub struct Runtime<'a> {
+    /// Runs hooks.
+    pub hooks: &'a dyn HookRunner,
+    /// Places volumes.
+    pub volumes: &'a dyn VolumeResolver,
+    /// Moves images.
+    pub images: &'a dyn ImageTransfers,
+    /// Watches.
+    pub observer: Arc<dyn Observer>,
+    /// The coordinator's identity, when the plan involves agents.
+    pub identity: Option<Identity>,
+    /// The proxy, with its password.
+    pub proxy: Option<Proxy>,
+}
