@@ -42,6 +42,8 @@ impl Basis {
 }
 
 impl Worker {
+    /// For the blocks of the hole `[start, end)` (block aligned) whose basis is not zeros: sends
+    /// zeros (the receiver leaves them as a hole). Past the end of the basis the receiver's file
     /// is zeros already: nothing to send there.
     pub(super) fn send_hole_blocks(&mut self, id: u64, start: u64, end: u64, basis: &Basis) -> Result<()> {
         let block_size = basis.signature.block_size();

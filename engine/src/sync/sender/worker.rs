@@ -294,9 +294,6 @@ impl Worker {
         compressor.pack(raw).map_err(ContentError::Read)
     }
 
-    /// For the blocks of the hole `[start, end)` (block aligned) whose basis is not zeros: sends
-    /// zeros (the receiver leaves them as a hole). Past the end of the basis the receiver's file
-
     pub(super) fn send_delta(
         &mut self,
         id: u64,
