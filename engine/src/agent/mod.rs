@@ -320,7 +320,7 @@ async fn admit(state: &Arc<State>, role: Role, request: &Request, peer: &str) ->
     match request {
         Request::Ping => {
             admitted.welcome.volumes = state.volumes.names();
-            admitted.welcome.software_version = crate::VERSION.to_owned();
+            crate::VERSION.clone_into(&mut admitted.welcome.software_version);
             // Only a coordinator's ping walks volumes and probes writes (preflight).
             if role == Role::Coordinator {
                 admitted.welcome.volume_status = state.volumes.status().await;
