@@ -10,7 +10,7 @@ use mover_engine::certs::CertError;
 use mover_engine::client::CopyError;
 use mover_engine::hooks::{self, HookError};
 use mover_engine::image::{ImageError, ManifestError};
-use mover_engine::sync::DeletionError;
+use mover_engine::sync::{DeletionError, SyncError};
 use mover_engine::tunnel::{ProxyError, TunnelError};
 use mover_engine::wire::{RemoteErrorKind, WireError};
 
@@ -46,6 +46,9 @@ pub fn for_error(error: &anyhow::Error) -> Option<String> {
 
 const CERTS: &str = "create the migration's certificates with `mover certs init DIR`, then pass `--certs DIR`";
 
+const MASS_DELETE: &str =
+    "nothing was deleted; pass `--allow-mass-delete` if this is intended, or `--no-delete` to keep them";
+
 const DISK_FULL: &str = "the target file system is full: free space there, then run the same command again; files already copied are kept and skipped";
 
 fn copy(cause: Cause<'_>) -> Answer {
@@ -60,22 +63,31 @@ fn copy(cause: Cause<'_>) -> Answer {
 pub fn copy_error(error: &CopyError) -> Option<String> {
     match error {
         // A refusal, or a push's failure on the source agent (a target that refused it keeps its kind).
-        CopyError::Refused { error, .. } | CopyError::Remote { error, .. } => match error.kind {
-            RemoteErrorKind::UnknownVolume => {
-                Some("check the volume name in `agent://HOST:PORT/VOLUME` against the agent's `--volume` flags".into())
-            }
-            RemoteErrorKind::ReadOnly => Some(
-                "the agent was started with `--volume NAME=PATH:ro`; restart it without `:ro` to receive into it"
-                    .into(),
-            ),
-            RemoteErrorKind::Busy => Some("wait for the other copy into this volume to finish, then run again".into()),
-            _ => None,
-        },
+        // The peer's receiver failed (a full disk, the mass-delete guard), each by its kind.
+        CopyError::Refused { error, .. }
+        | CopyError::Remote { error, .. }
+        | CopyError::Sync(SyncError::Remote(error)) => remote_kind(error.kind),
         CopyError::Handshake { source: WireError::VersionMismatch { .. }, .. } => {
             Some("install the same mover version on every cluster (`mover --version`, `mover-agent --version`)".into())
         }
         CopyError::Tunnel(tunnel) => tunnel_error(tunnel),
         CopyError::Certs(_) => Some(CERTS.into()),
+        _ => None,
+    }
+}
+
+/// The remedy for what a peer reported, by its kind.
+fn remote_kind(kind: RemoteErrorKind) -> Option<String> {
+    match kind {
+        RemoteErrorKind::UnknownVolume => {
+            Some("check the volume name in `agent://HOST:PORT/VOLUME` against the agent's `--volume` flags".into())
+        }
+        RemoteErrorKind::ReadOnly => Some(
+            "the agent was started with `--volume NAME=PATH:ro`; restart it without `:ro` to receive into it".into(),
+        ),
+        RemoteErrorKind::Busy => Some("wait for the other copy into this volume to finish, then run again".into()),
+        RemoteErrorKind::NoSpace => Some(DISK_FULL.into()),
+        RemoteErrorKind::MassDelete => Some(MASS_DELETE.into()),
         _ => None,
     }
 }
@@ -160,9 +172,7 @@ fn certs(cause: Cause<'_>) -> Answer {
 fn deletion(cause: Cause<'_>) -> Answer {
     match cause.downcast_ref::<DeletionError>() {
         None => NotMine,
-        Some(DeletionError::MassDelete { .. }) => Decided(Some(
-            "nothing was deleted; pass `--allow-mass-delete` if this is intended, or `--no-delete` to keep them".into(),
-        )),
+        Some(DeletionError::MassDelete { .. }) => Decided(Some(MASS_DELETE.into())),
         Some(_) => Decided(None),
     }
 }

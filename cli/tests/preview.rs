@@ -241,6 +241,8 @@ fn the_mass_delete_refusal_lists_a_sample() {
         assert!(stderr.contains("refusing to delete 14 of the target's 14 entries"), "{}", text(&output));
         assert!(stderr.contains("`user00.txt`, `user01.txt`"), "{}", text(&output));
         assert!(stderr.contains("`user09.txt` and 4 more"), "{}", text(&output));
+        // The remedy comes from the CLI's hint table, by the refusal's kind (it crossed the wire).
+        assert!(stderr.contains("hint: nothing was deleted; pass `--allow-mass-delete`"), "{}", text(&output));
         if dry_run {
             assert_eq!(listing(&dst), before, "a refused dry run wrote");
         }

@@ -1,8 +1,6 @@
 //! `mover image copy` and `mover image sync`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use mover_engine::image::{self, Endpoint, ImageRef, ImageSummary, Session, Version};

@@ -146,6 +146,11 @@ pub enum SyncError {
     Volume(#[from] crate::volume::VolumeError),
 }
 
+/// A full file system or a used-up quota: the peer hears [`RemoteErrorKind::NoSpace`].
+fn is_no_space(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
 fn remote_message(error: &RemoteError) -> String {
     format!("the peer reported an error: {}", error.message)
 }
@@ -157,14 +162,17 @@ impl SyncError {
         let kind = match self {
             SyncError::Protocol(_) | SyncError::Deletion(DeletionError::Duplicate { .. }) => RemoteErrorKind::Protocol,
             SyncError::Verification { .. } => RemoteErrorKind::Verification,
-            SyncError::Io { .. } | SyncError::Deletion(DeletionError::Io { .. }) => RemoteErrorKind::Io,
+            SyncError::Io { source, .. } | SyncError::Deletion(DeletionError::Io { source, .. }) => {
+                if is_no_space(source) { RemoteErrorKind::NoSpace } else { RemoteErrorKind::Io }
+            }
             SyncError::Remote(error) => error.kind,
-            SyncError::Deletion(DeletionError::MassDelete { .. } | DeletionError::Replaced { .. })
+            SyncError::Internal(_) => RemoteErrorKind::Internal,
+            SyncError::Deletion(DeletionError::MassDelete { .. }) => RemoteErrorKind::MassDelete,
+            SyncError::Deletion(DeletionError::Replaced { .. })
             | SyncError::Wire(_)
             | SyncError::Volume(_)
             | SyncError::Disconnected(_)
-            | SyncError::Cancelled
-            | SyncError::Internal(_) => RemoteErrorKind::Other,
+            | SyncError::Cancelled => RemoteErrorKind::Other,
         };
         RemoteError::new(kind, full_message(self))
     }

@@ -329,6 +329,12 @@ pub enum RemoteErrorKind {
     ShuttingDown,
     /// Anything else.
     Other,
+    /// The peer's file system is full, or its quota used up.
+    NoSpace,
+    /// A bug on the peer (one of its threads panicked): never retried.
+    Internal,
+    /// The peer refused to delete more than half of the target (the mass-delete guard).
+    MassDelete,
 }
 
 /// An error as carried on the wire.
@@ -350,11 +356,14 @@ impl RemoteError {
 
 impl RemoteErrorKind {
     /// True when a later attempt may succeed: the volume was busy, the peer was shutting down,
-    /// or a file operation failed (a full disk). `Other` is not: its cause is unknown here (a
-    /// peer's panic is reported as `Other` too).
+    /// a file operation failed, or the disk was full (once space is freed). `Internal` never is,
+    /// and `Other` is not: its cause is unknown here.
     #[must_use]
     pub fn is_retryable(self) -> bool {
-        matches!(self, RemoteErrorKind::Busy | RemoteErrorKind::ShuttingDown | RemoteErrorKind::Io)
+        matches!(
+            self,
+            RemoteErrorKind::Busy | RemoteErrorKind::ShuttingDown | RemoteErrorKind::Io | RemoteErrorKind::NoSpace
+        )
     }
 }
 

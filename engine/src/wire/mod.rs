@@ -53,7 +53,10 @@ pub use message::{
 /// [`SyncOptions::cross_mounts`]; [`SyncOptions::itemize`] and [`SyncOptions::dry_run`],
 /// [`Message::Change`] (the receiver's changes, forwarded as [`crate::progress::Event::Change`]),
 /// `Summary::dry_run`; [`SyncOptions::excludes`].
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Version 7: [`RemoteErrorKind::NoSpace`], [`RemoteErrorKind::Internal`] and
+/// [`RemoteErrorKind::MassDelete`], so that a full disk, a bug and the mass-delete guard keep
+/// their kind across the wire (the front end's remedies are keyed on kinds, never on text).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;

@@ -173,7 +173,7 @@ impl Tree<'_> {
     pub(super) fn end_tree(&mut self) -> Result<()> {
         self.jobs = None;
         for worker in self.workers.drain(..) {
-            worker.join().map_err(|_| SyncError::Disconnected("(a content worker panicked)"))??;
+            worker.join().map_err(|_| SyncError::Internal("a content worker"))??;
         }
         self.check_workers()?;
         // What was read came from the volume, not from a directory hidden under a mount since.
