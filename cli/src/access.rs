@@ -14,16 +14,17 @@ use mover_plan::{Plan, RegistrySide, Side, Sides};
 
 use crate::args::ImageCommon;
 
-/// The coordinator's certificate and key from `dir` (`mover certs init` wrote them).
-pub fn coordinator_identity(dir: &Path) -> anyhow::Result<Identity> {
-    Identity::load(dir, Role::Coordinator)
-        .with_context(|| format!("while loading the coordinator certificate from `{}`", dir.display()))
+/// A certificate and key from `dir` (`mover certs init` wrote them): the coordinator's, or the
+/// migration's agent identity (a local directory that receives from an agent presents it).
+pub fn load_identity(dir: &Path, role: Role) -> anyhow::Result<Identity> {
+    let which = if role == Role::Agent { "agent" } else { "coordinator" };
+    Identity::load(dir, role).with_context(|| format!("while loading the {which} certificate from `{}`", dir.display()))
 }
 
-/// Loads the coordinator's identity when the plan involves agents.
+/// The coordinator's identity when the plan involves agents.
 pub fn plan_identity(plan: &Plan) -> anyhow::Result<Option<Identity>> {
     match &plan.certs {
-        Some(dir) if plan.uses_agents() => coordinator_identity(dir).map(Some),
+        Some(dir) if plan.uses_agents() => load_identity(dir, Role::Coordinator).map(Some),
         _ => Ok(None),
     }
 }

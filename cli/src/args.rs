@@ -235,6 +235,11 @@ pub struct CopyArgs {
     /// works too.
     #[arg(long, env = "MOVER_PROXY_PASSWORD_FILE")]
     pub proxy_password_file: Option<PathBuf>,
+    /// For `agent://… ./DIR`: the address (`IP:PORT`) where this command receives what the
+    /// source agent pushes. Default: this machine's address on the route to the agent, on a free
+    /// port (the agent must be able to reach it).
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
     /// Find changed files by content (block signatures compared, MD4 as rsync; the result is
     /// verified with blake3), not by size and mtime.
     #[arg(long, env = "MOVER_CHECKSUM")]

@@ -94,3 +94,32 @@ fn agent_to_agent_push_with_progress_back_to_the_coordinator() {
     );
     assert!(target_agent.log_text().contains("join-session"), "the target was not fed by the source agent");
 }
+
+/// `mover copy agent://… ./DIR`: the source agent pushes into an in-process agent of the
+/// migration that serves the local directory (made with `--mkpath`); a rerun moves nothing.
+#[test]
+fn agent_to_local_directory_through_an_in_process_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("restore/copy");
+    let certs = certs(&tmp.path().join("certs"));
+    let source_agent = Agent::start(&certs, &[format!("data={}:ro", source().display())], tmp.path());
+    let copy = || {
+        mover(&[
+            "copy",
+            &source_agent.url("data"),
+            target.to_str().unwrap(),
+            "--certs",
+            certs.to_str().unwrap(),
+            "--mkpath",
+            "--output",
+            "json",
+        ])
+    };
+    check(&copy(), &target);
+    let output = copy();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let again = summary(&output);
+    assert_eq!(again["files_transferred"], 0, "{again}");
+    mover_testdata::assert_identical(source(), &target);
+    assert_eq!(source_agent.terminate().code(), Some(0));
+}

@@ -2,10 +2,12 @@
 //!
 //! `mover copy`, `mover plan run` and any later front end call [`copy_volume`]; it picks
 //! `client::copy_local` (two local directories), `client::copy_to_agent` (a local directory to
-//! an agent) or `client::push_between_agents` (agent to agent). A copy is cancelled by dropping
+//! an agent), `client::push_between_agents` (agent to agent) or `client::pull_from_agent` (an
+//! agent to a local directory, which an in-process agent of the migration serves). A copy is cancelled by dropping
 //! its future: the connections close, agents end their sessions and keep partial files for the
 //! next run.
 
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 
 use mover_engine::certs::Identity;
@@ -23,14 +25,35 @@ pub struct Peers<'a> {
     pub identity: Option<&'a Identity>,
     /// The HTTP CONNECT proxy, if any.
     pub proxy: Option<&'a Proxy>,
+    /// How a local target receives from a source agent; needed for agent to local directory.
+    pub receiver: Option<&'a LocalReceiver>,
+}
+
+/// A local directory's in-process agent, for a copy from an agent.
+#[derive(Debug)]
+pub struct LocalReceiver {
+    /// An agent identity of the migration (the source agent pushes only into agents of its CA).
+    pub identity: Identity,
+    /// Where it listens (and the source agent dials); `None`: this machine's address on the
+    /// route to the source agent, on a free port.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Why a copy did not run, or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
-    /// Agent to local directory: not built yet.
-    #[error("copying from an agent into a local directory is not supported")]
-    AgentToLocal,
+    /// Agent to local directory without [`Peers::receiver`].
+    #[error("a copy from an agent into a local directory needs an agent identity of the migration")]
+    NoReceiver,
+    /// No local address on the route to the source agent.
+    #[error("cannot find this machine's address on the route to `{addr}`: {source}")]
+    NoRoute {
+        /// The source agent.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An agent is involved and [`Peers::identity`] is `None`.
     #[error("a copy that involves an agent needs the coordinator's certificates")]
     NoIdentity,
@@ -76,7 +99,31 @@ pub async fn copy_volume(
             )
             .await?
         }
-        (Location::Agent { .. }, Location::Local(_)) => return Err(DispatchError::AgentToLocal),
+        (Location::Agent { addr, volume }, Location::Local(to)) => {
+            let receiver = peers.receiver.ok_or(DispatchError::NoReceiver)?;
+            if options.dry_run && !to.is_dir() {
+                return Err(DispatchError::MissingTargetInDryRun(to.clone()));
+            }
+            let listen = match receiver.listen {
+                Some(listen) => listen,
+                None => route_to(addr).map_err(|source| DispatchError::NoRoute { addr: addr.clone(), source })?,
+            };
+            let target = client::PullTarget { dir: to.clone(), listen: listen.to_string(), advertise: None };
+            let agents = (identity()?, receiver.identity.clone());
+            client::pull_from_agent(agents, (addr, volume), &target, peers.proxy, options, reporter).await?
+        }
     };
     Ok(summary)
+}
+
+/// This machine's address on the route to `addr`, port 0 (a free one). Connecting a UDP
+/// socket sends nothing; it only asks the kernel which source address it would use.
+fn route_to(addr: &str) -> std::io::Result<SocketAddr> {
+    let peer = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address"))?;
+    let socket = UdpSocket::bind(if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    socket.connect(peer)?;
+    Ok(SocketAddr::new(socket.local_addr()?.ip(), 0))
 }

@@ -97,7 +97,8 @@ async fn transfer_volume(volume: &VolumePlan, run: Run, runtime: &Runtime<'_>, i
     let volume = volume.clone();
     Task::Copy(Box::pin(async move {
         let reporter = observer.volume_reporter(index, &volume, run.dry_run);
-        let peers = Peers { identity: identity.as_ref(), proxy: proxy.as_ref() };
+        // Plans refuse agent-to-local volumes when they are read: no local receiver here.
+        let peers = Peers { identity: identity.as_ref(), proxy: proxy.as_ref(), receiver: None };
         copy_volume(&source, &target, options, peers, reporter).await.map_err(|error| match error {
             // The engine's error itself, so that front ends find it by type for their hints.
             DispatchError::Copy(error) => anyhow::Error::new(error),

@@ -12,7 +12,7 @@ mod location;
 mod model;
 mod runtime;
 
-pub use dispatch::{DispatchError, Peers, copy_volume};
+pub use dispatch::{DispatchError, LocalReceiver, Peers, copy_volume};
 pub use execute::{Run, execute};
 pub use location::{Location, LocationError, parse_location};
 pub use model::{

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use mover_engine::certs::Identity;
+use mover_engine::certs::{Identity, Role};
 use mover_engine::client::CopyError;
 use mover_engine::tunnel::TunnelError;
 use mover_engine::wire::SyncOptions;
-use mover_plan::{DispatchError, Location, Peers, parse_location};
+use mover_plan::{DispatchError, LocalReceiver, Location, Peers, parse_location};
 
 use crate::args::{CopyArgs, GlobalArgs, OutputFormat};
 use crate::render::copy::CopyRenderer as Printer;
@@ -20,7 +20,7 @@ fn identity(args: &CopyArgs) -> anyhow::Result<Identity> {
             "a copy that involves an agent needs `--certs DIR` (the directory `mover certs init` wrote)",
         ));
     };
-    access::coordinator_identity(dir)
+    access::load_identity(dir, Role::Coordinator)
 }
 
 /// Creates a missing local target as rsync does: the last component only, or every missing
@@ -107,30 +107,25 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     let proxy =
         access::with_password(access::parse_proxy(args.proxy.as_deref())?, args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run || global.verbose > 0));
-    let identity = match (&source, &target) {
-        // Refused by the dispatch below, before any certificate matters.
-        (Location::Agent { .. }, Location::Local(_)) => None,
-        _ if source.is_agent() || target.is_agent() => Some(identity(&args)?),
+    let identity = if source.is_agent() || target.is_agent() { Some(identity(&args)?) } else { None };
+    // From an agent into a local directory: an in-process agent of the migration receives.
+    let receiver = match (&source, &target, &args.certs) {
+        (Location::Agent { .. }, Location::Local(_), Some(dir)) => {
+            Some(LocalReceiver { identity: access::load_identity(dir, Role::Agent)?, listen: args.listen })
+        }
         _ => None,
     };
-    let created = match (&source, &target) {
+    let created = match &target {
         // A dry run creates nothing: the dispatch says so when the target is missing.
-        (Location::Local(_), Location::Local(to)) if !args.dry_run || to.is_dir() => {
-            create_local_target(to, args.mkpath)?
-        }
+        Location::Local(to) if !args.dry_run || to.is_dir() => create_local_target(to, args.mkpath)?,
         _ => Vec::new(),
     };
-    let peers = Peers { identity: identity.as_ref(), proxy: proxy.as_ref() };
+    let peers = Peers { identity: identity.as_ref(), proxy: proxy.as_ref(), receiver: receiver.as_ref() };
     let result = mover_plan::copy_volume(&source, &target, options, peers, printer.clone()).await;
     let result = match result {
         Err(DispatchError::Copy(error)) => {
             remove_if_empty(&created);
             Err(error)
-        }
-        Err(DispatchError::AgentToLocal) => {
-            return Err(usage(
-                "copying from an agent into a local directory is not supported; run `mover-agent serve` on the target and copy agent to agent",
-            ));
         }
         Err(other) => return Err(other.into()),
         Ok(summary) => Ok(summary),

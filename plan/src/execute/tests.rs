@@ -156,7 +156,7 @@ fn hook_variables_come_in_both_spellings() {
 }
 
 #[tokio::test]
-async fn agent_to_local_is_refused_by_the_dispatch() {
+async fn agent_to_local_without_a_receiver_is_refused_by_the_dispatch() {
     let source = Location::Agent { addr: "127.0.0.1:1".into(), volume: "v".into() };
     let target = Location::Local("/nonexistent".into());
     let options = plan(Path::new("/x"), Vec::new()).volumes[0].sync_options(false, false);
@@ -169,5 +169,5 @@ async fn agent_to_local_is_refused_by_the_dispatch() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(error, crate::DispatchError::AgentToLocal), "{error}");
+    assert!(matches!(error, crate::DispatchError::NoReceiver), "{error}");
 }
