@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use mover_engine::CopyOptions;
 use mover_engine::client;
 use mover_engine::progress::NoProgress;
-use mover_engine::wire::SyncOptions;
 
 fn copy(c: &mut Criterion) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -28,7 +28,7 @@ fn copy(c: &mut Criterion) {
             let dst = tmp.path().join(format!("dst{round}"));
             std::fs::create_dir(&dst).unwrap();
             let summary =
-                runtime.block_on(client::copy_local(&src, &dst, SyncOptions::default(), Arc::new(NoProgress))).unwrap();
+                runtime.block_on(client::copy_local(&src, &dst, CopyOptions::default(), Arc::new(NoProgress))).unwrap();
             assert!(summary.is_success());
             std::fs::remove_dir_all(&dst).unwrap();
         });

@@ -6,9 +6,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
+use mover_engine::CopyOptions;
 use mover_engine::client;
 use mover_engine::progress::{NoProgress, Summary};
-use mover_engine::wire::SyncOptions;
 use mover_testdata::{BigFile, TreeSpec};
 use proptest::prelude::*;
 
@@ -19,7 +19,7 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-fn sync(src: &Path, dst: &Path, options: SyncOptions) -> Result<Summary, String> {
+fn sync(src: &Path, dst: &Path, options: CopyOptions) -> Result<Summary, String> {
     fs::create_dir_all(dst).unwrap();
     runtime()
         .block_on(client::copy_local(src, dst, options, Arc::new(NoProgress)))
@@ -27,7 +27,7 @@ fn sync(src: &Path, dst: &Path, options: SyncOptions) -> Result<Summary, String>
 }
 
 fn copy(src: &Path, dst: &Path) -> Summary {
-    let summary = sync(src, dst, SyncOptions::default()).unwrap();
+    let summary = sync(src, dst, CopyOptions::default()).unwrap();
     assert!(summary.is_success(), "{:?}", summary.errors);
     summary
 }
@@ -130,7 +130,7 @@ fn shifted_content_travels_as_a_delta_and_new_content_as_data() {
     fs::write(src2.join("log.bin"), &log).unwrap();
     copy(&src2, &dst2);
     fs::write(src2.join("log.bin"), edited(&log, 100_000, b"xyz", 200_000, 1)).unwrap();
-    let options = SyncOptions { inplace: true, ..SyncOptions::default() };
+    let options = CopyOptions { inplace: true, ..CopyOptions::default() };
     let summary = sync(&src2, &dst2, options).unwrap();
     assert!(summary.is_success(), "{:?}", summary.errors);
     mover_testdata::assert_identical(&src2, &dst2);
@@ -338,7 +338,7 @@ fn deletions_no_delete_and_the_mass_delete_guard() {
     fs::write(dst.join("extra/deep/x"), b"x").unwrap();
     fs::write(dst.join("keep/extra"), b"x").unwrap();
 
-    let summary = sync(&src, &dst, SyncOptions { delete: false, ..SyncOptions::default() }).unwrap();
+    let summary = sync(&src, &dst, CopyOptions { delete: false, ..CopyOptions::default() }).unwrap();
     assert_eq!(summary.entries_deleted, 0);
     assert!(dst.join("extra/deep/x").exists() && dst.join("keep/extra").exists());
 
@@ -349,10 +349,10 @@ fn deletions_no_delete_and_the_mass_delete_guard() {
     // An empty source would wipe the target: refused, nothing deleted.
     let empty = tmp.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    let error = sync(&empty, &dst, SyncOptions::default()).unwrap_err();
+    let error = sync(&empty, &dst, CopyOptions::default()).unwrap_err();
     assert!(error.contains("refusing to delete 11 of the target's 11 entries"), "{error}");
     assert_eq!(fs::read_dir(dst.join("keep")).unwrap().count(), 10);
-    let summary = sync(&empty, &dst, SyncOptions { allow_mass_delete: true, ..SyncOptions::default() }).unwrap();
+    let summary = sync(&empty, &dst, CopyOptions { allow_mass_delete: true, ..CopyOptions::default() }).unwrap();
     assert_eq!(summary.entries_deleted, 11);
     assert_eq!(fs::read_dir(&dst).unwrap().count(), 0);
 }
@@ -371,7 +371,7 @@ fn checksum_finds_a_change_that_kept_size_and_mtime() {
     let summary = copy(&src, &dst);
     assert_eq!(summary.bytes_transferred, 0, "quick check should not look inside");
     assert_ne!(fs::read(&target).unwrap(), fs::read(src.join("f")).unwrap());
-    let summary = sync(&src, &dst, SyncOptions { checksum: true, ..SyncOptions::default() }).unwrap();
+    let summary = sync(&src, &dst, CopyOptions { checksum: true, ..CopyOptions::default() }).unwrap();
     assert!(summary.bytes_transferred > 0 && summary.bytes_transferred <= 8192, "{summary:?}");
     assert_eq!(fs::read(&target).unwrap(), fs::read(src.join("f")).unwrap());
 }
@@ -484,7 +484,7 @@ proptest! {
         copy(&src, &dst);
         for round in 0..rounds {
             mutate(&src, seed.wrapping_add(round as u64), count);
-            let options = SyncOptions { allow_mass_delete: true, streams, ..SyncOptions::default() };
+            let options = CopyOptions { allow_mass_delete: true, streams, ..CopyOptions::default() };
             let summary = sync(&src, &dst, options).unwrap();
             prop_assert!(summary.is_success(), "{:?}", summary.errors);
             let differences = mover_testdata::compare(&src, &dst, &mover_testdata::CompareOptions::default()).unwrap();
@@ -501,7 +501,7 @@ fn bwlimit_holds_the_rate_within_15_percent() {
     // Incompressible, so bytes on the wire are the content.
     mover_testdata::write_random(&src.join("f"), 12 << 20, 3).unwrap();
     let limit = 4u64 << 20;
-    let summary = sync(&src, &dst, SyncOptions { bwlimit: limit, ..SyncOptions::default() }).unwrap();
+    let summary = sync(&src, &dst, CopyOptions { bwlimit: limit, ..CopyOptions::default() }).unwrap();
     let rate = summary.bytes_on_wire as f64 / summary.elapsed_s;
     let ratio = rate / limit as f64;
     assert!((0.85..=1.15).contains(&ratio), "observed {rate:.0} B/s for a limit of {limit} B/s ({ratio:.2})");
@@ -524,7 +524,7 @@ fn an_unreadable_source_entry_keeps_the_target_copy_and_hard_links_stay_right() 
         rustix::fs::setxattr(src.join("a"), name.as_str(), b"v", rustix::fs::XattrFlags::empty()).unwrap();
     }
     fs::write(src.join("b"), b"file b, changed").unwrap();
-    let summary = sync(&src, &dst, SyncOptions::default()).unwrap();
+    let summary = sync(&src, &dst, CopyOptions::default()).unwrap();
     assert!(summary.errors.iter().any(|e| e.contains("`a`")), "{:?}", summary.errors);
     assert_eq!(summary.entries_deleted, 0, "the target's copy of an unreadable entry must stay");
     assert_eq!(fs::read(dst.join("a")).unwrap(), b"file a");
@@ -553,7 +553,7 @@ fn inplace_updates_changed_files_in_their_own_inode_and_verifies_them() {
     file.write_all_at(&mover_testdata::random_bytes(9, 100_000), 48 << 20).unwrap();
     drop(file);
     fs::write(src.join("small"), b"version two").unwrap();
-    let options = SyncOptions { inplace: true, ..SyncOptions::default() };
+    let options = CopyOptions { inplace: true, ..CopyOptions::default() };
     let summary = sync(&src, &dst, options.clone()).unwrap();
     assert!(summary.is_success(), "{:?}", summary.errors);
     mover_testdata::assert_identical(&src, &dst);

@@ -284,8 +284,8 @@ fn logging_hook(name: &str, phase: &str, log: &Path, extra: &str) -> String {
     )
 }
 
-/// MTC's Final itinerary (mig-controller `task.go`): PreBackup hooks, the transfers, PostBackup,
-/// PreRestore, PostRestore. Each command hook gets both spellings of the plan's name and
+/// MTC's Final itinerary (mig-controller `task.go`): `PreBackup` hooks, the transfers,
+/// `PostBackup`, `PreRestore`, `PostRestore`. Each command hook gets both spellings of the plan's name and
 /// namespaces.
 #[test]
 fn hooks_run_in_mtcs_phase_order_around_the_transfers_with_the_plan_environment() {

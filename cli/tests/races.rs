@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use mover_engine::CopyOptions;
 use mover_engine::client;
 use mover_engine::progress::NoProgress;
-use mover_engine::wire::SyncOptions;
 
 const CANARY: &[u8] = b"canary: must never be touched or copied";
 
@@ -72,7 +72,7 @@ fn run_for(duration: Duration, src: &Path, dst: &Path) -> usize {
         let _ = runtime.block_on(client::copy_local(
             src,
             dst,
-            SyncOptions { stage: true, allow_mass_delete: true, ..SyncOptions::default() },
+            CopyOptions { stage: true, allow_mass_delete: true, ..CopyOptions::default() },
             Arc::new(NoProgress),
         ));
         runs += 1;

@@ -7,15 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use mover_engine::CopyOptions;
 use mover_engine::client;
 use mover_engine::progress::{NoProgress, Summary};
 use mover_engine::testing;
-use mover_engine::wire::SyncOptions;
 
 fn copy(src: &Path, dst: &Path, stage: bool) -> Summary {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let options = SyncOptions { stage, ..SyncOptions::default() };
+    let options = CopyOptions { stage, ..CopyOptions::default() };
     fs::create_dir_all(dst).unwrap();
     runtime.block_on(client::copy_local(src, dst, options, Arc::new(NoProgress))).unwrap()
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{Agent, certs, mover, summary, text};
+use mover_engine::CopyOptions;
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client::{self, CopyError};
 use mover_engine::progress::{NoProgress, Summary};
@@ -21,7 +22,7 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-fn sync(src: &Path, dst: &Path, options: SyncOptions) -> Summary {
+fn sync(src: &Path, dst: &Path, options: CopyOptions) -> Summary {
     fs::create_dir_all(dst).unwrap();
     let summary = runtime()
         .block_on(client::copy_local(src, dst, options, Arc::new(NoProgress)))
@@ -31,8 +32,8 @@ fn sync(src: &Path, dst: &Path, options: SyncOptions) -> Summary {
     summary
 }
 
-fn streams(n: u32) -> SyncOptions {
-    SyncOptions { streams: n, ..SyncOptions::default() }
+fn streams(n: u32) -> CopyOptions {
+    CopyOptions { streams: n, ..CopyOptions::default() }
 }
 
 #[test]
@@ -94,7 +95,7 @@ fn bwlimit_holds_across_three_streams_within_15_percent() {
         mover_testdata::write_random(&src.join(format!("f{i}")), 4 << 20, i).unwrap();
     }
     let limit = 4u64 << 20;
-    let summary = sync(&src, &dst, SyncOptions { bwlimit: limit, ..streams(3) });
+    let summary = sync(&src, &dst, CopyOptions { bwlimit: limit, ..streams(3) });
     let rate = summary.bytes_on_wire as f64 / summary.elapsed_s;
     let ratio = rate / limit as f64;
     assert!((0.85..=1.15).contains(&ratio), "observed {rate:.0} B/s for a limit of {limit} B/s ({ratio:.2})");

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 
+use crate::CopyOptions;
 use crate::agent::{Agent, AgentError, VolumeGrant};
 use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
@@ -142,7 +143,9 @@ impl From<SessionError> for CopyError {
     }
 }
 
-/// Connects to an agent, says hello and returns the tunnel and the agent's welcome.
+/// Connects to an agent, says hello and returns the tunnel and the agent's welcome (for tests that
+/// speak the protocol themselves).
+#[cfg(any(test, feature = "test-util"))]
 pub async fn open(
     identity: &Identity,
     addr: &str,
@@ -159,9 +162,10 @@ pub async fn copy_to_agent(
     source: &Path,
     (addr, volume): (&str, &str),
     proxy: Option<&Proxy>,
-    options: SyncOptions,
+    options: CopyOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
+    let options = SyncOptions::from(options);
     let started = Instant::now();
     let root =
         crate::confine::open_root(source).map_err(|e| CopyError::Source { path: source.to_owned(), source: e })?;
@@ -187,7 +191,7 @@ pub async fn copy_to_agent(
 pub async fn copy_local(
     source: &Path,
     target: &Path,
-    options: SyncOptions,
+    options: CopyOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
     let source_error = |error| CopyError::Source { path: source.to_owned(), source: error };
@@ -277,9 +281,10 @@ pub async fn pull_from_agent(
     (source_addr, source_volume): (&str, &str),
     target: &PullTarget,
     proxy: Option<&Proxy>,
-    options: SyncOptions,
+    options: CopyOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
+    let options = SyncOptions::from(options);
     let target_agent = InProcessTarget::start(agent, &target.dir, &target.listen).await?;
     let dial = target.advertise.as_deref().unwrap_or(&target_agent.addr);
     let ends = ((source_addr, source_volume), (target_agent.addr.as_str(), dial, InProcessTarget::VOLUME));
@@ -296,9 +301,10 @@ pub async fn push_between_agents(
     (source_addr, source_volume): (&str, &str),
     (target_addr, target_volume): (&str, &str),
     proxy: Option<&Proxy>,
-    options: SyncOptions,
+    options: CopyOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
+    let options = SyncOptions::from(options);
     let ends = ((source_addr, source_volume), (target_addr, target_addr, target_volume));
     push(identity, ends, proxy, options, reporter).await
 }

@@ -169,6 +169,7 @@ impl LevelControl {
     }
 
     /// The current level (0 = off).
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     #[must_use]
     pub fn level(&self) -> i32 {
         self.level

@@ -83,6 +83,7 @@ impl RelPath {
     }
 
     /// The raw bytes.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     #[must_use]
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -384,6 +385,7 @@ impl Names {
     }
 
     /// Whether there are none.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()

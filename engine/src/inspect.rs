@@ -2,7 +2,7 @@
 //! how much space is free on its file system and how much its tree uses.
 //!
 //! Nothing here writes to a read-only volume. The write probe creates and removes one
-//! `.mover-tmp-preflight-*` file in the root (a reserved name, see [`crate::reserved`]).
+//! `.mover-tmp-preflight-*` file in the root (a reserved name: mover's temporary names are the `reserved` module's).
 //! The usage walk never follows symlinks, stays on the root's file system (as `du -x`), counts
 //! each hard-linked inode once and stops at [`WALK_BUDGET`]; a volume that is a mount point of
 //! its own is measured from its file system's counters instead, without a walk.

@@ -39,7 +39,7 @@ pub struct CopyOptions {
     pub itemize: bool,
     /// Change nothing on the target; report what would change.
     pub dry_run: bool,
-    /// Exclude patterns with rsync's rules ([`Excludes`](crate::Excludes)): left out of the
+    /// Exclude patterns with rsync's rules ([`Excludes`](crate::exclude::Excludes)): left out of the
     /// copy, and never deleted on the target.
     pub excludes: Vec<Vec<u8>>,
 }

@@ -1,7 +1,7 @@
 //! Progress events and the end-of-run summary. The engine only emits; front ends render.
 //!
 //! Events are a serde enum so a source agent can forward them to the coordinator unchanged
-//! ([`crate::wire::Message::Progress`]) and `mover --output json` can print them as JSON lines.
+//! (the protocol's `Message::Progress`) and `mover --output json` can print them as JSON lines.
 
 use std::sync::Arc;
 
@@ -66,7 +66,7 @@ pub enum Event {
     },
     /// An entry of the target was created, updated or deleted (in a dry run: would be). A
     /// deletion is always reported; the other changes when the session asked for them
-    /// ([`crate::wire::SyncOptions::itemize`] or a dry run).
+    /// ([`crate::CopyOptions::itemize`] or a dry run).
     Change(Change),
     /// An image was copied and tagged.
     ImageCopied {

@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mover_engine::SyncOptions;
+use mover_engine::CopyOptions;
 use mover_engine::agent::{Agent, VolumeGrant};
 use mover_engine::certs::{self, Identity, MigrationCerts, Role};
 use mover_engine::client::{self, CopyError, PullTarget};
 use mover_engine::progress::NoProgress;
+use mover_engine::wire::SyncOptions;
 use mover_engine::wire::{RemoteErrorKind, Request};
 
 /// A source agent serving `volume` as `vol`, until the test ends.
@@ -44,7 +45,7 @@ async fn an_agent_volume_is_pulled_into_a_local_directory() {
     // The in-process target presents the migration's agent certificate: the source agent
     // pushes only into agents of its own migration.
     let agent = Identity::from_generated(&generated, Role::Agent).unwrap();
-    let options = SyncOptions { streams: 2, ..SyncOptions::default() };
+    let options = CopyOptions { streams: 2, ..CopyOptions::default() };
     let summary = client::pull_from_agent(
         (&coordinator, agent),
         (&addr, "vol"),
@@ -67,7 +68,7 @@ async fn an_agent_volume_is_pulled_into_a_local_directory() {
         (&addr, "vol"),
         &pull_target(&target),
         None,
-        SyncOptions::default(),
+        CopyOptions::default(),
         Arc::new(NoProgress),
     )
     .await
@@ -89,7 +90,7 @@ async fn a_pull_whose_target_is_not_of_the_migration_is_refused() {
         (&addr, "vol"),
         &pull_target(&target),
         None,
-        SyncOptions::default(),
+        CopyOptions::default(),
         Arc::new(NoProgress),
     )
     .await;
@@ -130,7 +131,7 @@ async fn a_push_refused_by_a_busy_target_keeps_the_kind() {
         (&source_addr, "vol"),
         (&target_addr, "target"),
         None,
-        SyncOptions::default(),
+        CopyOptions::default(),
         Arc::new(NoProgress),
     )
     .await;

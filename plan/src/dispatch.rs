@@ -10,11 +10,11 @@
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::PathBuf;
 
+use mover_engine::CopyOptions;
 use mover_engine::certs::Identity;
 use mover_engine::client::{self, CopyError};
 use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
-use mover_engine::wire::SyncOptions;
 
 use crate::location::Location;
 
@@ -73,7 +73,7 @@ pub enum DispatchError {
 pub async fn copy_volume(
     source: &Location,
     target: &Location,
-    options: SyncOptions,
+    options: CopyOptions,
     peers: Peers<'_>,
     reporter: SharedReporter,
 ) -> Result<Summary, DispatchError> {

@@ -92,7 +92,7 @@ async fn transfer_volume(volume: &VolumePlan, run: Run, runtime: &Runtime<'_>, i
         Err(error) => return Task::Ready(Err(error)),
     };
     let (identity, proxy) = (runtime.identity.clone(), runtime.proxy.clone());
-    let options = volume.sync_options(run.stage, run.dry_run);
+    let options = volume.copy_options(run.stage, run.dry_run);
     let observer = runtime.observer.clone();
     let volume = volume.clone();
     Task::Copy(Box::pin(async move {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mover_engine::image::Credentials;
 use mover_engine::tunnel::Proxy;
-use mover_engine::wire::{Compression, SyncOptions};
+use mover_engine::{Compression, CopyOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::location::Location;
@@ -121,9 +121,9 @@ pub struct VolumeOptions {
 impl VolumePlan {
     /// The engine options of this volume's copy; `stage` is the run's mode.
     #[must_use]
-    pub fn sync_options(&self, stage: bool, dry_run: bool) -> SyncOptions {
+    pub fn copy_options(&self, stage: bool, dry_run: bool) -> CopyOptions {
         let options = &self.options;
-        SyncOptions {
+        CopyOptions {
             selinux: options.selinux,
             devices: options.devices,
             fsync: options.fsync,

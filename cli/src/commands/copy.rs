@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use mover_engine::CopyOptions;
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client::CopyError;
 use mover_engine::tunnel::TunnelError;
-use mover_engine::wire::SyncOptions;
 use mover_plan::{DispatchError, LocalReceiver, Location, Peers, parse_location};
 
 use crate::args::{CopyArgs, GlobalArgs, OutputFormat};
@@ -86,7 +86,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         ));
     }
     let excludes = crate::excludes::from_args(&args.exclude, &args.exclude_from)?;
-    let options = SyncOptions {
+    let options = CopyOptions {
         selinux: args.selinux,
         devices: args.devices,
         fsync: args.fsync,

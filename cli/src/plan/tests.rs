@@ -20,9 +20,9 @@ fn the_annotated_example_parses() {
     assert_eq!(plan.name, "shop-migration");
     assert_eq!(plan.hook_environment()[1], ("migration_namespaces".to_owned(), "shop,shop-db".to_owned()));
     assert_eq!(plan.volumes.len(), 2);
-    assert_eq!(plan.volumes[0].sync_options(false, false).bwlimit, 50 << 20);
-    assert!(plan.volumes[1].sync_options(true, false).stage);
-    assert_eq!(plan.volumes[0].sync_options(false, false).excludes[3], b"logs/**/*.gz");
+    assert_eq!(plan.volumes[0].copy_options(false, false).bwlimit, 50 << 20);
+    assert!(plan.volumes[1].copy_options(true, false).stage);
+    assert_eq!(plan.volumes[0].copy_options(false, false).excludes[3], b"logs/**/*.gz");
     assert_eq!(plan.hooks.len(), 3);
     assert_eq!(plan.hooks[1].timeout, Duration::from_secs(600));
     assert_eq!(plan.hooks[2].side, Side::Target);
@@ -35,7 +35,7 @@ fn the_annotated_example_parses() {
 fn exclude_rules_are_checked_where_they_stand() {
     let volume = "volumes:\n  - source: ./a\n    target: ./b\n    options:\n      exclude:\n";
     let plan = parse_at(&format!("{HEAD}{volume}        - \"- *.tmp\"\n        - /cache\n")).unwrap();
-    assert_eq!(plan.volumes[0].sync_options(false, false).excludes, [&b"*.tmp"[..], b"/cache"]);
+    assert_eq!(plan.volumes[0].copy_options(false, false).excludes, [&b"*.tmp"[..], b"/cache"]);
     let unclosed = error(&format!("{HEAD}{volume}        - ok\n        - \"x[\"\n"));
     assert!(unclosed.contains("line 10") && unclosed.contains("`[` is not closed"), "{unclosed}");
     let include = error(&format!("{HEAD}{volume}        - \"+ keep\"\n"));
@@ -177,7 +177,7 @@ fn a_bare_bwlimit_is_kib_per_second_as_in_mtc() {
             "{HEAD}volumes:\n  - source: ./a\n    target: ./b\n    options: {{bwlimit: {written}}}\n"
         ))
         .unwrap();
-        assert_eq!(plan.volumes[0].sync_options(false, false).bwlimit, expected, "bwlimit: {written}");
+        assert_eq!(plan.volumes[0].copy_options(false, false).bwlimit, expected, "bwlimit: {written}");
     }
 }
 

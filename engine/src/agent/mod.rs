@@ -3,7 +3,7 @@
 //! Which volumes a session may touch is a grant ([`VolumeGrant`]); `--volume` flags are one
 //! source of grants, all given at start, and grants that overlap are refused then. Each session
 //! resolves its volume's path afresh and checks it is what the grant meant
-//! ([`crate::volume`]); every file operation of the session is relative to the root handle it
+//! (the `volume` module); every file operation of the session is relative to the root handle it
 //! resolved, and a root that changes under the session ends it.
 //!
 //! Who may ask what:

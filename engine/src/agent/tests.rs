@@ -44,8 +44,15 @@ impl Served {
 
     async fn copy_into(&self, source: &Path, volume: &str) -> Result<crate::progress::Summary, CopyError> {
         let reporter = Arc::new(NoProgress);
-        client::copy_to_agent(&self.coordinator, source, (&self.addr, volume), None, SyncOptions::default(), reporter)
-            .await
+        client::copy_to_agent(
+            &self.coordinator,
+            source,
+            (&self.addr, volume),
+            None,
+            crate::CopyOptions::default(),
+            reporter,
+        )
+        .await
     }
 
     async fn stop(self) {

@@ -4,7 +4,7 @@
 //! manifests (a size cap while reading, the `Content-Type`), blob downloads (`Retry-After` on 429
 //! and `Range` resume after a broken connection, with one hash pass), uploads (one streamed
 //! `PUT`), cross-repository mounts (a `202` "upload started instead" reply) and listings. Its TLS
-//! trust is [`trust`]'s. `oci:` endpoints are OCI image layouts on disk.
+//! trust is the `trust` module's. `oci:` endpoints are OCI image layouts on disk.
 //!
 //! Every manifest is pushed with the exact bytes fetched, so every digest, the index's included,
 //! is preserved. A copy resolves the source tag once, fetches everything after by digest, copies

@@ -96,6 +96,7 @@ impl FileDigest {
 }
 
 /// The digest of `content`.
+#[cfg(any(test, fuzzing, feature = "test-util"))]
 #[must_use]
 pub fn digest(content: &[u8]) -> [u8; 32] {
     let mut digest = FileDigest::default();

@@ -94,7 +94,7 @@ fn mounts(options: &SyncOptions) -> crate::confine::Mounts {
 fn scan_options(options: &SyncOptions) -> crate::scan::ScanOptions<'_> {
     crate::scan::ScanOptions { excludes: &options.excludes, mounts: mounts(options), xattrs: xattr_policy(options) }
 }
-/// How a session is cancelled from outside: [`send_volume`] and [`receive_volume`] end with
+/// How a session is cancelled from outside: the sender and the receiver end with
 /// [`SyncError::Cancelled`] once their threads have stopped.
 pub use tokio_util::sync::CancellationToken;
 

@@ -230,6 +230,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Bytes written so far (frame headers included).
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     #[must_use]
     pub fn bytes_written(&self) -> u64 {
         self.written
@@ -271,6 +272,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// The wrapped stream.
+    #[cfg(any(test, fuzzing, feature = "test-util"))]
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }

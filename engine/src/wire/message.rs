@@ -123,7 +123,7 @@ pub enum Compression {
     Off,
     /// Always try this zstd level (1..=19).
     Level(i32),
-    /// Pick the level from how the link keeps up (see [`crate::compress::LevelControl`]).
+    /// Pick the level from how the link keeps up (the `compress` module's level control).
     Auto,
 }
 

@@ -32,30 +32,33 @@ mod frame;
 mod message;
 
 pub use frame::{
-    DataChunkRef, FrameReader, FrameWriter, Incoming, MAX_FRAME, decode_hello, decode_incoming, decode_message,
-    decode_reply, encode_data, encode_hello, encode_message,
+    DataChunkRef, FrameReader, FrameWriter, Incoming, decode_incoming, decode_message, encode_data, encode_message,
 };
+// What only tests, fuzzing and hostile peers build frames or messages with.
+#[cfg(any(test, fuzzing, feature = "test-util"))]
+pub use frame::{MAX_FRAME, decode_hello, decode_reply, encode_hello};
+#[cfg(any(test, fuzzing, feature = "test-util"))]
+pub use message::DataChunk;
 pub use message::{
-    Compression, DataChunk, DeltaChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, MAX_STREAMS, Message,
-    ReceiverReport, RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, VolumeStatus, Welcome, Xattr,
+    Compression, DeltaChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, MAX_STREAMS, Message, ReceiverReport,
+    RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, VolumeStatus, Welcome, Xattr,
 };
 
 /// The protocol version this build speaks. Both ends of a session must speak the same one.
-///
-/// Version 2: [`Welcome`] carries the agent's software version and its volumes' state.
-/// Version 3: changed files travel against an rsync signature of the basis ([`Message::NeedBlocks`]),
-/// shifted content as [`Message::Delta`]s.
-/// Version 4: a session's content may be spread over several connections
-/// ([`SyncOptions::streams`], [`Request::JoinLane`]).
-/// Version 5: [`Message::FileEnd`] carries the file's digest (`sync::digest`: blake3 over its
-/// 1 MiB pieces' blake3 and its size) instead of the blake3 of its bytes.
-/// Version 6: [`Welcome::notice`] (a stale session the agent ended to admit this one);
-/// [`SyncOptions::cross_mounts`]; [`SyncOptions::itemize`] and [`SyncOptions::dry_run`],
-/// [`Message::Change`] (the receiver's changes, forwarded as [`crate::progress::Event::Change`]),
-/// `Summary::dry_run`; [`SyncOptions::excludes`].
-/// Version 7: [`RemoteErrorKind::NoSpace`], [`RemoteErrorKind::Internal`] and
-/// [`RemoteErrorKind::MassDelete`], so that a full disk, a bug and the mass-delete guard keep
-/// their kind across the wire (the front end's remedies are keyed on kinds, never on text).
+// Version 2: [`Welcome`] carries the agent's software version and its volumes' state.
+// Version 3: changed files travel against an rsync signature of the basis ([`Message::NeedBlocks`]),
+// shifted content as [`Message::Delta`]s.
+// Version 4: a session's content may be spread over several connections
+// ([`SyncOptions::streams`], [`Request::JoinLane`]).
+// Version 5: [`Message::FileEnd`] carries the file's digest (`sync::digest`: blake3 over its
+// 1 MiB pieces' blake3 and its size) instead of the blake3 of its bytes.
+// Version 6: [`Welcome::notice`] (a stale session the agent ended to admit this one);
+// [`SyncOptions::cross_mounts`]; [`SyncOptions::itemize`] and [`SyncOptions::dry_run`],
+// [`Message::Change`] (the receiver's changes, forwarded as [`crate::progress::Event::Change`]),
+// `Summary::dry_run`; [`SyncOptions::excludes`].
+// Version 7: [`RemoteErrorKind::NoSpace`], [`RemoteErrorKind::Internal`] and
+// [`RemoteErrorKind::MassDelete`], so that a full disk, a bug and the mass-delete guard keep
+// their kind across the wire (the front end's remedies are keyed on kinds, never on text).
 pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Largest amount of file content carried by one [`DataChunk`].
