@@ -152,6 +152,16 @@ pub async fn open(
     request: Request,
     proxy: Option<&Proxy>,
 ) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
+    connect(identity, addr, request, proxy).await
+}
+
+/// [`session::open`] with this module's error.
+async fn connect(
+    identity: &Identity,
+    addr: &str,
+    request: Request,
+    proxy: Option<&Proxy>,
+) -> Result<(tunnel::ClientStream, Welcome), CopyError> {
     Ok(session::open(identity, addr, request, proxy).await?)
 }
 
@@ -320,7 +330,7 @@ async fn push(
 ) -> Result<Summary, CopyError> {
     let started = Instant::now();
     let open_session = Request::OpenSession { volume: target_volume.to_owned(), options: options.clone() };
-    let (_, welcome) = open(identity, open_at, open_session, None).await?;
+    let (_, welcome) = connect(identity, open_at, open_session, None).await?;
     let push = Request::Push {
         volume: source_volume.to_owned(),
         target: dial_at.to_owned(),
@@ -328,7 +338,7 @@ async fn push(
         proxy: proxy.cloned(),
         options,
     };
-    let (mut stream, _) = open(identity, source_addr, push, None).await?;
+    let (mut stream, _) = connect(identity, source_addr, push, None).await?;
     let mut frames = FrameReader::new(&mut stream);
     loop {
         match frames.read_message().await.map_err(SyncError::from)? {
@@ -350,7 +360,7 @@ async fn push(
 
 /// Asks an agent for its protocol version and volumes.
 pub async fn ping(identity: &Identity, addr: &str) -> Result<Vec<String>, CopyError> {
-    let (_, welcome) = open(identity, addr, Request::Ping, None).await?;
+    let (_, welcome) = connect(identity, addr, Request::Ping, None).await?;
     Ok(welcome.volumes)
 }
 
@@ -369,7 +379,7 @@ pub struct AgentStatus {
 /// itself and its volumes. A protocol version mismatch fails the handshake
 /// ([`CopyError::Handshake`] with [`WireError::VersionMismatch`]).
 pub async fn inspect(identity: &Identity, addr: &str, proxy: Option<&Proxy>) -> Result<AgentStatus, CopyError> {
-    let (stream, welcome) = open(identity, addr, Request::Ping, proxy).await?;
+    let (stream, welcome) = connect(identity, addr, Request::Ping, proxy).await?;
     let certificate =
         stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).map(|c| c.clone().into_owned());
     Ok(AgentStatus { software_version: welcome.software_version, volumes: welcome.volume_status, certificate })
