@@ -55,16 +55,6 @@ pub fn plan_proxy(plan: &Plan) -> anyhow::Result<Option<Proxy>> {
     with_password(plan.proxy.clone(), plan.proxy_password_file.as_deref())
 }
 
-/// The proxy as the URL the registries' HTTP client takes (the password included).
-fn proxy_url(proxy: &Proxy) -> String {
-    let host = if proxy.host.contains(':') { format!("[{}]", proxy.host) } else { proxy.host.clone() };
-    match (&proxy.user, &proxy.password) {
-        (Some(user), Some(password)) => format!("http://{user}:{password}@{host}:{}", proxy.port),
-        (Some(user), None) => format!("http://{user}@{host}:{}", proxy.port),
-        _ => format!("http://{host}:{}", proxy.port),
-    }
-}
-
 impl ImageCommon {
     /// How to reach each side's registry, from the flags.
     pub fn registries(&self) -> Sides<RegistrySide> {
@@ -145,13 +135,8 @@ pub fn endpoint_for(
                 (false, false) => TlsMode::NoVerify,
                 (false, true) => TlsMode::Verify { ca_bundle: access.ca_bundle.clone() },
             };
-            let options = RegistryOptions {
-                tls,
-                credentials,
-                proxy: proxy.map(proxy_url),
-                max_manifest_bytes,
-                pace: registry_pace()?,
-            };
+            let options =
+                RegistryOptions { tls, credentials, proxy: proxy.cloned(), max_manifest_bytes, pace: registry_pace()? };
             let registry = Registry::new(&repository.registry, &options)?;
             Ok(Endpoint::Registry { registry: Arc::new(registry), repository: repository.name.clone() })
         }

@@ -7,7 +7,7 @@
 //! lets its causes decide).
 
 use mover_engine::certs::CertError;
-use mover_engine::client::CopyError;
+use mover_engine::client::{CopyError, SessionError};
 use mover_engine::hooks::{self, HookError};
 use mover_engine::image::{ImageError, ManifestError};
 use mover_engine::sync::{DeletionError, SyncError};
@@ -62,15 +62,15 @@ fn copy(cause: Cause<'_>) -> Answer {
 /// The remedy for a copy error, when one is known (preflight's `remedy` column too).
 pub fn copy_error(error: &CopyError) -> Option<String> {
     match error {
-        // A refusal, or a push's failure on the source agent (a target that refused it keeps its kind).
-        // The peer's receiver failed (a full disk, the mass-delete guard), each by its kind.
-        CopyError::Refused { error, .. }
+        // A refusal, a push's failure on the source agent (a target that refused it keeps its
+        // kind), or the peer's receiver failing (a full disk, the mass-delete guard): by kind.
+        CopyError::Session(SessionError::Refused { error, .. })
         | CopyError::Remote { error, .. }
         | CopyError::Sync(SyncError::Remote(error)) => remote_kind(error.kind),
-        CopyError::Handshake { source: WireError::VersionMismatch { .. }, .. } => {
+        CopyError::Session(SessionError::Handshake { source: WireError::VersionMismatch { .. }, .. }) => {
             Some("install the same mover version on every cluster (`mover --version`, `mover-agent --version`)".into())
         }
-        CopyError::Tunnel(tunnel) => tunnel_error(tunnel),
+        CopyError::Session(SessionError::Tunnel(tunnel)) => tunnel_error(tunnel),
         CopyError::Certs(_) => Some(CERTS.into()),
         _ => None,
     }

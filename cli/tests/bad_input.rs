@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::{Agent, Tmpfs, certs, is_root, mover, text};
 use mover_engine::certs::{Identity, Role};
-use mover_engine::client::{self, CopyError};
+use mover_engine::client::{self, CopyError, SessionError};
 use mover_engine::wire::{self, Hello, HelloReply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -102,7 +102,7 @@ fn peers_without_a_certificate_or_from_another_ca_are_rejected_at_the_handshake(
         assert!(rejected(&agent.addr, Arc::new(foreign)).await, "a client from another CA was served");
         // And through mover's own client: a clear handshake error.
         let error = client::ping(&theirs, &agent.addr).await.unwrap_err();
-        assert!(matches!(error, CopyError::Tunnel(_)), "{error:?}");
+        assert!(matches!(error, CopyError::Session(SessionError::Tunnel(_))), "{error:?}");
         // The right certificate works.
         assert_eq!(client::ping(&ours, &agent.addr).await.unwrap(), vec!["vol".to_owned()]);
     });
@@ -243,7 +243,7 @@ fn roles_only_a_coordinator_opens_sessions_and_agents_push_only_into_them() {
     let refused = |identity: &Identity, request: Request| {
         runtime().block_on(async {
             match client::open(identity, &agent.addr, request, None).await {
-                Err(CopyError::Refused { error, .. }) => error.kind,
+                Err(CopyError::Session(SessionError::Refused { error, .. })) => error.kind,
                 Ok(_) => panic!("request was accepted"),
                 Err(other) => panic!("unexpected error: {other}"),
             }

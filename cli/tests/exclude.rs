@@ -181,7 +181,7 @@ fn an_invalid_pattern_is_a_usage_error_before_anything_is_touched() {
 #[test]
 fn an_agent_refuses_too_many_or_invalid_patterns_before_the_session() {
     use mover_engine::certs::{Identity, Role};
-    use mover_engine::client::{self, CopyError};
+    use mover_engine::client::{self, CopyError, SessionError};
     use mover_engine::wire::{RemoteErrorKind, Request, SyncOptions};
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tmp = tempfile::tempdir().unwrap();
@@ -200,7 +200,7 @@ fn an_agent_refuses_too_many_or_invalid_patterns_before_the_session() {
             Request::Receive { volume: "vol".into(), options: SyncOptions { excludes, ..SyncOptions::default() } };
         let error = runtime.block_on(client::open(&identity, &agent.addr, request, None)).err();
         match error {
-            Some(CopyError::Refused { error, .. }) => {
+            Some(CopyError::Session(SessionError::Refused { error, .. })) => {
                 assert_eq!(error.kind, RemoteErrorKind::Protocol);
                 assert!(error.message.contains(says), "{}", error.message);
             }

@@ -91,7 +91,7 @@ async fn open_when_free(fixture: &Fixture) -> mover_engine::tunnel::ClientStream
         let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
         match client::open(&fixture.identity, &fixture.agent.addr, request, None).await {
             Ok((stream, _)) => return stream,
-            Err(client::CopyError::Refused { error, .. })
+            Err(client::CopyError::Session(client::SessionError::Refused { error, .. }))
                 if error.kind == RemoteErrorKind::Busy && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -469,7 +469,7 @@ async fn open_two_lanes(fixture: &Fixture) -> (mover_engine::tunnel::ClientStrea
         let request = Request::Receive { volume: "vol".into(), options: options.clone() };
         match client::open(&fixture.identity, &fixture.agent.addr, request, None).await {
             Ok(opened) => break opened,
-            Err(client::CopyError::Refused { error, .. })
+            Err(client::CopyError::Session(client::SessionError::Refused { error, .. }))
                 if error.kind == RemoteErrorKind::Busy && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;

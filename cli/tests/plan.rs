@@ -284,24 +284,32 @@ fn logging_hook(name: &str, phase: &str, log: &Path, extra: &str) -> String {
     )
 }
 
+/// A plan in `dir` copying `./src` (one file, `payload`) to `./dst`, with `head` (its name and
+/// namespaces) and command hooks `(name, phase, extra YAML)` that append to the log returned.
+fn hooked_plan(dir: &Path, head: &str, hooks: &[(&str, &str, &str)]) -> (PathBuf, PathBuf) {
+    fs::create_dir(dir.join("src")).unwrap();
+    fs::write(dir.join("src/file"), b"payload").unwrap();
+    let log = dir.join("order.log");
+    let hooks: String = hooks.iter().map(|(name, phase, extra)| logging_hook(name, phase, &log, extra)).collect();
+    let plan = write_plan(dir, &format!("{head}\nvolumes:\n  - {{source: ./src, target: ./dst}}\nhooks:\n{hooks}"));
+    (plan, log)
+}
+
 /// MTC's Final itinerary (mig-controller `task.go`): `PreBackup` hooks, the transfers,
 /// `PostBackup`, `PreRestore`, `PostRestore`. Each command hook gets both spellings of the plan's name and
 /// namespaces.
 #[test]
 fn hooks_run_in_mtcs_phase_order_around_the_transfers_with_the_plan_environment() {
     let tmp = tempfile::tempdir().unwrap();
-    fs::create_dir(tmp.path().join("src")).unwrap();
-    fs::write(tmp.path().join("src/file"), b"payload").unwrap();
-    let log = tmp.path().join("order.log");
-    let plan = write_plan(
+    let (plan, log) = hooked_plan(
         tmp.path(),
-        &format!(
-            "name: ordered\nnamespaces: [a, b]\nvolumes:\n  - {{source: ./src, target: ./dst}}\nhooks:\n{}{}{}{}",
-            logging_hook("post-restore", "PostRestore", &log, ""),
-            logging_hook("post-backup", "PostBackup", &log, ""),
-            logging_hook("pre-restore", "PreRestore", &log, ""),
-            logging_hook("pre-backup", "PreBackup", &log, ""),
-        ),
+        "name: ordered\nnamespaces: [a, b]",
+        &[
+            ("post-restore", "PostRestore", ""),
+            ("post-backup", "PostBackup", ""),
+            ("pre-restore", "PreRestore", ""),
+            ("pre-backup", "PreBackup", ""),
+        ],
     );
     let output = plan_run(&plan, &["--final"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -321,17 +329,14 @@ fn hooks_run_in_mtcs_phase_order_around_the_transfers_with_the_plan_environment(
 #[test]
 fn a_stage_run_runs_only_the_hooks_marked_for_stage_runs() {
     let tmp = tempfile::tempdir().unwrap();
-    fs::create_dir(tmp.path().join("src")).unwrap();
-    fs::write(tmp.path().join("src/file"), b"payload").unwrap();
-    let log = tmp.path().join("order.log");
-    let plan = write_plan(
+    let (plan, log) = hooked_plan(
         tmp.path(),
-        &format!(
-            "name: staged\nnamespaces: [a]\nvolumes:\n  - {{source: ./src, target: ./dst}}\nhooks:\n{}{}{}",
-            logging_hook("quiesce", "PreBackup", &log, ""),
-            logging_hook("warm", "PreBackup", &log, "    runInStageRuns: true\n"),
-            logging_hook("verify", "PostRestore", &log, ""),
-        ),
+        "name: staged\nnamespaces: [a]",
+        &[
+            ("quiesce", "PreBackup", ""),
+            ("warm", "PreBackup", "    runInStageRuns: true\n"),
+            ("verify", "PostRestore", ""),
+        ],
     );
     let report_path = tmp.path().join("report.json");
     let output = plan_run(&plan, &["--stage", "--report", report_path.to_str().unwrap()]);

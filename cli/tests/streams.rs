@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::{Agent, certs, mover, summary, text};
 use mover_engine::CopyOptions;
 use mover_engine::certs::{Identity, Role};
-use mover_engine::client::{self, CopyError};
+use mover_engine::client::{self, CopyError, SessionError};
 use mover_engine::progress::{NoProgress, Summary};
 use mover_engine::wire::{FrameReader, FrameWriter, Message, RemoteErrorKind, Request, SyncOptions, encode_message};
 use mover_testdata::{BigFile, TreeSpec};
@@ -155,7 +155,7 @@ fn out_of_range_stream_counts_are_refused_with_the_range() {
 /// The error an agent answers `request` with.
 async fn refusal(identity: &Identity, addr: &str, request: Request) -> (RemoteErrorKind, String) {
     match client::open(identity, addr, request, None).await {
-        Err(CopyError::Refused { error, .. }) => (error.kind, error.message),
+        Err(CopyError::Session(SessionError::Refused { error, .. })) => (error.kind, error.message),
         Ok(_) => panic!("the agent welcomed what it should refuse"),
         Err(other) => panic!("expected a refusal, got {other}"),
     }
@@ -172,7 +172,7 @@ async fn open_when_free(
     loop {
         match client::open(identity, addr, request.clone(), None).await {
             Ok(opened) => return opened,
-            Err(CopyError::Refused { error, .. }) if error.kind == RemoteErrorKind::Busy => {
+            Err(CopyError::Session(SessionError::Refused { error, .. })) if error.kind == RemoteErrorKind::Busy => {
                 assert!(started.elapsed() < std::time::Duration::from_secs(10), "the volume stayed busy");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }

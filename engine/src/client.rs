@@ -18,11 +18,12 @@ use crate::CopyOptions;
 use crate::agent::{Agent, AgentError, VolumeGrant};
 use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
-use crate::session::{self, SessionError, join_lanes, open_with};
+pub use crate::session::SessionError;
+use crate::session::{self, join_lanes, open_with};
 use crate::sync::{self, SyncError};
 use crate::tunnel::{self, Proxy, TunnelError};
 use crate::volume::{Overlap, VolumeRoot};
-use crate::wire::{FrameReader, Message, RemoteError, Request, SyncOptions, VolumeStatus, Welcome, WireError};
+use crate::wire::{FrameReader, Message, RemoteError, Request, SyncOptions, VolumeStatus, Welcome};
 use rustls::pki_types::CertificateDer;
 
 /// Why a copy could not run or did not finish.
@@ -74,26 +75,10 @@ pub enum CopyError {
     /// Certificates could not be made or loaded.
     #[error(transparent)]
     Certs(#[from] CertError),
-    /// An agent could not be reached or authenticated.
+    /// A session with an agent could not be opened: unreachable, not authenticated, refused, or
+    /// not speaking our protocol.
     #[error(transparent)]
-    Tunnel(#[from] TunnelError),
-    /// The agent refused the request.
-    #[error("agent `{addr}` refused: {error}")]
-    Refused {
-        /// The agent.
-        addr: String,
-        /// Its reason.
-        error: RemoteError,
-    },
-    /// The handshake failed (version mismatch, not a mover agent).
-    #[error("handshake with `{addr}` failed")]
-    Handshake {
-        /// The agent.
-        addr: String,
-        /// The cause.
-        #[source]
-        source: WireError,
-    },
+    Session(#[from] SessionError),
     /// The transfer failed.
     #[error(transparent)]
     Sync(#[from] SyncError),
@@ -118,10 +103,9 @@ impl CopyError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            CopyError::Tunnel(error) => error.is_retryable(),
-            CopyError::Refused { error, .. } | CopyError::Remote { error, .. } => error.kind.is_retryable(),
+            CopyError::Session(error) => error.is_retryable(),
+            CopyError::Remote { error, .. } => error.kind.is_retryable(),
             CopyError::Sync(error) => error.is_retryable(),
-            CopyError::Handshake { source, .. } => source.is_retryable(),
             CopyError::Source { .. }
             | CopyError::Target { .. }
             | CopyError::CreateTarget { .. }
@@ -132,14 +116,9 @@ impl CopyError {
     }
 }
 
-impl From<SessionError> for CopyError {
-    fn from(error: SessionError) -> CopyError {
-        match error {
-            SessionError::Tunnel(error) => CopyError::Tunnel(error),
-            SessionError::Refused { addr, error } => CopyError::Refused { addr, error },
-            SessionError::Handshake { addr, source } => CopyError::Handshake { addr, source },
-            no_lanes @ SessionError::NoLanes { .. } => CopyError::Sync(SyncError::Protocol(no_lanes.to_string())),
-        }
+impl From<TunnelError> for CopyError {
+    fn from(error: TunnelError) -> CopyError {
+        CopyError::Session(SessionError::Tunnel(error))
     }
 }
 
@@ -377,7 +356,7 @@ pub struct AgentStatus {
 
 /// Pings an agent as a coordinator, through `proxy` when given, and returns what it says about
 /// itself and its volumes. A protocol version mismatch fails the handshake
-/// ([`CopyError::Handshake`] with [`WireError::VersionMismatch`]).
+/// ([`SessionError::Handshake`] with a version mismatch).
 pub async fn inspect(identity: &Identity, addr: &str, proxy: Option<&Proxy>) -> Result<AgentStatus, CopyError> {
     let (stream, welcome) = connect(identity, addr, Request::Ping, proxy).await?;
     let certificate =
@@ -393,11 +372,13 @@ mod tests {
     #[test]
     fn which_copy_errors_are_retried() {
         let remote = |kind| CopyError::Remote { agent: "a:1".into(), error: RemoteError::new(kind, "why") };
-        let refused = |kind| CopyError::Refused { addr: "a:1".into(), error: RemoteError::new(kind, "why") };
+        let refused = |kind| {
+            CopyError::Session(SessionError::Refused { addr: "a:1".into(), error: RemoteError::new(kind, "why") })
+        };
         let connect = TunnelError::Connect { addr: "a:1".into(), source: std::io::ErrorKind::ConnectionRefused.into() };
         let retried = [
             CopyError::Sync(SyncError::Disconnected("(test)")),
-            CopyError::Tunnel(connect),
+            CopyError::from(connect),
             remote(RemoteErrorKind::Busy),
             remote(RemoteErrorKind::Io),
             refused(RemoteErrorKind::ShuttingDown),

@@ -23,7 +23,6 @@ use std::ffi::CString;
 
 use rustix::fs::{FileType, Stat};
 
-use crate::confine::cname;
 
 /// The start of every temporary name mover gives.
 pub const PREFIX: &[u8] = b".mover-tmp-";
@@ -51,14 +50,14 @@ pub fn session_prefix(session: &str) -> Vec<u8> {
 pub fn session_temp(session: &str, id: u64) -> CString {
     let mut name = session_prefix(session);
     name.extend_from_slice(id.to_string().as_bytes());
-    cname(&name)
+    CString::new(name).expect("a generated name has no NUL")
 }
 
 /// The temporary name of a partial file, from the blake3 `key` of what it will hold.
 #[must_use]
 pub fn partial(key: &blake3::Hash) -> CString {
     let name = [PREFIX, PART, &key.to_hex().as_bytes()[..PART_DIGITS]].concat();
-    cname(&name)
+    CString::new(name).expect("a generated name has no NUL")
 }
 
 /// The name of preflight's write probe.

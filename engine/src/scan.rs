@@ -26,7 +26,7 @@ use rustix::fs::FileType;
 use crate::confine::{self, Mounts, cname};
 use crate::exclude::Excludes;
 use crate::meta;
-use crate::wire::{Entry, EntryKind, Timestamp};
+use crate::wire::{Entry, EntryKind, Timestamp, Xattr};
 
 /// A problem with one entry that does not stop the scan.
 #[derive(Debug)]
@@ -178,17 +178,7 @@ impl Scanner {
             self.inodes.insert(key, id);
         }
         self.next_id += 1;
-        let entry = Entry {
-            id,
-            path,
-            kind,
-            mode: stat.st_mode & 0o7777,
-            uid: stat.st_uid,
-            gid: stat.st_gid,
-            mtime: Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) },
-            atime: Timestamp { sec: stat.st_atime, nsec: u32::try_from(stat.st_atime_nsec).unwrap_or(0) },
-            xattrs,
-        };
+        let entry = entry_of((id, path, kind), &stat, xattrs);
         Ok((entry, child))
     }
 }
@@ -274,4 +264,19 @@ pub fn totals(root: &OwnedFd, options: ScanOptions<'_>) -> io::Result<(u64, u64)
         }
     }
     Ok((files, bytes))
+}
+
+/// The entry for a file with this `stat`: its permission bits, owner and times.
+pub(crate) fn entry_of((id, path, kind): (u64, Vec<u8>, EntryKind), stat: &rustix::fs::Stat, xattrs: Vec<Xattr>) -> Entry {
+    Entry {
+        id,
+        path,
+        kind,
+        mode: stat.st_mode & 0o7777,
+        uid: stat.st_uid,
+        gid: stat.st_gid,
+        mtime: Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) },
+        atime: Timestamp { sec: stat.st_atime, nsec: u32::try_from(stat.st_atime_nsec).unwrap_or(0) },
+        xattrs,
+    }
 }

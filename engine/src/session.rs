@@ -31,7 +31,8 @@ pub enum SessionError {
         #[source]
         source: WireError,
     },
-    /// The agent welcomed a session over several streams without a lane token.
+    /// The agent welcomed a session over several streams without a lane token (a protocol
+    /// violation).
     #[error("agent `{addr}` offered no lanes for a {streams}-stream session")]
     NoLanes {
         /// The agent.
@@ -39,6 +40,20 @@ pub enum SessionError {
         /// The streams asked for.
         streams: u32,
     },
+}
+
+impl SessionError {
+    /// True when trying again may get further: connection trouble, a busy or shutting down
+    /// agent. Not a refusal for cause, nor a peer that does not speak our protocol.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SessionError::Tunnel(error) => error.is_retryable(),
+            SessionError::Refused { error, .. } => error.kind.is_retryable(),
+            SessionError::Handshake { source, .. } => source.is_retryable(),
+            SessionError::NoLanes { .. } => false,
+        }
+    }
 }
 
 /// The TLS configuration and migration id a dialler says hello with.

@@ -30,8 +30,15 @@ fn tree(root: &Path) {
     std::fs::write(root.join("dir/sub/deep"), vec![7u8; 300_000]).unwrap();
 }
 
-fn pull_target(dir: &Path) -> PullTarget {
-    PullTarget { dir: dir.to_owned(), listen: "127.0.0.1:0".into(), advertise: None }
+/// Pulls `vol` of the agent at `addr` into `target`, the in-process target presenting `agent`.
+async fn pull(
+    (coordinator, agent): (&Identity, Identity),
+    addr: &str,
+    target: &Path,
+    options: CopyOptions,
+) -> Result<mover_engine::progress::Summary, CopyError> {
+    let target = PullTarget { dir: target.to_owned(), listen: "127.0.0.1:0".into(), advertise: None };
+    client::pull_from_agent((coordinator, agent), (addr, "vol"), &target, None, options, Arc::new(NoProgress)).await
 }
 
 #[tokio::test]
@@ -46,16 +53,7 @@ async fn an_agent_volume_is_pulled_into_a_local_directory() {
     // pushes only into agents of its own migration.
     let agent = Identity::from_generated(&generated, Role::Agent).unwrap();
     let options = CopyOptions { streams: 2, ..CopyOptions::default() };
-    let summary = client::pull_from_agent(
-        (&coordinator, agent),
-        (&addr, "vol"),
-        &pull_target(&target),
-        None,
-        options,
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let summary = pull((&coordinator, agent), &addr, &target, options).await.unwrap();
     assert!(summary.is_success(), "{summary:?}");
     assert_eq!(summary.files_transferred, 2);
     assert_eq!(std::fs::read(target.join("top")).unwrap(), b"top");
@@ -63,16 +61,7 @@ async fn an_agent_volume_is_pulled_into_a_local_directory() {
 
     // Run again: nothing to move.
     let agent = Identity::from_generated(&generated, Role::Agent).unwrap();
-    let again = client::pull_from_agent(
-        (&coordinator, agent),
-        (&addr, "vol"),
-        &pull_target(&target),
-        None,
-        CopyOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await
-    .unwrap();
+    let again = pull((&coordinator, agent), &addr, &target, CopyOptions::default()).await.unwrap();
     assert_eq!(again.files_transferred, 0, "{again:?}");
 }
 
@@ -85,15 +74,7 @@ async fn a_pull_whose_target_is_not_of_the_migration_is_refused() {
     let addr = source_agent(&generated, &source).await;
     let coordinator = Identity::from_generated(&generated, Role::Coordinator).unwrap();
     let stranger = Identity::from_generated(&certs::generate().unwrap(), Role::Agent).unwrap();
-    let pulled = client::pull_from_agent(
-        (&coordinator, stranger),
-        (&addr, "vol"),
-        &pull_target(&target),
-        None,
-        CopyOptions::default(),
-        Arc::new(NoProgress),
-    )
-    .await;
+    let pulled = pull((&coordinator, stranger), &addr, &target, CopyOptions::default()).await;
     assert!(pulled.is_err(), "a target outside the migration took the copy");
     assert!(!target.join("top").exists());
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use mover_engine::CopyOptions;
 use mover_engine::certs::{Identity, Role};
-use mover_engine::client::CopyError;
+use mover_engine::client::{CopyError, SessionError};
 use mover_engine::tunnel::TunnelError;
 use mover_plan::{DispatchError, LocalReceiver, Location, Peers, parse_location};
 
@@ -139,7 +139,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             printer.abandon();
             // A peer outside the migration's CA: show what it presented.
             let untrusted = match &error {
-                CopyError::Tunnel(TunnelError::Handshake { addr, source })
+                CopyError::Session(SessionError::Tunnel(TunnelError::Handshake { addr, source }))
                     if source.to_string().contains("invalid peer certificate") =>
                 {
                     access::presented_certificate(addr, proxy.as_ref()).await

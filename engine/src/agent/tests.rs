@@ -90,7 +90,9 @@ async fn an_idle_volume_is_revoked_and_then_unknown() {
     served.agent.revoke("vol").unwrap();
     assert!(served.volumes().await.is_empty());
     match served.copy_into(&source, "vol").await {
-        Err(CopyError::Refused { error, .. }) => assert_eq!(error.kind, RemoteErrorKind::UnknownVolume, "{error}"),
+        Err(CopyError::Session(crate::client::SessionError::Refused { error, .. })) => {
+            assert_eq!(error.kind, RemoteErrorKind::UnknownVolume, "{error}");
+        }
         other => panic!("expected an unknown volume, got {other:?}"),
     }
     let again = served.agent.revoke("vol").unwrap_err();

@@ -30,7 +30,6 @@ mod dirs;
 mod links;
 mod receiver;
 mod sender;
-mod spare;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

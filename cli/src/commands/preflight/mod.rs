@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use mover_engine::certs::{self, Identity, Role};
-use mover_engine::client::{self, AgentStatus, CopyError};
+use mover_engine::client::{self, AgentStatus, CopyError, SessionError};
 use mover_engine::hooks::ANSIBLE_PLAYBOOK;
 use mover_engine::inspect;
 use mover_engine::tunnel::Proxy;
@@ -182,7 +182,10 @@ async fn check_agents(
                 }
                 reached.insert(addr, status);
             }
-            Err(CopyError::Handshake { source: WireError::VersionMismatch { ours, theirs }, .. }) => {
+            Err(CopyError::Session(SessionError::Handshake {
+                source: WireError::VersionMismatch { ours, theirs },
+                ..
+            })) => {
                 checks.ok(check, "answered");
                 checks.fail(
                     version_check,

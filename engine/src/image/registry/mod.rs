@@ -48,8 +48,8 @@ pub struct RegistryOptions {
     pub tls: TlsMode,
     /// Who we are.
     pub credentials: Credentials,
-    /// `http://[user:pass@]host:port` of an HTTP proxy; `HTTPS_PROXY`/`NO_PROXY` apply otherwise.
-    pub proxy: Option<String>,
+    /// An HTTP proxy, with its credentials; `HTTPS_PROXY`/`NO_PROXY` apply otherwise.
+    pub proxy: Option<crate::tunnel::Proxy>,
     /// Cap on one manifest's size.
     pub max_manifest_bytes: usize,
     /// Deadlines for answers.
@@ -126,7 +126,14 @@ impl Registry {
             }
         }
         if let Some(proxy) = &options.proxy {
-            http = http.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(|e| invalid("proxy for", &e))?);
+            let host = if proxy.host.contains(':') { format!("[{}]", proxy.host) } else { proxy.host.clone() };
+            let mut via =
+                reqwest::Proxy::all(format!("http://{host}:{}", proxy.port)).map_err(|e| invalid("proxy for", &e))?;
+            // Credentials as a header, not in a URL: any byte of a password works.
+            if let Some(user) = &proxy.user {
+                via = via.basic_auth(user, proxy.password.as_deref().unwrap_or_default());
+            }
+            http = http.proxy(via);
         }
         let http = http.build().map_err(|e| invalid("registry", &e))?;
         // Docker Hub's API answers on its own host name, as the docker CLI and oci-client resolve it.

@@ -1,35 +1,20 @@
 //! What a changed file is rebuilt from ([`Basis`]): nothing, the file at its name, that file
 //! written in place, or the partial file an interrupted run left. Chosen when the file is
-//! requested ([`Receiver::request`]), opened when its content starts ([`Lane::open_pending`]),
-//! read where the sender sent nothing ([`fill_gap`]) or a delta copies from ([`BasisWindow`]).
+//! requested ([`Receiver::request`]), opened when its content starts ([`open_with_basis`], for
+//! the lane that receives it), read where the sender sent nothing (the lane's `fill_gap`) or a
+//! delta copies from ([`BasisWindow`]).
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use rustix::fs::AtFlags;
 
-use super::direct::{DIRECT_MIN, DirectWrites, write_pages};
-use super::group::Pending;
-use super::lane::{Lane, OpenFile};
-use super::{Receiver, io_at, protocol};
+use super::group::{Basis, Pending};
+use super::{Receiver, io_at};
 use crate::confine::{self, RelPath};
 use crate::sync::{Result, SyncError, blocks, links};
-use crate::wire::{CHUNK_SIZE, Entry, EntryKind, Message};
-
-/// What a file requested as changed blocks is rebuilt from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Basis {
-    /// Nothing: the whole content comes from the sender.
-    None,
-    /// The file at the final name (a changed file), into a new file beside it.
-    Existing,
-    /// The file at the final name, written where it is (`--inplace`, and the name is the
-    /// inode's only one: see [`super::links`]).
-    InPlace,
-    /// The partial temporary file an interrupted session left (resume).
-    Partial,
-}
+use crate::wire::{Entry, EntryKind, Message};
 
 /// The temporary name of a file being received: derived from its path, size and mtime, so an
 /// interrupted run's partial file is found again by the next run for the same source version,
@@ -91,51 +76,6 @@ impl Receiver {
         // Pending before the request can leave.
         self.group.files().pending.insert(id, Pending { entry, basis });
         self.request_blocks(id, path, file, basis_size, shifts)
-    }
-}
-
-impl Lane {
-    /// Opens what requested file `id` is written to and the basis its unsent ranges come from.
-    pub(super) fn open_pending(&mut self, id: u64, Pending { entry, basis }: Pending) -> Result<OpenFile> {
-        let path = RelPath::new(&entry.path).map_err(|e| protocol(e.to_string()))?;
-        let tmp = partial_name(&entry);
-        let (parent, name) = path.split();
-        let dir = self.dirs.get(self.group.root.as_fd(), parent)?;
-        let io = io_at(&path);
-        // Checked again on the handle: a link made since the entry was checked is seen.
-        let inplace_file = if basis == Basis::InPlace {
-            links::open_alone_for_write(dir.as_fd(), name).map_err(|e| io("cannot open for an in-place update", e))?
-        } else {
-            None
-        };
-        let inplace = inplace_file.is_some();
-        let EntryKind::File { size, .. } = entry.kind else { unreachable!("only files are requested") };
-        let (file, basis_file, cloned) = open_with_basis(dir.as_fd(), (name, &tmp), basis, inplace_file, size, &io)?;
-        let resumed = basis == Basis::Partial || inplace;
-        // Not the live file of `--inplace` (another process may have it mapped, and its
-        // cached pages would then disagree with what is written past them), nor a clone,
-        // where only the changed blocks are written: small writes, each of which would wait
-        // for the device (and, on XFS, remap an extent) instead of landing in the cache.
-        let direct = if size >= DIRECT_MIN && !inplace && !cloned {
-            DirectWrites::enable(&file, &self.group.buffers, !resumed)
-        } else {
-            None
-        };
-        Ok(OpenFile {
-            id,
-            entry,
-            path,
-            dir,
-            tmp,
-            file,
-            basis: basis_file,
-            resumed,
-            cloned,
-            inplace,
-            hasher: crate::sync::digest::FileDigest::default(),
-            position: 0,
-            direct,
-        })
     }
 }
 
@@ -228,37 +168,3 @@ impl BasisWindow {
     }
 }
 
-/// Brings a file being received up to `offset`: the range the sender did not send is a hole
-/// (new files) or comes from the basis (changed files). Either way it is hashed.
-pub(super) fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -> io::Result<()> {
-    let Some(basis) = &open.basis else {
-        open.hasher.zeros(offset - open.position);
-        open.position = offset;
-        return Ok(());
-    };
-    buffer.resize(CHUNK_SIZE, 0);
-    let basis_size = basis.metadata()?.len();
-    let sparse = blocks::is_sparse(basis, basis_size);
-    while open.position < offset {
-        if sparse {
-            // A hole of the basis is zeros: hash them, write nothing (the new file is a hole there).
-            let (data_start, _) = blocks::data_range(basis, open.position, basis_size);
-            let hole_end = data_start.min(offset);
-            if hole_end > open.position {
-                open.hasher.zeros(hole_end - open.position);
-                open.position = hole_end;
-                continue;
-            }
-        }
-        let want = (offset - open.position).min(CHUNK_SIZE as u64) as usize;
-        let got = blocks::read_full(basis, &mut buffer[..want], open.position)?;
-        // Past the end of the basis the sender must have sent data; zeros keep the hash honest.
-        buffer[got..want].fill(0);
-        open.hasher.update(&buffer[..want]);
-        if !open.resumed && !open.cloned {
-            write_pages(&open.file, &buffer[..want], open.position, false, &mut open.direct)?;
-        }
-        open.position += want as u64;
-    }
-    Ok(())
-}

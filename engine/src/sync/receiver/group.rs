@@ -12,7 +12,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use rustix::fs::{AtFlags, Mode};
 use tokio::sync::mpsc;
 
-use super::basis::Basis;
 use super::direct::BufferPool;
 use super::is_interruption;
 use crate::confine::{self, RelPath, cname};
@@ -24,6 +23,20 @@ use crate::wire::{Entry, EntryKind, Message, ReceiverReport, SyncOptions, encode
 
 /// Warnings kept in the end-of-session report.
 pub(super) const MAX_WARNINGS: usize = 1000;
+
+/// What a file requested as changed blocks is rebuilt from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Basis {
+    /// Nothing: the whole content comes from the sender.
+    None,
+    /// The file at the final name (a changed file), into a new file beside it.
+    Existing,
+    /// The file at the final name, written where it is (`--inplace`, and the name is the
+    /// inode's only one: see [`crate::sync::links`]).
+    InPlace,
+    /// The partial temporary file an interrupted session left (resume).
+    Partial,
+}
 
 /// A file requested from the sender.
 pub(super) struct Pending {

@@ -4,12 +4,9 @@
 
 use std::io;
 
-use super::worker::{ContentError, Worker};
+use super::worker::{ContentError, DELTA_MIN_LEVEL, Worker};
 use crate::sync::{Result, SyncError, blocks};
 
-/// Lowest zstd level for changed blocks (when compression is on): they are few, so fewer bytes
-/// matter more than the CPU, whatever the link. Level 3 is what `rsync -z` uses.
-pub(super) const DELTA_MIN_LEVEL: i32 = 3;
 
 /// The receiver's signature of the file it has, and how the search for shifted content goes.
 pub(super) struct Basis {

@@ -13,7 +13,7 @@ use crate::confine::{self, display_bytes};
 use crate::progress::{Event, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::sync::{Result, SyncError, WINDOW, blocks};
-use crate::wire::{Entry, EntryKind, Message, Timestamp, decode_message, encode_message};
+use crate::wire::{Entry, EntryKind, Message, decode_message, encode_message};
 
 /// Bytes of small messages gathered before they are written.
 pub(super) const BATCH: usize = 64 * 1024;
@@ -222,17 +222,7 @@ impl Tree<'_> {
                 withheld.note(attr, b"");
             })
             .map_err(io)?;
-        Ok(Entry {
-            id: u64::MAX,
-            path: Vec::new(),
-            kind: EntryKind::Dir,
-            mode: stat.st_mode & 0o7777,
-            uid: stat.st_uid,
-            gid: stat.st_gid,
-            mtime: Timestamp { sec: stat.st_mtime, nsec: u32::try_from(stat.st_mtime_nsec).unwrap_or(0) },
-            atime: Timestamp { sec: stat.st_atime, nsec: u32::try_from(stat.st_atime_nsec).unwrap_or(0) },
-            xattrs,
-        })
+        Ok(crate::scan::entry_of((u64::MAX, Vec::new(), EntryKind::Dir), &stat, xattrs))
     }
 
     pub(super) fn send_entry(&mut self, entry: Entry) -> Result<()> {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::changed::DELTA_MIN_LEVEL;
 use super::{Basis, Job, Shared, Waiting, remote_reason};
 use crate::compress::{Compressor, Packed};
 use crate::confine::{self, display_bytes};
@@ -17,6 +16,10 @@ use crate::sync::{Result, SyncError, blocks};
 use crate::wire::{
     CHUNK_SIZE, Compression, DeltaChunk, FileFailure, Message, decode_message, encode_data, encode_message,
 };
+
+/// Lowest zstd level for changed blocks (when compression is on): they are few, so fewer bytes
+/// matter more than the CPU, whatever the link. Level 3 is what `rsync -z` uses.
+pub(super) const DELTA_MIN_LEVEL: i32 = 3;
 
 /// Reads, hashes, compresses and sends the content of requested files on one lane.
 pub(super) struct Worker {

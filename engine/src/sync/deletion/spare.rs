@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::FileType;
 
-use super::deletion::{DeletionError, Identity, join, open_listed};
+use super::{DeletionError, Identity, join, open_listed};
 use crate::confine;
 use crate::exclude::Excludes;
 
@@ -125,7 +125,7 @@ pub(super) fn spare_excluded(
 
 #[cfg(test)]
 mod tests {
-    use super::super::deletion::Deletions;
+    use super::super::Deletions;
     use super::*;
 
     #[test]

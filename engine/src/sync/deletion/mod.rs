@@ -18,11 +18,13 @@
 //! A candidate that is, or holds, a mount point is kept and reported: the walks that count and
 //! delete never cross into another file system ([`confine::MountPoint`]).
 //! Entries the session's exclude patterns match are never deleted, nor anything they match inside
-//! a directory that goes ([`super::spare`]), as rsync without `--delete-excluded`.
+//! a directory that goes ([`spare`]), as rsync without `--delete-excluded`.
 //!
 //! In a dry run nothing is removed: the guard is applied all the same, and each deletion is
 //! only reported. A directory that a dry run would create has no listing to walk: it is marked
 //! [`Deletions::absent`], and its listing is empty.
+
+mod spare;
 
 use std::collections::HashSet;
 use std::io;
@@ -264,7 +266,7 @@ impl Deletions {
                     self.listed += 1;
                 }
             }
-            let excluded = super::spare::excluded_names(&self.excludes, dir.as_fd(), &frame.path, &names);
+            let excluded = spare::excluded_names(&self.excludes, dir.as_fd(), &frame.path, &names);
             let identity = (stat.st_dev, stat.st_ino);
             frame.listing = Some(Listing { names, identity, passed: 0, stale, excluded });
         }
@@ -366,7 +368,7 @@ impl Deletions {
         }
         if !self.excludes.is_empty() {
             let candidates = std::mem::take(&mut self.candidates);
-            self.candidates = super::spare::spare_excluded(root, &self.excludes, candidates)?;
+            self.candidates = spare::spare_excluded(root, &self.excludes, candidates)?;
         }
         let mut deleted = 0;
         let mut total = self.listed;
