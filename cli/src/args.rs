@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mover_engine::image::Credentials;
-use mover_engine::wire::Compression;
+use mover_engine::Compression;
 
 /// mover: direct volume and image migration between Kubernetes clusters.
 ///
@@ -514,9 +514,9 @@ fn parse_creds(text: &str) -> Result<Credentials, String> {
 /// Connections per volume unless told otherwise (`--streams`, a plan's `streams:`).
 pub const DEFAULT_STREAMS: u32 = 4;
 
-/// `--streams N`: 1 to [`mover_engine::wire::MAX_STREAMS`].
+/// `--streams N`: 1 to [`mover_engine::MAX_STREAMS`].
 pub fn parse_streams(text: &str) -> Result<u32, String> {
-    let max = mover_engine::wire::MAX_STREAMS;
+    let max = mover_engine::MAX_STREAMS;
     match text.trim().parse::<u32>() {
         Ok(streams) if (1..=max).contains(&streams) => Ok(streams),
         _ => Err(format!("`{text}` is not a number of streams: use 1 to {max}")),

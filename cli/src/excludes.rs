@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use mover_engine::confine::display_bytes;
+use mover_engine::display_bytes;
 use mover_engine::exclude::Excludes;
 
 use crate::UsageError;

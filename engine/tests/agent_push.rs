@@ -2,7 +2,7 @@
 //! local directory (`mover copy agent://HOST:PORT/VOL ./dir`), and a push whose target refuses,
 //! whose kind reaches the coordinator.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +11,7 @@ use mover_engine::agent::{Agent, VolumeGrant};
 use mover_engine::certs::{self, Identity, MigrationCerts, Role};
 use mover_engine::client::{self, CopyError, PullTarget};
 use mover_engine::progress::NoProgress;
-use mover_engine::wire::SyncOptions;
-use mover_engine::wire::{RemoteErrorKind, Request};
+use mover_engine::wire::{RemoteErrorKind, Request, SyncOptions};
 
 /// A source agent serving `volume` as `vol`, until the test ends.
 async fn source_agent(generated: &MigrationCerts, volume: &Path) -> String {
@@ -41,14 +40,30 @@ async fn pull(
     client::pull_from_agent((coordinator, agent), (addr, "vol"), &target, None, options, Arc::new(NoProgress)).await
 }
 
+/// A source agent serving a small tree, a target directory, and the migration's certificates.
+struct Pull {
+    _dir: tempfile::TempDir,
+    target: PathBuf,
+    generated: MigrationCerts,
+    addr: String,
+    coordinator: Identity,
+}
+
+impl Pull {
+    async fn new() -> Pull {
+        let dir = tempfile::tempdir().unwrap();
+        let (source, target) = (dir.path().join("source"), dir.path().join("target"));
+        tree(&source);
+        let generated = certs::generate().unwrap();
+        let addr = source_agent(&generated, &source).await;
+        let coordinator = Identity::from_generated(&generated, Role::Coordinator).unwrap();
+        Pull { _dir: dir, target, generated, addr, coordinator }
+    }
+}
+
 #[tokio::test]
 async fn an_agent_volume_is_pulled_into_a_local_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, target) = (dir.path().join("source"), dir.path().join("target"));
-    tree(&source);
-    let generated = certs::generate().unwrap();
-    let addr = source_agent(&generated, &source).await;
-    let coordinator = Identity::from_generated(&generated, Role::Coordinator).unwrap();
+    let Pull { _dir, target, generated, addr, coordinator } = Pull::new().await;
     // The in-process target presents the migration's agent certificate: the source agent
     // pushes only into agents of its own migration.
     let agent = Identity::from_generated(&generated, Role::Agent).unwrap();
@@ -67,12 +82,7 @@ async fn an_agent_volume_is_pulled_into_a_local_directory() {
 
 #[tokio::test]
 async fn a_pull_whose_target_is_not_of_the_migration_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (source, target) = (dir.path().join("source"), dir.path().join("target"));
-    tree(&source);
-    let generated = certs::generate().unwrap();
-    let addr = source_agent(&generated, &source).await;
-    let coordinator = Identity::from_generated(&generated, Role::Coordinator).unwrap();
+    let Pull { _dir, target, addr, coordinator, .. } = Pull::new().await;
     let stranger = Identity::from_generated(&certs::generate().unwrap(), Role::Agent).unwrap();
     let pulled = pull((&coordinator, stranger), &addr, &target, CopyOptions::default()).await;
     assert!(pulled.is_err(), "a target outside the migration took the copy");

@@ -20,7 +20,7 @@ use mover_engine::client::{self, AgentStatus, CopyError, SessionError};
 use mover_engine::hooks::ANSIBLE_PLAYBOOK;
 use mover_engine::inspect;
 use mover_engine::tunnel::Proxy;
-use mover_engine::wire::{VolumeStatus, WireError};
+use mover_engine::{VolumeStatus, WireError};
 use mover_engine::{PROTOCOL_VERSION, VERSION};
 use rustls::pki_types::CertificateDer;
 
@@ -194,7 +194,7 @@ async fn check_agents(
                 );
             }
             Err(error) => {
-                let detail = mover_engine::sync::full_message(&error);
+                let detail = mover_engine::full_message(&error);
                 let remedy = crate::hints::copy_error(&error).unwrap_or_else(|| {
                     "check that `mover-agent serve` runs there and that the address and port are reachable from here"
                         .to_owned()
@@ -323,7 +323,7 @@ fn check_ca_bundles(plan: &Plan, checks: &mut Checks) {
             path.display()
         );
         match certs::read_certs(path) {
-            Err(error) => checks.fail(check, mover_engine::sync::full_message(&error), remedy),
+            Err(error) => checks.fail(check, mover_engine::full_message(&error), remedy),
             Ok(bundle) => match bundle.iter().position(|cert| certs::describe(cert).is_none()) {
                 Some(index) => checks.fail(
                     check,
