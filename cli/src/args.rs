@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use mover_engine::image::Credentials;
 use mover_engine::Compression;
+use mover_engine::image::Credentials;
 
 /// mover: direct volume and image migration between Kubernetes clusters.
 ///

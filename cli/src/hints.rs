@@ -10,8 +10,8 @@ use mover_engine::certs::CertError;
 use mover_engine::client::{CopyError, SessionError};
 use mover_engine::hooks::{self, HookError};
 use mover_engine::image::{ImageError, ManifestError};
-use mover_engine::{DeletionError, SyncError};
 use mover_engine::tunnel::{ProxyError, TunnelError};
+use mover_engine::{DeletionError, SyncError};
 use mover_engine::{RemoteErrorKind, WireError};
 
 /// A cause, as the chain gives it.

@@ -17,6 +17,6 @@ pub use execute::{Run, execute};
 pub use location::{Location, LocationError, parse_location};
 pub use model::{
     DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Phase, Plan, RegistrySide, Side, Sides, VolumeOptions,
-    VolumePlan,
+    VolumePlan, agents_of,
 };
 pub use runtime::{HookRunner, ImageTransfers, LocalHooks, Observer, Runtime, VolumeResolver, WrittenLocations};

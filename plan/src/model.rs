@@ -15,6 +15,23 @@ use crate::location::Location;
 /// Default time a hook may run.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
+/// Every agent among volume ends `(source, target)`, in order of first use, with whether it is
+/// a target.
+pub fn agents_of<'a>(ends: impl IntoIterator<Item = (&'a Location, &'a Location)>) -> Vec<(String, bool)> {
+    let mut agents: Vec<(String, bool)> = Vec::new();
+    for (source, target) in ends {
+        for (location, is_target) in [(source, false), (target, true)] {
+            if let Location::Agent { addr, .. } = location {
+                match agents.iter_mut().find(|(known, _)| known == addr) {
+                    Some(entry) => entry.1 |= is_target,
+                    None => agents.push((addr.clone(), is_target)),
+                }
+            }
+        }
+    }
+    agents
+}
+
 /// A checked plan.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -327,20 +344,9 @@ impl Plan {
         self.volumes.iter().any(|v| v.source.is_agent() || v.target.is_agent())
     }
 
-    /// Every agent of the plan, in order of first use, with whether it is a target.
+    /// Every agent of the plan as written, in order of first use, with whether it is a target.
     #[must_use]
     pub fn agents(&self) -> Vec<(String, bool)> {
-        let mut agents: Vec<(String, bool)> = Vec::new();
-        for volume in &self.volumes {
-            for (location, is_target) in [(&volume.source, false), (&volume.target, true)] {
-                if let Location::Agent { addr, .. } = location {
-                    match agents.iter_mut().find(|(known, _)| known == addr) {
-                        Some(entry) => entry.1 |= is_target,
-                        None => agents.push((addr.clone(), is_target)),
-                    }
-                }
-            }
-        }
-        agents
+        agents_of(self.volumes.iter().map(|volume| (&volume.source, &volume.target)))
     }
 }

@@ -86,7 +86,7 @@ async fn load_and_run(
     let plan = plan::load(&args.plan)?;
     *report.lock().expect("report lock") = Some(Report::new(&plan, stage));
     if !args.skip_preflight {
-        let checks = preflight::check_plan(&plan, Thresholds::from(&args.checks)).await;
+        let checks = preflight::check_plan(&plan, &WrittenLocations, Thresholds::from(&args.checks)).await;
         if checks.failures() > 0 {
             checks.print(global.output);
             bail!(

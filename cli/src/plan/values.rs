@@ -7,8 +7,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use mover_engine::tunnel::Proxy;
 use mover_engine::Compression;
+use mover_engine::tunnel::Proxy;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use mover_plan::{Location, parse_location};

@@ -5,10 +5,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, LocalBoxFuture};
+use mover_engine::Compression;
 use mover_engine::hooks::{HookError, HookOutcome};
 use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
-use mover_engine::Compression;
 
 use super::*;
 use crate::{Hook, HookAction, HookRunner, ImageTransfers, Location, Observer, VolumeOptions, WrittenLocations};

@@ -20,8 +20,8 @@ use mover_engine::client::{self, AgentStatus, CopyError, SessionError};
 use mover_engine::hooks::ANSIBLE_PLAYBOOK;
 use mover_engine::inspect;
 use mover_engine::tunnel::Proxy;
-use mover_engine::{VolumeStatus, WireError};
 use mover_engine::{PROTOCOL_VERSION, VERSION};
+use mover_engine::{VolumeStatus, WireError};
 use rustls::pki_types::CertificateDer;
 
 mod table;
@@ -31,7 +31,8 @@ pub use table::Checks;
 use crate::Outcome;
 use crate::access::{self, plan_identity, plan_proxy};
 use crate::args::{CheckArgs, GlobalArgs, OutputFormat, PreflightArgs};
-use crate::plan::{self, HookAction, Location, Plan, Side};
+use crate::plan::{self, HookAction, Location, Plan, Side, VolumePlan};
+use mover_plan::{VolumeResolver, WrittenLocations, agents_of};
 
 /// How strict some checks are.
 #[derive(Debug, Clone, Copy)]
@@ -56,14 +57,15 @@ pub async fn run(args: PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Out
         let empty = serde_json::json!({"checks": 0, "failed": 0});
         crate::output::json_final_on_error(global.output == OutputFormat::Json, "preflight", empty, error);
     })?;
-    let checks = check_plan(&plan, Thresholds::from(&args.checks)).await;
+    let checks = check_plan(&plan, &WrittenLocations, Thresholds::from(&args.checks)).await;
     checks.print(global.output);
     Ok(if checks.failures() == 0 { Outcome::Success } else { Outcome::Failed })
 }
 
-/// Runs every check that applies to `plan`.
-pub async fn check_plan(plan: &Plan, thresholds: Thresholds) -> Checks {
+/// Runs every check that applies to `plan`, with its volume ends where `resolver` puts them.
+pub async fn check_plan(plan: &Plan, resolver: &dyn VolumeResolver, thresholds: Thresholds) -> Checks {
     let mut checks = Checks::default();
+    let ends = resolve_ends(plan, resolver, &mut checks).await;
     let identity = check_certificates(plan, thresholds, &mut checks);
     let proxy = match plan_proxy(plan) {
         Ok(proxy) => proxy,
@@ -72,12 +74,42 @@ pub async fn check_plan(plan: &Plan, thresholds: Thresholds) -> Checks {
             None
         }
     };
-    let agents = check_agents(plan, identity.as_ref(), proxy.as_ref(), thresholds, &mut checks).await;
-    check_volumes(plan, &agents, thresholds, &mut checks);
+    let agents = agents_of(ends.iter().map(|end| (&end.source, &end.target)));
+    let agents = check_agents(agents, identity.as_ref(), proxy.as_ref(), thresholds, &mut checks).await;
+    check_volumes(&ends, &agents, thresholds, &mut checks);
     check_ca_bundles(plan, &mut checks);
     check_hooks(plan, &mut checks);
     check_registries(plan, proxy.as_ref(), &mut checks).await;
     checks
+}
+
+/// One volume's ends, as the resolver placed them.
+struct Ends<'a> {
+    volume: &'a VolumePlan,
+    source: Location,
+    target: Location,
+}
+
+/// Where each volume's ends are; a volume whose ends cannot be found is a failed check.
+async fn resolve_ends<'a>(plan: &'a Plan, resolver: &dyn VolumeResolver, checks: &mut Checks) -> Vec<Ends<'a>> {
+    let mut ends = Vec::new();
+    for volume in &plan.volumes {
+        let placed = async {
+            Ok::<_, anyhow::Error>((
+                resolver.resolve(volume, Side::Source).await?,
+                resolver.resolve(volume, Side::Target).await?,
+            ))
+        };
+        match placed.await {
+            Ok((source, target)) => ends.push(Ends { volume, source, target }),
+            Err(error) => checks.fail(
+                format!("volume `{}`: ends found", volume.name),
+                format!("{error:#}"),
+                "check the volume's `source:` and `target:`",
+            ),
+        }
+    }
+    ends
 }
 
 fn days(duration: Duration) -> u64 {
@@ -142,14 +174,13 @@ fn expiry(
 }
 
 async fn check_agents(
-    plan: &Plan,
+    agents: Vec<(String, bool)>,
     identity: Option<&Identity>,
     proxy: Option<&Proxy>,
     thresholds: Thresholds,
     checks: &mut Checks,
 ) -> BTreeMap<String, AgentStatus> {
     let mut reached = BTreeMap::new();
-    let agents = plan.agents();
     let Some(identity) = identity else {
         for (addr, _) in &agents {
             checks.skip(format!("agent `{addr}` reachable"), "no usable certificates");
@@ -253,12 +284,17 @@ fn end_status(
     }
 }
 
-fn check_volumes(plan: &Plan, agents: &BTreeMap<String, AgentStatus>, thresholds: Thresholds, checks: &mut Checks) {
-    for volume in &plan.volumes {
+fn check_volumes(
+    ends: &[Ends<'_>],
+    agents: &BTreeMap<String, AgentStatus>,
+    thresholds: Thresholds,
+    checks: &mut Checks,
+) {
+    for Ends { volume, source: source_end, target: target_end } in ends {
         let name = &volume.name;
-        let source = end_status(&volume.source, true, agents);
-        let target = end_status(&volume.target, false, agents);
-        let readable = format!("volume `{name}`: source `{}` readable", volume.source);
+        let source = end_status(source_end, true, agents);
+        let target = end_status(target_end, false, agents);
+        let readable = format!("volume `{name}`: source `{source_end}` readable");
         match &source {
             Ok(status) => match &status.unreadable {
                 None => checks.ok(readable, format!("uses {}", human_size(status.used_bytes))),
@@ -267,7 +303,7 @@ fn check_volumes(plan: &Plan, agents: &BTreeMap<String, AgentStatus>, thresholds
             Err(why) if why.ends_with("not reached") => checks.skip(readable, why),
             Err(why) => checks.fail(readable, why, "add the volume to the agent (`--volume NAME=PATH:ro`)"),
         }
-        let writable = format!("volume `{name}`: target `{}` writable", volume.target);
+        let writable = format!("volume `{name}`: target `{target_end}` writable");
         match &target {
             Ok(status) if status.read_only => checks.fail(
                 writable,
@@ -454,5 +490,58 @@ mod tests {
         assert_eq!(human_size(4096), "4.0 KiB");
         assert_eq!(human_size(12 << 20), "12.0 MiB");
         assert_eq!(human_size(3 << 29), "1.5 GiB");
+    }
+}
+
+#[cfg(test)]
+mod resolver_tests {
+    use super::*;
+
+    /// Puts every volume's source at one directory and finds no target.
+    struct Elsewhere(PathBuf);
+
+    impl VolumeResolver for Elsewhere {
+        fn resolve<'a>(
+            &'a self,
+            volume: &'a VolumePlan,
+            side: Side,
+        ) -> futures_util::future::BoxFuture<'a, anyhow::Result<Location>> {
+            let placed = match side {
+                Side::Source => Ok(Location::Local(self.0.clone())),
+                Side::Target => Err(anyhow::anyhow!("no claim for `{}` on the target", volume.name)),
+            };
+            Box::pin(async move { placed })
+        }
+    }
+
+    fn check<'a>(checks: &'a Checks, name: &str) -> Option<&'a table::Check> {
+        checks.0.iter().find(|check| check.name == name)
+    }
+
+    #[tokio::test]
+    async fn preflight_checks_the_ends_the_resolver_gives_not_the_written_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let placed = dir.path().join("placed");
+        std::fs::create_dir(&placed).unwrap();
+        let plan_file = dir.path().join("plan.yaml");
+        std::fs::write(
+            &plan_file,
+            "apiVersion: mover/v1alpha1\nkind: MigrationPlan\nname: p\nvolumes:\n  - {name: v, source: ./nowhere, target: ./dst}\n",
+        )
+        .unwrap();
+        let plan = plan::load(&plan_file).unwrap();
+        let thresholds = Thresholds { cert_window: Duration::from_secs(86_400), space_margin_percent: 10 };
+
+        // As written, the source does not exist.
+        let written = check_plan(&plan, &WrittenLocations, thresholds).await;
+        let readable = format!("volume `v`: source `{}` readable", dir.path().join("nowhere").display());
+        assert_eq!(check(&written, &readable).map(|c| c.result), Some(table::Status::Fail), "{:?}", written.0);
+
+        // Placed by the resolver: its source is checked, and its missing target is a failure.
+        let resolved = check_plan(&plan, &Elsewhere(placed), thresholds).await;
+        let ends = check(&resolved, "volume `v`: ends found").expect("the failed resolution is a check");
+        assert_eq!(ends.result, table::Status::Fail);
+        assert!(ends.detail.contains("no claim for `v` on the target"), "{}", ends.detail);
+        assert!(check(&resolved, &readable).is_none(), "the written source was checked: {:?}", resolved.0);
     }
 }
