@@ -238,7 +238,7 @@ pub struct CopyArgs {
     /// For `agent://… ./DIR`: the address (`IP:PORT`) where this command receives what the
     /// source agent pushes. Default: this machine's address on the route to the agent, on a free
     /// port (the agent must be able to reach it).
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", env = "MOVER_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
     /// Find changed files by content (block signatures compared, MD4 as rsync; the result is
     /// verified with blake3), not by size and mtime.
