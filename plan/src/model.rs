@@ -343,10 +343,4 @@ impl Plan {
     pub fn uses_agents(&self) -> bool {
         self.volumes.iter().any(|v| v.source.is_agent() || v.target.is_agent())
     }
-
-    /// Every agent of the plan as written, in order of first use, with whether it is a target.
-    #[must_use]
-    pub fn agents(&self) -> Vec<(String, bool)> {
-        agents_of(self.volumes.iter().map(|volume| (&volume.source, &volume.target)))
-    }
 }
