@@ -1,0 +1,5 @@
+//! mover's Kubernetes layer: everything that talks to a Kubernetes API server.
+//!
+//! It turns PersistentVolumeClaims named by `k8s://CONTEXT/NAMESPACE/PVC` or by a plan's
+//! `clusters:` into agent locations the plan executor copies between, creates the target
+//! claims, runs transfer pods, and renders the manifests and RBAC rules mover needs.
