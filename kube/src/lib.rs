@@ -3,3 +3,13 @@
 //! It turns PersistentVolumeClaims named by `k8s://CONTEXT/NAMESPACE/PVC` or by a plan's
 //! `clusters:` into agent locations the plan executor copies between, creates the target
 //! claims, runs transfer pods, and renders the manifests and RBAC rules mover needs.
+
+pub mod claims;
+pub mod context;
+mod error;
+pub mod quantity;
+
+pub use error::KubeError;
+
+#[cfg(test)]
+mod mock;

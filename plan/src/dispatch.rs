@@ -64,6 +64,10 @@ pub enum DispatchError {
         .0.display()
     )]
     MissingTargetInDryRun(PathBuf),
+    /// A claim (`k8s://…`) reached the dispatch unresolved: its front end's
+    /// [`crate::VolumeResolver`] turns claims into agents first.
+    #[error("`{0}` is a claim in a cluster: it must be resolved to its transfer agent before a copy")]
+    Unresolved(String),
     /// The engine's copy failed.
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -79,6 +83,9 @@ pub async fn copy_volume(
 ) -> Result<Summary, DispatchError> {
     let identity = || peers.identity.ok_or(DispatchError::NoIdentity);
     let summary = match (source, target) {
+        (Location::Kube(claim), _) | (_, Location::Kube(claim)) => {
+            return Err(DispatchError::Unresolved(claim.to_string()));
+        }
         (Location::Local(from), Location::Local(to)) => {
             if options.dry_run && !to.is_dir() {
                 return Err(DispatchError::MissingTargetInDryRun(to.clone()));

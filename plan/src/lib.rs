@@ -14,7 +14,7 @@ mod runtime;
 
 pub use dispatch::{DispatchError, LocalReceiver, Peers, copy_volume};
 pub use execute::{Run, execute};
-pub use location::{Location, LocationError, parse_location};
+pub use location::{ClaimRef, Location, LocationError, parse_location};
 pub use model::{
     DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Phase, Plan, RegistrySide, Side, Sides, VolumeOptions,
     VolumePlan, agents_of,

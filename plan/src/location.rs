@@ -1,9 +1,14 @@
-//! One end of a volume copy: a local directory or `agent://HOST:PORT/VOLUME`.
+//! One end of a volume copy: a local directory, `agent://HOST:PORT/VOLUME` or a claim
+//! `k8s://CONTEXT/NAMESPACE/PVC`.
 //!
 //! Addresses are read strictly, so a typo never turns into a local directory (`agnet://h:1/v`
 //! once became `./agnet:/h:1/v/` on the local disk):
 //! - `agent://HOST:PORT/VOLUME` is a volume an agent serves;
-//! - `k8s://…` is reserved for PVCs reached through the Kubernetes API: not supported yet;
+//! - `k8s://CONTEXT/NAMESPACE/PVC` is a PersistentVolumeClaim reached through the Kubernetes
+//!   API (a front end's [`crate::VolumeResolver`] turns it into an agent); an empty CONTEXT is
+//!   the kubeconfig's current context, and a context holding `/` is written with `%2F`. A target
+//!   may leave the claim out (`k8s://CONTEXT/NAMESPACE`, or with a trailing `/`): it gets the
+//!   source's name;
 //! - any other `SCHEME://…` is refused, naming the forms mover knows;
 //! - as in rsync, a colon before the first `/` marks an address (`host:7443/data`,
 //!   `agent:/host:7443/data`), and mover knows no address without a scheme: refused. A local
@@ -29,6 +34,34 @@ pub enum Location {
         /// The volume's name on that agent.
         volume: String,
     },
+    /// A PersistentVolumeClaim in a cluster.
+    Kube(ClaimRef),
+}
+
+/// A PersistentVolumeClaim named by `k8s://CONTEXT/NAMESPACE/PVC`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClaimRef {
+    /// The kubeconfig context; `None`: the current one.
+    pub context: Option<String>,
+    /// The claim's namespace.
+    pub namespace: String,
+    /// The claim's name; `None` on a target: the source claim's name.
+    pub name: Option<String>,
+}
+
+impl ClaimRef {
+    /// `namespace/name`, as progress lines and reports name a claim.
+    #[must_use]
+    pub fn display_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name.as_deref().unwrap_or("*"))
+    }
+}
+
+impl std::fmt::Display for ClaimRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let context = self.context.as_deref().unwrap_or("").replace('%', "%25").replace('/', "%2F");
+        write!(f, "k8s://{context}/{}/{}", self.namespace, self.name.as_deref().unwrap_or(""))
+    }
 }
 
 impl Location {
@@ -44,13 +77,14 @@ impl std::fmt::Display for Location {
         match self {
             Location::Local(path) => write!(f, "{}", path.display()),
             Location::Agent { addr, volume } => write!(f, "agent://{addr}/{volume}"),
+            Location::Kube(claim) => claim.fmt(f),
         }
     }
 }
 
 /// The forms of [`parse_location`], for error messages.
-const KNOWN_FORMS: &str =
-    "mover copies between a local directory (`./data`, `/mnt/data`) and `agent://HOST:PORT/VOLUME`";
+const KNOWN_FORMS: &str = "mover copies between a local directory (`./data`, `/mnt/data`), `agent://HOST:PORT/VOLUME` \
+                           and `k8s://CONTEXT/NAMESPACE/PVC`";
 
 /// The scheme of `SCHEME://…` (RFC 3986 letters), if `text` starts with one.
 fn scheme(text: &str) -> Option<&str> {
@@ -69,12 +103,7 @@ pub fn parse_location(text: &str) -> Result<Location, LocationError> {
     }
     match scheme(text) {
         Some("agent") => return parse_agent(text),
-        Some("k8s") => {
-            return error(format!(
-                "`{text}`: `k8s://CONTEXT/NAMESPACE/PVC` is not supported yet; run `mover-agent serve` where the \
-                 volume is mounted and write `agent://HOST:PORT/VOLUME`"
-            ));
-        }
+        Some("k8s") => return parse_claim(text).map(Location::Kube),
         Some(scheme) => return error(format!("`{text}`: unknown scheme `{scheme}://`; {KNOWN_FORMS}")),
         None => {}
     }
@@ -103,6 +132,45 @@ fn parse_agent(text: &str) -> Result<Location, LocationError> {
     Ok(Location::Agent { addr: addr.to_owned(), volume: volume.to_owned() })
 }
 
+/// DNS-1123 label: what Kubernetes takes as a namespace or claim name.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+fn parse_claim(text: &str) -> Result<ClaimRef, LocationError> {
+    let rest = &text["k8s://".len()..];
+    let error = |message: String| Err(LocationError(message));
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (context, namespace, name) = match parts.as_slice() {
+        [context, namespace] | [context, namespace, ""] => (*context, *namespace, None),
+        [context, namespace, name] => (*context, *namespace, Some(*name)),
+        _ => {
+            return error(format!(
+                "`{text}`: expected `k8s://CONTEXT/NAMESPACE/PVC` (write a context that holds `/` with `%2F`)"
+            ));
+        }
+    };
+    let context = context.replace("%2F", "/").replace("%2f", "/").replace("%25", "%");
+    for (what, value) in [("namespace", Some(namespace)), ("claim name", name)] {
+        if let Some(value) = value
+            && !is_dns_label(value)
+        {
+            return error(format!(
+                "`{text}`: `{value}` is not a valid {what} (lower-case letters, digits, `-` and `.`)"
+            ));
+        }
+    }
+    Ok(ClaimRef {
+        context: (!context.is_empty()).then_some(context),
+        namespace: namespace.to_owned(),
+        name: name.map(str::to_owned),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,9 +192,30 @@ mod tests {
         for bad in ["agnet://h:1/v", "AGENT://h:1/v", "s3://bucket/x", "agent:/h:1/v", "h:1/v", "h:1", "a:b", ""] {
             assert!(parse_location(bad).is_err(), "took {bad:?} for a directory");
         }
-        assert!(parse_location("k8s://ctx/ns/pvc").unwrap_err().0.contains("not supported yet"));
         assert!(parse_location("agnet://h:1/v").unwrap_err().0.contains("unknown scheme `agnet://`"));
         assert!(parse_location("h:1/v").unwrap_err().0.contains("`./h:1/v`"));
+    }
+
+    #[test]
+    fn parses_claims() {
+        let claim = |context: Option<&str>, namespace: &str, name: Option<&str>| {
+            Location::Kube(ClaimRef {
+                context: context.map(str::to_owned),
+                namespace: namespace.to_owned(),
+                name: name.map(str::to_owned),
+            })
+        };
+        assert_eq!(parse_location("k8s://src/app/data").unwrap(), claim(Some("src"), "app", Some("data")));
+        assert_eq!(parse_location("k8s://dst/app").unwrap(), claim(Some("dst"), "app", None));
+        assert_eq!(parse_location("k8s://dst/app/").unwrap(), claim(Some("dst"), "app", None));
+        assert_eq!(parse_location("k8s:///app/data").unwrap(), claim(None, "app", Some("data")));
+        let eks = parse_location("k8s://arn:aws:eks:eu-west-1:1:cluster%2Fprod/app/data").unwrap();
+        assert_eq!(eks, claim(Some("arn:aws:eks:eu-west-1:1:cluster/prod"), "app", Some("data")));
+        assert_eq!(eks.to_string(), "k8s://arn:aws:eks:eu-west-1:1:cluster%2Fprod/app/data");
+        for bad in ["k8s://ctx", "k8s://ctx/App/data", "k8s://ctx/app/da_ta", "k8s://ctx/app/a/b", "k8s://ctx//data"] {
+            assert!(parse_location(bad).is_err(), "accepted {bad}");
+        }
+        assert!(parse_location("k8s://ctx/App/data").unwrap_err().0.contains("not a valid namespace"));
     }
 
     #[test]

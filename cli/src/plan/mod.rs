@@ -127,7 +127,7 @@ fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow:
         let where_target = at(path, entry.target.referenced);
         let localize = |location: Location| match location {
             Location::Local(dir) => Location::Local(resolve(base, &dir)),
-            agent @ Location::Agent { .. } => agent,
+            remote @ (Location::Agent { .. } | Location::Kube(_)) => remote,
         };
         let source = localize(entry.source.value.0);
         let target = localize(entry.target.value.0);
@@ -136,16 +136,22 @@ fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow:
                 "{where_target}: copying from an agent into a local directory is not supported; make the target `agent://HOST:PORT/VOLUME` and run `mover-agent serve` there"
             );
         }
-        let name = if let Some(name) = entry.name {
-            name.0
-        } else {
-            let derived = match &target {
-                Location::Agent { volume, .. } => volume.clone(),
-                Location::Local(dir) => dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            };
-            values::check_name(&derived)
-                .map_err(|e| anyhow::anyhow!("{where_source}: this volume needs a `name:` ({e})"))?;
-            derived
+        let name = match (entry.name, &source, &target) {
+            (Some(name), _, _) => name.0,
+            // A claim is named `namespace/pvc`, as Kubernetes users name it.
+            (None, Location::Kube(claim), _) => claim.display_name(),
+            (None, _, target) => {
+                let derived = match target {
+                    Location::Local(dir) => {
+                        dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                    }
+                    Location::Agent { volume, .. } => volume.clone(),
+                    Location::Kube(claim) => claim.display_name(),
+                };
+                values::check_name(&derived)
+                    .map_err(|e| anyhow::anyhow!("{where_source}: this volume needs a `name:` ({e})"))?;
+                derived
+            }
         };
         if !names.insert(name.clone()) {
             bail!("{where_source}: a second volume named `{name}`; give each volume its own `name:`");

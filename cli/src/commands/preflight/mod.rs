@@ -281,6 +281,7 @@ fn end_status(
             }
             Ok(status)
         }
+        Location::Kube(claim) => Err(format!("claim `{claim}` was not resolved to its transfer agent")),
     }
 }
 
