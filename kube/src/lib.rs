@@ -8,6 +8,7 @@ pub mod claims;
 pub mod context;
 mod error;
 pub mod quantity;
+pub mod target;
 
 pub use error::KubeError;
 
