@@ -3,3 +3,6 @@
 //! It turns PersistentVolumeClaims named by `k8s://CONTEXT/NAMESPACE/PVC` or by a plan's
 //! `clusters:` into agent locations the plan executor copies between, creates the target
 //! claims, runs transfer pods, and renders the manifests and RBAC rules mover needs.
+
+pub mod manifests;
+pub mod objects;
