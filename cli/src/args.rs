@@ -97,6 +97,9 @@ pub enum Command {
     /// check fails. Checks certificates, agents (reachable, same protocol version, volumes
     /// readable or writable, free space), CA bundles and hook programs.
     Preflight(PreflightArgs),
+    /// Kubernetes: print what mover installs in a cluster (`mover k8s manifests | kubectl apply -f -`).
+    #[command(subcommand)]
+    K8s(K8sCommand),
     /// Print a shell completion script: `mover completions bash > /etc/bash_completion.d/mover`,
     /// `mover completions zsh > "${fpath[1]}/_mover"`,
     /// `mover completions fish > ~/.config/fish/completions/mover.fish`.
@@ -520,5 +523,71 @@ pub fn parse_streams(text: &str) -> Result<u32, String> {
     match text.trim().parse::<u32>() {
         Ok(streams) if (1..=max).contains(&streams) => Ok(streams),
         _ => Err(format!("`{text}` is not a number of streams: use 1 to {max}")),
+    }
+}
+
+/// `mover k8s ...`.
+#[derive(Debug, Subcommand)]
+pub enum K8sCommand {
+    /// Print every object mover's install needs, as YAML for `kubectl apply -f -`: the migration
+    /// namespace (with its Pod Security level), the coordinator's and agents' service accounts,
+    /// their ClusterRole, Role and bindings, and for `--strategy node` the agent DaemonSet.
+    ///
+    /// `--strategy pod` (the default) needs Pod Security `baseline` where the claims are; `node`
+    /// runs a privileged DaemonSet (the namespace is labelled `privileged`; OpenShift also needs
+    /// `oc adm policy add-scc-to-user privileged -z mover-agent -n NAMESPACE`).
+    Manifests(K8sManifestsArgs),
+}
+
+/// `mover k8s manifests`.
+#[derive(Debug, Args)]
+pub struct K8sManifestsArgs {
+    /// How agents reach a claim: `pod` (a transfer pod mounts it; Pod Security baseline) or
+    /// `node` (a privileged DaemonSet reaches it under the kubelet's pod directory).
+    #[arg(long, value_enum, default_value_t = StrategyArg::Pod, env = "MOVER_K8S_STRATEGY")]
+    pub strategy: StrategyArg,
+    /// The migration namespace mover's service accounts and agents live in.
+    #[arg(long, value_name = "NAME", default_value = mover_kube::objects::DEFAULT_NAMESPACE,
+          value_parser = parse_namespace, env = "MOVER_K8S_NAMESPACE")]
+    pub namespace: String,
+    /// The agent image.
+    #[arg(long, value_name = "IMAGE", default_value = mover_kube::objects::DEFAULT_IMAGE, env = "MOVER_AGENT_IMAGE")]
+    pub image: String,
+    /// The kubelet's root directory on the nodes (`--strategy node`): e.g.
+    /// `/var/vcap/data/kubelet` on TKGI, `/opt/rke/var/lib/kubelet` on RancherOS.
+    #[arg(long, value_name = "PATH", default_value = mover_kube::objects::DEFAULT_KUBELET_ROOT,
+          value_parser = parse_kubelet_root, env = "MOVER_KUBELET_ROOT")]
+    pub kubelet_root: String,
+    /// Print instead the examples of what each migration creates: the identity Secret, transfer
+    /// pods and a Service (not for `kubectl apply`: the coordinator creates them per claim).
+    #[arg(long)]
+    pub show_templates: bool,
+}
+
+/// `--strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// A transfer pod per claim.
+    Pod,
+    /// A DaemonSet on every node.
+    Node,
+}
+
+fn parse_namespace(text: &str) -> Result<String, String> {
+    if mover_kube::objects::labels::is_dns_label(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "`{text}` is not a namespace name: use at most 63 lower-case letters, digits and `-`, \
+             starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn parse_kubelet_root(text: &str) -> Result<String, String> {
+    if text.starts_with('/') && !text.split('/').any(|part| part == "..") {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("`{text}` is not an absolute path without `..`: give the kubelet's root, e.g. `/var/lib/kubelet`"))
     }
 }

@@ -7,6 +7,8 @@
 pub mod claims;
 pub mod context;
 mod error;
+pub mod manifests;
+pub mod objects;
 pub mod quantity;
 pub mod target;
 

@@ -4,6 +4,7 @@ pub mod certs;
 pub mod completions;
 pub mod copy;
 pub mod image;
+pub mod k8s;
 pub mod man;
 pub mod plan;
 pub mod preflight;

@@ -1,0 +1,314 @@
+//! Who may do what: one identity each for the coordinator and the node agent, as data (rules)
+//! and as objects (service accounts, roles, bindings); and an audit of recorded API requests
+//! against those rules, for the tests.
+//!
+//! - The coordinator (service account `mover`) reads claims, volumes, pods, nodes, storage
+//!   classes, namespaces, quotas and events; creates claims; creates and deletes pods, services
+//!   and secrets; reads pod logs and port-forwards to agents.
+//! - The node agent (service account `mover-agent`) may read its own identity Secret and
+//!   nothing else.
+//! - Transfer pods have no API access at all: no service account token is mounted.
+//!
+//! No rule uses a wildcard verb, resource or group.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+
+use super::Strategy;
+use super::daemonset::{NODE_IDENTITY_SECRET, NODE_SERVICE_ACCOUNT};
+use super::labels::MANAGED_BY;
+
+/// The coordinator's service account (and its ClusterRole and binding).
+pub const COORDINATOR_SERVICE_ACCOUNT: &str = "mover";
+
+const READ: &[&str] = &["get", "list", "watch"];
+
+/// The coordinator's rules: `(API group, resources, verbs)`.
+const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
+    ("", &["persistentvolumes", "nodes", "namespaces", "resourcequotas", "events"], READ),
+    ("", &["persistentvolumeclaims"], &["get", "list", "watch", "create"]),
+    ("", &["pods", "services", "secrets"], &["get", "list", "watch", "create", "delete"]),
+    ("", &["pods/log"], &["get"]),
+    ("", &["pods/portforward"], &["create"]),
+    ("storage.k8s.io", &["storageclasses"], READ),
+];
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {
+    let strings = |items: &[&str]| items.iter().map(|&item| item.to_owned()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
+        resource_names: names.map(strings),
+        non_resource_urls: None,
+    }
+}
+
+/// The coordinator's rules, cluster-wide.
+pub fn coordinator_rules() -> Vec<PolicyRule> {
+    COORDINATOR_RULES.iter().map(|&(group, resources, verbs)| rule(group, resources, verbs, None)).collect()
+}
+
+/// The node agent's rules, in the migration namespace: get and watch its identity Secret.
+pub fn node_agent_rules() -> Vec<PolicyRule> {
+    vec![rule("", &["secrets"], &["get", "watch"], Some(&[NODE_IDENTITY_SECRET]))]
+}
+
+/// The Kubernetes user name of service account `name` in `namespace`.
+pub fn service_account_user(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+/// The RBAC objects of an install.
+#[derive(Debug, Clone, Default)]
+pub struct Rbac {
+    /// Service accounts, in the migration namespace.
+    pub service_accounts: Vec<ServiceAccount>,
+    /// Cluster roles.
+    pub cluster_roles: Vec<ClusterRole>,
+    /// Their bindings.
+    pub cluster_role_bindings: Vec<ClusterRoleBinding>,
+    /// Roles, in the migration namespace.
+    pub roles: Vec<Role>,
+    /// Their bindings.
+    pub role_bindings: Vec<RoleBinding>,
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn service_account(name: &str, namespace: &str, token: bool) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(name, Some(namespace)),
+        automount_service_account_token: Some(token),
+        ..ServiceAccount::default()
+    }
+}
+
+fn subject(name: &str, namespace: &str) -> Subject {
+    Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: name.to_owned(),
+        namespace: Some(namespace.to_owned()),
+        api_group: None,
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef { api_group: "rbac.authorization.k8s.io".to_owned(), kind: kind.to_owned(), name: name.to_owned() }
+}
+
+/// The RBAC objects of an install in `namespace`: the coordinator's always, the node agent's
+/// for the node strategy (transfer pods need none).
+pub fn rbac(namespace: &str, strategy: Strategy) -> Rbac {
+    let coordinator = COORDINATOR_SERVICE_ACCOUNT;
+    let mut rbac = Rbac {
+        service_accounts: vec![service_account(coordinator, namespace, true)],
+        cluster_roles: vec![ClusterRole {
+            metadata: meta(coordinator, None),
+            rules: Some(coordinator_rules()),
+            aggregation_rule: None,
+        }],
+        cluster_role_bindings: vec![ClusterRoleBinding {
+            metadata: meta(coordinator, None),
+            role_ref: role_ref("ClusterRole", coordinator),
+            subjects: Some(vec![subject(coordinator, namespace)]),
+        }],
+        ..Rbac::default()
+    };
+    if strategy == Strategy::Node {
+        let agent = NODE_SERVICE_ACCOUNT;
+        rbac.service_accounts.push(service_account(agent, namespace, true));
+        rbac.roles.push(Role { metadata: meta(agent, Some(namespace)), rules: Some(node_agent_rules()) });
+        rbac.role_bindings.push(RoleBinding {
+            metadata: meta(agent, Some(namespace)),
+            role_ref: role_ref("Role", agent),
+            subjects: Some(vec![subject(agent, namespace)]),
+        });
+    }
+    rbac
+}
+
+/// Whether a binding's subjects include `user`.
+fn binds(subjects: Option<&Vec<Subject>>, user: &str) -> bool {
+    subjects.into_iter().flatten().any(|subject| match subject.kind.as_str() {
+        "ServiceAccount" => {
+            service_account_user(subject.namespace.as_deref().unwrap_or_default(), &subject.name) == user
+        }
+        _ => subject.name == user,
+    })
+}
+
+impl Rbac {
+    /// The rules `user` holds through this install's bindings.
+    pub fn grants_of(&self, user: &str) -> Grants {
+        let mut grants = Grants::default();
+        for binding in self.cluster_role_bindings.iter().filter(|binding| binds(binding.subjects.as_ref(), user)) {
+            let role =
+                self.cluster_roles.iter().find(|role| role.metadata.name.as_deref() == Some(&binding.role_ref.name));
+            grants.cluster.extend(role.and_then(|role| role.rules.clone()).into_iter().flatten());
+        }
+        for binding in self.role_bindings.iter().filter(|binding| binds(binding.subjects.as_ref(), user)) {
+            let namespace = binding.metadata.namespace.clone().unwrap_or_default();
+            let rules = match binding.role_ref.kind.as_str() {
+                "ClusterRole" => {
+                    let role = self
+                        .cluster_roles
+                        .iter()
+                        .find(|role| role.metadata.name.as_ref() == Some(&binding.role_ref.name));
+                    role.and_then(|role| role.rules.clone())
+                }
+                _ => {
+                    let role = self.roles.iter().find(|role| {
+                        role.metadata.name.as_ref() == Some(&binding.role_ref.name)
+                            && role.metadata.namespace.as_ref() == Some(&namespace)
+                    });
+                    role.and_then(|role| role.rules.clone())
+                }
+            };
+            grants.namespaced.push((namespace, rules.unwrap_or_default()));
+        }
+        grants
+    }
+
+    /// Every rule of every role, for the wildcard check.
+    pub fn all_rules(&self) -> impl Iterator<Item = &PolicyRule> {
+        let cluster = self.cluster_roles.iter().flat_map(|role| role.rules.iter().flatten());
+        cluster.chain(self.roles.iter().flat_map(|role| role.rules.iter().flatten()))
+    }
+}
+
+/// One API request, as the simulated API server records it (a JSON line with `user`, `verb`,
+/// `apiGroup`, `resource`, `subresource`, `namespace`, `name`, `code`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// Who asked.
+    #[serde(default)]
+    pub user: String,
+    /// The RBAC verb: `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, ...
+    pub verb: String,
+    /// The API group, `""` for the core group.
+    #[serde(default, rename = "apiGroup")]
+    pub group: String,
+    /// The resource, plural: `pods`.
+    pub resource: String,
+    /// The subresource: `log`, `portforward`, `status`.
+    #[serde(default)]
+    pub subresource: Option<String>,
+    /// The namespace; none for cluster-scoped resources and requests across namespaces.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The object's name, when the request names one.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Request {
+    /// `resource` or `resource/subresource`, as RBAC rules name it.
+    pub fn rbac_resource(&self) -> String {
+        match self.subresource.as_deref().filter(|sub| !sub.is_empty()) {
+            Some(sub) => format!("{}/{sub}", self.resource),
+            None => self.resource.clone(),
+        }
+    }
+}
+
+/// The rules one user holds: cluster-wide, and per namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    /// From cluster roles bound cluster-wide: every namespace and cluster-scoped resources.
+    pub cluster: Vec<PolicyRule>,
+    /// From bindings in one namespace: only requests in that namespace.
+    pub namespaced: Vec<(String, Vec<PolicyRule>)>,
+}
+
+fn matches(list: Option<&Vec<String>>, item: &str) -> bool {
+    list.is_some_and(|list| list.iter().any(|entry| entry == "*" || entry == item))
+}
+
+/// Whether `rule` allows `request`: its group, resource (with subresource) and verb are listed,
+/// and when the rule names objects, the request names one of them.
+pub fn rule_allows(rule: &PolicyRule, request: &Request) -> bool {
+    matches(rule.api_groups.as_ref(), &request.group)
+        && matches(rule.resources.as_ref(), &request.rbac_resource())
+        && matches(Some(&rule.verbs), &request.verb)
+        && rule
+            .resource_names
+            .as_ref()
+            .is_none_or(|names| names.is_empty() || request.name.as_ref().is_some_and(|name| names.contains(name)))
+}
+
+/// Whether the cluster-wide `rules` or the `namespaced` ones (for the request's namespace)
+/// allow `request`.
+pub fn allowed(rules: &[PolicyRule], namespaced: &[(String, Vec<PolicyRule>)], request: &Request) -> bool {
+    rules.iter().any(|rule| rule_allows(rule, request))
+        || namespaced.iter().any(|(namespace, rules)| {
+            request.namespace.as_ref() == Some(namespace) && rules.iter().any(|rule| rule_allows(rule, request))
+        })
+}
+
+/// What no request used: each `verb group/resource` of the rules that no request in
+/// `requests` was allowed by (an empty group is the core group, written `core`).
+pub fn unused_rules(
+    rules: &[PolicyRule],
+    namespaced: &[(String, Vec<PolicyRule>)],
+    requests: &[Request],
+) -> Vec<String> {
+    let scoped = rules.iter().map(|rule| (None, rule));
+    let scoped = scoped
+        .chain(namespaced.iter().flat_map(|(namespace, rules)| rules.iter().map(move |rule| (Some(namespace), rule))));
+    let mut unused = Vec::new();
+    for (namespace, rule) in scoped {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    let single = PolicyRule {
+                        api_groups: Some(vec![group.clone()]),
+                        resources: Some(vec![resource.clone()]),
+                        verbs: vec![verb.clone()],
+                        ..rule.clone()
+                    };
+                    let used = requests.iter().any(|request| {
+                        namespace.is_none_or(|namespace| request.namespace.as_ref() == Some(namespace))
+                            && rule_allows(&single, request)
+                    });
+                    if !used {
+                        let group = if group.is_empty() { "core" } else { group };
+                        unused.push(format!("{verb} {group}/{resource}"));
+                    }
+                }
+            }
+        }
+    }
+    unused
+}
+
+impl Grants {
+    /// [`allowed`] over these grants.
+    pub fn allows(&self, request: &Request) -> bool {
+        allowed(&self.cluster, &self.namespaced, request)
+    }
+
+    /// [`unused_rules`] over these grants.
+    pub fn unused(&self, requests: &[Request]) -> Vec<String> {
+        unused_rules(&self.cluster, &self.namespaced, requests)
+    }
+}
+
+/// Whether `rule` uses a wildcard (`*`) verb, resource, group or resource name.
+pub fn has_wildcard(rule: &PolicyRule) -> bool {
+    let wild = |list: Option<&Vec<String>>| list.is_some_and(|list| list.iter().any(|item| item.contains('*')));
+    wild(Some(&rule.verbs))
+        || wild(rule.resources.as_ref())
+        || wild(rule.api_groups.as_ref())
+        || wild(rule.resource_names.as_ref())
+}
