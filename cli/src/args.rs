@@ -191,9 +191,10 @@ pub struct PlanRunArgs {
 /// `mover copy`.
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// Source: a directory or `agent://HOST:PORT/VOLUME`.
+    /// Source: a directory, `agent://HOST:PORT/VOLUME` or `k8s://CONTEXT/NAMESPACE/PVC`.
     pub source: String,
-    /// Target: a directory or `agent://HOST:PORT/VOLUME`.
+    /// Target: a directory, `agent://HOST:PORT/VOLUME` or `k8s://CONTEXT/NAMESPACE[/PVC]` (the
+    /// claim is created from the source's when missing).
     pub target: String,
     /// Directory holding the migration's certificates (`mover certs init DIR`); needed when an
     /// agent is involved, refused when both ends are local.
@@ -296,6 +297,9 @@ pub struct CopyArgs {
     /// lines starting with `#` or `;` are skipped, as rsync does. May be repeated.
     #[arg(long, value_name = "FILE", env = "MOVER_EXCLUDE_FROM")]
     pub exclude_from: Vec<PathBuf>,
+    /// Clusters, for `k8s://` ends.
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// `mover certs ...`.
@@ -590,4 +594,35 @@ fn parse_kubelet_root(text: &str) -> Result<String, String> {
     } else {
         Err(format!("`{text}` is not an absolute path without `..`: give the kubelet's root, e.g. `/var/lib/kubelet`"))
     }
+}
+
+/// How `mover` reaches clusters and runs transfer agents there (copies and plans with
+/// `k8s://` claims).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeArgs {
+    /// Kubeconfig files, `:`-separated as kubectl reads `KUBECONFIG`. Default:
+    /// `~/.kube/config`, else the service account of the pod mover runs in.
+    #[arg(long, value_name = "FILES", env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::ffi::OsString>,
+    /// The transfer agents' image.
+    #[arg(long, value_name = "IMAGE", default_value = mover_kube::objects::DEFAULT_IMAGE, env = "MOVER_AGENT_IMAGE")]
+    pub agent_image: String,
+    /// How transfer agents are exposed: `load-balancer` (between clusters), `node-port`, or
+    /// `cluster-ip` (both ends in one cluster).
+    #[arg(long, value_enum, default_value_t = ExposeArg::LoadBalancer, env = "MOVER_EXPOSE")]
+    pub expose: ExposeArg,
+    /// How long a transfer pod may take to be ready, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "MOVER_AGENT_READY_TIMEOUT")]
+    pub agent_ready_timeout: u64,
+}
+
+/// `--expose`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExposeArg {
+    /// A `LoadBalancer` Service.
+    LoadBalancer,
+    /// A `NodePort` Service.
+    NodePort,
+    /// A `ClusterIP` Service.
+    ClusterIp,
 }

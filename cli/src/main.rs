@@ -2,6 +2,7 @@
 
 mod access;
 mod args;
+mod clusters;
 mod commands;
 mod excludes;
 mod hints;
@@ -107,8 +108,13 @@ fn run() -> ExitCode {
         }
     };
     let json = matches!(cli.global.output, args::OutputFormat::Json);
-    // `plan run` cancels itself, to write its report first.
-    let cancels_itself = matches!(cli.command, Command::Plan(_));
+    // `plan run` cancels itself, to write its report first; a copy with claims, to remove its
+    // transfer pods.
+    let cancels_itself = match &cli.command {
+        Command::Plan(_) => true,
+        Command::Copy(args) => [&args.source, &args.target].iter().any(|end| end.starts_with("k8s://")),
+        _ => false,
+    };
     let result = runtime.block_on(async {
         let command = async {
             match cli.command {

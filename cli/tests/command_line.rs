@@ -52,8 +52,9 @@ fn mistyped_addresses_are_usage_errors_that_write_nothing() {
     }
     let output = mover_in(tmp.path(), &["copy", "./src", "agnet://127.0.0.1:17444/data"]);
     assert_usage(&output, "unknown scheme `agnet://`");
+    // A target claim is made from a source claim: a local source cannot give it one.
     let output = mover_in(tmp.path(), &["copy", "./src", "k8s://ctx/shop/data", "--certs", "./certs"]);
-    assert_usage(&output, "not supported yet");
+    assert_usage(&output, "its source must be a claim too");
     assert_eq!(names(tmp.path()), ["certs", "src"]);
 }
 

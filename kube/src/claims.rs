@@ -12,16 +12,7 @@ use kube::api::ListParams;
 
 use crate::context::Cluster;
 use crate::error::KubeError;
-
-/// How a claim's bytes are reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    /// A transfer pod per claim that mounts it as a normal volume (the default).
-    #[default]
-    Pod,
-    /// The node's agent DaemonSet reaches the volume in the kubelet's pod directory.
-    Node,
-}
+pub use crate::objects::Strategy;
 
 /// A pod that mounts the claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,7 +219,7 @@ async fn with_volume(cluster: &Cluster, claim: PersistentVolumeClaim) -> Result<
 }
 
 /// Running pods of the claim's namespace that mount it, with their nodes.
-async fn consumers(cluster: &Cluster, claim: &PersistentVolumeClaim) -> Result<Vec<Consumer>, KubeError> {
+pub(crate) async fn consumers(cluster: &Cluster, claim: &PersistentVolumeClaim) -> Result<Vec<Consumer>, KubeError> {
     let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
     let name = claim.metadata.name.as_deref().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);

@@ -4,12 +4,14 @@
 //! `clusters:` into agent locations the plan executor copies between, creates the target
 //! claims, runs transfer pods, and renders the manifests and RBAC rules mover needs.
 
+pub mod agents;
 pub mod claims;
 pub mod context;
 mod error;
 pub mod manifests;
 pub mod objects;
 pub mod quantity;
+pub mod resolver;
 pub mod target;
 
 pub use error::KubeError;

@@ -8,7 +8,7 @@ use mover_engine::CopyOptions;
 use mover_engine::certs::{Identity, Role};
 use mover_engine::client::{CopyError, SessionError};
 use mover_engine::tunnel::TunnelError;
-use mover_plan::{DispatchError, LocalReceiver, Location, Peers, parse_location};
+use mover_plan::{DispatchError, LocalReceiver, Location, Peers, Side, parse_location};
 
 use crate::args::{CopyArgs, GlobalArgs, OutputFormat};
 use crate::render::copy::CopyRenderer as Printer;
@@ -66,27 +66,10 @@ fn remove_if_empty(created: &[PathBuf]) {
     }
 }
 
-/// Runs the copy; with `--output json` the last line is a summary, also when it fails.
-pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    copy(args, global).await.inspect_err(|error| {
-        let empty = serde_json::to_value(mover_engine::progress::Summary::default()).expect("summaries serialise");
-        crate::output::json_final_on_error(global.output == OutputFormat::Json, "summary", empty, error);
-    })
-}
-
-async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
-    let source = parse_location(&args.source).map_err(|error| usage(error.0))?;
-    let target = parse_location(&args.target).map_err(|error| usage(error.0))?;
-    if let (Location::Local(_), Location::Local(_)) = (&source, &target)
-        && args.certs_on_command_line
-    {
-        return Err(usage(
-            "`--certs` is for copies that involve an agent, and both ends are local directories: leave it out, \
-             or write the agent's end as `agent://HOST:PORT/VOLUME`",
-        ));
-    }
+/// The engine's options from the command line.
+fn options(args: &CopyArgs, global: &GlobalArgs) -> anyhow::Result<CopyOptions> {
     let excludes = crate::excludes::from_args(&args.exclude, &args.exclude_from)?;
-    let options = CopyOptions {
+    Ok(CopyOptions {
         selinux: args.selinux,
         devices: args.devices,
         fsync: args.fsync,
@@ -103,7 +86,32 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
         itemize: args.itemize || global.verbose > 0,
         dry_run: args.dry_run,
         excludes,
-    };
+    })
+}
+
+/// Runs the copy; with `--output json` the last line is a summary, also when it fails.
+pub async fn run(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    Box::pin(copy(args, global)).await.inspect_err(|error| {
+        let empty = serde_json::to_value(mover_engine::progress::Summary::default()).expect("summaries serialise");
+        crate::output::json_final_on_error(global.output == OutputFormat::Json, "summary", empty, error);
+    })
+}
+
+async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
+    let source = parse_location(&args.source).map_err(|error| usage(error.0))?;
+    let target = parse_location(&args.target).map_err(|error| usage(error.0))?;
+    if matches!(source, Location::Kube(_)) || matches!(target, Location::Kube(_)) {
+        return Box::pin(copy_claims(args, global, source, target)).await;
+    }
+    if let (Location::Local(_), Location::Local(_)) = (&source, &target)
+        && args.certs_on_command_line
+    {
+        return Err(usage(
+            "`--certs` is for copies that involve an agent, and both ends are local directories: leave it out, \
+             or write the agent's end as `agent://HOST:PORT/VOLUME`",
+        ));
+    }
+    let options = options(&args, global)?;
     let proxy =
         access::with_password(access::parse_proxy(args.proxy.as_deref())?, args.proxy_password_file.as_deref())?;
     let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run || global.verbose > 0));
@@ -122,9 +130,22 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
     };
     let peers = Peers { identity: identity.as_ref(), proxy: proxy.as_ref(), receiver: receiver.as_ref() };
     let result = mover_plan::copy_volume(&source, &target, options, peers, printer.clone()).await;
+    finish(result, &printer, &created, proxy.as_ref(), &args, global).await
+}
+
+/// Prints a dispatch's end: the summary, or the failure with what helps (the certificate an
+/// untrusted peer presented).
+async fn finish(
+    result: Result<mover_engine::progress::Summary, DispatchError>,
+    printer: &Printer,
+    created: &[PathBuf],
+    proxy: Option<&mover_engine::tunnel::Proxy>,
+    args: &CopyArgs,
+    global: &GlobalArgs,
+) -> anyhow::Result<Outcome> {
     let result = match result {
         Err(DispatchError::Copy(error)) => {
-            remove_if_empty(&created);
+            remove_if_empty(created);
             Err(error)
         }
         Err(other) => return Err(other.into()),
@@ -142,7 +163,7 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
                 CopyError::Session(SessionError::Tunnel(TunnelError::Handshake { addr, source }))
                     if source.to_string().contains("invalid peer certificate") =>
                 {
-                    access::presented_certificate(addr, proxy.as_ref()).await
+                    access::presented_certificate(addr, proxy).await
                 }
                 _ => None,
             };
@@ -153,4 +174,62 @@ async fn copy(args: CopyArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
             Err(error.context(format!("copy from `{}` to `{}` failed", args.source, args.target)))
         }
     }
+}
+
+/// A copy with a claim at one end or both: each claim's transfer agent is started (a target
+/// claim made from the source's), the copy runs between the agents, and everything the run made
+/// in the clusters is removed afterwards, whether it worked, failed or was interrupted.
+async fn copy_claims(
+    args: CopyArgs,
+    global: &GlobalArgs,
+    source: Location,
+    target: Location,
+) -> anyhow::Result<Outcome> {
+    if let (Location::Local(_) | Location::Agent { .. }, Location::Kube(claim)) = (&source, &target) {
+        return Err(usage(format!(
+            "the target `{claim}` is a claim, so its source must be a claim too (`k8s://CONTEXT/NAMESPACE/PVC`): mover \
+             makes the target claim from the source claim. To fill an existing claim from here, run `mover-agent serve` \
+             where it is mounted and copy to `agent://HOST:PORT/VOLUME`"
+        )));
+    }
+    let options = options(&args, global)?;
+    let proxy =
+        access::with_password(access::parse_proxy(args.proxy.as_deref())?, args.proxy_password_file.as_deref())?;
+    let name = match (&source, &target) {
+        (Location::Kube(claim), _) | (_, Location::Kube(claim)) => claim.display_name(),
+        _ => unreachable!("copy_claims is called with a claim"),
+    };
+    let (volumes, identities) = crate::clusters::volumes(
+        &args.kube,
+        args.certs.as_deref(),
+        "copy",
+        proxy.clone(),
+        crate::clusters::print_states(),
+    )?;
+    let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run || global.verbose > 0));
+    let work = async {
+        let source = volumes.end(&name, &source, Side::Source).await?;
+        let target = volumes.end(&name, &target, Side::Target).await?;
+        for warning in volumes.warnings() {
+            crate::output::eprintln(&format!("warning: {warning}"));
+        }
+        let receiver = match (&source, &target) {
+            (Location::Agent { .. }, Location::Local(_)) => {
+                Some(LocalReceiver { identity: identities.agent.clone(), listen: args.listen })
+            }
+            _ => None,
+        };
+        let peers =
+            Peers { identity: Some(&identities.coordinator), proxy: proxy.as_ref(), receiver: receiver.as_ref() };
+        let result = mover_plan::copy_volume(&source, &target, options, peers, printer.clone()).await;
+        finish(result, &printer, &[], proxy.as_ref(), &args, global).await
+    };
+    let (result, problems) = crate::clusters::with_cleanup(&volumes, Box::pin(work)).await;
+    for problem in &problems {
+        crate::output::eprintln(&format!("warning: {problem}"));
+    }
+    result.unwrap_or_else(|| {
+        printer.abandon();
+        Ok(Outcome::Cancelled)
+    })
 }

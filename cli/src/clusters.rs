@@ -1,0 +1,116 @@
+//! What commands share to reach clusters: the kubeconfig (flag, `KUBECONFIG`, `~/.kube/config`,
+//! else in-cluster), the migration's identities (from `--certs`, or made for this run), the
+//! transfer agents' settings, and cleanup that runs whatever happens, Ctrl-C included.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mover_engine::certs::{self, Identity, Role};
+use mover_engine::tunnel::Proxy;
+use mover_kube::agents::{AgentPem, AgentSettings, TransferAgents};
+use mover_kube::context::Access;
+use mover_kube::objects::Migration;
+use mover_kube::objects::transfer::Exposure;
+use mover_kube::resolver::{KubeSettings, KubeVolumes, OnState};
+
+use crate::access;
+use crate::args::{ExposeArg, KubeArgs};
+
+/// Where cluster access comes from: `--kubeconfig`/`KUBECONFIG` (a `:`-separated list), else
+/// `~/.kube/config` if it exists, else the pod's service account.
+pub fn cluster_access(kubeconfig: Option<&OsString>) -> Access {
+    if let Some(list) = kubeconfig.filter(|list| !list.is_empty()) {
+        return Access::Kubeconfig(std::env::split_paths(list).filter(|p| !p.as_os_str().is_empty()).collect());
+    }
+    let home = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".kube/config"));
+    match home {
+        Some(path) if path.is_file() => Access::Kubeconfig(vec![path]),
+        _ => Access::InCluster,
+    }
+}
+
+/// The coordinator's identity and the agents' PEM: from a certificate directory, or made for
+/// this run (the CA's key then lives only in this process).
+pub fn identities(certs_dir: Option<&Path>) -> anyhow::Result<(Identity, AgentPem)> {
+    if let Some(dir) = certs_dir {
+        let coordinator = access::load_identity(dir, Role::Coordinator)?;
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).with_context(|| format!("while reading `{}`", dir.join(name).display()))
+        };
+        // Checks the agent's files as an agent would load them.
+        access::load_identity(dir, Role::Agent)?;
+        return Ok((coordinator, AgentPem { ca: read("ca.crt")?, cert: read("agent.crt")?, key: read("agent.key")? }));
+    }
+    let generated = certs::generate().context("while making this run's certificates")?;
+    let coordinator = Identity::from_generated(&generated, Role::Coordinator)?;
+    let pem = AgentPem {
+        ca: generated.ca.cert.into_bytes(),
+        cert: generated.agent.cert.into_bytes(),
+        key: generated.agent.key.into_bytes(),
+    };
+    Ok((coordinator, pem))
+}
+
+/// The run's identities: the coordinator's, and the agents' (for an in-process agent that
+/// receives into a local directory).
+pub struct Identities {
+    /// This command's.
+    pub coordinator: Identity,
+    /// The transfer agents'.
+    pub agent: Identity,
+}
+
+/// Claim resolution for a copy or plan called `plan_name`.
+pub fn volumes(
+    args: &KubeArgs,
+    certs_dir: Option<&Path>,
+    plan_name: &str,
+    proxy: Option<Proxy>,
+    on_state: OnState,
+) -> anyhow::Result<(KubeVolumes, Identities)> {
+    let (coordinator, pem) = identities(certs_dir)?;
+    let agent = Identity::from_pem(Role::Agent, certs::IdentityPem { ca: &pem.ca, cert: &pem.cert, key: &pem.key })?;
+    let migration = Migration::new(coordinator.migration_id(), plan_name)
+        .map_err(|e| anyhow::anyhow!("the migration id `{}` is not a label value", e.id))?;
+    let settings = AgentSettings {
+        image: args.agent_image.clone(),
+        port: mover_kube::objects::DEFAULT_PORT,
+        exposure: match args.expose {
+            ExposeArg::LoadBalancer => Exposure::LoadBalancer,
+            ExposeArg::NodePort => Exposure::NodePort,
+            ExposeArg::ClusterIp => Exposure::ClusterIp,
+        },
+        ready_timeout: Duration::from_secs(args.agent_ready_timeout),
+    };
+    let agents = TransferAgents::new(migration, pem, settings);
+    let settings = KubeSettings {
+        access: cluster_access(args.kubeconfig.as_ref()),
+        strategy: mover_kube::objects::Strategy::Pod,
+        storage_class_map: std::collections::BTreeMap::new(),
+        overrides: std::collections::HashMap::new(),
+        coordinator: coordinator.clone(),
+        proxy,
+        on_state,
+    };
+    Ok((KubeVolumes::new(settings, agents), Identities { coordinator, agent }))
+}
+
+/// Runs `work`, then removes what the migration made in the clusters, also when `work` fails or
+/// the user interrupts it (SIGINT, SIGTERM). `None`: interrupted.
+pub async fn with_cleanup<T>(volumes: &KubeVolumes, work: impl Future<Output = T>) -> (Option<T>, Vec<String>) {
+    let result = tokio::select! {
+        result = work => Some(result),
+        () = crate::cancelled() => None,
+    };
+    let problems = volumes.cleanup().await.into_iter().map(|e| format!("cleanup: {e}")).collect();
+    (result, problems)
+}
+
+/// Prints agents' states as they change, one line each, on stderr.
+pub fn print_states() -> OnState {
+    Arc::new(|volume: &str, state: &str| crate::output::eprintln(&format!("{volume}: {state}")))
+}

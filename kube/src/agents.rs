@@ -1,0 +1,454 @@
+//! Transfer agents: one pod per claim and end, running `mover-agent serve` granted exactly that
+//! claim, exposed by a Service, with the migration's identity from a Secret in the claim's
+//! namespace. Everything made here carries the migration's labels, and [`TransferAgents::cleanup`]
+//! removes it (on success, on failure and on Ctrl-C; `mover k8s cleanup` for leftovers).
+//!
+//! While a pod is not ready its state is reported as it changes, with the reason a user can act
+//! on (unschedulable, an image that cannot be pulled, a volume attached elsewhere), not only when
+//! the wait times out.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+
+use crate::context::Cluster;
+use crate::error::KubeError;
+use crate::objects::transfer::{End, Exposure, TransferPod, transfer_pod, transfer_pod_name, transfer_service};
+use crate::objects::{Migration, identity_secret, identity_secret_name};
+
+/// The agent identity the transfer pods get: PEM bytes of the migration CA's certificate and the
+/// agents' certificate and key. The CA's key and the coordinator's key never leave the
+/// coordinator's machine.
+#[derive(Clone)]
+pub struct AgentPem {
+    /// `ca.crt`.
+    pub ca: Vec<u8>,
+    /// `agent.crt`.
+    pub cert: Vec<u8>,
+    /// `agent.key`.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for AgentPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentPem { .. }")
+    }
+}
+
+/// How transfer agents are run and reached.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// The agent image.
+    pub image: String,
+    /// The port agents listen on.
+    pub port: u16,
+    /// How their Services expose them.
+    pub exposure: Exposure,
+    /// How long a pod may take to be ready, and a Service to get an address.
+    pub ready_timeout: Duration,
+}
+
+/// A running transfer agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentEnd {
+    /// `HOST:PORT` the coordinator and the other agent dial.
+    pub addr: String,
+    /// The volume the agent serves (the claim's name).
+    pub volume: String,
+    /// The pod's name.
+    pub pod: String,
+}
+
+/// The transfer agents of one migration, and where they were made (for cleanup).
+pub struct TransferAgents {
+    migration: Migration,
+    identity: AgentPem,
+    settings: AgentSettings,
+    /// (context, namespace) pairs where objects were made, with their clusters.
+    touched: Mutex<Vec<(Cluster, String)>>,
+}
+
+impl TransferAgents {
+    /// Agents of `migration`, with `identity`.
+    #[must_use]
+    pub fn new(migration: Migration, identity: AgentPem, settings: AgentSettings) -> Self {
+        TransferAgents { migration, identity, settings, touched: Mutex::new(Vec::new()) }
+    }
+
+    /// The migration.
+    #[must_use]
+    pub fn migration(&self) -> &Migration {
+        &self.migration
+    }
+
+    /// Starts the agent of `claim` in `namespace` at `end` (pinned to `node` if given) and waits
+    /// until it is ready and reachable. `on_state` sees each state of the wait, as it changes.
+    pub async fn start(
+        &self,
+        cluster: &Cluster,
+        (namespace, claim): (&str, &str),
+        end: End,
+        node: Option<&str>,
+        on_state: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<AgentEnd, KubeError> {
+        self.touch(cluster, namespace);
+        let owner = self.ensure_identity(cluster, namespace).await?;
+        let secret = identity_secret_name(&self.migration);
+        let spec = TransferPod {
+            migration: &self.migration,
+            namespace,
+            claim,
+            end,
+            node,
+            image: &self.settings.image,
+            identity_secret: &secret,
+            port: self.settings.port,
+            owner: Some(owner),
+        };
+        let name = transfer_pod_name(&self.migration, end, claim);
+        let context = &cluster.context;
+        let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+        let services: Api<Service> = Api::namespaced(cluster.client.clone(), namespace);
+        create_or_reuse(&pods, &transfer_pod(&spec), context, &format!("transfer pod `{namespace}/{name}`")).await?;
+        create_or_reuse(
+            &services,
+            &transfer_service(&spec, self.settings.exposure),
+            context,
+            &format!("Service `{namespace}/{name}`"),
+        )
+        .await?;
+        let deadline = Instant::now() + self.settings.ready_timeout;
+        wait_ready(cluster, namespace, &name, deadline, on_state).await?;
+        let host = wait_address(cluster, namespace, &name, self.settings.exposure, deadline, on_state).await?;
+        let port = service_port(&services, &name, self.settings.exposure, context).await?;
+        Ok(AgentEnd { addr: join_host_port(&host, port), volume: claim.to_owned(), pod: name })
+    }
+
+    fn touch(&self, cluster: &Cluster, namespace: &str) {
+        let mut touched = self.touched.lock().expect("not poisoned");
+        if !touched.iter().any(|(c, n)| c.context == cluster.context && n == namespace) {
+            touched.push((cluster.clone(), namespace.to_owned()));
+        }
+    }
+
+    /// The identity Secret in `namespace`, created if missing; its owner reference.
+    async fn ensure_identity(&self, cluster: &Cluster, namespace: &str) -> Result<OwnerReference, KubeError> {
+        let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), namespace);
+        let name = identity_secret_name(&self.migration);
+        let wanted =
+            identity_secret(&self.migration, namespace, &self.identity.ca, &self.identity.cert, &self.identity.key);
+        let doing = format!("creating the identity Secret `{namespace}/{name}`");
+        let secret = match secrets.create(&PostParams::default(), &wanted).await {
+            Ok(secret) => secret,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let existing = secrets.get(&name).await.map_err(KubeError::api(&cluster.context, &doing))?;
+                if existing.data != wanted.data {
+                    return Err(KubeError::Config(format!(
+                        "Secret `{namespace}/{name}` (context `{}`) holds another identity for migration `{}`: a leftover \
+                         of an earlier run with other certificates; `mover k8s cleanup` removes it",
+                        cluster.context, self.migration.id
+                    )));
+                }
+                existing
+            }
+            Err(error) => return Err(KubeError::api(&cluster.context, doing)(error)),
+        };
+        // An owner for garbage collection, not a controller.
+        Ok(OwnerReference {
+            api_version: "v1".into(),
+            kind: "Secret".into(),
+            name,
+            uid: secret.metadata.uid.unwrap_or_default(),
+            ..OwnerReference::default()
+        })
+    }
+
+    /// Deletes every pod, Service and Secret of the migration where agents were started, and
+    /// waits until the pods are gone. Returns what could not be removed.
+    pub async fn cleanup(&self) -> Vec<KubeError> {
+        let touched = self.touched.lock().expect("not poisoned").clone();
+        let mut errors = Vec::new();
+        for (cluster, namespace) in touched {
+            if let Err(error) = remove(&cluster, Some(&namespace), &self.migration.selector()).await {
+                errors.push(error);
+            }
+        }
+        errors
+    }
+}
+
+/// Deletes the pods, Services and Secrets matching `selector` in `namespace` (every namespace
+/// when `None`) and waits until no such pod is left. Returns how many objects it deleted.
+pub async fn remove(cluster: &Cluster, namespace: Option<&str>, selector: &str) -> Result<usize, KubeError> {
+    let client = &cluster.client;
+    let list = ListParams::default().labels(selector);
+    let mut removed = 0;
+    let where_ = namespace.map_or_else(|| "every namespace".to_owned(), |n| format!("namespace `{n}`"));
+    macro_rules! delete_all {
+        ($kind:ty, $what:literal) => {{
+            let all: Api<$kind> = match namespace {
+                Some(namespace) => Api::namespaced(client.clone(), namespace),
+                None => Api::all(client.clone()),
+            };
+            let doing = format!("deleting mover's {} ({selector}) in {where_}", $what);
+            let found = all.list(&list).await.map_err(KubeError::api(&cluster.context, &doing))?;
+            for object in found.items {
+                let (Some(name), Some(ns)) = (object.metadata.name.clone(), object.metadata.namespace.clone()) else {
+                    continue;
+                };
+                let one: Api<$kind> = Api::namespaced(client.clone(), &ns);
+                match one.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => removed += 1,
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(error) => return Err(KubeError::api(&cluster.context, &doing)(error)),
+                }
+            }
+        }};
+    }
+    delete_all!(Pod, "pods");
+    delete_all!(Service, "Services");
+    delete_all!(Secret, "Secrets");
+    let pods: Api<Pod> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = pods
+            .list(&list)
+            .await
+            .map_err(KubeError::api(&cluster.context, format!("listing mover's pods in {where_}")))?;
+        if left.items.is_empty() {
+            return Ok(removed);
+        }
+        if Instant::now() > deadline {
+            let names: Vec<String> = left.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+            return Err(KubeError::Timeout(format!(
+                "mover's pods {} (context `{}`) were deleted but are still there after a minute",
+                names.join(", "),
+                cluster.context
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates `object`; one of the same name left by an earlier run of this migration is reused.
+async fn create_or_reuse<K>(api: &Api<K>, object: &K, context: &str, what: &str) -> Result<(), KubeError>
+where
+    K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(KubeError::api(context, format!("creating {what}"))(error)),
+    }
+}
+
+/// What a pod's status says about why it is not ready, in a user's words.
+#[must_use]
+pub fn pod_state(pod: &Pod) -> String {
+    let Some(status) = &pod.status else { return "Pending".to_owned() };
+    let phase = status.phase.as_deref().unwrap_or("Pending");
+    let unscheduled = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False");
+    if let Some(condition) = unscheduled {
+        return format!(
+            "{phase}: {} ({})",
+            condition.reason.as_deref().unwrap_or("not scheduled"),
+            condition.message.as_deref().unwrap_or("")
+        );
+    }
+    let waiting = status.container_statuses.iter().flatten().find_map(|c| c.state.as_ref()?.waiting.as_ref());
+    if let Some(waiting) = waiting {
+        let reason = waiting.reason.as_deref().unwrap_or("waiting");
+        return match waiting.message.as_deref() {
+            Some(message) if !message.is_empty() => format!("{phase}: {reason} ({message})"),
+            _ => format!("{phase}: {reason}"),
+        };
+    }
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    if phase == "Running" && !ready { "Running, not ready yet".to_owned() } else { phase.to_owned() }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Watches pod `name` until it is ready, reporting each new state (with the newest Warning
+/// event, which says what a kubelet cannot do: attach a volume, pull an image).
+async fn wait_ready(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    deadline: Instant,
+    on_state: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(), KubeError> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut stream = watcher(pods, config).default_backoff().applied_objects().boxed();
+    let mut last = String::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            next = stream.try_next() => {
+                let pod = match next {
+                    Ok(Some(pod)) => pod,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        // The backoff retries; say so rather than fail.
+                        report(&mut last, &format!("watching pod `{namespace}/{name}` failed ({error}); retrying"), on_state);
+                        continue;
+                    }
+                };
+                if is_ready(&pod) {
+                    return Ok(());
+                }
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+                if matches!(phase, "Failed" | "Succeeded") {
+                    let logs = tail_log(cluster, namespace, name).await;
+                    return Err(KubeError::Config(format!(
+                        "transfer pod `{namespace}/{name}` (context `{}`) ended ({}) before it was ready{logs}",
+                        cluster.context,
+                        pod_state(&pod)
+                    )));
+                }
+                report(&mut last, &format!("pod `{namespace}/{name}`: {}", pod_state(&pod)), on_state);
+            }
+            _ = tick.tick() => {
+                if let Some(warning) = newest_warning(cluster, namespace, name).await {
+                    report(&mut last, &format!("pod `{namespace}/{name}`: {warning}"), on_state);
+                }
+            }
+            () = tokio::time::sleep(remaining) => {
+                let shown = if last.is_empty() { "no state was reported".to_owned() } else { last };
+                return Err(KubeError::Timeout(format!(
+                    "transfer pod `{namespace}/{name}` (context `{}`) was not ready in time; last: {shown}. \
+                     `kubectl -n {namespace} describe pod {name}` shows more",
+                    cluster.context
+                )));
+            }
+        }
+    }
+}
+
+fn report(last: &mut String, state: &str, on_state: &(dyn Fn(&str) + Send + Sync)) {
+    if *last != state {
+        state.clone_into(last);
+        on_state(state);
+    }
+}
+
+/// The newest Warning event about pod `name` (`FailedAttachVolume: Multi-Attach error …`).
+async fn newest_warning(cluster: &Cluster, namespace: &str, name: &str) -> Option<String> {
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), namespace);
+    let params = ListParams::default().fields(&format!("involvedObject.name={name},type=Warning"));
+    let list = events.list(&params).await.ok()?;
+    let newest = list.items.into_iter().max_by_key(|e| e.last_timestamp.clone().map(|t| t.0))?;
+    Some(format!("{}: {}", newest.reason.unwrap_or_default(), newest.message.unwrap_or_default()))
+}
+
+/// The last lines of the pod's log, as a suffix for an error.
+async fn tail_log(cluster: &Cluster, namespace: &str, name: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let params = kube::api::LogParams { tail_lines: Some(20), ..kube::api::LogParams::default() };
+    match pods.logs(name, &params).await {
+        Ok(log) if !log.trim().is_empty() => format!("; its last log lines:\n{}", log.trim_end()),
+        _ => String::new(),
+    }
+}
+
+/// Waits until Service `name` has an address of its kind; returns the host to dial.
+async fn wait_address(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    exposure: Exposure,
+    deadline: Instant,
+    on_state: &(dyn Fn(&str) + Send + Sync),
+) -> Result<String, KubeError> {
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), namespace);
+    let doing = format!("reading Service `{namespace}/{name}`");
+    let mut last = String::new();
+    loop {
+        let service = services.get(name).await.map_err(KubeError::api(&cluster.context, &doing))?;
+        let host = match exposure {
+            Exposure::LoadBalancer => service
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .and_then(|ingress| ingress.first())
+                .and_then(|first| first.ip.clone().or_else(|| first.hostname.clone())),
+            Exposure::ClusterIp => service.spec.as_ref().and_then(|s| s.cluster_ip.clone()).filter(|ip| ip != "None"),
+            Exposure::NodePort => node_address(cluster, namespace, name).await?,
+        };
+        if let Some(host) = host {
+            return Ok(host);
+        }
+        if Instant::now() > deadline {
+            return Err(KubeError::Timeout(format!(
+                "Service `{namespace}/{name}` (context `{}`) got no {} address in time; does the cluster provide that \
+                 kind of Service? A plan chooses another with `exposure:`",
+                cluster.context,
+                exposure.service_type()
+            )));
+        }
+        report(
+            &mut last,
+            &format!("Service `{namespace}/{name}`: waiting for its {} address", exposure.service_type()),
+            on_state,
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// For a NodePort Service: an address of the node its pod runs on.
+async fn node_address(cluster: &Cluster, namespace: &str, pod: &str) -> Result<Option<String>, KubeError> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
+    let found =
+        pods.get(pod).await.map_err(KubeError::api(&cluster.context, format!("reading pod `{namespace}/{pod}`")))?;
+    let Some(node) = found.spec.and_then(|s| s.node_name) else { return Ok(None) };
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    let node = nodes.get(&node).await.map_err(KubeError::api(&cluster.context, format!("reading node `{node}`")))?;
+    let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
+    let pick = |kind: &str| addresses.iter().find(|a| a.type_ == kind).map(|a| a.address.clone());
+    Ok(pick("ExternalIP").or_else(|| pick("InternalIP")))
+}
+
+/// The port to dial on the Service's address.
+async fn service_port(
+    services: &Api<Service>,
+    name: &str,
+    exposure: Exposure,
+    context: &str,
+) -> Result<u16, KubeError> {
+    let service = services.get(name).await.map_err(KubeError::api(context, format!("reading Service `{name}`")))?;
+    let port = service.spec.and_then(|s| s.ports).and_then(|p| p.into_iter().next());
+    let number = match (exposure, port) {
+        (Exposure::NodePort, Some(port)) => port.node_port,
+        (_, Some(port)) => Some(port.port),
+        (_, None) => None,
+    };
+    number
+        .and_then(|n| u16::try_from(n).ok())
+        .ok_or_else(|| KubeError::Config(format!("Service `{name}` (context `{context}`) has no port mover can dial")))
+}
+
+/// `HOST:PORT`, with an IPv6 host in brackets.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+#[cfg(test)]
+mod tests;
