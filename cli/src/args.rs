@@ -186,6 +186,9 @@ pub struct PlanRunArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub checks: CheckArgs,
+    /// Clusters, for plans with `clusters:`.
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// `mover copy`.

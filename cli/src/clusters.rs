@@ -15,7 +15,8 @@ use mover_kube::agents::{AgentPem, AgentSettings, TransferAgents};
 use mover_kube::context::Access;
 use mover_kube::objects::Migration;
 use mover_kube::objects::transfer::Exposure;
-use mover_kube::resolver::{KubeSettings, KubeVolumes, OnState};
+use mover_kube::resolver::{ClaimOverrides, KubeSettings, KubeVolumes, OnState};
+use mover_plan::Clusters;
 
 use crate::access;
 use crate::args::{ExposeArg, KubeArgs};
@@ -68,7 +69,7 @@ pub struct Identities {
 pub fn volumes(
     args: &KubeArgs,
     certs_dir: Option<&Path>,
-    plan_name: &str,
+    (plan_name, plan): (&str, Option<&Clusters>),
     proxy: Option<Proxy>,
     on_state: OnState,
 ) -> anyhow::Result<(KubeVolumes, Identities)> {
@@ -90,8 +91,21 @@ pub fn volumes(
     let settings = KubeSettings {
         access: cluster_access(args.kubeconfig.as_ref()),
         strategy: mover_kube::objects::Strategy::Pod,
-        storage_class_map: std::collections::BTreeMap::new(),
-        overrides: std::collections::HashMap::new(),
+        storage_class_map: plan.map(|p| p.storage_class_map.clone()).unwrap_or_default(),
+        overrides: plan
+            .map(|p| {
+                p.claims
+                    .iter()
+                    .map(|(volume, target)| {
+                        let overrides = ClaimOverrides {
+                            storage_class: target.storage_class.clone(),
+                            access_modes: target.access_modes.clone(),
+                        };
+                        (volume.clone(), overrides)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         coordinator: coordinator.clone(),
         proxy,
         on_state,

@@ -195,6 +195,25 @@ pub async fn find_source(
     Ok(source)
 }
 
+/// The claims of `namespace`, by name: those Bound, and the others with their phase.
+pub async fn claims_in(cluster: &Cluster, namespace: &str) -> Result<(Vec<String>, Vec<(String, String)>), KubeError> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(cluster.client.clone(), namespace);
+    let list = claims.list(&ListParams::default()).await.map_err(KubeError::api(
+        &cluster.context,
+        format!("listing the PersistentVolumeClaims of namespace `{namespace}`"),
+    ))?;
+    let (mut bound, mut other) = (Vec::new(), Vec::new());
+    for claim in list.items {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        match claim.status.and_then(|s| s.phase).unwrap_or_else(|| "Pending".to_owned()) {
+            phase if phase == "Bound" => bound.push(name),
+            phase => other.push((name, phase)),
+        }
+    }
+    bound.sort();
+    Ok((bound, other))
+}
+
 /// The claim's bound volume, or why it has none.
 async fn with_volume(cluster: &Cluster, claim: PersistentVolumeClaim) -> Result<SourceClaim, KubeError> {
     let display = display_name(&claim);

@@ -98,6 +98,12 @@ impl KubeVolumes {
         Ok(cluster)
     }
 
+    /// The strategy.
+    #[must_use]
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
     /// What users should know about the target claims (class fallbacks, claims too small).
     #[must_use]
     pub fn warnings(&self) -> Vec<String> {

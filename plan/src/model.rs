@@ -2,6 +2,7 @@
 //! build it (the CLI from a YAML file, a Kubernetes controller from a resource); paths in it are
 //! already resolved.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,6 +61,43 @@ pub struct Plan {
     pub images: Vec<ImageTransfer>,
     /// Hooks, in file order.
     pub hooks: Vec<Hook>,
+    /// `clusters:`: where `k8s://` claims are, and how target claims are made.
+    pub clusters: Option<Clusters>,
+}
+
+/// A plan's clusters: the contexts of its claims, and the rules for target claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Clusters {
+    /// Each side's kubeconfig context; `None`: the current context.
+    pub contexts: Sides<Option<String>>,
+    /// Source storage class -> target storage class.
+    pub storage_class_map: BTreeMap<String, String>,
+    /// Source namespace -> target namespace (unlisted: the same name).
+    pub namespace_mapping: BTreeMap<String, String>,
+    /// Claims (`namespace/name`) left out when every claim of the namespaces is copied.
+    pub exclude: Vec<String>,
+    /// What each claim volume's target gets (by volume name).
+    pub claims: BTreeMap<String, ClaimTarget>,
+    /// No volumes are listed: every Bound claim of `namespaces` (but `exclude`) is one, found
+    /// when the plan runs.
+    pub every_claim: bool,
+}
+
+/// What one claim's target claim gets beyond the source claim's shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimTarget {
+    /// Its storage class, over the map.
+    pub storage_class: Option<String>,
+    /// Its access modes, over the source's.
+    pub access_modes: Option<Vec<String>>,
+}
+
+impl Clusters {
+    /// The target namespace of source namespace `namespace`.
+    #[must_use]
+    pub fn target_namespace<'a>(&'a self, namespace: &'a str) -> &'a str {
+        self.namespace_mapping.get(namespace).map_or(namespace, String::as_str)
+    }
 }
 
 /// One value per side of a migration.

@@ -202,7 +202,7 @@ async fn copy_claims(
     let (volumes, identities) = crate::clusters::volumes(
         &args.kube,
         args.certs.as_deref(),
-        "copy",
+        ("copy", None),
         proxy.clone(),
         crate::clusters::print_states(),
     )?;

@@ -17,7 +17,9 @@ use mover_engine::hooks::{HookError, HookOutcome};
 use mover_engine::image::{ImageRef, ImageSummary, Session};
 use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
-use mover_plan::{ImageTransfers, LocalHooks, Observer, Run, Runtime, WrittenLocations};
+use mover_kube::claims;
+use mover_kube::resolver::{KubeVolumes, OnState};
+use mover_plan::{Clusters, ImageTransfers, LocalHooks, Observer, Run, Runtime, VolumeResolver, WrittenLocations};
 
 use crate::Outcome;
 use crate::access;
@@ -33,14 +35,22 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     let started = Instant::now();
     // Shared with the executor's observer, so that an interrupted run's report keeps what ran.
     let report = Arc::new(Mutex::new(None));
+    // What the run made in clusters is removed however it ends.
+    let clusters = Arc::new(Mutex::new(None));
     let mut executed = false;
     let (result, cancelled) = {
-        let plan_run = load_and_run(&args, global, stage, &printer, &report, &mut executed);
+        let plan_run = load_and_run(&args, global, stage, (&printer, &report, &clusters), &mut executed);
         tokio::select! {
             result = plan_run => (result, false),
             () = crate::cancelled() => (Err(anyhow!("interrupted: the plan stopped where it was")), true),
         }
     };
+    let made: Option<Arc<KubeVolumes>> = clusters.lock().expect("clusters lock").take();
+    if let Some(volumes) = made {
+        for problem in volumes.cleanup().await {
+            crate::output::eprintln(&format!("warning: cleanup: {problem}"));
+        }
+    }
     printer.finish();
     let mut report = report
         .lock()
@@ -79,13 +89,39 @@ async fn load_and_run(
     args: &PlanRunArgs,
     global: &GlobalArgs,
     stage: bool,
-    printer: &PlanPrinter,
-    report: &Arc<Mutex<Option<Report>>>,
+    (printer, report, made): (&PlanPrinter, &Arc<Mutex<Option<Report>>>, &Arc<Mutex<Option<Arc<KubeVolumes>>>>),
     executed: &mut bool,
 ) -> anyhow::Result<()> {
-    let plan = plan::load(&args.plan)?;
+    let mut plan = plan::load(&args.plan)?;
+    let clusters = match &plan.clusters {
+        Some(clusters) => {
+            let shown = printer.clone();
+            let on_state: OnState =
+                Arc::new(move |volume: &str, state: &str| shown.text_line(&format!("{volume}: {state}")));
+            let proxy = access::plan_proxy(&plan)?;
+            let (volumes, identities) = crate::clusters::volumes(
+                &args.kube,
+                plan.certs.as_deref(),
+                (&plan.name, Some(clusters)),
+                proxy,
+                on_state,
+            )?;
+            let volumes = Arc::new(volumes);
+            *made.lock().expect("clusters lock") = Some(volumes.clone());
+            if clusters.every_claim {
+                let clusters = clusters.clone();
+                add_every_claim(&mut plan, &clusters, &volumes, printer).await?;
+            }
+            Some((volumes, identities))
+        }
+        None => None,
+    };
     *report.lock().expect("report lock") = Some(Report::new(&plan, stage));
-    if !args.skip_preflight {
+    if let Some((volumes, _)) = &clusters {
+        if !args.skip_preflight {
+            check_claims(&plan, volumes).await?;
+        }
+    } else if !args.skip_preflight {
         let checks = preflight::check_plan(&plan, &WrittenLocations, Thresholds::from(&args.checks)).await;
         if checks.failures() > 0 {
             checks.print(global.output);
@@ -96,20 +132,72 @@ async fn load_and_run(
             );
         }
     }
-    let identity = access::plan_identity(&plan)?;
+    let identity = match &clusters {
+        Some((_, identities)) => Some(identities.coordinator.clone()),
+        None => access::plan_identity(&plan)?,
+    };
     let proxy = access::plan_proxy(&plan)?;
     *executed = true;
     let run = Run { stage, dry_run: args.dry_run };
     let front = Arc::new(FrontEnd { printer: printer.clone(), report: report.clone() });
     let runtime = Runtime {
         hooks: &LocalHooks,
-        volumes: &WrittenLocations,
+        volumes: clusters.as_ref().map_or(&WrittenLocations as &dyn VolumeResolver, |(volumes, _)| &**volumes),
         images: &*front,
         observer: front.clone(),
         identity,
         proxy,
     };
     mover_plan::execute(&plan, run, &runtime).await
+}
+
+/// Adds a volume for every Bound claim of the plan's namespaces but `exclude:`; says which
+/// claims are left out because they are not bound.
+async fn add_every_claim(
+    plan: &mut Plan,
+    clusters: &Clusters,
+    volumes: &KubeVolumes,
+    printer: &PlanPrinter,
+) -> anyhow::Result<()> {
+    let cluster = volumes.cluster(clusters.contexts.source.as_deref()).await?;
+    for namespace in &plan.namespaces {
+        let (bound, other) = claims::claims_in(&cluster, namespace).await?;
+        for (name, phase) in other {
+            printer.text_line(&format!("{namespace}/{name}: left out, it is {phase}, not Bound"));
+        }
+        for name in bound {
+            if !clusters.exclude.contains(&format!("{namespace}/{name}")) {
+                plan.volumes.push(plan::claim_volume(clusters, namespace, &name));
+            }
+        }
+    }
+    if plan.volumes.is_empty() {
+        bail!(
+            "no Bound PersistentVolumeClaim in the plan's namespaces ({}) of context `{}`: nothing to migrate",
+            plan.namespaces.join(", "),
+            cluster.context
+        );
+    }
+    Ok(())
+}
+
+/// The cluster preflight: every source claim exists and meets the seed's prerequisites (Bound,
+/// a usable volume, a file system, reachable by the strategy). Fails listing every problem.
+async fn check_claims(plan: &Plan, volumes: &KubeVolumes) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for volume in &plan.volumes {
+        if let mover_plan::Location::Kube(claim) = &volume.source {
+            let cluster = volumes.cluster(claim.context.as_deref()).await?;
+            let name = claim.name.as_deref().unwrap_or_default();
+            if let Err(error) = claims::find_source(&cluster, &claim.namespace, name, volumes.strategy()).await {
+                problems.push(format!("- {error}"));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!("preflight: {} claim(s) cannot be copied; nothing ran:\n{}", problems.len(), problems.join("\n"))
 }
 
 /// What `plan run` shows and records while the executor runs: the printer's live lines and the

@@ -68,6 +68,39 @@ pub struct PlanFile {
     /// Hooks around the transfers.
     #[serde(default)]
     pub hooks: Vec<HookEntry>,
+    /// Where `k8s://` claims are (kubeconfig contexts), and how target claims are made.
+    #[serde(default)]
+    pub clusters: Option<Spanned<ClustersEntry>>,
+}
+
+/// `clusters:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClustersEntry {
+    /// The source cluster.
+    #[serde(default)]
+    pub source: ClusterEntry,
+    /// The target cluster.
+    #[serde(default)]
+    pub target: ClusterEntry,
+    /// Source storage class -> target storage class.
+    #[serde(default)]
+    pub storage_class_map: std::collections::BTreeMap<String, String>,
+    /// Source namespace -> target namespace.
+    #[serde(default)]
+    pub namespace_mapping: std::collections::BTreeMap<Namespace, Namespace>,
+    /// Claims (`namespace/name`) left out when every claim of `namespaces` is copied.
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
+}
+
+/// One side of `clusters:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterEntry {
+    /// The kubeconfig context; the current one when left out.
+    #[serde(default)]
+    pub context: Option<String>,
 }
 
 /// `caBundles:`.
@@ -152,10 +185,25 @@ pub struct VolumeEntry {
     /// target directory's).
     #[serde(default)]
     pub name: Option<Name>,
-    /// `agent://HOST:PORT/VOLUME` or a directory.
-    pub source: Spanned<VolumeEnd>,
-    /// `agent://HOST:PORT/VOLUME` or a directory.
-    pub target: Spanned<VolumeEnd>,
+    /// `agent://HOST:PORT/VOLUME`, `k8s://CONTEXT/NAMESPACE/PVC` or a directory.
+    #[serde(default)]
+    pub source: Option<Spanned<VolumeEnd>>,
+    /// `agent://HOST:PORT/VOLUME`, `k8s://CONTEXT/NAMESPACE[/PVC]` or a directory.
+    #[serde(default)]
+    pub target: Option<Spanned<VolumeEnd>>,
+    /// A claim of the source cluster, `namespace/name` (instead of `source` and `target`): copied
+    /// into the target cluster, to the mapped namespace.
+    #[serde(default)]
+    pub claim: Option<Spanned<String>>,
+    /// The target claim's name (a `claim:` entry; default: the source's).
+    #[serde(default, rename = "targetName")]
+    pub target_name: Option<String>,
+    /// The target claim's storage class (a `claim:` entry; over `storageClassMap`).
+    #[serde(default, rename = "storageClass")]
+    pub storage_class: Option<String>,
+    /// The target claim's access modes (a `claim:` entry; default: the source's).
+    #[serde(default, rename = "accessModes")]
+    pub access_modes: Option<Vec<String>>,
     /// Options of this volume's copy (`mover copy`'s flags).
     #[serde(default)]
     pub options: VolumeOptions,

@@ -19,7 +19,8 @@ use serde_saphyr::Location as YamlLocation;
 
 use file::{HookEntry, ImageEntry, PlanFile, VolumeEntry};
 pub use mover_plan::{
-    DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Location, Phase, Plan, RegistrySide, Side, Sides, VolumePlan,
+    ClaimRef, ClaimTarget, Clusters, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Location, Phase, Plan,
+    RegistrySide, Side, Sides, VolumePlan,
 };
 
 /// Reads and checks a plan file.
@@ -78,7 +79,19 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
     if file.concurrency.volumes == 0 || file.concurrency.images == 0 {
         bail!("`{}`: `concurrency` values must be at least 1", path.display());
     }
-    let volumes = check_volumes(file.volumes, path, &base)?;
+    let clusters = file.clusters.map(|entry| check_clusters(entry, path)).transpose()?;
+    let (volumes, claims) = check_volumes(file.volumes, path, &base, clusters.as_ref())?;
+    let clusters = clusters.map(|clusters| Clusters { every_claim: volumes.is_empty(), claims, ..clusters });
+    if let Some(clusters) = &clusters
+        && clusters.every_claim
+        && file.namespaces.is_empty()
+    {
+        bail!(
+            "`{}`: the plan has `clusters:` but neither volumes nor `namespaces:`; list the namespaces whose claims \
+             move, or the claims (`volumes: [{{claim: NAMESPACE/NAME}}]`)",
+            path.display()
+        );
+    }
     let images = file.images.into_iter().map(|entry| check_image(entry, path)).collect::<anyhow::Result<Vec<_>>>()?;
     let hooks = check_hooks(file.hooks, path, &base)?;
     let plan = Plan {
@@ -97,6 +110,7 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
         volumes,
         images,
         hooks,
+        clusters,
     };
     if plan.uses_agents() && plan.certs.is_none() {
         bail!(
@@ -118,19 +132,126 @@ fn registry_side(access: &file::RegistryAccess, ca_bundle: Option<&Path>, base: 
     }
 }
 
-fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow::Result<Vec<VolumePlan>> {
+/// `namespace/name` of a claim, checked.
+fn claim_name(text: &str) -> Result<(String, String), String> {
+    let parsed = text.split_once('/').and_then(|(namespace, name)| {
+        mover_plan::parse_location(&format!("k8s:///{namespace}/{name}")).ok().filter(|_| !name.is_empty())
+    });
+    match parsed {
+        Some(_) => {
+            let (namespace, name) = text.split_once('/').expect("checked");
+            Ok((namespace.to_owned(), name.to_owned()))
+        }
+        None => Err(format!("`{text}` is not `NAMESPACE/NAME` of a claim (lower-case letters, digits, `-` and `.`)")),
+    }
+}
+
+/// The volume of claim `namespace/name` when a plan copies every claim of its namespaces: to the
+/// mapped namespace, under the same name, with the default options.
+#[must_use]
+pub fn claim_volume(clusters: &Clusters, namespace: &str, name: &str) -> VolumePlan {
+    let source = ClaimRef {
+        context: clusters.contexts.source.clone(),
+        namespace: namespace.to_owned(),
+        name: Some(name.to_owned()),
+    };
+    let target = ClaimRef {
+        context: clusters.contexts.target.clone(),
+        namespace: clusters.target_namespace(namespace).to_owned(),
+        name: Some(name.to_owned()),
+    };
+    VolumePlan {
+        name: source.display_name(),
+        source: Location::Kube(source),
+        target: Location::Kube(target),
+        options: file::VolumeOptions::default().into(),
+    }
+}
+
+fn check_clusters(entry: serde_saphyr::Spanned<file::ClustersEntry>, path: &Path) -> anyhow::Result<Clusters> {
+    let clusters = entry.value;
+    let mut exclude = Vec::new();
+    for claim in clusters.exclude {
+        claim_name(&claim.value).map_err(|e| anyhow::anyhow!("{}: `exclude`: {e}", at(path, claim.referenced)))?;
+        exclude.push(claim.value);
+    }
+    Ok(Clusters {
+        contexts: Sides { source: clusters.source.context, target: clusters.target.context },
+        storage_class_map: clusters.storage_class_map,
+        namespace_mapping: clusters.namespace_mapping.into_iter().map(|(from, to)| (from.0, to.0)).collect(),
+        exclude,
+        claims: std::collections::BTreeMap::new(),
+        every_claim: false,
+    })
+}
+
+/// A `claim:` entry's ends in the plan's clusters.
+fn claim_ends(
+    claim: &serde_saphyr::Spanned<String>,
+    target_name: Option<&str>,
+    clusters: Option<&Clusters>,
+    path: &Path,
+) -> anyhow::Result<(Location, Location)> {
+    let place = at(path, claim.referenced);
+    let Some(clusters) = clusters else {
+        bail!(
+            "{place}: a `claim:` volume needs the plan's `clusters:` (the contexts of the source and target clusters)"
+        );
+    };
+    let (namespace, name) = claim_name(&claim.value).map_err(|e| anyhow::anyhow!("{place}: {e}"))?;
+    if let Some(target_name) = target_name {
+        claim_name(&format!("{namespace}/{target_name}")).map_err(|e| anyhow::anyhow!("{place}: `targetName`: {e}"))?;
+    }
+    let target = ClaimRef {
+        context: clusters.contexts.target.clone(),
+        namespace: clusters.target_namespace(&namespace).to_owned(),
+        name: Some(target_name.unwrap_or(&name).to_owned()),
+    };
+    let source = ClaimRef { context: clusters.contexts.source.clone(), namespace, name: Some(name) };
+    Ok((Location::Kube(source), Location::Kube(target)))
+}
+
+fn check_volumes(
+    entries: Vec<VolumeEntry>,
+    path: &Path,
+    base: &Path,
+    clusters: Option<&Clusters>,
+) -> anyhow::Result<(Vec<VolumePlan>, std::collections::BTreeMap<String, ClaimTarget>)> {
     let mut names = HashSet::new();
     let mut targets = HashSet::new();
     let mut volumes = Vec::new();
+    let mut claims = std::collections::BTreeMap::new();
     for entry in entries {
-        let where_source = at(path, entry.source.referenced);
-        let where_target = at(path, entry.target.referenced);
         let localize = |location: Location| match location {
             Location::Local(dir) => Location::Local(resolve(base, &dir)),
             remote @ (Location::Agent { .. } | Location::Kube(_)) => remote,
         };
-        let source = localize(entry.source.value.0);
-        let target = localize(entry.target.value.0);
+        let (source, target, where_source, where_target) = match (&entry.claim, entry.source, entry.target) {
+            (Some(claim), None, None) => {
+                let (source, target) = claim_ends(claim, entry.target_name.as_deref(), clusters, path)?;
+                let place = at(path, claim.referenced);
+                (source, target, place.clone(), place)
+            }
+            (None, Some(source), Some(target)) => {
+                if entry.target_name.is_some() || entry.storage_class.is_some() || entry.access_modes.is_some() {
+                    bail!(
+                        "{}: `targetName`, `storageClass` and `accessModes` belong to `claim:` volumes",
+                        at(path, source.referenced)
+                    );
+                }
+                let (where_source, where_target) = (at(path, source.referenced), at(path, target.referenced));
+                (localize(source.value.0), localize(target.value.0), where_source, where_target)
+            }
+            (Some(claim), _, _) => bail!(
+                "{}: a volume is either a `claim:` or a `source:` and a `target:`, not both",
+                at(path, claim.referenced)
+            ),
+            (None, source, target) => {
+                let place =
+                    source.or(target).map_or_else(|| format!("`{}`", path.display()), |end| at(path, end.referenced));
+                bail!("{place}: a volume needs a `source:` and a `target:` (or a `claim:` of the plan's `clusters:`)");
+            }
+        };
         if let (Location::Agent { .. }, Location::Local(_)) = (&source, &target) {
             bail!(
                 "{where_target}: copying from an agent into a local directory is not supported; make the target `agent://HOST:PORT/VOLUME` and run `mover-agent serve` there"
@@ -166,9 +287,15 @@ fn check_volumes(entries: Vec<VolumeEntry>, path: &Path, base: &Path) -> anyhow:
         {
             bail!("{where_source}: volume `{name}`: {error}");
         }
+        if entry.storage_class.is_some() || entry.access_modes.is_some() {
+            claims.insert(
+                name.clone(),
+                ClaimTarget { storage_class: entry.storage_class.clone(), access_modes: entry.access_modes.clone() },
+            );
+        }
         volumes.push(VolumePlan { name, source, target, options: entry.options.into() });
     }
-    Ok(volumes)
+    Ok((volumes, claims))
 }
 
 fn check_image(entry: serde_saphyr::Spanned<ImageEntry>, path: &Path) -> anyhow::Result<ImageTransfer> {

@@ -191,3 +191,48 @@ fn run_in_stage_runs_is_a_strict_boolean_off_by_default() {
     let message = error(&hook("    runInStageRun: true\n"));
     assert!(message.contains("line 7") && message.contains("runInStageRun"), "{message}");
 }
+
+#[test]
+fn claim_volumes_go_to_the_mapped_namespace_of_the_target_cluster() {
+    let plan = parse_at(&format!(
+        "{HEAD}namespaces: [shop]\nclusters:\n  source: {{context: old}}\n  target: {{context: new}}\n  \
+         namespaceMapping: {{shop: shop-v2}}\n  storageClassMap: {{gp2: standard}}\n\
+         volumes:\n  - claim: shop/data\n    targetName: data2\n    storageClass: fast\n    accessModes: [ReadWriteMany]\n  \
+         - claim: shop/logs\n"
+    ))
+    .unwrap();
+    let claim = |context: &str, namespace: &str, name: &str| {
+        Location::Kube(ClaimRef { context: Some(context.into()), namespace: namespace.into(), name: Some(name.into()) })
+    };
+    assert_eq!(plan.volumes[0].name, "shop/data");
+    assert_eq!(plan.volumes[0].source, claim("old", "shop", "data"));
+    assert_eq!(plan.volumes[0].target, claim("new", "shop-v2", "data2"));
+    assert_eq!(plan.volumes[1].target, claim("new", "shop-v2", "logs"));
+    let clusters = plan.clusters.unwrap();
+    assert!(!clusters.every_claim);
+    assert_eq!(clusters.storage_class_map["gp2"], "standard");
+    assert_eq!(clusters.claims["shop/data"].access_modes.as_deref(), Some(&["ReadWriteMany".to_owned()][..]));
+    assert!(!clusters.claims.contains_key("shop/logs"));
+}
+
+#[test]
+fn a_plan_with_clusters_and_no_volumes_takes_every_claim_of_its_namespaces() {
+    let plan = parse_at(&format!("{HEAD}namespaces: [shop, db]\nclusters:\n  exclude: [shop/scratch]\n")).unwrap();
+    let clusters = plan.clusters.unwrap();
+    assert!(clusters.every_claim);
+    assert_eq!(clusters.exclude, ["shop/scratch"]);
+    assert_eq!(clusters.contexts.source, None);
+}
+
+#[test]
+fn claim_entries_are_checked() {
+    let no_clusters = error(&format!("{HEAD}volumes:\n  - claim: shop/data\n"));
+    assert!(no_clusters.contains("line 5") && no_clusters.contains("needs the plan's `clusters:`"), "{no_clusters}");
+    let with = |volume: &str| error(&format!("{HEAD}clusters: {{}}\nvolumes:\n  - {volume}\n"));
+    assert!(with("claim: data").contains("is not `NAMESPACE/NAME`"));
+    assert!(with("claim: Shop/data").contains("is not `NAMESPACE/NAME`"));
+    assert!(with("{claim: shop/data, source: ./a, target: ./b}").contains("not both"));
+    assert!(with("{source: ./a, target: ./b, storageClass: x}").contains("belong to `claim:` volumes"));
+    let nothing = error(&format!("{HEAD}clusters: {{}}\n"));
+    assert!(nothing.contains("neither volumes nor `namespaces:`"), "{nothing}");
+}

@@ -192,7 +192,7 @@ impl<'de> Deserialize<'de> for TimeoutSetting {
 
 /// A Kubernetes namespace name (an RFC 1123 label): it goes into `migration_namespaces`,
 /// comma-separated, so it can hold no comma.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Namespace(pub String);
 
 impl<'de> Deserialize<'de> for Namespace {

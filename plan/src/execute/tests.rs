@@ -98,6 +98,7 @@ fn plan(dir: &Path, hooks: Vec<Hook>) -> Plan {
         }],
         images: Vec::new(),
         hooks,
+        clusters: None,
     }
 }
 
