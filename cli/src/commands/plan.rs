@@ -36,7 +36,7 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     // Shared with the executor's observer, so that an interrupted run's report keeps what ran.
     let report = Arc::new(Mutex::new(None));
     // What the run made in clusters is removed however it ends.
-    let clusters = Arc::new(Mutex::new(None));
+    let clusters: MadeInClusters = Arc::new(Mutex::new(None));
     let mut executed = false;
     let (result, cancelled) = {
         let plan_run = load_and_run(&args, global, stage, (&printer, &report, &clusters), &mut executed);
@@ -89,7 +89,7 @@ async fn load_and_run(
     args: &PlanRunArgs,
     global: &GlobalArgs,
     stage: bool,
-    (printer, report, made): (&PlanPrinter, &Arc<Mutex<Option<Report>>>, &Arc<Mutex<Option<Arc<KubeVolumes>>>>),
+    (printer, report, made): (&PlanPrinter, &Arc<Mutex<Option<Report>>>, &MadeInClusters),
     executed: &mut bool,
 ) -> anyhow::Result<()> {
     let mut plan = plan::load(&args.plan)?;
@@ -150,6 +150,9 @@ async fn load_and_run(
     };
     mover_plan::execute(&plan, run, &runtime).await
 }
+
+/// Where a run leaves what it made in clusters, for the cleanup after it (however it ends).
+type MadeInClusters = Arc<Mutex<Option<Arc<KubeVolumes>>>>;
 
 /// Adds a volume for every Bound claim of the plan's namespaces but `exclude:`; says which
 /// claims are left out because they are not bound.
