@@ -5,9 +5,10 @@
 //!   plugin makes them, with an address from the runner's subnet `10.245.<subnet>.0/24`; the host
 //!   ([`PodRunner::host_ip`]) and every other pod of the runner reach it, nothing outside the
 //!   subnet is routed. Pod-to-pod traffic needs `net.ipv4.ip_forward=1`, which the first pod sets.
-//! - **Mounts** ([`mounts`]): each container has a private mount namespace with its
-//!   `volumeMounts` bind-mounted at their `mountPath`s (`readOnly`, `HostToContainer`); the host
-//!   never sees them.
+//! - **Mounts** ([`mounts`]): each container has its own mount namespace: a read-only view of the
+//!   host with a tmpfs of its own at `/tmp`, and its `volumeMounts` bind-mounted at their
+//!   `mountPath`s (`readOnly`, `HostToContainer`). The host never sees them, and nothing the
+//!   container writes lands outside its volumes.
 //! - **Images** ([`images`]): a map from image repository to a local program ([`Image`]); an image
 //!   not in it fails with `ErrImagePull`, as a kubelet does.
 //! - **Processes** ([`process`]): `command`/`args` with `$(VAR)` expansion, `env` (values and the
@@ -16,12 +17,14 @@
 //! - **Node strategy** ([`kubelet`]): a kubelet pod directory with CSI and in-tree volume layouts.
 //!
 //! What the simulation does not do: there is no image root filesystem (a container sees the
-//! host's files around its volumes, and a process running as root could write to them), no PID,
-//! UTS or IPC namespace, no cgroup limits, and capabilities are not dropped (a container running
-//! as uid 0 keeps root's capabilities; a non-zero `runAsUser` loses them as any `setuid` does).
-//! `initContainers` and `subPath` are refused; containers are not restarted (a `restartPolicy` is
-//! the server's business). `mountPath`s that do not exist are created on the host (see
-//! [`mounts`]).
+//! host's files, read-only, around its volumes; `HOME` is not writable, so a tool that writes
+//! there needs `HOME` set under `/tmp` in its [`Image`]), no PID, UTS or IPC namespace, no cgroup
+//! limits, and capabilities are not dropped (a container running as uid 0 keeps root's
+//! capabilities and could remount its view writable; a non-zero `runAsUser` loses them as any
+//! `setuid` does). `initContainers`, `envFrom`, `subPath`, `Bidirectional` propagation and `env`
+//! from Secrets or ConfigMaps are refused with a `StartError`; containers are not restarted (a
+//! `restartPolicy` is the server's business). A `mountPath` that does not exist is created on the
+//! host unless it lies under `/tmp` or inside another volume (see [`mounts`]).
 
 mod images;
 mod kubelet;

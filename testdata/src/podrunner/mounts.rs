@@ -1,4 +1,5 @@
-//! A container's mount namespace: its `volumeMounts` as bind mounts that only it sees.
+//! A container's mount namespace: its `volumeMounts` as bind mounts that only it sees, over a
+//! read-only view of the host.
 //!
 //! The plan is made in the parent ([`MountPlan::new`]: paths checked, mount points made, C strings
 //! built), and applied in the child between `fork` and `exec` ([`MountPlan::apply`]), where only
@@ -7,32 +8,52 @@
 //!    propagates to the host, while host mounts still reach volumes that ask for
 //!    `HostToContainer` (a private `/` would cut them off; runc makes `/` a slave for the same
 //!    reason).
-//! 2. Each volume, parents before children, is bind-mounted recursively at its `mountPath`;
-//!    `readOnly: true` remounts the bind `MS_RDONLY`; `mountPropagation: HostToContainer` keeps it
-//!    a recursive slave, anything else makes it recursively private.
+//! 2. Each volume's directory is cloned as a detached mount tree (`open_tree(OPEN_TREE_CLONE |
+//!    AT_RECURSIVE)`), while every source is still in sight (a volume may lie under `/tmp`).
+//! 3. Every mount becomes read-only (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`), and a
+//!    fresh tmpfs is mounted at `/tmp`: there is no image root filesystem, so the container sees
+//!    the host's files, but nothing it writes lands outside its volumes (`/tmp` is the pod's own
+//!    scratch space, gone when the container ends).
+//! 4. Each volume's tree, parents before children, is attached at its `mountPath`
+//!    (`move_mount`); it is then made writable, or read-only for `readOnly: true` (recursively),
+//!    and a recursive slave for `mountPropagation: HostToContainer` (a clone of a slave mount is
+//!    a slave of the same master), recursively private otherwise. A program under `/tmp` is
+//!    attached the same way at its own path, read-only, so that it can still be executed.
 //!
-//! There is no image root filesystem: a container sees the host's files around its volumes. A
-//! missing mount point is created with `mkdir -p` before the pod starts: inside the enclosing
-//! volume's directory when the mount point lies in another volume, on the host otherwise (left
-//! there when the pod stops: removing a directory that is a mount point in another pod's
-//! namespace would unmount it there).
+//! A missing mount point is made with `mkdir -p`: under `/tmp`, in the pod's tmpfs; inside another
+//! volume's `mountPath`, in that volume's directory; anywhere else, on the host before the pod
+//! starts, and left there when the pod stops (removing a directory that is a mount point in
+//! another pod's namespace would unmount it there).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Container;
-use rustix::mount::{MountFlags, MountPropagationFlags, mount_bind_recursive, mount_change, mount_remount};
+use rustix::fs::{CWD, Mode, OFlags};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, MoveMountFlags, OpenTreeFlags, mount, mount_change, move_mount, open_tree,
+};
 
 use crate::pods::StartError;
+
+/// The pod's scratch directory: a tmpfs of its own.
+const SCRATCH: &str = "/tmp";
 
 /// One bind mount of a container.
 struct Bind {
     source: CString,
+    /// The detached clone of `source`, made in the child.
+    tree: Option<OwnedFd>,
     target: CString,
+    /// Directories to make in the pod's scratch tmpfs before mounting, outermost first.
+    make: Vec<CString>,
+    /// The target is a file (the container's program), made empty before mounting.
+    file: bool,
     read_only: bool,
     host_to_container: bool,
 }
@@ -44,7 +65,13 @@ pub(crate) struct MountPlan {
 
 impl MountPlan {
     /// Checks the container's `volumeMounts` against the pod's volumes and makes the mount points.
-    pub(crate) fn new(container: &Container, volumes: &BTreeMap<String, PathBuf>) -> Result<Self, StartError> {
+    /// A `program` under `/tmp` is bound into the pod's scratch tmpfs at its own path, so that it
+    /// can still be executed.
+    pub(crate) fn new(
+        container: &Container,
+        volumes: &BTreeMap<String, PathBuf>,
+        program: &Path,
+    ) -> Result<Self, StartError> {
         let mut mounts = Vec::new();
         for mount in container.volume_mounts.iter().flatten() {
             let refuse = |what: String| config_error(&container.name, &format!("volumeMount {:?}: {what}", mount.name));
@@ -76,19 +103,47 @@ impl MountPlan {
         mounts.sort_by(|a, b| a.0.cmp(&b.0));
         let mut binds = Vec::with_capacity(mounts.len());
         for (index, (target, source, read_only, host_to_container)) in mounts.iter().enumerate() {
+            let fail = |what: String| config_error(&container.name, &what);
             let enclosing = mounts[..index].iter().rev().find(|m| target.starts_with(&m.0));
-            let mount_point = match enclosing {
-                Some((outer, outer_source, ..)) => outer_source.join(target.strip_prefix(outer).unwrap_or(target)),
-                None => target.clone(),
-            };
-            fs::create_dir_all(&mount_point).map_err(|e| {
-                config_error(&container.name, &format!("cannot create the mount point {}: {e}", mount_point.display()))
-            })?;
+            let mut make = Vec::new();
+            if let Some((outer, outer_source, ..)) = enclosing {
+                let mount_point = outer_source.join(target.strip_prefix(outer).unwrap_or(target));
+                fs::create_dir_all(&mount_point)
+                    .map_err(|e| fail(format!("cannot create the mount point {}: {e}", mount_point.display())))?;
+            } else if target.starts_with(SCRATCH) {
+                make = scratch_dirs(target)?;
+            } else {
+                fs::create_dir_all(target).map_err(|e| {
+                    fail(format!("cannot create the mount point {} on the host: {e}", target.display()))
+                })?;
+            }
+            if !source.is_dir() {
+                return Err(fail(format!("the volume directory {} is missing", source.display())));
+            }
             binds.push(Bind {
                 source: c_path(source)?,
+                tree: None,
                 target: c_path(target)?,
+                make,
+                file: false,
                 read_only: *read_only,
                 host_to_container: *host_to_container,
+            });
+        }
+        if program.starts_with(SCRATCH) {
+            let parent = program.parent().unwrap_or(program);
+            binds.push(Bind {
+                source: c_path(program)?,
+                tree: None,
+                target: c_path(program)?,
+                make: if parent.starts_with(SCRATCH) && parent != Path::new(SCRATCH) {
+                    scratch_dirs(parent)?
+                } else {
+                    Vec::new()
+                },
+                file: true,
+                read_only: true,
+                host_to_container: false,
             });
         }
         Ok(MountPlan { binds })
@@ -96,7 +151,7 @@ impl MountPlan {
 
     /// Enters a new mount namespace and mounts the volumes. Runs in the child before `exec`: system
     /// calls only, no allocation.
-    pub(crate) fn apply(&self) -> io::Result<()> {
+    pub(crate) fn apply(&mut self) -> io::Result<()> {
         // SAFETY: called in the single-threaded child between fork and exec; the file descriptor
         // table is not unshared (only the mount namespace is).
         #[allow(unsafe_code)]
@@ -104,17 +159,74 @@ impl MountPlan {
             rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)?;
         }
         mount_change(c"/", MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC)?;
+        let clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE;
+        for bind in &mut self.binds {
+            bind.tree = Some(open_tree(CWD, bind.source.as_c_str(), clone)?);
+        }
+        set_attributes(c"/", true, None)?;
+        mount(c"tmpfs", c"/tmp", c"tmpfs", MountFlags::NOSUID | MountFlags::NODEV, c"mode=1777,size=256m")?;
         for bind in &self.binds {
-            mount_bind_recursive(bind.source.as_c_str(), bind.target.as_c_str())?;
-            if bind.read_only {
-                mount_remount(bind.target.as_c_str(), MountFlags::BIND | MountFlags::RDONLY, c"")?;
+            let Some(tree) = &bind.tree else { continue };
+            for dir in &bind.make {
+                match rustix::fs::mkdir(dir.as_c_str(), Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
+            if bind.file {
+                let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC;
+                drop(rustix::fs::open(bind.target.as_c_str(), flags, Mode::from_raw_mode(0o755))?);
+            }
+            move_mount(tree, c"", CWD, bind.target.as_c_str(), MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)?;
             let propagation =
                 if bind.host_to_container { MountPropagationFlags::DOWNSTREAM } else { MountPropagationFlags::PRIVATE };
-            mount_change(bind.target.as_c_str(), propagation | MountPropagationFlags::REC)?;
+            set_attributes(bind.target.as_c_str(), bind.read_only, Some(propagation))?;
         }
         Ok(())
     }
+}
+
+/// The directories from just below `/tmp` down to `dir`, outermost first.
+fn scratch_dirs(dir: &Path) -> Result<Vec<CString>, StartError> {
+    let mut ancestors: Vec<&Path> = dir.ancestors().take_while(|d| *d != Path::new(SCRATCH)).collect();
+    ancestors.reverse();
+    ancestors.into_iter().map(c_path).collect()
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(AT_FDCWD, path, AT_RECURSIVE, …)`: sets or clears read-only on the mount at
+/// `path` and every mount beneath it, and sets their propagation when given. rustix does not wrap
+/// this system call (Linux 5.12) yet.
+fn set_attributes(
+    path: &std::ffi::CStr,
+    read_only: bool,
+    propagation: Option<MountPropagationFlags>,
+) -> io::Result<()> {
+    let (attr_set, attr_clr) = if read_only { (libc::MOUNT_ATTR_RDONLY, 0) } else { (0, libc::MOUNT_ATTR_RDONLY) };
+    let attr =
+        MountAttr { attr_set, attr_clr, propagation: propagation.map_or(0, |p| u64::from(p.bits())), userns_fd: 0 };
+    // SAFETY: `path` is a NUL-terminated string and `attr` a valid `struct mount_attr` of the size
+    // passed; the kernel only reads both.
+    #[allow(unsafe_code)]
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if result == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// A kubelet's `CreateContainerConfigError` for container `name`.

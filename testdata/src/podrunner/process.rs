@@ -47,7 +47,7 @@ pub(crate) fn spawn(container: &Container, image: &Image, context: &PodContext<'
     let (program, mut arguments) = image.resolve(&expand_all(&container.command))?;
     arguments.extend(expand_all(&container.args));
     let user = user(container, context.pod)?;
-    let mounts = MountPlan::new(container, context.volumes)?;
+    let mut mounts = MountPlan::new(container, context.volumes, &program)?;
     let working_dir = container.working_dir.as_deref().filter(|dir| !dir.is_empty()).map(Path::new);
     let working_dir = working_dir.map(c_path).transpose()?;
     let log = open_log(context.log_dir, &container.name)?;

@@ -215,11 +215,17 @@ fn volumes_are_private_binds_read_only_refuses_writes_and_writable_reaches_the_h
     let (ro_path, rw_path) = (tmp.path().join("pod/ro"), tmp.path().join("pod/rw"));
     let nested = rw_path.join("inner");
     let runner = runner(202);
+    // A host path outside every volume (not under /tmp): the pod cannot write there.
+    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let host_dir = tempfile::tempdir_in(&target_dir).unwrap();
+    let outside = host_dir.path().join("probe");
     let mut app = container(
         "app",
         "if touch $(RO)/x 2>/dev/null; then exit 10; fi; test -f $(RO)/seed || exit 11; \
          echo written > $(RW)/out || exit 12; pwd > $(RW)/pwd; test -f $(NESTED)/seed || exit 13; \
-         echo \"$MY_NAMESPACE $MY_NODE $MY_IP\" > $(RW)/env; echo ready; exec sleep 30",
+         echo \"$MY_NAMESPACE $MY_NODE $MY_IP\" > $(RW)/env; \
+         if touch $(OUTSIDE) 2>/dev/null; then exit 14; fi; \
+         mkdir -p $(SCRATCH) && echo scratch > $(SCRATCH)/file || exit 15; echo ready; exec sleep 30",
     );
     let mut ro_mount = mount("ro", &ro_path);
     ro_mount.read_only = Some(true);
@@ -234,6 +240,8 @@ fn volumes_are_private_binds_read_only_refuses_writes_and_writable_reaches_the_h
         field_env("MY_NAMESPACE", "metadata.namespace"),
         field_env("MY_NODE", "spec.nodeName"),
         field_env("MY_IP", "status.podIP"),
+        env("OUTSIDE", &outside.display().to_string()),
+        env("SCRATCH", &tmp.path().join("scratch").display().to_string()),
     ]);
     let mut pod =
         start(&runner, &pod("volumes", vec![app]), &[("ro", &read_only_volume), ("rw", &writable_volume)], tmp.path())
@@ -243,7 +251,10 @@ fn volumes_are_private_binds_read_only_refuses_writes_and_writable_reaches_the_h
     // The host sees neither mount: its mount table lacks them and its mount points stay empty.
     let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host_mounts.contains(&tmp.path().join("pod").display().to_string()), "{host_mounts}");
-    assert!(fs::read_dir(&ro_path).unwrap().next().is_none(), "the host's mount point shows the volume");
+    // Mount points under /tmp were made in the pod's own tmpfs, not on the host; so were its
+    // scratch files; the write outside every volume failed (and the pod went on).
+    assert!(!ro_path.exists() && !tmp.path().join("scratch").exists());
+    assert!(!outside.exists(), "the pod wrote outside its volumes");
     // The writable volume got the pod's files; the read-only one did not.
     assert!(!read_only_volume.join("x").exists());
     assert_eq!(fs::read_to_string(writable_volume.join("out")).unwrap(), "written\n");
@@ -261,7 +272,13 @@ fn images_exit_codes_users_and_stop_clean_up() {
         return;
     }
     let logs = tempfile::tempdir().unwrap();
-    let runner = runner(203);
+    let mut runner = runner(203);
+    // A program (a script) under /tmp, which the pod's own /tmp would hide.
+    let program = logs.path().join("bin/hello");
+    fs::create_dir_all(program.parent().unwrap()).unwrap();
+    fs::write(&program, "#!/bin/sh\necho hello from $0 \"$@\"\n").unwrap();
+    fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    runner.images.insert("registry.local/test/hello".into(), Image::program(&program));
 
     let mut unknown = container("app", "true");
     unknown.image = Some("registry.local/nowhere/app:2".into());
@@ -289,6 +306,18 @@ fn images_exit_codes_users_and_stop_clean_up() {
     assert_eq!(exits.wait_timeout(Duration::from_secs(10)), Some(7));
     drop(exits);
     assert_gone(&names);
+
+    // A program under /tmp runs, with its arguments, as the image's entrypoint.
+    let mut hello = container("hello", "");
+    hello.image = Some("registry.local/test/hello@sha256:0123".into());
+    hello.command = None;
+    hello.args = Some(vec!["$(WHO)".into()]);
+    hello.env = Some(vec![env("WHO", "world")]);
+    let mut hello = start(&runner, &pod("hello", vec![hello]), &[], logs.path()).unwrap();
+    assert_eq!(hello.wait_timeout(Duration::from_secs(10)), Some(0));
+    let said = fs::read_to_string(logs.path().join("hello.log")).unwrap();
+    assert_eq!(said, format!("hello from {} world\n", program.display()));
+    drop(hello);
 
     // stop: SIGTERM to the container's processes, SIGKILL after the grace period.
     let mut sleeper =
