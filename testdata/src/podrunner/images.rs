@@ -39,6 +39,18 @@ impl Image {
         Image { entrypoint: entrypoint.into(), path: path.into_iter().collect(), env: Vec::new() }
     }
 
+    /// A tools image made of this machine's programs, for hook Jobs (an "ansible runner"):
+    /// `/bin/sh` is the entrypoint, `command[0]` is looked up on this process's `PATH` (so
+    /// `ansible-playbook`, `sh`, `python3` resolve as they do here), and `HOME` is `/tmp` (the
+    /// pod's own tmpfs, where tools such as Ansible keep their temporary files; Ansible's remote
+    /// temporary directory, which it finds through the user's passwd entry, is set there too).
+    #[must_use]
+    pub fn host_tools() -> Self {
+        let path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+        let path = path.unwrap_or_else(|| std::env::split_paths(DEFAULT_PATH).collect());
+        Image::tools("/bin/sh", path).with_env("HOME", "/tmp").with_env("ANSIBLE_REMOTE_TMP", "/tmp/.ansible/tmp")
+    }
+
     /// Sets a variable of the image's environment (its `ENV`), e.g. `HOME`; a container's own
     /// `env` overrides it.
     #[must_use]

@@ -6,7 +6,7 @@
 //!   ([`PodRunner::host_ip`]) and every other pod of the runner reach it, nothing outside the
 //!   subnet is routed. Pod-to-pod traffic needs `net.ipv4.ip_forward=1`, which the first pod sets.
 //! - **Mounts** ([`mounts`]): each container has its own mount namespace: a read-only view of the
-//!   host with a tmpfs of its own at `/tmp`, and its `volumeMounts` bind-mounted at their
+//!   host with tmpfs of its own at `/tmp` and `/dev/shm`, and its `volumeMounts` bind-mounted at their
 //!   `mountPath`s (`readOnly`, `HostToContainer`). The host never sees them, and nothing the
 //!   container writes lands outside its volumes.
 //! - **Images** ([`images`]): a map from image repository to a local program ([`Image`]); an image
@@ -22,7 +22,7 @@
 //! limits, and capabilities are not dropped (a container running as uid 0 keeps root's
 //! capabilities and could remount its view writable; a non-zero `runAsUser` loses them as any
 //! `setuid` does). `initContainers`, `envFrom`, `subPath`, `Bidirectional` propagation and `env`
-//! from Secrets or ConfigMaps are refused with a `StartError`; containers are not restarted (a
+//! from Secrets or `ConfigMaps` are refused with a `StartError`; containers are not restarted (a
 //! `restartPolicy` is the server's business). A `mountPath` that does not exist is created on the
 //! host unless it lies under `/tmp` or inside another volume (see [`mounts`]).
 

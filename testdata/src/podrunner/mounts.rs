@@ -11,9 +11,9 @@
 //! 2. Each volume's directory is cloned as a detached mount tree (`open_tree(OPEN_TREE_CLONE |
 //!    AT_RECURSIVE)`), while every source is still in sight (a volume may lie under `/tmp`).
 //! 3. Every mount becomes read-only (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`), and a
-//!    fresh tmpfs is mounted at `/tmp`: there is no image root filesystem, so the container sees
-//!    the host's files, but nothing it writes lands outside its volumes (`/tmp` is the pod's own
-//!    scratch space, gone when the container ends).
+//!    fresh tmpfs is mounted at `/tmp` and one at `/dev/shm`: there is no image root filesystem,
+//!    so the container sees the host's files, but nothing it writes lands outside its volumes
+//!    (`/tmp` and `/dev/shm` are its own scratch space, gone when the container ends).
 //! 4. Each volume's tree, parents before children, is attached at its `mountPath`
 //!    (`move_mount`); it is then made writable, or read-only for `readOnly: true` (recursively),
 //!    and a recursive slave for `mountPropagation: HostToContainer` (a clone of a slave mount is
@@ -164,7 +164,10 @@ impl MountPlan {
             bind.tree = Some(open_tree(CWD, bind.source.as_c_str(), clone)?);
         }
         set_attributes(c"/", true, None)?;
+        // A container's own scratch space: /tmp, and /dev/shm (POSIX shared memory, which Python's
+        // multiprocessing and so Ansible need).
         mount(c"tmpfs", c"/tmp", c"tmpfs", MountFlags::NOSUID | MountFlags::NODEV, c"mode=1777,size=256m")?;
+        mount(c"shm", c"/dev/shm", c"tmpfs", MountFlags::NOSUID | MountFlags::NODEV, c"mode=1777,size=64m")?;
         for bind in &self.binds {
             let Some(tree) = &bind.tree else { continue };
             for dir in &bind.make {

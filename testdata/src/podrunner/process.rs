@@ -48,8 +48,9 @@ pub(crate) fn spawn(container: &Container, image: &Image, context: &PodContext<'
     arguments.extend(expand_all(&container.args));
     let user = user(container, context.pod)?;
     let mut mounts = MountPlan::new(container, context.volumes, &program)?;
-    let working_dir = container.working_dir.as_deref().filter(|dir| !dir.is_empty()).map(Path::new);
-    let working_dir = working_dir.map(c_path).transpose()?;
+    // An image without WORKDIR starts in `/`, not wherever the runner happens to be.
+    let working_dir = container.working_dir.as_deref().filter(|dir| !dir.is_empty()).unwrap_or("/");
+    let working_dir = c_path(Path::new(working_dir))?;
     let log = open_log(context.log_dir, &container.name)?;
     let duplicate = |log: &File| log.try_clone().map_err(|e| config_error(&container.name, &format!("log file: {e}")));
 
@@ -76,9 +77,7 @@ pub(crate) fn spawn(container: &Container, image: &Image, context: &PodContext<'
         if let Some(uid) = user.uid {
             rustix::thread::set_thread_uid(Uid::from_raw(uid))?;
         }
-        if let Some(dir) = &working_dir {
-            rustix::process::chdir(dir.as_c_str())?;
-        }
+        rustix::process::chdir(working_dir.as_c_str())?;
         Ok(())
     };
     // SAFETY: `setup` only makes system calls (setns, unshare, mount, setgroups, setgid, setuid,

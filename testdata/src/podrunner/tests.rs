@@ -295,7 +295,9 @@ fn images_exit_codes_users_and_stop_clean_up() {
     );
 
     // The first container's exit code, once every container has ended; the user is switched.
-    let mut first = container("first", "exit $(( $(id -u) == 1234 && $(id -g) == 2345 ? 7 : 1 ))");
+    // (Without a workingDir, a container starts in `/`.)
+    let mut first =
+        container("first", "[ \"$PWD\" = / ] || exit 9; exit $(( $(id -u) == 1234 && $(id -g) == 2345 ? 7 : 1 ))");
     first.security_context =
         Some(SecurityContext { run_as_user: Some(1234), run_as_group: Some(2345), ..SecurityContext::default() });
     let second = container("second", "sleep 0.3; exit 4");
@@ -395,4 +397,42 @@ fn host_to_container_sees_kubelet_volumes_mounted_after_the_pod_started() {
     let root = kubelet.root().display().to_string();
     drop(kubelet);
     assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&root));
+}
+
+#[test]
+fn a_hook_runner_image_runs_ansible_playbook_from_a_volume() {
+    if !is_root() {
+        return;
+    }
+    let tools = Image::host_tools();
+    if tools.resolve(&["ansible-playbook".to_owned()]).is_err() {
+        eprintln!("skipped: ansible-playbook is not installed (scripts/test.sh installs ansible-core)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (playbook, out) = (tmp.path().join("playbook"), tmp.path().join("out"));
+    fs::create_dir_all(&playbook).unwrap();
+    fs::create_dir_all(&out).unwrap();
+    fs::write(
+        playbook.join("playbook.yml"),
+        "- hosts: localhost\n  connection: local\n  gather_facts: false\n  tasks:\n    - copy:\n        \
+         content: \"{{ lookup('env', 'MIGRATION_PLAN_NAME') }}\\n\"\n        dest: /tmp/out/plan\n",
+    )
+    .unwrap();
+    let runner = PodRunner::new(205, BTreeMap::from([("quay.io/konveyor/hook-runner".to_owned(), tools)]));
+    // As MTC runs a playbook hook: the ConfigMap at /tmp/playbook, a Job's container named after
+    // the plan and phase.
+    let mut hook = container("plan-prebackup", "");
+    hook.image = Some("quay.io/konveyor/hook-runner:latest".into());
+    hook.command = Some(vec!["ansible-playbook".into(), "/tmp/playbook/playbook.yml".into()]);
+    hook.env = Some(vec![env("MIGRATION_PLAN_NAME", "plan-1")]);
+    let mut playbook_mount = mount("playbook", Path::new("/tmp/playbook"));
+    playbook_mount.read_only = Some(true);
+    hook.volume_mounts = Some(vec![playbook_mount, mount("out", Path::new("/tmp/out"))]);
+    let mut pod =
+        start(&runner, &pod("hook", vec![hook]), &[("playbook", &playbook), ("out", &out)], tmp.path()).unwrap();
+    let exit = pod.wait_timeout(Duration::from_secs(60));
+    let log = fs::read_to_string(tmp.path().join("plan-prebackup.log")).unwrap_or_default();
+    assert_eq!(exit, Some(0), "{log}");
+    assert_eq!(fs::read_to_string(out.join("plan")).unwrap(), "plan-1\n", "{log}");
 }
