@@ -20,7 +20,8 @@
 //!    a slave of the same master), recursively private otherwise. A program under `/tmp` is
 //!    attached the same way at its own path, read-only, so that it can still be executed.
 //!
-//! A missing mount point is made with `mkdir -p`: under `/tmp`, in the pod's tmpfs; inside another
+//! A missing mount point is made with `mkdir -p`: under `/tmp` or `/dev/shm`, in the container's
+//! tmpfs; inside another
 //! volume's `mountPath`, in that volume's directory; anywhere else, on the host before the pod
 //! starts, and left there when the pod stops (removing a directory that is a mount point in
 //! another pod's namespace would unmount it there).
@@ -41,8 +42,13 @@ use rustix::mount::{
 
 use crate::pods::StartError;
 
-/// The pod's scratch directory: a tmpfs of its own.
-const SCRATCH: &str = "/tmp";
+/// The container's scratch directories: each a tmpfs of its own (mounted in [`MountPlan::apply`]).
+const SCRATCH: [&str; 2] = ["/tmp", "/dev/shm"];
+
+/// The scratch directory `path` lies in (or is).
+fn scratch_root(path: &Path) -> Option<&'static Path> {
+    SCRATCH.iter().map(Path::new).find(|root| path.starts_with(root))
+}
 
 /// One bind mount of a container.
 struct Bind {
@@ -65,7 +71,7 @@ pub(crate) struct MountPlan {
 
 impl MountPlan {
     /// Checks the container's `volumeMounts` against the pod's volumes and makes the mount points.
-    /// A `program` under `/tmp` is bound into the pod's scratch tmpfs at its own path, so that it
+    /// A `program` under `/tmp` or `/dev/shm` is bound into the container's tmpfs at its own path, so that it
     /// can still be executed.
     pub(crate) fn new(
         container: &Container,
@@ -110,8 +116,8 @@ impl MountPlan {
                 let mount_point = outer_source.join(target.strip_prefix(outer).unwrap_or(target));
                 fs::create_dir_all(&mount_point)
                     .map_err(|e| fail(format!("cannot create the mount point {}: {e}", mount_point.display())))?;
-            } else if target.starts_with(SCRATCH) {
-                make = scratch_dirs(target)?;
+            } else if let Some(root) = scratch_root(target) {
+                make = scratch_dirs(target, root)?;
             } else {
                 fs::create_dir_all(target).map_err(|e| {
                     fail(format!("cannot create the mount point {} on the host: {e}", target.display()))
@@ -130,17 +136,12 @@ impl MountPlan {
                 host_to_container: *host_to_container,
             });
         }
-        if program.starts_with(SCRATCH) {
-            let parent = program.parent().unwrap_or(program);
+        if let Some(root) = scratch_root(program) {
             binds.push(Bind {
                 source: c_path(program)?,
                 tree: None,
                 target: c_path(program)?,
-                make: if parent.starts_with(SCRATCH) && parent != Path::new(SCRATCH) {
-                    scratch_dirs(parent)?
-                } else {
-                    Vec::new()
-                },
+                make: scratch_dirs(program.parent().unwrap_or(program), root)?,
                 file: true,
                 read_only: true,
                 host_to_container: false,
@@ -189,9 +190,9 @@ impl MountPlan {
     }
 }
 
-/// The directories from just below `/tmp` down to `dir`, outermost first.
-fn scratch_dirs(dir: &Path) -> Result<Vec<CString>, StartError> {
-    let mut ancestors: Vec<&Path> = dir.ancestors().take_while(|d| *d != Path::new(SCRATCH)).collect();
+/// The directories from just below the scratch directory `root` down to `dir`, outermost first.
+fn scratch_dirs(dir: &Path, root: &Path) -> Result<Vec<CString>, StartError> {
+    let mut ancestors: Vec<&Path> = dir.ancestors().take_while(|d| *d != root).collect();
     ancestors.reverse();
     ancestors.into_iter().map(c_path).collect()
 }

@@ -436,3 +436,64 @@ fn a_hook_runner_image_runs_ansible_playbook_from_a_volume() {
     assert_eq!(exit, Some(0), "{log}");
     assert_eq!(fs::read_to_string(out.join("plan")).unwrap(), "plan-1\n", "{log}");
 }
+
+#[test]
+fn the_real_agent_in_a_pod_receives_a_copy_on_its_pod_address() {
+    if !is_root() {
+        return;
+    }
+    // The workspace's binaries sit next to the test binary's `deps` directory.
+    let bin_dir = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().to_path_buf();
+    let (mover, agent) = (bin_dir.join("mover"), bin_dir.join("mover-agent"));
+    if !mover.is_file() || !agent.is_file() {
+        eprintln!("skipped: build the workspace first (no {} or {})", mover.display(), agent.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (certs, data, source) = (tmp.path().join("certs"), tmp.path().join("data"), tmp.path().join("source"));
+    let init = Command::new(&mover).args(["certs", "init"]).arg(&certs).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    fs::create_dir_all(&data).unwrap();
+    fs::create_dir_all(source.join("sub")).unwrap();
+    fs::write(source.join("a.txt"), "alpha").unwrap();
+    crate::write_random(&source.join("sub/big.bin"), 3 << 20, 7).unwrap();
+
+    let image = "registry.local/mover/mover-agent";
+    let runner = PodRunner::new(206, BTreeMap::from([(image.to_owned(), Image::program(&agent))]));
+    let mut serve = container("agent", "");
+    serve.image = Some(format!("{image}:0.1.0"));
+    serve.command = Some(
+        [
+            "mover-agent",
+            "serve",
+            "--listen",
+            ":7443",
+            "--certs",
+            "/tmp/mover/certs",
+            "--volume",
+            "data=/tmp/mover/data",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    let mut certs_mount = mount("certs", Path::new("/tmp/mover/certs"));
+    certs_mount.read_only = Some(true);
+    serve.volume_mounts = Some(vec![certs_mount, mount("data", Path::new("/tmp/mover/data"))]);
+    let mut pod =
+        start(&runner, &pod("transfer", vec![serve]), &[("certs", &certs), ("data", &data)], tmp.path()).unwrap();
+    wait_for_log(&tmp.path().join("agent.log"), "serving");
+
+    let copy = Command::new(&mover)
+        .arg("copy")
+        .arg(&source)
+        .arg(format!("agent://{}:7443/data", pod.ip()))
+        .arg("--certs")
+        .arg(&certs)
+        .output()
+        .unwrap();
+    let log = fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
+    assert!(copy.status.success(), "{}\nagent:\n{log}", String::from_utf8_lossy(&copy.stderr));
+    crate::assert_identical(&source, &data);
+    pod.stop();
+    assert_eq!(pod.try_wait(), Some(0), "the agent ends cleanly on SIGTERM:\n{log}");
+}
