@@ -245,3 +245,32 @@ pub(crate) fn c_path(path: &Path) -> Result<CString, StartError> {
         message: format!("the path {} contains a NUL byte", path.display()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::VolumeMount;
+
+    use super::*;
+
+    fn refusal(mount: VolumeMount) -> String {
+        let container = Container { name: "app".into(), volume_mounts: Some(vec![mount]), ..Container::default() };
+        let volumes = BTreeMap::from([("data".to_owned(), PathBuf::from("/nonexistent-volume"))]);
+        let error = MountPlan::new(&container, &volumes, Path::new("/bin/sh")).err().expect("refused");
+        assert_eq!(error.reason, "CreateContainerConfigError");
+        error.message
+    }
+
+    #[test]
+    fn unsupported_mounts_are_refused_before_anything_is_made() {
+        let mount = |path: &str| VolumeMount { name: "data".into(), mount_path: path.into(), ..VolumeMount::default() };
+        let sub_path = VolumeMount { sub_path: Some("x".into()), ..mount("/tmp/a") };
+        assert!(refusal(sub_path).contains("subPath is not supported"));
+        let bidirectional = VolumeMount { mount_propagation: Some("Bidirectional".into()), ..mount("/tmp/a") };
+        assert!(refusal(bidirectional).contains("mountPropagation Bidirectional is not supported"));
+        assert!(refusal(mount("relative/path")).contains("must be an absolute path"));
+        assert!(refusal(mount("/tmp/../etc")).contains("must be an absolute path"));
+        let other = VolumeMount { name: "other".into(), ..mount("/tmp/a") };
+        assert!(refusal(other).contains("the pod has no volume of that name"));
+        assert!(refusal(mount("/tmp/a")).contains("the volume directory /nonexistent-volume is missing"));
+    }
+}
