@@ -26,6 +26,8 @@ pub mod delay;
 pub mod fault;
 mod generate;
 pub mod oci;
+pub mod podrunner;
+pub mod pods;
 pub mod registry;
 pub mod token;
 
