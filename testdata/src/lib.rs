@@ -21,11 +21,13 @@
 //!   and reset blob downloads).
 //! * [`delay`] puts a fixed delay each way between two ends of any TCP protocol (a long link).
 
+pub mod cluster;
 mod compare;
 pub mod delay;
 pub mod fault;
 mod generate;
 pub mod oci;
+pub mod pods;
 pub mod registry;
 pub mod token;
 

@@ -1,0 +1,1 @@
+//! Tests of the simulated cluster through a real `kube::Client`.
