@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use base64::Engine as _;
+
 use serde_json::{Value, json};
 
 use super::resources::{self, ResourceType};
@@ -26,9 +28,23 @@ pub fn default_class(store: &Store) -> Option<String> {
         .map(|class| super::store::name_of(class).to_owned())
 }
 
+/// What the real server does to every written object of a kind: a Secret's `stringData` is
+/// merged into `data` (base64) and not stored.
+pub fn normalize(resource: &ResourceType, object: &mut Value) {
+    if resource.kind == "Secret"
+        && let Some(Value::Object(strings)) = object.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for (key, value) in strings {
+            object["data"][key] = json!(b64.encode(value.as_str().unwrap_or("")));
+        }
+    }
+}
+
 /// Fills in what the real server fills in on create. `status` has already been dropped for
 /// types with a status subresource.
 pub fn apply(resource: &ResourceType, object: &mut Value, store: &Store) {
+    normalize(resource, object);
     match resource.kind {
         "Namespace" => {
             let name = super::store::name_of(object).to_owned();

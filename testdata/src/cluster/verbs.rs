@@ -266,6 +266,7 @@ fn replace(shared: &Shared, target: &Target, given: Value, patched_from: Option<
                 }
             }
         }
+        defaults::normalize(resource, &mut result);
         strip_nulls(&mut result);
         let finalized = result["metadata"].get("deletionTimestamp").is_some()
             && resource.kind != "Pod"
