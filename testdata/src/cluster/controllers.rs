@@ -1,13 +1,13 @@
 //! The in-process controllers, run every [`ROUND`] on one thread, each small and level-triggered
 //! (it looks at the whole store each round):
 //!
-//! * namespaces: a `default` ServiceAccount in each; a deleted namespace's objects are deleted,
+//! * namespaces: a `default` `ServiceAccount` in each; a deleted namespace's objects are deleted,
 //!   then the namespace (a real cluster also runs finalizers and waits on API discovery);
 //! * garbage collection: an object whose owners (`ownerReferences`) are all gone is deleted
 //!   (background propagation only; no `foreground`/`orphan`, no `blockOwnerDeletion`);
-//! * services: the LoadBalancer address is the IP of the one Running pod the selector matches
+//! * services: the `LoadBalancer` address is the IP of the one Running pod the selector matches
 //!   (no kube-proxy and no cloud load balancer: a simulation shortcut so the address reaches the
-//!   pod directly; no Endpoints or EndpointSlices are made);
+//!   pod directly; no Endpoints or `EndpointSlices` are made);
 //! * jobs: one pod at a time (`parallelism` and `completions` above 1 are not simulated), retried
 //!   up to `backoffLimit`, `activeDeadlineSeconds`, Complete and Failed conditions;
 //! * the scheduler and the volume binder (`scheduler`) and the kubelet (`kubelet`).
@@ -163,7 +163,8 @@ fn condition(kind: &str, reason: &str, message: &str) -> Value {
 
 fn seconds_since(time: &Value) -> i64 {
     let now = store::now_seconds();
-    let started = time.as_str().and_then(|t| t.parse::<Timestamp>().ok()).map_or(now, |t| t.as_second());
+    let started =
+        time.as_str().and_then(|t| t.parse::<Timestamp>().ok()).map_or(now, k8s_openapi::jiff::Timestamp::as_second);
     now - started
 }
 
@@ -199,7 +200,7 @@ fn jobs(shared: &Shared) {
             }
             let deadline = job["spec"]["activeDeadlineSeconds"].as_i64();
             let backoff = job["spec"]["backoffLimit"].as_i64().unwrap_or(6);
-            let failure = if failed as i64 > backoff {
+            let failure = if i64::try_from(failed).unwrap_or(i64::MAX) > backoff {
                 Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
             } else if deadline.is_some_and(|d| seconds_since(&job["status"]["startTime"]) >= d) {
                 Some(("DeadlineExceeded", "Job was active longer than specified deadline"))

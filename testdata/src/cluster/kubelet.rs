@@ -1,16 +1,16 @@
 //! The kubelet part: for each scheduled pod, its volumes as host directories, then
 //! [`Pods::start`](crate::pods::Pods::start), then the pod's status from what the process does.
 //!
-//! * volumes: a claim is its volume's directory; a Secret's or ConfigMap's keys are files under
+//! * volumes: a claim is its volume's directory; a Secret's or `ConfigMap`'s keys are files under
 //!   `<cluster dir>/pods/<uid>/volumes/<name>/` with `defaultMode` (or an item's `mode`); an
 //!   emptyDir, and any other kind, is a fresh directory there; a hostPath is its path. A missing
-//!   Secret/ConfigMap is a FailedMount event; a ReadWriteOnce claim in use by a running pod on
-//!   another node is a FailedAttachVolume (Multi-Attach) event; the pod waits in
-//!   ContainerCreating meanwhile, and is retried each round.
+//!   Secret/ConfigMap is a `FailedMount` event; a `ReadWriteOnce` claim in use by a running pod on
+//!   another node is a `FailedAttachVolume` (Multi-Attach) event; the pod waits in
+//!   `ContainerCreating` meanwhile, and is retried each round.
 //! * a start error is the container's waiting reason and message and the pod stays Pending (not
-//!   retried: a real kubelet retries with back-off, e.g. ErrImagePull then ImagePullBackOff);
+//!   retried: a real kubelet retries with back-off, e.g. `ErrImagePull` then `ImagePullBackOff`);
 //! * the first exit ends the pod: Succeeded for exit 0, Failed otherwise, whatever the
-//!   restartPolicy (a real kubelet restarts containers under Always and OnFailure);
+//!   restartPolicy (a real kubelet restarts containers under Always and `OnFailure`);
 //! * deletion: the pod's processes are stopped (on their own thread, honouring the grace period
 //!   through [`PodProcess::stop`](crate::pods::PodProcess::stop)), then the pod is removed.
 //!   Pods removed at once (grace period 0) have their processes stopped after the fact.
@@ -86,7 +86,7 @@ fn write_files(directory: &Path, files: &[(String, Vec<u8>, u32)]) -> std::io::R
     Ok(())
 }
 
-/// A Secret's or ConfigMap's keys as (path, content, mode), honouring `items` and modes.
+/// A Secret's or `ConfigMap`'s keys as (path, content, mode), honouring `items` and modes.
 fn projected(source: &Value, object: &Value, base64_data: bool) -> Vec<(String, Vec<u8>, u32)> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -192,7 +192,7 @@ impl Kubelet {
         let logs = log_dir(shared, &uid);
         if let Err(e) = fs::create_dir_all(&logs) {
             shared.write(|store| {
-                waiting(store, pod, "CreateContainerError", &format!("creating the log directory: {e}"))
+                waiting(store, pod, "CreateContainerError", &format!("creating the log directory: {e}"));
             });
             self.failed_to_start.insert(uid);
             return;
@@ -277,7 +277,7 @@ impl Kubelet {
         Ok(out)
     }
 
-    /// The Multi-Attach refusal: a ReadWriteOnce volume used by a running pod on another node.
+    /// The Multi-Attach refusal: a `ReadWriteOnce` volume used by a running pod on another node.
     fn check_attach(&self, store: &Store, pod: &Value, claim: &Value, pv: &Value) -> Result<(), NotReady> {
         let modes = claim["status"]["accessModes"].as_array().cloned().unwrap_or_default();
         if modes.iter().any(|m| m == "ReadWriteMany" || m == "ReadOnlyMany") {
@@ -336,7 +336,7 @@ fn condition(kind: &str, ready: bool, reason: &str) -> Value {
     condition
 }
 
-/// Writes a pod's status built from its current one (keeping PodScheduled).
+/// Writes a pod's status built from its current one (keeping `PodScheduled`).
 fn set_status(store: &mut Store, pod: &Value, update: impl FnOnce(&mut Value)) {
     let pod_type = resources::by_kind("Pod");
     let Some(mut current) = store.get(pod_type, namespace_of(pod), name_of(pod)).cloned() else { return };

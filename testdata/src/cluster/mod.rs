@@ -52,6 +52,7 @@ mod verbs;
 mod watch;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -116,7 +117,10 @@ pub struct SimCluster {
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
     aws_lc_rs::rand::fill(&mut bytes).expect("system random");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::new(), |mut text, b| {
+        let _ = write!(text, "{b:02x}");
+        text
+    })
 }
 
 impl SimCluster {
@@ -161,26 +165,31 @@ impl SimCluster {
     }
 
     /// The cluster's name (its kubeconfig context).
+    #[must_use]
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
     /// `https://127.0.0.1:<port>`.
+    #[must_use]
     pub fn url(&self) -> &str {
         &self.url
     }
 
     /// The CA that signed the server's certificate, PEM.
+    #[must_use]
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
 
     /// The directory the cluster keeps its files in.
+    #[must_use]
     pub fn dir(&self) -> &Path {
         &self.shared.dir
     }
 
     /// Adds a user (or gives the existing one's token); returns its bearer token.
+    #[must_use]
     pub fn add_user(&self, user: &str) -> String {
         if let Some(token) = self.token(user) {
             return token;
@@ -191,11 +200,13 @@ impl SimCluster {
     }
 
     /// A user's bearer token.
+    #[must_use]
     pub fn token(&self, user: &str) -> Option<String> {
         self.shared.users.lock().expect("users").iter().find(|(_, u)| *u == user).map(|(t, _)| t.clone())
     }
 
     /// The kubeconfig context, cluster and user entries for `user` on this cluster.
+    #[must_use]
     pub fn kubeconfig_entry(&self, user: &str) -> KubeconfigEntry {
         KubeconfigEntry {
             context: self.name().to_owned(),
@@ -207,11 +218,13 @@ impl SimCluster {
     }
 
     /// Every request so far, in order.
+    #[must_use]
     pub fn requests(&self) -> Vec<Request> {
         self.shared.audit.requests()
     }
 
     /// The faults to inject.
+    #[must_use]
     pub fn faults(&self) -> &Faults {
         &self.shared.faults
     }

@@ -124,7 +124,7 @@ fn is_label(part: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// PersistentVolumeClaims: everything in `spec` but `resources.requests` (and a first
+/// `PersistentVolumeClaims`: everything in `spec` but `resources.requests` (and a first
 /// `volumeName`) is immutable after creation. The 422 the real server sends otherwise.
 pub fn check_claim_update(resource: &ResourceType, name: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
     let mut old_spec = old.get("spec").cloned().unwrap_or(Value::Null);

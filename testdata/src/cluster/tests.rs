@@ -139,13 +139,13 @@ fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).unwrap()
 }
 
-fn pod(name: &str, command: &[&str], extra: Value) -> Pod {
+fn pod(name: &str, command: &[&str], extra: &Value) -> Pod {
     let mut pod = json!({
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
             "containers": [{"name": "main", "image": "busybox:1", "command": command}]},
     });
-    json_patch::merge(&mut pod, &extra);
+    json_patch::merge(&mut pod, extra);
     from(pod)
 }
 
@@ -270,7 +270,7 @@ async fn strict_decoding_names_and_immutable_claims_are_refused_as_the_real_serv
     assert!(wrong.message.starts_with("Pod in version \"v1\" cannot be handled as a Pod: "), "{}", wrong.message);
 
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
-    let invalid = status_of(pods.create(&PostParams::default(), &pod("Bad_Name", &["true"], json!({}))).await);
+    let invalid = status_of(pods.create(&PostParams::default(), &pod("Bad_Name", &["true"], &json!({}))).await);
     assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
     assert!(
         invalid.message.starts_with(
@@ -307,7 +307,7 @@ async fn a_forbidden_verb_is_a_403_naming_user_verb_resource_and_namespace() {
     f.cluster.faults().forbid("mover-coordinator", "list", "nodes");
     let client = client_as(&f.cluster, "mover-coordinator", f.dir.path()).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
-    let refused = status_of(pods.create(&PostParams::default(), &pod("p", &["true"], json!({}))).await);
+    let refused = status_of(pods.create(&PostParams::default(), &pod("p", &["true"], &json!({}))).await);
     assert_eq!((refused.code, refused.reason.as_str()), (403, "Forbidden"));
     assert_eq!(
         refused.message,
@@ -321,7 +321,7 @@ async fn a_forbidden_verb_is_a_403_naming_user_verb_resource_and_namespace() {
     );
     assert!(pods.list(&ListParams::default()).await.unwrap().items.is_empty(), "other verbs are allowed");
     let admin: Api<Pod> = Api::namespaced(f.client.clone(), "app");
-    admin.create(&PostParams::default(), &pod("p", &["true"], json!({}))).await.unwrap();
+    admin.create(&PostParams::default(), &pod("p", &["true"], &json!({}))).await.unwrap();
     assert!(f.cluster.requests().iter().any(|r| r.user == "mover-coordinator" && r.verb == "create" && r.code == 403));
 
     let path = f.dir.path().join("kubeconfig-stranger");
@@ -399,12 +399,12 @@ async fn pods_run_exit_and_fail_to_start_as_the_kubelet_reports_it() {
     let f = fixture().await;
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
-    pods.create(&pp, &pod("runs", &["sh", "-c", "echo one; echo two; exec sleep 1000"], json!({}))).await.unwrap();
-    pods.create(&pp, &pod("fails", &["sh", "-c", "exit 3"], json!({}))).await.unwrap();
-    pods.create(&pp, &pod("works", &["true"], json!({}))).await.unwrap();
+    pods.create(&pp, &pod("runs", &["sh", "-c", "echo one; echo two; exec sleep 1000"], &json!({}))).await.unwrap();
+    pods.create(&pp, &pod("fails", &["sh", "-c", "exit 3"], &json!({}))).await.unwrap();
+    pods.create(&pp, &pod("works", &["true"], &json!({}))).await.unwrap();
     pods.create(
         &pp,
-        &pod("broken", &["true"], json!({"spec": {"containers": [{"name": "main", "image": "missing"}]}})),
+        &pod("broken", &["true"], &json!({"spec": {"containers": [{"name": "main", "image": "missing"}]}})),
     )
     .await
     .unwrap();
@@ -447,7 +447,7 @@ async fn pods_run_exit_and_fail_to_start_as_the_kubelet_reports_it() {
     assert_eq!(tail, "two\n");
 
     let follow = LogParams { follow: true, ..LogParams::default() };
-    pods.create(&pp, &pod("talks", &["sh", "-c", "echo a; sleep 0.5; echo b"], json!({}))).await.unwrap();
+    pods.create(&pp, &pod("talks", &["sh", "-c", "echo a; sleep 0.5; echo b"], &json!({}))).await.unwrap();
     let followed = eventually("a followed log", || {
         let pods = pods.clone();
         let follow = follow.clone();
@@ -503,7 +503,7 @@ async fn claims_bind_immediately_or_on_first_consumer_and_pods_get_their_directo
 
     let volume_spec = json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": "node-b"},
         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "late"}}]}});
-    pods.create(&pp, &pod("user", &["sleep", "1000"], volume_spec)).await.unwrap();
+    pods.create(&pp, &pod("user", &["sleep", "1000"], &volume_spec)).await.unwrap();
     let late = eventually("the WFFC claim to bind", || bound("late")).await;
     assert_eq!(late.metadata.annotations.unwrap()["volume.kubernetes.io/selected-node"], "node-b");
     let pv = volumes.get(late.spec.unwrap().volume_name.as_deref().unwrap()).await.unwrap();
@@ -533,12 +533,12 @@ async fn unschedulable_pods_stay_pending_with_the_schedulers_reason() {
     let pp = PostParams::default();
     pods.create(
         &pp,
-        &pod("nowhere", &["true"], json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": "node-z"}}})),
+        &pod("nowhere", &["true"], &json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": "node-z"}}})),
     )
     .await
     .unwrap();
     let no_claim = json!({"spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "nope"}}]}});
-    pods.create(&pp, &pod("claimless", &["true"], no_claim)).await.unwrap();
+    pods.create(&pp, &pod("claimless", &["true"], &no_claim)).await.unwrap();
     let reason = |name: &'static str| {
         let pods = pods.clone();
         async move {
@@ -578,7 +578,7 @@ async fn services_get_addresses_and_a_load_balancer_the_ip_of_its_running_pod() 
     let node_port = services.create(&pp, &service("np", "NodePort")).await.unwrap();
     assert!(balancer.spec.as_ref().unwrap().cluster_ip.as_deref().unwrap().starts_with("10.96."));
     assert!(node_port.spec.unwrap().ports.unwrap()[0].node_port.is_some());
-    pods.create(&pp, &pod("agent", &["sleep", "1000"], json!({}))).await.unwrap();
+    pods.create(&pp, &pod("agent", &["sleep", "1000"], &json!({}))).await.unwrap();
     let running = tokio::time::timeout(
         Duration::from_secs(10),
         await_condition(pods.clone(), "agent", conditions::is_pod_running()),
@@ -607,12 +607,12 @@ async fn a_read_write_once_claim_in_use_on_another_node_is_a_multi_attach_error(
         json!({"spec": {"nodeSelector": {"kubernetes.io/hostname": node},
         "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "shared"}}]}})
     };
-    pods.create(&pp, &pod("first", &["sleep", "1000"], on("node-a"))).await.unwrap();
+    pods.create(&pp, &pod("first", &["sleep", "1000"], &on("node-a"))).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), await_condition(pods.clone(), "first", conditions::is_pod_running()))
         .await
         .unwrap()
         .unwrap();
-    pods.create(&pp, &pod("second", &["sleep", "1000"], on("node-b"))).await.unwrap();
+    pods.create(&pp, &pod("second", &["sleep", "1000"], &on("node-b"))).await.unwrap();
     let waiting = eventually("second to wait", || {
         let pods = pods.clone();
         async move { pods.get("second").await.ok()?.status?.container_statuses?[0].state.clone()?.waiting }
@@ -686,7 +686,7 @@ async fn deleting_a_namespace_deletes_what_is_in_it_and_owned_objects_follow_the
     .await;
 
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
-    pods.create(&pp, &pod("p", &["sleep", "1000"], json!({}))).await.unwrap();
+    pods.create(&pp, &pod("p", &["sleep", "1000"], &json!({}))).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(f.client.clone());
     let ns = namespaces.delete("app", &DeleteParams::default()).await.unwrap().left().unwrap();
     assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
@@ -736,7 +736,7 @@ async fn static_volumes_bind_by_name_failed_ones_stay_failed_and_secrets_become_
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
     let with_secret = json!({"spec": {"volumes": [{"name": "id", "secret": {"secretName": "identity", "defaultMode": 0o400}},
         {"name": "data", "persistentVolumeClaim": {"claimName": "wants-static"}}, {"name": "scratch", "emptyDir": {}}]}});
-    pods.create(&pp, &pod("agent", &["sleep", "1000"], with_secret)).await.unwrap();
+    pods.create(&pp, &pod("agent", &["sleep", "1000"], &with_secret)).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), await_condition(pods.clone(), "agent", conditions::is_pod_running()))
         .await
         .unwrap()

@@ -64,10 +64,10 @@ pub fn list(shared: &Shared, target: &Target, query: &Query) -> Result<Value, Ap
             item
         })
         .collect();
-    Ok(list_of(target.resource, store.version(), items))
+    Ok(list_of(target.resource, store.version(), &items))
 }
 
-fn list_of(resource: &ResourceType, version: u64, items: Vec<Value>) -> Value {
+fn list_of(resource: &ResourceType, version: u64, items: &[Value]) -> Value {
     json!({
         "kind": format!("{}List", resource.kind),
         "apiVersion": resource.api_version(),
@@ -166,7 +166,7 @@ pub fn create(shared: &Shared, target: &Target, body: &[u8]) -> Result<Value, Ap
 /// Replaces an object (PUT), or its status with `/status`.
 pub fn update(shared: &Shared, target: &Target, body: &[u8]) -> Result<Value, ApiError> {
     let given = parse_body(body)?;
-    replace(shared, target, given, None)
+    replace(shared, target, &given, None)
 }
 
 /// Patches an object: JSON merge patch (also for strategic merge patch) or JSON patch.
@@ -197,7 +197,7 @@ pub fn patch(shared: &Shared, target: &Target, content_type: &str, body: &[u8]) 
             })?,
         }
         let pinned = rv_of(&patched) != rv_of(&old);
-        match replace(shared, target, patched, Some(old)) {
+        match replace(shared, target, &patched, Some(&old)) {
             Err(error) if error.code == 409 && !pinned && attempts < 10 => attempts += 1,
             result => return result,
         }
@@ -206,9 +206,9 @@ pub fn patch(shared: &Shared, target: &Target, content_type: &str, body: &[u8]) 
 
 /// The common part of update and patch: strict decoding, conflict and immutability checks,
 /// status subresource rules, then the write.
-fn replace(shared: &Shared, target: &Target, given: Value, patched_from: Option<Value>) -> Result<Value, ApiError> {
+fn replace(shared: &Shared, target: &Target, given: &Value, patched_from: Option<&Value>) -> Result<Value, ApiError> {
     let resource = target.resource;
-    let mut new = strict::check(resource, &given)?;
+    let mut new = strict::check(resource, given)?;
     if name_of(&new) != target.name {
         return Err(ApiError::bad_request(format!(
             "the name of the object ({}) does not match the name on the URL ({})",
@@ -231,7 +231,7 @@ fn replace(shared: &Shared, target: &Target, given: Value, patched_from: Option<
             .cloned()
             .ok_or_else(|| ApiError::not_found(resource, &target.name))?;
         let asked = rv_of(&new);
-        let stale = match &patched_from {
+        let stale = match patched_from {
             Some(from) => asked != rv_of(from) || rv_of(from) != rv_of(&old),
             None => asked.is_some_and(|v| Some(v) != rv_of(&old)),
         };
@@ -365,6 +365,6 @@ pub fn delete_collection(shared: &Shared, target: &Target, query: &Query, body: 
             .collect();
         let items: Vec<Value> =
             chosen.iter().filter_map(|(ns, name)| delete_in(store, resource, ns, name, grace)).collect();
-        Ok(list_of(resource, store.version(), items))
+        Ok(list_of(resource, store.version(), &items))
     })
 }

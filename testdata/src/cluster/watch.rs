@@ -74,33 +74,32 @@ pub fn watch(shared: Arc<Shared>, target: &Target, query: &Query) -> Result<Resp
     tokio::spawn(async move {
         let limit = shared.faults.watch_limit();
         let mut sent = 0_usize;
-        let send = async |sender: &Sender, bytes: Bytes, sent: &mut usize| -> bool {
+        let deliver = async |sender: &Sender, bytes: Bytes, count: &mut usize| -> bool {
             if sender.send(Ok(bytes)).await.is_err() {
                 return false;
             }
-            *sent += 1;
-            if limit.is_some_and(|n| *sent >= n) {
+            *count += 1;
+            if limit.is_some_and(|n| *count >= n) {
                 let _ = sender.send(Err(io::Error::other("watch dropped (injected fault)"))).await;
                 return false;
             }
             true
         };
-        let mut last = match since {
-            Some(version) => version,
-            None => {
-                let (initial, version) = {
-                    let store = shared.read();
-                    let objects: Vec<Value> =
-                        store.list(resource, None).into_iter().filter(|o| filter.matches(o)).cloned().collect();
-                    (objects, store.version())
-                };
-                for object in initial {
-                    if !send(&sender, line("ADDED", &object), &mut sent).await {
-                        return;
-                    }
+        let mut last = if let Some(version) = since {
+            version
+        } else {
+            let (initial, version) = {
+                let store = shared.read();
+                let objects: Vec<Value> =
+                    store.list(resource, None).into_iter().filter(|o| filter.matches(o)).cloned().collect();
+                (objects, store.version())
+            };
+            for object in initial {
+                if !deliver(&sender, line("ADDED", &object), &mut sent).await {
+                    return;
                 }
-                version
             }
+            version
         };
         let deadline = tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(3600));
         let mut bookmark = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
@@ -119,7 +118,7 @@ pub fn watch(shared: Arc<Shared>, target: &Target, query: &Query) -> Result<Resp
             };
             for event in &events {
                 if let Some((kind, object)) = shown(&filter, event)
-                    && !send(&sender, line(kind, &object), &mut sent).await
+                    && !deliver(&sender, line(kind, &object), &mut sent).await
                 {
                     return;
                 }
