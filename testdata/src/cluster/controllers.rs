@@ -5,6 +5,9 @@
 //!   then the namespace (a real cluster also runs finalizers and waits on API discovery);
 //! * garbage collection: an object whose owners (`ownerReferences`) are all gone is deleted
 //!   (background propagation only; no `foreground`/`orphan`, no `blockOwnerDeletion`);
+//! * storage object in-use protection: a deleted claim stays (Terminating, with its
+//!   `kubernetes.io/pvc-protection` finalizer) while a pod that has not finished uses it; a
+//!   deleted volume stays while it is Bound;
 //! * services: the `LoadBalancer` address is the IP of the one Running pod the selector matches
 //!   (no kube-proxy and no cloud load balancer: a simulation shortcut so the address reaches the
 //!   pod directly; no Endpoints or `EndpointSlices` are made);
@@ -39,6 +42,7 @@ pub fn run(shared: &Arc<Shared>) {
     while !shared.stopping.load(Ordering::SeqCst) {
         namespaces(shared);
         garbage_collect(shared);
+        protection(shared);
         scheduler::bind_volumes(shared);
         scheduler::schedule(shared);
         kubelet.sync(shared);
@@ -101,6 +105,54 @@ fn namespaces(shared: &Shared) {
             }
             for (resource, object) in inside {
                 delete_in(store, resource, &name, name_of(&object), None);
+            }
+        }
+    });
+}
+
+/// Removes `finalizer` from a deleted object, and the object once no finalizer is left.
+fn finalize(store: &mut Store, resource: &'static ResourceType, mut object: Value, finalizer: &str) {
+    let Some(finalizers) = object["metadata"]["finalizers"].as_array_mut() else { return };
+    finalizers.retain(|f| f != finalizer);
+    if finalizers.is_empty() {
+        store.remove(resource, &namespace_of(&object).to_owned(), &name_of(&object).to_owned());
+    } else {
+        store.put(resource, object);
+    }
+}
+
+fn protection(shared: &Shared) {
+    shared.write(|store| {
+        let deleting = |store: &Store, resource, finalizer: &str| -> Vec<Value> {
+            store
+                .list(resource, None)
+                .into_iter()
+                .filter(|o| {
+                    o["metadata"].get("deletionTimestamp").is_some()
+                        && o["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == finalizer))
+                })
+                .cloned()
+                .collect()
+        };
+        let claims = resources::by_kind("PersistentVolumeClaim");
+        let pods = resources::by_kind("Pod");
+        for claim in deleting(store, claims, "kubernetes.io/pvc-protection") {
+            let in_use = store.list(pods, Some(namespace_of(&claim))).into_iter().any(|pod| {
+                !matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                    && pod["spec"]["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|v| v["persistentVolumeClaim"]["claimName"].as_str() == Some(name_of(&claim)))
+            });
+            if !in_use {
+                finalize(store, claims, claim, "kubernetes.io/pvc-protection");
+            }
+        }
+        let volumes = resources::by_kind("PersistentVolume");
+        for volume in deleting(store, volumes, "kubernetes.io/pv-protection") {
+            if volume["status"]["phase"] != "Bound" {
+                finalize(store, volumes, volume, "kubernetes.io/pv-protection");
             }
         }
     });

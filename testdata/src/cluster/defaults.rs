@@ -101,8 +101,10 @@ pub fn apply(resource: &ResourceType, object: &mut Value, store: &Store) {
                 object["spec"]["storageClassName"] = json!(class);
             }
             object["status"] = json!({"phase": "Pending"});
+            object["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
         }
         "PersistentVolume" => {
+            object["metadata"]["finalizers"] = json!(["kubernetes.io/pv-protection"]);
             set_default(&mut object["spec"], "volumeMode", json!("Filesystem"));
             set_default(&mut object["spec"], "persistentVolumeReclaimPolicy", json!("Retain"));
             object["status"] = json!({"phase": "Pending"});

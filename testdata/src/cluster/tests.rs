@@ -320,6 +320,11 @@ async fn a_forbidden_verb_is_a_403_naming_user_verb_resource_and_namespace() {
         "nodes is forbidden: User \"mover-coordinator\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"
     );
     assert!(pods.list(&ListParams::default()).await.unwrap().items.is_empty(), "other verbs are allowed");
+    f.cluster.faults().set_delay(Duration::from_millis(400));
+    let started = std::time::Instant::now();
+    pods.list(&ListParams::default()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400), "the delay fault delays answers");
+    f.cluster.faults().set_delay(Duration::ZERO);
     let admin: Api<Pod> = Api::namespaced(f.client.clone(), "app");
     admin.create(&PostParams::default(), &pod("p", &["true"], &json!({}))).await.unwrap();
     assert!(f.cluster.requests().iter().any(|r| r.user == "mover-coordinator" && r.verb == "create" && r.code == 403));
@@ -355,6 +360,15 @@ async fn watch_replays_from_a_version_and_a_compacted_version_is_410_expired() {
         })
         .collect();
     assert_eq!(seen, ["ADDED b", "DELETED a"]);
+
+    let bookmarks: Vec<WatchEvent<ConfigMap>> = maps
+        .watch(&WatchParams::default().timeout(3).labels("none=here"), "0")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(matches!(bookmarks.as_slice(), [WatchEvent::Bookmark(_), ..]), "{bookmarks:?}");
 
     f.cluster.compact();
     let mut stream = maps.watch(&WatchParams::default().timeout(5), &since).await.unwrap().boxed();
@@ -752,4 +766,42 @@ async fn static_volumes_bind_by_name_failed_ones_stay_failed_and_secrets_become_
     );
     assert_eq!(volumes_given["data"], f.cluster.dir().join("volumes/pv-static"));
     assert!(volumes_given["scratch"].is_dir());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_in_use_stays_terminating_until_its_pod_is_gone_then_its_volume_is_reclaimed() {
+    let f = fixture().await;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(f.client.clone(), "app");
+    let volumes: Api<PersistentVolume> = Api::all(f.client.clone());
+    let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
+    let pp = PostParams::default();
+    claims.create(&pp, &claim("data", "fast", "ReadWriteOnce")).await.unwrap();
+    let uses = json!({"spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}});
+    pods.create(&pp, &pod("user", &["sleep", "1000"], &uses)).await.unwrap();
+    let running = tokio::time::timeout(
+        Duration::from_secs(10),
+        await_condition(pods.clone(), "user", conditions::is_pod_running()),
+    );
+    running.await.unwrap().unwrap();
+    let volume = claims.get("data").await.unwrap().spec.unwrap().volume_name.unwrap();
+    let directory = f.cluster.dir().join("volumes").join(&volume);
+    assert!(directory.is_dir());
+
+    claims.delete("data", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminating = claims.get("data").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some(), "the claim is Terminating");
+    assert_eq!(terminating.metadata.finalizers.unwrap(), ["kubernetes.io/pvc-protection"]);
+
+    pods.delete("user", &DeleteParams::default()).await.unwrap();
+    eventually("the claim and its volume to go", || {
+        let (claims, volumes, volume) = (claims.clone(), volumes.clone(), volume.clone());
+        async move {
+            let gone =
+                claims.get_opt("data").await.unwrap().is_none() && volumes.get_opt(&volume).await.unwrap().is_none();
+            gone.then_some(())
+        }
+    })
+    .await;
+    assert!(!directory.exists(), "reclaim policy Delete removes the volume's directory");
 }
