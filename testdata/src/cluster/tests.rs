@@ -805,3 +805,47 @@ async fn a_claim_in_use_stays_terminating_until_its_pod_is_gone_then_its_volume_
     .await;
     assert!(!directory.exists(), "reclaim policy Delete removes the volume's directory");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_set_runs_one_pod_per_node_and_a_kubeconfig_has_a_context_per_cluster() {
+    let f = fixture().await;
+    let target = SimCluster::start("target", &f.dir.path().join("target"), f.pods.clone()).unwrap();
+    let path = f.dir.path().join("kubeconfig");
+    super::write_kubeconfig(&path, &[&f.cluster, &target]).unwrap();
+    let mut names = Vec::new();
+    for context in ["source", "target"] {
+        let options = KubeConfigOptions { context: Some(context.to_owned()), ..KubeConfigOptions::default() };
+        let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(&path).unwrap(), &options).await.unwrap();
+        let namespaces: Api<Namespace> = Api::all(Client::try_from(config).unwrap());
+        names.push(namespaces.list(&ListParams::default()).await.unwrap().items.len());
+    }
+    assert_eq!(names, [3, 2], "source has the test's namespace, target only its own");
+    assert!(target.requests().iter().any(|r| r.verb == "list" && r.resource == "namespaces"));
+
+    let sets: Api<k8s_openapi::api::apps::v1::DaemonSet> = Api::namespaced(f.client.clone(), "app");
+    let set = json!({"metadata": {"name": "agent"}, "spec": {"selector": {"matchLabels": {"app": "agent"}},
+        "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [
+            {"name": "agent", "image": "busybox:1", "command": ["sleep", "1000"]}]}}}});
+    sets.create(&PostParams::default(), &from(set)).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
+    let nodes = eventually("a running agent on each node", || {
+        let pods = pods.clone();
+        async move {
+            let listed = pods.list(&ListParams::default().labels("app=agent")).await.ok()?.items;
+            let running: std::collections::BTreeSet<String> = listed
+                .into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .filter_map(|p| p.spec?.node_name)
+                .collect();
+            (running.len() == 2).then_some(running)
+        }
+    })
+    .await;
+    assert_eq!(nodes.into_iter().collect::<Vec<_>>(), super::NODES);
+    let ready = eventually("the daemon set's status", || {
+        let sets = sets.clone();
+        async move { sets.get("agent").await.ok()?.status.filter(|s| s.number_ready == 2) }
+    })
+    .await;
+    assert_eq!(ready.desired_number_scheduled, 2);
+}
