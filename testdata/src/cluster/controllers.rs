@@ -342,15 +342,14 @@ fn daemon_sets(shared: &Shared) {
                         ["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
                         == node_name
                 });
-                match on_node {
-                    Some(pod) => ready += usize::from(pod["status"]["phase"] == "Running"),
-                    None => {
-                        let mut pod = pod_from_template(&set, &[("controller-revision-hash", "1")]);
-                        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] =
-                            json!({"nodeSelectorTerms": [{"matchFields": [
-                                {"key": "metadata.name", "operator": "In", "values": [node_name]}]}]});
-                        create_in(store, pod_type, pod);
-                    }
+                if let Some(pod) = on_node {
+                    ready += usize::from(pod["status"]["phase"] == "Running");
+                } else {
+                    let mut pod = pod_from_template(&set, &[("controller-revision-hash", "1")]);
+                    pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] =
+                        json!({"nodeSelectorTerms": [{"matchFields": [
+                            {"key": "metadata.name", "operator": "In", "values": [node_name]}]}]});
+                    create_in(store, pod_type, pod);
                 }
             }
             let scheduled = owned.len().min(wanted.len());
