@@ -848,4 +848,11 @@ async fn a_daemon_set_runs_one_pod_per_node_and_a_kubeconfig_has_a_context_per_c
     })
     .await;
     assert_eq!(ready.desired_number_scheduled, 2);
+
+    // Settled controllers write nothing: the watch history is not flooded.
+    let namespaces: Api<Namespace> = Api::all(f.client.clone());
+    let version = async || namespaces.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let before = version().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(version().await, before);
 }
