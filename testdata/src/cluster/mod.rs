@@ -37,6 +37,7 @@
 mod audit;
 mod controllers;
 mod defaults;
+mod http1;
 mod kubeconfig;
 mod kubelet;
 mod resources;

@@ -3,17 +3,12 @@
 //! `verbs` and `watch`.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::io;
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
@@ -23,8 +18,7 @@ use super::resources::{self, RESOURCES, ResourceType};
 use super::status::ApiError;
 use super::{Shared, verbs, watch};
 
-/// A response body: whole or streamed (a stream that fails aborts the connection).
-pub type Body = BoxBody<Bytes, io::Error>;
+pub use super::http1::Body;
 
 /// Query parameters, decoded.
 pub type Query = BTreeMap<String, String>;
@@ -94,9 +88,7 @@ pub fn serve(
             let (acceptor, shared) = (acceptor.clone(), shared.clone());
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else { return };
-                let service = hyper::service::service_fn(move |request| handle(shared.clone(), request));
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                super::http1::serve_connection(stream, |request| handle(shared.clone(), request)).await;
             });
         }
     });
@@ -109,7 +101,7 @@ pub fn json_response(code: u16, value: &Value) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
+        .body(Body::Full(Bytes::from(body)))
         .expect("a valid response")
 }
 
@@ -251,7 +243,7 @@ fn discovery(route: &Route) -> Value {
     }
 }
 
-async fn handle(shared: Arc<Shared>, request: http::Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(shared: Arc<Shared>, request: http::Request<Bytes>) -> Response<Body> {
     let delay = shared.faults.delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -312,7 +304,7 @@ async fn handle(shared: Arc<Shared>, request: http::Request<Incoming>) -> Result
     };
     record.code = response.status().as_u16();
     shared.audit.record(record);
-    Ok(response)
+    response
 }
 
 async fn serve_target(
@@ -320,16 +312,11 @@ async fn serve_target(
     verb: &str,
     target: Target,
     query: Query,
-    request: http::Request<Incoming>,
+    request: http::Request<Bytes>,
 ) -> Result<Response<Body>, ApiError> {
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
-        .to_bytes();
+    let body = request.into_body();
     if target.subresource == "log" {
         return if verb == "get" {
             watch::log(shared.clone(), &target, &query).await

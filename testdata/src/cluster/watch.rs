@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, header};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -25,14 +23,10 @@ type Sender = mpsc::Sender<Result<Bytes, io::Error>>;
 
 fn streamed(content_type: &str) -> (Sender, Response<Body>) {
     let (sender, receiver) = mpsc::channel::<Result<Bytes, io::Error>>(64);
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        let item = receiver.recv().await?;
-        Some((item.map(Frame::data), receiver))
-    });
     let response = Response::builder()
         .status(200)
         .header(header::CONTENT_TYPE, content_type)
-        .body(StreamBody::new(stream).boxed())
+        .body(Body::Stream(receiver))
         .expect("a valid response");
     (sender, response)
 }
