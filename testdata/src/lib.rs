@@ -21,6 +21,7 @@
 //!   and reset blob downloads).
 //! * [`delay`] puts a fixed delay each way between two ends of any TCP protocol (a long link).
 
+pub mod cluster;
 mod compare;
 pub mod delay;
 pub mod fault;

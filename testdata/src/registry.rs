@@ -682,7 +682,7 @@ fn bcrypt(password: &str) -> io::Result<String> {
 
 /// A CA certificate and a server certificate (SAN `IP:127.0.0.1`, `DNS:localhost`) with its key,
 /// all PEM.
-fn make_certificates() -> io::Result<(String, String, String)> {
+pub(crate) fn make_certificates() -> io::Result<(String, String, String)> {
     let fail = |e: rcgen::Error| io::Error::other(format!("making certificates: {e}"));
     let now = std::time::SystemTime::now();
     let day = Duration::from_secs(86_400);

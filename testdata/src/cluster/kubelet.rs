@@ -1,0 +1,425 @@
+//! The kubelet part: for each scheduled pod, its volumes as host directories, then
+//! [`Pods::start`](crate::pods::Pods::start), then the pod's status from what the process does.
+//!
+//! * volumes: a claim is its volume's directory; a Secret's or `ConfigMap`'s keys are files under
+//!   `<cluster dir>/pods/<uid>/volumes/<name>/` with `defaultMode` (or an item's `mode`); an
+//!   emptyDir, and any other kind, is a fresh directory there; a hostPath is its path. A missing
+//!   Secret/ConfigMap is a `FailedMount` event; a `ReadWriteOnce` claim in use by a running pod on
+//!   another node is a `FailedAttachVolume` (Multi-Attach) event; the pod waits in
+//!   `ContainerCreating` meanwhile, and is retried each round.
+//! * a start error is the container's waiting reason and message and the pod stays Pending (not
+//!   retried: a real kubelet retries with back-off, e.g. `ErrImagePull` then `ImagePullBackOff`);
+//! * the first exit ends the pod: Succeeded for exit 0, Failed otherwise, whatever the
+//!   restartPolicy (a real kubelet restarts containers under Always and `OnFailure`);
+//! * deletion: the pod's processes are stopped (on their own thread, honouring the grace period
+//!   through [`PodProcess::stop`](crate::pods::PodProcess::stop)), then the pod is removed.
+//!   Pods removed at once (grace period 0) have their processes stopped after the fact.
+//! * no probes, init containers, resources, image pulls, or attach/mount through a CSI driver.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::controllers::event;
+use super::resources;
+use super::scheduler::volume_dir;
+use super::store::{self, Store, name_of, namespace_of};
+use crate::pods::{PodProcess, PodStart};
+
+/// Where a pod's files live: `<cluster dir>/pods/<uid>`.
+fn pod_dir(shared: &Shared, uid: &str) -> PathBuf {
+    shared.dir.join("pods").join(uid)
+}
+
+/// Where a pod's containers' logs go.
+pub fn log_dir(shared: &Shared, uid: &str) -> PathBuf {
+    pod_dir(shared, uid).join("logs")
+}
+
+struct Running {
+    process: Box<dyn PodProcess>,
+    namespace: String,
+    name: String,
+}
+
+/// The kubelet's memory: the pods it runs, is stopping, and has given up on.
+#[derive(Default)]
+pub struct Kubelet {
+    running: HashMap<String, Running>,
+    stopping: HashMap<String, (String, String, JoinHandle<()>)>,
+    failed_to_start: BTreeSet<String>,
+    reported: BTreeSet<String>,
+}
+
+/// Why a pod cannot start yet: an event (type, reason, message) to report once.
+struct NotReady(&'static str, String);
+
+fn uid_of(pod: &Value) -> String {
+    pod["metadata"]["uid"].as_str().unwrap_or("").to_owned()
+}
+
+fn claims_of(pod: &Value) -> Vec<String> {
+    pod["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["persistentVolumeClaim"]["claimName"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn write_files(directory: &Path, files: &[(String, Vec<u8>, u32)]) -> std::io::Result<()> {
+    fs::create_dir_all(directory)?;
+    for (path, content, mode) in files {
+        let file = directory.join(path);
+        if let Some(parent) = file.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(&file, content)?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(*mode))?;
+    }
+    Ok(())
+}
+
+/// A Secret's or `ConfigMap`'s keys as (path, content, mode), honouring `items` and modes.
+fn projected(source: &Value, object: &Value, base64_data: bool) -> Vec<(String, Vec<u8>, u32)> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (key, value) in object["data"].as_object().into_iter().flatten() {
+        let text = value.as_str().unwrap_or("");
+        let bytes = if base64_data { b64.decode(text).unwrap_or_default() } else { text.as_bytes().to_vec() };
+        data.insert(key.clone(), bytes);
+    }
+    for (key, value) in object["binaryData"].as_object().into_iter().flatten() {
+        data.insert(key.clone(), b64.decode(value.as_str().unwrap_or("")).unwrap_or_default());
+    }
+    let mode = source["defaultMode"].as_u64().unwrap_or(0o644) as u32;
+    match source["items"].as_array() {
+        Some(items) => items
+            .iter()
+            .filter_map(|item| {
+                let content = data.get(item["key"].as_str()?)?.clone();
+                Some((item["path"].as_str()?.to_owned(), content, item["mode"].as_u64().map_or(mode, |m| m as u32)))
+            })
+            .collect(),
+        None => data.into_iter().map(|(key, content)| (key, content, mode)).collect(),
+    }
+}
+
+impl Kubelet {
+    /// One round: stop what was deleted, start what was scheduled, report exits.
+    pub fn sync(&mut self, shared: &Shared) {
+        let pod_type = resources::by_kind("Pod");
+        let pods: Vec<Value> = shared.read().list(pod_type, None).into_iter().cloned().collect();
+        let present: BTreeSet<String> = pods.iter().map(uid_of).collect();
+        let gone: Vec<String> = self.running.keys().filter(|uid| !present.contains(*uid)).cloned().collect();
+        for uid in gone {
+            self.begin_stop(&uid);
+        }
+        let finished: Vec<String> = self
+            .stopping
+            .iter()
+            .filter(|(_, (_, _, thread))| thread.is_finished())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in finished {
+            if let Some((namespace, name, thread)) = self.stopping.remove(&uid) {
+                let _ = thread.join();
+                shared.write(|store| {
+                    if store.get(pod_type, &namespace, &name).is_some_and(|p| uid_of(p) == uid) {
+                        store.remove(pod_type, &namespace, &name);
+                    }
+                });
+            }
+        }
+        for pod in pods {
+            let uid = uid_of(&pod);
+            if pod["metadata"].get("deletionTimestamp").is_some() {
+                if self.running.contains_key(&uid) {
+                    self.begin_stop(&uid);
+                } else if !self.stopping.contains_key(&uid) {
+                    shared.write(|store| store.remove(pod_type, namespace_of(&pod), name_of(&pod)));
+                }
+                continue;
+            }
+            if pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+                || matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+            {
+                continue;
+            }
+            if let Some(running) = self.running.get_mut(&uid) {
+                if let Some(code) = running.process.try_wait() {
+                    if let Some(mut running) = self.running.remove(&uid) {
+                        running.process.stop();
+                    }
+                    shared.write(|store| exited(store, &pod, code));
+                }
+                continue;
+            }
+            if !self.failed_to_start.contains(&uid) {
+                self.start(shared, &pod);
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, uid: &str) {
+        if let Some(mut running) = self.running.remove(uid) {
+            let thread = std::thread::spawn(move || running.process.stop());
+            self.stopping.insert(uid.to_owned(), (running.namespace.clone(), running.name.clone(), thread));
+        }
+    }
+
+    fn start(&mut self, shared: &Shared, pod: &Value) {
+        let uid = uid_of(pod);
+        let volumes = match self.volumes(shared, pod) {
+            Ok(volumes) => volumes,
+            Err(NotReady(reason, message)) => {
+                let key = format!("{uid}/{reason}/{message}");
+                if self.reported.insert(key) {
+                    shared.write(|store| {
+                        event(store, pod, "Warning", reason, &message, "kubelet");
+                        waiting(store, pod, "ContainerCreating", "");
+                    });
+                }
+                return;
+            }
+        };
+        let logs = log_dir(shared, &uid);
+        if let Err(e) = fs::create_dir_all(&logs) {
+            shared.write(|store| {
+                waiting(store, pod, "CreateContainerError", &format!("creating the log directory: {e}"));
+            });
+            self.failed_to_start.insert(uid);
+            return;
+        }
+        let typed: k8s_openapi::api::core::v1::Pod = match serde_json::from_value(pod.clone()) {
+            Ok(typed) => typed,
+            Err(e) => {
+                shared.write(|store| waiting(store, pod, "CreateContainerConfigError", &e.to_string()));
+                self.failed_to_start.insert(uid);
+                return;
+            }
+        };
+        match shared.pods.start(PodStart { pod: &typed, volumes, log_dir: &logs }) {
+            Ok(process) => {
+                let ip = process.ip();
+                self.running.insert(
+                    uid,
+                    Running { process, namespace: namespace_of(pod).to_owned(), name: name_of(pod).to_owned() },
+                );
+                shared.write(|store| started(store, pod, &ip.to_string()));
+            }
+            Err(error) => {
+                self.failed_to_start.insert(uid);
+                shared.write(|store| {
+                    event(store, pod, "Warning", "Failed", &format!("Error: {}", error.reason), "kubelet");
+                    waiting(store, pod, &error.reason, &error.message);
+                });
+            }
+        }
+    }
+
+    fn volumes(&self, shared: &Shared, pod: &Value) -> Result<BTreeMap<String, PathBuf>, NotReady> {
+        let store = shared.read();
+        let uid = uid_of(pod);
+        let namespace = namespace_of(pod);
+        let mut out = BTreeMap::new();
+        for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let name = volume["name"].as_str().unwrap_or("").to_owned();
+            let own = pod_dir(shared, &uid).join("volumes").join(&name);
+            let mount_failed = |what: &str, object: &str| {
+                NotReady(
+                    "FailedMount",
+                    format!("MountVolume.SetUp failed for volume \"{name}\" : {what} \"{object}\" not found"),
+                )
+            };
+            let path = if let Some(claim_name) = volume["persistentVolumeClaim"]["claimName"].as_str() {
+                let claim = store
+                    .get(resources::by_kind("PersistentVolumeClaim"), namespace, claim_name)
+                    .ok_or_else(|| mount_failed("persistentvolumeclaim", claim_name))?;
+                let pv_name = claim["spec"]["volumeName"].as_str().unwrap_or("");
+                let pv = store
+                    .get(resources::by_kind("PersistentVolume"), "", pv_name)
+                    .ok_or_else(|| mount_failed("persistentvolume", pv_name))?;
+                self.check_attach(&store, pod, claim, pv)?;
+                let directory = volume_dir(shared, pv);
+                let _ = fs::create_dir_all(&directory);
+                directory
+            } else if volume.get("secret").is_some() || volume.get("configMap").is_some() {
+                let (source, kind, field) = if volume.get("secret").is_some() {
+                    (&volume["secret"], "Secret", "secretName")
+                } else {
+                    (&volume["configMap"], "ConfigMap", "name")
+                };
+                let object_name = source[field].as_str().unwrap_or("");
+                let files = match store.get(resources::by_kind(kind), namespace, object_name) {
+                    Some(object) => projected(source, object, kind == "Secret"),
+                    None if source["optional"] == true => Vec::new(),
+                    None => return Err(mount_failed(&kind.to_lowercase(), object_name)),
+                };
+                write_files(&own, &files)
+                    .map_err(|e| NotReady("FailedMount", format!("writing volume \"{name}\": {e}")))?;
+                own
+            } else if let Some(path) = volume["hostPath"]["path"].as_str() {
+                PathBuf::from(path)
+            } else {
+                fs::create_dir_all(&own)
+                    .map_err(|e| NotReady("FailedMount", format!("creating volume \"{name}\": {e}")))?;
+                own
+            };
+            out.insert(name, path);
+        }
+        Ok(out)
+    }
+
+    /// The Multi-Attach refusal: a `ReadWriteOnce` volume used by a running pod on another node.
+    fn check_attach(&self, store: &Store, pod: &Value, claim: &Value, pv: &Value) -> Result<(), NotReady> {
+        let modes = claim["status"]["accessModes"].as_array().cloned().unwrap_or_default();
+        if modes.iter().any(|m| m == "ReadWriteMany" || m == "ReadOnlyMany") {
+            return Ok(());
+        }
+        let node = &pod["spec"]["nodeName"];
+        let claim_name = name_of(claim).to_owned();
+        let users: Vec<String> = self
+            .running
+            .values()
+            .filter(|r| r.namespace == namespace_of(pod))
+            .filter_map(|r| store.get(resources::by_kind("Pod"), &r.namespace, &r.name))
+            .filter(|other| other["spec"]["nodeName"] != *node && claims_of(other).contains(&claim_name))
+            .map(|other| name_of(other).to_owned())
+            .collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        Err(NotReady(
+            "FailedAttachVolume",
+            format!(
+                "Multi-Attach error for volume \"{}\" Volume is already used by pod(s) {}",
+                name_of(pv),
+                users.join(", ")
+            ),
+        ))
+    }
+
+    /// Stops every pod (the cluster is stopping).
+    pub fn stop_all(&mut self) {
+        let uids: Vec<String> = self.running.keys().cloned().collect();
+        for uid in uids {
+            self.begin_stop(&uid);
+        }
+        for (_, (_, _, thread)) in self.stopping.drain() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn container_names(pod: &Value) -> Vec<(String, String)> {
+    pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| (c["name"].as_str().unwrap_or("").to_owned(), c["image"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+fn condition(kind: &str, ready: bool, reason: &str) -> Value {
+    let mut condition = json!({"type": kind, "status": if ready { "True" } else { "False" },
+        "lastTransitionTime": store::now()});
+    if !reason.is_empty() {
+        condition["reason"] = json!(reason);
+    }
+    condition
+}
+
+/// Writes a pod's status built from its current one (keeping `PodScheduled`).
+fn set_status(store: &mut Store, pod: &Value, update: impl FnOnce(&mut Value)) {
+    let pod_type = resources::by_kind("Pod");
+    let Some(mut current) = store.get(pod_type, namespace_of(pod), name_of(pod)).cloned() else { return };
+    if uid_of(&current) != uid_of(pod) {
+        return;
+    }
+    update(&mut current["status"]);
+    store.put_if_changed(pod_type, current);
+}
+
+fn scheduled_conditions(status: &Value, ready: bool, reason: &str) -> Vec<Value> {
+    let scheduled = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled").cloned())
+        .unwrap_or_else(|| condition("PodScheduled", true, ""));
+    vec![
+        condition("PodReadyToStartContainers", ready || reason != "ContainersNotReady", ""),
+        condition("Initialized", true, ""),
+        condition("Ready", ready, reason),
+        condition("ContainersReady", ready, reason),
+        scheduled,
+    ]
+}
+
+fn waiting(store: &mut Store, pod: &Value, reason: &str, message: &str) {
+    let containers = container_names(pod);
+    set_status(store, pod, |status| {
+        let mut state = json!({"reason": reason});
+        if !message.is_empty() {
+            state["message"] = json!(message);
+        }
+        status["phase"] = json!("Pending");
+        status["hostIP"] = json!("127.0.0.1");
+        status["conditions"] = json!(scheduled_conditions(status, false, "ContainersNotReady"));
+        status["containerStatuses"] =
+            json!(containers.iter().map(|(name, image)| json!({
+            "name": name, "image": image, "imageID": "", "ready": false, "started": false, "restartCount": 0,
+            "state": {"waiting": state},
+        })).collect::<Vec<_>>());
+    });
+}
+
+fn started(store: &mut Store, pod: &Value, ip: &str) {
+    let containers = container_names(pod);
+    let uid = uid_of(pod);
+    let now = store::now();
+    set_status(store, pod, |status| {
+        status["phase"] = json!("Running");
+        status["hostIP"] = json!("127.0.0.1");
+        status["hostIPs"] = json!([{"ip": "127.0.0.1"}]);
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!([{"ip": ip}]);
+        status["startTime"] = json!(now);
+        status["conditions"] = json!(scheduled_conditions(status, true, ""));
+        status["containerStatuses"] = json!(
+            containers
+                .iter()
+                .map(|(name, image)| json!({
+                    "name": name, "image": image, "imageID": "", "containerID": format!("sim://{uid}/{name}"),
+                    "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}},
+                }))
+                .collect::<Vec<_>>()
+        );
+    });
+}
+
+fn exited(store: &mut Store, pod: &Value, code: i32) {
+    let now = store::now();
+    let succeeded = code == 0;
+    set_status(store, pod, |status| {
+        let reason = if succeeded { "PodCompleted" } else { "PodFailed" };
+        status["phase"] = json!(if succeeded { "Succeeded" } else { "Failed" });
+        status["conditions"] = json!(scheduled_conditions(status, false, reason));
+        if let Some(containers) = status["containerStatuses"].as_array_mut() {
+            for container in containers {
+                let started_at = container["state"]["running"]["startedAt"].clone();
+                container["ready"] = json!(false);
+                container["started"] = json!(false);
+                container["state"] = json!({"terminated": {
+                    "exitCode": code, "reason": if succeeded { "Completed" } else { "Error" },
+                    "startedAt": started_at, "finishedAt": now, "containerID": container["containerID"],
+                }});
+            }
+        }
+    });
+}
