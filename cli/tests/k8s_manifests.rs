@@ -27,7 +27,7 @@ fn hand_written_manifests(dir: &Path, found: &mut Vec<PathBuf>) {
             if !["target", ".git", "node_modules"].contains(&name.as_str()) {
                 hand_written_manifests(&path, found);
             }
-        } else if (name.ends_with(".yaml") || name.ends_with(".yml"))
+        } else if path.extension().is_some_and(|extension| extension == "yaml" || extension == "yml")
             && std::fs::read_to_string(&path).is_ok_and(|body| body.lines().any(|line| line.starts_with("apiVersion:")))
             && !INVALID_ON_PURPOSE.iter().any(|invalid| path == repo_root().join(invalid))
         {
