@@ -30,10 +30,13 @@ if ((${#need[@]})); then
 fi
 
 # Hook tests run the seed's playbooks with a real `ansible-playbook`; the metrics test parses
-# `/metrics` with the Prometheus Python client's parsers. Those tests fail when these are missing.
+# `/metrics` with the Prometheus Python client's parsers; the Kubernetes manifests are checked
+# offline against the 1.33 and 1.37 schemas by `kubernetes-validate --strict`. Those tests fail
+# when these are missing (the manifests test skips outside CI=true).
 py=()
 command -v ansible-playbook >/dev/null || py+=(ansible-core)
 python3 -c 'import prometheus_client' 2>/dev/null || py+=(prometheus-client)
+command -v kubernetes-validate >/dev/null || py+=(kubernetes-validate)
 if ((${#py[@]})); then
   if ! python3 -m pip --version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq

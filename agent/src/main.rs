@@ -25,11 +25,16 @@ use crate::metrics::Metrics;
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
 
+/// `mover-agent --version`: the version and the protocol version it speaks, e.g.
+/// `mover-agent 0.1.0 (protocol 3)` (`scripts/image.sh` labels the image with both).
+static VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} (protocol {})", env!("CARGO_PKG_VERSION"), mover_engine::PROTOCOL_VERSION));
+
 /// mover's node daemon: serves volumes to, and receives volumes from, other mover agents.
 ///
 /// Exit codes: 0 clean shutdown; 1 serving failed; 64 invalid configuration.
 #[derive(Debug, Parser)]
-#[command(name = "mover-agent", version, max_term_width = 100)]
+#[command(name = "mover-agent", version = VERSION.as_str(), max_term_width = 100)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

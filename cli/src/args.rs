@@ -538,11 +538,12 @@ pub fn parse_streams(text: &str) -> Result<u32, String> {
 pub enum K8sCommand {
     /// Print every object mover's install needs, as YAML for `kubectl apply -f -`: the migration
     /// namespace (with its Pod Security level), the coordinator's and agents' service accounts,
-    /// their ClusterRole, Role and bindings, and for `--strategy node` the agent DaemonSet.
+    /// their cluster role, role and bindings, and for `--strategy node` the agent daemon set.
     ///
     /// `--strategy pod` (the default) needs Pod Security `baseline` where the claims are; `node`
-    /// runs a privileged DaemonSet (the namespace is labelled `privileged`; OpenShift also needs
+    /// runs a privileged daemon set (the namespace is labelled `privileged`; OpenShift also needs
     /// `oc adm policy add-scc-to-user privileged -z mover-agent -n NAMESPACE`).
+    #[allow(clippy::doc_markdown, reason = "help text names a product, not code")]
     Manifests(K8sManifestsArgs),
 }
 
@@ -550,7 +551,7 @@ pub enum K8sCommand {
 #[derive(Debug, Args)]
 pub struct K8sManifestsArgs {
     /// How agents reach a claim: `pod` (a transfer pod mounts it; Pod Security baseline) or
-    /// `node` (a privileged DaemonSet reaches it under the kubelet's pod directory).
+    /// `node` (a privileged daemon set reaches it under the kubelet's pod directory).
     #[arg(long, value_enum, default_value_t = StrategyArg::Pod, env = "MOVER_K8S_STRATEGY")]
     pub strategy: StrategyArg,
     /// The migration namespace mover's service accounts and agents live in.
@@ -561,7 +562,7 @@ pub struct K8sManifestsArgs {
     #[arg(long, value_name = "IMAGE", default_value = mover_kube::objects::DEFAULT_IMAGE, env = "MOVER_AGENT_IMAGE")]
     pub image: String,
     /// The kubelet's root directory on the nodes (`--strategy node`): e.g.
-    /// `/var/vcap/data/kubelet` on TKGI, `/opt/rke/var/lib/kubelet` on RancherOS.
+    /// `/var/vcap/data/kubelet` on TKGI, `/opt/rke/var/lib/kubelet` on Rancher.
     #[arg(long, value_name = "PATH", default_value = mover_kube::objects::DEFAULT_KUBELET_ROOT,
           value_parser = parse_kubelet_root, env = "MOVER_KUBELET_ROOT")]
     pub kubelet_root: String,
@@ -576,7 +577,7 @@ pub struct K8sManifestsArgs {
 pub enum StrategyArg {
     /// A transfer pod per claim.
     Pod,
-    /// A DaemonSet on every node.
+    /// A daemon set on every node.
     Node,
 }
 

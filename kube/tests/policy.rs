@@ -1,6 +1,6 @@
 //! mover's own policy checks over the objects it builds: the transfer pod passes every Pod
 //! Security Standards `baseline` rule (written here as code over the Pod, after
-//! kubernetes.io/docs/concepts/security/pod-security-standards), the node DaemonSet is flagged
+//! kubernetes.io/docs/concepts/security/pod-security-standards), the node `DaemonSet` is flagged
 //! privileged, and no RBAC rule uses a wildcard. Each rule of the checker is itself shown to
 //! flag a pod that breaks it.
 

@@ -1,8 +1,8 @@
-//! The node strategy's agent: a DaemonSet `mover-agent` that reaches claims under the kubelet's
+//! The node strategy's agent: a `DaemonSet` `mover-agent` that reaches claims under the kubelet's
 //! pod directory (`<kubelet-root>/pods/<pod-uid>/volumes/...`).
 //!
-//! It is privileged (hostPath, and SELinux hosts deny a confined container the kubelet's
-//! directories): its namespace needs the `privileged` Pod Security level, and OpenShift a
+//! It is privileged (hostPath, and `SELinux` hosts deny a confined container the kubelet's
+//! directories): its namespace needs the `privileged` Pod Security level, and `OpenShift` a
 //! privileged SCC for its service account.
 //!
 //! The kubelet's pod directory is mounted read-only with `HostToContainer` propagation, so that
@@ -11,7 +11,7 @@
 //! a target agent writes.
 //!
 //! Today's `mover-agent` takes its grants on the command line; the coordinator's runtime grants
-//! by pod UID and volume name are not there yet, so this DaemonSet grants the pod directory
+//! by pod UID and volume name are not there yet, so this `DaemonSet` grants the pod directory
 //! read-only as one volume. The runtime grant mechanism replaces that grant.
 
 use std::collections::BTreeMap;
@@ -37,7 +37,7 @@ pub const NODE_IDENTITY_SECRET: &str = "mover-agent-identity";
 /// The node agent's service account (see [`super::rbac`]).
 pub const NODE_SERVICE_ACCOUNT: &str = "mover-agent";
 
-/// What the node agent's DaemonSet is made of.
+/// What the node agent's `DaemonSet` is made of.
 #[derive(Debug, Clone)]
 pub struct NodeAgent<'a> {
     /// The migration namespace.
@@ -51,7 +51,7 @@ pub struct NodeAgent<'a> {
     pub port: u16,
 }
 
-/// The labels of the node agent's pods, which the DaemonSet selects.
+/// The labels of the node agent's pods, which the `DaemonSet` selects.
 fn node_labels() -> BTreeMap<String, String> {
     BTreeMap::from([
         (NAME_LABEL.to_owned(), AGENT_NAME.to_owned()),
@@ -60,7 +60,7 @@ fn node_labels() -> BTreeMap<String, String> {
     ])
 }
 
-/// The node agent's DaemonSet: privileged, the kubelet pod directory read-only with
+/// The node agent's `DaemonSet`: privileged, the kubelet pod directory read-only with
 /// `HostToContainer` propagation, `NODE_NAME` from the downward API, its identity from
 /// [`NODE_IDENTITY_SECRET`]; it tolerates every taint, since a claim may be mounted on any node.
 pub fn node_agent(spec: &NodeAgent) -> DaemonSet {

@@ -13,11 +13,13 @@ use super::labels::Migration;
 pub const IDENTITY_KEYS: [&str; 3] = ["ca.crt", "agent.crt", "agent.key"];
 
 /// The name of the migration's identity Secret: `mover-<id>-identity`.
+#[must_use]
 pub fn identity_secret_name(migration: &Migration) -> String {
     format!("mover-{}-identity", migration.id)
 }
 
 /// The migration's identity Secret in `namespace`, immutable: a new migration gets a new one.
+#[must_use]
 pub fn identity_secret(
     migration: &Migration,
     namespace: &str,

@@ -53,6 +53,7 @@ impl Migration {
     }
 
     /// The labels every object of this migration carries: managed-by and the migration id.
+    #[must_use]
     pub fn labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
@@ -61,18 +62,21 @@ impl Migration {
     }
 
     /// The annotations every object of this migration carries: the plan's name.
+    #[must_use]
     pub fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([(PLAN_ANNOTATION.to_owned(), self.plan.clone())])
     }
 
     /// The label selector of everything this migration created, for list and deletecollection:
     /// `mover.io/migration=<id>`.
+    #[must_use]
     pub fn selector(&self) -> String {
         format!("{MIGRATION_LABEL}={}", self.id)
     }
 }
 
 /// Whether `text` is a DNS-1123 label: 1-63 of `[a-z0-9-]`, starting and ending alphanumeric.
+#[must_use]
 pub fn is_dns_label(text: &str) -> bool {
     let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     (1..=MAX_NAME).contains(&text.len())
@@ -85,6 +89,7 @@ pub fn is_dns_label(text: &str) -> bool {
 /// characters outside `[a-z0-9-]` become `-`, and when that changed anything or the name is
 /// longer than 63, the name is cut and ends in a hash of `part`, so that distinct parts give
 /// distinct names.
+#[must_use]
 pub fn dns_name(prefix: &str, part: &str) -> String {
     let cleaned: String =
         part.chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' { c } else { '-' }).collect();
@@ -101,6 +106,7 @@ pub fn dns_name(prefix: &str, part: &str) -> String {
 
 /// The value of [`CLAIM_LABEL`] for `claim`: the claim's name when it fits a label value (at
 /// most 63 characters), else its first 54 characters and a hash of the whole name.
+#[must_use]
 pub fn claim_label_value(claim: &str) -> String {
     if claim.len() <= MAX_NAME {
         return claim.to_owned();

@@ -1,5 +1,5 @@
 //! The objects mover creates in a cluster, built from `k8s-openapi` types: the migration
-//! namespace, RBAC, the node agent's DaemonSet, and per migration the identity Secret,
+//! namespace, RBAC, the node agent's `DaemonSet`, and per migration the identity Secret,
 //! transfer pods and their Services.
 
 pub mod daemonset;
@@ -27,7 +27,7 @@ pub use transfer::{
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/mover-dev/mover-agent:", env!("CARGO_PKG_VERSION"));
 /// The agent's path in the image (the image's entrypoint, see `scripts/image.sh`).
 pub const AGENT_COMMAND: &str = "/usr/local/bin/mover-agent";
-/// The agent's container (and DaemonSet) name, and its `app.kubernetes.io/name`.
+/// The agent's container (and `DaemonSet`) name, and its `app.kubernetes.io/name`.
 pub const AGENT_NAME: &str = "mover-agent";
 /// The name of the agent's port in pods and services.
 pub const PORT_NAME: &str = "mover";
@@ -40,7 +40,7 @@ pub enum Strategy {
     /// A transfer pod per claim mounts it as a normal volume (Pod Security baseline).
     #[default]
     Pod,
-    /// A privileged DaemonSet reaches claims under the kubelet's pod directory.
+    /// A privileged `DaemonSet` reaches claims under the kubelet's pod directory.
     Node,
 }
 
@@ -62,7 +62,7 @@ pub enum Object {
     Role(Role),
     /// A role binding.
     RoleBinding(RoleBinding),
-    /// A DaemonSet.
+    /// A `DaemonSet`.
     DaemonSet(DaemonSet),
     /// A pod.
     Pod(Pod),
@@ -97,7 +97,7 @@ impl Default for Install<'_> {
 }
 
 /// Every object an install needs, in the order `kubectl apply` wants them: the namespace, the
-/// service accounts, roles and bindings, and for the node strategy the DaemonSet.
+/// service accounts, roles and bindings, and for the node strategy the `DaemonSet`.
 pub fn install_objects(install: &Install) -> Vec<Object> {
     let Rbac { service_accounts, cluster_roles, cluster_role_bindings, roles, role_bindings } =
         rbac(install.namespace, install.strategy);
@@ -121,6 +121,7 @@ pub fn install_objects(install: &Install) -> Vec<Object> {
 /// Examples of what each migration creates (not installable: the coordinator makes them per
 /// claim): the identity Secret (with placeholder bytes), and a source and a target transfer
 /// pod with the target's Service, for migration `example` in namespace `app`.
+#[must_use]
 pub fn template_objects(install: &Install) -> Vec<Object> {
     let migration = Migration { id: "example".to_owned(), plan: "example".to_owned() };
     let secret_name = identity_secret_name(&migration);

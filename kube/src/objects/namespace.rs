@@ -16,7 +16,8 @@ const POD_SECURITY_MODES: [&str; 3] = ["enforce", "audit", "warn"];
 
 impl Strategy {
     /// The Pod Security level the strategy's agents need: `baseline` for transfer pods,
-    /// `privileged` for the node DaemonSet (hostPath and a privileged container).
+    /// `privileged` for the node `DaemonSet` (hostPath and a privileged container).
+    #[must_use]
     pub fn pod_security_level(self) -> &'static str {
         match self {
             Strategy::Pod => "baseline",
@@ -27,6 +28,7 @@ impl Strategy {
 
 /// The migration namespace `name`, with `pod-security.kubernetes.io/{enforce,audit,warn}` at
 /// the strategy's level.
+#[must_use]
 pub fn namespace(name: &str, strategy: Strategy) -> Namespace {
     let mut labels = BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())]);
     for mode in POD_SECURITY_MODES {

@@ -20,7 +20,7 @@ use super::Strategy;
 use super::daemonset::{NODE_IDENTITY_SECRET, NODE_SERVICE_ACCOUNT};
 use super::labels::MANAGED_BY;
 
-/// The coordinator's service account (and its ClusterRole and binding).
+/// The coordinator's service account (and its `ClusterRole` and binding).
 pub const COORDINATOR_SERVICE_ACCOUNT: &str = "mover";
 
 const READ: &[&str] = &["get", "list", "watch"];
@@ -47,16 +47,19 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>)
 }
 
 /// The coordinator's rules, cluster-wide.
+#[must_use]
 pub fn coordinator_rules() -> Vec<PolicyRule> {
     COORDINATOR_RULES.iter().map(|&(group, resources, verbs)| rule(group, resources, verbs, None)).collect()
 }
 
 /// The node agent's rules, in the migration namespace: get and watch its identity Secret.
+#[must_use]
 pub fn node_agent_rules() -> Vec<PolicyRule> {
     vec![rule("", &["secrets"], &["get", "watch"], Some(&[NODE_IDENTITY_SECRET]))]
 }
 
 /// The Kubernetes user name of service account `name` in `namespace`.
+#[must_use]
 pub fn service_account_user(namespace: &str, name: &str) -> String {
     format!("system:serviceaccount:{namespace}:{name}")
 }
@@ -108,6 +111,7 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
 
 /// The RBAC objects of an install in `namespace`: the coordinator's always, the node agent's
 /// for the node strategy (transfer pods need none).
+#[must_use]
 pub fn rbac(namespace: &str, strategy: Strategy) -> Rbac {
     let coordinator = COORDINATOR_SERVICE_ACCOUNT;
     let mut rbac = Rbac {
@@ -149,32 +153,29 @@ fn binds(subjects: Option<&Vec<Subject>>, user: &str) -> bool {
 
 impl Rbac {
     /// The rules `user` holds through this install's bindings.
+    #[must_use]
     pub fn grants_of(&self, user: &str) -> Grants {
+        let named = |meta: &ObjectMeta, name: &str| meta.name.as_deref() == Some(name);
+        let cluster_role = |name: &str| {
+            let role = self.cluster_roles.iter().find(|role| named(&role.metadata, name));
+            role.and_then(|role| role.rules.clone()).unwrap_or_default()
+        };
         let mut grants = Grants::default();
         for binding in self.cluster_role_bindings.iter().filter(|binding| binds(binding.subjects.as_ref(), user)) {
-            let role =
-                self.cluster_roles.iter().find(|role| role.metadata.name.as_deref() == Some(&binding.role_ref.name));
-            grants.cluster.extend(role.and_then(|role| role.rules.clone()).into_iter().flatten());
+            grants.cluster.extend(cluster_role(&binding.role_ref.name));
         }
         for binding in self.role_bindings.iter().filter(|binding| binds(binding.subjects.as_ref(), user)) {
             let namespace = binding.metadata.namespace.clone().unwrap_or_default();
-            let rules = match binding.role_ref.kind.as_str() {
-                "ClusterRole" => {
-                    let role = self
-                        .cluster_roles
-                        .iter()
-                        .find(|role| role.metadata.name.as_ref() == Some(&binding.role_ref.name));
-                    role.and_then(|role| role.rules.clone())
-                }
-                _ => {
-                    let role = self.roles.iter().find(|role| {
-                        role.metadata.name.as_ref() == Some(&binding.role_ref.name)
-                            && role.metadata.namespace.as_ref() == Some(&namespace)
-                    });
-                    role.and_then(|role| role.rules.clone())
-                }
+            let rules = if binding.role_ref.kind == "ClusterRole" {
+                cluster_role(&binding.role_ref.name)
+            } else {
+                let role = self.roles.iter().find(|role| {
+                    named(&role.metadata, &binding.role_ref.name)
+                        && role.metadata.namespace.as_ref() == Some(&namespace)
+                });
+                role.and_then(|role| role.rules.clone()).unwrap_or_default()
             };
-            grants.namespaced.push((namespace, rules.unwrap_or_default()));
+            grants.namespaced.push((namespace, rules));
         }
         grants
     }
@@ -214,6 +215,7 @@ pub struct Request {
 
 impl Request {
     /// `resource` or `resource/subresource`, as RBAC rules name it.
+    #[must_use]
     pub fn rbac_resource(&self) -> String {
         match self.subresource.as_deref().filter(|sub| !sub.is_empty()) {
             Some(sub) => format!("{}/{sub}", self.resource),
@@ -237,6 +239,7 @@ fn matches(list: Option<&Vec<String>>, item: &str) -> bool {
 
 /// Whether `rule` allows `request`: its group, resource (with subresource) and verb are listed,
 /// and when the rule names objects, the request names one of them.
+#[must_use]
 pub fn rule_allows(rule: &PolicyRule, request: &Request) -> bool {
     matches(rule.api_groups.as_ref(), &request.group)
         && matches(rule.resources.as_ref(), &request.rbac_resource())
@@ -249,6 +252,7 @@ pub fn rule_allows(rule: &PolicyRule, request: &Request) -> bool {
 
 /// Whether the cluster-wide `rules` or the `namespaced` ones (for the request's namespace)
 /// allow `request`.
+#[must_use]
 pub fn allowed(rules: &[PolicyRule], namespaced: &[(String, Vec<PolicyRule>)], request: &Request) -> bool {
     rules.iter().any(|rule| rule_allows(rule, request))
         || namespaced.iter().any(|(namespace, rules)| {
@@ -258,6 +262,7 @@ pub fn allowed(rules: &[PolicyRule], namespaced: &[(String, Vec<PolicyRule>)], r
 
 /// What no request used: each `verb group/resource` of the rules that no request in
 /// `requests` was allowed by (an empty group is the core group, written `core`).
+#[must_use]
 pub fn unused_rules(
     rules: &[PolicyRule],
     namespaced: &[(String, Vec<PolicyRule>)],
@@ -294,17 +299,20 @@ pub fn unused_rules(
 
 impl Grants {
     /// [`allowed`] over these grants.
+    #[must_use]
     pub fn allows(&self, request: &Request) -> bool {
         allowed(&self.cluster, &self.namespaced, request)
     }
 
     /// [`unused_rules`] over these grants.
+    #[must_use]
     pub fn unused(&self, requests: &[Request]) -> Vec<String> {
         unused_rules(&self.cluster, &self.namespaced, requests)
     }
 }
 
 /// Whether `rule` uses a wildcard (`*`) verb, resource, group or resource name.
+#[must_use]
 pub fn has_wildcard(rule: &PolicyRule) -> bool {
     let wild = |list: Option<&Vec<String>>| list.is_some_and(|list| list.iter().any(|item| item.contains('*')));
     wild(Some(&rule.verbs))

@@ -48,6 +48,7 @@ pub enum End {
 
 impl End {
     /// The value of [`ROLE_LABEL`]: `source` or `target`.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             End::Source => "source",
@@ -56,6 +57,7 @@ impl End {
     }
 
     /// The capabilities the end's pod keeps (all others are dropped).
+    #[must_use]
     pub fn capabilities(self) -> &'static [&'static str] {
         match self {
             End::Source => &SOURCE_CAPABILITIES,
@@ -90,6 +92,7 @@ pub struct TransferPod<'a> {
 
 /// The name of the transfer pod (and its Service) of `claim` at `end`:
 /// `mover-<id>-<source|target>-<claim>`, a DNS-1035 label, cut with a hash suffix when needed.
+#[must_use]
 pub fn transfer_pod_name(migration: &Migration, end: End, claim: &str) -> String {
     dns_name(&format!("mover-{}-{}-", migration.id, end.as_str()), claim)
 }
@@ -293,6 +296,7 @@ pub enum Exposure {
 
 impl Exposure {
     /// The Service `type`.
+    #[must_use]
     pub fn service_type(self) -> &'static str {
         match self {
             Exposure::LoadBalancer => "LoadBalancer",
@@ -304,6 +308,7 @@ impl Exposure {
 
 /// The Service exposing the transfer pod of `spec` (same name and namespace), selecting exactly
 /// that pod by its migration, role and claim labels.
+#[must_use]
 pub fn transfer_service(spec: &TransferPod, exposure: Exposure) -> Service {
     let labels = transfer_labels(spec);
     Service {
