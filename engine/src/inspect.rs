@@ -5,7 +5,8 @@
 //! `.mover-tmp-preflight-*` file in the root (a reserved name: mover's temporary names are the `reserved` module's).
 //! The usage walk never follows symlinks, stays on the root's file system (as `du -x`), counts
 //! each hard-linked inode once and stops at [`WALK_BUDGET`]; a volume that is a mount point of
-//! its own is measured from its file system's counters instead, without a walk.
+//! its own file system is measured from that file system's counters instead, without a walk
+//! (not a bind mount of a directory inside a larger one).
 
 use std::collections::HashSet;
 use std::io;
@@ -35,7 +36,9 @@ pub fn inspect(name: &str, root: BorrowedFd<'_>, read_only: bool) -> VolumeStatu
         Ok(fs) => {
             status.free_bytes = fs.f_bavail.saturating_mul(fs.f_frsize);
             status.size_bytes = fs.f_blocks.saturating_mul(fs.f_frsize);
-            if crate::volume::is_mount_root(root) {
+            // A bind mount of a directory of a larger file system (a hostPath or local-path PV)
+            // is walked: the counters are the whole file system's.
+            if crate::volume::is_file_system_root(root) {
                 status.used_bytes = fs.f_blocks.saturating_sub(fs.f_bfree).saturating_mul(fs.f_frsize);
                 return status;
             }

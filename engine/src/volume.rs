@@ -95,10 +95,19 @@ fn is_mount_root_by_parent(dir: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(own.st_dev != parent.st_dev || own.st_ino == parent.st_ino)
 }
 
-/// Whether the directory `dir` is the root of a mounted file system.
+/// Whether `dir` is the root of a whole file system, so that the file system's counters are
+/// the directory's: a mount root that is not a bind mount of a directory inside a larger file
+/// system (as local-path and NFS-subdirectory provisioners and hostPath volumes make PVs). Read
+/// from `/proc/self/mountinfo` (the mount's root within its file system is `/`); false when it
+/// cannot be told.
 #[must_use]
-pub fn is_mount_root(dir: BorrowedFd<'_>) -> bool {
-    place(dir).is_ok_and(|place| place.mount_root)
+pub fn is_file_system_root(dir: BorrowedFd<'_>) -> bool {
+    let Ok(Place { mount_root: true, mount_id: Some(id), .. }) = place(dir) else { return false };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let id = id.to_string();
+    mounts.lines().map(|line| line.split(' ').collect::<Vec<_>>()).any(|fields| {
+        fields.first() == Some(&id.as_str()) && fields.get(3) == Some(&"/")
+    })
 }
 
 /// What changed at a volume's path.

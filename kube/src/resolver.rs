@@ -155,6 +155,12 @@ impl KubeVolumes {
             access_modes: overrides.access_modes,
             labels: self.agents.migration().labels(),
         };
+        if target::ensure_namespace(&cluster, &claim.namespace, &self.agents.migration().labels()).await? {
+            (self.on_state)(
+                volume,
+                &format!("created namespace `{}` in context `{}`", claim.namespace, cluster.context),
+            );
+        }
         let target = target::ensure(&cluster, &source, (&claim.namespace, &name), used, &rules).await?;
         self.warnings.lock().expect("not poisoned").extend(target.warnings.iter().map(|w| format!("{volume}: {w}")));
         // An existing claim that a running pod mounts is reached on that pod's node.

@@ -12,7 +12,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
@@ -199,6 +201,33 @@ pub fn target_claim(
             ..PersistentVolumeClaimSpec::default()
         }),
         status: None,
+    }
+}
+
+/// Creates namespace `namespace` on the target when it is missing (a migration recreates the
+/// application's namespaces, as MTC does); never changes or deletes one. True when created.
+pub async fn ensure_namespace(
+    cluster: &Cluster,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, KubeError> {
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    let doing = format!("creating namespace `{namespace}`");
+    if namespaces.get_opt(namespace).await.map_err(KubeError::api(&cluster.context, &doing))?.is_some() {
+        return Ok(false);
+    }
+    let wanted = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.to_owned()),
+            labels: Some(labels.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    match namespaces.create(&PostParams::default(), &wanted).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(KubeError::api(&cluster.context, doing)(error)),
     }
 }
 

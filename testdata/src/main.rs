@@ -7,7 +7,13 @@
 //! mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG]
 //!                          [--platform-layer-size SIZE] [--seed N] [--docker]
 //! mover-testdata delay-relay LISTEN UPSTREAM MILLIS
+//! mover-testdata cluster up DIR
+//! mover-testdata cluster down DIR
 //! ```
+//! `cluster up` starts two simulated clusters (`mover_testdata::cluster`), writes
+//! `DIR/kubeconfig` with contexts `source` and `target`, and serves until SIGTERM or SIGINT (or
+//! `cluster down DIR`). Their pods run as processes in namespaces of their own: root only. Pods
+//! of `ghcr.io/mover-dev/mover-agent` run the `mover-agent` beside this program.
 //! `delay-relay` relays TCP connections from LISTEN to UPSTREAM, holding every byte MILLIS in each
 //! direction (a long link on loopback; see `mover_testdata::delay`), until killed.
 //! KIND is `random`, `text`, `database` or `sparse`; SIZE takes a `K`, `M` or `G` suffix.
@@ -111,18 +117,78 @@ fn image(dir: &Path, spec: &ImageSpec) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Serves two simulated clusters until SIGTERM or SIGINT; `DIR/pid` names this process.
+fn cluster_up(dir: &Path) -> Result<(), String> {
+    let agent = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("mover-agent");
+    if !agent.is_file() {
+        return Err(format!("no `{}`: build the workspace first (`cargo build`)", agent.display()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    let pair = mover_testdata::cluster::ClusterPair::start(dir, &agent, (10, 11))
+        .map_err(|e| format!("cannot start the clusters in `{}`: {e}", dir.display()))?;
+    std::fs::write(dir.join("pid"), std::process::id().to_string()).map_err(|e| e.to_string())?;
+    println!(
+        "clusters `source` ({}) and `target` ({}) are up; KUBECONFIG={}",
+        pair.source.url(),
+        pair.target.url(),
+        pair.kubeconfig.display()
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut interrupt, mut terminate) = (
+            signal(SignalKind::interrupt()).map_err(|e| e.to_string())?,
+            signal(SignalKind::terminate()).map_err(|e| e.to_string())?,
+        );
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        Ok::<(), String>(())
+    })?;
+    drop(pair);
+    let _ = std::fs::remove_file(dir.join("pid"));
+    Ok(())
+}
+
+/// Stops the clusters `cluster up DIR` started, and waits until they are gone.
+fn cluster_down(dir: &Path) -> Result<(), String> {
+    let pid = std::fs::read_to_string(dir.join("pid"))
+        .map_err(|e| format!("no clusters run in `{}` ({e})", dir.display()))?;
+    let pid: i32 = pid.trim().parse().map_err(|_| format!("`{}` holds no process id", dir.join("pid").display()))?;
+    let process = rustix::process::Pid::from_raw(pid).ok_or("a process id of 0")?;
+    rustix::process::kill_process(process, rustix::process::Signal::TERM)
+        .map_err(|e| format!("cannot stop process {pid}: {e}"))?;
+    for _ in 0..600 {
+        if rustix::process::test_kill_process(process).is_err() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("process {pid} is still running after a minute"))
+}
+
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
+    let usage = "usage: mover-testdata cluster up|down DIR\n       mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
     // `generate --help` once made a tree named `--help`: positionals never start with `-`.
     let positionals = match args.first().map(String::as_str) {
         Some("compare") => 2,
         Some("delay-relay") => 3,
+        Some("cluster") => 2,
         _ => 1,
     };
     if args.iter().skip(1).take(positionals).any(|arg| arg.starts_with('-')) || args.iter().any(|arg| arg == "--help") {
         return Err(usage.into());
     }
     match args.first().map(String::as_str) {
+        Some("cluster") => {
+            let dir = Path::new(args.get(2).ok_or(usage)?);
+            match args.get(1).map(String::as_str) {
+                Some("up") => cluster_up(dir).map(|()| true),
+                Some("down") => cluster_down(dir).map(|()| true),
+                _ => Err(usage.into()),
+            }
+        }
         Some("generate") => {
             let dir = PathBuf::from(args.get(1).ok_or(usage)?);
             let mut spec = TreeSpec::with_entries(2_000);

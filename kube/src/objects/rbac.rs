@@ -27,7 +27,9 @@ const READ: &[&str] = &["get", "list", "watch"];
 
 /// The coordinator's rules: `(API group, resources, verbs)`.
 const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
-    ("", &["persistentvolumes", "nodes", "namespaces", "resourcequotas", "events"], READ),
+    ("", &["persistentvolumes", "nodes", "resourcequotas", "events"], READ),
+    // A target namespace that is missing is created (never changed or deleted).
+    ("", &["namespaces"], &["get", "list", "watch", "create"]),
     ("", &["persistentvolumeclaims"], &["get", "list", "watch", "create"]),
     ("", &["pods", "services", "secrets"], &["get", "list", "watch", "create", "delete"]),
     ("", &["pods/log"], &["get"]),

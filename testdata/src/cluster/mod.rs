@@ -34,12 +34,14 @@
 //! Files under `dir`: `audit.jsonl`, `volumes/<pv>/` (persistent volumes), `pods/<uid>/` (a pod's
 //! secret, config map and emptyDir volumes and its `logs/<container>.log`).
 
+pub mod app;
 mod audit;
 mod controllers;
 mod defaults;
 mod http1;
 mod kubeconfig;
 mod kubelet;
+mod pair;
 mod resources;
 mod scheduler;
 mod selectors;
@@ -65,6 +67,7 @@ use serde_json::{Value, json};
 
 pub use audit::{Faults, Request};
 pub use kubeconfig::{KubeconfigEntry, write_kubeconfig, write_kubeconfig_entries};
+pub use pair::{AGENT_REPOSITORY, ClusterPair, TOOLS_REPOSITORY};
 
 use crate::pods::Pods;
 use resources::ResourceType;

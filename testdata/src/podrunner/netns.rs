@@ -29,6 +29,12 @@ const PREFIX: [u8; 2] = [10, 245];
 const TABLE_BASE: u32 = 0x6d76_0000;
 /// Priority of the runners' policy rules: before `main` (32766).
 const RULE_PRIORITY: u32 = 30_000;
+/// The table every runner's pod routes are also in, with an `unreachable` default: pods of one
+/// runner reach the pods of another (two simulated clusters' agents talk to each other) and
+/// nothing else in `10.245.0.0/16`. Its rule comes just before each runner's own.
+const SHARED_TABLE: u32 = TABLE_BASE + 0x1_0000;
+/// Every runner's addresses.
+const ALL_SUBNETS: &str = "10.245.0.0/16";
 
 /// The subnet of one runner: address allocation and the policy rule that keeps its traffic in.
 pub(crate) struct Subnet {
@@ -71,6 +77,11 @@ impl Subnet {
         let table = self.table();
         ip(&["route", "add", "unreachable", "default", "table", &table])?;
         ip(&["rule", "add", "from", &self.cidr(), "lookup", &table, "priority", &RULE_PRIORITY.to_string()])?;
+        let shared = SHARED_TABLE.to_string();
+        // Another runner may have made it already.
+        let _ = ip(&["route", "add", "unreachable", "default", "table", &shared]);
+        let priority = (RULE_PRIORITY - 1).to_string();
+        ip(&["rule", "add", "from", &self.cidr(), "to", ALL_SUBNETS, "lookup", &shared, "priority", &priority])?;
         *installed = true;
         Ok(())
     }
@@ -78,6 +89,10 @@ impl Subnet {
     fn remove_rule(&self) {
         let table = self.table();
         while ip(&["rule", "del", "from", &self.cidr(), "lookup", &table, "priority", &RULE_PRIORITY.to_string()])
+            .is_ok()
+        {}
+        let (shared, priority) = (SHARED_TABLE.to_string(), (RULE_PRIORITY - 1).to_string());
+        while ip(&["rule", "del", "from", &self.cidr(), "to", ALL_SUBNETS, "lookup", &shared, "priority", &priority])
             .is_ok()
         {}
         let _ = ip(&["route", "flush", "table", &table]);
@@ -139,6 +154,7 @@ impl PodNetwork {
         ip(&["link", "set", link, "up"])?;
         ip(&["route", "add", &pod, "dev", link])?;
         ip(&["route", "add", &pod, "dev", link, "table", &table])?;
+        ip(&["route", "add", &pod, "dev", link, "table", &SHARED_TABLE.to_string()])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "addr", "add", &pod, "dev", "eth0"])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;

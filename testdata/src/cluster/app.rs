@@ -1,0 +1,136 @@
+//! A small application in the simulated source cluster, for the Kubernetes demo and tests:
+//! namespaces `shop` and `shop-db` with three claims full of generated trees.
+//!
+//! - `shop/data` (ReadWriteOnce) is mounted by the running pod `shop/web`;
+//! - `shop/media` (ReadWriteOnce) is mounted by nothing;
+//! - `shop-db/db` (ReadWriteOnce) already has its target claim in the target cluster, made by the
+//!   user beforehand (mover must use it as it is).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+
+use super::ClusterPair;
+use super::pair::TOOLS_REPOSITORY;
+use crate::TreeSpec;
+
+/// What [`deploy`] made.
+pub struct App {
+    /// Each claim (`namespace/name`) with its source volume's directory.
+    pub claims: Vec<(String, PathBuf)>,
+}
+
+/// The claims of the application, `(namespace, name, mounted by a running pod)`.
+pub const CLAIMS: [(&str, &str, bool); 3] =
+    [("shop", "data", true), ("shop", "media", false), ("shop-db", "db", false)];
+
+fn io_error(error: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(error.to_string())
+}
+
+/// A client of context `context` of the pair's kubeconfig.
+pub async fn client(pair: &ClusterPair, context: &str) -> std::io::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(&pair.kubeconfig).map_err(io_error)?;
+    let options = kube::config::KubeConfigOptions { context: Some(context.to_owned()), ..Default::default() };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(io_error)?;
+    kube::Client::try_from(config).map_err(io_error)
+}
+
+async fn create<K>(api: &Api<K>, value: serde_json::Value) -> std::io::Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(value).map_err(io_error)?;
+    api.create(&PostParams::default(), &object).await.map_err(io_error)
+}
+
+fn claim(namespace: &str, name: &str, size: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+           "metadata": {"name": name, "namespace": namespace, "labels": {"app": "shop"}},
+           "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                    "resources": {"requests": {"storage": size}}}})
+}
+
+/// The directory of the persistent volume bound to claim `namespace/name`, once it is bound.
+pub async fn volume_dir(
+    client: &kube::Client,
+    cluster_dir: &Path,
+    namespace: &str,
+    name: &str,
+) -> std::io::Result<PathBuf> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = claims.get(name).await.map_err(io_error)?;
+        if let Some(volume) = found.spec.and_then(|s| s.volume_name) {
+            return Ok(cluster_dir.join("volumes").join(volume));
+        }
+        if Instant::now() > deadline {
+            return Err(io_error(format!("claim {namespace}/{name} was not bound in 20 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Deploys the application into the pair's source cluster (and the existing target claim into
+/// its target cluster), each claim filled with a generated tree of about `files` files.
+pub async fn deploy(pair: &ClusterPair, files: usize) -> std::io::Result<App> {
+    let source = client(pair, "source").await?;
+    let target = client(pair, "target").await?;
+    for namespace in ["shop", "shop-db"] {
+        let value = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        create(&Api::<Namespace>::all(source.clone()), value.clone()).await?;
+        if namespace == "shop-db" {
+            create(&Api::<Namespace>::all(target.clone()), value).await?;
+        }
+    }
+    let mut claims = Vec::new();
+    for (index, (namespace, name, mounted)) in CLAIMS.into_iter().enumerate() {
+        create(&Api::<PersistentVolumeClaim>::namespaced(source.clone(), namespace), claim(namespace, name, "1Gi"))
+            .await?;
+        let dir = volume_dir(&source, pair.source.dir(), namespace, name).await?;
+        let spec = TreeSpec {
+            files,
+            dirs: files / 10 + 1,
+            max_file_size: 1 << 20,
+            big_files: Vec::new(),
+            seed: 7 + index as u64,
+            exotic: false,
+        };
+        crate::generate(&dir, &spec)?;
+        if mounted {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web", "namespace": namespace, "labels": {"app": "shop"}},
+                "spec": {"containers": [{"name": "web", "image": format!("{TOOLS_REPOSITORY}:1"),
+                                         "command": ["sleep", "3600"],
+                                         "volumeMounts": [{"name": "data", "mountPath": "/tmp/data"}]}],
+                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}]}});
+            create(&Api::<Pod>::namespaced(source.clone(), namespace), pod).await?;
+            wait_running(&source, namespace, "web").await?;
+        }
+        claims.push((format!("{namespace}/{name}"), dir));
+    }
+    // The user made this target claim before the migration, a size of their choosing.
+    create(&Api::<PersistentVolumeClaim>::namespaced(target.clone(), "shop-db"), claim("shop-db", "db", "2Gi")).await?;
+    Ok(App { claims })
+}
+
+/// Waits until pod `namespace/name` runs.
+pub async fn wait_running(client: &kube::Client, namespace: &str, name: &str) -> std::io::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pod = pods.get(name).await.map_err(io_error)?;
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io_error(format!("pod {namespace}/{name} is not running after 20 s: {:?}", pod.status)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
