@@ -253,3 +253,25 @@ fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
     assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2 + 6 + 1 + 1, "{log}");
     assert!(log.contains("before its 2 further streams joined"), "{log}");
 }
+
+/// With several streams the tree ends before its verdicts are in, and with nothing to send
+/// the receiver's report follows its last verdict at once: the sender takes the verdicts one
+/// by one and leaves the report for its end (it once took the report among the verdicts and
+/// failed with "unexpected Done message", most often on trees of many files).
+#[test]
+fn a_no_change_resync_of_many_files_over_four_streams_ends_with_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    for i in 0..3_000 {
+        let dir = src.join(format!("d{:02}", i / 100));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("f{i}")), format!("file {i}")).unwrap();
+    }
+    let first = sync(&src, &dst, streams(4));
+    assert_eq!(first.files_transferred, 3_000, "{first:?}");
+    for _ in 0..5 {
+        let again = sync(&src, &dst, streams(4));
+        assert_eq!(again.files_transferred, 0, "{again:?}");
+    }
+    mover_testdata::assert_identical(&src, &dst);
+}

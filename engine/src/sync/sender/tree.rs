@@ -132,12 +132,16 @@ impl Tree<'_> {
         }
     }
 
-    /// Takes verdicts until every file is answered.
+    /// Takes verdicts until every file is answered, one by one: once the tree has ended, the
+    /// receiver's report may follow its last verdict at once, and is left for
+    /// [`Self::await_report`].
     pub(super) fn answer_all(&mut self) -> Result<()> {
         while !self.waiting.is_empty() {
-            self.take_verdicts()?;
-            if !self.waiting.is_empty() {
-                self.await_verdict()?;
+            self.check_workers()?;
+            self.shared.watch.check_now_and_then()?;
+            match self.replies.try_recv() {
+                Ok(reply) => self.handle_reply(decode_message(&reply?)?)?,
+                Err(_) => self.await_verdict()?,
             }
         }
         Ok(())
