@@ -45,8 +45,9 @@
 #       stunnel client -> relay -> stunnel server -> rsync daemon); bandwidth is loopback's, so
 #       this shows the round trips each tool waits for (tc netem does not work here)
 #   (s) many small files: SMALL_FILES files of 1-8 KiB (seeded sizes and content) in
-#       directories of 100, initial copy and no-change re-sync, with `tar cf - | tar xf -` into
-#       an empty directory beside them as the floor of the initial copy (tool "tar")
+#       directories of 100, initial copy and no-change re-sync, with
+#       `tar --format=posix -cf - | tar xf -` into an empty directory beside them as the floor
+#       of the initial copy (tool "tar")
 #
 # The rsync side, as MTC's DVM runs it: on the target an rsync daemon (module `path = TARGET`,
 # `read only = false`, `use chroot = no`, `munge symlinks = no`, `uid/gid = root`) on
@@ -712,8 +713,9 @@ measure() {
       ;;
     tar)
       # The floor of case (s): one process reads, one writes, nothing verified or compared.
+      # POSIX (pax) format, so that times keep their nanoseconds, as the other tools keep them.
       # shellcheck disable=SC2016
-      cmd=(sh -c 'tar cf - -C "$1" . | tar xf - -C "$2"' sh "$src" "$dst")
+      cmd=(sh -c 'tar --format=posix -cf - -C "$1" . | tar xf - -C "$2"' sh "$src" "$dst")
       ;;
   esac
   sync

@@ -19,7 +19,7 @@ use crate::agent::{Agent, AgentError, VolumeGrant};
 use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
 pub use crate::session::SessionError;
-use crate::session::{self, join_lanes, open_with};
+use crate::session::{self, open_with_lanes};
 use crate::sync::{self, SyncError};
 use crate::tunnel::{self, Proxy, TunnelError};
 use crate::volume::{Overlap, VolumeRoot};
@@ -161,11 +161,11 @@ pub async fn copy_to_agent(
     let request = Request::Receive { volume: volume.to_owned(), options: options.clone() };
     let config = tunnel::client_config(identity)?;
     let migration_id = identity.migration_id();
-    let (stream, welcome) = open_with((&config, &migration_id), addr, request, proxy).await?;
+    let (stream, welcome, lanes) =
+        open_with_lanes((&config, &migration_id), addr, request, proxy, options.streams).await?;
     if let Some(notice) = welcome.notice {
         reporter.on_event(&crate::progress::Event::Warning { message: notice });
     }
-    let lanes = join_lanes((&config, &migration_id), addr, proxy, &welcome.token, options.streams).await?;
     // Cancelling a copy from this process is ending the process: its connections close, and
     // the agent ends the session.
     let never = sync::CancellationToken::new();

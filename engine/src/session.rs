@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::certs::Identity;
+use crate::sync::SyncError;
 use crate::tunnel::{self, Proxy, TunnelError};
 use crate::wire::{FrameReader, FrameWriter, Hello, RemoteError, Request, Welcome, WireError};
 
@@ -88,21 +89,51 @@ pub(crate) async fn open_with(
     }
 }
 
-/// Opens the further lanes of a session over `streams` connections whose first connection to
-/// the agent at `addr` was welcomed with the lane token `token`.
-pub(crate) async fn join_lanes(
+/// A further lane of a session, on its way to being joined: ready once the agent welcomed it.
+pub(crate) type JoiningLane = crate::sync::Joining<tunnel::ClientStream>;
+
+/// Opens a session of `streams` connections to the agent at `addr`: the first says hello with
+/// `request`, and the further lanes' TLS handshakes run beside it, so they cost no round trip
+/// of their own. Returns the first connection, its welcome, and the further lanes, joining:
+/// each says its [`Request::JoinLane`] hello (with the welcome's lane token) at once and is
+/// ready once welcomed, which [`crate::sync::send_volume`] waits for beside the tree's first
+/// entries.
+pub(crate) async fn open_with_lanes(
     (config, migration_id): Dialler<'_>,
     addr: &str,
+    request: Request,
     proxy: Option<&Proxy>,
-    token: &[u8],
     streams: u32,
-) -> Result<Vec<tunnel::ClientStream>, SessionError> {
-    if streams > 1 && token.is_empty() {
+) -> Result<(tunnel::ClientStream, Welcome, Vec<JoiningLane>), SessionError> {
+    let tunnels = (1..streams).map(|_| tunnel::connect(addr, config.clone(), proxy));
+    let tunnels = async { futures_util::future::try_join_all(tunnels).await.map_err(SessionError::from) };
+    let first = open_with((config, migration_id), addr, request, proxy);
+    let ((stream, welcome), tunnels) = futures_util::future::try_join(first, tunnels).await?;
+    if streams > 1 && welcome.token.is_empty() {
         return Err(SessionError::NoLanes { addr: addr.to_owned(), streams });
     }
-    let lanes = (1..streams).map(|lane| async move {
-        let request = Request::JoinLane { token: token.to_vec(), lane };
-        open_with((config, migration_id), addr, request, proxy).await.map(|(stream, _)| stream)
-    });
-    futures_util::future::try_join_all(lanes).await
+    let lanes = (1..)
+        .zip(tunnels)
+        .map(|(lane, tunnel)| {
+            let hello = Hello {
+                migration_id: migration_id.to_owned(),
+                request: Request::JoinLane { token: welcome.token.clone(), lane },
+            };
+            Box::pin(join_lane(tunnel, hello)) as JoiningLane
+        })
+        .collect();
+    Ok((stream, welcome, lanes))
+}
+
+/// Says a lane's `hello` on its established tunnel and waits for the welcome.
+async fn join_lane(mut tunnel: tunnel::ClientStream, hello: Hello) -> Result<tunnel::ClientStream, SyncError> {
+    FrameWriter::new(&mut tunnel).send_hello(&hello).await?;
+    match FrameReader::new(&mut tunnel).read_welcome().await {
+        Ok(_) => Ok(tunnel),
+        Err(WireError::Remote(error)) => Err(SyncError::Remote(RemoteError::new(
+            error.kind,
+            format!("the agent refused a further stream of the session: {}", error.message),
+        ))),
+        Err(error) => Err(SyncError::Wire(error)),
+    }
 }

@@ -135,7 +135,7 @@ impl Lanes {
         let mut lanes = Vec::with_capacity(count);
         let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
         // Watched by peeking, so nothing is read. Data there is no sign of trouble: the source
-        // starts as soon as its lanes are welcomed, which may be before they reach us here.
+        // starts its tree while its lanes are still joining.
         let tcp = first.get_ref().0;
         let closed = async {
             let mut byte = [0u8; 1];

@@ -12,7 +12,7 @@ use super::observe::{Direction, Observed, SessionStats};
 use super::sessions::Lanes;
 use super::{State, claim};
 use crate::progress::{Event, Reporter, Summary};
-use crate::session::{SessionError, join_lanes, open_with};
+use crate::session::{SessionError, open_with_lanes};
 use crate::sync::{self, SyncError};
 use crate::tunnel;
 use crate::volume::VolumeRoot;
@@ -121,11 +121,11 @@ pub(super) async fn push(
             let setup = async {
                 let dialler = (&client, migration_id.as_str());
                 let join = Request::JoinSession { token };
-                let (tunnel, welcome) = open_with(dialler, &target, join, proxy.as_ref()).await?;
+                let (tunnel, welcome, lanes) =
+                    open_with_lanes(dialler, &target, join, proxy.as_ref(), options.streams).await?;
                 if let Some(notice) = &welcome.notice {
                     let _ = events_tx.try_send(Message::Progress(Event::Warning { message: notice.clone() }));
                 }
-                let lanes = join_lanes(dialler, &target, proxy.as_ref(), &welcome.token, options.streams).await?;
                 Ok::<_, SessionError>((tunnel, lanes))
             };
             let (tunnel, lanes) = tokio::select! {

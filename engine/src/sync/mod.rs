@@ -204,6 +204,10 @@ pub fn full_message(error: &(dyn std::error::Error + 'static)) -> String {
 /// Result alias for the sync module.
 pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 
+/// A further connection of a session that is still joining (its hello said, its welcome
+/// awaited): [`send_volume`] starts the tree on the first connection meanwhile.
+pub type Joining<S> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S>> + Send>>;
+
 /// Reads frame bodies and hands them to a blocking thread, which decodes them (data chunks are
 /// used in place), holding at most `budget` bytes of them; skips keepalives (empty frames);
 /// ends at end of stream or on error.
@@ -287,6 +291,29 @@ async fn pump_out<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Why a further connection of a session could not join (the first such error), and the
+/// token that stops the session then.
+#[derive(Default)]
+struct JoinFailure {
+    error: std::sync::Mutex<Option<SyncError>>,
+    stop: CancellationToken,
+}
+
+impl JoinFailure {
+    fn record(&self, error: SyncError) {
+        self.error.lock().expect("no task panics holding the join failure").get_or_insert(error);
+        self.stop.cancel();
+    }
+
+    /// The session's result: a join's failure instead of the cancellation it caused.
+    fn explain<T>(&self, result: Result<T>) -> Result<T> {
+        match (result, self.error.lock().expect("no task panics holding the join failure").take()) {
+            (Err(SyncError::Cancelled), Some(error)) => Err(error),
+            (result, _) => result,
+        }
+    }
+}
+
 /// The async ends of one connection: a reader task and a writer task.
 struct Pumps {
     reader: tokio::task::JoinHandle<()>,
@@ -297,19 +324,51 @@ impl Pumps {
     /// Starts the pumps of `stream`; returns them and the thread's ends of their queues.
     fn start<S>(
         stream: S,
-        (input_frames, input_budget, output_frames): (usize, usize, usize),
+        queues: (usize, usize, usize),
         on_wire: Arc<AtomicU64>,
         pace: Pace,
     ) -> (Pumps, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Result<InFrame>>)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (reader, writer) = tokio::io::split(stream);
+        let failed = Arc::new(JoinFailure::default());
+        Pumps::start_joining(Box::pin(std::future::ready(Ok(stream))), queues, (on_wire, pace), &failed)
+    }
+
+    /// [`Pumps::start`] on a connection still joining: the thread may queue frames at once,
+    /// and they leave once it has joined. A join that fails is recorded in `failed`, which
+    /// stops the session.
+    fn start_joining<S>(
+        joining: Joining<S>,
+        (input_frames, input_budget, output_frames): (usize, usize, usize),
+        (on_wire, pace): (Arc<AtomicU64>, Pace),
+        failed: &Arc<JoinFailure>,
+    ) -> (Pumps, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Result<InFrame>>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (in_tx, in_rx) = mpsc::channel(input_frames);
         let (out_tx, out_rx) = mpsc::channel(output_frames);
+        let (read_half, reader) = tokio::sync::oneshot::channel();
+        let failed = failed.clone();
         let pumps = Pumps {
-            reader: tokio::spawn(pump_in(reader, in_tx, input_budget)),
-            writer: tokio::spawn(pump_out(writer, out_rx, on_wire, pace)),
+            reader: tokio::spawn(async move {
+                if let Ok(reader) = reader.await {
+                    pump_in(reader, in_tx, input_budget).await;
+                }
+            }),
+            writer: tokio::spawn(async move {
+                let stream = match joining.await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        failed.record(error);
+                        return Err(SyncError::Disconnected("(a further stream could not join)"));
+                    }
+                };
+                let (reader, writer) = tokio::io::split(stream);
+                let _ = read_half.send(reader);
+                pump_out(writer, out_rx, on_wire, pace).await
+            }),
         };
         (pumps, out_tx, in_rx)
     }
@@ -366,11 +425,12 @@ async fn join_or_cancel<T>(
 
 /// Runs the sender over established, handshaken tunnels: streams the tree under `root` to the
 /// receiver at the other end and returns the summary once the receiver acknowledged. `lanes`
-/// are the session's further connections (`options.streams - 1` of them), already joined. A
+/// are the session's further connections (`options.streams - 1` of them), joined or joining
+/// (the tree starts meanwhile; a lane that fails to join ends the session with its reason). A
 /// root whose watch sees it change ends the session.
 pub async fn send_volume<S>(
     stream: S,
-    lanes: Vec<S>,
+    lanes: Vec<Joining<S>>,
     root: VolumeRoot,
     options: SyncOptions,
     reporter: SharedReporter,
@@ -399,8 +459,10 @@ where
         Pumps::start(stream, (WINDOW * 2 + 16, budget, queued), on_wire.clone(), pace.clone());
     let mut pumps = vec![first_pumps];
     let mut others = Vec::new();
+    let join_failure = Arc::new(JoinFailure { error: std::sync::Mutex::default(), stop: cancel.child_token() });
     for lane in lanes {
-        let (lane_pumps, out, replies) = Pumps::start(lane, (4, budget, queued), on_wire.clone(), pace.clone());
+        let (lane_pumps, out, replies) =
+            Pumps::start_joining(lane, (4, budget, queued), (on_wire.clone(), pace.clone()), &join_failure);
         pumps.push(lane_pumps);
         others.push(sender::Lane { out, replies });
     }
@@ -419,7 +481,8 @@ where
     });
     let thread = tokio::task::spawn_blocking(move || sender::run(&shared, sender::Lane { out, replies }, others));
     let all: Vec<&Pumps> = pumps.iter().collect();
-    let result = join_or_cancel(thread, &all, cancel, "the sender thread").await;
+    let result = join_or_cancel(thread, &all, &join_failure.stop, "the sender thread").await;
+    let result = join_failure.explain(result);
     ticker.abort();
     let mut written = Ok(());
     for lane in pumps {

@@ -375,7 +375,9 @@ pub enum Message {
     /// receiver finds what to delete by walking its own sorted listing alongside, and ends the
     /// session on a name out of order.
     Entry(Entry),
-    /// Sender to receiver: no more entries (all requested data was sent before this).
+    /// Sender to receiver: no more entries. Over one stream, all requested content was sent
+    /// before this; over several, it comes once the scan is over, the verdicts still on their
+    /// way, and the content they ask for follows on the further lanes (none on the first).
     EndOfEntries,
     /// Receiver to sender: send the content of this file.
     Need {

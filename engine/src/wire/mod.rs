@@ -59,7 +59,10 @@ pub use message::{
 // Version 7: [`RemoteErrorKind::NoSpace`], [`RemoteErrorKind::Internal`] and
 // [`RemoteErrorKind::MassDelete`], so that a full disk, a bug and the mass-delete guard keep
 // their kind across the wire (the front end's remedies are keyed on kinds, never on text).
-pub const PROTOCOL_VERSION: u32 = 7;
+// Version 8: in a session over several streams, [`Message::EndOfEntries`] ends the tree as soon as
+// the scan is over, before the receiver's verdicts are in (the files they ask for then come on
+// the further lanes); the further lanes join beside the tree's first entries.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;

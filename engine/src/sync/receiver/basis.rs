@@ -109,9 +109,7 @@ pub(super) fn open_with_basis(
             Some(confine::open_file_read(dir, name).map_err(|e| io("cannot reopen the previous version of", e))?),
         ),
         Basis::InPlace | Basis::Existing => {
-            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
-            let file =
-                confine::create_file(dir, tmp.as_bytes()).map_err(|e| io("cannot create a temporary file for", e))?;
+            let file = create_temporary(dir, tmp).map_err(|e| io("cannot create a temporary file for", e))?;
             let basis =
                 confine::open_file_read(dir, name).map_err(|e| io("cannot reopen the previous version of", e))?;
             // Where extents can be shared, the new version starts as the old one and
@@ -129,12 +127,22 @@ pub(super) fn open_with_basis(
             }
             (file, Some(basis))
         }
-        Basis::None => {
-            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
-            (confine::create_file(dir, tmp.as_bytes()).map_err(|e| io("cannot create a temporary file for", e))?, None)
-        }
+        Basis::None => (create_temporary(dir, tmp).map_err(|e| io("cannot create a temporary file for", e))?, None),
     };
     Ok((file, basis_file, cloned))
+}
+
+/// Creates the temporary file `tmp` (never through a link: `O_EXCL|O_NOFOLLOW`); one left by
+/// an earlier session is removed first, only when there is one (one system call per new file,
+/// not an `unlinkat` that fails and then the `openat`).
+fn create_temporary(dir: BorrowedFd<'_>, tmp: &CString) -> io::Result<std::fs::File> {
+    match confine::create_file(dir, tmp.as_bytes()) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
+            confine::create_file(dir, tmp.as_bytes())
+        }
+        created => created,
+    }
 }
 
 /// The part of a basis file the current deltas copy from. Consecutive windows of one file

@@ -255,15 +255,17 @@ pub(super) fn write_run(
 /// Writes `data` at `offset` page by page: non-zero pages are written; all-zero pages are left
 /// alone in a fresh temporary file (it starts as one hole, so they stay holes and sparse files
 /// stay sparse; direct writes may still write a short run of them, see [`DIRECT_HOLE_FILL`]),
-/// or, with `punch`, punched out of a reused file that may hold old data there.
+/// or, with `punch`, punched out of a reused file that may hold old data there. Returns the
+/// end of the last run written, if any.
 pub(super) fn write_pages(
     file: &std::fs::File,
     data: &[u8],
     offset: u64,
     punch: bool,
     direct: &mut Option<DirectWrites>,
-) -> io::Result<()> {
+) -> io::Result<Option<u64>> {
     const PAGE: usize = 4096;
+    let mut written_end = None;
     let mut start = 0;
     while start < data.len() {
         let zero = blocks::is_zero(&data[start..(start + PAGE).min(data.len())]);
@@ -274,16 +276,18 @@ pub(super) fn write_pages(
         let at = offset + start as u64;
         if !zero {
             write_run(file, &data[start..end], at, direct)?;
+            written_end = Some(offset + end as u64);
         } else if punch {
             let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
             if rustix::fs::fallocate(file, flags, at, (end - start) as u64).is_err() {
                 // No hole punching here: zeros it is.
                 write_run(file, &data[start..end], at, direct)?;
+                written_end = Some(offset + end as u64);
             }
         }
         start = end;
     }
-    Ok(())
+    Ok(written_end)
 }
 
 #[cfg(test)]

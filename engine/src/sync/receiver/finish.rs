@@ -16,6 +16,9 @@ impl Receiver {
         if self.lane.current.is_some() {
             return Err(protocol("end of entries while a file is incomplete"));
         }
+        // The end of the tree may come before the sender has our verdicts (a session with
+        // further lanes): the files they ask for come on those lanes.
+        self.flush_replies()?;
         self.wait_for_files()?;
         self.dirs_cache = DirCache::default();
         // Nothing is deleted, and no success reported, in a directory hidden under a mount since.

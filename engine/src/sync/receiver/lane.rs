@@ -42,6 +42,9 @@ pub(super) struct OpenFile {
     pub(super) hasher: crate::sync::digest::FileDigest,
     /// Everything before this offset has been hashed.
     pub(super) position: u64,
+    /// The end of the last range written to `file` (zero pages are holes, not written): its
+    /// size, when it started empty.
+    pub(super) written_end: u64,
     /// Set while `file` is written past the page cache.
     pub(super) direct: Option<DirectWrites>,
 }
@@ -301,12 +304,15 @@ impl Lane {
         let io = |op, source| SyncError::Io { op, path: shown.clone(), source };
         fill_gap(open, size, &mut self.gap_buffer).map_err(|e| io("cannot write", e))?;
         // What the write thread holds is on the file before its size, metadata and name.
-        if let Some(mut writes) = open.direct.take() {
+        let direct = open.direct.take();
+        let sized_by_writes = direct.is_none() && !open.resumed && !open.cloned && open.written_end == size;
+        if let Some(mut writes) = direct {
             writes.finish().map_err(|e| io("cannot write", e))?;
         }
         // Only when it differs (a hole at the end, a shorter clone or partial): on XFS, setting
-        // the size of a file whose data is not written out yet writes it out at once.
-        if open.file.metadata().map_err(|e| io("cannot inspect", e))?.len() != size {
+        // the size of a file whose data is not written out yet writes it out at once. A file
+        // that started empty and was written up to its size is known to have it.
+        if !sized_by_writes && open.file.metadata().map_err(|e| io("cannot inspect", e))?.len() != size {
             open.file.set_len(size).map_err(|e| io("cannot write", e))?;
         }
         if open.hasher.finalize() != expected {
@@ -362,7 +368,9 @@ pub(super) fn write_content(open: &mut OpenFile, offset: u64, content: &[u8], ga
     open.hasher.update(content);
     // A resumed partial or a clone is not a fresh hole: its zero pages are punched out.
     let punch = open.resumed || open.cloned;
-    write_pages(&open.file, content, offset, punch, &mut open.direct).map_err(write_error)?;
+    if let Some(end) = write_pages(&open.file, content, offset, punch, &mut open.direct).map_err(write_error)? {
+        open.written_end = end;
+    }
     open.position = offset + content.len() as u64;
     Ok(())
 }
@@ -407,6 +415,7 @@ impl Lane {
             inplace,
             hasher: crate::sync::digest::FileDigest::default(),
             position: 0,
+            written_end: 0,
             direct,
         })
     }
@@ -439,8 +448,11 @@ pub(super) fn fill_gap(open: &mut OpenFile, offset: u64, buffer: &mut Vec<u8>) -
         // Past the end of the basis the sender must have sent data; zeros keep the hash honest.
         buffer[got..want].fill(0);
         open.hasher.update(&buffer[..want]);
-        if !open.resumed && !open.cloned {
-            write_pages(&open.file, &buffer[..want], open.position, false, &mut open.direct)?;
+        if !open.resumed
+            && !open.cloned
+            && let Some(end) = write_pages(&open.file, &buffer[..want], open.position, false, &mut open.direct)?
+        {
+            open.written_end = end;
         }
         open.position += want as u64;
     }

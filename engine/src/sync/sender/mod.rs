@@ -60,6 +60,8 @@ pub(super) struct Shared {
     last_progress: Mutex<Instant>,
     /// The first error of a content worker; it ends the session.
     failure: Mutex<Option<SyncError>>,
+    /// The scan is over: the first lane's content worker stops (see [`Tree::end_tree_early`]).
+    scan_over: AtomicBool,
     failed: AtomicBool,
 }
 
@@ -91,6 +93,7 @@ impl Shared {
             problems: Mutex::new(Problems::default()),
             last_progress: Mutex::new(Instant::now()),
             failure: Mutex::new(None),
+            scan_over: AtomicBool::new(false),
             failed: AtomicBool::new(false),
         })
     }

@@ -100,38 +100,68 @@ impl Tree<'_> {
     }
 
     /// Sends the tree and takes the verdicts until every file is answered, then ends the tree
-    /// and waits for the receiver's report.
+    /// and waits for the receiver's report. With further lanes the tree ends as soon as the
+    /// scan is over ([`Self::end_tree_early`]).
     pub(super) fn stream(&mut self) -> Result<()> {
         let mut scanner = Scanner::new(&self.shared.root, crate::sync::scan_options(&self.shared.options))
             .map_err(|source| SyncError::Io { op: "cannot scan the source volume", path: ".".into(), source })?;
         let root_entry = self.root_entry(scanner.withheld_mut())?;
         self.send(&Message::Entry(root_entry))?;
-        self.scan_and_answer(&mut scanner)?;
-        self.end_tree()?;
+        self.scan(&mut scanner)?;
+        let ended = self.shared.options.streams > 1;
+        if ended {
+            self.end_tree_early()?;
+        }
+        self.answer_all()?;
+        self.end_tree(!ended)?;
         self.await_report(&mut scanner)
     }
 
     /// Sends entries while fewer than [`WINDOW`] files wait for a verdict, and takes verdicts,
-    /// until the scan is over and every file is answered.
-    pub(super) fn scan_and_answer(&mut self, scanner: &mut Scanner) -> Result<()> {
-        let mut scanning = true;
+    /// until the scan is over.
+    pub(super) fn scan(&mut self, scanner: &mut Scanner) -> Result<()> {
         loop {
-            self.check_workers()?;
-            self.shared.watch.check_now_and_then()?;
-            while let Ok(reply) = self.replies.try_recv() {
-                self.handle_reply(decode_message(&reply?)?)?;
-            }
-            if scanning && self.waiting.len() < WINDOW {
-                scanning = self.scanned(scanner.next())?;
+            self.take_verdicts()?;
+            if self.waiting.len() < WINDOW {
+                if !self.scanned(scanner.next())? {
+                    return Ok(());
+                }
                 continue;
             }
-            if !scanning && self.waiting.is_empty() {
-                return Ok(());
+            self.await_verdict()?;
+        }
+    }
+
+    /// Takes verdicts until every file is answered, one by one: once the tree has ended, the
+    /// receiver's report may follow its last verdict at once, and is left for
+    /// [`Self::await_report`].
+    pub(super) fn answer_all(&mut self) -> Result<()> {
+        while !self.waiting.is_empty() {
+            self.check_workers()?;
+            self.shared.watch.check_now_and_then()?;
+            match self.replies.try_recv() {
+                Ok(reply) => self.handle_reply(decode_message(&reply?)?)?,
+                Err(_) => self.await_verdict()?,
             }
-            self.flush()?;
-            let reply = self.replies.blocking_recv().ok_or(SyncError::Disconnected("before answering"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the verdicts that have arrived, after checking on the workers and the root.
+    fn take_verdicts(&mut self) -> Result<()> {
+        self.check_workers()?;
+        self.shared.watch.check_now_and_then()?;
+        while let Ok(reply) = self.replies.try_recv() {
             self.handle_reply(decode_message(&reply?)?)?;
         }
+        Ok(())
+    }
+
+    /// Sends what is queued and waits for the receiver's next reply.
+    fn await_verdict(&mut self) -> Result<()> {
+        self.flush()?;
+        let reply = self.replies.blocking_recv().ok_or(SyncError::Disconnected("before answering"))?;
+        self.handle_reply(decode_message(&reply?)?)
     }
 
     /// Sends what the scan found, or the totals once it is over (`None`); whether it goes on.
@@ -168,13 +198,36 @@ impl Tree<'_> {
         Ok(true)
     }
 
+    /// The scan is over, in a session with further lanes: the first lane's content worker
+    /// finishes its file and stops, and the end of the tree follows on the first lane before
+    /// the verdicts are in. The receiver then waits for the files it asks for on the further
+    /// lanes, and one with nothing to ask for reports at once: a round trip fewer.
+    pub(super) fn end_tree_early(&mut self) -> Result<()> {
+        self.shared.scan_over.store(true, Ordering::Release);
+        // The first worker was started first (`super::run`).
+        let first = self.workers.remove(0);
+        first.join().map_err(|_| SyncError::Internal("a content worker"))??;
+        self.end_entries()
+    }
+
     /// Every file is answered: lets the workers finish what they were given (content on the
-    /// first lane then precedes the end of the tree), and ends the tree.
-    pub(super) fn end_tree(&mut self) -> Result<()> {
+    /// first lane then precedes the end of the tree), and ends the tree unless it has ended.
+    pub(super) fn end_tree(&mut self, send_end: bool) -> Result<()> {
         self.jobs = None;
         for worker in self.workers.drain(..) {
             worker.join().map_err(|_| SyncError::Internal("a content worker"))??;
         }
+        if send_end {
+            self.end_entries()
+        } else {
+            // What was sent came from the volume, not from a directory hidden under a mount since.
+            self.check_workers()?;
+            self.shared.watch.check().map_err(SyncError::from)
+        }
+    }
+
+    /// Sends the end of the tree, once what was read is known to come from the volume.
+    fn end_entries(&mut self) -> Result<()> {
         self.check_workers()?;
         // What was read came from the volume, not from a directory hidden under a mount since.
         self.shared.watch.check()?;

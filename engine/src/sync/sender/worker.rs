@@ -21,6 +21,9 @@ use crate::wire::{
 /// matter more than the CPU, whatever the link. Level 3 is what `rsync -z` uses.
 pub(super) const DELTA_MIN_LEVEL: i32 = 3;
 
+/// How often the first lane's worker looks at the queue and at the end of the scan.
+const FIRST_LANE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Reads, hashes, compresses and sends the content of requested files on one lane.
 pub(super) struct Worker {
     pub(super) shared: Arc<Shared>,
@@ -77,8 +80,7 @@ impl Worker {
 
     pub(super) fn work(&mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
         loop {
-            let job = jobs.lock().expect("no worker panics holding the job queue").recv();
-            let Ok(mut job) = job else { return Ok(()) };
+            let Some(mut job) = self.next_job(jobs) else { return Ok(()) };
             if self.shared.failed.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -99,6 +101,31 @@ impl Worker {
                 }
             }
             self.send_file(job.id, &job.waiting, job.basis.as_mut())?;
+        }
+    }
+
+    /// The next requested file, or `None` when the queue closes. The first lane's worker of a
+    /// session with further lanes also stops when the scan is over ([`Shared::scan_over`]): the
+    /// tree then ends on the first lane, and the further lanes carry the rest. It takes a file
+    /// only when the lock on the queue is free, that is when every other worker is busy: the
+    /// first lane, which carries the tree, gets content last.
+    fn next_job(&self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Option<Job> {
+        if self.replies.is_some() || self.shared.options.streams <= 1 {
+            return jobs.lock().expect("no worker panics holding the job queue").recv().ok();
+        }
+        loop {
+            if self.shared.scan_over.load(Ordering::Acquire) {
+                return None;
+            }
+            match jobs.try_lock() {
+                Ok(jobs) => match jobs.recv_timeout(FIRST_LANE_POLL) {
+                    Ok(job) => return Some(job),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                },
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(FIRST_LANE_POLL),
+                Err(std::sync::TryLockError::Poisoned(_)) => panic!("a worker panicked holding the job queue"),
+            }
         }
     }
 
