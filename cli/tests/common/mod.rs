@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: real `mover` and `mover-agent` processes on loopback.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod k8s;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -3,8 +3,8 @@
 //! against those rules, for the tests.
 //!
 //! - The coordinator (service account `mover`) reads claims, volumes, pods, nodes, storage
-//!   classes, namespaces, quotas and events; creates claims; creates and deletes pods, services
-//!   and secrets; reads pod logs and port-forwards to agents.
+//!   classes, namespaces and events; creates claims and missing namespaces; creates and deletes
+//!   pods, services and secrets (its transfer agents); reads transfer pods' logs.
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -23,18 +23,22 @@ use super::labels::MANAGED_BY;
 /// The coordinator's service account (and its `ClusterRole` and binding).
 pub const COORDINATOR_SERVICE_ACCOUNT: &str = "mover";
 
-const READ: &[&str] = &["get", "list", "watch"];
-
-/// The coordinator's rules: `(API group, resources, verbs)`.
+/// The coordinator's rules: `(API group, resources, verbs)`, exactly the requests mover makes
+/// (the end-to-end audit in `cli/tests/k8s_plan.rs` fails on a request no rule allows, and on a
+/// rule no request uses).
 const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
-    ("", &["persistentvolumes", "nodes", "resourcequotas", "events"], READ),
+    // A source claim's volume; a NodePort agent's node address.
+    ("", &["persistentvolumes", "nodes"], &["get"]),
+    // Why a transfer pod waits (a volume attached elsewhere, an image that cannot be pulled).
+    ("", &["events"], &["list"]),
     // A target namespace that is missing is created (never changed or deleted).
-    ("", &["namespaces"], &["get", "list", "watch", "create"]),
-    ("", &["persistentvolumeclaims"], &["get", "list", "watch", "create"]),
-    ("", &["pods", "services", "secrets"], &["get", "list", "watch", "create", "delete"]),
+    ("", &["namespaces"], &["get", "create"]),
+    ("", &["persistentvolumeclaims"], &["get", "list", "create"]),
+    ("", &["pods"], &["get", "list", "watch", "create", "delete"]),
+    ("", &["services", "secrets"], &["get", "list", "create", "delete"]),
+    // The last lines of a transfer pod that ended before it was ready.
     ("", &["pods/log"], &["get"]),
-    ("", &["pods/portforward"], &["create"]),
-    ("storage.k8s.io", &["storageclasses"], READ),
+    ("storage.k8s.io", &["storageclasses"], &["list"]),
 ];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {

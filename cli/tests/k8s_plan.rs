@@ -1,0 +1,116 @@
+//! `mover plan run` of a plan with `clusters:` between two simulated clusters: every Bound claim
+//! of two namespaces moves (one in use by a running pod, one mounted by nothing, one whose target
+//! claim the user made beforehand), as the install's coordinator service account, whose every
+//! request its ClusterRole must allow. Root only; skipped otherwise, with the reason printed.
+
+mod common;
+
+use std::path::Path;
+
+use common::k8s::{assert_same, leftovers, mover, runtime};
+use common::{bin, is_root, text};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::Api;
+use mover_kube::objects::Strategy;
+use mover_kube::objects::rbac::{self, Request};
+use mover_testdata::cluster::app::{self, deploy};
+use mover_testdata::cluster::{ClusterPair, write_kubeconfig_entries};
+
+const PLAN: &str = "apiVersion: mover/v1alpha1
+kind: MigrationPlan
+name: shop-migration
+namespaces: [shop, shop-db]
+clusters:
+  source: {context: source}
+  target: {context: target}
+";
+
+/// What the coordinator asked of both clusters, from their request logs.
+fn requests_of(pair: &ClusterPair, user: &str) -> Vec<Request> {
+    let mut requests = Vec::new();
+    for dir in [pair.source.dir(), pair.target.dir()] {
+        let log = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+        let lines = log.lines().map(|line| serde_json::from_str::<Request>(line).unwrap());
+        requests.extend(lines.filter(|request| request.user == user));
+    }
+    requests
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows() {
+    if !is_root() {
+        eprintln!("skipped: the simulated clusters' pods need root (namespaces, mounts)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let pair = ClusterPair::start(&tmp.path().join("clusters"), &bin("mover-agent"), (23, 24)).unwrap();
+    let deployed = runtime.block_on(deploy(&pair, 200)).unwrap();
+    // mover runs as the install's coordinator service account, not as an admin.
+    let user = rbac::service_account_user("mover-system", rbac::COORDINATOR_SERVICE_ACCOUNT);
+    let kubeconfig = tmp.path().join("coordinator.kubeconfig");
+    write_kubeconfig_entries(&kubeconfig, &[pair.source.kubeconfig_entry(&user), pair.target.kubeconfig_entry(&user)])
+        .unwrap();
+    let as_coordinator = ClusterPair { kubeconfig, ..pair };
+    let plan = tmp.path().join("plan.yaml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let first = tmp.path().join("first.json");
+    let output = mover(&as_coordinator, &["plan", "run", plan.to_str().unwrap(), "--report", first.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    let names: Vec<_> = report(&first)["volumes"].as_array().unwrap().iter().map(|v| v["name"].clone()).collect();
+    assert_eq!(names, ["shop/data", "shop/media", "shop-db/db"]);
+
+    runtime.block_on(async {
+        let client = app::client(&as_coordinator, "target").await.unwrap();
+        for (claim, source_dir) in &deployed.claims {
+            let (namespace, name) = claim.split_once('/').unwrap();
+            let found = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace).get(name).await.unwrap();
+            let size = found.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0.clone();
+            // The user's own target claim is used as it is (2Gi), never resized.
+            assert_eq!(size, if claim == "shop-db/db" { "2Gi" } else { "1Gi" }, "{claim}");
+            let target_dir = app::volume_dir(&client, as_coordinator.target.dir(), namespace, name).await.unwrap();
+            assert_same(source_dir, &target_dir);
+        }
+    });
+    assert_eq!(runtime.block_on(leftovers(&as_coordinator)), Vec::<String>::new());
+
+    // A re-run sends nothing.
+    let second = tmp.path().join("second.json");
+    let again = mover(&as_coordinator, &["plan", "run", plan.to_str().unwrap(), "--report", second.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", text(&again));
+    for volume in report(&second)["volumes"].as_array().unwrap() {
+        assert_eq!(volume["files_transferred"], 0, "{volume}");
+    }
+
+    // A transfer pod that cannot start: its reason shows while it waits (the events of the pod).
+    let stuck = mover(
+        &as_coordinator,
+        &[
+            "copy",
+            "k8s://source/shop/media",
+            "k8s://target/shop",
+            "--agent-image",
+            "registry.sim/nothing:1",
+            "--agent-ready-timeout",
+            "4",
+        ],
+    );
+    assert_eq!(stuck.status.code(), Some(1), "{}", text(&stuck));
+    let stderr = String::from_utf8_lossy(&stuck.stderr);
+    assert!(stderr.contains("ErrImagePull") && stderr.contains("was not ready in time"), "{}", text(&stuck));
+    assert_eq!(runtime.block_on(leftovers(&as_coordinator)), Vec::<String>::new());
+
+    // The RBAC audit: every request allowed by the role `mover k8s manifests` prints; every
+    // verb of it used, but for two paths this test does not take (NodePort Services read the
+    // node's address; a transfer pod that ends before it is ready has its log read).
+    let requests = requests_of(&as_coordinator, &user);
+    assert!(requests.len() > 20, "{} requests", requests.len());
+    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
+    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
+    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
+    assert_eq!(grants.unused(&requests), ["get core/nodes", "get core/pods/log"]);
+}
