@@ -124,8 +124,11 @@ impl TransferAgents {
         )
         .await?;
         let deadline = Instant::now() + self.settings.ready_timeout;
-        wait_ready(cluster, namespace, &name, deadline, on_state).await?;
-        let host = wait_address(cluster, namespace, &name, self.settings.exposure, deadline, on_state).await?;
+        let pod = wait_ready(cluster, namespace, &name, deadline, on_state).await?;
+        let node = pod.spec.and_then(|s| s.node_name);
+        let host =
+            wait_address(cluster, (namespace, &name), node.as_deref(), self.settings.exposure, deadline, on_state)
+                .await?;
         let port = service_port(&services, &name, self.settings.exposure, context).await?;
         Ok(AgentEnd { addr: join_host_port(&host, port), volume: claim.to_owned(), pod: name })
     }
@@ -285,14 +288,14 @@ fn is_ready(pod: &Pod) -> bool {
 }
 
 /// Watches pod `name` until it is ready, reporting each new state (with the newest Warning
-/// event, which says what a kubelet cannot do: attach a volume, pull an image).
+/// event, which says what a kubelet cannot do: attach a volume, pull an image); returns it.
 async fn wait_ready(
     cluster: &Cluster,
     namespace: &str,
     name: &str,
     deadline: Instant,
     on_state: &(dyn Fn(&str) + Send + Sync),
-) -> Result<(), KubeError> {
+) -> Result<Pod, KubeError> {
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(pods, config).default_backoff().applied_objects().boxed();
@@ -312,7 +315,7 @@ async fn wait_ready(
                     }
                 };
                 if is_ready(&pod) {
-                    return Ok(());
+                    return Ok(pod);
                 }
                 let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
                 if matches!(phase, "Failed" | "Succeeded") {
@@ -368,11 +371,12 @@ async fn tail_log(cluster: &Cluster, namespace: &str, name: &str) -> String {
     }
 }
 
-/// Waits until Service `name` has an address of its kind; returns the host to dial.
+/// Waits until Service `name` has an address of its kind (for a NodePort, an address of `node`,
+/// where its pod runs); returns the host to dial.
 async fn wait_address(
     cluster: &Cluster,
-    namespace: &str,
-    name: &str,
+    (namespace, name): (&str, &str),
+    node: Option<&str>,
     exposure: Exposure,
     deadline: Instant,
     on_state: &(dyn Fn(&str) + Send + Sync),
@@ -391,7 +395,10 @@ async fn wait_address(
                 .and_then(|ingress| ingress.first())
                 .and_then(|first| first.ip.clone().or_else(|| first.hostname.clone())),
             Exposure::ClusterIp => service.spec.as_ref().and_then(|s| s.cluster_ip.clone()).filter(|ip| ip != "None"),
-            Exposure::NodePort => node_address(cluster, namespace, name).await?,
+            Exposure::NodePort => match node {
+                Some(node) => node_address(cluster, node).await?,
+                None => None,
+            },
         };
         if let Some(host) = host {
             return Ok(host);
@@ -413,14 +420,10 @@ async fn wait_address(
     }
 }
 
-/// For a NodePort Service: an address of the node its pod runs on.
-async fn node_address(cluster: &Cluster, namespace: &str, pod: &str) -> Result<Option<String>, KubeError> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
-    let found =
-        pods.get(pod).await.map_err(KubeError::api(&cluster.context, format!("reading pod `{namespace}/{pod}`")))?;
-    let Some(node) = found.spec.and_then(|s| s.node_name) else { return Ok(None) };
+/// For a NodePort Service: an address of `node`, where its pod runs.
+async fn node_address(cluster: &Cluster, node: &str) -> Result<Option<String>, KubeError> {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
-    let node = nodes.get(&node).await.map_err(KubeError::api(&cluster.context, format!("reading node `{node}`")))?;
+    let node = nodes.get(node).await.map_err(KubeError::api(&cluster.context, format!("reading node `{node}`")))?;
     let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
     let pick = |kind: &str| addresses.iter().find(|a| a.type_ == kind).map(|a| a.address.clone());
     Ok(pick("ExternalIP").or_else(|| pick("InternalIP")))

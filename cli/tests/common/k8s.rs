@@ -19,7 +19,9 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub fn mover(pair: &ClusterPair, args: &[&str]) -> Output {
     Command::new(bin("mover"))
         .args(args)
-        .args(["--kubeconfig", pair.kubeconfig.to_str().unwrap(), "--output", "json", "--agent-ready-timeout", "30"])
+        .args(["--kubeconfig", pair.kubeconfig.to_str().unwrap(), "--output", "json"])
+        // A command line's `--agent-ready-timeout` wins over this.
+        .env("MOVER_AGENT_READY_TIMEOUT", "30")
         .env_remove("MOVER_OUTPUT")
         .env_remove("KUBECONFIG")
         .output()

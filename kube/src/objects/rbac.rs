@@ -34,7 +34,7 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     // A target namespace that is missing is created (never changed or deleted).
     ("", &["namespaces"], &["get", "create"]),
     ("", &["persistentvolumeclaims"], &["get", "list", "create"]),
-    ("", &["pods"], &["get", "list", "watch", "create", "delete"]),
+    ("", &["pods"], &["list", "watch", "create", "delete"]),
     ("", &["services", "secrets"], &["get", "list", "create", "delete"]),
     // The last lines of a transfer pod that ended before it was ready.
     ("", &["pods/log"], &["get"]),

@@ -46,6 +46,32 @@ struct Running {
     process: Box<dyn PodProcess>,
     namespace: String,
     name: String,
+    /// Where the readiness probe connects (a `tcpSocket` probe), until it succeeds once.
+    probe: Option<std::net::SocketAddr>,
+}
+
+/// The address a pod's first `tcpSocket` readiness probe connects to (a named port is looked
+/// up in the container's ports), if it has one.
+fn readiness_address(pod: &Value, ip: std::net::Ipv4Addr) -> Option<std::net::SocketAddr> {
+    let containers = pod["spec"]["containers"].as_array()?;
+    containers.iter().find_map(|container| {
+        let port = &container["readinessProbe"]["tcpSocket"]["port"];
+        let number = match port {
+            Value::Number(number) => number.as_u64(),
+            Value::String(name) => container["ports"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"].as_str() == Some(name.as_str()))
+                .and_then(|p| p["containerPort"].as_u64()),
+            _ => None,
+        }?;
+        Some(std::net::SocketAddr::from((ip, u16::try_from(number).ok()?)))
+    })
+}
+
+/// Whether something accepts connections at `address` (a readiness probe's check).
+fn probe_succeeds(address: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(200)).is_ok()
 }
 
 /// The kubelet's memory: the pods it runs, is stopping, and has given up on.
@@ -153,6 +179,12 @@ impl Kubelet {
                 continue;
             }
             if let Some(running) = self.running.get_mut(&uid) {
+                if let Some(address) = running.probe
+                    && probe_succeeds(address)
+                {
+                    running.probe = None;
+                    shared.write(|store| ready(store, &pod));
+                }
                 if let Some(code) = running.process.try_wait() {
                     if let Some(mut running) = self.running.remove(&uid) {
                         running.process.stop();
@@ -208,11 +240,12 @@ impl Kubelet {
         match shared.pods.start(PodStart { pod: &typed, volumes, log_dir: &logs }) {
             Ok(process) => {
                 let ip = process.ip();
+                let probe = readiness_address(pod, ip);
                 self.running.insert(
                     uid,
-                    Running { process, namespace: namespace_of(pod).to_owned(), name: name_of(pod).to_owned() },
+                    Running { process, namespace: namespace_of(pod).to_owned(), name: name_of(pod).to_owned(), probe },
                 );
-                shared.write(|store| started(store, pod, &ip.to_string()));
+                shared.write(|store| started(store, pod, &ip.to_string(), probe.is_none()));
             }
             Err(error) => {
                 self.failed_to_start.insert(uid);
@@ -379,7 +412,21 @@ fn waiting(store: &mut Store, pod: &Value, reason: &str, message: &str) {
     });
 }
 
-fn started(store: &mut Store, pod: &Value, ip: &str) {
+/// A pod's readiness probe succeeded: it is Ready.
+fn ready(store: &mut Store, pod: &Value) {
+    set_status(store, pod, |status| {
+        status["conditions"] = json!(scheduled_conditions(status, true, ""));
+        if let Some(containers) = status["containerStatuses"].as_array_mut() {
+            for container in containers {
+                container["ready"] = json!(true);
+            }
+        }
+    });
+}
+
+/// A pod's containers started; it is Ready at once unless it has a readiness probe (then when
+/// the probe first succeeds).
+fn started(store: &mut Store, pod: &Value, ip: &str, ready: bool) {
     let containers = container_names(pod);
     let uid = uid_of(pod);
     let now = store::now();
@@ -390,13 +437,14 @@ fn started(store: &mut Store, pod: &Value, ip: &str) {
         status["podIP"] = json!(ip);
         status["podIPs"] = json!([{"ip": ip}]);
         status["startTime"] = json!(now);
-        status["conditions"] = json!(scheduled_conditions(status, true, ""));
+        status["conditions"] =
+            json!(scheduled_conditions(status, ready, if ready { "" } else { "ContainersNotReady" }));
         status["containerStatuses"] = json!(
             containers
                 .iter()
                 .map(|(name, image)| json!({
                     "name": name, "image": image, "imageID": "", "containerID": format!("sim://{uid}/{name}"),
-                    "ready": true, "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}},
+                    "ready": ready, "started": true, "restartCount": 0, "state": {"running": {"startedAt": now}},
                 }))
                 .collect::<Vec<_>>()
         );
