@@ -150,6 +150,9 @@ pub struct PreflightArgs {
     pub plan: PathBuf,
     #[command(flatten)]
     pub checks: CheckArgs,
+    /// Clusters, for plans with `clusters:`.
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// `mover plan ...`.

@@ -7,13 +7,17 @@
 //! mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG]
 //!                          [--platform-layer-size SIZE] [--seed N] [--docker]
 //! mover-testdata delay-relay LISTEN UPSTREAM MILLIS
-//! mover-testdata cluster up DIR
+//! mover-testdata cluster up DIR [--with-app]
+//! mover-testdata cluster check-app DIR
 //! mover-testdata cluster down DIR
 //! ```
 //! `cluster up` starts two simulated clusters (`mover_testdata::cluster`), writes
 //! `DIR/kubeconfig` with contexts `source` and `target`, and serves until SIGTERM or SIGINT (or
 //! `cluster down DIR`). Their pods run as processes in namespaces of their own: root only. Pods
-//! of `ghcr.io/mover-dev/mover-agent` run the `mover-agent` beside this program.
+//! of `ghcr.io/mover-dev/mover-agent` run the `mover-agent` beside this program. `--with-app`
+//! deploys a small application into the source cluster (`mover_testdata::cluster::app`: three
+//! claims in namespaces `shop` and `shop-db`, one used by a running pod); `check-app` compares
+//! each of its claims with the claim of the same name in the target cluster.
 //! `delay-relay` relays TCP connections from LISTEN to UPSTREAM, holding every byte MILLIS in each
 //! direction (a long link on loopback; see `mover_testdata::delay`), until killed.
 //! KIND is `random`, `text`, `database` or `sparse`; SIZE takes a `K`, `M` or `G` suffix.
@@ -118,7 +122,7 @@ fn image(dir: &Path, spec: &ImageSpec) -> std::io::Result<()> {
 }
 
 /// Serves two simulated clusters until SIGTERM or SIGINT; `DIR/pid` names this process.
-fn cluster_up(dir: &Path) -> Result<(), String> {
+fn cluster_up(dir: &Path, with_app: bool) -> Result<(), String> {
     let agent = std::env::current_exe().map_err(|e| e.to_string())?.with_file_name("mover-agent");
     if !agent.is_file() {
         return Err(format!("no `{}`: build the workspace first (`cargo build`)", agent.display()));
@@ -126,6 +130,12 @@ fn cluster_up(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     let pair = mover_testdata::cluster::ClusterPair::start(dir, &agent, (10, 11))
         .map_err(|e| format!("cannot start the clusters in `{}`: {e}", dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    if with_app {
+        runtime
+            .block_on(mover_testdata::cluster::app::deploy(&pair, 2000))
+            .map_err(|e| format!("cannot deploy the application: {e}"))?;
+    }
     std::fs::write(dir.join("pid"), std::process::id().to_string()).map_err(|e| e.to_string())?;
     println!(
         "clusters `source` ({}) and `target` ({}) are up; KUBECONFIG={}",
@@ -133,7 +143,6 @@ fn cluster_up(dir: &Path) -> Result<(), String> {
         pair.target.url(),
         pair.kubeconfig.display()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let (mut interrupt, mut terminate) = (
@@ -149,6 +158,42 @@ fn cluster_up(dir: &Path) -> Result<(), String> {
     drop(pair);
     let _ = std::fs::remove_file(dir.join("pid"));
     Ok(())
+}
+
+/// Compares each claim of the application with its namespace and name in the target cluster.
+fn check_app(dir: &Path) -> Result<bool, String> {
+    use mover_testdata::cluster::app;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let kubeconfig = dir.join("kubeconfig");
+        let config = kube::config::Kubeconfig::read_from(&kubeconfig).map_err(|e| e.to_string())?;
+        let mut same = true;
+        for (namespace, name, _) in app::CLAIMS {
+            let mut dirs = Vec::new();
+            for context in ["source", "target"] {
+                let options =
+                    kube::config::KubeConfigOptions { context: Some(context.to_owned()), ..Default::default() };
+                let config =
+                    kube::Config::from_custom_kubeconfig(config.clone(), &options).await.map_err(|e| e.to_string())?;
+                let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+                dirs.push(
+                    app::volume_dir(&client, &dir.join(context), namespace, name).await.map_err(|e| e.to_string())?,
+                );
+            }
+            let differences =
+                mover_testdata::compare(&dirs[0], &dirs[1], &CompareOptions::default()).map_err(|e| e.to_string())?;
+            println!(
+                "{namespace}/{name}: {}",
+                if differences.is_empty() {
+                    "identical".to_owned()
+                } else {
+                    format!("{} differences", differences.len())
+                }
+            );
+            same &= differences.is_empty();
+        }
+        Ok(same)
+    })
 }
 
 /// Stops the clusters `cluster up DIR` started, and waits until they are gone.
@@ -184,7 +229,8 @@ fn run(args: &[String]) -> Result<bool, String> {
         Some("cluster") => {
             let dir = Path::new(args.get(2).ok_or(usage)?);
             match args.get(1).map(String::as_str) {
-                Some("up") => cluster_up(dir).map(|()| true),
+                Some("up") => cluster_up(dir, args.get(3).map(String::as_str) == Some("--with-app")).map(|()| true),
+                Some("check-app") => check_app(dir),
                 Some("down") => cluster_down(dir).map(|()| true),
                 _ => Err(usage.into()),
             }

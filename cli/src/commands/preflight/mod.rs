@@ -57,9 +57,84 @@ pub async fn run(args: PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Out
         let empty = serde_json::json!({"checks": 0, "failed": 0});
         crate::output::json_final_on_error(global.output == OutputFormat::Json, "preflight", empty, error);
     })?;
-    let checks = check_plan(&plan, &WrittenLocations, Thresholds::from(&args.checks)).await;
+    let checks = match &plan.clusters {
+        Some(_) => check_cluster_plan(&plan, &args.kube).await,
+        None => check_plan(&plan, &WrittenLocations, Thresholds::from(&args.checks)).await,
+    };
     checks.print(global.output);
     Ok(if checks.failures() == 0 { Outcome::Success } else { Outcome::Failed })
+}
+
+/// The checks of a plan with `clusters:`: each source claim meets the seed's prerequisites (it
+/// exists and is Bound, its volume is usable, it is a file system, the strategy reaches it), and
+/// the checks of hooks, CA bundles and registries. Agents start only when the plan runs.
+async fn check_cluster_plan(plan: &Plan, kube: &crate::args::KubeArgs) -> Checks {
+    let mut checks = Checks::default();
+    let access = crate::clusters::cluster_access(kube.kubeconfig.as_ref());
+    let mut claims = plan
+        .volumes
+        .iter()
+        .filter_map(|v| match &v.source {
+            Location::Kube(claim) => Some(claim.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>();
+    let clusters = plan.clusters.as_ref().expect("a cluster plan");
+    if clusters.every_claim {
+        match mover_kube::context::connect(&access, clusters.contexts.source.as_deref()).await {
+            Ok(cluster) => {
+                for namespace in &plan.namespaces {
+                    match mover_kube::claims::claims_in(&cluster, namespace).await {
+                        Ok((bound, other)) => {
+                            for name in
+                                bound.into_iter().filter(|n| !clusters.exclude.contains(&format!("{namespace}/{n}")))
+                            {
+                                claims.push(mover_plan::ClaimRef {
+                                    context: clusters.contexts.source.clone(),
+                                    namespace: namespace.clone(),
+                                    name: Some(name),
+                                });
+                            }
+                            for (name, phase) in other {
+                                checks.fail(
+                                    format!("claim {namespace}/{name}"),
+                                    format!("{phase}, not Bound: left out of the migration"),
+                                    "bind it, or list it under `clusters.exclude`",
+                                );
+                            }
+                        }
+                        Err(error) => {
+                            checks.fail(format!("namespace {namespace}"), error.to_string(), "see the message")
+                        }
+                    }
+                }
+            }
+            Err(error) => checks.fail("source cluster", error.to_string(), "see the message"),
+        }
+    }
+    for claim in claims {
+        let check = format!("claim {}", claim.display_name());
+        let found = async {
+            let cluster = mover_kube::context::connect(&access, claim.context.as_deref()).await?;
+            let name = claim.name.as_deref().unwrap_or_default();
+            mover_kube::claims::find_source(&cluster, &claim.namespace, name, mover_kube::claims::Strategy::Pod).await
+        };
+        match found.await {
+            Ok(source) => {
+                let volume = source.volume.metadata.name.clone().unwrap_or_default();
+                let used = match source.consumers.first() {
+                    Some(consumer) => format!("mounted by pod {} on {}", consumer.pod, consumer.node),
+                    None => "mounted by no pod".to_owned(),
+                };
+                checks.ok(check, format!("Bound to {volume}, {used}"));
+            }
+            Err(error) => checks.fail(check, error.to_string(), "see the message"),
+        }
+    }
+    check_ca_bundles(plan, &mut checks);
+    check_hooks(plan, &mut checks);
+    check_registries(plan, None, &mut checks).await;
+    checks
 }
 
 /// Runs every check that applies to `plan`, with its volume ends where `resolver` puts them.
