@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v mount >/dev/null || need+=(mount)
+# The simulated clusters give each pod a network namespace and a veth pair (`ip`).
+command -v ip >/dev/null || need+=(iproute2)
 command -v setfattr >/dev/null || need+=(attr)
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
 command -v openssl >/dev/null || need+=(openssl)

@@ -72,8 +72,8 @@ fn bad_claims_and_a_hostile_api_server_are_met_with_what_to_do() {
             .unwrap()
         };
         // `standard` binds on first consumer, and nothing consumes it.
-        claims.create(&Default::default(), &claim("waiting", "standard", "ReadWriteOnce")).await.unwrap();
-        claims.create(&Default::default(), &claim("single", "fast", "ReadWriteOncePod")).await.unwrap();
+        claims.create(&kube::api::PostParams::default(), &claim("waiting", "standard", "ReadWriteOnce")).await.unwrap();
+        claims.create(&kube::api::PostParams::default(), &claim("single", "fast", "ReadWriteOncePod")).await.unwrap();
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "db", "namespace": "shop"},
             "spec": {"containers": [{"name": "db", "image": "registry.sim/tools:1", "command": ["sleep", "3600"],
@@ -81,7 +81,7 @@ fn bad_claims_and_a_hostile_api_server_are_met_with_what_to_do() {
                      "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "single"}}]}}))
         .unwrap();
         Api::<k8s_openapi::api::core::v1::Pod>::namespaced(source, "shop")
-            .create(&Default::default(), &pod)
+            .create(&kube::api::PostParams::default(), &pod)
             .await
             .unwrap();
         app::wait_running(&app::client(&pair, "source").await.unwrap(), "shop", "db").await.unwrap();

@@ -120,8 +120,8 @@ impl KubeVolumes {
     pub async fn end(&self, name: &str, location: &Location, side: Side) -> Result<Location, KubeError> {
         let Location::Kube(claim) = location else { return Ok(location.clone()) };
         match side {
-            Side::Source => self.resolve_source(name, claim).await,
-            Side::Target => self.resolve_target(name, claim).await,
+            Side::Source => Box::pin(self.resolve_source(name, claim)).await,
+            Side::Target => Box::pin(self.resolve_target(name, claim)).await,
         }
     }
 

@@ -214,12 +214,11 @@ fn cluster_down(dir: &Path) -> Result<(), String> {
 }
 
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: mover-testdata cluster up|down DIR\n       mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
+    let usage = "usage: mover-testdata cluster up DIR [--with-app] | cluster check-app DIR | cluster down DIR\n       mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
     // `generate --help` once made a tree named `--help`: positionals never start with `-`.
     let positionals = match args.first().map(String::as_str) {
-        Some("compare") => 2,
+        Some("compare" | "cluster") => 2,
         Some("delay-relay") => 3,
-        Some("cluster") => 2,
         _ => 1,
     };
     if args.iter().skip(1).take(positionals).any(|arg| arg.starts_with('-')) || args.iter().any(|arg| arg == "--help") {

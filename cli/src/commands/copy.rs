@@ -208,8 +208,8 @@ async fn copy_claims(
     )?;
     let printer = Arc::new(Printer::new(global, args.itemize || args.dry_run || global.verbose > 0));
     let work = async {
-        let source = volumes.end(&name, &source, Side::Source).await?;
-        let target = volumes.end(&name, &target, Side::Target).await?;
+        let source = Box::pin(volumes.end(&name, &source, Side::Source)).await?;
+        let target = Box::pin(volumes.end(&name, &target, Side::Target)).await?;
         for warning in volumes.warnings() {
             crate::output::eprintln(&format!("warning: {warning}"));
         }

@@ -104,7 +104,7 @@ async fn check_cluster_plan(plan: &Plan, kube: &crate::args::KubeArgs) -> Checks
                             }
                         }
                         Err(error) => {
-                            checks.fail(format!("namespace {namespace}"), error.to_string(), "see the message")
+                            checks.fail(format!("namespace {namespace}"), error.to_string(), "see the message");
                         }
                     }
                 }
