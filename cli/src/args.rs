@@ -548,6 +548,28 @@ pub enum K8sCommand {
     /// `oc adm policy add-scc-to-user privileged -z mover-agent -n NAMESPACE`).
     #[allow(clippy::doc_markdown, reason = "help text names a product, not code")]
     Manifests(K8sManifestsArgs),
+    /// Remove what mover left in clusters (transfer pods, Services, identity Secrets), e.g. after
+    /// `mover` was killed: of one plan (`--plan PLAN.yaml`: its contexts and name; `mover copy`
+    /// runs are the plan `copy`), or every migration's in the contexts named.
+    Cleanup(K8sCleanupArgs),
+}
+
+/// `mover k8s cleanup`.
+#[derive(Debug, Args)]
+pub struct K8sCleanupArgs {
+    /// Only this plan's leftovers, in its clusters.
+    #[arg(long, value_name = "PLAN.yaml")]
+    pub plan: Option<PathBuf>,
+    /// Only the leftovers of runs with this plan name (`copy` for `mover copy`).
+    #[arg(long, value_name = "NAME", conflicts_with = "plan")]
+    pub plan_name: Option<String>,
+    /// A kubeconfig context to clean (repeatable; default: the plan's contexts, else the
+    /// current context).
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Vec<String>,
+    /// Kubeconfig files, `:`-separated (default: `~/.kube/config`, else in-cluster).
+    #[arg(long, value_name = "FILES", env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::ffi::OsString>,
 }
 
 /// `mover k8s manifests`.

@@ -123,7 +123,7 @@ fn run() -> ExitCode {
                 Command::Image(command) => commands::image::run(command, &cli.global).await,
                 Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
                 Command::Preflight(args) => commands::preflight::run(args, &cli.global).await,
-                Command::K8s(command) => commands::k8s::run(&command),
+                Command::K8s(command) => commands::k8s::run(&command).await,
                 Command::Completions { shell } => Ok(commands::completions::run(shell)),
                 Command::Man { dir } => commands::man::run(dir.as_deref()),
             }

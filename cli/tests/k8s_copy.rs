@@ -163,4 +163,31 @@ fn an_interrupted_copy_leaves_nothing_in_the_clusters() {
     let status = copy.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert_eq!(runtime.block_on(leftovers(&pair)), Vec::<String>::new());
+
+    // Killed, mover cannot clean up: `mover k8s cleanup` removes what it left.
+    let mut killed = std::process::Command::new(bin("mover"))
+        .args(["copy", "k8s://source/shop/data", "k8s://target/shop", "--bwlimit", "20K"])
+        .args(["--kubeconfig", pair.kubeconfig.to_str().unwrap(), "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = killed.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    assert!(lines.any(|line| line.unwrap().contains("\"type\":\"progress\"")), "no progress line");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(!runtime.block_on(leftovers(&pair)).is_empty(), "a killed mover cleaned up after all?");
+    let kubeconfig = pair.kubeconfig.to_str().unwrap();
+    let other_plan =
+        mover(&pair, &["k8s", "cleanup", "--plan-name", "another", "--context", "source", "--context", "target"]);
+    assert!(other_plan.status.success(), "{}", text(&other_plan));
+    assert!(!runtime.block_on(leftovers(&pair)).is_empty(), "another plan's cleanup removed this one's objects");
+    let cleanup = std::process::Command::new(bin("mover"))
+        .args(["k8s", "cleanup", "--plan-name", "copy", "--context", "source", "--context", "target"])
+        .args(["--kubeconfig", kubeconfig])
+        .output()
+        .unwrap();
+    assert!(cleanup.status.success(), "{}", text(&cleanup));
+    assert_eq!(runtime.block_on(leftovers(&pair)), Vec::<String>::new());
 }

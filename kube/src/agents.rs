@@ -178,7 +178,7 @@ impl TransferAgents {
         let touched = self.touched.lock().expect("not poisoned").clone();
         let mut errors = Vec::new();
         for (cluster, namespace) in touched {
-            if let Err(error) = remove(&cluster, Some(&namespace), &self.migration.selector()).await {
+            if let Err(error) = remove(&cluster, Some(&namespace), &self.migration.selector(), None).await {
                 errors.push(error);
             }
         }
@@ -187,8 +187,20 @@ impl TransferAgents {
 }
 
 /// Deletes the pods, Services and Secrets matching `selector` in `namespace` (every namespace
-/// when `None`) and waits until no such pod is left. Returns how many objects it deleted.
-pub async fn remove(cluster: &Cluster, namespace: Option<&str>, selector: &str) -> Result<usize, KubeError> {
+/// when `None`), only those of plan `plan` when given (their `mover.io/plan` annotation), and
+/// waits until no such pod is left. Returns how many objects it deleted.
+pub async fn remove(
+    cluster: &Cluster,
+    namespace: Option<&str>,
+    selector: &str,
+    plan: Option<&str>,
+) -> Result<usize, KubeError> {
+    let of_plan = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        plan.is_none_or(|plan| {
+            meta.annotations.as_ref().and_then(|a| a.get(crate::objects::labels::PLAN_ANNOTATION)).map(String::as_str)
+                == Some(plan)
+        })
+    };
     let client = &cluster.client;
     let list = ListParams::default().labels(selector);
     let mut removed = 0;
@@ -201,7 +213,7 @@ pub async fn remove(cluster: &Cluster, namespace: Option<&str>, selector: &str) 
             };
             let doing = format!("deleting mover's {} ({selector}) in {where_}", $what);
             let found = all.list(&list).await.map_err(KubeError::api(&cluster.context, &doing))?;
-            for object in found.items {
+            for object in found.items.into_iter().filter(|o| of_plan(&o.metadata)) {
                 let (Some(name), Some(ns)) = (object.metadata.name.clone(), object.metadata.namespace.clone()) else {
                     continue;
                 };
@@ -227,11 +239,12 @@ pub async fn remove(cluster: &Cluster, namespace: Option<&str>, selector: &str) 
             .list(&list)
             .await
             .map_err(KubeError::api(&cluster.context, format!("listing mover's pods in {where_}")))?;
-        if left.items.is_empty() {
+        let left: Vec<Pod> = left.items.into_iter().filter(|p| of_plan(&p.metadata)).collect();
+        if left.is_empty() {
             return Ok(removed);
         }
         if Instant::now() > deadline {
-            let names: Vec<String> = left.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
+            let names: Vec<String> = left.iter().filter_map(|p| p.metadata.name.clone()).collect();
             return Err(KubeError::Timeout(format!(
                 "mover's pods {} (context `{}`) were deleted but are still there after a minute",
                 names.join(", "),

@@ -8,7 +8,8 @@ use mover_kube::manifests;
 use mover_kube::objects::{Install, Strategy, install_objects, template_objects};
 
 use crate::Outcome;
-use crate::args::{K8sCommand, K8sManifestsArgs, StrategyArg};
+use crate::args::{K8sCleanupArgs, K8sCommand, K8sManifestsArgs, StrategyArg};
+use mover_kube::objects::MANAGED_BY;
 
 /// Says what the templates are, so that nobody applies them.
 const TEMPLATES_HEADER: &str = "\
@@ -18,10 +19,41 @@ const TEMPLATES_HEADER: &str = "\
 ";
 
 /// Runs `mover k8s ...`.
-pub fn run(command: &K8sCommand) -> anyhow::Result<Outcome> {
+pub async fn run(command: &K8sCommand) -> anyhow::Result<Outcome> {
     match command {
         K8sCommand::Manifests(args) => manifests(args),
+        K8sCommand::Cleanup(args) => cleanup(args).await,
     }
+}
+
+/// Removes mover's pods, Services and Secrets in every namespace of each context: one plan's
+/// (by its name), or every run's.
+async fn cleanup(args: &K8sCleanupArgs) -> anyhow::Result<Outcome> {
+    let (name, mut contexts) = match &args.plan {
+        Some(path) => {
+            let plan = crate::plan::load(path)?;
+            let Some(clusters) = &plan.clusters else {
+                anyhow::bail!("`{}` has no `clusters:`: nothing of it is in a cluster", path.display());
+            };
+            (Some(plan.name.clone()), vec![clusters.contexts.source.clone(), clusters.contexts.target.clone()])
+        }
+        None => (args.plan_name.clone(), Vec::new()),
+    };
+    if !args.context.is_empty() {
+        contexts = args.context.iter().cloned().map(Some).collect();
+    }
+    if contexts.is_empty() {
+        contexts.push(None);
+    }
+    contexts.dedup();
+    let access = crate::clusters::cluster_access(args.kubeconfig.as_ref());
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    for context in contexts {
+        let cluster = mover_kube::context::connect(&access, context.as_deref()).await?;
+        let removed = mover_kube::agents::remove(&cluster, None, &selector, name.as_deref()).await?;
+        crate::output::println(&format!("context `{}`: removed {removed} objects", cluster.context));
+    }
+    Ok(Outcome::Success)
 }
 
 fn manifests(args: &K8sManifestsArgs) -> anyhow::Result<Outcome> {

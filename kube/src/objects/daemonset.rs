@@ -34,7 +34,7 @@ pub const DEFAULT_KUBELET_ROOT: &str = "/var/lib/kubelet";
 pub const PODS_PATH: &str = "/var/lib/kubelet/pods";
 /// The Secret the node agent takes its identity from.
 pub const NODE_IDENTITY_SECRET: &str = "mover-agent-identity";
-/// The node agent's service account (see [`super::rbac`]).
+/// The node agent's service account (see [`super::rbac()`]).
 pub const NODE_SERVICE_ACCOUNT: &str = "mover-agent";
 
 /// What the node agent's `DaemonSet` is made of.
