@@ -58,6 +58,15 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
     let as_coordinator = ClusterPair { kubeconfig, ..pair };
     let plan = tmp.path().join("plan.yaml");
     std::fs::write(&plan, PLAN).unwrap();
+    // Preflight: each claim found, and the agent image of this mover's version.
+    let preflight = mover(&as_coordinator, &["preflight", plan.to_str().unwrap()]);
+    assert!(preflight.status.success(), "{}", text(&preflight));
+    let other = mover(
+        &as_coordinator,
+        &["preflight", plan.to_str().unwrap(), "--agent-image", "example.com/mover-agent:0.0.1"],
+    );
+    assert_eq!(other.status.code(), Some(1), "{}", text(&other));
+    assert!(text(&other).contains("is not mover"), "{}", text(&other));
     let first = tmp.path().join("first.json");
     let output = mover(&as_coordinator, &["plan", "run", plan.to_str().unwrap(), "--report", first.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output));

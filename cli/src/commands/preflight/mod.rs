@@ -131,10 +131,32 @@ async fn check_cluster_plan(plan: &Plan, kube: &crate::args::KubeArgs) -> Checks
             Err(error) => checks.fail(check, error.to_string(), "see the message"),
         }
     }
+    check_agent_image(&kube.agent_image, &mut checks);
     check_ca_bundles(plan, &mut checks);
     check_hooks(plan, &mut checks);
     check_registries(plan, None, &mut checks).await;
     checks
+}
+
+/// Agents and `mover` are one version (the seed's first prerequisite): the agent image's tag must
+/// be this build's version. An image pinned by digest is left to the handshake, which refuses
+/// another protocol.
+fn check_agent_image(image: &str, checks: &mut Checks) {
+    let version = env!("CARGO_PKG_VERSION");
+    let protocol = mover_engine::PROTOCOL_VERSION;
+    let name_end = image.rfind('/').map_or(0, |slash| slash + 1);
+    let tag = image[name_end..].split_once(':').map(|(_, tag)| tag);
+    if image.contains('@') {
+        checks.ok("agent image", format!("{image}: pinned by digest; the handshake checks protocol {protocol}"));
+    } else if tag == Some(version) {
+        checks.ok("agent image", format!("{image}: mover {version}, protocol {protocol}, as this mover"));
+    } else {
+        checks.fail(
+            "agent image",
+            format!("{image} is not mover {version}, this mover's version (protocol {protocol})"),
+            format!("use the agent image of this version: `--agent-image REPOSITORY:{version}`"),
+        );
+    }
 }
 
 /// Runs every check that applies to `plan`, with its volume ends where `resolver` puts them.
