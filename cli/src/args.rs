@@ -643,6 +643,15 @@ pub struct KubeArgs {
     /// How long a transfer pod may take to be ready, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "MOVER_AGENT_READY_TIMEOUT")]
     pub agent_ready_timeout: u64,
+    /// How agents reach claims: `pod` (a transfer pod per claim and end) or `node` (the agents
+    /// of `mover k8s manifests --strategy node`, granted each claim at run time). Default: the
+    /// plan's `clusters.strategy`, else `pod`.
+    #[arg(long, value_enum, env = "MOVER_K8S_STRATEGY")]
+    pub strategy: Option<StrategyArg>,
+    /// The namespace of the node agents (`--strategy node`), where their identity Secret goes.
+    #[arg(long, value_name = "NAME", default_value = mover_kube::objects::DEFAULT_NAMESPACE,
+          value_parser = parse_namespace, env = "MOVER_K8S_NAMESPACE")]
+    pub agents_namespace: String,
 }
 
 /// `--expose`.

@@ -13,13 +13,14 @@ use mover_engine::certs::{self, Identity, Role};
 use mover_engine::tunnel::Proxy;
 use mover_kube::agents::{AgentPem, AgentSettings, TransferAgents};
 use mover_kube::context::Access;
+use mover_kube::node_agents::{NodeAgents, NodeSettings};
 use mover_kube::objects::Migration;
 use mover_kube::objects::transfer::Exposure;
-use mover_kube::resolver::{ClaimOverrides, KubeSettings, KubeVolumes, OnState};
+use mover_kube::resolver::{Agents, ClaimOverrides, KubeSettings, KubeVolumes, OnState};
 use mover_plan::Clusters;
 
 use crate::access;
-use crate::args::{ExposeArg, KubeArgs};
+use crate::args::{ExposeArg, KubeArgs, StrategyArg};
 
 /// Where cluster access comes from: `--kubeconfig`/`KUBECONFIG` (a `:`-separated list), else
 /// `~/.kube/config` if it exists, else the pod's service account.
@@ -87,10 +88,23 @@ pub fn volumes(
         },
         ready_timeout: Duration::from_secs(args.agent_ready_timeout),
     };
-    let agents = TransferAgents::new(migration, pem, settings);
+    let node_strategy = match args.strategy {
+        Some(strategy) => strategy == StrategyArg::Node,
+        None => plan.is_some_and(|p| p.node_strategy),
+    };
+    let agents = if node_strategy {
+        let node = NodeSettings {
+            namespace: args.agents_namespace.clone(),
+            image: settings.image,
+            port: settings.port,
+            ready_timeout: settings.ready_timeout,
+        };
+        Agents::Node(NodeAgents::new(migration, pem, node, (coordinator.clone(), proxy.clone())))
+    } else {
+        Agents::Pod(TransferAgents::new(migration, pem, settings))
+    };
     let settings = KubeSettings {
         access: cluster_access(args.kubeconfig.as_ref()),
-        strategy: mover_kube::objects::Strategy::Pod,
         storage_class_map: plan.map(|p| p.storage_class_map.clone()).unwrap_or_default(),
         overrides: plan
             .map(|p| {

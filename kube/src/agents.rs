@@ -256,7 +256,7 @@ pub async fn remove(
 }
 
 /// Creates `object`; one of the same name left by an earlier run of this migration is reused.
-async fn create_or_reuse<K>(api: &Api<K>, object: &K, context: &str, what: &str) -> Result<(), KubeError>
+pub(crate) async fn create_or_reuse<K>(api: &Api<K>, object: &K, context: &str, what: &str) -> Result<(), KubeError>
 where
     K: Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -292,7 +292,7 @@ pub fn pod_state(pod: &Pod) -> String {
     if phase == "Running" && !ready { "Running, not ready yet".to_owned() } else { phase.to_owned() }
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     let status = pod.status.as_ref();
     status.and_then(|s| s.phase.as_deref()) == Some("Running")
         && status
@@ -302,7 +302,7 @@ fn is_ready(pod: &Pod) -> bool {
 
 /// Watches pod `name` until it is ready, reporting each new state (with the newest Warning
 /// event, which says what a kubelet cannot do: attach a volume, pull an image); returns it.
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     cluster: &Cluster,
     namespace: &str,
     name: &str,
@@ -334,7 +334,7 @@ async fn wait_ready(
                 if matches!(phase, "Failed" | "Succeeded") {
                     let logs = tail_log(cluster, namespace, name).await;
                     return Err(KubeError::Config(format!(
-                        "transfer pod `{namespace}/{name}` (context `{}`) ended ({}) before it was ready{logs}",
+                        "pod `{namespace}/{name}` (context `{}`) ended ({}) before it was ready{logs}",
                         cluster.context,
                         pod_state(&pod)
                     )));
@@ -349,7 +349,7 @@ async fn wait_ready(
             () = tokio::time::sleep(remaining) => {
                 let shown = if last.is_empty() { "no state was reported".to_owned() } else { last };
                 return Err(KubeError::Timeout(format!(
-                    "transfer pod `{namespace}/{name}` (context `{}`) was not ready in time; last: {shown}. \
+                    "pod `{namespace}/{name}` (context `{}`) was not ready in time; last: {shown}. \
                      `kubectl -n {namespace} describe pod {name}` shows more",
                     cluster.context
                 )));
@@ -462,7 +462,7 @@ async fn service_port(
 }
 
 /// `HOST:PORT`, with an IPv6 host in brackets.
-fn join_host_port(host: &str, port: u16) -> String {
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 

@@ -101,15 +101,6 @@ pub enum ClaimError {
         /// The consumer.
         pod: String,
     },
-    /// The node strategy reaches mounted volumes only.
-    #[error(
-        "PersistentVolumeClaim `{claim}` is not mounted by any running pod, so no node holds it: the node strategy reaches \
-         mounted volumes only. Use the pod strategy for it (its transfer pod mounts the claim)"
-    )]
-    NoConsumerNode {
-        /// `namespace/name`.
-        claim: String,
-    },
 }
 
 /// Access mode of a claim.
@@ -143,19 +134,12 @@ impl SourceClaim {
             let volume = self.volume.metadata.name.clone().unwrap_or_default();
             return Err(ClaimError::Volume { claim, volume, state: phase });
         }
-        match strategy {
-            Strategy::Pod => {
-                if has_mode(&self.claim, "ReadWriteOncePod")
-                    && let Some(consumer) = self.consumers.first()
-                {
-                    return Err(ClaimError::InUseOncePod { claim, pod: consumer.pod.clone() });
-                }
-            }
-            Strategy::Node => {
-                if self.consumers.is_empty() {
-                    return Err(ClaimError::NoConsumerNode { claim });
-                }
-            }
+        // The node strategy reaches a claim where it is mounted (by a holder pod when unused).
+        if strategy == Strategy::Pod
+            && has_mode(&self.claim, "ReadWriteOncePod")
+            && let Some(consumer) = self.consumers.first()
+        {
+            return Err(ClaimError::InUseOncePod { claim, pod: consumer.pod.clone() });
         }
         Ok(())
     }

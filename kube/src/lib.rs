@@ -2,13 +2,15 @@
 //!
 //! It turns PersistentVolumeClaims named by `k8s://CONTEXT/NAMESPACE/PVC` or by a plan's
 //! `clusters:` into agent locations the plan executor copies between, creates the target
-//! claims, runs transfer pods, and renders the manifests and RBAC rules mover needs.
+//! claims, runs transfer pods (or grants claims to node agents), and renders the manifests and
+//! RBAC rules mover needs.
 
 pub mod agents;
 pub mod claims;
 pub mod context;
 mod error;
 pub mod manifests;
+pub mod node_agents;
 pub mod objects;
 pub mod quantity;
 pub mod resolver;

@@ -1,8 +1,10 @@
 //! Claims as plan volumes: [`KubeVolumes`] is the plan executor's [`VolumeResolver`] for
-//! `k8s://` ends. A source claim is found and checked, its transfer agent started (pinned to the
-//! consumer's node for claims one node mounts at a time); a target claim is found or created from
-//! the source claim (sized by what the source agent measures) and its agent started, the claim's
-//! first consumer. Other ends pass through as written.
+//! `k8s://` ends. A source claim is found and checked, and an agent serves it: its transfer pod
+//! (pinned to the consumer's node for claims one node mounts at a time), or under the node
+//! strategy the agent of the node where it is mounted. A target claim is found or created from
+//! the source claim (sized by what the source agent measures) and served the same way, the
+//! claim's first consumer being the transfer pod or a holder pod. Other ends pass through as
+//! written.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,9 +16,11 @@ use mover_engine::tunnel::Proxy;
 use mover_plan::{ClaimRef, Location, Side, VolumePlan, VolumeResolver};
 
 use crate::agents::{AgentEnd, TransferAgents};
-use crate::claims::{self, SourceClaim, Strategy};
+use crate::claims::{self, Consumer, SourceClaim, Strategy};
 use crate::context::{Access, Cluster, connect};
 use crate::error::KubeError;
+use crate::node_agents::NodeAgents;
+use crate::objects::Migration;
 use crate::objects::transfer::End;
 use crate::target::{self, TargetRules};
 
@@ -32,11 +36,59 @@ pub struct ClaimOverrides {
 /// Sees the transfer agents' states as they change: (volume name, state).
 pub type OnState = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
+/// Who serves claims: a transfer pod per claim and end, or the agents of the nodes.
+pub enum Agents {
+    /// The pod strategy.
+    Pod(TransferAgents),
+    /// The node strategy.
+    Node(NodeAgents),
+}
+
+impl Agents {
+    /// The strategy.
+    #[must_use]
+    pub fn strategy(&self) -> Strategy {
+        match self {
+            Agents::Pod(_) => Strategy::Pod,
+            Agents::Node(_) => Strategy::Node,
+        }
+    }
+
+    /// The migration.
+    #[must_use]
+    pub fn migration(&self) -> &Migration {
+        match self {
+            Agents::Pod(agents) => agents.migration(),
+            Agents::Node(agents) => agents.migration(),
+        }
+    }
+
+    /// Starts (or grants) the agent of `claim` at `end`, where `consumers` mount it.
+    async fn start(
+        &self,
+        cluster: &Cluster,
+        claim: (&str, &str),
+        (end, consumers, pin): (End, &[Consumer], Option<&str>),
+        on_state: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<AgentEnd, KubeError> {
+        match self {
+            Agents::Pod(agents) => agents.start(cluster, claim, end, pin, on_state).await,
+            Agents::Node(agents) => agents.start(cluster, claim, end, consumers.first().cloned(), on_state).await,
+        }
+    }
+
+    async fn cleanup(&self) -> Vec<KubeError> {
+        match self {
+            Agents::Pod(agents) => agents.cleanup().await,
+            Agents::Node(agents) => agents.cleanup().await,
+        }
+    }
+}
+
 /// Plan volumes whose ends are claims.
 pub struct KubeVolumes {
     access: Access,
-    strategy: Strategy,
-    agents: TransferAgents,
+    agents: Agents,
     storage_class_map: BTreeMap<String, String>,
     overrides: HashMap<String, ClaimOverrides>,
     coordinator: Identity,
@@ -53,8 +105,6 @@ pub struct KubeVolumes {
 pub struct KubeSettings {
     /// Cluster access.
     pub access: Access,
-    /// The strategy.
-    pub strategy: Strategy,
     /// Source class -> target class.
     pub storage_class_map: BTreeMap<String, String>,
     /// Per volume (by its plan name).
@@ -70,10 +120,9 @@ pub struct KubeSettings {
 impl KubeVolumes {
     /// Resolves with `agents`.
     #[must_use]
-    pub fn new(settings: KubeSettings, agents: TransferAgents) -> Self {
+    pub fn new(settings: KubeSettings, agents: Agents) -> Self {
         KubeVolumes {
             access: settings.access,
-            strategy: settings.strategy,
             agents,
             storage_class_map: settings.storage_class_map,
             overrides: settings.overrides,
@@ -101,7 +150,7 @@ impl KubeVolumes {
     /// The strategy.
     #[must_use]
     pub fn strategy(&self) -> Strategy {
-        self.strategy
+        self.agents.strategy()
     }
 
     /// What users should know about the target claims (class fallbacks, claims too small).
@@ -110,7 +159,8 @@ impl KubeVolumes {
         self.warnings.lock().expect("not poisoned").clone()
     }
 
-    /// Removes every transfer pod, Service and Secret this migration made.
+    /// Removes every transfer pod, holder pod, Service and Secret this migration made, and
+    /// withdraws its grants from node agents.
     pub async fn cleanup(&self) -> Vec<KubeError> {
         self.agents.cleanup().await
     }
@@ -130,9 +180,10 @@ impl KubeVolumes {
             KubeError::Config(format!("the source `{claim}` names no claim: write `k8s://CONTEXT/NAMESPACE/PVC`"))
         })?;
         let cluster = self.cluster(claim.context.as_deref()).await?;
-        let source = claims::find_source(&cluster, &claim.namespace, name, self.strategy).await?;
+        let source = claims::find_source(&cluster, &claim.namespace, name, self.strategy()).await?;
         let on_state = |state: &str| (self.on_state)(volume, state);
-        let agent = self.agents.start(&cluster, (&claim.namespace, name), End::Source, source.pin(), &on_state).await?;
+        let how = (End::Source, source.consumers.as_slice(), source.pin());
+        let agent = self.agents.start(&cluster, (&claim.namespace, name), how, &on_state).await?;
         let location = Location::Agent { addr: agent.addr.clone(), volume: agent.volume.clone() };
         self.sources.lock().expect("not poisoned").insert(volume.to_owned(), (source, agent));
         Ok(location)
@@ -167,7 +218,8 @@ impl KubeVolumes {
         let consumers = if target.created { Vec::new() } else { claims::consumers(&cluster, &target.claim).await? };
         let pin = consumers.first().map(|c| c.node.as_str());
         let on_state = |state: &str| (self.on_state)(volume, state);
-        let agent = self.agents.start(&cluster, (&claim.namespace, &name), End::Target, pin, &on_state).await?;
+        let how = (End::Target, consumers.as_slice(), pin);
+        let agent = self.agents.start(&cluster, (&claim.namespace, &name), how, &on_state).await?;
         Ok(Location::Agent { addr: agent.addr, volume: agent.volume })
     }
 

@@ -81,6 +81,9 @@ pub struct Clusters {
     /// No volumes are listed: every Bound claim of `namespaces` (but `exclude`) is one, found
     /// when the plan runs.
     pub every_claim: bool,
+    /// `strategy: node`: the node agents serve the claims (granted at run time) instead of a
+    /// transfer pod per claim and end.
+    pub node_strategy: bool,
 }
 
 /// What one claim's target claim gets beyond the source claim's shape.

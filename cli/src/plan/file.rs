@@ -92,6 +92,20 @@ pub struct ClustersEntry {
     /// Claims (`namespace/name`) left out when every claim of `namespaces` is copied.
     #[serde(default)]
     pub exclude: Vec<Spanned<String>>,
+    /// How agents reach the claims: `pod` (the default) or `node`.
+    #[serde(default)]
+    pub strategy: StrategyEntry,
+}
+
+/// `clusters.strategy`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyEntry {
+    /// A transfer pod per claim and end.
+    #[default]
+    Pod,
+    /// The node agents' `DaemonSet`.
+    Node,
 }
 
 /// One side of `clusters:`.

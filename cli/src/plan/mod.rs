@@ -182,6 +182,7 @@ fn check_clusters(entry: serde_saphyr::Spanned<file::ClustersEntry>, path: &Path
         exclude,
         claims: std::collections::BTreeMap::new(),
         every_claim: false,
+        node_strategy: clusters.strategy == file::StrategyEntry::Node,
     })
 }
 

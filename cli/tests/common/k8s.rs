@@ -28,10 +28,11 @@ pub fn mover(pair: &ClusterPair, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Nothing labelled as mover's (pods, Services, Secrets) in either cluster.
+/// Nothing of a migration (pods, Services, Secrets labelled with one) in either cluster; an
+/// install's objects (the node agents) stay.
 pub async fn leftovers(pair: &ClusterPair) -> Vec<String> {
     let mut left = Vec::new();
-    let mine = ListParams::default().labels("app.kubernetes.io/managed-by=mover");
+    let mine = ListParams::default().labels("app.kubernetes.io/managed-by=mover,mover.io/migration");
     for context in ["source", "target"] {
         let client = app::client(pair, context).await.unwrap();
         let names = |items: Vec<Option<String>>, kind: &str| {

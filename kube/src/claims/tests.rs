@@ -102,7 +102,7 @@ async fn refuses_what_the_seed_lists_as_prerequisites() {
             &[("db", "data", "node-a")],
             "Use the node strategy",
         ),
-        ("Bound", &["ReadWriteOnce"], "Filesystem", Strategy::Node, &[], "not mounted by any running pod"),
+        ("Bound", &["ReadWriteOnce"], "Block", Strategy::Node, &[], "block volumes are not supported yet"),
     ] {
         let (cluster, mut server) = mock::cluster("source");
         let lookup = tokio::spawn(async move { find_source(&cluster, "app", "data", strategy).await });

@@ -10,9 +10,11 @@
 //! mount alone: the volumes mounted beneath it keep their own (writable) mounts, which is where
 //! a target agent writes.
 //!
-//! Today's `mover-agent` takes its grants on the command line; the coordinator's runtime grants
-//! by pod UID and volume name are not there yet, so this `DaemonSet` grants the pod directory
-//! read-only as one volume. The runtime grant mechanism replaces that grant.
+//! The agent serves no volume of its own: the coordinator grants it one claim at a time, at run
+//! time, by pod UID and volume name (`--kubelet-pods`), and withdraws it at the end. Its identity
+//! is the Secret [`NODE_IDENTITY_SECRET`], which each migration writes and removes: the agent
+//! re-reads it (`--certs-poll`), so one `DaemonSet` serves one migration after another without a
+//! restart, and the Secret is optional, so the agent waits for it.
 
 use std::collections::BTreeMap;
 
@@ -52,7 +54,7 @@ pub struct NodeAgent<'a> {
 }
 
 /// The labels of the node agent's pods, which the `DaemonSet` selects.
-fn node_labels() -> BTreeMap<String, String> {
+pub fn node_labels() -> BTreeMap<String, String> {
     BTreeMap::from([
         (NAME_LABEL.to_owned(), AGENT_NAME.to_owned()),
         ("app.kubernetes.io/component".to_owned(), "node-agent".to_owned()),
@@ -78,8 +80,10 @@ pub fn node_agent(spec: &NodeAgent) -> DaemonSet {
                 &format!(":{}", spec.port),
                 "--certs",
                 IDENTITY_PATH,
-                "--volume",
-                &format!("kubelet-pods={PODS_PATH}:ro"),
+                "--kubelet-pods",
+                PODS_PATH,
+                "--certs-poll",
+                "5s",
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -149,7 +153,7 @@ pub fn node_agent(spec: &NodeAgent) -> DaemonSet {
                             }),
                             ..Volume::default()
                         },
-                        identity_volume(NODE_IDENTITY_SECRET),
+                        optional(identity_volume(NODE_IDENTITY_SECRET)),
                     ]),
                     tolerations: Some(vec![Toleration {
                         operator: Some("Exists".to_owned()),
@@ -162,4 +166,13 @@ pub fn node_agent(spec: &NodeAgent) -> DaemonSet {
         }),
         status: None,
     }
+}
+
+/// The identity volume, optional: the agent starts before any migration wrote its Secret, and
+/// the kubelet empties the volume when the Secret is removed.
+fn optional(mut volume: Volume) -> Volume {
+    if let Some(secret) = volume.secret.as_mut() {
+        secret.optional = Some(true);
+    }
+    volume
 }

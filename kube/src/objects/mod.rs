@@ -3,6 +3,7 @@
 //! transfer pods and their Services.
 
 pub mod daemonset;
+pub mod holder;
 pub mod identity;
 pub mod labels;
 pub mod namespace;
@@ -14,7 +15,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 
-pub use daemonset::{DEFAULT_KUBELET_ROOT, NodeAgent, node_agent};
+pub use daemonset::{DEFAULT_KUBELET_ROOT, NODE_IDENTITY_SECRET, NodeAgent, node_agent, node_labels};
+pub use holder::{HolderPod, holder_pod, holder_pod_name};
 pub use identity::{identity_secret, identity_secret_name};
 pub use labels::{CLAIM_LABEL, MANAGED_BY, MIGRATION_LABEL, Migration, ROLE_LABEL};
 pub use namespace::{DEFAULT_NAMESPACE, namespace};
