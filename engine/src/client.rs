@@ -343,6 +343,48 @@ pub async fn ping(identity: &Identity, addr: &str) -> Result<Vec<String>, CopyEr
     Ok(welcome.volumes)
 }
 
+/// A volume of a pod, granted to a node agent by the coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodVolume {
+    /// The name sessions use for the volume on that agent (as in `agent://HOST:PORT/NAME`).
+    pub name: String,
+    /// The UID of a pod that mounts the volume on the agent's node (`metadata.uid`).
+    pub pod_uid: String,
+    /// The volume's directory under the pod: the PV's name for persistent volumes.
+    pub volume: String,
+    /// Only readable: the agent will not receive into it.
+    pub read_only: bool,
+}
+
+/// Grants a node agent a volume of a pod: the agent finds the directory the kubelet mounted
+/// beneath its pods directory. Granting the same again succeeds; another grant under a name
+/// taken is refused ([`SessionError::Refused`]).
+pub async fn grant_pod_volume(
+    identity: &Identity,
+    addr: &str,
+    proxy: Option<&Proxy>,
+    grant: &PodVolume,
+) -> Result<(), CopyError> {
+    let request = Request::GrantPodVolume {
+        name: grant.name.clone(),
+        pod_uid: grant.pod_uid.clone(),
+        volume: grant.volume.clone(),
+        read_only: grant.read_only,
+    };
+    connect(identity, addr, request, proxy).await.map(drop)
+}
+
+/// Withdraws a grant [`grant_pod_volume`] made; refused while sessions use the volume (a
+/// [`crate::RemoteErrorKind::Busy`] refusal), and for a volume the agent was given at start.
+pub async fn revoke_volume(
+    identity: &Identity,
+    addr: &str,
+    proxy: Option<&Proxy>,
+    name: &str,
+) -> Result<(), CopyError> {
+    connect(identity, addr, Request::RevokeVolume { name: name.to_owned() }, proxy).await.map(drop)
+}
+
 /// What an agent tells a coordinator about itself (preflight).
 #[derive(Debug, Clone)]
 pub struct AgentStatus {

@@ -95,6 +95,12 @@ fn is_mount_root_by_parent(dir: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(own.st_dev != parent.st_dev || own.st_ino == parent.st_ino)
 }
 
+/// Whether `dir` is the root of a mount (`STATX_ATTR_MOUNT_ROOT`; on kernels before 5.8, its
+/// parent on another device).
+pub fn is_mount_root(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    place(dir).map(|place| place.mount_root)
+}
+
 /// Whether `dir` is the root of a whole file system, so that the file system's counters are
 /// the directory's: a mount root that is not a bind mount of a directory inside a larger file
 /// system (as local-path and NFS-subdirectory provisioners and hostPath volumes make PVs). Read

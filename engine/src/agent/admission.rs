@@ -14,6 +14,8 @@ pub(super) enum RequestKind {
     JoinSession,
     Push,
     JoinLane,
+    GrantPodVolume,
+    RevokeVolume,
 }
 
 impl RequestKind {
@@ -25,6 +27,8 @@ impl RequestKind {
             Request::JoinSession { .. } => RequestKind::JoinSession,
             Request::Push { .. } => RequestKind::Push,
             Request::JoinLane { .. } => RequestKind::JoinLane,
+            Request::GrantPodVolume { .. } => RequestKind::GrantPodVolume,
+            Request::RevokeVolume { .. } => RequestKind::RevokeVolume,
         }
     }
 
@@ -37,6 +41,8 @@ impl RequestKind {
             RequestKind::JoinSession => "join-session",
             RequestKind::Push => "push",
             RequestKind::JoinLane => "join-lane",
+            RequestKind::GrantPodVolume => "grant-pod-volume",
+            RequestKind::RevokeVolume => "revoke-volume",
         }
     }
 }
@@ -70,6 +76,10 @@ fn rule(kind: RequestKind, role: Role) -> Rule {
         (K::Push, Coordinator) => Allow,
         (K::Push, Agent) => Forbid("ask an agent to push"),
         (K::JoinLane, Coordinator | Agent) => Allow,
+        (K::GrantPodVolume, Coordinator) => Allow,
+        (K::GrantPodVolume, Agent) => Forbid("grant volumes (only the migration's coordinator may)"),
+        (K::RevokeVolume, Coordinator) => Allow,
+        (K::RevokeVolume, Agent) => Forbid("revoke volumes (only the migration's coordinator may)"),
     }
 }
 
@@ -151,6 +161,10 @@ mod tests {
             (K::JoinLane, Coordinator, true, Allow),
             (K::JoinLane, Agent, false, Allow),
             (K::JoinLane, Agent, true, Allow),
+            (K::GrantPodVolume, Coordinator, false, Allow),
+            (K::GrantPodVolume, Agent, false, Forbid(ByRole("grant volumes (only the migration's coordinator may)"))),
+            (K::RevokeVolume, Coordinator, false, Allow),
+            (K::RevokeVolume, Agent, false, Forbid(ByRole("revoke volumes (only the migration's coordinator may)"))),
         ];
         for (kind, role, read_only, expected) in table {
             assert_eq!(
@@ -170,5 +184,13 @@ mod tests {
         let read_only = Reason::ReadOnly.to_remote(Role::Coordinator, "vol");
         assert_eq!(read_only.kind, RemoteErrorKind::ReadOnly);
         assert_eq!(read_only.message, "volume `vol` is read-only on this agent");
+        let grant = admit(Role::Agent, RequestKind::GrantPodVolume, false);
+        let Decision::Forbid(reason) = grant else { panic!("an agent may grant: {grant:?}") };
+        let grant = reason.to_remote(Role::Agent, "");
+        assert_eq!(grant.kind, RemoteErrorKind::Forbidden);
+        assert_eq!(
+            grant.message,
+            "a certificate with the agent role may not grant volumes (only the migration's coordinator may)"
+        );
     }
 }

@@ -18,16 +18,26 @@
 //! | `Push`          | coordinator   | dial the target agent and push a volume; report progress |
 //! | `JoinLane`      | as the first  | carry content for a receive that asked for `streams > 1`  |
 //! |                 | connection    | (the first connection's welcome holds the lane token)     |
+//! | `GrantPodVolume`| coordinator   | grant a volume of a pod, found by pod UID and volume name |
+//! |                 |               | beneath the kubelet's pods directory (`pod_volumes`)      |
+//! | `RevokeVolume`  | coordinator   | withdraw a grant `GrantPodVolume` made                    |
+//!
+//! The agent's identity may change while it serves ([`Agent::set_identity`]: a node agent takes
+//! the next migration's certificates): new connections use the new one; when the migration
+//! changes, the sessions of the previous one end, its opened sessions are dropped and its pod
+//! grants withdrawn. Without an identity, every connection is closed before its handshake.
 
 mod admission;
 mod claim;
 mod observe;
+mod pod_volumes;
 mod sessions;
 mod transfer;
 mod volumes;
 
 use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -36,11 +46,12 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use self::admission::{Decision, RequestKind};
+use self::pod_volumes::PodVolumes;
 use self::sessions::{LaneGroups, Lanes, OpenedSession, OpenedSessions};
 use self::transfer::SessionResult;
 use self::volumes::{InUse, Volumes};
 use crate::certs::{Identity, Role};
-use crate::sync::full_message;
+use crate::sync::{CancellationToken, full_message};
 use crate::tunnel::{self, TunnelError};
 use crate::volume::{VolumeError, VolumeRoot};
 use crate::wire::{
@@ -63,6 +74,9 @@ pub const MAX_UNAUTHENTICATED: usize = 4096;
 pub const LANE_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long running sessions may take to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long the sessions of a migration the agent no longer serves may take to end (they are
+/// cancelled: temporary files removed, completed files kept) before they are dropped.
+pub const MIGRATION_END_GRACE: Duration = Duration::from_secs(10);
 
 /// Errors setting up an agent or changing its grants.
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +114,28 @@ pub enum AgentError {
     Tunnel(#[from] TunnelError),
 }
 
-struct State {
-    identity: Identity,
+/// The identity the agent serves with, and what is made of it.
+struct Tls {
+    migration_id: String,
     client: Arc<rustls::ClientConfig>,
     acceptor: TlsAcceptor,
+    /// Cancelled when the agent stops serving this migration: its sessions end.
+    ended: CancellationToken,
+}
+
+impl Tls {
+    fn new(identity: Identity, ended: CancellationToken) -> Result<Tls, AgentError> {
+        let acceptor = TlsAcceptor::from(tunnel::server_config(&identity)?);
+        let client = tunnel::client_config(&identity)?;
+        Ok(Tls { migration_id: identity.migration_id(), client, acceptor, ended })
+    }
+}
+
+struct State {
+    /// `None` while the agent waits for its identity: connections are closed at once.
+    tls: RwLock<Option<Arc<Tls>>>,
     volumes: Volumes,
+    pods: Option<PodVolumes>,
     sessions: OpenedSessions,
     claims: Arc<claim::Claims>,
     lanes: Arc<LaneGroups>,
@@ -121,14 +152,21 @@ pub struct Agent {
 impl Agent {
     /// Checks every grant as [`Agent::grant`] does and prepares TLS.
     pub fn new(identity: Identity, grants: Vec<VolumeGrant>) -> Result<Agent, AgentError> {
-        let acceptor = TlsAcceptor::from(tunnel::server_config(&identity)?);
-        let client = tunnel::client_config(&identity)?;
+        Agent::build(Some(Tls::new(identity, CancellationToken::new())?), grants)
+    }
+
+    /// An agent without an identity yet: it refuses every connection (closed before the TLS
+    /// handshake) until [`Agent::set_identity`] gives it one.
+    pub fn waiting(grants: Vec<VolumeGrant>) -> Result<Agent, AgentError> {
+        Agent::build(None, grants)
+    }
+
+    fn build(tls: Option<Tls>, grants: Vec<VolumeGrant>) -> Result<Agent, AgentError> {
         let agent = Agent {
             state: Arc::new(State {
-                identity,
-                client,
-                acceptor,
+                tls: RwLock::new(tls.map(Arc::new)),
                 volumes: Volumes::default(),
+                pods: None,
                 sessions: OpenedSessions::default(),
                 claims: Arc::default(),
                 lanes: Arc::default(),
@@ -154,6 +192,46 @@ impl Agent {
     /// it afterwards are refused as for an unknown volume.
     pub fn revoke(&self, name: &str) -> Result<(), AgentError> {
         self.state.volumes.revoke(name).map(drop)
+    }
+
+    /// Serves volumes of pods granted at run time ([`crate::wire::Request::GrantPodVolume`]),
+    /// found beneath `pods_dir`, the kubelet's pods directory (`/var/lib/kubelet/pods` on the
+    /// node). Without it, such grants are refused. Call before serving.
+    #[must_use]
+    pub fn with_pod_volumes(mut self, pods_dir: PathBuf) -> Agent {
+        Arc::get_mut(&mut self.state).expect("with_pod_volumes is called before the agent is shared").pods =
+            Some(PodVolumes::new(pods_dir));
+        self
+    }
+
+    /// Changes the identity new connections are served with (and pushes dial with); `None`
+    /// refuses every new connection. When the migration changes (another CA, or none), the
+    /// running sessions of the previous one are cancelled (as at shutdown: temporary files
+    /// removed, completed files kept) and dropped after [`MIGRATION_END_GRACE`], the sessions
+    /// it opened and no agent joined are dropped, and its pod grants are withdrawn. Sessions
+    /// continue when the migration stays (a renewed certificate of the same CA). Returns the
+    /// migration ids before and after.
+    pub fn set_identity(&self, identity: Option<Identity>) -> Result<IdentityChange, AgentError> {
+        let mut current = self.state.tls.write().expect("identity lock");
+        let before = current.as_ref().map(|tls| tls.migration_id.clone());
+        let after = identity.as_ref().map(Identity::migration_id);
+        let same = before.is_some() && before == after;
+        let ended = match current.as_ref() {
+            Some(tls) if same => tls.ended.clone(),
+            _ => CancellationToken::new(),
+        };
+        let tls = identity.map(|identity| Tls::new(identity, ended)).transpose()?;
+        let previous = std::mem::replace(&mut *current, tls.map(Arc::new));
+        drop(current);
+        let mut withdrawn = Vec::new();
+        if let (Some(previous), false) = (previous, same) {
+            previous.ended.cancel();
+            self.state.sessions.drop_migration(&previous.migration_id);
+            if let Some(pods) = &self.state.pods {
+                withdrawn = pods.withdraw_migration(&self.state.volumes, &previous.migration_id);
+            }
+        }
+        Ok(IdentityChange { before, after, withdrawn })
     }
 
     /// Reports every transfer session to `observer` (metrics). Call before serving.
@@ -201,8 +279,48 @@ impl Agent {
     }
 }
 
+/// What [`Agent::set_identity`] changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityChange {
+    /// The migration served before, if any.
+    pub before: Option<String>,
+    /// The migration served now, if any.
+    pub after: Option<String>,
+    /// The pod grants withdrawn with the previous migration.
+    pub withdrawn: Vec<String>,
+}
+
 async fn handle(state: Arc<State>, tcp: TcpStream, peer: String, permit: tokio::sync::OwnedSemaphorePermit) {
-    let (mut stream, role) = match tunnel::accept(tcp, &state.acceptor, &peer).await {
+    let Some(tls) = state.tls.read().expect("identity lock").clone() else {
+        debug!(%peer, "no identity yet: connection closed");
+        return;
+    };
+    let session = connection(&state, &tls, tcp, &peer, permit);
+    tokio::pin!(session);
+    tokio::select! {
+        biased;
+        () = &mut session => {}
+        () = tls.ended.cancelled() => {
+            // Transfers hear the cancel themselves and end; anything else is dropped.
+            if tokio::time::timeout(MIGRATION_END_GRACE, session).await.is_err() {
+                info!(%peer, "session of a previous migration dropped");
+            }
+        }
+    }
+}
+
+async fn connection(
+    state: &Arc<State>,
+    tls: &Arc<Tls>,
+    tcp: TcpStream,
+    peer: &str,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    if tls.ended.is_cancelled() {
+        return;
+    }
+    let peer = peer.to_owned();
+    let (mut stream, role) = match tunnel::accept(tcp, &tls.acceptor, &peer).await {
         Ok(accepted) => accepted,
         Err(error) => {
             info!(%peer, error = %full_message(&error), "rejected connection");
@@ -228,7 +346,7 @@ async fn handle(state: Arc<State>, tcp: TcpStream, peer: String, permit: tokio::
     };
     drop(permit);
     info!(%peer, %role, request = RequestKind::of(&hello.request).as_str(), "session");
-    if let Err(error) = dispatch(&state, stream, role, hello, &peer).await {
+    if let Err(error) = dispatch((state, tls), stream, role, hello, &peer).await {
         warn!(%peer, error = %full_message(error.as_ref()), "session failed");
     }
 }
@@ -248,15 +366,15 @@ struct Admitted {
 }
 
 async fn dispatch(
-    state: &Arc<State>,
+    (state, tls): (&Arc<State>, &Arc<Tls>),
     mut stream: tunnel::ServerStream,
     role: Role,
     hello: Hello,
     peer: &str,
 ) -> SessionResult {
-    let ours = state.identity.migration_id();
-    let admitted = if hello.migration_id == ours {
-        admit(state, role, &hello.request, peer).await
+    let ours = &tls.migration_id;
+    let admitted = if hello.migration_id == *ours {
+        admit((state, tls), role, &hello.request, peer).await
     } else {
         Err(RemoteError::new(
             RemoteErrorKind::Forbidden,
@@ -280,22 +398,23 @@ async fn dispatch(
     // Held until the session ends: a revoke refuses a volume in use.
     let (root, _in_use) = root.map_or((None, None), |(root, in_use)| (Some(root), Some(in_use)));
     match hello.request {
-        Request::Ping | Request::OpenSession { .. } => {
+        Request::Ping | Request::OpenSession { .. } | Request::GrantPodVolume { .. } | Request::RevokeVolume { .. } => {
             let _ = FrameWriter::new(&mut stream).shutdown().await;
         }
         Request::Receive { volume, options } => {
             let (root, claim) = (root.expect("resolved on admission"), claim.expect("claimed on admission"));
-            transfer::receive(state, (stream, lanes), (&volume, root, &claim), options, peer).await?;
+            transfer::receive((state, tls), (stream, lanes), (&volume, root, &claim), options, peer).await?;
         }
         Request::JoinSession { .. } => {
             let session = joined.expect("joined on admission");
             let (root, claim) = (root.expect("resolved on admission"), claim.expect("claimed on admission"));
-            transfer::receive(state, (stream, lanes), (&session.volume, root, &claim), session.options, peer).await?;
+            let ends = (session.volume.as_str(), root, &claim);
+            transfer::receive((state, tls), (stream, lanes), ends, session.options, peer).await?;
         }
         Request::JoinLane { token, lane } => state.lanes.deliver(&token, lane, stream),
         Request::Push { volume, target, token, proxy, options } => {
             let root = root.expect("resolved on admission");
-            transfer::push(state, stream, ((&volume, root), &target), token, proxy, options).await?;
+            transfer::push((state, tls), stream, ((&volume, root), &target), token, proxy, options).await?;
         }
     }
     Ok(())
@@ -303,14 +422,21 @@ async fn dispatch(
 
 /// Decides on a request ([`admission`]), checks what it asks for, and sets up its session:
 /// the volume resolved afresh, a receive's claim and lane token, a join's session.
-async fn admit(state: &Arc<State>, role: Role, request: &Request, peer: &str) -> Result<Admitted, RemoteError> {
+async fn admit(
+    (state, tls): (&Arc<State>, &Arc<Tls>),
+    role: Role,
+    request: &Request,
+    peer: &str,
+) -> Result<Admitted, RemoteError> {
     // The volume the request concerns: the one it names, or (a join) its session's.
     let concerned = match request {
         Request::Receive { volume, .. } | Request::OpenSession { volume, .. } | Request::Push { volume, .. } => {
             Some(volume.clone())
         }
         Request::JoinSession { token } => state.sessions.volume(token),
-        Request::Ping | Request::JoinLane { .. } => None,
+        Request::Ping | Request::JoinLane { .. } | Request::GrantPodVolume { .. } | Request::RevokeVolume { .. } => {
+            None
+        }
     };
     let read_only = concerned.as_deref().and_then(|name| state.volumes.read_only(name)).unwrap_or(false);
     if let Decision::Forbid(reason) = admission::admit(role, RequestKind::of(request), read_only) {
@@ -329,7 +455,21 @@ async fn admit(state: &Arc<State>, role: Role, request: &Request, peer: &str) ->
         Request::Receive { volume, options } => check_streams(options).and_then(|()| state.volumes.known(volume))?,
         Request::OpenSession { volume, options } => {
             check_streams(options).and_then(|()| state.volumes.known(volume))?;
-            admitted.welcome.token = state.sessions.open(volume, options);
+            admitted.welcome.token = state.sessions.open(volume, options, &tls.migration_id);
+        }
+        Request::GrantPodVolume { name, pod_uid, volume, read_only } => {
+            let asked = pod_volumes::Asked {
+                name: name.clone(),
+                pod_uid: pod_uid.clone(),
+                volume: volume.clone(),
+                read_only: *read_only,
+            };
+            grant_pod_volume((state, tls), asked).await?;
+            info!(%peer, volume = %name, %pod_uid, pod_volume = %volume, read_only, "granted a pod volume");
+        }
+        Request::RevokeVolume { name } => {
+            pods_of(state)?.revoke(&state.volumes, name)?;
+            info!(%peer, volume = %name, "revoked a pod volume");
         }
         Request::JoinLane { token, lane } => state.lanes.admit(token, *lane, role)?,
         // Settled below: the token is single use.
@@ -340,7 +480,7 @@ async fn admit(state: &Arc<State>, role: Role, request: &Request, peer: &str) ->
         }
     }
     if let Request::JoinSession { token } = request {
-        admitted.joined = Some(state.sessions.join(token)?);
+        admitted.joined = Some(state.sessions.join(token, &tls.migration_id)?);
     }
     // Each session resolves its volume's root afresh: a grant names a path, not a directory.
     let (volume, receive) = match (request, &admitted.joined) {
@@ -368,6 +508,31 @@ async fn admit(state: &Arc<State>, role: Role, request: &Request, peer: &str) ->
         }
     }
     Ok(admitted)
+}
+
+/// The agent's pod grants; refused when it was not given a pods directory.
+fn pods_of(state: &State) -> Result<&PodVolumes, RemoteError> {
+    state.pods.as_ref().ok_or_else(|| {
+        RemoteError::new(
+            RemoteErrorKind::Forbidden,
+            "this agent does not serve pod volumes: it was started without the kubelet's pods directory",
+        )
+    })
+}
+
+/// Finds and grants a pod's volume, off the runtime threads (it opens directories).
+async fn grant_pod_volume(
+    (state, tls): (&Arc<State>, &Arc<Tls>),
+    asked: pod_volumes::Asked,
+) -> Result<(), RemoteError> {
+    pods_of(state)?;
+    let (state, tls) = (state.clone(), tls.clone());
+    tokio::task::spawn_blocking(move || {
+        let pods = state.pods.as_ref().expect("checked above");
+        pods.grant(&state.volumes, &asked, (&tls.migration_id, &tls.ended))
+    })
+    .await
+    .map_err(|_| RemoteError::new(RemoteErrorKind::Internal, "granting the pod volume panicked"))?
 }
 
 /// Checks the number of streams a session asks for, and its exclude patterns (bounded in

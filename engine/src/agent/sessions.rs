@@ -18,6 +18,8 @@ use crate::wire::{RemoteError, RemoteErrorKind, SyncOptions};
 /// A session a coordinator opened, waiting for its source agent.
 pub(super) struct OpenedSession {
     pub(super) volume: String,
+    /// The migration whose coordinator opened it: only that migration's agents join it.
+    migration: String,
     pub(super) options: SyncOptions,
     expires: Instant,
 }
@@ -27,13 +29,15 @@ pub(super) struct OpenedSession {
 pub(super) struct OpenedSessions(Mutex<HashMap<Vec<u8>, OpenedSession>>);
 
 impl OpenedSessions {
-    /// Opens a session into `volume` for [`SESSION_TTL`]; returns its token.
-    pub(super) fn open(&self, volume: &str, options: &SyncOptions) -> Vec<u8> {
+    /// Opens a session into `volume` for [`SESSION_TTL`], for migration `migration`; returns
+    /// its token.
+    pub(super) fn open(&self, volume: &str, options: &SyncOptions, migration: &str) -> Vec<u8> {
         let token = random_token();
         let mut sessions = self.0.lock().expect("sessions lock");
         sessions.retain(|_, session| session.expires > Instant::now());
         let session = OpenedSession {
             volume: volume.to_owned(),
+            migration: migration.to_owned(),
             options: options.clone(),
             expires: Instant::now() + SESSION_TTL,
         };
@@ -47,12 +51,18 @@ impl OpenedSessions {
         sessions.get(token).filter(|session| session.expires > Instant::now()).map(|session| session.volume.clone())
     }
 
-    /// Takes the session `token` names: a token is used once.
-    pub(super) fn join(&self, token: &[u8]) -> Result<OpenedSession, RemoteError> {
+    /// Takes the session `token` names, for an agent of migration `migration`: a token is used
+    /// once.
+    pub(super) fn join(&self, token: &[u8], migration: &str) -> Result<OpenedSession, RemoteError> {
         match self.0.lock().expect("sessions lock").remove(token) {
-            Some(session) if session.expires > Instant::now() => Ok(session),
+            Some(session) if session.expires > Instant::now() && session.migration == migration => Ok(session),
             _ => Err(RemoteError::new(RemoteErrorKind::BadToken, "unknown or expired session token")),
         }
+    }
+
+    /// Drops every session migration `migration` opened and no agent has joined yet.
+    pub(super) fn drop_migration(&self, migration: &str) {
+        self.0.lock().expect("sessions lock").retain(|_, session| session.migration != migration);
     }
 }
 

@@ -10,7 +10,7 @@ use tracing::info;
 
 use super::observe::{Direction, Observed, SessionStats};
 use super::sessions::Lanes;
-use super::{State, claim};
+use super::{State, Tls, claim};
 use crate::progress::{Event, Reporter, Summary};
 use crate::session::{SessionError, open_with_lanes};
 use crate::sync::{self, SyncError};
@@ -22,7 +22,7 @@ pub(super) type SessionResult = Result<(), Box<dyn std::error::Error + Send + Sy
 
 /// Receives into `volume` on `stream` (and its further lanes).
 pub(super) async fn receive(
-    state: &Arc<State>,
+    (state, tls): (&Arc<State>, &Arc<Tls>),
     (stream, lanes): (tunnel::ServerStream, Option<Lanes>),
     (volume, root, claim): (&str, VolumeRoot, &claim::Claim),
     options: SyncOptions,
@@ -46,7 +46,16 @@ pub(super) async fn receive(
     let stream = crate::tunnel::Counted::sharing(stream, wire);
     let lanes = lanes.into_iter().map(|lane| crate::tunnel::Counted::sharing(lane, wire)).collect();
     let reporter = Arc::new(crate::progress::LogProgress);
-    let report = sync::receive_volume(stream, lanes, root, options, reporter, &claim.cancel).await;
+    let receiving = sync::receive_volume(stream, lanes, root, options, reporter, &claim.cancel);
+    tokio::pin!(receiving);
+    // The agent no longer serves this session's migration: cancelled, as a newer session would.
+    let report = tokio::select! {
+        report = &mut receiving => report,
+        () = tls.ended.cancelled() => {
+            claim.cancel.cancel();
+            receiving.await
+        }
+    };
     observed.stats.bytes_on_wire = wire.read();
     let report = report?;
     observed.stats = SessionStats {
@@ -99,7 +108,7 @@ fn setup_error(target: &str, error: &SessionError) -> RemoteError {
 /// Pushes `volume` into the session `token` names on the agent at `target`, reporting to the
 /// coordinator on `stream`.
 pub(super) async fn push(
-    state: &Arc<State>,
+    (state, tls): (&Arc<State>, &Arc<Tls>),
     stream: tunnel::ServerStream,
     ((volume, root), target): ((&str, VolumeRoot), &str),
     token: Vec<u8>,
@@ -108,13 +117,14 @@ pub(super) async fn push(
 ) -> SessionResult {
     let mut observed = Observed::start(state.observer.as_ref(), volume, Direction::Sent);
     let (events_tx, mut events_rx) = mpsc::channel::<Message>(1024);
-    let migration_id = state.identity.migration_id();
-    let client = state.client.clone();
+    let migration_id = tls.migration_id.clone();
+    let client = tls.client.clone();
     let target = target.to_owned();
     let started = Instant::now();
     // The push lives as long as the coordinator that asked for it: when its connection closes
     // (Ctrl-C, a killed CLI), the push is cancelled at once, so the target stops writing too.
-    let cancel = sync::CancellationToken::new();
+    // Ended too when the agent no longer serves this migration.
+    let cancel = tls.ended.child_token();
     let transfer = {
         let cancel = cancel.clone();
         async move {

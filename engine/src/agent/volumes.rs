@@ -76,6 +76,11 @@ impl Volumes {
         Ok(volume.grant.grant().clone())
     }
 
+    /// Withdraws grant `name` whether or not sessions use it (they are being ended).
+    pub(super) fn withdraw(&self, name: &str) {
+        self.by_name.write().expect("volumes lock").remove(name);
+    }
+
     /// The names of the volumes, sorted.
     pub(super) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.by_name.read().expect("volumes lock").keys().cloned().collect();

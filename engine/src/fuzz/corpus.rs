@@ -271,6 +271,16 @@ fn hellos() -> Vec<(&'static str, Hello)> {
         ("join-session", hello(Request::JoinSession { token: vec![7; 32] })),
         ("join-lane", hello(Request::JoinLane { token: vec![7; 32], lane: 2 })),
         (
+            "grant-pod-volume",
+            hello(Request::GrantPodVolume {
+                name: "data".into(),
+                pod_uid: "0b7c4a2e-5d1f-4c3a-9e8b-2f6d1a0c9e47".into(),
+                volume: "pvc-0b7c4a2e".into(),
+                read_only: true,
+            }),
+        ),
+        ("revoke-volume", hello(Request::RevokeVolume { name: "data".into() })),
+        (
             "push",
             hello(Request::Push {
                 volume: "data".into(),

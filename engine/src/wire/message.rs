@@ -61,6 +61,25 @@ pub enum Request {
         /// Which lane this connection is.
         lane: u32,
     },
+    /// Coordinator to a node agent: serve volume `volume` of the pod whose UID is `pod_uid`, as
+    /// the kubelet mounted it on this node, under the name `name`. The agent finds the
+    /// directory itself, beneath its kubelet pods directory; a request never names a path.
+    GrantPodVolume {
+        /// The name sessions use for the volume.
+        name: String,
+        /// The pod's UID (`metadata.uid`).
+        pod_uid: String,
+        /// The volume's directory name under the pod: the PV's name for CSI and in-tree
+        /// persistent volumes.
+        volume: String,
+        /// Only readable: the agent will not receive into it.
+        read_only: bool,
+    },
+    /// Coordinator to a node agent: withdraw a grant made by [`Request::GrantPodVolume`].
+    RevokeVolume {
+        /// The volume's name.
+        name: String,
+    },
 }
 
 /// Options agreed for one volume session: the wire form of [`crate::CopyOptions`] (see there for

@@ -62,7 +62,9 @@ pub use message::{
 // Version 8: in a session over several streams, [`Message::EndOfEntries`] ends the tree as soon as
 // the scan is over, before the receiver's verdicts are in (the files they ask for then come on
 // the further lanes); the further lanes join beside the tree's first entries.
-pub const PROTOCOL_VERSION: u32 = 8;
+// Version 9: [`Request::GrantPodVolume`] and [`Request::RevokeVolume`] (the node strategy's
+// grants at run time, by pod UID and volume name).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;
