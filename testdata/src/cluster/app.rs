@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::Api;
 use kube::api::PostParams;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
 use super::ClusterPair;
@@ -46,6 +47,23 @@ where
 {
     let object: K = serde_json::from_value(value).map_err(io_error)?;
     api.create(&PostParams::default(), &object).await.map_err(io_error)
+}
+
+/// Creates `objects` in order, each a whole object with `apiVersion`, `kind` and `metadata` (e.g.
+/// `mover_kube::objects::install_objects` as JSON, what `mover k8s manifests` prints): what
+/// `kubectl apply -f -` does for objects that do not exist yet.
+pub async fn apply(client: &kube::Client, objects: &[serde_json::Value]) -> std::io::Result<()> {
+    for value in objects {
+        let object: DynamicObject = serde_json::from_value(value.clone()).map_err(io_error)?;
+        let types = object.types.clone().ok_or_else(|| io_error(format!("no apiVersion and kind in {value}")))?;
+        let resource = ApiResource::from_gvk(&GroupVersionKind::try_from(&types).map_err(io_error)?);
+        let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
+            Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        api.create(&PostParams::default(), &object).await.map_err(io_error)?;
+    }
+    Ok(())
 }
 
 fn claim(namespace: &str, name: &str, size: &str) -> serde_json::Value {

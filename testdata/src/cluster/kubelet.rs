@@ -1,12 +1,17 @@
 //! The kubelet part: for each scheduled pod, its volumes as host directories, then
 //! [`Pods::start`](crate::pods::Pods::start), then the pod's status from what the process does.
 //!
-//! * volumes: a claim is its volume's directory; a Secret's or `ConfigMap`'s keys are files under
-//!   `<cluster dir>/pods/<uid>/volumes/<name>/` with `defaultMode` (or an item's `mode`); an
-//!   emptyDir, and any other kind, is a fresh directory there; a hostPath is its path. A missing
-//!   Secret/ConfigMap is a `FailedMount` event; a `ReadWriteOnce` claim in use by a running pod on
-//!   another node is a `FailedAttachVolume` (Multi-Attach) event; the pod waits in
-//!   `ContainerCreating` meanwhile, and is retried each round.
+//! * volumes: a claim is bind-mounted (in the host's mount namespace) where a real kubelet mounts
+//!   it, under the cluster's kubelet root `<cluster dir>/kubelet` ([`crate::podrunner::KubeletRoot`]):
+//!   a CSI volume at `pods/<uid>/volumes/kubernetes.io~csi/<pv>/mount`, a `local` one at
+//!   `pods/<uid>/volumes/kubernetes.io~local-volume/<pv>`; a `hostPath` volume is its path. The
+//!   mounts go when the pod stops, is deleted or ends. A Secret's or `ConfigMap`'s keys are
+//!   written by an atomic writer (`projection`) under `<cluster dir>/pods/<uid>/volumes/<name>/`
+//!   and follow the object while the pod runs; an emptyDir, and any other kind, is a fresh
+//!   directory there; a hostPath is its path. A missing Secret/ConfigMap (not `optional`) is a
+//!   `FailedMount` event; a `ReadWriteOnce` claim in use by a running pod on another node is a
+//!   `FailedAttachVolume` (Multi-Attach) event; the pod waits in `ContainerCreating` meanwhile,
+//!   and is retried each round.
 //! * a start error is the container's waiting reason and message and the pod stays Pending (not
 //!   retried: a real kubelet retries with back-off, e.g. `ErrImagePull` then `ImagePullBackOff`);
 //! * the first exit ends the pod: Succeeded for exit 0, Failed otherwise, whatever the
@@ -14,40 +19,72 @@
 //! * deletion: the pod's processes are stopped (on their own thread, honouring the grace period
 //!   through [`PodProcess::stop`](crate::pods::PodProcess::stop)), then the pod is removed.
 //!   Pods removed at once (grace period 0) have their processes stopped after the fact.
-//! * no probes, init containers, resources, image pulls, or attach/mount through a CSI driver.
+//! * no probes, init containers, resources or image pulls; no CSI driver (a claim's storage is a
+//!   directory, bind-mounted), and one kubelet root for every node of the cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 
 use super::Shared;
 use super::controllers::event;
+use super::projection::{MountError, Projection};
 use super::resources;
 use super::scheduler::volume_dir;
 use super::store::{self, Store, name_of, namespace_of};
+use crate::podrunner::{PodDir, VolumePlugin};
 use crate::pods::{PodProcess, PodStart};
 
+/// How the kubelet mounts a persistent volume: through a volume plugin under the pod's
+/// directory, or (`None`, a `hostPath` volume) at its own path.
+fn plugin_of(pv: &Value) -> Result<Option<VolumePlugin>, String> {
+    let spec = &pv["spec"];
+    if spec.get("hostPath").is_some() {
+        Ok(None)
+    } else if spec.get("csi").is_some() {
+        Ok(Some(VolumePlugin::Csi))
+    } else if spec.get("local").is_some() {
+        Ok(Some(VolumePlugin::InTree("local-volume".to_owned())))
+    } else {
+        Err(format!(
+            "persistentvolume \"{}\" is neither csi, local nor hostPath, the only kinds the simulated kubelet mounts",
+            name_of(pv)
+        ))
+    }
+}
+
 /// Where a pod's files live: `<cluster dir>/pods/<uid>`.
-fn pod_dir(shared: &Shared, uid: &str) -> PathBuf {
+fn pod_dir_of(shared: &Shared, uid: &str) -> PathBuf {
     shared.dir.join("pods").join(uid)
 }
 
 /// Where a pod's containers' logs go.
 pub fn log_dir(shared: &Shared, uid: &str) -> PathBuf {
-    pod_dir(shared, uid).join("logs")
+    pod_dir_of(shared, uid).join("logs")
 }
 
+/// A started pod. Its fields drop in order: the containers are stopped before the pod's
+/// directory unmounts its claims.
 struct Running {
     process: Box<dyn PodProcess>,
     namespace: String,
     name: String,
     /// Where the readiness probe connects (a `tcpSocket` probe), until it succeeds once.
     probe: Option<std::net::SocketAddr>,
+    /// Its Secret and `ConfigMap` volumes, rewritten when their object changes.
+    projections: Vec<Projection>,
+    /// Its directory under the kubelet root, with its claims mounted.
+    _pod_dir: PodDir,
+}
+
+/// A pod's volumes, set up: what its containers get, and what the kubelet keeps for it.
+struct Volumes {
+    paths: BTreeMap<String, PathBuf>,
+    projections: Vec<Projection>,
+    pod_dir: PodDir,
 }
 
 /// The address a pod's first `tcpSocket` readiness probe connects to (a named port is looked
@@ -99,44 +136,6 @@ fn claims_of(pod: &Value) -> Vec<String> {
         .collect()
 }
 
-fn write_files(directory: &Path, files: &[(String, Vec<u8>, u32)]) -> std::io::Result<()> {
-    fs::create_dir_all(directory)?;
-    for (path, content, mode) in files {
-        let file = directory.join(path);
-        if let Some(parent) = file.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        fs::write(&file, content)?;
-        fs::set_permissions(&file, fs::Permissions::from_mode(*mode))?;
-    }
-    Ok(())
-}
-
-/// A Secret's or `ConfigMap`'s keys as (path, content, mode), honouring `items` and modes.
-fn projected(source: &Value, object: &Value, base64_data: bool) -> Vec<(String, Vec<u8>, u32)> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut data: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for (key, value) in object["data"].as_object().into_iter().flatten() {
-        let text = value.as_str().unwrap_or("");
-        let bytes = if base64_data { b64.decode(text).unwrap_or_default() } else { text.as_bytes().to_vec() };
-        data.insert(key.clone(), bytes);
-    }
-    for (key, value) in object["binaryData"].as_object().into_iter().flatten() {
-        data.insert(key.clone(), b64.decode(value.as_str().unwrap_or("")).unwrap_or_default());
-    }
-    let mode = source["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-    match source["items"].as_array() {
-        Some(items) => items
-            .iter()
-            .filter_map(|item| {
-                let content = data.get(item["key"].as_str()?)?.clone();
-                Some((item["path"].as_str()?.to_owned(), content, item["mode"].as_u64().map_or(mode, |m| m as u32)))
-            })
-            .collect(),
-        None => data.into_iter().map(|(key, content)| (key, content, mode)).collect(),
-    }
-}
-
 impl Kubelet {
     /// One round: stop what was deleted, start what was scheduled, report exits.
     pub fn sync(&mut self, shared: &Shared) {
@@ -163,6 +162,7 @@ impl Kubelet {
                 });
             }
         }
+        self.refresh_projections(shared);
         for pod in pods {
             let uid = uid_of(&pod);
             if pod["metadata"].get("deletionTimestamp").is_some() {
@@ -199,10 +199,21 @@ impl Kubelet {
         }
     }
 
+    /// Rewrites the Secret and `ConfigMap` volumes of running pods whose object changed.
+    fn refresh_projections(&mut self, shared: &Shared) {
+        let store = shared.read();
+        for projection in self.running.values_mut().flat_map(|running| running.projections.iter_mut()) {
+            // A failed write is tried again next round (a real kubelet logs it and retries).
+            let _ = projection.refresh(&store);
+        }
+    }
+
     fn begin_stop(&mut self, uid: &str) {
         if let Some(mut running) = self.running.remove(uid) {
+            let (namespace, name) = (running.namespace.clone(), running.name.clone());
+            // The containers stop, then dropping `running` unmounts the pod's claims.
             let thread = std::thread::spawn(move || running.process.stop());
-            self.stopping.insert(uid.to_owned(), (running.namespace.clone(), running.name.clone(), thread));
+            self.stopping.insert(uid.to_owned(), (namespace, name, thread));
         }
     }
 
@@ -237,14 +248,20 @@ impl Kubelet {
                 return;
             }
         };
-        match shared.pods.start(PodStart { pod: &typed, volumes, log_dir: &logs }) {
+        let Volumes { paths, projections, pod_dir } = volumes;
+        match shared.pods.start(PodStart { pod: &typed, volumes: paths, log_dir: &logs }) {
             Ok(process) => {
                 let ip = process.ip();
                 let probe = readiness_address(pod, ip);
-                self.running.insert(
-                    uid,
-                    Running { process, namespace: namespace_of(pod).to_owned(), name: name_of(pod).to_owned(), probe },
-                );
+                let running = Running {
+                    process,
+                    namespace: namespace_of(pod).to_owned(),
+                    name: name_of(pod).to_owned(),
+                    probe,
+                    projections,
+                    _pod_dir: pod_dir,
+                };
+                self.running.insert(uid, running);
                 shared.write(|store| started(store, pod, &ip.to_string(), probe.is_none()));
             }
             Err(error) => {
@@ -257,57 +274,54 @@ impl Kubelet {
         }
     }
 
-    fn volumes(&self, shared: &Shared, pod: &Value) -> Result<BTreeMap<String, PathBuf>, NotReady> {
+    /// Sets up the pod's volumes: each claim mounted under the pod's directory in the kubelet
+    /// root (a `hostPath` volume's path as it is), Secrets and `ConfigMaps` projected, emptyDirs
+    /// (and any other kind) made.
+    fn volumes(&self, shared: &Shared, pod: &Value) -> Result<Volumes, NotReady> {
         let store = shared.read();
         let uid = uid_of(pod);
         let namespace = namespace_of(pod);
-        let mut out = BTreeMap::new();
+        let mut pod_dir = shared
+            .kubelet_root
+            .pod(&uid)
+            .map_err(|e| NotReady("FailedMount", format!("making the pod's directory under the kubelet root: {e}")))?;
+        let (mut paths, mut projections) = (BTreeMap::new(), Vec::new());
         for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = volume["name"].as_str().unwrap_or("").to_owned();
-            let own = pod_dir(shared, &uid).join("volumes").join(&name);
-            let mount_failed = |what: &str, object: &str| {
-                NotReady(
-                    "FailedMount",
-                    format!("MountVolume.SetUp failed for volume \"{name}\" : {what} \"{object}\" not found"),
-                )
+            let own = pod_dir_of(shared, &uid).join("volumes").join(&name);
+            let set_up_failed = |what: String| {
+                NotReady("FailedMount", format!("MountVolume.SetUp failed for volume \"{name}\" : {what}"))
             };
             let path = if let Some(claim_name) = volume["persistentVolumeClaim"]["claimName"].as_str() {
                 let claim = store
                     .get(resources::by_kind("PersistentVolumeClaim"), namespace, claim_name)
-                    .ok_or_else(|| mount_failed("persistentvolumeclaim", claim_name))?;
+                    .ok_or_else(|| set_up_failed(format!("persistentvolumeclaim \"{claim_name}\" not found")))?;
                 let pv_name = claim["spec"]["volumeName"].as_str().unwrap_or("");
                 let pv = store
                     .get(resources::by_kind("PersistentVolume"), "", pv_name)
-                    .ok_or_else(|| mount_failed("persistentvolume", pv_name))?;
+                    .ok_or_else(|| set_up_failed(format!("persistentvolume \"{pv_name}\" not found")))?;
                 self.check_attach(&store, pod, claim, pv)?;
                 let directory = volume_dir(shared, pv);
                 let _ = fs::create_dir_all(&directory);
-                directory
-            } else if volume.get("secret").is_some() || volume.get("configMap").is_some() {
-                let (source, kind, field) = if volume.get("secret").is_some() {
-                    (&volume["secret"], "Secret", "secretName")
-                } else {
-                    (&volume["configMap"], "ConfigMap", "name")
-                };
-                let object_name = source[field].as_str().unwrap_or("");
-                let files = match store.get(resources::by_kind(kind), namespace, object_name) {
-                    Some(object) => projected(source, object, kind == "Secret"),
-                    None if source["optional"] == true => Vec::new(),
-                    None => return Err(mount_failed(&kind.to_lowercase(), object_name)),
-                };
-                write_files(&own, &files)
-                    .map_err(|e| NotReady("FailedMount", format!("writing volume \"{name}\": {e}")))?;
+                match plugin_of(pv).map_err(set_up_failed)? {
+                    Some(plugin) => pod_dir
+                        .mount_volume(&plugin, pv_name, &directory)
+                        .map_err(|e| set_up_failed(format!("mounting {}: {e}", directory.display())))?,
+                    None => directory,
+                }
+            } else if let Some(mut projection) = Projection::of(volume, namespace, own.clone()) {
+                projection.set_up(&store).map_err(|MountError(what)| set_up_failed(what))?;
+                projections.push(projection);
                 own
             } else if let Some(path) = volume["hostPath"]["path"].as_str() {
                 PathBuf::from(path)
             } else {
-                fs::create_dir_all(&own)
-                    .map_err(|e| NotReady("FailedMount", format!("creating volume \"{name}\": {e}")))?;
+                fs::create_dir_all(&own).map_err(|e| set_up_failed(format!("creating {}: {e}", own.display())))?;
                 own
             };
-            out.insert(name, path);
+            paths.insert(name, path);
         }
-        Ok(out)
+        Ok(Volumes { paths, projections, pod_dir })
     }
 
     /// The Multi-Attach refusal: a `ReadWriteOnce` volume used by a running pod on another node.

@@ -31,8 +31,11 @@
 //! list is one page), protobuf. The controllers are in `controllers` and `kubelet`, each saying
 //! what a real cluster does differently.
 //!
-//! Files under `dir`: `audit.jsonl`, `volumes/<pv>/` (persistent volumes), `pods/<uid>/` (a pod's
-//! secret, config map and emptyDir volumes and its `logs/<container>.log`).
+//! Files under `dir`: `audit.jsonl`, `volumes/<pv>/` (persistent volumes), `kubelet/` (the kubelet
+//! root, [`SimCluster::kubelet_root`]: `kubelet/pods/<uid>/volumes/...` holds a running pod's
+//! claims, bind-mounted as a real kubelet lays them out), `pods/<uid>/` (a pod's secret, config
+//! map and emptyDir volumes and its `logs/<container>.log`). Starting a cluster needs root: the
+//! kubelet root is a bind mount with shared propagation, and claims are bind mounts.
 
 pub mod app;
 mod audit;
@@ -41,7 +44,10 @@ mod defaults;
 mod http1;
 mod kubeconfig;
 mod kubelet;
+#[cfg(test)]
+mod kubelet_tests;
 mod pair;
+mod projection;
 mod resources;
 mod scheduler;
 mod selectors;
@@ -69,6 +75,7 @@ pub use audit::{Faults, Request};
 pub use kubeconfig::{KubeconfigEntry, write_kubeconfig, write_kubeconfig_entries};
 pub use pair::{AGENT_REPOSITORY, ClusterPair, TOOLS_REPOSITORY};
 
+use crate::podrunner::KubeletRoot;
 use crate::pods::Pods;
 use resources::ResourceType;
 use store::Store;
@@ -86,6 +93,8 @@ pub(crate) struct Shared {
     audit: audit::Audit,
     faults: Faults,
     pods: Arc<dyn Pods>,
+    /// `<dir>/kubelet`: where the kubelet mounts pods' claims.
+    kubelet_root: KubeletRoot,
     stopping: AtomicBool,
 }
 
@@ -140,6 +149,15 @@ impl SimCluster {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let url = format!("https://{}", listener.local_addr()?);
+        let kubelet_root = KubeletRoot::new(&dir.join("kubelet")).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "making the simulated kubelet's root {}/kubelet (it bind-mounts claims there, which needs root): {e}",
+                    dir.display()
+                ),
+            )
+        })?;
         let (changed, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -150,6 +168,7 @@ impl SimCluster {
             users: Mutex::new(BTreeMap::new()),
             faults: Faults::default(),
             pods,
+            kubelet_root,
             stopping: AtomicBool::new(false),
         });
         shared.users.lock().expect("users").insert(random_token(), "admin".to_owned());
@@ -190,6 +209,13 @@ impl SimCluster {
     #[must_use]
     pub fn dir(&self) -> &Path {
         &self.shared.dir
+    }
+
+    /// The kubelet root, `<dir>/kubelet` (a real node's `/var/lib/kubelet`): the pods' claims are
+    /// mounted under its `pods/` while they run. What a node agent's `DaemonSet` is rendered with.
+    #[must_use]
+    pub fn kubelet_root(&self) -> &Path {
+        self.shared.kubelet_root.root()
     }
 
     /// Adds a user (or gives the existing one's token); returns its bearer token.

@@ -27,9 +27,9 @@ use crate::pods::{PodProcess, PodStart, Pods, StartError};
 
 /// Runs `command` (+`args`) of each pod's first container; image `missing` fails to start.
 #[derive(Default)]
-struct TestPods {
+pub(super) struct TestPods {
     next_ip: AtomicU8,
-    started: Mutex<BTreeMap<String, BTreeMap<String, PathBuf>>>,
+    pub(super) started: Mutex<BTreeMap<String, BTreeMap<String, PathBuf>>>,
     stopped: Arc<Mutex<Vec<String>>>,
 }
 
@@ -87,14 +87,16 @@ impl PodProcess for TestProcess {
     }
 }
 
-struct Fixture {
-    dir: TempDir,
-    cluster: SimCluster,
-    client: Client,
-    pods: Arc<TestPods>,
+/// The cluster is declared first so that it stops (unmounting its kubelet root) before the
+/// temporary directory is removed.
+pub(super) struct Fixture {
+    pub(super) cluster: SimCluster,
+    pub(super) dir: TempDir,
+    pub(super) client: Client,
+    pub(super) pods: Arc<TestPods>,
 }
 
-async fn client_as(cluster: &SimCluster, user: &str, dir: &Path) -> Client {
+pub(super) async fn client_as(cluster: &SimCluster, user: &str, dir: &Path) -> Client {
     let path = dir.join(format!("kubeconfig-{user}"));
     write_kubeconfig_entries(&path, &[cluster.kubeconfig_entry(user)]).unwrap();
     let kubeconfig = Kubeconfig::read_from(&path).unwrap();
@@ -103,7 +105,13 @@ async fn client_as(cluster: &SimCluster, user: &str, dir: &Path) -> Client {
     Client::try_from(config).unwrap()
 }
 
-async fn fixture() -> Fixture {
+/// A cluster with namespace `app`, or `None` (the test is skipped, saying why) when not root:
+/// the simulated kubelet mounts claims.
+pub(super) async fn fixture() -> Option<Fixture> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: the simulated cluster's kubelet bind-mounts claims, which needs root");
+        return None;
+    }
     let dir = tempfile::tempdir().unwrap();
     let pods = Arc::new(TestPods::default());
     let cluster = SimCluster::start("source", &dir.path().join("cluster"), pods.clone()).unwrap();
@@ -113,7 +121,7 @@ async fn fixture() -> Fixture {
         .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap())
         .await
         .unwrap();
-    Fixture { dir, cluster, client, pods }
+    Some(Fixture { cluster, dir, client, pods })
 }
 
 /// The `Status` of a `kube::Error::Api`.
@@ -125,7 +133,7 @@ fn status_of<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> Status {
 }
 
 /// Polls `probe` until it gives `Some`, for at most 10 s.
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
+pub(super) async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: impl FnMut() -> F) -> T {
     for _ in 0..200 {
         if let Some(value) = probe().await {
             return value;
@@ -135,11 +143,11 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, mut probe: imp
     panic!("timed out waiting for {what}");
 }
 
-fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
+pub(super) fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).unwrap()
 }
 
-fn pod(name: &str, command: &[&str], extra: &Value) -> Pod {
+pub(super) fn pod(name: &str, command: &[&str], extra: &Value) -> Pod {
     let mut pod = json!({
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
@@ -149,14 +157,29 @@ fn pod(name: &str, command: &[&str], extra: &Value) -> Pod {
     from(pod)
 }
 
-fn claim(name: &str, class: &str, mode: &str) -> PersistentVolumeClaim {
+/// Where the kubelet mounts CSI volume `pv` of the pod with `uid`.
+pub(super) fn csi_mount(cluster: &SimCluster, uid: &str, pv: &str) -> PathBuf {
+    cluster.kubelet_root().join(format!("pods/{uid}/volumes/kubernetes.io~csi/{pv}/mount"))
+}
+
+/// The mount points under `dir` in this process's mount namespace (the host's).
+pub(super) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4).map(PathBuf::from))
+        .filter(|mount| mount.starts_with(dir))
+        .collect()
+}
+
+pub(super) fn claim(name: &str, class: &str, mode: &str) -> PersistentVolumeClaim {
     from(json!({"metadata": {"name": name}, "spec": {"storageClassName": class, "accessModes": [mode],
         "resources": {"requests": {"storage": "1Gi"}}}}))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_get_list_update_delete_round_trip_with_real_status_bodies() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let maps: Api<ConfigMap> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
     let made = maps
@@ -253,7 +276,7 @@ async fn create_get_list_update_delete_round_trip_with_real_status_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_decoding_names_and_immutable_claims_are_refused_as_the_real_server_does() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let resource = ApiResource::erase::<Pod>(&());
     let dynamic: Api<DynamicObject> = Api::namespaced_with(f.client.clone(), "app", &resource);
     let bogus = DynamicObject::new("p", &resource)
@@ -302,7 +325,7 @@ async fn strict_decoding_names_and_immutable_claims_are_refused_as_the_real_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forbidden_verb_is_a_403_naming_user_verb_resource_and_namespace() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     f.cluster.faults().forbid("mover-coordinator", "create", "pods");
     f.cluster.faults().forbid("mover-coordinator", "list", "nodes");
     let client = client_as(&f.cluster, "mover-coordinator", f.dir.path()).await;
@@ -343,7 +366,7 @@ async fn a_forbidden_verb_is_a_403_naming_user_verb_resource_and_namespace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_replays_from_a_version_and_a_compacted_version_is_410_expired() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let maps: Api<ConfigMap> = Api::namespaced(f.client.clone(), "app");
     let first = maps.create(&PostParams::default(), &from(json!({"metadata": {"name": "a"}}))).await.unwrap();
     let since = first.metadata.resource_version.clone().unwrap();
@@ -384,7 +407,7 @@ async fn watch_replays_from_a_version_and_a_compacted_version_is_410_expired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_recovers_from_dropped_watch_connections() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     f.cluster.faults().drop_watches_after(Some(2));
     let maps: Api<ConfigMap> = Api::namespaced(f.client.clone(), "app");
     let stream = watcher(maps.clone(), watcher::Config::default()).default_backoff().applied_objects();
@@ -410,7 +433,7 @@ async fn a_watcher_recovers_from_dropped_watch_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_exit_and_fail_to_start_as_the_kubelet_reports_it() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
     pods.create(&pp, &pod("runs", &["sh", "-c", "echo one; echo two; exec sleep 1000"], &json!({}))).await.unwrap();
@@ -488,7 +511,7 @@ async fn pods_run_exit_and_fail_to_start_as_the_kubelet_reports_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_bind_immediately_or_on_first_consumer_and_pods_get_their_directories() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(f.client.clone(), "app");
     let volumes: Api<PersistentVolume> = Api::all(f.client.clone());
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
@@ -534,15 +557,17 @@ async fn claims_bind_immediately_or_on_first_consumer_and_pods_get_their_directo
     .unwrap()
     .unwrap()
     .unwrap();
+    let uid = running.metadata.uid.clone().unwrap();
     assert_eq!(running.spec.unwrap().node_name.as_deref(), Some("node-b"));
     let directory = f.pods.started.lock().unwrap()["user"]["data"].clone();
-    assert_eq!(directory, f.cluster.dir().join("volumes").join(pv.metadata.name.unwrap()));
+    let pv_name = pv.metadata.name.unwrap();
+    assert_eq!(directory, csi_mount(&f.cluster, &uid, &pv_name));
     assert!(directory.is_dir());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unschedulable_pods_stay_pending_with_the_schedulers_reason() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
     pods.create(
@@ -580,7 +605,7 @@ async fn unschedulable_pods_stay_pending_with_the_schedulers_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_get_addresses_and_a_load_balancer_the_ip_of_its_running_pod() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let services: Api<Service> = Api::namespaced(f.client.clone(), "app");
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
@@ -612,7 +637,7 @@ async fn services_get_addresses_and_a_load_balancer_the_ip_of_its_running_pod() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_write_once_claim_in_use_on_another_node_is_a_multi_attach_error() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(f.client.clone(), "app");
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
@@ -648,7 +673,7 @@ async fn a_read_write_once_claim_in_use_on_another_node_is_a_multi_attach_error(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_retry_to_their_backoff_limit_and_complete() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let jobs: Api<Job> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
     let job = |name: &str, script: &str, extra: Value| -> Job {
@@ -681,7 +706,7 @@ async fn jobs_retry_to_their_backoff_limit_and_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_namespace_deletes_what_is_in_it_and_owned_objects_follow_their_owner() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let maps: Api<ConfigMap> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
     let owner = maps.create(&pp, &from(json!({"metadata": {"name": "owner"}}))).await.unwrap();
@@ -716,7 +741,7 @@ async fn deleting_a_namespace_deletes_what_is_in_it_and_owned_objects_follow_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_volumes_bind_by_name_failed_ones_stay_failed_and_secrets_become_files() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let volumes: Api<PersistentVolume> = Api::all(f.client.clone());
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(f.client.clone(), "app");
     let pp = PostParams::default();
@@ -764,13 +789,13 @@ async fn static_volumes_bind_by_name_failed_ones_stay_failed_and_secrets_become_
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions()) & 0o777,
         0o400
     );
-    assert_eq!(volumes_given["data"], f.cluster.dir().join("volumes/pv-static"));
+    assert!(volumes_given["data"].ends_with("volumes/kubernetes.io~csi/pv-static/mount"), "{volumes_given:?}");
     assert!(volumes_given["scratch"].is_dir());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_in_use_stays_terminating_until_its_pod_is_gone_then_its_volume_is_reclaimed() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(f.client.clone(), "app");
     let volumes: Api<PersistentVolume> = Api::all(f.client.clone());
     let pods: Api<Pod> = Api::namespaced(f.client.clone(), "app");
@@ -808,7 +833,7 @@ async fn a_claim_in_use_stays_terminating_until_its_pod_is_gone_then_its_volume_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_set_runs_one_pod_per_node_and_a_kubeconfig_has_a_context_per_cluster() {
-    let f = fixture().await;
+    let Some(f) = fixture().await else { return };
     let target = SimCluster::start("target", &f.dir.path().join("target"), f.pods.clone()).unwrap();
     let path = f.dir.path().join("kubeconfig");
     super::write_kubeconfig(&path, &[&f.cluster, &target]).unwrap();
