@@ -22,8 +22,9 @@ pub struct StartError {
 pub struct PodStart<'a> {
     /// The pod as stored (spec with `nodeName` set, metadata with `uid`).
     pub pod: &'a Pod,
-    /// Each of the pod's volumes by name: the host directory with its contents (a claim's
-    /// persistent volume, a Secret's or ConfigMap's files, an emptyDir).
+    /// Each of the pod's volumes by name: the host directory with its contents (a claim's mount
+    /// under the kubelet root, or a `hostPath` volume's path; a Secret's or ConfigMap's files; an
+    /// emptyDir).
     pub volumes: BTreeMap<String, PathBuf>,
     /// Where each container's output goes: `<log_dir>/<container name>.log`.
     pub log_dir: &'a Path,

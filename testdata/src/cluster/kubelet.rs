@@ -123,6 +123,11 @@ pub struct Kubelet {
 /// Why a pod cannot start yet: an event (type, reason, message) to report once.
 struct NotReady(&'static str, String);
 
+/// A volume that could not be set up, as the kubelet's `FailedMount` event says it.
+fn set_up_failed(volume: &str, what: &str) -> NotReady {
+    NotReady("FailedMount", format!("MountVolume.SetUp failed for volume \"{volume}\" : {what}"))
+}
+
 fn uid_of(pod: &Value) -> String {
     pod["metadata"]["uid"].as_str().unwrap_or("").to_owned()
 }
@@ -281,44 +286,52 @@ impl Kubelet {
         let store = shared.read();
         let uid = uid_of(pod);
         let namespace = namespace_of(pod);
-        let mut pod_dir = shared
-            .kubelet_root
-            .pod(&uid)
-            .map_err(|e| NotReady("FailedMount", format!("making the pod's directory under the kubelet root: {e}")))?;
         let (mut paths, mut projections) = (BTreeMap::new(), Vec::new());
+        // Claims are mounted once every volume is known to be ready, so that a pod waiting for
+        // one does not mount and unmount the others each round.
+        let mut mounts = Vec::new();
         for volume in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = volume["name"].as_str().unwrap_or("").to_owned();
             let own = pod_dir_of(shared, &uid).join("volumes").join(&name);
-            let set_up_failed = |what: String| {
-                NotReady("FailedMount", format!("MountVolume.SetUp failed for volume \"{name}\" : {what}"))
-            };
+            let failed = |what: String| set_up_failed(&name, &what);
             let path = if let Some(claim_name) = volume["persistentVolumeClaim"]["claimName"].as_str() {
                 let claim = store
                     .get(resources::by_kind("PersistentVolumeClaim"), namespace, claim_name)
-                    .ok_or_else(|| set_up_failed(format!("persistentvolumeclaim \"{claim_name}\" not found")))?;
+                    .ok_or_else(|| failed(format!("persistentvolumeclaim \"{claim_name}\" not found")))?;
                 let pv_name = claim["spec"]["volumeName"].as_str().unwrap_or("");
                 let pv = store
                     .get(resources::by_kind("PersistentVolume"), "", pv_name)
-                    .ok_or_else(|| set_up_failed(format!("persistentvolume \"{pv_name}\" not found")))?;
+                    .ok_or_else(|| failed(format!("persistentvolume \"{pv_name}\" not found")))?;
                 self.check_attach(&store, pod, claim, pv)?;
                 let directory = volume_dir(shared, pv);
                 let _ = fs::create_dir_all(&directory);
-                match plugin_of(pv).map_err(set_up_failed)? {
-                    Some(plugin) => pod_dir
-                        .mount_volume(&plugin, pv_name, &directory)
-                        .map_err(|e| set_up_failed(format!("mounting {}: {e}", directory.display())))?,
+                match plugin_of(pv).map_err(failed)? {
+                    Some(plugin) => {
+                        mounts.push((name, plugin, pv_name.to_owned(), directory));
+                        continue;
+                    }
                     None => directory,
                 }
             } else if let Some(mut projection) = Projection::of(volume, namespace, own.clone()) {
-                projection.set_up(&store).map_err(|MountError(what)| set_up_failed(what))?;
+                projection.set_up(&store).map_err(|MountError(what)| failed(what))?;
                 projections.push(projection);
                 own
             } else if let Some(path) = volume["hostPath"]["path"].as_str() {
                 PathBuf::from(path)
             } else {
-                fs::create_dir_all(&own).map_err(|e| set_up_failed(format!("creating {}: {e}", own.display())))?;
+                fs::create_dir_all(&own).map_err(|e| failed(format!("creating {}: {e}", own.display())))?;
                 own
             };
+            paths.insert(name, path);
+        }
+        let mut pod_dir = shared
+            .kubelet_root
+            .pod(&uid)
+            .map_err(|e| NotReady("FailedMount", format!("making the pod's directory under the kubelet root: {e}")))?;
+        for (name, plugin, pv_name, directory) in mounts {
+            let path = pod_dir
+                .mount_volume(&plugin, &pv_name, &directory)
+                .map_err(|e| set_up_failed(&name, &format!("mounting {}: {e}", directory.display())))?;
             paths.insert(name, path);
         }
         Ok(Volumes { paths, projections, pod_dir })

@@ -64,6 +64,14 @@ async fn a_csi_claim_is_mounted_under_the_kubelet_root_while_its_pod_runs() {
     let pod_dir = f.cluster.kubelet_root().join("pods").join(&uid);
     assert_eq!(mounts_under(&pod_dir), std::slice::from_ref(&mount), "a mount point, the pod directory's only one");
 
+    // A pod waiting for a missing Secret mounts nothing meanwhile.
+    let waits = json!({"spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}},
+        {"name": "s", "secret": {"secretName": "missing"}}]}});
+    let waiting = pods.create(&pp, &pod("waits", &["sleep", "1000"], &waits)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!f.cluster.kubelet_root().join("pods").join(waiting.metadata.uid.unwrap()).exists());
+    assert_eq!(mounts_under(&f.cluster.kubelet_root().join("pods")), std::slice::from_ref(&mount));
+
     deleted(&pods, "user", &pod_dir).await;
     assert_eq!(mounts_under(&pod_dir), Vec::<PathBuf>::new(), "no mount left");
     assert!(f.cluster.dir().join("volumes").join(&pv).join("hello.txt").exists(), "the volume's files stay");
