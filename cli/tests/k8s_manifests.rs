@@ -85,6 +85,7 @@ fn every_manifest_is_valid_for_kubernetes_1_33_and_1_37() {
             ],
         ),
         render(dir.path(), "templates.yaml", &["--show-templates"]),
+        render(dir.path(), "templates-node.yaml", &["--show-templates", "--strategy", "node"]),
     ];
     hand_written_manifests(&repo_root(), &mut files);
     let Some(output) = kubernetes_validate(&files) else { return };

@@ -28,13 +28,14 @@ fn assert_golden(name: &str, yaml: &str) {
     );
 }
 
-fn sets() -> [(&'static str, Vec<Object>); 3] {
+fn sets() -> [(&'static str, Vec<Object>); 4] {
     let pod = Install::default();
     let node = Install { strategy: Strategy::Node, kubelet_root: "/var/vcap/data/kubelet/", ..Install::default() };
     [
         ("install-pod.yaml", install_objects(&pod)),
         ("install-node.yaml", install_objects(&node)),
         ("templates.yaml", template_objects(&pod)),
+        ("templates-node.yaml", template_objects(&node)),
     ]
 }
 

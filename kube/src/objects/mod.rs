@@ -121,8 +121,9 @@ pub fn install_objects(install: &Install) -> Vec<Object> {
 }
 
 /// Examples of what each migration creates (not installable: the coordinator makes them per
-/// claim): the identity Secret (with placeholder bytes), and a source and a target transfer
-/// pod with the target's Service, for migration `example` in namespace `app`.
+/// claim), for migration `example` in namespace `app`: the identity Secret (with placeholder
+/// bytes), and a source and a target transfer pod with the target's Service; for the node
+/// strategy, the node agents' identity Secret and a holder pod.
 #[must_use]
 pub fn template_objects(install: &Install) -> Vec<Object> {
     let migration = Migration { id: "example".to_owned(), plan: "example".to_owned() };
@@ -139,6 +140,20 @@ pub fn template_objects(install: &Install) -> Vec<Object> {
         port: DEFAULT_PORT,
         owner: None,
     };
+    if install.strategy == Strategy::Node {
+        // The node agents' Secret, and the holder pod of an unused source claim.
+        let mut secret = secret;
+        secret.metadata.name = Some(NODE_IDENTITY_SECRET.to_owned());
+        secret.metadata.namespace = Some(install.namespace.to_owned());
+        let holder = HolderPod {
+            migration: &migration,
+            namespace: "app",
+            claim: "data",
+            end: End::Source,
+            image: install.image,
+        };
+        return vec![Object::Secret(secret), Object::Pod(holder_pod(&holder))];
+    }
     let (source, target) = (pod(End::Source, Some("node-1")), pod(End::Target, None));
     vec![
         Object::Secret(secret),
