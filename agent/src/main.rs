@@ -8,9 +8,10 @@ mod metrics;
 
 use std::io::IsTerminal;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -18,7 +19,7 @@ use mover_engine::agent::{Agent, VolumeGrant};
 use mover_engine::certs::{Identity, Role};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 
@@ -52,9 +53,22 @@ struct ServeArgs {
     /// `10.0.0.5:7443`.
     #[arg(long, value_parser = parse_listen, env = "MOVER_AGENT_LISTEN")]
     listen: Listen,
-    /// Directory with `ca.crt`, `agent.crt` and `agent.key` (from `mover certs init`).
+    /// Directory with `ca.crt`, `agent.crt` and `agent.key` (from `mover certs init`, or a
+    /// mounted Secret). Re-read every `--certs-poll`: a changed identity is taken without a
+    /// restart (sessions of a previous migration end), and files that disappear leave the agent
+    /// refusing every connection until they come back.
     #[arg(long, env = "MOVER_AGENT_CERTS")]
     certs: PathBuf,
+    /// How often `--certs` is re-read: e.g. `500ms`, `5s`, `1m`.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_poll, env = "MOVER_AGENT_CERTS_POLL")]
+    certs_poll: Duration,
+    /// The kubelet's pods directory (`/var/lib/kubelet/pods` on the node, mounted read-only
+    /// with `HostToContainer` propagation): the coordinator may then grant volumes of pods
+    /// running on this node at run time, by pod UID and volume name; the agent finds them
+    /// beneath this directory and never leaves it. With it, `--volume` is optional, and the
+    /// agent starts without its certificates, waiting for them.
+    #[arg(long, value_name = "DIR", env = "MOVER_AGENT_KUBELET_PODS")]
+    kubelet_pods: Option<PathBuf>,
     /// A volume this agent may serve or receive: `NAME=PATH`, then optionally `:` and
     /// comma-separated options: `ro` (read-only: never received into), `rw` (the default),
     /// `mount` (PATH is a mount point, e.g. a PV: each session takes the file system mounted
@@ -63,7 +77,7 @@ struct ServeArgs {
     /// Every session resolves PATH afresh. Without `mount`, it must find the very directory
     /// (and mount) found at start: a file system mounted over PATH since, or a remount, is
     /// refused rather than written under. Volumes may not overlap (one inside another).
-    #[arg(long = "volume", value_name = "NAME=PATH[:ro|rw][,mount]", required = true)]
+    #[arg(long = "volume", value_name = "NAME=PATH[:ro|rw][,mount]", required_unless_present = "kubelet_pods")]
     volumes: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "MOVER_AGENT_LOG_FORMAT")]
@@ -149,14 +163,156 @@ fn parse_volume(spec: &str) -> anyhow::Result<VolumeGrant> {
     })
 }
 
-fn configure(args: &ServeArgs) -> anyhow::Result<Agent> {
-    let identity = Identity::load(&args.certs, Role::Agent)
-        .with_context(|| format!("while loading the agent certificate from `{}`", args.certs.display()))?;
-    let grants = args.volumes.iter().map(|spec| parse_volume(spec)).collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Agent::new(identity, grants)?)
+/// `500ms`, `5s`, `1m`: a positive whole number and a unit.
+fn parse_poll(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration: write a positive whole number and `ms`, `s` or `m`, e.g. `5s`");
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        _ => return Err(bad()),
+    };
+    if duration.is_zero() {
+        return Err(bad());
+    }
+    Ok(duration)
 }
 
-async fn serve(agent: Agent, metrics: Arc<Metrics>, args: &ServeArgs) -> anyhow::Result<()> {
+/// The files of the agent's identity in `--certs`.
+const CERT_FILES: [&str; 3] = ["ca.crt", "agent.crt", "agent.key"];
+
+/// What `--certs` holds now.
+enum Certs {
+    /// None of the files (a removed Secret: the kubelet emptied its volume).
+    Gone,
+    /// Some files are missing or unreadable, or they changed while read: tried again later.
+    Incomplete(String),
+    /// An identity, and the bytes of the files it was loaded from.
+    Ready(Identity, Vec<u8>),
+}
+
+/// The bytes of the identity's files, read through symlinks (a mounted Secret's `..data`).
+fn cert_bytes(dir: &Path) -> Result<Option<Vec<u8>>, String> {
+    let mut bytes = Vec::new();
+    let mut missing = Vec::new();
+    for name in CERT_FILES {
+        match std::fs::read(dir.join(name)) {
+            Ok(content) => {
+                bytes.extend_from_slice(&(content.len() as u64).to_le_bytes());
+                bytes.extend_from_slice(&content);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => missing.push(name),
+            Err(error) => return Err(format!("cannot read `{}`: {error}", dir.join(name).display())),
+        }
+    }
+    match missing.len() {
+        0 => Ok(Some(bytes)),
+        n if n == CERT_FILES.len() => Ok(None),
+        _ => Err(format!("`{}` has no {}", dir.display(), missing.join(", "))),
+    }
+}
+
+/// Reads the identity in `dir`; the same bytes before and after loading, or it was caught
+/// half swapped.
+fn read_certs(dir: &Path) -> Certs {
+    let before = match cert_bytes(dir) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Certs::Gone,
+        Err(why) => return Certs::Incomplete(why),
+    };
+    let identity = match Identity::load(dir, Role::Agent) {
+        Ok(identity) => identity,
+        Err(error) => return Certs::Incomplete(mover_engine::full_message(&error)),
+    };
+    match cert_bytes(dir) {
+        Ok(Some(after)) if after == before => Certs::Ready(identity, before),
+        _ => Certs::Incomplete("the files changed while they were read".to_owned()),
+    }
+}
+
+fn migration(id: Option<&String>) -> &str {
+    id.map_or("none", String::as_str)
+}
+
+/// Re-reads `dir` every `poll` and gives the agent each new identity; `applied` is the bytes
+/// of the one it has.
+async fn watch_certs(agent: Agent, dir: PathBuf, poll: Duration, mut applied: Option<Vec<u8>>) {
+    let mut last_warning = String::new();
+    loop {
+        tokio::time::sleep(poll).await;
+        let read = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || read_certs(&dir)).await
+        };
+        let (identity, bytes) = match read {
+            Ok(Certs::Ready(identity, bytes)) => (Some(identity), Some(bytes)),
+            Ok(Certs::Gone) => (None, None),
+            Ok(Certs::Incomplete(why)) => {
+                if why != last_warning {
+                    warn!(certs = %dir.display(), %why, "certificates incomplete: the identity stays as it is, trying again");
+                    last_warning = why;
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if bytes == applied {
+            continue;
+        }
+        match agent.set_identity(identity) {
+            Ok(change) => {
+                let (before, after) = (migration(change.before.as_ref()), migration(change.after.as_ref()));
+                if change.after.is_none() {
+                    warn!(before, after, "certificates removed: every connection is refused until they come back");
+                } else {
+                    info!(before, after, withdrawn = ?change.withdrawn, "identity changed");
+                }
+                applied = bytes;
+                last_warning.clear();
+            }
+            Err(error) => {
+                let why = format!("{error:#}");
+                if why != last_warning {
+                    warn!(certs = %dir.display(), %why, "cannot use the new certificates: trying again");
+                    last_warning = why;
+                }
+            }
+        }
+    }
+}
+
+/// The agent, and the bytes of the identity it starts with.
+fn configure(args: &ServeArgs) -> anyhow::Result<(Agent, Option<Vec<u8>>)> {
+    let grants = args.volumes.iter().map(|spec| parse_volume(spec)).collect::<anyhow::Result<Vec<_>>>()?;
+    let (agent, applied) = match &args.kubelet_pods {
+        None => {
+            // Read first: changed after, the watch reloads it.
+            let applied = cert_bytes(&args.certs).ok().flatten();
+            let identity = Identity::load(&args.certs, Role::Agent)
+                .with_context(|| format!("while loading the agent certificate from `{}`", args.certs.display()))?;
+            (Agent::new(identity, grants)?, applied)
+        }
+        Some(pods) => {
+            if !pods.is_dir() {
+                bail!("`--kubelet-pods {}`: no such directory", pods.display());
+            }
+            let (agent, applied) = match read_certs(&args.certs) {
+                Certs::Ready(identity, bytes) => (Agent::new(identity, grants)?, Some(bytes)),
+                Certs::Gone | Certs::Incomplete(_) => {
+                    info!(certs = %args.certs.display(), "no usable certificates yet: waiting for the agent's identity, refusing connections until then");
+                    (Agent::waiting(grants)?, None)
+                }
+            };
+            (agent.with_pod_volumes(pods.clone()), applied)
+        }
+    };
+    Ok((agent, applied))
+}
+
+async fn serve(agent: Agent, applied: Option<Vec<u8>>, metrics: Arc<Metrics>, args: &ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen;
     if let Some(address) = args.metrics_listen {
         let listener = bind(address).await.with_context(|| format!("cannot listen for metrics on `{address}`"))?;
@@ -166,10 +322,13 @@ async fn serve(agent: Agent, metrics: Arc<Metrics>, args: &ServeArgs) -> anyhow:
     let listener = bind(listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::spawn(watch_certs(agent.clone(), args.certs.clone(), args.certs_poll, applied));
     let volumes = args.volumes.join(" ");
+    let kubelet_pods = args.kubelet_pods.as_ref().map(|dir| dir.display().to_string()).unwrap_or_default();
     info!(
         listen = %listener.local_addr()?,
         volumes = %volumes,
+        kubelet_pods = %kubelet_pods,
         release = env!("CARGO_PKG_VERSION"),
         protocol = mover_engine::PROTOCOL_VERSION,
         "serving"
@@ -228,8 +387,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     raise_fd_limit();
     let metrics = Arc::new(Metrics::new());
-    let agent = match configure(&args) {
-        Ok(agent) => agent.with_observer(metrics.clone()),
+    let (agent, applied) = match configure(&args) {
+        Ok((agent, applied)) => (agent.with_observer(metrics.clone()), applied),
         Err(error) => {
             print_error(&format!("error: {error:#}"));
             return ExitCode::from(EXIT_CONFIG);
@@ -242,7 +401,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match runtime.block_on(serve(agent, metrics, &args)) {
+    match runtime.block_on(serve(agent, applied, metrics, &args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             print_error(&format!("error: {error:#}"));
@@ -253,7 +412,19 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{Listen, parse_listen, parse_volume};
+    use std::time::Duration;
+
+    use super::{Listen, parse_listen, parse_poll, parse_volume};
+
+    #[test]
+    fn poll_durations() {
+        assert_eq!(parse_poll("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_poll("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_poll("1m"), Ok(Duration::from_secs(60)));
+        for bad in ["", "5", "s", "0s", "-1s", "1h", "1.5s", "5 s"] {
+            assert!(parse_poll(bad).is_err(), "accepted {bad:?}");
+        }
+    }
 
     #[test]
     fn listen_addresses() {

@@ -149,3 +149,44 @@ async fn a_grant_that_overlaps_or_repeats_a_name_is_refused_while_serving() {
     assert_eq!(served.volumes().await, ["vol"]);
     served.stop().await;
 }
+
+#[tokio::test]
+async fn another_migrations_identity_drops_the_old_ones_tokens_and_refuses_its_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    let (first, second) = (certs::generate().unwrap(), certs::generate().unwrap());
+    let served = serve(&first, vec![grant("vol", &volume)]).await;
+    let open = Request::OpenSession { volume: "vol".into(), options: SyncOptions::default() };
+    let (_, welcome) = client::open(&served.coordinator, &served.addr, open.clone(), None).await.unwrap();
+
+    // A renewed certificate of the same migration keeps its opened sessions.
+    let change = served.agent.set_identity(Some(Identity::from_generated(&first, Role::Agent).unwrap())).unwrap();
+    assert_eq!(change.before, change.after);
+    let (_, kept) = client::open(&served.coordinator, &served.addr, open, None).await.unwrap();
+
+    let change = served.agent.set_identity(Some(Identity::from_generated(&second, Role::Agent).unwrap())).unwrap();
+    assert_ne!(change.before, change.after);
+    // The old coordinator no longer gets through the handshake.
+    let old = client::ping(&served.coordinator, &served.addr).await;
+    assert!(matches!(old, Err(CopyError::Session(client::SessionError::Tunnel(_)))), "{old:?}");
+    // The new migration's agent cannot join what the old one opened.
+    let new_agent = Identity::from_generated(&second, Role::Agent).unwrap();
+    for token in [welcome.token, kept.token] {
+        let join = Request::JoinSession { token };
+        match client::open(&new_agent, &served.addr, join, None).await {
+            Err(CopyError::Session(client::SessionError::Refused { error, .. })) => {
+                assert_eq!(error.kind, RemoteErrorKind::BadToken, "{error}");
+            }
+            other => panic!("expected an unknown token, got {other:?}"),
+        }
+    }
+    let new_coordinator = Identity::from_generated(&second, Role::Coordinator).unwrap();
+    assert_eq!(client::ping(&new_coordinator, &served.addr).await.unwrap(), ["vol"]);
+
+    // Without an identity, everyone is refused.
+    let change = served.agent.set_identity(None).unwrap();
+    assert_eq!(change.after, None);
+    assert!(client::ping(&new_coordinator, &served.addr).await.is_err());
+    served.stop().await;
+}
