@@ -45,6 +45,9 @@ struct Cli {
 enum Command {
     /// Serve volumes until SIGTERM.
     Serve(ServeArgs),
+    /// Do nothing until SIGTERM or SIGINT: the node strategy's holder pods run this to keep a
+    /// claim mounted while the node's agent copies it.
+    Hold,
 }
 
 #[derive(Debug, clap::Args)]
@@ -363,6 +366,33 @@ fn print_error(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
+/// `mover-agent hold`: waits for SIGTERM or SIGINT, then exits 0.
+fn hold() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            print_error(&format!("error: cannot start the async runtime: {error}"));
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let waited = runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        std::io::Result::Ok(())
+    });
+    match waited {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            print_error(&format!("error: cannot install the signal handlers: {error}"));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -371,7 +401,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { EXIT_CONFIG } else { 0 });
         }
     };
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Hold => return hold(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MOVER_LOG").unwrap_or_else(|_| "info".into());
     // Colour only for a person at a terminal: a file, a pipe or `kubectl logs` gets plain text.
     // A closed or full stderr drops log lines; the agent keeps serving (and never panics on it).

@@ -120,7 +120,7 @@ fn without_node_agents_the_node_strategy_says_how_to_install_them() {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("no node agent was ready on node") && stderr.contains("mover k8s manifests"),
+        stderr.contains("the node strategy needs the node agents' DaemonSet") && stderr.contains("mover k8s manifests"),
         "{}",
         text(&output)
     );

@@ -66,13 +66,20 @@ pub fn inspect_path(name: &str, path: &Path, read_only: bool) -> VolumeStatus {
     }
 }
 
+/// Creates and removes a file in the root, then gives the root back its times: a probe after a
+/// copy leaves the copied root's modification time as the copy set it.
 fn probe_write(root: BorrowedFd<'_>) -> io::Result<()> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| io::Error::other(e.to_string()))?;
     let name = crate::reserved::preflight(u64::from_le_bytes(random));
+    let before = rustix::fs::fstat(root)?;
     drop(confine::create_file(root, name.as_bytes())?);
     rustix::fs::unlinkat(root, confine::cname(name.as_bytes()).as_c_str(), rustix::fs::AtFlags::empty())?;
-    Ok(())
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: before.st_atime, tv_nsec: before.st_atime_nsec as _ },
+        last_modification: rustix::fs::Timespec { tv_sec: before.st_mtime, tv_nsec: before.st_mtime_nsec as _ },
+    };
+    confine::set_times_at(root, c".", &times)
 }
 
 /// Allocated bytes beneath `root`, and whether the walk saw everything.
@@ -138,6 +145,18 @@ mod tests {
         assert!(status.free_bytes > 0 && status.size_bytes >= status.free_bytes);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 3, "the write probe left something: {left:?}");
+    }
+
+    #[test]
+    fn the_write_probe_leaves_the_roots_times_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::fs::FileTimes::new()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000));
+        std::fs::File::open(dir.path()).unwrap().set_times(old).unwrap();
+        let status = inspect_path("v", dir.path(), false);
+        assert_eq!(status.unwritable, None);
+        assert_eq!(std::fs::metadata(dir.path()).unwrap().mtime(), 1_600_000_000);
     }
 
     #[test]

@@ -109,21 +109,17 @@ impl NodeAgents {
         };
         let volume = bound_volume(cluster, namespace, claim).await?;
         let (agent_pod, addr) = self.agent_on(cluster, &consumer.node, deadline, on_state).await?;
-        self.wait_identity(&addr, &agent_pod, deadline, on_state).await?;
         let grant = PodVolume {
             name: format!("{namespace}.{claim}"),
             pod_uid: consumer.uid.clone(),
             volume,
             read_only: end == End::Source,
         };
-        client::grant_pod_volume(&self.coordinator, &addr, self.proxy.as_ref(), &grant).await.map_err(|error| {
+        self.grant(&addr, &grant, deadline, on_state).await.map_err(|error| {
             KubeError::Config(format!(
-                "node agent `{}/{agent_pod}` (context `{}`) refused the grant of claim `{namespace}/{claim}` mounted by \
-                 pod `{}`: {}",
-                self.settings.namespace,
-                cluster.context,
-                consumer.pod,
-                mover_engine::full_message(&error)
+                "node agent `{}/{agent_pod}` (context `{}`) did not take the grant of claim `{namespace}/{claim}` \
+                 mounted by pod `{}`: {error}",
+                self.settings.namespace, cluster.context, consumer.pod,
             ))
         })?;
         self.grants.lock().expect("not poisoned").push(Grant { addr: addr.clone(), name: grant.name.clone() });
@@ -171,6 +167,11 @@ impl NodeAgents {
                     owner.unwrap_or_else(|| "unknown".to_owned()),
                 )))
             }
+            Err(kube::Error::Api(status)) if status.code == 404 => Err(KubeError::Config(format!(
+                "namespace `{namespace}` does not exist in context `{}`: the node strategy needs the node agents' \
+                 DaemonSet there, from `mover k8s manifests` for the node strategy, applied with `kubectl apply -f -`",
+                cluster.context
+            ))),
             Err(error) => Err(KubeError::api(&cluster.context, doing)(error)),
         }
     }
@@ -246,28 +247,28 @@ impl NodeAgents {
         }
     }
 
-    /// Waits until the agent at `addr` answers this migration's coordinator: it re-reads its
-    /// identity Secret every few seconds.
-    async fn wait_identity(
+    /// Grants `grant` to the agent at `addr`. Until the agent has read this migration's identity
+    /// (it re-reads its Secret every few seconds) the handshake fails, and the grant is tried
+    /// again; a refusal by the agent is final.
+    async fn grant(
         &self,
         addr: &str,
-        agent_pod: &str,
+        grant: &PodVolume,
         deadline: Instant,
         on_state: &(dyn Fn(&str) + Send + Sync),
-    ) -> Result<(), KubeError> {
+    ) -> Result<(), String> {
         let mut reported = false;
         loop {
-            let error = match client::inspect(&self.coordinator, addr, self.proxy.as_ref()).await {
-                Ok(_) => return Ok(()),
+            let error = match client::grant_pod_volume(&self.coordinator, addr, self.proxy.as_ref(), grant).await {
+                Ok(()) => return Ok(()),
+                Err(error @ client::CopyError::Remote { .. }) => return Err(mover_engine::full_message(&error)),
                 Err(error) => mover_engine::full_message(&error),
             };
             if Instant::now() > deadline {
-                return Err(KubeError::Timeout(format!(
-                    "node agent `{agent_pod}` at {addr} did not take this migration's identity in time: {error}"
-                )));
+                return Err(format!("it had not read this migration's identity in time ({error})"));
             }
             if !reported {
-                on_state(&format!("node agent `{agent_pod}`: waiting until it reads this migration's identity"));
+                on_state(&format!("node agent at {addr}: waiting until it reads this migration's identity"));
                 reported = true;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -50,5 +50,12 @@ pub async fn leftovers(pair: &ClusterPair) -> Vec<String> {
 
 pub fn assert_same(source: &Path, target: &Path) {
     let differences = compare(source, target, &CompareOptions::default()).unwrap();
-    assert!(differences.is_empty(), "{} differences, first: {:?}", differences.len(), differences.first());
+    assert!(
+        differences.is_empty(),
+        "{} and {}: {} differences, first: {:?}",
+        source.display(),
+        target.display(),
+        differences.len(),
+        differences.first()
+    );
 }
