@@ -8,6 +8,7 @@ pub mod agents;
 pub mod claims;
 pub mod context;
 mod error;
+pub mod hooks;
 pub mod manifests;
 pub mod objects;
 pub mod quantity;

@@ -3,14 +3,18 @@
 //! transfer pods and their Services.
 
 pub mod daemonset;
+pub mod hook_job;
 pub mod identity;
 pub mod labels;
 pub mod namespace;
 pub mod rbac;
 pub mod transfer;
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 
@@ -70,6 +74,10 @@ pub enum Object {
     Service(Service),
     /// A secret.
     Secret(Secret),
+    /// A Job (a hook's).
+    Job(Job),
+    /// A `ConfigMap` (a hook's playbook).
+    ConfigMap(ConfigMap),
 }
 
 /// What an install is made of: `mover k8s manifests`'s options.
@@ -119,8 +127,9 @@ pub fn install_objects(install: &Install) -> Vec<Object> {
 }
 
 /// Examples of what each migration creates (not installable: the coordinator makes them per
-/// claim): the identity Secret (with placeholder bytes), and a source and a target transfer
-/// pod with the target's Service, for migration `example` in namespace `app`.
+/// claim and hook): the identity Secret (with placeholder bytes), a source and a target
+/// transfer pod with the target's Service, and a playbook hook's Job with its `ConfigMap`, for
+/// migration `example` in namespace `app`.
 #[must_use]
 pub fn template_objects(install: &Install) -> Vec<Object> {
     let migration = Migration { id: "example".to_owned(), plan: "example".to_owned() };
@@ -138,10 +147,35 @@ pub fn template_objects(install: &Install) -> Vec<Object> {
         owner: None,
     };
     let (source, target) = (pod(End::Source, Some("node-1")), pod(End::Target, None));
+    let env = [
+        ("migplan_name".to_owned(), "example".to_owned()),
+        ("migration_namespaces".to_owned(), "app".to_owned()),
+        ("MIGRATION_PLAN_NAME".to_owned(), "example".to_owned()),
+        ("MIGRATION_NAMESPACES".to_owned(), "app".to_owned()),
+    ];
+    let hook = hook_job::HookJobSpec {
+        migration: &migration,
+        hook: "quiesce",
+        phase: "PreBackup",
+        namespace: "app",
+        image: "quay.io/konveyor/hook-runner:latest",
+        service_account: None,
+        program: hook_job::HookProgram::Playbook,
+        env: &env,
+        deadline: Duration::from_secs(1800),
+    };
+    let hook_name = format!("{}x7k2p", hook_job::hook_job_prefix(hook.phase, hook.hook));
     vec![
         Object::Secret(secret),
         Object::Pod(transfer_pod(&source)),
         Object::Pod(transfer_pod(&target)),
         Object::Service(transfer_service(&target, Exposure::LoadBalancer)),
+        Object::Job(hook_job::hook_job(&hook, &hook_name)),
+        Object::ConfigMap(hook_job::playbook_config_map(
+            &hook,
+            &hook_name,
+            "00000000-0000-4000-8000-000000000000",
+            "- hosts: localhost\n  tasks: []\n",
+        )),
     ]
 }
