@@ -282,7 +282,7 @@ fn job_fields_are_checked() {
         ("    image: 'a b'\n    command: [x]\n", "not an image reference"),
         ("    serviceAccount: Hooks\n    playbook: p.yml\n", "not a service account name"),
         ("    executionNamespace: Bad_NS\n    playbook: p.yml\n", "namespace"),
-        ("    timeout: 0s\n    playbook: p.yml\n", "at least 1s"),
+        ("    timeout: 0s\n    playbook: p.yml\n", "above zero"),
         ("    local: true\n    image: quay.io/x:1\n    command: [x]\n", "runs on this machine (`local: true`)"),
         ("    cluster: elsewhere\n    playbook: p.yml\n", "source"),
         ("    cluster: source\n    side: source\n    playbook: p.yml\n", "duplicate"),
