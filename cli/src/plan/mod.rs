@@ -423,9 +423,7 @@ fn check_container_image(image: &str) -> Result<String, String> {
 
 /// A service account name: a DNS-1123 subdomain.
 fn check_service_account(name: &str) -> Result<String, String> {
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| mover_kube::objects::labels::is_dns_label(label));
+    let valid = !name.is_empty() && name.len() <= 253 && name.split('.').all(mover_kube::objects::labels::is_dns_label);
     if valid {
         Ok(name.to_owned())
     } else {
