@@ -142,7 +142,7 @@ fn the_install_is_what_kubectl_apply_takes_and_templates_are_apart() {
     assert!(templates.status.success(), "{}", text(&templates));
     let templates = String::from_utf8(templates.stdout).unwrap();
     assert!(templates.starts_with("# Examples of what mover creates per migration"), "{templates}");
-    assert_eq!(kinds(&templates), ["Secret", "Pod", "Pod", "Service"]);
+    assert_eq!(kinds(&templates), ["Secret", "Pod", "Pod", "Service", "Job", "ConfigMap"]);
 }
 
 #[test]

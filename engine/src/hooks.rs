@@ -126,6 +126,19 @@ pub enum HookError {
     /// Waiting for it failed.
     #[error("lost track of the hook process")]
     Wait(#[source] std::io::Error),
+    /// It ran somewhere else (a front end's runner: a Kubernetes Job) and did not succeed, or
+    /// could not be started there; `message` says where and what happened.
+    #[error("{message}{}", if .tail.is_empty() { String::new() } else { tail_text(.tail) })]
+    Remote {
+        /// Where it ran and what happened.
+        message: String,
+        /// It ran past its time limit.
+        timed_out: bool,
+        /// The exit code of its last try, when it exited.
+        code: Option<i32>,
+        /// Its last output lines.
+        tail: Vec<String>,
+    },
 }
 
 impl HookError {
@@ -133,7 +146,7 @@ impl HookError {
     #[must_use]
     pub fn tail(&self) -> &[String] {
         match self {
-            HookError::Failed { tail, .. } | HookError::TimedOut { tail, .. } => tail,
+            HookError::Failed { tail, .. } | HookError::TimedOut { tail, .. } | HookError::Remote { tail, .. } => tail,
             _ => &[],
         }
     }

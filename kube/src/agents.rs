@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -178,7 +179,7 @@ impl TransferAgents {
         let touched = self.touched.lock().expect("not poisoned").clone();
         let mut errors = Vec::new();
         for (cluster, namespace) in touched {
-            if let Err(error) = remove(&cluster, Some(&namespace), &self.migration.selector(), None).await {
+            if let Err(error) = remove(&cluster, Some(&namespace), &agents_selector(&self.migration), None).await {
                 errors.push(error);
             }
         }
@@ -186,7 +187,13 @@ impl TransferAgents {
     }
 }
 
-/// Deletes the pods, Services and Secrets matching `selector` in `namespace` (every namespace
+/// What a migration's agents made: its objects but the hooks' Jobs and pods (a failed hook's
+/// stay for `kubectl logs`).
+pub(crate) fn agents_selector(migration: &Migration) -> String {
+    format!("{},!{}", migration.selector(), crate::objects::hook_job::HOOK_LABEL)
+}
+
+/// Deletes the hook Jobs, pods, Services and Secrets matching `selector` in `namespace` (every namespace
 /// when `None`), only those of plan `plan` when given (their `mover.io/plan` annotation), and
 /// waits until no such pod is left. Returns how many objects it deleted.
 pub async fn remove(
@@ -225,6 +232,24 @@ pub async fn remove(
                 }
             }
         }};
+    }
+    // Hook Jobs first, or their controller would replace the pods deleted below; their pods
+    // and ConfigMaps are theirs (background propagation; a Job's own default orphans).
+    {
+        let jobs: Api<Job> = match namespace {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        };
+        let doing = format!("deleting mover's hook Jobs ({selector}) in {where_}");
+        let found = jobs.list(&list).await.map_err(KubeError::api(&cluster.context, &doing))?;
+        for job in found.items.into_iter().filter(|o| of_plan(&o.metadata)) {
+            let (Some(name), Some(ns)) = (job.metadata.name, job.metadata.namespace) else { continue };
+            match Api::<Job>::namespaced(client.clone(), &ns).delete(&name, &DeleteParams::background()).await {
+                Ok(_) => removed += 1,
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(KubeError::api(&cluster.context, &doing)(error)),
+            }
+        }
     }
     delete_all!(Pod, "pods");
     delete_all!(Service, "Services");

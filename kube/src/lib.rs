@@ -9,6 +9,7 @@ pub mod agents;
 pub mod claims;
 pub mod context;
 mod error;
+pub mod hooks;
 pub mod manifests;
 pub mod node_agents;
 pub mod objects;

@@ -23,7 +23,7 @@ use mover_engine::certs::Identity;
 use mover_engine::client::{self, PodVolume};
 use mover_engine::tunnel::Proxy;
 
-use crate::agents::{AgentEnd, AgentPem, create_or_reuse, remove, wait_ready};
+use crate::agents::{AgentEnd, AgentPem, agents_selector, create_or_reuse, remove, wait_ready};
 use crate::claims::{Consumer, consumer_of};
 use crate::context::Cluster;
 use crate::error::KubeError;
@@ -294,7 +294,7 @@ impl NodeAgents {
         }
         let touched = self.touched.lock().expect("not poisoned").clone();
         for (cluster, namespace) in touched {
-            if let Err(error) = remove(&cluster, Some(&namespace), &self.migration.selector(), None).await {
+            if let Err(error) = remove(&cluster, Some(&namespace), &agents_selector(&self.migration), None).await {
                 errors.push(error);
             }
         }

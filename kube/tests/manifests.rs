@@ -69,6 +69,8 @@ fn the_install_holds_only_installable_objects() {
                 Object::Pod(_) => "Pod",
                 Object::Secret(_) => "Secret",
                 Object::Service(_) => "Service",
+                Object::Job(_) => "Job",
+                Object::ConfigMap(_) => "ConfigMap",
                 _ => "",
             })
             .filter(|kind| !kind.is_empty())

@@ -4,11 +4,14 @@
 //! privileged, and no RBAC rule uses a wildcard. Each rule of the checker is itself shown to
 //! flag a pod that breaks it.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{
     AppArmorProfile, Capabilities, HostPathVolumeSource, Pod, PodSpec, SELinuxOptions, SeccompProfile, SecurityContext,
     Sysctl, Volume, WindowsSecurityContextOptions,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use mover_kube::objects::hook_job::{HookJobSpec, HookProgram, hook_job};
 use mover_kube::objects::labels::Migration;
 use mover_kube::objects::rbac::{self, Request, has_wildcard};
 use mover_kube::objects::{
@@ -138,6 +141,32 @@ fn transfer_pods_pass_pod_security_baseline() {
         assert_eq!(context.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         let claim = spec.volumes.as_ref().unwrap()[0].persistent_volume_claim.as_ref().unwrap();
         assert_eq!(claim.read_only, Some(end == End::Source), "{end:?}");
+    }
+}
+
+#[test]
+fn hook_jobs_pass_pod_security_baseline_and_keep_the_images_user() {
+    let migration = migration();
+    let argv = ["sh".to_owned(), "-c".to_owned(), "true".to_owned()];
+    for program in [HookProgram::Playbook, HookProgram::Command(&argv)] {
+        let spec = HookJobSpec {
+            migration: &migration,
+            hook: "h",
+            phase: "PreBackup",
+            namespace: "app",
+            image: "quay.io/konveyor/hook-runner:latest",
+            service_account: Some("hooks"),
+            program,
+            env: &[],
+            deadline: Duration::from_secs(60),
+        };
+        let job = hook_job(&spec, "mover-hook-prebackup-h-abcde");
+        let template = job.spec.unwrap().template;
+        let pod = template.spec.as_ref().unwrap();
+        assert_eq!(baseline_violations(template.metadata.as_ref().unwrap(), pod), Vec::<String>::new(), "{program:?}");
+        let context = pod.containers[0].security_context.as_ref().unwrap();
+        assert_eq!((context.run_as_user, context.run_as_non_root), (None, None), "the image's user is kept");
+        assert_eq!(context.allow_privilege_escalation, Some(false));
     }
 }
 

@@ -16,7 +16,7 @@ pub use dispatch::{DispatchError, LocalReceiver, Peers, copy_volume};
 pub use execute::{Run, execute};
 pub use location::{ClaimRef, Location, LocationError, parse_location};
 pub use model::{
-    ClaimTarget, Clusters, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Phase, Plan, RegistrySide, Side,
-    Sides, VolumeOptions, VolumePlan, agents_of,
+    ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, HookJob, ImageTransfer, Phase,
+    Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of,
 };
 pub use runtime::{HookRunner, ImageTransfers, LocalHooks, Observer, Runtime, VolumeResolver, WrittenLocations};

@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::location::Location;
 
-/// Default time a hook may run.
+/// Default time a hook may run (MTC's `activeDeadlineSeconds` default for hook Jobs).
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// The image a hook Job runs unless it names one: MTC's Ansible runner image.
+pub const DEFAULT_HOOK_IMAGE: &str = "quay.io/konveyor/hook-runner:latest";
 
 /// Every agent among volume ends `(source, target)`, in order of first use, with whether it is
 /// a target.
@@ -340,6 +343,21 @@ pub struct Hook {
     /// Also run in stage runs (MTC runs hooks in final migrations only; so does mover unless
     /// this is set).
     pub run_in_stage_runs: bool,
+    /// Where it runs as a Kubernetes Job, in the cluster of [`Hook::side`]; `None`: as a
+    /// process on this machine.
+    pub job: Option<HookJob>,
+}
+
+/// How a hook runs as a Kubernetes Job (MTC's `MigHook` with the plan entry's
+/// `executionNamespace` and `serviceAccount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookJob {
+    /// The container image: a playbook's runner, or the program of a `command:`.
+    pub image: String,
+    /// The namespace the Job runs in.
+    pub namespace: String,
+    /// The pod's service account; `None`: the namespace's `default`.
+    pub service_account: Option<String>,
 }
 
 impl Hook {

@@ -15,7 +15,7 @@ use mover_kube::objects::MANAGED_BY;
 const TEMPLATES_HEADER: &str = "\
 # Examples of what mover creates per migration and claim (not for `kubectl apply`): the
 # migration's identity Secret, a source transfer pod pinned to its claim's node, a target
-# transfer pod and the Service exposing it.
+# transfer pod and the Service exposing it; per hook, a playbook hook's Job and ConfigMap.
 ";
 
 /// Runs `mover k8s ...`.

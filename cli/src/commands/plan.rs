@@ -1,7 +1,8 @@
 //! `mover plan run PLAN.yaml [--stage | --final]`: the plan library's executor
 //! ([`mover_plan::execute`]: hooks and transfers in MTC's order, hooks in final runs only unless
-//! marked), with this front end's runtime: local hook processes, agent URLs and local paths as
-//! written, images through the CLI's registry access, and the plan printer and report watching.
+//! marked), with this front end's runtime: local hook processes (Jobs in a plan with
+//! `clusters:`), agent URLs and local paths as written, images through the CLI's registry
+//! access, and the plan printer and report watching.
 //!
 //! The report is printed, and written as JSON with `--report FILE`, however the plan ends: a
 //! plan that does not load, a failed preflight, a failed hook or copy, or an interruption
@@ -18,8 +19,12 @@ use mover_engine::image::{ImageRef, ImageSummary, Session};
 use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
 use mover_kube::claims;
+use mover_kube::hooks::KubeHooks;
+use mover_kube::objects::Migration;
 use mover_kube::resolver::{KubeVolumes, OnState};
-use mover_plan::{Clusters, ImageTransfers, LocalHooks, Observer, Run, Runtime, VolumeResolver, WrittenLocations};
+use mover_plan::{
+    Clusters, HookRunner, ImageTransfers, LocalHooks, Observer, Run, Runtime, VolumeResolver, WrittenLocations,
+};
 
 use crate::Outcome;
 use crate::access;
@@ -37,14 +42,22 @@ pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outco
     let report = Arc::new(Mutex::new(None));
     // What the run made in clusters is removed however it ends.
     let clusters: MadeInClusters = Arc::new(Mutex::new(None));
+    let hooks: HooksInClusters = Arc::new(Mutex::new(None));
     let mut executed = false;
     let (result, cancelled) = {
-        let plan_run = load_and_run(&args, global, stage, (&printer, &report, &clusters), &mut executed);
+        let plan_run = load_and_run(&args, global, stage, (&printer, &report, &clusters, &hooks), &mut executed);
         tokio::select! {
             result = plan_run => (result, false),
             () = crate::cancelled() => (Err(anyhow!("interrupted: the plan stopped where it was")), true),
         }
     };
+    // A hook Job still running (the run was interrupted, or lost track of it) goes first.
+    let jobs: Option<Arc<KubeHooks>> = hooks.lock().expect("hooks lock").take();
+    if let Some(jobs) = jobs {
+        for problem in jobs.cleanup().await {
+            crate::output::eprintln(&format!("warning: cleanup: {problem}"));
+        }
+    }
     let made: Option<Arc<KubeVolumes>> = clusters.lock().expect("clusters lock").take();
     if let Some(volumes) = made {
         for problem in volumes.cleanup().await {
@@ -89,7 +102,7 @@ async fn load_and_run(
     args: &PlanRunArgs,
     global: &GlobalArgs,
     stage: bool,
-    (printer, report, made): (&PlanPrinter, &Arc<Mutex<Option<Report>>>, &MadeInClusters),
+    (printer, report, made, hooks_made): (&PlanPrinter, &Arc<Mutex<Option<Report>>>, &MadeInClusters, &HooksInClusters),
     executed: &mut bool,
 ) -> anyhow::Result<()> {
     let mut plan = plan::load(&args.plan)?;
@@ -137,11 +150,22 @@ async fn load_and_run(
         None => access::plan_identity(&plan)?,
     };
     let proxy = access::plan_proxy(&plan)?;
+    let hooks: Arc<dyn HookRunner> = match (&plan.clusters, &identity) {
+        (Some(clusters), Some(identity)) => {
+            let migration = Migration::new(identity.migration_id(), &plan.name)
+                .map_err(|e| anyhow!("the migration id `{}` is not a label value", e.id))?;
+            let access = crate::clusters::cluster_access(args.kube.kubeconfig.as_ref());
+            let jobs = Arc::new(KubeHooks::new(access, clusters.contexts.clone(), migration));
+            *hooks_made.lock().expect("hooks lock") = Some(jobs.clone());
+            jobs
+        }
+        _ => Arc::new(LocalHooks),
+    };
     *executed = true;
     let run = Run { stage, dry_run: args.dry_run };
     let front = Arc::new(FrontEnd { printer: printer.clone(), report: report.clone() });
     let runtime = Runtime {
-        hooks: &LocalHooks,
+        hooks: &*hooks,
         volumes: clusters.as_ref().map_or(&WrittenLocations as &dyn VolumeResolver, |(volumes, _)| &**volumes),
         images: &*front,
         observer: front.clone(),
@@ -153,6 +177,10 @@ async fn load_and_run(
 
 /// Where a run leaves what it made in clusters, for the cleanup after it (however it ends).
 type MadeInClusters = Arc<Mutex<Option<Arc<KubeVolumes>>>>;
+
+/// Where a run leaves its hook runner of a plan with clusters, whose running Jobs go however
+/// the run ends.
+type HooksInClusters = Arc<Mutex<Option<Arc<KubeHooks>>>>;
 
 /// Adds a volume for every Bound claim of the plan's namespaces but `exclude:`; says which
 /// claims are left out because they are not bound.
@@ -236,12 +264,12 @@ impl Observer for FrontEnd {
             entry.elapsed_s = elapsed.as_secs_f64();
             entry.result = match result {
                 Ok(_) => StepResult::Succeeded,
-                Err(HookError::TimedOut { .. }) => StepResult::TimedOut,
+                Err(HookError::TimedOut { .. } | HookError::Remote { timed_out: true, .. }) => StepResult::TimedOut,
                 Err(_) => StepResult::Failed,
             };
             entry.exit_code = match result {
                 Ok(_) => Some(0),
-                Err(HookError::Failed { code, .. }) => *code,
+                Err(HookError::Failed { code, .. } | HookError::Remote { code, .. }) => *code,
                 Err(_) => entry.exit_code,
             };
             entry.result.to_string()

@@ -348,9 +348,10 @@ pub struct HookEntry {
     pub name: Spanned<Name>,
     /// When it runs.
     pub phase: Phase,
-    /// Where it belongs; defaults to the phase's side (Backup: source, Restore: target).
-    #[serde(default)]
-    pub side: Option<Side>,
+    /// The cluster whose Job runs it (`source` or `target`; `side:` is the older spelling);
+    /// defaults to the phase's side (Backup: source, Restore: target).
+    #[serde(default, alias = "side")]
+    pub cluster: Option<Side>,
     /// How long it may run (default 30 minutes).
     #[serde(default)]
     pub timeout: Option<TimeoutSetting>,
@@ -363,4 +364,17 @@ pub struct HookEntry {
     /// Also run in stage runs (`--stage`); hooks run in final runs only otherwise, as in MTC.
     #[serde(default)]
     pub run_in_stage_runs: bool,
+    /// The Job's image (a plan with `clusters:`): the playbook's runner (default: MTC's
+    /// `quay.io/konveyor/hook-runner:latest`), or the image whose program `command:` runs.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The namespace the Job runs in (default: the plan's first namespace, mapped on the target).
+    #[serde(default)]
+    pub execution_namespace: Option<Namespace>,
+    /// The Job pod's service account (default: the namespace's `default`).
+    #[serde(default)]
+    pub service_account: Option<String>,
+    /// Run on this machine even in a plan with `clusters:`.
+    #[serde(default)]
+    pub local: bool,
 }

@@ -19,8 +19,8 @@ use serde_saphyr::Location as YamlLocation;
 
 use file::{HookEntry, ImageEntry, PlanFile, VolumeEntry};
 pub use mover_plan::{
-    ClaimRef, ClaimTarget, Clusters, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, ImageTransfer, Location, Phase, Plan,
-    RegistrySide, Side, Sides, VolumePlan,
+    ClaimRef, ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, HookJob,
+    ImageTransfer, Location, Phase, Plan, RegistrySide, Side, Sides, VolumePlan,
 };
 
 /// Reads and checks a plan file.
@@ -93,11 +93,12 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
         );
     }
     let images = file.images.into_iter().map(|entry| check_image(entry, path)).collect::<anyhow::Result<Vec<_>>>()?;
-    let hooks = check_hooks(file.hooks, path, &base)?;
+    let namespaces: Vec<String> = file.namespaces.into_iter().map(|ns| ns.0).collect();
+    let hooks = check_hooks(file.hooks, path, &base, clusters.as_ref().map(|clusters| (clusters, &namespaces[..])))?;
     let plan = Plan {
         path: path.to_owned(),
         name: file.name.0,
-        namespaces: file.namespaces.into_iter().map(|ns| ns.0).collect(),
+        namespaces,
         certs: file.certs.map(|dir| resolve(&base, &dir)),
         proxy: file.proxy.map(|proxy| proxy.0),
         proxy_password_file: file.proxy_password_file.map(|p| resolve(&base, &p)),
@@ -319,15 +320,36 @@ fn check_image(entry: serde_saphyr::Spanned<ImageEntry>, path: &Path) -> anyhow:
     }
 }
 
-fn check_hooks(entries: Vec<HookEntry>, path: &Path, base: &Path) -> anyhow::Result<Vec<Hook>> {
+/// Checks the hooks; `jobs` (a plan with `clusters:`, and its namespaces) makes them Jobs but
+/// for `local: true` ones.
+fn check_hooks(
+    entries: Vec<HookEntry>,
+    path: &Path,
+    base: &Path,
+    jobs: Option<(&Clusters, &[String])>,
+) -> anyhow::Result<Vec<Hook>> {
     let mut names = HashSet::new();
     let mut hooks = Vec::new();
     for entry in entries {
         let place = at(path, entry.name.referenced);
-        let name = entry.name.value.0;
+        let name = entry.name.value.0.clone();
         if !names.insert(name.clone()) {
             bail!("{place}: a second hook named `{name}`; hook names must be unique");
         }
+        let side = entry.cluster.unwrap_or(entry.phase.default_side());
+        let job = match jobs {
+            Some(jobs) if !entry.local => {
+                Some(hook_job(&entry, side, jobs).map_err(|e| anyhow::anyhow!("{place}: {e}"))?)
+            }
+            _ if entry.image.is_some() || entry.execution_namespace.is_some() || entry.service_account.is_some() => {
+                bail!(
+                    "{place}: hook `{name}` runs on this machine ({}), so `image`, `executionNamespace` and \
+                 `serviceAccount` do not apply; remove them, or run it as a Job in a plan with `clusters:`",
+                    if entry.local { "`local: true`" } else { "the plan has no `clusters:`" }
+                )
+            }
+            _ => None,
+        };
         let action = match (entry.command, entry.playbook) {
             (Some(command), None) => {
                 if command.first().is_none_or(String::is_empty) {
@@ -340,16 +362,77 @@ fn check_hooks(entries: Vec<HookEntry>, path: &Path, base: &Path) -> anyhow::Res
             (None, Some(playbook)) => HookAction::Playbook(resolve(base, &playbook)),
             _ => bail!("{place}: hook `{name}` needs exactly one of `command: [PROGRAM, ARG...]` or `playbook: FILE`"),
         };
+        // Whole seconds above zero (the reader's check): a Job's activeDeadlineSeconds as it is.
+        let timeout = entry.timeout.map_or(DEFAULT_HOOK_TIMEOUT, |t| t.0);
         hooks.push(Hook {
             name,
             phase: entry.phase,
-            side: entry.side.unwrap_or(entry.phase.default_side()),
-            timeout: entry.timeout.map_or(DEFAULT_HOOK_TIMEOUT, |t| t.0),
+            side,
+            timeout,
             action,
             run_in_stage_runs: entry.run_in_stage_runs,
+            job,
         });
     }
     Ok(hooks)
+}
+
+/// Where hook `entry` of side `side` runs as a Job: its image, namespace and service account,
+/// with their defaults.
+fn hook_job(entry: &HookEntry, side: Side, (clusters, namespaces): (&Clusters, &[String])) -> Result<HookJob, String> {
+    let name = &entry.name.value.0;
+    let image = match (&entry.image, &entry.command) {
+        (Some(image), _) => check_container_image(image)?,
+        (None, Some(_)) => {
+            return Err(format!(
+                "hook `{name}` is a `command:` in a plan with `clusters:`, so it runs as a Job, which needs the \
+                 container image whose program it runs: add `image: IMAGE`, or `local: true` to run it on this machine"
+            ));
+        }
+        (None, None) => DEFAULT_HOOK_IMAGE.to_owned(),
+    };
+    let namespace = match (&entry.execution_namespace, namespaces.first()) {
+        (Some(namespace), _) => namespace.0.clone(),
+        (None, Some(first)) => match side {
+            Side::Source => first.clone(),
+            Side::Target => clusters.target_namespace(first).to_owned(),
+        },
+        (None, None) => {
+            return Err(format!(
+                "hook `{name}` runs as a Job but the plan has no `namespaces:` to run it in; add \
+                 `executionNamespace: NAMESPACE` (or `local: true` to run it on this machine)"
+            ));
+        }
+    };
+    let service_account = entry.service_account.as_deref().map(check_service_account).transpose()?;
+    Ok(HookJob { image, namespace, service_account })
+}
+
+/// A container image reference as a pod names it (`quay.io/org/image:tag`).
+fn check_container_image(image: &str) -> Result<String, String> {
+    if image.starts_with("docker://") || image.starts_with("oci:") {
+        return Err(format!(
+            "`image: {image}`: a Job's image is written as a pod names it, without a transport (e.g. \
+             `quay.io/konveyor/hook-runner:latest`)"
+        ));
+    }
+    if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("`image: {image}` is not an image reference (e.g. `quay.io/konveyor/hook-runner:latest`)"));
+    }
+    Ok(image.to_owned())
+}
+
+/// A service account name: a DNS-1123 subdomain.
+fn check_service_account(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty() && name.len() <= 253 && name.split('.').all(mover_kube::objects::labels::is_dns_label);
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "`serviceAccount: {name}` is not a service account name: lower-case letters, digits, `-` and `.`, \
+             starting and ending with a letter or digit"
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -236,3 +236,66 @@ fn claim_entries_are_checked() {
     let nothing = error(&format!("{HEAD}clusters: {{}}\n"));
     assert!(nothing.contains("neither volumes nor `namespaces:`"), "{nothing}");
 }
+
+const CLUSTERS: &str = "namespaces: [shop, shop-db]\nclusters:\n  source: {context: src}\n  target: {context: dst}\n  \
+                        namespaceMapping: {shop: shop-new}\n";
+
+#[test]
+fn hooks_of_a_plan_with_clusters_are_jobs_with_mtc_defaults() {
+    let plan = parse_at(&format!(
+        "{HEAD}{CLUSTERS}hooks:\n  - name: show\n    phase: PreBackup\n    playbook: show.yml\n  \
+         - name: restore\n    phase: PostRestore\n    image: quay.io/org/tools:2\n    command: [sh, -c, true]\n    \
+         serviceAccount: hook-runner\n  - name: there\n    phase: PreBackup\n    cluster: target\n    \
+         executionNamespace: other\n    playbook: p.yml\n  - name: here\n    phase: PreBackup\n    local: true\n    \
+         command: [true]\n  - name: old-spelling\n    phase: PostBackup\n    side: target\n    playbook: p.yml\n"
+    ))
+    .unwrap();
+    let jobs: Vec<_> = plan.hooks.iter().map(|hook| (hook.side, hook.job.clone())).collect();
+    let job = |image: &str, namespace: &str, service_account: Option<&str>| {
+        Some(HookJob {
+            image: image.into(),
+            namespace: namespace.into(),
+            service_account: service_account.map(Into::into),
+        })
+    };
+    assert_eq!(jobs[0], (Side::Source, job(DEFAULT_HOOK_IMAGE, "shop", None)));
+    // On the target, the first namespace is mapped.
+    assert_eq!(jobs[1], (Side::Target, job("quay.io/org/tools:2", "shop-new", Some("hook-runner"))));
+    assert_eq!(jobs[2], (Side::Target, job(DEFAULT_HOOK_IMAGE, "other", None)));
+    assert_eq!(jobs[3], (Side::Source, None));
+    assert_eq!(jobs[4], (Side::Target, job(DEFAULT_HOOK_IMAGE, "shop-new", None)));
+    assert_eq!(plan.hooks[0].timeout, Duration::from_secs(1800));
+}
+
+#[test]
+fn hooks_without_clusters_stay_local() {
+    let plan = parse_at(&format!("{HEAD}hooks:\n  - name: h\n    phase: PreBackup\n    command: [x]\n")).unwrap();
+    assert_eq!(plan.hooks[0].job, None);
+}
+
+#[test]
+fn job_fields_are_checked() {
+    let hook = |extra: &str| format!("{HEAD}{CLUSTERS}hooks:\n  - name: h\n    phase: PreBackup\n{extra}");
+    for (body, needle) in [
+        ("    command: [x]\n", "add `image: IMAGE`, or `local: true`"),
+        ("    image: docker://quay.io/x:1\n    command: [x]\n", "without a transport"),
+        ("    image: 'a b'\n    command: [x]\n", "not an image reference"),
+        ("    serviceAccount: Hooks\n    playbook: p.yml\n", "not a service account name"),
+        ("    executionNamespace: Bad_NS\n    playbook: p.yml\n", "namespace"),
+        ("    timeout: 0s\n    playbook: p.yml\n", "above zero"),
+        ("    local: true\n    image: quay.io/x:1\n    command: [x]\n", "runs on this machine (`local: true`)"),
+        ("    cluster: elsewhere\n    playbook: p.yml\n", "source"),
+        ("    cluster: source\n    side: source\n    playbook: p.yml\n", "duplicate"),
+    ] {
+        let message = error(&hook(body));
+        assert!(message.contains(needle), "expected `{needle}`: {message}");
+        assert!(message.contains("line "), "no position: {message}");
+    }
+    let message =
+        error(&format!("{HEAD}hooks:\n  - name: h\n    phase: PreBackup\n    image: quay.io/x:1\n    command: [x]\n"));
+    assert!(message.contains("the plan has no `clusters:`"), "{message}");
+    let message = error(&format!(
+        "{HEAD}clusters:\n  source: {{context: a}}\nvolumes:\n  - claim: shop/data\nhooks:\n  - name: h\n    phase: PreBackup\n    playbook: p.yml\n"
+    ));
+    assert!(message.contains("no `namespaces:`") && message.contains("executionNamespace"), "{message}");
+}

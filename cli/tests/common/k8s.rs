@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::Api;
 use kube::api::ListParams;
 use mover_testdata::cluster::ClusterPair;
@@ -44,6 +45,23 @@ pub async fn leftovers(pair: &ClusterPair) -> Vec<String> {
         left.extend(names(services.items.into_iter().map(|p| p.metadata.name).collect(), "service"));
         let secrets = Api::<Secret>::all(client.clone()).list(&mine).await.unwrap();
         left.extend(names(secrets.items.into_iter().map(|p| p.metadata.name).collect(), "secret"));
+    }
+    left
+}
+
+/// Nothing labelled as mover's hooks' (Jobs, `ConfigMaps`) in either cluster (ask as an
+/// identity that may list `ConfigMaps`: the coordinator may not).
+pub async fn hook_leftovers(pair: &ClusterPair) -> Vec<String> {
+    let mut left = Vec::new();
+    let mine = ListParams::default().labels("app.kubernetes.io/managed-by=mover");
+    for context in ["source", "target"] {
+        let client = app::client(pair, context).await.unwrap();
+        let jobs = Api::<Job>::all(client.clone()).list(&mine).await.unwrap();
+        left.extend(jobs.items.into_iter().filter_map(|j| j.metadata.name).map(|n| format!("{context}: job {n}")));
+        let maps = Api::<ConfigMap>::all(client).list(&mine).await.unwrap();
+        left.extend(
+            maps.items.into_iter().filter_map(|m| m.metadata.name).map(|n| format!("{context}: configmap {n}")),
+        );
     }
     left
 }

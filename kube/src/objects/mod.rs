@@ -4,14 +4,18 @@
 
 pub mod daemonset;
 pub mod holder;
+pub mod hook_job;
 pub mod identity;
 pub mod labels;
 pub mod namespace;
 pub mod rbac;
 pub mod transfer;
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 
@@ -72,6 +76,10 @@ pub enum Object {
     Service(Service),
     /// A secret.
     Secret(Secret),
+    /// A Job (a hook's).
+    Job(Job),
+    /// A `ConfigMap` (a hook's playbook).
+    ConfigMap(ConfigMap),
 }
 
 /// What an install is made of: `mover k8s manifests`'s options.
@@ -121,9 +129,10 @@ pub fn install_objects(install: &Install) -> Vec<Object> {
 }
 
 /// Examples of what each migration creates (not installable: the coordinator makes them per
-/// claim), for migration `example` in namespace `app`: the identity Secret (with placeholder
-/// bytes), and a source and a target transfer pod with the target's Service; for the node
-/// strategy, the node agents' identity Secret and a holder pod.
+/// claim and hook), for migration `example` in namespace `app`: the identity Secret (with
+/// placeholder bytes), a source and a target transfer pod with the target's Service (for the
+/// node strategy instead: the node agents' identity Secret and a holder pod), and a playbook
+/// hook's Job with its `ConfigMap`.
 #[must_use]
 pub fn template_objects(install: &Install) -> Vec<Object> {
     let migration = Migration { id: "example".to_owned(), plan: "example".to_owned() };
@@ -140,7 +149,35 @@ pub fn template_objects(install: &Install) -> Vec<Object> {
         port: DEFAULT_PORT,
         owner: None,
     };
-    if install.strategy == Strategy::Node {
+    let (source, target) = (pod(End::Source, Some("node-1")), pod(End::Target, None));
+    let env = [
+        ("migplan_name".to_owned(), "example".to_owned()),
+        ("migration_namespaces".to_owned(), "app".to_owned()),
+        ("MIGRATION_PLAN_NAME".to_owned(), "example".to_owned()),
+        ("MIGRATION_NAMESPACES".to_owned(), "app".to_owned()),
+    ];
+    let hook = hook_job::HookJobSpec {
+        migration: &migration,
+        hook: "quiesce",
+        phase: "PreBackup",
+        namespace: "app",
+        image: "quay.io/konveyor/hook-runner:latest",
+        service_account: None,
+        program: hook_job::HookProgram::Playbook,
+        env: &env,
+        deadline: Duration::from_secs(1800),
+    };
+    let hook_name = format!("{}x7k2p", hook_job::hook_job_prefix(hook.phase, hook.hook));
+    let hook_objects = [
+        Object::Job(hook_job::hook_job(&hook, &hook_name)),
+        Object::ConfigMap(hook_job::playbook_config_map(
+            &hook,
+            &hook_name,
+            "00000000-0000-4000-8000-000000000000",
+            "- hosts: localhost\n  tasks: []\n",
+        )),
+    ];
+    let mut objects = if install.strategy == Strategy::Node {
         // The node agents' Secret, and the holder pod of an unused source claim.
         let mut secret = secret;
         secret.metadata.name = Some(NODE_IDENTITY_SECRET.to_owned());
@@ -152,13 +189,15 @@ pub fn template_objects(install: &Install) -> Vec<Object> {
             end: End::Source,
             image: install.image,
         };
-        return vec![Object::Secret(secret), Object::Pod(holder_pod(&holder))];
-    }
-    let (source, target) = (pod(End::Source, Some("node-1")), pod(End::Target, None));
-    vec![
-        Object::Secret(secret),
-        Object::Pod(transfer_pod(&source)),
-        Object::Pod(transfer_pod(&target)),
-        Object::Service(transfer_service(&target, Exposure::LoadBalancer)),
-    ]
+        vec![Object::Secret(secret), Object::Pod(holder_pod(&holder))]
+    } else {
+        vec![
+            Object::Secret(secret),
+            Object::Pod(transfer_pod(&source)),
+            Object::Pod(transfer_pod(&target)),
+            Object::Service(transfer_service(&target, Exposure::LoadBalancer)),
+        ]
+    };
+    objects.extend(hook_objects);
+    objects
 }

@@ -4,7 +4,8 @@
 //!
 //! - The coordinator (service account `mover`) reads claims, volumes, pods, nodes, storage
 //!   classes, namespaces and events; creates claims and missing namespaces; creates and deletes
-//!   pods, services and secrets (its transfer agents); reads transfer pods' logs.
+//!   pods, services and secrets (its transfer agents); reads transfer pods' logs; runs hooks as
+//!   Jobs (creates, reads, lists and deletes Jobs, creates and deletes playbook `ConfigMaps`).
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -36,8 +37,12 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["persistentvolumeclaims"], &["get", "list", "create"]),
     ("", &["pods"], &["list", "watch", "create", "delete"]),
     ("", &["services", "secrets"], &["get", "list", "create", "delete"]),
-    // The last lines of a transfer pod that ended before it was ready.
+    // The last lines of a transfer pod that ended before it was ready; a hook Job's pod logs.
     ("", &["pods/log"], &["get"]),
+    // Hooks as Jobs: a run finds its hook's earlier Job (list), starts one, follows its status
+    // (get) and deletes it; a playbook hook's ConfigMap (deleted with its Job, and by name).
+    ("batch", &["jobs"], &["get", "list", "create", "delete"]),
+    ("", &["configmaps"], &["create", "delete"]),
     ("storage.k8s.io", &["storageclasses"], &["list"]),
 ];
 

@@ -61,6 +61,7 @@ fn hook(name: &str, phase: Phase, run_in_stage_runs: bool) -> Hook {
         timeout: Duration::from_secs(5),
         action: HookAction::Command(vec!["true".into()]),
         run_in_stage_runs,
+        job: None,
     }
 }
 
