@@ -102,6 +102,16 @@ pub fn capped_level(level: i32) -> i32 {
 /// [`LevelControl::BURST_PER_LANE`]) is not what limits the copy, so nothing is compressed for
 /// the rest of the session while it stays above [`LevelControl::SLOW_LINK`]; a link slower than
 /// that is the limit, so the level stays at least 3 (exactly 1 on a link once seen fast).
+///
+/// A low wire rate alone does not show a slow link: a sender busy with many small files (or
+/// waiting for the receiver's verdicts) hands the link little whatever the link could carry.
+/// The link is the limit only when it pushes back: the connections kept the writers waiting
+/// (a full socket, or the bandwidth limit) for at least [`LevelControl::PUSHBACK`] of a period,
+/// summed over the connections. A period without that sends raw: compressing cannot make a
+/// copy faster that the link does not hold back.
+/// (Files of 1-8 KiB over loopback: the climb, floored at 3 by the wire rate, reached levels 5
+/// and 6 and spent about 80 µs of the source's CPU per file on random content; see
+/// docs/benchmarks.md, case s.)
 #[derive(Debug, Clone)]
 pub struct LevelControl {
     level: i32,
@@ -112,6 +122,8 @@ pub struct LevelControl {
     period_start: std::time::Instant,
     period_bytes: u64,
     period_wire_start: u64,
+    /// The time the link held the writers back, in nanoseconds, when the period started.
+    period_waited_start: u64,
     /// The link was seen carrying [`LevelControl::FAST_LINK`].
     fast_link: bool,
     /// What buffers may take in faster than the link ([`Self::BURST_PER_LANE`] per connection).
@@ -143,6 +155,9 @@ impl LevelControl {
     pub const BURST_PER_LANE: f64 = 16.0 * 1024.0 * 1024.0;
     /// Length of one measurement period.
     pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(200);
+    /// Share of a period the connections must have kept the writers waiting (summed over the
+    /// connections) for the link to count as what limits the copy.
+    pub const PUSHBACK: f64 = 0.25;
 
     /// For a session of 4 connections (the default `--streams`).
     #[must_use]
@@ -162,6 +177,7 @@ impl LevelControl {
             period_start: std::time::Instant::now(),
             period_bytes: 0,
             period_wire_start: 0,
+            period_waited_start: 0,
             fast_link: false,
             wire_seen: 0.0,
             seconds: 0.0,
@@ -176,24 +192,28 @@ impl LevelControl {
     }
 
     /// Records `bytes` of content handed to the link, with the link's byte counter
-    /// (`wire_total`, after compression); returns the level to use from now on.
-    pub fn observe(&mut self, bytes: usize, wire_total: u64) -> i32 {
+    /// (`wire_total`, after compression) and the time the link held the writers back so far
+    /// (`waited_ns_total`, in nanoseconds); returns the level to use from now on.
+    pub fn observe(&mut self, bytes: usize, wire_total: u64, waited_ns_total: u64) -> i32 {
         self.period_bytes += bytes as u64;
         let elapsed = self.period_start.elapsed();
         if elapsed >= Self::PERIOD {
             let seconds = elapsed.as_secs_f64();
             let wire_bytes = wire_total.saturating_sub(self.period_wire_start) as f64;
-            self.step(self.period_bytes as f64 / seconds, wire_bytes, seconds);
+            let waited = waited_ns_total.saturating_sub(self.period_waited_start) as f64 / 1e9;
+            let pushed_back = waited >= seconds * Self::PUSHBACK;
+            self.step(self.period_bytes as f64 / seconds, (wire_bytes, pushed_back), seconds);
             self.period_start = std::time::Instant::now();
             self.period_bytes = 0;
             self.period_wire_start = wire_total;
+            self.period_waited_start = waited_ns_total;
         }
         self.level
     }
 
-    /// One decision, given the content throughput, the wire bytes and the length of the period
-    /// that ended.
-    fn step(&mut self, rate: f64, wire_bytes: f64, seconds: f64) {
+    /// One decision, given the content throughput, the wire bytes, whether the link pushed
+    /// back, and the length of the period that ended.
+    fn step(&mut self, rate: f64, (wire_bytes, pushed_back): (f64, bool), seconds: f64) {
         let wire_rate = wire_bytes / seconds;
         self.wire_seen += wire_bytes;
         self.seconds += seconds;
@@ -203,6 +223,7 @@ impl LevelControl {
         // A link seen fast that turns slow (shared later, or a buffering proxy misled us):
         // level 1, which compresses text about as well as 3, rather than nothing.
         let ceiling = match (self.fast_link, wire_rate < Self::SLOW_LINK) {
+            _ if !pushed_back => 0,
             (false, _) => Self::MAX,
             (true, true) => 1,
             (true, false) => 0,
@@ -210,6 +231,7 @@ impl LevelControl {
         // A link this slow is the limit whatever we do: never send less compressed than
         // `rsync -z` would (zstd 3); the climb decides whether more pays.
         let floor = match (wire_rate < Self::SLOW_LINK, self.fast_link) {
+            _ if !pushed_back => 0,
             (true, false) => 3,
             (true, true) => 1,
             (false, _) => 0,
@@ -314,16 +336,65 @@ mod tests {
 
     /// Runs the control against a model of content throughput and wire rate by level, over
     /// periods of [`LevelControl::PERIOD`]; returns the levels visited.
+    /// The link pushes back in every period (it, or the receiver behind it, is the limit).
     fn settle(throughput: impl Fn(i32) -> (f64, f64)) -> Vec<i32> {
+        settle_pushed(|level| {
+            let (rate, wire) = throughput(level);
+            (rate, wire, true)
+        })
+    }
+
+    /// [`settle`], the model also saying whether the link pushed back in each period.
+    fn settle_pushed(throughput: impl Fn(i32) -> (f64, f64, bool)) -> Vec<i32> {
         let mut control = LevelControl::new();
         let seconds = LevelControl::PERIOD.as_secs_f64();
         (0..60)
             .map(|_| {
-                let (rate, wire) = throughput(control.level());
-                control.step(rate, wire * seconds, seconds);
+                let (rate, wire, pushed_back) = throughput(control.level());
+                control.step(rate, (wire * seconds, pushed_back), seconds);
                 control.level()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_link_that_never_pushes_back_is_not_compressed() {
+        // Many small files: 25 MB/s on the wire, far below a slow link's rate, and measurements
+        // (noise) that favour higher levels; the link never holds the writers back.
+        let levels = settle_pushed(|level| (25e6 * (1.0 + 0.05 * f64::from(level)), 25e6, false));
+        assert!(levels.iter().all(|&l| l == 0), "{levels:?}");
+    }
+
+    #[test]
+    fn a_slow_link_that_starts_pushing_back_is_compressed() {
+        // 100 Mbit/s: the first periods fill the buffers without waiting, then the link holds
+        // the senders back.
+        let period = std::cell::Cell::new(0u32);
+        let levels = settle_pushed(|level| {
+            period.set(period.get() + 1);
+            (12.5e6 * (1.0 + 0.08 * f64::from(level)), 12.5e6, period.get() > 2)
+        });
+        assert!(levels[..2].iter().all(|&l| l == 0), "{levels:?}");
+        assert!(levels[2..].iter().all(|&l| l >= 3), "{levels:?}");
+        assert!(levels[20..].iter().all(|&l| l >= LevelControl::MAX - 1), "{levels:?}");
+    }
+
+    #[test]
+    fn an_observed_wait_counts_as_pushback() {
+        let mut control = LevelControl::new();
+        let period_ns = u64::try_from(LevelControl::PERIOD.as_nanos()).unwrap();
+        let mut waited = 0;
+        for _ in 0..3 {
+            control.period_start -= LevelControl::PERIOD;
+            // The writers were held back all period: a slow link.
+            waited += period_ns;
+            control.observe(1 << 20, 0, waited);
+        }
+        assert!(control.level() >= 3, "{}", control.level());
+        control.period_start -= LevelControl::PERIOD;
+        // A tenth of the period: not the link's doing.
+        control.observe(1 << 20, 0, waited + period_ns / 10);
+        assert_eq!(control.level(), 0);
     }
 
     #[test]

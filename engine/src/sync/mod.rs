@@ -243,23 +243,97 @@ struct Pace {
     started: tokio::time::Instant,
     /// Bytes of every lane's frames, counted before they are written.
     scheduled: Arc<AtomicU64>,
+    /// Nanoseconds the lanes' writers were held back: by a connection that took no more bytes
+    /// (the link, or the peer behind it, is the limit) or by the bandwidth limit. The sender's
+    /// compression level control reads it ([`crate::compress::LevelControl`]).
+    held_back_ns: Arc<AtomicU64>,
 }
 
 impl Pace {
     fn new(bwlimit: u64) -> Pace {
-        Pace { bwlimit, started: tokio::time::Instant::now(), scheduled: Arc::new(AtomicU64::new(0)) }
+        Pace {
+            bwlimit,
+            started: tokio::time::Instant::now(),
+            scheduled: Arc::new(AtomicU64::new(0)),
+            held_back_ns: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn held_back(&self, since: tokio::time::Instant) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.held_back_ns.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// A connection's writer that counts the time the connection keeps it waiting (from a write
+/// it did not take until the next one it takes) in [`Pace::held_back_ns`].
+struct Watched<W> {
+    inner: W,
+    pace: Pace,
+    blocked_since: Option<tokio::time::Instant>,
+}
+
+impl<W> Watched<W> {
+    fn note<T>(&mut self, poll: std::task::Poll<T>) -> std::task::Poll<T> {
+        match (&poll, self.blocked_since) {
+            (std::task::Poll::Pending, None) => self.blocked_since = Some(tokio::time::Instant::now()),
+            (std::task::Poll::Ready(_), Some(since)) => {
+                self.blocked_since = None;
+                self.pace.held_back(since);
+            }
+            _ => {}
+        }
+        poll
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Watched<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(poll)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 /// Writes frames from a blocking thread to the stream, flushing whenever the queue runs dry,
 /// and an empty frame after [`KEEPALIVE`] of silence. With a bandwidth limit a frame leaves
-/// when the average over the session's lanes allows it; `on_wire` counts what was written.
+/// when the average over the session's lanes allows it; `on_wire` counts what was written,
+/// [`Pace::held_back_ns`] how long the connection or the limit held the writer back.
 async fn pump_out<W: AsyncWrite + Unpin>(
     writer: W,
     mut from_thread: mpsc::Receiver<Vec<u8>>,
     on_wire: Arc<AtomicU64>,
     pace: Pace,
 ) -> Result<()> {
+    let writer = Watched { inner: writer, pace: pace.clone(), blocked_since: None };
     let mut frames = FrameWriter::new(BufWriter::with_capacity(256 * 1024, writer));
     loop {
         let frame = match tokio::time::timeout(KEEPALIVE, from_thread.recv()).await {
@@ -277,7 +351,9 @@ async fn pump_out<W: AsyncWrite + Unpin>(
             let due = pace.started + std::time::Duration::from_secs_f64(sent as f64 / pace.bwlimit as f64);
             if due > tokio::time::Instant::now() {
                 frames.flush().await?;
+                let since = tokio::time::Instant::now();
                 tokio::time::sleep_until(due).await;
+                pace.held_back(since);
             }
         }
         frames.write_frame(&frame).await?;
@@ -466,7 +542,7 @@ where
         pumps.push(lane_pumps);
         others.push(sender::Lane { out, replies });
     }
-    let shared = sender::Shared::new((root, watch), options, reporter, on_wire.clone());
+    let shared = sender::Shared::new((root, watch), options, reporter, (on_wire.clone(), pace.held_back_ns.clone()));
     // Progress also while the threads wait on a full queue (a slow link drains what they read
     // ahead): the bytes on the wire keep moving.
     let ticker = tokio::spawn({
@@ -592,5 +668,38 @@ mod tests {
         let item = input.recv().await.expect("an error, not a clean end");
         assert!(matches!(item, Err(SyncError::Disconnected(_))));
         reader.await.unwrap();
+    }
+
+    /// The time a connection that takes no more bytes keeps the writer waiting is counted (the
+    /// compression level control reads it as a link that limits the copy); a connection that
+    /// takes everything at once counts nothing.
+    #[tokio::test(start_paused = true)]
+    async fn the_time_a_full_connection_holds_the_writer_back_is_counted() {
+        for peer_reads in [false, true] {
+            let (ours, mut theirs) = tokio::io::duplex(1024);
+            let (to_pump, from_thread) = mpsc::channel(4);
+            let pace = Pace::new(0);
+            let held = pace.held_back_ns.clone();
+            let writer = tokio::spawn(pump_out(ours, from_thread, Arc::new(AtomicU64::new(0)), pace));
+            let reader = tokio::spawn(async move {
+                if !peer_reads {
+                    // The link carries nothing for a second.
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                let mut all = Vec::new();
+                tokio::io::AsyncReadExt::read_to_end(&mut theirs, &mut all).await.unwrap();
+                all.len()
+            });
+            to_pump.send(vec![7u8; 64 * 1024]).await.unwrap();
+            drop(to_pump);
+            writer.await.unwrap().unwrap();
+            assert_eq!(reader.await.unwrap(), 64 * 1024);
+            let held = held.load(Ordering::Relaxed);
+            if peer_reads {
+                assert!(held < 10_000_000, "held back {held} ns by a peer that reads at once");
+            } else {
+                assert!(held >= 1_000_000_000, "held back only {held} ns by a peer that read nothing for 1 s");
+            }
+        }
     }
 }

@@ -52,6 +52,9 @@ pub(super) struct Shared {
     reporter: SharedReporter,
     on_wire: Arc<AtomicU64>,
     level_control: Mutex<LevelControl>,
+    /// Nanoseconds the lanes' writers were held back by the link or the bandwidth limit:
+    /// whether the link is what limits the copy (see [`LevelControl`]).
+    held_back_ns: Arc<AtomicU64>,
     files_done: AtomicU64,
     bytes_done: AtomicU64,
     files_transferred: AtomicU64,
@@ -76,7 +79,7 @@ impl Shared {
         (root, watch): (Arc<OwnedFd>, RootWatch),
         options: SyncOptions,
         reporter: SharedReporter,
-        on_wire: Arc<AtomicU64>,
+        (on_wire, held_back_ns): (Arc<AtomicU64>, Arc<AtomicU64>),
     ) -> Arc<Shared> {
         let level_control = Mutex::new(LevelControl::for_lanes(options.streams));
         Arc::new(Shared {
@@ -86,6 +89,7 @@ impl Shared {
             reporter,
             on_wire,
             level_control,
+            held_back_ns,
             files_done: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             files_transferred: AtomicU64::new(0),

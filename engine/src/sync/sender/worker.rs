@@ -286,7 +286,11 @@ impl Worker {
                 .level_control
                 .lock()
                 .expect("no thread panics holding the level control")
-                .observe(bytes, self.shared.on_wire.load(Ordering::Relaxed)),
+                .observe(
+                    bytes,
+                    self.shared.on_wire.load(Ordering::Relaxed),
+                    self.shared.held_back_ns.load(Ordering::Relaxed),
+                ),
         }
     }
 
