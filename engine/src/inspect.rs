@@ -76,8 +76,11 @@ fn probe_write(root: BorrowedFd<'_>) -> io::Result<()> {
     drop(confine::create_file(root, name.as_bytes())?);
     rustix::fs::unlinkat(root, confine::cname(name.as_bytes()).as_c_str(), rustix::fs::AtFlags::empty())?;
     let times = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: before.st_atime, tv_nsec: before.st_atime_nsec as _ },
-        last_modification: rustix::fs::Timespec { tv_sec: before.st_mtime, tv_nsec: before.st_mtime_nsec as _ },
+        last_access: rustix::fs::Timespec { tv_sec: before.st_atime, tv_nsec: before.st_atime_nsec.cast_signed() },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: before.st_mtime,
+            tv_nsec: before.st_mtime_nsec.cast_signed(),
+        },
     };
     confine::set_times_at(root, c".", &times)
 }

@@ -37,6 +37,7 @@ pub struct ClaimOverrides {
 pub type OnState = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Who serves claims: a transfer pod per claim and end, or the agents of the nodes.
+#[allow(clippy::large_enum_variant, reason = "one per run")]
 pub enum Agents {
     /// The pod strategy.
     Pod(TransferAgents),

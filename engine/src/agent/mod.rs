@@ -124,9 +124,9 @@ struct Tls {
 }
 
 impl Tls {
-    fn new(identity: Identity, ended: CancellationToken) -> Result<Tls, AgentError> {
-        let acceptor = TlsAcceptor::from(tunnel::server_config(&identity)?);
-        let client = tunnel::client_config(&identity)?;
+    fn new(identity: &Identity, ended: CancellationToken) -> Result<Tls, AgentError> {
+        let acceptor = TlsAcceptor::from(tunnel::server_config(identity)?);
+        let client = tunnel::client_config(identity)?;
         Ok(Tls { migration_id: identity.migration_id(), client, acceptor, ended })
     }
 }
@@ -151,8 +151,9 @@ pub struct Agent {
 
 impl Agent {
     /// Checks every grant as [`Agent::grant`] does and prepares TLS.
+    #[allow(clippy::needless_pass_by_value, reason = "the agent takes its identity; the signature stays")]
     pub fn new(identity: Identity, grants: Vec<VolumeGrant>) -> Result<Agent, AgentError> {
-        Agent::build(Some(Tls::new(identity, CancellationToken::new())?), grants)
+        Agent::build(Some(Tls::new(&identity, CancellationToken::new())?), grants)
     }
 
     /// An agent without an identity yet: it refuses every connection (closed before the TLS
@@ -220,7 +221,7 @@ impl Agent {
             Some(tls) if same => tls.ended.clone(),
             _ => CancellationToken::new(),
         };
-        let tls = identity.map(|identity| Tls::new(identity, ended)).transpose()?;
+        let tls = identity.map(|identity| Tls::new(&identity, ended)).transpose()?;
         let previous = std::mem::replace(&mut *current, tls.map(Arc::new));
         drop(current);
         let mut withdrawn = Vec::new();

@@ -54,6 +54,7 @@ pub struct NodeAgent<'a> {
 }
 
 /// The labels of the node agent's pods, which the `DaemonSet` selects.
+#[must_use]
 pub fn node_labels() -> BTreeMap<String, String> {
     BTreeMap::from([
         (NAME_LABEL.to_owned(), AGENT_NAME.to_owned()),
