@@ -11,10 +11,10 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::k8s::{hook_leftovers, leftovers, runtime};
+use common::k8s::{hook_leftovers, leftovers, requests_of, runtime};
 use common::{bin, is_root, text};
 use mover_kube::objects::Strategy;
-use mover_kube::objects::rbac::{self, Request};
+use mover_kube::objects::rbac;
 use mover_testdata::cluster::app::deploy;
 use mover_testdata::cluster::{ClusterPair, TOOLS_REPOSITORY, write_kubeconfig_entries};
 
@@ -85,17 +85,6 @@ fn start_until(kubeconfig: &Path, plan: &str, line: &str) -> Child {
     // Keep reading in the background, so that mover never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     child
-}
-
-/// What `user` asked of both clusters, from their request logs.
-fn requests_of(pair: &ClusterPair, user: &str) -> Vec<Request> {
-    let mut requests = Vec::new();
-    for dir in [pair.source.dir(), pair.target.dir()] {
-        let log = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
-        let lines = log.lines().map(|line| serde_json::from_str::<Request>(line).unwrap());
-        requests.extend(lines.filter(|request| request.user == user));
-    }
-    requests
 }
 
 fn jobs_created(pair: &ClusterPair, user: &str) -> usize {

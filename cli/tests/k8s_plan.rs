@@ -7,13 +7,11 @@ mod common;
 
 use std::path::Path;
 
-use common::k8s::{assert_same, leftovers, mover, runtime};
+use common::k8s::{assert_app_moved, leftovers, mover, requests_of, runtime};
 use common::{bin, is_root, text};
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
-use kube::Api;
 use mover_kube::objects::Strategy;
-use mover_kube::objects::rbac::{self, Request};
-use mover_testdata::cluster::app::{self, deploy};
+use mover_kube::objects::rbac;
+use mover_testdata::cluster::app::deploy;
 use mover_testdata::cluster::{ClusterPair, write_kubeconfig_entries};
 
 const PLAN: &str = "apiVersion: mover/v1alpha1
@@ -24,17 +22,6 @@ clusters:
   source: {context: source}
   target: {context: target}
 ";
-
-/// What the coordinator asked of both clusters, from their request logs.
-fn requests_of(pair: &ClusterPair, user: &str) -> Vec<Request> {
-    let mut requests = Vec::new();
-    for dir in [pair.source.dir(), pair.target.dir()] {
-        let log = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
-        let lines = log.lines().map(|line| serde_json::from_str::<Request>(line).unwrap());
-        requests.extend(lines.filter(|request| request.user == user));
-    }
-    requests
-}
 
 fn report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
@@ -73,18 +60,8 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
     let names: Vec<_> = report(&first)["volumes"].as_array().unwrap().iter().map(|v| v["name"].clone()).collect();
     assert_eq!(names, ["shop/data", "shop/media", "shop-db/db"]);
 
-    runtime.block_on(async {
-        let client = app::client(&as_coordinator, "target").await.unwrap();
-        for (claim, source_dir) in &deployed.claims {
-            let (namespace, name) = claim.split_once('/').unwrap();
-            let found = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace).get(name).await.unwrap();
-            let size = found.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0.clone();
-            // The user's own target claim is used as it is (2Gi), never resized.
-            assert_eq!(size, if claim == "shop-db/db" { "2Gi" } else { "1Gi" }, "{claim}");
-            let target_dir = app::volume_dir(&client, as_coordinator.target.dir(), namespace, name).await.unwrap();
-            assert_same(source_dir, &target_dir);
-        }
-    });
+    // The user's own target claim is used as it is (2Gi), never resized.
+    runtime.block_on(assert_app_moved(&as_coordinator, &deployed.claims));
     assert_eq!(runtime.block_on(leftovers(&as_coordinator)), Vec::<String>::new());
 
     // A re-run sends nothing.

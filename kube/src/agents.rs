@@ -72,14 +72,14 @@ pub struct TransferAgents {
     identity: AgentPem,
     settings: AgentSettings,
     /// (context, namespace) pairs where objects were made, with their clusters.
-    touched: Mutex<Vec<(Cluster, String)>>,
+    touched: Touched,
 }
 
 impl TransferAgents {
     /// Agents of `migration`, with `identity`.
     #[must_use]
     pub fn new(migration: Migration, identity: AgentPem, settings: AgentSettings) -> Self {
-        TransferAgents { migration, identity, settings, touched: Mutex::new(Vec::new()) }
+        TransferAgents { migration, identity, settings, touched: Touched::default() }
     }
 
     /// The migration.
@@ -98,7 +98,7 @@ impl TransferAgents {
         node: Option<&str>,
         on_state: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<AgentEnd, KubeError> {
-        self.touch(cluster, namespace);
+        self.touched.add(cluster, namespace);
         let owner = self.ensure_identity(cluster, namespace).await?;
         let secret = identity_secret_name(&self.migration);
         let spec = TransferPod {
@@ -132,13 +132,6 @@ impl TransferAgents {
                 .await?;
         let port = service_port(&services, &name, self.settings.exposure, context).await?;
         Ok(AgentEnd { addr: join_host_port(&host, port), volume: claim.to_owned(), pod: name })
-    }
-
-    fn touch(&self, cluster: &Cluster, namespace: &str) {
-        let mut touched = self.touched.lock().expect("not poisoned");
-        if !touched.iter().any(|(c, n)| c.context == cluster.context && n == namespace) {
-            touched.push((cluster.clone(), namespace.to_owned()));
-        }
     }
 
     /// The identity Secret in `namespace`, created if missing; its owner reference.
@@ -176,21 +169,36 @@ impl TransferAgents {
     /// Deletes every pod, Service and Secret of the migration where agents were started, and
     /// waits until the pods are gone. Returns what could not be removed.
     pub async fn cleanup(&self) -> Vec<KubeError> {
-        let touched = self.touched.lock().expect("not poisoned").clone();
+        self.touched.remove_all(&self.migration).await
+    }
+}
+
+/// The (cluster, namespace) pairs where a migration's agents made objects, for cleanup.
+#[derive(Default)]
+pub(crate) struct Touched(Mutex<Vec<(Cluster, String)>>);
+
+impl Touched {
+    /// Notes `namespace` of `cluster`, once.
+    pub(crate) fn add(&self, cluster: &Cluster, namespace: &str) {
+        let mut touched = self.0.lock().expect("not poisoned");
+        if !touched.iter().any(|(c, n)| c.context == cluster.context && n == namespace) {
+            touched.push((cluster.clone(), namespace.to_owned()));
+        }
+    }
+
+    /// Removes what `migration`'s agents made where they made it: its objects but the hooks'
+    /// Jobs and pods (a failed hook's stay for `kubectl logs`). Returns what could not be removed.
+    pub(crate) async fn remove_all(&self, migration: &Migration) -> Vec<KubeError> {
+        let touched = self.0.lock().expect("not poisoned").clone();
+        let selector = format!("{},!{}", migration.selector(), crate::objects::hook_job::HOOK_LABEL);
         let mut errors = Vec::new();
         for (cluster, namespace) in touched {
-            if let Err(error) = remove(&cluster, Some(&namespace), &agents_selector(&self.migration), None).await {
+            if let Err(error) = remove(&cluster, Some(&namespace), &selector, None).await {
                 errors.push(error);
             }
         }
         errors
     }
-}
-
-/// What a migration's agents made: its objects but the hooks' Jobs and pods (a failed hook's
-/// stay for `kubectl logs`).
-pub(crate) fn agents_selector(migration: &Migration) -> String {
-    format!("{},!{}", migration.selector(), crate::objects::hook_job::HOOK_LABEL)
 }
 
 /// Deletes the hook Jobs, pods, Services and Secrets matching `selector` in `namespace` (every namespace

@@ -23,7 +23,7 @@ use mover_engine::certs::Identity;
 use mover_engine::client::{self, PodVolume};
 use mover_engine::tunnel::Proxy;
 
-use crate::agents::{AgentEnd, AgentPem, agents_selector, create_or_reuse, remove, wait_ready};
+use crate::agents::{AgentEnd, AgentPem, Touched, create_or_reuse, wait_ready};
 use crate::claims::{Consumer, consumer_of};
 use crate::context::Cluster;
 use crate::error::KubeError;
@@ -58,8 +58,8 @@ pub struct NodeAgents {
     settings: NodeSettings,
     coordinator: Identity,
     proxy: Option<Proxy>,
-    /// (cluster, namespace) where objects were made.
-    touched: Mutex<Vec<(Cluster, String)>>,
+    /// Where objects were made.
+    touched: Touched,
     grants: Mutex<Vec<Grant>>,
 }
 
@@ -78,7 +78,7 @@ impl NodeAgents {
             settings,
             coordinator,
             proxy,
-            touched: Mutex::new(Vec::new()),
+            touched: Touched::default(),
             grants: Mutex::new(Vec::new()),
         }
     }
@@ -101,7 +101,7 @@ impl NodeAgents {
         on_state: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<AgentEnd, KubeError> {
         let deadline = Instant::now() + self.settings.ready_timeout;
-        self.touch(cluster, &self.settings.namespace);
+        self.touched.add(cluster, &self.settings.namespace);
         self.ensure_identity(cluster).await?;
         let consumer = match consumer {
             Some(consumer) => consumer,
@@ -125,13 +125,6 @@ impl NodeAgents {
         self.grants.lock().expect("not poisoned").push(Grant { addr: addr.clone(), name: grant.name.clone() });
         on_state(&format!("granted to node agent `{agent_pod}` on node `{}` (pod `{}`)", consumer.node, consumer.pod));
         Ok(AgentEnd { addr, volume: grant.name, pod: agent_pod })
-    }
-
-    fn touch(&self, cluster: &Cluster, namespace: &str) {
-        let mut touched = self.touched.lock().expect("not poisoned");
-        if !touched.iter().any(|(c, n)| c.context == cluster.context && n == namespace) {
-            touched.push((cluster.clone(), namespace.to_owned()));
-        }
     }
 
     /// The node agents' identity Secret holds this migration's identity: created, or found
@@ -185,7 +178,7 @@ impl NodeAgents {
         deadline: Instant,
         on_state: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Consumer, KubeError> {
-        self.touch(cluster, namespace);
+        self.touched.add(cluster, namespace);
         let pod =
             holder_pod(&HolderPod { migration: &self.migration, namespace, claim, end, image: &self.settings.image });
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -292,12 +285,7 @@ impl NodeAgents {
                 )));
             }
         }
-        let touched = self.touched.lock().expect("not poisoned").clone();
-        for (cluster, namespace) in touched {
-            if let Err(error) = remove(&cluster, Some(&namespace), &agents_selector(&self.migration), None).await {
-                errors.push(error);
-            }
-        }
+        errors.extend(self.touched.remove_all(&self.migration).await);
         errors
     }
 }

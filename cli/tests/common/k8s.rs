@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::Api;
 use kube::api::ListParams;
 use mover_testdata::cluster::ClusterPair;
@@ -76,4 +76,31 @@ pub fn assert_same(source: &Path, target: &Path) {
         differences.len(),
         differences.first()
     );
+}
+
+/// What `user` asked of both clusters, from their request logs.
+#[allow(dead_code, reason = "not every test file audits")]
+pub fn requests_of(pair: &ClusterPair, user: &str) -> Vec<mover_kube::objects::rbac::Request> {
+    let mut requests = Vec::new();
+    for dir in [pair.source.dir(), pair.target.dir()] {
+        let log = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+        let lines = log.lines().map(|line| serde_json::from_str::<mover_kube::objects::rbac::Request>(line).unwrap());
+        requests.extend(lines.filter(|request| request.user == user));
+    }
+    requests
+}
+
+/// The demo application's claims all moved to the target cluster: each target claim has the
+/// size mover gave it (1Gi), or the user's (2Gi, never resized), and holds its source's tree.
+#[allow(dead_code, reason = "not every test file moves the demo application")]
+pub async fn assert_app_moved(pair: &ClusterPair, claims: &[(String, std::path::PathBuf)]) {
+    let client = app::client(pair, "target").await.unwrap();
+    for (claim, source_dir) in claims {
+        let (namespace, name) = claim.split_once('/').unwrap();
+        let found = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace).get(name).await.unwrap();
+        let size = found.spec.unwrap().resources.unwrap().requests.unwrap()["storage"].0.clone();
+        assert_eq!(size, if claim == "shop-db/db" { "2Gi" } else { "1Gi" }, "{claim}");
+        let target_dir = app::volume_dir(&client, pair.target.dir(), namespace, name).await.unwrap();
+        assert_same(source_dir, &target_dir);
+    }
 }
