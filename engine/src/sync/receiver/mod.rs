@@ -32,6 +32,8 @@ mod group;
 mod lane;
 mod replies;
 mod signers;
+#[cfg(test)]
+mod tests;
 mod verdict;
 
 use std::io;
@@ -52,7 +54,8 @@ use super::{Result, SyncError, WINDOW};
 use crate::confine::RelPath;
 use crate::wire::{Incoming, Message, ReceiverReport, decode_incoming, encode_message};
 
-/// Most files the receiver accepts as requested-but-not-yet-delivered.
+/// Most files the receiver has requested and not yet seen arrive before its tree waits for
+/// deliveries (`Receiver::await_room_for_request`).
 const MAX_PENDING: usize = WINDOW * 2;
 
 /// The first lane: the tree, the verdicts and the end of the session, plus its share of content.

@@ -46,6 +46,7 @@ impl Receiver {
                 return Ok(());
             }
         }
+        self.await_room_for_request()?;
         self.check_new_request(entry.id)?;
         match regular {
             Some(stat) => {
@@ -95,12 +96,44 @@ impl Receiver {
         Ok(settled)
     }
 
-    /// Refuses to request file `id` past [`MAX_PENDING`] undelivered files, or twice.
+    /// Waits while [`MAX_PENDING`] requested files are undelivered, until another lane
+    /// delivers some: the tree stops here (and the sender's window, full of files waiting for
+    /// a verdict, stops the sender's scan), and the session does not fail.
+    ///
+    /// Many small files are far more than a lane's frames: a lane slow to write (or a link
+    /// that buffers megabytes) holds thousands of them in flight while the first lane's
+    /// entries race ahead. Waiting cannot deadlock: at most [`crate::sync::WINDOW`] requests
+    /// (those the sender had not taken when the first lane stopped) and one job per lane and
+    /// per worker wait on the first lane; the other requests are on lanes that keep going.
+    /// With no other lane open, an honest sender cannot get here: its window keeps the
+    /// requests of one lane below [`MAX_PENDING`].
+    fn await_room_for_request(&mut self) -> Result<()> {
+        if self.group.files().pending.len() < MAX_PENDING {
+            return Ok(());
+        }
+        // Requests not yet handed to the writer would never be answered.
+        self.flush_replies()?;
+        let mut files = self.group.files();
+        loop {
+            if let Some(error) = files.error.take() {
+                return Err(error);
+            }
+            if files.pending.len() < MAX_PENDING {
+                return Ok(());
+            }
+            if files.lanes_open == 0 {
+                return Err(protocol(format!(
+                    "more than {MAX_PENDING} files requested and not delivered, with no other connection \
+                     to deliver them: the sender does not keep its window"
+                )));
+            }
+            files = self.group.settled.wait(files).expect("no lane panics holding the files lock");
+        }
+    }
+
+    /// Refuses to request file `id` twice.
     fn check_new_request(&self, id: u64) -> Result<()> {
         let files = self.group.files();
-        if files.pending.len() >= MAX_PENDING {
-            return Err(protocol(format!("more than {MAX_PENDING} files requested and not delivered")));
-        }
         if files.pending.contains_key(&id) || files.receiving.contains(&id) || files.leaders.contains_key(&id) {
             return Err(protocol(format!("entry id {id} used twice")));
         }
