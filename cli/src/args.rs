@@ -174,9 +174,14 @@ pub struct PlanRunArgs {
     /// read are warnings, and only hooks with `runInStageRuns: true` run. May be repeated.
     #[arg(long, conflicts_with = "final_run")]
     pub stage: bool,
-    /// Final run (the default), with the application stopped: every file must copy.
+    /// Final run (the default), with the application stopped: every file must copy. A final
+    /// run of a plan with `clusters:` that stopped before its end is resumed: the steps it did
+    /// (hooks, quiesce) are not done again, the copies are.
     #[arg(long = "final", id = "final_run")]
     pub final_run: bool,
+    /// Start a final run from the beginning even when the last one stopped before its end.
+    #[arg(long, conflicts_with = "stage")]
+    pub restart: bool,
     /// Also write the final report as JSON to FILE.
     #[arg(long, value_name = "FILE", env = "MOVER_REPORT")]
     pub report: Option<PathBuf>,

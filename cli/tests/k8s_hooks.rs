@@ -15,7 +15,8 @@ use common::k8s::{hook_leftovers, leftovers, requests_of, runtime};
 use common::{bin, is_root, text};
 use mover_kube::objects::Strategy;
 use mover_kube::objects::rbac;
-use mover_testdata::cluster::app::deploy;
+use mover_kube::objects::{Install, install_objects};
+use mover_testdata::cluster::app::{self, deploy};
 use mover_testdata::cluster::{ClusterPair, TOOLS_REPOSITORY, write_kubeconfig_entries};
 
 /// A playbook that prints the plan's variables (extra vars and both spellings of the
@@ -152,6 +153,57 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
         "{report}"
     );
     // The Job, its pod and its ConfigMap are gone, and so is everything else of the run.
+    assert_eq!(nothing_left(), Vec::<String>::new());
+
+    // A final run that fails at PostBackup is resumed by the next run of the plan: PreBackup's
+    // hook does not run again, the copies do, the fixed hook runs, and the report says so.
+    let resumed = |gate: &str| {
+        let hooks = format!(
+            "{}{}",
+            command_hook("first", "echo first-ran", ""),
+            command_hook("gate", gate, "").replace("phase: PreBackup", "phase: PostBackup")
+        );
+        write(dir, "resume.yaml", &plan("resume-migration", &hooks))
+    };
+    // The record is kept in the install's namespace of the source cluster.
+    runtime.block_on(async {
+        let client = app::client(&pair, "source").await.unwrap();
+        let objects = install_objects(&Install { strategy: Strategy::Pod, ..Install::default() });
+        let objects: Vec<_> = objects.iter().map(|object| serde_json::to_value(object).unwrap()).collect();
+        app::apply(&client, &objects).await.unwrap();
+    });
+    let failing = resumed("echo gate-closed; exit 1");
+    let output = run(&coordinator, &["plan", "run", "--final", &failing]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(text(&output).contains("first | first-ran"), "{}", text(&output));
+    assert!(text(&output).contains("hook `gate` (PostBackup phase, source side) failed"), "{}", text(&output));
+    // The failed Job is kept for `kubectl logs`; the rerun must not follow it.
+    let cleanup = run(&coordinator, &["k8s", "cleanup", "--plan", &failing]);
+    assert!(cleanup.status.success(), "{}", text(&cleanup));
+    let created = jobs_created(&pair, &user);
+    let fixed = resumed("echo gate-open");
+    let resumed_report = dir.join("resumed.json");
+    let output = run(&coordinator, &["plan", "run", "--final", &fixed, "--report", resumed_report.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("resuming the final run started") && text(&output).contains("PreBackup done then"),
+        "{}",
+        text(&output)
+    );
+    assert!(!text(&output).contains("first-ran"), "the PreBackup hook ran again: {}", text(&output));
+    assert!(text(&output).contains("gate | gate-open"), "{}", text(&output));
+    assert_eq!(jobs_created(&pair, &user), created + 1, "only the PostBackup hook's Job");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&resumed_report).unwrap()).unwrap();
+    let steps: Vec<(&str, &str)> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| (step["step"].as_str().unwrap(), step["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("PreBackup", "done-before"), ("Transfers", "succeeded"), ("PostBackup", "succeeded")]);
+    // A finished final run is not resumed: the next one starts from the beginning.
+    let output = run(&coordinator, &["plan", "run", "--final", &fixed]);
+    assert!(output.status.success() && text(&output).contains("first | first-ran"), "{}", text(&output));
     assert_eq!(nothing_left(), Vec::<String>::new());
 
     // A failing command: six tries, then the hook, its phase, its Job and the last 20 lines.

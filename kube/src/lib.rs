@@ -15,6 +15,7 @@ pub mod node_agents;
 pub mod objects;
 pub mod quantity;
 pub mod resolver;
+pub mod run_log;
 pub mod target;
 
 pub use error::KubeError;

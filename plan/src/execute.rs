@@ -6,6 +6,10 @@
 //!    `concurrency.images` at once), at the same time;
 //! 3. `PostBackup` hooks, then `PreRestore` hooks, then `PostRestore` hooks.
 //!
+//! Each step's start, end and outcome go into a [`RunRecord`] (the observer sees each step as it
+//! ends); a final run's record is kept in the runtime's [`crate::RunLog`], and a final run that
+//! stopped before its end is resumed by the next one ([`crate::record`]).
+//!
 //! Hooks run in final runs only, as MTC runs none in stage migrations; a hook with
 //! `run_in_stage_runs` runs in stage runs too. A failing hook stops the plan before anything after
 //! it runs; so does a failing transfer (no later hook runs). A dry run copies volumes only.
@@ -20,6 +24,7 @@ use tokio::task::JoinSet;
 
 use crate::dispatch::{DispatchError, Peers, copy_volume};
 use crate::model::{Phase, Plan, Side, VolumePlan};
+use crate::record::{RunRecord, Step};
 use crate::runtime::Runtime;
 
 /// How the plan runs: a stage or final run, for real or dry.
@@ -29,6 +34,8 @@ pub struct Run {
     pub stage: bool,
     /// Only list what the volume copies would change.
     pub dry_run: bool,
+    /// A final run starts from the beginning even when the last one stopped before its end.
+    pub restart: bool,
 }
 
 /// Runs `plan`; the error says what failed and what did not run after it.
@@ -50,16 +57,80 @@ pub async fn execute(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Re
             "stage run: {skipped} hooks are not run (hooks run in final runs, as in MTC; `runInStageRuns: true` runs one in stage runs too)"
         ));
     }
-    run_hooks(plan, Phase::PreBackup, run, runtime).await?;
+    let mut record = start_record(plan, run, runtime).await?;
+    for step in Step::ALL {
+        if record.is_done(step) || !applies(plan, step, run) {
+            continue;
+        }
+        record.begin(step);
+        keep_record(plan, run, runtime, &record).await;
+        let result = run_step(plan, step, run, runtime).await;
+        let entry = record.end(step, result.is_ok());
+        keep_record(plan, run, runtime, &record).await;
+        observer.step_finished(&entry);
+        result?;
+    }
+    record.finished = true;
+    keep_record(plan, run, runtime, &record).await;
+    Ok(())
+}
+
+/// The record this run adds to: a final run continues the unfinished final run the log kept
+/// (its steps done then are shown as such), anything else starts a new one.
+async fn start_record(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<RunRecord> {
+    if run.stage {
+        return Ok(RunRecord::new(&plan.name, false));
+    }
+    let earlier = if run.restart {
+        None
+    } else {
+        runtime.log.load(plan).await.context("cannot read what the last final run of the plan did")?
+    };
+    let record = RunRecord::resume_or_new(&plan.name, earlier);
+    let done: Vec<String> = record.done_before().map(|step| step.to_string()).collect();
+    if !done.is_empty() {
+        runtime.observer.notice(&format!(
+            "resuming the final run started {}, which stopped before its end: {} done then, not run again",
+            record.started,
+            done.join(", ")
+        ));
+    }
+    for entry in &record.steps {
+        runtime.observer.step_finished(entry);
+    }
+    Ok(record)
+}
+
+/// Keeps a final run's record for the next run. A record that cannot be kept costs a resume
+/// its shortcut, not the run: the user is told.
+async fn keep_record(plan: &Plan, run: Run, runtime: &Runtime<'_>, record: &RunRecord) {
+    if run.stage {
+        return;
+    }
+    if let Err(error) = runtime.log.save(plan, record).await {
+        runtime.observer.notice(&format!(
+            "warning: cannot keep what this final run did ({error:#}); a rerun after a failure starts from the beginning"
+        ));
+    }
+}
+
+/// Whether `step` has anything to do in this run.
+fn applies(plan: &Plan, step: Step, run: Run) -> bool {
+    match step.phase() {
+        Some(phase) => plan.hooks_of(phase).any(|hook| hook.runs_in(run.stage)),
+        None => step == Step::Transfers,
+    }
+}
+
+async fn run_step(plan: &Plan, step: Step, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<()> {
+    if let Some(phase) = step.phase() {
+        return run_hooks(plan, phase, run, runtime).await;
+    }
     // Volumes and images move at the same time, each within its own concurrency limit.
     let (volumes, images) =
         tokio::join!(transfer_volumes(plan, run, runtime), runtime.images.transfer_all(plan, runtime.proxy.as_ref()));
     volumes?;
-    images?;
-    for phase in [Phase::PostBackup, Phase::PreRestore, Phase::PostRestore] {
-        run_hooks(plan, phase, run, runtime).await?;
-    }
-    Ok(())
+    images
 }
 
 async fn run_hooks(plan: &Plan, phase: Phase, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<()> {

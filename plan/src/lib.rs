@@ -10,6 +10,7 @@ mod dispatch;
 mod execute;
 mod location;
 mod model;
+pub mod record;
 mod runtime;
 
 pub use dispatch::{DispatchError, LocalReceiver, Peers, copy_volume};
@@ -19,4 +20,5 @@ pub use model::{
     ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, HookJob, ImageTransfer, Phase,
     Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of,
 };
+pub use record::{NoRunLog, RunLog, RunRecord, Step, StepOutcome, StepRecord};
 pub use runtime::{HookRunner, ImageTransfers, LocalHooks, Observer, Runtime, VolumeResolver, WrittenLocations};

@@ -15,6 +15,7 @@ use mover_engine::tunnel::Proxy;
 
 use crate::location::Location;
 use crate::model::{Hook, HookAction, Plan, Side, VolumePlan};
+use crate::record::{RunLog, StepRecord};
 
 /// Runs one hook to its end.
 pub trait HookRunner: Send + Sync {
@@ -97,6 +98,8 @@ pub trait Observer: Send + Sync {
     fn volume_reporter(&self, index: usize, volume: &VolumePlan, dry_run: bool) -> SharedReporter;
     /// Volume `index`'s copy ended.
     fn volume_finished(&self, index: usize, volume: &VolumePlan, result: &anyhow::Result<Summary>);
+    /// A step of the run ended, or was found done by an earlier run of the same final run.
+    fn step_finished(&self, record: &StepRecord);
 }
 
 /// Everything [`crate::execute`] runs with.
@@ -109,6 +112,8 @@ pub struct Runtime<'a> {
     pub images: &'a dyn ImageTransfers,
     /// Watches.
     pub observer: Arc<dyn Observer>,
+    /// Keeps what final runs did, for the next run.
+    pub log: &'a dyn RunLog,
     /// The coordinator's identity, when the plan involves agents.
     pub identity: Option<Identity>,
     /// The proxy, with its password.

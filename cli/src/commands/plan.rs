@@ -22,8 +22,10 @@ use mover_kube::claims;
 use mover_kube::hooks::KubeHooks;
 use mover_kube::objects::Migration;
 use mover_kube::resolver::{KubeVolumes, OnState};
+use mover_kube::run_log::ClusterRunLog;
 use mover_plan::{
-    Clusters, HookRunner, ImageTransfers, LocalHooks, Observer, Run, Runtime, VolumeResolver, WrittenLocations,
+    Clusters, HookRunner, ImageTransfers, LocalHooks, NoRunLog, Observer, Run, RunLog, Runtime, StepRecord,
+    VolumeResolver, WrittenLocations,
 };
 
 use crate::Outcome;
@@ -161,14 +163,24 @@ async fn load_and_run(
         }
         _ => Arc::new(LocalHooks),
     };
+    // A cluster plan's final run is kept in the source cluster, so that a rerun resumes it.
+    let log: Box<dyn RunLog> = match &plan.clusters {
+        Some(clusters) => Box::new(ClusterRunLog::new(
+            crate::clusters::cluster_access(args.kube.kubeconfig.as_ref()),
+            clusters.contexts.source.clone(),
+            args.kube.agents_namespace.clone(),
+        )),
+        None => Box::new(NoRunLog),
+    };
     *executed = true;
-    let run = Run { stage, dry_run: args.dry_run };
+    let run = Run { stage, dry_run: args.dry_run, restart: args.restart };
     let front = Arc::new(FrontEnd { printer: printer.clone(), report: report.clone() });
     let runtime = Runtime {
         hooks: &*hooks,
         volumes: clusters.as_ref().map_or(&WrittenLocations as &dyn VolumeResolver, |(volumes, _)| &**volumes),
         images: &*front,
         observer: front.clone(),
+        log: &*log,
         identity,
         proxy,
     };
@@ -279,6 +291,10 @@ impl Observer for FrontEnd {
 
     fn volume_reporter(&self, _index: usize, volume: &VolumePlan, dry_run: bool) -> SharedReporter {
         self.printer.volume(&volume.name, dry_run)
+    }
+
+    fn step_finished(&self, record: &StepRecord) {
+        self.with_report(|report| report.step(record));
     }
 
     fn volume_finished(&self, index: usize, _volume: &VolumePlan, result: &anyhow::Result<Summary>) {

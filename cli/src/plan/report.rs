@@ -10,6 +10,7 @@ use serde::Serialize;
 use mover_engine::image::ImageSummary;
 
 use super::{Hook, ImageTransfer, Phase, Plan, Side};
+use mover_plan::StepRecord;
 
 /// How one step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,6 +197,9 @@ pub struct Report {
     pub volumes: Vec<VolumeReport>,
     /// Image transfers in plan order.
     pub images: Vec<ImageReport>,
+    /// The run's steps as they ended (MTC's itinerary), with the steps an earlier run of the
+    /// same final run did (`done-before`).
+    pub steps: Vec<StepRecord>,
 }
 
 impl Report {
@@ -256,6 +260,7 @@ impl Report {
             hooks: Vec::new(),
             volumes: Vec::new(),
             images: Vec::new(),
+            steps: Vec::new(),
         }
     }
 
@@ -269,6 +274,12 @@ impl Report {
             Err(_) => StepResult::Failed,
         };
         self.error = result.as_ref().err().map(|error| format!("{error:#}"));
+    }
+
+    /// Records a step as it ended (replacing what an earlier record of it said).
+    pub fn step(&mut self, record: &StepRecord) {
+        self.steps.retain(|step| step.step != record.step);
+        self.steps.push(record.clone());
     }
 
     /// The entry of a hook.
@@ -293,6 +304,18 @@ impl Report {
         };
         let dry_run = if self.dry_run { ", dry run: nothing was written" } else { "" };
         line(format!("plan `{}` ({} run{dry_run}): {} in {:.1}s", self.plan, self.mode, self.result, self.elapsed_s));
+        if !self.steps.is_empty() {
+            line(format!("{:<24} {:<12} {:<21} {:<21}", "STEP", "RESULT", "STARTED", "ENDED"));
+            for step in &self.steps {
+                line(format!(
+                    "{:<24} {:<12} {:<21} {:<21}",
+                    step.step.to_string(),
+                    step.outcome.to_string(),
+                    to_the_second(&step.started),
+                    step.ended.as_deref().map_or_else(|| "-".to_owned(), to_the_second)
+                ));
+            }
+        }
         if !self.hooks.is_empty() {
             line(format!("{:<24} {:<12} {:<7} {:<10} {:>8}", "HOOK", "PHASE", "SIDE", "RESULT", "TIME"));
             for hook in &self.hooks {
@@ -350,4 +373,9 @@ impl Report {
     pub fn print(&self) {
         crate::output::print(&self.table());
     }
+}
+
+/// An RFC 3339 time in UTC to the second (`2026-12-06T01:02:03Z`).
+fn to_the_second(time: &str) -> String {
+    time.get(..19).map_or_else(|| time.to_owned(), |second| format!("{second}Z"))
 }

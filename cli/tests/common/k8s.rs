@@ -53,7 +53,7 @@ pub async fn leftovers(pair: &ClusterPair) -> Vec<String> {
 /// identity that may list `ConfigMaps`: the coordinator may not).
 pub async fn hook_leftovers(pair: &ClusterPair) -> Vec<String> {
     let mut left = Vec::new();
-    let mine = ListParams::default().labels("app.kubernetes.io/managed-by=mover");
+    let mine = ListParams::default().labels("app.kubernetes.io/managed-by=mover,mover.io/hook");
     for context in ["source", "target"] {
         let client = app::client(pair, context).await.unwrap();
         let jobs = Api::<Job>::all(client.clone()).list(&mine).await.unwrap();

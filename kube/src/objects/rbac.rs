@@ -5,7 +5,8 @@
 //! - The coordinator (service account `mover`) reads claims, volumes, pods, nodes, storage
 //!   classes, namespaces and events; creates claims and missing namespaces; creates and deletes
 //!   pods, services and secrets (its transfer agents); reads transfer pods' logs; runs hooks as
-//!   Jobs (creates, reads, lists and deletes Jobs, creates and deletes playbook `ConfigMaps`).
+//!   Jobs (creates, reads, lists and deletes Jobs, creates and deletes playbook `ConfigMaps`);
+//!   keeps a final run's record in a `ConfigMap` (reads, patches, creates and deletes it).
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -43,6 +44,8 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     // (get) and deletes it; a playbook hook's ConfigMap (deleted with its Job, and by name).
     ("batch", &["jobs"], &["get", "list", "create", "delete"]),
     ("", &["configmaps"], &["create", "delete"]),
+    // A final run's record (`run_log`): read, kept (patched, else created), forgotten (deleted).
+    ("", &["configmaps"], &["get", "patch"]),
     ("storage.k8s.io", &["storageclasses"], &["list"]),
 ];
 

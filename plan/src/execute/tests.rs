@@ -11,12 +11,17 @@ use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
 
 use super::*;
-use crate::{Hook, HookAction, HookRunner, ImageTransfers, Location, Observer, VolumeOptions, WrittenLocations};
+use crate::{
+    Hook, HookAction, HookRunner, ImageTransfers, Location, NoRunLog, Observer, RunLog, RunRecord, Step, StepOutcome,
+    StepRecord, VolumeOptions, WrittenLocations,
+};
 
-/// Records each hook with whether the target already holds the copied file.
+/// Records each hook with whether the target already holds the copied file; the hooks named
+/// in `failing` fail.
 struct Recorder {
     target_file: PathBuf,
     log: Mutex<Vec<String>>,
+    failing: Vec<&'static str>,
 }
 
 impl HookRunner for Recorder {
@@ -28,7 +33,17 @@ impl HookRunner for Recorder {
     ) -> BoxFuture<'a, Result<HookOutcome, HookError>> {
         let copied = self.target_file.exists();
         self.log.lock().unwrap().push(format!("{} copied={copied}", hook.name));
-        Box::pin(async { Ok(HookOutcome { elapsed: Duration::ZERO, tail: Vec::new() }) })
+        let fails = self.failing.contains(&hook.name.as_str());
+        Box::pin(async move {
+            if fails {
+                return Err(HookError::Failed {
+                    status: "exited with status 1".into(),
+                    code: Some(1),
+                    tail: Vec::new(),
+                });
+            }
+            Ok(HookOutcome { elapsed: Duration::ZERO, tail: Vec::new() })
+        })
     }
 }
 
@@ -40,7 +55,25 @@ impl ImageTransfers for NoImages {
     }
 }
 
-struct Silent;
+/// Keeps the last record in memory, as a cluster keeps it in a `ConfigMap`.
+#[derive(Default)]
+struct Kept(Mutex<Option<RunRecord>>);
+
+impl RunLog for Kept {
+    fn load<'a>(&'a self, _: &'a Plan) -> BoxFuture<'a, anyhow::Result<Option<RunRecord>>> {
+        let kept = self.0.lock().unwrap().clone();
+        Box::pin(async move { Ok(kept) })
+    }
+
+    fn save<'a>(&'a self, _: &'a Plan, record: &'a RunRecord) -> BoxFuture<'a, anyhow::Result<()>> {
+        *self.0.lock().unwrap() = Some(record.clone());
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Sees nothing but the steps.
+#[derive(Default)]
+struct Silent(Mutex<Vec<StepRecord>>);
 
 impl Observer for Silent {
     fn notice(&self, _: &str) {}
@@ -51,6 +84,9 @@ impl Observer for Silent {
         Arc::new(mover_engine::progress::NoProgress)
     }
     fn volume_finished(&self, _: usize, _: &VolumePlan, _: &anyhow::Result<Summary>) {}
+    fn step_finished(&self, record: &StepRecord) {
+        self.0.lock().unwrap().push(record.clone());
+    }
 }
 
 fn hook(name: &str, phase: Phase, run_in_stage_runs: bool) -> Hook {
@@ -105,12 +141,28 @@ fn plan(dir: &Path, hooks: Vec<Hook>) -> Plan {
 
 async fn run_plan(stage: bool) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("src")).unwrap();
-    std::fs::create_dir(dir.path().join("dst")).unwrap();
-    std::fs::write(dir.path().join("src/file"), b"x").unwrap();
+    let recorder = Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default(), failing: Vec::new() };
+    let runs = run_with(dir.path(), (stage, false), &recorder, &NoRunLog).await;
+    runs.unwrap();
+    assert!(dir.path().join("dst/file").exists(), "the volume was not copied");
+    recorder.log.into_inner().unwrap()
+}
+
+/// Runs the test plan in `dir` (made on the first call); the steps the observer saw.
+async fn run_with(
+    dir: &Path,
+    (stage, restart): (bool, bool),
+    hooks: &Recorder,
+    log: &dyn RunLog,
+) -> anyhow::Result<Vec<StepRecord>> {
+    if !dir.join("src").exists() {
+        std::fs::create_dir(dir.join("src")).unwrap();
+        std::fs::create_dir(dir.join("dst")).unwrap();
+        std::fs::write(dir.join("src/file"), b"x").unwrap();
+    }
     // File order deliberately scrambled: the phase decides, not the position.
     let plan = plan(
-        dir.path(),
+        dir,
         vec![
             hook("post-restore", Phase::PostRestore, false),
             hook("pre-restore", Phase::PreRestore, false),
@@ -118,18 +170,79 @@ async fn run_plan(stage: bool) -> Vec<String> {
             hook("pre-backup", Phase::PreBackup, false),
         ],
     );
-    let recorder = Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default() };
+    let observer = Arc::new(Silent::default());
     let runtime = Runtime {
-        hooks: &recorder,
+        hooks,
         volumes: &WrittenLocations,
         images: &NoImages,
-        observer: Arc::new(Silent),
+        observer: observer.clone(),
+        log,
         identity: None,
         proxy: None,
     };
-    execute(&plan, Run { stage, dry_run: false }, &runtime).await.unwrap();
-    assert!(dir.path().join("dst/file").exists(), "the volume was not copied");
-    recorder.log.into_inner().unwrap()
+    execute(&plan, Run { stage, dry_run: false, restart }, &runtime).await?;
+    Ok(std::mem::take(&mut *observer.0.lock().unwrap()))
+}
+
+/// A final run that failed at `PreRestore` is resumed by the next: its `PreBackup` and
+/// `PostBackup` hooks do not run again, the copy does, and the record ends finished. A final
+/// run after that one starts from the beginning.
+#[tokio::test]
+async fn a_final_run_that_failed_is_resumed_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Kept::default();
+    let failing =
+        Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default(), failing: vec!["pre-restore"] };
+    let error = run_with(dir.path(), (false, false), &failing, &log).await.unwrap_err();
+    assert!(format!("{error:#}").contains("hook `pre-restore` (PreRestore phase"), "{error:#}");
+    let kept = log.0.lock().unwrap().clone().unwrap();
+    let outcomes: Vec<_> = kept.steps.iter().map(|record| (record.step, record.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Step::PreBackup, StepOutcome::Succeeded),
+            (Step::Transfers, StepOutcome::Succeeded),
+            (Step::PostBackup, StepOutcome::Succeeded),
+            (Step::PreRestore, StepOutcome::Failed),
+        ]
+    );
+    assert!(!kept.finished);
+
+    std::fs::remove_file(dir.path().join("dst/file")).unwrap();
+    let fixed = Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default(), failing: Vec::new() };
+    let seen = run_with(dir.path(), (false, false), &fixed, &log).await.unwrap();
+    assert_eq!(fixed.log.lock().unwrap().clone(), ["pre-restore copied=true", "post-restore copied=true"]);
+    let seen: Vec<_> = seen.iter().map(|record| (record.step, record.outcome)).collect();
+    assert_eq!(
+        seen,
+        [
+            (Step::PreBackup, StepOutcome::DoneBefore),
+            (Step::PostBackup, StepOutcome::DoneBefore),
+            (Step::Transfers, StepOutcome::Succeeded),
+            (Step::PreRestore, StepOutcome::Succeeded),
+            (Step::PostRestore, StepOutcome::Succeeded),
+        ]
+    );
+    let kept = log.0.lock().unwrap().clone().unwrap();
+    assert!(kept.finished);
+
+    let again = Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default(), failing: Vec::new() };
+    run_with(dir.path(), (false, false), &again, &log).await.unwrap();
+    assert_eq!(again.log.lock().unwrap().len(), 4, "a finished final run is not resumed");
+}
+
+/// `--restart`: a final run that stopped before its end is not resumed; every hook runs again.
+#[tokio::test]
+async fn a_restarted_final_run_starts_from_the_beginning() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Kept::default();
+    let target_file = dir.path().join("dst/file");
+    let failing = Recorder { target_file: target_file.clone(), log: Mutex::default(), failing: vec!["post-restore"] };
+    run_with(dir.path(), (false, false), &failing, &log).await.unwrap_err();
+    let restarted = Recorder { target_file, log: Mutex::default(), failing: Vec::new() };
+    let seen = run_with(dir.path(), (false, true), &restarted, &log).await.unwrap();
+    assert_eq!(restarted.log.lock().unwrap().len(), 4, "every hook runs again");
+    assert!(seen.iter().all(|record| record.outcome == StepOutcome::Succeeded), "{seen:?}");
 }
 
 #[tokio::test]
