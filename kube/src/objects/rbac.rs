@@ -43,9 +43,9 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     // Hooks as Jobs: a run finds its hook's earlier Job (list), starts one, follows its status
     // (get) and deletes it; a playbook hook's ConfigMap (deleted with its Job, and by name).
     ("batch", &["jobs"], &["get", "list", "create", "delete"]),
-    ("", &["configmaps"], &["create", "delete"]),
-    // A final run's record (`run_log`): read, kept (patched, else created), forgotten (deleted).
-    ("", &["configmaps"], &["get", "patch"]),
+    // Playbook ConfigMaps (created, deleted); a final run's record (`run_log`: read, kept by a
+    // patch or else created, deleted by a rollback).
+    ("", &["configmaps"], &["get", "create", "patch", "delete"]),
     ("storage.k8s.io", &["storageclasses"], &["list"]),
 ];
 
