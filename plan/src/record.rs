@@ -47,13 +47,9 @@ impl Step {
 }
 
 impl std::fmt::Display for Step {
+    /// As the report's JSON spells it (the hook phases as MTC does).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self {
-            Step::Quiesce => "quiesce",
-            Step::Transfers => "transfers",
-            step => return write!(f, "{}", step.phase().expect("a hook step")),
-        };
-        f.write_str(name)
+        std::fmt::Debug::fmt(self, f)
     }
 }
 
@@ -253,8 +249,10 @@ mod tests {
         assert!(json.contains(r#""outcome":"failed""#), "{json}");
         assert!(json.contains(r#""final":true"#), "{json}");
         assert_eq!(serde_json::from_str::<RunRecord>(&json).unwrap(), record);
-        assert_eq!(Step::PreBackup.to_string(), "PreBackup");
-        assert_eq!(Step::Quiesce.to_string(), "quiesce");
+        for step in Step::ALL {
+            assert_eq!(serde_json::to_value(step).unwrap(), step.to_string());
+        }
+        assert_eq!(Step::PreBackup.to_string(), Phase::PreBackup.to_string());
         // The table's spelling is the JSON's.
         for outcome in [StepOutcome::Running, StepOutcome::Succeeded, StepOutcome::Failed, StepOutcome::DoneBefore] {
             assert_eq!(serde_json::to_value(outcome).unwrap(), outcome.to_string());
