@@ -73,6 +73,7 @@ pub async fn check_cluster_volumes(plan: &Plan, kube: &KubeArgs) -> Checks {
         strategy: crate::clusters::strategy(kube, Some(clusters)),
         checks: Checks::default(),
         namespaces: BTreeSet::new(),
+        target_namespaces: BTreeSet::new(),
         new_claims: BTreeMap::new(),
         classes: HashMap::new(),
     };
@@ -128,6 +129,8 @@ struct ClusterChecks {
     checks: Checks,
     /// The namespaces (by context) where the strategy's pods mount claims.
     namespaces: BTreeSet<(Option<String>, String)>,
+    /// The target claims' namespaces, which mover creates when they are missing.
+    target_namespaces: BTreeSet<(Option<String>, String)>,
     /// The claims mover will create, by target context and namespace.
     new_claims: BTreeMap<(Option<String>, String), Vec<NewClaim>>,
     /// Each target context's storage classes.
@@ -171,6 +174,7 @@ impl ClusterChecks {
         let check =
             format!("target claim {namespace}/{name} (context `{}`)", target.context.as_deref().unwrap_or("current"));
         self.namespaces.insert((target.context.clone(), namespace.clone()));
+        self.target_namespaces.insert((target.context.clone(), namespace.clone()));
         let cluster = match self.reached.get(target.context.as_deref()).await {
             Ok(cluster) => cluster,
             Err(error) => return self.checks.fail(check, error, "see the message"),
@@ -325,7 +329,9 @@ impl ClusterChecks {
             let needed = checks::hook_job_level(playbook, &job.image, job.service_account.as_deref());
             let check = format!("hook `{}`: Pod Security of {}", hook.name, shown(context, namespace));
             let Some(enforced) = self.enforced(&check, context, namespace).await else { continue };
-            if enforced.source == checks::pod_security::Source::Missing {
+            // A target claim's namespace that is missing is created before the hooks run.
+            let created = self.target_namespaces.contains(&(context.map(str::to_owned), namespace.clone()));
+            if enforced.source == checks::pod_security::Source::Missing && !created {
                 self.checks.fail(
                     check,
                     "the namespace does not exist",

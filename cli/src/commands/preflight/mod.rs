@@ -8,7 +8,8 @@
 //! target free space at least the source's used bytes plus a margin (less what the target
 //! already holds); registry CA bundles parse; hook programs and `ansible-playbook` present.
 //! Registry reachability and credentials are not checked yet (image transfers in plans are not
-//! built).
+//! built). A plan with `clusters:` gets the checks of `cluster.rs` instead of the agents' and
+//! volumes' (its agents start only when it runs).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
