@@ -115,6 +115,17 @@ impl Reached {
         }
         self.clusters[&key].clone()
     }
+
+    /// What `read` reads from the cluster of `context`; a failure to reach it or to read, as its
+    /// message.
+    async fn read<T>(
+        &mut self,
+        context: Option<&str>,
+        read: impl AsyncFnOnce(&Cluster) -> Result<T, mover_kube::KubeError>,
+    ) -> Result<T, String> {
+        let cluster = self.get(context).await?;
+        read(&cluster).await.map_err(|error| error.to_string())
+    }
 }
 
 /// `namespace` in context `context`, as checks name it.
@@ -141,15 +152,10 @@ impl ClusterChecks {
     /// The source claim meets the seed's prerequisites under the strategy.
     async fn check_source(&mut self, claim: &ClaimRef) -> Option<SourceClaim> {
         let check = format!("claim {}", claim.display_name());
-        let cluster = match self.reached.get(claim.context.as_deref()).await {
-            Ok(cluster) => cluster,
-            Err(error) => {
-                self.checks.fail(check, error, "see the message");
-                return None;
-            }
-        };
-        let name = claim.name.as_deref().unwrap_or_default();
-        match mover_kube::claims::find_source(&cluster, &claim.namespace, name, self.strategy).await {
+        let (name, strategy) = (claim.name.as_deref().unwrap_or_default(), self.strategy);
+        let find =
+            async |cluster: &Cluster| mover_kube::claims::find_source(cluster, &claim.namespace, name, strategy).await;
+        match self.reached.read(claim.context.as_deref(), find).await {
             Ok(source) => {
                 let volume = source.volume.metadata.name.clone().unwrap_or_default();
                 let used = match source.consumers.first() {
@@ -161,7 +167,7 @@ impl ClusterChecks {
                 Some(source)
             }
             Err(error) => {
-                self.checks.fail(check, error.to_string(), "see the message");
+                self.checks.fail(check, error, "see the message");
                 None
             }
         }
@@ -175,11 +181,8 @@ impl ClusterChecks {
             format!("target claim {namespace}/{name} (context `{}`)", target.context.as_deref().unwrap_or("current"));
         self.namespaces.insert((target.context.clone(), namespace.clone()));
         self.target_namespaces.insert((target.context.clone(), namespace.clone()));
-        let cluster = match self.reached.get(target.context.as_deref()).await {
-            Ok(cluster) => cluster,
-            Err(error) => return self.checks.fail(check, error, "see the message"),
-        };
-        match checks::claim(&cluster, namespace, &name).await {
+        let context = target.context.as_deref();
+        match self.reached.read(context, async |cluster| checks::claim(cluster, namespace, &name).await).await {
             Ok(Some(existing)) => {
                 let spec = existing.spec.unwrap_or_default();
                 let class = spec.storage_class_name.unwrap_or_else(|| "(none)".to_owned());
@@ -190,15 +193,15 @@ impl ClusterChecks {
                     .ok(check, format!("exists (class `{class}`, {request}): used as it is, never resized"));
             }
             Ok(None) => {}
-            Err(error) => return self.checks.fail(check, error.to_string(), "see the message"),
+            Err(error) => return self.checks.fail(check, error, "see the message"),
         }
         let key = target.context.clone();
         if !self.classes.contains_key(&key) {
-            match target::storage_classes(&cluster).await {
+            match self.reached.read(context, async |cluster| target::storage_classes(cluster).await).await {
                 Ok(classes) => {
                     self.classes.insert(key.clone(), classes);
                 }
-                Err(error) => return self.checks.fail(check, error.to_string(), "see the message"),
+                Err(error) => return self.checks.fail(check, error, "see the message"),
             }
         }
         let rules = target_rules(&clusters.storage_class_map, crate::clusters::claim_overrides(clusters).get(volume));
@@ -255,10 +258,7 @@ impl ClusterChecks {
     /// The level namespace `namespace` of `context` enforces; `None` (a failed check) when it
     /// cannot be read.
     async fn enforced(&mut self, check: &str, context: Option<&str>, namespace: &str) -> Option<Enforced> {
-        let read = match self.reached.get(context).await {
-            Ok(cluster) => checks::namespace(&cluster, namespace).await.map_err(|e| e.to_string()),
-            Err(error) => Err(error),
-        };
+        let read = self.reached.read(context, async |cluster| checks::namespace(cluster, namespace).await).await;
         match read {
             Ok(found) => Some(checks::pod_security::enforced(found.as_ref())),
             Err(error) => {
@@ -272,10 +272,9 @@ impl ClusterChecks {
     async fn check_quotas(&mut self) {
         for ((context, namespace), claims) in std::mem::take(&mut self.new_claims) {
             let check = format!("ResourceQuotas of {}", shown(context.as_deref(), &namespace));
-            let quotas = match self.reached.get(context.as_deref()).await {
-                Ok(cluster) => checks::quotas(&cluster, &namespace).await.map_err(|e| e.to_string()),
-                Err(error) => Err(error),
-            };
+            let quotas =
+                self.reached.read(context.as_deref(), async |cluster| checks::quotas(cluster, &namespace).await);
+            let quotas = quotas.await;
             let quotas = match quotas {
                 Ok(quotas) => quotas,
                 Err(error) => {
@@ -350,12 +349,8 @@ impl ClusterChecks {
             }
             let Some(account) = &job.service_account else { continue };
             let check = format!("hook `{}`: service account `{namespace}/{account}`", hook.name);
-            let found = match self.reached.get(context).await {
-                Ok(cluster) => {
-                    checks::service_account_exists(&cluster, namespace, account).await.map_err(|e| e.to_string())
-                }
-                Err(error) => Err(error),
-            };
+            let exists = async |cluster: &Cluster| checks::service_account_exists(cluster, namespace, account).await;
+            let found = self.reached.read(context, exists).await;
             match found {
                 Ok(true) => self.checks.ok(check, format!("exists (context `{}`)", context.unwrap_or("current"))),
                 Ok(false) => self.checks.fail(
@@ -396,10 +391,8 @@ impl ClusterChecks {
                 self.checks.fail(check, detail, format!("{}, or use the pod strategy", relabel(namespace, needed)));
             }
             let check = format!("node agents' image (context `{shown_context}`)");
-            let image = match self.reached.get(context.as_deref()).await {
-                Ok(cluster) => checks::node_agent_image(&cluster, namespace).await.map_err(|e| e.to_string()),
-                Err(error) => Err(error),
-            };
+            let read = async |cluster: &Cluster| checks::node_agent_image(cluster, namespace).await;
+            let image = self.reached.read(context.as_deref(), read).await;
             match image {
                 Ok(Some(image)) => check_agent_image(
                     &check,
