@@ -2,6 +2,7 @@
 //! else in-cluster), the migration's identities (from `--certs`, or made for this run), the
 //! transfer agents' settings, and cleanup that runs whatever happens, Ctrl-C included.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,8 @@ use mover_engine::tunnel::Proxy;
 use mover_kube::agents::{AgentPem, AgentSettings, TransferAgents};
 use mover_kube::context::Access;
 use mover_kube::node_agents::{NodeAgents, NodeSettings};
-use mover_kube::objects::Migration;
 use mover_kube::objects::transfer::Exposure;
+use mover_kube::objects::{Migration, Strategy};
 use mover_kube::resolver::{Agents, ClaimOverrides, KubeSettings, KubeVolumes, OnState};
 use mover_plan::Clusters;
 
@@ -66,6 +67,25 @@ pub struct Identities {
     pub agent: Identity,
 }
 
+/// How agents reach claims: `--strategy`, else the plan's `clusters.strategy`, else `pod`.
+pub fn strategy(args: &KubeArgs, plan: Option<&Clusters>) -> Strategy {
+    let node = match args.strategy {
+        Some(strategy) => strategy == StrategyArg::Node,
+        None => plan.is_some_and(|p| p.node_strategy),
+    };
+    if node { Strategy::Node } else { Strategy::Pod }
+}
+
+/// What each claim volume's target gets beyond the source claim's shape, by volume name.
+pub fn claim_overrides(plan: &Clusters) -> HashMap<String, ClaimOverrides> {
+    let overrides = plan.claims.iter().map(|(volume, target)| {
+        let overrides =
+            ClaimOverrides { storage_class: target.storage_class.clone(), access_modes: target.access_modes.clone() };
+        (volume.clone(), overrides)
+    });
+    overrides.collect()
+}
+
 /// Claim resolution for a copy or plan called `plan_name`.
 pub fn volumes(
     args: &KubeArgs,
@@ -88,11 +108,7 @@ pub fn volumes(
         },
         ready_timeout: Duration::from_secs(args.agent_ready_timeout),
     };
-    let node_strategy = match args.strategy {
-        Some(strategy) => strategy == StrategyArg::Node,
-        None => plan.is_some_and(|p| p.node_strategy),
-    };
-    let agents = if node_strategy {
+    let agents = if strategy(args, plan) == Strategy::Node {
         let node = NodeSettings {
             namespace: args.agents_namespace.clone(),
             image: settings.image,
@@ -106,20 +122,7 @@ pub fn volumes(
     let settings = KubeSettings {
         access: cluster_access(args.kubeconfig.as_ref()),
         storage_class_map: plan.map(|p| p.storage_class_map.clone()).unwrap_or_default(),
-        overrides: plan
-            .map(|p| {
-                p.claims
-                    .iter()
-                    .map(|(volume, target)| {
-                        let overrides = ClaimOverrides {
-                            storage_class: target.storage_class.clone(),
-                            access_modes: target.access_modes.clone(),
-                        };
-                        (volume.clone(), overrides)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        overrides: plan.map(claim_overrides).unwrap_or_default(),
         coordinator: coordinator.clone(),
         proxy,
         on_state,

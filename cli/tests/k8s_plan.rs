@@ -94,7 +94,9 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
     // verb of it used, but for paths this test does not take (NodePort Services read the
     // node's address; a transfer pod that ends before it is ready has its log read; hooks run as
     // Jobs, which `k8s_hooks.rs` audits; the cleanup lists Jobs; the final run's record
-    // ConfigMap is created, read and patched here, and deleted only by a rollback).
+    // ConfigMap is created, read and patched here, and deleted only by a rollback; preflight
+    // reads hook service accounts and the node agents' DaemonSet, which `k8s_preflight.rs`
+    // audits).
     let requests = requests_of(&as_coordinator, &user);
     assert!(requests.len() > 20, "{} requests", requests.len());
     let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
@@ -108,7 +110,9 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
             "get batch/jobs",
             "create batch/jobs",
             "delete batch/jobs",
-            "delete core/configmaps"
+            "delete core/configmaps",
+            "get core/serviceaccounts",
+            "get apps/daemonsets"
         ]
     );
 }

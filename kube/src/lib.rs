@@ -6,6 +6,7 @@
 //! RBAC rules mover needs.
 
 pub mod agents;
+pub mod checks;
 pub mod claims;
 pub mod context;
 mod error;

@@ -33,6 +33,19 @@ pub struct ClaimOverrides {
     pub access_modes: Option<Vec<String>>,
 }
 
+/// The rules of a volume's target claim: the plan's class map and the volume's overrides (the
+/// created claim's labels are the caller's).
+#[must_use]
+pub fn target_rules(storage_class_map: &BTreeMap<String, String>, overrides: Option<&ClaimOverrides>) -> TargetRules {
+    let overrides = overrides.cloned().unwrap_or_default();
+    TargetRules {
+        storage_class_map: storage_class_map.clone(),
+        storage_class: overrides.storage_class,
+        access_modes: overrides.access_modes,
+        labels: BTreeMap::new(),
+    }
+}
+
 /// Sees the transfer agents' states as they change: (volume name, state).
 pub type OnState = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
@@ -200,13 +213,8 @@ impl KubeVolumes {
         let name = claim.name.clone().or_else(|| source.claim.metadata.name.clone()).unwrap_or_default();
         let cluster = self.cluster(claim.context.as_deref()).await?;
         let used = self.measure(&source_agent).await;
-        let overrides = self.overrides.get(volume).cloned().unwrap_or_default();
-        let rules = TargetRules {
-            storage_class_map: self.storage_class_map.clone(),
-            storage_class: overrides.storage_class,
-            access_modes: overrides.access_modes,
-            labels: self.agents.migration().labels(),
-        };
+        let mut rules = target_rules(&self.storage_class_map, self.overrides.get(volume));
+        rules.labels = self.agents.migration().labels();
         if target::ensure_namespace(&cluster, &claim.namespace, &self.agents.migration().labels()).await? {
             (self.on_state)(
                 volume,

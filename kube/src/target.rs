@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
 };
-use k8s_openapi::api::storage::v1::StorageClass;
+pub use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -134,6 +134,40 @@ pub fn choose_class(
             listed()
         ))),
     }
+}
+
+/// The storage classes of `cluster`.
+pub async fn storage_classes(cluster: &Cluster) -> Result<Vec<StorageClass>, KubeError> {
+    let classes: Api<StorageClass> = Api::all(cluster.client.clone());
+    let listed = classes.list(&ListParams::default()).await;
+    Ok(listed.map_err(KubeError::api(&cluster.context, "listing storage classes"))?.items)
+}
+
+/// The provisioner of `source`'s volume: the claim's provisioner annotation, else its CSI driver.
+#[must_use]
+pub fn source_provisioner(source: &SourceClaim) -> Option<&str> {
+    source
+        .claim
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| {
+            a.get("volume.kubernetes.io/storage-provisioner")
+                .or_else(|| a.get("volume.beta.kubernetes.io/storage-provisioner"))
+        })
+        .map(String::as_str)
+        .or_else(|| source.volume.spec.as_ref().and_then(|s| s.csi.as_ref()).map(|c| c.driver.as_str()))
+}
+
+/// The class the target claim of `source` gets among the target's `classes` ([`choose_class`]
+/// with the source claim's class and provisioner).
+pub fn class_for(
+    source: &SourceClaim,
+    classes: &[StorageClass],
+    rules: &TargetRules,
+) -> Result<ClassChoice, KubeError> {
+    let source_class = source.claim.spec.as_ref().and_then(|s| s.storage_class_name.as_deref());
+    choose_class(source_class, source_provisioner(source), classes, rules)
 }
 
 /// The target size in bytes: the largest of the request, the volume's capacity and `used` plus
@@ -267,23 +301,8 @@ pub async fn ensure(
         }
         return Ok(TargetClaim { claim, created: false, warnings });
     }
-    let classes: Api<StorageClass> = Api::all(cluster.client.clone());
-    let classes =
-        classes.list(&ListParams::default()).await.map_err(KubeError::api(context, "listing storage classes"))?.items;
-    let source_spec = source.claim.spec.as_ref();
-    let source_class = source_spec.and_then(|s| s.storage_class_name.as_deref());
-    let provisioner = source
-        .claim
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| {
-            a.get("volume.kubernetes.io/storage-provisioner")
-                .or_else(|| a.get("volume.beta.kubernetes.io/storage-provisioner"))
-        })
-        .map(String::as_str)
-        .or_else(|| source.volume.spec.as_ref().and_then(|s| s.csi.as_ref()).map(|c| c.driver.as_str()));
-    let choice = choose_class(source_class, provisioner, &classes, rules)?;
+    let classes = storage_classes(cluster).await?;
+    let choice = class_for(source, &classes, rules)?;
     let wanted = target_claim(source, namespace, name, choice.name, bytes, rules);
     let claim = claims
         .create(&PostParams::default(), &wanted)

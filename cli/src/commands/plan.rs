@@ -132,12 +132,11 @@ async fn load_and_run(
         None => None,
     };
     *report.lock().expect("report lock") = Some(Report::new(&plan, stage));
-    if let Some((volumes, _)) = &clusters {
-        if !args.skip_preflight {
-            check_claims(&plan, volumes).await?;
-        }
-    } else if !args.skip_preflight {
-        let checks = preflight::check_plan(&plan, &WrittenLocations, Thresholds::from(&args.checks)).await;
+    if !args.skip_preflight {
+        let checks = match &clusters {
+            Some(_) => preflight::check_cluster_volumes(&plan, &args.kube).await,
+            None => preflight::check_plan(&plan, &WrittenLocations, Thresholds::from(&args.checks)).await,
+        };
         if checks.failures() > 0 {
             checks.print(global.output);
             bail!(
@@ -222,25 +221,6 @@ async fn add_every_claim(
         );
     }
     Ok(())
-}
-
-/// The cluster preflight: every source claim exists and meets the seed's prerequisites (Bound,
-/// a usable volume, a file system, reachable by the strategy). Fails listing every problem.
-async fn check_claims(plan: &Plan, volumes: &KubeVolumes) -> anyhow::Result<()> {
-    let mut problems = Vec::new();
-    for volume in &plan.volumes {
-        if let mover_plan::Location::Kube(claim) = &volume.source {
-            let cluster = volumes.cluster(claim.context.as_deref()).await?;
-            let name = claim.name.as_deref().unwrap_or_default();
-            if let Err(error) = claims::find_source(&cluster, &claim.namespace, name, volumes.strategy()).await {
-                problems.push(format!("- {error}"));
-            }
-        }
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    bail!("preflight: {} claim(s) cannot be copied; nothing ran:\n{}", problems.len(), problems.join("\n"))
 }
 
 /// What `plan run` shows and records while the executor runs: the printer's live lines and the

@@ -6,7 +6,9 @@
 //!   classes, namespaces and events; creates claims and missing namespaces; creates and deletes
 //!   pods, services and secrets (its transfer agents); reads transfer pods' logs; runs hooks as
 //!   Jobs (creates, reads, lists and deletes Jobs, creates and deletes playbook `ConfigMaps`);
-//!   keeps a final run's record in a `ConfigMap` (reads, patches, creates and deletes it).
+//!   keeps a final run's record in a `ConfigMap` (reads, patches, creates and deletes it);
+//!   for preflight, lists `ResourceQuotas` and reads service accounts and the node agents'
+//!   `DaemonSet`.
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -47,6 +49,13 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     // patch or else created, deleted by a rollback).
     ("", &["configmaps"], &["get", "create", "patch", "delete"]),
     ("storage.k8s.io", &["storageclasses"], &["list"]),
+    // Preflight of a cluster plan (`mover preflight`, and `mover plan run` before it starts):
+    // the target namespaces' ResourceQuotas have room for the claims mover creates there.
+    ("", &["resourcequotas"], &["list"]),
+    // Preflight: a hook Job's service account exists in its execution namespace.
+    ("", &["serviceaccounts"], &["get"]),
+    // Preflight: the node agents' DaemonSet image is this mover's version.
+    ("apps", &["daemonsets"], &["get"]),
 ];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {

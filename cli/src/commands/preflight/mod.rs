@@ -8,7 +8,8 @@
 //! target free space at least the source's used bytes plus a margin (less what the target
 //! already holds); registry CA bundles parse; hook programs and `ansible-playbook` present.
 //! Registry reachability and credentials are not checked yet (image transfers in plans are not
-//! built).
+//! built). A plan with `clusters:` gets the checks of `cluster.rs` instead of the agents' and
+//! volumes' (its agents start only when it runs).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -24,8 +25,10 @@ use mover_engine::{PROTOCOL_VERSION, VERSION};
 use mover_engine::{VolumeStatus, WireError};
 use rustls::pki_types::CertificateDer;
 
+mod cluster;
 mod table;
 
+pub use cluster::{check_cluster_plan, check_cluster_volumes};
 pub use table::Checks;
 
 use crate::Outcome;
@@ -63,100 +66,6 @@ pub async fn run(args: PreflightArgs, global: &GlobalArgs) -> anyhow::Result<Out
     };
     checks.print(global.output);
     Ok(if checks.failures() == 0 { Outcome::Success } else { Outcome::Failed })
-}
-
-/// The checks of a plan with `clusters:`: each source claim meets the seed's prerequisites (it
-/// exists and is Bound, its volume is usable, it is a file system, the strategy reaches it), and
-/// the checks of hooks, CA bundles and registries. Agents start only when the plan runs.
-async fn check_cluster_plan(plan: &Plan, kube: &crate::args::KubeArgs) -> Checks {
-    let mut checks = Checks::default();
-    let access = crate::clusters::cluster_access(kube.kubeconfig.as_ref());
-    let mut claims = plan
-        .volumes
-        .iter()
-        .filter_map(|v| match &v.source {
-            Location::Kube(claim) => Some(claim.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>();
-    let clusters = plan.clusters.as_ref().expect("a cluster plan");
-    if clusters.every_claim {
-        match mover_kube::context::connect(&access, clusters.contexts.source.as_deref()).await {
-            Ok(cluster) => {
-                for namespace in &plan.namespaces {
-                    match mover_kube::claims::claims_in(&cluster, namespace).await {
-                        Ok((bound, other)) => {
-                            for name in
-                                bound.into_iter().filter(|n| !clusters.exclude.contains(&format!("{namespace}/{n}")))
-                            {
-                                claims.push(mover_plan::ClaimRef {
-                                    context: clusters.contexts.source.clone(),
-                                    namespace: namespace.clone(),
-                                    name: Some(name),
-                                });
-                            }
-                            for (name, phase) in other {
-                                checks.fail(
-                                    format!("claim {namespace}/{name}"),
-                                    format!("{phase}, not Bound: left out of the migration"),
-                                    "bind it, or list it under `clusters.exclude`",
-                                );
-                            }
-                        }
-                        Err(error) => {
-                            checks.fail(format!("namespace {namespace}"), error.to_string(), "see the message");
-                        }
-                    }
-                }
-            }
-            Err(error) => checks.fail("source cluster", error.to_string(), "see the message"),
-        }
-    }
-    for claim in claims {
-        let check = format!("claim {}", claim.display_name());
-        let found = async {
-            let cluster = mover_kube::context::connect(&access, claim.context.as_deref()).await?;
-            let name = claim.name.as_deref().unwrap_or_default();
-            mover_kube::claims::find_source(&cluster, &claim.namespace, name, mover_kube::claims::Strategy::Pod).await
-        };
-        match found.await {
-            Ok(source) => {
-                let volume = source.volume.metadata.name.clone().unwrap_or_default();
-                let used = match source.consumers.first() {
-                    Some(consumer) => format!("mounted by pod {} on {}", consumer.pod, consumer.node),
-                    None => "mounted by no pod".to_owned(),
-                };
-                checks.ok(check, format!("Bound to {volume}, {used}"));
-            }
-            Err(error) => checks.fail(check, error.to_string(), "see the message"),
-        }
-    }
-    check_agent_image(&kube.agent_image, &mut checks);
-    check_ca_bundles(plan, &mut checks);
-    check_hooks(plan, &mut checks);
-    check_registries(plan, None, &mut checks).await;
-    checks
-}
-
-/// Agents and `mover` are one version (the seed's first prerequisite): the agent image's tag must
-/// be this build's version. An image pinned by digest is left to the handshake, which refuses
-/// another protocol.
-fn check_agent_image(image: &str, checks: &mut Checks) {
-    let version = env!("CARGO_PKG_VERSION");
-    let protocol = mover_engine::PROTOCOL_VERSION;
-    let name_end = image.rfind('/').map_or(0, |slash| slash + 1);
-    let tag = image[name_end..].split_once(':').map(|(_, tag)| tag);
-    if image.contains('@') {
-        checks.ok("agent image", format!("{image}: pinned by digest; the handshake checks protocol {protocol}"));
-    } else if tag == Some(version) {
-        checks.ok("agent image", format!("{image}: mover {version}, protocol {protocol}, as this mover"));
-    } else {
-        checks.fail(
-            "agent image",
-            format!("{image} is not mover {version}, this mover's version (protocol {protocol})"),
-            format!("use the agent image of this version: `--agent-image REPOSITORY:{version}`"),
-        );
-    }
 }
 
 /// Runs every check that applies to `plan`, with its volume ends where `resolver` puts them.
@@ -484,9 +393,11 @@ fn find_program(program: &str, base: &Path) -> Option<PathBuf> {
         .find(|path| executable(path))
 }
 
+/// Local hooks' programs (and `ansible-playbook` for their playbooks) are here; hooks that run as
+/// Jobs are checked with the cluster (their image has the program).
 fn check_hooks(plan: &Plan, checks: &mut Checks) {
     let mut playbooks = false;
-    for hook in &plan.hooks {
+    for hook in plan.hooks.iter().filter(|hook| hook.job.is_none()) {
         match &hook.action {
             HookAction::Command(argv) => {
                 let check = format!("hook `{}`: `{}` present", hook.name, argv[0]);
