@@ -2,9 +2,11 @@
 //! itinerary).
 //!
 //! 1. `PreBackup` hooks;
-//! 2. the volume copies (at most `concurrency.volumes` at once) and the image transfers (at most
+//! 2. in a final run, the source's applications are stopped ([`crate::Workloads::quiesce`]), and
+//!    stay stopped after the run (as MTC leaves the source quiesced after a final migration);
+//! 3. the volume copies (at most `concurrency.volumes` at once) and the image transfers (at most
 //!    `concurrency.images` at once), at the same time;
-//! 3. `PostBackup` hooks, then `PreRestore` hooks, then `PostRestore` hooks.
+//! 4. `PostBackup` hooks, then `PreRestore` hooks, then `PostRestore` hooks.
 //!
 //! Hooks run in final runs only, as MTC runs none in stage migrations; a hook with
 //! `run_in_stage_runs` runs in stage runs too. A failing hook stops the plan before anything after
@@ -51,6 +53,7 @@ pub async fn execute(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Re
         ));
     }
     run_hooks(plan, Phase::PreBackup, run, runtime).await?;
+    let quiesced = if run.stage { Vec::new() } else { quiesce(plan, runtime).await? };
     // Volumes and images move at the same time, each within its own concurrency limit.
     let (volumes, images) =
         tokio::join!(transfer_volumes(plan, run, runtime), runtime.images.transfer_all(plan, runtime.proxy.as_ref()));
@@ -59,7 +62,28 @@ pub async fn execute(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Re
     for phase in [Phase::PostBackup, Phase::PreRestore, Phase::PostRestore] {
         run_hooks(plan, phase, run, runtime).await?;
     }
+    if !quiesced.is_empty() {
+        observer.notice(&format!(
+            "the source stays quiesced: {} workload(s) stopped before the final copy keep their recorded values for a rollback",
+            quiesced.len()
+        ));
+    }
     Ok(())
+}
+
+/// Stops the source's workloads before a final run's copies; says what it stopped.
+async fn quiesce(plan: &Plan, runtime: &Runtime<'_>) -> anyhow::Result<Vec<String>> {
+    let observer = &*runtime.observer;
+    let quiesced = runtime
+        .workloads
+        .quiesce(plan, observer)
+        .await
+        .context("quiescing the source's workloads failed; no volume was copied and no later hook ran")?;
+    for line in &quiesced {
+        observer.notice(&format!("quiesced {line}"));
+    }
+    observer.quiesced(&quiesced);
+    Ok(quiesced)
 }
 
 async fn run_hooks(plan: &Plan, phase: Phase, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<()> {

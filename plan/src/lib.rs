@@ -19,4 +19,6 @@ pub use model::{
     ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, HookJob, ImageTransfer, Phase,
     Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of,
 };
-pub use runtime::{HookRunner, ImageTransfers, LocalHooks, Observer, Runtime, VolumeResolver, WrittenLocations};
+pub use runtime::{
+    HookRunner, ImageTransfers, LocalHooks, NoWorkloads, Observer, Runtime, VolumeResolver, Workloads, WrittenLocations,
+};

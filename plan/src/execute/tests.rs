@@ -11,7 +11,9 @@ use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
 
 use super::*;
-use crate::{Hook, HookAction, HookRunner, ImageTransfers, Location, Observer, VolumeOptions, WrittenLocations};
+use crate::{
+    Hook, HookAction, HookRunner, ImageTransfers, Location, Observer, VolumeOptions, Workloads, WrittenLocations,
+};
 
 /// Records each hook with whether the target already holds the copied file.
 struct Recorder {
@@ -29,6 +31,28 @@ impl HookRunner for Recorder {
         let copied = self.target_file.exists();
         self.log.lock().unwrap().push(format!("{} copied={copied}", hook.name));
         Box::pin(async { Ok(HookOutcome { elapsed: Duration::ZERO, tail: Vec::new() }) })
+    }
+}
+
+/// Quiesce and unquiesce recorded in the same log as the hooks.
+impl Workloads for Recorder {
+    fn quiesce<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        let copied = self.target_file.exists();
+        self.log.lock().unwrap().push(format!("quiesce copied={copied}"));
+        Box::pin(async { Ok(vec!["Deployment a/web: replicas 1 -> 0".to_owned()]) })
+    }
+
+    fn unquiesce<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        self.log.lock().unwrap().push("unquiesce".to_owned());
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 
@@ -123,6 +147,7 @@ async fn run_plan(stage: bool) -> Vec<String> {
         hooks: &recorder,
         volumes: &WrittenLocations,
         images: &NoImages,
+        workloads: &recorder,
         observer: Arc::new(Silent),
         identity: None,
         proxy: None,
@@ -136,12 +161,18 @@ async fn run_plan(stage: bool) -> Vec<String> {
 async fn a_final_run_follows_mtcs_final_itinerary() {
     assert_eq!(
         run_plan(false).await,
-        ["pre-backup copied=false", "post-backup copied=true", "pre-restore copied=true", "post-restore copied=true"]
+        [
+            "pre-backup copied=false",
+            "quiesce copied=false",
+            "post-backup copied=true",
+            "pre-restore copied=true",
+            "post-restore copied=true"
+        ]
     );
 }
 
 #[tokio::test]
-async fn a_stage_run_runs_only_hooks_marked_for_it() {
+async fn a_stage_run_runs_only_hooks_marked_for_it_and_quiesces_nothing() {
     assert_eq!(run_plan(true).await, ["post-backup copied=true"]);
 }
 
