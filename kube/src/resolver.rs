@@ -206,6 +206,7 @@ impl KubeVolumes {
             storage_class: overrides.storage_class,
             access_modes: overrides.access_modes,
             labels: self.agents.migration().labels(),
+            annotations: self.agents.migration().annotations(),
         };
         if target::ensure_namespace(&cluster, &claim.namespace, &self.agents.migration().labels()).await? {
             (self.on_state)(
