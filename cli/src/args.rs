@@ -163,6 +163,21 @@ pub enum PlanCommand {
     /// in final runs only, unless `runInStageRuns: true`. A failing hook or copy stops the plan
     /// there. Running it again resumes: completed volumes are cheap incremental no-ops.
     Run(PlanRunArgs),
+    /// Undo a plan's cutover: start the source's workloads that `plan run --final` stopped (each
+    /// restored to its recorded value, unless someone changed it since), and delete what mover
+    /// created in the target cluster (the claims it created, never one that existed before, and
+    /// any transfer pods, Services and Secrets left).
+    Rollback(PlanRollbackArgs),
+}
+
+/// `mover plan rollback`.
+#[derive(Debug, Args)]
+pub struct PlanRollbackArgs {
+    /// The plan file; it must have `clusters:`.
+    pub plan: PathBuf,
+    /// Clusters.
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// `mover plan run`.

@@ -196,6 +196,9 @@ pub struct Report {
     pub volumes: Vec<VolumeReport>,
     /// Image transfers in plan order.
     pub images: Vec<ImageReport>,
+    /// The source's workloads a final run stopped before its copies, one line each (they stay
+    /// stopped after the run; `mover plan rollback` starts them again).
+    pub quiesced: Vec<String>,
 }
 
 impl Report {
@@ -256,6 +259,7 @@ impl Report {
             hooks: Vec::new(),
             volumes: Vec::new(),
             images: Vec::new(),
+            quiesced: Vec::new(),
         }
     }
 
