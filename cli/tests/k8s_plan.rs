@@ -93,7 +93,8 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
     // The RBAC audit: every request allowed by the role `mover k8s manifests` prints; every
     // verb of it used, but for paths this test does not take (NodePort Services read the
     // node's address; a transfer pod that ends before it is ready has its log read; hooks run as
-    // Jobs, which `k8s_hooks.rs` audits; the cleanup lists Jobs).
+    // Jobs, which `k8s_hooks.rs` audits; the cleanup lists Jobs; no workload mounts the claims,
+    // so nothing is patched by quiesce, and no rollback runs: `k8s_quiesce.rs` audits those).
     let requests = requests_of(&as_coordinator, &user);
     assert!(requests.len() > 20, "{} requests", requests.len());
     let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
@@ -108,7 +109,16 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
             "create batch/jobs",
             "delete batch/jobs",
             "create core/configmaps",
-            "delete core/configmaps"
+            "delete core/configmaps",
+            "patch apps/deployments",
+            "patch apps/statefulsets",
+            "patch apps/replicasets",
+            "patch apps/daemonsets",
+            "patch batch/cronjobs",
+            "patch batch/jobs",
+            "list apps.openshift.io/deploymentconfigs",
+            "patch apps.openshift.io/deploymentconfigs",
+            "delete core/persistentvolumeclaims"
         ]
     );
 }
