@@ -79,7 +79,7 @@ async fn deployments_and_replica_sets_keep_their_replicas_and_scale_to_zero() {
     running(&pods, "solo", 3).await;
     sets.patch("solo", &patch, &scale(1)).await.unwrap();
     let left = running(&pods, "solo", 1).await;
-    pods.delete(left.first().unwrap(), &Default::default()).await.unwrap();
+    pods.delete(left.first().unwrap(), &kube::api::DeleteParams::default()).await.unwrap();
     let again = running(&pods, "solo", 1).await;
     assert_ne!(again, left);
 }
