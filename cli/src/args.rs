@@ -195,6 +195,10 @@ pub struct PlanRunArgs {
     /// Also write the final report as JSON to FILE.
     #[arg(long, value_name = "FILE", env = "MOVER_REPORT")]
     pub report: Option<PathBuf>,
+    /// How long a final run of a plan with `clusters:` waits for the pods of the workloads it
+    /// quiesced to stop, in seconds; past it the run fails naming the pods still running.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "MOVER_QUIESCE_TIMEOUT")]
+    pub quiesce_timeout: u64,
     /// Do not run `mover preflight`'s checks first.
     #[arg(long, env = "MOVER_SKIP_PREFLIGHT")]
     pub skip_preflight: bool,

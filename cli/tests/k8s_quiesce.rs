@@ -310,6 +310,35 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
     );
     assert_eq!(runtime.block_on(leftovers(pair)), Vec::<String>::new());
 
+    // A pod that something else runs (here an operator's, owned by its ConfigMap) does not stop:
+    // past the timeout the final run fails naming it, before any copy.
+    let operator =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "operator", "namespace": "shop"}});
+    runtime.block_on(app::apply(&admin, &[operator])).unwrap();
+    let uid = runtime
+        .block_on(Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(admin.clone(), "shop").get("operator"))
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let mut stubborn = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "stubborn", "namespace": "shop",
+        "labels": {"app": "stubborn"},
+        "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "operator", "uid": uid, "controller": true}]}});
+    stubborn["spec"] = template("stubborn", &node, "data", "exec sleep 3600", "Always")["spec"].clone();
+    runtime.block_on(app::apply(&admin, &[stubborn])).unwrap();
+    runtime.block_on(until("stubborn running", async || running_count(&admin, "stubborn").await == 1));
+    let output = mover(pair, &["plan", "run", "--final", plan, "--quiesce-timeout", "2"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("quiescing the source's workloads failed; no volume was copied")
+            && stderr.contains("quiesce: 1 pod(s) still run in context `source` 2s after their workloads were stopped: shop/stubborn (mounts data)"),
+        "{}",
+        text(&output)
+    );
+    let rollback = mover(pair, &["plan", "rollback", plan]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+
     // The RBAC audit: every request allowed by the role `mover k8s manifests` prints; every
     // rule used but for paths this test does not take (hooks, which `k8s_hooks.rs` audits;
     // NodePort Services; DeploymentConfigs, which need OpenShift; a transfer pod's log).

@@ -166,10 +166,13 @@ async fn load_and_run(
         _ => Arc::new(LocalHooks),
     };
     let workloads: Box<dyn Workloads> = match &plan.clusters {
-        Some(clusters) => Box::new(KubeWorkloads::new(
-            crate::clusters::cluster_access(args.kube.kubeconfig.as_ref()),
-            clusters.contexts.clone(),
-        )),
+        Some(clusters) => Box::new(
+            KubeWorkloads::new(
+                crate::clusters::cluster_access(args.kube.kubeconfig.as_ref()),
+                clusters.contexts.clone(),
+            )
+            .with_timeout(Duration::from_secs(args.quiesce_timeout)),
+        ),
         None => Box::new(NoWorkloads),
     };
     *executed = true;
