@@ -163,6 +163,21 @@ pub enum PlanCommand {
     /// in final runs only, unless `runInStageRuns: true`. A failing hook or copy stops the plan
     /// there. Running it again resumes: completed volumes are cheap incremental no-ops.
     Run(PlanRunArgs),
+    /// Undo a plan's cutover: start the source's workloads that `plan run --final` stopped (each
+    /// restored to its recorded value, unless someone changed it since), and delete what mover
+    /// created in the target cluster (the claims it created, never one that existed before, and
+    /// any transfer pods, Services and Secrets left).
+    Rollback(PlanRollbackArgs),
+}
+
+/// `mover plan rollback`.
+#[derive(Debug, Args)]
+pub struct PlanRollbackArgs {
+    /// The plan file; it must have `clusters:`.
+    pub plan: PathBuf,
+    /// Clusters.
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 /// `mover plan run`.
@@ -185,6 +200,10 @@ pub struct PlanRunArgs {
     /// Also write the final report as JSON to FILE.
     #[arg(long, value_name = "FILE", env = "MOVER_REPORT")]
     pub report: Option<PathBuf>,
+    /// How long a final run of a plan with `clusters:` waits for the pods of the workloads it
+    /// quiesced to stop, in seconds; past it the run fails naming the pods still running.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "MOVER_QUIESCE_TIMEOUT")]
+    pub quiesce_timeout: u64,
     /// Do not run `mover preflight`'s checks first.
     #[arg(long, env = "MOVER_SKIP_PREFLIGHT")]
     pub skip_preflight: bool,

@@ -111,7 +111,7 @@ fn run() -> ExitCode {
     // `plan run` cancels itself, to write its report first; a copy with claims, to remove its
     // transfer pods.
     let cancels_itself = match &cli.command {
-        Command::Plan(_) => true,
+        Command::Plan(PlanCommand::Run(_)) => true,
         Command::Copy(args) => [&args.source, &args.target].iter().any(|end| end.starts_with("k8s://")),
         _ => false,
     };
@@ -122,6 +122,7 @@ fn run() -> ExitCode {
                 Command::Certs(command) => commands::certs::run(command).await,
                 Command::Image(command) => commands::image::run(command, &cli.global).await,
                 Command::Plan(PlanCommand::Run(args)) => commands::plan::run(args, &cli.global).await,
+                Command::Plan(PlanCommand::Rollback(args)) => commands::rollback::run(&args, &cli.global).await,
                 Command::Preflight(args) => commands::preflight::run(args, &cli.global).await,
                 Command::K8s(command) => commands::k8s::run(&command).await,
                 Command::Completions { shell } => Ok(commands::completions::run(shell)),

@@ -15,7 +15,9 @@ pub mod manifests;
 pub mod node_agents;
 pub mod objects;
 pub mod quantity;
+pub mod quiesce;
 pub mod resolver;
+pub mod rollback;
 pub mod run_log;
 pub mod target;
 

@@ -43,6 +43,7 @@ pub fn target_rules(storage_class_map: &BTreeMap<String, String>, overrides: Opt
         storage_class: overrides.storage_class,
         access_modes: overrides.access_modes,
         labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
     }
 }
 
@@ -215,6 +216,7 @@ impl KubeVolumes {
         let used = self.measure(&source_agent).await;
         let mut rules = target_rules(&self.storage_class_map, self.overrides.get(volume));
         rules.labels = self.agents.migration().labels();
+        rules.annotations = self.agents.migration().annotations();
         if target::ensure_namespace(&cluster, &claim.namespace, &self.agents.migration().labels()).await? {
             (self.on_state)(
                 volume,

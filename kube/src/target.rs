@@ -50,6 +50,9 @@ pub struct TargetRules {
     pub access_modes: Option<Vec<String>>,
     /// Labels the created claim gets (the migration's), beside the source's own.
     pub labels: BTreeMap<String, String>,
+    /// Annotations the created claim gets (the plan's name, which a rollback looks for), beside
+    /// the source's own.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The class chosen for a target claim.
@@ -214,6 +217,7 @@ pub fn target_claim(
     let spec = from.spec.clone().unwrap_or_default();
     let mut annotations = from.metadata.annotations.clone().unwrap_or_default();
     annotations.retain(|key, _| !DROPPED_ANNOTATIONS.contains(&key.as_str()));
+    annotations.extend(rules.annotations.clone());
     let mut labels = from.metadata.labels.clone().unwrap_or_default();
     labels.extend(rules.labels.clone());
     PersistentVolumeClaim {

@@ -301,9 +301,10 @@ fn the_audit_checks_requests_against_each_identity() {
     assert!(grants.allows(&ok));
     assert!(grants.allows(&request(&coordinator, "list", "storage.k8s.io", "storageclasses", None, None)));
     for denied in [
-        request(&coordinator, "delete", "", "persistentvolumeclaims", Some("app"), Some("data")),
+        request(&coordinator, "delete", "", "namespaces", None, Some("app")),
         request(&coordinator, "get", "", "pods/exec", Some("app"), Some("p")),
-        request(&coordinator, "list", "apps", "deployments", Some("app"), None),
+        request(&coordinator, "create", "apps", "deployments", Some("app"), None),
+        request(&coordinator, "delete", "apps", "deployments", Some("app"), Some("web")),
         request(&coordinator, "update", "", "secrets", Some("app"), Some("s")),
         request(&coordinator, "create", "", "pods/portforward", Some("app"), Some("p")),
     ] {

@@ -2,9 +2,11 @@
 //! itinerary).
 //!
 //! 1. `PreBackup` hooks;
-//! 2. the volume copies (at most `concurrency.volumes` at once) and the image transfers (at most
+//! 2. in a final run, the source's applications are stopped ([`crate::Workloads::quiesce`]), and
+//!    stay stopped after the run (as MTC leaves the source quiesced after a final migration);
+//! 3. the volume copies (at most `concurrency.volumes` at once) and the image transfers (at most
 //!    `concurrency.images` at once), at the same time;
-//! 3. `PostBackup` hooks, then `PreRestore` hooks, then `PostRestore` hooks.
+//! 4. `PostBackup` hooks, then `PreRestore` hooks, then `PostRestore` hooks.
 //!
 //! Each step's start, end and outcome go into a [`RunRecord`] (the observer sees each step as it
 //! ends); a final run's record is kept in the runtime's [`crate::RunLog`], and a final run that
@@ -58,13 +60,17 @@ pub async fn execute(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Re
         ));
     }
     let mut record = start_record(plan, run, runtime).await?;
+    let mut quiesced = Vec::new();
     for step in Step::ALL {
         if record.is_done(step) || !applies(plan, step, run) {
             continue;
         }
         record.begin(step);
         keep_record(plan, run, runtime, &record).await;
-        let result = run_step(plan, step, run, runtime).await;
+        let result = match step {
+            Step::Quiesce => quiesce(plan, runtime).await.map(|stopped| quiesced = stopped),
+            step => run_step(plan, step, run, runtime).await,
+        };
         let entry = record.end(step, result.is_ok());
         keep_record(plan, run, runtime, &record).await;
         observer.step_finished(&entry);
@@ -72,6 +78,12 @@ pub async fn execute(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Re
     }
     record.finished = true;
     keep_record(plan, run, runtime, &record).await;
+    if !quiesced.is_empty() {
+        observer.notice(&format!(
+            "the source stays quiesced: {} workload(s) stopped before the final copy keep their recorded values for a rollback",
+            quiesced.len()
+        ));
+    }
     Ok(())
 }
 
@@ -114,11 +126,13 @@ async fn keep_record(plan: &Plan, run: Run, runtime: &Runtime<'_>, record: &RunR
     }
 }
 
-/// Whether `step` has anything to do in this run.
+/// Whether `step` has anything to do in this run: a hook phase with hooks that run, the
+/// quiesce in a final run of a plan with clusters, the transfers always.
 fn applies(plan: &Plan, step: Step, run: Run) -> bool {
-    match step.phase() {
-        Some(phase) => plan.hooks_of(phase).any(|hook| hook.runs_in(run.stage)),
-        None => step == Step::Transfers,
+    match step {
+        Step::Quiesce => !run.stage && plan.clusters.is_some(),
+        Step::Transfers => true,
+        step => step.phase().is_some_and(|phase| plan.hooks_of(phase).any(|hook| hook.runs_in(run.stage))),
     }
 }
 
@@ -131,6 +145,21 @@ async fn run_step(plan: &Plan, step: Step, run: Run, runtime: &Runtime<'_>) -> a
         tokio::join!(transfer_volumes(plan, run, runtime), runtime.images.transfer_all(plan, runtime.proxy.as_ref()));
     volumes?;
     images
+}
+
+/// Stops the source's workloads before a final run's copies; says what it stopped.
+async fn quiesce(plan: &Plan, runtime: &Runtime<'_>) -> anyhow::Result<Vec<String>> {
+    let observer = &*runtime.observer;
+    let quiesced = runtime
+        .workloads
+        .quiesce(plan, observer)
+        .await
+        .context("quiescing the source's workloads failed; no volume was copied and no later hook ran")?;
+    for line in &quiesced {
+        observer.notice(&format!("quiesced {line}"));
+    }
+    observer.quiesced(&quiesced);
+    Ok(quiesced)
 }
 
 async fn run_hooks(plan: &Plan, phase: Phase, run: Run, runtime: &Runtime<'_>) -> anyhow::Result<()> {

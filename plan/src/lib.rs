@@ -21,4 +21,6 @@ pub use model::{
     Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of,
 };
 pub use record::{NoRunLog, RunLog, RunRecord, Step, StepOutcome, StepRecord};
-pub use runtime::{HookRunner, ImageTransfers, LocalHooks, Observer, Runtime, VolumeResolver, WrittenLocations};
+pub use runtime::{
+    HookRunner, ImageTransfers, LocalHooks, NoWorkloads, Observer, Runtime, VolumeResolver, Workloads, WrittenLocations,
+};

@@ -1,6 +1,6 @@
 //! What an executor needs from its front end: how hooks run ([`HookRunner`]), where a volume's
-//! ends are ([`VolumeResolver`]), how images move ([`ImageTransfers`]) and who watches
-//! ([`Observer`]). The implementations for today's CLI are here too: [`LocalHooks`] (processes
+//! ends are ([`VolumeResolver`]), how images move ([`ImageTransfers`]), how the applications
+//! using the volumes stop for a final copy ([`Workloads`]) and who watches ([`Observer`]). The implementations for today's CLI are here too: [`LocalHooks`] (processes
 //! and `ansible-playbook` on this machine) and [`WrittenLocations`] (agent URLs and local paths as
 //! written). A Kubernetes front end brings Jobs and PVC lookups.
 
@@ -84,10 +84,53 @@ pub trait ImageTransfers: Sync {
     fn transfer_all<'a>(&'a self, plan: &'a Plan, proxy: Option<&'a Proxy>) -> LocalBoxFuture<'a, anyhow::Result<()>>;
 }
 
+/// Stops the applications that use a plan's source volumes before a final copy (MTC's
+/// quiesce), and starts them again on a rollback.
+pub trait Workloads: Send + Sync {
+    /// Stops every workload that uses one of `plan`'s source volumes, recording what it changed
+    /// where it can be restored from, and returns once none of their pods uses a volume.
+    /// Returns one line per workload (what was changed). What it waits for goes to `observer`.
+    fn quiesce<'a>(&'a self, plan: &'a Plan, observer: &'a dyn Observer) -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
+    /// Restores what [`Workloads::quiesce`] recorded for `plan` (a value changed since by
+    /// someone else stays as they left it). Returns one line per workload.
+    fn unquiesce<'a>(
+        &'a self,
+        plan: &'a Plan,
+        observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>>;
+}
+
+/// No workloads to stop: plans whose volumes are agent URLs and local paths.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoWorkloads;
+
+impl Workloads for NoWorkloads {
+    fn quiesce<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn unquiesce<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
 /// Sees what an execution does, as it happens (for live lines and the report).
 pub trait Observer: Send + Sync {
     /// A line for the user (a dry run's or a stage run's note).
     fn notice(&self, text: &str);
+    /// The workloads a final run stopped before its copies ([`Workloads::quiesce`]'s lines);
+    /// called once, also when there were none.
+    fn quiesced(&self, workloads: &[String]) {
+        let _ = workloads;
+    }
     /// A hook starts.
     fn hook_started(&self, hook: &Hook);
     /// One line of a hook's output.
@@ -110,6 +153,8 @@ pub struct Runtime<'a> {
     pub volumes: &'a dyn VolumeResolver,
     /// Moves images.
     pub images: &'a dyn ImageTransfers,
+    /// Stops the source's applications for a final run.
+    pub workloads: &'a dyn Workloads,
     /// Watches.
     pub observer: Arc<dyn Observer>,
     /// Keeps what final runs did, for the next run.

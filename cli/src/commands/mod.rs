@@ -8,3 +8,4 @@ pub mod k8s;
 pub mod man;
 pub mod plan;
 pub mod preflight;
+pub mod rollback;

@@ -19,13 +19,15 @@ use mover_engine::image::{ImageRef, ImageSummary, Session};
 use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
 use mover_kube::claims;
+use mover_kube::context::Cluster;
 use mover_kube::hooks::KubeHooks;
 use mover_kube::objects::Migration;
+use mover_kube::quiesce::KubeWorkloads;
 use mover_kube::resolver::{KubeVolumes, OnState};
 use mover_kube::run_log::ClusterRunLog;
 use mover_plan::{
-    Clusters, HookRunner, ImageTransfers, LocalHooks, NoRunLog, Observer, Run, RunLog, Runtime, StepRecord,
-    VolumeResolver, WrittenLocations,
+    Clusters, HookRunner, ImageTransfers, LocalHooks, NoRunLog, NoWorkloads, Observer, Run, RunLog, Runtime,
+    StepRecord, VolumeResolver, Workloads, WrittenLocations,
 };
 
 use crate::Outcome;
@@ -125,7 +127,8 @@ async fn load_and_run(
             *made.lock().expect("clusters lock") = Some(volumes.clone());
             if clusters.every_claim {
                 let clusters = clusters.clone();
-                add_every_claim(&mut plan, &clusters, &volumes, printer).await?;
+                let source = volumes.cluster(clusters.contexts.source.as_deref()).await?;
+                add_every_claim(&mut plan, &clusters, &source, printer).await?;
             }
             Some((volumes, identities))
         }
@@ -162,6 +165,16 @@ async fn load_and_run(
         }
         _ => Arc::new(LocalHooks),
     };
+    let workloads: Box<dyn Workloads> = match &plan.clusters {
+        Some(clusters) => Box::new(
+            KubeWorkloads::new(
+                crate::clusters::cluster_access(args.kube.kubeconfig.as_ref()),
+                clusters.contexts.clone(),
+            )
+            .with_timeout(Duration::from_secs(args.quiesce_timeout)),
+        ),
+        None => Box::new(NoWorkloads),
+    };
     // A cluster plan's final run is kept in the source cluster, so that a rerun resumes it.
     let log: Box<dyn RunLog> = match &plan.clusters {
         Some(clusters) => Box::new(ClusterRunLog::new(
@@ -178,12 +191,20 @@ async fn load_and_run(
         hooks: &*hooks,
         volumes: clusters.as_ref().map_or(&WrittenLocations as &dyn VolumeResolver, |(volumes, _)| &**volumes),
         images: &*front,
+        workloads: &*workloads,
         observer: front.clone(),
         log: &*log,
         identity,
         proxy,
     };
-    mover_plan::execute(&plan, run, &runtime).await
+    mover_plan::execute(&plan, run, &runtime).await?;
+    if front.with_report(|report| !report.quiesced.is_empty()) && !printer.is_json() {
+        printer.text_line(&format!(
+            "hint: `mover plan rollback {}` starts the source's workloads again",
+            args.plan.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Where a run leaves what it made in clusters, for the cleanup after it (however it ends).
@@ -195,15 +216,14 @@ type HooksInClusters = Arc<Mutex<Option<Arc<KubeHooks>>>>;
 
 /// Adds a volume for every Bound claim of the plan's namespaces but `exclude:`; says which
 /// claims are left out because they are not bound.
-async fn add_every_claim(
+pub(crate) async fn add_every_claim(
     plan: &mut Plan,
     clusters: &Clusters,
-    volumes: &KubeVolumes,
+    cluster: &Cluster,
     printer: &PlanPrinter,
 ) -> anyhow::Result<()> {
-    let cluster = volumes.cluster(clusters.contexts.source.as_deref()).await?;
     for namespace in &plan.namespaces {
-        let (bound, other) = claims::claims_in(&cluster, namespace).await?;
+        let (bound, other) = claims::claims_in(cluster, namespace).await?;
         for (name, phase) in other {
             printer.text_line(&format!("{namespace}/{name}: left out, it is {phase}, not Bound"));
         }
@@ -240,6 +260,10 @@ impl FrontEnd {
 impl Observer for FrontEnd {
     fn notice(&self, text: &str) {
         self.printer.text_line(text);
+    }
+
+    fn quiesced(&self, workloads: &[String]) {
+        self.with_report(|report| report.quiesced = workloads.to_vec());
     }
 
     fn hook_started(&self, hook: &Hook) {

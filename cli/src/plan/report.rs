@@ -200,6 +200,9 @@ pub struct Report {
     /// The run's steps as they ended (MTC's itinerary), with the steps an earlier run of the
     /// same final run did (`done-before`).
     pub steps: Vec<StepRecord>,
+    /// The source's workloads a final run stopped before its copies, one line each (they stay
+    /// stopped after the run; `mover plan rollback` starts them again).
+    pub quiesced: Vec<String>,
 }
 
 impl Report {
@@ -261,6 +264,7 @@ impl Report {
             volumes: Vec::new(),
             images: Vec::new(),
             steps: Vec::new(),
+            quiesced: Vec::new(),
         }
     }
 

@@ -8,7 +8,10 @@
 //!   Jobs (creates, reads, lists and deletes Jobs, creates and deletes playbook `ConfigMaps`);
 //!   keeps a final run's record in a `ConfigMap` (reads, patches, creates and deletes it);
 //!   for preflight, lists `ResourceQuotas` and reads service accounts and the node agents'
-//!   `DaemonSet`.
+//!   `DaemonSet`;
+//!   quiesces and unquiesces workloads (lists and patches Deployments, `StatefulSets`,
+//!   `ReplicaSets`, `DaemonSets`, `CronJobs`, Jobs and `DeploymentConfigs`); on a rollback deletes
+//!   the target claims it created.
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -56,6 +59,14 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["serviceaccounts"], &["get"]),
     // Preflight: the node agents' DaemonSet image is this mover's version.
     ("apps", &["daemonsets"], &["get"]),
+    // Quiesce and unquiesce (`plan run --final`, `plan rollback`): the workloads that mount a
+    // plan's claims are listed and patched (scaled, suspended), never created, updated or deleted.
+    ("apps", &["deployments", "statefulsets", "replicasets", "daemonsets"], &["list", "patch"]),
+    ("batch", &["cronjobs"], &["list", "patch"]),
+    ("batch", &["jobs"], &["patch"]),
+    ("apps.openshift.io", &["deploymentconfigs"], &["list", "patch"]),
+    // Rollback: the target claims mover created for the plan (labelled and annotated so) go.
+    ("", &["persistentvolumeclaims"], &["delete"]),
 ];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {
@@ -277,7 +288,11 @@ pub fn rule_allows(rule: &PolicyRule, request: &Request) -> bool {
 /// allow `request`.
 #[must_use]
 pub fn allowed(rules: &[PolicyRule], namespaced: &[(String, Vec<PolicyRule>)], request: &Request) -> bool {
-    rules.iter().any(|rule| rule_allows(rule, request))
+    // API discovery (`/api`, `/apis`, `/version`) is granted to every authenticated user by the
+    // default `system:discovery` role, not by mover's.
+    let discovery = request.resource.is_empty() && request.verb == "get";
+    discovery
+        || rules.iter().any(|rule| rule_allows(rule, request))
         || namespaced.iter().any(|(namespace, rules)| {
             request.namespace.as_ref() == Some(namespace) && rules.iter().any(|rule| rule_allows(rule, request))
         })

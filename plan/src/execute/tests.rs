@@ -13,7 +13,7 @@ use mover_engine::tunnel::Proxy;
 use super::*;
 use crate::{
     Hook, HookAction, HookRunner, ImageTransfers, Location, NoRunLog, Observer, RunLog, RunRecord, Step, StepOutcome,
-    StepRecord, VolumeOptions, WrittenLocations,
+    StepRecord, VolumeOptions, Workloads, WrittenLocations,
 };
 
 /// Records each hook with whether the target already holds the copied file; the hooks named
@@ -44,6 +44,28 @@ impl HookRunner for Recorder {
             }
             Ok(HookOutcome { elapsed: Duration::ZERO, tail: Vec::new() })
         })
+    }
+}
+
+/// Quiesce and unquiesce recorded in the same log as the hooks.
+impl Workloads for Recorder {
+    fn quiesce<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        let copied = self.target_file.exists();
+        self.log.lock().unwrap().push(format!("quiesce copied={copied}"));
+        Box::pin(async { Ok(vec!["Deployment a/web: replicas 1 -> 0".to_owned()]) })
+    }
+
+    fn unquiesce<'a>(
+        &'a self,
+        _plan: &'a Plan,
+        _observer: &'a dyn Observer,
+    ) -> BoxFuture<'a, anyhow::Result<Vec<String>>> {
+        self.log.lock().unwrap().push("unquiesce".to_owned());
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 
@@ -161,7 +183,7 @@ async fn run_with(
         std::fs::write(dir.join("src/file"), b"x").unwrap();
     }
     // File order deliberately scrambled: the phase decides, not the position.
-    let plan = plan(
+    let mut plan = plan(
         dir,
         vec![
             hook("post-restore", Phase::PostRestore, false),
@@ -170,11 +192,14 @@ async fn run_with(
             hook("pre-backup", Phase::PreBackup, false),
         ],
     );
+    // Clusters (that the test's runtime stands in for): final runs quiesce.
+    plan.clusters = Some(crate::Clusters::default());
     let observer = Arc::new(Silent::default());
     let runtime = Runtime {
         hooks,
         volumes: &WrittenLocations,
         images: &NoImages,
+        workloads: hooks,
         observer: observer.clone(),
         log,
         identity: None,
@@ -185,7 +210,8 @@ async fn run_with(
 }
 
 /// A final run that failed at `PreRestore` is resumed by the next: its `PreBackup` and
-/// `PostBackup` hooks do not run again, the copy does, and the record ends finished. A final
+/// `PostBackup` hooks do not run again, nor does the quiesce, the copy does, and the record ends
+/// finished. A final
 /// run after that one starts from the beginning.
 #[tokio::test]
 async fn a_final_run_that_failed_is_resumed_where_it_stopped() {
@@ -201,6 +227,7 @@ async fn a_final_run_that_failed_is_resumed_where_it_stopped() {
         outcomes,
         [
             (Step::PreBackup, StepOutcome::Succeeded),
+            (Step::Quiesce, StepOutcome::Succeeded),
             (Step::Transfers, StepOutcome::Succeeded),
             (Step::PostBackup, StepOutcome::Succeeded),
             (Step::PreRestore, StepOutcome::Failed),
@@ -217,6 +244,7 @@ async fn a_final_run_that_failed_is_resumed_where_it_stopped() {
         seen,
         [
             (Step::PreBackup, StepOutcome::DoneBefore),
+            (Step::Quiesce, StepOutcome::DoneBefore),
             (Step::PostBackup, StepOutcome::DoneBefore),
             (Step::Transfers, StepOutcome::Succeeded),
             (Step::PreRestore, StepOutcome::Succeeded),
@@ -228,7 +256,7 @@ async fn a_final_run_that_failed_is_resumed_where_it_stopped() {
 
     let again = Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default(), failing: Vec::new() };
     run_with(dir.path(), (false, false), &again, &log).await.unwrap();
-    assert_eq!(again.log.lock().unwrap().len(), 4, "a finished final run is not resumed");
+    assert_eq!(again.log.lock().unwrap().len(), 5, "a finished final run is not resumed");
 }
 
 /// `--restart`: a final run that stopped before its end is not resumed; every hook runs again.
@@ -241,7 +269,7 @@ async fn a_restarted_final_run_starts_from_the_beginning() {
     run_with(dir.path(), (false, false), &failing, &log).await.unwrap_err();
     let restarted = Recorder { target_file, log: Mutex::default(), failing: Vec::new() };
     let seen = run_with(dir.path(), (false, true), &restarted, &log).await.unwrap();
-    assert_eq!(restarted.log.lock().unwrap().len(), 4, "every hook runs again");
+    assert_eq!(restarted.log.lock().unwrap().len(), 5, "every hook runs again, and the quiesce");
     assert!(seen.iter().all(|record| record.outcome == StepOutcome::Succeeded), "{seen:?}");
 }
 
@@ -249,12 +277,18 @@ async fn a_restarted_final_run_starts_from_the_beginning() {
 async fn a_final_run_follows_mtcs_final_itinerary() {
     assert_eq!(
         run_plan(false).await,
-        ["pre-backup copied=false", "post-backup copied=true", "pre-restore copied=true", "post-restore copied=true"]
+        [
+            "pre-backup copied=false",
+            "quiesce copied=false",
+            "post-backup copied=true",
+            "pre-restore copied=true",
+            "post-restore copied=true"
+        ]
     );
 }
 
 #[tokio::test]
-async fn a_stage_run_runs_only_hooks_marked_for_it() {
+async fn a_stage_run_runs_only_hooks_marked_for_it_and_quiesces_nothing() {
     assert_eq!(run_plan(true).await, ["post-backup copied=true"]);
 }
 

@@ -11,11 +11,10 @@
 //! * services: the `LoadBalancer` address is the IP of the one Running pod the selector matches
 //!   (no kube-proxy and no cloud load balancer: a simulation shortcut so the address reaches the
 //!   pod directly; no Endpoints or `EndpointSlices` are made);
-//! * daemon sets: one pod per node that matches the template's `nodeSelector`, pinned by the
-//!   required node affinity `matchFields metadata.name` as the real controller does, recreated
-//!   when deleted (a finished pod is not replaced; no rolling updates, no tolerations);
+//! * deployments, replica sets, stateful sets and daemon sets: in `workloads`;
 //! * jobs: one pod at a time (`parallelism` and `completions` above 1 are not simulated), retried
-//!   up to `backoffLimit`, `activeDeadlineSeconds`, Complete and Failed conditions;
+//!   up to `backoffLimit`, `activeDeadlineSeconds`, Complete and Failed conditions; with
+//!   `parallelism: 0` its running pods are deleted and none is started (as the real controller);
 //! * the scheduler and the volume binder (`scheduler`) and the kubelet (`kubelet`).
 
 use std::collections::BTreeSet;
@@ -51,7 +50,7 @@ pub fn run(shared: &Arc<Shared>) {
         kubelet.sync(shared);
         services(shared);
         jobs(shared);
-        daemon_sets(shared);
+        super::workloads::run(shared);
         std::thread::sleep(ROUND);
     }
     kubelet.stop_all();
@@ -250,6 +249,14 @@ fn jobs(shared: &Shared) {
                 .iter()
                 .filter(|p| !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
                 .collect();
+            if job["spec"]["parallelism"] == 0 {
+                for pod in &active {
+                    delete_in(store, pod_type, &namespace, name_of(pod), None);
+                }
+                job["status"]["active"] = json!(0);
+                store.put_if_changed(job_type, job);
+                continue;
+            }
             let status = &mut job["status"];
             if status.get("startTime").is_none() {
                 status["startTime"] = json!(store::now());
@@ -298,7 +305,7 @@ fn jobs(shared: &Shared) {
 
 /// A pod from a controller's template: named `<owner>-<5 characters>`, with the owner's
 /// reference and `labels` added.
-fn pod_from_template(owner: &Value, labels: &[(&str, &str)]) -> Value {
+pub(super) fn pod_from_template(owner: &Value, labels: &[(&str, &str)]) -> Value {
     let name = format!("{}-{}", name_of(owner), &super::verbs::generate_name("")[..5]);
     let mut pod = owner["spec"]["template"].clone();
     for (key, value) in labels {
@@ -309,54 +316,4 @@ fn pod_from_template(owner: &Value, labels: &[(&str, &str)]) -> Value {
     pod["metadata"]["ownerReferences"] = json!([{"apiVersion": owner["apiVersion"], "kind": owner["kind"],
         "name": name_of(owner), "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
     pod
-}
-
-fn daemon_sets(shared: &Shared) {
-    shared.write(|store| {
-        let set_type = resources::by_kind("DaemonSet");
-        let pod_type = resources::by_kind("Pod");
-        let nodes: Vec<Value> = store.list(resources::by_kind("Node"), None).into_iter().cloned().collect();
-        let sets: Vec<Value> = store.list(set_type, None).into_iter().cloned().collect();
-        for mut set in sets {
-            if set["metadata"].get("deletionTimestamp").is_some() {
-                continue;
-            }
-            let uid = set["metadata"]["uid"].clone();
-            let namespace = namespace_of(&set).to_owned();
-            let owned: Vec<Value> = store
-                .list(pod_type, Some(&namespace))
-                .into_iter()
-                .filter(|p| p["metadata"]["ownerReferences"].as_array().is_some_and(|o| o.iter().any(|o| o["uid"] == uid)))
-                .cloned()
-                .collect();
-            let selector = set["spec"]["template"]["spec"]["nodeSelector"].as_object().cloned().unwrap_or_default();
-            let wanted: Vec<&Value> = nodes
-                .iter()
-                .filter(|n| selector.iter().all(|(k, v)| n["metadata"]["labels"][k] == *v))
-                .collect();
-            let mut ready = 0;
-            for node in &wanted {
-                let node_name = name_of(node);
-                let on_node = owned.iter().find(|p| {
-                    p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-                        ["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
-                        == node_name
-                });
-                if let Some(pod) = on_node {
-                    ready += usize::from(pod["status"]["phase"] == "Running");
-                } else {
-                    let mut pod = pod_from_template(&set, &[("controller-revision-hash", "1")]);
-                    pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] =
-                        json!({"nodeSelectorTerms": [{"matchFields": [
-                            {"key": "metadata.name", "operator": "In", "values": [node_name]}]}]});
-                    create_in(store, pod_type, pod);
-                }
-            }
-            let scheduled = owned.len().min(wanted.len());
-            set["status"] = json!({"desiredNumberScheduled": wanted.len(), "currentNumberScheduled": scheduled,
-                "numberMisscheduled": 0, "numberReady": ready, "numberAvailable": ready, "updatedNumberScheduled": scheduled,
-                "observedGeneration": set["metadata"]["generation"]});
-            store.put_if_changed(set_type, set);
-        }
-    });
 }

@@ -109,6 +109,15 @@ pub fn apply(resource: &ResourceType, object: &mut Value, store: &Store) {
             set_default(&mut object["spec"], "persistentVolumeReclaimPolicy", json!("Retain"));
             object["status"] = json!({"phase": "Pending"});
         }
+        "Deployment" | "StatefulSet" | "ReplicaSet" => set_default(&mut object["spec"], "replicas", json!(1)),
+        "CronJob" => {
+            let spec = &mut object["spec"];
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "concurrencyPolicy", json!("Allow"));
+            set_default(spec, "successfulJobsHistoryLimit", json!(3));
+            set_default(spec, "failedJobsHistoryLimit", json!(1));
+            object["status"] = json!({});
+        }
         "Job" => {
             let spec = &mut object["spec"];
             set_default(spec, "backoffLimit", json!(6));

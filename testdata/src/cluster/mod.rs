@@ -59,6 +59,9 @@ mod strict;
 mod tests;
 mod verbs;
 mod watch;
+mod workloads;
+#[cfg(test)]
+mod workloads_tests;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
