@@ -186,7 +186,8 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
     let output = run(&coordinator, &["plan", "run", "--final", &fixed, "--report", resumed_report.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output));
     assert!(
-        text(&output).contains("resuming the final run started") && text(&output).contains("PreBackup done then"),
+        text(&output).contains("resuming the final run started")
+            && text(&output).contains("PreBackup, Quiesce done then, not run again"),
         "{}",
         text(&output)
     );
@@ -200,7 +201,15 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
         .iter()
         .map(|step| (step["step"].as_str().unwrap(), step["outcome"].as_str().unwrap()))
         .collect();
-    assert_eq!(steps, [("PreBackup", "done-before"), ("Transfers", "succeeded"), ("PostBackup", "succeeded")]);
+    assert_eq!(
+        steps,
+        [
+            ("PreBackup", "done-before"),
+            ("Quiesce", "done-before"),
+            ("Transfers", "succeeded"),
+            ("PostBackup", "succeeded")
+        ]
+    );
     // A finished final run is not resumed: the next one starts from the beginning.
     let output = run(&coordinator, &["plan", "run", "--final", &fixed]);
     assert!(output.status.success() && text(&output).contains("first | first-ran"), "{}", text(&output));
