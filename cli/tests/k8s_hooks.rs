@@ -155,6 +155,42 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
     // The Job, its pod and its ConfigMap are gone, and so is everything else of the run.
     assert_eq!(nothing_left(), Vec::<String>::new());
 
+    // The seed's playbooks run unchanged as Jobs: environment.yml in the target cluster
+    // (PostRestore) prints the plan's namespaces and name; fail.yml stops the plan at its phase
+    // with its log lines.
+    let seed = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hooks").join(name);
+        write(dir, name, &std::fs::read_to_string(path).unwrap());
+    };
+    seed("environment.yml");
+    seed("fail.yml");
+    let seed_hook = |name: &str, phase: &str, playbook: &str| {
+        format!("  - name: {name}\n    phase: {phase}\n    playbook: {playbook}\n    image: {TOOLS_REPOSITORY}:1\n")
+    };
+    let seeded =
+        write(dir, "seed.yaml", &plan("hooks-migration", &seed_hook("environment", "PostRestore", "environment.yml")));
+    let output = run(&coordinator, &["plan", "run", "--final", &seeded]);
+    assert!(output.status.success(), "{}", text(&output));
+    for shown in
+        ["hook `environment` (PostRestore, target side) started", r#""msg": "shop-db""#, r#""msg": "hooks-migration""#]
+    {
+        assert!(text(&output).contains(shown), "no `{shown}` in {}", text(&output));
+    }
+    let failing =
+        write(dir, "seed-fail.yaml", &plan("hooks-migration", &seed_hook("seed-fail", "PreBackup", "fail.yml")));
+    let output = run(&coordinator, &["plan", "run", "--final", &failing]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("hook `seed-fail` (PreBackup phase, source side) failed"), "{}", text(&output));
+    assert!(
+        quoted_tail(&stderr, "lines of output:").iter().any(|line| line.contains("Cause a failure")),
+        "{}",
+        text(&output)
+    );
+    let cleanup = run(&coordinator, &["k8s", "cleanup", "--plan", &failing]);
+    assert!(cleanup.status.success(), "{}", text(&cleanup));
+    assert_eq!(nothing_left(), Vec::<String>::new());
+
     // A final run that fails at PostBackup is resumed by the next run of the plan: PreBackup's
     // hook does not run again, the copies do, the fixed hook runs, and the report says so.
     let resumed = |gate: &str| {
