@@ -83,8 +83,16 @@ impl ClusterRunLog {
             data: Some(data),
             ..ConfigMap::default()
         };
-        api.create(&PostParams::default(), &map).await.map_err(KubeError::api(&context, doing))?;
-        Ok(())
+        match api.create(&PostParams::default(), &map).await {
+            Ok(_) => Ok(()),
+            // The namespace itself is missing: say what makes it, not only the 404.
+            Err(kube::Error::Api(status)) if status.code == 404 => Err(anyhow::anyhow!(
+                "the namespace `{}` does not exist in context `{context}`; mover's install makes it \
+                 (`mover k8s manifests | kubectl apply -f -`), or name another with the agents namespace option",
+                self.namespace
+            )),
+            Err(error) => Err(KubeError::api(&context, doing)(error).into()),
+        }
     }
 
     /// Forgets plan `plan`'s record (a rollback's last step): the next final run starts from

@@ -61,23 +61,24 @@ pub async fn execute(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::Re
     }
     let mut record = start_record(plan, run, runtime).await?;
     let mut quiesced = Vec::new();
+    let mut keeping = true;
     for step in Step::ALL {
         if record.is_done(step) || !applies(plan, step, run) {
             continue;
         }
         record.begin(step);
-        keep_record(plan, run, runtime, &record).await;
+        keep_record(plan, run, runtime, (&record, &mut keeping)).await;
         let result = match step {
             Step::Quiesce => quiesce(plan, runtime).await.map(|stopped| quiesced = stopped),
             step => run_step(plan, step, run, runtime).await,
         };
         let entry = record.end(step, result.is_ok());
-        keep_record(plan, run, runtime, &record).await;
+        keep_record(plan, run, runtime, (&record, &mut keeping)).await;
         observer.step_finished(&entry);
         result?;
     }
     record.finished = true;
-    keep_record(plan, run, runtime, &record).await;
+    keep_record(plan, run, runtime, (&record, &mut keeping)).await;
     if !quiesced.is_empty() {
         observer.notice(&format!(
             "the source stays quiesced: {} workload(s) stopped before the final copy keep their recorded values for a rollback",
@@ -113,15 +114,16 @@ async fn start_record(plan: &Plan, run: Run, runtime: &Runtime<'_>) -> anyhow::R
     Ok(record)
 }
 
-/// Keeps a final run's record for the next run. A record that cannot be kept costs a resume
-/// its shortcut, not the run: the user is told.
-async fn keep_record(plan: &Plan, run: Run, runtime: &Runtime<'_>, record: &RunRecord) {
-    if run.stage {
+/// Keeps a final run's record for the next run, while `keeping`. A record that cannot be kept
+/// costs a resume its shortcut, not the run: the user is told once, and the run stops trying.
+async fn keep_record(plan: &Plan, run: Run, runtime: &Runtime<'_>, (record, keeping): (&RunRecord, &mut bool)) {
+    if run.stage || !*keeping {
         return;
     }
     if let Err(error) = runtime.log.save(plan, record).await {
+        *keeping = false;
         runtime.observer.notice(&format!(
-            "warning: cannot keep what this final run did ({error:#}); a rerun after a failure starts from the beginning"
+            "warning: cannot keep what this final run did ({error}); a rerun after a failure starts from the beginning"
         ));
     }
 }

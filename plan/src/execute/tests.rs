@@ -77,6 +77,19 @@ impl ImageTransfers for NoImages {
     }
 }
 
+/// Cannot keep anything (a cluster without mover's namespace).
+struct Unkept;
+
+impl RunLog for Unkept {
+    fn load<'a>(&'a self, _: &'a Plan) -> BoxFuture<'a, anyhow::Result<Option<RunRecord>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn save<'a>(&'a self, _: &'a Plan, _: &'a RunRecord) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async { Err(anyhow::anyhow!("no namespace for it")) })
+    }
+}
+
 /// Keeps the last record in memory, as a cluster keeps it in a `ConfigMap`.
 #[derive(Default)]
 struct Kept(Mutex<Option<RunRecord>>);
@@ -93,12 +106,14 @@ impl RunLog for Kept {
     }
 }
 
-/// Sees nothing but the steps.
+/// Sees nothing but the steps and the notices.
 #[derive(Default)]
-struct Silent(Mutex<Vec<StepRecord>>);
+struct Silent(Mutex<Vec<StepRecord>>, Mutex<Vec<String>>);
 
 impl Observer for Silent {
-    fn notice(&self, _: &str) {}
+    fn notice(&self, text: &str) {
+        self.1.lock().unwrap().push(text.to_owned());
+    }
     fn hook_started(&self, _: &Hook) {}
     fn hook_line(&self, _: &Hook, _: &str) {}
     fn hook_finished(&self, _: &Hook, _: &Result<HookOutcome, HookError>, _: Duration) {}
@@ -170,13 +185,13 @@ async fn run_plan(stage: bool) -> Vec<String> {
     recorder.log.into_inner().unwrap()
 }
 
-/// Runs the test plan in `dir` (made on the first call); the steps the observer saw.
+/// Runs the test plan in `dir` (made on the first call); the steps and notices the observer saw.
 async fn run_with(
     dir: &Path,
     (stage, restart): (bool, bool),
     hooks: &Recorder,
     log: &dyn RunLog,
-) -> anyhow::Result<Vec<StepRecord>> {
+) -> anyhow::Result<(Vec<StepRecord>, Vec<String>)> {
     if !dir.join("src").exists() {
         std::fs::create_dir(dir.join("src")).unwrap();
         std::fs::create_dir(dir.join("dst")).unwrap();
@@ -206,7 +221,21 @@ async fn run_with(
         proxy: None,
     };
     execute(&plan, Run { stage, dry_run: false, restart }, &runtime).await?;
-    Ok(std::mem::take(&mut *observer.0.lock().unwrap()))
+    let steps = std::mem::take(&mut *observer.0.lock().unwrap());
+    Ok((steps, std::mem::take(&mut *observer.1.lock().unwrap())))
+}
+
+/// A record that cannot be kept costs the resume, not the run; the user is told once.
+#[tokio::test]
+async fn a_record_that_cannot_be_kept_is_one_warning_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default(), failing: Vec::new() };
+    let (seen, notices) = run_with(dir.path(), (false, false), &hooks, &Unkept).await.unwrap();
+    let warnings: Vec<_> = notices.iter().filter(|notice| notice.starts_with("warning: cannot keep")).collect();
+    assert_eq!(warnings.len(), 1, "{notices:?}");
+    assert!(warnings[0].contains("no namespace for it"), "{warnings:?}");
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_eq!(hooks.log.lock().unwrap().len(), 5);
 }
 
 /// A final run that failed at `PreRestore` is resumed by the next: its `PreBackup` and
@@ -237,7 +266,7 @@ async fn a_final_run_that_failed_is_resumed_where_it_stopped() {
 
     std::fs::remove_file(dir.path().join("dst/file")).unwrap();
     let fixed = Recorder { target_file: dir.path().join("dst/file"), log: Mutex::default(), failing: Vec::new() };
-    let seen = run_with(dir.path(), (false, false), &fixed, &log).await.unwrap();
+    let (seen, _) = run_with(dir.path(), (false, false), &fixed, &log).await.unwrap();
     assert_eq!(fixed.log.lock().unwrap().clone(), ["pre-restore copied=true", "post-restore copied=true"]);
     let seen: Vec<_> = seen.iter().map(|record| (record.step, record.outcome)).collect();
     assert_eq!(
@@ -268,7 +297,7 @@ async fn a_restarted_final_run_starts_from_the_beginning() {
     let failing = Recorder { target_file: target_file.clone(), log: Mutex::default(), failing: vec!["post-restore"] };
     run_with(dir.path(), (false, false), &failing, &log).await.unwrap_err();
     let restarted = Recorder { target_file, log: Mutex::default(), failing: Vec::new() };
-    let seen = run_with(dir.path(), (false, true), &restarted, &log).await.unwrap();
+    let (seen, _) = run_with(dir.path(), (false, true), &restarted, &log).await.unwrap();
     assert_eq!(restarted.log.lock().unwrap().len(), 5, "every hook runs again, and the quiesce");
     assert!(seen.iter().all(|record| record.outcome == StepOutcome::Succeeded), "{seen:?}");
 }
