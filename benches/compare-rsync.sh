@@ -850,18 +850,7 @@ SMALL=$WORK/smallfiles-$SMALL_FILES/src
 if has_case s && [ ! -f "$SMALL.done" ]; then
   say "generating $SMALL"
   rm -rf "$SMALL"
-  python3 - "$SMALL" "$SMALL_FILES" <<'PY'
-import os, random, sys
-root, count = sys.argv[1], int(sys.argv[2])
-rng = random.Random(23)
-os.makedirs(root)
-for i in range(count):
-    folder = os.path.join(root, f"d{i // 100:05d}")
-    if i % 100 == 0:
-        os.mkdir(folder)
-    with open(os.path.join(folder, f"f{i % 100:02d}"), "wb") as f:
-        f.write(rng.randbytes(rng.randint(1024, 8192)))
-PY
+  python3 "$REPO/benches/small-files.py" "$SMALL" "$SMALL_FILES"
   touch "$SMALL.done"
 fi
 has_case s && SMALL_DESC=$(tree_desc "$SMALL")

@@ -9,18 +9,7 @@ W=${W:-/var/tmp/mover-small-ab}; BASE=${BASE:?BASE=DIR of the base build}; NEW=$
 mkdir -p "$W"; SRC=$W/src-$N; DST=$W/dst; C=$W/certs
 if [ ! -f "$SRC.done" ]; then
   rm -rf "$SRC"
-  python3 - "$SRC" "$N" <<'PY'
-import os, random, sys
-root, count = sys.argv[1], int(sys.argv[2])
-rng = random.Random(23)
-os.makedirs(root)
-for i in range(count):
-    folder = os.path.join(root, f"d{i // 100:05d}")
-    if i % 100 == 0:
-        os.mkdir(folder)
-    with open(os.path.join(folder, f"f{i % 100:02d}"), "wb") as f:
-        f.write(rng.randbytes(rng.randint(1024, 8192)))
-PY
+  python3 "$(dirname "$0")/small-files.py" "$SRC" "$N"
   touch "$SRC.done"
 fi
 mkdir -p "$DST"; mountpoint -q "$DST" || mount -t tmpfs -o size=2G tmpfs "$DST"
