@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use mover_plan::{Plan, RunLog, RunRecord};
 
-use crate::context::{Access, connect};
+use crate::context::{Access, Cluster, connect};
 use crate::error::KubeError;
 use crate::objects::labels::{MANAGED_BY, PLAN_ANNOTATION, dns_name};
 
@@ -26,13 +26,15 @@ pub struct ClusterRunLog {
     context: Option<String>,
     /// The agents namespace there.
     namespace: String,
+    /// The source cluster's client, made on first use (a run keeps its record at every step).
+    cluster: tokio::sync::OnceCell<Cluster>,
 }
 
 impl ClusterRunLog {
     /// Records in namespace `namespace` of the cluster of `context`.
     #[must_use]
     pub fn new(access: Access, context: Option<String>, namespace: String) -> Self {
-        ClusterRunLog { access, context, namespace }
+        ClusterRunLog { access, context, namespace, cluster: tokio::sync::OnceCell::new() }
     }
 
     /// The `ConfigMap`'s name for plan `plan`.
@@ -42,7 +44,7 @@ impl ClusterRunLog {
     }
 
     async fn api(&self) -> Result<(Api<ConfigMap>, String), KubeError> {
-        let cluster = connect(&self.access, self.context.as_deref()).await?;
+        let cluster = self.cluster.get_or_try_init(|| connect(&self.access, self.context.as_deref())).await?.clone();
         Ok((Api::namespaced(cluster.client, &self.namespace), cluster.context))
     }
 
