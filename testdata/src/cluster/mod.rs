@@ -25,6 +25,11 @@
 //! * faults ([`SimCluster::faults`]): 403 for a (user, verb, resource), watches dropped after N
 //!   events, a delay on every answer.
 //!
+//! An `OpenShift`-flavoured cluster ([`Flavor::OpenShift`], [`SimCluster::start_flavored`]) also
+//! serves route.openshift.io/v1 routes, image.openshift.io/v1 imagestreams and
+//! apps.openshift.io/v1 deploymentconfigs (types in `openshift.rs`), and lists their groups in
+//! discovery; a Kubernetes one answers 404 for them, as a real cluster without those APIs does.
+//!
 //! What it does not do: authorization (every authenticated user may do everything unless a fault
 //! forbids it; RBAC objects are stored, not enforced), admission (Pod Security, quotas), API
 //! discovery beyond the groups above, server-side apply, pagination (`limit` is ignored: every
@@ -46,6 +51,9 @@ mod kubeconfig;
 mod kubelet;
 #[cfg(test)]
 mod kubelet_tests;
+mod openshift;
+#[cfg(test)]
+mod openshift_tests;
 mod pair;
 mod projection;
 mod resources;
@@ -86,9 +94,22 @@ use store::Store;
 /// The nodes every cluster starts with.
 pub const NODES: [&str; 2] = ["node-a", "node-b"];
 
+/// Which API a cluster serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// Kubernetes: the resources above.
+    #[default]
+    Kubernetes,
+    /// `OpenShift`: also `route.openshift.io` Routes, `image.openshift.io` `ImageStreams` and
+    /// `apps.openshift.io` `DeploymentConfigs` (stored and served; no router, no image import and
+    /// no `DeploymentConfig` controller run).
+    OpenShift,
+}
+
 /// The state the server and the controllers share.
 pub(crate) struct Shared {
     name: String,
+    flavor: Flavor,
     dir: PathBuf,
     store: Mutex<Store>,
     changed: tokio::sync::watch::Sender<u64>,
@@ -145,6 +166,11 @@ impl SimCluster {
     /// `standard` (default, `WaitForFirstConsumer`) and `fast` (`Immediate`), namespaces
     /// `default` and `kube-system`, and the controllers. `pods` runs the pods' containers.
     pub fn start(name: &str, dir: &Path, pods: Arc<dyn Pods>) -> io::Result<SimCluster> {
+        SimCluster::start_flavored(name, dir, pods, Flavor::Kubernetes)
+    }
+
+    /// As [`SimCluster::start`], serving the API of `flavor`.
+    pub fn start_flavored(name: &str, dir: &Path, pods: Arc<dyn Pods>, flavor: Flavor) -> io::Result<SimCluster> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
         let (ca_pem, cert_pem, key_pem) = crate::registry::make_certificates()?;
@@ -164,6 +190,7 @@ impl SimCluster {
         let (changed, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             name: name.to_owned(),
+            flavor,
             audit: audit::Audit::open(&dir.join("audit.jsonl"))?,
             dir,
             store: Mutex::new(Store::default()),

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{SimCluster, write_kubeconfig};
+use super::{Flavor, SimCluster, write_kubeconfig};
 use crate::podrunner::{Image, PodRunner};
 
 /// The repository of mover's agent image (`mover_kube::objects::DEFAULT_IMAGE` without its tag):
@@ -32,13 +32,18 @@ impl ClusterPair {
     /// addresses in `10.245.<subnets.0>.0/24` and `10.245.<subnets.1>.0/24`: tests running at
     /// once must use subnets of their own. `agent` is the `mover-agent` binary pods run.
     pub fn start(dir: &Path, agent: &Path, subnets: (u8, u8)) -> io::Result<ClusterPair> {
+        ClusterPair::start_flavored(dir, agent, subnets, Flavor::Kubernetes)
+    }
+
+    /// As [`ClusterPair::start`], both clusters serving the API of `flavor`.
+    pub fn start_flavored(dir: &Path, agent: &Path, subnets: (u8, u8), flavor: Flavor) -> io::Result<ClusterPair> {
         let images = BTreeMap::from([
             (AGENT_REPOSITORY.to_owned(), Image::program(agent)),
             (TOOLS_REPOSITORY.to_owned(), Image::host_tools()),
         ]);
         let runner = |subnet| Arc::new(PodRunner::new(subnet, images.clone()));
-        let source = SimCluster::start("source", &dir.join("source"), runner(subnets.0))?;
-        let target = SimCluster::start("target", &dir.join("target"), runner(subnets.1))?;
+        let source = SimCluster::start_flavored("source", &dir.join("source"), runner(subnets.0), flavor)?;
+        let target = SimCluster::start_flavored("target", &dir.join("target"), runner(subnets.1), flavor)?;
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &[&source, &target])?;
         Ok(ClusterPair { source, target, kubeconfig })

@@ -1,5 +1,6 @@
 //! The table of resources the simulated server serves: one row per (group, version, resource,
-//! kind, scope), each with the k8s-openapi type its bodies are decoded into. Every verb is generic
+//! kind, scope), each with the k8s-openapi type its bodies are decoded into (or the `OpenShift`
+//! type of `openshift.rs`, served only by an `OpenShift`-flavoured cluster). Every verb is generic
 //! over this table; nothing is written per kind except defaulting (`store::default_object`) and the
 //! controllers.
 
@@ -7,6 +8,9 @@ use k8s_openapi::api::{apps, batch, core, rbac, storage};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use super::Flavor;
+use super::openshift;
 
 /// One resource type.
 #[derive(Debug)]
@@ -27,6 +31,8 @@ pub struct ResourceType {
     /// Decodes a body into the k8s-openapi type and encodes it back (what survives is what the
     /// type knows).
     pub roundtrip: fn(&Value) -> Result<Value, serde_json::Error>,
+    /// Served only by `OpenShift`-flavoured clusters.
+    pub openshift: bool,
 }
 
 impl ResourceType {
@@ -56,7 +62,11 @@ macro_rules! row {
             namespaced: $namespaced,
             has_status: $status,
             roundtrip: roundtrip::<$ty>,
+            openshift: false,
         }
+    };
+    (openshift $group:literal, $version:literal, $plural:literal, $kind:literal, $status:literal, $ty:ty) => {
+        ResourceType { openshift: true, ..row!($group, $version, $plural, $kind, true, $status, $ty) }
     };
 }
 
@@ -92,11 +102,19 @@ pub static RESOURCES: &[ResourceType] = &[
         false,
         rbac::v1::ClusterRoleBinding
     ),
+    row!(openshift "route.openshift.io", "v1", "routes", "Route", true, openshift::Route),
+    row!(openshift "image.openshift.io", "v1", "imagestreams", "ImageStream", true, openshift::ImageStream),
+    row!(openshift "apps.openshift.io", "v1", "deploymentconfigs", "DeploymentConfig", true, openshift::DeploymentConfig),
 ];
 
-/// The row for `group`/`version`/`plural`.
-pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+/// The rows a cluster of `flavor` serves.
+pub fn served(flavor: Flavor) -> impl Iterator<Item = &'static ResourceType> {
+    RESOURCES.iter().filter(move |r| !r.openshift || flavor == Flavor::OpenShift)
+}
+
+/// The row for `group`/`version`/`plural`, if a cluster of `flavor` serves it.
+pub fn find(flavor: Flavor, group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+    served(flavor).find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// The row for a kind (kinds are unique across the table).
@@ -104,10 +122,10 @@ pub fn by_kind(kind: &str) -> &'static ResourceType {
     RESOURCES.iter().find(|r| r.kind == kind).unwrap_or_else(|| panic!("{kind} is not in the resource table"))
 }
 
-/// The groups served, with their versions, for discovery.
-pub fn groups() -> Vec<(&'static str, &'static str)> {
+/// The groups a cluster of `flavor` serves, with their versions, for discovery.
+pub fn groups(flavor: Flavor) -> Vec<(&'static str, &'static str)> {
     let mut groups: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for r in served(flavor).filter(|r| !r.group.is_empty()) {
         if !groups.contains(&(r.group, r.version)) {
             groups.push((r.group, r.version));
         }

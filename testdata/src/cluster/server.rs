@@ -14,9 +14,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
 use super::audit::Request;
-use super::resources::{self, RESOURCES, ResourceType};
+use super::resources::{self, ResourceType};
 use super::status::ApiError;
-use super::{Shared, verbs, watch};
+use super::{Flavor, Shared, verbs, watch};
 
 pub use super::http1::Body;
 
@@ -145,7 +145,7 @@ fn parse_query(query: Option<&str>) -> Query {
         .collect()
 }
 
-fn route(path: &str) -> Option<Route> {
+fn route(flavor: Flavor, path: &str) -> Option<Route> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest): (&str, &str, &[&str]) = match parts.as_slice() {
         ["version"] => return Some(Route::Version),
@@ -156,7 +156,7 @@ fn route(path: &str) -> Option<Route> {
         _ => return None,
     };
     if rest.is_empty() {
-        let row = RESOURCES.iter().find(|r| r.group == group && r.version == version)?;
+        let row = resources::served(flavor).find(|r| r.group == group && r.version == version)?;
         return Some(Route::Resources(row.group, row.version));
     }
     let target = |resource: &'static ResourceType, namespace: &str, tail: &[&str]| {
@@ -182,11 +182,11 @@ fn route(path: &str) -> Option<Route> {
         })
     };
     if let ["namespaces", namespace, plural, tail @ ..] = rest
-        && let Some(resource) = resources::find(group, version, plural).filter(|r| r.namespaced)
+        && let Some(resource) = resources::find(flavor, group, version, plural).filter(|r| r.namespaced)
     {
         return target(resource, namespace, tail);
     }
-    let resource = resources::find(group, version, rest[0])?;
+    let resource = resources::find(flavor, group, version, rest[0])?;
     if resource.namespaced && rest.len() > 1 {
         return None;
     }
@@ -208,7 +208,7 @@ fn rbac_verb(method: &Method, target: &Target, query: &Query) -> &'static str {
     }
 }
 
-fn discovery(route: &Route) -> Value {
+fn discovery(flavor: Flavor, route: &Route) -> Value {
     match route {
         Route::Version => json!({
             "major": "1", "minor": "33", "gitVersion": "v1.33.0-sim", "gitCommit": "", "gitTreeState": "clean",
@@ -217,13 +217,13 @@ fn discovery(route: &Route) -> Value {
         Route::Api => json!({"kind": "APIVersions", "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
         Route::Apis => {
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": resources::groups().iter().map(|(g, v)| {
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": resources::groups(flavor).iter().map(|(g, v)| {
             let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
         }).collect::<Vec<_>>()})
         }
         Route::Resources(group, version) => {
-            let rows = RESOURCES.iter().filter(|r| r.group == *group && r.version == *version);
+            let rows = resources::served(flavor).filter(|r| r.group == *group && r.version == *version);
             let mut list = Vec::new();
             for r in rows {
                 let verbs = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
@@ -255,7 +255,7 @@ async fn handle(shared: Arc<Shared>, request: http::Request<Bytes>) -> Response<
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|token| shared.user_of(token.trim()));
     let query = parse_query(request.uri().query());
-    let route = route(request.uri().path());
+    let route = route(shared.flavor, request.uri().path());
     let mut record = Request {
         user: user.clone().unwrap_or_else(|| "system:anonymous".to_owned()),
         verb: request.method().as_str().to_lowercase(),
@@ -300,7 +300,7 @@ async fn handle(shared: Arc<Shared>, request: http::Request<Bytes>) -> Response<
                 }
             }
         }
-        (Some(_), Some(route)) => json_response(200, &discovery(&route)),
+        (Some(_), Some(route)) => json_response(200, &discovery(shared.flavor, &route)),
     };
     record.code = response.status().as_u16();
     shared.audit.record(record);
