@@ -13,9 +13,9 @@ fn route_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("route.openshift.io", "v1", "Route"), "routes")
 }
 
-fn route(extra: serde_json::Value) -> DynamicObject {
+fn route(extra: &serde_json::Value) -> DynamicObject {
     let mut spec = json!({"to": {"kind": "Service", "name": "agent"}, "tls": {"termination": "passthrough"}});
-    json_patch::merge(&mut spec, &extra);
+    json_patch::merge(&mut spec, extra);
     serde_json::from_value(json!({
         "apiVersion": "route.openshift.io/v1", "kind": "Route",
         "metadata": {"name": "agent", "namespace": "default"}, "spec": spec,
@@ -38,17 +38,17 @@ async fn openshift_kinds_are_served_strictly_and_discovered_only_by_an_openshift
         (client_as(&openshift, "admin", dir.path()).await, client_as(&kubernetes, "admin", dir.path()).await);
 
     let routes: Api<DynamicObject> = Api::namespaced_with(os_client.clone(), "default", &route_resource());
-    let created = routes.create(&PostParams::default(), &route(json!({"host": "agent.apps.example"}))).await.unwrap();
+    let created = routes.create(&PostParams::default(), &route(&json!({"host": "agent.apps.example"}))).await.unwrap();
     assert_eq!(created.data["spec"]["host"], "agent.apps.example");
     assert_eq!(routes.get("agent").await.unwrap().data["spec"]["tls"]["termination"], "passthrough");
 
-    let refused = routes.create(&PostParams::default(), &route(json!({"tls": {"bogus": true}}))).await.unwrap_err();
+    let refused = routes.create(&PostParams::default(), &route(&json!({"tls": {"bogus": true}}))).await.unwrap_err();
     let kube::Error::Api(status) = refused else { panic!("expected a Status, got {refused:?}") };
     assert_eq!(status.code, 400);
     assert!(status.message.contains("unknown field \"spec.tls.bogus\""), "{}", status.message);
 
     let absent: Api<DynamicObject> = Api::namespaced_with(k8s_client.clone(), "default", &route_resource());
-    let refused = absent.create(&PostParams::default(), &route(json!({}))).await.unwrap_err();
+    let refused = absent.create(&PostParams::default(), &route(&json!({}))).await.unwrap_err();
     assert!(matches!(&refused, kube::Error::Api(status) if status.code == 404), "{refused:?}");
 
     let groups = |client: kube::Client| async move {
