@@ -116,3 +116,72 @@ fn image_sh_refuses_what_it_cannot_build() {
     let output = Command::new(&script).output().unwrap();
     assert_eq!(output.status.code(), Some(64), "{}", text(&output));
 }
+
+/// The simulated kubelet runs the agent image only when the registry a transfer pod names holds
+/// it: the image `scripts/image.sh` built and `mover image copy` pushed moves a claim between the
+/// simulated clusters; a tag that was never pushed leaves the pod in `ErrImagePull`, which mover
+/// reports with the registry's answer.
+#[test]
+fn the_simulated_kubelet_runs_the_pushed_agent_image_and_refuses_a_tag_the_registry_lacks() {
+    use common::k8s;
+    use mover_testdata::cluster::{ClusterPair, Flavor, app};
+    use mover_testdata::podrunner::Image;
+
+    if !is_root() {
+        eprintln!("skipped: the simulated clusters' pods need root (namespaces, mounts)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    build_image(&layout);
+    let registry = Registry::start(RegistryOptions { tls: false, auth: Auth::None }, dir.path())
+        .expect("start docker-registry (apt-get install docker-registry)");
+    let pushed = mover(&[
+        "image",
+        "copy",
+        "--dest-plain-http",
+        &format!("oci:{}:{VERSION}", layout.display()),
+        &format!("docker://{}/mover/mover-agent:{VERSION}", registry.addr),
+    ]);
+    assert!(pushed.status.success(), "{}", text(&pushed));
+
+    let repository = format!("{}/mover/mover-agent", registry.addr);
+    let images = std::collections::BTreeMap::from([(repository.clone(), Image::program(bin("mover-agent")).pulled())]);
+    let pair = ClusterPair::start_with_images(
+        &dir.path().join("clusters"),
+        &bin("mover-agent"),
+        (61, 62),
+        Flavor::Kubernetes,
+        images,
+    )
+    .unwrap();
+    let runtime = k8s::runtime();
+    let deployed = runtime.block_on(app::deploy(&pair, 50)).unwrap();
+
+    let image = format!("{repository}:{VERSION}");
+    let moved = k8s::mover(&pair, &["copy", "k8s://source/shop/data", "k8s://target/shop", "--agent-image", &image]);
+    assert!(moved.status.success(), "{}", text(&moved));
+    let target = runtime.block_on(async {
+        let client = app::client(&pair, "target").await.unwrap();
+        app::volume_dir(&client, pair.target.dir(), "shop", "data").await.unwrap()
+    });
+    k8s::assert_same(&deployed.claims[0].1, &target);
+
+    let never_pushed = format!("{repository}:0.0.0-never-pushed");
+    let refused = k8s::mover(
+        &pair,
+        &[
+            "copy",
+            "k8s://source/shop/data",
+            "k8s://target/shop",
+            "--agent-image",
+            &never_pushed,
+            "--agent-ready-timeout",
+            "5",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let message = text(&refused);
+    assert!(message.contains("ErrImagePull") && message.contains("manifest unknown"), "{message}");
+    assert_eq!(runtime.block_on(k8s::leftovers(&pair)), Vec::<String>::new());
+}

@@ -37,10 +37,22 @@ impl ClusterPair {
 
     /// As [`ClusterPair::start`], both clusters serving the API of `flavor`.
     pub fn start_flavored(dir: &Path, agent: &Path, subnets: (u8, u8), flavor: Flavor) -> io::Result<ClusterPair> {
-        let images = BTreeMap::from([
-            (AGENT_REPOSITORY.to_owned(), Image::program(agent)),
-            (TOOLS_REPOSITORY.to_owned(), Image::host_tools()),
-        ]);
+        ClusterPair::start_with_images(dir, agent, subnets, flavor, BTreeMap::new())
+    }
+
+    /// As [`ClusterPair::start_flavored`], the test registry also holding `images` (by
+    /// repository), e.g. the agent image a test pushed into a real registry
+    /// ([`Image::pulled`]).
+    pub fn start_with_images(
+        dir: &Path,
+        agent: &Path,
+        subnets: (u8, u8),
+        flavor: Flavor,
+        images: BTreeMap<String, Image>,
+    ) -> io::Result<ClusterPair> {
+        let mut images = images;
+        images.insert(AGENT_REPOSITORY.to_owned(), Image::program(agent));
+        images.insert(TOOLS_REPOSITORY.to_owned(), Image::host_tools());
         let runner = |subnet| Arc::new(PodRunner::new(subnet, images.clone()));
         let source = SimCluster::start_flavored("source", &dir.join("source"), runner(subnets.0), flavor)?;
         let target = SimCluster::start_flavored("target", &dir.join("target"), runner(subnets.1), flavor)?;

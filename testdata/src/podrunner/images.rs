@@ -5,7 +5,8 @@
 //! the image's entrypoint and which directories make up its `PATH`. A container's `command` and
 //! `args` are then taken as a container runtime takes them: `command[0]` is looked up by name in
 //! the image (its entrypoint, then its `PATH`); an empty `command` runs the entrypoint with
-//! `args`.
+//! `args`. An image marked [`Image::pulled`] is also checked against the real registry its
+//! repository names before it runs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub struct Image {
     entrypoint: PathBuf,
     path: Vec<PathBuf>,
     env: Vec<(String, String)>,
+    pulled: bool,
 }
 
 impl Image {
@@ -28,7 +30,7 @@ impl Image {
     /// container runs it when its `command` is empty or names it (by file name or full path).
     #[must_use]
     pub fn program(entrypoint: impl Into<PathBuf>) -> Self {
-        Image { entrypoint: entrypoint.into(), path: Vec::new(), env: Vec::new() }
+        Image { entrypoint: entrypoint.into(), path: Vec::new(), env: Vec::new(), pulled: false }
     }
 
     /// A tools image (an "ansible runner", a shell): `entrypoint` runs when `command` is empty,
@@ -36,7 +38,7 @@ impl Image {
     /// `PATH`.
     #[must_use]
     pub fn tools(entrypoint: impl Into<PathBuf>, path: impl IntoIterator<Item = PathBuf>) -> Self {
-        Image { entrypoint: entrypoint.into(), path: path.into_iter().collect(), env: Vec::new() }
+        Image { entrypoint: entrypoint.into(), path: path.into_iter().collect(), env: Vec::new(), pulled: false }
     }
 
     /// A tools image made of this machine's programs, for hook Jobs (an "ansible runner"):
@@ -56,6 +58,15 @@ impl Image {
     #[must_use]
     pub fn with_env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The image's repository names a real registry (plain HTTP on loopback, e.g. a
+    /// `docker-registry` the test pushed the image into): a container of it runs only when that
+    /// registry holds the reference's manifest (see `pull.rs`).
+    #[must_use]
+    pub fn pulled(mut self) -> Self {
+        self.pulled = true;
         self
     }
 
@@ -120,14 +131,18 @@ pub(crate) fn find<'a>(images: &'a BTreeMap<String, Image>, reference: Option<&s
             message: "the container names no image".to_owned(),
         });
     };
-    images.get(repository(reference)).ok_or_else(|| StartError {
+    let image = images.get(repository(reference)).ok_or_else(|| StartError {
         reason: "ErrImagePull".to_owned(),
         message: format!(
             "Failed to pull image \"{reference}\": image \"{}\" not found in the test registry (it holds: {})",
             repository(reference),
             images.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
         ),
-    })
+    })?;
+    if image.pulled {
+        super::pull::check(reference)?;
+    }
+    Ok(image)
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ mod kubelet;
 mod mounts;
 mod netns;
 mod process;
+mod pull;
 #[cfg(test)]
 mod tests;
 
