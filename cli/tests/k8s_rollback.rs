@@ -13,7 +13,7 @@ use kube::Api;
 use mover_kube::objects::Strategy;
 use mover_kube::objects::rbac;
 use mover_testdata::cluster::app::{self, deploy};
-use mover_testdata::cluster::{ClusterPair, write_kubeconfig_entries};
+use mover_testdata::cluster::{ClusterPair, inspect, write_kubeconfig_entries};
 use serde_json::{Value, json};
 
 const PLAN: &str = "apiVersion: mover/v1alpha1
@@ -77,6 +77,20 @@ fn a_rollback_deletes_the_target_namespaces_the_run_created_and_nothing_else() {
         for namespace in ["shop", "shop-db", "shop-cache"] {
             assert!(namespace_lives(&target, namespace).await, "no target namespace {namespace}");
         }
+        // What the demo prints: the namespace mover created, marked; the application untouched.
+        let shown = inspect::workloads(&target, &["shop", "shop-db"]).await.unwrap();
+        for line in [
+            "Namespace shop (created by mover) [mover.io/plan=shop-rollback]",
+            "  PersistentVolumeClaim shop/data: Bound [mover.io/plan=shop-rollback]",
+            "Namespace shop-db",
+            "  PersistentVolumeClaim shop-db/db: Bound",
+        ] {
+            assert!(shown.contains(&line.to_owned()), "no `{line}` in {shown:#?}");
+        }
+        let shown = inspect::workloads(&admin, &["shop"]).await.unwrap();
+        for line in ["  Deployment shop/web: replicas 1", "  CronJob shop/thumbnails: suspend false"] {
+            assert!(shown.contains(&line.to_owned()), "no `{line}` in {shown:#?}");
+        }
     });
     // After the run, the user puts something of theirs in one of the namespaces mover created.
     let settings =
@@ -103,6 +117,12 @@ fn a_rollback_deletes_the_target_namespaces_the_run_created_and_nothing_else() {
     assert!(removed_claim < removed_namespace, "{rolled}");
     runtime.block_on(async {
         assert!(!namespace_lives(&target, "shop").await, "the namespace mover created is still there");
+        let shown = inspect::workloads(&target, &["shop"]).await.unwrap();
+        assert!(
+            shown == ["Namespace shop: none"]
+                || shown[0] == "Namespace shop (created by mover), terminating [mover.io/plan=shop-rollback]",
+            "{shown:#?}"
+        );
         assert!(namespace_lives(&target, "shop-db").await, "the namespace that existed before was deleted");
         assert!(namespace_lives(&target, "shop-cache").await, "the namespace the user put something in was deleted");
         let db = Api::<PersistentVolumeClaim>::namespaced(target.clone(), "shop-db").get_opt("db").await.unwrap();

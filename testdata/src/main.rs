@@ -17,7 +17,8 @@
 //! `cluster down DIR`). Their pods run as processes in namespaces of their own: root only. Pods
 //! of `ghcr.io/mover-dev/mover-agent` run the `mover-agent` beside this program. `--with-app`
 //! deploys a small application into the source cluster (`mover_testdata::cluster::app`: three
-//! claims in namespaces `shop` and `shop-db`, one used by a running pod); `check-app` compares
+//! claims in namespaces `shop` and `shop-db`, one mounted by the Deployment `shop/web`, one by
+//! the CronJob `shop/thumbnails`); `check-app` compares
 //! each of its claims with the claim of the same name in the target cluster. `workloads` prints
 //! the application's namespaces in one cluster (`source` unless `--context` says otherwise), one
 //! line per object: workloads with the field quiesce changes and mover's annotations, pods
