@@ -325,9 +325,9 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
     assert_eq!(nothing_left(), Vec::<String>::new());
 
     // The RBAC audit: every request allowed by the role `mover k8s manifests` prints, and every
-    // hook rule used (NodePort Services, which read a node's address, are not in this test; no
-    // workload mounts the claims here, so nothing is quiesced: `k8s_quiesce.rs` audits those
-    // rules, and a rollback's).
+    // hook rule used (NodePort Services, which read a node's address, are not in this test; the
+    // application's Deployment and CronJob are quiesced, other kinds are not: `k8s_quiesce.rs`
+    // audits those rules, and a rollback's).
     let requests = requests_of(&pair, &user);
     let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
     let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
@@ -340,15 +340,16 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
             "get core/nodes",
             "get core/serviceaccounts",
             "get apps/daemonsets",
-            "patch apps/deployments",
             "patch apps/statefulsets",
             "patch apps/replicasets",
             "patch apps/daemonsets",
-            "patch batch/cronjobs",
             "patch batch/jobs",
             "list apps.openshift.io/deploymentconfigs",
             "patch apps.openshift.io/deploymentconfigs",
-            "delete core/persistentvolumeclaims"
+            "delete core/persistentvolumeclaims",
+            "delete core/namespaces",
+            "list core/configmaps",
+            "list core/serviceaccounts"
         ]
     );
 }

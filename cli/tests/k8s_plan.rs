@@ -96,8 +96,8 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
     // Jobs, which `k8s_hooks.rs` audits; the cleanup lists Jobs; the final run's record
     // ConfigMap is created, read and patched here, and deleted only by a rollback; preflight
     // reads hook service accounts and the node agents' DaemonSet, which `k8s_preflight.rs`
-    // audits; no workload mounts the claims, so nothing is patched by quiesce, and no rollback
-    // runs: `k8s_quiesce.rs` audits those).
+    // audits; quiesce patches only the application's Deployment and CronJob, and no rollback
+    // runs: `k8s_quiesce.rs` and `k8s_rollback.rs` audit those).
     let requests = requests_of(&as_coordinator, &user);
     assert!(requests.len() > 20, "{} requests", requests.len());
     let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
@@ -114,15 +114,16 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
             "delete core/configmaps",
             "get core/serviceaccounts",
             "get apps/daemonsets",
-            "patch apps/deployments",
             "patch apps/statefulsets",
             "patch apps/replicasets",
             "patch apps/daemonsets",
-            "patch batch/cronjobs",
             "patch batch/jobs",
             "list apps.openshift.io/deploymentconfigs",
             "patch apps.openshift.io/deploymentconfigs",
-            "delete core/persistentvolumeclaims"
+            "delete core/persistentvolumeclaims",
+            "delete core/namespaces",
+            "list core/configmaps",
+            "list core/serviceaccounts"
         ]
     );
 }

@@ -31,8 +31,11 @@ clusters:
   exclude: [shop/other]
 ";
 
-/// The workloads of the plan (each mounts `shop/data` or `shop/media`), by kind and name.
-const QUIESCED: [(&str, &str); 7] = [
+/// The workloads of the plan (each mounts `shop/data` or `shop/media`), by kind and name: the
+/// application's own (`app::WEB`, `app::THUMBNAILS`) and this test's.
+const QUIESCED: [(&str, &str); 9] = [
+    ("Deployment", "web"),
+    ("CronJob", "thumbnails"),
     ("Deployment", "api"),
     ("StatefulSet", "cache"),
     ("ReplicaSet", "legacy"),
@@ -52,7 +55,7 @@ fn template(name: &str, node: &str, claim: &str, script: &str, restart: &str) ->
         "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": claim}}]}})
 }
 
-/// The application's workloads, all on `node` (where `shop/web` holds the claims).
+/// More workloads of the application, all on `node` (where `shop/web`'s pod holds the claims).
 fn workloads(node: &str) -> Vec<Value> {
     let meta = |name: &str| json!({"name": name, "namespace": "shop"});
     let selector = |name: &str| json!({"matchLabels": {"app": name}});
@@ -79,6 +82,9 @@ fn workloads(node: &str) -> Vec<Value> {
             "schedule": "0 4 * * *", "jobTemplate": {"spec": job("media")}}}),
         json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta("batch"), "spec": {
             "template": template("batch", node, "media", sleeper, "Never")}}),
+        // A pod no controller runs: quiesce cannot stop it, and says so.
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "solo", "namespace": "shop",
+            "labels": {"app": "solo"}}, "spec": template("solo", node, "media", sleeper, "Always")["spec"]}),
         // Another plan's: it mounts a claim this plan does not migrate.
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("other"), "spec": {"replicas": 1,
             "selector": selector("other"), "template": template("other", node, "other", sleeper, "Always")}}),
@@ -172,11 +178,13 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
     let deployed = runtime.block_on(deploy(&pair, 50)).unwrap();
     let admin = runtime.block_on(app::client(&pair, "source")).unwrap();
     let target = runtime.block_on(app::client(&pair, "target")).unwrap();
-    let web = runtime.block_on(Api::<Pod>::namespaced(admin.clone(), "shop").get("web")).unwrap();
+    let web = runtime.block_on(active_pods(&admin, app::WEB.1));
+    let web = runtime.block_on(Api::<Pod>::namespaced(admin.clone(), "shop").get(&web[0])).unwrap();
     let node = web.spec.unwrap().node_name.unwrap();
     runtime.block_on(app::apply(&admin, &workloads(&node))).unwrap();
     runtime.block_on(async {
-        for (app, count) in [("api", 2), ("cache", 1), ("legacy", 1), ("agent", 1), ("batch", 1), ("other", 1)] {
+        let running = [("api", 2), ("cache", 1), ("legacy", 1), ("agent", 1), ("batch", 1), ("other", 1), ("solo", 1)];
+        for (app, count) in running {
             until(&format!("{count} running pods of {app}"), async || running_count(&admin, app).await == count).await;
         }
     });
@@ -202,6 +210,8 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
     let lines: Vec<&str> = quiesced.as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     assert_eq!(lines.len(), QUIESCED.len(), "{lines:#?}");
     for expected in [
+        "Deployment shop/web (mounts data): replicas 1 -> 0",
+        "CronJob shop/thumbnails (mounts media): suspend false -> true",
         "Deployment shop/api (mounts data): replicas 2 -> 0",
         "StatefulSet shop/cache (mounts media): replicas 1 -> 0",
         "ReplicaSet shop/legacy (mounts media): replicas 1 -> 0",
@@ -211,8 +221,8 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
     ] {
         assert!(lines.contains(&expected), "no `{expected}` in {lines:#?}");
     }
-    assert!(text(&output).contains("pod shop/web (mounts data) has no controller"), "{}", text(&output));
-    assert!(text(&output).contains("the source stays quiesced: 7 workload(s)"), "{}", text(&output));
+    assert!(text(&output).contains("pod shop/solo (mounts media) has no controller"), "{}", text(&output));
+    assert!(text(&output).contains("the source stays quiesced: 9 workload(s)"), "{}", text(&output));
     // The source stays quiesced, each original value recorded.
     runtime.block_on(async {
         let api = get(&admin, "Deployment", "api").await;
@@ -225,9 +235,10 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
         assert_eq!(agent["metadata"]["annotations"]["mover.io/quiesce-original-node-selector"], selector_text.as_str());
         assert_eq!(field("CronJob", &get(&admin, "CronJob", "nightly").await), true);
         assert_eq!(field("Job", &get(&admin, "Job", "batch").await), 0);
-        for app in ["api", "cache", "legacy", "agent", "batch"] {
+        for app in ["web", "api", "cache", "legacy", "agent", "batch"] {
             assert_eq!(active_pods(&admin, app).await, Vec::<String>::new(), "{app}");
         }
+        assert_eq!(running_count(&admin, "solo").await, 1, "a pod no controller runs is not stopped");
         let other = get(&admin, "Deployment", "other").await;
         assert_eq!((field("Deployment", &other), mover_annotations(&other)), (json!(1), Vec::new()));
         assert_eq!(running_count(&admin, "other").await, 1);
@@ -288,7 +299,7 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
         let agent = get(&admin, "DaemonSet", "agent").await;
         assert_eq!(serde_json::to_string(&field("DaemonSet", &agent)).unwrap(), selector_text);
         assert_eq!(field("CronJob", &get(&admin, "CronJob", "report").await), true, "already suspended: stays");
-        for (app, count) in [("api", 3), ("cache", 1), ("legacy", 1), ("agent", 1), ("batch", 1)] {
+        for (app, count) in [("web", 1), ("api", 3), ("cache", 1), ("legacy", 1), ("agent", 1), ("batch", 1)] {
             until(&format!("{count} running pods of {app}"), async || running_count(&admin, app).await == count).await;
         }
         // The target claims mover created are gone; the one the user made stays.

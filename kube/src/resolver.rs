@@ -217,7 +217,7 @@ impl KubeVolumes {
         let mut rules = target_rules(&self.storage_class_map, self.overrides.get(volume));
         rules.labels = self.agents.migration().labels();
         rules.annotations = self.agents.migration().annotations();
-        if target::ensure_namespace(&cluster, &claim.namespace, &self.agents.migration().labels()).await? {
+        if target::ensure_namespace(&cluster, &claim.namespace, self.agents.migration()).await? {
             (self.on_state)(
                 volume,
                 &format!("created namespace `{}` in context `{}`", claim.namespace, cluster.context),

@@ -23,6 +23,7 @@ use kube::api::{ListParams, PostParams};
 use crate::claims::SourceClaim;
 use crate::context::Cluster;
 use crate::error::KubeError;
+use crate::objects::labels::Migration;
 use crate::quantity;
 
 /// The annotation that marks a cluster's default class.
@@ -243,12 +244,9 @@ pub fn target_claim(
 }
 
 /// Creates namespace `namespace` on the target when it is missing (a migration recreates the
-/// application's namespaces, as MTC does); never changes or deletes one. True when created.
-pub async fn ensure_namespace(
-    cluster: &Cluster,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, KubeError> {
+/// application's namespaces, as MTC does), labelled and annotated as `migration`'s (so that a
+/// rollback of its plan knows it made it); never changes one. True when created.
+pub async fn ensure_namespace(cluster: &Cluster, namespace: &str, migration: &Migration) -> Result<bool, KubeError> {
     let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
     let doing = format!("creating namespace `{namespace}`");
     if namespaces.get_opt(namespace).await.map_err(KubeError::api(&cluster.context, &doing))?.is_some() {
@@ -257,7 +255,8 @@ pub async fn ensure_namespace(
     let wanted = Namespace {
         metadata: ObjectMeta {
             name: Some(namespace.to_owned()),
-            labels: Some(labels.clone()),
+            labels: Some(migration.labels()),
+            annotations: Some(migration.annotations()),
             ..ObjectMeta::default()
         },
         ..Namespace::default()

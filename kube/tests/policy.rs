@@ -301,7 +301,9 @@ fn the_audit_checks_requests_against_each_identity() {
     assert!(grants.allows(&ok));
     assert!(grants.allows(&request(&coordinator, "list", "storage.k8s.io", "storageclasses", None, None)));
     for denied in [
-        request(&coordinator, "delete", "", "namespaces", None, Some("app")),
+        request(&coordinator, "update", "", "namespaces", None, Some("app")),
+        request(&coordinator, "patch", "", "namespaces", None, Some("app")),
+        request(&coordinator, "delete", "", "serviceaccounts", Some("app"), Some("default")),
         request(&coordinator, "get", "", "pods/exec", Some("app"), Some("p")),
         request(&coordinator, "create", "apps", "deployments", Some("app"), None),
         request(&coordinator, "delete", "apps", "deployments", Some("app"), Some("web")),

@@ -9,6 +9,7 @@
 //! mover-testdata delay-relay LISTEN UPSTREAM MILLIS
 //! mover-testdata cluster up DIR [--with-app]
 //! mover-testdata cluster check-app DIR
+//! mover-testdata cluster workloads DIR [--context source|target]
 //! mover-testdata cluster down DIR
 //! ```
 //! `cluster up` starts two simulated clusters (`mover_testdata::cluster`), writes
@@ -16,8 +17,12 @@
 //! `cluster down DIR`). Their pods run as processes in namespaces of their own: root only. Pods
 //! of `ghcr.io/mover-dev/mover-agent` run the `mover-agent` beside this program. `--with-app`
 //! deploys a small application into the source cluster (`mover_testdata::cluster::app`: three
-//! claims in namespaces `shop` and `shop-db`, one used by a running pod); `check-app` compares
-//! each of its claims with the claim of the same name in the target cluster.
+//! claims in namespaces `shop` and `shop-db`, one mounted by the Deployment `shop/web`, one by
+//! the CronJob `shop/thumbnails`); `check-app` compares
+//! each of its claims with the claim of the same name in the target cluster. `workloads` prints
+//! the application's namespaces in one cluster (`source` unless `--context` says otherwise), one
+//! line per object: workloads with the field quiesce changes and mover's annotations, pods
+//! running, claims (`mover_testdata::cluster::inspect`).
 //! `delay-relay` relays TCP connections from LISTEN to UPSTREAM, holding every byte MILLIS in each
 //! direction (a long link on loopback; see `mover_testdata::delay`), until killed.
 //! KIND is `random`, `text`, `database` or `sparse`; SIZE takes a `K`, `M` or `G` suffix.
@@ -196,6 +201,24 @@ fn check_app(dir: &Path) -> Result<bool, String> {
     })
 }
 
+/// Prints what context `context` of the clusters in `dir` runs in the application's namespaces.
+fn print_workloads(dir: &Path, context: &str) -> Result<(), String> {
+    use mover_testdata::cluster::{app, inspect};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(dir.join("kubeconfig")).map_err(|e| e.to_string())?;
+        let options = kube::config::KubeConfigOptions { context: Some(context.to_owned()), ..Default::default() };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| e.to_string())?;
+        let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+        let mut namespaces: Vec<&str> = app::CLAIMS.iter().map(|(namespace, _, _)| *namespace).collect();
+        namespaces.dedup();
+        for line in inspect::workloads(&client, &namespaces).await.map_err(|e| e.to_string())? {
+            println!("{context}: {line}");
+        }
+        Ok(())
+    })
+}
+
 /// Stops the clusters `cluster up DIR` started, and waits until they are gone.
 fn cluster_down(dir: &Path) -> Result<(), String> {
     let pid = std::fs::read_to_string(dir.join("pid"))
@@ -214,7 +237,7 @@ fn cluster_down(dir: &Path) -> Result<(), String> {
 }
 
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: mover-testdata cluster up DIR [--with-app] | cluster check-app DIR | cluster down DIR\n       mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
+    let usage = "usage: mover-testdata cluster up DIR [--with-app] | cluster check-app DIR | cluster workloads DIR [--context source|target] | cluster down DIR\n       mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
     // `generate --help` once made a tree named `--help`: positionals never start with `-`.
     let positionals = match args.first().map(String::as_str) {
         Some("compare" | "cluster") => 2,
@@ -230,6 +253,14 @@ fn run(args: &[String]) -> Result<bool, String> {
             match args.get(1).map(String::as_str) {
                 Some("up") => cluster_up(dir, args.get(3).map(String::as_str) == Some("--with-app")).map(|()| true),
                 Some("check-app") => check_app(dir),
+                Some("workloads") => match &args[3..] {
+                    [] => print_workloads(dir, "source"),
+                    [flag, context] if flag == "--context" && ["source", "target"].contains(&context.as_str()) => {
+                        print_workloads(dir, context)
+                    }
+                    _ => Err(usage.into()),
+                }
+                .map(|()| true),
                 Some("down") => cluster_down(dir).map(|()| true),
                 _ => Err(usage.into()),
             }

@@ -1,14 +1,16 @@
 //! `mover plan rollback PLAN.yaml`: undoes a plan's cutover. The source's workloads that
 //! `plan run --final` quiesced start again (each restored to the value recorded before, unless
 //! someone changed it since: theirs wins), then what mover created in the target cluster goes:
-//! the claims it created for the plan (a claim that existed before stays), and any transfer
-//! pods, Services and Secrets of the plan left behind. It says what it restored and removed.
+//! the claims it created for the plan (a claim that existed before stays), any transfer pods,
+//! Services and Secrets of the plan left behind, and last the namespaces it created for the plan
+//! when nothing of anyone else is in them (one that existed before stays; one that holds
+//! something else stays, and the output names what). It says what it restored, removed and kept.
 
 use anyhow::bail;
 use mover_kube::context::connect;
 use mover_kube::objects::MANAGED_BY;
 use mover_kube::quiesce::KubeWorkloads;
-use mover_kube::rollback::{ClaimRollback, remove_created_claim};
+use mover_kube::rollback::{ClaimRollback, NamespaceRollback, remove_created_claim, remove_created_namespace};
 use mover_kube::run_log::ClusterRunLog;
 use mover_plan::Location;
 use serde_json::json;
@@ -42,6 +44,8 @@ pub async fn run(args: &PlanRollbackArgs, global: &GlobalArgs) -> anyhow::Result
         add_every_claim(&mut plan, &clusters, &source, &printer).await?;
     }
     let mut removed = Vec::new();
+    let mut kept = Vec::new();
+    let mut namespaces = Vec::new();
     for volume in &plan.volumes {
         let (Location::Kube(claim), Location::Kube(source_claim)) = (&volume.target, &volume.source) else { continue };
         let Some(name) = claim.name.as_ref().or(source_claim.name.as_ref()) else { continue };
@@ -49,8 +53,12 @@ pub async fn run(args: &PlanRollbackArgs, global: &GlobalArgs) -> anyhow::Result
         let shown = format!("claim {}/{name} in context `{}`", claim.namespace, target.context);
         match remove_created_claim(&target, (&claim.namespace, name), &plan.name).await? {
             ClaimRollback::Deleted => removed.push(format!("deleted {shown} (mover created it)")),
-            ClaimRollback::Kept => lines.push(format!("kept {shown}: it existed before mover used it")),
+            ClaimRollback::Kept => kept.push(format!("kept {shown}: it existed before mover used it")),
             ClaimRollback::Missing => {}
+        }
+        let namespace = (claim.context.clone(), claim.namespace.clone());
+        if !namespaces.contains(&namespace) {
+            namespaces.push(namespace);
         }
     }
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
@@ -63,13 +71,28 @@ pub async fn run(args: &PlanRollbackArgs, global: &GlobalArgs) -> anyhow::Result
             removed.push(format!("deleted {count} transfer objects of the plan in context `{}`", cluster.context));
         }
     }
+    // Last, with the claims and transfer objects gone: the namespaces mover created.
+    for (context, namespace) in &namespaces {
+        let target = connect(&access, context.as_deref()).await?;
+        let shown = format!("namespace {namespace} in context `{}`", target.context);
+        match remove_created_namespace(&target, namespace, &plan.name).await? {
+            NamespaceRollback::Deleted => removed.push(format!("deleted {shown} (mover created it)")),
+            NamespaceRollback::InUse(objects) => kept.push(format!(
+                "kept {shown}: mover created it, but it holds what mover did not create: {}",
+                objects.join(", ")
+            )),
+            NamespaceRollback::NotCreated => kept.push(format!("kept {shown}: it existed before mover used it")),
+            NamespaceRollback::Missing => {}
+        }
+    }
     // The next final run starts from the beginning (it quiesces again, records afresh).
     let log = ClusterRunLog::new(access.clone(), clusters.contexts.source.clone(), args.kube.agents_namespace.clone());
     log.forget(&plan.name).await?;
+    lines.extend(kept.iter().cloned());
     lines.extend(removed.iter().cloned());
     if printer.is_json() {
         crate::output::json_final(
-            &json!({"type": "rollback", "plan": plan.name, "restored": restored, "removed": removed}),
+            &json!({"type": "rollback", "plan": plan.name, "restored": restored, "removed": removed, "kept": kept}),
         );
     } else {
         for line in &lines {

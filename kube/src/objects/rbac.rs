@@ -11,7 +11,8 @@
 //!   `DaemonSet`;
 //!   quiesces and unquiesces workloads (lists and patches Deployments, `StatefulSets`,
 //!   `ReplicaSets`, `DaemonSets`, `CronJobs`, Jobs and `DeploymentConfigs`); on a rollback deletes
-//!   the target claims it created.
+//!   the target claims it created, and the target namespaces it created once nothing of anyone
+//!   else is in them (lists `ConfigMaps` and service accounts to see that).
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -38,7 +39,8 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["persistentvolumes", "nodes"], &["get"]),
     // Why a transfer pod waits (a volume attached elsewhere, an image that cannot be pulled).
     ("", &["events"], &["list"]),
-    // A target namespace that is missing is created (never changed or deleted).
+    // A target namespace that is missing is created (never changed; deleted by a rollback of the
+    // plan that created it, see below).
     ("", &["namespaces"], &["get", "create"]),
     ("", &["persistentvolumeclaims"], &["get", "list", "create"]),
     ("", &["pods"], &["list", "watch", "create", "delete"]),
@@ -65,8 +67,13 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("batch", &["cronjobs"], &["list", "patch"]),
     ("batch", &["jobs"], &["patch"]),
     ("apps.openshift.io", &["deploymentconfigs"], &["list", "patch"]),
-    // Rollback: the target claims mover created for the plan (labelled and annotated so) go.
+    // Rollback: the target claims mover created for the plan (labelled and annotated so) go;
+    // then each target namespace it created for the plan, once it holds nothing of anyone else
+    // (claims, pods, Services, Secrets, ConfigMaps, service accounts, workloads: those not listed
+    // above are listed here).
     ("", &["persistentvolumeclaims"], &["delete"]),
+    ("", &["namespaces"], &["delete"]),
+    ("", &["configmaps", "serviceaccounts"], &["list"]),
 ];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {

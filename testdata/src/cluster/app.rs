@@ -1,8 +1,9 @@
 //! A small application in the simulated source cluster, for the Kubernetes demo and tests:
 //! namespaces `shop` and `shop-db` with three claims full of generated trees.
 //!
-//! - `shop/data` (ReadWriteOnce) is mounted by the running pod `shop/web`;
-//! - `shop/media` (ReadWriteOnce) is mounted by nothing;
+//! - `shop/data` (ReadWriteOnce) is mounted by the Deployment `shop/web` (one replica, running);
+//! - `shop/media` (ReadWriteOnce) is mounted by the `CronJob` `shop/thumbnails` (not suspended; the
+//!   simulated clusters never schedule one), so no pod mounts it;
 //! - `shop-db/db` (ReadWriteOnce) already has its target claim in the target cluster, made by the
 //!   user beforehand (mover must use it as it is).
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
@@ -25,9 +26,15 @@ pub struct App {
     pub claims: Vec<(String, PathBuf)>,
 }
 
-/// The claims of the application, `(namespace, name, mounted by a running pod)`.
+/// The claims of the application, `(namespace, name, mounted by a running pod)`: the pod of
+/// [`WEB`].
 pub const CLAIMS: [(&str, &str, bool); 3] =
     [("shop", "data", true), ("shop", "media", false), ("shop-db", "db", false)];
+
+/// The Deployment that mounts `shop/data`, and the label `app=<name>` of its pods.
+pub const WEB: (&str, &str) = ("shop", "web");
+/// The `CronJob` that mounts `shop/media`.
+pub const THUMBNAILS: (&str, &str) = ("shop", "thumbnails");
 
 fn io_error(error: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(error.to_string())
@@ -55,8 +62,7 @@ where
 pub async fn apply(client: &kube::Client, objects: &[serde_json::Value]) -> std::io::Result<()> {
     for value in objects {
         let object: DynamicObject = serde_json::from_value(value.clone()).map_err(io_error)?;
-        let types = object.types.clone().ok_or_else(|| io_error(format!("no apiVersion and kind in {value}")))?;
-        let resource = ApiResource::from_gvk(&GroupVersionKind::try_from(&types).map_err(io_error)?);
+        let resource = resource(&object)?;
         let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
             Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
             None => Api::all_with(client.clone(), &resource),
@@ -64,6 +70,40 @@ pub async fn apply(client: &kube::Client, objects: &[serde_json::Value]) -> std:
         api.create(&PostParams::default(), &object).await.map_err(io_error)?;
     }
     Ok(())
+}
+
+/// The API resource of `object`, from its `apiVersion` and `kind`.
+fn resource(object: &DynamicObject) -> std::io::Result<ApiResource> {
+    let types = object.types.clone().ok_or_else(|| io_error(format!("no apiVersion and kind in {object:?}")))?;
+    Ok(ApiResource::from_gvk(&GroupVersionKind::try_from(&types).map_err(io_error)?))
+}
+
+/// A pod template labelled `app: <app>` running `sleep`, mounting `claim` at `/tmp/<claim>`.
+fn template(app: &str, claim: &str, restart: &str) -> serde_json::Value {
+    json!({"metadata": {"labels": {"app": app}},
+           "spec": {"restartPolicy": restart, "terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": app, "image": format!("{TOOLS_REPOSITORY}:1"),
+                                    "command": ["sleep", "3600"],
+                                    "volumeMounts": [{"name": claim, "mountPath": format!("/tmp/{claim}")}]}],
+                    "volumes": [{"name": claim, "persistentVolumeClaim": {"claimName": claim}}]}})
+}
+
+/// [`WEB`], one replica, mounting `claim`.
+fn web(claim: &str) -> serde_json::Value {
+    let (namespace, name) = WEB;
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": name, "namespace": namespace, "labels": {"app": "shop"}},
+           "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                    "template": template(name, claim, "Always")}})
+}
+
+/// [`THUMBNAILS`], every night, mounting `shop/media`.
+fn thumbnails() -> serde_json::Value {
+    let (namespace, name) = THUMBNAILS;
+    json!({"apiVersion": "batch/v1", "kind": "CronJob",
+           "metadata": {"name": name, "namespace": namespace, "labels": {"app": "shop"}},
+           "spec": {"schedule": "0 2 * * *",
+                    "jobTemplate": {"spec": {"template": template(name, "media", "Never")}}}})
 }
 
 fn claim(namespace: &str, name: &str, size: &str) -> serde_json::Value {
@@ -121,20 +161,33 @@ pub async fn deploy(pair: &ClusterPair, files: usize) -> std::io::Result<App> {
         };
         crate::generate(&dir, &spec)?;
         if mounted {
-            let pod = json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "web", "namespace": namespace, "labels": {"app": "shop"}},
-                "spec": {"containers": [{"name": "web", "image": format!("{TOOLS_REPOSITORY}:1"),
-                                         "command": ["sleep", "3600"],
-                                         "volumeMounts": [{"name": "data", "mountPath": "/tmp/data"}]}],
-                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}]}});
-            create(&Api::<Pod>::namespaced(source.clone(), namespace), pod).await?;
-            wait_running(&source, namespace, "web").await?;
+            let deployment: DynamicObject = serde_json::from_value(web(name)).map_err(io_error)?;
+            let deployments = Api::<DynamicObject>::namespaced_with(source.clone(), WEB.0, &resource(&deployment)?);
+            deployments.create(&PostParams::default(), &deployment).await.map_err(io_error)?;
+            wait_labelled_running(&source, WEB.0, &format!("app={}", WEB.1)).await?;
         }
         claims.push((format!("{namespace}/{name}"), dir));
     }
+    apply(&source, &[thumbnails()]).await?;
     // The user made this target claim before the migration, a size of their choosing.
     create(&Api::<PersistentVolumeClaim>::namespaced(target.clone(), "shop-db"), claim("shop-db", "db", "2Gi")).await?;
     Ok(App { claims })
+}
+
+/// Waits until a pod labelled `selector` in `namespace` runs.
+pub async fn wait_labelled_running(client: &kube::Client, namespace: &str, selector: &str) -> std::io::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = pods.list(&ListParams::default().labels(selector)).await.map_err(io_error)?;
+        if listed.items.iter().any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(io_error(format!("no pod labelled {selector} runs in {namespace} after 20 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until pod `namespace/name` runs.

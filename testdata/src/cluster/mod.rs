@@ -47,6 +47,7 @@ mod audit;
 mod controllers;
 mod defaults;
 mod http1;
+pub mod inspect;
 mod kubeconfig;
 mod kubelet;
 #[cfg(test)]
