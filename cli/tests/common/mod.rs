@@ -269,7 +269,7 @@ impl Tinyproxy {
             format!(
                 "Port {port}\n{}{}BasicAuth alice {password}\nConnectPort {connect_port}\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n",
                 listen.map(|host| format!("Listen {host}\n")).unwrap_or_default(),
-                allow.iter().map(|client| format!("Allow {client}\n")).collect::<String>(),
+                allow.iter().fold(String::new(), |lines, client| lines + "Allow " + client + "\n"),
                 log.display()
             ),
         )

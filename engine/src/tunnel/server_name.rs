@@ -1,14 +1,14 @@
 //! Agents behind a TLS-passthrough router: the address form `SERVER_NAME@HOST:PORT`, and the
 //! server certificate check that stays pinned to the agent role whatever name is sent.
 //!
-//! An OpenShift Route with `tls.termination: passthrough` (or any SNI router) picks its backend
-//! by the TLS server name (SNI) of the ClientHello, without terminating TLS. To reach an agent
+//! An `OpenShift` Route with `tls.termination: passthrough` (or any SNI router) picks its backend
+//! by the TLS server name (SNI) of the `ClientHello`, without terminating TLS. To reach an agent
 //! through it, mover dials the router at `HOST:PORT` and sends the route's host as SNI:
 //! `agent-x-ns.apps.example.com@10.0.0.5:443`. A plain `HOST:PORT` sends the agent role's name
 //! ([`Role::dns_name`]), as before. (DNS names hold no `@`, so the form is unambiguous.)
 //!
 //! The SNI only steers the router. The agent's certificate is verified exactly as for a direct
-//! dial: by rustls' WebPKI verifier with the migration's CA as the only root, for the agent
+//! dial: by rustls' `WebPKI` verifier with the migration's CA as the only root, for the agent
 //! role's name; [`PinnedAgentName`] hands that verifier the role's name instead of the name
 //! sent. So a router that sends the connection elsewhere, or a certificate from another CA,
 //! fails the handshake as it would without a router.
@@ -43,7 +43,7 @@ pub(crate) fn sni_for(addr: &str) -> Option<ServerName<'static>> {
     }
 }
 
-/// rustls' WebPKI server verifier, always asked about the agent role's name.
+/// rustls' `WebPKI` server verifier, always asked about the agent role's name.
 #[derive(Debug)]
 pub(crate) struct PinnedAgentName {
     inner: Arc<WebPkiServerVerifier>,

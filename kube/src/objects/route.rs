@@ -1,10 +1,10 @@
-//! The OpenShift Route that exposes a transfer agent through the cluster's router
+//! The `OpenShift` Route that exposes a transfer agent through the cluster's router
 //! (`--expose route`): `route.openshift.io/v1`, `tls.termination: passthrough`, so the router
 //! picks the agent's Service by the TLS server name (SNI) and relays the bytes untouched; mutual
 //! TLS runs end to end between mover and the agent, as with a Service.
 //!
-//! k8s-openapi has no OpenShift types, so the fields mover writes and reads are declared here
-//! from OpenShift's API reference (openshift/api `route/v1/types.go`); unknown fields in what the
+//! k8s-openapi has no `OpenShift` types, so the fields mover writes and reads are declared here
+//! from `OpenShift`'s API reference (openshift/api `route/v1/types.go`); unknown fields in what the
 //! server returns are ignored. `spec.host` is left empty: the cluster gives the Route
 //! `<name>-<namespace>.<apps domain>` and mover reads it from `status.ingress` once a router
 //! admitted the Route. (Setting a host would need the `routes/custom-host` permission.)

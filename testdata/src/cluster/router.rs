@@ -1,5 +1,5 @@
 //! The `OpenShift` router of an `OpenShift`-flavoured cluster, for `tls.termination: passthrough`
-//! Routes only: what `OpenShift`'s HAProxy router does in its `public_ssl` frontend.
+//! Routes only: what `OpenShift`'s `HAProxy` router does in its `public_ssl` frontend.
 //!
 //! * The route controller ([`admit`], one round of the controllers) defaults an empty
 //!   `spec.host` to `<name>-<namespace>.apps.<cluster>.sim` (the API server's route allocator
@@ -9,13 +9,13 @@
 //! * The router ([`Router::start`]) listens on one TCP address per cluster: port 443 of the pod
 //!   network's gateway (`10.245.<subnet>.1`, the host end of every pod's veth), which both this
 //!   machine and every simulated cluster's pods reach. It is bound with `IP_FREEBIND`, since the
-//!   address exists only while a pod of the cluster runs. It reads the TLS ClientHello without
+//!   address exists only while a pod of the cluster runs. It reads the TLS `ClientHello` without
 //!   terminating TLS, takes its SNI, finds the admitted passthrough Route whose host equals it,
-//!   and splices the bytes (the ClientHello first) to the Route's Service's endpoint: the running
+//!   and splices the bytes (the `ClientHello` first) to the Route's Service's endpoint: the running
 //!   pod its selector picks, at `spec.port.targetPort` (a number, or a Service port's name, whose target may name a
 //!   container port).
 //!
-//! What the real router does differently: for a ClientHello with no SNI or an unknown one it
+//! What the real router does differently: for a `ClientHello` with no SNI or an unknown one it
 //! terminates TLS itself with its default (wildcard) certificate and answers HTTP 503
 //! "Application is not available"; this one closes the connection. A client of mover's sees a
 //! failed handshake either way (the default certificate is not from the migration's CA). Edge and
@@ -37,10 +37,10 @@ use super::{Shared, controllers};
 
 /// The port the router listens on.
 pub const ROUTER_PORT: u16 = 443;
-/// The most ClientHello bytes read while looking for the SNI (a ClientHello with a post-quantum
+/// The most `ClientHello` bytes read while looking for the SNI (a `ClientHello` with a post-quantum
 /// key share is about 1.5 KiB; the TLS limit of one handshake message is far above this).
 const HELLO_BUDGET: usize = 16 * 1024;
-/// How long a client may take to send its ClientHello.
+/// How long a client may take to send its `ClientHello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The host a Route named `name` in `namespace` gets when it asks for none.
@@ -62,13 +62,12 @@ pub(super) fn admit(shared: &Shared) {
                 continue;
             }
             let (name, namespace) = (name_of(&route).to_owned(), namespace_of(&route).to_owned());
-            let host = match route["spec"]["host"].as_str().filter(|h| !h.is_empty()) {
-                Some(host) => host.to_owned(),
-                None => {
-                    let host = default_host(&shared.name, &name, &namespace);
-                    route["spec"]["host"] = json!(host);
-                    host
-                }
+            let host = if let Some(host) = route["spec"]["host"].as_str().filter(|h| !h.is_empty()) {
+                host.to_owned()
+            } else {
+                let host = default_host(&shared.name, &name, &namespace);
+                route["spec"]["host"] = json!(host);
+                host
             };
             let holder = claimed.iter().find(|(h, _)| *h == host).map(|(_, who)| who.clone());
             let condition = match holder {
@@ -199,7 +198,7 @@ pub(super) async fn serve(
     }
 }
 
-/// Reads `client`'s ClientHello, then joins it to the backend of its SNI; closes it when there
+/// Reads `client`'s `ClientHello`, then joins it to the backend of its SNI; closes it when there
 /// is none.
 async fn splice(mut client: TcpStream, lookup: impl Fn(&str) -> Option<SocketAddr>) -> std::io::Result<()> {
     let mut hello = Vec::new();
@@ -234,15 +233,15 @@ async fn splice(mut client: TcpStream, lookup: impl Fn(&str) -> Option<SocketAdd
 pub(super) enum Hello {
     /// More bytes are needed.
     Incomplete,
-    /// A ClientHello naming this server.
+    /// A `ClientHello` naming this server.
     Sni(String),
-    /// A ClientHello without a host name.
+    /// A `ClientHello` without a host name.
     NoSni,
-    /// Not a TLS ClientHello.
+    /// Not a TLS `ClientHello`.
     NotTls,
 }
 
-/// The SNI host name of the TLS ClientHello at the start of `bytes` (RFC 8446 §4.1.2, RFC 6066
+/// The SNI host name of the TLS `ClientHello` at the start of `bytes` (RFC 8446 §4.1.2, RFC 6066
 /// §3): the handshake message is gathered from as many records as it spans.
 pub(super) fn client_hello_sni(bytes: &[u8]) -> Hello {
     // Records: type 22 (handshake), version, length; their fragments joined.
@@ -273,7 +272,7 @@ pub(super) fn client_hello_sni(bytes: &[u8]) -> Hello {
     }
 }
 
-/// The SNI of a ClientHello's body; `None` when it is malformed.
+/// The SNI of a `ClientHello`'s body; `None` when it is malformed.
 fn parse_client_hello(body: &[u8]) -> Option<Hello> {
     let mut reader = Reader(body);
     reader.take(2 + 32)?; // legacy_version, random
