@@ -270,4 +270,10 @@ fn route_exposure_on_a_cluster_without_routes_is_refused_naming_the_others() {
         text(&output)
     );
     assert_eq!(runtime.block_on(leftovers(&pair)), Vec::<String>::new());
+
+    // A router address on the command line is an IP, with a port or not.
+    let args = ["copy", "k8s://source/shop/data", "k8s://target/shop", "--expose", "route", "--router-address"];
+    let output = mover(&pair, &[&args[..], &["target=router.example:443"]].concat());
+    assert_ne!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("`router.example:443` is not a router address: write its IP"), "{}", text(&output));
 }
