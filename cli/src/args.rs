@@ -641,6 +641,12 @@ fn parse_namespace(text: &str) -> Result<String, String> {
     }
 }
 
+/// `[CONTEXT=]IP[:PORT]`: a context (empty: every cluster not named) and a router address.
+fn parse_router_address(text: &str) -> Result<(String, String), String> {
+    let (context, address) = text.rsplit_once('=').unwrap_or(("", text));
+    mover_plan::check_router_address(address).map(|()| (context.to_owned(), address.to_owned()))
+}
+
 fn parse_kubelet_root(text: &str) -> Result<String, String> {
     if text.starts_with('/') && !text.split('/').any(|part| part == "..") {
         Ok(text.to_owned())
@@ -660,10 +666,19 @@ pub struct KubeArgs {
     /// The transfer agents' image.
     #[arg(long, value_name = "IMAGE", default_value = mover_kube::objects::DEFAULT_IMAGE, env = "MOVER_AGENT_IMAGE")]
     pub agent_image: String,
-    /// How transfer agents are exposed: `load-balancer` (between clusters), `node-port`, or
-    /// `cluster-ip` (both ends in one cluster).
-    #[arg(long, value_enum, default_value_t = ExposeArg::LoadBalancer, env = "MOVER_EXPOSE")]
-    pub expose: ExposeArg,
+    /// How transfer agents are exposed: `load-balancer` (between clusters), `node-port`,
+    /// `cluster-ip` (both ends in one cluster), or `route` (an OpenShift Route with TLS
+    /// passthrough, reached through the cluster's router by SNI). Default: the plan's
+    /// `clusters.exposure`, else `load-balancer`.
+    #[arg(long, value_enum, env = "MOVER_EXPOSE")]
+    pub expose: Option<ExposeArg>,
+    /// With `--expose route`: dial the router of kubeconfig context CONTEXT at `IP[:PORT]` (port
+    /// 443 when left out), sending the Route's host as TLS SNI, as curl's `--resolve` does where
+    /// the Route's host does not resolve to the router from here. Without `CONTEXT=`, for every
+    /// cluster not named. Without it, mover dials `ROUTE_HOST:443`. Repeatable.
+    #[arg(long, value_name = "[CONTEXT=]IP[:PORT]", value_parser = parse_router_address, env = "MOVER_ROUTER_ADDRESS",
+          value_delimiter = ',')]
+    pub router_address: Vec<(String, String)>,
     /// How long a transfer pod may take to be ready, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "MOVER_AGENT_READY_TIMEOUT")]
     pub agent_ready_timeout: u64,
@@ -687,4 +702,6 @@ pub enum ExposeArg {
     NodePort,
     /// A `ClusterIP` Service.
     ClusterIp,
+    /// An OpenShift Route with TLS passthrough to a `ClusterIP` Service.
+    Route,
 }

@@ -2,7 +2,7 @@
 //! else in-cluster), the migration's identities (from `--certs`, or made for this run), the
 //! transfer agents' settings, and cleanup that runs whatever happens, Ctrl-C included.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -76,6 +76,43 @@ pub fn strategy(args: &KubeArgs, plan: Option<&Clusters>) -> Strategy {
     if node { Strategy::Node } else { Strategy::Pod }
 }
 
+/// How transfer agents are reached: `--expose`, else the plan's `clusters.exposure`, else a
+/// `LoadBalancer` Service.
+pub fn exposure(args: &KubeArgs, plan: Option<&Clusters>) -> Exposure {
+    match args.expose {
+        Some(ExposeArg::LoadBalancer) => Exposure::LoadBalancer,
+        Some(ExposeArg::NodePort) => Exposure::NodePort,
+        Some(ExposeArg::ClusterIp) => Exposure::ClusterIp,
+        Some(ExposeArg::Route) => Exposure::Route,
+        None => match plan.and_then(|p| p.exposure) {
+            None | Some(mover_plan::Exposure::LoadBalancer) => Exposure::LoadBalancer,
+            Some(mover_plan::Exposure::NodePort) => Exposure::NodePort,
+            Some(mover_plan::Exposure::ClusterIp) => Exposure::ClusterIp,
+            Some(mover_plan::Exposure::Route) => Exposure::Route,
+        },
+    }
+}
+
+/// Where each cluster's router is dialled, by context (`""`: every cluster not named): the
+/// plan's `routerAddress` of each side (a side without a context is the current context, so
+/// `""`), then `--router-address`, which wins.
+pub fn routers(args: &KubeArgs, plan: Option<&Clusters>) -> BTreeMap<String, String> {
+    let mut routers = BTreeMap::new();
+    if let Some(plan) = plan {
+        let sides = [
+            (&plan.contexts.source, &plan.router_addresses.source),
+            (&plan.contexts.target, &plan.router_addresses.target),
+        ];
+        for (context, address) in sides {
+            if let Some(address) = address {
+                routers.insert(context.clone().unwrap_or_default(), address.clone());
+            }
+        }
+    }
+    routers.extend(args.router_address.iter().cloned());
+    routers
+}
+
 /// What each claim volume's target gets beyond the source claim's shape, by volume name.
 pub fn claim_overrides(plan: &Clusters) -> HashMap<String, ClaimOverrides> {
     let overrides = plan.claims.iter().map(|(volume, target)| {
@@ -101,11 +138,8 @@ pub fn volumes(
     let settings = AgentSettings {
         image: args.agent_image.clone(),
         port: mover_kube::objects::DEFAULT_PORT,
-        exposure: match args.expose {
-            ExposeArg::LoadBalancer => Exposure::LoadBalancer,
-            ExposeArg::NodePort => Exposure::NodePort,
-            ExposeArg::ClusterIp => Exposure::ClusterIp,
-        },
+        exposure: exposure(args, plan),
+        routers: routers(args, plan),
         ready_timeout: Duration::from_secs(args.agent_ready_timeout),
     };
     let agents = if strategy(args, plan) == Strategy::Node {

@@ -338,6 +338,11 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
         grants.unused(&requests),
         [
             "get core/nodes",
+            // `--expose route` (OpenShift), audited in `k8s_routes.rs`.
+            "get route.openshift.io/routes",
+            "list route.openshift.io/routes",
+            "create route.openshift.io/routes",
+            "delete route.openshift.io/routes",
             "get core/serviceaccounts",
             "get apps/daemonsets",
             "patch apps/statefulsets",

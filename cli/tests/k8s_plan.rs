@@ -107,6 +107,11 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
         grants.unused(&requests),
         [
             "get core/nodes",
+            // `--expose route` (OpenShift), audited in `k8s_routes.rs`.
+            "get route.openshift.io/routes",
+            "list route.openshift.io/routes",
+            "create route.openshift.io/routes",
+            "delete route.openshift.io/routes",
             "get core/pods/log",
             "get batch/jobs",
             "create batch/jobs",

@@ -362,6 +362,11 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
         grants.unused(&requests),
         [
             "get core/nodes",
+            // `--expose route` (OpenShift), audited in `k8s_routes.rs`.
+            "get route.openshift.io/routes",
+            "list route.openshift.io/routes",
+            "create route.openshift.io/routes",
+            "delete route.openshift.io/routes",
             "get core/pods/log",
             "get batch/jobs",
             "create batch/jobs",

@@ -20,6 +20,7 @@ use kube::{Api, Resource};
 
 use crate::context::Cluster;
 use crate::error::KubeError;
+use crate::objects::route::{Admission, ROUTE_GROUP, Route, transfer_route};
 use crate::objects::transfer::{End, Exposure, TransferPod, transfer_pod, transfer_pod_name, transfer_service};
 use crate::objects::{Migration, identity_secret, identity_secret_name};
 
@@ -51,6 +52,11 @@ pub struct AgentSettings {
     pub port: u16,
     /// How their Services expose them.
     pub exposure: Exposure,
+    /// With [`Exposure::Route`]: where each cluster's router is dialled (`IP[:PORT]`, by
+    /// kubeconfig context), when the Routes' hosts do not resolve to it from here (curl's
+    /// `--resolve`); `""` for every cluster not listed. Else a Route's agent is dialled at
+    /// `ROUTE_HOST:443`.
+    pub routers: std::collections::BTreeMap<String, String>,
     /// How long a pod may take to be ready, and a Service to get an address.
     pub ready_timeout: Duration,
 }
@@ -116,6 +122,10 @@ impl TransferAgents {
         let context = &cluster.context;
         let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), namespace);
         let services: Api<Service> = Api::namespaced(cluster.client.clone(), namespace);
+        // The Route first: a cluster without OpenShift's Routes is refused before a pod starts.
+        if self.settings.exposure == Exposure::Route {
+            create_route(cluster, &transfer_route(&spec)).await?;
+        }
         create_or_reuse(&pods, &transfer_pod(&spec), context, &format!("transfer pod `{namespace}/{name}`")).await?;
         create_or_reuse(
             &services,
@@ -126,6 +136,12 @@ impl TransferAgents {
         .await?;
         let deadline = Instant::now() + self.settings.ready_timeout;
         let pod = wait_ready(cluster, namespace, &name, deadline, on_state).await?;
+        if self.settings.exposure == Exposure::Route {
+            let host = wait_admitted(cluster, (namespace, &name), deadline, on_state).await?;
+            let router = self.settings.routers.get(context).or_else(|| self.settings.routers.get(""));
+            let addr = route_address(&host, router.map(String::as_str));
+            return Ok(AgentEnd { addr, volume: claim.to_owned(), pod: name });
+        }
         let node = pod.spec.and_then(|s| s.node_name);
         let host =
             wait_address(cluster, (namespace, &name), node.as_deref(), self.settings.exposure, deadline, on_state)
@@ -201,7 +217,7 @@ impl Touched {
     }
 }
 
-/// Deletes the hook Jobs, pods, Services and Secrets matching `selector` in `namespace` (every namespace
+/// Deletes the hook Jobs, pods, Services, Routes and Secrets matching `selector` in `namespace` (every namespace
 /// when `None`), only those of plan `plan` when given (their `mover.io/plan` annotation), and
 /// waits until no such pod is left. Returns how many objects it deleted.
 pub async fn remove(
@@ -227,8 +243,13 @@ pub async fn remove(
                 None => Api::all(client.clone()),
             };
             let doing = format!("deleting mover's {} ({selector}) in {where_}", $what);
-            let found = all.list(&list).await.map_err(KubeError::api(&cluster.context, &doing))?;
-            for object in found.items.into_iter().filter(|o| of_plan(&o.metadata)) {
+            // A kind the cluster does not serve (Routes outside OpenShift) holds nothing of ours.
+            let found = match all.list(&list).await {
+                Ok(found) => found.items,
+                Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+                Err(error) => return Err(KubeError::api(&cluster.context, &doing)(error)),
+            };
+            for object in found.into_iter().filter(|o| of_plan(&o.metadata)) {
                 let (Some(name), Some(ns)) = (object.metadata.name.clone(), object.metadata.namespace.clone()) else {
                     continue;
                 };
@@ -261,6 +282,7 @@ pub async fn remove(
     }
     delete_all!(Pod, "pods");
     delete_all!(Service, "Services");
+    delete_all!(Route, "Routes");
     delete_all!(Secret, "Secrets");
     let pods: Api<Pod> = match namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
@@ -440,7 +462,10 @@ async fn wait_address(
                 .and_then(|lb| lb.ingress.as_ref())
                 .and_then(|ingress| ingress.first())
                 .and_then(|first| first.ip.clone().or_else(|| first.hostname.clone())),
-            Exposure::ClusterIp => service.spec.as_ref().and_then(|s| s.cluster_ip.clone()).filter(|ip| ip != "None"),
+            // (A Route's agent is dialled at its router, not here.)
+            Exposure::ClusterIp | Exposure::Route => {
+                service.spec.as_ref().and_then(|s| s.cluster_ip.clone()).filter(|ip| ip != "None")
+            }
             Exposure::NodePort => match node {
                 Some(node) => node_address(cluster, node).await?,
                 None => None,
@@ -465,6 +490,76 @@ async fn wait_address(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Creates a transfer agent's Route (one left by an earlier run is reused); a cluster that does
+/// not serve Routes is a clear error.
+async fn create_route(cluster: &Cluster, route: &Route) -> Result<(), KubeError> {
+    let namespace = route.metadata.namespace.as_deref().unwrap_or_default();
+    let name = route.metadata.name.as_deref().unwrap_or_default();
+    let routes: Api<Route> = Api::namespaced(cluster.client.clone(), namespace);
+    match routes.create(&PostParams::default(), route).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(KubeError::Config(format!(
+            "context `{}` does not serve OpenShift Routes ({ROUTE_GROUP}/v1), so its agents cannot be exposed by a \
+             Route; expose them with a Service instead: a LoadBalancer (between clusters), a NodePort, or a \
+             ClusterIP (both ends in one cluster)",
+            cluster.context
+        ))),
+        Err(error) => Err(KubeError::api(&cluster.context, format!("creating Route `{namespace}/{name}`"))(error)),
+    }
+}
+
+/// Waits until a router admitted Route `name`; returns the host it serves it under. A Route a
+/// router refused (its host claimed by an older Route) is an error with the router's reason.
+async fn wait_admitted(
+    cluster: &Cluster,
+    (namespace, name): (&str, &str),
+    deadline: Instant,
+    on_state: &(dyn Fn(&str) + Send + Sync),
+) -> Result<String, KubeError> {
+    let routes: Api<Route> = Api::namespaced(cluster.client.clone(), namespace);
+    let doing = format!("reading Route `{namespace}/{name}`");
+    let mut last = String::new();
+    loop {
+        let route = routes.get(name).await.map_err(KubeError::api(&cluster.context, &doing))?;
+        match route.admission() {
+            Admission::Admitted(host) => return Ok(host),
+            Admission::Rejected(why) => {
+                return Err(KubeError::Config(format!(
+                    "the router of context `{}` did not admit Route `{namespace}/{name}`: {why}",
+                    cluster.context
+                )));
+            }
+            Admission::Pending => {}
+        }
+        if Instant::now() > deadline {
+            return Err(KubeError::Timeout(format!(
+                "no router of context `{}` admitted Route `{namespace}/{name}` in time; \
+                 `oc -n {namespace} describe route {name}` shows its status",
+                cluster.context
+            )));
+        }
+        report(&mut last, &format!("Route `{namespace}/{name}`: waiting for the router to admit it"), on_state);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Where a Route's agent is dialled: the router (at `router`, `IP[:PORT]`, when given; else at
+/// the route's host, port 443), with the route's host as the TLS server name
+/// (`HOST@ROUTER:PORT`, see `mover_engine::tunnel::split_server_name`).
+#[must_use]
+pub fn route_address(host: &str, router: Option<&str>) -> String {
+    let router = match router {
+        Some(router) if router.parse::<std::net::SocketAddr>().is_ok() => router.to_owned(),
+        Some(router) => join_host_port(router.trim_start_matches('[').trim_end_matches(']'), ROUTER_PORT),
+        None => join_host_port(host, ROUTER_PORT),
+    };
+    format!("{host}@{router}")
+}
+
+/// The port routers serve TLS on.
+pub const ROUTER_PORT: u16 = 443;
 
 /// For a NodePort Service: an address of `node`, where its pod runs.
 async fn node_address(cluster: &Cluster, node: &str) -> Result<Option<String>, KubeError> {

@@ -71,6 +71,7 @@ fn the_install_holds_only_installable_objects() {
                 Object::Service(_) => "Service",
                 Object::Job(_) => "Job",
                 Object::ConfigMap(_) => "ConfigMap",
+                Object::Route(_) => "Route",
                 _ => "",
             })
             .filter(|kind| !kind.is_empty())

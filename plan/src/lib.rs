@@ -17,8 +17,8 @@ pub use dispatch::{DispatchError, LocalReceiver, Peers, copy_volume};
 pub use execute::{Run, execute};
 pub use location::{ClaimRef, Location, LocationError, parse_location};
 pub use model::{
-    ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, HookJob, ImageTransfer, Phase,
-    Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of,
+    ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, Exposure, Hook, HookAction, HookJob,
+    ImageTransfer, Phase, Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of, check_router_address,
 };
 pub use record::{NoRunLog, RunLog, RunRecord, Step, StepOutcome, StepRecord};
 pub use runtime::{

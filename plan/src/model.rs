@@ -87,6 +87,37 @@ pub struct Clusters {
     /// `strategy: node`: the node agents serve the claims (granted at run time) instead of a
     /// transfer pod per claim and end.
     pub node_strategy: bool,
+    /// `exposure:`: how transfer agents are reached; `None`: the front end's default.
+    pub exposure: Option<Exposure>,
+    /// Each side's `routerAddress` (`IP[:PORT]`): where its router is dialled for a Route's
+    /// agent, the Route's host going as TLS SNI (checked by [`check_router_address`]).
+    pub router_addresses: Sides<Option<String>>,
+}
+
+/// How a plan's transfer agents are reached (`clusters.exposure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// A `LoadBalancer` Service.
+    LoadBalancer,
+    /// A `NodePort` Service.
+    NodePort,
+    /// A `ClusterIP` Service.
+    ClusterIp,
+    /// An OpenShift Route with TLS passthrough.
+    Route,
+}
+
+/// Checks a router address: `IP` or `IP:PORT` (`[IPv6]:PORT`). A host name is refused: the
+/// address stands in for the DNS answer the Route's host does not get here.
+pub fn check_router_address(text: &str) -> Result<(), String> {
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
+    if text.parse::<std::net::SocketAddr>().is_ok() || bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    Err(format!(
+        "`{text}` is not a router address: write its IP, with a port when it is not 443 (`10.0.0.5`, `10.0.0.5:8443`, \
+         `[fd00::5]:443`)"
+    ))
 }
 
 /// What one claim's target claim gets beyond the source claim's shape.

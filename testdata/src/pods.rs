@@ -34,6 +34,12 @@ pub struct PodStart<'a> {
 pub trait Pods: Send + Sync + 'static {
     /// Starts every container of the pod.
     fn start(&self, start: PodStart<'_>) -> Result<Box<dyn PodProcess>, StartError>;
+
+    /// An address of this machine that every pod (of this cluster and of others) reaches, for
+    /// an `OpenShift` cluster's router; `None` when pods cannot reach the host.
+    fn router_address(&self) -> Option<Ipv4Addr> {
+        None
+    }
 }
 
 /// A started pod.

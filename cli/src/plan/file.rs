@@ -95,6 +95,27 @@ pub struct ClustersEntry {
     /// How agents reach the claims: `pod` (the default) or `node`.
     #[serde(default)]
     pub strategy: StrategyEntry,
+    /// How transfer agents are reached: `loadBalancer` (the default), `nodePort`, `clusterIP`
+    /// or `route`.
+    #[serde(default)]
+    pub exposure: Option<ExposureEntry>,
+}
+
+/// `clusters.exposure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ExposureEntry {
+    /// A `LoadBalancer` Service.
+    #[serde(rename = "loadBalancer")]
+    LoadBalancer,
+    /// A `NodePort` Service.
+    #[serde(rename = "nodePort")]
+    NodePort,
+    /// A `ClusterIP` Service.
+    #[serde(rename = "clusterIP")]
+    ClusterIp,
+    /// An OpenShift Route with TLS passthrough.
+    #[serde(rename = "route")]
+    Route,
 }
 
 /// `clusters.strategy`.
@@ -115,6 +136,10 @@ pub struct ClusterEntry {
     /// The kubeconfig context; the current one when left out.
     #[serde(default)]
     pub context: Option<String>,
+    /// With `exposure: route`: where this cluster's router is dialled (`IP[:PORT]`), the
+    /// Route's host going as TLS SNI.
+    #[serde(default, rename = "routerAddress")]
+    pub router_address: Option<serde_saphyr::Spanned<String>>,
 }
 
 /// `caBundles:`.

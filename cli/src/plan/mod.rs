@@ -176,6 +176,23 @@ fn check_clusters(entry: serde_saphyr::Spanned<file::ClustersEntry>, path: &Path
         claim_name(&claim.value).map_err(|e| anyhow::anyhow!("{}: `exclude`: {e}", at(path, claim.referenced)))?;
         exclude.push(claim.value);
     }
+    let router = |entry: Option<serde_saphyr::Spanned<String>>| {
+        entry
+            .map(|address| {
+                mover_plan::check_router_address(&address.value)
+                    .map(|()| address.value)
+                    .map_err(|e| anyhow::anyhow!("{}: `routerAddress`: {e}", at(path, address.referenced)))
+            })
+            .transpose()
+    };
+    let router_addresses =
+        Sides { source: router(clusters.source.router_address)?, target: router(clusters.target.router_address)? };
+    let exposure = clusters.exposure.map(|exposure| match exposure {
+        file::ExposureEntry::LoadBalancer => mover_plan::Exposure::LoadBalancer,
+        file::ExposureEntry::NodePort => mover_plan::Exposure::NodePort,
+        file::ExposureEntry::ClusterIp => mover_plan::Exposure::ClusterIp,
+        file::ExposureEntry::Route => mover_plan::Exposure::Route,
+    });
     Ok(Clusters {
         contexts: Sides { source: clusters.source.context, target: clusters.target.context },
         storage_class_map: clusters.storage_class_map,
@@ -184,6 +201,8 @@ fn check_clusters(entry: serde_saphyr::Spanned<file::ClustersEntry>, path: &Path
         claims: std::collections::BTreeMap::new(),
         every_claim: false,
         node_strategy: clusters.strategy == file::StrategyEntry::Node,
+        exposure,
+        router_addresses,
     })
 }
 

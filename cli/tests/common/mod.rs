@@ -243,6 +243,20 @@ pub struct Tinyproxy {
 
 impl Tinyproxy {
     pub fn start(dir: &Path, password: &str, connect_port: u16) -> Option<Tinyproxy> {
+        Tinyproxy::start_for(dir, password, connect_port, Some("127.0.0.1"), &["127.0.0.1"])
+    }
+
+    /// As [`Tinyproxy::start`], listening on `listen` (every address when `None`: the simulated
+    /// clusters' pod gateways appear with their pods) for clients from `allow` (addresses or
+    /// CIDRs).
+    #[allow(dead_code, reason = "not every test file reaches pods")]
+    pub fn start_for(
+        dir: &Path,
+        password: &str,
+        connect_port: u16,
+        listen: Option<&str>,
+        allow: &[&str],
+    ) -> Option<Tinyproxy> {
         if Command::new("tinyproxy").arg("-v").output().is_err() {
             eprintln!("skipped: tinyproxy is not installed (scripts/test.sh installs it)");
             return None;
@@ -253,7 +267,9 @@ impl Tinyproxy {
         std::fs::write(
             &config,
             format!(
-                "Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nBasicAuth alice {password}\nConnectPort {connect_port}\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n",
+                "Port {port}\n{}{}BasicAuth alice {password}\nConnectPort {connect_port}\nLogFile \"{}\"\nLogLevel Info\nMaxClients 20\n",
+                listen.map(|host| format!("Listen {host}\n")).unwrap_or_default(),
+                allow.iter().fold(String::new(), |lines, client| lines + "Allow " + client + "\n"),
                 log.display()
             ),
         )
@@ -271,7 +287,12 @@ impl Tinyproxy {
     }
 
     pub fn url(&self, password: &str) -> String {
-        format!("http://alice:{password}@127.0.0.1:{}", self.port)
+        self.url_at("127.0.0.1", password)
+    }
+
+    /// Its URL at `host` (an address it listens on).
+    pub fn url_at(&self, host: &str, password: &str) -> String {
+        format!("http://alice:{password}@{host}:{}", self.port)
     }
 
     pub fn log_text(&self) -> String {

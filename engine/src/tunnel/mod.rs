@@ -20,10 +20,12 @@ use crate::certs::{Identity, Role};
 mod counted;
 mod fetch;
 mod proxy;
+mod server_name;
 
 pub use counted::{Counted, ReadCount};
 pub use fetch::fetch_chain;
 pub use proxy::{Proxy, ProxyError};
+pub use server_name::split_server_name;
 
 /// How long a TCP connect plus TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -73,6 +75,13 @@ pub enum TunnelError {
         #[source]
         source: std::io::Error,
     },
+    /// The name before `@` in `SERVER_NAME@HOST:PORT` is not a DNS name, so it cannot be sent as
+    /// the TLS server name a router picks the agent by.
+    #[error("`{addr}`: the server name before `@` must be a DNS name (a route's host), to be sent as TLS SNI")]
+    ServerName {
+        /// The address.
+        addr: String,
+    },
     /// Connect or handshake took too long.
     #[error("timed out connecting to `{addr}` after {}s", HANDSHAKE_TIMEOUT.as_secs())]
     Timeout {
@@ -121,12 +130,16 @@ pub fn server_config(identity: &Identity) -> Result<Arc<ServerConfig>, TunnelErr
     Ok(Arc::new(config))
 }
 
-/// The client side of the tunnel: presents our certificate, trusts only the migration's CA.
+/// The client side of the tunnel: presents our certificate, trusts only the migration's CA, and
+/// takes only a certificate for the agent role, whatever server name a dial sends (see
+/// [`server_name`]).
 pub fn client_config(identity: &Identity) -> Result<Arc<ClientConfig>, TunnelError> {
+    let verifier = server_name::PinnedAgentName::new(roots(identity)?).map_err(TunnelError::Verifier)?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TunnelError::Config)?
-        .with_root_certificates(roots(identity)?)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(TunnelError::Config)?;
     Ok(Arc::new(config))
@@ -137,19 +150,20 @@ pub type ClientStream = client::TlsStream<TcpStream>;
 /// A server-side tunnel.
 pub type ServerStream = server::TlsStream<TcpStream>;
 
-/// Dials an agent at `addr` (`HOST:PORT`) and completes the mutual-TLS handshake. The agent
-/// must present a certificate for the agent role from the migration's CA.
+/// Dials an agent at `addr` (`HOST:PORT`, or `SERVER_NAME@HOST:PORT` through an SNI router:
+/// see [`server_name`]) and completes the mutual-TLS handshake. The agent must present a
+/// certificate for the agent role from the migration's CA.
 ///
-/// With a `proxy`, the TCP connection is an HTTP CONNECT tunnel through it, and mutual TLS runs
-/// end to end inside.
+/// With a `proxy`, the TCP connection is an HTTP CONNECT tunnel through it (to `HOST:PORT`), and
+/// mutual TLS runs end to end inside.
 pub async fn connect(
     addr: &str,
     config: Arc<ClientConfig>,
     proxy: Option<&Proxy>,
 ) -> Result<ClientStream, TunnelError> {
+    let name = server_name::sni_for(addr).ok_or_else(|| TunnelError::ServerName { addr: addr.to_owned() })?;
     let dial = async {
-        let tcp = dial_tcp(addr, proxy).await?;
-        let name = ServerName::try_from(Role::Agent.dns_name()).expect("valid DNS name");
+        let tcp = dial_tcp(split_server_name(addr).1, proxy).await?;
         TlsConnector::from(config).connect(name, tcp).await.map_err(|source| match proxy {
             Some(proxy) => TunnelError::HandshakeViaProxy { addr: addr.to_owned(), proxy: proxy.to_string(), source },
             None => TunnelError::Handshake { addr: addr.to_owned(), source },

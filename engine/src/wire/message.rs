@@ -39,7 +39,8 @@ pub enum Request {
     Push {
         /// Source volume name.
         volume: String,
-        /// `HOST:PORT` of the target agent, as the source agent reaches it.
+        /// `HOST:PORT` of the target agent, as the source agent reaches it; `SERVER_NAME@HOST:PORT`
+        /// when it is behind an SNI router (see [`crate::tunnel::split_server_name`]).
         target: String,
         /// The token of the session opened on the target.
         #[serde(with = "serde_bytes")]

@@ -64,7 +64,10 @@ pub use message::{
 // the further lanes); the further lanes join beside the tree's first entries.
 // Version 9: [`Request::GrantPodVolume`] and [`Request::RevokeVolume`] (the node strategy's
 // grants at run time, by pod UID and volume name).
-pub const PROTOCOL_VERSION: u32 = 9;
+// Version 10: [`Request::Push`]'s `target` may be `SERVER_NAME@HOST:PORT` (a target agent behind
+// a TLS-passthrough router, picked by SNI: `tunnel::split_server_name`); a version 9 agent would
+// dial it as a host name.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;

@@ -31,3 +31,13 @@ fn addresses_join_with_their_port() {
     assert_eq!(join_host_port("fd00::1", 7443), "[fd00::1]:7443");
     assert_eq!(join_host_port("lb.example.com", 7443), "lb.example.com:7443");
 }
+
+#[test]
+fn a_routes_agent_is_dialled_at_its_router_with_the_route_host_as_server_name() {
+    let host = "mover-m-target-data-shop.apps.example.com";
+    assert_eq!(route_address(host, None), format!("{host}@{host}:443"));
+    assert_eq!(route_address(host, Some("10.0.0.5")), format!("{host}@10.0.0.5:443"));
+    assert_eq!(route_address(host, Some("10.0.0.5:8443")), format!("{host}@10.0.0.5:8443"));
+    assert_eq!(route_address(host, Some("[fd00::5]")), format!("{host}@[fd00::5]:443"));
+    assert_eq!(route_address(host, Some("[fd00::5]:8443")), format!("{host}@[fd00::5]:8443"));
+}

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod labels;
 pub mod namespace;
 pub mod rbac;
+pub mod route;
 pub mod transfer;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use identity::{identity_secret, identity_secret_name};
 pub use labels::{CLAIM_LABEL, MANAGED_BY, MIGRATION_LABEL, Migration, ROLE_LABEL};
 pub use namespace::{DEFAULT_NAMESPACE, namespace};
 pub use rbac::{Rbac, rbac};
+pub use route::{Route, transfer_route};
 pub use transfer::{
     End, Exposure, IDENTITY_PATH, TransferPod, VOLUME_PATH, transfer_pod, transfer_pod_name, transfer_service,
 };
@@ -80,6 +82,8 @@ pub enum Object {
     Job(Job),
     /// A `ConfigMap` (a hook's playbook).
     ConfigMap(ConfigMap),
+    /// An OpenShift Route (a transfer agent's, with `--expose route`).
+    Route(Route),
 }
 
 /// What an install is made of: `mover k8s manifests`'s options.
@@ -130,7 +134,7 @@ pub fn install_objects(install: &Install) -> Vec<Object> {
 
 /// Examples of what each migration creates (not installable: the coordinator makes them per
 /// claim and hook), for migration `example` in namespace `app`: the identity Secret (with
-/// placeholder bytes), a source and a target transfer pod with the target's Service (for the
+/// placeholder bytes), a source and a target transfer pod with the target's Service and Route (for the
 /// node strategy instead: the node agents' identity Secret and a holder pod), and a playbook
 /// hook's Job with its `ConfigMap`.
 #[must_use]
@@ -196,6 +200,8 @@ pub fn template_objects(install: &Install) -> Vec<Object> {
             Object::Pod(transfer_pod(&source)),
             Object::Pod(transfer_pod(&target)),
             Object::Service(transfer_service(&target, Exposure::LoadBalancer)),
+            // With `--expose route` the Service is a `ClusterIP` one and this Route exposes it.
+            Object::Route(transfer_route(&target)),
         ]
     };
     objects.extend(hook_objects);

@@ -4,7 +4,7 @@
 //!
 //! - The coordinator (service account `mover`) reads claims, volumes, pods, nodes, storage
 //!   classes, namespaces and events; creates claims and missing namespaces; creates and deletes
-//!   pods, services and secrets (its transfer agents); reads transfer pods' logs; runs hooks as
+//!   pods, services, secrets and, on OpenShift, Routes (its transfer agents); reads transfer pods' logs; runs hooks as
 //!   Jobs (creates, reads, lists and deletes Jobs, creates and deletes playbook `ConfigMaps`);
 //!   keeps a final run's record in a `ConfigMap` (reads, patches, creates and deletes it);
 //!   for preflight, lists `ResourceQuotas` and reads service accounts and the node agents'
@@ -45,6 +45,9 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["persistentvolumeclaims"], &["get", "list", "create"]),
     ("", &["pods"], &["list", "watch", "create", "delete"]),
     ("", &["services", "secrets"], &["get", "list", "create", "delete"]),
+    // `--expose route` on OpenShift: a transfer agent's passthrough Route is created, read until
+    // a router admits it, and deleted; cleanup lists the migration's Routes.
+    ("route.openshift.io", &["routes"], &["get", "list", "create", "delete"]),
     // The last lines of a transfer pod that ended before it was ready; a hook Job's pod logs.
     ("", &["pods/log"], &["get"]),
     // Hooks as Jobs: a run finds its hook's earlier Job (list), starts one, follows its status

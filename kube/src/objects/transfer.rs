@@ -106,7 +106,7 @@ fn transfer_labels(spec: &TransferPod) -> BTreeMap<String, String> {
     labels
 }
 
-fn transfer_meta(spec: &TransferPod) -> ObjectMeta {
+pub(crate) fn transfer_meta(spec: &TransferPod) -> ObjectMeta {
     ObjectMeta {
         name: Some(transfer_pod_name(spec.migration, spec.end, spec.claim)),
         namespace: Some(spec.namespace.to_owned()),
@@ -292,6 +292,9 @@ pub enum Exposure {
     NodePort,
     /// A cluster address (both ends in one cluster).
     ClusterIp,
+    /// An OpenShift Route with TLS passthrough to a `ClusterIP` Service, reached through the
+    /// cluster's router by SNI ([`super::route`]).
+    Route,
 }
 
 impl Exposure {
@@ -301,7 +304,7 @@ impl Exposure {
         match self {
             Exposure::LoadBalancer => "LoadBalancer",
             Exposure::NodePort => "NodePort",
-            Exposure::ClusterIp => "ClusterIP",
+            Exposure::ClusterIp | Exposure::Route => "ClusterIP",
         }
     }
 }

@@ -11,6 +11,7 @@
 //! * services: the `LoadBalancer` address is the IP of the one Running pod the selector matches
 //!   (no kube-proxy and no cloud load balancer: a simulation shortcut so the address reaches the
 //!   pod directly; no Endpoints or `EndpointSlices` are made);
+//! * routes (`OpenShift` flavour): hosts defaulted and Routes admitted, in `router`;
 //! * deployments, replica sets, stateful sets and daemon sets: in `workloads`;
 //! * jobs: one pod at a time (`parallelism` and `completions` above 1 are not simulated), retried
 //!   up to `backoffLimit`, `activeDeadlineSeconds`, Complete and Failed conditions; with
@@ -49,6 +50,9 @@ pub fn run(shared: &Arc<Shared>) {
         scheduler::schedule(shared);
         kubelet.sync(shared);
         services(shared);
+        if shared.flavor == super::Flavor::OpenShift {
+            super::router::admit(shared);
+        }
         jobs(shared);
         super::workloads::run(shared);
         std::thread::sleep(ROUND);
@@ -183,7 +187,6 @@ fn garbage_collect(shared: &Shared) {
 fn services(shared: &Shared) {
     shared.write(|store| {
         let service_type = resources::by_kind("Service");
-        let pods = resources::by_kind("Pod");
         let balancers: Vec<Value> = store
             .list(service_type, None)
             .into_iter()
@@ -191,16 +194,9 @@ fn services(shared: &Shared) {
             .cloned()
             .collect();
         for mut service in balancers {
-            let selector = service["spec"]["selector"].as_object().cloned().unwrap_or_default();
-            let text: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
-            let Ok(selector) = LabelSelector::parse(&text.join(",")) else { continue };
-            let running: Vec<&str> = store
-                .list(pods, Some(namespace_of(&service)))
-                .into_iter()
-                .filter(|p| !text.is_empty() && selector.matches(p) && p["status"]["phase"] == "Running")
-                .filter_map(|p| p["status"]["podIP"].as_str())
-                .collect();
-            let ingress = match running.as_slice() {
+            let ips: Vec<&str> =
+                selected_pods(store, &service).into_iter().filter_map(|p| p["status"]["podIP"].as_str()).collect();
+            let ingress = match ips.as_slice() {
                 [ip] => json!({"ingress": [{"ip": ip, "ipMode": "VIP"}]}),
                 _ => json!({}),
             };
@@ -208,6 +204,19 @@ fn services(shared: &Shared) {
             store.put_if_changed(service_type, service);
         }
     });
+}
+
+/// The Running pods a Service's selector picks (none for a Service without one): its endpoints,
+/// as far as the simulation has them.
+pub(super) fn selected_pods<'a>(store: &'a Store, service: &Value) -> Vec<&'a Value> {
+    let selector = service["spec"]["selector"].as_object().cloned().unwrap_or_default();
+    let text: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    let Ok(selector) = LabelSelector::parse(&text.join(",")) else { return Vec::new() };
+    store
+        .list(resources::by_kind("Pod"), Some(namespace_of(service)))
+        .into_iter()
+        .filter(|p| !text.is_empty() && selector.matches(p) && p["status"]["phase"] == "Running")
+        .collect()
 }
 
 fn condition(kind: &str, reason: &str, message: &str) -> Value {

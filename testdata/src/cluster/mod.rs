@@ -58,6 +58,7 @@ mod openshift_tests;
 mod pair;
 mod projection;
 mod resources;
+mod router;
 mod scheduler;
 mod selectors;
 mod server;
@@ -86,6 +87,7 @@ use serde_json::{Value, json};
 pub use audit::{Faults, Request};
 pub use kubeconfig::{KubeconfigEntry, write_kubeconfig, write_kubeconfig_entries};
 pub use pair::{AGENT_REPOSITORY, ClusterPair, TOOLS_REPOSITORY};
+pub use router::{ROUTER_PORT, default_host as default_route_host};
 
 use crate::podrunner::KubeletRoot;
 use crate::pods::Pods;
@@ -102,8 +104,9 @@ pub enum Flavor {
     #[default]
     Kubernetes,
     /// `OpenShift`: also `route.openshift.io` Routes, `image.openshift.io` `ImageStreams` and
-    /// `apps.openshift.io` `DeploymentConfigs` (stored and served; no router, no image import and
-    /// no `DeploymentConfig` controller run).
+    /// `apps.openshift.io` `DeploymentConfigs` (stored and served; Routes admitted, and a router
+    /// for passthrough Routes where pods reach the host (`router`); no image import and no
+    /// `DeploymentConfig` controller run).
     OpenShift,
 }
 
@@ -150,6 +153,7 @@ pub struct SimCluster {
     ca_pem: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
+    router: Option<std::net::SocketAddr>,
 }
 
 fn random_token() -> String {
@@ -215,7 +219,14 @@ impl SimCluster {
             let shared = shared.clone();
             std::thread::Builder::new().name(format!("sim-{name}-ctl")).spawn(move || controllers::run(&shared))?
         };
-        Ok(SimCluster { shared, url, ca_pem, shutdown: Some(shutdown), threads: vec![serving, controlling] })
+        let mut threads = vec![serving, controlling];
+        let mut router = None;
+        if let (Flavor::OpenShift, Some(ip)) = (flavor, shared.pods.router_address()) {
+            let started = router::Router::start(&shared, ip)?;
+            router = Some(started.addr);
+            threads.push(started.thread);
+        }
+        Ok(SimCluster { shared, url, ca_pem, shutdown: Some(shutdown), threads, router })
     }
 
     /// The cluster's name (its kubeconfig context).
@@ -247,6 +258,14 @@ impl SimCluster {
     #[must_use]
     pub fn kubelet_root(&self) -> &Path {
         self.shared.kubelet_root.root()
+    }
+
+    /// Where the `OpenShift` router listens (`<pod gateway>:443`), which this machine and every
+    /// pod reach: what `routerAddress` names. `None` for a Kubernetes cluster, or where pods do
+    /// not reach the host.
+    #[must_use]
+    pub fn router_address(&self) -> Option<std::net::SocketAddr> {
+        self.router
     }
 
     /// Adds a user (or gives the existing one's token); returns its bearer token.

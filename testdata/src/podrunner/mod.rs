@@ -128,6 +128,10 @@ impl Pods for PodRunner {
     fn start(&self, start: PodStart<'_>) -> Result<Box<dyn PodProcess>, StartError> {
         Ok(Box::new(self.start_pod(&start)?))
     }
+
+    fn router_address(&self) -> Option<Ipv4Addr> {
+        Some(self.host_ip())
+    }
 }
 
 /// A container's process and, once it ended, its exit code.
