@@ -139,14 +139,15 @@ fn claims_move_between_openshift_clusters_through_their_routers_by_sni() {
             "delete core/configmaps",
             "get core/serviceaccounts",
             "get apps/daemonsets",
-            "patch apps/deployments",
             "patch apps/statefulsets",
             "patch apps/replicasets",
             "patch apps/daemonsets",
-            "patch batch/cronjobs",
             "patch batch/jobs",
             "patch apps.openshift.io/deploymentconfigs",
-            "delete core/persistentvolumeclaims"
+            "delete core/persistentvolumeclaims",
+            "delete core/namespaces",
+            "list core/configmaps",
+            "list core/serviceaccounts"
         ]
     );
 }
