@@ -348,7 +348,10 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
             "patch batch/jobs",
             "list apps.openshift.io/deploymentconfigs",
             "patch apps.openshift.io/deploymentconfigs",
-            "delete core/persistentvolumeclaims"
+            "delete core/persistentvolumeclaims",
+            "list image.openshift.io/imagestreams",
+            "get route.openshift.io/routes",
+            "create core/serviceaccounts/token"
         ]
     );
 }

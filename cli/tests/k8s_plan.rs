@@ -122,7 +122,10 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
             "patch batch/jobs",
             "list apps.openshift.io/deploymentconfigs",
             "patch apps.openshift.io/deploymentconfigs",
-            "delete core/persistentvolumeclaims"
+            "delete core/persistentvolumeclaims",
+            "list image.openshift.io/imagestreams",
+            "get route.openshift.io/routes",
+            "create core/serviceaccounts/token"
         ]
     );
 }

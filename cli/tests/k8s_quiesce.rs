@@ -358,7 +358,10 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
             "get core/serviceaccounts",
             "get apps/daemonsets",
             "list apps.openshift.io/deploymentconfigs",
-            "patch apps.openshift.io/deploymentconfigs"
+            "patch apps.openshift.io/deploymentconfigs",
+            "list image.openshift.io/imagestreams",
+            "get route.openshift.io/routes",
+            "create core/serviceaccounts/token"
         ]
     );
 }

@@ -11,7 +11,8 @@
 //!   `DaemonSet`;
 //!   quiesces and unquiesces workloads (lists and patches Deployments, `StatefulSets`,
 //!   `ReplicaSets`, `DaemonSets`, `CronJobs`, Jobs and `DeploymentConfigs`); on a rollback deletes
-//!   the target claims it created.
+//!   the target claims it created; for the images of a plan's namespaces, lists `ImageStreams`,
+//!   reads the registry's default Route and asks for a service account's token (`TokenRequest`).
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -67,6 +68,13 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("apps.openshift.io", &["deploymentconfigs"], &["list", "patch"]),
     // Rollback: the target claims mover created for the plan (labelled and annotated so) go.
     ("", &["persistentvolumeclaims"], &["delete"]),
+    // Images of a plan's namespaces (`images: {fromNamespaces: true}`): OpenShift's ImageStream
+    // tags, the internal registry's default route, and a short-lived token of the plan's service
+    // account from the TokenRequest API (the ingress CA's ConfigMap is read with `get` above;
+    // pod templates are listed as quiesce lists them).
+    ("image.openshift.io", &["imagestreams"], &["list"]),
+    ("route.openshift.io", &["routes"], &["get"]),
+    ("", &["serviceaccounts/token"], &["create"]),
 ];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {
