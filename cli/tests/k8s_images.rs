@@ -244,7 +244,7 @@ fn images_of_the_namespaces_move_from_the_internal_registry_with_a_short_lived_t
         "{}",
         text(&output)
     );
-    let routes: Api<DynamicObject> = Api::namespaced_with(
+    let route_api: Api<DynamicObject> = Api::namespaced_with(
         admin.clone(),
         "openshift-image-registry",
         &resource("route.openshift.io", "Route", "routes"),
@@ -254,7 +254,7 @@ fn images_of_the_namespaces_move_from_the_internal_registry_with_a_short_lived_t
         "spec": {"host": ROUTE_HOST, "to": {"kind": "Service", "name": "image-registry"},
             "tls": {"termination": "reencrypt"}}}))
     .unwrap();
-    runtime.block_on(routes.create(&kube::api::PostParams::default(), &route)).unwrap();
+    runtime.block_on(route_api.create(&kube::api::PostParams::default(), &route)).unwrap();
     let dry = tmp.path().join("dry.json");
     let output =
         mover(&pair, &["plan", "run", routed, "--dry-run", "--skip-preflight", "--report", dry.to_str().unwrap()]);

@@ -268,8 +268,8 @@ async fn images_of_workloads(
             continue;
         }
         let (_, _, kind_name, _) = kind.names();
-        let user = format!("{kind_name} {namespace}/{}", object["metadata"]["name"].as_str().unwrap_or_default());
-        used.extend(container_images(kind.pod_spec(&object)).map(|image| (image, user.clone())));
+        let owner = format!("{kind_name} {namespace}/{}", object["metadata"]["name"].as_str().unwrap_or_default());
+        used.extend(container_images(kind.pod_spec(&object)).map(|image| (image, owner.clone())));
     }
     Ok(used)
 }
@@ -286,8 +286,8 @@ async fn images_of_bare_pods(cluster: &Cluster, namespace: &str) -> Result<Vec<(
         if owners.iter().any(|owner| owner["controller"] == true) {
             continue;
         }
-        let user = format!("Pod {namespace}/{}", value["metadata"]["name"].as_str().unwrap_or_default());
-        used.extend(container_images(&value["spec"]).map(|image| (image, user.clone())));
+        let owner = format!("Pod {namespace}/{}", value["metadata"]["name"].as_str().unwrap_or_default());
+        used.extend(container_images(&value["spec"]).map(|image| (image, owner.clone())));
     }
     Ok(used)
 }
@@ -348,18 +348,17 @@ fn sort_out(
         match plan_copy(reference, places, clusters, stream_tag) {
             Ok(transfer) => {
                 let key = format!("{transfer:?}");
-                match index.get(&key) {
-                    Some(&at) => push_once(&mut images[at].used_by, user),
-                    None => {
-                        index.insert(key, images.len());
-                        images.push(FoundImage { reference: reference.clone(), used_by: vec![user.clone()], transfer });
-                    }
+                if let Some(&at) = index.get(&key) {
+                    push_once(&mut images[at].used_by, user);
+                } else {
+                    index.insert(key, images.len());
+                    images.push(FoundImage { reference: reference.clone(), used_by: vec![user.clone()], transfer });
                 }
             }
             Err(reason) => match skipped.iter_mut().find(|s| &s.reference == reference) {
                 Some(entry) => push_once(&mut entry.used_by, user),
                 None => {
-                    skipped.push(SkippedImage { reference: reference.clone(), used_by: vec![user.clone()], reason })
+                    skipped.push(SkippedImage { reference: reference.clone(), used_by: vec![user.clone()], reason });
                 }
             },
         }
