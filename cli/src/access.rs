@@ -67,6 +67,7 @@ impl ImageCommon {
                 plain_http,
                 tls_verify,
                 ca_bundle: ca_bundle.clone(),
+                ca_pem: None,
                 auth_file: self.authfile.clone(),
                 credentials: credentials.clone().or_else(|| token.clone().map(Credentials::Token)),
                 token_file: None,
@@ -133,7 +134,7 @@ pub fn endpoint_for(
             let tls = match (access.plain_http, access.tls_verify) {
                 (true, _) => TlsMode::PlainHttp,
                 (false, false) => TlsMode::NoVerify,
-                (false, true) => TlsMode::Verify { ca_bundle: access.ca_bundle.clone() },
+                (false, true) => TlsMode::Verify { ca_bundle: access.ca_bundle.clone(), ca_pem: access.ca_pem.clone() },
             };
             let options =
                 RegistryOptions { tls, credentials, proxy: proxy.cloned(), max_manifest_bytes, pace: registry_pace()? };

@@ -354,7 +354,9 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
             "delete core/persistentvolumeclaims",
             "delete core/namespaces",
             "list core/configmaps",
-            "list core/serviceaccounts"
+            "list core/serviceaccounts",
+            "list image.openshift.io/imagestreams",
+            "create core/serviceaccounts/token"
         ]
     );
 }

@@ -128,7 +128,9 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
             "delete core/persistentvolumeclaims",
             "delete core/namespaces",
             "list core/configmaps",
-            "list core/serviceaccounts"
+            "list core/serviceaccounts",
+            "list image.openshift.io/imagestreams",
+            "create core/serviceaccounts/token"
         ]
     );
 }

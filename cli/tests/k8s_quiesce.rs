@@ -374,7 +374,9 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
             "get core/serviceaccounts",
             "get apps/daemonsets",
             "list apps.openshift.io/deploymentconfigs",
-            "patch apps.openshift.io/deploymentconfigs"
+            "patch apps.openshift.io/deploymentconfigs",
+            "list image.openshift.io/imagestreams",
+            "create core/serviceaccounts/token"
         ]
     );
 }

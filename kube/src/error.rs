@@ -23,6 +23,9 @@ pub enum KubeError {
         #[source]
         source: kube::Error,
     },
+    /// The images of a plan's namespaces cannot be found or reached (the message says what to do).
+    #[error("{0}")]
+    Images(String),
     /// Something mover waits for did not happen in time.
     #[error("{0}")]
     Timeout(String),

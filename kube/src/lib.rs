@@ -11,6 +11,7 @@ pub mod claims;
 pub mod context;
 mod error;
 pub mod hooks;
+pub mod images;
 pub mod manifests;
 pub mod node_agents;
 pub mod objects;

@@ -218,12 +218,18 @@ fn owned_by_deployment(kind: Kind, object: &Value) -> bool {
     kind == Kind::ReplicaSet && owner_kinds(object).any(|owner| owner["kind"] == "Deployment")
 }
 
+/// A `ReplicaSet` a Deployment owns, or a Job a `CronJob` owns: its pod template is its owner's.
+pub(crate) fn templated_by_owner(kind: Kind, object: &Value) -> bool {
+    owned_by_deployment(kind, object)
+        || (kind == Kind::Job && owner_kinds(object).any(|owner| owner["kind"] == "CronJob"))
+}
+
 fn has_controller(pod: &Value) -> bool {
     owner_kinds(pod).any(|owner| owner["controller"] == true)
 }
 
 /// The kinds this cluster serves: `DeploymentConfigs` only where `apps.openshift.io` is.
-async fn kinds_served(cluster: &Cluster) -> Result<Vec<Kind>, KubeError> {
+pub(crate) async fn kinds_served(cluster: &Cluster) -> Result<Vec<Kind>, KubeError> {
     let groups = cluster
         .client
         .list_api_groups()
@@ -238,7 +244,11 @@ fn api(cluster: &Cluster, namespace: &str, kind: Kind) -> Api<DynamicObject> {
 }
 
 /// Every workload of `kinds` in `namespace`, as JSON.
-async fn workloads(cluster: &Cluster, namespace: &str, kinds: &[Kind]) -> Result<Vec<(Kind, Value)>, KubeError> {
+pub(crate) async fn workloads(
+    cluster: &Cluster,
+    namespace: &str,
+    kinds: &[Kind],
+) -> Result<Vec<(Kind, Value)>, KubeError> {
     let mut found = Vec::new();
     for &kind in kinds {
         let (_, _, _, plural) = kind.names();

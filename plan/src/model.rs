@@ -60,8 +60,14 @@ pub struct Plan {
     pub registries: Sides<RegistrySide>,
     /// Volumes, in file order.
     pub volumes: Vec<VolumePlan>,
-    /// Images, in file order.
+    /// Images, in file order (then the ones [`Plan::image_discovery`] found, once added).
     pub images: Vec<ImageTransfer>,
+    /// `images: {fromNamespaces: true, …}`: the images of the plan's namespaces that the source
+    /// cluster's internal registry holds, found when the plan runs ([`crate::ImageFinder`]).
+    pub image_discovery: Option<ImageDiscovery>,
+    /// How the exposed internal registry is reached once its images are found (the token and
+    /// the trust the finder got from the cluster): only for references to its host.
+    pub exposed_registry: Option<ExposedRegistry>,
     /// Hooks, in file order.
     pub hooks: Vec<Hook>,
     /// `clusters:`: where `k8s://` claims are, and how target claims are made.
@@ -245,6 +251,8 @@ pub struct RegistrySide {
     pub tls_verify: bool,
     /// CA bundle.
     pub ca_bundle: Option<PathBuf>,
+    /// More trusted certificates, PEM, read from a cluster (its ingress CA).
+    pub ca_pem: Option<String>,
     /// Auth file (docker `config.json` format); the usual places when `None`.
     pub auth_file: Option<PathBuf>,
     /// Credentials given directly (`USER:PASSWORD` or a token); before the auth file.
@@ -259,11 +267,48 @@ impl Default for RegistrySide {
             plain_http: false,
             tls_verify: true,
             ca_bundle: None,
+            ca_pem: None,
             auth_file: None,
             credentials: None,
             token_file: None,
         }
     }
+}
+
+/// Where a plan's images are found and copied to (`images: {fromNamespaces: true, …}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDiscovery {
+    /// The registry host (and port) pods name for the internal registry; `None`: `OpenShift`'s,
+    /// [`OPENSHIFT_INTERNAL_REGISTRY`] (an error elsewhere).
+    pub internal_registry: Option<String>,
+    /// The host (and port) mover reaches the internal registry at; `None`: on `OpenShift`, the
+    /// registry's default route.
+    pub source_registry: Option<String>,
+    /// The target registry host (and port) images go to, under their mapped namespace.
+    pub target_registry: String,
+    /// The service account whose short-lived token (`TokenRequest` API) pulls from the source
+    /// registry: `(namespace, name)`.
+    pub service_account: (String, String),
+    /// How long that token lives.
+    pub token_lifetime: Duration,
+}
+
+/// `OpenShift`'s internal registry, as its pods name it.
+pub const OPENSHIFT_INTERNAL_REGISTRY: &str = "image-registry.openshift-image-registry.svc:5000";
+
+/// The token's lifetime unless the plan says otherwise (the Kubernetes API's own default).
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The shortest token lifetime a Kubernetes API server issues.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The exposed internal registry, and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ExposedRegistry {
+    /// Its host (and port), as in the found images' source references.
+    pub host: String,
+    /// How to reach it: the token as credentials, the cluster's ingress CA.
+    pub access: RegistrySide,
 }
 
 /// One entry of `images:`.
@@ -426,6 +471,13 @@ impl Plan {
     /// Hooks of one phase, in file order.
     pub fn hooks_of(&self, phase: Phase) -> impl Iterator<Item = &Hook> {
         self.hooks.iter().filter(move |hook| hook.phase == phase)
+    }
+
+    /// The access to source registry `host` when it is the exposed internal registry (its token,
+    /// the cluster's CA); `None` for any other host, which the plan's `registries:` reach.
+    #[must_use]
+    pub fn exposed_access(&self, host: &str) -> Option<&RegistrySide> {
+        self.exposed_registry.as_ref().filter(|exposed| exposed.host == host).map(|exposed| &exposed.access)
     }
 
     /// True when some volume involves an agent.

@@ -14,7 +14,7 @@ use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
 
 use crate::location::Location;
-use crate::model::{Hook, HookAction, Plan, Side, VolumePlan};
+use crate::model::{ExposedRegistry, Hook, HookAction, ImageTransfer, Plan, Side, VolumePlan};
 use crate::record::{RunLog, StepRecord};
 
 /// Runs one hook to its end.
@@ -82,6 +82,55 @@ impl VolumeResolver for WrittenLocations {
 pub trait ImageTransfers: Sync {
     /// Runs every image transfer of `plan`, at most `plan.image_concurrency` at once.
     fn transfer_all<'a>(&'a self, plan: &'a Plan, proxy: Option<&'a Proxy>) -> LocalBoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Finds the images a plan's namespaces use in the source cluster's internal registry
+/// ([`crate::ImageDiscovery`]), and how to reach that registry.
+pub trait ImageFinder: Send + Sync {
+    /// The images found, the ones left out with why, and the exposed registry's access.
+    fn find<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, anyhow::Result<FoundImages>>;
+}
+
+/// What an [`ImageFinder`] found.
+#[derive(Debug, Clone)]
+pub struct FoundImages {
+    /// The images to copy, each once, in the order found.
+    pub images: Vec<FoundImage>,
+    /// The images left out, with why.
+    pub skipped: Vec<SkippedImage>,
+    /// How mover reaches the internal registry.
+    pub registry: ExposedRegistry,
+}
+
+/// One image to copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundImage {
+    /// The reference as the cluster names it (the internal registry's host).
+    pub reference: String,
+    /// Who uses it: `Deployment shop/web`, `ImageStream shop/web:v1`.
+    pub used_by: Vec<String>,
+    /// The copy: from the exposed registry to the target registry.
+    pub transfer: ImageTransfer,
+}
+
+/// One image left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedImage {
+    /// The reference as the cluster names it.
+    pub reference: String,
+    /// Who uses it.
+    pub used_by: Vec<String>,
+    /// Why it is not copied.
+    pub reason: String,
+}
+
+impl Plan {
+    /// Adds what `found` found: its copies after the plan's own, and the exposed registry's
+    /// access.
+    pub fn add_found_images(&mut self, found: &FoundImages) {
+        self.images.extend(found.images.iter().map(|image| image.transfer.clone()));
+        self.exposed_registry = Some(found.registry.clone());
+    }
 }
 
 /// Stops the applications that use a plan's source volumes before a final copy (MTC's

@@ -6,6 +6,11 @@
 //! It grants exactly the scopes asked for (so a token for one repository does not let a client
 //! mount from another, and the registry answers such a mount with `202`, as real ones do), and
 //! records every request's scopes and whether Basic credentials came with it.
+//!
+//! Besides its own user and password it can accept other credentials
+//! ([`TokenServer::also_accept`]): e.g. any user with a password that a simulated cluster issued
+//! as a service-account token and that has not expired, as `OpenShift`'s registry accepts a
+//! service account's token as the password.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -32,8 +37,10 @@ pub struct TokenRequest {
     pub authenticated: bool,
 }
 
+/// A check of other Basic credentials: `(user, password)`, true to accept.
+pub type CredentialCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// A running token server; stops accepting on drop.
-#[derive(Debug)]
 pub struct TokenServer {
     /// `127.0.0.1:PORT`.
     pub addr: String,
@@ -41,6 +48,13 @@ pub struct TokenServer {
     pub cert_pem: PathBuf,
     requests: Arc<Mutex<Vec<TokenRequest>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    also: Arc<Mutex<Option<CredentialCheck>>>,
+}
+
+impl std::fmt::Debug for TokenServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenServer").field("addr", &self.addr).finish_non_exhaustive()
+    }
 }
 
 struct Signer {
@@ -48,6 +62,7 @@ struct Signer {
     cert_der: Vec<u8>,
     user: String,
     password: String,
+    also: Arc<Mutex<Option<CredentialCheck>>>,
 }
 
 impl TokenServer {
@@ -60,12 +75,14 @@ impl TokenServer {
         let cert = params.self_signed(&key).map_err(io::Error::other)?;
         let cert_pem = dir.join("token-signer.crt");
         std::fs::write(&cert_pem, cert.pem())?;
+        let also: Arc<Mutex<Option<CredentialCheck>>> = Arc::new(Mutex::new(None));
         let signer = Arc::new(Signer {
             key: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der())
                 .map_err(|e| io::Error::other(e.to_string()))?,
             cert_der: cert.der().to_vec(),
             user: user.to_owned(),
             password: password.to_owned(),
+            also: Arc::clone(&also),
         });
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?.to_string();
@@ -84,7 +101,12 @@ impl TokenServer {
                 });
             }
         })?;
-        Ok(TokenServer { addr, cert_pem, requests, stop })
+        Ok(TokenServer { addr, cert_pem, requests, stop, also })
+    }
+
+    /// Also accepts the Basic credentials `check` accepts (besides its own user and password).
+    pub fn also_accept(&self, check: CredentialCheck) {
+        *self.also.lock().expect("check") = Some(check);
     }
 
     /// `http://127.0.0.1:PORT/token`, the registry's `realm`.
@@ -132,7 +154,8 @@ fn serve(stream: TcpStream, signer: &Signer, seen: &Mutex<Vec<TokenRequest>>) ->
         .map(|(_, v)| percent_decode(v))
         .collect();
     let expected = format!("Basic {}", STANDARD.encode(format!("{}:{}", signer.user, signer.password)));
-    let authenticated = authorization.as_deref() == Some(expected.as_str());
+    let authenticated =
+        authorization.as_deref() == Some(expected.as_str()) || accepted_elsewhere(signer, authorization.as_deref());
     seen.lock().expect("requests").push(TokenRequest { scopes: scopes.clone(), authenticated });
     let mut out = stream;
     if !authenticated {
@@ -150,6 +173,16 @@ fn serve(stream: TcpStream, signer: &Signer, seen: &Mutex<Vec<TokenRequest>>) ->
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// Whether [`TokenServer::also_accept`]'s check accepts the Basic credentials of `authorization`.
+fn accepted_elsewhere(signer: &Signer, authorization: Option<&str>) -> bool {
+    let Some(check) = signer.also.lock().expect("check").clone() else { return false };
+    let decoded = authorization
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| STANDARD.decode(encoded.trim()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    decoded.and_then(|pair| pair.split_once(':').map(|(user, password)| check(user, password))).unwrap_or(false)
 }
 
 fn sign(signer: &Signer, scopes: &[String]) -> io::Result<String> {

@@ -11,23 +11,24 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context, anyhow, bail};
 use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use mover_engine::hooks::{HookError, HookOutcome};
-use mover_engine::image::{ImageRef, ImageSummary, Session};
+use mover_engine::image::{ImageError, ImageRef, ImageSummary, Session};
 use mover_engine::progress::{SharedReporter, Summary};
 use mover_engine::tunnel::Proxy;
 use mover_kube::claims;
 use mover_kube::context::Cluster;
 use mover_kube::hooks::KubeHooks;
+use mover_kube::images::KubeImages;
 use mover_kube::objects::Migration;
 use mover_kube::quiesce::KubeWorkloads;
 use mover_kube::resolver::{KubeVolumes, OnState};
 use mover_kube::run_log::ClusterRunLog;
 use mover_plan::{
-    Clusters, HookRunner, ImageTransfers, LocalHooks, NoRunLog, NoWorkloads, Observer, Run, RunLog, Runtime,
-    StepRecord, VolumeResolver, Workloads, WrittenLocations,
+    Clusters, HookRunner, ImageFinder, ImageTransfers, LocalHooks, NoRunLog, NoWorkloads, Observer, Run, RunLog,
+    Runtime, SkippedImage, StepRecord, VolumeResolver, Workloads, WrittenLocations,
 };
 
 use crate::Outcome;
@@ -35,7 +36,7 @@ use crate::access;
 use crate::args::{GlobalArgs, PlanRunArgs};
 use crate::commands::preflight::{self, Thresholds};
 use crate::plan::report::{Report, StepResult};
-use crate::plan::{self, Hook, ImageTransfer, Plan, RegistrySide, Side, Sides, VolumePlan};
+use crate::plan::{self, Hook, ImageDiscovery, ImageTransfer, Plan, RegistrySide, Side, Sides, VolumePlan};
 use crate::render::plan::PlanPrinter;
 
 pub async fn run(args: PlanRunArgs, global: &GlobalArgs) -> anyhow::Result<Outcome> {
@@ -134,7 +135,10 @@ async fn load_and_run(
         }
         None => None,
     };
-    *report.lock().expect("report lock") = Some(Report::new(&plan, stage));
+    let skipped = add_found_images(&mut plan, &args.kube, printer).await?;
+    let mut new_report = Report::new(&plan, stage);
+    new_report.images_skipped = skipped.into_iter().map(Into::into).collect();
+    *report.lock().expect("report lock") = Some(new_report);
     if !args.skip_preflight {
         let checks = match &clusters {
             Some(_) => preflight::check_cluster_volumes(&plan, &args.kube).await,
@@ -207,6 +211,40 @@ async fn load_and_run(
     Ok(())
 }
 
+/// Adds the images the plan's namespaces use from the source cluster's internal registry
+/// (`images: {fromNamespaces: true}`), showing each copy and each image left out; returns the
+/// ones left out.
+pub(crate) async fn add_found_images(
+    plan: &mut Plan,
+    kube: &crate::args::KubeArgs,
+    printer: &PlanPrinter,
+) -> anyhow::Result<Vec<SkippedImage>> {
+    let (Some(_), Some(clusters)) = (&plan.image_discovery, &plan.clusters) else { return Ok(Vec::new()) };
+    let finder =
+        KubeImages::new(crate::clusters::cluster_access(kube.kubeconfig.as_ref()), clusters.contexts.source.clone());
+    let found = finder.find(plan).await.context("finding the images of the plan's namespaces failed; nothing ran")?;
+    for image in &found.images {
+        let (source, destination) = image.transfer.ends();
+        printer.text_line(&format!("image {source} -> {destination} (used by {})", image.used_by.join(", ")));
+    }
+    for image in &found.skipped {
+        printer.text_line(&format!(
+            "image {} skipped: {} (used by {})",
+            image.reference,
+            image.reason,
+            image.used_by.join(", ")
+        ));
+    }
+    if found.images.is_empty() {
+        printer.text_line(&format!(
+            "no image of the namespaces ({}) is in the source cluster's internal registry: no image is copied",
+            plan.namespaces.join(", ")
+        ));
+    }
+    plan.add_found_images(&found);
+    Ok(found.skipped)
+}
+
 /// Where a run leaves what it made in clusters, for the cleanup after it (however it ends).
 type MadeInClusters = Arc<Mutex<Option<Arc<KubeVolumes>>>>;
 
@@ -233,7 +271,7 @@ pub(crate) async fn add_every_claim(
             }
         }
     }
-    if plan.volumes.is_empty() {
+    if plan.volumes.is_empty() && plan.image_discovery.is_none() {
         bail!(
             "no Bound PersistentVolumeClaim in the plan's namespaces ({}) of context `{}`: nothing to migrate",
             plan.namespaces.join(", "),
@@ -341,7 +379,7 @@ impl FrontEnd {
             .map(|(index, transfer)| {
                 let reporter = self.printer.image(transfer.ends().0);
                 let registries = &registries;
-                async move { (index, transfer_image(transfer, registries, proxy, reporter).await) }
+                async move { (index, transfer_image(plan, transfer, registries, proxy, reporter).await) }
             })
             .buffer_unordered(plan.image_concurrency);
         let mut failures = Vec::new();
@@ -370,8 +408,22 @@ impl FrontEnd {
     }
 }
 
-/// One image transfer: a copy, or a sync of the listed tags (all when none are listed).
+/// What to say when the exposed internal registry refuses the service account's token.
+fn refused_token(discovery: &ImageDiscovery) -> String {
+    let (namespace, name) = &discovery.service_account;
+    format!(
+        "the source cluster's internal registry refused the token of service account `{namespace}/{name}` from the \
+         TokenRequest API ({}s lifetime): it has expired (run again for a new one, or raise `images.tokenLifetime`), or \
+         the account may not pull from the image's namespace (on OpenShift: `oc policy add-role-to-user \
+         system:image-puller system:serviceaccount:{namespace}:{name} -n NAMESPACE`)",
+        discovery.token_lifetime.as_secs()
+    )
+}
+
+/// One image transfer: a copy, or a sync of the listed tags (all when none are listed). The
+/// exposed internal registry is reached with its own access (the token, the cluster's CA).
 async fn transfer_image(
+    plan: &Plan,
     transfer: &ImageTransfer,
     registries: &Sides<RegistrySide>,
     proxy: Option<&Proxy>,
@@ -382,7 +434,11 @@ async fn transfer_image(
         let (source, destination) = transfer.ends();
         let (source, destination) = (source.parse::<ImageRef>()?, destination.parse::<ImageRef>()?);
         let max = mover_engine::image::manifest::MAX_MANIFEST_BYTES;
-        let from = access::endpoint_for(&source, &registries.source, Side::Source, proxy, max, false)?;
+        let exposed = match &source {
+            ImageRef::Registry { repository, .. } => plan.exposed_access(&repository.registry),
+            ImageRef::Layout { .. } => None,
+        };
+        let from = access::endpoint_for(&source, exposed.unwrap_or(&registries.source), Side::Source, proxy, max, false)?;
         let to = access::endpoint_for(&destination, &registries.target, Side::Target, proxy, max, false)?;
         let options = mover_engine::image::CopyOptions::default();
         let outcome = match transfer {
@@ -404,7 +460,14 @@ async fn transfer_image(
         };
         match outcome {
             Ok(()) => Ok(()),
-            Err(error) => Err(access::explain(error, proxy).await),
+            Err(error) => {
+                let refused = matches!(&error, ImageError::Unauthorized { registry, .. } if exposed.is_some() && plan.exposed_access(registry).is_some());
+                let explained = access::explain(error, proxy).await;
+                match (&plan.image_discovery, refused) {
+                    (Some(discovery), true) => Err(explained.context(refused_token(discovery))),
+                    _ => Err(explained),
+                }
+            }
         }
     }
     .await;

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::values::{
-    CompressSetting, ExcludeRule, ImageRef, Name, Namespace, ProxyUrl, Rate, RepositoryRef, Streams, TimeoutSetting,
-    VolumeEnd,
+    CompressSetting, ExcludeRule, ImageRef, Name, Namespace, ProxyUrl, Rate, RegistryHost, RepositoryRef, Streams,
+    TimeoutSetting, VolumeEnd,
 };
 
 /// The only `apiVersion` this build reads.
@@ -62,9 +62,10 @@ pub struct PlanFile {
     /// Volumes to copy.
     #[serde(default)]
     pub volumes: Vec<VolumeEntry>,
-    /// Images to copy.
+    /// Images to copy: a list of copies, or the images of the plan's namespaces
+    /// (`{fromNamespaces: true, …}`).
     #[serde(default)]
-    pub images: Vec<Spanned<ImageEntry>>,
+    pub images: Option<Spanned<ImagesSection>>,
     /// Hooks around the transfers.
     #[serde(default)]
     pub hooks: Vec<HookEntry>,
@@ -350,6 +351,86 @@ pub struct ImageEntry {
     /// A repository sync.
     #[serde(default)]
     pub sync: Option<SyncEntry>,
+}
+
+/// `images:`: a list of copies (`[{source, destination}, {sync: …}]`), or a mapping that also
+/// finds the images of the plan's namespaces ([`FoundImagesEntry`]).
+#[derive(Debug, Default)]
+pub enum ImagesSection {
+    /// The copies listed.
+    #[default]
+    None,
+    /// A list of copies.
+    List(Vec<Spanned<ImageEntry>>),
+    /// The mapping.
+    Found(Box<FoundImagesEntry>),
+}
+
+impl<'de> Deserialize<'de> for ImagesSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SectionVisitor;
+        impl<'de> serde::de::Visitor<'de> for SectionVisitor {
+            type Value = ImagesSection;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "a list of image copies, or a mapping such as `{fromNamespaces: true, targetRegistry: HOST}`",
+                )
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<ImagesSection, E> {
+                Ok(ImagesSection::None)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<ImagesSection, A::Error> {
+                Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(ImagesSection::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ImagesSection, A::Error> {
+                let entry: FoundImagesEntry =
+                    Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ImagesSection::Found(Box::new(entry)))
+            }
+        }
+        deserializer.deserialize_any(SectionVisitor)
+    }
+}
+
+/// `images: {fromNamespaces: true, …}`: the images the plan's namespaces use that the source
+/// cluster's internal registry holds, copied to the target registry under the namespace mapping.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FoundImagesEntry {
+    /// Find the images of the plan's namespaces (workloads' pod templates, bare pods, and
+    /// `ImageStream` tags on `OpenShift`).
+    #[serde(default)]
+    pub from_namespaces: bool,
+    /// The registry host pods name for the internal registry (default on `OpenShift`:
+    /// `image-registry.openshift-image-registry.svc:5000`).
+    #[serde(default)]
+    pub internal_registry: Option<RegistryHost>,
+    /// Where mover reaches the internal registry (default on `OpenShift`: the host of the
+    /// registry's default route).
+    #[serde(default)]
+    pub source_registry: Option<RegistryHost>,
+    /// The registry the images go to.
+    #[serde(default)]
+    pub target_registry: Option<RegistryHost>,
+    /// The service account whose short-lived token pulls from the source registry.
+    #[serde(default)]
+    pub service_account: Option<ServiceAccountEntry>,
+    /// The token's lifetime (default `1h`, at least `10m`).
+    #[serde(default)]
+    pub token_lifetime: Option<TimeoutSetting>,
+    /// Images to copy besides the ones found (the list form's entries).
+    #[serde(default)]
+    pub copy: Vec<Spanned<ImageEntry>>,
+}
+
+/// `serviceAccount: {namespace, name}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountEntry {
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Its name.
+    pub name: Name,
 }
 
 /// `sync: {source, destination, tags}`.

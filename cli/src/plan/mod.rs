@@ -20,7 +20,7 @@ use serde_saphyr::Location as YamlLocation;
 use file::{HookEntry, ImageEntry, PlanFile, VolumeEntry};
 pub use mover_plan::{
     ClaimRef, ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, Hook, HookAction, HookJob,
-    ImageTransfer, Location, Phase, Plan, RegistrySide, Side, Sides, VolumePlan,
+    ImageDiscovery, ImageTransfer, Location, Phase, Plan, RegistrySide, Side, Sides, VolumePlan,
 };
 
 /// Reads and checks a plan file.
@@ -92,7 +92,11 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
             path.display()
         );
     }
-    let images = file.images.into_iter().map(|entry| check_image(entry, path)).collect::<anyhow::Result<Vec<_>>>()?;
+    let (entries, image_discovery) = match file.images {
+        None => (Vec::new(), None),
+        Some(section) => check_images_section(section, path, clusters.as_ref())?,
+    };
+    let images = entries.into_iter().map(|entry| check_image(entry, path)).collect::<anyhow::Result<Vec<_>>>()?;
     let namespaces: Vec<String> = file.namespaces.into_iter().map(|ns| ns.0).collect();
     let hooks = check_hooks(file.hooks, path, &base, clusters.as_ref().map(|clusters| (clusters, &namespaces[..])))?;
     let plan = Plan {
@@ -110,6 +114,8 @@ fn check(file: PlanFile, path: &Path) -> anyhow::Result<Plan> {
         },
         volumes,
         images,
+        image_discovery,
+        exposed_registry: None,
         hooks,
         clusters,
     };
@@ -127,6 +133,7 @@ fn registry_side(access: &file::RegistryAccess, ca_bundle: Option<&Path>, base: 
         plain_http: access.plain_http,
         tls_verify: access.tls_verify,
         ca_bundle: ca_bundle.map(|p| resolve(base, p)),
+        ca_pem: None,
         auth_file: access.auth_file.as_deref().map(|p| resolve(base, p)),
         credentials: None,
         token_file: access.token_file.as_deref().map(|p| resolve(base, p)),
@@ -317,6 +324,76 @@ fn check_volumes(
         volumes.push(VolumePlan { name, source, target, options: entry.options.into() });
     }
     Ok((volumes, claims))
+}
+
+/// `images:`: its copies, and what finds more (the mapping form, with `fromNamespaces: true`).
+fn check_images_section(
+    section: serde_saphyr::Spanned<file::ImagesSection>,
+    path: &Path,
+    clusters: Option<&Clusters>,
+) -> anyhow::Result<(Vec<serde_saphyr::Spanned<ImageEntry>>, Option<ImageDiscovery>)> {
+    let place = at(path, section.referenced);
+    let found = match section.value {
+        file::ImagesSection::None => return Ok((Vec::new(), None)),
+        file::ImagesSection::List(entries) => return Ok((entries, None)),
+        file::ImagesSection::Found(found) => *found,
+    };
+    if !found.from_namespaces {
+        if found.internal_registry.is_some()
+            || found.source_registry.is_some()
+            || found.target_registry.is_some()
+            || found.service_account.is_some()
+            || found.token_lifetime.is_some()
+        {
+            bail!(
+                "{place}: `images:` names registries to find images in, but not `fromNamespaces: true`; add it, or list \
+                 the copies alone"
+            );
+        }
+        return Ok((found.copy, None));
+    }
+    if clusters.is_none() {
+        bail!(
+            "{place}: `fromNamespaces: true` finds images in the source cluster: the plan needs `clusters:` (the \
+             source's kubeconfig context) and `namespaces:`"
+        );
+    }
+    let Some(target) = found.target_registry else {
+        bail!("{place}: `fromNamespaces: true` needs `targetRegistry: HOST[:PORT]`, the registry the images go to");
+    };
+    let Some(account) = found.service_account else {
+        bail!(
+            "{place}: `fromNamespaces: true` needs `serviceAccount: {{namespace: NS, name: NAME}}`: a service account of \
+             the source cluster that may pull the namespaces' images (on OpenShift, `oc policy add-role-to-user \
+             system:image-puller system:serviceaccount:NS:NAME -n NAMESPACE` for each namespace); mover asks for a \
+             short-lived token of it"
+        );
+    };
+    let registry_account = mover_kube::objects::rbac::REGISTRY_SERVICE_ACCOUNT;
+    if account.name.0 != registry_account {
+        bail!(
+            "{place}: `serviceAccount` is named `{}`; mover's role may ask tokens only for a service account named \
+             `{registry_account}` (one that could mint tokens for any service account could become any of them): create \
+             `{registry_account}` in namespace `{}` and name it here",
+            account.name.0,
+            account.namespace.0
+        );
+    }
+    let lifetime = found.token_lifetime.map_or(mover_plan::DEFAULT_TOKEN_LIFETIME, |setting| setting.0);
+    if lifetime < mover_plan::MIN_TOKEN_LIFETIME {
+        bail!(
+            "{place}: `tokenLifetime` is {}s; the Kubernetes API issues tokens of at least 10 minutes: write `10m` or more",
+            lifetime.as_secs()
+        );
+    }
+    let discovery = ImageDiscovery {
+        internal_registry: found.internal_registry.map(|host| host.0),
+        source_registry: found.source_registry.map(|host| host.0),
+        target_registry: target.0,
+        service_account: (account.namespace.0, account.name.0),
+        token_lifetime: lifetime,
+    };
+    Ok((found.copy, Some(discovery)))
 }
 
 fn check_image(entry: serde_saphyr::Spanned<ImageEntry>, path: &Path) -> anyhow::Result<ImageTransfer> {

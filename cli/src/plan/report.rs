@@ -9,6 +9,8 @@ use serde::Serialize;
 
 use mover_engine::image::ImageSummary;
 
+use mover_plan::SkippedImage;
+
 use super::{Hook, ImageTransfer, Phase, Plan, Side};
 use mover_plan::StepRecord;
 
@@ -173,6 +175,23 @@ impl ImageReport {
     }
 }
 
+/// An image of the plan's namespaces that is not copied.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedImageReport {
+    /// The reference, as the cluster names it.
+    pub reference: String,
+    /// Who uses it (`Deployment shop/web`).
+    pub used_by: Vec<String>,
+    /// Why it is not copied.
+    pub reason: String,
+}
+
+impl From<SkippedImage> for SkippedImageReport {
+    fn from(image: SkippedImage) -> Self {
+        SkippedImageReport { reference: image.reference, used_by: image.used_by, reason: image.reason }
+    }
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -195,8 +214,10 @@ pub struct Report {
     pub hooks: Vec<HookReport>,
     /// Volumes in plan order.
     pub volumes: Vec<VolumeReport>,
-    /// Image transfers in plan order.
+    /// Image transfers in plan order (then the ones found in the source cluster).
     pub images: Vec<ImageReport>,
+    /// Images of the plan's namespaces left out (`images: {fromNamespaces: true}`), with why.
+    pub images_skipped: Vec<SkippedImageReport>,
     /// The run's steps as they ended (MTC's itinerary), with the steps an earlier run of the
     /// same final run did (`done-before`).
     pub steps: Vec<StepRecord>,
@@ -263,6 +284,7 @@ impl Report {
             hooks: Vec::new(),
             volumes: Vec::new(),
             images: Vec::new(),
+            images_skipped: Vec::new(),
             steps: Vec::new(),
             quiesced: Vec::new(),
         }
@@ -369,6 +391,14 @@ impl Report {
                     image.elapsed_s
                 ));
             }
+        }
+        for image in &self.images_skipped {
+            line(format!(
+                "image {} not copied: {} (used by {})",
+                image.reference,
+                image.reason,
+                image.used_by.join(", ")
+            ));
         }
         out
     }

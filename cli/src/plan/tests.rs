@@ -299,3 +299,44 @@ fn job_fields_are_checked() {
     ));
     assert!(message.contains("no `namespaces:`") && message.contains("executionNamespace"), "{message}");
 }
+
+#[test]
+fn images_from_namespaces_is_a_mapping_checked_as_strictly_as_the_rest() {
+    let clusters = "namespaces: [shop]\nclusters: {source: {context: a}, target: {context: b}}\n";
+    let found = "images:\n  fromNamespaces: true\n  targetRegistry: registry.target:5000\n  serviceAccount: {namespace: mover-system, name: mover-registry}\n";
+    let plan = parse_at(&format!(
+        "{HEAD}{clusters}{found}  copy:\n    - {{source: docker://r/x:1, destination: docker://s/x:1}}\n"
+    ))
+    .unwrap();
+    let discovery = plan.image_discovery.expect("a discovery");
+    assert_eq!(discovery.target_registry, "registry.target:5000");
+    assert_eq!(discovery.service_account, ("mover-system".to_owned(), "mover-registry".to_owned()));
+    assert_eq!(discovery.token_lifetime, mover_plan::DEFAULT_TOKEN_LIFETIME);
+    assert_eq!((discovery.internal_registry, discovery.source_registry), (None, None));
+    assert_eq!(plan.images.len(), 1, "the copies listed under `copy:`");
+    // The list form still reads as before.
+    assert!(parse_at(&format!("{HEAD}images:\n  - {{source: docker://r/x:1, destination: docker://s/x:1}}\n")).is_ok());
+
+    let unknown = error(&format!("{HEAD}{clusters}{found}  fromNamespace: true\n"));
+    assert!(unknown.contains("line 10") && unknown.contains("fromNamespace"), "{unknown}");
+    let host = error(&format!("{HEAD}{clusters}{found}  sourceRegistry: https://route.example/v2\n"));
+    assert!(host.contains("is not a registry host"), "{host}");
+    let short = error(&format!("{HEAD}{clusters}{found}  tokenLifetime: 5m\n"));
+    assert!(short.contains("at least 10 minutes"), "{short}");
+    let no_target = error(&format!(
+        "{HEAD}{clusters}images:\n  fromNamespaces: true\n  serviceAccount: {{namespace: a, name: b}}\n"
+    ));
+    assert!(no_target.contains("needs `targetRegistry:"), "{no_target}");
+    let no_account = error(&format!("{HEAD}{clusters}images:\n  fromNamespaces: true\n  targetRegistry: t:5000\n"));
+    assert!(
+        no_account.contains("needs `serviceAccount:") && no_account.contains("system:image-puller"),
+        "{no_account}"
+    );
+    // The role may mint tokens for `mover-registry` only.
+    let other = error(&format!(
+        "{HEAD}{clusters}images:\n  fromNamespaces: true\n  targetRegistry: t:5000\n  serviceAccount: {{namespace: a, name: b}}\n"
+    ));
+    assert!(other.contains("named `b`") && other.contains("create `mover-registry` in namespace `a`"), "{other}");
+    let no_clusters = error(&format!("{HEAD}namespaces: [shop]\n{found}"));
+    assert!(no_clusters.contains("needs `clusters:`"), "{no_clusters}");
+}

@@ -363,3 +363,27 @@ mod tests {
         assert!(check_image_ref("docker://r/web:1", true).is_err());
     }
 }
+
+/// A registry host, with its port if any: `registry.example:5000` (no scheme, no path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryHost(pub String);
+
+impl<'de> Deserialize<'de> for RegistryHost {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked(deserializer, |text| {
+            // The engine's reference parser is the judge: `HOST/x` must read as a registry `HOST`.
+            let parsed = format!("docker://{text}/x").parse::<mover_engine::image::ImageRef>();
+            match parsed {
+                Ok(mover_engine::image::ImageRef::Registry { repository, .. })
+                    if repository.registry == text && repository.name == "x" =>
+                {
+                    Ok(RegistryHost(text.to_owned()))
+                }
+                _ => Err(format!(
+                    "`{text}` is not a registry host: write `HOST` or `HOST:PORT`, without a scheme or a path \
+                     (e.g. `registry.example:5000`)"
+                )),
+            }
+        })
+    }
+}

@@ -12,7 +12,9 @@
 //!   quiesces and unquiesces workloads (lists and patches Deployments, `StatefulSets`,
 //!   `ReplicaSets`, `DaemonSets`, `CronJobs`, Jobs and `DeploymentConfigs`); on a rollback deletes
 //!   the target claims it created, and the target namespaces it created once nothing of anyone
-//!   else is in them (lists `ConfigMaps` and service accounts to see that).
+//!   else is in them (lists `ConfigMaps` and service accounts to see that); for the images of a
+//!   plan's namespaces, lists `ImageStreams`, reads the registry's default Route and asks for a
+//!   token of the service account named `mover-registry` (`TokenRequest`), and of no other.
 //! - The node agent (service account `mover-agent`) may read its own identity Secret and
 //!   nothing else.
 //! - Transfer pods have no API access at all: no service account token is mounted.
@@ -77,7 +79,20 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("", &["persistentvolumeclaims"], &["delete"]),
     ("", &["namespaces"], &["delete"]),
     ("", &["configmaps", "serviceaccounts"], &["list"]),
+    // Images of a plan's namespaces (`images: {fromNamespaces: true}`): OpenShift's ImageStream
+    // tags (the internal registry's default Route is read with `get routes` above, the ingress
+    // CA's ConfigMap with `get configmaps`; pod templates are listed as quiesce lists them).
+    ("image.openshift.io", &["imagestreams"], &["list"]),
 ];
+
+/// The service account whose short-lived token reads the source's internal registry: the only
+/// one the coordinator may ask the TokenRequest API for (a role that could mint a token for any
+/// service account could become any of them).
+pub const REGISTRY_SERVICE_ACCOUNT: &str = "mover-registry";
+
+/// The coordinator's rules limited to named objects: `(API group, resources, verbs, names)`.
+const COORDINATOR_NAMED_RULES: &[(&str, &[&str], &[&str], &[&str])] =
+    &[("", &["serviceaccounts/token"], &["create"], &[REGISTRY_SERVICE_ACCOUNT])];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {
     let strings = |items: &[&str]| items.iter().map(|&item| item.to_owned()).collect::<Vec<_>>();
@@ -93,7 +108,11 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>)
 /// The coordinator's rules, cluster-wide.
 #[must_use]
 pub fn coordinator_rules() -> Vec<PolicyRule> {
-    COORDINATOR_RULES.iter().map(|&(group, resources, verbs)| rule(group, resources, verbs, None)).collect()
+    let plain = COORDINATOR_RULES.iter().map(|&(group, resources, verbs)| rule(group, resources, verbs, None));
+    let named = COORDINATOR_NAMED_RULES
+        .iter()
+        .map(|&(group, resources, verbs, names)| rule(group, resources, verbs, Some(names)));
+    plain.chain(named).collect()
 }
 
 /// The node agent's rules, in the migration namespace: get and watch its identity Secret.

@@ -171,6 +171,8 @@ fn plan(dir: &Path, hooks: Vec<Hook>) -> Plan {
             options,
         }],
         images: Vec::new(),
+        image_discovery: None,
+        exposed_registry: None,
         hooks,
         clusters: None,
     }

@@ -8,7 +8,7 @@
 //! `kube::Client::try_from` take unchanged.
 //!
 //! What it serves (`resources::RESOURCES`): core/v1 namespaces, nodes, pods (+status, +log),
-//! services, secrets, configmaps, serviceaccounts, persistentvolumeclaims, persistentvolumes,
+//! services, secrets, configmaps, serviceaccounts (+token: the `TokenRequest` API, `tokens`), persistentvolumeclaims, persistentvolumes,
 //! resourcequotas, events; storage.k8s.io/v1 storageclasses; apps/v1 daemonsets, deployments,
 //! statefulsets, replicasets; batch/v1 jobs, cronjobs; rbac.authorization.k8s.io/v1 roles,
 //! rolebindings, clusterroles, clusterrolebindings. Verbs: get, list, watch, create, update,
@@ -67,6 +67,7 @@ mod store;
 mod strict;
 #[cfg(test)]
 mod tests;
+mod tokens;
 mod verbs;
 mod watch;
 mod workloads;
@@ -88,6 +89,7 @@ pub use audit::{Faults, Request};
 pub use kubeconfig::{KubeconfigEntry, write_kubeconfig, write_kubeconfig_entries};
 pub use pair::{AGENT_REPOSITORY, ClusterPair, TOOLS_REPOSITORY};
 pub use router::{ROUTER_PORT, default_host as default_route_host};
+pub use tokens::{IssuedToken, ServiceAccountTokens};
 
 use crate::podrunner::KubeletRoot;
 use crate::pods::Pods;
@@ -120,6 +122,8 @@ pub(crate) struct Shared {
     users: Mutex<BTreeMap<String, String>>,
     audit: audit::Audit,
     faults: Faults,
+    /// The service-account tokens issued through the `TokenRequest` API.
+    tokens: ServiceAccountTokens,
     pods: Arc<dyn Pods>,
     /// `<dir>/kubelet`: where the kubelet mounts pods' claims.
     kubelet_root: KubeletRoot,
@@ -202,6 +206,7 @@ impl SimCluster {
             changed,
             users: Mutex::new(BTreeMap::new()),
             faults: Faults::default(),
+            tokens: ServiceAccountTokens::default(),
             pods,
             kubelet_root,
             stopping: AtomicBool::new(false),
@@ -307,6 +312,12 @@ impl SimCluster {
     #[must_use]
     pub fn faults(&self) -> &Faults {
         &self.shared.faults
+    }
+
+    /// The service-account tokens this cluster issued (`POST .../serviceaccounts/NAME/token`).
+    #[must_use]
+    pub fn service_account_tokens(&self) -> ServiceAccountTokens {
+        self.shared.tokens.clone()
     }
 
     /// Forgets the watch history: a watch from any version before now gets 410 Expired.

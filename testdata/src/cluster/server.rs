@@ -32,7 +32,7 @@ pub struct Target {
     pub namespace: String,
     /// The object name in the URL (`""` for collections).
     pub name: String,
-    /// `status`, `log` or `""`.
+    /// `status`, `log`, `token` or `""`.
     pub subresource: String,
 }
 
@@ -170,6 +170,7 @@ fn route(flavor: Flavor, path: &str) -> Option<Route> {
             "" => true,
             "status" => resource.has_status,
             "log" => resource.kind == "Pod",
+            "token" => resource.kind == "ServiceAccount",
             _ => false,
         };
         allowed.then(|| {
@@ -322,6 +323,12 @@ async fn serve_target(
             watch::log(shared.clone(), &target, &query).await
         } else {
             Err(ApiError::method_not_allowed())
+        };
+    }
+    if target.subresource == "token" {
+        return match verb {
+            "create" => Ok(json_response(201, &super::tokens::create(shared, &target, &body)?)),
+            _ => Err(ApiError::method_not_allowed()),
         };
     }
     let ok = |value: Value| Ok(json_response(200, &value));

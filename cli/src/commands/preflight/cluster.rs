@@ -60,8 +60,38 @@ pub async fn check_cluster_plan(plan: &Plan, kube: &KubeArgs) -> Checks {
             Err(error) => checks.fail("source cluster", error, "see the message"),
         }
     }
+    if plan.image_discovery.is_some() {
+        check_found_images(&mut plan, kube, &mut checks).await;
+    }
     checks.0.extend(check_cluster_volumes(&plan, kube).await.0);
     checks
+}
+
+/// Finds the images of the plan's namespaces (the internal registry's exposed host, its trust
+/// and a token read from the source cluster) and adds them to `plan`, whose registry checks then
+/// pull with the token.
+async fn check_found_images(plan: &mut Plan, kube: &KubeArgs, checks: &mut Checks) {
+    let Some(clusters) = &plan.clusters else { return };
+    let finder = mover_kube::images::KubeImages::new(
+        crate::clusters::cluster_access(kube.kubeconfig.as_ref()),
+        clusters.contexts.source.clone(),
+    );
+    let check = "internal registry: exposed, images found, token issued";
+    match finder.find_images(plan).await {
+        Ok(found) => {
+            checks.ok(
+                check,
+                format!(
+                    "`{}`: {} image(s) to copy, {} left out (not in the internal registry)",
+                    found.registry.host,
+                    found.images.len(),
+                    found.skipped.len()
+                ),
+            );
+            plan.add_found_images(&found);
+        }
+        Err(error) => checks.fail(check, error.to_string(), "see the message"),
+    }
 }
 
 /// The checks of cluster plan `plan` with its volumes as listed (`mover plan run` runs them

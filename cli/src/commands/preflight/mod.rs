@@ -455,11 +455,6 @@ async fn check_registries(plan: &Plan, proxy: Option<&Proxy>, checks: &mut Check
             if !seen.insert(check.clone()) {
                 continue;
             }
-            let remedy = if push {
-                "check the target registry's address, `caBundles.target`, and credentials (`registries.target.authFile` or `tokenFile`)"
-            } else {
-                "check the source registry's address, `caBundles.source`, and credentials (`registries.source.authFile` or `tokenFile`)"
-            };
             let parsed = match reference.parse::<ImageRef>() {
                 Ok(parsed) => parsed,
                 Err(error) => {
@@ -467,14 +462,32 @@ async fn check_registries(plan: &Plan, proxy: Option<&Proxy>, checks: &mut Check
                     continue;
                 }
             };
-            let endpoint =
-                match access::endpoint_for(&parsed, registries.get(side), side, proxy, MAX_MANIFEST_BYTES, true) {
-                    Ok(endpoint) => endpoint,
-                    Err(error) => {
-                        checks.fail(check, format!("{error:#}"), remedy);
-                        continue;
-                    }
-                };
+            // The exposed internal registry is reached with the service account's token.
+            let exposed = match (&parsed, push) {
+                (ImageRef::Registry { repository, .. }, false) => plan.exposed_access(&repository.registry),
+                _ => None,
+            };
+            let (check, remedy) = match (exposed, &plan.image_discovery) {
+                (Some(_), Some(discovery)) => {
+                    (format!("internal registry: exposed, the token can pull {reference}"), internal_remedy(discovery))
+                }
+                _ if push => (check, "check the target registry's address, `caBundles.target`, and credentials (`registries.target.authFile` or `tokenFile`)".to_owned()),
+                _ => (check, "check the source registry's address, `caBundles.source`, and credentials (`registries.source.authFile` or `tokenFile`)".to_owned()),
+            };
+            let endpoint = match access::endpoint_for(
+                &parsed,
+                exposed.unwrap_or(registries.get(side)),
+                side,
+                proxy,
+                MAX_MANIFEST_BYTES,
+                true,
+            ) {
+                Ok(endpoint) => endpoint,
+                Err(error) => {
+                    checks.fail(check, format!("{error:#}"), remedy);
+                    continue;
+                }
+            };
             match endpoint.check_access(push).await {
                 Ok(()) => checks.ok(
                     check,
@@ -487,6 +500,17 @@ async fn check_registries(plan: &Plan, proxy: Option<&Proxy>, checks: &mut Check
             }
         }
     }
+}
+
+/// What to do when the exposed internal registry cannot be read with the service account's token.
+fn internal_remedy(discovery: &mover_plan::ImageDiscovery) -> String {
+    let (namespace, name) = &discovery.service_account;
+    format!(
+        "the internal registry must answer at its exposed host (`images.sourceRegistry`, or its default route) over TLS \
+         that the cluster's ingress CA or `caBundles.source` vouches for, and accept the token of service account \
+         `{namespace}/{name}`: grant it the right to pull (on OpenShift: `oc policy add-role-to-user system:image-puller \
+         system:serviceaccount:{namespace}:{name} -n NAMESPACE`)"
+    )
 }
 
 #[cfg(test)]

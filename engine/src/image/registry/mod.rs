@@ -34,6 +34,9 @@ pub enum TlsMode {
     Verify {
         /// A PEM bundle of extra trusted certificates (`mover certs fetch` writes one).
         ca_bundle: Option<PathBuf>,
+        /// More trusted certificates, PEM, given in memory (a cluster's ingress CA, read from
+        /// the cluster).
+        ca_pem: Option<String>,
     },
     /// HTTPS without verification (`--src-tls-verify=false`): an explicit opt-out.
     NoVerify,
@@ -59,7 +62,7 @@ pub struct RegistryOptions {
 impl Default for RegistryOptions {
     fn default() -> RegistryOptions {
         RegistryOptions {
-            tls: TlsMode::Verify { ca_bundle: None },
+            tls: TlsMode::Verify { ca_bundle: None, ca_pem: None },
             credentials: Credentials::Anonymous,
             proxy: None,
             max_manifest_bytes: manifest::MAX_MANIFEST_BYTES,
@@ -117,11 +120,14 @@ impl Registry {
         match &options.tls {
             TlsMode::PlainHttp => {}
             TlsMode::NoVerify => http = http.tls_danger_accept_invalid_certs(true),
-            TlsMode::Verify { ca_bundle } => {
-                let bundle = match ca_bundle {
+            TlsMode::Verify { ca_bundle, ca_pem } => {
+                let mut bundle = match ca_bundle {
                     Some(path) => read_bundle(path)?,
                     None => Vec::new(),
                 };
+                if let Some(pem) = ca_pem {
+                    bundle.extend(parse_bundle(pem.as_bytes()).map_err(|e| invalid("trusted certificates for", &e))?);
+                }
                 http = http.tls_backend_preconfigured(tls_config(bundle).map_err(|e| invalid("CA bundle for", &e))?);
             }
         }
@@ -371,16 +377,21 @@ pub(super) fn finish_manifest(
 
 /// Reads a PEM bundle into DER certificates; an unreadable or empty bundle is an error.
 pub(crate) fn read_bundle(path: &std::path::Path) -> Result<Vec<Vec<u8>>, ImageError> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
     let bad = |reason: String| ImageError::Invalid(format!("CA bundle `{}`: {reason}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_bundle(&pem).map_err(bad)
+}
+
+/// The certificates of a PEM bundle; at least one.
+fn parse_bundle(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
         .map(|cert| cert.map(|c| c.to_vec()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("not a PEM bundle ({e})")))?;
+        .map_err(|e| format!("not a PEM bundle ({e})"))?;
     if certs.is_empty() {
-        return Err(bad("no certificates in it (expected PEM `BEGIN CERTIFICATE` blocks)".into()));
+        return Err("no certificates in it (expected PEM `BEGIN CERTIFICATE` blocks)".into());
     }
     Ok(certs)
 }
