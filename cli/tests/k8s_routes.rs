@@ -147,7 +147,9 @@ fn claims_move_between_openshift_clusters_through_their_routers_by_sni() {
             "delete core/persistentvolumeclaims",
             "delete core/namespaces",
             "list core/configmaps",
-            "list core/serviceaccounts"
+            "list core/serviceaccounts",
+            "list image.openshift.io/imagestreams",
+            "create core/serviceaccounts/token"
         ]
     );
 }
