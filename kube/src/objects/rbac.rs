@@ -90,8 +90,11 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
 /// service account could become any of them).
 pub const REGISTRY_SERVICE_ACCOUNT: &str = "mover-registry";
 
-/// The coordinator's rules limited to named objects: `(API group, resources, verbs, names)`.
-const COORDINATOR_NAMED_RULES: &[(&str, &[&str], &[&str], &[&str])] =
+/// A rule limited to named objects: `(API group, resources, verbs, names)`.
+type NamedRule = (&'static str, &'static [&'static str], &'static [&'static str], &'static [&'static str]);
+
+/// The coordinator's rules limited to named objects.
+const COORDINATOR_NAMED_RULES: &[NamedRule] =
     &[("", &["serviceaccounts/token"], &["create"], &[REGISTRY_SERVICE_ACCOUNT])];
 
 fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>) -> PolicyRule {

@@ -23,13 +23,12 @@ pub(crate) fn check(reference: &str) -> Result<(), StartError> {
         message: format!("Failed to pull image \"{reference}\": {why}"),
     };
     let (host, rest) = reference.split_once('/').ok_or_else(|| failed("the reference names no registry".to_owned()))?;
-    let (path, manifest) = match rest.split_once('@') {
-        Some((name, digest)) => (super::images::repository(name).to_owned(), digest.to_owned()),
-        None => {
-            let path = super::images::repository(rest);
-            let tag = rest.get(path.len() + 1..).filter(|t| !t.is_empty()).unwrap_or("latest");
-            (path.to_owned(), tag.to_owned())
-        }
+    let (path, manifest) = if let Some((name, digest)) = rest.split_once('@') {
+        (super::images::repository(name).to_owned(), digest.to_owned())
+    } else {
+        let path = super::images::repository(rest);
+        let tag = rest.get(path.len() + 1..).filter(|t| !t.is_empty()).unwrap_or("latest");
+        (path.to_owned(), tag.to_owned())
     };
     let status = head(host, &format!("/v2/{path}/manifests/{manifest}"))
         .map_err(|e| failed(format!("cannot reach the registry at {host}: {e}")))?;

@@ -64,8 +64,7 @@ impl<'scope> Tree<'scope> {
             // The receiver's reason for the whole session, told on the first lane: a content
             // lane's own report can only be a consequence (a lane the session's end cut off
             // reports "in the middle of a file").
-            (error @ SyncError::Remote(_), _) => error,
-            (error, Some(SyncError::Disconnected(_)) | None) => error,
+            (error @ SyncError::Remote(_), _) | (error, Some(SyncError::Disconnected(_)) | None) => error,
             (_, Some(first)) => first,
         };
         match error {
