@@ -60,12 +60,9 @@ impl<'scope> Tree<'scope> {
         for worker in workers {
             let _ = worker.join();
         }
-        let error = match (error, shared.take_failure()) {
-            // The receiver's reason for the whole session, told on the first lane: a content
-            // lane's own report can only be a consequence (a lane the session's end cut off
-            // reports "in the middle of a file").
-            (error @ SyncError::Remote(_), _) | (error, Some(SyncError::Disconnected(_)) | None) => error,
-            (_, Some(first)) => first,
+        let error = match shared.take_failure() {
+            Some(SyncError::Disconnected(_)) | None => error,
+            Some(first) => first,
         };
         match error {
             // The connection broke: the receiver probably said why before closing.
