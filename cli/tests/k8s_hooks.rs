@@ -11,7 +11,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::k8s::{hook_leftovers, leftovers, requests_of, runtime};
+use common::k8s::{coordinator_audit, hook_leftovers, leftovers, requests_of, runtime};
 use common::{bin, is_root, text};
 use mover_kube::objects::Strategy;
 use mover_kube::objects::rbac;
@@ -328,14 +328,11 @@ fn hooks_run_as_jobs_in_the_plans_clusters() {
     // hook rule used (NodePort Services, which read a node's address, are not in this test; the
     // application's Deployment and CronJob are quiesced, other kinds are not: `k8s_quiesce.rs`
     // audits those rules, and a rollback's).
-    let requests = requests_of(&pair, &user);
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
-    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
-    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
+    let unused = coordinator_audit(&pair, &user);
     // (Preflight's reads of hook service accounts and of the node agents' DaemonSet are audited
     // in `k8s_preflight.rs`, quiesce and rollback in `k8s_quiesce.rs`.)
     assert_eq!(
-        grants.unused(&requests),
+        unused,
         [
             "get core/nodes",
             // `--expose route` (OpenShift), audited in `k8s_routes.rs`.

@@ -17,11 +17,10 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::k8s::{mover, requests_of, runtime};
+use common::k8s::{coordinator_audit, mover, runtime};
 use common::{bin, is_root, text};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use mover_kube::objects::Strategy;
 use mover_kube::objects::rbac;
 use mover_testdata::cluster::{ClusterPair, Flavor, write_kubeconfig_entries};
 use mover_testdata::oci::{self, Sample};
@@ -275,11 +274,7 @@ fn images_of_the_namespaces_move_from_the_internal_registry_with_a_short_lived_t
     tokens.issue_expired(false);
 
     // Every request the coordinator made is one its role allows, and the image rules are used.
-    let requests = requests_of(&pair, &user);
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
-    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
-    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
-    let unused = grants.unused(&requests);
+    let unused = coordinator_audit(&pair, &user);
     for rule in [
         "list image.openshift.io/imagestreams",
         "get route.openshift.io/routes",

@@ -7,9 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use common::k8s::{assert_app_moved, leftovers, mover, requests_of, runtime};
+use common::k8s::{assert_app_moved, coordinator_audit, leftovers, mover, requests_of, runtime};
 use common::{bin, is_root, text};
-use mover_kube::objects::Strategy;
 use mover_kube::objects::rbac;
 use mover_testdata::cluster::app::deploy;
 use mover_testdata::cluster::{ClusterPair, write_kubeconfig_entries};
@@ -100,11 +99,9 @@ fn a_plan_moves_every_claim_of_its_namespaces_asking_only_what_its_role_allows()
     // runs: `k8s_quiesce.rs` and `k8s_rollback.rs` audit those).
     let requests = requests_of(&as_coordinator, &user);
     assert!(requests.len() > 20, "{} requests", requests.len());
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
-    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
-    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
+    let unused = coordinator_audit(&as_coordinator, &user);
     assert_eq!(
-        grants.unused(&requests),
+        unused,
         [
             "get core/nodes",
             // `--expose route` (OpenShift), audited in `k8s_routes.rs`.

@@ -10,7 +10,7 @@ mod common;
 
 use std::path::Path;
 
-use common::k8s::{mover, requests_of, runtime};
+use common::k8s::{coordinator_audit, mover, requests_of, runtime};
 use common::{bin, is_root, text};
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -272,11 +272,7 @@ fn preflight_refuses_cluster_plans_that_would_fail_and_says_how_to_fix_them() {
 
     // The RBAC audit: every request allowed by the role `mover k8s manifests` prints, and the
     // preflight rules used.
-    let requests = requests_of(&pair, &user);
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
-    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
-    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
-    let unused = grants.unused(&requests);
+    let unused = coordinator_audit(&pair, &user);
     for rule in ["list core/resourcequotas", "get core/serviceaccounts", "get apps/daemonsets", "get core/namespaces"] {
         assert!(!unused.contains(&rule.to_owned()), "{rule} unused: {unused:?}");
     }

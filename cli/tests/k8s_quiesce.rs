@@ -9,13 +9,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::k8s::{assert_app_moved, leftovers, mover, requests_of, runtime};
+use common::k8s::{assert_app_moved, coordinator_audit, leftovers, mover, runtime};
 use common::{bin, is_root, text};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use mover_kube::objects::Strategy;
 use mover_kube::objects::rbac;
 use mover_testdata::cluster::app::{self, deploy};
 use mover_testdata::cluster::{ClusterPair, TOOLS_REPOSITORY, write_kubeconfig_entries};
@@ -354,12 +353,9 @@ fn a_final_run_quiesces_the_source_and_a_rollback_restores_it_as_recorded() {
     // The RBAC audit: every request allowed by the role `mover k8s manifests` prints; every
     // rule used but for paths this test does not take (hooks, which `k8s_hooks.rs` audits;
     // NodePort Services; DeploymentConfigs, which need OpenShift; a transfer pod's log).
-    let requests = requests_of(pair, &user);
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
-    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
-    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
+    let unused = coordinator_audit(pair, &user);
     assert_eq!(
-        grants.unused(&requests),
+        unused,
         [
             "get core/nodes",
             // `--expose route` (OpenShift), audited in `k8s_routes.rs`.

@@ -6,11 +6,10 @@
 
 mod common;
 
-use common::k8s::{mover, requests_of, runtime};
+use common::k8s::{coordinator_audit, mover, runtime};
 use common::{bin, is_root, text};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use kube::Api;
-use mover_kube::objects::Strategy;
 use mover_kube::objects::rbac;
 use mover_testdata::cluster::app::{self, deploy};
 use mover_testdata::cluster::{ClusterPair, inspect, write_kubeconfig_entries};
@@ -143,11 +142,7 @@ fn a_rollback_deletes_the_target_namespaces_the_run_created_and_nothing_else() {
     assert_eq!(again["kept"], rolled["kept"], "{again}");
 
     // The RBAC audit: every request allowed, the rollback's namespace rules used.
-    let requests = requests_of(pair, &user);
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
-    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
-    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
-    let unused = grants.unused(&requests);
+    let unused = coordinator_audit(pair, &user);
     for used in ["delete core/namespaces", "list core/configmaps", "list core/serviceaccounts"] {
         assert!(!unused.contains(&used.to_owned()), "`{used}` unused: {unused:#?}");
     }

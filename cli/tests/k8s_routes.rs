@@ -11,13 +11,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::k8s::{assert_app_moved, assert_same, leftovers, mover, requests_of, runtime};
+use common::k8s::{assert_app_moved, assert_same, coordinator_audit, leftovers, mover, requests_of, runtime};
 use common::{Tinyproxy, bin, certs, is_root, summary, text};
 use kube::Api;
 use kube::api::ListParams;
 use mover_kube::objects::route::{Admission, Route, transfer_route};
 use mover_kube::objects::transfer::{End, Exposure, TransferPod, transfer_pod, transfer_service};
-use mover_kube::objects::{DEFAULT_IMAGE, DEFAULT_PORT, Migration, Strategy, identity_secret, rbac};
+use mover_kube::objects::{DEFAULT_IMAGE, DEFAULT_PORT, Migration, identity_secret, rbac};
 use mover_testdata::TreeSpec;
 use mover_testdata::cluster::app::{self, App, deploy};
 use mover_testdata::cluster::{ClusterPair, Flavor, write_kubeconfig_entries};
@@ -123,12 +123,9 @@ fn claims_move_between_openshift_clusters_through_their_routers_by_sni() {
     // The RBAC audit: every request allowed by the role `mover k8s manifests` prints, the Routes'
     // rules used; unused are the paths this test does not take (as in `k8s_plan.rs`), and the
     // Service reads of the Service exposures (a Route's agent is dialled at its router).
-    let requests = requests_of(&pair, &user);
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(&user);
-    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
-    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
+    let unused = coordinator_audit(&pair, &user);
     assert_eq!(
-        grants.unused(&requests),
+        unused,
         [
             "get core/nodes",
             "get core/services",

@@ -90,6 +90,19 @@ pub fn requests_of(pair: &ClusterPair, user: &str) -> Vec<mover_kube::objects::r
     requests
 }
 
+/// The RBAC audit of the coordinator's identity `user`: every request it made of both clusters
+/// is one the role `mover k8s manifests` prints allows (the test fails naming those that are
+/// not); returns each rule no request used.
+#[allow(dead_code, reason = "not every test file audits")]
+pub fn coordinator_audit(pair: &ClusterPair, user: &str) -> Vec<String> {
+    use mover_kube::objects::{Strategy, rbac};
+    let requests = requests_of(pair, user);
+    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(user);
+    let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
+    assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
+    grants.unused(&requests)
+}
+
 /// The demo application's claims all moved to the target cluster: each target claim has the
 /// size mover gave it (1Gi), or the user's (2Gi, never resized), and holds its source's tree.
 #[allow(dead_code, reason = "not every test file moves the demo application")]
