@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 server connection over any byte stream (here TLS): keep-alive, requests
-//! with a `Content-Length` body, responses whole or chunked. A streamed response that yields an
-//! error ends the connection mid-body, as a dropped connection does. (Hand-written on `httparse`
+//! with a `Content-Length` body, responses whole or chunked, and connection upgrades (a `101`
+//! response hands the connection over, as a WebSocket upgrade needs). A streamed response that
+//! yields an error ends the connection mid-body, as a dropped connection does. (Hand-written on `httparse`
 //! rather than hyper's server, whose feature would rebuild every crate that uses hyper.)
 
 use std::fmt::Write as _;
@@ -9,7 +10,7 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// The largest request head and body taken.
 const MAX_HEAD: usize = 64 << 10;
@@ -21,6 +22,22 @@ pub enum Body {
     Full(Bytes),
     /// Pieces as they come; the end of the channel ends the body.
     Stream(mpsc::Receiver<Result<Bytes, io::Error>>),
+    /// None: after the response head (`101 Switching Protocols`) the connection goes to the
+    /// receiver of this channel.
+    Upgrade(oneshot::Sender<Upgraded>),
+}
+
+/// A connection's byte stream, whatever carries it.
+pub trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// A connection handed over by an upgrade: the stream, and what the client had already sent
+/// after the request.
+pub struct Upgraded {
+    /// The connection.
+    pub stream: Box<dyn Duplex>,
+    /// Bytes read past the request head.
+    pub read_ahead: Vec<u8>,
 }
 
 fn bad(message: &str) -> io::Error {
@@ -85,7 +102,7 @@ fn head(response: &Response<Body>, framing: &str) -> Vec<u8> {
 /// Serves requests on `stream` with `handle` until the client goes or an error.
 pub async fn serve_connection<S, F, Fut>(stream: S, handle: F)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Bytes>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
@@ -105,6 +122,13 @@ where
                 let mut out = head(&response, &format!("content-length: {}\r\n", bytes.len()));
                 out.extend_from_slice(&bytes);
                 writer.write_all(&out).await.is_ok() && writer.flush().await.is_ok()
+            }
+            Body::Upgrade(to) => {
+                if writer.write_all(&head(&response, "")).await.is_ok() && writer.flush().await.is_ok() {
+                    let read_ahead = buffer.to_vec();
+                    let _ = to.send(Upgraded { stream: Box::new(reader.unsplit(writer)), read_ahead });
+                }
+                return;
             }
             Body::Stream(mut pieces) => {
                 if writer.write_all(&head(&response, "transfer-encoding: chunked\r\n")).await.is_err()

@@ -56,6 +56,9 @@ mod openshift;
 #[cfg(test)]
 mod openshift_tests;
 mod pair;
+mod portforward;
+#[cfg(test)]
+mod portforward_tests;
 mod projection;
 mod resources;
 mod router;

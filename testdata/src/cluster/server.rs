@@ -169,7 +169,7 @@ fn route(flavor: Flavor, path: &str) -> Option<Route> {
         let allowed = match subresource {
             "" => true,
             "status" => resource.has_status,
-            "log" => resource.kind == "Pod",
+            "log" | "portforward" => resource.kind == "Pod",
             "token" => resource.kind == "ServiceAccount",
             _ => false,
         };
@@ -275,6 +275,9 @@ async fn handle(shared: Arc<Shared>, request: http::Request<Bytes>) -> Response<
         record.namespace.clone_from(&target.namespace);
         record.name.clone_from(&target.name);
     }
+    // Kubernetes 1.35 and later (`AuthorizePodWebsocketUpgradeCreatePermission`): the WebSocket
+    // upgrade of `pods/portforward`, a GET, needs `create` as well as `get`.
+    let also_create = record.subresource == "portforward" && record.verb == "get";
     let response = match (user, route) {
         (None, _) => error_response(&ApiError::unauthorized()),
         (Some(_), None) => error_response(&ApiError::no_route()),
@@ -284,10 +287,14 @@ async fn handle(shared: Arc<Shared>, request: http::Request<Bytes>) -> Response<
             } else {
                 format!("{}/{}", target.resource.plural, target.subresource)
             };
-            if shared.faults.is_forbidden(&record.user, &record.verb, &full) {
+            let denied = [record.verb.as_str(), "create"]
+                .into_iter()
+                .take(if also_create { 2 } else { 1 })
+                .find(|verb| shared.faults.is_forbidden(&record.user, verb, &full));
+            if let Some(verb) = denied {
                 error_response(&ApiError::forbidden(
                     &record.user,
-                    &record.verb,
+                    verb,
                     target.resource,
                     &target.subresource,
                     &target.namespace,
@@ -304,6 +311,9 @@ async fn handle(shared: Arc<Shared>, request: http::Request<Bytes>) -> Response<
         (Some(_), Some(route)) => json_response(200, &discovery(shared.flavor, &route)),
     };
     record.code = response.status().as_u16();
+    if also_create {
+        shared.audit.record(Request { verb: "create".to_owned(), ..record.clone() });
+    }
     shared.audit.record(record);
     response
 }
@@ -317,6 +327,9 @@ async fn serve_target(
 ) -> Result<Response<Body>, ApiError> {
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if target.subresource == "portforward" {
+        return super::portforward::serve(shared, &target, &query, &request);
+    }
     let body = request.into_body();
     if target.subresource == "log" {
         return if verb == "get" {
