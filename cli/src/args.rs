@@ -615,6 +615,10 @@ pub struct K8sManifestsArgs {
     #[arg(long, value_name = "PATH", default_value = mover_kube::objects::DEFAULT_KUBELET_ROOT,
           value_parser = parse_kubelet_root, env = "MOVER_KUBELET_ROOT")]
     pub kubelet_root: String,
+    /// Let the coordinator forward ports of pods (`pods/portforward`), which `--port-forward`
+    /// needs. Left out by default: the permission reaches the ports of every pod of the cluster.
+    #[arg(long)]
+    pub port_forward: bool,
     /// Print instead the examples of what each migration creates: the identity Secret, transfer
     /// pods and a Service (not for `kubectl apply`: the coordinator creates them per claim).
     #[arg(long)]
@@ -679,6 +683,13 @@ pub struct KubeArgs {
     #[arg(long, value_name = "[CONTEXT=]IP[:PORT]", value_parser = parse_router_address, env = "MOVER_ROUTER_ADDRESS",
           value_delimiter = ',')]
     pub router_address: Vec<(String, String)>,
+    /// Reach the agents through API-server port-forwards (as `kubectl port-forward`), for a
+    /// machine that cannot reach the pod network or the agents' exposed addresses. Only
+    /// mover's own connections go this way: the agents still dial each other at their
+    /// exposed addresses. Needs `mover k8s manifests --port-forward`'s permission. Default: the
+    /// plan's `clusters.portForward`.
+    #[arg(long, env = "MOVER_PORT_FORWARD")]
+    pub port_forward: bool,
     /// How long a transfer pod may take to be ready, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 300, env = "MOVER_AGENT_READY_TIMEOUT")]
     pub agent_ready_timeout: u64,

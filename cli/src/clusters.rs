@@ -93,6 +93,12 @@ pub fn exposure(args: &KubeArgs, plan: Option<&Clusters>) -> Exposure {
     }
 }
 
+/// Whether mover reaches agents through port-forwards: `--port-forward`, else the plan's
+/// `clusters.portForward`.
+pub fn port_forward(args: &KubeArgs, plan: Option<&Clusters>) -> bool {
+    args.port_forward || plan.is_some_and(|p| p.port_forward)
+}
+
 /// Where each cluster's router is dialled, by context (`""`: every cluster not named): the
 /// plan's `routerAddress` of each side (a side without a context is the current context, so
 /// `""`), then `--router-address`, which wins.
@@ -141,6 +147,7 @@ pub fn volumes(
         exposure: exposure(args, plan),
         routers: routers(args, plan),
         ready_timeout: Duration::from_secs(args.agent_ready_timeout),
+        port_forward: port_forward(args, plan),
     };
     let agents = if strategy(args, plan) == Strategy::Node {
         let node = NodeSettings {
@@ -148,6 +155,7 @@ pub fn volumes(
             image: settings.image,
             port: settings.port,
             ready_timeout: settings.ready_timeout,
+            port_forward: settings.port_forward,
         };
         Agents::Node(NodeAgents::new(migration, pem, node, (coordinator.clone(), proxy.clone())))
     } else {

@@ -125,7 +125,12 @@ fn tunnel_error(error: &TunnelError) -> Option<String> {
             "exempt the agents' addresses from TLS inspection on the proxy; mover never trusts a certificate outside the migration's CA".into(),
         ),
         TunnelError::Connect { .. } | TunnelError::Timeout { .. } => {
-            Some("check that `mover-agent serve` runs there and that the address and port are reachable from here".into())
+            Some(
+                "check that `mover-agent serve` runs there and that the address and port are reachable from here; \
+                 agents that mover runs in a cluster whose pod network this machine does not reach are reached \
+                 through the API server with `--port-forward`"
+                    .into(),
+            )
         }
         TunnelError::Handshake { .. } => Some(
             "both sides must use certificates from the same `mover certs init` directory: the agent's `--certs` and this command's `--certs`"

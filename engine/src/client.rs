@@ -282,19 +282,21 @@ pub async fn pull_from_agent(
     result
 }
 
-/// Asks the source agent to push `source_volume` into `target_volume` on the target agent; the
-/// source agent dials the target through `proxy` when given (the coordinator reaches both
-/// agents directly).
+/// Asks the source agent to push `source_volume` into `target_volume` on the target agent: the
+/// coordinator opens the session on the target at `target_open_at`, the source agent dials the
+/// target at `target_dial_at` (the same address, unless the coordinator reaches the target
+/// another way, as through a port-forward), through `proxy` when given (the coordinator reaches
+/// both agents directly).
 pub async fn push_between_agents(
     identity: &Identity,
     (source_addr, source_volume): (&str, &str),
-    (target_addr, target_volume): (&str, &str),
+    (target_open_at, target_dial_at, target_volume): (&str, &str, &str),
     proxy: Option<&Proxy>,
     options: CopyOptions,
     reporter: SharedReporter,
 ) -> Result<Summary, CopyError> {
     let options = SyncOptions::from(options);
-    let ends = ((source_addr, source_volume), (target_addr, target_addr, target_volume));
+    let ends = ((source_addr, source_volume), (target_open_at, target_dial_at, target_volume));
     push(identity, ends, proxy, options, reporter).await
 }
 

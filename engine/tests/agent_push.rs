@@ -120,7 +120,7 @@ async fn a_push_refused_by_a_busy_target_keeps_the_kind() {
     let pushed = client::push_between_agents(
         &coordinator,
         (&source_addr, "vol"),
-        (&target_addr, "target"),
+        (&target_addr, &target_addr, "target"),
         None,
         CopyOptions::default(),
         Arc::new(NoProgress),

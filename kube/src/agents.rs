@@ -17,9 +17,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
+use mover_plan::Location;
 
 use crate::context::Cluster;
 use crate::error::KubeError;
+use crate::forward::PortForward;
 use crate::objects::route::{Admission, ROUTE_GROUP, Route, transfer_route};
 use crate::objects::transfer::{End, Exposure, TransferPod, transfer_pod, transfer_pod_name, transfer_service};
 use crate::objects::{Migration, identity_secret, identity_secret_name};
@@ -59,17 +61,30 @@ pub struct AgentSettings {
     pub routers: std::collections::BTreeMap<String, String>,
     /// How long a pod may take to be ready, and a Service to get an address.
     pub ready_timeout: Duration,
+    /// The coordinator reaches agents through API-server port-forwards ([`PortForward`]), not
+    /// at their exposed addresses (which the agents still use between them).
+    pub port_forward: bool,
 }
 
 /// A running transfer agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentEnd {
-    /// `HOST:PORT` the coordinator and the other agent dial.
+    /// `HOST:PORT` the other agent dials, and the coordinator unless `via` is given.
     pub addr: String,
+    /// `127.0.0.1:PORT` of the port-forward the coordinator dials instead, if any.
+    pub via: Option<String>,
     /// The volume the agent serves (the claim's name).
     pub volume: String,
     /// The pod's name.
     pub pod: String,
+}
+
+impl AgentEnd {
+    /// The agent's volume as a plan end.
+    #[must_use]
+    pub fn location(&self) -> Location {
+        Location::Agent { addr: self.addr.clone(), volume: self.volume.clone(), via: self.via.clone() }
+    }
 }
 
 /// The transfer agents of one migration, and where they were made (for cleanup).
@@ -79,13 +94,15 @@ pub struct TransferAgents {
     settings: AgentSettings,
     /// (context, namespace) pairs where objects were made, with their clusters.
     touched: Touched,
+    /// The coordinator's port-forwards to the agents, closed at cleanup.
+    forwards: Mutex<Vec<PortForward>>,
 }
 
 impl TransferAgents {
     /// Agents of `migration`, with `identity`.
     #[must_use]
     pub fn new(migration: Migration, identity: AgentPem, settings: AgentSettings) -> Self {
-        TransferAgents { migration, identity, settings, touched: Touched::default() }
+        TransferAgents { migration, identity, settings, touched: Touched::default(), forwards: Mutex::default() }
     }
 
     /// The migration.
@@ -136,18 +153,26 @@ impl TransferAgents {
         .await?;
         let deadline = Instant::now() + self.settings.ready_timeout;
         let pod = wait_ready(cluster, namespace, &name, deadline, on_state).await?;
-        if self.settings.exposure == Exposure::Route {
+        let addr = if self.settings.exposure == Exposure::Route {
             let host = wait_admitted(cluster, (namespace, &name), deadline, on_state).await?;
             let router = self.settings.routers.get(context).or_else(|| self.settings.routers.get(""));
-            let addr = route_address(&host, router.map(String::as_str));
-            return Ok(AgentEnd { addr, volume: claim.to_owned(), pod: name });
-        }
-        let node = pod.spec.and_then(|s| s.node_name);
-        let host =
-            wait_address(cluster, (namespace, &name), node.as_deref(), self.settings.exposure, deadline, on_state)
-                .await?;
-        let port = service_port(&services, &name, self.settings.exposure, context).await?;
-        Ok(AgentEnd { addr: join_host_port(&host, port), volume: claim.to_owned(), pod: name })
+            route_address(&host, router.map(String::as_str))
+        } else {
+            let node = pod.spec.and_then(|s| s.node_name);
+            let exposure = self.settings.exposure;
+            let host = wait_address(cluster, (namespace, &name), node.as_deref(), exposure, deadline, on_state).await?;
+            join_host_port(&host, service_port(&services, &name, exposure, context).await?)
+        };
+        let via = if self.settings.port_forward {
+            let forward = PortForward::start(cluster, (namespace, &name), self.settings.port).await?;
+            let via = forward.addr();
+            on_state(&format!("reached through a port-forward at {via}"));
+            self.forwards.lock().expect("not poisoned").push(forward);
+            Some(via)
+        } else {
+            None
+        };
+        Ok(AgentEnd { addr, via, volume: claim.to_owned(), pod: name })
     }
 
     /// The identity Secret in `namespace`, created if missing; its owner reference.
@@ -185,6 +210,7 @@ impl TransferAgents {
     /// Deletes every pod, Service and Secret of the migration where agents were started, and
     /// waits until the pods are gone. Returns what could not be removed.
     pub async fn cleanup(&self) -> Vec<KubeError> {
+        self.forwards.lock().expect("not poisoned").clear();
         self.touched.remove_all(&self.migration).await
     }
 }

@@ -10,6 +10,7 @@ pub mod checks;
 pub mod claims;
 pub mod context;
 mod error;
+pub mod forward;
 pub mod hooks;
 pub mod images;
 pub mod manifests;

@@ -13,6 +13,7 @@
 //! [`NodeAgents::cleanup`] withdraws the grants, deletes the holder pods and the identity
 //! Secret (which ends the agents' sessions of this migration).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use crate::agents::{AgentEnd, AgentPem, Touched, create_or_reuse, wait_ready};
 use crate::claims::{Consumer, consumer_of};
 use crate::context::Cluster;
 use crate::error::KubeError;
+use crate::forward::PortForward;
 use crate::objects::labels::MIGRATION_LABEL;
 use crate::objects::transfer::End;
 use crate::objects::{HolderPod, Migration, NODE_IDENTITY_SECRET, holder_pod, identity_secret, node_labels};
@@ -42,12 +44,17 @@ pub struct NodeSettings {
     pub port: u16,
     /// How long a holder pod, a node agent, or its taking the identity may take.
     pub ready_timeout: Duration,
+    /// The coordinator reaches the agents through API-server port-forwards, not at their pod
+    /// addresses (which the agents still use between them).
+    pub port_forward: bool,
 }
 
-/// A grant made, to withdraw at the end.
+/// A grant made, to withdraw at the end: where the coordinator reached the agent, and whether
+/// that was a port-forward (which the proxy is not on the way to).
 #[derive(Debug, Clone)]
 struct Grant {
     addr: String,
+    forwarded: bool,
     name: String,
 }
 
@@ -61,6 +68,8 @@ pub struct NodeAgents {
     /// Where objects were made.
     touched: Touched,
     grants: Mutex<Vec<Grant>>,
+    /// The coordinator's port-forwards, by (context, agent pod); closed at cleanup.
+    forwards: tokio::sync::Mutex<HashMap<(String, String), PortForward>>,
 }
 
 impl NodeAgents {
@@ -80,6 +89,7 @@ impl NodeAgents {
             proxy,
             touched: Touched::default(),
             grants: Mutex::new(Vec::new()),
+            forwards: tokio::sync::Mutex::default(),
         }
     }
 
@@ -109,22 +119,47 @@ impl NodeAgents {
         };
         let volume = bound_volume(cluster, namespace, claim).await?;
         let (agent_pod, addr) = self.agent_on(cluster, &consumer.node, deadline, on_state).await?;
+        let via = self.forward_to(cluster, &agent_pod).await?;
         let grant = PodVolume {
             name: format!("{namespace}.{claim}"),
             pod_uid: consumer.uid.clone(),
             volume,
             read_only: end == End::Source,
         };
-        self.grant(&addr, &grant, deadline, on_state).await.map_err(|error| {
+        let dial = via.as_deref().unwrap_or(&addr);
+        self.grant(dial, via.is_some(), &grant, deadline, on_state).await.map_err(|error| {
             KubeError::Config(format!(
                 "node agent `{}/{agent_pod}` (context `{}`) did not take the grant of claim `{namespace}/{claim}` \
                  mounted by pod `{}`: {error}",
                 self.settings.namespace, cluster.context, consumer.pod,
             ))
         })?;
-        self.grants.lock().expect("not poisoned").push(Grant { addr: addr.clone(), name: grant.name.clone() });
+        let made = Grant { addr: dial.to_owned(), forwarded: via.is_some(), name: grant.name.clone() };
+        self.grants.lock().expect("not poisoned").push(made);
         on_state(&format!("granted to node agent `{agent_pod}` on node `{}` (pod `{}`)", consumer.node, consumer.pod));
-        Ok(AgentEnd { addr, volume: grant.name, pod: agent_pod })
+        Ok(AgentEnd { addr, via, volume: grant.name, pod: agent_pod })
+    }
+
+    /// With [`NodeSettings::port_forward`], where this machine reaches node agent `pod`: its
+    /// port-forward, opened once.
+    async fn forward_to(&self, cluster: &Cluster, pod: &str) -> Result<Option<String>, KubeError> {
+        if !self.settings.port_forward {
+            return Ok(None);
+        }
+        let mut forwards = self.forwards.lock().await;
+        let key = (cluster.context.clone(), pod.to_owned());
+        if let Some(forward) = forwards.get(&key) {
+            return Ok(Some(forward.addr()));
+        }
+        let forward = PortForward::start(cluster, (&self.settings.namespace, pod), self.settings.port).await?;
+        let via = forward.addr();
+        forwards.insert(key, forward);
+        Ok(Some(via))
+    }
+
+    /// The proxy on the coordinator's way to an agent: none through a port-forward.
+    fn proxy(&self, forwarded: bool) -> Option<&Proxy> {
+        if forwarded { None } else { self.proxy.as_ref() }
     }
 
     /// The node agents' identity Secret holds this migration's identity: created, or found
@@ -246,13 +281,14 @@ impl NodeAgents {
     async fn grant(
         &self,
         addr: &str,
+        forwarded: bool,
         grant: &PodVolume,
         deadline: Instant,
         on_state: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(), String> {
         let mut reported = false;
         loop {
-            let error = match client::grant_pod_volume(&self.coordinator, addr, self.proxy.as_ref(), grant).await {
+            let error = match client::grant_pod_volume(&self.coordinator, addr, self.proxy(forwarded), grant).await {
                 Ok(()) => return Ok(()),
                 Err(error @ client::CopyError::Remote { .. }) => return Err(mover_engine::full_message(&error)),
                 Err(error) => mover_engine::full_message(&error),
@@ -275,7 +311,7 @@ impl NodeAgents {
         let grants = std::mem::take(&mut *self.grants.lock().expect("not poisoned"));
         for grant in grants {
             if let Err(error) =
-                client::revoke_volume(&self.coordinator, &grant.addr, self.proxy.as_ref(), &grant.name).await
+                client::revoke_volume(&self.coordinator, &grant.addr, self.proxy(grant.forwarded), &grant.name).await
             {
                 errors.push(KubeError::Config(format!(
                     "withdrawing volume `{}` from the node agent at {}: {}",
@@ -285,6 +321,7 @@ impl NodeAgents {
                 )));
             }
         }
+        self.forwards.lock().await.clear();
         errors.extend(self.touched.remove_all(&self.migration).await);
         errors
     }

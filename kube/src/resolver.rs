@@ -199,7 +199,7 @@ impl KubeVolumes {
         let on_state = |state: &str| (self.on_state)(volume, state);
         let how = (End::Source, source.consumers.as_slice(), source.pin());
         let agent = self.agents.start(&cluster, (&claim.namespace, name), how, &on_state).await?;
-        let location = Location::Agent { addr: agent.addr.clone(), volume: agent.volume.clone() };
+        let location = agent.location();
         self.sources.lock().expect("not poisoned").insert(volume.to_owned(), (source, agent));
         Ok(location)
     }
@@ -231,12 +231,16 @@ impl KubeVolumes {
         let on_state = |state: &str| (self.on_state)(volume, state);
         let how = (End::Target, consumers.as_slice(), pin);
         let agent = self.agents.start(&cluster, (&claim.namespace, &name), how, &on_state).await?;
-        Ok(Location::Agent { addr: agent.addr, volume: agent.volume })
+        Ok(agent.location())
     }
 
     /// What the source agent's volume holds, if it can tell.
     async fn measure(&self, agent: &AgentEnd) -> Option<u64> {
-        let status = client::inspect(&self.coordinator, &agent.addr, self.proxy.as_ref()).await.ok()?;
+        let status = match &agent.via {
+            Some(via) => client::inspect(&self.coordinator, via, None).await,
+            None => client::inspect(&self.coordinator, &agent.addr, self.proxy.as_ref()).await,
+        };
+        let status = status.ok()?;
         status.volumes.iter().find(|v| v.name == agent.volume).map(|v| v.used_bytes)
     }
 }

@@ -253,17 +253,21 @@ fn the_node_agent_is_flagged_privileged_and_its_namespace_allows_it() {
 }
 
 #[test]
-fn no_rbac_rule_uses_a_wildcard() {
-    for strategy in [Strategy::Pod, Strategy::Node] {
-        let rbac = rbac::rbac("mover-system", strategy);
+fn no_rbac_rule_uses_a_wildcard_and_port_forwards_are_granted_only_when_asked() {
+    for (strategy, port_forward) in [(Strategy::Pod, false), (Strategy::Node, false), (Strategy::Pod, true)] {
+        let install = Install { namespace: "mover-system", strategy, port_forward, ..Install::default() };
+        let rbac = rbac::rbac(&install);
         let mut rules = rbac.all_rules().peekable();
         assert!(rules.peek().is_some());
+        let mut forwards = false;
         for rule in rules {
             assert!(!has_wildcard(rule), "{rule:?}");
             assert!(rule.non_resource_urls.is_none(), "{rule:?}");
+            forwards |= rule.resources.iter().flatten().any(|r| r == "pods/portforward");
         }
+        assert_eq!(forwards, port_forward, "{strategy:?}");
     }
-    let mut wild = rbac::coordinator_rules().remove(0);
+    let mut wild = rbac::coordinator_rules(false).remove(0);
     wild.verbs.push("*".to_owned());
     assert!(has_wildcard(&wild));
 }
@@ -293,7 +297,7 @@ fn request(
 
 #[test]
 fn the_audit_checks_requests_against_each_identity() {
-    let install = rbac::rbac("mover-system", Strategy::Node);
+    let install = rbac::rbac(&Install { namespace: "mover-system", strategy: Strategy::Node, ..Install::default() });
     let coordinator = rbac::service_account_user("mover-system", "mover");
     let agent = rbac::service_account_user("mover-system", "mover-agent");
     let grants = install.grants_of(&coordinator);

@@ -54,6 +54,13 @@ pub enum DispatchError {
         #[source]
         source: std::io::Error,
     },
+    /// Agent to local directory, where this machine reaches the source agent through a
+    /// port-forward and no listening address was given: the agent's way back here is unknown.
+    #[error(
+        "the source agent `{0}` is reached through a port-forward, which carries only this machine's connections \
+         to it; a copy into a local directory needs the agent to connect back here: give the address it can reach"
+    )]
+    NoWayBack(String),
     /// An agent is involved and [`Peers::identity`] is `None`.
     #[error("a copy that involves an agent needs the coordinator's certificates")]
     NoIdentity,
@@ -92,22 +99,33 @@ pub async fn copy_volume(
             }
             client::copy_local(from, to, options, reporter).await?
         }
-        (Location::Local(from), Location::Agent { addr, volume }) => {
-            client::copy_to_agent(identity()?, from, (addr, volume), peers.proxy, options, reporter).await?
+        (Location::Local(from), Location::Agent { addr, volume, via }) => {
+            // A port-forward reaches the agent without the proxy.
+            let (dial, proxy) = match via {
+                Some(via) => (via, None),
+                None => (addr, peers.proxy),
+            };
+            client::copy_to_agent(identity()?, from, (dial, volume), proxy, options, reporter).await?
         }
-        (Location::Agent { addr: from, volume: from_volume }, Location::Agent { addr: to, volume: to_volume }) => {
+        (
+            Location::Agent { addr: from, volume: from_volume, via: from_via },
+            Location::Agent { addr: to, volume: to_volume, via: to_via },
+        ) => {
             client::push_between_agents(
                 identity()?,
-                (from, from_volume),
-                (to, to_volume),
+                (from_via.as_deref().unwrap_or(from), from_volume),
+                (to_via.as_deref().unwrap_or(to), to, to_volume),
                 peers.proxy,
                 options,
                 reporter,
             )
             .await?
         }
-        (Location::Agent { addr, volume }, Location::Local(to)) => {
+        (Location::Agent { addr, volume, via }, Location::Local(to)) => {
             let receiver = peers.receiver.ok_or(DispatchError::NoReceiver)?;
+            if via.is_some() && receiver.listen.is_none() {
+                return Err(DispatchError::NoWayBack(addr.clone()));
+            }
             if options.dry_run && !to.is_dir() {
                 return Err(DispatchError::MissingTargetInDryRun(to.clone()));
             }
@@ -117,7 +135,8 @@ pub async fn copy_volume(
             };
             let target = client::PullTarget { dir: to.clone(), listen: listen.to_string(), advertise: None };
             let agents = (identity()?, receiver.identity.clone());
-            client::pull_from_agent(agents, (addr, volume), &target, peers.proxy, options, reporter).await?
+            let source = (via.as_deref().unwrap_or(addr), volume.as_str());
+            client::pull_from_agent(agents, source, &target, peers.proxy, options, reporter).await?
         }
     };
     Ok(summary)

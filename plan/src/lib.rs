@@ -17,9 +17,10 @@ pub use dispatch::{DispatchError, LocalReceiver, Peers, copy_volume};
 pub use execute::{Run, execute};
 pub use location::{ClaimRef, Location, LocationError, parse_location};
 pub use model::{
-    ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, DEFAULT_TOKEN_LIFETIME, ExposedRegistry, Exposure,
-    Hook, HookAction, HookJob, ImageDiscovery, ImageTransfer, MIN_TOKEN_LIFETIME, OPENSHIFT_INTERNAL_REGISTRY, Phase,
-    Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of, check_router_address,
+    AgentRef, ClaimTarget, Clusters, DEFAULT_HOOK_IMAGE, DEFAULT_HOOK_TIMEOUT, DEFAULT_TOKEN_LIFETIME, ExposedRegistry,
+    Exposure, Hook, HookAction, HookJob, ImageDiscovery, ImageTransfer, MIN_TOKEN_LIFETIME,
+    OPENSHIFT_INTERNAL_REGISTRY, Phase, Plan, RegistrySide, Side, Sides, VolumeOptions, VolumePlan, agents_of,
+    check_router_address,
 };
 pub use record::{NoRunLog, RunLog, RunRecord, Step, StepOutcome, StepRecord};
 pub use runtime::{

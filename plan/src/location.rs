@@ -29,10 +29,13 @@ pub enum Location {
     Local(PathBuf),
     /// A volume an agent serves.
     Agent {
-        /// `HOST:PORT`.
+        /// `HOST:PORT`, where the agent is exposed (other agents dial it there).
         addr: String,
         /// The volume's name on that agent.
         volume: String,
+        /// `HOST:PORT` where this machine reaches the agent instead, when it cannot reach
+        /// `addr` (an API-server port-forward); `None`: at `addr`.
+        via: Option<String>,
     },
     /// A PersistentVolumeClaim in a cluster.
     Kube(ClaimRef),
@@ -76,7 +79,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(path) => write!(f, "{}", path.display()),
-            Location::Agent { addr, volume } => write!(f, "agent://{addr}/{volume}"),
+            Location::Agent { addr, volume, .. } => write!(f, "agent://{addr}/{volume}"),
             Location::Kube(claim) => claim.fmt(f),
         }
     }
@@ -129,7 +132,7 @@ fn parse_agent(text: &str) -> Result<Location, LocationError> {
     if !addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
         return error(format!("`{text}`: expected `HOST:PORT` after `agent://`"));
     }
-    Ok(Location::Agent { addr: addr.to_owned(), volume: volume.to_owned() })
+    Ok(Location::Agent { addr: addr.to_owned(), volume: volume.to_owned(), via: None })
 }
 
 /// DNS-1123 label: what Kubernetes takes as a namespace or claim name.
@@ -180,7 +183,7 @@ mod tests {
         assert_eq!(parse_location("./a").unwrap(), Location::Local("./a".into()));
         assert_eq!(
             parse_location("agent://10.0.0.1:7443/data").unwrap(),
-            Location::Agent { addr: "10.0.0.1:7443".into(), volume: "data".into() }
+            Location::Agent { addr: "10.0.0.1:7443".into(), volume: "data".into(), via: None }
         );
         for bad in ["agent://host/data", "agent://host:port/data", "agent://h:1/", "agent://h:1/a/b", "agent://h:1"] {
             assert!(parse_location(bad).is_err(), "accepted {bad}");

@@ -19,16 +19,26 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// The image a hook Job runs unless it names one: MTC's Ansible runner image.
 pub const DEFAULT_HOOK_IMAGE: &str = "quay.io/konveyor/hook-runner:latest";
 
-/// Every agent among volume ends `(source, target)`, in order of first use, with whether it is
-/// a target.
-pub fn agents_of<'a>(ends: impl IntoIterator<Item = (&'a Location, &'a Location)>) -> Vec<(String, bool)> {
-    let mut agents: Vec<(String, bool)> = Vec::new();
+/// An agent among a plan's volume ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRef {
+    /// Where it is exposed.
+    pub addr: String,
+    /// Where this machine reaches it instead (a port-forward), if not at `addr`.
+    pub via: Option<String>,
+    /// Whether it is the target of some volume.
+    pub is_target: bool,
+}
+
+/// Every agent among volume ends `(source, target)`, in order of first use.
+pub fn agents_of<'a>(ends: impl IntoIterator<Item = (&'a Location, &'a Location)>) -> Vec<AgentRef> {
+    let mut agents: Vec<AgentRef> = Vec::new();
     for (source, target) in ends {
         for (location, is_target) in [(source, false), (target, true)] {
-            if let Location::Agent { addr, .. } = location {
-                match agents.iter_mut().find(|(known, _)| known == addr) {
-                    Some(entry) => entry.1 |= is_target,
-                    None => agents.push((addr.clone(), is_target)),
+            if let Location::Agent { addr, via, .. } = location {
+                match agents.iter_mut().find(|known| &known.addr == addr) {
+                    Some(known) => known.is_target |= is_target,
+                    None => agents.push(AgentRef { addr: addr.clone(), via: via.clone(), is_target }),
                 }
             }
         }
@@ -98,6 +108,9 @@ pub struct Clusters {
     /// Each side's `routerAddress` (`IP[:PORT]`): where its router is dialled for a Route's
     /// agent, the Route's host going as TLS SNI (checked by [`check_router_address`]).
     pub router_addresses: Sides<Option<String>>,
+    /// `portForward: true`: this machine reaches the agents through API-server port-forwards,
+    /// not at their exposed addresses (which the agents still use between them).
+    pub port_forward: bool,
 }
 
 /// How a plan's transfer agents are reached (`clusters.exposure`).

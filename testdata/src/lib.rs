@@ -26,6 +26,7 @@ mod compare;
 pub mod delay;
 pub mod fault;
 mod generate;
+pub mod isolated;
 pub mod oci;
 pub mod podrunner;
 pub mod pods;

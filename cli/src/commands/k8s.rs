@@ -65,6 +65,7 @@ fn manifests(args: &K8sManifestsArgs) -> anyhow::Result<Outcome> {
         namespace: &args.namespace,
         image: &args.image,
         kubelet_root: &args.kubelet_root,
+        port_forward: args.port_forward,
     };
     let (header, objects) = if args.show_templates {
         (TEMPLATES_HEADER, template_objects(&install))

@@ -100,6 +100,11 @@ pub struct ClustersEntry {
     /// or `route`.
     #[serde(default)]
     pub exposure: Option<ExposureEntry>,
+    /// Whether mover reaches the agents through API-server port-forwards (it cannot reach the
+    /// pod network or the agents' exposed addresses); the agents still dial each other at
+    /// their exposed addresses.
+    #[serde(default)]
+    pub port_forward: bool,
 }
 
 /// `clusters.exposure`.

@@ -210,6 +210,7 @@ fn check_clusters(entry: serde_saphyr::Spanned<file::ClustersEntry>, path: &Path
         node_strategy: clusters.strategy == file::StrategyEntry::Node,
         exposure,
         router_addresses,
+        port_forward: clusters.port_forward,
     })
 }
 

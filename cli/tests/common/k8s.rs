@@ -18,7 +18,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 pub fn mover(pair: &ClusterPair, args: &[&str]) -> Output {
-    Command::new(bin("mover"))
+    mover_as(Command::new(bin("mover")), pair, args)
+}
+
+#[allow(dead_code, reason = "not every test file isolates the coordinator")]
+/// [`mover`] as `command` starts it (another network namespace: `Isolated::command`).
+pub fn mover_as(mut command: Command, pair: &ClusterPair, args: &[&str]) -> Output {
+    command
         .args(args)
         .args(["--kubeconfig", pair.kubeconfig.to_str().unwrap(), "--output", "json"])
         // A command line's `--agent-ready-timeout` wins over this.
@@ -95,9 +101,17 @@ pub fn requests_of(pair: &ClusterPair, user: &str) -> Vec<mover_kube::objects::r
 /// not); returns each rule no request used.
 #[allow(dead_code, reason = "not every test file audits")]
 pub fn coordinator_audit(pair: &ClusterPair, user: &str) -> Vec<String> {
-    use mover_kube::objects::{Strategy, rbac};
+    coordinator_audit_of(pair, user, false)
+}
+
+#[allow(dead_code, reason = "not every test file audits")]
+/// [`coordinator_audit`] of an install with `mover k8s manifests --port-forward` when
+/// `port_forward`.
+pub fn coordinator_audit_of(pair: &ClusterPair, user: &str, port_forward: bool) -> Vec<String> {
+    use mover_kube::objects::{Install, Strategy, rbac};
     let requests = requests_of(pair, user);
-    let grants = rbac::rbac("mover-system", Strategy::Pod).grants_of(user);
+    let install = Install { namespace: "mover-system", strategy: Strategy::Pod, port_forward, ..Install::default() };
+    let grants = rbac::rbac(&install).grants_of(user);
     let denied: Vec<_> = requests.iter().filter(|request| !grants.allows(request)).collect();
     assert!(denied.is_empty(), "requests the coordinator's role does not allow: {denied:#?}");
     grants.unused(&requests)

@@ -97,6 +97,8 @@ pub struct Install<'a> {
     pub image: &'a str,
     /// The kubelet's root directory on the hosts (node strategy).
     pub kubelet_root: &'a str,
+    /// The coordinator may forward pods' ports (`--port-forward`).
+    pub port_forward: bool,
 }
 
 impl Default for Install<'_> {
@@ -106,6 +108,7 @@ impl Default for Install<'_> {
             namespace: DEFAULT_NAMESPACE,
             image: DEFAULT_IMAGE,
             kubelet_root: DEFAULT_KUBELET_ROOT,
+            port_forward: false,
         }
     }
 }
@@ -113,8 +116,7 @@ impl Default for Install<'_> {
 /// Every object an install needs, in the order `kubectl apply` wants them: the namespace, the
 /// service accounts, roles and bindings, and for the node strategy the `DaemonSet`.
 pub fn install_objects(install: &Install) -> Vec<Object> {
-    let Rbac { service_accounts, cluster_roles, cluster_role_bindings, roles, role_bindings } =
-        rbac(install.namespace, install.strategy);
+    let Rbac { service_accounts, cluster_roles, cluster_role_bindings, roles, role_bindings } = rbac(install);
     let mut objects = vec![Object::Namespace(namespace(install.namespace, install.strategy))];
     objects.extend(service_accounts.into_iter().map(Object::ServiceAccount));
     objects.extend(cluster_roles.into_iter().map(Object::ClusterRole));

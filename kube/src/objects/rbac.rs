@@ -26,9 +26,9 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
 
-use super::Strategy;
 use super::daemonset::{NODE_IDENTITY_SECRET, NODE_SERVICE_ACCOUNT};
 use super::labels::MANAGED_BY;
+use super::{Install, Strategy};
 
 /// The coordinator's service account (and its `ClusterRole` and binding).
 pub const COORDINATOR_SERVICE_ACCOUNT: &str = "mover";
@@ -85,6 +85,12 @@ const COORDINATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ("image.openshift.io", &["imagestreams"], &["list"]),
 ];
 
+/// With `--port-forward`: the coordinator reaches agents through the API server. A WebSocket
+/// port-forward is a GET (`get`); Kubernetes 1.35 also requires `create`
+/// (`AuthorizePodWebsocketUpgradeCreatePermission`), as it always did for SPDY. Not in the
+/// default install: it reaches the ports of every pod of the cluster.
+const COORDINATOR_PORT_FORWARD_RULE: (&str, &[&str], &[&str]) = ("", &["pods/portforward"], &["get", "create"]);
+
 /// The service account whose short-lived token reads the source's internal registry: the only
 /// one the coordinator may ask the TokenRequest API for (a role that could mint a token for any
 /// service account could become any of them).
@@ -108,10 +114,12 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str], names: Option<&[&str]>)
     }
 }
 
-/// The coordinator's rules, cluster-wide.
+/// The coordinator's rules, cluster-wide; with `port_forward`, also `pods/portforward`.
 #[must_use]
-pub fn coordinator_rules() -> Vec<PolicyRule> {
-    let plain = COORDINATOR_RULES.iter().map(|&(group, resources, verbs)| rule(group, resources, verbs, None));
+pub fn coordinator_rules(port_forward: bool) -> Vec<PolicyRule> {
+    let forward = port_forward.then_some(COORDINATOR_PORT_FORWARD_RULE);
+    let plain = COORDINATOR_RULES.iter().copied().chain(forward);
+    let plain = plain.map(|(group, resources, verbs)| rule(group, resources, verbs, None));
     let named = COORDINATOR_NAMED_RULES
         .iter()
         .map(|&(group, resources, verbs, names)| rule(group, resources, verbs, Some(names)));
@@ -175,16 +183,17 @@ fn role_ref(kind: &str, name: &str) -> RoleRef {
     RoleRef { api_group: "rbac.authorization.k8s.io".to_owned(), kind: kind.to_owned(), name: name.to_owned() }
 }
 
-/// The RBAC objects of an install in `namespace`: the coordinator's always, the node agent's
-/// for the node strategy (transfer pods need none).
+/// The RBAC objects of an install: the coordinator's always, the node agent's for the node
+/// strategy (transfer pods need none).
 #[must_use]
-pub fn rbac(namespace: &str, strategy: Strategy) -> Rbac {
+pub fn rbac(install: &Install) -> Rbac {
+    let (namespace, strategy) = (install.namespace, install.strategy);
     let coordinator = COORDINATOR_SERVICE_ACCOUNT;
     let mut rbac = Rbac {
         service_accounts: vec![service_account(coordinator, namespace, true)],
         cluster_roles: vec![ClusterRole {
             metadata: meta(coordinator, None),
-            rules: Some(coordinator_rules()),
+            rules: Some(coordinator_rules(install.port_forward)),
             aggregation_rule: None,
         }],
         cluster_role_bindings: vec![ClusterRoleBinding {

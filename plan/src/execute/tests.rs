@@ -337,7 +337,7 @@ fn hook_variables_come_in_both_spellings() {
 
 #[tokio::test]
 async fn agent_to_local_without_a_receiver_is_refused_by_the_dispatch() {
-    let source = Location::Agent { addr: "127.0.0.1:1".into(), volume: "v".into() };
+    let source = Location::Agent { addr: "127.0.0.1:1".into(), volume: "v".into(), via: None };
     let target = Location::Local("/nonexistent".into());
     let options = plan(Path::new("/x"), Vec::new()).volumes[0].copy_options(false, false);
     let error = crate::copy_volume(

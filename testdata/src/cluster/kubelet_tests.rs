@@ -212,7 +212,13 @@ async fn the_node_agent_daemon_set_sees_a_claim_mounted_after_it_started() {
     // What `mover k8s manifests --strategy node --kubelet-root <cluster>/kubelet` prints.
     let image = format!("{TOOLS_REPOSITORY}:1");
     let kubelet_root = cluster.kubelet_root().to_str().unwrap().to_owned();
-    let install = Install { strategy: Strategy::Node, namespace: "mover", image: &image, kubelet_root: &kubelet_root };
+    let install = Install {
+        strategy: Strategy::Node,
+        namespace: "mover",
+        image: &image,
+        kubelet_root: &kubelet_root,
+        port_forward: false,
+    };
     let mut objects: Vec<Value> = install_objects(&install).iter().map(|o| serde_json::to_value(o).unwrap()).collect();
     let set = objects.iter_mut().find(|o| o["kind"] == "DaemonSet").expect("the node strategy's DaemonSet");
     assert_eq!(set["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"], format!("{kubelet_root}/pods"));

@@ -35,7 +35,7 @@ use crate::Outcome;
 use crate::access::{self, plan_identity, plan_proxy};
 use crate::args::{CheckArgs, GlobalArgs, OutputFormat, PreflightArgs};
 use crate::plan::{self, HookAction, Location, Plan, Side, VolumePlan};
-use mover_plan::{VolumeResolver, WrittenLocations, agents_of};
+use mover_plan::{AgentRef, VolumeResolver, WrittenLocations, agents_of};
 
 /// How strict some checks are.
 #[derive(Debug, Clone, Copy)]
@@ -180,7 +180,7 @@ fn expiry(
 }
 
 async fn check_agents(
-    agents: Vec<(String, bool)>,
+    agents: Vec<AgentRef>,
     identity: Option<&Identity>,
     proxy: Option<&Proxy>,
     thresholds: Thresholds,
@@ -188,21 +188,27 @@ async fn check_agents(
 ) -> BTreeMap<String, AgentStatus> {
     let mut reached = BTreeMap::new();
     let Some(identity) = identity else {
-        for (addr, _) in &agents {
+        for AgentRef { addr, .. } in &agents {
             checks.skip(format!("agent `{addr}` reachable"), "no usable certificates");
         }
         return reached;
     };
     let horizon = SystemTime::now() + thresholds.cert_window;
-    for (addr, is_target) in agents {
-        // Target agents are reached the way data reaches them: through the proxy, when set.
-        let via = if is_target { proxy } else { None };
-        let check = match via {
-            Some(proxy) => format!("agent `{addr}` reachable through proxy `{proxy}`"),
-            None => format!("agent `{addr}` reachable"),
+    for AgentRef { addr, via: forward, is_target } in agents {
+        // Target agents are reached the way data reaches them: through the proxy, when set;
+        // an agent behind a port-forward only through it (agents' own way to it is not seen
+        // from here).
+        let (dial, via) = match &forward {
+            Some(forward) => (forward.as_str(), None),
+            None => (addr.as_str(), if is_target { proxy } else { None }),
+        };
+        let check = match (via, &forward) {
+            (_, Some(forward)) => format!("agent `{addr}` reachable through a port-forward ({forward})"),
+            (Some(proxy), None) => format!("agent `{addr}` reachable through proxy `{proxy}`"),
+            (None, None) => format!("agent `{addr}` reachable"),
         };
         let version_check = format!("agent `{addr}` protocol version {PROTOCOL_VERSION}");
-        match client::inspect(identity, &addr, via).await {
+        match client::inspect(identity, dial, via).await {
             Ok(status) => {
                 checks.ok(check, format!("serves {}", names(&status.volumes)));
                 checks.ok(version_check, format!("mover-agent {}, this mover {VERSION}", status.software_version));
@@ -270,7 +276,7 @@ fn end_status(
     agents: &BTreeMap<String, AgentStatus>,
 ) -> Result<VolumeStatus, String> {
     match location {
-        Location::Agent { addr, volume } => {
+        Location::Agent { addr, volume, .. } => {
             let Some(agent) = agents.get(addr) else { return Err(format!("agent `{addr}` not reached")) };
             agent.volumes.iter().find(|v| &v.name == volume).cloned().ok_or_else(|| {
                 format!("agent `{addr}` serves no volume `{volume}` (it serves {})", names(&agent.volumes))
