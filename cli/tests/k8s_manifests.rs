@@ -86,6 +86,7 @@ fn every_manifest_is_valid_for_kubernetes_1_33_and_1_37() {
         ),
         render(dir.path(), "templates.yaml", &["--show-templates"]),
         render(dir.path(), "templates-node.yaml", &["--show-templates", "--strategy", "node"]),
+        render(dir.path(), "port-forward.yaml", &["--port-forward"]),
     ];
     hand_written_manifests(&repo_root(), &mut files);
     let Some(output) = kubernetes_validate(&files) else { return };
@@ -126,6 +127,11 @@ fn the_install_is_what_kubectl_apply_takes_and_templates_are_apart() {
     let pod = String::from_utf8(pod.stdout).unwrap();
     assert_eq!(kinds(&pod), ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"]);
     assert!(pod.contains("pod-security.kubernetes.io/enforce: baseline\n"), "{pod}");
+    assert!(!pod.contains("pods/portforward"), "{pod}");
+    let forward = mover(&["k8s", "manifests", "--port-forward"]);
+    assert!(forward.status.success(), "{}", text(&forward));
+    let forward = String::from_utf8(forward.stdout).unwrap();
+    assert!(forward.contains("- pods/portforward\n"), "{forward}");
 
     let node = mover(&["k8s", "manifests", "--strategy", "node", "--kubelet-root", "/opt/rke/var/lib/kubelet"]);
     assert!(node.status.success(), "{}", text(&node));
