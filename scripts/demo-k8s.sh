@@ -3,7 +3,8 @@
 # strict API server each, whose pods run as real processes in namespaces of their own), deploys a
 # small application into the source one (namespaces `shop` and `shop-db`, three claims full of a
 # generated tree, one used by the running Deployment `shop/web`, one by the CronJob
-# `shop/thumbnails`, one whose target claim already exists), runs `mover preflight` and
+# `shop/thumbnails`, one whose target claim already exists), installs mover in both (`mover k8s
+# manifests`, applied as `kubectl apply -f -` would), runs `mover preflight` and
 # `mover plan run` for it, compares every target claim with its source, and stops the clusters.
 # Needs root (pods get network and mount namespaces).
 #
@@ -34,6 +35,11 @@ for _ in $(seq 600); do [ -f "$work/pid" ] && break; sleep 0.1; done
 [ -f "$work/pid" ] || { cat "$work/clusters.log"; echo "the clusters did not start" >&2; exit 1; }
 cat "$work/clusters.log"
 export KUBECONFIG=$work/kubeconfig
+# The install, as on a real cluster (`mover k8s manifests | kubectl apply -f -`): the namespace,
+# the coordinator's service account and role. mover keeps a final run's record there.
+for context in source target; do
+  "$bin/mover" k8s manifests | "$bin/mover-testdata" cluster apply "$work" --context "$context"
+done
 cat > "$work/plan.yaml" <<'PLAN'
 apiVersion: mover/v1alpha1
 kind: MigrationPlan

@@ -10,6 +10,7 @@
 //! mover-testdata cluster up DIR [--with-app]
 //! mover-testdata cluster check-app DIR
 //! mover-testdata cluster workloads DIR [--context source|target]
+//! mover-testdata cluster apply DIR [--context source|target] < MANIFESTS
 //! mover-testdata cluster down DIR
 //! ```
 //! `cluster up` starts two simulated clusters (`mover_testdata::cluster`), writes
@@ -22,7 +23,10 @@
 //! each of its claims with the claim of the same name in the target cluster. `workloads` prints
 //! the application's namespaces in one cluster (`source` unless `--context` says otherwise), one
 //! line per object: workloads with the field quiesce changes and mover's annotations, pods
-//! running, claims (`mover_testdata::cluster::inspect`).
+//! running, claims (`mover_testdata::cluster::inspect`). `apply` creates the objects of the YAML
+//! documents on its standard input in one cluster (`source` unless `--context` says otherwise),
+//! as the cluster's administrator: `mover k8s manifests | mover-testdata cluster apply DIR` is the
+//! install `kubectl apply -f -` makes on a real cluster (an object that exists is an error).
 //! `delay-relay` relays TCP connections from LISTEN to UPSTREAM, holding every byte MILLIS in each
 //! direction (a long link on loopback; see `mover_testdata::delay`), until killed.
 //! KIND is `random`, `text`, `database` or `sparse`; SIZE takes a `K`, `M` or `G` suffix.
@@ -201,15 +205,36 @@ fn check_app(dir: &Path) -> Result<bool, String> {
     })
 }
 
+/// A client of context `context` of the clusters in `dir` (`DIR/kubeconfig`: the administrator).
+async fn client_of(dir: &Path, context: &str) -> Result<kube::Client, String> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(dir.join("kubeconfig")).map_err(|e| e.to_string())?;
+    let options = kube::config::KubeConfigOptions { context: Some(context.to_owned()), ..Default::default() };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| e.to_string())?;
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// Creates the objects of the YAML documents on standard input in context `context`.
+fn apply(dir: &Path, context: &str) -> Result<(), String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| format!("reading stdin: {e}"))?;
+    let objects: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| format!("the manifests on stdin are not YAML: {e}"))?;
+    let objects: Vec<serde_json::Value> = objects.into_iter().filter(|object| !object.is_null()).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let client = client_of(dir, context).await?;
+        mover_testdata::cluster::app::apply(&client, &objects).await.map_err(|e| e.to_string())
+    })?;
+    println!("context `{context}`: {} objects created", objects.len());
+    Ok(())
+}
+
 /// Prints what context `context` of the clusters in `dir` runs in the application's namespaces.
 fn print_workloads(dir: &Path, context: &str) -> Result<(), String> {
     use mover_testdata::cluster::{app, inspect};
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let kubeconfig = kube::config::Kubeconfig::read_from(dir.join("kubeconfig")).map_err(|e| e.to_string())?;
-        let options = kube::config::KubeConfigOptions { context: Some(context.to_owned()), ..Default::default() };
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(|e| e.to_string())?;
-        let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+        let client = client_of(dir, context).await?;
         let mut namespaces: Vec<&str> = app::CLAIMS.iter().map(|(namespace, _, _)| *namespace).collect();
         namespaces.dedup();
         for line in inspect::workloads(&client, &namespaces).await.map_err(|e| e.to_string())? {
@@ -237,7 +262,7 @@ fn cluster_down(dir: &Path) -> Result<(), String> {
 }
 
 fn run(args: &[String]) -> Result<bool, String> {
-    let usage = "usage: mover-testdata cluster up DIR [--with-app] | cluster check-app DIR | cluster workloads DIR [--context source|target] | cluster down DIR\n       mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
+    let usage = "usage: mover-testdata cluster up DIR [--with-app] | cluster check-app DIR | cluster workloads DIR [--context source|target] | cluster apply DIR [--context source|target] < MANIFESTS | cluster down DIR\n       mover-testdata generate DIR [--entries N] [--max-file-size SIZE] [--big KIND:SIZE]... [--plain] [--seed N]\n       mover-testdata compare A B [--no-ownership] [--no-allocation]\n       mover-testdata image DIR [--layers N] [--layer-size SIZE] [--platforms 1|2] [--tag TAG] [--platform-layer-size SIZE] [--seed N] [--docker]\n       mover-testdata delay-relay LISTEN UPSTREAM MILLIS";
     // `generate --help` once made a tree named `--help`: positionals never start with `-`.
     let positionals = match args.first().map(String::as_str) {
         Some("compare" | "cluster") => 2,
@@ -253,14 +278,16 @@ fn run(args: &[String]) -> Result<bool, String> {
             match args.get(1).map(String::as_str) {
                 Some("up") => cluster_up(dir, args.get(3).map(String::as_str) == Some("--with-app")).map(|()| true),
                 Some("check-app") => check_app(dir),
-                Some("workloads") => match &args[3..] {
-                    [] => print_workloads(dir, "source"),
-                    [flag, context] if flag == "--context" && ["source", "target"].contains(&context.as_str()) => {
-                        print_workloads(dir, context)
-                    }
-                    _ => Err(usage.into()),
+                Some(command @ ("workloads" | "apply")) => {
+                    let context = match &args[3..] {
+                        [] => "source",
+                        [flag, context] if flag == "--context" && ["source", "target"].contains(&context.as_str()) => {
+                            context
+                        }
+                        _ => return Err(usage.into()),
+                    };
+                    if command == "apply" { apply(dir, context) } else { print_workloads(dir, context) }.map(|()| true)
                 }
-                .map(|()| true),
                 Some("down") => cluster_down(dir).map(|()| true),
                 _ => Err(usage.into()),
             }
