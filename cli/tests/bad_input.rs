@@ -205,6 +205,32 @@ fn disk_full_names_the_file_keeps_completed_files_and_a_rerun_completes() {
     mover_testdata::assert_identical(&src, &target);
 }
 
+/// One lane's file meets the full disk while another lane is in the middle of a file that takes
+/// no space there (zeros, written as holes): the end of the session cuts that lane off, and it
+/// may tell the sender so first ("the peer disconnected in the middle of a file"). The reason
+/// shown is still the full disk, which the target told on the first lane.
+#[test]
+fn disk_full_is_the_reason_shown_while_another_lane_is_cut_off_mid_file() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Many chunks on the wire and no space on the target: still being sent when the other
+    // lane's file fills the disk.
+    fs::write(src.join("a-zeros"), vec![0u8; 64 << 20]).unwrap();
+    fs::write(src.join("b-random"), mover_testdata::random_bytes(1, 8 << 20)).unwrap();
+    let target = tmp.path().join("target");
+    let _mount = Tmpfs::mount(&target, "size=4m");
+    let output = mover(&["copy", src.to_str().unwrap(), target.to_str().unwrap(), "--streams", "3"]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("No space left on device") && stderr.contains("`b-random`"), "{}", text(&output));
+    assert!(stderr.contains("hint: the target file system is full"), "{}", text(&output));
+}
+
 #[test]
 fn planted_symlinks_in_the_target_are_replaced_not_followed() {
     let tmp = tempfile::tempdir().unwrap();

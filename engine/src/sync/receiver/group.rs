@@ -277,17 +277,20 @@ impl Group {
         Ok(existing.is_some_and(|stat| stat.st_dev == dev && stat.st_ino == ino))
     }
 
-    /// A thread other than the first lane's failed: tells the sender why on `out` (which makes
-    /// it end the session) and records the error as the session's.
+    /// A thread other than the first lane's failed: records the error as the session's, then
+    /// tells the sender why on `out` (which makes it end the session).
     pub(super) fn fail(&self, error: SyncError, out: &mpsc::Sender<Vec<u8>>) {
         if !is_interruption(&error) {
             // Before the sender hears of it and closes the other lanes, which then find the
             // session abandoned and keep no half-received file.
             self.abandoned.store(true, Ordering::Release);
         }
-        let _ = out.blocking_send(encode_message(&Message::Error(error.to_remote())));
+        let told = encode_message(&Message::Error(error.to_remote()));
+        // Recorded before the sender hears of it too: the first lane, which tells the sender
+        // the session's reason, finds this error, not that of a lane cut off since.
         self.files().error.get_or_insert(error);
         self.settled.notify_all();
+        let _ = out.blocking_send(told);
     }
 
     /// The file `id` is settled (arrived or failed): wake whoever waits for the end.

@@ -195,6 +195,30 @@ fn finish_summary(shared: &Shared, mut summary: Summary, started: Instant) -> Su
     summary
 }
 
+/// Why a failed session ended, from the tree thread's error (`tree`: a failure of its own, the
+/// receiver's error told on the first lane, or a broken connection), the content workers'
+/// first failure (`lane`), and what the receiver tells on the first lane once our side of every
+/// lane is closed (`told`, read only when needed), in this order:
+/// 1. a failure on this side: what the receiver says after it is a consequence;
+/// 2. the receiver's error told on the first lane: its reason for the whole session (the
+///    first error of any of its lanes), whatever order the lanes closed in. A content lane the
+///    end of the session cut off tells only that it was cut "in the middle of a file", and may
+///    tell it first;
+/// 3. an error told on a content lane, then the broken connection itself.
+fn session_reason(tree: SyncError, lane: Option<SyncError>, told: impl FnOnce() -> Option<SyncError>) -> SyncError {
+    match (tree, lane) {
+        (_, Some(lane)) if is_ours(&lane) => lane,
+        (tree, _) if is_ours(&tree) => tree,
+        (tree @ SyncError::Remote(_), _) => tree,
+        (tree, lane) => told().or(lane.filter(|lane| !matches!(lane, SyncError::Disconnected(_)))).unwrap_or(tree),
+    }
+}
+
+/// A failure on this side, as opposed to the receiver's error or a broken connection.
+fn is_ours(error: &SyncError) -> bool {
+    !matches!(error, SyncError::Remote(_) | SyncError::Disconnected(_) | SyncError::Wire(_))
+}
+
 /// After a lane broke: the error the receiver reported on it, if any.
 fn remote_reason(replies: &mut mpsc::Receiver<Result<crate::sync::InFrame>>) -> Option<SyncError> {
     while let Some(reply) = replies.blocking_recv() {
@@ -204,4 +228,61 @@ fn remote_reason(replies: &mut mpsc::Receiver<Result<crate::sync::InFrame>>) -> 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{RemoteError, RemoteErrorKind};
+
+    fn told(kind: RemoteErrorKind, message: &str) -> SyncError {
+        SyncError::Remote(RemoteError::new(kind, message))
+    }
+
+    fn cut() -> SyncError {
+        told(RemoteErrorKind::Other, "the peer disconnected in the middle of a file")
+    }
+
+    fn full() -> SyncError {
+        told(RemoteErrorKind::NoSpace, "cannot write `f06`: No space left on device")
+    }
+
+    fn kind(error: &SyncError) -> Option<RemoteErrorKind> {
+        match error {
+            SyncError::Remote(error) => Some(error.kind),
+            _ => None,
+        }
+    }
+
+    /// A content lane that the end of the session cut off may tell so before the tree thread
+    /// reads the first lane: the receiver's error told there is still the session's reason.
+    #[test]
+    fn the_receivers_error_on_the_first_lane_wins_over_a_cut_off_lanes() {
+        // The tree thread saw only that a content lane failed: the first lane is read.
+        let reason = session_reason(SyncError::Disconnected("(a content lane failed)"), Some(cut()), || Some(full()));
+        assert_eq!(kind(&reason), Some(RemoteErrorKind::NoSpace), "{reason}");
+        // The tree thread read it itself: nothing more to read.
+        let reason = session_reason(full(), Some(cut()), || panic!("the first lane was read already"));
+        assert_eq!(kind(&reason), Some(RemoteErrorKind::NoSpace), "{reason}");
+        // Nothing told on the first lane: a content lane's error, else the broken connection.
+        let reason = session_reason(SyncError::Disconnected("before answering"), Some(cut()), || None);
+        assert_eq!(reason.to_string(), cut().to_string());
+        let reason = session_reason(
+            SyncError::Disconnected("before answering"),
+            Some(SyncError::Disconnected("while we were sending")),
+            || None,
+        );
+        assert_eq!(reason.to_string(), "the peer disconnected before answering");
+    }
+
+    /// A failure on this side ended the session: what the receiver tells after it is a
+    /// consequence, and is not even read.
+    #[test]
+    fn a_failure_on_this_side_wins_over_what_the_receiver_tells() {
+        let ours = || SyncError::Protocol("unexpected Done message on a content lane".into());
+        let reason = session_reason(full(), Some(ours()), || panic!("not read"));
+        assert!(matches!(reason, SyncError::Protocol(_)), "{reason}");
+        let reason = session_reason(ours(), Some(cut()), || panic!("not read"));
+        assert!(matches!(reason, SyncError::Protocol(_)), "{reason}");
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use super::{Basis, Job, Lane, Shared, Waiting, remote_reason};
+use super::{Basis, Job, Lane, Shared, Waiting, remote_reason, session_reason};
 use crate::confine::{self, display_bytes};
 use crate::progress::{Event, Summary};
 use crate::scan::{Scanned, Scanner};
@@ -51,7 +51,8 @@ impl<'scope> Tree<'scope> {
     }
 
     /// After [`Self::stream`] failed: stops the workers (they find the queue closed or the
-    /// session failed), closes our side of the first lane, and finds out why the session ended.
+    /// session failed), closes our side of the first lane, and finds out why the session ended
+    /// ([`session_reason`]).
     pub(super) fn stop(self, error: SyncError) -> SyncError {
         let shared = self.shared;
         shared.failed.store(true, Ordering::Release);
@@ -60,15 +61,7 @@ impl<'scope> Tree<'scope> {
         for worker in workers {
             let _ = worker.join();
         }
-        let error = match shared.take_failure() {
-            Some(SyncError::Disconnected(_)) | None => error,
-            Some(first) => first,
-        };
-        match error {
-            // The connection broke: the receiver probably said why before closing.
-            SyncError::Disconnected(_) => remote_reason(&mut replies).unwrap_or(error),
-            error => error,
-        }
+        session_reason(error, shared.take_failure(), || remote_reason(&mut replies))
     }
 }
 
@@ -92,9 +85,10 @@ impl Tree<'_> {
         self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were sending"))
     }
 
+    /// Whether the session failed on a content lane (its error is left for [`Self::stop`]).
     pub(super) fn check_workers(&self) -> Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(self.shared.take_failure().unwrap_or(SyncError::Disconnected("(a content lane failed)")));
+            return Err(SyncError::Disconnected("(a content lane failed)"));
         }
         Ok(())
     }
@@ -320,8 +314,8 @@ impl Tree<'_> {
         // Entries queued so far go first, so the receiver sees them before content of later ones.
         self.flush()?;
         let jobs = self.jobs.as_ref().ok_or(SyncError::Protocol("a verdict after the end of the tree".into()))?;
-        jobs.send(job)
-            .map_err(|_| self.shared.take_failure().unwrap_or(SyncError::Disconnected("(every content lane is gone)")))
+        // The workers' error is left for [`Self::stop`].
+        jobs.send(job).map_err(|_| SyncError::Disconnected("(every content lane is gone)"))
     }
 
     pub(super) fn take_waiting(&mut self, id: u64) -> Result<Waiting> {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use super::tree::BATCH;
 use super::{Basis, Job, Shared, Waiting, remote_reason};
 use crate::compress::{Compressor, Packed};
 use crate::confine::{self, display_bytes};
@@ -34,6 +35,11 @@ pub(super) struct Worker {
     pub(super) parent: Option<(Vec<u8>, OwnedFd)>,
     pub(super) compressor: Option<Compressor>,
     pub(super) buffer: Vec<u8>,
+    /// Small frames (a small file's content and end, a failure) gathered into one write: a
+    /// channel message and a wake-up of the writer per [`BATCH`] bytes instead of two per small
+    /// file. Handed over whenever it fills, before a big frame, and before the worker waits
+    /// for its next file.
+    pub(super) batch: Vec<u8>,
     /// Content bytes of the current file sent so far.
     pub(super) file_sent: u64,
     /// How far into the current file the content has gone (holes included), as counted in
@@ -54,6 +60,7 @@ impl Worker {
             parent: None,
             compressor: None,
             buffer: vec![0; CHUNK_SIZE],
+            batch: Vec::new(),
             file_sent: 0,
             file_passed: 0,
         }
@@ -80,7 +87,7 @@ impl Worker {
 
     pub(super) fn work(&mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
         loop {
-            let Some(mut job) = self.next_job(jobs) else { return Ok(()) };
+            let Some(mut job) = self.next_job(jobs)? else { return Ok(()) };
             if self.shared.failed.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -104,13 +111,40 @@ impl Worker {
         }
     }
 
-    /// The next requested file, or `None` when the queue closes. The first lane's worker of a
-    /// session with further lanes also stops when the scan is over ([`Shared::scan_over`]): the
-    /// tree then ends on the first lane, and the further lanes carry the rest. It takes a file
-    /// only when the lock on the queue is free, that is when every other worker is busy: the
-    /// first lane, which carries the tree, gets content last.
-    fn next_job(&self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Option<Job> {
-        if self.replies.is_some() || self.shared.options.streams <= 1 {
+    /// The next requested file, or `None` when there is none left for this worker. What the
+    /// batch holds goes to the writer before the worker waits: the receiver may be waiting
+    /// for exactly those files before it answers the entries that make the next jobs.
+    fn next_job(&mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<Option<Job>> {
+        if let Some(job) = self.ready_job(jobs) {
+            return Ok(Some(job));
+        }
+        self.flush_batch()?;
+        Ok(self.wait_for_job(jobs))
+    }
+
+    /// A file that is in the queue now, if this worker may take it.
+    fn ready_job(&self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Option<Job> {
+        if self.first_lane_of_several() {
+            if self.shared.scan_over.load(Ordering::Acquire) {
+                return None;
+            }
+            return jobs.try_lock().ok()?.try_recv().ok();
+        }
+        jobs.lock().expect("no worker panics holding the job queue").try_recv().ok()
+    }
+
+    /// The first lane's worker in a session with further lanes.
+    fn first_lane_of_several(&self) -> bool {
+        self.replies.is_none() && self.shared.options.streams > 1
+    }
+
+    /// Waits for the next requested file, or `None` when the queue closes. The first lane's
+    /// worker of a session with further lanes also stops when the scan is over
+    /// ([`Shared::scan_over`]): the tree then ends on the first lane, and the further lanes
+    /// carry the rest. It takes a file only when the lock on the queue is free, that is when
+    /// every other worker is busy: the first lane, which carries the tree, gets content last.
+    fn wait_for_job(&self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Option<Job> {
+        if !self.first_lane_of_several() {
             return jobs.lock().expect("no worker panics holding the job queue").recv().ok();
         }
         loop {
@@ -134,12 +168,37 @@ impl Worker {
         self.send_frame(encode_message(message))
     }
 
-    /// Sends one encoded frame (unless the session has failed).
+    /// Sends one encoded frame (unless the session has failed): gathered into the batch when
+    /// it is small, else after what the batch holds.
     pub(super) fn send_frame(&mut self, frame: Vec<u8>) -> Result<()> {
         if self.shared.failed.load(Ordering::Acquire) {
             return Err(SyncError::Disconnected("(the session failed)"));
         }
-        self.out.blocking_send(frame).map_err(|_| SyncError::Disconnected("while we were sending"))
+        if frame.len() >= BATCH {
+            self.flush_batch()?;
+            return self.hand_over(frame);
+        }
+        if self.batch.is_empty() {
+            self.batch.reserve(BATCH);
+        }
+        self.batch.extend_from_slice(&frame);
+        if self.batch.len() >= BATCH {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    /// Hands what the batch holds to the writer.
+    pub(super) fn flush_batch(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.hand_over(batch)
+    }
+
+    fn hand_over(&self, bytes: Vec<u8>) -> Result<()> {
+        self.out.blocking_send(bytes).map_err(|_| SyncError::Disconnected("while we were sending"))
     }
 
     pub(super) fn open_source(&mut self, path: &[u8]) -> io::Result<std::fs::File> {
