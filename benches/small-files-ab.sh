@@ -24,7 +24,8 @@ for r in $(seq 1 "$ROUNDS"); do
     start=$(date +%s.%N)
     perf stat -x, -e task-clock,context-switches -o $W/client.$v.$r.txt "$bin/mover" copy "$SRC" "agent://127.0.0.1:$PORT/vol" --certs "$C" >/dev/null 2>$W/err.$v.$r.txt || { echo "copy failed ($v)"; cat $W/err.$v.$r.txt | tail -3; }
     end=$(date +%s.%N)
-    pkill -INT -f "mover-agent serve --listen 127.0.0.1:$PORT"; wait $apid 2>/dev/null
+    # The agent is perf's child: stop that one, not every agent on this port of the machine.
+    kill -INT $(pgrep -P $apid) 2>/dev/null; wait $apid 2>/dev/null
     ct=$(awk -F, '/task-clock/ {print $1}' $W/client.$v.$r.txt); cs=$(awk -F, '/context-switches/ {print $1}' $W/client.$v.$r.txt)
     at=$(awk -F, '/task-clock/ {print $1}' $W/agent.$v.$r.txt); as=$(awk -F, '/context-switches/ {print $1}' $W/agent.$v.$r.txt)
     files=$(find "$DST" -type f | wc -l)
