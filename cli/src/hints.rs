@@ -31,7 +31,7 @@ use Answer::{Decided, NotMine};
 type Row = fn(Cause<'_>) -> Answer;
 
 /// The rows, asked in order for each cause.
-const TABLE: &[Row] = &[copy, hook, tunnel, image, certs, deletion, disk_full];
+const TABLE: &[Row] = &[copy, dispatch, hook, tunnel, image, certs, deletion, disk_full];
 
 /// The remedy for `error`, when one is known (printed as `hint:` after the error).
 pub fn for_error(error: &anyhow::Error) -> Option<String> {
@@ -174,6 +174,18 @@ fn certs(cause: Cause<'_>) -> Answer {
     }
 }
 
+fn dispatch(cause: Cause<'_>) -> Answer {
+    match cause.downcast_ref::<mover_plan::DispatchError>() {
+        None => NotMine,
+        Some(mover_plan::DispatchError::NoWayBack(_)) => Decided(Some(
+            "give `--listen IP:PORT`, an address of this machine that the source agent reaches, or copy into a \
+             claim instead (`k8s://CONTEXT/NAMESPACE`), which the agents reach between them"
+                .into(),
+        )),
+        Some(_) => NotMine,
+    }
+}
+
 fn deletion(cause: Cause<'_>) -> Answer {
     match cause.downcast_ref::<DeletionError>() {
         None => NotMine,
@@ -217,6 +229,13 @@ mod tests {
         // Text is not a key: a message that only says so gets no hint.
         let text = anyhow::anyhow!("the peer reported an error: No space left on device (os error 28)");
         assert_eq!(for_error(&text), None);
+    }
+
+    #[test]
+    fn a_pull_through_a_port_forward_is_told_to_give_a_listening_address() {
+        let error = mover_plan::DispatchError::NoWayBack("10.245.63.4:7443".into());
+        let hint = for_error(&anyhow::Error::new(error).context("copy failed")).unwrap();
+        assert!(hint.contains("--listen IP:PORT"), "{hint}");
     }
 
     #[test]
