@@ -176,13 +176,13 @@ fn certs(cause: Cause<'_>) -> Answer {
 
 fn dispatch(cause: Cause<'_>) -> Answer {
     match cause.downcast_ref::<mover_plan::DispatchError>() {
-        None => NotMine,
         Some(mover_plan::DispatchError::NoWayBack(_)) => Decided(Some(
             "give `--listen IP:PORT`, an address of this machine that the source agent reaches, or copy into a \
              claim instead (`k8s://CONTEXT/NAMESPACE`), which the agents reach between them"
                 .into(),
         )),
-        Some(_) => NotMine,
+        // Its other errors, or none: their causes decide.
+        _ => NotMine,
     }
 }
 
