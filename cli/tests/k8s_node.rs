@@ -9,12 +9,11 @@ mod common;
 
 use std::path::Path;
 
-use common::k8s::{assert_app_moved, leftovers, mover, runtime};
+use common::k8s::{assert_app_moved, install_node_agents, leftovers, mover, runtime};
 use common::{bin, is_root, text};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::ListParams;
-use mover_kube::objects::{Install, Strategy, install_objects};
 use mover_testdata::cluster::ClusterPair;
 use mover_testdata::cluster::app::{self, deploy};
 
@@ -30,18 +29,6 @@ clusters:
 
 fn report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-/// Installs the node agents in both clusters, each with its own kubelet root.
-async fn install_node_agents(pair: &ClusterPair) {
-    for (context, cluster) in [("source", &pair.source), ("target", &pair.target)] {
-        let client = app::client(pair, context).await.unwrap();
-        let kubelet_root = cluster.kubelet_root().to_str().unwrap().to_owned();
-        let objects =
-            install_objects(&Install { strategy: Strategy::Node, kubelet_root: &kubelet_root, ..Install::default() });
-        let objects: Vec<_> = objects.iter().map(|object| serde_json::to_value(object).unwrap()).collect();
-        app::apply(&client, &objects).await.unwrap();
-    }
 }
 
 /// The node agents' pods of context `context`.

@@ -11,9 +11,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::k8s::{assert_app_moved, assert_same, coordinator_audit_of, leftovers, mover_as, runtime};
+use common::k8s::{
+    assert_app_moved, assert_same, coordinator_audit_of, install_node_agents, leftovers, mover_as, runtime,
+};
 use common::{bin, is_root, text};
-use mover_kube::objects::{Install, Strategy, install_objects, rbac};
+use mover_kube::objects::rbac;
 use mover_testdata::cluster::app::{self, App, deploy};
 use mover_testdata::cluster::{ClusterPair, write_kubeconfig_entries};
 use mover_testdata::isolated::Isolated;
@@ -59,18 +61,6 @@ fn target_dir(pair: &ClusterPair, namespace: &str, claim: &str) -> PathBuf {
         let client = app::client(pair, "target").await.unwrap();
         app::volume_dir(&client, pair.target.dir(), namespace, claim).await.unwrap()
     })
-}
-
-/// Installs the node agents in both clusters, each with its own kubelet root.
-async fn install_node_agents(pair: &ClusterPair) {
-    for (context, cluster) in [("source", &pair.source), ("target", &pair.target)] {
-        let client = app::client(pair, context).await.unwrap();
-        let kubelet_root = cluster.kubelet_root().to_str().unwrap().to_owned();
-        let objects =
-            install_objects(&Install { strategy: Strategy::Node, kubelet_root: &kubelet_root, ..Install::default() });
-        let objects: Vec<_> = objects.iter().map(|object| serde_json::to_value(object).unwrap()).collect();
-        app::apply(&client, &objects).await.unwrap();
-    }
 }
 
 #[test]

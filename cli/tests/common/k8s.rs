@@ -35,6 +35,21 @@ pub fn mover_as(mut command: Command, pair: &ClusterPair, args: &[&str]) -> Outp
         .unwrap()
 }
 
+/// Installs the node agents in both clusters (as their administrator), each with its own
+/// kubelet root.
+#[allow(dead_code, reason = "not every test file uses the node strategy")]
+pub async fn install_node_agents(pair: &ClusterPair) {
+    use mover_kube::objects::{Install, Strategy, install_objects};
+    for (context, cluster) in [("source", &pair.source), ("target", &pair.target)] {
+        let client = app::client(pair, context).await.unwrap();
+        let kubelet_root = cluster.kubelet_root().to_str().unwrap().to_owned();
+        let objects =
+            install_objects(&Install { strategy: Strategy::Node, kubelet_root: &kubelet_root, ..Install::default() });
+        let objects: Vec<_> = objects.iter().map(|object| serde_json::to_value(object).unwrap()).collect();
+        app::apply(&client, &objects).await.unwrap();
+    }
+}
+
 /// Nothing of a migration (pods, Services, Secrets labelled with one) in either cluster; an
 /// install's objects (the node agents) stay.
 pub async fn leftovers(pair: &ClusterPair) -> Vec<String> {
