@@ -4,10 +4,12 @@
 //! - this file: what the tree thread and the content workers share ([`Shared`]), and [`run`],
 //!   which starts them and gathers the summary;
 //! - [`tree`]: the tree thread, which scans, sends entries and takes the verdicts;
+//! - [`queue`]: the requested files waiting for a worker;
 //! - [`worker`]: a content worker per lane, which reads, hashes, compresses and sends files;
 //! - [`changed`]: how a worker sends only what the receiver's basis lacks (changed blocks, deltas).
 
 mod changed;
+mod queue;
 mod tree;
 mod worker;
 
@@ -158,20 +160,18 @@ pub(super) struct Lane {
 
 /// Streams the tree on the first lane and hands requested files to one content worker per lane.
 pub(super) fn run(shared: &Arc<Shared>, first: Lane, others: Vec<Lane>) -> Result<Summary> {
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(others.len() + 1);
-    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    let jobs = Arc::new(queue::Jobs::new(others.len() + 1));
     let started = Instant::now();
     std::thread::scope(|scope| {
         let first_worker = Worker::new(shared.clone(), first.out.clone(), None);
         let workers: Vec<_> = std::iter::once(first_worker)
             .chain(others.into_iter().map(|lane| Worker::new(shared.clone(), lane.out, Some(lane.replies))))
             .map(|worker| {
-                let jobs = jobs_rx.clone();
+                let jobs = jobs.clone();
                 scope.spawn(move || worker.run(&jobs))
             })
             .collect();
-        drop(jobs_rx);
-        let mut tree = Tree::new(shared.clone(), first, jobs_tx, workers);
+        let mut tree = Tree::new(shared.clone(), first, jobs, workers);
         if let Err(error) = tree.stream() {
             return Err(tree.stop(error));
         }

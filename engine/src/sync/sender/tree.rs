@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
+use super::queue::{Jobs, Refused};
 use super::{Basis, Job, Lane, Shared, Waiting, remote_reason, session_reason};
 use crate::confine::{self, display_bytes};
 use crate::progress::{Event, Summary};
@@ -23,7 +24,7 @@ pub(super) struct Tree<'scope> {
     pub(super) shared: Arc<Shared>,
     pub(super) out: mpsc::Sender<Vec<u8>>,
     pub(super) replies: mpsc::Receiver<Result<crate::sync::InFrame>>,
-    pub(super) jobs: Option<std::sync::mpsc::SyncSender<Job>>,
+    pub(super) jobs: Arc<Jobs>,
     pub(super) workers: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
     pub(super) waiting: HashMap<u64, Waiting>,
     /// Encoded small messages (entries) not yet handed to the writer.
@@ -35,14 +36,14 @@ impl<'scope> Tree<'scope> {
     pub(super) fn new(
         shared: Arc<Shared>,
         first: Lane,
-        jobs: std::sync::mpsc::SyncSender<Job>,
+        jobs: Arc<Jobs>,
         workers: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
     ) -> Self {
         Tree {
             shared,
             out: first.out,
             replies: first.replies,
-            jobs: Some(jobs),
+            jobs,
             workers,
             waiting: HashMap::new(),
             batch: Vec::new(),
@@ -57,7 +58,8 @@ impl<'scope> Tree<'scope> {
         let shared = self.shared;
         shared.failed.store(true, Ordering::Release);
         let Tree { out, mut replies, jobs, workers, .. } = self;
-        drop((out, jobs));
+        jobs.close();
+        drop(out);
         for worker in workers {
             let _ = worker.join();
         }
@@ -207,7 +209,7 @@ impl Tree<'_> {
     /// Every file is answered: lets the workers finish what they were given (content on the
     /// first lane then precedes the end of the tree), and ends the tree unless it has ended.
     pub(super) fn end_tree(&mut self, send_end: bool) -> Result<()> {
-        self.jobs = None;
+        self.jobs.close();
         for worker in self.workers.drain(..) {
             worker.join().map_err(|_| SyncError::Internal("a content worker"))??;
         }
@@ -313,9 +315,11 @@ impl Tree<'_> {
     pub(super) fn dispatch(&mut self, job: Job) -> Result<()> {
         // Entries queued so far go first, so the receiver sees them before content of later ones.
         self.flush()?;
-        let jobs = self.jobs.as_ref().ok_or(SyncError::Protocol("a verdict after the end of the tree".into()))?;
-        // The workers' error is left for [`Self::stop`].
-        jobs.send(job).map_err(|_| SyncError::Disconnected("(every content lane is gone)"))
+        self.jobs.push(job).map_err(|refused| match refused {
+            Refused::Closed => SyncError::Protocol("a verdict after the end of the tree".into()),
+            // The workers' error is left for [`Self::stop`].
+            Refused::NoWorkers => SyncError::Disconnected("(every content lane is gone)"),
+        })
     }
 
     pub(super) fn take_waiting(&mut self, id: u64) -> Result<Waiting> {

@@ -5,10 +5,11 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::queue::Jobs;
 use super::tree::BATCH;
 use super::{Basis, Job, Shared, Waiting, remote_reason};
 use crate::compress::{Compressor, Packed};
@@ -67,8 +68,9 @@ impl Worker {
     }
 
     /// Sends files from the queue until it closes; the first error stops the session.
-    pub(super) fn run(mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
+    pub(super) fn run(mut self, jobs: &Jobs) -> Result<()> {
         let result = self.work(jobs);
+        jobs.worker_stopped();
         let Err(error) = result else { return Ok(()) };
         // Another thread failed first: that error is the session's; nothing to wait for here.
         let stopped = self.shared.failed.load(Ordering::Acquire);
@@ -85,7 +87,7 @@ impl Worker {
         Err(SyncError::Disconnected("(a content lane failed)"))
     }
 
-    pub(super) fn work(&mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<()> {
+    pub(super) fn work(&mut self, jobs: &Jobs) -> Result<()> {
         loop {
             let Some(mut job) = self.next_job(jobs)? else { return Ok(()) };
             if self.shared.failed.load(Ordering::Acquire) {
@@ -114,7 +116,7 @@ impl Worker {
     /// The next requested file, or `None` when there is none left for this worker. What the
     /// batch holds goes to the writer before the worker waits: the receiver may be waiting
     /// for exactly those files before it answers the entries that make the next jobs.
-    fn next_job(&mut self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Result<Option<Job>> {
+    fn next_job(&mut self, jobs: &Jobs) -> Result<Option<Job>> {
         if let Some(job) = self.ready_job(jobs) {
             return Ok(Some(job));
         }
@@ -123,14 +125,14 @@ impl Worker {
     }
 
     /// A file that is in the queue now, if this worker may take it.
-    fn ready_job(&self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Option<Job> {
+    fn ready_job(&self, jobs: &Jobs) -> Option<Job> {
         if self.first_lane_of_several() {
             if self.shared.scan_over.load(Ordering::Acquire) {
                 return None;
             }
-            return jobs.try_lock().ok()?.try_recv().ok();
+            return jobs.take_if_others_busy();
         }
-        jobs.lock().expect("no worker panics holding the job queue").try_recv().ok()
+        jobs.try_take()
     }
 
     /// The first lane's worker in a session with further lanes.
@@ -141,25 +143,20 @@ impl Worker {
     /// Waits for the next requested file, or `None` when the queue closes. The first lane's
     /// worker of a session with further lanes also stops when the scan is over
     /// ([`Shared::scan_over`]): the tree then ends on the first lane, and the further lanes
-    /// carry the rest. It takes a file only when the lock on the queue is free, that is when
-    /// every other worker is busy: the first lane, which carries the tree, gets content last.
-    fn wait_for_job(&self, jobs: &Mutex<std::sync::mpsc::Receiver<Job>>) -> Option<Job> {
+    /// carry the rest. It takes a file only when no other worker waits for one: the first
+    /// lane, which carries the tree, gets content last.
+    fn wait_for_job(&self, jobs: &Jobs) -> Option<Job> {
         if !self.first_lane_of_several() {
-            return jobs.lock().expect("no worker panics holding the job queue").recv().ok();
+            return jobs.take();
         }
         loop {
-            if self.shared.scan_over.load(Ordering::Acquire) {
+            if self.shared.scan_over.load(Ordering::Acquire) || jobs.closed_and_empty() {
                 return None;
             }
-            match jobs.try_lock() {
-                Ok(jobs) => match jobs.recv_timeout(FIRST_LANE_POLL) {
-                    Ok(job) => return Some(job),
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                },
-                Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(FIRST_LANE_POLL),
-                Err(std::sync::TryLockError::Poisoned(_)) => panic!("a worker panicked holding the job queue"),
+            if let Some(job) = jobs.take_if_others_busy() {
+                return Some(job);
             }
+            std::thread::sleep(FIRST_LANE_POLL);
         }
     }
 
