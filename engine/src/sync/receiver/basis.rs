@@ -49,10 +49,15 @@ impl Receiver {
         self.deletions.claim(partial.as_bytes());
         // Only a partial this agent could have written: a regular file it owns, mode
         // 0600, one link. Anything else under that name is ignored (and left alone).
-        let partial_size = confine::lstat(dir, partial.as_bytes())
-            .map_err(|e| io("cannot inspect", e))?
-            .filter(crate::reserved::is_own_file)
-            .map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0));
+        // None beneath a directory this session made.
+        let partial_size = if self.beneath_made {
+            0
+        } else {
+            confine::lstat(dir, partial.as_bytes())
+                .map_err(|e| io("cannot inspect", e))?
+                .filter(crate::reserved::is_own_file)
+                .map_or(0, |stat| u64::try_from(stat.st_size).unwrap_or(0))
+        };
         let (basis, basis_name, basis_size) = if partial_size > 0 && partial_size <= size {
             (Basis::Partial, partial.as_bytes(), partial_size)
         } else {

@@ -35,10 +35,14 @@ impl Receiver {
             )));
         }
         if let Some(absent) = &self.absent {
-            if entry.path.strip_prefix(absent.as_slice()).is_some_and(|rest| rest.first() == Some(&b'/')) {
+            if is_beneath(&entry.path, absent) {
                 return self.absent_entry(&entry);
             }
             self.absent = None;
+        }
+        self.beneath_made = self.made.as_ref().is_some_and(|made| is_beneath(&entry.path, made));
+        if !self.beneath_made {
+            self.made = None;
         }
         let (parent, name) = (parent.to_vec(), name.to_vec());
         let at = (parent.as_slice(), name.as_slice());
@@ -109,7 +113,11 @@ impl Receiver {
     fn dir_entry(&mut self, entry: &Entry, path: &RelPath, (parent, name): (&[u8], &[u8])) -> Result<()> {
         let io = io_at(path);
         let dir = self.parent_dir(parent)?;
-        let existing = confine::lstat(dir.as_fd(), name).map_err(|e| io("cannot inspect", e))?;
+        let existing = if self.beneath_made {
+            None
+        } else {
+            confine::lstat(dir.as_fd(), name).map_err(|e| io("cannot inspect", e))?
+        };
         let is_dir = existing.is_some_and(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::Directory);
         if !is_dir {
             self.report(ChangeAction::Create, ChangeKind::Dir, &entry.path, Differs::default())?;
@@ -123,7 +131,14 @@ impl Receiver {
             }
             return Ok(());
         }
-        ensure_dir(dir.as_fd(), name).map_err(|e| io("cannot create directory", e))?;
+        if self.beneath_made {
+            make_dir(dir.as_fd(), name).map_err(|e| io("cannot create directory", e))?;
+        } else {
+            ensure_dir(dir.as_fd(), name).map_err(|e| io("cannot create directory", e))?;
+            if !is_dir {
+                self.made = Some(entry.path.clone());
+            }
+        }
         self.keep_dir(entry);
         Ok(())
     }
@@ -302,5 +317,15 @@ fn ensure_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
         Some(_) => confine::remove_any(dir, name)?,
         None => {}
     }
+    make_dir(dir, name)
+}
+
+/// Makes the directory `name` in `dir`, private (0700) until the last pass gives it its mode.
+fn make_dir(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
     rustix::fs::mkdirat(dir, cname(name).as_c_str(), Mode::from_raw_mode(0o700)).map_err(io::Error::from)
+}
+
+/// Whether `path` lies beneath the directory `dir` (both relative to the root).
+fn is_beneath(path: &[u8], dir: &[u8]) -> bool {
+    path.strip_prefix(dir).is_some_and(|rest| rest.first() == Some(&b'/'))
 }

@@ -70,6 +70,12 @@ pub(super) struct Receiver {
     /// In a dry run, the directory being walked that is not on the target (it would be
     /// created): everything beneath it is new, and nothing there is looked at.
     absent: Option<Vec<u8>>,
+    /// The directory this session made that the entries being checked lie beneath: nothing
+    /// was there before (it is made private, 0700, until the last pass gives it its mode), so
+    /// the names of new files there are not looked up first.
+    made: Option<Vec<u8>>,
+    /// The entry being checked lies beneath `made`.
+    beneath_made: bool,
     /// Encoded replies not yet handed to the writer.
     replies: Vec<u8>,
     /// How many replies `replies` holds.
@@ -99,6 +105,8 @@ pub(super) fn run(
         input,
         deletions,
         absent: None,
+        made: None,
+        beneath_made: false,
         dirs_cache: DirCache::default(),
         dirs,
         seen_root: false,

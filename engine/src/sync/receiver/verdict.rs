@@ -29,7 +29,9 @@ impl Receiver {
         let io = io_at(&path);
         let dir = self.parent_dir(parent)?;
         let dir = dir.as_fd();
-        let existing = confine::lstat(dir, name).map_err(|e| io("cannot inspect", e))?;
+        // Beneath a directory this session made, nothing was there.
+        let existing =
+            if self.beneath_made { None } else { confine::lstat(dir, name).map_err(|e| io("cannot inspect", e))? };
         let regular = existing.filter(|stat| FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile);
         let up_to_date = !group.options.checksum
             && regular.is_some_and(|stat| {
