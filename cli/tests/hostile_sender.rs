@@ -268,6 +268,69 @@ fn a_wrong_blake3_leaves_the_old_file_in_place() {
     assert_untouched(&fixture);
 }
 
+/// Beneath a directory the session made, the names of new files are not looked up (nothing
+/// was there): a wrong digest still leaves no file at all, and a name taken between the
+/// verdict and the content (here a symlink to outside, planted by the workload) is replaced,
+/// never followed.
+#[test]
+fn a_new_file_in_a_made_directory_appears_only_verified_and_never_through_a_name_taken_meanwhile() {
+    let fixture = fixture();
+    let content = b"small and new";
+    let data = |id| {
+        Message::Data(DataChunk {
+            id,
+            offset: 0,
+            raw_len: content.len() as u32,
+            compressed: false,
+            bytes: content.to_vec(),
+        })
+    };
+    let file = EntryKind::File { size: content.len() as u64, leader: false };
+    let script = vec![
+        frame(&entry(1, b"made", EntryKind::Dir)),
+        frame(&entry(2, b"made/f", file.clone())),
+        frame(&data(2)),
+        frame(&Message::FileEnd { id: 2, blake3: *blake3::hash(b"something else").as_bytes() }),
+    ];
+    let error = attack(&fixture, script);
+    assert_eq!(error.kind, RemoteErrorKind::Verification, "{error:?}");
+    assert!(!fixture.target.join("made/f").exists(), "an unverified file got its final name");
+    assert_no_temporaries(&fixture.target.join("made"));
+    assert_untouched(&fixture);
+
+    let fixture = self::fixture();
+    let planted = fixture.target.join("made/new");
+    let canary = fixture.outside.join("canary");
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let report = runtime.block_on(async {
+        let stream = open_when_free(&fixture).await;
+        let (reader, writer) = tokio::io::split(stream);
+        let mut writer = FrameWriter::new(writer);
+        let mut reader = FrameReader::new(reader);
+        writer.send(&entry(1, b"made", EntryKind::Dir)).await.unwrap();
+        writer.send(&entry(2, b"made/new", file.clone())).await.unwrap();
+        let verdict = next_message(&mut reader).await;
+        assert!(matches!(verdict, Some(Message::Need { id: 2 })), "{verdict:?}");
+        std::os::unix::fs::symlink(&canary, &planted).unwrap();
+        writer.send(&data(2)).await.unwrap();
+        writer.send(&Message::FileEnd { id: 2, blake3: mover_engine::sync::digest::digest(content) }).await.unwrap();
+        writer.send(&Message::EndOfEntries).await.unwrap();
+        loop {
+            match next_message(&mut reader).await {
+                Some(Message::Done(report)) => break report,
+                Some(Message::Error(error)) => panic!("the session failed: {error:?}"),
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(report.files_written, 1);
+    assert!(fs::symlink_metadata(&planted).unwrap().is_file(), "the planted symlink was followed or kept");
+    assert_eq!(fs::read(&planted).unwrap(), content);
+    assert_no_temporaries(&fixture.target.join("made"));
+    assert_untouched(&fixture);
+}
+
 #[test]
 fn data_past_the_declared_size_and_unrequested_data_are_refused() {
     let fixture = fixture();
