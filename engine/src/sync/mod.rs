@@ -208,6 +208,11 @@ pub type Result<T, E = SyncError> = std::result::Result<T, E>;
 /// awaited): [`send_volume`] starts the tree on the first connection meanwhile.
 pub type Joining<S> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S>> + Send>>;
 
+/// Places of a thread's input queue the reader takes at a time once the queue is full. Taking
+/// them one by one woke the reader (a futex, often a context switch) for every frame the
+/// thread took: two per small file. It waits for this many places to free up instead.
+const INPUT_PLACES: usize = 64;
+
 /// Reads frame bodies and hands them to a blocking thread, which decodes them (data chunks are
 /// used in place), holding at most `budget` bytes of them; skips keepalives (empty frames);
 /// ends at end of stream or on error.
@@ -215,6 +220,7 @@ async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result
     let mut frames = FrameReader::new(BufReader::with_capacity(256 * 1024, reader));
     let limit = budget;
     let budget = Arc::new(tokio::sync::Semaphore::new(limit));
+    let mut places = None;
     loop {
         let item = match tokio::time::timeout(IDLE_TIMEOUT, frames.read_frame()).await {
             Ok(Ok(Some(body))) if body.is_empty() => continue,
@@ -229,7 +235,17 @@ async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result
             Err(_) => Err(SyncError::Disconnected("(nothing heard from it for 10 minutes)")),
         };
         let stop = item.is_err();
-        if to_thread.send(item).await.is_err() || stop {
+        let place = if let Some(place) = places.as_mut().and_then(Iterator::next) {
+            place
+        } else {
+            let wanted = INPUT_PLACES.min(to_thread.max_capacity());
+            let Ok(mut reserved) = to_thread.reserve_many(wanted).await else { return };
+            let place = reserved.next().expect("at least one place reserved");
+            places = Some(reserved);
+            place
+        };
+        place.send(item);
+        if stop {
             return;
         }
     }
