@@ -1,18 +1,19 @@
 #!/bin/bash
 # CPU per file of `mover copy SRC agent://...` for two builds taking turns (an A/B of a change),
-# N small files (1-8 KiB, seeded, directories of 100) into a fresh tmpfs; perf stat per process.
-# Usage (root: it mounts a tmpfs): W=/var/tmp/sb BASE=DIR NEW=DIR [N=20000 ROUNDS=3] benches/small-files-ab.sh
+# N small files (1-8 KiB, seeded, directories of 100) into a fresh tmpfs (or TARGET, a directory
+# emptied before each run, e.g. on a journaled ext4 loop device); perf stat per process.
+# Usage (root: it mounts a tmpfs): W=/var/tmp/sb BASE=DIR NEW=DIR [N=20000 ROUNDS=3 TARGET=DIR] benches/small-files-ab.sh
 # where DIR holds a `mover` and a `mover-agent` (release builds).
 set -u
 N=${N:-20000}; ROUNDS=${ROUNDS:-3}; PORT=${PORT:-7811}
 W=${W:-/var/tmp/mover-small-ab}; BASE=${BASE:?BASE=DIR of the base build}; NEW=${NEW:?NEW=DIR of the new build}
-mkdir -p "$W"; SRC=$W/src-$N; DST=$W/dst; C=$W/certs
+mkdir -p "$W"; SRC=$W/src-$N; DST=${TARGET:-$W/dst}; C=$W/certs
 if [ ! -f "$SRC.done" ]; then
   rm -rf "$SRC"
   python3 "$(dirname "$0")/small-files.py" "$SRC" "$N"
   touch "$SRC.done"
 fi
-mkdir -p "$DST"; mountpoint -q "$DST" || mount -t tmpfs -o size=2G tmpfs "$DST"
+mkdir -p "$DST"; [ -n "${TARGET:-}" ] || mountpoint -q "$DST" || mount -t tmpfs -o size=2G tmpfs "$DST"
 [ -s "$C/ca.crt" ] || "$BASE/mover" certs init "$C" >/dev/null
 for r in $(seq 1 "$ROUNDS"); do
   for v in base new; do
