@@ -158,6 +158,19 @@ pub(super) struct Lane {
     pub(super) replies: mpsc::Receiver<Result<crate::sync::InFrame>>,
 }
 
+/// Hands `bytes` (encoded frames) to a lane's writer.
+fn hand_over(out: &mpsc::Sender<Vec<u8>>, bytes: Vec<u8>) -> Result<()> {
+    out.blocking_send(bytes).map_err(|_| SyncError::Disconnected("while we were sending"))
+}
+
+/// Hands what `batch` holds, if anything, to a lane's writer.
+fn flush_batch(out: &mpsc::Sender<Vec<u8>>, batch: &mut Vec<u8>) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    hand_over(out, std::mem::take(batch))
+}
+
 /// Streams the tree on the first lane and hands requested files to one content worker per lane.
 pub(super) fn run(shared: &Arc<Shared>, first: Lane, others: Vec<Lane>) -> Result<Summary> {
     let jobs = Arc::new(queue::Jobs::new(others.len() + 1));

@@ -179,12 +179,18 @@ mod tests {
         assert_eq!(taken, [0, 1, 2]);
     }
 
-    #[test]
-    fn a_full_queue_holds_the_tree_until_a_worker_takes_a_job() {
-        let jobs = Jobs::new(1);
+    /// A queue for `workers` workers, full.
+    fn full(workers: usize) -> Jobs {
+        let jobs = Jobs::new(workers);
         for id in 0..QUEUED as u64 {
             jobs.push(job(id)).unwrap();
         }
+        jobs
+    }
+
+    #[test]
+    fn a_full_queue_holds_the_tree_until_a_worker_takes_a_job() {
+        let jobs = full(1);
         std::thread::scope(|scope| {
             let pusher = scope.spawn(|| jobs.push(job(QUEUED as u64)));
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -197,10 +203,7 @@ mod tests {
 
     #[test]
     fn with_every_worker_stopped_the_tree_is_refused_instead_of_waiting() {
-        let jobs = Jobs::new(2);
-        for id in 0..QUEUED as u64 {
-            jobs.push(job(id)).unwrap();
-        }
+        let jobs = full(2);
         std::thread::scope(|scope| {
             let pusher = scope.spawn(|| jobs.push(job(QUEUED as u64)));
             jobs.worker_stopped();

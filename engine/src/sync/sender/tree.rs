@@ -80,11 +80,7 @@ impl Tree<'_> {
     /// Hands the queued small messages to the writer: before waiting for the receiver, and
     /// whenever [`BATCH`] bytes have gathered.
     pub(super) fn flush(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.out.blocking_send(batch).map_err(|_| SyncError::Disconnected("while we were sending"))
+        super::flush_batch(&self.out, &mut self.batch)
     }
 
     /// Whether the session failed on a content lane (its error is left for [`Self::stop`]).

@@ -173,7 +173,7 @@ impl Worker {
         }
         if frame.len() >= BATCH {
             self.flush_batch()?;
-            return self.hand_over(frame);
+            return super::hand_over(&self.out, frame);
         }
         if self.batch.is_empty() {
             self.batch.reserve(BATCH);
@@ -187,15 +187,7 @@ impl Worker {
 
     /// Hands what the batch holds to the writer.
     pub(super) fn flush_batch(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.hand_over(batch)
-    }
-
-    fn hand_over(&self, bytes: Vec<u8>) -> Result<()> {
-        self.out.blocking_send(bytes).map_err(|_| SyncError::Disconnected("while we were sending"))
+        super::flush_batch(&self.out, &mut self.batch)
     }
 
     pub(super) fn open_source(&mut self, path: &[u8]) -> io::Result<std::fs::File> {
