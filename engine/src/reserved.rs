@@ -16,8 +16,9 @@
 //!
 //! A file under a generated name is removed as a leftover only when [`is_leftover`] proves mover
 //! made it: a regular file, owned by this process's effective user, mode 0600, one link (what
-//! [`crate::confine::create_file`] makes and nothing else touches). Anything else under such a
-//! name is left alone.
+//! [`crate::confine::create_file`] makes and nothing else touches); under a session's name also
+//! a symlink, a special file or a hard link, whose removal loses no content. Anything else under
+//! such a name is left alone.
 
 use std::ffi::CString;
 
@@ -132,12 +133,17 @@ pub fn is_own_file(stat: &Stat) -> bool {
 /// - a symlink or special file (FIFO, socket, device node) under a session's name: a session
 ///   creates those under its temporary names and gives them their owner before the rename, so
 ///   an interruption can leave one that is not ours. The name carries the session's random
-///   64-bit id, and removing a symlink or special file writes nothing and follows nothing.
+///   64-bit id, and removing a symlink or special file writes nothing and follows nothing;
+/// - a regular file with other names under a session's name: a hard link a session made under
+///   its temporary name and did not rename into place before it was interrupted. Removing the
+///   name removes no content: the file's other names keep it.
 #[must_use]
 pub fn is_leftover(name: &[u8], stat: &Stat) -> bool {
-    let node = !matches!(FileType::from_raw_mode(stat.st_mode), FileType::RegularFile | FileType::Directory);
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    let node = !matches!(kind, FileType::RegularFile | FileType::Directory);
+    let linked = kind == FileType::RegularFile && stat.st_nlink > 1;
     match form(name) {
-        Some(Form::Session) if node => true,
+        Some(Form::Session) if node || linked => true,
         Some(_) => is_own_file(stat),
         None => false,
     }
@@ -203,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_or_special_file_under_a_session_name_is_a_leftover_a_foreign_file_is_not() {
+    fn a_symlink_special_file_or_hard_link_under_a_session_name_is_a_leftover_a_foreign_file_is_not() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let name = session_temp(&session(0x96d4_eb9e_6dbe_0f80), 653);
@@ -222,6 +228,15 @@ mod tests {
         )
         .unwrap();
         assert!(is_leftover(name.as_bytes(), &stat(&path)), "a FIFO");
+        std::fs::remove_file(&path).unwrap();
+        // An interrupted session left a hard link it was about to rename into place: the name
+        // goes, the content stays under its other name.
+        let linked = dir.path().join("linked");
+        std::fs::write(&linked, b"content").unwrap();
+        std::fs::set_permissions(&linked, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::hard_link(&linked, &path).unwrap();
+        assert!(is_leftover(name.as_bytes(), &stat(&path)), "a hard link under a session's name");
+        assert!(!is_leftover(partial(&blake3::hash(b"x")).as_bytes(), &stat(&path)), "a hard link under a partial name");
         std::fs::remove_file(&path).unwrap();
         // A regular file must still be provably ours.
         std::fs::write(&path, b"x").unwrap();
