@@ -196,8 +196,11 @@ fn an_agent_refuses_too_many_or_invalid_patterns_before_the_session() {
         (vec![vec![b'x'; 4097]], "an exclude pattern of 4097 bytes"),
         (vec![b"a[".to_vec()], "`[` is not closed"),
     ] {
-        let request =
-            Request::Receive { volume: "vol".into(), options: SyncOptions { excludes, ..SyncOptions::default() } };
+        let request = Request::Receive {
+            volume: "vol".into(),
+            options: SyncOptions { excludes, ..SyncOptions::default() },
+            lanes: vec![1; 32],
+        };
         let error = runtime.block_on(client::open(&identity, &agent.addr, request, None)).err();
         match error {
             Some(CopyError::Session(SessionError::Refused { error, .. })) => {

@@ -88,7 +88,7 @@ fn attack(fixture: &Fixture, script: Vec<Vec<u8>>) -> RemoteError {
 async fn open_when_free(fixture: &Fixture) -> mover_engine::tunnel::ClientStream {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default(), lanes: vec![1; 32] };
         match client::open(&fixture.identity, &fixture.agent.addr, request, None).await {
             Ok((stream, _)) => return stream,
             Err(client::CopyError::Session(client::SessionError::Refused { error, .. }))
@@ -206,7 +206,7 @@ fn a_symlink_planted_by_the_workload_between_entries_is_not_followed() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let error = runtime.block_on(async {
-        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+        let request = Request::Receive { volume: "vol".into(), options: SyncOptions::default(), lanes: vec![1; 32] };
         let (stream, _) = client::open(&fixture.identity, &fixture.agent.addr, request, None).await.unwrap();
         let (reader, writer) = tokio::io::split(stream);
         let mut writer = FrameWriter::new(writer);
@@ -528,10 +528,11 @@ async fn next_message<R: tokio::io::AsyncRead + Unpin>(reader: &mut FrameReader<
 async fn open_two_lanes(fixture: &Fixture) -> (mover_engine::tunnel::ClientStream, mover_engine::tunnel::ClientStream) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let options = SyncOptions { streams: 2, ..SyncOptions::default() };
-    let (first, welcome) = loop {
-        let request = Request::Receive { volume: "vol".into(), options: options.clone() };
+    let token = vec![2u8; 32];
+    let first = loop {
+        let request = Request::Receive { volume: "vol".into(), options: options.clone(), lanes: token.clone() };
         match client::open(&fixture.identity, &fixture.agent.addr, request, None).await {
-            Ok(opened) => break opened,
+            Ok((first, _)) => break first,
             Err(client::CopyError::Session(client::SessionError::Refused { error, .. }))
                 if error.kind == RemoteErrorKind::Busy && std::time::Instant::now() < deadline =>
             {
@@ -540,7 +541,7 @@ async fn open_two_lanes(fixture: &Fixture) -> (mover_engine::tunnel::ClientStrea
             Err(error) => panic!("cannot open a session: {error}"),
         }
     };
-    let join = Request::JoinLane { token: welcome.token, lane: 1 };
+    let join = Request::JoinLane { token, lane: 1 };
     let (lane, _) = client::open(&fixture.identity, &fixture.agent.addr, join, None).await.unwrap();
     (first, lane)
 }

@@ -8,6 +8,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{Agent, certs, mover, summary, text};
 use mover_engine::CopyOptions;
@@ -184,30 +185,47 @@ async fn open_when_free(
 #[test]
 fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
     let tmp = tempfile::tempdir().unwrap();
-    let target = tmp.path().join("volume");
+    let (target, other) = (tmp.path().join("volume"), tmp.path().join("other"));
     fs::create_dir_all(&target).unwrap();
+    fs::create_dir_all(&other).unwrap();
     let certs = certs(&tmp.path().join("certs"));
-    let agent = Agent::start(&certs, &[format!("data={}", target.display())], tmp.path());
+    let grants = [format!("data={}", target.display()), format!("other={}", other.display())];
+    let agent = Agent::start(&certs, &grants, tmp.path());
     let coordinator = Identity::load(&certs, Role::Coordinator).unwrap();
     let other_role = Identity::load(&certs, Role::Agent).unwrap();
+    let early_coordinator = Identity::load(&certs, Role::Coordinator).unwrap();
+    let receive = |volume: &str, streams, lanes: &[u8]| Request::Receive {
+        volume: volume.into(),
+        options: SyncOptions { streams, ..SyncOptions::default() },
+        lanes: lanes.to_vec(),
+    };
+    let token = vec![5u8; 32];
     runtime().block_on(async {
-        let receive = |streams| Request::Receive {
-            volume: "data".into(),
-            options: SyncOptions { streams, ..SyncOptions::default() },
-        };
-        let (kind, message) = refusal(&coordinator, &agent.addr, receive(17)).await;
+        let (kind, message) = refusal(&coordinator, &agent.addr, receive("data", 17, &token)).await;
         assert_eq!(kind, RemoteErrorKind::Protocol);
         assert!(message.contains("1 to 16"), "{message}");
-        let (kind, _) = refusal(&coordinator, &agent.addr, receive(0)).await;
+        let (kind, _) = refusal(&coordinator, &agent.addr, receive("data", 0, &token)).await;
         assert_eq!(kind, RemoteErrorKind::Protocol);
+        let (kind, message) = refusal(&coordinator, &agent.addr, receive("data", 3, &[5; 8])).await;
+        assert_eq!(kind, RemoteErrorKind::Protocol);
+        assert!(message.contains("lane token of 32 bytes, not 8"), "{message}");
 
-        let guess = Request::JoinLane { token: vec![7; 32], lane: 1 };
-        let (kind, _) = refusal(&coordinator, &agent.addr, guess).await;
-        assert_eq!(kind, RemoteErrorKind::BadToken);
+        // A lane may say hello before its receive: it is held, unanswered, until the receive
+        // is admitted, then welcomed.
+        let lane = |lane| Request::JoinLane { token: token.clone(), lane };
+        let early = tokio::spawn({
+            let (coordinator, addr, lane) = (early_coordinator, agent.addr.clone(), lane(1));
+            async move { client::open(&coordinator, &addr, lane, None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!early.is_finished(), "a lane was answered before its receive was admitted");
+        let (_first, _) = client::open(&coordinator, &agent.addr, receive("data", 3, &token), None).await.unwrap();
+        let (_one, _) = early.await.unwrap().expect("the early lane is welcomed once its receive is admitted");
 
-        let (_first, welcome) = client::open(&coordinator, &agent.addr, receive(3), None).await.unwrap();
-        assert_eq!(welcome.token.len(), 32, "a 3-stream receive hands out a lane token");
-        let lane = |lane| Request::JoinLane { token: welcome.token.clone(), lane };
+        // The token is that receive's while it runs, even for another volume.
+        let (kind, message) = refusal(&coordinator, &agent.addr, receive("other", 3, &token)).await;
+        assert_eq!(kind, RemoteErrorKind::Protocol);
+        assert!(message.contains("already in use"), "{message}");
         for bad in [0, 3, 1000] {
             let (kind, message) = refusal(&coordinator, &agent.addr, lane(bad)).await;
             assert_eq!(kind, RemoteErrorKind::Protocol, "lane {bad}: {message}");
@@ -215,34 +233,38 @@ fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
         // Another role cannot ride on the coordinator's session.
         let (kind, _) = refusal(&other_role, &agent.addr, lane(1)).await;
         assert_eq!(kind, RemoteErrorKind::BadToken);
-        let (_one, _) = client::open(&coordinator, &agent.addr, lane(1), None).await.unwrap();
         let (kind, message) = refusal(&coordinator, &agent.addr, lane(1)).await;
         assert_eq!(kind, RemoteErrorKind::Protocol, "a lane joins once: {message}");
         let (_two, _) = client::open(&coordinator, &agent.addr, lane(2), None).await.unwrap();
+
+        // A lane whose token no receive holds is held, never welcomed; it is let go when its
+        // client gives up.
+        let guess = Request::JoinLane { token: vec![7; 32], lane: 1 };
+        let held =
+            tokio::time::timeout(Duration::from_millis(500), client::open(&coordinator, &agent.addr, guess, None));
+        assert!(held.await.is_err(), "a lane with a token no receive holds was answered");
     });
     runtime().block_on(async {
         // A source that dies while its lanes are joining frees the volume at once, not after
         // the 30 s the lanes get to join.
-        let receive =
-            Request::Receive { volume: "data".into(), options: SyncOptions { streams: 3, ..SyncOptions::default() } };
-        let (first, welcome) = open_when_free(&coordinator, &agent.addr, receive.clone()).await;
-        let lane = Request::JoinLane { token: welcome.token.clone(), lane: 1 };
+        let token = vec![6u8; 32];
+        let (first, _) = open_when_free(&coordinator, &agent.addr, receive("data", 3, &token)).await;
+        let lane = Request::JoinLane { token: token.clone(), lane: 1 };
         let (_one, _) = client::open(&coordinator, &agent.addr, lane, None).await.unwrap();
         drop(first);
-        open_when_free(&coordinator, &agent.addr, receive).await;
+        open_when_free(&coordinator, &agent.addr, receive("data", 3, &[8; 32])).await;
     });
     runtime().block_on(async {
         // A source may speak on its first connection as soon as its lanes are welcomed, before
         // the target has taken them in: that is no reason to give up.
-        let receive =
-            Request::Receive { volume: "data".into(), options: SyncOptions { streams: 2, ..SyncOptions::default() } };
-        let (first, welcome) = open_when_free(&coordinator, &agent.addr, receive).await;
+        let token = vec![9u8; 32];
+        let (first, _) = open_when_free(&coordinator, &agent.addr, receive("data", 2, &token)).await;
         let (reader, writer) = tokio::io::split(first);
         let (mut reader, mut writer) = (FrameReader::new(reader), FrameWriter::new(writer));
         writer.write_frame(&encode_message(&Message::EndOfEntries)).await.unwrap();
         writer.flush().await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let lane = Request::JoinLane { token: welcome.token.clone(), lane: 1 };
+        let lane = Request::JoinLane { token: token.clone(), lane: 1 };
         let (_one, _) = client::open(&coordinator, &agent.addr, lane, None).await.unwrap();
         match reader.read_message().await {
             Ok(Some(Message::Done(_))) => {}
@@ -250,7 +272,7 @@ fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
         }
     });
     let log = agent.log_text();
-    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 2 + 6 + 1 + 1, "{log}");
+    assert_eq!(log.matches("\"request\":\"join-lane\"").count(), 8 + 1 + 1, "{log}");
     assert!(log.contains("before its 2 further streams joined"), "{log}");
 }
 

@@ -19,7 +19,7 @@ use crate::agent::{Agent, AgentError, VolumeGrant};
 use crate::certs::{self, CertError, Identity, Role};
 use crate::progress::{SharedReporter, Summary};
 pub use crate::session::SessionError;
-use crate::session::{self, open_with_lanes};
+use crate::session::{self, open_sending};
 use crate::sync::{self, SyncError};
 use crate::tunnel::{self, Proxy, TunnelError};
 use crate::volume::{Overlap, VolumeRoot};
@@ -158,18 +158,21 @@ pub async fn copy_to_agent(
     let started = Instant::now();
     let root =
         crate::confine::open_root(source).map_err(|e| CopyError::Source { path: source.to_owned(), source: e })?;
-    let request = Request::Receive { volume: volume.to_owned(), options: options.clone() };
+    let lanes = session::lane_token(options.streams);
+    let request = Request::Receive { volume: volume.to_owned(), options: options.clone(), lanes };
     let config = tunnel::client_config(identity)?;
     let migration_id = identity.migration_id();
-    let (stream, welcome, lanes) =
-        open_with_lanes((&config, &migration_id), addr, request, proxy, options.streams).await?;
-    if let Some(notice) = welcome.notice {
-        reporter.on_event(&crate::progress::Event::Warning { message: notice });
-    }
+    let (stream, lanes) = open_sending((&config, &migration_id), addr, request, proxy, options.streams).await?;
     // Cancelling a copy from this process is ending the process: its connections close, and
     // the agent ends the session.
     let never = sync::CancellationToken::new();
-    let mut summary = sync::send_volume(stream, lanes, VolumeRoot::unwatched(root), options, reporter, &never).await?;
+    let root = VolumeRoot::unwatched(root);
+    let mut summary = sync::send_volume(sync::First::Greeted(stream), lanes, root, options, reporter, &never)
+        .await
+        .map_err(|error| match SessionError::of_greeting(addr, error) {
+            Ok(refused) => CopyError::from(refused),
+            Err(error) => CopyError::from(error),
+        })?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
 }

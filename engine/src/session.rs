@@ -32,15 +32,6 @@ pub enum SessionError {
         #[source]
         source: WireError,
     },
-    /// The agent welcomed a session over several streams without a lane token (a protocol
-    /// violation).
-    #[error("agent `{addr}` offered no lanes for a {streams}-stream session")]
-    NoLanes {
-        /// The agent.
-        addr: String,
-        /// The streams asked for.
-        streams: u32,
-    },
 }
 
 impl SessionError {
@@ -52,9 +43,33 @@ impl SessionError {
             SessionError::Tunnel(error) => error.is_retryable(),
             SessionError::Refused { error, .. } => error.kind.is_retryable(),
             SessionError::Handshake { source, .. } => source.is_retryable(),
-            SessionError::NoLanes { .. } => false,
         }
     }
+
+    /// What the agent at `addr` answered a hello with, when it was no welcome: a refusal, or
+    /// a failed handshake.
+    fn greeting(addr: &str, error: WireError) -> SessionError {
+        match error {
+            WireError::Remote(error) => SessionError::Refused { addr: addr.to_owned(), error },
+            error => SessionError::Handshake { addr: addr.to_owned(), source: error },
+        }
+    }
+
+    /// A sending session's error ([`open_sending`]) as the handshake would have told it, when
+    /// it is the agent's answer to the hello ([`SyncError::Greeting`]); any other as it is.
+    pub(crate) fn of_greeting(addr: &str, error: SyncError) -> Result<SessionError, SyncError> {
+        match error {
+            SyncError::Greeting(error) => Ok(SessionError::greeting(addr, error)),
+            error => Err(error),
+        }
+    }
+}
+
+/// A fresh random token (256 bits): a session's, a lane group's.
+pub(crate) fn random_token() -> Vec<u8> {
+    let mut token = vec![0u8; crate::wire::LANE_TOKEN_LEN];
+    getrandom::fill(&mut token).expect("the OS random source works");
+    token
 }
 
 /// The TLS configuration and migration id a dialler says hello with.
@@ -84,45 +99,53 @@ pub(crate) async fn open_with(
     FrameWriter::new(&mut stream).send_hello(&hello).await.map_err(handshake)?;
     match FrameReader::new(&mut stream).read_welcome().await {
         Ok(welcome) => Ok((stream, welcome)),
-        Err(WireError::Remote(error)) => Err(SessionError::Refused { addr: addr.to_owned(), error }),
-        Err(error) => Err(handshake(error)),
+        Err(error) => Err(SessionError::greeting(addr, error)),
     }
 }
 
 /// A further lane of a session, on its way to being joined: ready once the agent welcomed it.
 pub(crate) type JoiningLane = crate::sync::Joining<tunnel::ClientStream>;
 
-/// Opens a session of `streams` connections to the agent at `addr`: the first says hello with
-/// `request`, and the further lanes' TLS handshakes run beside it, so they cost no round trip
-/// of their own. Returns the first connection, its welcome, and the further lanes, joining:
-/// each says its [`Request::JoinLane`] hello (with the welcome's lane token) at once and is
-/// ready once welcomed, which [`crate::sync::send_volume`] waits for beside the tree's first
-/// entries.
-pub(crate) async fn open_with_lanes(
+/// A lane token for a session over `streams` connections ([`crate::wire::Request::Receive`]'s
+/// `lanes`): fresh random bytes, none for one stream.
+pub(crate) fn lane_token(streams: u32) -> Vec<u8> {
+    if streams > 1 { random_token() } else { Vec::new() }
+}
+
+/// Opens a sending session of `streams` connections to the agent at `addr`, all at once. The
+/// first says hello with `request` and is returned without waiting for the welcome: the
+/// sender's first entries follow the hello, and [`crate::sync::send_volume`] reads the welcome
+/// as the first frame ([`crate::sync::First::Greeted`]). The further lanes say their
+/// [`Request::JoinLane`] hello with the lane token `request` carries, and are ready once
+/// welcomed (the agent welcomes them once it has admitted the first).
+pub(crate) async fn open_sending(
     (config, migration_id): Dialler<'_>,
     addr: &str,
     request: Request,
     proxy: Option<&Proxy>,
     streams: u32,
-) -> Result<(tunnel::ClientStream, Welcome, Vec<JoiningLane>), SessionError> {
-    let tunnels = (1..streams).map(|_| tunnel::connect(addr, config.clone(), proxy));
-    let tunnels = async { futures_util::future::try_join_all(tunnels).await.map_err(SessionError::from) };
-    let first = open_with((config, migration_id), addr, request, proxy);
-    let ((stream, welcome), tunnels) = futures_util::future::try_join(first, tunnels).await?;
-    if streams > 1 && welcome.token.is_empty() {
-        return Err(SessionError::NoLanes { addr: addr.to_owned(), streams });
-    }
+) -> Result<(tunnel::ClientStream, Vec<JoiningLane>), SessionError> {
+    let token = match &request {
+        Request::Receive { lanes, .. } | Request::JoinSession { lanes, .. } => lanes.clone(),
+        _ => Vec::new(),
+    };
+    let tunnels = (0..streams).map(|_| tunnel::connect(addr, config.clone(), proxy));
+    let mut tunnels = futures_util::future::try_join_all(tunnels).await?.into_iter();
+    let mut first = tunnels.next().expect("a session has at least one stream");
+    let hello = Hello { migration_id: migration_id.to_owned(), request };
+    let handshake = |source| SessionError::Handshake { addr: addr.to_owned(), source };
+    FrameWriter::new(&mut first).send_hello(&hello).await.map_err(handshake)?;
     let lanes = (1..)
         .zip(tunnels)
         .map(|(lane, tunnel)| {
             let hello = Hello {
                 migration_id: migration_id.to_owned(),
-                request: Request::JoinLane { token: welcome.token.clone(), lane },
+                request: Request::JoinLane { token: token.clone(), lane },
             };
             Box::pin(join_lane(tunnel, hello)) as JoiningLane
         })
         .collect();
-    Ok((stream, welcome, lanes))
+    Ok((first, lanes))
 }
 
 /// Says a lane's `hello` on its established tunnel and waits for the welcome.

@@ -106,7 +106,7 @@ async fn a_push_refused_by_a_busy_target_keeps_the_kind() {
     tokio::spawn(async move { target_agent.serve(listener, std::future::pending()).await });
     let coordinator = Identity::from_generated(&generated, Role::Coordinator).unwrap();
     // Another copy is receiving into the target volume, and keeps talking (so it is not stale).
-    let receive = Request::Receive { volume: "target".into(), options: SyncOptions::default() };
+    let receive = Request::Receive { volume: "target".into(), options: SyncOptions::default(), lanes: vec![1; 32] };
     let (busy, _) = client::open(&coordinator, &target_addr, receive, None).await.unwrap();
     let keepalive = tokio::spawn(async move {
         let mut busy = busy;

@@ -17,7 +17,7 @@
 //! | `JoinSession`   | agent         | receive into the session the token names                 |
 //! | `Push`          | coordinator   | dial the target agent and push a volume; report progress |
 //! | `JoinLane`      | as the first  | carry content for a receive that asked for `streams > 1`  |
-//! |                 | connection    | (the first connection's welcome holds the lane token)     |
+//! |                 | connection    | (the lane token is in the first connection's request)     |
 //! | `GrantPodVolume`| coordinator   | grant a volume of a pod, found by pod UID and volume name |
 //! |                 |               | beneath the kubelet's pods directory (`pod_volumes`)      |
 //! | `RevokeVolume`  | coordinator   | withdraw a grant `GrantPodVolume` made                    |
@@ -72,6 +72,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_UNAUTHENTICATED: usize = 4096;
 /// How long a receive that asked for several streams waits for its other lanes to join.
 pub const LANE_JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent reads and drops what a client sent after a hello it refused, waiting for
+/// it to close ([`drain_until_closed`]).
+pub const REFUSED_DRAIN: Duration = Duration::from_secs(5);
 /// How long running sessions may take to finish after a shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How long the sessions of a migration the agent no longer serves may take to end (they are
@@ -375,7 +378,16 @@ async fn dispatch(
 ) -> SessionResult {
     let ours = &tls.migration_id;
     let admitted = if hello.migration_id == *ours {
-        admit((state, tls), role, &hello.request, peer).await
+        let admitting = admit((state, tls), role, &hello.request, peer);
+        if matches!(hello.request, Request::JoinLane { .. }) {
+            // A lane waits for its receive to be admitted; not for a client that went away.
+            tokio::select! {
+                admitted = admitting => admitted,
+                () = sessions::closed_before_sending(&stream) => return Ok(()),
+            }
+        } else {
+            admitting.await
+        }
     } else {
         Err(RemoteError::new(
             RemoteErrorKind::Forbidden,
@@ -388,6 +400,7 @@ async fn dispatch(
             info!(%peer, error = %error.message, "refused");
             writer.send_reply(&HelloReply::Refused(error)).await?;
             let _ = writer.shutdown().await;
+            drain_until_closed(&mut stream).await;
             return Ok(());
         }
         Ok(admitted) => {
@@ -402,7 +415,7 @@ async fn dispatch(
         Request::Ping | Request::OpenSession { .. } | Request::GrantPodVolume { .. } | Request::RevokeVolume { .. } => {
             let _ = FrameWriter::new(&mut stream).shutdown().await;
         }
-        Request::Receive { volume, options } => {
+        Request::Receive { volume, options, .. } => {
             let (root, claim) = (root.expect("resolved on admission"), claim.expect("claimed on admission"));
             transfer::receive((state, tls), (stream, lanes), (&volume, root, &claim), options, peer).await?;
         }
@@ -434,7 +447,7 @@ async fn admit(
         Request::Receive { volume, .. } | Request::OpenSession { volume, .. } | Request::Push { volume, .. } => {
             Some(volume.clone())
         }
-        Request::JoinSession { token } => state.sessions.volume(token),
+        Request::JoinSession { token, .. } => state.sessions.volume(token),
         Request::Ping | Request::JoinLane { .. } | Request::GrantPodVolume { .. } | Request::RevokeVolume { .. } => {
             None
         }
@@ -453,7 +466,9 @@ async fn admit(
                 admitted.welcome.volume_status = state.volumes.status().await;
             }
         }
-        Request::Receive { volume, options } => check_streams(options).and_then(|()| state.volumes.known(volume))?,
+        Request::Receive { volume, options, .. } => {
+            check_streams(options).and_then(|()| state.volumes.known(volume))?;
+        }
         Request::OpenSession { volume, options } => {
             check_streams(options).and_then(|()| state.volumes.known(volume))?;
             admitted.welcome.token = state.sessions.open(volume, options, &tls.migration_id);
@@ -472,7 +487,7 @@ async fn admit(
             pods_of(state)?.revoke(&state.volumes, name)?;
             info!(%peer, volume = %name, "revoked a pod volume");
         }
-        Request::JoinLane { token, lane } => state.lanes.admit(token, *lane, role)?,
+        Request::JoinLane { token, lane } => state.lanes.admit(token, *lane, role).await?,
         // Settled below: the token is single use.
         Request::JoinSession { .. } => {}
         Request::Push { volume, options, token, .. } => {
@@ -480,20 +495,22 @@ async fn admit(
             transfer::refuse_push_into_itself(state, volume, token).await?;
         }
     }
-    if let Request::JoinSession { token } = request {
+    if let Request::JoinSession { token, .. } = request {
         admitted.joined = Some(state.sessions.join(token, &tls.migration_id)?);
     }
     // Each session resolves its volume's root afresh: a grant names a path, not a directory.
     let (volume, receive) = match (request, &admitted.joined) {
-        (Request::Receive { volume, options }, _) => (Some(volume.clone()), Some(options.clone())),
+        (Request::Receive { volume, options, lanes }, _) => (Some(volume.clone()), Some((options.clone(), lanes))),
         (Request::Push { volume, .. }, _) => (Some(volume.clone()), None),
-        (_, Some(session)) => (Some(session.volume.clone()), Some(session.options.clone())),
+        (Request::JoinSession { lanes, .. }, Some(session)) => {
+            (Some(session.volume.clone()), Some((session.options.clone(), lanes)))
+        }
         _ => (None, None),
     };
     if let Some(volume) = &volume {
         admitted.root = Some(state.volumes.resolve(volume).await?);
     }
-    if let (Some(volume), Some(options), Some((root, _))) = (&volume, &receive, &admitted.root) {
+    if let (Some(volume), Some((options, lane_token)), Some((root, _))) = (&volume, &receive, &admitted.root) {
         // A receive claims its volume: one writer at a time, across processes too.
         let claim = state.claims.claim(volume, root.fd().as_fd(), peer).await?;
         if let Some(notice) = &claim.notice {
@@ -501,14 +518,26 @@ async fn admit(
         }
         admitted.welcome.notice.clone_from(&claim.notice);
         admitted.claim = Some(claim);
-        // A receive over several streams hands its further lanes a token for joining.
+        // A receive over several streams waits for its further lanes, which join with the
+        // token its client picked.
         if options.streams > 1 {
-            let lanes = state.lanes.open(role, options.streams);
-            admitted.welcome.token.clone_from(&lanes.token);
-            admitted.lanes = Some(lanes);
+            admitted.lanes = Some(state.lanes.open(role, options.streams, lane_token)?);
         }
     }
     Ok(admitted)
+}
+
+/// Reads and drops what the client sent after a hello that was refused (its first entries,
+/// sent without waiting for the welcome) until it closes, for at most [`REFUSED_DRAIN`]:
+/// closing with unread data would reset the connection, and the client might lose the
+/// refusal to the reset before reading it.
+async fn drain_until_closed(stream: &mut tunnel::ServerStream) {
+    let tcp = stream.get_mut().0;
+    let mut scrap = vec![0u8; 64 * 1024];
+    let _ = tokio::time::timeout(REFUSED_DRAIN, async {
+        while matches!(tokio::io::AsyncReadExt::read(tcp, &mut scrap).await, Ok(1..)) {}
+    })
+    .await;
 }
 
 /// The agent's pod grants; refused when it was not given a pods directory.

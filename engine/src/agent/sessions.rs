@@ -8,12 +8,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::{LANE_JOIN_TIMEOUT, SESSION_TTL};
 use crate::certs::Role;
 use crate::tunnel;
-use crate::wire::{RemoteError, RemoteErrorKind, SyncOptions};
+use crate::wire::{LANE_TOKEN_LEN, RemoteError, RemoteErrorKind, SyncOptions};
 
 /// A session a coordinator opened, waiting for its source agent.
 pub(super) struct OpenedSession {
@@ -32,7 +32,7 @@ impl OpenedSessions {
     /// Opens a session into `volume` for [`SESSION_TTL`], for migration `migration`; returns
     /// its token.
     pub(super) fn open(&self, volume: &str, options: &SyncOptions, migration: &str) -> Vec<u8> {
-        let token = random_token();
+        let token = crate::session::random_token();
         let mut sessions = self.0.lock().expect("sessions lock");
         sessions.retain(|_, session| session.expires > Instant::now());
         let session = OpenedSession {
@@ -66,12 +66,6 @@ impl OpenedSessions {
     }
 }
 
-fn random_token() -> Vec<u8> {
-    let mut token = vec![0u8; 32];
-    getrandom::fill(&mut token).expect("the OS random source works");
-    token
-}
-
 /// A receive waiting for its other lanes.
 struct LaneGroup {
     /// Lanes must come with the role the first connection had.
@@ -81,39 +75,86 @@ struct LaneGroup {
     to_receiver: mpsc::UnboundedSender<(u32, tunnel::ServerStream)>,
 }
 
-/// The receives waiting for lanes, by lane token.
+/// The receives waiting for lanes, by the lane token their client picked. A lane may say its
+/// hello before its receive is admitted (the client opens them all at once): it waits for the
+/// token to be registered.
 #[derive(Default)]
-pub(super) struct LaneGroups(Mutex<HashMap<Vec<u8>, LaneGroup>>);
+pub(super) struct LaneGroups {
+    groups: Mutex<HashMap<Vec<u8>, LaneGroup>>,
+    /// Told when a receive registers its token.
+    opened: Notify,
+}
 
 impl LaneGroups {
-    /// Registers a receive over `streams` connections; its welcome carries the lane token.
-    pub(super) fn open(self: &Arc<Self>, role: Role, streams: u32) -> Lanes {
-        let token = random_token();
+    /// Registers a receive over `streams` connections whose lanes join with `token`: refused
+    /// when the token is not [`LANE_TOKEN_LEN`] bytes or another receive holds it.
+    pub(super) fn open(self: &Arc<Self>, role: Role, streams: u32, token: &[u8]) -> Result<Lanes, RemoteError> {
+        if token.len() != LANE_TOKEN_LEN {
+            return Err(RemoteError::new(
+                RemoteErrorKind::Protocol,
+                format!("a {streams}-stream receive needs a lane token of {LANE_TOKEN_LEN} bytes, not {}", token.len()),
+            ));
+        }
         let (to_receiver, arrivals) = mpsc::unbounded_channel();
         let group = LaneGroup { role, streams, joined: HashSet::new(), to_receiver };
-        self.0.lock().expect("lanes lock").insert(token.clone(), group);
-        Lanes { groups: self.clone(), token, arrivals }
+        {
+            let mut groups = self.groups.lock().expect("lanes lock");
+            if groups.contains_key(token) {
+                return Err(RemoteError::new(RemoteErrorKind::Protocol, "this lane token is already in use"));
+            }
+            groups.insert(token.to_vec(), group);
+        }
+        self.opened.notify_waiters();
+        Ok(Lanes { groups: self.clone(), token: token.to_vec(), arrivals })
     }
 
     /// Admits lane `lane` of the receive whose lane token is `token`: each lane once, with
-    /// the role of the first connection.
-    pub(super) fn admit(&self, token: &[u8], lane: u32, role: Role) -> Result<(), RemoteError> {
-        let mut groups = self.0.lock().expect("lanes lock");
-        let Some(group) = groups.get_mut(token).filter(|group| group.role == role) else {
-            return Err(RemoteError::new(RemoteErrorKind::BadToken, "unknown lane token (or its receive has ended)"));
-        };
+    /// the role of the first connection. Waits for that receive to be admitted, up to
+    /// [`LANE_JOIN_TIMEOUT`].
+    pub(super) async fn admit(&self, token: &[u8], lane: u32, role: Role) -> Result<(), RemoteError> {
+        let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
+        loop {
+            // Listening before looking: a receive registered in between still wakes us.
+            let opened = self.opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if let Some(admitted) = self.try_admit(token, lane, role) {
+                return admitted;
+            }
+            if tokio::time::timeout_at(deadline, opened).await.is_err() {
+                return Err(RemoteError::new(
+                    RemoteErrorKind::BadToken,
+                    format!(
+                        "no receive with this lane token was admitted within {} s (or it has ended)",
+                        LANE_JOIN_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// [`LaneGroups::admit`] now: `None` while no receive holds `token`.
+    fn try_admit(&self, token: &[u8], lane: u32, role: Role) -> Option<Result<(), RemoteError>> {
+        let mut groups = self.groups.lock().expect("lanes lock");
+        let group = groups.get_mut(token)?;
+        if group.role != role {
+            return Some(Err(RemoteError::new(
+                RemoteErrorKind::BadToken,
+                "this lane token belongs to a receive another role opened",
+            )));
+        }
         if lane == 0 || lane >= group.streams || !group.joined.insert(lane) {
-            return Err(RemoteError::new(
+            return Some(Err(RemoteError::new(
                 RemoteErrorKind::Protocol,
                 format!("lane {lane} is not a free lane of this {}-stream receive", group.streams),
-            ));
+            )));
         }
-        Ok(())
+        Some(Ok(()))
     }
 
     /// Hands an admitted lane to the receive that waits for it (or has given up: dropped).
     pub(super) fn deliver(&self, token: &[u8], lane: u32, stream: tunnel::ServerStream) {
-        let to_receiver = self.0.lock().expect("lanes lock").get(token).map(|group| group.to_receiver.clone());
+        let to_receiver = self.groups.lock().expect("lanes lock").get(token).map(|group| group.to_receiver.clone());
         if let Some(to_receiver) = to_receiver {
             let _ = to_receiver.send((lane, stream));
         }
@@ -121,7 +162,7 @@ impl LaneGroups {
 }
 
 /// The further lanes of one receive: they join with `token`, and arrive on `arrivals`. The
-/// token is withdrawn when this is dropped.
+/// token is withdrawn when this is dropped: a lane that comes later is refused.
 pub(super) struct Lanes {
     groups: Arc<LaneGroups>,
     pub(super) token: Vec<u8>,
@@ -130,7 +171,7 @@ pub(super) struct Lanes {
 
 impl Drop for Lanes {
     fn drop(&mut self) {
-        self.groups.0.lock().expect("lanes lock").remove(&self.token);
+        self.groups.groups.lock().expect("lanes lock").remove(&self.token);
     }
 }
 
@@ -144,15 +185,9 @@ impl Lanes {
     ) -> Result<Vec<tunnel::ServerStream>, String> {
         let mut lanes = Vec::with_capacity(count);
         let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
-        // Watched by peeking, so nothing is read. Data there is no sign of trouble: the source
-        // starts its tree while its lanes are still joining.
-        let tcp = first.get_ref().0;
-        let closed = async {
-            let mut byte = [0u8; 1];
-            if matches!(tcp.peek(&mut byte).await, Ok(1..)) {
-                std::future::pending::<()>().await;
-            }
-        };
+        // Data there is no sign of trouble: the source starts its tree while its lanes are
+        // still joining.
+        let closed = closed_before_sending(first);
         tokio::pin!(closed);
         while lanes.len() < count {
             let arrival = tokio::select! {
@@ -176,5 +211,14 @@ impl Lanes {
         }
         lanes.sort_by_key(|(number, _)| *number);
         Ok(lanes.into_iter().map(|(_, lane)| lane).collect())
+    }
+}
+
+/// Returns when the client closes `stream` before sending anything more (it gave up, or
+/// died); never when it sent something. Watched by peeking, so nothing is read.
+pub(super) async fn closed_before_sending(stream: &tunnel::ServerStream) {
+    let mut byte = [0u8; 1];
+    if matches!(stream.get_ref().0.peek(&mut byte).await, Ok(1..)) {
+        std::future::pending::<()>().await;
     }
 }

@@ -110,7 +110,7 @@ async fn a_volume_in_use_is_not_revoked() {
     std::fs::create_dir(&volume).unwrap();
     let served = serve(&certs::generate().unwrap(), vec![grant("vol", &volume)]).await;
     // A receive is running (welcomed, waiting for entries).
-    let receive = Request::Receive { volume: "vol".into(), options: SyncOptions::default() };
+    let receive = Request::Receive { volume: "vol".into(), options: SyncOptions::default(), lanes: vec![1; 32] };
     let (session, _) = client::open(&served.coordinator, &served.addr, receive, None).await.unwrap();
 
     let error = served.agent.revoke("vol").unwrap_err();
@@ -173,7 +173,7 @@ async fn another_migrations_identity_drops_the_old_ones_tokens_and_refuses_its_c
     // The new migration's agent cannot join what the old one opened.
     let new_agent = Identity::from_generated(&second, Role::Agent).unwrap();
     for token in [welcome.token, kept.token] {
-        let join = Request::JoinSession { token };
+        let join = Request::JoinSession { token, lanes: vec![1; 32] };
         match client::open(&new_agent, &served.addr, join, None).await {
             Err(CopyError::Session(client::SessionError::Refused { error, .. })) => {
                 assert_eq!(error.kind, RemoteErrorKind::BadToken, "{error}");

@@ -12,7 +12,7 @@ use super::observe::{Direction, Observed, SessionStats};
 use super::sessions::Lanes;
 use super::{State, Tls, claim};
 use crate::progress::{Event, Reporter, Summary};
-use crate::session::{SessionError, open_with_lanes};
+use crate::session::{SessionError, open_sending};
 use crate::sync::{self, SyncError};
 use crate::tunnel;
 use crate::volume::VolumeRoot;
@@ -98,9 +98,7 @@ fn setup_error(target: &str, error: &SessionError) -> RemoteError {
         SessionError::Refused { error, .. } => {
             RemoteError::new(error.kind, format!("target agent `{target}` refused the push: {}", error.message))
         }
-        SessionError::Handshake { .. } | SessionError::NoLanes { .. } => {
-            RemoteError::new(RemoteErrorKind::Protocol, message)
-        }
+        SessionError::Handshake { .. } => RemoteError::new(RemoteErrorKind::Protocol, message),
         SessionError::Tunnel(_) => RemoteError::new(RemoteErrorKind::Other, message),
     }
 }
@@ -128,23 +126,20 @@ pub(super) async fn push(
     let transfer = {
         let cancel = cancel.clone();
         async move {
-            let setup = async {
-                let dialler = (&client, migration_id.as_str());
-                let join = Request::JoinSession { token };
-                let (tunnel, welcome, lanes) =
-                    open_with_lanes(dialler, &target, join, proxy.as_ref(), options.streams).await?;
-                if let Some(notice) = &welcome.notice {
-                    let _ = events_tx.try_send(Message::Progress(Event::Warning { message: notice.clone() }));
-                }
-                Ok::<_, SessionError>((tunnel, lanes))
-            };
+            let dialler = (&client, migration_id.as_str());
+            let join = Request::JoinSession { token, lanes: crate::session::lane_token(options.streams) };
+            let setup = open_sending(dialler, &target, join, proxy.as_ref(), options.streams);
             let (tunnel, lanes) = tokio::select! {
                 ready = setup => ready.map_err(|error| setup_error(&target, &error))?,
                 () = cancel.cancelled() => return Err(SyncError::Cancelled.to_remote()),
             };
-            sync::send_volume(tunnel, lanes, root, options, Arc::new(Forward(events_tx)), &cancel)
-                .await
-                .map_err(|error| error.to_remote())
+            let first = sync::First::Greeted(tunnel);
+            sync::send_volume(first, lanes, root, options, Arc::new(Forward(events_tx)), &cancel).await.map_err(
+                |error| match SessionError::of_greeting(&target, error) {
+                    Ok(refused) => setup_error(&target, &refused),
+                    Err(error) => error.to_remote(),
+                },
+            )
         }
     };
     let (mut from_coordinator, to_coordinator) = tokio::io::split(stream);

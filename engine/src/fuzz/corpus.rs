@@ -266,9 +266,9 @@ fn hellos() -> Vec<(&'static str, Hello)> {
     let hello = |request| Hello { migration_id: "a".repeat(64), request };
     vec![
         ("ping", hello(Request::Ping)),
-        ("receive", hello(Request::Receive { volume: "data".into(), options: options.clone() })),
+        ("receive", hello(Request::Receive { volume: "data".into(), options: options.clone(), lanes: vec![9; 32] })),
         ("open-session", hello(Request::OpenSession { volume: "data".into(), options: SyncOptions::default() })),
-        ("join-session", hello(Request::JoinSession { token: vec![7; 32] })),
+        ("join-session", hello(Request::JoinSession { token: vec![7; 32], lanes: vec![9; 32] })),
         ("join-lane", hello(Request::JoinLane { token: vec![7; 32], lane: 2 })),
         (
             "grant-pod-volume",

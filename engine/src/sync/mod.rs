@@ -143,6 +143,11 @@ pub enum SyncError {
     /// The volume root is no longer what its path resolves to.
     #[error(transparent)]
     Volume(#[from] crate::volume::VolumeError),
+    /// The agent did not welcome the session whose hello its first connection said: it
+    /// refused ([`WireError::Remote`]) or answered nonsense. [`crate::session::SessionError::of_greeting`]
+    /// tells it as the handshake would have.
+    #[error("the agent did not welcome the session: {0}")]
+    Greeting(WireError),
 }
 
 /// A full file system or a used-up quota: the peer hears [`RemoteErrorKind::NoSpace`].
@@ -159,12 +164,14 @@ impl SyncError {
     #[must_use]
     pub fn to_remote(&self) -> RemoteError {
         let kind = match self {
-            SyncError::Protocol(_) | SyncError::Deletion(DeletionError::Duplicate { .. }) => RemoteErrorKind::Protocol,
+            SyncError::Remote(error) | SyncError::Greeting(WireError::Remote(error)) => error.kind,
+            SyncError::Protocol(_) | SyncError::Deletion(DeletionError::Duplicate { .. }) | SyncError::Greeting(_) => {
+                RemoteErrorKind::Protocol
+            }
             SyncError::Verification { .. } => RemoteErrorKind::Verification,
             SyncError::Io { source, .. } | SyncError::Deletion(DeletionError::Io { source, .. }) => {
                 if is_no_space(source) { RemoteErrorKind::NoSpace } else { RemoteErrorKind::Io }
             }
-            SyncError::Remote(error) => error.kind,
             SyncError::Internal(_) => RemoteErrorKind::Internal,
             SyncError::Deletion(DeletionError::MassDelete { .. }) => RemoteErrorKind::MassDelete,
             SyncError::Deletion(DeletionError::Replaced { .. })
@@ -181,7 +188,8 @@ impl SyncError {
     #[must_use]
     pub fn is_retryable(&self) -> bool {
         match self {
-            SyncError::Wire(error) => error.is_retryable(),
+            SyncError::Greeting(WireError::Remote(error)) => error.kind.is_retryable(),
+            SyncError::Wire(error) | SyncError::Greeting(error) => error.is_retryable(),
             SyncError::Disconnected(_) | SyncError::Io { .. } => true,
             _ => false,
         }
@@ -249,6 +257,19 @@ async fn pump_in<R: AsyncRead + Unpin>(reader: R, to_thread: mpsc::Sender<Result
             return;
         }
     }
+}
+
+/// Reads the welcome of a connection whose hello went out unanswered ([`First::Greeted`]): its
+/// notice goes to `reporter`; anything but a welcome is [`SyncError::Greeting`].
+async fn read_welcome<R: AsyncRead + Unpin>(reader: &mut R, reporter: &SharedReporter) -> Result<()> {
+    let Ok(welcome) = tokio::time::timeout(IDLE_TIMEOUT, FrameReader::new(reader).read_welcome()).await else {
+        let silence = std::io::Error::new(std::io::ErrorKind::TimedOut, "nothing heard for 10 minutes");
+        return Err(SyncError::Greeting(WireError::Io { context: "waiting for the welcome", source: silence }));
+    };
+    if let Some(message) = welcome.map_err(SyncError::Greeting)?.notice {
+        reporter.on_event(&crate::progress::Event::Warning { message });
+    }
+    Ok(())
 }
 
 /// How a session's lanes share a bandwidth limit.
@@ -397,10 +418,12 @@ impl JoinFailure {
         self.stop.cancel();
     }
 
-    /// The session's result: a join's failure instead of the cancellation it caused.
+    /// The session's result: a join's failure instead of the cancellation it caused. A hello
+    /// that was not welcomed explains any failure: nothing else happened before the welcome
+    /// (the thread may see its queues closed, or its writes refused, before the cancellation).
     fn explain<T>(&self, result: Result<T>) -> Result<T> {
         match (result, self.error.lock().expect("no task panics holding the join failure").take()) {
-            (Err(SyncError::Cancelled), Some(error)) => Err(error),
+            (Err(_), Some(error @ SyncError::Greeting(_))) | (Err(SyncError::Cancelled), Some(error)) => Err(error),
             (result, _) => result,
         }
     }
@@ -424,17 +447,19 @@ impl Pumps {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let failed = Arc::new(JoinFailure::default());
-        Pumps::start_joining(Box::pin(std::future::ready(Ok(stream))), queues, (on_wire, pace), &failed)
+        Pumps::start_joining(Box::pin(std::future::ready(Ok(stream))), queues, (on_wire, pace), (&failed, None))
     }
 
     /// [`Pumps::start`] on a connection still joining: the thread may queue frames at once,
     /// and they leave once it has joined. A join that fails is recorded in `failed`, which
-    /// stops the session.
+    /// stops the session. With `greeted`, the connection's hello was said and its welcome is
+    /// the first frame read: its notice goes to that reporter, and a refusal is recorded as a
+    /// failed join.
     fn start_joining<S>(
         joining: Joining<S>,
         (input_frames, input_budget, output_frames): (usize, usize, usize),
         (on_wire, pace): (Arc<AtomicU64>, Pace),
-        failed: &Arc<JoinFailure>,
+        (failed, greeted): (&Arc<JoinFailure>, Option<SharedReporter>),
     ) -> (Pumps, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Result<InFrame>>)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
@@ -443,11 +468,16 @@ impl Pumps {
         let (out_tx, out_rx) = mpsc::channel(output_frames);
         let (read_half, reader) = tokio::sync::oneshot::channel();
         let failed = failed.clone();
+        let refused = failed.clone();
         let pumps = Pumps {
             reader: tokio::spawn(async move {
-                if let Ok(reader) = reader.await {
-                    pump_in(reader, in_tx, input_budget).await;
+                let Ok(mut reader) = reader.await else { return };
+                if let Some(reporter) = greeted
+                    && let Err(error) = read_welcome(&mut reader, &reporter).await
+                {
+                    return refused.record(error);
                 }
+                pump_in(reader, in_tx, input_budget).await;
             }),
             writer: tokio::spawn(async move {
                 let stream = match joining.await {
@@ -515,13 +545,24 @@ async fn join_or_cancel<T>(
     }
 }
 
-/// Runs the sender over established, handshaken tunnels: streams the tree under `root` to the
-/// receiver at the other end and returns the summary once the receiver acknowledged. `lanes`
-/// are the session's further connections (`options.streams - 1` of them), joined or joining
-/// (the tree starts meanwhile; a lane that fails to join ends the session with its reason). A
-/// root whose watch sees it change ends the session.
+/// A sending session's first connection.
+pub enum First<S> {
+    /// A pipe that needs no hello (tests).
+    #[cfg(test)]
+    Ready(S),
+    /// Its hello said, its welcome not read: the tree starts at once, and the welcome is the
+    /// first frame read. Its notice goes to the reporter; a refusal ends the session with
+    /// [`SyncError::Greeting`].
+    Greeted(S),
+}
+
+/// Runs the sender over established tunnels: streams the tree under `root` to the receiver at
+/// the other end and returns the summary once the receiver acknowledged. `lanes` are the
+/// session's further connections (`options.streams - 1` of them), joined or joining (the tree
+/// starts meanwhile; a lane that fails to join ends the session with its reason). A root whose
+/// watch sees it change ends the session.
 pub async fn send_volume<S>(
-    stream: S,
+    first: First<S>,
     lanes: Vec<Joining<S>>,
     root: VolumeRoot,
     options: SyncOptions,
@@ -547,14 +588,23 @@ where
     let budget = INPUT_BUDGET / (lanes.len() + 1);
     // Frames (up to a chunk each) queued for the writers: 32 for the session, at least 4 a lane.
     let queued = (OUTPUT_FRAMES / (lanes.len() + 1)).max(4);
-    let (first_pumps, out, replies) =
-        Pumps::start(stream, (WINDOW * 2 + 16, budget, queued), on_wire.clone(), pace.clone());
+    let join_failure = Arc::new(JoinFailure { error: std::sync::Mutex::default(), stop: cancel.child_token() });
+    let (stream, greeted) = match first {
+        #[cfg(test)]
+        First::Ready(stream) => (stream, None),
+        First::Greeted(stream) => (stream, Some(reporter.clone())),
+    };
+    let (first_pumps, out, replies) = Pumps::start_joining(
+        Box::pin(std::future::ready(Ok(stream))),
+        (WINDOW * 2 + 16, budget, queued),
+        (on_wire.clone(), pace.clone()),
+        (&join_failure, greeted),
+    );
     let mut pumps = vec![first_pumps];
     let mut others = Vec::new();
-    let join_failure = Arc::new(JoinFailure { error: std::sync::Mutex::default(), stop: cancel.child_token() });
     for lane in lanes {
         let (lane_pumps, out, replies) =
-            Pumps::start_joining(lane, (4, budget, queued), (on_wire.clone(), pace.clone()), &join_failure);
+            Pumps::start_joining(lane, (4, budget, queued), (on_wire.clone(), pace.clone()), (&join_failure, None));
         pumps.push(lane_pumps);
         others.push(sender::Lane { out, replies });
     }

@@ -21,6 +21,12 @@ pub enum Request {
         volume: String,
         /// Session options.
         options: SyncOptions,
+        /// The token the further lanes join with ([`Request::JoinLane`]) when
+        /// [`SyncOptions::streams`] > 1: [`LANE_TOKEN_LEN`] random bytes the client picked, so
+        /// that its lanes say hello beside this one instead of after its welcome. Empty for one
+        /// stream.
+        #[serde(with = "serde_bytes")]
+        lanes: Vec<u8>,
     },
     /// Coordinator to target agent: open a session that a source agent will push into.
     OpenSession {
@@ -34,6 +40,9 @@ pub enum Request {
         /// The token the target handed to the coordinator.
         #[serde(with = "serde_bytes")]
         token: Vec<u8>,
+        /// The source agent's lane token, as [`Request::Receive`]'s `lanes`.
+        #[serde(with = "serde_bytes")]
+        lanes: Vec<u8>,
     },
     /// Coordinator to source agent: push `volume` to the target agent at `target`.
     Push {
@@ -52,11 +61,12 @@ pub enum Request {
     },
     /// Anyone: report version and volumes (used by preflight checks).
     Ping,
-    /// The source side of a session with [`SyncOptions::streams`] > 1, after its first
-    /// connection was welcomed: carry lane `lane` (1..streams) of that session's content.
-    /// Asked with the role the first connection had.
+    /// The source side of a session with [`SyncOptions::streams`] > 1, beside its first
+    /// connection: carry lane `lane` (1..streams) of that session's content. Asked with the
+    /// role the first connection had; the agent holds it (up to its lane join timeout) until
+    /// the first connection's request is admitted.
     JoinLane {
-        /// The lane token the first connection's [`Welcome`] carried.
+        /// The lane token the first connection's request carried.
         #[serde(with = "serde_bytes")]
         token: Vec<u8>,
         /// Which lane this connection is.
@@ -127,6 +137,9 @@ pub struct SyncOptions {
     pub excludes: Vec<Vec<u8>>,
 }
 
+/// Length of a lane token ([`Request::Receive`]'s `lanes`): 256 random bits.
+pub const LANE_TOKEN_LEN: usize = 32;
+
 /// Most connections one volume session may use.
 pub const MAX_STREAMS: u32 = 16;
 
@@ -150,9 +163,7 @@ pub enum Compression {
 /// The server's answer to a successful [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Welcome {
-    /// A session token, when the request was [`Request::OpenSession`]; the lane token for
-    /// [`Request::JoinLane`], when a [`Request::Receive`] or [`Request::JoinSession`] asked for
-    /// more than one stream.
+    /// A session token, when the request was [`Request::OpenSession`].
     #[serde(with = "serde_bytes")]
     pub token: Vec<u8>,
     /// The volumes the agent serves (answer to [`Request::Ping`]).

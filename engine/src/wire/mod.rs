@@ -40,7 +40,7 @@ pub use frame::{MAX_FRAME, decode_hello, decode_reply, encode_hello};
 #[cfg(any(test, fuzzing, feature = "test-util"))]
 pub use message::DataChunk;
 pub use message::{
-    Compression, DeltaChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, MAX_STREAMS, Message, ReceiverReport,
+    Compression, DeltaChunk, Entry, EntryKind, FileFailure, Hello, HelloReply, LANE_TOKEN_LEN, MAX_STREAMS, Message, ReceiverReport,
     RemoteError, RemoteErrorKind, Request, SyncOptions, Timestamp, VolumeStatus, Welcome, Xattr,
 };
 
@@ -67,7 +67,11 @@ pub use message::{
 // Version 10: [`Request::Push`]'s `target` may be `SERVER_NAME@HOST:PORT` (a target agent behind
 // a TLS-passthrough router, picked by SNI: `tunnel::split_server_name`); a version 9 agent would
 // dial it as a host name.
-pub const PROTOCOL_VERSION: u32 = 10;
+// Version 11: the client picks the lane token ([`Request::Receive`]'s and
+// [`Request::JoinSession`]'s `lanes`) and says its first entries right after its hello, without
+// waiting for the welcome (which is the first frame it reads); the agent holds a lane until
+// its session is admitted.
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// Largest amount of file content carried by one [`DataChunk`].
 pub const CHUNK_SIZE: usize = 1 << 20;

@@ -75,7 +75,7 @@ proptest! {
 
     #[test]
     fn hello_round_trip(id in ".{0,20}", volume in ".{0,20}") {
-        let hello = Hello { migration_id: id, request: Request::Receive { volume, options: SyncOptions::default() } };
+        let hello = Hello { migration_id: id, request: Request::Receive { volume, options: SyncOptions::default(), lanes: vec![3; 32] } };
         let frame = encode_hello(PROTOCOL_VERSION, &hello);
         prop_assert_eq!(frame::decode_hello(&frame[4..]).unwrap(), hello);
     }

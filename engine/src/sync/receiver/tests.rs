@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 
 use super::MAX_PENDING;
 use crate::progress::NoProgress;
-use crate::sync::{CancellationToken, Joining, receive_volume, send_volume};
+use crate::sync::{CancellationToken, First, Joining, receive_volume, send_volume};
 use crate::volume::VolumeRoot;
 use crate::wire::SyncOptions;
 
@@ -73,7 +73,7 @@ async fn a_lane_that_falls_behind_holds_the_tree_back_instead_of_failing_the_ses
     let now = |stream| Late::new(stream, Duration::ZERO);
     let lane: Joining<Late> = Box::pin(std::future::ready(Ok(now(lane_out))));
     let cancel = CancellationToken::new();
-    let sending = send_volume(now(first_out), vec![lane], root(source.path()), options.clone(), Arc::new(NoProgress), &cancel);
+    let sending = send_volume(First::Ready(now(first_out)), vec![lane], root(source.path()), options.clone(), Arc::new(NoProgress), &cancel);
     let receiving = receive_volume(
         now(first_in),
         vec![Late::new(lane_in, Duration::from_secs(3))],
