@@ -45,8 +45,12 @@ use crate::wire::{FrameReader, FrameWriter, ReceiverReport, RemoteError, RemoteE
 /// honest silence is the receiver hashing a very large basis file.)
 pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Most regular files the sender keeps waiting for the receiver's verdict.
-pub const WINDOW: usize = 1024;
+/// Most regular files the sender keeps waiting for the receiver's verdict. With nothing to
+/// send, a re-sync moves at most this many files a round trip: 1,024 made a 20,000-file
+/// no-change re-sync over a 50 ms round trip wait for 20 of them (1.20 s against 0.29 s). A
+/// waiting file costs its path and two numbers at the sender, and the receiver's bound on
+/// requested files is twice this.
+pub const WINDOW: usize = 8192;
 
 /// Bytes of frames read from the peer but not yet handled, per session (shared out among its
 /// lanes): a lane's reader stops reading when its handler falls this far behind, so a peer
