@@ -253,9 +253,20 @@ impl Group {
         if shares((leader_stat.st_dev, leader_stat.st_ino)) {
             return Ok(false);
         }
+        let leader_name = cname(leader_name);
+        if existing.is_none() {
+            // A free name takes the link at once: the file is in place and verified already,
+            // and no temporary name is left behind if the session is killed here.
+            match rustix::fs::linkat(&leader_dir, leader_name.as_c_str(), dir, cname(name).as_c_str(), AtFlags::empty()) {
+                Ok(()) => return Ok(true),
+                // Taken meanwhile: replaced below, as a name that was there.
+                Err(rustix::io::Errno::EXIST) => {}
+                Err(error) => return Err(io("cannot create hard link", error.into())),
+            }
+        }
         let tmp = self.tmp_name(id);
         let _ = rustix::fs::unlinkat(dir, tmp.as_c_str(), AtFlags::empty());
-        rustix::fs::linkat(&leader_dir, cname(leader_name).as_c_str(), dir, tmp.as_c_str(), AtFlags::empty())
+        rustix::fs::linkat(&leader_dir, leader_name.as_c_str(), dir, tmp.as_c_str(), AtFlags::empty())
             .map_err(|e| io("cannot create hard link", e.into()))?;
         replace(dir, &tmp, name)
             .map_err(|e| {
