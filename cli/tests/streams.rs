@@ -252,7 +252,16 @@ fn lanes_join_only_with_their_token_role_and_a_free_lane_number() {
         let lane = Request::JoinLane { token: token.clone(), lane: 1 };
         let (_one, _) = client::open(&coordinator, &agent.addr, lane, None).await.unwrap();
         drop(first);
-        open_when_free(&coordinator, &agent.addr, receive("data", 3, &[8; 32])).await;
+        let (first, _) = open_when_free(&coordinator, &agent.addr, receive("data", 3, &[8; 32])).await;
+        // Also when it had sent its first entries, which the target has not read yet.
+        let (_, writer) = tokio::io::split(first);
+        let mut writer = FrameWriter::new(writer);
+        writer.write_frame(&encode_message(&Message::EndOfEntries)).await.unwrap();
+        writer.flush().await.unwrap();
+        drop(writer);
+        let started = std::time::Instant::now();
+        open_when_free(&coordinator, &agent.addr, receive("data", 3, &[10; 32])).await;
+        assert!(started.elapsed() < Duration::from_secs(5), "the volume was held {:?}", started.elapsed());
     });
     runtime().block_on(async {
         // A source may speak on its first connection as soon as its lanes are welcomed, before

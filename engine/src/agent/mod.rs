@@ -383,7 +383,7 @@ async fn dispatch(
             // A lane waits for its receive to be admitted; not for a client that went away.
             tokio::select! {
                 admitted = admitting => admitted,
-                () = sessions::closed_before_sending(&stream) => return Ok(()),
+                () = sessions::closed_by_peer(&stream) => return Ok(()),
             }
         } else {
             admitting.await

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use rustix::event::{PollFd, PollFlags, Timespec};
 use tokio::sync::{Notify, mpsc};
 
 use super::{LANE_JOIN_TIMEOUT, SESSION_TTL};
@@ -185,9 +186,9 @@ impl Lanes {
     ) -> Result<Vec<tunnel::ServerStream>, String> {
         let mut lanes = Vec::with_capacity(count);
         let deadline = tokio::time::Instant::now() + LANE_JOIN_TIMEOUT;
-        // Data there is no sign of trouble: the source starts its tree while its lanes are
-        // still joining.
-        let closed = closed_before_sending(first);
+        // The source starts its tree while its lanes are still joining: its first entries may
+        // wait unread there.
+        let closed = closed_by_peer(first);
         tokio::pin!(closed);
         while lanes.len() < count {
             let arrival = tokio::select! {
@@ -214,11 +215,22 @@ impl Lanes {
     }
 }
 
-/// Returns when the client closes `stream` before sending anything more (it gave up, or
-/// died); never when it sent something. Watched by peeking, so nothing is read.
-pub(super) async fn closed_before_sending(stream: &tunnel::ServerStream) {
-    let mut byte = [0u8; 1];
-    if matches!(stream.get_ref().0.peek(&mut byte).await, Ok(1..)) {
-        std::future::pending::<()>().await;
+/// Returns when the client has closed or reset `stream`, also when what it sent before is
+/// still unread (a peek would see that data and never the close behind it: a source that sent
+/// its first entries and died would hold its receive until the lanes' timeout). Looked at
+/// every [`CLOSE_POLL`] with `poll(POLLRDHUP)`; nothing is read.
+pub(super) async fn closed_by_peer(stream: &tunnel::ServerStream) {
+    let tcp = stream.get_ref().0;
+    let gone = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
+    loop {
+        let mut fds = [PollFd::new(tcp, PollFlags::RDHUP)];
+        let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+        if matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(1..)) && fds[0].revents().intersects(gone) {
+            return;
+        }
+        tokio::time::sleep(CLOSE_POLL).await;
     }
 }
+
+/// How often [`closed_by_peer`] looks.
+const CLOSE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
