@@ -86,6 +86,17 @@ pub async fn open(
     open_with((&config, &identity.migration_id()), addr, request, proxy).await
 }
 
+/// Says the hello of `request` on `stream`, a connection to the agent at `addr`.
+async fn say_hello(
+    stream: &mut tunnel::ClientStream,
+    (migration_id, request): (&str, Request),
+    addr: &str,
+) -> Result<(), SessionError> {
+    let hello = Hello { migration_id: migration_id.to_owned(), request };
+    let handshake = |source| SessionError::Handshake { addr: addr.to_owned(), source };
+    FrameWriter::new(stream).send_hello(&hello).await.map_err(handshake)
+}
+
 /// [`open`] with a TLS configuration and migration id at hand.
 pub(crate) async fn open_with(
     (config, migration_id): Dialler<'_>,
@@ -94,9 +105,7 @@ pub(crate) async fn open_with(
     proxy: Option<&Proxy>,
 ) -> Result<(tunnel::ClientStream, Welcome), SessionError> {
     let mut stream = tunnel::connect(addr, config.clone(), proxy).await?;
-    let hello = Hello { migration_id: migration_id.to_owned(), request };
-    let handshake = |source| SessionError::Handshake { addr: addr.to_owned(), source };
-    FrameWriter::new(&mut stream).send_hello(&hello).await.map_err(handshake)?;
+    say_hello(&mut stream, (migration_id, request), addr).await?;
     match FrameReader::new(&mut stream).read_welcome().await {
         Ok(welcome) => Ok((stream, welcome)),
         Err(error) => Err(SessionError::greeting(addr, error)),
@@ -132,9 +141,7 @@ pub(crate) async fn open_sending(
     let tunnels = (0..streams).map(|_| tunnel::connect(addr, config.clone(), proxy));
     let mut tunnels = futures_util::future::try_join_all(tunnels).await?.into_iter();
     let mut first = tunnels.next().expect("a session has at least one stream");
-    let hello = Hello { migration_id: migration_id.to_owned(), request };
-    let handshake = |source| SessionError::Handshake { addr: addr.to_owned(), source };
-    FrameWriter::new(&mut first).send_hello(&hello).await.map_err(handshake)?;
+    say_hello(&mut first, (migration_id, request), addr).await?;
     let lanes = (1..)
         .zip(tunnels)
         .map(|(lane, tunnel)| {
