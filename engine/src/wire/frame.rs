@@ -12,12 +12,22 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// Encodes one message as a complete frame (length prefix included).
 #[must_use]
 pub fn encode_message(message: &Message) -> Vec<u8> {
-    let mut frame = vec![0u8; 4];
-    // Writing into a Vec cannot fail; postcard only fails on a full fixed buffer.
-    let mut frame = postcard::to_extend(message, std::mem::take(&mut frame)).expect("encoding into a Vec cannot fail");
-    let length = u32::try_from(frame.len() - 4).expect("messages are far below 4 GiB");
-    frame[..4].copy_from_slice(&length.to_be_bytes());
+    // Room for an entry with a long path: growing from nothing took several reallocations.
+    let mut frame = Vec::with_capacity(256);
+    append_message(&mut frame, message);
     frame
+}
+
+/// Appends one message to `buffer` as a complete frame (length prefix included): a batch of
+/// small messages is encoded in place, without a buffer per message.
+pub fn append_message(buffer: &mut Vec<u8>, message: &Message) {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; 4]);
+    // Writing into a Vec cannot fail; postcard only fails on a full fixed buffer.
+    let mut frame = postcard::to_extend(message, std::mem::take(buffer)).expect("encoding into a Vec cannot fail");
+    let length = u32::try_from(frame.len() - start - 4).expect("messages are far below 4 GiB");
+    frame[start..start + 4].copy_from_slice(&length.to_be_bytes());
+    *buffer = frame;
 }
 
 /// The borrowed twin of [`DataChunk`](super::DataChunk): same fields, same order, so it

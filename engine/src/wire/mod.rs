@@ -32,7 +32,7 @@ mod frame;
 mod message;
 
 pub use frame::{
-    DataChunkRef, FrameReader, FrameWriter, Incoming, decode_incoming, decode_message, encode_data, encode_message,
+    DataChunkRef, FrameReader, FrameWriter, Incoming, append_message, decode_incoming, decode_message, encode_data, encode_message,
 };
 // What only tests, fuzzing and hostile peers build frames or messages with.
 #[cfg(any(test, fuzzing, feature = "test-util"))]

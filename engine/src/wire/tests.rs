@@ -67,6 +67,26 @@ proptest! {
     }
 
     #[test]
+    fn messages_appended_to_a_batch_are_the_frames_encoded_one_by_one(
+        messages in proptest::collection::vec(arb_message(), 1..8),
+        head in proptest::collection::vec(any::<u8>(), 0..16),
+    ) {
+        let mut batch = head.clone();
+        for message in &messages {
+            append_message(&mut batch, message);
+        }
+        let expected: Vec<u8> = head.iter().copied().chain(messages.iter().flat_map(encode_message)).collect();
+        prop_assert_eq!(&batch, &expected);
+        let mut rest = &batch[head.len()..];
+        for message in &messages {
+            let length = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            prop_assert_eq!(&decode_message(&rest[4..4 + length]).unwrap(), message);
+            rest = &rest[4 + length..];
+        }
+        prop_assert!(rest.is_empty());
+    }
+
+    #[test]
     fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_message(&bytes);
         let _ = frame::decode_hello(&bytes);

@@ -10,7 +10,7 @@ use super::Receiver;
 use crate::confine;
 use crate::progress::{Change, ChangeAction, ChangeKind, Differs};
 use crate::sync::{Result, SyncError};
-use crate::wire::{Message, encode_message};
+use crate::wire::{Message, append_message};
 
 /// Bytes of replies gathered before they are written.
 pub(super) const REPLY_BATCH: usize = 64 * 1024;
@@ -62,7 +62,10 @@ impl Receiver {
     /// re-sync of many unchanged files costs a few hundred writes instead of one tiny TLS record
     /// per file.
     pub(super) fn reply(&mut self, message: &Message) -> Result<()> {
-        self.replies.extend_from_slice(&encode_message(message));
+        if self.replies.is_empty() {
+            self.replies.reserve(REPLY_BATCH + 4096);
+        }
+        append_message(&mut self.replies, message);
         self.replies_held += 1;
         if self.replies.len() >= REPLY_BATCH || self.replies_held >= REPLY_COUNT {
             self.flush_replies()?;

@@ -14,10 +14,13 @@ use crate::confine::{self, display_bytes};
 use crate::progress::{Event, Summary};
 use crate::scan::{Scanned, Scanner};
 use crate::sync::{Result, SyncError, WINDOW, blocks};
-use crate::wire::{Entry, EntryKind, Message, decode_message, encode_message};
+use crate::wire::{Entry, EntryKind, Message, append_message, decode_message};
 
 /// Bytes of small messages gathered before they are written.
 pub(super) const BATCH: usize = 64 * 1024;
+/// Room reserved past [`BATCH`] for the message that crosses it, so that a batch of small
+/// messages is one allocation.
+pub(super) const BATCH_SLACK: usize = 4096;
 
 /// The tree thread: scans, sends entries and takes the receiver's verdicts.
 pub(super) struct Tree<'scope> {
@@ -70,7 +73,10 @@ impl<'scope> Tree<'scope> {
 impl Tree<'_> {
     /// Queues a small message; small messages are written in batches (see [`Self::flush`]).
     pub(super) fn send(&mut self, message: &Message) -> Result<()> {
-        self.batch.extend_from_slice(&encode_message(message));
+        if self.batch.is_empty() {
+            self.batch.reserve(BATCH + BATCH_SLACK);
+        }
+        append_message(&mut self.batch, message);
         if self.batch.len() >= BATCH {
             self.flush()?;
         }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::queue::Jobs;
-use super::tree::BATCH;
+use super::tree::{BATCH, BATCH_SLACK};
 use super::{Basis, Job, Shared, Waiting, remote_reason};
 use crate::compress::{Compressor, Packed};
 use crate::confine::{self, display_bytes};
 use crate::sync::{Result, SyncError, blocks};
 use crate::wire::{
-    CHUNK_SIZE, Compression, DeltaChunk, FileFailure, Message, decode_message, encode_data, encode_message,
+    CHUNK_SIZE, Compression, DeltaChunk, FileFailure, Message, append_message, decode_message, encode_data, encode_message,
 };
 
 /// Lowest zstd level for changed blocks (when compression is on): they are few, so fewer bytes
@@ -160,23 +160,38 @@ impl Worker {
         }
     }
 
-    /// Queues a small message behind the content sent so far.
+    /// Whether the session goes on (nothing more is queued once it failed).
+    fn check_session(&self) -> Result<()> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(SyncError::Disconnected("(the session failed)"));
+        }
+        Ok(())
+    }
+
+    /// Queues a small message (a file's end or failure) behind the content sent so far,
+    /// encoded into the batch itself.
     pub(super) fn send(&mut self, message: &Message) -> Result<()> {
-        self.send_frame(encode_message(message))
+        self.check_session()?;
+        if self.batch.is_empty() {
+            self.batch.reserve(BATCH + BATCH_SLACK);
+        }
+        append_message(&mut self.batch, message);
+        if self.batch.len() >= BATCH {
+            self.flush_batch()?;
+        }
+        Ok(())
     }
 
     /// Sends one encoded frame (unless the session has failed): gathered into the batch when
     /// it is small, else after what the batch holds.
     pub(super) fn send_frame(&mut self, frame: Vec<u8>) -> Result<()> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            return Err(SyncError::Disconnected("(the session failed)"));
-        }
+        self.check_session()?;
         if frame.len() >= BATCH {
             self.flush_batch()?;
             return super::hand_over(&self.out, frame);
         }
         if self.batch.is_empty() {
-            self.batch.reserve(BATCH);
+            self.batch.reserve(BATCH + BATCH_SLACK);
         }
         self.batch.extend_from_slice(&frame);
         if self.batch.len() >= BATCH {
