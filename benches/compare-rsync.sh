@@ -47,7 +47,9 @@
 #   (s) many small files: SMALL_FILES files of 1-8 KiB (seeded sizes and content) in
 #       directories of 100, initial copy and no-change re-sync, with
 #       `tar --format=posix -cf - | tar xf -` into an empty directory beside them as the floor
-#       of the initial copy (tool "tar")
+#       of the initial copy (tool "tar"), and two `find -printf` at once, of the source and of
+#       tar's copy, as the floor of the no-change re-sync (tool "walk": each end must at least
+#       look at every file's metadata, and the two ends share this machine's cores)
 #
 # The rsync side, as MTC's DVM runs it: on the target an rsync daemon (module `path = TARGET`,
 # `read only = false`, `use chroot = no`, `munge symlinks = no`, `uid/gid = root`) on
@@ -717,6 +719,12 @@ measure() {
       # shellcheck disable=SC2016
       cmd=(sh -c 'tar --format=posix -cf - -C "$1" . | tar xf - -C "$2"' sh "$src" "$dst")
       ;;
+    walk)
+      # The floor of case (s) with nothing changed: both ends look at every file (lstat, as
+      # the quick check does), at once; nothing is compared, sent or written.
+      # shellcheck disable=SC2016
+      cmd=(sh -c 'f="%s %T@ %m %U %G\n"; find "$1" -printf "$f" >/dev/null & find "$2" -printf "$f" >/dev/null & wait' sh "$src" "$dst")
+      ;;
   esac
   sync
   local i t0=0 t1=0 r0=0 r1=0 p0=0 p1=0 rc=0
@@ -951,7 +959,7 @@ if has_case d && [ "$LINK_OK" = 1 ]; then
 fi
 
 if has_case s; then
-  say "case (s): many small files: $SMALL_DESC (initial copy beside tar | tar, then no change)"
+  say "case (s): many small files: $SMALL_DESC (initial copy beside tar | tar, then no change beside walk)"
   for tool in $TOOLS; do rm -rf "$TDIR/base-$tool"; done
   for run in $(seq "$RUNS"); do
     for tool in $TOOLS tar; do
@@ -962,6 +970,7 @@ if has_case s; then
   done
   for run in $(seq "$RUNS"); do
     for tool in $TOOLS; do measure s-nochange "$tool" "$run" "$SMALL" "$TDIR/small-$tool" 0; done
+    measure s-nochange walk "$run" "$SMALL" "$TDIR/small-tar" 0
   done
   for tool in $TOOLS tar; do rm -rf "$TDIR/small-$tool"; done
 fi
@@ -1019,7 +1028,7 @@ echo "sent/recv MiB = application bytes before TLS, source->target / target->sou
 echo "  sent / received; mover: bytes_on_wire, which counts only what the source writes: its recv is not reported)"
 echo "link fwd/rev MiB, pkts = through the veth per direction, incl. TLS, TCP/IP and Ethernet headers (case d only)"
 echo "RSS = peak resident set of each end in MiB (sum over its processes: rsync client + stunnel; daemon's children + stunnel)"
-awk -F'\t' -v tools="$TOOLS$(has_case s && echo ' tar')" -v delay="$DELAY_MS" '
+awk -F'\t' -v tools="$TOOLS$(has_case s && echo ' tar walk')" -v delay="$DELAY_MS" '
   BEGIN {
     title["a-initial"] = "(a) initial copy into an empty target"
     title["b-nochange"] = "(b) re-sync, nothing changed"
@@ -1030,7 +1039,7 @@ awk -F'\t' -v tools="$TOOLS$(has_case s && echo ' tar')" -v delay="$DELAY_MS" '
     title["w-initial"] = "(w) initial copy over a long link (" delay " ms each way)"
     title["w-nochange"] = "(w) re-sync, nothing changed, over a long link (" delay " ms each way)"
     title["s-initial"] = "(s) many small files: initial copy (tar | tar: the floor)"
-    title["s-nochange"] = "(s) many small files: re-sync, nothing changed"
+    title["s-nochange"] = "(s) many small files: re-sync, nothing changed (walk: both ends\047 find at once, the floor)"
     ncase = split("a-initial b-nochange c-changed d-changed-link d-initial-link w-changed w-initial w-nochange s-initial s-nochange", cases, " ")
     nt = split(tools, tl, " ")
   }
