@@ -16,11 +16,6 @@ use crate::scan::{Scanned, Scanner};
 use crate::sync::{Result, SyncError, WINDOW, blocks};
 use crate::wire::{Entry, EntryKind, Message, append_message, decode_message};
 
-/// Bytes of small messages gathered before they are written.
-pub(super) const BATCH: usize = 64 * 1024;
-/// Room reserved past [`BATCH`] for the message that crosses it, so that a batch of small
-/// messages is one allocation.
-pub(super) const BATCH_SLACK: usize = 4096;
 
 /// The tree thread: scans, sends entries and takes the receiver's verdicts.
 pub(super) struct Tree<'scope> {
@@ -73,18 +68,11 @@ impl<'scope> Tree<'scope> {
 impl Tree<'_> {
     /// Queues a small message; small messages are written in batches (see [`Self::flush`]).
     pub(super) fn send(&mut self, message: &Message) -> Result<()> {
-        if self.batch.is_empty() {
-            self.batch.reserve(BATCH + BATCH_SLACK);
-        }
-        append_message(&mut self.batch, message);
-        if self.batch.len() >= BATCH {
-            self.flush()?;
-        }
-        Ok(())
+        super::add_to_batch(&self.out, &mut self.batch, |batch| append_message(batch, message))
     }
 
     /// Hands the queued small messages to the writer: before waiting for the receiver, and
-    /// whenever [`BATCH`] bytes have gathered.
+    /// whenever [`BATCH`](super::BATCH) bytes have gathered.
     pub(super) fn flush(&mut self) -> Result<()> {
         super::flush_batch(&self.out, &mut self.batch)
     }

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::queue::Jobs;
-use super::tree::{BATCH, BATCH_SLACK};
-use super::{Basis, Job, Shared, Waiting, remote_reason};
+use super::{BATCH, Basis, Job, Shared, Waiting, remote_reason};
 use crate::compress::{Compressor, Packed};
 use crate::confine::{self, display_bytes};
 use crate::sync::{Result, SyncError, blocks};
@@ -172,14 +171,7 @@ impl Worker {
     /// encoded into the batch itself.
     pub(super) fn send(&mut self, message: &Message) -> Result<()> {
         self.check_session()?;
-        if self.batch.is_empty() {
-            self.batch.reserve(BATCH + BATCH_SLACK);
-        }
-        append_message(&mut self.batch, message);
-        if self.batch.len() >= BATCH {
-            self.flush_batch()?;
-        }
-        Ok(())
+        super::add_to_batch(&self.out, &mut self.batch, |batch| append_message(batch, message))
     }
 
     /// Sends one encoded frame (unless the session has failed): gathered into the batch when
@@ -190,14 +182,7 @@ impl Worker {
             self.flush_batch()?;
             return super::hand_over(&self.out, frame);
         }
-        if self.batch.is_empty() {
-            self.batch.reserve(BATCH + BATCH_SLACK);
-        }
-        self.batch.extend_from_slice(&frame);
-        if self.batch.len() >= BATCH {
-            self.flush_batch()?;
-        }
-        Ok(())
+        super::add_to_batch(&self.out, &mut self.batch, |batch| batch.extend_from_slice(&frame))
     }
 
     /// Hands what the batch holds to the writer.
