@@ -289,7 +289,8 @@ pub async fn remove(
         }};
     }
     // Hook Jobs first, or their controller would replace the pods deleted below; their pods
-    // and ConfigMaps are theirs (background propagation; a Job's own default orphans).
+    // are theirs (background propagation; a Job's own default orphans), their playbook
+    // ConfigMaps go by name.
     {
         let jobs: Api<Job> = match namespace {
             Some(namespace) => Api::namespaced(client.clone(), namespace),
@@ -298,11 +299,10 @@ pub async fn remove(
         let doing = format!("deleting mover's hook Jobs ({selector}) in {where_}");
         let found = jobs.list(&list).await.map_err(KubeError::api(&cluster.context, &doing))?;
         for job in found.items.into_iter().filter(|o| of_plan(&o.metadata)) {
+            let playbook = crate::objects::hook_job::has_playbook_config_map(&job);
             let (Some(name), Some(ns)) = (job.metadata.name, job.metadata.namespace) else { continue };
-            match Api::<Job>::namespaced(client.clone(), &ns).delete(&name, &DeleteParams::background()).await {
-                Ok(_) => removed += 1,
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(error) => return Err(KubeError::api(&cluster.context, &doing)(error)),
+            if crate::hooks::delete_job_objects(cluster, &ns, &name, playbook).await? {
+                removed += 1;
             }
         }
     }

@@ -31,7 +31,7 @@ use crate::context::{Access, Cluster, connect};
 use crate::error::KubeError;
 use crate::objects::Migration;
 use crate::objects::hook_job::{
-    HookJobSpec, HookProgram, hook_job, hook_job_prefix, hook_selector, playbook_config_map,
+    HookJobSpec, HookProgram, has_playbook_config_map, hook_job, hook_job_prefix, hook_selector, playbook_config_map,
 };
 use crate::objects::labels::PLAN_ANNOTATION;
 
@@ -68,18 +68,13 @@ struct RunningJob {
 impl RunningJob {
     fn of(cluster: &Cluster, job: &Job, selector: &str) -> RunningJob {
         let meta = &job.metadata;
-        let playbook = job
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .is_some_and(|pod| pod.volumes.iter().flatten().any(|v| v.config_map.is_some()));
         RunningJob {
             cluster: cluster.clone(),
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone().unwrap_or_default(),
             selector: selector.to_owned(),
-            playbook,
+            playbook: has_playbook_config_map(job),
         }
     }
 
@@ -459,27 +454,7 @@ async fn follow_pod(pods: &Api<Pod>, name: &str, sink: &(dyn Fn(&str) + Send + S
 /// Deletes a hook's Job (its pods go with it) and its `ConfigMap`, and waits until its pods are
 /// gone.
 async fn delete_job(job: &RunningJob) -> Result<(), KubeError> {
-    let context = &job.cluster.context;
-    let client = job.cluster.client.clone();
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &job.namespace);
-    // Background: the Job goes now, the garbage collector takes its pods (a Job's own default
-    // would orphan them).
-    match jobs.delete(&job.name, &DeleteParams::background()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
-        Err(error) => return Err(KubeError::api(context, format!("deleting {}", job.shown()))(error)),
-    }
-    if job.playbook {
-        let maps: Api<ConfigMap> = Api::namespaced(client, &job.namespace);
-        match maps.delete(&job.name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(error) => {
-                let doing = format!("deleting the playbook ConfigMap `{}/{}`", job.namespace, job.name);
-                return Err(KubeError::api(context, doing)(error));
-            }
-        }
-    }
+    delete_job_objects(&job.cluster, &job.namespace, &job.name, job.playbook).await?;
     let deadline = Instant::now() + GONE_WITHIN;
     loop {
         let left = job_pods(job).await?;
@@ -497,6 +472,40 @@ async fn delete_job(job: &RunningJob) -> Result<(), KubeError> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Deletes hook Job `namespace/name` and, with `playbook`, its playbook `ConfigMap` of the same
+/// name (its owner reference would have the garbage collector take it too, but in its own time:
+/// a cleanup that returned would leave it behind a while); false when the Job was gone already.
+pub(crate) async fn delete_job_objects(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    playbook: bool,
+) -> Result<bool, KubeError> {
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), namespace);
+    // Background: the Job goes now, the garbage collector takes its pods (a Job's own default
+    // would orphan them).
+    let deleted = match jobs.delete(name, &DeleteParams::background()).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(error) => {
+            let doing = format!("deleting hook Job `{namespace}/{name}`");
+            return Err(KubeError::api(&cluster.context, doing)(error));
+        }
+    };
+    if playbook {
+        let maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), namespace);
+        match maps.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => {
+                let doing = format!("deleting the playbook ConfigMap `{namespace}/{name}`");
+                return Err(KubeError::api(&cluster.context, doing)(error));
+            }
+        }
+    }
+    Ok(deleted)
 }
 
 /// Five characters of the alphabet a server's `generateName` uses, random per call.

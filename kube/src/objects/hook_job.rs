@@ -233,6 +233,16 @@ pub fn playbook_config_map(spec: &HookJobSpec, job: &str, job_uid: &str, playboo
     }
 }
 
+/// Whether hook Job `job` mounts its own playbook `ConfigMap` (named as the Job, see
+/// [`playbook_config_map`]): whoever deletes the Job deletes that `ConfigMap` by name too,
+/// rather than leave it to the garbage collector's own time.
+#[must_use]
+pub fn has_playbook_config_map(job: &Job) -> bool {
+    let name = job.metadata.name.as_deref();
+    let volumes = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|pod| pod.volumes.as_ref());
+    volumes.into_iter().flatten().any(|v| v.config_map.as_ref().is_some_and(|map| Some(map.name.as_str()) == name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +302,7 @@ mod tests {
         let map = playbook_config_map(&spec, "mover-hook-prebackup-show-plan-abcde", "uid-1", "- hosts: localhost\n");
         assert_eq!(map.data.unwrap()[PLAYBOOK_KEY], "- hosts: localhost\n");
         assert_eq!(map.metadata.owner_references.unwrap()[0].uid, "uid-1");
+        assert!(has_playbook_config_map(&job));
     }
 
     #[test]
@@ -303,6 +314,7 @@ mod tests {
         assert_eq!(pod.containers[0].command.as_deref(), Some(&argv[..]));
         assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
         assert!(pod.containers[0].env.as_ref().unwrap().is_empty());
+        assert!(!has_playbook_config_map(&job));
         assert!(hook_job_prefix("PreBackup", "show_plan").starts_with("mover-hook-prebackup-show-plan-"));
     }
 
