@@ -52,6 +52,10 @@ pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600
 /// requested files is twice this.
 pub const WINDOW: usize = 8192;
 
+/// Room reserved past a batch's size (the sender's small messages, the receiver's replies) for
+/// the message that crosses it, so that a batch of small messages is one allocation.
+const BATCH_SLACK: usize = 4096;
+
 /// Bytes of frames read from the peer but not yet handled, per session (shared out among its
 /// lanes): a lane's reader stops reading when its handler falls this far behind, so a peer
 /// that floods (while, say, it does not read what we send) costs at most this much memory,

@@ -63,7 +63,7 @@ impl Receiver {
     /// per file.
     pub(super) fn reply(&mut self, message: &Message) -> Result<()> {
         if self.replies.is_empty() {
-            self.replies.reserve(REPLY_BATCH + 4096);
+            self.replies.reserve(REPLY_BATCH + crate::sync::BATCH_SLACK);
         }
         append_message(&mut self.replies, message);
         self.replies_held += 1;

@@ -165,15 +165,12 @@ fn hand_over(out: &mpsc::Sender<Vec<u8>>, bytes: Vec<u8>) -> Result<()> {
 
 /// Bytes of small messages gathered before they are written.
 pub(super) const BATCH: usize = 64 * 1024;
-/// Room reserved past [`BATCH`] for the message that crosses it, so that a batch of small
-/// messages is one allocation.
-const BATCH_SLACK: usize = 4096;
 
 /// Adds to `batch` the frames `write` puts there (the batch's room reserved when it starts),
 /// and hands it to the lane's writer once it holds [`BATCH`] bytes.
 fn add_to_batch(out: &mpsc::Sender<Vec<u8>>, batch: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
     if batch.is_empty() {
-        batch.reserve(BATCH + BATCH_SLACK);
+        batch.reserve(BATCH + super::BATCH_SLACK);
     }
     write(batch);
     if batch.len() >= BATCH {
